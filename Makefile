@@ -1,0 +1,53 @@
+# rdx: the two commands a newcomer needs are `make demo` (run the exchange and its demo)
+# and `make test` (run every test). Everything else here is a step of those two.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STATE  ?= .rdx
+
+.PHONY: setup up up-detached down status demo test test-unit test-integration test-e2e lint clean-state
+
+# The virtual environment, rebuilt only when the dependency list changes.
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rdx needs Python 3.11+")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+# Kafka jars, the CometBFT binary and the ABCI modules, cached under ~/.cache/rdx by version.
+setup: $(VENV)/.installed
+	@$(PY) -m rdx setup
+
+up: setup
+	@$(PY) -m rdx up --state-dir $(STATE)
+
+up-detached: setup
+	@$(PY) -m rdx up --state-dir $(STATE) --detach
+
+down:
+	@$(PY) -m rdx down --state-dir $(STATE)
+
+status:
+	@$(PY) -m rdx status --state-dir $(STATE)
+
+demo: up-detached
+	@$(PY) -m rdx demo --state-dir $(STATE)
+
+test: setup
+	@$(PY) -m pytest
+
+test-unit: setup
+	@$(PY) -m pytest -m unit
+
+test-integration: setup
+	@$(PY) -m pytest -m integration
+
+test-e2e: setup
+	@$(PY) -m pytest -m e2e
+
+lint: setup
+	@$(VENV)/bin/lint-imports
+
+clean-state: down
+	rm -rf $(STATE)

@@ -1,0 +1,3 @@
+from rdx.cli import main
+
+main()

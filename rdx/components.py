@@ -1,0 +1,388 @@
+"""The real components as local processes: an Apache Kafka broker (KRaft), a CometBFT node and
+the rdx services. The supervisor (``rdx up``) and the test harness start them the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomlkit
+
+from rdx.toolchain import SetupError, Toolchain
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def ensure_port_free(port: int, owner: str) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            raise SetupError(
+                f"port {port} on {LOOPBACK}, wanted by {owner}, is already in use by another process; "
+                f"stop that process (`ss -ltnp 'sport = :{port}'` shows it) or choose other ports"
+            ) from None
+
+
+def wait_until(check, timeout: float, what: str, proc: "Process | None" = None) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise SetupError(f"{what} exited with code {proc.popen.returncode}; its log is {proc.log_path}:\n{proc.log_tail()}")
+        try:
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure just means "not yet"
+            last_error = exc
+        time.sleep(0.2)
+    detail = f" (last error: {last_error})" if last_error else ""
+    raise SetupError(f"{what} did not become ready within {timeout:.0f}s{detail}")
+
+
+class Process:
+    """A child process in its own session, logging to a file, stopped with SIGTERM then SIGKILL."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
+        self.name, self.argv, self.log_path = name, argv, log_path
+        self.env, self.cwd = env, cwd
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(self.env or {})}, cwd=self.cwd, start_new_session=True,
+        )
+        log.close()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.alive():
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.alive():
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Kafka
+
+KAFKA_LOG4J = """status = error
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = {level}
+rootLogger.appenderRef.out.ref = OUT
+"""
+
+
+@dataclass
+class KafkaBroker:
+    """A single combined broker+controller in KRaft mode, for local use and tests."""
+
+    home: Path
+    toolchain: Toolchain
+    port: int = 9092
+    controller_port: int = 9093
+    log_level: str = "WARN"
+    heap: str = "512m"
+    process: Process | None = field(default=None, init=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    def prepare(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{LOOPBACK}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "3",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # A developer machine: keep a week of events, at most 1 GiB a partition.
+            "log.retention.hours": "168",
+            "log.retention.bytes": str(1 << 30),
+        }
+        (self.home / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (self.home / "log4j2.properties").write_text(KAFKA_LOG4J.format(level=self.log_level))
+        meta = self.data_dir / "meta.properties"
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            if not meta.exists() or "cluster.id" not in meta.read_text(errors="replace"):
+                raise SetupError(
+                    f"Kafka's data directory {self.data_dir} is corrupt (meta.properties is missing or unreadable); "
+                    "move it away or delete the state directory to start afresh"
+                )
+            return
+        cluster_id = self._java("kafka.tools.StorageTool", "random-uuid").strip().splitlines()[-1]
+        self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.home / "server.properties"))
+
+    def _jvm(self) -> list[str]:
+        return [
+            "java", f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+            "-cp", self.toolchain.kafka_classpath,
+        ]
+
+    def _java(self, main: str, *args: str) -> str:
+        result = subprocess.run([*self._jvm(), main, *args], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SetupError(f"{main} {' '.join(args[:1])} failed: {(result.stdout + result.stderr).strip()[-800:]}")
+        return result.stdout
+
+    def start(self, timeout: float = 60.0) -> None:
+        ensure_port_free(self.port, "Kafka")
+        ensure_port_free(self.controller_port, "Kafka's controller")
+        self.process = Process("kafka", [*self._jvm(), "kafka.Kafka", str(self.home / "server.properties")], self.home / "kafka.log")
+        self.process.start()
+        wait_until(self.healthy, timeout, "Kafka", self.process)
+
+    def healthy(self) -> bool:
+        return kafka_healthy(self.bootstrap)
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop(timeout=30)
+
+    def kill(self) -> None:
+        if self.process:
+            self.process.kill()
+
+
+def kafka_healthy(bootstrap: str, timeout: float = 3.0) -> bool:
+    """True when the broker answers a metadata request (a listening socket alone is not enough)."""
+    import asyncio
+    import logging
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # "not yet" is the expected answer while starting
+
+    async def probe() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+        try:
+            await asyncio.wait_for(admin.start(), timeout)
+            cluster = await asyncio.wait_for(admin.describe_cluster(), timeout)
+            return bool(cluster.get("brokers"))
+        finally:
+            await admin.close()
+
+    def run() -> bool:
+        try:
+            return asyncio.run(probe())
+        except Exception:  # noqa: BLE001 - unreachable broker of any kind
+            return False
+
+    # Its own thread and loop, so the check also works when called from async code.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
+
+
+# --------------------------------------------------------------------------------------------
+# CometBFT
+
+
+@dataclass
+class CometNode:
+    """One CometBFT validator whose application is rdx's ABCI server at ``abci_port``."""
+
+    home: Path
+    toolchain: Toolchain
+    chain_id: str = "rdx-local"
+    rpc_port: int = 26657
+    p2p_port: int = 26656
+    abci_port: int = 26658
+    timeout_commit: str = "500ms"
+    log_level: str = "state:info,*:error"
+    app_state: dict | None = None  # genesis app_state: the association and founding members
+    process: Process | None = field(default=None, init=False)
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.rpc_port}"
+
+    def prepare(self) -> None:
+        config = self.home / "config"
+        if config.exists():
+            for required in ("genesis.json", "priv_validator_key.json", "node_key.json", "config.toml"):
+                path = config / required
+                try:
+                    if required.endswith(".json"):
+                        json.loads(path.read_text())
+                    else:
+                        tomlkit.parse(path.read_text())
+                except (OSError, ValueError) as exc:
+                    raise SetupError(
+                        f"CometBFT's state in {self.home} is corrupt ({required}: {exc}); "
+                        "move it away or delete the state directory to start afresh"
+                    ) from None
+        else:
+            result = subprocess.run([str(self.toolchain.cometbft), "init", "--home", str(self.home)], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise SetupError(f"cometbft init failed: {result.stderr.strip()[-800:]}")
+            genesis_path = config / "genesis.json"
+            genesis = json.loads(genesis_path.read_text())
+            genesis["chain_id"] = self.chain_id
+            genesis["app_state"] = self.app_state or {}
+            genesis_path.write_text(json.dumps(genesis, indent=2))
+        self.configure()
+
+    def configure(self, persistent_peers: str = "") -> None:
+        path = self.home / "config" / "config.toml"
+        doc = tomlkit.parse(path.read_text())
+        doc["proxy_app"] = f"tcp://{LOOPBACK}:{self.abci_port}"
+        doc["moniker"] = self.home.name
+        doc["log_level"] = self.log_level
+        doc["rpc"]["laddr"] = f"tcp://{LOOPBACK}:{self.rpc_port}"
+        doc["p2p"]["laddr"] = f"tcp://{LOOPBACK}:{self.p2p_port}"
+        doc["p2p"]["addr_book_strict"] = False
+        doc["p2p"]["allow_duplicate_ip"] = True
+        doc["p2p"]["persistent_peers"] = persistent_peers
+        doc["consensus"]["timeout_commit"] = self.timeout_commit
+        path.write_text(tomlkit.dumps(doc))
+
+    def start(self, timeout: float = 60.0) -> None:
+        ensure_port_free(self.rpc_port, "CometBFT RPC")
+        ensure_port_free(self.p2p_port, "CometBFT P2P")
+        argv = [str(self.toolchain.cometbft), "node", "--home", str(self.home)]
+        self.process = Process(f"cometbft-{self.home.name}", argv, self.home / "cometbft.log")
+        self.process.start()
+        wait_until(self.healthy, timeout, "CometBFT", self.process)
+
+    def status(self) -> dict:
+        with urllib.request.urlopen(f"{self.rpc_url}/status", timeout=2) as resp:
+            return json.loads(resp.read())["result"]
+
+    def height(self) -> int:
+        return int(self.status()["sync_info"]["latest_block_height"])
+
+    def healthy(self) -> bool:
+        return comet_healthy(self.rpc_url)
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+    def kill(self) -> None:
+        if self.process:
+            self.process.kill()
+
+
+def comet_healthy(rpc_url: str) -> bool:
+    """True when the node answers and has committed at least one block."""
+    try:
+        with urllib.request.urlopen(f"{rpc_url}/status", timeout=2) as resp:
+            info = json.loads(resp.read())["result"]["sync_info"]
+        return int(info["latest_block_height"]) >= 1
+    except (urllib.error.URLError, OSError, KeyError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# rdx services
+
+
+@dataclass
+class ServiceProcess:
+    """``python -m services.<name>``, configured only through RDX_* environment variables."""
+
+    name: str
+    http_port: int
+    env: dict[str, str]
+    log_dir: Path
+    process: Process | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    def start(self, timeout: float = 60.0, wait: bool = True) -> None:
+        ensure_port_free(self.http_port, f"the {self.name} service")
+        env = {**self.env, "RDX_HTTP_PORT": str(self.http_port), "PYTHONUNBUFFERED": "1"}
+        self.process = Process(self.name, [sys.executable, "-m", f"services.{self.name}"], self.log_dir / f"{self.name}.log",
+                               env=env, cwd=Path(__file__).resolve().parent.parent)
+        self.process.start()
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        wait_until(self.healthy, timeout, f"the {self.name} service", self.process)
+
+    def healthy(self) -> bool:
+        return http_ok(f"{self.url}/readyz")
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+    def kill(self) -> None:
+        if self.process:
+            self.process.kill()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex

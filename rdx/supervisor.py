@@ -1,0 +1,199 @@
+"""``rdx up``: the whole exchange on one machine, on loopback, with its data in one directory.
+
+Start order follows the dependencies: Kafka, then the consensus service (it serves ABCI, so it
+must listen before CometBFT dials it), then CometBFT, then the other services. Stop order is
+the reverse. A second ``rdx up`` on the same state directory resumes where the first stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rdx import toolchain
+from rdx.components import CometNode, KafkaBroker, ServiceProcess, comet_healthy, http_ok, kafka_healthy
+from rdx.toolchain import SetupError
+from services.common.identity import Identity
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Ports:
+    kafka: int = 9092
+    kafka_controller: int = 9093
+    cometbft_rpc: int = 26657
+    cometbft_p2p: int = 26656
+    abci: int = 26658
+    gateway: int = 8000
+    catalog: int = 8001
+    compute: int = 8002
+    billing: int = 8003
+    consensus: int = 8004
+
+    def shifted(self, offset: int) -> "Ports":
+        """Every port moved by ``offset``: a second exchange (or a test) beside the first."""
+        return Ports(**{name: port + offset for name, port in self.__dict__.items()})
+
+
+SERVICES_AFTER_CHAIN = ("catalog", "compute", "billing", "gateway")
+
+
+def check_state_dir(state: Path) -> None:
+    """Refuse a state directory that another rdx version wrote, or whose marker is unreadable."""
+    marker = state / "rdx-state.json"
+    if not marker.exists():
+        if state.exists() and any(p.name != "logs" for p in state.iterdir()):
+            raise SetupError(f"{state} is not empty and has no rdx-state.json: it is not an rdx state directory "
+                             "(or it is corrupt); choose another --state-dir or delete it")
+        state.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"version": STATE_VERSION}))
+        return
+    try:
+        version = json.loads(marker.read_text())["version"]
+    except (ValueError, KeyError, TypeError):
+        raise SetupError(f"{marker} is corrupt; delete the state directory to start afresh") from None
+    if version != STATE_VERSION:
+        raise SetupError(f"{state} was written by state version {version}; this rdx reads version {STATE_VERSION}")
+
+
+class Exchange:
+    def __init__(self, state: Path, ports: Ports = Ports(), log=print):
+        self.state, self.ports, self.log = state.resolve(), ports, log
+        tc = toolchain.installed()
+        self.kafka = KafkaBroker(self.state / "kafka", tc, port=ports.kafka, controller_port=ports.kafka_controller)
+        self.comet = CometNode(self.state / "cometbft", tc, rpc_port=ports.cometbft_rpc, p2p_port=ports.cometbft_p2p,
+                               abci_port=ports.abci, timeout_commit="1s")
+        self.keys = self.state / "keys"
+        common = {
+            "RDX_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "RDX_COMETBFT_RPC": self.comet.rpc_url,
+            "RDX_CHAIN_ID": self.comet.chain_id,
+            "RDX_STATE_ROOT": str(self.state),
+        }
+        logs = self.state / "logs"
+        self.consensus = ServiceProcess("consensus", ports.consensus, {**common, "RDX_ABCI_PORT": str(ports.abci)}, logs)
+        self.services = [ServiceProcess(name, getattr(ports, name), common, logs) for name in SERVICES_AFTER_CHAIN]
+
+    def endpoints(self) -> dict[str, str]:
+        eps = {"kafka": self.kafka.bootstrap, "cometbft": self.comet.rpc_url, "consensus": self.consensus.url}
+        eps.update({s.name: s.url for s in self.services})
+        return eps
+
+    def start(self) -> None:
+        check_state_dir(self.state)
+        started = time.monotonic()
+        self.log("starting Kafka ...")
+        self.kafka.prepare()
+        self.kafka.start()
+        self.log("starting the consensus service (ABCI) ...")
+        self.consensus.start()
+        self.log("starting CometBFT ...")
+        self.comet.app_state = genesis_app_state(association_identity(self.keys))
+        self.comet.prepare()
+        self.comet.start()
+        for svc in self.services:
+            self.log(f"starting {svc.name} ...")
+            svc.start(wait=False)
+        for svc in self.services:
+            svc.wait_ready()
+        (self.state / "endpoints.json").write_text(json.dumps(self.endpoints(), indent=2))
+        (self.state / "pids.json").write_text(json.dumps({name: p.pid for name, p in self.processes() if p}, indent=2))
+        self.log(f"rdx is up in {time.monotonic() - started:.1f}s")
+        self.log(endpoints_text(self.state))
+
+    def stop(self) -> None:
+        for svc in reversed(self.services):
+            svc.stop()
+        self.comet.stop()
+        self.consensus.stop()
+        self.kafka.stop()
+
+    def processes(self):
+        yield "kafka", self.kafka.process
+        yield "consensus", self.consensus.process
+        yield "cometbft", self.comet.process
+        for svc in self.services:
+            yield svc.name, svc.process
+
+
+def association_identity(keys: Path) -> Identity:
+    """The association's signing key for this local exchange, made on first start (file mode 0600)."""
+    path = keys / "association.json"
+    if path.exists():
+        return Identity.load(path)
+    identity = Identity.generate("association")
+    identity.save(path)
+    return identity
+
+
+def genesis_app_state(association: Identity) -> dict:
+    return {"association": {"id": association.account, "name": "Regional Data Exchange Association",
+                            "roles": ["association"], "public_key": association.public_key}}
+
+
+def run_foreground(state: Path, ports: Ports = Ports()) -> int:
+    """Start everything, then wait for Ctrl-C / SIGTERM (`rdx down`) and stop everything."""
+    exchange = Exchange(state, ports)
+    pid_file = state.resolve() / "supervisor.pid"
+    stopping = False
+
+    def on_signal(signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        exchange.start()
+        pid_file.write_text(str(os.getpid()))
+        while not stopping:
+            for name, proc in exchange.processes():
+                if proc is not None and not proc.alive() and proc.popen.returncode is not None:
+                    print(f"rdx: {name} exited with code {proc.popen.returncode}; see {proc.log_path}", file=sys.stderr)
+                    proc.popen = None  # report once; `rdx status` keeps showing it as down
+            time.sleep(0.5)
+        return 0
+    finally:
+        print("rdx: stopping ...", flush=True)
+        exchange.stop()
+        pid_file.unlink(missing_ok=True)
+        print("rdx: stopped", flush=True)
+
+
+def status(state: Path) -> list[tuple[str, str, bool]]:
+    """Each component with its endpoint and whether it answers its health check."""
+    path = state / "endpoints.json"
+    if not path.exists():
+        raise SetupError(f"no exchange has been started with state directory {state} (run `make up`)")
+    eps = json.loads(path.read_text())
+    rows = []
+    for name, url in eps.items():
+        if name == "kafka":
+            ok = kafka_healthy(url)
+        elif name == "cometbft":
+            ok = comet_healthy(url)
+        else:
+            ok = http_ok(f"{url}/readyz")
+        rows.append((name, url, ok))
+    return rows
+
+
+def endpoints_text(state: Path) -> str:
+    eps = json.loads((state / "endpoints.json").read_text())
+    lines = [f"state directory: {state.resolve()}"] + [f"  {name:<10} {url}" for name, url in eps.items()]
+    return "\n".join(lines)
+
+
+def supervisor_pid(state: Path) -> int | None:
+    try:
+        pid = int((state / "supervisor.pid").read_text())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None

@@ -1,0 +1,1 @@
+"""The rdx services. Each subpackage is its own process and imports only itself and ``common``."""

@@ -1,0 +1,1 @@
+"""Billing: metering, price models, statements; settlement itself executes on chain."""

@@ -1,0 +1,1 @@
+"""Catalog: the searchable read model of data listings, and listing drafts' validation."""

@@ -1,0 +1,1 @@
+"""Compute: a member's privacy-computing node; its data never leaves it raw."""

@@ -1,0 +1,45 @@
+"""``python -m services.consensus``: the ABCI application CometBFT connects to, and the relay."""
+
+from __future__ import annotations
+
+from services.common.service import Service
+from services.common.settings import ServiceSettings
+from services.consensus.abci.server import AbciServer
+from services.consensus.app import RdxApp
+from services.consensus.relay import Relay
+from services.consensus.state import Database
+
+
+class ConsensusSettings(ServiceSettings):
+    service: str = "consensus"
+    http_port: int = 8004
+    abci_host: str = "127.0.0.1"  # ABCI has no authentication: keep it next to the validator
+    abci_port: int = 26658
+
+
+def build(settings: ConsensusSettings) -> Service:
+    svc = Service(settings, title="rdx consensus")
+    chain_db = settings.state_dir / "chain.sqlite"
+    relay = Relay(chain_db, settings.state_dir / "relay.sqlite", settings.kafka_bootstrap)
+    app = RdxApp(Database(chain_db), settings.chain_id, on_commit=relay.notify)
+    server = AbciServer(app, settings.abci_host, settings.abci_port)
+
+    async def serve_abci(stop):
+        await stop.wait()
+        await server.stop()
+
+    svc.on_startup(server.start)  # listen before CometBFT dials, and before /readyz says yes
+    svc.task("abci", serve_abci)
+    svc.task("relay", relay.run)
+    svc.on_shutdown(lambda: _close(app))
+    svc.readiness("abci", lambda: server.port > 0)
+    svc.readiness("kafka", lambda: relay.connected)
+    return svc
+
+
+async def _close(app: RdxApp) -> None:
+    app.db.close()
+
+
+if __name__ == "__main__":
+    build(ConsensusSettings()).run()

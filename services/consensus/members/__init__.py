@@ -1,0 +1,1 @@
+"""Members: who belongs to the exchange, their roles, their signing keys and compute nodes."""

@@ -1,0 +1,94 @@
+"""Member transaction handlers: check, mutate through the keeper, emit."""
+
+from __future__ import annotations
+
+from services.common.tx import Code
+from services.consensus.context import Context, Rejected
+from services.consensus.members import messages as m
+from services.consensus.members.keeper import MembersKeeper
+
+
+def _association_only(ctx: Context, keeper: MembersKeeper) -> None:
+    if not keeper.is_association(ctx.signer):
+        raise Rejected(Code.UNAUTHORIZED, "only the association may do this")
+
+
+def _new_account(keeper: MembersKeeper, account: str, member: str, kind: str, public_key: str) -> None:
+    existing = keeper.account(account)
+    keeper.put_account({"id": account, "member": member, "kind": kind, "public_key": public_key,
+                        "nonce": existing["nonce"] if existing else 0})
+
+
+def register(ctx: Context, msg: m.Register) -> None:
+    keeper = MembersKeeper(ctx)
+    _association_only(ctx, keeper)
+    if keeper.member(msg.id) is not None:
+        raise Rejected(Code.CONFLICT, f"member {msg.id} already exists")
+    admit(ctx, keeper, msg)
+
+
+def admit(ctx: Context, keeper: MembersKeeper, msg: m.Register) -> None:
+    """Shared by the Register tx and genesis."""
+    member = {"id": msg.id, "name": msg.name, "roles": sorted(set(msg.roles)), "status": "active",
+              "joined_height": ctx.height, "node": None}
+    _new_account(keeper, msg.id, msg.id, "member", msg.public_key)
+    if msg.node is not None:
+        member["node"] = {"account": f"{msg.id}.node", "endpoint": msg.node.endpoint}
+        _new_account(keeper, f"{msg.id}.node", msg.id, "node", msg.node.public_key)
+    keeper.put_member(member)
+    ctx.emit("MemberRegistered", f"member:{msg.id}", member=msg.id, name=msg.name, roles=member["roles"],
+             node=member["node"])
+
+
+def set_node(ctx: Context, msg: m.SetNode) -> None:
+    keeper = MembersKeeper(ctx)
+    member = keeper.owner_of(ctx.signer)
+    account = keeper.account(ctx.signer)
+    if member is None or account["kind"] != "member":
+        raise Rejected(Code.UNAUTHORIZED, "only a member's own account may set its node")
+    member["node"] = {"account": f"{member['id']}.node", "endpoint": msg.node.endpoint}
+    _new_account(keeper, f"{member['id']}.node", member["id"], "node", msg.node.public_key)
+    keeper.put_member(member)
+    ctx.emit("MemberNodeSet", f"member:{member['id']}", member=member["id"], node=member["node"],
+             public_key=msg.node.public_key)
+
+
+def rotate_key(ctx: Context, msg: m.RotateKey) -> None:
+    keeper = MembersKeeper(ctx)
+    account = keeper.account(ctx.signer)
+    account["public_key"] = msg.public_key
+    keeper.put_account(account)
+    ctx.emit("KeyRotated", f"member:{account['member']}", account=account["id"], public_key=msg.public_key)
+
+
+def suspend(ctx: Context, msg: m.Suspend) -> None:
+    keeper = MembersKeeper(ctx)
+    _association_only(ctx, keeper)
+    member = keeper.member(msg.member)
+    if member is None:
+        raise Rejected(Code.NOT_FOUND, f"unknown member {msg.member}")
+    if "association" in member["roles"]:
+        raise Rejected(Code.INVALID_STATE, "the association cannot suspend itself")
+    member["status"] = "suspended"
+    keeper.put_member(member)
+    ctx.emit("MemberSuspended", f"member:{msg.member}", member=msg.member, reason=msg.reason)
+
+
+def reinstate(ctx: Context, msg: m.Reinstate) -> None:
+    keeper = MembersKeeper(ctx)
+    _association_only(ctx, keeper)
+    member = keeper.member(msg.member)
+    if member is None or member["status"] != "suspended":
+        raise Rejected(Code.INVALID_STATE, f"member {msg.member} is not suspended")
+    member["status"] = "active"
+    keeper.put_member(member)
+    ctx.emit("MemberReinstated", f"member:{msg.member}", member=msg.member)
+
+
+HANDLERS = {
+    "members.Register": (m.Register, register),
+    "members.SetNode": (m.SetNode, set_node),
+    "members.RotateKey": (m.RotateKey, rotate_key),
+    "members.Suspend": (m.Suspend, suspend),
+    "members.Reinstate": (m.Reinstate, reinstate),
+}

@@ -1,0 +1,46 @@
+"""The only code that reads or writes member and account state (prefixes ``members/``, ``accounts/``).
+
+A member (an organisation) has one signing account with the member's own id, and optionally
+a compute node account ``<member>.node``. Accounts carry the public key and the next nonce.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.consensus.context import Context
+
+ROLES = ("association", "provider", "consumer", "compute_operator")
+ASSOCIATION = "association"
+
+
+class MembersKeeper:
+    def __init__(self, ctx: Context):
+        self.store = ctx.store
+
+    def member(self, member_id: str) -> dict[str, Any] | None:
+        return self.store.get(f"members/{member_id}")
+
+    def put_member(self, member: dict[str, Any]) -> None:
+        self.store.set(f"members/{member['id']}", member)
+
+    def account(self, account: str) -> dict[str, Any] | None:
+        return self.store.get(f"accounts/{account}")
+
+    def put_account(self, account: dict[str, Any]) -> None:
+        self.store.set(f"accounts/{account['id']}", account)
+
+    def owner_of(self, account: str) -> dict[str, Any] | None:
+        acc = self.account(account)
+        return self.member(acc["member"]) if acc else None
+
+    def is_association(self, account: str) -> bool:
+        member = self.owner_of(account)
+        return bool(member and ASSOCIATION in member["roles"] and member["status"] == "active")
+
+    def active(self, member_id: str) -> bool:
+        member = self.member(member_id)
+        return bool(member and member["status"] == "active")
+
+    def members(self) -> list[dict[str, Any]]:
+        return [m for _, m in self.store.scan("members/")]

@@ -1,0 +1,69 @@
+"""Member transactions and their stateless validation."""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MemberId = Field(min_length=2, max_length=40, pattern=r"^[a-z0-9][a-z0-9\-]*$")
+Role = Literal["association", "provider", "consumer", "compute_operator"]
+
+
+def _ed25519_key(value: str) -> str:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        raise ValueError("must be base64") from None
+    if len(raw) != 32:
+        raise ValueError("must be a 32-byte Ed25519 public key")
+    return value
+
+
+class Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeInfo(Msg):
+    public_key: str
+    endpoint: str = Field(min_length=3, max_length=200, description="host:port of the member's compute node")
+
+    _key = field_validator("public_key")(_ed25519_key)
+
+
+class Register(Msg):
+    """Association only: admit a member with its roles, signing key and (optional) compute node."""
+
+    id: str = MemberId
+    name: str = Field(min_length=1, max_length=200)
+    roles: list[Role] = Field(min_length=1, max_length=4)
+    public_key: str
+    node: NodeInfo | None = None
+
+    _key = field_validator("public_key")(_ed25519_key)
+
+
+class SetNode(Msg):
+    """The member itself: register or replace its compute node's key and endpoint."""
+
+    node: NodeInfo
+
+
+class RotateKey(Msg):
+    """The account's current key signs its successor (member account or node account)."""
+
+    public_key: str
+
+    _key = field_validator("public_key")(_ed25519_key)
+
+
+class Suspend(Msg):
+    """Association only: a suspended member can sign nothing and its jobs are aborted."""
+
+    member: str = MemberId
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class Reinstate(Msg):
+    member: str = MemberId

@@ -1,0 +1,111 @@
+"""The relay: every event of every committed block goes to Kafka, in order, at least once.
+
+It reads the chain database's event outbox (written in the same SQLite transaction as the
+block), publishes a batch, waits for the broker's acknowledgement, and only then records the
+position. After a crash it starts again from the recorded position; the events it publishes
+twice carry the same id, and consumers apply each id once. The chain never waits for Kafka:
+if the broker is away, the relay falls behind and catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prometheus_client import Gauge
+
+from services.common.events import CHAIN_EVENTS, Event
+from services.common.kafka import EventProducer
+from services.consensus.state import ChainEvent, Database
+
+log = logging.getLogger("rdx.consensus.relay")
+RELAY_HEIGHT = Gauge("rdx_relay_published_height", "height of the last chain event acknowledged by Kafka")
+
+
+def to_event(e: ChainEvent) -> Event:
+    return Event(id=e.id, type=e.type, entity=e.entity, source="consensus",
+                 occurred_at=datetime.fromtimestamp(e.time, timezone.utc), data={**e.data, "height": e.height})
+
+
+class RelayPosition:
+    """The last event id the broker acknowledged, in its own small database."""
+
+    def __init__(self, path: Path):
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS position (id INTEGER PRIMARY KEY CHECK (id = 1), "
+                          "height INTEGER, tx_index INTEGER, event_index INTEGER)")
+
+    def get(self) -> tuple[int, int, int]:
+        row = self.conn.execute("SELECT height, tx_index, event_index FROM position").fetchone()
+        return tuple(row) if row else (0, -2, -1)
+
+    def set(self, e: ChainEvent) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO position VALUES (1, ?, ?, ?)", (e.height, e.tx_index, e.event_index))
+
+
+class Relay:
+    def __init__(self, chain_db_path: Path, position_path: Path, bootstrap: str, *, batch: int = 500):
+        self.chain = Database(chain_db_path)  # its own connection: reads never block the app's commits
+        self.position = RelayPosition(position_path)
+        self.bootstrap = bootstrap
+        self.producer = EventProducer(bootstrap, "consensus")
+        self.batch = batch
+        self._wake = asyncio.Event()
+        self.connected = False
+
+    def notify(self, _height: int) -> None:
+        """Called by the app after each Commit, from the same event loop."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                if not self.connected:
+                    await self.producer.start()
+                    self.connected = True
+                    backoff = 0.5
+                published = await self.publish_pending()
+            except Exception as exc:  # noqa: BLE001 - broker away: retry, the outbox keeps everything
+                log.warning("relay cannot publish (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                await self._reset_producer()
+                await self._sleep(stop, backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if not published:
+                self._wake.clear()
+                await self._sleep(stop, 1.0, self._wake)
+        await self._reset_producer()
+        self.chain.close()
+
+    async def publish_pending(self) -> int:
+        """Publish what is past the recorded position; returns how many events went out."""
+        events = self.chain.events_after(self.position.get(), self.batch)
+        if not events:
+            return 0
+        await self.producer.publish_many(CHAIN_EVENTS, [to_event(e) for e in events])
+        self.position.set(events[-1])  # only after every event of the batch is acknowledged
+        RELAY_HEIGHT.set(events[-1].height)
+        return len(events)
+
+    async def _reset_producer(self) -> None:
+        """Drop the producer (it may be half-started after a failure) and make a fresh one."""
+        self.connected = False
+        try:
+            await self.producer.stop()
+        except Exception:  # noqa: BLE001 - it is being replaced anyway
+            pass
+        self.producer = EventProducer(self.bootstrap, "consensus")
+
+    @staticmethod
+    async def _sleep(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:
+        waiters = [asyncio.create_task(stop.wait())]
+        if wake is not None:
+            waiters.append(asyncio.create_task(wake.wait()))
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()

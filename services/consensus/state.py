@@ -1,0 +1,167 @@
+"""The chain's state in SQLite: one key-value table written only at Commit, in one transaction.
+
+Domain keepers read and write JSON values under their own key prefix (``members/``,
+``assets/`` ...) through a ``Store`` view. During a block, writes collect in an overlay; the
+app hash of a block is SHA-256 over the previous app hash and the block's sorted writes, so it
+is a digest of the state changes, identical on every validator, and costs O(writes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_DELETED = object()
+
+
+@dataclass(frozen=True)
+class ChainEvent:
+    """An event of a committed block, in the order the block produced it."""
+
+    height: int
+    tx_index: int  # -1 for events of the block itself (genesis, expiries)
+    event_index: int
+    time: int  # block time, unix seconds
+    type: str
+    entity: str
+    data: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return f"{self.height}/{self.tx_index}/{self.event_index}"
+
+
+class Database:
+    """The committed state, the committed blocks' events (the relay's outbox) and chain metadata."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a block acknowledged by Commit must survive a power cut, or replay would diverge.
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS events (
+                height INTEGER NOT NULL, tx_index INTEGER NOT NULL, event_index INTEGER NOT NULL,
+                time INTEGER NOT NULL, type TEXT NOT NULL, entity TEXT NOT NULL, data TEXT NOT NULL,
+                PRIMARY KEY (height, tx_index, event_index)) WITHOUT ROWID;
+            """
+        )
+
+    def get(self, key: str) -> Any | None:
+        row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        rows = self.conn.execute("SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+                                 (prefix, prefix + "\uffff"))
+        for key, value in rows:
+            yield key, json.loads(value)
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    @property
+    def height(self) -> int:
+        return int(self.meta("height", "0"))
+
+    @property
+    def app_hash(self) -> bytes:
+        return bytes.fromhex(self.meta("app_hash", ""))
+
+    def commit_block(self, height: int, app_hash: bytes, writes: dict[str, Any], events: list[ChainEvent],
+                     extra_meta: dict[str, str] | None = None) -> None:
+        """Everything of one block, or nothing: a crash before COMMIT leaves the previous block."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for key, value in writes.items():
+                if value is _DELETED:
+                    c.execute("DELETE FROM kv WHERE key = ?", (key,))
+                else:
+                    c.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, _dump(value)))
+            c.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          [(e.height, e.tx_index, e.event_index, e.time, e.type, e.entity, _dump(e.data))
+                           for e in events])
+            meta = {"height": str(height), "app_hash": app_hash.hex(), **(extra_meta or {})}
+            c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def events_after(self, position: tuple[int, int, int], limit: int = 1000) -> list[ChainEvent]:
+        rows = self.conn.execute(
+            "SELECT height, tx_index, event_index, time, type, entity, data FROM events "
+            "WHERE (height, tx_index, event_index) > (?, ?, ?) ORDER BY height, tx_index, event_index LIMIT ?",
+            (*position, limit),
+        )
+        return [ChainEvent(h, t, i, tm, ty, en, json.loads(d)) for h, t, i, tm, ty, en, d in rows]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class Overlay:
+    """Uncommitted writes on top of the database: a block's, or the mempool's check state."""
+
+    def __init__(self, db: Database, parent: "Overlay | None" = None):
+        self.db, self.parent = db, parent
+        self.writes: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any | None:
+        if key in self.writes:
+            value = self.writes[key]
+            return None if value is _DELETED else value
+        if self.parent is not None:
+            return self.parent.get(key)
+        return self.db.get(key)
+
+    def set(self, key: str, value: Any) -> None:
+        # Stored as a JSON round trip so a later mutation of ``value`` cannot leak in.
+        self.writes[key] = json.loads(_dump(value))
+
+    def delete(self, key: str) -> None:
+        self.writes[key] = _DELETED
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        merged = dict(self.parent.scan(prefix)) if self.parent is not None else dict(self.db.scan(prefix))
+        for key, value in self.writes.items():
+            if key.startswith(prefix):
+                if value is _DELETED:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+        return iter(sorted(merged.items()))
+
+    def branch(self) -> "Overlay":
+        """A child overlay: one tx's writes, kept only if the tx succeeds."""
+        return Overlay(self.db, self)
+
+    def merge_into_parent(self) -> None:
+        assert self.parent is not None
+        self.parent.writes.update(self.writes)
+
+    def digest(self) -> bytes:
+        h = hashlib.sha256()
+        for key in sorted(self.writes):
+            value = self.writes[key]
+            h.update(key.encode() + b"\x00" + (b"\x01" if value is _DELETED else _dump(value).encode()) + b"\x00")
+        return h.digest()
+
+
+def next_app_hash(previous: bytes, block_digest: bytes, height: int) -> bytes:
+    return hashlib.sha256(previous + height.to_bytes(8, "big") + block_digest).digest()

@@ -1,0 +1,1 @@
+"""Gateway: the single door for member systems and association portals."""

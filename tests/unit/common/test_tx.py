@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+
+from services.common.identity import Identity, verify
+from services.common.tx import MAX_TX_BYTES, Code, Tx, TxError, canonical
+
+
+def test_signed_tx_round_trips_and_verifies():
+    alice = Identity.generate("alice")
+    tx = Tx.build(alice, "rdx-test", "members.RotateKey", 1, {"public_key": "k", "n": [1, {"b": 2, "a": None}]})
+    decoded = Tx.decode(tx.encode())
+    assert decoded == tx
+    assert verify(alice.public_key, decoded.signing_bytes(), decoded.sig)
+    assert not verify(Identity.generate("eve").public_key, decoded.signing_bytes(), decoded.sig)
+
+
+def test_signature_covers_every_field():
+    alice = Identity.generate("alice")
+    tx = Tx.build(alice, "rdx-test", "members.RotateKey", 1, {"public_key": "k"})
+    for change in ({"nonce": 2}, {"chain_id": "other"}, {"payload": {"public_key": "j"}}, {"type": "members.Suspend"}):
+        forged = tx.model_copy(update=change)
+        assert not verify(alice.public_key, forged.signing_bytes(), forged.sig)
+
+
+def test_canonical_encoding_is_key_order_independent_and_refuses_floats():
+    assert canonical({"b": 1, "a": [2, "é"]}) == canonical({"a": [2, "é"], "b": 1}) == '{"a":[2,"é"],"b":1}'.encode()
+    with pytest.raises(TxError) as err:
+        canonical({"amount": 1.5})
+    assert err.value.code == Code.UNDECODABLE
+
+
+@pytest.mark.parametrize("raw", [b"", b"\xff\xfe", b"[]", b'{"chain_id": "x"}', b"null"])
+def test_undecodable_bytes_are_rejected_with_code_1(raw):
+    with pytest.raises(TxError) as err:
+        Tx.decode(raw)
+    assert err.value.code == Code.UNDECODABLE
+
+
+def test_non_canonical_encoding_is_rejected():
+    tx = Tx.build(Identity.generate("alice"), "rdx-test", "members.RotateKey", 1, {"public_key": "k"})
+    spaced = tx.encode().replace(b",", b", ")
+    with pytest.raises(TxError, match="canonically"):
+        Tx.decode(spaced)
+
+
+def test_oversize_tx_is_rejected_before_parsing():
+    with pytest.raises(TxError) as err:
+        Tx.decode(b"{" + b" " * MAX_TX_BYTES + b"}")
+    assert err.value.code == Code.OVERSIZE
+
+
+def test_identity_repr_and_file_keep_the_secret_private(tmp_path):
+    alice = Identity.generate("alice")
+    assert "secret" not in repr(alice)
+    path = tmp_path / "alice.json"
+    alice.save(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert Identity.load(path).public_key == alice.public_key

@@ -1,0 +1,375 @@
+"""The ABCI socket server over real loopback sockets, driven by a tiny client written here.
+
+The client frames requests with its own varint code, so the server's framing is checked
+against an independent implementation and against the protobuf spec's known encodings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from tendermint.abci import types_pb2 as abci
+
+from services.consensus.abci import AbciServer, Application, FrameError, encode_frame, read_frame
+from services.consensus.abci import server as server_module
+from services.consensus.abci.application import proto_tx_size
+
+pytestmark = pytest.mark.unit
+
+TIMEOUT = 5.0
+
+
+def uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def framed(payload: bytes) -> bytes:
+    return uvarint(len(payload)) + payload
+
+
+def req(**kwargs) -> abci.Request:
+    return abci.Request(**kwargs)
+
+
+FLUSH = req(flush=abci.RequestFlush())
+
+
+class Client:
+    """Writes framed requests, reads framed responses; nothing buffered on this side."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, *messages: abci.Request | bytes) -> None:
+        for m in messages:
+            self.writer.write(m if isinstance(m, bytes) else framed(m.SerializeToString()))
+        await self.writer.drain()
+
+    async def recv(self) -> abci.Response:
+        async def _read() -> abci.Response:
+            length, shift = 0, 0
+            while True:
+                b = (await self.reader.readexactly(1))[0]
+                length |= (b & 0x7F) << shift
+                shift += 7
+                if b < 0x80:
+                    break
+            return abci.Response.FromString(await self.reader.readexactly(length))
+
+        return await asyncio.wait_for(_read(), TIMEOUT)
+
+    async def recv_kinds(self, n: int) -> list[str]:
+        return [(await self.recv()).WhichOneof("value") for _ in range(n)]
+
+    async def assert_closed(self) -> None:
+        assert await asyncio.wait_for(self.reader.read(), TIMEOUT) == b""
+
+    async def assert_silent(self, seconds: float = 0.2) -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(self.reader.read(1), seconds)
+
+
+@pytest.fixture
+async def serve():
+    servers: list[AbciServer] = []
+
+    async def _serve(app: Application | None = None, **kwargs) -> AbciServer:
+        s = AbciServer(app or Application(), port=0, **kwargs)
+        await s.start()
+        servers.append(s)
+        return s
+
+    yield _serve
+    for s in servers:
+        await s.stop()
+
+
+@pytest.fixture
+async def connect():
+    clients: list[Client] = []
+
+    async def _connect(s: AbciServer) -> Client:
+        c = Client(*await asyncio.open_connection("127.0.0.1", s.port))
+        clients.append(c)
+        return c
+
+    yield _connect
+    for c in clients:
+        c.writer.close()
+
+
+# --- framing ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("n", "prefix"), [
+    (0, "00"), (1, "01"), (127, "7f"), (128, "8001"), (300, "ac02"),
+    (16383, "ff7f"), (16384, "808001"), (2_097_151, "ffff7f"), (2_097_152, "80808001"),
+])
+def test_length_prefix_is_the_protobuf_uvarint(n: int, prefix: str) -> None:
+    frame = encode_frame(b"x" * n)
+    assert frame[: len(prefix) // 2].hex() == prefix
+    assert frame == framed(b"x" * n)
+
+
+async def test_read_frame_round_trips_across_varint_boundaries() -> None:
+    sizes = [0, 1, 127, 128, 129, 255, 16383, 16384, 16385, 70_000]
+    reader = asyncio.StreamReader()
+    payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    reader.feed_data(b"".join(encode_frame(p) for p in payloads))
+    reader.feed_eof()
+    for p in payloads:
+        assert await read_frame(reader, 1 << 20) == p
+    assert await read_frame(reader, 1 << 20) is None  # clean end between frames
+
+
+@pytest.mark.parametrize("prefix", [b"\xff" * 10 + b"\x01", b"\xff" * 9 + b"\x02"])
+async def test_read_frame_rejects_a_prefix_beyond_64_bits(prefix: bytes) -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(prefix)
+    with pytest.raises(FrameError):
+        await read_frame(reader, 1 << 20)
+
+
+async def test_read_frame_raises_on_a_stream_cut_mid_frame() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(encode_frame(b"abcdef")[:4])
+    reader.feed_eof()
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read_frame(reader, 1 << 20)
+
+
+@pytest.mark.parametrize("size", [5, 127, 128, 200, 16383, 16384, 20_000])
+async def test_echo_round_trips_through_the_socket(serve, connect, size: int) -> None:
+    c = await connect(await serve())
+    message = "e" * size
+    await c.send(req(echo=abci.RequestEcho(message=message)), FLUSH)
+    assert (await c.recv()).echo.message == message
+    assert (await c.recv()).WhichOneof("value") == "flush"
+
+
+# --- ordering and flushing ---------------------------------------------------------------
+
+async def test_pipelined_batch_is_answered_in_order_at_flush(serve, connect) -> None:
+    c = await connect(await serve())
+    batch = [
+        req(echo=abci.RequestEcho(message="first")),
+        req(info=abci.RequestInfo()),
+        req(check_tx=abci.RequestCheckTx(tx=b"t1")),
+        req(query=abci.RequestQuery(path="/x")),
+        req(prepare_proposal=abci.RequestPrepareProposal(txs=[b"a", b"b"], max_tx_bytes=100)),
+        req(echo=abci.RequestEcho(message="last")),
+        FLUSH,
+    ]
+    await c.send(*batch)
+    responses = [await c.recv() for _ in batch]
+    assert [r.WhichOneof("value") for r in responses] == [m.WhichOneof("value") for m in batch]
+    assert responses[0].echo.message == "first"
+    assert list(responses[4].prepare_proposal.txs) == [b"a", b"b"]
+    assert responses[5].echo.message == "last"
+
+
+async def test_no_response_is_written_before_flush(serve, connect) -> None:
+    c = await connect(await serve())
+    await c.send(req(echo=abci.RequestEcho(message="held")), req(info=abci.RequestInfo()))
+    await c.assert_silent()
+    await c.send(FLUSH)
+    assert await c.recv_kinds(3) == ["echo", "info", "flush"]
+
+
+async def test_a_full_buffer_is_written_without_flush(serve, connect) -> None:
+    c = await connect(await serve())
+    big = "b" * (server_module._WRITE_BUFFER_BYTES // 2 + 1)
+    await c.send(req(echo=abci.RequestEcho(message=big)), req(echo=abci.RequestEcho(message=big)))
+    assert [(await c.recv()).echo.message for _ in range(2)] == [big, big]
+
+
+# --- connections ---------------------------------------------------------------------------
+
+async def test_four_connections_are_served_independently(serve, connect) -> None:
+    s = await serve()
+    clients = [await connect(s) for _ in range(4)]
+    for i, c in enumerate(clients):
+        await c.send(req(echo=abci.RequestEcho(message=f"conn{i}")), req(check_tx=abci.RequestCheckTx(tx=b"t")))
+    for c in clients:
+        await c.assert_silent(0.05)
+    for i, c in reversed(list(enumerate(clients))):
+        await c.send(FLUSH)
+        assert (await c.recv()).echo.message == f"conn{i}"
+        assert await c.recv_kinds(2) == ["check_tx", "flush"]
+    stats = s.connections
+    assert len(stats) == 4
+    assert all(st.requests == {"echo": 1, "check_tx": 1, "flush": 1} for st in stats.values())
+
+
+async def test_a_failing_connection_leaves_the_others_running(serve, connect) -> None:
+    s = await serve()
+    bad, good = await connect(s), await connect(s)
+    await bad.send(framed(b"\xff\xff\xff"))
+    assert (await bad.recv()).WhichOneof("value") == "exception"
+    await bad.assert_closed()
+    await good.send(req(info=abci.RequestInfo()), FLUSH)
+    assert await good.recv_kinds(2) == ["info", "flush"]
+    assert len(s.connections) == 1
+
+
+async def test_echo_is_answered_while_another_connection_waits_on_the_app(serve, connect) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    class Slow(Application):
+        async def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
+            entered.set()
+            await release.wait()
+            return abci.ResponseFinalizeBlock(app_hash=b"h" * 32)
+
+    s = await serve(Slow())
+    consensus, query = await connect(s), await connect(s)
+    await consensus.send(req(finalize_block=abci.RequestFinalizeBlock(height=1)), FLUSH)
+    await asyncio.wait_for(entered.wait(), TIMEOUT)
+    await query.send(req(echo=abci.RequestEcho(message="ping")), FLUSH)
+    assert await query.recv_kinds(2) == ["echo", "flush"]
+    release.set()
+    assert (await consensus.recv()).finalize_block.app_hash == b"h" * 32
+
+
+async def test_application_calls_never_overlap_across_connections(serve, connect) -> None:
+    active, overlaps = 0, 0
+
+    class Yielding(Application):
+        async def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
+            nonlocal active, overlaps
+            active += 1
+            overlaps += active > 1
+            await asyncio.sleep(0.01)
+            active -= 1
+            return abci.ResponseCheckTx(code=0)
+
+    s = await serve(Yielding())
+    clients = [await connect(s) for _ in range(4)]
+    for c in clients:
+        await c.send(*[req(check_tx=abci.RequestCheckTx(tx=b"t"))] * 3, FLUSH)
+    for c in clients:
+        assert await c.recv_kinds(4) == ["check_tx"] * 3 + ["flush"]
+    assert overlaps == 0
+
+
+async def test_stop_closes_listener_and_connections(serve, connect) -> None:
+    s = await serve()
+    c = await connect(s)
+    port = s.port
+    done = asyncio.create_task(s.serve_forever())
+    await s.stop()
+    await c.assert_closed()
+    await asyncio.wait_for(done, TIMEOUT)
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)
+
+
+def test_port_is_unknown_before_start() -> None:
+    with pytest.raises(RuntimeError):
+        _ = AbciServer(Application(), port=0).port
+
+
+# --- protocol errors -----------------------------------------------------------------------
+
+async def test_oversize_frame_gets_an_exception_and_a_closed_connection(serve, connect, caplog) -> None:
+    c = await connect(await serve(max_frame_bytes=1024))
+    with caplog.at_level(logging.ERROR, logger="rdx.consensus.abci"):
+        await c.send(uvarint(2048))  # only the prefix: the body must never be awaited
+        response = await c.recv()
+        await c.assert_closed()
+    assert "exceeds" in response.exception.error
+    assert "2048" in caplog.text
+
+
+async def test_frame_at_the_limit_is_accepted(serve, connect) -> None:
+    echo = req(echo=abci.RequestEcho(message="m" * 1000)).SerializeToString()
+    c = await connect(await serve(max_frame_bytes=len(echo)))
+    await c.send(framed(echo), FLUSH)
+    assert await c.recv_kinds(2) == ["echo", "flush"]
+
+
+@pytest.mark.parametrize(("payload", "error"), [
+    (b"\xff\xff\xff", "undecodable request"),
+    (b"", "unknown request type"),  # an empty Request carries no value
+    (uvarint(99 << 3) + b"\x01", "unknown request type"),  # a field number ABCI does not define
+])
+async def test_bad_request_gets_an_exception_and_a_closed_connection(
+    serve, connect, payload: bytes, error: str
+) -> None:
+    c = await connect(await serve())
+    await c.send(framed(payload))
+    assert (await c.recv()).exception.error == error
+    await c.assert_closed()
+
+
+async def test_application_exception_is_reported_after_earlier_responses(serve, connect, caplog) -> None:
+    class Broken(Application):
+        def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
+            raise ValueError("state corrupted")
+
+    c = await connect(await serve(Broken()))
+    with caplog.at_level(logging.ERROR, logger="rdx.consensus.abci"):
+        await c.send(req(echo=abci.RequestEcho(message="before")), req(check_tx=abci.RequestCheckTx(tx=b"SECRET-TX")))
+        assert (await c.recv()).echo.message == "before"
+        error = (await c.recv()).exception.error
+        await c.assert_closed()
+    assert error == "check_tx: ValueError: state corrupted"
+    assert "application failed on check_tx" in caplog.text
+    assert "SECRET-TX" not in caplog.text
+
+
+async def test_wrong_response_type_from_the_app_is_an_exception(serve, connect) -> None:
+    class Confused(Application):
+        def info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
+            return abci.ResponseQuery()  # type: ignore[return-value]
+
+    c = await connect(await serve(Confused()))
+    await c.send(req(info=abci.RequestInfo()), FLUSH)
+    assert "TypeError" in (await c.recv()).exception.error
+    await c.assert_closed()
+
+
+# --- the application -----------------------------------------------------------------------
+
+async def test_async_application_method_is_awaited(serve, connect) -> None:
+    class Async(Application):
+        async def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
+            await asyncio.sleep(0)
+            return abci.ResponseFinalizeBlock(
+                tx_results=[abci.ExecTxResult(code=0, data=tx) for tx in req.txs], app_hash=b"\x01" * 32
+            )
+
+    c = await connect(await serve(Async()))
+    await c.send(req(finalize_block=abci.RequestFinalizeBlock(height=7, txs=[b"a", b"b"])), FLUSH)
+    response = (await c.recv()).finalize_block
+    assert [r.data for r in response.tx_results] == [b"a", b"b"]
+    assert response.app_hash == b"\x01" * 32
+
+
+def test_defaults_follow_the_spec() -> None:
+    app = Application()
+    assert app.offer_snapshot(abci.RequestOfferSnapshot()).result == abci.ResponseOfferSnapshot.ABORT
+    assert app.apply_snapshot_chunk(abci.RequestApplySnapshotChunk()).result == abci.ResponseApplySnapshotChunk.ABORT
+    assert not app.list_snapshots(abci.RequestListSnapshots()).snapshots
+    assert app.process_proposal(abci.RequestProcessProposal()).status == abci.ResponseProcessProposal.ACCEPT
+    assert app.verify_vote_extension(abci.RequestVerifyVoteExtension()).status == abci.ResponseVerifyVoteExtension.ACCEPT
+    assert app.extend_vote(abci.RequestExtendVote()).vote_extension == b""
+    finalized = app.finalize_block(abci.RequestFinalizeBlock(txs=[b"a", b"b", b"c"]))
+    assert [r.code for r in finalized.tx_results] == [0, 0, 0]
+
+
+def test_prepare_proposal_counts_txs_as_cometbft_does() -> None:
+    # CometBFT's Txs.Validate counts each tx as in Data: tag + varint length + bytes.
+    assert proto_tx_size(b"x" * 127) == 129
+    assert proto_tx_size(b"x" * 128) == 131
+    txs = [b"a" * 10, b"b" * 10, b"c" * 1, b"d" * 10]
+    proposal = Application().prepare_proposal(abci.RequestPrepareProposal(txs=txs, max_tx_bytes=24))
+    assert list(proposal.txs) == txs[:2]  # 12 + 12; the small third still must not jump the queue
+    assert len(abci.RequestPrepareProposal(txs=proposal.txs).SerializeToString()) <= 24

@@ -1,0 +1,138 @@
+"""The state machine driven directly through its ABCI methods, with no node: pure logic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from tendermint.abci import types_pb2 as abci
+
+from services.common.identity import Identity
+from services.common.tx import MAX_TX_BYTES, Code, Tx
+from services.consensus.app import RdxApp
+from services.consensus.state import Database
+
+CHAIN = "rdx-test"
+
+
+class Harness:
+    def __init__(self, path, association: Identity):
+        self.db = Database(path)
+        self.app = RdxApp(self.db, CHAIN)
+        self.association = association
+        self.nonces: dict[str, int] = {}
+        genesis = {"association": {"id": "association", "name": "Assoc", "roles": ["association"],
+                                   "public_key": association.public_key}}
+        self.app.init_chain(abci.RequestInitChain(chain_id=CHAIN, app_state_bytes=json.dumps(genesis).encode(),
+                                                  time=Timestamp(seconds=1_700_000_000)))
+        self.height = 0
+
+    def tx(self, who: Identity, type_: str, payload: dict, nonce: int | None = None, chain: str = CHAIN) -> bytes:
+        if nonce is None:
+            nonce = self.nonces.get(who.account, 0) + 1
+            self.nonces[who.account] = nonce
+        return Tx.build(who, chain, type_, nonce, payload).encode()
+
+    def block(self, *txs: bytes) -> list[abci.ExecTxResult]:
+        self.height += 1
+        resp = self.app.finalize_block(abci.RequestFinalizeBlock(
+            height=self.height, txs=list(txs), time=Timestamp(seconds=1_700_000_000 + self.height)))
+        self.app.commit(abci.RequestCommit())
+        return list(resp.tx_results)
+
+    def check(self, raw: bytes) -> abci.ResponseCheckTx:
+        return self.app.check_tx(abci.RequestCheckTx(tx=raw))
+
+    def state(self) -> dict:
+        return dict(self.db.conn.execute("SELECT key, value FROM kv").fetchall())
+
+
+@pytest.fixture
+def chain(tmp_path):
+    return Harness(tmp_path / "chain.sqlite", Identity.generate("association"))
+
+
+def register(chain: Harness, member: Identity, roles=("provider",)) -> bytes:
+    return chain.tx(chain.association, "members.Register", {
+        "id": member.account, "name": member.account.upper(), "roles": list(roles), "public_key": member.public_key})
+
+
+def test_register_commits_member_and_events(chain):
+    bank = Identity.generate("bank-a")
+    [result] = chain.block(register(chain, bank))
+    assert result.code == Code.OK
+    assert [e.type for e in result.events] == ["MemberRegistered"]
+    member = json.loads(chain.state()["members/bank-a"])
+    assert member["status"] == "active" and member["roles"] == ["provider"]
+    # genesis (tx index -1) and the tx's event are in the relay's outbox
+    assert [(e.tx_index, e.type) for e in chain.db.events_after((0, -2, -1))] == [
+        (-1, "MemberRegistered"), (0, "MemberRegistered")]
+
+
+def test_same_blocks_give_same_app_hash_on_two_validators(tmp_path):
+    association, bank = Identity.generate("association"), Identity.generate("bank-a")
+    a, b = Harness(tmp_path / "a.sqlite", association), Harness(tmp_path / "b.sqlite", association)
+    raw = register(a, bank)
+    for h in (a, b):
+        h.block(raw)
+        h.block()
+    assert a.db.app_hash == b.db.app_hash and len(a.db.app_hash) == 32
+    info = a.app.info(abci.RequestInfo())
+    assert info.last_block_height == 2 and info.last_block_app_hash == a.db.app_hash
+
+
+def test_bad_envelopes_are_rejected_in_checktx_with_distinct_codes_and_no_state_change(chain):
+    bank, eve = Identity.generate("bank-a"), Identity.generate("eve")
+    chain.block(register(chain, bank))
+    before = chain.state()
+    good = {"public_key": Identity.generate("x").public_key}
+    wrong_sig = json.loads(chain.tx(bank, "members.RotateKey", good, nonce=1))
+    wrong_sig["sig"] = Identity.generate("bank-a").sign(b"other")
+    cases = {
+        Code.UNDECODABLE: b"\x00garbage",
+        Code.OVERSIZE: b"x" * (MAX_TX_BYTES + 1),
+        Code.WRONG_CHAIN: chain.tx(bank, "members.RotateKey", good, nonce=1, chain="other-chain"),
+        Code.UNKNOWN_TYPE: chain.tx(bank, "members.Explode", {}, nonce=1),
+        Code.UNKNOWN_SIGNER: chain.tx(eve, "members.RotateKey", good, nonce=1),
+        Code.BAD_SIGNATURE: json.dumps(wrong_sig, sort_keys=True, separators=(",", ":")).encode(),
+        Code.BAD_NONCE: chain.tx(bank, "members.RotateKey", good, nonce=5),
+        Code.INVALID_PAYLOAD: chain.tx(bank, "members.RotateKey", {"public_key": "short"}, nonce=1),
+        Code.UNAUTHORIZED: chain.tx(bank, "members.Suspend", {"member": "bank-a", "reason": "x"}, nonce=1),
+    }
+    for code, raw in cases.items():
+        resp = chain.check(raw)
+        assert resp.code == code, (code, resp.log)
+        assert resp.log
+    assert chain.state() == before
+
+
+def test_replayed_tx_is_rejected_and_rejected_tx_in_block_spends_only_its_nonce(chain):
+    bank = Identity.generate("bank-a")
+    chain.block(register(chain, bank))
+    rotate = chain.tx(bank, "members.RotateKey", {"public_key": bank.public_key})  # same key: the replay still verifies
+    assert chain.block(rotate)[0].code == Code.OK
+    assert chain.block(rotate)[0].code == Code.BAD_NONCE  # replay
+    not_allowed = chain.tx(bank, "members.Suspend", {"member": "bank-a", "reason": "x"})
+    before = json.loads(chain.state()["members/bank-a"])
+    assert chain.block(not_allowed)[0].code == Code.UNAUTHORIZED
+    assert json.loads(chain.state()["members/bank-a"]) == before
+    assert json.loads(chain.state()["accounts/bank-a"])["nonce"] == 2
+
+
+def test_suspended_member_cannot_sign(chain):
+    bank = Identity.generate("bank-a")
+    chain.block(register(chain, bank))
+    chain.block(chain.tx(chain.association, "members.Suspend", {"member": "bank-a", "reason": "audit"}))
+    resp = chain.check(chain.tx(bank, "members.RotateKey", {"public_key": Identity.generate("k").public_key}))
+    assert resp.code == Code.SUSPENDED_SIGNER
+
+
+def test_mempool_check_state_orders_nonces_of_one_signer(chain):
+    bank = Identity.generate("bank-a")
+    chain.block(register(chain, bank))
+    first = chain.tx(bank, "members.RotateKey", {"public_key": bank.public_key})
+    second = chain.tx(bank, "members.RotateKey", {"public_key": bank.public_key})
+    assert chain.check(first).code == Code.OK
+    assert chain.check(second).code == Code.OK  # nonce 2 admitted after nonce 1 in the mempool
+    assert chain.check(first).code == Code.BAD_NONCE
