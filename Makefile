@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STATE  ?= .rdx
 
-.PHONY: setup up up-detached down status demo test test-unit test-integration test-e2e lint clean-state
+.PHONY: setup up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state
 
 # The virtual environment, rebuilt only when the dependency list changes.
 $(VENV)/.installed: pyproject.toml
@@ -34,8 +34,12 @@ status:
 demo: up-detached
 	@$(PY) -m rdx demo --state-dir $(STATE)
 
-test: setup
+test: setup check-infra
 	@$(PY) -m pytest
+
+# Rendered Kubernetes manifests against the API schemas, workload policy, Dockerfile and compose lint.
+check-infra: $(VENV)/.installed
+	@$(PY) infra/check.py
 
 test-unit: setup
 	@$(PY) -m pytest -m unit

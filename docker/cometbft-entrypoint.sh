@@ -35,6 +35,7 @@ for key in node_key priv_validator_key; do
     src="/etc/cometbft/keys/${VALIDATOR_NAME:-none}.$key.json"
     if [ -f "$src" ]; then
         cp "$src" "$config/$key.json"
+        chmod 600 "$config/$key.json"
     fi
 done
 

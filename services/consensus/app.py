@@ -19,7 +19,13 @@ from tendermint.abci import types_pb2 as abci
 from services.common import identity
 from services.common.tx import Code, Tx, TxError
 from services.consensus.abci.application import Application
+from services.consensus import params as chain_params
+from services.consensus.access import handlers as access
+from services.consensus.assets import handlers as assets
+from services.consensus.bank import handlers as bank
+from services.consensus.bank.keeper import BankKeeper
 from services.consensus.context import Context, Rejected
+from services.consensus.jobs import handlers as jobs
 from services.consensus.members import handlers as members
 from services.consensus.members.keeper import MembersKeeper
 from services.consensus.members.messages import Register
@@ -29,7 +35,9 @@ log = logging.getLogger("rdx.consensus.app")
 
 APP_VERSION = 1
 Handler = tuple[type[BaseModel], Callable[[Context, Any], None]]
-HANDLERS: dict[str, Handler] = {**members.HANDLERS}
+HANDLERS: dict[str, Handler] = {**members.HANDLERS, **assets.HANDLERS, **access.HANDLERS, **jobs.HANDLERS,
+                                 **bank.HANDLERS}
+BEGIN_BLOCK = (access.begin_block, jobs.begin_block)  # expiries and timeouts, by block time
 INTERNAL_ERROR = 99
 
 
@@ -38,6 +46,8 @@ class Genesis(BaseModel):
 
     association: Register
     members: list[Register] = []
+    balances: dict[str, int] = {}
+    params: chain_params.Params = chain_params.Params()
 
 
 class RdxApp(Application):
@@ -75,6 +85,9 @@ class RdxApp(Application):
         members.admit(ctx, keeper, genesis.association.model_copy(update={"roles": ["association"]}))
         for member in genesis.members:
             members.admit(ctx, keeper, member)
+        for member_id, amount in sorted(genesis.balances.items()):
+            BankKeeper(ctx).mint(member_id, amount, "genesis")
+        chain_params.put(ctx, genesis.params)
         self._block = block
         self._genesis_events = ctx.events
         return abci.ResponseInitChain(app_hash=next_app_hash(b"", block.digest(), 0))
@@ -92,6 +105,11 @@ class RdxApp(Application):
         for i, (type_, entity, data) in enumerate(self._genesis_events):
             events.append(ChainEvent(req.height, -1, i, now, type_, entity, data))
         self._genesis_events = []
+        ctx = Context(store=block, height=req.height, time=now)
+        for hook in BEGIN_BLOCK:
+            hook(ctx)
+        for i, (type_, entity, data) in enumerate(ctx.events, start=len(events)):
+            events.append(ChainEvent(req.height, -1, i, now, type_, entity, data))
         results = []
         for index, raw in enumerate(req.txs):
             code, message, tx_events = self._deliver(block, raw, height=req.height, time=now)

@@ -216,3 +216,9 @@ def test_compose_file_against_the_spec_fails(tree):
     compose.write_text(compose.read_text().replace("    network_mode: service:consensus\n",
                                                    "    network_mode: service:consensus\n    restart_policy: always\n"))
     assert_reported(problems(tree), "[compose]", "services.cometbft", "'restart_policy' was unexpected")
+
+
+def test_shell_script_lint_error_fails(tree):
+    script = tree / "docker/cometbft-entrypoint.sh"
+    script.write_text(script.read_text() + "echo $1\n")
+    assert_reported(problems(tree), "[docker]", "docker/cometbft-entrypoint.sh", "SC2086")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.common.tx import Code
 from services.consensus.context import Context, Rejected
+from services.consensus.jobs.keeper import JobsKeeper
 from services.consensus.members import messages as m
 from services.consensus.members.keeper import MembersKeeper
 
@@ -72,6 +73,7 @@ def suspend(ctx: Context, msg: m.Suspend) -> None:
     member["status"] = "suspended"
     keeper.put_member(member)
     ctx.emit("MemberSuspended", f"member:{msg.member}", member=msg.member, reason=msg.reason)
+    JobsKeeper(ctx).abort_touching(f"member:{msg.member}", f"member suspended: {msg.reason}")
 
 
 def reinstate(ctx: Context, msg: m.Reinstate) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.consensus.context import Context
+from services.common.tx import Code
+from services.consensus.context import Context, Rejected
 
 ROLES = ("association", "provider", "consumer", "compute_operator")
 ASSOCIATION = "association"
@@ -44,3 +45,20 @@ class MembersKeeper:
 
     def members(self) -> list[dict[str, Any]]:
         return [m for _, m in self.store.scan("members/")]
+
+    def signing_member(self, account: str, role: str | None = None) -> dict[str, Any]:
+        """The active member whose own (not node) account signed; with ``role``, it must hold it."""
+        acc = self.account(account)
+        member = self.member(acc["member"]) if acc else None
+        if member is None or acc["kind"] != "member":
+            raise Rejected(Code.UNAUTHORIZED, "this must be signed by a member's own account")
+        if role is not None and role not in member["roles"]:
+            raise Rejected(Code.UNAUTHORIZED, f"member {member['id']} does not have the {role} role")
+        return member
+
+    def signing_node(self, account: str) -> dict[str, Any]:
+        """The active member whose compute node account signed."""
+        acc = self.account(account)
+        if acc is None or acc["kind"] != "node":
+            raise Rejected(Code.UNAUTHORIZED, "this must be signed by a member's compute node")
+        return self.member(acc["member"])

@@ -5,57 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
+from chainsim import Harness, register
 from tendermint.abci import types_pb2 as abci
 
 from services.common.identity import Identity
-from services.common.tx import MAX_TX_BYTES, Code, Tx
-from services.consensus.app import RdxApp
-from services.consensus.state import Database
-
-CHAIN = "rdx-test"
-
-
-class Harness:
-    def __init__(self, path, association: Identity):
-        self.db = Database(path)
-        self.app = RdxApp(self.db, CHAIN)
-        self.association = association
-        self.nonces: dict[str, int] = {}
-        genesis = {"association": {"id": "association", "name": "Assoc", "roles": ["association"],
-                                   "public_key": association.public_key}}
-        self.app.init_chain(abci.RequestInitChain(chain_id=CHAIN, app_state_bytes=json.dumps(genesis).encode(),
-                                                  time=Timestamp(seconds=1_700_000_000)))
-        self.height = 0
-
-    def tx(self, who: Identity, type_: str, payload: dict, nonce: int | None = None, chain: str = CHAIN) -> bytes:
-        if nonce is None:
-            nonce = self.nonces.get(who.account, 0) + 1
-            self.nonces[who.account] = nonce
-        return Tx.build(who, chain, type_, nonce, payload).encode()
-
-    def block(self, *txs: bytes) -> list[abci.ExecTxResult]:
-        self.height += 1
-        resp = self.app.finalize_block(abci.RequestFinalizeBlock(
-            height=self.height, txs=list(txs), time=Timestamp(seconds=1_700_000_000 + self.height)))
-        self.app.commit(abci.RequestCommit())
-        return list(resp.tx_results)
-
-    def check(self, raw: bytes) -> abci.ResponseCheckTx:
-        return self.app.check_tx(abci.RequestCheckTx(tx=raw))
-
-    def state(self) -> dict:
-        return dict(self.db.conn.execute("SELECT key, value FROM kv").fetchall())
-
+from services.common.tx import MAX_TX_BYTES, Code
 
 @pytest.fixture
 def chain(tmp_path):
     return Harness(tmp_path / "chain.sqlite", Identity.generate("association"))
-
-
-def register(chain: Harness, member: Identity, roles=("provider",)) -> bytes:
-    return chain.tx(chain.association, "members.Register", {
-        "id": member.account, "name": member.account.upper(), "roles": list(roles), "public_key": member.public_key})
 
 
 def test_register_commits_member_and_events(chain):

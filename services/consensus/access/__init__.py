@@ -1,0 +1,1 @@
+"""Access: requests, approvals, rejections, revocations and expiry of grants. Jobs check grants."""

@@ -1,0 +1,1 @@
+"""Assets: data listings (metadata, level, allowed operations, price, data commitment) and their versions."""

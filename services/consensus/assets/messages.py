@@ -1,0 +1,75 @@
+"""Listing transactions. The chain checks what it enforces (level, operations, commitment,
+price, group size); the catalog validates the descriptive metadata strictly before signing."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from services.consensus.members.messages import Msg
+
+Level = Literal["L1", "L2", "L3", "L4"]
+Operation = Literal["raw_download", "psi", "psi_cardinality", "aggregation", "he_scoring", "supply_chain_verification"]
+AssetId = Field(min_length=3, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")
+MAX_METADATA_KEYS = 64
+
+
+class Price(Msg):
+    """Amounts are integer credits. The billing rules decide how a model turns into a charge."""
+
+    # subscription and demand-based dynamic prices come with the billing rules.
+    model: Literal["free", "fixed", "per_record"]
+    amount: int = Field(0, ge=0, le=10**12, description="per job (fixed) or per record (per_record)")
+
+    @field_validator("amount")
+    @classmethod
+    def _free_is_zero(cls, v: int, info) -> int:
+        if info.data.get("model") == "free" and v != 0:
+            raise ValueError("a free listing has amount 0")
+        return v
+
+
+class Listing(Msg):
+    level: Level
+    operations: list[Operation] = Field(min_length=1, max_length=6)
+    commitment: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 Merkle root of the canonical rows")
+    price: Price
+    min_group_size: int = Field(1, ge=1, le=10**6)
+    metadata: dict[str, Any] = Field(description="title, description, schema ... (validated by the catalog)")
+
+    @field_validator("operations")
+    @classmethod
+    def _unique(cls, ops: list[str]) -> list[str]:
+        if len(set(ops)) != len(ops):
+            raise ValueError("operations must not repeat")
+        return sorted(ops)
+
+    @field_validator("metadata")
+    @classmethod
+    def _has_title(cls, md: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(md.get("title"), str) or not md["title"].strip():
+            raise ValueError("metadata.title is required")
+        if len(md) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} metadata fields")
+        return md
+
+
+class List(Listing):
+    id: str = AssetId
+
+
+class Update(Listing):
+    id: str = AssetId
+
+
+class Delist(Msg):
+    id: str = AssetId
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class Suspend(Msg):
+    """Kill switch on one asset (owner or association): running jobs on it are aborted."""
+
+    id: str = AssetId
+    reason: str = Field(min_length=1, max_length=500)

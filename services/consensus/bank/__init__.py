@@ -1,0 +1,1 @@
+"""Bank: association-issued credits, balances, job escrow, settlement and refunds."""

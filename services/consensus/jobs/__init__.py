@@ -1,0 +1,1 @@
+"""Jobs: authorised computations over listed assets, their attestations and their outcome."""

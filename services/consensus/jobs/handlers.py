@@ -1,0 +1,131 @@
+"""Job handlers: submission checks grants, suspensions and balance and holds escrow;
+attestations from every participant's node complete the job and settle it."""
+
+from __future__ import annotations
+
+from services.common.tx import Code
+from services.consensus import params
+from services.consensus.access.keeper import AccessKeeper
+from services.consensus.assets.keeper import AssetsKeeper
+from services.consensus.bank.keeper import BankKeeper
+from services.consensus.context import Context, Rejected
+from services.consensus.jobs import messages as m
+from services.consensus.jobs.keeper import JobsKeeper
+from services.consensus.jobs.settlement import provider_charge, split
+from services.consensus.members.keeper import ASSOCIATION, MembersKeeper
+
+
+def submit(ctx: Context, msg: m.Submit) -> None:
+    members, jobs = MembersKeeper(ctx), JobsKeeper(ctx)
+    consumer = members.signing_member(ctx.signer, "consumer")
+    if jobs.get(msg.id) is not None:
+        raise Rejected(Code.CONFLICT, f"job {msg.id} already exists")
+    if consumer["node"] is None:
+        raise Rejected(Code.INVALID_STATE, f"{consumer['id']} has no compute node registered")
+    assets, access = AssetsKeeper(ctx), AccessKeeper(ctx)
+    operation = m.OPERATION_OF[msg.type]
+    inputs, participants = [], {consumer["id"]}
+    for item in msg.inputs:
+        asset = assets.usable(item.asset)
+        if asset is None:
+            raise Rejected(Code.NOT_FOUND, f"asset {item.asset} is not listed")
+        provider = members.member(asset["owner"])
+        if provider["status"] != "active":
+            raise Rejected(Code.SUSPENDED_SIGNER, f"provider {provider['id']} is suspended")
+        if provider["node"] is None:
+            raise Rejected(Code.INVALID_STATE, f"provider {provider['id']} has no compute node")
+        grant = access.usable(item.grant, consumer["id"], item.asset, operation, ctx.time)
+        if grant is None:
+            raise Rejected(Code.UNAUTHORIZED, f"no usable grant {item.grant} for {operation} on {item.asset}")
+        grant["runs_used"] += 1
+        access.put(grant)
+        inputs.append({"asset": item.asset, "grant": item.grant, "provider": provider["id"],
+                       "version": asset["version"], "commitment": asset["commitment"], "price": asset["price"],
+                       "min_group_size": asset["min_group_size"]})
+        participants.add(provider["id"])
+    BankKeeper(ctx).hold(msg.id, consumer["id"], msg.max_price)
+    job = {"id": msg.id, "type": msg.type, "consumer": consumer["id"], "inputs": inputs,
+           "participants": sorted(participants), "params": msg.params, "max_price": msg.max_price,
+           "status": "running", "attestations": {}, "submitted_height": ctx.height,
+           "deadline": ctx.time + msg.timeout_s}
+    jobs.open(job)
+    nodes = {p: members.member(p)["node"] for p in job["participants"]}
+    ctx.emit("JobAuthorized", f"job:{msg.id}", job=msg.id, type=msg.type, consumer=consumer["id"],
+             inputs=[{k: i[k] for k in ("asset", "provider", "version", "commitment", "min_group_size")} for i in inputs],
+             participants=job["participants"], nodes=nodes, params=msg.params, max_price=msg.max_price,
+             deadline=job["deadline"])
+
+
+def _running(jobs: JobsKeeper, job_id: str) -> dict:
+    job = jobs.get(job_id)
+    if job is None or job["status"] != "running":
+        raise Rejected(Code.INVALID_STATE, f"job {job_id} is not running")
+    return job
+
+
+def attest(ctx: Context, msg: m.Attest) -> None:
+    jobs = JobsKeeper(ctx)
+    node_owner = MembersKeeper(ctx).signing_node(ctx.signer)
+    job = _running(jobs, msg.job)
+    member = node_owner["id"]
+    if member not in job["participants"]:
+        raise Rejected(Code.UNAUTHORIZED, f"{member} does not take part in job {msg.job}")
+    if member in job["attestations"]:
+        raise Rejected(Code.CONFLICT, f"{member} has already attested job {msg.job}")
+    mine = {i["asset"]: i["commitment"] for i in job["inputs"] if i["provider"] == member}
+    if msg.input_commitments != mine:
+        raise Rejected(Code.INVALID_PAYLOAD, "input commitments do not match the listed versions of this job's inputs")
+    job["attestations"][member] = {"result_hash": msg.result_hash, "records_used": msg.records_used,
+                                   "input_commitments": msg.input_commitments, "height": ctx.height,
+                                   "tx_signer": ctx.signer}
+    jobs.put(job)
+    ctx.emit("JobAttested", f"job:{msg.job}", job=msg.job, member=member, result_hash=msg.result_hash,
+             records_used=msg.records_used)
+    if set(job["attestations"]) == set(job["participants"]):
+        _conclude(ctx, jobs, job)
+
+
+def _conclude(ctx: Context, jobs: JobsKeeper, job: dict) -> None:
+    hashes = {a["result_hash"] for a in job["attestations"].values()}
+    if len(hashes) != 1:
+        jobs.finish(job, "failed", "participants attested different results")
+        return
+    job["result_hash"] = hashes.pop()
+    charges: dict[str, int] = {}
+    for item in job["inputs"]:
+        records = job["attestations"][item["provider"]]["records_used"]
+        charges[item["provider"]] = charges.get(item["provider"], 0) + provider_charge(item["price"], records)
+    association = next(mm["id"] for mm in MembersKeeper(ctx).members() if ASSOCIATION in mm["roles"])
+    payouts = split(charges, job["max_price"], association, params.get(ctx).association_fee_bps)
+    jobs.finish(job, "completed", "all participants attested the same result", payouts)
+
+
+def fail(ctx: Context, msg: m.Fail) -> None:
+    jobs, members = JobsKeeper(ctx), MembersKeeper(ctx)
+    job = _running(jobs, msg.job)
+    account = members.account(ctx.signer)
+    if account["member"] not in job["participants"]:
+        raise Rejected(Code.UNAUTHORIZED, "only a participant may fail a job")
+    jobs.finish(job, "failed", msg.reason)
+
+
+def abort(ctx: Context, msg: m.Abort) -> None:
+    jobs, members = JobsKeeper(ctx), MembersKeeper(ctx)
+    job = _running(jobs, msg.job)
+    member = members.signing_member(ctx.signer)
+    owners = {i["provider"] for i in job["inputs"]}
+    if not (members.is_association(ctx.signer) or member["id"] == job["consumer"] or member["id"] in owners):
+        raise Rejected(Code.UNAUTHORIZED, "only the association, the consumer or an input's owner may abort a job")
+    jobs.finish(job, "aborted", msg.reason)
+
+
+def begin_block(ctx: Context) -> None:
+    JobsKeeper(ctx).fail_overdue(ctx.time)
+
+
+HANDLERS = {
+    "jobs.Submit": (m.Submit, submit),
+    "jobs.Attest": (m.Attest, attest),
+    "jobs.Fail": (m.Fail, fail),
+    "jobs.Abort": (m.Abort, abort),
+}

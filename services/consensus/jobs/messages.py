@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from services.consensus.access.messages import RequestId
+from services.consensus.assets.messages import AssetId
+from services.consensus.members.messages import Msg
+
+JobType = Literal["psi", "psi_cardinality", "aggregation", "he_scoring", "supply_chain"]
+JobId = Field(min_length=3, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")
+Hash = Field(pattern=r"^[0-9a-f]{64}$")
+
+OPERATION_OF = {"psi": "psi", "psi_cardinality": "psi_cardinality", "aggregation": "aggregation",
+                "he_scoring": "he_scoring", "supply_chain": "supply_chain_verification"}
+
+
+class Input(Msg):
+    asset: str = AssetId
+    grant: str = RequestId
+
+
+class Submit(Msg):
+    id: str = JobId
+    type: JobType
+    inputs: list[Input] = Field(min_length=1, max_length=16)
+    params: dict[str, Any] = Field(default_factory=dict, description="job-type parameters, opaque to the chain")
+    max_price: int = Field(ge=0, le=10**15)
+    timeout_s: int = Field(600, ge=10, le=86_400)
+
+    @field_validator("inputs")
+    @classmethod
+    def _distinct(cls, inputs: list[Input]) -> list[Input]:
+        if len({i.asset for i in inputs}) != len(inputs):
+            raise ValueError("an asset appears twice")
+        return inputs
+
+
+class Attest(Msg):
+    """Signed by a participant's compute node: what it used and what came out."""
+
+    job: str = JobId
+    result_hash: str = Hash
+    input_commitments: dict[str, str] = Field(default_factory=dict, description="asset -> commitment used")
+    records_used: int = Field(ge=0, le=10**12)
+
+
+class Fail(Msg):
+    job: str = JobId
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class Abort(Msg):
+    job: str = JobId
+    reason: str = Field(min_length=1, max_length=500)

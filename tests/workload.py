@@ -1,0 +1,65 @@
+"""A mixed workload of every transaction type, in an order that succeeds, for determinism,
+fault and benchmark runs. Each step is (signer, tx type, payload); steps run in order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from services.common.identity import Identity
+
+Step = tuple[Identity, str, dict]
+COMMIT = "ab" * 32
+RESULT = "cd" * 32
+
+
+def mixed_workload(association: Identity, members: int = 4, tag: str = "w") -> Iterator[Step]:
+    """Every tx type the chain accepts appears at least once; ``tag`` keeps ids unique per run."""
+    people = [Identity.generate(f"{tag}-m{i}") for i in range(members)]
+    nodes = [Identity.generate(f"{p.account}.node") for p in people]
+    far = int(time.time()) + 10 * 365 * 86_400
+    for i, (m, node) in enumerate(zip(people, nodes)):
+        yield association, "members.Register", {
+            "id": m.account, "name": f"Member {i}", "roles": ["provider", "consumer"], "public_key": m.public_key,
+            "node": {"public_key": node.public_key, "endpoint": f"127.0.0.1:{50051 + i}"}}
+        yield association, "bank.Deposit", {"to": m.account, "amount": 100_000, "reference": f"{tag}-dep-{i}"}
+    consumer, providers = people[0], people[1:]
+    for m in people:
+        yield m, "members.RotateKey", {"public_key": m.public_key}
+    for i, p in enumerate(providers):
+        yield p, "assets.List", {
+            "id": f"{tag}.a{i}", "level": ["L2", "L3", "L4"][i % 3], "operations": ["aggregation", "he_scoring"],
+            "commitment": COMMIT, "price": {"model": "fixed", "amount": 100 + i}, "metadata": {"title": f"Asset {i}"}}
+        yield p, "assets.Update", {
+            "id": f"{tag}.a{i}", "level": ["L2", "L3", "L4"][i % 3], "operations": ["aggregation", "he_scoring"],
+            "commitment": COMMIT, "price": {"model": "per_record", "amount": 2}, "metadata": {"title": f"Asset {i} v2"}}
+        yield consumer, "access.Request", {"id": f"{tag}.g{i}", "asset": f"{tag}.a{i}", "operations": ["aggregation"],
+                                           "purpose": "joint credit statistics", "expires_at": far, "max_runs": 3}
+        yield p, "access.Approve", {"id": f"{tag}.g{i}"}
+        if i % 3 == 2:  # L4: the association approves too
+            yield association, "access.Approve", {"id": f"{tag}.g{i}"}
+    inputs = [{"asset": f"{tag}.a{i}", "grant": f"{tag}.g{i}"} for i in range(len(providers))]
+    # a job that completes and settles
+    yield consumer, "jobs.Submit", {"id": f"{tag}.j1", "type": "aggregation", "inputs": inputs, "max_price": 5_000}
+    for i, node in enumerate(nodes):
+        mine = {f"{tag}.a{i - 1}": COMMIT} if i else {}
+        yield node, "jobs.Attest", {"job": f"{tag}.j1", "result_hash": RESULT, "records_used": 100,
+                                    "input_commitments": mine}
+    # one that fails, one that is aborted
+    yield consumer, "jobs.Submit", {"id": f"{tag}.j2", "type": "aggregation", "inputs": inputs[:1], "max_price": 50}
+    yield nodes[1], "jobs.Fail", {"job": f"{tag}.j2", "reason": "dataset unavailable"}
+    yield consumer, "jobs.Submit", {"id": f"{tag}.j3", "type": "aggregation", "inputs": inputs[:1], "max_price": 50}
+    yield association, "jobs.Abort", {"job": f"{tag}.j3", "reason": "kill switch drill"}
+    # access that is rejected and revoked
+    yield consumer, "access.Request", {"id": f"{tag}.g-rej", "asset": f"{tag}.a0", "operations": ["he_scoring"],
+                                       "purpose": "scoring", "expires_at": far, "max_runs": 1}
+    yield providers[0], "access.Reject", {"id": f"{tag}.g-rej", "reason": "not this purpose"}
+    yield providers[0], "access.Revoke", {"id": f"{tag}.g0", "reason": "contract ended"}
+    yield consumer, "bank.Transfer", {"to": providers[0].account, "amount": 10, "memo": "thanks"}
+    yield association, "bank.Withdraw", {"member": providers[0].account, "amount": 5, "reference": f"{tag}-wd"}
+    yield providers[0], "members.SetNode", {"node": {"public_key": nodes[1].public_key, "endpoint": "127.0.0.1:50999"}}
+    yield providers[0], "assets.Delist", {"id": f"{tag}.a0", "reason": "retired"}
+    if len(providers) > 1:
+        yield association, "assets.Suspend", {"id": f"{tag}.a1", "reason": "audit"}
+    yield association, "members.Suspend", {"member": people[-1].account, "reason": "audit"}
+    yield association, "members.Reinstate", {"member": people[-1].account}
