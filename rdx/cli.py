@@ -104,6 +104,17 @@ def status(state_dir: Path = StateDir) -> None:
         fail(f"not healthy: {', '.join(down_)}")
 
 
+@app.command()
+def demo(state_dir: Path = StateDir) -> None:
+    """Run the demo against the exchange started with this state directory."""
+    from rdx import demo as demo_module, supervisor
+
+    if supervisor.supervisor_pid(state_dir) is None:
+        fail(f"no exchange is running with state directory {state_dir}: `make demo` starts one")
+    if not demo_module.run(state_dir):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

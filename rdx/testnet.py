@@ -23,6 +23,7 @@ object, so a stopped validator comes back where its peers expect it.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import shutil
 import signal
@@ -86,8 +87,11 @@ class Testnet:
 
     Public API: ``start()``, ``stop()``, ``stop_validator(i)``, ``start_validator(i)``,
     ``kill_app(i)``, ``start_app(i)``, ``heights()``, ``app_hashes_at(h)``, ``app_infos()``,
-    ``headers(lo, hi)``, ``divergent_heights(lo, hi)``, ``wait_for_height(h)``, ``rpc_urls``.
+    ``headers(lo, hi, node)``, ``divergent_heights(lo, hi)``, ``app_hash_mismatches()``,
+    ``wait_for_height(h)``, ``kill_node(i)``, ``node_alive(i)``, ``app_alive(i)``, ``rpc_urls``.
     """
+
+    __test__ = False  # a name starting with "Test": not a pytest test class
 
     def __init__(self, root: Path, kafka_bootstrap: str, *, validators: int = 4, chain_id: str = DEFAULT_CHAIN_ID,
                  association: Identity | None = None, timeout_commit: str = "200ms",
@@ -271,12 +275,13 @@ class Testnet:
         return out
 
     def app_infos(self) -> list[tuple[int, str] | None]:
-        """(last height, app hash) as each validator's own app reports them (ABCI Info)."""
+        """(last height, app hash in upper-case hex) as each validator's own app reports them (ABCI Info)."""
         out: list[tuple[int, str] | None] = []
         for v in self.validators:
             try:
                 info = _rpc_get(f"{v.rpc_url}/abci_info")["response"]
-                out.append((int(info.get("last_block_height", 0)), info.get("last_block_app_hash", "")))
+                app_hash = base64.b64decode(info.get("last_block_app_hash", "")).hex().upper()  # as in headers
+                out.append((int(info.get("last_block_height", 0)), app_hash))
             except (urllib.error.URLError, OSError, KeyError, RuntimeError, ValueError):
                 out.append(None)
         return out
@@ -306,6 +311,22 @@ class Testnet:
                     for i, hs in enumerate(per_node)}
             if len(set(seen.values())) != 1:
                 bad.append((h, seen))
+        return bad
+
+    def app_hash_mismatches(self, reference: int = 0, timeout: float = 30.0) -> list[tuple[int, int, str, str]]:
+        """Each validator's own app hash (ABCI Info, height h) against the app_hash that block h+1
+        on the ``reference`` node carries; returns the (validator, h, app's, chain's) that differ.
+        Raises if a validator's app does not answer."""
+        infos = self.app_infos()
+        bad = []
+        for i, info in enumerate(infos):
+            if info is None:
+                raise SetupError(f"validator {i}'s app does not answer ABCI Info")
+            height, app_hash = info
+            self.wait_for_height(height + 1, [reference], timeout)
+            chain = self.app_hashes_at(height + 1)[reference]
+            if chain != app_hash:
+                bad.append((i, height, app_hash, chain or "missing"))
         return bad
 
     def wait_for_height(self, height: int, nodes: list[int] | None = None, timeout: float = 60.0) -> None:

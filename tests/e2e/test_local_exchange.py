@@ -64,6 +64,10 @@ def test_up_status_down_and_resume(exchange):
 
     height_before = asyncio.run(register_and_height())
 
+    demo = rdx("demo", *args)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "every step's outcome is as expected" in demo.stdout
+
     stopped = rdx("down", *args)
     assert stopped.returncode == 0 and "rdx stopped" in stopped.stdout
     assert rdx("status", *args).returncode != 0
