@@ -204,6 +204,10 @@ class KafkaBroker:
     def healthy(self) -> bool:
         return kafka_healthy(self.bootstrap)
 
+    def create_topics(self, names: list[str], partitions: int = 1) -> None:
+        """Create rdx's topics up front (idempotent), rather than on first use by a producer."""
+        create_topics(self.bootstrap, names, partitions)
+
     def stop(self) -> None:
         if self.process:
             self.process.stop(timeout=30)
@@ -240,6 +244,30 @@ def kafka_healthy(bootstrap: str, timeout: float = 3.0) -> bool:
     # Its own thread and loop, so the check also works when called from async code.
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(run).result()
+
+
+def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None:
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            wanted = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+            if wanted:
+                try:
+                    await admin.create_topics(wanted)
+                except TopicAlreadyExistsError:
+                    pass
+        finally:
+            await admin.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create()).result()
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 from rdx import toolchain
 from rdx.components import CometNode, KafkaBroker, ServiceProcess, comet_healthy, http_ok, kafka_healthy
 from rdx.toolchain import SetupError
+from services.common.events import TOPICS
 from services.common.identity import Identity
 
 STATE_VERSION = 1
@@ -91,6 +92,7 @@ class Exchange:
         self.log("starting Kafka ...")
         self.kafka.prepare()
         self.kafka.start()
+        self.kafka.create_topics(TOPICS)
         self.log("starting the consensus service (ABCI) ...")
         self.consensus.start()
         self.log("starting CometBFT ...")

@@ -15,6 +15,7 @@ import pytest
 from rdx import toolchain as tc
 from rdx.components import CometNode, KafkaBroker, ServiceProcess, free_port
 from rdx.supervisor import genesis_app_state
+from services.common.events import TOPICS
 from services.common.identity import Identity
 
 CHAIN_ID = "rdx-test"
@@ -47,6 +48,7 @@ def kafka(toolchain, tmp_path_factory) -> KafkaBroker:
     broker.prepare()
     try:
         broker.start()
+        broker.create_topics(TOPICS)
         yield broker
     finally:
         broker.stop()

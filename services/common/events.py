@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 CHAIN_EVENTS = "rdx.chain.events.v1"
 AUDIT = "rdx.audit.v1"
 JOB_STATUS = "rdx.jobs.status.v1"
+TOPICS = [CHAIN_EVENTS, AUDIT, JOB_STATUS]
 
 MAX_EVENT_BYTES = 1 << 20  # the broker's default message.max.bytes; anything larger is a bug
 
