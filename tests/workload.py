@@ -7,14 +7,17 @@ import time
 from collections.abc import Iterator
 
 from services.common.identity import Identity
+from services.common.listing import example_metadata
+from services.common.policy import DEFAULT_POLICY_TEXT
 
 Step = tuple[Identity, str, dict]
 COMMIT = "ab" * 32
 RESULT = "cd" * 32
 
 
-def mixed_workload(association: Identity, members: int = 4, tag: str = "w") -> Iterator[Step]:
-    """Every tx type the chain accepts appears at least once; ``tag`` keeps ids unique per run."""
+def mixed_workload(association: Identity, members: int = 4, tag: str = "w", policy_version: int = 2) -> Iterator[Step]:
+    """Every tx type the chain accepts appears at least once; ``tag`` keeps ids unique per run,
+    ``policy_version`` is the next policy version of the chain it runs on."""
     people = [Identity.generate(f"{tag}-m{i}") for i in range(members)]
     nodes = [Identity.generate(f"{p.account}.node") for p in people]
     far = int(time.time()) + 10 * 365 * 86_400
@@ -29,10 +32,10 @@ def mixed_workload(association: Identity, members: int = 4, tag: str = "w") -> I
     for i, p in enumerate(providers):
         yield p, "assets.List", {
             "id": f"{tag}.a{i}", "level": ["L2", "L3", "L4"][i % 3], "operations": ["aggregation", "he_scoring"],
-            "commitment": COMMIT, "price": {"model": "fixed", "amount": 100 + i}, "metadata": {"title": f"Asset {i}"}}
+            "commitment": COMMIT, "price": {"model": "fixed", "amount": 100 + i}, "metadata": example_metadata(f"Asset {i}")}
         yield p, "assets.Update", {
             "id": f"{tag}.a{i}", "level": ["L2", "L3", "L4"][i % 3], "operations": ["aggregation", "he_scoring"],
-            "commitment": COMMIT, "price": {"model": "per_record", "amount": 2}, "metadata": {"title": f"Asset {i} v2"}}
+            "commitment": COMMIT, "price": {"model": "per_record", "amount": 2}, "metadata": example_metadata(f"Asset {i} v2")}
         yield consumer, "access.Request", {"id": f"{tag}.g{i}", "asset": f"{tag}.a{i}", "operations": ["aggregation"],
                                            "purpose": "joint credit statistics", "expires_at": far, "max_runs": 3}
         yield p, "access.Approve", {"id": f"{tag}.g{i}"}
@@ -63,3 +66,8 @@ def mixed_workload(association: Identity, members: int = 4, tag: str = "w") -> I
         yield association, "assets.Suspend", {"id": f"{tag}.a1", "reason": "audit"}
     yield association, "members.Suspend", {"member": people[-1].account, "reason": "audit"}
     yield association, "members.Reinstate", {"member": people[-1].account}
+    gateway = Identity.generate("association.node")
+    yield association, "members.SetNode", {"node": {"public_key": gateway.public_key, "endpoint": "127.0.0.1:8000"}}
+    yield gateway, "audit.Anchor", {"first_seq": 1, "last_seq": 10, "digest": "ef" * 32}
+    yield association, "governance.PublishPolicy", {
+        "version": policy_version, "text": DEFAULT_POLICY_TEXT + f"\n// v{policy_version}: republished unchanged\n"}

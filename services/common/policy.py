@@ -1,36 +1,132 @@
-"""The default classification policy (ARCHITECTURE.md), as data: for each level and operation,
-whose approval a grant needs, or that the operation is never allowed.
+"""The classification policy, in Cedar (cedarpy), evaluated in-process by the chain and the gateway.
 
-The chain enforces it when access is requested and when a job is submitted; the gateway
-answers from the same table, so the two cannot disagree.
+The text lives on chain (published at genesis from ``policies/default.cedar``, replaced by the
+association with ``governance.PublishPolicy``), so every validator and every gateway evaluate
+the same version. Cedar rather than Rego: both run in-process here, but Cedar's
+permit/forbid-with-default-deny model states a classification table directly, its
+evaluation is deterministic and side-effect free by construction (what a state machine needs),
+and a decision costs ~0.1 ms (bench/gateway.py measures both).
+
+Which approvals a grant needs is not written twice: it is the smallest set of approvals with
+which the policy would permit the use (``approvals_needed``).
 """
 
 from __future__ import annotations
 
-PRIVACY_PRESERVING = ("psi", "psi_cardinality", "aggregation", "he_scoring", "supply_chain_verification")
-FORBIDDEN = None
+import hashlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
-# level -> operation -> approvals needed (empty: none, granted on request); FORBIDDEN: never.
-DEFAULT_POLICY: dict[str, dict[str, tuple[str, ...] | None]] = {
-    "L1": {"raw_download": (), **{op: () for op in PRIVACY_PRESERVING}},
-    "L2": {"raw_download": ("provider",), **{op: ("provider",) for op in PRIVACY_PRESERVING}},
-    "L3": {"raw_download": FORBIDDEN, **{op: ("provider",) for op in PRIVACY_PRESERVING}},
-    "L4": {"raw_download": FORBIDDEN, "psi": FORBIDDEN, "psi_cardinality": FORBIDDEN,
-           "supply_chain_verification": FORBIDDEN,
-           "aggregation": ("provider", "association"), "he_scoring": ("provider", "association")},
-}
+import cedarpy
+
+DEFAULT_POLICY_TEXT = (Path(__file__).parent / "policies" / "default.cedar").read_text()
+ROLES = ("association_admin", "member_admin", "analyst", "compute_operator", "auditor")
+APPROVERS = ("provider", "association")
+_APPROVAL_SETS = ((), ("provider",), ("association",), ("provider", "association"))
 
 
 class Forbidden(ValueError):
-    pass
+    """The policy never allows this use at this level, whatever the approvals."""
 
 
-def approvals_needed(level: str, operations: list[str], policy=DEFAULT_POLICY) -> tuple[str, ...]:
-    """The union of approvals the operations need at ``level``; raises Forbidden for a never."""
-    needed: set[str] = set()
-    for op in operations:
-        rule = policy[level].get(op, FORBIDDEN)
-        if rule is FORBIDDEN:
-            raise Forbidden(f"{op} is never allowed on {level} data")
-        needed.update(rule)
-    return tuple(sorted(needed))
+class PolicyError(ValueError):
+    """The policy text does not parse."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    member: str
+    role: str
+    member_roles: tuple[str, ...] = ()
+    suspended: bool = False
+
+
+@dataclass(frozen=True)
+class AssetView:
+    id: str
+    level: str
+    owner: str
+    operations: tuple[str, ...]
+    status: str = "listed"
+
+    @classmethod
+    def of(cls, asset: dict) -> "AssetView":
+        return cls(asset["id"], asset["level"], asset["owner"], tuple(asset["operations"]), asset["status"])
+
+
+@dataclass(frozen=True)
+class GrantView:
+    status: str
+    consumer: str
+    operations: tuple[str, ...]
+    expired: bool
+    runs_left: int
+    approvals: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def of(cls, grant: dict, now: int) -> "GrantView":
+        return cls(grant["status"], grant["consumer"], tuple(grant["operations"]), now >= grant["expires_at"],
+                   grant["max_runs"] - grant["runs_used"], tuple(grant["approvals"]))
+
+
+NO_GRANT = GrantView("none", "", (), True, 0)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    policies: tuple[str, ...]  # the policies that decided (permits if allowed, forbids if denied)
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@lru_cache(maxsize=8)
+def _parsed(text: str) -> cedarpy.PolicySet:
+    try:
+        return cedarpy.PolicySet.from_str(text)
+    except Exception as exc:  # cedarpy raises its own error types for parse failures
+        raise PolicyError(f"the policy does not parse: {exc}") from None
+
+
+class Policy:
+    def __init__(self, text: str = DEFAULT_POLICY_TEXT, version: int = 1):
+        self.text, self.version, self.sha256 = text, version, digest(text)
+        self._set = _parsed(text)
+
+    def decide(self, caller: Caller, action: str, asset: AssetView, *, operation: str = "",
+               grant: GrantView = NO_GRANT, as_: str = "") -> Decision:
+        principal = f"{caller.member}/{caller.role}"
+        entities = [
+            {"uid": {"type": "Caller", "id": principal}, "parents": [],
+             "attrs": {"member": caller.member, "role": caller.role, "member_roles": list(caller.member_roles),
+                       "suspended": caller.suspended}},
+            {"uid": {"type": "Asset", "id": asset.id}, "parents": [],
+             "attrs": {"level": asset.level, "owner": asset.owner, "operations": list(asset.operations),
+                       "status": asset.status}},
+        ]
+        request = {
+            "principal": {"type": "Caller", "id": principal},
+            "action": {"type": "Action", "id": action},
+            "resource": {"type": "Asset", "id": asset.id},
+            "context": {"operation": operation, "as": as_, "grant": {
+                "status": grant.status, "consumer": grant.consumer, "operations": list(grant.operations),
+                "expired": grant.expired, "runs_left": grant.runs_left, "approvals": list(grant.approvals)}},
+        }
+        result = cedarpy.is_authorized(request, self._set, entities)
+        return Decision(result.allowed, tuple(sorted(result.diagnostics.reasons)))
+
+    def approvals_needed(self, caller: Caller, asset: AssetView, operations: list[str]) -> tuple[str, ...]:
+        """The approvals a grant for ``operations`` needs; raises Forbidden if none would do."""
+        needed: set[str] = set()
+        for op in operations:
+            for approvals in _APPROVAL_SETS:
+                hypothetical = GrantView("granted", caller.member, (op,), False, 1, approvals)
+                if self.decide(caller, "run", asset, operation=op, grant=hypothetical).allowed:
+                    needed.update(approvals)
+                    break
+            else:
+                raise Forbidden(f"{op} is never allowed on {asset.level} data")
+        return tuple(a for a in APPROVERS if a in needed)

@@ -17,14 +17,18 @@ from pydantic import BaseModel, ValidationError
 from tendermint.abci import types_pb2 as abci
 
 from services.common import identity
+from services.common.policy import DEFAULT_POLICY_TEXT
 from services.common.tx import Code, Tx, TxError
 from services.consensus.abci.application import Application
 from services.consensus import params as chain_params
 from services.consensus.access import handlers as access
 from services.consensus.assets import handlers as assets
+from services.consensus.audit import handlers as audit
 from services.consensus.bank import handlers as bank
 from services.consensus.bank.keeper import BankKeeper
 from services.consensus.context import Context, Rejected
+from services.consensus.governance import handlers as governance
+from services.consensus.governance.keeper import GovernanceKeeper
 from services.consensus.jobs import handlers as jobs
 from services.consensus.members import handlers as members
 from services.consensus.members.keeper import MembersKeeper
@@ -36,7 +40,7 @@ log = logging.getLogger("rdx.consensus.app")
 APP_VERSION = 1
 Handler = tuple[type[BaseModel], Callable[[Context, Any], None]]
 HANDLERS: dict[str, Handler] = {**members.HANDLERS, **assets.HANDLERS, **access.HANDLERS, **jobs.HANDLERS,
-                                 **bank.HANDLERS}
+                                 **bank.HANDLERS, **governance.HANDLERS, **audit.HANDLERS}
 BEGIN_BLOCK = (access.begin_block, jobs.begin_block)  # expiries and timeouts, by block time
 INTERNAL_ERROR = 99
 
@@ -48,6 +52,7 @@ class Genesis(BaseModel):
     members: list[Register] = []
     balances: dict[str, int] = {}
     params: chain_params.Params = chain_params.Params()
+    policy: str = DEFAULT_POLICY_TEXT
 
 
 class RdxApp(Application):
@@ -88,6 +93,7 @@ class RdxApp(Application):
         for member_id, amount in sorted(genesis.balances.items()):
             BankKeeper(ctx).mint(member_id, amount, "genesis")
         chain_params.put(ctx, genesis.params)
+        GovernanceKeeper(ctx).publish(1, genesis.policy)
         self._block = block
         self._genesis_events = ctx.events
         return abci.ResponseInitChain(app_hash=next_app_hash(b"", block.digest(), 0))

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from services.common import policy
+from services.common.policy import AssetView, Caller, Forbidden
 from services.common.tx import Code
 from services.consensus.access import messages as m
 from services.consensus.access.keeper import OPEN, AccessKeeper
 from services.consensus.assets.keeper import AssetsKeeper
 from services.consensus.context import Context, Rejected
+from services.consensus.governance.keeper import GovernanceKeeper
 from services.consensus.members.keeper import MembersKeeper
+
+
+def chain_caller(member: dict) -> Caller:
+    """A tx signed by a member's own key acts as that member's admin."""
+    return Caller(member["id"], "member_admin", tuple(member["roles"]), member["status"] != "active")
 
 
 def request(ctx: Context, msg: m.Request) -> None:
@@ -22,10 +28,14 @@ def request(ctx: Context, msg: m.Request) -> None:
     not_offered = sorted(set(msg.operations) - set(asset["operations"]))
     if not_offered:
         raise Rejected(Code.UNAUTHORIZED, f"asset {msg.asset} does not allow {', '.join(not_offered)}")
+    policy, caller, view = GovernanceKeeper(ctx).policy(), chain_caller(consumer), AssetView.of(asset)
     try:
-        needs = policy.approvals_needed(asset["level"], msg.operations)
-    except policy.Forbidden as exc:
+        needs = policy.approvals_needed(caller, view, msg.operations)
+    except Forbidden as exc:
         raise Rejected(Code.UNAUTHORIZED, str(exc)) from None
+    for op in msg.operations:
+        if not policy.decide(caller, "request_access", view, operation=op).allowed:
+            raise Rejected(Code.UNAUTHORIZED, f"policy v{policy.version} does not let {consumer['id']} request {op}")
     if msg.expires_at <= ctx.time:
         raise Rejected(Code.INVALID_PAYLOAD, "expires_at is in the past")
     grant = {"id": msg.id, "asset": msg.asset, "provider": asset["owner"], "consumer": consumer["id"],

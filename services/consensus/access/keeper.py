@@ -52,14 +52,5 @@ class AccessKeeper:
             if grant["status"] in OPEN:
                 self.close(grant, "expired", "expired")
 
-    def usable(self, grant_id: str, consumer: str, asset_id: str, operation: str, now: int) -> dict[str, Any] | None:
-        """The grant if ``consumer`` may run ``operation`` on ``asset_id`` once more now."""
-        grant = self.get(grant_id)
-        if (grant is None or grant["status"] != "granted" or grant["consumer"] != consumer
-                or grant["asset"] != asset_id or operation not in grant["operations"]
-                or now >= grant["expires_at"] or grant["runs_used"] >= grant["max_runs"]):
-            return None
-        return grant
-
     def all(self) -> list[dict[str, Any]]:
         return [g for _, g in self.store.scan("access/")]

@@ -1,18 +1,19 @@
 """Listing transactions. The chain checks what it enforces (level, operations, commitment,
-price, group size); the catalog validates the descriptive metadata strictly before signing."""
+price, group size) and the descriptive metadata against the shared listing contract
+(services/common/listing.py), the same model the catalog validates drafts with."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
+from services.common.listing import ListingMetadata, level_problems
 from services.consensus.members.messages import Msg
 
 Level = Literal["L1", "L2", "L3", "L4"]
 Operation = Literal["raw_download", "psi", "psi_cardinality", "aggregation", "he_scoring", "supply_chain_verification"]
 AssetId = Field(min_length=3, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")
-MAX_METADATA_KEYS = 64
 
 
 class Price(Msg):
@@ -36,7 +37,7 @@ class Listing(Msg):
     commitment: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 Merkle root of the canonical rows")
     price: Price
     min_group_size: int = Field(1, ge=1, le=10**6)
-    metadata: dict[str, Any] = Field(description="title, description, schema ... (validated by the catalog)")
+    metadata: ListingMetadata = Field(description="the listing contract's metadata (strict, extra fields forbidden)")
 
     @field_validator("operations")
     @classmethod
@@ -47,11 +48,11 @@ class Listing(Msg):
 
     @field_validator("metadata")
     @classmethod
-    def _has_title(cls, md: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(md.get("title"), str) or not md["title"].strip():
-            raise ValueError("metadata.title is required")
-        if len(md) > MAX_METADATA_KEYS:
-            raise ValueError(f"at most {MAX_METADATA_KEYS} metadata fields")
+    def _fits_level(cls, md: ListingMetadata, info: ValidationInfo) -> ListingMetadata:
+        """A sample only at L1/L2 (``level`` is validated before ``metadata``)."""
+        problems = level_problems(info.data.get("level"), md)
+        if problems:
+            raise ValueError("\n".join(f"{path}: {message}" for path, message in problems))
         return md
 
 

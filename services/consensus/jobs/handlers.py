@@ -3,12 +3,15 @@ attestations from every participant's node complete the job and settle it."""
 
 from __future__ import annotations
 
+from services.common.policy import AssetView, GrantView
 from services.common.tx import Code
 from services.consensus import params
+from services.consensus.access.handlers import chain_caller
 from services.consensus.access.keeper import AccessKeeper
 from services.consensus.assets.keeper import AssetsKeeper
 from services.consensus.bank.keeper import BankKeeper
 from services.consensus.context import Context, Rejected
+from services.consensus.governance.keeper import GovernanceKeeper
 from services.consensus.jobs import messages as m
 from services.consensus.jobs.keeper import JobsKeeper
 from services.consensus.jobs.settlement import provider_charge, split
@@ -24,6 +27,7 @@ def submit(ctx: Context, msg: m.Submit) -> None:
         raise Rejected(Code.INVALID_STATE, f"{consumer['id']} has no compute node registered")
     assets, access = AssetsKeeper(ctx), AccessKeeper(ctx)
     operation = m.OPERATION_OF[msg.type]
+    policy, caller = GovernanceKeeper(ctx).policy(), chain_caller(consumer)
     inputs, participants = [], {consumer["id"]}
     for item in msg.inputs:
         asset = assets.usable(item.asset)
@@ -34,9 +38,15 @@ def submit(ctx: Context, msg: m.Submit) -> None:
             raise Rejected(Code.SUSPENDED_SIGNER, f"provider {provider['id']} is suspended")
         if provider["node"] is None:
             raise Rejected(Code.INVALID_STATE, f"provider {provider['id']} has no compute node")
-        grant = access.usable(item.grant, consumer["id"], item.asset, operation, ctx.time)
-        if grant is None:
-            raise Rejected(Code.UNAUTHORIZED, f"no usable grant {item.grant} for {operation} on {item.asset}")
+        grant = access.get(item.grant)
+        if grant is None or grant["asset"] != item.asset:
+            raise Rejected(Code.UNAUTHORIZED, f"grant {item.grant} is not a grant on {item.asset}")
+        decision = policy.decide(caller, "run", AssetView.of(asset), operation=operation,
+                                 grant=GrantView.of(grant, ctx.time))
+        if not decision.allowed:
+            raise Rejected(Code.UNAUTHORIZED, f"policy v{policy.version} does not allow {operation} on {item.asset} "
+                                              f"under grant {item.grant} ({grant['status']}, "
+                                              f"{grant['max_runs'] - grant['runs_used']} runs left)")
         grant["runs_used"] += 1
         access.put(grant)
         inputs.append({"asset": item.asset, "grant": item.grant, "provider": provider["id"],

@@ -1,0 +1,1 @@
+"""Governance: the association's policy document, versioned on chain."""
