@@ -119,12 +119,17 @@ class Policy:
         return Decision(result.allowed, tuple(sorted(result.diagnostics.reasons)))
 
     def approvals_needed(self, caller: Caller, asset: AssetView, operations: list[str]) -> tuple[str, ...]:
-        """The approvals a grant for ``operations`` needs; raises Forbidden if none would do."""
+        """The approvals a grant for ``operations`` needs; raises Forbidden if none would do.
+
+        Asked of the consumer member acting through its admin: what a grant needs depends on
+        the data, not on which of the consumer's people asks.
+        """
+        user = Caller(caller.member, "member_admin", caller.member_roles, caller.suspended)
         needed: set[str] = set()
         for op in operations:
             for approvals in _APPROVAL_SETS:
                 hypothetical = GrantView("granted", caller.member, (op,), False, 1, approvals)
-                if self.decide(caller, "run", asset, operation=op, grant=hypothetical).allowed:
+                if self.decide(user, "run", asset, operation=op, grant=hypothetical).allowed:
                     needed.update(approvals)
                     break
             else:
