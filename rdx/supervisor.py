@@ -7,6 +7,7 @@ the reverse. A second ``rdx up`` on the same state directory resumes where the f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rdx import toolchain
-from rdx.components import CometNode, KafkaBroker, ServiceProcess, comet_healthy, http_ok, kafka_healthy
+from rdx.components import LOOPBACK, CometNode, KafkaBroker, ServiceProcess, comet_healthy, http_ok, kafka_healthy
 from rdx.toolchain import SetupError
 from services.common.events import TOPICS
 from services.common.identity import Identity
@@ -79,7 +80,18 @@ class Exchange:
         }
         logs = self.state / "logs"
         self.consensus = ServiceProcess("consensus", ports.consensus, {**common, "RDX_ABCI_PORT": str(ports.abci)}, logs)
-        self.services = [ServiceProcess(name, getattr(ports, name), common, logs) for name in SERVICES_AFTER_CHAIN]
+        self.services = [ServiceProcess(name, getattr(ports, name), dict(common), logs) for name in SERVICES_AFTER_CHAIN]
+
+    def _extra_env(self, name: str) -> dict[str, str]:
+        p = self.ports
+        if name == "gateway":
+            self.keys.mkdir(parents=True, exist_ok=True)
+            token = admin_token(self.keys)
+            return {"RDX_KEY_FILE": str(self.keys / "association.node.json"),
+                    "RDX_BOOTSTRAP_KEY_SHA256": hashlib.sha256(token.encode()).hexdigest(),
+                    "RDX_CATALOG_URL": f"http://{LOOPBACK}:{p.catalog}",
+                    "RDX_BILLING_URL": f"http://{LOOPBACK}:{p.billing}"}
+        return {}
 
     def endpoints(self) -> dict[str, str]:
         eps = {"kafka": self.kafka.bootstrap, "cometbft": self.comet.rpc_url, "consensus": self.consensus.url}
@@ -96,11 +108,13 @@ class Exchange:
         self.log("starting the consensus service (ABCI) ...")
         self.consensus.start()
         self.log("starting CometBFT ...")
-        self.comet.app_state = genesis_app_state(association_identity(self.keys))
+        self.comet.app_state = genesis_app_state(local_identity(self.keys, "association"),
+                                                 local_identity(self.keys, "association.node"))
         self.comet.prepare()
         self.comet.start()
         for svc in self.services:
             self.log(f"starting {svc.name} ...")
+            svc.env.update(self._extra_env(svc.name))
             svc.start(wait=False)
         for svc in self.services:
             svc.wait_ready()
@@ -124,19 +138,40 @@ class Exchange:
             yield svc.name, svc.process
 
 
-def association_identity(keys: Path) -> Identity:
-    """The association's signing key for this local exchange, made on first start (file mode 0600)."""
-    path = keys / "association.json"
+def local_identity(keys: Path, account: str) -> Identity:
+    """A signing key of this local exchange (the association's, its gateway's), made on first start (0600)."""
+    path = keys / f"{account}.json"
     if path.exists():
         return Identity.load(path)
-    identity = Identity.generate("association")
+    identity = Identity.generate(account)
     identity.save(path)
     return identity
 
 
-def genesis_app_state(association: Identity) -> dict:
-    return {"association": {"id": association.account, "name": "Regional Data Exchange Association",
-                            "roles": ["association"], "public_key": association.public_key}}
+def association_identity(keys: Path) -> Identity:
+    return local_identity(keys, "association")
+
+
+def genesis_app_state(association: Identity, gateway: Identity | None = None) -> dict:
+    """The association, and its node account: the key the gateway signs audit anchors with."""
+    assoc = {"id": association.account, "name": "Regional Data Exchange Association",
+             "roles": ["association"], "public_key": association.public_key}
+    if gateway is not None:
+        assoc["node"] = {"public_key": gateway.public_key, "endpoint": "127.0.0.1:8000"}
+    return {"association": assoc}
+
+
+def admin_token(keys: Path) -> str:
+    """The association admin's first API key for this local exchange (0600; the gateway gets its hash)."""
+    import os
+    import secrets
+
+    path = keys / "admin.token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"rdx_bootstrap.{secrets.token_urlsafe(32)}")
+    return path.read_text().strip()
 
 
 def run_foreground(state: Path, ports: Ports = Ports()) -> int:

@@ -1,21 +1,9 @@
-"""``python -m services.gateway``."""
+"""``python -m services.gateway``: the single door for member systems and association portals."""
 
 from __future__ import annotations
 
-from services.common.service import Service
-from services.common.settings import ServiceSettings
-
-
-class GatewaySettings(ServiceSettings):
-    service: str = "gateway"
-    http_port: int = 8000
-
-
-def build(settings: GatewaySettings) -> Service:
-    svc = Service(settings, title="rdx gateway")
-    svc.producer()
-    return svc
-
+from services.gateway.app import Gateway
+from services.gateway.settings import GatewaySettings
 
 if __name__ == "__main__":
-    build(GatewaySettings()).run()
+    Gateway(GatewaySettings()).svc.run()

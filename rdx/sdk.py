@@ -1,0 +1,158 @@
+"""A typed Python client of the rdx gateway for member systems: it signs chain transactions with
+the member's key and each HTTP request (RFC 9421), or uses an API key for read-only people."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+
+from services.common import httpsig
+from services.common.audit import AuditRecord, verify_against_anchors
+from services.common.identity import Identity
+from services.common.tx import Tx
+
+
+class GatewayError(RuntimeError):
+    """A problem+json answer: ``status``, ``title`` and ``detail`` say what went wrong."""
+
+    def __init__(self, status: int, body: dict):
+        self.status, self.body = status, body
+        self.title, self.detail = body.get("title", ""), body.get("detail", "")
+        super().__init__(f"{status} {self.title}: {self.detail}")
+
+
+class Gateway:
+    def __init__(self, url: str, *, identity: Identity | None = None, api_key: str | None = None,
+                 chain_id: str = "rdx-local", timeout: float = 30.0):
+        if identity is None and api_key is None:
+            raise ValueError("an identity (to sign) or an API key is needed")
+        self.url, self.identity, self.api_key, self.chain_id = url.rstrip("/"), identity, api_key, chain_id
+        self.http = httpx.Client(timeout=timeout)
+        self._nonces: dict[str, int] = {}
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "Gateway":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- transport ------------------------------------------------------------------------------
+    def request(self, method: str, path: str, *, body: Any = None, params: dict | None = None) -> Any:
+        url = str(httpx.URL(self.url + path, params=params))
+        raw = json.dumps(body).encode() if body is not None else b""
+        headers = {"content-type": "application/json"} if body is not None else {}
+        if self.api_key:
+            headers["authorization"] = f"Bearer {self.api_key}"
+        else:
+            headers.update(httpsig.sign(self.identity, method, url, raw))
+        resp = self.http.request(method, url, content=raw, headers=headers)
+        if resp.status_code >= 400:
+            try:
+                problem = resp.json()
+            except ValueError:
+                problem = {"title": resp.reason_phrase}
+            raise GatewayError(resp.status_code, problem)
+        return resp.json() if resp.content else None
+
+    def _tx(self, type_: str, payload: dict, signer: Identity | None = None) -> dict:
+        signer = signer or self.identity
+        if signer is None:
+            raise ValueError("chain transactions need the member's signing identity")
+        nonce = self._nonces.get(signer.account) or self.account(signer.account)["nonce"] + 1
+        tx = Tx.build(signer, self.chain_id, type_, nonce, payload)
+        self._nonces[signer.account] = nonce + 1
+        return {"tx": json.loads(tx.encode())}
+
+    # -- reads ----------------------------------------------------------------------------------
+    def account(self, account: str) -> dict:
+        return self.request("GET", f"/v1/accounts/{account}")
+
+    def search(self, q: str | None = None, **filters: Any) -> dict:
+        return self.request("GET", "/v1/listings", params={"q": q, **filters} if q else filters)
+
+    def listing(self, asset_id: str) -> dict:
+        return self.request("GET", f"/v1/listings/{asset_id}")
+
+    def my_access(self, status: str | None = None) -> list[dict]:
+        return self.request("GET", "/v1/access-requests", params={"status": status} if status else None)
+
+    def job(self, job_id: str) -> dict:
+        return self.request("GET", f"/v1/jobs/{job_id}")
+
+    def audit(self, **filters: Any) -> list[AuditRecord]:
+        return [AuditRecord(**r) for r in self.request("GET", "/v1/audit", params=filters)]
+
+    # -- the access workflow and jobs -----------------------------------------------------------
+    def request_access(self, grant_id: str, asset: str, operations: list[str], purpose: str,
+                       expires_at: int | None = None, max_runs: int = 1) -> dict:
+        payload = {"id": grant_id, "asset": asset, "operations": operations, "purpose": purpose,
+                   "expires_at": expires_at or int(time.time()) + 30 * 86_400, "max_runs": max_runs}
+        return self.request("POST", "/v1/access-requests", body=self._tx("access.Request", payload))
+
+    def approve(self, grant_id: str) -> dict:
+        return self.request("POST", f"/v1/access-requests/{grant_id}/approve",
+                            body=self._tx("access.Approve", {"id": grant_id}))
+
+    def reject(self, grant_id: str, reason: str) -> dict:
+        return self.request("POST", f"/v1/access-requests/{grant_id}/reject",
+                            body=self._tx("access.Reject", {"id": grant_id, "reason": reason}))
+
+    def revoke(self, grant_id: str, reason: str) -> dict:
+        return self.request("POST", f"/v1/grants/{grant_id}/revoke",
+                            body=self._tx("access.Revoke", {"id": grant_id, "reason": reason}))
+
+    def submit_job(self, job_id: str, type_: str, inputs: list[dict], max_price: int, params: dict | None = None,
+                   timeout_s: int = 600) -> dict:
+        payload = {"id": job_id, "type": type_, "inputs": inputs, "max_price": max_price,
+                   "params": params or {}, "timeout_s": timeout_s}
+        return self.request("POST", "/v1/jobs", body=self._tx("jobs.Submit", payload))
+
+    def send(self, type_: str, payload: dict, signer: Identity | None = None) -> dict:
+        """Any other transaction the caller's role allows (listing, transfers, the kill switch ...)."""
+        return self.request("POST", "/v1/tx", body=self._tx(type_, payload, signer))
+
+    def wait_for_job(self, job_id: str, timeout: float = 600, on_progress=None) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.job(job_id)
+            if on_progress:
+                on_progress(record)
+            if record["status"] != "running" or time.monotonic() > deadline:
+                return record
+            time.sleep(0.5)
+
+    # -- keys -----------------------------------------------------------------------------------
+    def create_key(self, member: str, role: str) -> dict:
+        return self.request("POST", "/v1/keys", body={"member": member, "role": role})
+
+    def revoke_key(self, key_id: str) -> None:
+        self.request("DELETE", f"/v1/keys/{key_id}")
+
+    # -- audit verification ---------------------------------------------------------------------
+    def verify_audit(self, since: float | None = None, until: float | None = None) -> list[str]:
+        """Recompute the audit trail against the anchors on chain; [] means it is intact.
+
+        Records are fetched from the first anchored one on, since a record's hash depends on all
+        before it; ``since``/``until`` restrict which anchors are checked.
+        """
+        anchors = self.request("GET", "/v1/audit/anchors")
+        if since is not None or until is not None:
+            anchors = [a for a in anchors if (since is None or a["time"] >= since - 60)
+                       and (until is None or a["time"] <= until + 60)]
+        if not anchors:
+            return []
+        first = min(a["first_seq"] for a in anchors)
+        records, after = [], first - 1
+        while True:
+            page = self.audit(after_seq=after, limit=1000)
+            records += page
+            if len(page) < 1000 or page[-1].seq >= max(a["last_seq"] for a in anchors):
+                break
+            after = page[-1].seq
+        return verify_against_anchors(records, anchors)

@@ -1,0 +1,108 @@
+"""The gateway wired together: authentication, rate limits, the policy, the audit trail, the API."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+from fastapi import Request
+from prometheus_client import Counter
+
+from services.common.chain import ChainClient
+from services.common.identity import Identity
+from services.common.service import Service
+from services.gateway import problems, views
+from services.gateway.audit import AuditLog, AuditShipper
+from services.gateway.auth import Authenticator, Principal
+from services.gateway.chainview import ChainView
+from services.gateway.keys import KeyStore
+from services.gateway.limits import RateLimiter
+from services.gateway.settings import GatewaySettings
+
+DECISIONS = Counter("rdx_policy_decisions_total", "gateway decisions", ["decision"])
+AUDITED_PREFIX = "/v1/"
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings):
+        self.settings = settings
+        self.svc = Service(settings, title="rdx gateway", version="1")
+        state = settings.state_dir
+        self.keys = KeyStore(state / "keys.sqlite")
+        self.audit = AuditLog(state / "audit.sqlite")
+        self.limiter = RateLimiter(settings.rate_per_s, settings.rate_burst, settings.daily_quota)
+        self.chain: ChainClient | None = None
+        self.http: httpx.AsyncClient | None = None
+        self.identity = Identity.load(settings.key_file) if settings.key_file else None
+        producer = self.svc.producer()
+        self.shipper: AuditShipper | None = None
+        self._producer = producer
+        self.svc.on_startup(self._start)
+        self.svc.on_shutdown(self._stop)
+        self.svc.task("audit", lambda stop: self.shipper.run(stop))
+        problems.install(self.svc.app)
+        self._middleware()
+        self.svc.app.include_router(views.router(self))
+
+    async def _start(self) -> None:
+        self.chain = ChainClient(self.settings.cometbft_rpc, self.settings.chain_id,
+                                 timeout=self.settings.upstream_timeout_s)
+        self.view = ChainView(self.chain)
+        self.http = httpx.AsyncClient(timeout=self.settings.upstream_timeout_s)
+        self.authenticator = Authenticator(self.keys, self.view, self.settings.clock_skew_s,
+                                           self.settings.bootstrap_key_sha256)
+        self.shipper = AuditShipper(self.audit, self._producer, self.chain, self.identity,
+                                    self.settings.anchor_every_s, self.settings.anchor_max_records)
+
+    async def _stop(self) -> None:
+        if self.http:
+            await self.http.aclose()
+        if self.chain:
+            await self.chain.close()
+
+    async def authenticate(self, request: Request) -> Principal:
+        principal = await self.authenticator(request)
+        wait = self.limiter.take(principal.member)
+        if wait is not None:
+            raise problems.Problem(429, "Too many requests", f"rate limit or daily quota of {principal.member}",
+                                   {"Retry-After": str(max(1, int(wait + 0.999)))})
+        return principal
+
+    async def upstream(self, service: str, path: str, params: dict | None = None) -> dict:
+        base = {"catalog": self.settings.catalog_url, "billing": self.settings.billing_url}[service]
+        return await views.upstream_get(self.http, base, path, params)
+
+    def _middleware(self) -> None:
+        app, limit = self.svc.app, self.settings.max_body_bytes
+
+        @app.middleware("http")
+        async def audit_and_limits(request: Request, call_next):
+            request.state.request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+            started = time.perf_counter()
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                response = problems.problem_response(request, 413, "Payload too large",
+                                                     f"request bodies are limited to {limit} bytes")
+            else:
+                response = await call_next(request)
+            response.headers["X-Request-Id"] = request.state.request_id
+            if request.url.path.startswith(AUDITED_PREFIX):
+                self._record(request, response.status_code, time.perf_counter() - started)
+            return response
+
+    def _record(self, request: Request, status: int, seconds: float) -> None:
+        principal: Principal | None = getattr(request.state, "principal", None)
+        decision = "allow" if status < 400 else "error" if status >= 500 else "deny"
+        DECISIONS.labels(decision).inc()
+        route = request.scope.get("route")
+        record = self.audit.append({
+            "ts": time.time(), "request_id": request.state.request_id,
+            "member": principal.member if principal else None, "role": principal.role if principal else None,
+            "key_id": principal.key_id if principal else None, "method": request.method,
+            "route": getattr(route, "path", request.url.path[:200]),
+            "asset": getattr(request.state, "asset", None), "job": getattr(request.state, "job", None),
+            "decision": decision, "reason": getattr(request.state, "reason", "")[:300], "status": status,
+            "latency_ms": round(seconds * 1000, 3)})
+        if self.shipper is not None:
+            self.shipper.submit(record)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.common.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    service: str = "gateway"
+    http_port: int = 8000
+    catalog_url: str = "http://127.0.0.1:8001"
+    billing_url: str = "http://127.0.0.1:8003"
+    upstream_timeout_s: float = 10.0
+    # The gateway's own key (the association's node account) signs audit anchors; none: no anchoring.
+    key_file: Path | None = None
+    # sha256 of an association-admin API key to accept before any key exists (bootstrap); never the key.
+    bootstrap_key_sha256: str | None = None
+    rate_per_s: float = 20.0
+    rate_burst: int = 40
+    daily_quota: int = 100_000
+    max_body_bytes: int = 256 * 1024
+    clock_skew_s: int = 300
+    anchor_every_s: float = 2.0
+    anchor_max_records: int = 500

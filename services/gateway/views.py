@@ -1,0 +1,233 @@
+"""The gateway's versioned REST API (/v1). Thin handlers: authenticate, authorize, call the
+chain or an upstream service, and leave the decision and reason for the audit trail."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import httpx
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from services.common.audit import AuditRecord
+from services.common.chain import ChainError, TxRejected
+from services.common.tx import Code, Tx
+from services.gateway.auth import Principal
+from services.gateway.authz import authorize_tx
+from services.gateway.problems import Problem
+
+CODE_STATUS = {Code.UNAUTHORIZED: 403, Code.NOT_FOUND: 404, Code.CONFLICT: 409, Code.BAD_NONCE: 409,
+               Code.INSUFFICIENT_FUNDS: 402, Code.INVALID_PAYLOAD: 422, Code.UNDECODABLE: 422,
+               Code.INVALID_STATE: 409, Code.SUSPENDED_SIGNER: 403, Code.UNKNOWN_SIGNER: 403}
+
+
+class TxBody(BaseModel):
+    tx: Tx = Field(description="a chain transaction signed by the caller's member (or node) key")
+
+
+class TxResult(BaseModel):
+    tx_hash: str
+    height: int
+    events: list[dict[str, Any]]
+
+
+class NewKey(BaseModel):
+    member: str = Field(min_length=2, max_length=40, pattern=r"^[a-z0-9][a-z0-9\-]*$")
+    role: Literal["association_admin", "member_admin", "analyst", "compute_operator", "auditor"]
+
+
+class KeyInfo(BaseModel):
+    key_id: str
+    member: str
+    role: str
+    created_at: float
+    revoked_at: float | None
+
+
+class NewKeyResult(KeyInfo):
+    token: str = Field(description="shown once; only its hash is stored")
+
+
+class Account(BaseModel):
+    id: str
+    member: str
+    kind: str
+    public_key: str
+    nonce: int
+
+
+class PolicyDoc(BaseModel):
+    version: int
+    sha256: str
+    text: str
+
+
+def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
+    r = APIRouter(prefix="/v1")
+    who = Depends(gw.authenticate)
+
+    def mark(request: Request, *, asset: str | None = None, job: str | None = None) -> None:
+        request.state.asset, request.state.job = asset, job
+
+    async def relay(request: Request, p: Principal, body: TxBody, expect: str, **must: str) -> TxResult:
+        tx = body.tx
+        if tx.type != expect:
+            raise Problem(422, "Wrong transaction type", f"this endpoint takes {expect}, not {tx.type}")
+        for key, value in must.items():
+            if tx.payload.get(key) != value:
+                raise Problem(422, "Transaction does not match the URL", f"payload.{key} must be {value}")
+        verdict = await authorize_tx(p, tx, gw.view)
+        mark(request, asset=verdict.asset, job=verdict.job)
+        if not verdict.allowed:
+            raise Problem(403, "Forbidden", verdict.reason)
+        try:
+            checked = await gw.chain.broadcast(tx.encode())
+            if checked["code"] != Code.OK:
+                raise TxRejected(checked["code"], checked.get("log", ""), tx.hash)
+            committed = await gw.chain.wait_for(tx.hash, timeout=gw.settings.upstream_timeout_s)
+        except TxRejected as exc:
+            raise Problem(CODE_STATUS.get(exc.code, 400), "Rejected by the chain", f"code {exc.code}: {exc.log}") from None
+        except ChainError:
+            raise Problem(503, "Chain unavailable", "the chain did not answer in time; retry") from None
+        return TxResult(tx_hash=committed.tx_hash, height=committed.height, events=committed.events)
+
+    # -- catalog --------------------------------------------------------------------------------
+    @r.get("/listings", summary="Search the catalog")
+    async def search(request: Request, p: Principal = who, q: str | None = Query(None, max_length=200),
+                     cursor: str | None = Query(None, max_length=200), limit: int = Query(20, ge=1, le=100)) -> dict:
+        params = {k: v for k, v in request.query_params.multi_items() if k not in ("q", "cursor", "limit")}
+        params.update({k: v for k, v in (("q", q), ("cursor", cursor), ("limit", str(limit))) if v is not None})
+        return await gw.upstream("catalog", "/v1/listings", params)
+
+    @r.get("/listings/{asset_id}", summary="One listing with its on-chain versions")
+    async def listing(request: Request, asset_id: str, p: Principal = who) -> dict:
+        mark(request, asset=asset_id)
+        return await gw.upstream("catalog", f"/v1/listings/{asset_id}")
+
+    # -- access workflow ------------------------------------------------------------------------
+    @r.post("/access-requests", summary="Ask for access (signed access.Request)")
+    async def request_access(request: Request, body: TxBody, p: Principal = who) -> TxResult:
+        return await relay(request, p, body, "access.Request")
+
+    @r.post("/access-requests/{grant_id}/approve", summary="Approve (signed access.Approve)")
+    async def approve(request: Request, grant_id: str, body: TxBody, p: Principal = who) -> TxResult:
+        return await relay(request, p, body, "access.Approve", id=grant_id)
+
+    @r.post("/access-requests/{grant_id}/reject", summary="Reject (signed access.Reject)")
+    async def reject(request: Request, grant_id: str, body: TxBody, p: Principal = who) -> TxResult:
+        return await relay(request, p, body, "access.Reject", id=grant_id)
+
+    @r.post("/grants/{grant_id}/revoke", summary="Revoke a grant (signed access.Revoke)")
+    async def revoke(request: Request, grant_id: str, body: TxBody, p: Principal = who) -> TxResult:
+        return await relay(request, p, body, "access.Revoke", id=grant_id)
+
+    @r.get("/access-requests", summary="My access requests and grants, as consumer or provider")
+    async def my_grants(p: Principal = who, status: str | None = Query(None, max_length=20)) -> list[dict]:
+        grants = (await gw.chain.query("/access/")) or {}
+        mine = [g for g in grants.values() if p.member in (g["consumer"], g["provider"]) or p.role == "association_admin"]
+        return [g for g in mine if status is None or g["status"] == status]
+
+    # -- jobs and other transactions ------------------------------------------------------------
+    @r.post("/jobs", summary="Submit a job (signed jobs.Submit)")
+    async def submit_job(request: Request, body: TxBody, p: Principal = who) -> TxResult:
+        return await relay(request, p, body, "jobs.Submit")
+
+    @r.get("/jobs/{job_id}", summary="A job's record on chain")
+    async def job(request: Request, job_id: str, p: Principal = who) -> dict:
+        mark(request, job=job_id)
+        record = await gw.chain.query(f"/jobs/{job_id}")
+        if record is None or not (p.member in record["participants"] or p.role in ("association_admin", "auditor")):
+            raise Problem(404, "Not found", f"no job {job_id} visible to {p.member}")
+        return record
+
+    @r.post("/tx", summary="Relay any other signed transaction the caller's role allows")
+    async def any_tx(request: Request, body: TxBody, p: Principal = who) -> TxResult:
+        return await relay(request, p, body, body.tx.type)
+
+    @r.get("/accounts/{account_id}", summary="A chain account's public key and nonce")
+    async def account(account_id: str, p: Principal = who) -> Account:
+        acc = await gw.chain.query(f"/accounts/{account_id}")
+        if acc is None:
+            raise Problem(404, "Not found", f"no account {account_id}")
+        return Account(**acc)
+
+    @r.get("/policy", summary="The policy version in force")
+    async def policy(p: Principal = who) -> PolicyDoc:
+        current = await gw.view.policy()
+        return PolicyDoc(version=current.version, sha256=current.sha256, text=current.text)
+
+    # -- API keys -------------------------------------------------------------------------------
+    def may_manage(p: Principal, member: str, role: str | None = None) -> None:
+        if p.role == "association_admin":
+            return
+        if p.role == "member_admin" and p.member == member and role in (None, "member_admin", "analyst",
+                                                                         "compute_operator", "auditor"):
+            return
+        raise Problem(403, "Forbidden", f"{p.role} of {p.member} may not manage keys of {member}")
+
+    @r.post("/keys", summary="Create an API key", status_code=201)
+    async def create_key(body: NewKey, p: Principal = who) -> NewKeyResult:
+        may_manage(p, body.member, body.role)
+        if await gw.view.member(body.member) is None:
+            raise Problem(404, "Unknown member", f"{body.member} is not a member")
+        key, token = gw.keys.create(body.member, body.role)
+        return NewKeyResult(**key.__dict__, token=token)
+
+    @r.get("/keys", summary="API keys of my member (all, for the association)")
+    async def list_keys(p: Principal = who) -> list[KeyInfo]:
+        member = None if p.role == "association_admin" else p.member
+        if p.role not in ("association_admin", "member_admin"):
+            raise Problem(403, "Forbidden", "only admins list keys")
+        return [KeyInfo(**k.__dict__) for k in gw.keys.list(member)]
+
+    @r.delete("/keys/{key_id}", summary="Revoke an API key", status_code=204)
+    async def revoke_key(key_id: str, p: Principal = who) -> None:
+        key = gw.keys.get(key_id)
+        if key is None:
+            raise Problem(404, "Not found", f"no key {key_id}")
+        may_manage(p, key.member)
+        gw.keys.revoke(key_id)
+
+    @r.post("/keys/{key_id}/rotate", summary="Replace an API key with a new one", status_code=201)
+    async def rotate_key(key_id: str, p: Principal = who) -> NewKeyResult:
+        key = gw.keys.get(key_id)
+        if key is None or key.revoked_at is not None:
+            raise Problem(404, "Not found", f"no live key {key_id}")
+        may_manage(p, key.member, key.role)
+        new, token = gw.keys.create(key.member, key.role)
+        gw.keys.revoke(key_id)
+        return NewKeyResult(**new.__dict__, token=token)
+
+    # -- audit ----------------------------------------------------------------------------------
+    @r.get("/audit", summary="Audit records by member, asset, job, time")
+    async def audit(p: Principal = who, member: str | None = Query(None, max_length=40),
+                    asset: str | None = Query(None, max_length=80), job: str | None = Query(None, max_length=80),
+                    since: float | None = Query(None, ge=0, le=1e11), until: float | None = Query(None, ge=0, le=1e11),
+                    after_seq: int = Query(0, ge=0, le=2**62), limit: int = Query(100, ge=1, le=1000)
+                    ) -> list[AuditRecord]:
+        if p.role not in ("auditor", "association_admin", "member_admin"):
+            raise Problem(403, "Forbidden", "only auditors and admins read the audit trail")
+        if p.role == "member_admin" or (p.role == "auditor" and p.member != "association"):
+            member = p.member  # a member sees its own calls only
+        return gw.audit.query(member=member, asset=asset, job=job, since=since, until=until,
+                              after_seq=after_seq, limit=limit)
+
+    @r.get("/audit/anchors", summary="The audit anchors on chain")
+    async def anchors(p: Principal = who) -> list[dict]:
+        return list(((await gw.chain.query("/audit/anchors/")) or {}).values())
+
+    return r
+
+
+async def upstream_get(client: httpx.AsyncClient, base: str, path: str, params: dict | None = None) -> dict:
+    try:
+        resp = await client.get(base + path, params=params)
+    except httpx.HTTPError:
+        raise Problem(503, "Upstream unavailable", "a service behind the gateway did not answer") from None
+    if resp.status_code == 404:
+        raise Problem(404, "Not found", "no such resource")
+    if resp.status_code >= 400:
+        raise Problem(502 if resp.status_code >= 500 else resp.status_code, "Upstream error",
+                      f"the service answered {resp.status_code}")
+    return resp.json()
+

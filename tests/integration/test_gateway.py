@@ -1,0 +1,180 @@
+"""The gateway on the real chain and broker: authentication, classification-graded
+authorization, the access workflow over the chain, limits, and the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import sqlite3
+import time
+
+import httpx
+import pytest
+
+from rdx.components import ServiceProcess, free_port
+from rdx.sdk import Gateway, GatewayError
+from services.common import httpsig
+from services.common.chain import ChainClient
+from services.common.identity import Identity
+from services.common.listing import example_metadata
+
+COMMIT = "ab" * 32
+ADMIN_TOKEN = "rdx_bootstrap.test-admin-token-not-a-secret"
+
+
+class World:
+    pass
+
+
+@pytest.fixture(scope="module")
+def gw(chain, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gateway")
+    w = World()
+    w.chain = chain
+    w.tag = f"g{int(time.time()) % 100000}"
+    w.gateway_key = Identity.generate("association.node")
+    w.gateway_key.save(root / "association.node.json")
+    w.bank, w.telco = Identity.generate(f"bank-{w.tag}"), Identity.generate(f"telco-{w.tag}")
+    w.shady = Identity.generate(f"shady-{w.tag}")
+
+    async def setup():
+        async with ChainClient(chain.rpc_url, chain.chain_id) as c:
+            a = chain.association
+            await c.submit(a, "members.SetNode", {"node": {"public_key": w.gateway_key.public_key,
+                                                           "endpoint": "127.0.0.1:8000"}})
+            for who, roles in ((w.bank, ["consumer"]), (w.telco, ["provider"]), (w.shady, ["consumer"])):
+                await c.submit(a, "members.Register", {"id": who.account, "name": who.account, "roles": roles,
+                                                       "public_key": who.public_key})
+            for asset, level, ops in ((f"{w.tag}.l3", "L3", ["psi", "raw_download"]), (f"{w.tag}.l4", "L4", ["aggregation"])):
+                await c.submit(w.telco, "assets.List", {
+                    "id": asset, "level": level, "operations": ops, "commitment": COMMIT,
+                    "price": {"model": "fixed", "amount": 10}, "metadata": example_metadata(f"Data {asset}")})
+
+    asyncio.run(setup())
+    port = free_port()
+    w.proc = ServiceProcess("gateway", port, {
+        "RDX_KAFKA_BOOTSTRAP": chain.kafka, "RDX_COMETBFT_RPC": chain.rpc_url, "RDX_CHAIN_ID": chain.chain_id,
+        "RDX_STATE_ROOT": str(root / "state"), "RDX_KEY_FILE": str(root / "association.node.json"),
+        "RDX_BOOTSTRAP_KEY_SHA256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest(),
+        "RDX_ANCHOR_EVERY_S": "0.5", "RDX_RATE_PER_S": "5", "RDX_RATE_BURST": "60", "RDX_MAX_BODY_BYTES": "20000",
+    }, root / "logs")
+    w.proc.start()
+    w.url = w.proc.url
+    w.audit_db = root / "state" / "gateway" / "audit.sqlite"
+    w.log_path = root / "logs" / "gateway.log"
+    w.admin = Gateway(w.url, api_key=ADMIN_TOKEN, chain_id=chain.chain_id)
+    try:
+        yield w
+    finally:
+        w.admin.close()
+        w.proc.stop()
+
+
+def as_member(w, identity: Identity) -> Gateway:
+    return Gateway(w.url, identity=identity, chain_id=w.chain.chain_id)
+
+
+def last_audit(w) -> dict:
+    db = sqlite3.connect(w.audit_db)
+    db.row_factory = sqlite3.Row
+    return dict(db.execute("SELECT * FROM audit ORDER BY seq DESC LIMIT 1").fetchone())
+
+
+def test_wrong_key_expired_and_replayed_signatures_are_refused_and_audited(gw):
+    resp = httpx.get(f"{gw.url}/v1/policy", headers={"authorization": "Bearer rdx_nope.wrong"})
+    assert resp.status_code == 401 and resp.headers["content-type"].startswith("application/problem+json")
+    assert last_audit(gw)["decision"] == "deny"
+
+    url = f"{gw.url}/v1/policy"
+    signed = httpsig.sign(gw.bank, "GET", url, b"")
+    assert httpx.get(url, headers=signed).status_code == 200
+    replay = httpx.get(url, headers=signed)
+    assert replay.status_code == 401 and replay.json()["title"] == "Replayed signature"
+
+    old = httpsig.sign(gw.bank, "GET", url, b"", created=datetime.datetime.now(datetime.timezone.utc)
+                       - datetime.timedelta(seconds=1000))
+    assert httpx.get(url, headers=old).status_code == 401
+
+    stranger = Identity.generate("stranger")
+    resp = httpx.get(url, headers=httpsig.sign(stranger, "GET", url, b""))
+    assert resp.status_code == 401 and resp.json()["title"] == "Unknown key"
+
+
+def test_key_of_a_suspended_member_is_refused(gw):
+    key = gw.admin.create_key(gw.shady.account, "analyst")
+    shady = Gateway(gw.url, api_key=key["token"])
+    assert shady.request("GET", "/v1/policy")["version"] >= 1
+    gw.admin.send("members.Suspend", {"member": gw.shady.account, "reason": "test"},
+                  signer=gw.chain.association)
+    time.sleep(2.5)  # the gateway's view of the chain is at most 2 s old
+    with pytest.raises(GatewayError) as refused:
+        shady.request("GET", "/v1/policy")
+    assert refused.value.status == 403 and refused.value.title == "Member suspended"
+    assert last_audit(gw)["decision"] == "deny"
+
+
+def test_consumer_asking_for_raw_l3_data_is_refused_before_the_chain(gw):
+    bank = as_member(gw, gw.bank)
+    nonce_before = bank.account(gw.bank.account)["nonce"]
+    with pytest.raises(GatewayError) as refused:
+        bank.request_access(f"{gw.tag}.raw", f"{gw.tag}.l3", ["raw_download"], "export")
+    assert refused.value.status == 403 and "never allowed on L3" in refused.value.detail
+    record = last_audit(gw)
+    assert (record["decision"], record["asset"], record["route"]) == ("deny", f"{gw.tag}.l3", "/v1/access-requests")
+    assert bank.account(gw.bank.account)["nonce"] == nonce_before  # nothing reached the chain
+
+
+def test_access_workflow_over_the_chain_and_an_analyst_cannot_approve(gw):
+    bank, telco = as_member(gw, gw.bank), as_member(gw, gw.telco)
+    grant = f"{gw.tag}.psi"
+    result = bank.request_access(grant, f"{gw.tag}.l3", ["psi"], "joint marketing", max_runs=2)
+    assert result["height"] > 0 and [e["type"] for e in result["events"]] == ["AccessRequested"]
+
+    analyst_key = gw.admin.create_key(gw.telco.account, "analyst")["token"]
+    analyst = Gateway(gw.url, api_key=analyst_key, chain_id=gw.chain.chain_id)
+    analyst.identity = gw.telco  # the analyst's system even holds the member key: the role still decides
+    with pytest.raises(GatewayError) as refused:
+        analyst.approve(grant)
+    assert refused.value.status == 403
+    assert last_audit(gw)["decision"] == "deny" and last_audit(gw)["role"] == "analyst"
+
+    approved = telco.approve(grant)
+    assert "AccessGranted" in [e["type"] for e in approved["events"]]
+    mine = {g["id"]: g for g in bank.my_access()}
+    assert mine[grant]["status"] == "granted"
+
+
+def test_oversize_body_and_rate_limit(gw):
+    big = httpx.post(f"{gw.url}/v1/tx", content=b"x" * 30_000,
+                     headers={"authorization": f"Bearer {ADMIN_TOKEN}", "content-type": "application/json"})
+    assert big.status_code == 413
+    key = gw.admin.create_key(gw.bank.account, "analyst")["token"]
+    statuses = [httpx.get(f"{gw.url}/v1/policy", headers={"authorization": f"Bearer {key}"}).status_code
+                for _ in range(120)]
+    assert 429 in statuses and statuses[0] == 200
+    limited = httpx.get(f"{gw.url}/v1/policy", headers={"authorization": f"Bearer {key}"})
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+
+
+def test_tampering_with_one_audit_record_is_detected(gw):
+    auditor = gw.admin
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        anchors = auditor.request("GET", "/v1/audit/anchors")
+        if anchors and max(a["last_seq"] for a in anchors) >= 10:
+            break
+        time.sleep(0.5)
+    assert auditor.verify_audit() == []
+    db = sqlite3.connect(gw.audit_db)
+    db.execute("UPDATE audit SET decision = 'allow' WHERE seq = (SELECT min(seq) FROM audit WHERE decision = 'deny')")
+    db.commit()
+    problems = auditor.verify_audit()
+    assert problems and "altered" in problems[0]
+
+
+def test_no_api_key_signature_or_record_value_in_logs(gw):
+    log = gw.log_path.read_text()
+    assert ADMIN_TOKEN not in log and "bootstrap.test" not in log
+    assert "Signature" not in log and "pyhms=" not in log
+    assert COMMIT not in log
