@@ -8,6 +8,7 @@ import pytest
 from chainsim import Harness, register
 
 from services.common.identity import Identity
+from services.common.listing import example_metadata
 from services.common.tx import Code
 
 COMMIT = "ab" * 32
@@ -29,7 +30,7 @@ class World:
 
     def list(self, asset="telco.subscribers", level="L3", ops=("psi",), price=None, **extra):
         listing = {"id": asset, "level": level, "operations": list(ops), "commitment": COMMIT,
-                   "price": price or {"model": "fixed", "amount": 100}, "metadata": {"title": "Subscribers"}, **extra}
+                   "price": price or {"model": "fixed", "amount": 100}, "metadata": example_metadata("Subscribers"), **extra}
         return self.send(self.telco, "assets.List", listing)
 
     def request(self, grant="g-1", asset="telco.subscribers", ops=("psi",), max_runs=5, expires_in=3600):
@@ -118,7 +119,7 @@ def test_classification_policy_on_requests(w):
 def test_only_owner_changes_a_listing_and_history_is_kept(w):
     w.list()
     listing = {"id": "telco.subscribers", "level": "L3", "operations": ["psi"], "commitment": "ef" * 32,
-               "price": {"model": "fixed", "amount": 120}, "metadata": {"title": "Subscribers v2"}}
+               "price": {"model": "fixed", "amount": 120}, "metadata": example_metadata("Subscribers v2")}
     before = w.state("assets/telco.subscribers")
     assert w.send(w.bank, "assets.Update", listing)[0] == Code.UNAUTHORIZED
     assert w.state("assets/telco.subscribers") == before
