@@ -3,10 +3,10 @@ chain or an upstream service, and leave the decision and reason for the audit tr
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from services.common.audit import AuditRecord
@@ -62,6 +62,11 @@ class PolicyDoc(BaseModel):
     text: str
 
 
+# Annotated, not a shared default: FastAPI binds a shared Path() to the first parameter's name.
+Id = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")]
+KeyId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[a-z0-9_]+$")]
+
+
 def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
     r = APIRouter(prefix="/v1")
     who = Depends(gw.authenticate)
@@ -100,7 +105,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         return await gw.upstream("catalog", "/v1/listings", params)
 
     @r.get("/listings/{asset_id}", summary="One listing with its on-chain versions")
-    async def listing(request: Request, asset_id: str, p: Principal = who) -> dict:
+    async def listing(request: Request, asset_id: Id, p: Principal = who) -> dict:
         mark(request, asset=asset_id)
         return await gw.upstream("catalog", f"/v1/listings/{asset_id}")
 
@@ -110,15 +115,15 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         return await relay(request, p, body, "access.Request")
 
     @r.post("/access-requests/{grant_id}/approve", summary="Approve (signed access.Approve)")
-    async def approve(request: Request, grant_id: str, body: TxBody, p: Principal = who) -> TxResult:
+    async def approve(request: Request, body: TxBody, grant_id: Id, p: Principal = who) -> TxResult:
         return await relay(request, p, body, "access.Approve", id=grant_id)
 
     @r.post("/access-requests/{grant_id}/reject", summary="Reject (signed access.Reject)")
-    async def reject(request: Request, grant_id: str, body: TxBody, p: Principal = who) -> TxResult:
+    async def reject(request: Request, body: TxBody, grant_id: Id, p: Principal = who) -> TxResult:
         return await relay(request, p, body, "access.Reject", id=grant_id)
 
     @r.post("/grants/{grant_id}/revoke", summary="Revoke a grant (signed access.Revoke)")
-    async def revoke(request: Request, grant_id: str, body: TxBody, p: Principal = who) -> TxResult:
+    async def revoke(request: Request, body: TxBody, grant_id: Id, p: Principal = who) -> TxResult:
         return await relay(request, p, body, "access.Revoke", id=grant_id)
 
     @r.get("/access-requests", summary="My access requests and grants, as consumer or provider")
@@ -133,7 +138,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         return await relay(request, p, body, "jobs.Submit")
 
     @r.get("/jobs/{job_id}", summary="A job's record on chain")
-    async def job(request: Request, job_id: str, p: Principal = who) -> dict:
+    async def job(request: Request, job_id: Id, p: Principal = who) -> dict:
         mark(request, job=job_id)
         record = await gw.chain.query(f"/jobs/{job_id}")
         if record is None or not (p.member in record["participants"] or p.role in ("association_admin", "auditor")):
@@ -145,7 +150,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         return await relay(request, p, body, body.tx.type)
 
     @r.get("/accounts/{account_id}", summary="A chain account's public key and nonce")
-    async def account(account_id: str, p: Principal = who) -> Account:
+    async def account(account_id: Id, p: Principal = who) -> Account:
         acc = await gw.chain.query(f"/accounts/{account_id}")
         if acc is None:
             raise Problem(404, "Not found", f"no account {account_id}")
@@ -181,7 +186,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         return [KeyInfo(**k.__dict__) for k in gw.keys.list(member)]
 
     @r.delete("/keys/{key_id}", summary="Revoke an API key", status_code=204)
-    async def revoke_key(key_id: str, p: Principal = who) -> None:
+    async def revoke_key(key_id: KeyId, p: Principal = who) -> None:
         key = gw.keys.get(key_id)
         if key is None:
             raise Problem(404, "Not found", f"no key {key_id}")
@@ -189,7 +194,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         gw.keys.revoke(key_id)
 
     @r.post("/keys/{key_id}/rotate", summary="Replace an API key with a new one", status_code=201)
-    async def rotate_key(key_id: str, p: Principal = who) -> NewKeyResult:
+    async def rotate_key(key_id: KeyId, p: Principal = who) -> NewKeyResult:
         key = gw.keys.get(key_id)
         if key is None or key.revoked_at is not None:
             raise Problem(404, "Not found", f"no live key {key_id}")

@@ -52,14 +52,8 @@ def gw(chain, tmp_path_factory):
                     "price": {"model": "fixed", "amount": 10}, "metadata": example_metadata(f"Data {asset}")})
 
     asyncio.run(setup())
-    port = free_port()
-    w.proc = ServiceProcess("gateway", port, {
-        "RDX_KAFKA_BOOTSTRAP": chain.kafka, "RDX_COMETBFT_RPC": chain.rpc_url, "RDX_CHAIN_ID": chain.chain_id,
-        "RDX_STATE_ROOT": str(root / "state"), "RDX_KEY_FILE": str(root / "association.node.json"),
-        "RDX_BOOTSTRAP_KEY_SHA256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest(),
-        "RDX_ANCHOR_EVERY_S": "0.5", "RDX_RATE_PER_S": "5", "RDX_RATE_BURST": "60", "RDX_MAX_BODY_BYTES": "20000",
-    }, root / "logs")
-    w.proc.start()
+    w.proc = start_gateway(chain, root, RDX_KEY_FILE=str(root / "association.node.json"), RDX_ANCHOR_EVERY_S="0.5",
+                           RDX_RATE_PER_S="5", RDX_RATE_BURST="60", RDX_MAX_BODY_BYTES="20000")
     w.url = w.proc.url
     w.audit_db = root / "state" / "gateway" / "audit.sqlite"
     w.log_path = root / "logs" / "gateway.log"
@@ -69,6 +63,15 @@ def gw(chain, tmp_path_factory):
     finally:
         w.admin.close()
         w.proc.stop()
+
+
+def start_gateway(chain, root, **env: str) -> ServiceProcess:
+    proc = ServiceProcess("gateway", free_port(), {
+        "RDX_KAFKA_BOOTSTRAP": chain.kafka, "RDX_COMETBFT_RPC": chain.rpc_url, "RDX_CHAIN_ID": chain.chain_id,
+        "RDX_STATE_ROOT": str(root / "state"), "RDX_BOOTSTRAP_KEY_SHA256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest(),
+        **env}, root / "logs")
+    proc.start()
+    return proc
 
 
 def as_member(w, identity: Identity) -> Gateway:
@@ -178,3 +181,28 @@ def test_no_api_key_signature_or_record_value_in_logs(gw):
     assert ADMIN_TOKEN not in log and "bootstrap.test" not in log
     assert "Signature" not in log and "pyhms=" not in log
     assert COMMIT not in log
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(chain, tmp_path):
+    """Property-based requests generated from /openapi.json (schemathesis), with an admin key."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    catalog = ServiceProcess("catalog", free_port(), {
+        "RDX_KAFKA_BOOTSTRAP": chain.kafka, "RDX_COMETBFT_RPC": chain.rpc_url, "RDX_CHAIN_ID": chain.chain_id,
+        "RDX_STATE_ROOT": str(tmp_path / "state")}, tmp_path / "logs")
+    catalog.start()
+    proc = start_gateway(chain, tmp_path, RDX_RATE_PER_S="10000", RDX_RATE_BURST="10000", RDX_CATALOG_URL=catalog.url)
+    try:
+        st = Path(sys.executable).parent / "schemathesis"
+        result = subprocess.run([str(st), "run", f"{proc.url}/openapi.json", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
+                                 "--checks", "not_a_server_error,response_schema_conformance", "-n", "20",
+                                 "--generation-deterministic", "--request-timeout", "20"],
+                                capture_output=True, text=True, timeout=600)
+    finally:
+        proc.stop()
+        catalog.stop()
+    summary = result.stdout[-3000:]
+    assert result.returncode == 0, summary
+    assert " passed" in summary and "failed" not in summary.split("Test cases:")[-1], summary
