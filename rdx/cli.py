@@ -116,6 +116,9 @@ def demo(state_dir: Path = StateDir) -> None:
 
 
 def main() -> None:
+    from rdx import member_cli
+
+    member_cli.install(app)
     app()
 
 

@@ -169,11 +169,25 @@ def test_tampering_with_one_audit_record_is_detected(gw):
             break
         time.sleep(0.5)
     assert auditor.verify_audit() == []
+    cli = rdx_cli(gw, "audit", "verify")
+    assert cli.returncode == 0 and "audit trail intact" in cli.stdout
     db = sqlite3.connect(gw.audit_db)
-    db.execute("UPDATE audit SET decision = 'allow' WHERE seq = (SELECT min(seq) FROM audit WHERE decision = 'deny')")
+    assert db.execute("UPDATE audit SET decision = 'allow', member = 'forged' WHERE seq = 2").rowcount == 1
     db.commit()
     problems = auditor.verify_audit()
     assert problems and "altered" in problems[0]
+    cli = rdx_cli(gw, "audit", "verify")
+    assert cli.returncode == 1 and "TAMPERED" in cli.stdout
+
+
+def rdx_cli(gw, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RDX_GATEWAY": gw.url, "RDX_API_KEY": ADMIN_TOKEN, "RDX_CHAIN_ID": gw.chain.chain_id,
+           "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "rdx", *args], capture_output=True, text=True, env=env, timeout=60)
 
 
 def test_no_api_key_signature_or_record_value_in_logs(gw):
