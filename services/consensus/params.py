@@ -10,7 +10,8 @@ from services.consensus.context import Context
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    association_fee_bps: int = Field(200, ge=0, le=10_000)
+    association_fee_bps: int = Field(200, ge=0, le=5_000)
+    compute_fee_bps: int = Field(100, ge=0, le=5_000)  # shared by the participants' compute nodes
 
 
 def get(ctx: Context) -> Params:

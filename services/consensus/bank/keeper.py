@@ -3,8 +3,13 @@ its cause (a deposit, a withdrawal, a transfer or a job), so each is traceable."
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from services.common.tx import Code
 from services.consensus.context import Context, Rejected
+
+if TYPE_CHECKING:  # settlement is computed by the jobs domain; the bank only moves the credits
+    from services.consensus.jobs.settlement import Settlement
 
 
 class BankKeeper:
@@ -53,9 +58,10 @@ class BankKeeper:
     def escrow(self, job: str) -> dict | None:
         return self.store.get(f"bank/escrow/{job}")
 
-    def settle(self, job: str, payouts: dict[str, int]) -> int:
-        """Pay ``payouts`` out of the job's escrow and refund the rest; returns the refund."""
+    def settle(self, job: str, outcome: "Settlement") -> int:
+        """Pay the settlement out of the job's escrow and refund the rest; returns the refund."""
         held = self.escrow(job)
+        payouts = outcome.payouts
         paid = sum(payouts.values())
         assert held is not None and 0 <= paid <= held["amount"], "settlement exceeds escrow"
         for member, amount in sorted(payouts.items()):
@@ -64,12 +70,11 @@ class BankKeeper:
         refund = held["amount"] - paid
         self._set(held["consumer"], self.balance(held["consumer"]) + refund)
         self.store.delete(f"bank/escrow/{job}")
-        self.ctx.emit("JobSettled", f"job:{job}", job=job, consumer=held["consumer"], charged=paid,
-                      refunded=refund, payouts=dict(sorted(payouts.items())))
+        self.ctx.emit("JobSettled", f"job:{job}", job=job, consumer=held["consumer"], escrow=held["amount"],
+                      charged=paid, refunded=refund, payouts=dict(sorted(payouts.items())),
+                      charges=outcome.charges, association_fee=outcome.association_fee,
+                      compute_fees=outcome.compute_fees)
         return refund
-
-    def refund(self, job: str) -> None:
-        self.settle(job, {})
 
     def totals(self) -> tuple[int, int]:
         """(sum of balances, sum of escrow): with supply, what the conservation invariant checks."""

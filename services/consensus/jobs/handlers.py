@@ -14,7 +14,7 @@ from services.consensus.context import Context, Rejected
 from services.consensus.governance.keeper import GovernanceKeeper
 from services.consensus.jobs import messages as m
 from services.consensus.jobs.keeper import JobsKeeper
-from services.consensus.jobs.settlement import provider_charge, split
+from services.consensus.jobs.settlement import input_charge, settle
 from services.consensus.members.keeper import ASSOCIATION, MembersKeeper
 
 
@@ -101,13 +101,13 @@ def _conclude(ctx: Context, jobs: JobsKeeper, job: dict) -> None:
         jobs.finish(job, "failed", "participants attested different results")
         return
     job["result_hash"] = hashes.pop()
-    charges: dict[str, int] = {}
-    for item in job["inputs"]:
-        records = job["attestations"][item["provider"]]["records_used"]
-        charges[item["provider"]] = charges.get(item["provider"], 0) + provider_charge(item["price"], records)
+    charges = {i["asset"]: input_charge(i["price"], job["attestations"][i["provider"]]["records_used"])
+               for i in job["inputs"]}
     association = next(mm["id"] for mm in MembersKeeper(ctx).members() if ASSOCIATION in mm["roles"])
-    payouts = split(charges, job["max_price"], association, params.get(ctx).association_fee_bps)
-    jobs.finish(job, "completed", "all participants attested the same result", payouts)
+    p = params.get(ctx)
+    outcome = settle(charges, {i["asset"]: i["provider"] for i in job["inputs"]}, job["max_price"],
+                     job["participants"], association, p.association_fee_bps, p.compute_fee_bps)
+    jobs.finish(job, "completed", "all participants attested the same result", outcome)
 
 
 def fail(ctx: Context, msg: m.Fail) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from services.consensus.bank.keeper import BankKeeper
 from services.consensus.context import Context
+from services.consensus.jobs.settlement import Settlement
 
 
 class JobsKeeper:
@@ -37,7 +38,7 @@ class JobsKeeper:
     def open_jobs_of(self, party: str) -> list[dict[str, Any]]:
         return [self.get(key.rsplit("/", 1)[1]) for key, _ in self.store.scan(f"jobs-open-by/{party}/")]
 
-    def finish(self, job: dict[str, Any], status: str, reason: str, payouts: dict[str, int] | None = None) -> None:
+    def finish(self, job: dict[str, Any], status: str, reason: str, outcome: Settlement | None = None) -> None:
         job["status"] = status
         job["ended_reason"] = reason
         job["ended_height"] = self.ctx.height
@@ -48,7 +49,7 @@ class JobsKeeper:
         event = {"completed": "JobCompleted", "failed": "JobFailed", "aborted": "JobAborted"}[status]
         self.ctx.emit(event, f"job:{job['id']}", job=job["id"], type=job["type"], consumer=job["consumer"],
                       reason=reason, result_hash=job.get("result_hash"))
-        BankKeeper(self.ctx).settle(job["id"], payouts or {})
+        BankKeeper(self.ctx).settle(job["id"], outcome or Settlement(0, {}, {}, 0))
 
     def abort_touching(self, party: str, reason: str) -> None:
         """The kill switch: every open job of a suspended member or asset ends as aborted."""

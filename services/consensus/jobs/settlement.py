@@ -1,17 +1,26 @@
 """How a completed job's escrow is split: pure integer arithmetic, the same on every validator.
 
-Each provider's charge follows its asset's price model (free, fixed per job, or per record it
-attested). The total is capped at the job's max price (the consumer is never charged more
-than it agreed); if the cap bites, charges shrink pro rata. The association's fee (basis
-points, from chain params) comes out of the total; the rest goes to providers in proportion
-to their charge. Rounding: every share is floored, and the few credits left by flooring go
-to the association, so nothing is created or lost and no provider gets more than its share.
+1. Each input's charge follows the price its asset had when the job was submitted (free; fixed
+   per job; per record the provider attested).
+2. The total charged is the sum, capped at the job's max price: the consumer is never charged
+   more than it agreed (if the cap bites, the providers' part shrinks pro rata).
+3. Out of the total: the association's fee (``association_fee_bps``) and the compute operators'
+   fee: each participant (each runs its own node) gets ``floor(total * compute_fee_bps / 10^4 /
+   participants)``.
+4. The rest is the providers' pool, shared in proportion to their charge.
+5. Rounding: every share is floored; the few credits the flooring of provider shares leaves go to
+   the association.
+   So the payouts add up to the total exactly, nothing is created or lost, and no party gets
+   more than its exact share.
+6. The consumer's refund is the escrow minus the total.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 
-def provider_charge(price: dict, records: int) -> int:
+
+def input_charge(price: dict, records: int) -> int:
     if price["model"] == "fixed":
         return price["amount"]
     if price["model"] == "per_record":
@@ -19,14 +28,29 @@ def provider_charge(price: dict, records: int) -> int:
     return 0
 
 
-def split(charges: dict[str, int], max_price: int, association: str, fee_bps: int) -> dict[str, int]:
-    """Payouts by member id; their sum is the amount charged (at most ``max_price``)."""
+@dataclass(frozen=True)
+class Settlement:
+    total: int
+    payouts: dict[str, int]  # member -> credits, summing to ``total``
+    charges: dict[str, int]  # asset -> its uncapped charge
+    association_fee: int
+    compute_fees: dict[str, int] = field(default_factory=dict)
+
+
+def settle(charges: dict[str, int], owners: dict[str, str], max_price: int, participants: list[str],
+           association: str, association_fee_bps: int, compute_fee_bps: int) -> Settlement:
+    """``charges`` by asset, ``owners`` asset -> provider member, ``participants`` the job's members."""
     wanted = sum(charges.values())
     total = min(wanted, max_price)
     if total == 0:
-        return {}
-    fee = total * fee_bps // 10_000
-    pool = total - fee
-    payouts = {member: pool * charge // wanted for member, charge in charges.items()}
-    payouts[association] = payouts.get(association, 0) + total - sum(payouts.values())
-    return {member: amount for member, amount in payouts.items() if amount}
+        return Settlement(0, {}, dict(charges), 0)
+    per_operator = total * compute_fee_bps // 10_000 // len(participants)
+    compute_fees = {member: per_operator for member in sorted(participants)}
+    provider_pool = total - total * association_fee_bps // 10_000 - per_operator * len(participants)
+    payouts = dict(compute_fees)
+    for asset, charge in sorted(charges.items()):
+        payouts[owners[asset]] = payouts.get(owners[asset], 0) + provider_pool * charge // wanted
+    association_fee = total - sum(payouts.values())  # its fee plus what flooring left
+    payouts[association] = payouts.get(association, 0) + association_fee
+    return Settlement(total, {m: a for m, a in sorted(payouts.items()) if a}, dict(charges), association_fee,
+                      compute_fees)
