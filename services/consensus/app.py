@@ -30,6 +30,7 @@ from services.consensus.context import Context, Rejected
 from services.consensus.governance import handlers as governance
 from services.consensus.governance.keeper import GovernanceKeeper
 from services.consensus.jobs import handlers as jobs
+from services.consensus.jobs.settlement import input_charge
 from services.consensus.members import handlers as members
 from services.consensus.members.keeper import MembersKeeper
 from services.consensus.members.messages import Register
@@ -74,10 +75,22 @@ class RdxApp(Application):
         key = req.path.lstrip("/")
         if not key:
             return abci.ResponseQuery(code=Code.NOT_FOUND, log="empty path", height=self.db.height)
-        value: Any = dict(self.db.scan(key)) if key.endswith("/") else self.db.get(key)
+        if key.startswith("quote/"):
+            value: Any = self._quote(key)
+        else:
+            value = dict(self.db.scan(key)) if key.endswith("/") else self.db.get(key)
         if value is None:
             return abci.ResponseQuery(code=Code.NOT_FOUND, log=f"no state at {key}", height=self.db.height)
         return abci.ResponseQuery(code=Code.OK, key=key.encode(), value=json.dumps(value).encode(), height=self.db.height)
+
+    def _quote(self, key: str) -> int | None:
+        """``quote/<asset>/<records>``: the charge a job would carry for this input now, by the
+        same rule settlement uses."""
+        parts = key.split("/")
+        if len(parts) != 3 or not parts[2].isdigit():
+            return None
+        asset = self.db.get(f"assets/{parts[1]}")
+        return input_charge(asset["price"], int(parts[2])) if asset and asset["status"] == "listed" else None
 
     # -- consensus ------------------------------------------------------------------------------
     def init_chain(self, req: abci.RequestInitChain) -> abci.ResponseInitChain:

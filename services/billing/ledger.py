@@ -1,0 +1,122 @@
+"""The billing read model: every credit movement on chain as a ledger entry, the escrow of open
+jobs, usage by asset and counterparty, and each asset's price history — built only from
+``rdx.chain.events.v1``, so replaying the topic rebuilds it exactly."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from services.common.events import Event
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    event_id TEXT NOT NULL, line INTEGER NOT NULL, height INTEGER NOT NULL, time REAL NOT NULL,
+    member TEXT NOT NULL, amount INTEGER NOT NULL, kind TEXT NOT NULL,
+    counterparty TEXT, job TEXT, reference TEXT, PRIMARY KEY (event_id, line));
+CREATE INDEX IF NOT EXISTS ledger_member ON ledger(member, time);
+CREATE TABLE IF NOT EXISTS escrow (job TEXT PRIMARY KEY, consumer TEXT NOT NULL, amount INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS job_inputs (job TEXT NOT NULL, asset TEXT NOT NULL, provider TEXT NOT NULL,
+    PRIMARY KEY (job, asset));
+CREATE TABLE IF NOT EXISTS usage (
+    job TEXT NOT NULL, asset TEXT NOT NULL, provider TEXT NOT NULL, consumer TEXT NOT NULL,
+    charge INTEGER NOT NULL, height INTEGER NOT NULL, time REAL NOT NULL, PRIMARY KEY (job, asset));
+CREATE TABLE IF NOT EXISTS prices (
+    asset TEXT NOT NULL, version INTEGER NOT NULL, model TEXT NOT NULL, amount INTEGER NOT NULL,
+    height INTEGER NOT NULL, time REAL NOT NULL, PRIMARY KEY (asset, version));
+"""
+
+
+def init(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+
+
+def apply(event: Event, conn: sqlite3.Connection) -> None:
+    """The consumer's handler: runs inside the consumer's transaction, once per event id."""
+    d, at, height = event.data, event.occurred_at.timestamp(), event.data.get("height", 0)
+    lines: list[tuple[str, int, str, str | None, str | None, str | None]] = []
+    if event.type == "CreditsDeposited":
+        lines.append((d["member"], d["amount"], "deposit", None, None, d["reference"]))
+    elif event.type == "CreditsWithdrawn":
+        lines.append((d["member"], -d["amount"], "withdrawal", None, None, d["reference"]))
+    elif event.type == "CreditsTransferred":
+        lines += [(d["sender"], -d["amount"], "transfer_out", d["to"], None, d.get("memo")),
+                  (d["to"], d["amount"], "transfer_in", d["sender"], None, d.get("memo"))]
+    elif event.type == "EscrowHeld":
+        lines.append((d["consumer"], -d["amount"], "escrow_hold", None, d["job"], None))
+        conn.execute("INSERT OR REPLACE INTO escrow VALUES (?, ?, ?)", (d["job"], d["consumer"], d["amount"]))
+    elif event.type == "JobSettled":
+        for member, amount in sorted(d["payouts"].items()):
+            lines.append((member, amount, "job_payout", d["consumer"], d["job"], None))
+        if d["refunded"]:
+            lines.append((d["consumer"], d["refunded"], "escrow_refund", None, d["job"], None))
+        conn.execute("DELETE FROM escrow WHERE job = ?", (d["job"],))
+        owners = dict(conn.execute("SELECT asset, provider FROM job_inputs WHERE job = ?", (d["job"],)).fetchall())
+        for asset, charge in sorted(d.get("charges", {}).items()):
+            conn.execute("INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (d["job"], asset, owners.get(asset, "?"), d["consumer"], charge, height, at))
+    elif event.type == "JobAuthorized":
+        conn.executemany("INSERT OR REPLACE INTO job_inputs VALUES (?, ?, ?)",
+                         [(d["job"], i["asset"], i["provider"]) for i in d["inputs"]])
+    elif event.type in ("AssetListed", "AssetUpdated"):
+        conn.execute("INSERT OR REPLACE INTO prices VALUES (?, ?, ?, ?, ?, ?)",
+                     (d["asset"], d["version"], d["price"]["model"], d["price"].get("amount", 0), height, at))
+    conn.executemany("INSERT OR REPLACE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     [(event.id, n, height, at, *line) for n, line in enumerate(lines)])
+
+
+def balances(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT member, sum(amount) FROM ledger GROUP BY member HAVING count(*) > 0"))
+
+
+def escrow(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT job, amount FROM escrow"))
+
+
+def statement(conn: sqlite3.Connection, member: str, since: float, until: float) -> dict[str, Any]:
+    opening = conn.execute("SELECT coalesce(sum(amount), 0) FROM ledger WHERE member = ? AND time < ?",
+                           (member, since)).fetchone()[0]
+    rows = conn.execute("SELECT event_id, height, time, amount, kind, counterparty, job, reference FROM ledger "
+                        "WHERE member = ? AND time >= ? AND time < ? ORDER BY height, event_id, line",
+                        (member, since, until)).fetchall()
+    entries = [dict(zip(("event_id", "height", "time", "amount", "kind", "counterparty", "job", "reference"), r))
+               for r in rows]
+    totals: dict[str, int] = {}
+    for e in entries:
+        totals[e["kind"]] = totals.get(e["kind"], 0) + e["amount"]
+    return {"member": member, "since": since, "until": until, "opening_balance": opening,
+            "closing_balance": opening + sum(e["amount"] for e in entries), "totals_by_kind": totals,
+            "entries": entries}
+
+
+def invoice(conn: sqlite3.Connection, member: str, since: float, until: float) -> dict[str, Any]:
+    """What ``member`` was charged as a consumer in the period, line by line (asset, provider)."""
+    rows = conn.execute("SELECT job, asset, provider, charge, height, time FROM usage "
+                        "WHERE consumer = ? AND time >= ? AND time < ? ORDER BY height, job, asset",
+                        (member, since, until)).fetchall()
+    lines = [dict(zip(("job", "asset", "provider", "charge", "height", "time"), r)) for r in rows]
+    charged = conn.execute("SELECT coalesce(-sum(amount), 0) FROM ledger WHERE member = ? AND kind IN "
+                           "('escrow_hold', 'escrow_refund') AND time >= ? AND time < ?",
+                           (member, since, until)).fetchone()[0]
+    return {"member": member, "since": since, "until": until, "lines": lines,
+            "listed_charges": sum(line["charge"] for line in lines), "net_paid": charged}
+
+
+def usage(conn: sqlite3.Connection, member: str, since: float, until: float) -> dict[str, Any]:
+    """Usage of ``member``'s data by asset and counterparty, and its own use of others' data."""
+    def grouped(sql: str) -> list[dict]:
+        return [dict(zip(("asset", "counterparty", "jobs", "charged"), r))
+                for r in conn.execute(sql, (member, since, until))]
+    return {
+        "member": member,
+        "as_provider": grouped("SELECT asset, consumer, count(*), sum(charge) FROM usage WHERE provider = ? "
+                               "AND time >= ? AND time < ? GROUP BY asset, consumer ORDER BY asset, consumer"),
+        "as_consumer": grouped("SELECT asset, provider, count(*), sum(charge) FROM usage WHERE consumer = ? "
+                               "AND time >= ? AND time < ? GROUP BY asset, provider ORDER BY asset, provider"),
+    }
+
+
+def price_history(conn: sqlite3.Connection, asset: str) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT version, model, amount, height, time FROM prices WHERE asset = ? ORDER BY version",
+                        (asset,)).fetchall()
+    return [dict(zip(("version", "model", "amount", "height", "time"), r)) for r in rows]
