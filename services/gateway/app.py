@@ -69,7 +69,7 @@ class Gateway:
                                    {"Retry-After": str(max(1, int(wait + 0.999)))})
         return principal
 
-    async def upstream(self, service: str, path: str, params: dict | None = None) -> dict:
+    async def upstream(self, service: str, path: str, params: dict | None = None):
         base = {"catalog": self.settings.catalog_url, "billing": self.settings.billing_url}[service]
         return await views.upstream_get(self.http, base, path, params)
 

@@ -161,6 +161,28 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         current = await gw.view.policy()
         return PolicyDoc(version=current.version, sha256=current.sha256, text=current.text)
 
+    # -- billing --------------------------------------------------------------------------------
+    def own_books(p: Principal, member: str) -> None:
+        if p.member != member and p.role not in ("association_admin", "auditor"):
+            raise Problem(403, "Forbidden", f"{p.member} may read only its own books")
+
+    @r.get("/billing/prices/{asset_id}", summary="An asset's price history")
+    async def prices(asset_id: Id, p: Principal = who) -> list[dict]:
+        return await gw.upstream("billing", f"/v1/prices/{asset_id}")
+
+    @r.get("/billing/quote", summary="What a job on these assets would cost now")
+    async def quote(p: Principal = who, asset: list[str] = Query(..., max_length=16),
+                    records: int = Query(0, ge=0, le=10**12)) -> dict:
+        return await gw.upstream("billing", "/v1/quote", {"asset": asset, "records": records})
+
+    @r.get("/billing/{kind}/{member}", summary="A member's statement, invoice or usage for a period")
+    async def books(kind: Literal["statements", "invoices", "usage"], member: Id, p: Principal = who,
+                    since: float | None = Query(None, ge=0, le=1e11), until: float | None = Query(None, ge=0, le=1e11)
+                    ) -> dict:
+        own_books(p, member)
+        params = {k: v for k, v in (("since", since), ("until", until)) if v is not None}
+        return await gw.upstream("billing", f"/v1/{kind}/{member}", params)
+
     # -- API keys -------------------------------------------------------------------------------
     def may_manage(p: Principal, member: str, role: str | None = None) -> None:
         if p.role == "association_admin":
@@ -224,7 +246,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
     return r
 
 
-async def upstream_get(client: httpx.AsyncClient, base: str, path: str, params: dict | None = None) -> dict:
+async def upstream_get(client: httpx.AsyncClient, base: str, path: str, params: dict | None = None):
     try:
         resp = await client.get(base + path, params=params)
     except httpx.HTTPError:

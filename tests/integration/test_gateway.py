@@ -203,11 +203,14 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(chain, tmp_p
     import sys
     from pathlib import Path
 
-    catalog = ServiceProcess("catalog", free_port(), {
-        "RDX_KAFKA_BOOTSTRAP": chain.kafka, "RDX_COMETBFT_RPC": chain.rpc_url, "RDX_CHAIN_ID": chain.chain_id,
-        "RDX_STATE_ROOT": str(tmp_path / "state")}, tmp_path / "logs")
-    catalog.start()
-    proc = start_gateway(chain, tmp_path, RDX_RATE_PER_S="10000", RDX_RATE_BURST="10000", RDX_CATALOG_URL=catalog.url)
+    env = {"RDX_KAFKA_BOOTSTRAP": chain.kafka, "RDX_COMETBFT_RPC": chain.rpc_url, "RDX_CHAIN_ID": chain.chain_id,
+           "RDX_STATE_ROOT": str(tmp_path / "state")}
+    upstreams = [ServiceProcess(name, free_port(), env, tmp_path / "logs") for name in ("catalog", "billing")]
+    for service in upstreams:
+        service.start()
+    catalog, billing = upstreams
+    proc = start_gateway(chain, tmp_path, RDX_RATE_PER_S="10000", RDX_RATE_BURST="10000", RDX_CATALOG_URL=catalog.url,
+                         RDX_BILLING_URL=billing.url)
     try:
         st = Path(sys.executable).parent / "schemathesis"
         result = subprocess.run([str(st), "run", f"{proc.url}/openapi.json", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
@@ -216,7 +219,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(chain, tmp_p
                                 capture_output=True, text=True, timeout=600)
     finally:
         proc.stop()
-        catalog.stop()
+        for service in upstreams:
+            service.stop()
     summary = result.stdout[-3000:]
     assert result.returncode == 0, summary
     assert " passed" in summary and "failed" not in summary.split("Test cases:")[-1], summary
