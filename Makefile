@@ -6,7 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STATE  ?= .rdx
 
-.PHONY: setup up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state
+.PHONY: setup up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state \
+        testnet bench bench-consensus bench-gateway
 
 # The virtual environment, rebuilt only when the dependency list changes.
 $(VENV)/.installed: pyproject.toml
@@ -55,3 +56,16 @@ lint: setup
 
 clean-state: down
 	rm -rf $(STATE)
+
+# A local 4-validator network (each validator with its own consensus service), until Ctrl-C.
+testnet: setup
+	@$(PY) -m rdx.testnet --validators 4 --state-dir .rdx-testnet
+
+# Benchmarks: each writes bench/results/<area>.json (see ../shared/BENCH.md).
+bench: bench-consensus bench-gateway
+
+bench-consensus: setup
+	@$(PY) -m bench.consensus
+
+bench-gateway: setup
+	@$(PY) -m bench.gateway

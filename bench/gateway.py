@@ -20,15 +20,13 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import median, metric, percentile, write  # noqa: E402
-from rdx.components import LOOPBACK, free_port, http_ok, wait_until  # noqa: E402
-from rdx.supervisor import Exchange, Ports  # noqa: E402
-from services.common.chain import ChainClient  # noqa: E402
-from services.common.identity import Identity  # noqa: E402
-from services.common.listing import example_metadata  # noqa: E402
-from services.common.policy import AssetView, Caller, GrantView, Policy  # noqa: E402
+from bench.common import median, metric, percentile, write
+from rdx.components import LOOPBACK, free_port, http_ok, wait_until
+from rdx.supervisor import Exchange, Ports
+from services.common.chain import ChainClient
+from services.common.identity import Identity
+from services.common.listing import example_metadata
+from services.common.policy import AssetView, Caller, GrantView, Policy
 
 OPS = ("raw_download", "psi", "aggregation", "he_scoring")
 BARE_APP = '''

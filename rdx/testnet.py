@@ -17,7 +17,7 @@ Ports are picked afresh (free loopback ports) on every ``Testnet(...)``, so a se
 the same directory resumes the chain on new ports; the ports stay fixed for the lifetime of the
 object, so a stopped validator comes back where its peers expect it.
 
-    python -m rdx.testnet --validators 4 --state-dir .rdx/testnet    # Ctrl-C stops it
+    python -m rdx.testnet --validators 4 --state-dir .rdx-testnet    # Ctrl-C stops it
 """
 
 from __future__ import annotations
@@ -113,8 +113,6 @@ class Testnet:
             # Every validator's relay publishes the same committed events to the same shared broker
             # and topic. That is harmless by design: an event's id (height/tx/event index) is the same
             # on every validator, and consumers apply each id once, so the copies are deduplicated.
-            # (A production deployment would run one relay per validator, each to its own cluster or
-            # with consumers reading from any one of them.)
             app = ServiceProcess("consensus", free_port(), {
                 "RDX_KAFKA_BOOTSTRAP": kafka_bootstrap,
                 "RDX_STATE_ROOT": str(self.root / f"app{i}"),
@@ -354,10 +352,12 @@ class Testnet:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rdx.testnet", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--validators", type=int, default=4)
-    parser.add_argument("--state-dir", type=Path, default=Path(".rdx/testnet"))
+    parser.add_argument("--validators", type=int, default=4, help="number of validators (default 4)")
+    # Not under .rdx/: `rdx up` refuses a state directory that holds anything but its own files.
+    parser.add_argument("--state-dir", type=Path, default=Path(".rdx-testnet"),
+                        help="where keys, genesis, chain data and logs live; a second start resumes (default .rdx-testnet)")
     parser.add_argument("--chain-id", default=DEFAULT_CHAIN_ID)
-    parser.add_argument("--timeout-commit", default="1s")
+    parser.add_argument("--timeout-commit", default="1s", help="CometBFT's timeout_commit (default 1s, as `rdx up`)")
     parser.add_argument("--kafka", metavar="HOST:PORT",
                         help="use this broker instead of starting one in <state-dir>/kafka")
     args = parser.parse_args(argv)
