@@ -61,7 +61,15 @@ def canonical(value: Any) -> bytes:
                 check(item)
 
     check(value)
+    return _dumps(value)
+
+
+def _dumps(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _refuse_float(text: str) -> float:
+    raise TxError(Code.UNDECODABLE, "floats are not allowed in transactions; use integers")
 
 
 class Tx(BaseModel):
@@ -95,14 +103,20 @@ class Tx(BaseModel):
         if len(raw) > MAX_TX_BYTES:
             raise TxError(Code.OVERSIZE, f"transaction is {len(raw)} bytes; the limit is {MAX_TX_BYTES}")
         try:
-            data = json.loads(raw)
+            data = json.loads(raw, parse_float=_refuse_float)  # floats are refused while parsing
             tx = cls.model_validate(data)
+        except TxError:
+            raise
         except (ValueError, ValidationError) as exc:
             fields = ""
             if isinstance(exc, ValidationError):
                 fields = ": " + ", ".join(".".join(map(str, e["loc"])) or "envelope" for e in exc.errors()[:5])
             raise TxError(Code.UNDECODABLE, f"undecodable transaction{fields}") from None
-        if raw != tx.encode():
+        if raw != _dumps(tx.model_dump()):  # no float can be left: the parser refused them
             raise TxError(Code.UNDECODABLE, "transaction is not canonically encoded")
         return tx
+
+    def signing_bytes_of_decoded(self) -> bytes:
+        """``signing_bytes`` for a tx that came from ``decode`` (known float-free)."""
+        return _dumps(self.model_dump(exclude={"sig"}))
 
