@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= .rdx
 
 .PHONY: setup up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state \
-        testnet bench bench-consensus bench-gateway
+        testnet bench bench-consensus bench-gateway bench-catalog
 
 # The virtual environment, rebuilt only when the dependency list changes.
 $(VENV)/.installed: pyproject.toml
@@ -62,10 +62,13 @@ testnet: setup
 	@$(PY) -m rdx.testnet --validators 4 --state-dir .rdx-testnet
 
 # Benchmarks: each writes bench/results/<area>.json (see ../shared/BENCH.md).
-bench: bench-consensus bench-gateway
+bench: bench-consensus bench-gateway bench-catalog
 
 bench-consensus: setup
 	@$(PY) -m bench.consensus
 
 bench-gateway: setup
 	@$(PY) -m bench.gateway
+
+bench-catalog: setup
+	@$(PY) -m bench.catalog

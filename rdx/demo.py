@@ -113,7 +113,15 @@ class Demo:
         c = await self._submit(telco, "assets.List", {
             "id": asset, "level": "L3", "operations": ["psi", "psi_cardinality"], "commitment": commitment,
             "price": {"model": "fixed", "amount": 500}, "min_group_size": 1,
-            "metadata": {"title": "Subscriber phone numbers", "rows": rows, "update_cycle": "daily"}})
+            "metadata": {
+                "title": "Subscriber phone numbers", "region": "CN-GD", "industry": ["telecom"],
+                "tags": ["subscribers", "joint-marketing"], "update_cycle": "daily", "row_count": rows,
+                "description": "Hashed phone numbers of active subscribers, for private set intersection only.",
+                "data_start": "2024-01-01", "last_updated": "2025-06-30",
+                "columns": [{"name": "phone_hash", "type": "string", "sensitivity": "identifier",
+                             "description": "salted SHA-256 of the phone number"}],
+                "licence": "rdx-member-data-1.0",
+                "usage_terms": "PSI and PSI-cardinality only; no re-identification of matched subscribers."}})
         listed = await self.chain.query(f"/assets/{asset}")
         ok = listed and listed["commitment"] == commitment and listed["status"] == "listed"
         return c, "ok" if ok else "FAILED", f"height {c.height}, tx {c.tx_hash[:16]}, commitment {commitment[:16]}…"

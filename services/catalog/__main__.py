@@ -1,21 +1,32 @@
-"""``python -m services.catalog``."""
+"""``python -m services.catalog``: the searchable read model of listings and listing drafts.
+
+``python -m services.catalog dump [DB]`` prints the read model's deterministic dump digest
+(the rebuild check: two read models built from the same topic print the same).
+"""
 
 from __future__ import annotations
 
-from services.common.service import Service
-from services.common.settings import ServiceSettings
+import sys
+
+from services.catalog.app import CatalogSettings, build
 
 
-class CatalogSettings(ServiceSettings):
-    service: str = "catalog"
-    http_port: int = 8001
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["dump"]:
+        import json
+        import sqlite3
+        from pathlib import Path
 
+        from services.catalog import store
 
-def build(settings: CatalogSettings) -> Service:
-    svc = Service(settings, title="rdx catalog")
-    svc.producer()
-    return svc
+        path = Path(argv[1]) if len(argv) > 1 else CatalogSettings().state_dir / "catalog.sqlite"
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        dumped = store.dump(conn)
+        print(json.dumps({"digest": store.digest(conn), "listings": len(dumped["listings"]),
+                          "versions": len(dumped["versions"]), "applied_events": len(dumped["applied_events"])}))
+        return
+    build(CatalogSettings()).run()
 
 
 if __name__ == "__main__":
-    build(CatalogSettings()).run()
+    main(sys.argv[1:])

@@ -100,8 +100,9 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
     @r.get("/listings", summary="Search the catalog")
     async def search(request: Request, p: Principal = who, q: str | None = Query(None, max_length=200),
                      cursor: str | None = Query(None, max_length=200), limit: int = Query(20, ge=1, le=100)) -> dict:
-        params = {k: v for k, v in request.query_params.multi_items() if k not in ("q", "cursor", "limit")}
-        params.update({k: v for k, v in (("q", q), ("cursor", cursor), ("limit", str(limit))) if v is not None})
+        # a list of pairs, not a dict: filters repeat (level=L1&level=L3)
+        params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("q", "cursor", "limit")]
+        params += [(k, v) for k, v in (("q", q), ("cursor", cursor), ("limit", str(limit))) if v is not None]
         return await gw.upstream("catalog", "/v1/listings", params)
 
     @r.get("/listings/{asset_id}", summary="One listing with its on-chain versions")
@@ -246,7 +247,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
     return r
 
 
-async def upstream_get(client: httpx.AsyncClient, base: str, path: str, params: dict | None = None):
+async def upstream_get(client: httpx.AsyncClient, base: str, path: str, params: dict | list | None = None):
     try:
         resp = await client.get(base + path, params=params)
     except httpx.HTTPError:
