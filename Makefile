@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STATE  ?= .rdx
 
-.PHONY: setup up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state \
+.PHONY: setup setup-k8s up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state \
         testnet bench bench-consensus bench-gateway bench-catalog
 
 # The virtual environment, rebuilt only when the dependency list changes.
@@ -35,8 +35,12 @@ status:
 demo: up-detached
 	@$(PY) -m rdx demo --state-dir $(STATE)
 
-test: setup check-infra
+test: setup setup-k8s check-infra
 	@$(PY) -m pytest
+
+# etcd + kube-apiserver for the `rdx ops` tests, built once per version into ~/.cache/rdx.
+setup-k8s: $(VENV)/.installed
+	@$(PY) -m rdx.k8s_toolchain
 
 # Rendered Kubernetes manifests against the API schemas, workload policy, Dockerfile and compose lint.
 check-infra: $(VENV)/.installed
@@ -45,7 +49,7 @@ check-infra: $(VENV)/.installed
 test-unit: setup
 	@$(PY) -m pytest -m unit
 
-test-integration: setup
+test-integration: setup setup-k8s
 	@$(PY) -m pytest -m integration
 
 test-e2e: setup

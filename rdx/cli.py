@@ -116,9 +116,10 @@ def demo(state_dir: Path = StateDir) -> None:
 
 
 def main() -> None:
-    from rdx import member_cli
+    from rdx import member_cli, ops
 
     member_cli.install(app)
+    ops.install(app)
     app()
 
 

@@ -287,6 +287,7 @@ class CometNode:
     timeout_commit: str = "500ms"
     log_level: str = "state:info,*:error"
     app_state: dict | None = None  # genesis app_state: the association and founding members
+    prometheus_port: int | None = None  # CometBFT's own /metrics (cometbft_*) on loopback, when set
     process: Process | None = field(default=None, init=False)
 
     @property
@@ -331,6 +332,9 @@ class CometNode:
         doc["p2p"]["allow_duplicate_ip"] = True
         doc["p2p"]["persistent_peers"] = persistent_peers
         doc["consensus"]["timeout_commit"] = self.timeout_commit
+        doc["instrumentation"]["prometheus"] = self.prometheus_port is not None
+        if self.prometheus_port is not None:
+            doc["instrumentation"]["prometheus_listen_addr"] = f"{LOOPBACK}:{self.prometheus_port}"
         path.write_text(tomlkit.dumps(doc))
 
     def start(self, timeout: float = 60.0) -> None:

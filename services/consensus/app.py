@@ -14,6 +14,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+from prometheus_client import Gauge
 from pydantic import BaseModel, ValidationError
 from tendermint.abci import types_pb2 as abci
 
@@ -40,6 +41,7 @@ from services.consensus.state import ChainEvent, Database, Overlay, next_app_has
 log = logging.getLogger("rdx.consensus.app")
 
 APP_VERSION = 1
+CHAIN_HEIGHT = Gauge("rdx_chain_height", "height of the last block this app committed")
 Handler = tuple[type[BaseModel], Callable[[Context, Any], None]]
 HANDLERS: dict[str, Handler] = {**members.HANDLERS, **assets.HANDLERS, **access.HANDLERS, **jobs.HANDLERS,
                                  **bank.HANDLERS, **governance.HANDLERS, **audit.HANDLERS}
@@ -166,6 +168,7 @@ class RdxApp(Application):
             raise RuntimeError("Commit without FinalizeBlock")
         height, app_hash, writes, events = self._pending
         self.db.commit_block(height, app_hash, writes, events)
+        CHAIN_HEIGHT.set(height)
         self._pending = None
         self.check_state = Overlay(self.db)  # CometBFT rechecks the mempool against the new state
         if self.on_commit:

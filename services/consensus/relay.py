@@ -22,7 +22,8 @@ from services.common.kafka import EventProducer
 from services.consensus.state import ChainEvent, Database
 
 log = logging.getLogger("rdx.consensus.relay")
-RELAY_HEIGHT = Gauge("rdx_relay_published_height", "height of the last chain event acknowledged by Kafka")
+RELAY_HEIGHT = Gauge("rdx_relay_published_height",
+                     "height up to which every chain event is acknowledged by Kafka (the committed height when idle)")
 
 
 def to_event(e: ChainEvent) -> Event:
@@ -86,6 +87,7 @@ class Relay:
         """Publish what is past the recorded position; returns how many events went out."""
         events = self.chain.events_after(self.position.get(), self.batch)
         if not events:
+            RELAY_HEIGHT.set(self.chain.height)  # nothing left: caught up with every committed block
             return 0
         await self.producer.publish_many(CHAIN_EVENTS, [to_event(e) for e in events])
         self.position.set(events[-1])  # only after every event of the batch is acknowledged

@@ -14,9 +14,11 @@ PROBLEM = "application/problem+json"
 
 
 class Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str = "", headers: dict[str, str] | None = None):
+    def __init__(self, status: int, title: str, detail: str = "", headers: dict[str, str] | None = None,
+                 errors: list | None = None):
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.headers = status, title, detail, headers or {}
+        self.errors = errors
 
 
 def problem_response(request: Request, status: int, title: str, detail: str = "",
@@ -32,7 +34,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def on_problem(request: Request, exc: Problem):
         request.state.reason = exc.detail or exc.title
-        return problem_response(request, exc.status, exc.title, exc.detail, exc.headers)
+        return problem_response(request, exc.status, exc.title, exc.detail, exc.headers, exc.errors)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError):

@@ -254,8 +254,14 @@ async def upstream_get(client: httpx.AsyncClient, base: str, path: str, params: 
         raise Problem(503, "Upstream unavailable", "a service behind the gateway did not answer") from None
     if resp.status_code == 404:
         raise Problem(404, "Not found", "no such resource")
-    if resp.status_code >= 400:
-        raise Problem(502 if resp.status_code >= 500 else resp.status_code, "Upstream error",
-                      f"the service answered {resp.status_code}")
+    if resp.status_code >= 500:
+        raise Problem(502, "Upstream error", f"the service answered {resp.status_code}")
+    if resp.status_code >= 400:  # the service's own explanation (e.g. field by field) reaches the caller
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        raise Problem(resp.status_code, str(body.get("title", "Rejected")), str(body.get("detail", "")),
+                      errors=body.get("errors") if isinstance(body.get("errors"), list) else None)
     return resp.json()
 

@@ -27,11 +27,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError, Message
+from prometheus_client import Counter as PrometheusCounter
 from tendermint.abci import types_pb2 as abci
 
 from services.consensus.abci.application import Application
 
 log = logging.getLogger("rdx.consensus.abci")
+ABCI_REQUESTS = PrometheusCounter("rdx_abci_requests_total", "ABCI requests served, by type", ["type"])
 
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 """Far above any sane block (CometBFT caps a block at 100 MiB, its default at 4 MiB)."""
@@ -148,6 +150,7 @@ class _Connection:
                 return
             kind = request.WhichOneof("value")
             self.stats.requests[kind or "unknown"] += 1
+            ABCI_REQUESTS.labels(kind or "unknown").inc()
             if kind == "flush":
                 self._buffer += _FLUSH_FRAME
                 await self._flush()
