@@ -21,6 +21,9 @@ CREATE TABLE IF NOT EXISTS job_inputs (job TEXT NOT NULL, asset TEXT NOT NULL, p
 CREATE TABLE IF NOT EXISTS usage (
     job TEXT NOT NULL, asset TEXT NOT NULL, provider TEXT NOT NULL, consumer TEXT NOT NULL,
     charge INTEGER NOT NULL, height INTEGER NOT NULL, time REAL NOT NULL, PRIMARY KEY (job, asset));
+CREATE TABLE IF NOT EXISTS demand_prices (
+    asset TEXT NOT NULL, event_id TEXT PRIMARY KEY, price INTEGER NOT NULL, height INTEGER NOT NULL,
+    time REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS prices (
     asset TEXT NOT NULL, version INTEGER NOT NULL, model TEXT NOT NULL, amount INTEGER NOT NULL,
     height INTEGER NOT NULL, time REAL NOT NULL, PRIMARY KEY (asset, version));
@@ -58,6 +61,9 @@ def apply(event: Event, conn: sqlite3.Connection) -> None:
     elif event.type == "JobAuthorized":
         conn.executemany("INSERT OR REPLACE INTO job_inputs VALUES (?, ?, ?)",
                          [(d["job"], i["asset"], i["provider"]) for i in d["inputs"]])
+    elif event.type == "DynamicPriceChanged":
+        conn.execute("INSERT OR REPLACE INTO demand_prices VALUES (?, ?, ?, ?, ?)",
+                     (d["asset"], event.id, d["price"], height, at))
     elif event.type in ("AssetListed", "AssetUpdated"):
         conn.execute("INSERT OR REPLACE INTO prices VALUES (?, ?, ?, ?, ?, ?)",
                      (d["asset"], d["version"], d["price"]["model"], d["price"].get("amount", 0), height, at))
@@ -117,6 +123,8 @@ def usage(conn: sqlite3.Connection, member: str, since: float, until: float) -> 
 
 
 def price_history(conn: sqlite3.Connection, asset: str) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT version, model, amount, height, time FROM prices WHERE asset = ? ORDER BY version",
-                        (asset,)).fetchall()
+    """Listed prices by version, and for a dynamic price every move demand made, in chain order."""
+    rows = conn.execute("SELECT version, model, amount, height, time FROM prices WHERE asset = ? "
+                        "UNION ALL SELECT NULL, 'dynamic (demand)', price, height, time FROM demand_prices "
+                        "WHERE asset = ? ORDER BY height", (asset, asset)).fetchall()
     return [dict(zip(("version", "model", "amount", "height", "time"), r)) for r in rows]

@@ -195,15 +195,25 @@ def level_problems(level: str | None, md: ListingMetadata | None) -> list[tuple[
 
 
 class Price(_Contract):
-    """Integer credits; mirrors the chain's price check (services/consensus/assets/messages.py)."""
+    """Integer credits; how the chain turns it into a charge is services/consensus/pricing.py.
 
-    model: Literal["free", "fixed", "per_record"]
+    - ``free``; ``fixed``: ``amount`` per job; ``per_record``: ``amount`` per record the provider
+      attests it used;
+    - ``subscription``: ``amount`` buys ``period_s`` of jobs under one grant (a pass bound to it);
+    - ``dynamic``: ``amount`` per job times a demand multiplier, computed on chain from recent
+      use of the asset (bounded), so every validator charges the same and a consumer can quote it.
+    """
+
+    model: Literal["free", "fixed", "per_record", "subscription", "dynamic"]
     amount: Annotated[StrictInt, Field(ge=0, le=10**12)] = 0
+    period_s: Annotated[StrictInt, Field(ge=3600, le=366 * 86_400)] | None = None
 
     @model_validator(mode="after")
-    def _free_is_zero(self) -> "Price":
+    def _consistent(self) -> "Price":
         if self.model == "free" and self.amount != 0:
             _raise([("amount", "a free listing has amount 0")])
+        if (self.model == "subscription") != (self.period_s is not None):
+            _raise([("period_s", "a subscription has a period_s, and only a subscription")])
         return self
 
 

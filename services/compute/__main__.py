@@ -1,21 +1,12 @@
-"""``python -m services.compute``."""
+"""``python -m services.compute``: one member's compute node.
+
+The imports stay under the guard: the node's worker processes are spawned, and a spawned
+process imports this module again (as ``__mp_main__``); it needs none of the service."""
 
 from __future__ import annotations
 
-from services.common.service import Service
-from services.common.settings import ServiceSettings
-
-
-class ComputeSettings(ServiceSettings):
-    service: str = "compute"
-    http_port: int = 8002
-
-
-def build(settings: ComputeSettings) -> Service:
-    svc = Service(settings, title="rdx compute")
-    svc.producer()
-    return svc
-
-
 if __name__ == "__main__":
+    from services.compute.app import build
+    from services.compute.settings import ComputeSettings
+
     build(ComputeSettings()).run()

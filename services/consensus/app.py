@@ -32,7 +32,7 @@ from services.consensus.context import Context, Rejected
 from services.consensus.governance import handlers as governance
 from services.consensus.governance.keeper import GovernanceKeeper
 from services.consensus.jobs import handlers as jobs
-from services.consensus.jobs.settlement import input_charge
+from services.consensus.pricing import PricingKeeper
 from services.consensus.members import handlers as members
 from services.consensus.members.keeper import MembersKeeper
 from services.consensus.members.messages import Register
@@ -79,7 +79,7 @@ class RdxApp(Application):
         self.check_state = Overlay(db)
         self._block: Overlay | None = None  # genesis writes wait here for the first block's Commit
         self._genesis_events: list[tuple[str, str, dict]] = []
-        self._pending: tuple[int, bytes, dict, list[ChainEvent]] | None = None
+        self._pending: tuple[int, bytes, dict, list[ChainEvent], int] | None = None
         self._last_time = 0
 
     # -- connection: info / query ---------------------------------------------------------------
@@ -107,7 +107,10 @@ class RdxApp(Application):
         if len(parts) != 3 or not parts[2].isdigit():
             return None
         asset = self.db.get(f"assets/{parts[1]}")
-        return input_charge(asset["price"], int(parts[2])) if asset and asset["status"] == "listed" else None
+        if asset is None or asset["status"] != "listed":
+            return None
+        ctx = Context(store=Overlay(self.db), height=self.db.height, time=int(self.db.meta("time", "0")))
+        return PricingKeeper(ctx).quote(asset, int(parts[2]), ctx.time)
 
     # -- consensus ------------------------------------------------------------------------------
     def init_chain(self, req: abci.RequestInitChain) -> abci.ResponseInitChain:
@@ -159,15 +162,15 @@ class RdxApp(Application):
             results.append(abci.ExecTxResult(code=code, log=message, events=abci_events))
         # A block that changes nothing keeps the app hash, so `create_empty_blocks = false` can idle.
         app_hash = next_app_hash(self.db.app_hash, block.digest(), req.height) if block.writes else self.db.app_hash
-        self._pending = (req.height, app_hash, block.writes, events)
+        self._pending = (req.height, app_hash, block.writes, events, now)
         self._last_time = now
         return abci.ResponseFinalizeBlock(tx_results=results, app_hash=app_hash)
 
     def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
         if self._pending is None:
             raise RuntimeError("Commit without FinalizeBlock")
-        height, app_hash, writes, events = self._pending
-        self.db.commit_block(height, app_hash, writes, events)
+        height, app_hash, writes, events, now = self._pending
+        self.db.commit_block(height, app_hash, writes, events, {"time": str(now)})
         CHAIN_HEIGHT.set(height)
         self._pending = None
         self.check_state = Overlay(self.db)  # CometBFT rechecks the mempool against the new state

@@ -12,6 +12,9 @@ class Params(BaseModel):
 
     association_fee_bps: int = Field(200, ge=0, le=5_000)
     compute_fee_bps: int = Field(100, ge=0, le=5_000)  # shared by the participants' compute nodes
+    dynamic_slope_bps: int = Field(1_000, ge=0, le=100_000)  # +10% per unit of recent demand
+    dynamic_max_bps: int = Field(30_000, ge=10_000, le=1_000_000)  # at most 3x the base price
+    demand_halflife_s: int = Field(3_600, ge=60, le=30 * 86_400)
 
 
 def get(ctx: Context) -> Params:

@@ -29,7 +29,7 @@ def list_asset(ctx: Context, msg: m.List) -> None:
     if assets.get(msg.id) is not None:
         raise Rejected(Code.CONFLICT, f"asset {msg.id} already exists")
     asset = {"id": msg.id, "owner": provider["id"], "version": 1, "status": "listed",
-             **msg.model_dump(include=set(LISTING_FIELDS))}
+             **msg.model_dump(include=set(LISTING_FIELDS), exclude_none=True)}
     _record(ctx, assets, asset, "AssetListed")
 
 
@@ -48,7 +48,7 @@ def update(ctx: Context, msg: m.Update) -> None:
     assets, asset = _owned(ctx, msg.id)
     if asset["status"] != "listed":
         raise Rejected(Code.INVALID_STATE, f"asset {msg.id} is {asset['status']}")
-    asset.update(msg.model_dump(include=set(LISTING_FIELDS)), version=asset["version"] + 1)
+    asset.update(msg.model_dump(include=set(LISTING_FIELDS), exclude_none=True), version=asset["version"] + 1)
     _record(ctx, assets, asset, "AssetUpdated")
 
 

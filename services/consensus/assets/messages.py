@@ -4,31 +4,12 @@ price, group size) and the descriptive metadata against the shared listing contr
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, ValidationInfo, field_validator
 
-from services.common.listing import ListingMetadata, level_problems
+from services.common.listing import Level, ListingMetadata, Operation, Price, level_problems
 from services.consensus.members.messages import Msg
 
-Level = Literal["L1", "L2", "L3", "L4"]
-Operation = Literal["raw_download", "psi", "psi_cardinality", "aggregation", "he_scoring", "supply_chain_verification"]
 AssetId = Field(min_length=3, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")
-
-
-class Price(Msg):
-    """Amounts are integer credits. The billing rules decide how a model turns into a charge."""
-
-    # subscription and demand-based dynamic prices come with the billing rules.
-    model: Literal["free", "fixed", "per_record"]
-    amount: int = Field(0, ge=0, le=10**12, description="per job (fixed) or per record (per_record)")
-
-    @field_validator("amount")
-    @classmethod
-    def _free_is_zero(cls, v: int, info) -> int:
-        if info.data.get("model") == "free" and v != 0:
-            raise ValueError("a free listing has amount 0")
-        return v
 
 
 class Listing(Msg):

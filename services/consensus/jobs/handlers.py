@@ -14,8 +14,9 @@ from services.consensus.context import Context, Rejected
 from services.consensus.governance.keeper import GovernanceKeeper
 from services.consensus.jobs import messages as m
 from services.consensus.jobs.keeper import JobsKeeper
-from services.consensus.jobs.settlement import input_charge, settle
+from services.consensus.jobs.settlement import settle
 from services.consensus.members.keeper import ASSOCIATION, MembersKeeper
+from services.consensus.pricing import PricingKeeper
 
 
 def submit(ctx: Context, msg: m.Submit) -> None:
@@ -28,6 +29,7 @@ def submit(ctx: Context, msg: m.Submit) -> None:
     assets, access = AssetsKeeper(ctx), AccessKeeper(ctx)
     operation = m.OPERATION_OF[msg.type]
     policy, caller = GovernanceKeeper(ctx).policy(), chain_caller(consumer)
+    pricing = PricingKeeper(ctx)
     inputs, participants = [], {consumer["id"]}
     for item in msg.inputs:
         asset = assets.usable(item.asset)
@@ -48,9 +50,10 @@ def submit(ctx: Context, msg: m.Submit) -> None:
                                               f"under grant {item.grant} ({grant['status']}, "
                                               f"{grant['max_runs'] - grant['runs_used']} runs left)")
         grant["runs_used"] += 1
+        price = pricing.resolve(asset, grant)
         access.put(grant)
         inputs.append({"asset": item.asset, "grant": item.grant, "provider": provider["id"],
-                       "version": asset["version"], "commitment": asset["commitment"], "price": asset["price"],
+                       "version": asset["version"], "commitment": asset["commitment"], "price": price,
                        "min_group_size": asset["min_group_size"]})
         participants.add(provider["id"])
     BankKeeper(ctx).hold(msg.id, consumer["id"], msg.max_price)
@@ -61,7 +64,8 @@ def submit(ctx: Context, msg: m.Submit) -> None:
     jobs.open(job)
     nodes = {p: members.member(p)["node"] for p in job["participants"]}
     ctx.emit("JobAuthorized", f"job:{msg.id}", job=msg.id, type=msg.type, consumer=consumer["id"],
-             inputs=[{k: i[k] for k in ("asset", "provider", "version", "commitment", "min_group_size")} for i in inputs],
+             inputs=[{k: i[k] for k in ("asset", "provider", "version", "commitment", "min_group_size", "price")}
+                     for i in inputs],
              participants=job["participants"], nodes=nodes, params=msg.params, max_price=msg.max_price,
              deadline=job["deadline"])
 
@@ -101,7 +105,8 @@ def _conclude(ctx: Context, jobs: JobsKeeper, job: dict) -> None:
         jobs.finish(job, "failed", "participants attested different results")
         return
     job["result_hash"] = hashes.pop()
-    charges = {i["asset"]: input_charge(i["price"], job["attestations"][i["provider"]]["records_used"])
+    pricing, access = PricingKeeper(ctx), AccessKeeper(ctx)
+    charges = {i["asset"]: pricing.charge(i, job["attestations"][i["provider"]]["records_used"], access)
                for i in job["inputs"]}
     association = next(mm["id"] for mm in MembersKeeper(ctx).members() if ASSOCIATION in mm["roles"])
     p = params.get(ctx)

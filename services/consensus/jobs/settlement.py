@@ -1,7 +1,8 @@
 """How a completed job's escrow is split: pure integer arithmetic, the same on every validator.
 
-1. Each input's charge follows the price its asset had when the job was submitted (free; fixed
-   per job; per record the provider attested).
+1. Each input's charge follows the price fixed for it when the job was submitted (free; fixed per
+   job; per record the provider attested; a dynamic price resolved at submission) — or, for a
+   subscription, the pass if the grant has none at completion (services/consensus/pricing.py).
 2. The total charged is the sum, capped at the job's max price: the consumer is never charged
    more than it agreed (if the cap bites, the providers' part shrinks pro rata).
 3. Out of the total: the association's fee (``association_fee_bps``) and the compute operators'

@@ -52,7 +52,7 @@ class Feed:
         self.versions[msg.id] = version
         return self._event(type_, f"asset:{msg.id}", {
             "asset": msg.id, "owner": owner, "version": version, "status": status,
-            "tx_hash": f"{self.height + 1:064X}", **msg.model_dump(include=set(LISTING_FIELDS))})
+            "tx_hash": f"{self.height + 1:064X}", **msg.model_dump(include=set(LISTING_FIELDS), exclude_none=True)})
 
     def listed(self, owner: str, payload: dict[str, Any]) -> Event:
         return self.asset("AssetListed", owner, payload)

@@ -221,3 +221,47 @@ def test_mixed_workload_covers_every_tx_type_and_succeeds(tmp_path):
         assert result.code == Code.OK, (type_, result.log)
         seen.add(type_)
     assert seen == set(HANDLERS)
+
+
+def quote(w, asset: str, records: int = 0) -> int:
+    from tendermint.abci import types_pb2 as abci
+
+    resp = w.chain.app.query(abci.RequestQuery(path=f"/quote/{asset}/{records}"))
+    return json.loads(resp.value)
+
+
+def job_price(w, job: str) -> int:
+    return w.state(f"jobs/{job}")["inputs"][0]["price"]["amount"]
+
+
+def test_dynamic_price_rises_with_demand_and_falls_back(w):
+    w.list(price={"model": "dynamic", "amount": 100})
+    w.request(max_runs=100)
+    w.send(w.telco, "access.Approve", {"id": "g-1"})
+    assert quote(w, "telco.subscribers") == 100
+    charged = []
+    for n in range(5):
+        assert w.submit(f"j-{n}", max_price=1_000)[0] == Code.OK
+        charged.append(job_price(w, f"j-{n}"))
+        assert quote(w, "telco.subscribers") > charged[-1]  # the quote already includes this job's demand
+    assert charged == sorted(charged) and charged[0] == 100 and charged[-1] > 130
+    w.chain.t0 += 10 * 3600  # ten half-lives later
+    w.chain.block()
+    assert quote(w, "telco.subscribers") == 100
+
+
+def test_subscription_pass_is_bought_by_the_first_completed_job_and_covers_the_period(w):
+    w.list(price={"model": "subscription", "amount": 1_000, "period_s": 86_400})
+    w.request(max_runs=100)
+    w.send(w.telco, "access.Approve", {"id": "g-1"})
+    assert quote(w, "telco.subscribers") == 1_000
+    for job in ("j-1", "j-2", "j-3"):
+        w.submit(job, max_price=2_000)
+    assert w.send(w.telco_node, "jobs.Fail", {"job": "j-1", "reason": "x"})[0] == Code.OK  # refunded in full
+    w.attest(w.telco_node, job="j-2")
+    w.attest(w.bank_node, job="j-2")  # completes: buys the pass
+    w.attest(w.telco_node, job="j-3")
+    w.attest(w.bank_node, job="j-3")  # completes inside the pass: free
+    settled = {e.data["job"]: e.data["charged"] for e in w.chain.db.events_after((0, -2, -1)) if e.type == "JobSettled"}
+    assert settled == {"j-1": 0, "j-2": 1_000, "j-3": 0}
+    assert w.state("access/g-1")["paid_until"] > w.chain.t0

@@ -1,0 +1,65 @@
+"""What the compute node reads from the chain: node keys, member status, job records.
+
+The chain is the only authority on who a peer is; nothing a peer says about itself counts
+until its node key, as registered on chain, has checked its signature.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.common.chain import ChainClient, ChainError
+from services.compute.jobtypes.base import InputRef, JobSpec, NodeRef, PeerRefused
+
+
+class ChainUnavailable(Exception):
+    """The chain could not be asked right now; try again."""
+
+
+class ChainView:
+    def __init__(self, client: ChainClient):
+        self.client = client
+
+    async def _query(self, path: str) -> Any:
+        try:
+            return await self.client.query(path)
+        except ChainError as exc:
+            raise ChainUnavailable(str(exc)) from None
+
+    async def node_key(self, member: str, account: str) -> str:
+        """The public key of ``member``'s compute node ``account``, if both are in good standing."""
+        if account != f"{member}.node":
+            raise PeerRefused(f"{account} is not the node account of {member}")
+        acc = await self._query(f"/accounts/{account}")
+        if acc is None or acc.get("kind") != "node" or acc.get("member") != member:
+            raise PeerRefused(f"{account} is not a compute node registered on chain")
+        m = await self._query(f"/members/{member}")
+        if m is None or m.get("status") != "active":
+            raise PeerRefused(f"member {member} is not active on chain")
+        if (m.get("node") or {}).get("account") != account:
+            raise PeerRefused(f"{account} is not {member}'s current compute node")
+        return acc["public_key"]
+
+    async def account(self, account: str) -> dict[str, Any] | None:
+        return await self._query(f"/accounts/{account}")
+
+    async def job(self, job: str) -> dict[str, Any] | None:
+        return await self._query(f"/jobs/{job}")
+
+    async def spec(self, job: str) -> tuple[JobSpec, dict[str, Any]] | None:
+        """The job as the chain recorded it, with every participant's current node; None if unknown."""
+        record = await self.job(job)
+        if record is None:
+            return None
+        nodes: dict[str, NodeRef] = {}
+        for member in record["participants"]:
+            m = await self._query(f"/members/{member}")
+            if m and m.get("node"):
+                nodes[member] = NodeRef(m["node"]["account"], m["node"]["endpoint"])
+        spec = JobSpec(
+            job=record["id"], type=record["type"], consumer=record["consumer"],
+            inputs=tuple(InputRef(i["asset"], i["provider"], i["version"], i["commitment"], i.get("min_group_size", 1))
+                         for i in record["inputs"]),
+            participants=tuple(record["participants"]), nodes=nodes, params=record.get("params") or {},
+            max_price=record["max_price"], deadline=record["deadline"])
+        return spec, record

@@ -1,0 +1,14 @@
+"""Job types: each a plug-in behind the interface in base.py. The lifecycle looks them up here."""
+
+from __future__ import annotations
+
+from services.compute.jobtypes.base import JobType
+from services.compute.jobtypes.psi import PsiCardinalityJob, PsiJob
+
+# chain job type -> the class that runs it. Issue 7 adds aggregation, he_scoring, supply_chain.
+JOB_TYPES: dict[str, type[JobType]] = {cls.name: cls for cls in (PsiJob, PsiCardinalityJob)}
+
+
+def job_type(name: str) -> JobType | None:
+    cls = JOB_TYPES.get(name)
+    return cls() if cls else None

@@ -1,0 +1,405 @@
+"""PSI and PSI-cardinality between a consumer and one provider: ECDH-PSI over Curve25519.
+
+Protocol (C the consumer with set X, P the provider with set Y; a, b fresh secret scalars per
+run; H the hash to the prime-order subgroup of Curve25519 in psi_kernel; every message on the
+authenticated, encrypted peer channel)::
+
+    C → P  start   {n: |X|}
+    P → C  start   {n: |Y|}
+    C → P  xa      H(x)^a for x in X, deduplicated and shuffled by C, in batches   (then xa_done)
+    P → C  yb      H(y)^b for y in Y, deduplicated and shuffled by P, in batches   (then yb_done)
+    P → C  xab     (H(x)^a)^b, first 16 bytes, for every xa element               (then xab_done)
+                     psi:             in C's order (each batch tagged with C's offset)
+                     psi_cardinality: all of them shuffled again by P first, so C cannot tell
+                                      which of its elements matched, only how many
+    C      computes (H(y)^b)^a, first 16 bytes, and matches them against the xab values
+    C → P  finish  {commitment: SHA-256 of (salt, result)}   (the result stays on C's node)
+    P → C  finished
+
+C learns the intersection (psi) or its size (psi_cardinality), and |Y|; P learns |X| and
+nothing else; both learn nothing more under the decisional Diffie-Hellman assumption on
+Curve25519 with H modelled as a random oracle, if both follow the protocol (semi-honest).
+Sixteen bytes of a doubly-masked element leave a chance of a false match of at most
+|X|·|Y|/2^128. The result hash both nodes attest is the SHA-256 of the two directions'
+transcripts (every message, including C's result commitment), which both saw.
+
+Large sets go in batches (RDX_PSI_BATCH elements, default 4096: 128 KiB a message) with at
+most ``workers + 1`` batches in flight per direction, so memory stays at the two sets' masked
+forms (48 bytes an element on C, 16 on P for cardinality) plus a few batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from services.compute import psi_kernel as kernel
+from services.compute.commitment import canonical_value
+from services.compute.jobtypes.base import Channel, JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError
+
+MATCH = 16  # bytes of a doubly-masked element that are compared
+
+
+def normalise_keys(values: list[Any]) -> tuple[list[bytes], int]:
+    """Keys as UTF-8 bytes (canonical text, surrounding spaces stripped), nulls and blanks dropped,
+    duplicates removed; returns (keys, number dropped). Order: first occurrence."""
+    keys: dict[bytes, None] = {}
+    dropped = 0
+    for v in values:
+        text = canonical_value(v)
+        if text is None or not text.strip():
+            dropped += 1
+            continue
+        keys[text.strip().encode("utf-8")] = None
+    return list(keys), dropped
+
+
+def prepare_keys(values: list[Any]) -> list[bytes]:
+    """Normalised, deduplicated and shuffled: what a party masks and sends (run off the event loop).
+    Empties ``values`` as soon as it is read, so a large column is not held twice."""
+    keys, _ = normalise_keys(values)
+    values.clear()
+    return shuffled(keys)
+
+
+def shuffled(items: list, rng_bytes: bytes | None = None) -> list:
+    """A uniformly random permutation from the OS's CSPRNG (argsort of 64-bit random keys)."""
+    if len(items) < 2:
+        return list(items)
+    keys = np.frombuffer(rng_bytes or os.urandom(8 * len(items)), dtype=np.uint64)
+    return [items[i] for i in np.argsort(keys, kind="stable")]
+
+
+def shuffle_blob(blob: bytes, width: int) -> bytes:
+    n = len(blob) // width
+    if n < 2:
+        return blob
+    arr = np.frombuffer(blob, dtype=f"V{width}")
+    order = np.argsort(np.frombuffer(os.urandom(8 * n), dtype=np.uint64), kind="stable")
+    return arr[order].tobytes()
+
+
+def match_positions(a: bytes, b: bytes) -> np.ndarray:
+    """Indices i of a's 16-byte items that also occur among b's (sort and binary search)."""
+    if not a or not b:
+        return np.zeros(0, dtype=np.int64)
+    A = np.frombuffer(a, dtype="<u8").reshape(-1, 2)
+    B = np.frombuffer(b, dtype="<u8").reshape(-1, 2)
+    order = np.argsort(B[:, 0], kind="stable")
+    prefix, suffix = B[order, 0], B[order, 1]
+    lo = np.searchsorted(prefix, A[:, 0], "left")
+    hi = np.searchsorted(prefix, A[:, 0], "right")
+    ok = np.zeros(len(A), dtype=bool)
+    one = (hi - lo) == 1
+    ok[one] = suffix[lo[one]] == A[one, 1]
+    for i in np.nonzero((hi - lo) > 1)[0]:  # two of b's items share 64 bits: rare, checked in full
+        ok[i] = bool((suffix[lo[i]:hi[i]] == A[i, 1]).any())
+    return np.nonzero(ok)[0]
+
+
+def result_hash(spec: JobSpec, c2p: str, p2c: str) -> str:
+    return hashlib.sha256(f"rdx/psi/v1/result\n{spec.job}\n{spec.type}\n{c2p}\n{p2c}".encode()).hexdigest()
+
+
+class _Pipeline:
+    """Batches through the worker pool with a bounded number in flight, results in submission order."""
+
+    def __init__(self, ctx: JobContext):
+        self.ctx = ctx
+        self.slots = asyncio.Semaphore(ctx.workers + 1)
+
+    async def run(self, fn, *args) -> Any:
+        async with self.slots:
+            return await self.ctx.compute(fn, *args)
+
+
+def _check_count(header: dict, body: bytes, width: int, total: int) -> tuple[int, int]:
+    off = header.get("off")
+    if not isinstance(off, int) or len(body) % width:
+        raise ProtocolError("malformed batch")
+    n = len(body) // width
+    if off < 0 or off + n > total:
+        raise ProtocolError("batch outside the announced set")
+    return off, n
+
+
+class PsiJob(JobType):
+    """``psi``: the consumer learns the intersection of its keys with the provider's."""
+
+    name = "psi"
+    cardinality_only = False
+
+    def check(self, spec: JobSpec) -> None:
+        if len(spec.inputs) != 1:
+            raise JobRefused(f"{spec.type} takes exactly one provider input")
+        if spec.inputs[0].provider == spec.consumer:
+            raise JobRefused(f"{spec.type} needs two members; the consumer owns the input")
+        if sorted(spec.participants) != sorted({spec.consumer, spec.inputs[0].provider}):
+            raise JobRefused(f"{spec.type} runs between the consumer and the provider only")
+        if not isinstance(spec.params.get("dataset"), str):
+            raise JobRefused(f"{spec.type} needs params.dataset: the consumer's local dataset id")
+        if "key" in spec.params and not isinstance(spec.params["key"], str):
+            raise JobRefused("params.key must be a column name")
+
+    def _result(self, keys: list[bytes], positions: np.ndarray, n_c: int, n_p: int) -> bytes:
+        result: dict[str, Any]
+        if self.cardinality_only:
+            result = {"cardinality": int(len(positions))}
+        else:
+            result = {"intersection": sorted(keys[i].decode("utf-8") for i in positions)}
+        result.update(consumer_set_size=n_c, provider_set_size=n_p)
+        return json.dumps(result, sort_keys=True).encode()
+
+    def _key_column(self, ctx: JobContext, dataset: str) -> str:
+        column = ctx.spec.params.get("key") or ctx.dataset_key(dataset)
+        if not column:
+            raise JobRefused(f"no key column: give params.key or configure one for {dataset}")
+        return column
+
+    async def run(self, ctx: JobContext) -> Outcome:
+        self.check(ctx.spec)
+        if ctx.is_consumer:
+            return await self._consumer(ctx)
+        return await self._provider(ctx)
+
+    # -- the consumer's side ------------------------------------------------------------------------
+    async def _consumer(self, ctx: JobContext) -> Outcome:
+        spec = ctx.spec
+        dataset = spec.params["dataset"]
+        ctx.progress("loading")
+        loaded = await ctx.load_local(dataset, [self._key_column(ctx, dataset)])
+        keys = await asyncio.to_thread(prepare_keys, loaded.columns.popitem()[1])
+        del loaded
+        n_c = len(keys)
+        provider = spec.inputs[0].provider
+        chan = await ctx.channel(provider)
+        scalar = kernel.new_scalar()
+        await chan.send("start", n=n_c)
+        msg = await _expect(chan, "start")
+        n_p = msg.header.get("n")
+        if not isinstance(n_p, int) or n_p < 0:
+            raise ProtocolError("bad start")
+        pipe = _Pipeline(ctx)
+        xab = bytearray(MATCH * n_c)
+        yab = bytearray(MATCH * n_p)
+        total = 2 * n_c + n_p
+        done = {"xa": 0, "xab": 0, "yab": 0}
+
+        def report(phase: str) -> None:
+            ctx.progress(phase, done["xa"] + done["xab"] + done["yab"], total)
+
+        def sent_xa(n: int) -> None:
+            done["xa"] += n
+            report("masking")
+
+        async def remask_yb(off: int, body: bytes) -> None:
+            out = await pipe.run(kernel.mask_blob, scalar, body, MATCH)
+            yab[MATCH * off:MATCH * off + len(out)] = out
+            done["yab"] += len(out) // MATCH
+            report("matching")
+
+        sender = asyncio.ensure_future(_stream_masked(ctx, pipe, chan, scalar, keys, "xa", sent_xa))
+        remasks = _Bounded(ctx.workers + 1)
+        got = {"xab_done": False, "yb_done": False}
+        try:
+            while not (got["xab_done"] and got["yb_done"]):
+                msg = await chan.recv()
+                if msg.kind == "xab":
+                    off, n = _check_count(msg.header, msg.body, MATCH, n_c)
+                    xab[MATCH * off:MATCH * (off + n)] = msg.body
+                    done["xab"] += n
+                    report("matching")
+                elif msg.kind == "yb":
+                    off, _ = _check_count(msg.header, msg.body, kernel.POINT, n_p)
+                    await remasks.add(remask_yb(off, msg.body))
+                elif msg.kind in got:
+                    got[msg.kind] = True
+                elif msg.kind == "abort":
+                    raise JobRefused(f"the provider stopped the protocol: {str(msg.header.get('reason'))[:200]}")
+                else:
+                    raise ProtocolError(f"unexpected {msg.kind}")
+                remasks.check()
+                if sender.done():
+                    sender.result()
+            await sender
+            await remasks.drain()
+        except BaseException:
+            sender.cancel()
+            remasks.cancel()
+            raise
+        if done["xab"] != n_c or done["yab"] != n_p:
+            raise ProtocolError("the provider's batches do not add up to the announced sets")
+        ctx.progress("matching", total, total)
+        positions = await asyncio.to_thread(match_positions, bytes(xab), bytes(yab))
+        size = int(len(positions))
+        min_group = spec.inputs[0].min_group_size
+        if 0 < size < min_group:
+            await chan.send("abort", reason="result below the listing's minimum group size")
+            raise JobRefused(f"the intersection is below the listing's minimum group size ({min_group})")
+        result = await asyncio.to_thread(self._result, keys, positions, n_c, n_p)
+        commitment = await ctx.commit_result(result)
+        await chan.send("finish", commitment=commitment)
+        c2p, p2c = chan.transcript()
+        await _expect(chan, "finished")
+        ctx.progress("done", total, total)
+        return Outcome(result_hash(spec, c2p, p2c), records_used=n_c, summary={"matched": size})
+
+    # -- the provider's side ------------------------------------------------------------------------
+    async def _provider(self, ctx: JobContext) -> Outcome:
+        spec = ctx.spec
+        ref = ctx.my_inputs[0]
+        ctx.progress("loading")
+        loaded = await ctx.load_input(ref, [self._key_column(ctx, ref.asset)])
+        keys = await asyncio.to_thread(prepare_keys, loaded.columns.popitem()[1])
+        del loaded
+        n_p = len(keys)
+        chan = await ctx.channel(spec.consumer)
+        scalar = kernel.new_scalar()
+        msg = await _expect(chan, "start")
+        n_c = msg.header.get("n")
+        if not isinstance(n_c, int) or n_c < 0:
+            raise ProtocolError("bad start")
+        await chan.send("start", n=n_p)
+        pipe = _Pipeline(ctx)
+        total = n_p + n_c
+        done = {"yb": 0, "xab": 0}
+        held = bytearray(MATCH * n_c) if self.cardinality_only else None
+
+        def report() -> None:
+            ctx.progress("masking", done["yb"] + done["xab"], total)
+
+        def sent_yb(n: int) -> None:
+            done["yb"] += n
+            report()
+
+        async def remask_xa(off: int, body: bytes) -> None:
+            out = await pipe.run(kernel.mask_blob, scalar, body, MATCH)
+            if held is None:
+                await chan.send("xab", out, off=off)
+            else:
+                held[MATCH * off:MATCH * off + len(out)] = out
+            done["xab"] += len(out) // MATCH
+            report()
+
+        sender = asyncio.ensure_future(_stream_masked(ctx, pipe, chan, scalar, keys, "yb", sent_yb))
+        remasks = _Bounded(ctx.workers + 1)
+        received = 0
+        try:
+            while True:
+                msg = await chan.recv()
+                if msg.kind == "xa":
+                    off, n = _check_count(msg.header, msg.body, kernel.POINT, n_c)
+                    received += n
+                    await remasks.add(remask_xa(off, msg.body))
+                elif msg.kind == "xa_done":
+                    break
+                elif msg.kind == "abort":
+                    raise JobRefused(f"the consumer stopped the protocol: {str(msg.header.get('reason'))[:200]}")
+                else:
+                    raise ProtocolError(f"unexpected {msg.kind}")
+                remasks.check()
+                if sender.done():
+                    sender.result()
+            await remasks.drain()
+            if received != n_c or done["xab"] != n_c:
+                raise ProtocolError("the consumer's batches do not add up to its announced set")
+            if held is not None:  # cardinality: C must not learn which of its elements matched
+                mixed = await asyncio.to_thread(shuffle_blob, bytes(held), MATCH)
+                step = MATCH * ctx.batch
+                for off in range(0, len(mixed), step):
+                    await chan.send("xab", mixed[off:off + step], off=off // MATCH)
+            await chan.send("xab_done", n=n_c)
+            await sender
+        except BaseException:
+            sender.cancel()
+            remasks.cancel()
+            raise
+        msg = await chan.recv()
+        if msg.kind == "abort":
+            raise JobRefused(f"the consumer stopped the protocol: {str(msg.header.get('reason'))[:200]}")
+        if msg.kind != "finish" or not isinstance(msg.header.get("commitment"), str):
+            raise ProtocolError(f"expected finish, got {msg.kind}")
+        p2c, c2p = chan.transcript()
+        await chan.send("finished")
+        ctx.progress("done", total, total)
+        return Outcome(result_hash(spec, c2p, p2c), records_used=n_p)
+
+
+class PsiCardinalityJob(PsiJob):
+    """``psi_cardinality``: the consumer learns only how many of its keys the provider holds."""
+
+    name = "psi_cardinality"
+    cardinality_only = True
+
+
+async def _stream_masked(ctx: JobContext, pipe: _Pipeline, chan: Channel, scalar: bytes, keys: list[bytes],
+                         kind: str, sent) -> None:
+    """H(k)^scalar for every key, batch by batch through the workers, sent in order as ``kind``
+    messages tagged with their offset, then ``<kind>_done``. At most workers + 1 batches in flight."""
+    pending: list[tuple[int, asyncio.Future]] = []
+    try:
+        for off in range(0, len(keys), ctx.batch):
+            batch = keys[off:off + ctx.batch]
+            pending.append((off, asyncio.ensure_future(pipe.run(kernel.hash_and_mask, scalar, batch))))
+            while pending and (pending[0][1].done() or len(pending) > ctx.workers + 1):
+                o, task = pending.pop(0)
+                blob = await task
+                await chan.send(kind, blob, off=o)
+                sent(len(blob) // kernel.POINT)
+        while pending:
+            o, task = pending.pop(0)
+            blob = await task
+            await chan.send(kind, blob, off=o)
+            sent(len(blob) // kernel.POINT)
+        await chan.send(f"{kind}_done", n=len(keys))
+    finally:
+        for _, task in pending:
+            task.cancel()
+
+
+async def _expect(chan: Channel, kind: str):
+    msg = await chan.recv()
+    if msg.kind == "abort":
+        raise JobRefused(f"the peer stopped the protocol: {str(msg.header.get('reason'))[:200]}")
+    if msg.kind != kind:
+        raise ProtocolError(f"expected {kind}, got {msg.kind}")
+    return msg
+
+
+class _Bounded:
+    """Tasks started as messages arrive, at most ``limit`` unfinished: reading waits for a free slot
+    (back-pressure to the peer through gRPC flow control). A failed task fails the protocol."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.tasks: list[asyncio.Task] = []
+
+    async def add(self, coro) -> None:
+        self.tasks.append(asyncio.ensure_future(coro))
+        while len(self.tasks) > self.limit:
+            await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+            self.check()
+
+    def check(self) -> None:
+        still = []
+        for t in self.tasks:
+            if t.done():
+                t.result()  # raises the task's exception
+            else:
+                still.append(t)
+        self.tasks = still
+
+    async def drain(self) -> None:
+        while self.tasks:
+            await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+            self.check()
+
+    def cancel(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+

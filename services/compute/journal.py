@@ -1,0 +1,176 @@
+"""The job journal (SQLite): what this node was asked to do, how far it got, and how it ended.
+
+It lives in the same database as the chain-event consumer's applied-event log, so recording
+"job X is authorised and mine" and "event E is applied" commit together: after a crash a job
+is either journaled or its event is delivered again. A restarted node reads the journal and
+resumes or fails every job that had not ended (lifecycle.JobManager.recover).
+
+Statuses::
+
+    pending ──► running ──► computed ──► attested ──► completed
+       │           │            │            │
+       └───────────┴────────────┴────────────┴──────► failed | aborted
+
+``computed``: this node's part is done and its result hash known (on the consumer's node, the
+sealed result is stored); ``attested``: its jobs.Attest is on chain. The three ends mirror the
+chain's (JobCompleted, JobFailed, JobAborted).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+ACTIVE = ("pending", "running", "computed", "attested")
+TERMINAL = ("completed", "failed", "aborted")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    role TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    result_hash TEXT,
+    records_used INTEGER,
+    summary TEXT,
+    progress TEXT,
+    deadline INTEGER NOT NULL,
+    authorized_height INTEGER,
+    received_at REAL NOT NULL,
+    started_at REAL,
+    computed_at REAL,
+    ended_at REAL,
+    stop_requested_at REAL,
+    stopped_ms REAL,
+    settlement TEXT,
+    status_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS results (
+    job TEXT PRIMARY KEY,
+    envelope BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class JobRow:
+    job: str
+    type: str
+    role: str
+    spec: dict[str, Any]
+    status: str
+    attempt: int
+    reason: str | None
+    result_hash: str | None
+    records_used: int | None
+    summary: dict[str, Any] | None
+    progress: dict[str, Any] | None
+    deadline: int
+    authorized_height: int | None
+    received_at: float
+    started_at: float | None
+    computed_at: float | None
+    ended_at: float | None
+    stop_requested_at: float | None
+    stopped_ms: float | None
+    settlement: dict[str, Any] | None
+    status_seq: int
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    def public(self) -> dict[str, Any]:
+        """What the node's HTTP API shows: ids, states, counts and times; never data values."""
+        return {"job": self.job, "type": self.type, "role": self.role, "status": self.status,
+                "attempt": self.attempt, "reason": self.reason, "result_hash": self.result_hash,
+                "records_used": self.records_used, "progress": self.progress, "deadline": self.deadline,
+                "consumer": self.spec.get("consumer"), "participants": self.spec.get("participants"),
+                "inputs": [{k: i[k] for k in ("asset", "provider", "version")} for i in self.spec.get("inputs", [])],
+                "received_at": self.received_at, "started_at": self.started_at, "computed_at": self.computed_at,
+                "ended_at": self.ended_at, "stopped_ms": self.stopped_ms, "settlement": self.settlement}
+
+
+_JSON_FIELDS = ("spec", "summary", "progress", "settlement")
+
+
+class Journal:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        conn.executescript(SCHEMA)
+        self._names = [d[0] for d in conn.execute("SELECT * FROM jobs LIMIT 0").description]
+
+    def _row(self, raw: sqlite3.Row | tuple | None) -> JobRow | None:
+        if raw is None:
+            return None
+        values = dict(zip(self._names, raw))
+        for f in _JSON_FIELDS:
+            values[f] = json.loads(values[f]) if values[f] else None
+        return JobRow(**values)
+
+    def get(self, job: str) -> JobRow | None:
+        return self._row(self.conn.execute("SELECT * FROM jobs WHERE job = ?", (job,)).fetchone())
+
+    def add(self, job: str, type_: str, role: str, spec: dict[str, Any], deadline: int, height: int | None) -> bool:
+        """Journal a newly authorised job; False if it was already there."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO jobs (job, type, role, spec, status, deadline, authorized_height, received_at) "
+            "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
+            (job, type_, role, json.dumps(spec, sort_keys=True), deadline, height, time.time()))
+        return cur.rowcount == 1
+
+    def update(self, job: str, **fields: Any) -> None:
+        if not fields:
+            return
+        for f in _JSON_FIELDS:
+            if f in fields and fields[f] is not None:
+                fields[f] = json.dumps(fields[f], sort_keys=True)
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.conn.execute(f"UPDATE jobs SET {sets} WHERE job = ?", (*fields.values(), job))
+
+    def end(self, job: str, status: str, reason: str | None = None, **fields: Any) -> bool:
+        """Move an active job to a terminal status; False if it had already ended (the first end wins)."""
+        assert status in TERMINAL
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        extra = f", {sets}" if sets else ""
+        cur = self.conn.execute(
+            f"UPDATE jobs SET status = ?, reason = COALESCE(?, reason), ended_at = ?{extra} "
+            f"WHERE job = ? AND status IN ({','.join('?' * len(ACTIVE))})",
+            (status, reason, time.time(), *fields.values(), job, *ACTIVE))
+        return cur.rowcount == 1
+
+    def next_seq(self, job: str) -> int:
+        self.conn.execute("UPDATE jobs SET status_seq = status_seq + 1 WHERE job = ?", (job,))
+        row = self.conn.execute("SELECT status_seq FROM jobs WHERE job = ?", (job,)).fetchone()
+        return row[0] if row else 0
+
+    def active(self) -> list[JobRow]:
+        q = f"SELECT * FROM jobs WHERE status IN ({','.join('?' * len(ACTIVE))}) ORDER BY received_at"
+        return [self._row(r) for r in self.conn.execute(q, ACTIVE).fetchall()]
+
+    def recent(self, limit: int = 100, status: str | None = None) -> list[JobRow]:
+        if status:
+            rows = self.conn.execute("SELECT * FROM jobs WHERE status = ? ORDER BY received_at DESC LIMIT ?",
+                                     (status, limit))
+        else:
+            rows = self.conn.execute("SELECT * FROM jobs ORDER BY received_at DESC LIMIT ?", (limit,))
+        return [self._row(r) for r in rows.fetchall()]
+
+    # -- sealed results (the consumer's node only) ------------------------------------------------
+    def put_result(self, job: str, envelope: bytes) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?)", (job, envelope, time.time()))
+
+    def result(self, job: str) -> bytes | None:
+        row = self.conn.execute("SELECT envelope FROM results WHERE job = ?", (job,)).fetchone()
+        return row[0] if row else None
+
+    def drop_result(self, job: str) -> None:
+        self.conn.execute("DELETE FROM results WHERE job = ?", (job,))

@@ -1,0 +1,467 @@
+"""The job lifecycle, driven by the chain: authorised → run with the peers → attest; or fail; or
+stop at once when the kill switch says so. It knows no protocol: job types do (jobtypes/).
+
+One ``JobManager`` per node. Its ``on_event`` is the chain-event consumer's handler (exactly
+once per event id, in the same SQLite transaction as the journal), so it only records and
+schedules; the work happens in one asyncio task per job:
+
+1. read the job from the chain (the authority; the Kafka event is only the trigger), and stop
+   if it is no longer running there;
+2. find its job type, ``check`` it, and run this node's part through the runner, up to
+   ``RDX_MAX_ATTEMPTS`` times if a peer is lost (a lost peer has ``RDX_PEER_WAIT_S`` to come
+   back; every attempt is a fresh protocol run with fresh secrets);
+3. record the outcome, and sign ``jobs.Attest`` with the node key (input commitments: exactly
+   this member's inputs as listed; the result hash all participants agreed on; records used);
+4. any refusal (dataset missing or not matching its listing's commitment, bad parameters, a
+   peer that fails authentication, the deadline) → ``jobs.Fail`` with a reason that names
+   things, never values.
+
+The kill switch (JobAborted, MemberSuspended, AssetSuspended, AssetDelisted) ends the journal
+entry as aborted and cancels the job's task within the same event-loop turn; cancellation
+closes its peer sessions and abandons its worker batches, so the job stops in milliseconds
+after the event reaches the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from services.common.chain import ChainClient, ChainError, TxRejected
+from services.common.events import Event
+from services.common.identity import Identity
+from services.common.tx import Code
+from services.compute import events as ev
+from services.compute import peer, results
+from services.compute.chainview import ChainUnavailable, ChainView
+from services.compute.datasets import DatasetError, Datasets, Loaded
+from services.compute.jobtypes import job_type
+from services.compute.jobtypes.base import (InputRef, JobContext, JobRefused, JobSpec, Outcome, PeerLost,
+                                            PeerRefused, ProtocolError)
+from services.compute.journal import Journal
+from services.compute.runner import Runner
+
+log = logging.getLogger("rdx.compute.jobs")
+
+JOBS = Counter("rdx_jobs_total", "jobs this node took part in, by how they ended here", ["type", "outcome"])
+JOB_SECONDS = Histogram("rdx_compute_job_duration_seconds", "from start to this node's attestation", ["type"],
+                        buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))
+STOP_SECONDS = Histogram("rdx_compute_kill_switch_stop_seconds", "from a kill-switch event reaching the node to "
+                         "the job's work having stopped", buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2))
+
+
+class _ChainEnded(Exception):
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+_CHAIN_END = {"completed": "completed", "failed": "failed", "aborted": "aborted"}
+
+
+class JobManager:
+    def __init__(self, *, member: str, identity: Identity, chain_id: str, chain: ChainClient, view: ChainView,
+                 datasets: Datasets, journal: Journal, runner: Runner, hub: peer.SessionHub,
+                 publisher: ev.StatusPublisher, peer_wait_s: float = 30.0, max_attempts: int = 3,
+                 batch: int = 4096):
+        self.member, self.identity, self.chain_id = member, identity, chain_id
+        self.chain, self.view, self.datasets, self.journal = chain, view, datasets, journal
+        self.runner, self.hub, self.publisher = runner, hub, publisher
+        self.peer_wait_s, self.max_attempts, self.batch = peer_wait_s, max_attempts, batch
+        self.tasks: dict[str, asyncio.Task] = {}
+        self._stop_at: dict[str, float] = {}  # job -> monotonic time the kill switch reached us
+        self._progress_at: dict[str, tuple[float, str]] = {}
+
+    # -- chain events (synchronous: inside the consumer's transaction) --------------------------------
+    def on_event(self, event: Event, conn) -> None:
+        d = event.data
+        if event.type == ev.JOB_AUTHORIZED:
+            self._authorized(d)
+        elif event.type == ev.JOB_ABORTED:
+            self.stop(d.get("job", ""), "aborted", d.get("reason") or "aborted on chain")
+        elif event.type == ev.JOB_FAILED:
+            self.stop(d.get("job", ""), "failed", d.get("reason") or "failed on chain")
+        elif event.type == ev.JOB_COMPLETED:
+            self._completed(d.get("job", ""))
+        elif event.type == ev.JOB_SETTLED:
+            if self.journal.get(d.get("job", "")) is not None:
+                self.journal.update(d["job"], settlement={"charged": d.get("charged"), "refunded": d.get("refunded")})
+        elif event.type == ev.MEMBER_SUSPENDED:
+            member = d.get("member")
+            for row in self.journal.active():
+                if member == self.member or member in row.spec.get("participants", []):
+                    self.stop(row.job, "aborted", f"member {member} suspended")
+        elif event.type in (ev.ASSET_SUSPENDED, ev.ASSET_DELISTED):
+            asset = d.get("asset")
+            word = "suspended" if event.type == ev.ASSET_SUSPENDED else "delisted"
+            for row in self.journal.active():
+                if any(i["asset"] == asset for i in row.spec.get("inputs", [])):
+                    self.stop(row.job, "aborted", f"asset {asset} {word}")
+
+    def _authorized(self, d: dict[str, Any]) -> None:
+        if self.member not in d.get("participants", []):
+            return
+        job = d["job"]
+        if d.get("deadline", 0) < time.time():
+            log.info("job %s was authorised but its deadline has passed; not started", job)
+            return
+        roles = ["consumer"] if d["consumer"] == self.member else []
+        if any(i["provider"] == self.member for i in d.get("inputs", [])):
+            roles.append("provider")
+        spec = {k: d[k] for k in ("job", "type", "consumer", "inputs", "participants", "params", "max_price",
+                                  "deadline") if k in d}
+        spec["nodes"] = d.get("nodes") or {}
+        if self.journal.add(job, d["type"], "+".join(roles) or "participant", spec, d["deadline"], d.get("height")):
+            log.info("job %s (%s) authorised; this node takes part as %s", job, d["type"], "+".join(roles))
+            self.publisher.emit(job, ev.STATUS, type=d["type"], status="accepted", attempt=0)
+            asyncio.get_running_loop().call_soon(self.start, job)
+
+    def _completed(self, job: str) -> None:
+        row = self.journal.get(job)
+        if row is None:
+            return
+        if self.journal.end(job, "completed", "completed on chain"):
+            JOBS.labels(row.type, "completed").inc()
+            self.publisher.emit(job, ev.STATUS, type=row.type, status="completed")
+            log.info("job %s completed on chain", job)
+
+    def stop(self, job: str, status: str, reason: str) -> None:
+        """The job ended on chain (or must stop here): record it and stop its work now."""
+        row = self.journal.get(job)
+        if row is None or not self.journal.end(job, status, reason, stop_requested_at=time.time()):
+            return
+        self.journal.drop_result(job)  # nothing partial, nothing unpaid is released
+        JOBS.labels(row.type, status).inc()
+        task = self.tasks.get(job)
+        if task is not None and not task.done():
+            self._stop_at[job] = time.monotonic()
+            task.cancel()
+            log.warning("job %s %s: %s; stopping its work", job, status, reason)
+        else:
+            self.publisher.emit(job, ev.STATUS, type=row.type, status=status, reason=reason)
+            log.info("job %s %s: %s", job, status, reason)
+
+    # -- the peer channel asks ----------------------------------------------------------------------
+    def admit(self, job: str, client_account: str) -> str:
+        """May ``client_account`` open a session with us for ``job``? Its member id, or raise."""
+        row = self.journal.get(job)
+        if row is None:
+            raise peer.PeerUnavailable(f"job {job} is not known on this node (yet)")
+        if row.status not in ("pending", "running"):
+            raise PeerRefused(f"job {job} is {row.status} on this node")
+        member = client_account.removesuffix(".node")
+        if client_account != f"{member}.node" or member == self.member or member not in row.spec["participants"]:
+            raise PeerRefused(f"{client_account} is not a peer of this node in job {job}")
+        if not member < self.member:
+            raise PeerRefused(f"sessions between {member} and {self.member} are opened by {self.member}")
+        return member
+
+    # -- running ------------------------------------------------------------------------------------
+    def start(self, job: str) -> None:
+        if job in self.tasks and not self.tasks[job].done():
+            return
+        row = self.journal.get(job)
+        if row is None or not row.active:
+            return
+        task = asyncio.create_task(self._run(job), name=f"job:{job}")
+        self.tasks[job] = task
+        task.add_done_callback(lambda t, j=job: self.tasks.pop(j, None) if self.tasks.get(j) is t else None)
+
+    async def _run(self, job: str) -> None:
+        row = self.journal.get(job)
+        started = time.monotonic()
+        spec: JobSpec | None = None
+        try:
+            spec, record = await self._chain_spec(job, row.deadline)
+            if record["status"] != "running":
+                raise _ChainEnded(_CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or record["status"])
+            row = self.journal.get(job)
+            if row.status in ("computed", "attested"):  # a restart after this node's part was done
+                if self.member not in record.get("attestations", {}):
+                    await self._attest(spec, row.result_hash, row.records_used or 0)
+                return
+            plugin = job_type(spec.type)
+            if plugin is None:
+                raise JobRefused(f"this node does not run {spec.type} jobs")
+            plugin.check(spec)
+            self.journal.update(job, started_at=row.started_at or time.time())
+            outcome = await self._attempts(plugin, spec, row.attempt)
+            if not self._set_status(job, "computed", result_hash=outcome.result_hash,
+                                    records_used=outcome.records_used, summary=dict(outcome.summary),
+                                    computed_at=time.time()):
+                return
+            self.publisher.emit(job, ev.STATUS, type=spec.type, status="computed", records_used=outcome.records_used,
+                                result_hash=outcome.result_hash)
+            await self._attest(spec, outcome.result_hash, outcome.records_used)
+            JOB_SECONDS.labels(spec.type).observe(time.monotonic() - started)
+        except asyncio.CancelledError:
+            self._stopped(job)
+            raise
+        except _ChainEnded as exc:
+            if exc.status == "completed":
+                self._completed(job)
+            else:
+                self.stop(job, exc.status, exc.reason)
+        except JobRefused as exc:
+            await self._fail(job, str(exc))
+        except PeerRefused as exc:
+            await self._fail(job, f"peer refused: {exc}")
+        except PeerLost as exc:
+            await self._fail(job, f"peer lost: {exc}")
+        except ProtocolError as exc:
+            await self._fail(job, f"protocol error: {exc}")
+        except asyncio.TimeoutError:
+            await self._fail(job, "the job's deadline passed on this node")
+        except Exception as exc:  # noqa: BLE001 - the message may quote data: only the type is kept
+            log.error("job %s failed with an internal error %s", job, type(exc).__name__)
+            await self._fail(job, f"internal error on {self.member}'s node ({type(exc).__name__})")
+        finally:
+            await self.hub.drop(job)
+            self._progress_at.pop(job, None)
+
+    def _stopped(self, job: str) -> None:
+        """The task was cancelled: by the kill switch (the journal already says how it ended) or by shutdown."""
+        reached = self._stop_at.pop(job, None)
+        row = self.journal.get(job)
+        if reached is None or row is None:
+            log.info("job %s interrupted (node stopping); a restart resumes or fails it", job)
+            return
+        stopped_ms = (time.monotonic() - reached) * 1000
+        STOP_SECONDS.observe(stopped_ms / 1000)
+        self.journal.update(job, stopped_ms=stopped_ms)
+        self.publisher.emit(job, ev.STATUS, type=row.type, status=row.status, reason=row.reason,
+                            stopped_ms=round(stopped_ms, 3))
+        log.warning("job %s stopped %.1f ms after the kill switch reached this node", job, stopped_ms)
+
+    async def _chain_spec(self, job: str, deadline: int) -> tuple[JobSpec, dict]:
+        delay = 0.2
+        while True:
+            try:
+                got = await self.view.spec(job)
+                if got is None:
+                    raise _ChainEnded("failed", "the job is not on chain")
+                return got
+            except ChainUnavailable:
+                if time.time() > deadline:
+                    raise _ChainEnded("failed", "the chain could not be reached before the deadline") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _attempts(self, plugin, spec: JobSpec, done_attempts: int) -> Outcome:
+        attempt = done_attempts
+        while True:
+            attempt += 1
+            self._set_status(spec.job, "running", attempt=attempt)
+            self.publisher.emit(spec.job, ev.STATUS, type=spec.type, status="running", attempt=attempt)
+            channels: list[peer.SecureChannel] = []
+            ctx = self._context(spec, attempt, channels)
+            try:
+                remaining = max(spec.deadline - time.time(), 0.1)
+                return await asyncio.wait_for(self.runner.run(plugin, ctx), remaining)
+            except PeerLost as exc:
+                if attempt >= self.max_attempts:
+                    raise
+                record = await self._chain_record(spec.job)
+                if record is not None and record["status"] != "running":
+                    raise _ChainEnded(_CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or "") from None
+                log.warning("job %s attempt %d lost its peer (%s); running it again", spec.job, attempt, exc)
+                self.publisher.emit(spec.job, ev.STATUS, type=spec.type, status="retrying", attempt=attempt,
+                                    reason=str(exc)[:300])
+            finally:
+                for chan in channels:
+                    await chan.close()
+
+    async def _chain_record(self, job: str) -> dict | None:
+        try:
+            return await self.view.job(job)
+        except ChainUnavailable:
+            return None
+
+    def _set_status(self, job: str, status: str, **fields: Any) -> bool:
+        """Move an active job on; never revive one that ended meanwhile."""
+        row = self.journal.get(job)
+        if row is None or not row.active:
+            return False
+        self.journal.update(job, status=status, **fields)
+        return True
+
+    # -- what a job type gets -------------------------------------------------------------------------
+    def _context(self, spec: JobSpec, attempt: int, channels: list) -> JobContext:
+        opened = time.monotonic()
+
+        async def channel(other: str):
+            if other == self.member or other not in spec.participants:
+                raise JobRefused(f"{other} does not take part in job {spec.job}")
+            wait_until = opened + self.peer_wait_s
+            if self.member < other:
+                chan = await self._dial(spec, other, wait_until)
+            else:
+                chan = await self.hub.take(spec.job, other, max(wait_until - time.monotonic(), 0.1))
+            channels.append(chan)
+            return chan
+
+        async def commit_result(result: bytes) -> str:
+            return await self._commit_result(spec, result)
+
+        return JobContext(
+            spec, self.member, attempt=attempt, channel=channel,
+            load_input=lambda ref, cols: self._load_input(spec, ref, cols),
+            load_local=self._load_local, dataset_key=self._dataset_key, commit_result=commit_result,
+            progress=lambda phase, done, total: self._progress(spec, phase, done, total),
+            compute=self.runner.compute, workers=self.runner.workers, batch=self.batch, log=log)
+
+    async def _dial(self, spec: JobSpec, other: str, wait_until: float) -> peer.SecureChannel:
+        node = spec.nodes.get(other)
+        if node is None:
+            raise JobRefused(f"{other} has no compute node on chain")
+        delay = 0.1
+        while True:
+            try:
+                return await peer.connect(self.identity, self.chain_id, self.view, spec.job, other, node)
+            except peer.PeerUnavailable as exc:
+                if time.monotonic() + delay > wait_until:
+                    raise PeerLost(f"{other}'s node was unreachable for {self.peer_wait_s:.0f}s ({exc})") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _load_input(self, spec: JobSpec, ref: InputRef, columns: Sequence[str]) -> Loaded:
+        if ref.provider != self.member or ref not in spec.inputs:
+            raise JobRefused(f"{ref.asset} is not an input of {self.member} in this job")
+        dataset = self.datasets.for_asset(ref.asset)
+        if dataset is None:
+            raise JobRefused(f"{self.member}'s node has no dataset bound to asset {ref.asset}")
+        try:
+            loaded = await asyncio.to_thread(dataset.load, list(columns))
+        except DatasetError as exc:
+            raise JobRefused(str(exc)) from None
+        if loaded.commitment != ref.commitment:
+            log.error("dataset %s does not match the listed commitment of %s v%d; refusing job %s",
+                      dataset.id, ref.asset, ref.version, spec.job)
+            raise JobRefused(f"dataset for {ref.asset} does not match the commitment of its listing (v{ref.version})")
+        return loaded
+
+    async def _load_local(self, dataset_id: str, columns: Sequence[str]) -> Loaded:
+        dataset = self.datasets.get(dataset_id)
+        if dataset is None:
+            raise JobRefused(f"{self.member}'s node has no dataset {dataset_id}")
+        try:
+            return await asyncio.to_thread(dataset.load, list(columns))
+        except DatasetError as exc:
+            raise JobRefused(str(exc)) from None
+
+    def _dataset_key(self, name: str) -> str | None:
+        dataset = self.datasets.for_asset(name) or self.datasets.get(name)
+        return dataset.config.key if dataset else None
+
+    async def _commit_result(self, spec: JobSpec, result: bytes) -> str:
+        if spec.consumer != self.member:
+            raise ProtocolError("only the consumer's node may hold a result")
+        try:
+            account = await self.view.account(f"{spec.consumer}.node")
+        except ChainUnavailable:
+            account = None
+        key = account["public_key"] if account else self.identity.public_key
+        commitment, salt = results.commit(result)
+        self.journal.put_result(spec.job, results.seal(key, spec.job, spec.type, result, salt, commitment))
+        return commitment
+
+    def _progress(self, spec: JobSpec, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        last = self._progress_at.get(spec.job)
+        if last is not None and last[1] == phase and now - last[0] < 1.0 and done != total:
+            return
+        self._progress_at[spec.job] = (now, phase)
+        self.journal.update(spec.job, progress={"phase": phase, "done": done, "total": total})
+        self.publisher.emit(spec.job, ev.PROGRESS, type=spec.type, phase=phase, done=done, total=total)
+        log.info("job %s %s %d/%d", spec.job, phase, done, total)
+
+    # -- talking to the chain -------------------------------------------------------------------------
+    async def _attest(self, spec: JobSpec, result_hash: str, records_used: int) -> None:
+        payload = {"job": spec.job, "result_hash": result_hash, "records_used": int(records_used),
+                   "input_commitments": {i.asset: i.commitment for i in spec.inputs_of(self.member)}}
+        delay = 0.2
+        while True:
+            try:
+                await self.chain.submit(self.identity, "jobs.Attest", payload, timeout=20)
+                break
+            except TxRejected as exc:
+                if exc.code == Code.CONFLICT:  # already attested (a restart after the tx went through)
+                    break
+                if exc.code == Code.INVALID_STATE:
+                    return  # the job ended meanwhile; its event says how
+                if exc.code == Code.BAD_NONCE and time.time() < spec.deadline:
+                    continue
+                raise JobRefused(f"the chain refused this node's attestation (code {exc.code})") from None
+            except ChainError:
+                if time.time() > spec.deadline:
+                    raise JobRefused("the chain could not be reached to attest before the deadline") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if self._set_status(spec.job, "attested"):
+            self.publisher.emit(spec.job, ev.STATUS, type=spec.type, status="attested", result_hash=result_hash,
+                                records_used=records_used)
+            log.info("job %s attested (records used %d)", spec.job, records_used)
+
+    async def _fail(self, job: str, reason: str) -> None:
+        record = await self._chain_record(job)
+        if record is not None and record["status"] != "running":  # a peer ended it first: mirror the chain
+            if record["status"] == "completed":
+                self._completed(job)
+            else:
+                self.stop(job, _CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or reason)
+            return
+        row = self.journal.get(job)
+        if row is None or not self.journal.end(job, "failed", reason[:500]):
+            return
+        self.journal.drop_result(job)
+        JOBS.labels(row.type, "failed").inc()
+        self.publisher.emit(job, ev.STATUS, type=row.type, status="failed", reason=reason[:500])
+        log.warning("job %s failed here: %s", job, reason)
+        for _ in range(5):
+            try:
+                await self.chain.submit(self.identity, "jobs.Fail", {"job": job, "reason": reason[:500]}, timeout=20)
+                return
+            except TxRejected:
+                return  # it had already ended on chain
+            except ChainError:
+                await asyncio.sleep(1.0)
+        log.error("could not report job %s as failed to the chain; its deadline will end it", job)
+
+    # -- restart and shutdown -------------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Every job the journal left unfinished: end it as the chain did, or run it again."""
+        for row in self.journal.active():
+            record = None
+            for _ in range(30):
+                try:
+                    record = await self.view.job(row.job)
+                    break
+                except ChainUnavailable:
+                    await asyncio.sleep(1.0)
+            else:
+                log.error("chain unreachable: job %s stays journaled as %s until a later start", row.job, row.status)
+                continue
+            row = self.journal.get(row.job)
+            if not row.active:
+                continue
+            if record is None:
+                self.stop(row.job, "failed", "the job is not on chain")
+            elif record["status"] == "completed":
+                self._completed(row.job)
+            elif record["status"] != "running":
+                self.stop(row.job, _CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or "ended on chain")
+            else:
+                log.info("job %s was %s when this node stopped; resuming it", row.job, row.status)
+                self.start(row.job)
+
+    async def shutdown(self) -> None:
+        """Stop every running job's work; the journal keeps them for the next start."""
+        tasks = [t for t in self.tasks.values() if not t.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

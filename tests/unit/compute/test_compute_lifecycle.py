@@ -1,0 +1,286 @@
+"""The job lifecycle without servers: a fake chain, a real journal, and a job type plugged in the
+way issue 7's will be, to show the lifecycle needs nothing from a protocol but the interface."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+
+import pytest
+
+from services.common.events import Event
+from services.common.identity import Identity
+from services.common.tx import Code
+from services.common.chain import TxRejected
+from services.compute import jobtypes, peer, results
+from services.compute.jobtypes.base import JobContext, JobRefused, JobType, Outcome, PeerLost, PeerRefused
+from services.compute.journal import Journal
+from services.compute.lifecycle import JobManager
+from services.compute.chainview import ChainView
+
+ME, OTHER = "telco", "bank"
+
+
+class FakeChain:
+    def __init__(self):
+        self.txs: list[tuple[str, str, dict]] = []
+        self.reject: dict[str, int] = {}
+
+    async def submit(self, identity, type_, payload, **_):
+        self.txs.append((identity.account, type_, payload))
+        if type_ in self.reject:
+            raise TxRejected(self.reject[type_], "no", "ab" * 32)
+
+
+class FakeView(ChainView):
+    def __init__(self, record):
+        self.record = record
+
+    async def job(self, job):
+        return self.record if self.record and self.record["id"] == job else None
+
+    async def spec(self, job):
+        from services.compute.chainview import ChainView as Real
+
+        class Q:
+            def __init__(s, rec):
+                s.rec = rec
+
+            async def query(s, path):
+                if path.startswith("/jobs/"):
+                    return s.rec
+                if path.startswith("/members/"):
+                    m = path.rsplit("/", 1)[1]
+                    return {"status": "active", "node": {"account": f"{m}.node", "endpoint": "127.0.0.1:1"}}
+                return None
+        return await Real(Q(self.record)).spec(job)
+
+    async def account(self, account):
+        return None
+
+
+class FakePublisher:
+    def __init__(self):
+        self.events: list[tuple[str, str, dict]] = []
+
+    def emit(self, job, type_, **data):
+        self.events.append((job, type_, data))
+
+
+class ThreadRunner:
+    name, workers = "thread", 1
+
+    async def run(self, job_type, ctx):
+        return await job_type.run(ctx)
+
+    async def compute(self, fn, *args):
+        return await asyncio.to_thread(fn, *args)
+
+
+def record(job="j-1", type_="echo", consumer=OTHER, provider=ME, status="running"):
+    return {"id": job, "type": type_, "consumer": consumer, "participants": sorted({consumer, provider}),
+            "inputs": [{"asset": "telco.subs", "provider": provider, "version": 1, "commitment": "ab" * 32,
+                        "min_group_size": 1}],
+            "params": {}, "max_price": 10, "deadline": 2**40, "status": status, "attestations": {}}
+
+
+def authorized(rec, height=5):
+    data = {k: rec[k] for k in ("consumer", "inputs", "participants", "params", "max_price", "deadline", "type")}
+    data.update(job=rec["id"], nodes={m: {"account": f"{m}.node", "endpoint": "x"} for m in rec["participants"]},
+                height=height)
+    return Event(id=f"{height}/0/0", type="JobAuthorized", entity=f"job:{rec['id']}", source="consensus", data=data)
+
+
+def manager(rec, member=ME):
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    chain, pub = FakeChain(), FakePublisher()
+    m = JobManager(member=member, identity=Identity.generate(f"{member}.node"), chain_id="c", chain=chain,
+                   view=FakeView(rec), datasets=None, journal=Journal(conn), runner=ThreadRunner(),
+                   hub=peer.SessionHub(), publisher=pub, peer_wait_s=0.2, max_attempts=2)
+    return m, chain, pub
+
+
+class Echo(JobType):
+    """A toy job type: the provider attests a hash, without any peer. Stands for issue 7's types."""
+
+    name = "echo"
+    gate: asyncio.Event | None = None
+    behaviour = "ok"
+
+    async def run(self, ctx: JobContext) -> Outcome:
+        ctx.progress("working", 1, 2)
+        if Echo.gate is not None:
+            await Echo.gate.wait()
+        if Echo.behaviour == "refuse":
+            raise JobRefused("the dataset for telco.subs does not match the commitment of its listing (v1)")
+        if Echo.behaviour == "lose":
+            raise PeerLost("bank's node went away")
+        if Echo.behaviour == "boom":
+            raise ValueError("a message that quotes a SECRET value")
+        return Outcome(hashlib.sha256(ctx.spec.job.encode()).hexdigest(), records_used=42)
+
+
+@pytest.fixture(autouse=True)
+def echo_type():
+    jobtypes.JOB_TYPES["echo"] = Echo
+    Echo.gate, Echo.behaviour = None, "ok"
+    yield
+    jobtypes.JOB_TYPES.pop("echo")
+
+
+async def _settle(m: JobManager):
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if not any(not t.done() for t in m.tasks.values()):
+            return
+
+
+async def test_an_authorised_job_is_journaled_run_and_attested_with_exactly_its_own_inputs():
+    rec = record()
+    m, chain, pub = manager(rec)
+    m.on_event(authorized(rec), None)
+    assert m.journal.get("j-1").status == "pending"
+    await _settle(m)
+    row = m.journal.get("j-1")
+    assert row.status == "attested" and row.records_used == 42 and row.role == "provider"
+    [(signer, type_, payload)] = chain.txs
+    assert (signer, type_) == ("telco.node", "jobs.Attest")
+    assert payload == {"job": "j-1", "result_hash": hashlib.sha256(b"j-1").hexdigest(), "records_used": 42,
+                       "input_commitments": {"telco.subs": "ab" * 32}}
+    statuses = [d.get("status") for _, t, d in pub.events if t == "JobStatus"]
+    assert statuses == ["accepted", "running", "computed", "attested"]
+    m.on_event(Event(id="9/0/0", type="JobCompleted", entity="job:j-1", source="consensus", data={"job": "j-1"}), None)
+    assert m.journal.get("j-1").status == "completed"
+
+
+async def test_jobs_of_others_and_duplicates_are_ignored():
+    rec = record(consumer="x", provider="y")
+    m, chain, _ = manager(rec)
+    m.on_event(authorized(rec), None)
+    assert m.journal.get("j-1") is None
+    rec2 = record()
+    m2, _, pub = manager(rec2)
+    m2.on_event(authorized(rec2), None)
+    m2.on_event(authorized(rec2, height=6), None)  # the same job again (another event id)
+    assert sum(1 for _, t, d in pub.events if d.get("status") == "accepted") == 1
+    await _settle(m2)
+
+
+@pytest.mark.parametrize("event", [
+    ("JobAborted", {"job": "j-1", "reason": "by the association"}),
+    ("MemberSuspended", {"member": OTHER, "reason": "audit"}),
+    ("AssetSuspended", {"asset": "telco.subs", "reason": "audit"}),
+    ("AssetDelisted", {"asset": "telco.subs", "reason": "retired"}),
+])
+async def test_the_kill_switch_stops_a_running_job_at_once(event):
+    rec = record()
+    m, chain, pub = manager(rec)
+    Echo.gate = asyncio.Event()  # the job waits forever unless stopped
+    m.on_event(authorized(rec), None)
+    await asyncio.sleep(0.05)
+    assert m.journal.get("j-1").status == "running"
+    m.on_event(Event(id="7/0/0", type=event[0], entity="x", source="consensus", data=event[1]), None)
+    await _settle(m)
+    row = m.journal.get("j-1")
+    assert row.status == "aborted" and row.stopped_ms is not None and row.stopped_ms < 100
+    assert not chain.txs  # no attestation, no Fail: the chain already ended it
+    assert any(d.get("status") == "aborted" and "stopped_ms" in d for _, _, d in pub.events)
+
+
+async def test_a_refusal_fails_the_job_on_chain_with_its_reason():
+    Echo.behaviour = "refuse"
+    rec = record()
+    m, chain, _ = manager(rec)
+    m.on_event(authorized(rec), None)
+    await _settle(m)
+    assert m.journal.get("j-1").status == "failed"
+    [(_, type_, payload)] = chain.txs
+    assert type_ == "jobs.Fail" and "does not match the commitment" in payload["reason"]
+
+
+async def test_an_internal_error_fails_the_job_without_quoting_its_message():
+    Echo.behaviour = "boom"
+    rec = record()
+    m, chain, _ = manager(rec)
+    m.on_event(authorized(rec), None)
+    await _settle(m)
+    [(_, _, payload)] = chain.txs
+    assert payload["reason"] == "internal error on telco's node (ValueError)"
+    assert "SECRET" not in m.journal.get("j-1").reason
+
+
+async def test_a_lost_peer_is_retried_then_fails():
+    Echo.behaviour = "lose"
+    rec = record()
+    m, chain, pub = manager(rec)
+    m.on_event(authorized(rec), None)
+    await _settle(m)
+    row = m.journal.get("j-1")
+    assert row.status == "failed" and row.attempt == 2 and "peer lost" in row.reason
+    assert [d.get("status") for _, t, d in pub.events if t == "JobStatus"].count("retrying") == 1
+
+
+async def test_a_restart_resumes_pending_work_and_mirrors_jobs_that_ended_on_chain():
+    rec = record()
+    m, chain, _ = manager(rec)
+    m.journal.add("j-1", "echo", "provider", rec | {"job": "j-1"}, rec["deadline"], 5)
+    m.journal.update("j-1", status="running", attempt=1)
+    await m.recover()
+    await _settle(m)
+    assert m.journal.get("j-1").status == "attested" and m.journal.get("j-1").attempt == 2
+    ended = record(job="j-2", status="failed") | {"ended_reason": "timed out"}
+    m2, chain2, _ = manager(ended)
+    m2.journal.add("j-2", "echo", "provider", ended | {"job": "j-2"}, ended["deadline"], 5)
+    await m2.recover()
+    row = m2.journal.get("j-2")
+    assert row.status == "failed" and row.reason == "timed out" and not chain2.txs
+
+
+async def test_a_restart_after_the_work_was_done_attests_again_without_rerunning():
+    rec = record()
+    m, chain, _ = manager(rec)
+    m.journal.add("j-1", "echo", "provider", rec | {"job": "j-1"}, rec["deadline"], 5)
+    m.journal.update("j-1", status="computed", result_hash="cd" * 32, records_used=7)
+    Echo.behaviour = "boom"  # would fail if it ran again
+    await m.recover()
+    await _settle(m)
+    assert [t for _, t, _ in chain.txs] == ["jobs.Attest"] and chain.txs[0][2]["result_hash"] == "cd" * 32
+    assert m.journal.get("j-1").status == "attested"
+
+
+async def test_an_attestation_the_chain_already_has_counts_as_done():
+    rec = record()
+    m, chain, _ = manager(rec)
+    chain.reject["jobs.Attest"] = Code.CONFLICT
+    m.on_event(authorized(rec), None)
+    await _settle(m)
+    assert m.journal.get("j-1").status == "attested"
+
+
+def test_who_may_open_a_session():
+    rec = record(consumer="bank", provider="telco")
+    m, _, _ = manager(rec)
+    with pytest.raises(peer.PeerUnavailable):
+        m.admit("j-1", "bank.node")  # not journaled yet: come back later
+    m.journal.add("j-1", "echo", "provider", rec | {"job": "j-1"}, rec["deadline"], 5)
+    assert m.admit("j-1", "bank.node") == "bank"
+    for account in ("mallory.node", "bank", "telco.node"):
+        with pytest.raises(PeerRefused):
+            m.admit("j-1", account)
+    m.journal.end("j-1", "aborted", "x")
+    with pytest.raises(PeerRefused, match="aborted"):
+        m.admit("j-1", "bank.node")
+
+
+async def test_the_consumer_result_is_sealed_to_its_node_key_and_dropped_if_the_job_fails():
+    rec = record(consumer=ME, provider=OTHER)
+    m, _, _ = manager(rec)
+    spec, _ = await m.view.spec("j-1")
+    m.journal.add("j-1", "echo", "consumer", rec | {"job": "j-1"}, rec["deadline"], 5)
+    commitment = await m._commit_result(spec, b'{"cardinality": 3}')
+    opened = results.open_envelope(m.identity, m.journal.result("j-1"))
+    assert opened["result"] == {"cardinality": 3} and opened["commitment"] == commitment
+    assert b"cardinality" not in m.journal.result("j-1")
+    m.stop("j-1", "failed", "timed out")
+    assert m.journal.result("j-1") is None

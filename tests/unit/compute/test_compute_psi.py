@@ -1,0 +1,203 @@
+"""The PSI job type between two in-process parties over an in-memory channel: results against
+the clear intersection, what each side sees, and what it must never see (canaries)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import pytest
+
+from services.compute import handshake as hs
+from services.compute import psi_kernel
+from services.compute.commitment import commitment_of
+from services.compute.jobtypes import JOB_TYPES, job_type
+from services.compute.jobtypes.base import (InputRef, JobContext, JobRefused, JobSpec, Message, NodeRef, Outcome,
+                                            PeerLost)
+from services.compute.jobtypes.psi import match_positions, normalise_keys
+from services.compute.datasets import Loaded
+
+CANARY_C = "CANARY-consumer-7f3a9e"
+CANARY_P = "CANARY-provider-51c0d2"
+
+
+class MemoryChannel:
+    """One end of an in-memory channel with the same transcript rules as peer.SecureChannel."""
+
+    def __init__(self, peer: str, inbox: asyncio.Queue, outbox: asyncio.Queue, session: bytes, record: list):
+        self.peer, self.inbox, self.outbox, self.record = peer, inbox, outbox, record
+        self._sent, self._received = hashlib.sha256(session), hashlib.sha256(session)
+
+    async def send(self, kind, body=b"", **header):
+        frame = hs.encode(kind, header, body)
+        self._sent.update(len(frame).to_bytes(8, "big") + frame)
+        self.record.append(frame)
+        await self.outbox.put(frame)
+
+    async def recv(self):
+        frame = await self.inbox.get()
+        if frame is None:
+            raise PeerLost("gone")
+        self._received.update(len(frame).to_bytes(8, "big") + frame)
+        return Message(*hs.decode(frame))
+
+    def transcript(self):
+        return self._sent.copy().hexdigest(), self._received.copy().hexdigest()
+
+    async def close(self):
+        pass
+
+
+def pair(a: str, b: str):
+    q1, q2 = asyncio.Queue(), asyncio.Queue()
+    sent_by = {a: [], b: []}
+    return (MemoryChannel(b, q1, q2, b"s", sent_by[a]), MemoryChannel(a, q2, q1, b"s", sent_by[b]), sent_by)
+
+
+def spec_for(type_="psi", min_group=1, commitment="00" * 32, params=None) -> JobSpec:
+    return JobSpec(job="j-1", type=type_, consumer="bank", participants=("bank", "telco"),
+                   inputs=(InputRef("telco.subs", "telco", 1, commitment, min_group),),
+                   nodes={"bank": NodeRef("bank.node", "x"), "telco": NodeRef("telco.node", "y")},
+                   params=params or {"dataset": "customers", "key": "phone"}, max_price=100, deadline=2**40)
+
+
+def context(spec, member, chan, data: dict[str, list[str]], results: dict, workers=2, batch=64):
+    async def channel(peer):
+        return chan
+
+    async def load(name, columns):
+        values = data[name]
+        return Loaded(name, commitment_of(["phone"], [(v,) for v in values]), len(values), {"phone": list(values)})
+
+    async def commit_result(result: bytes) -> str:
+        results[member] = result
+        return hashlib.sha256(result).hexdigest()
+
+    async def compute(fn, *args):
+        return await asyncio.to_thread(fn, *args)
+
+    return JobContext(spec, member, channel=channel, load_input=lambda ref, cols: load(ref.asset, cols),
+                      load_local=load, dataset_key=lambda _: "phone", commit_result=commit_result,
+                      progress=lambda *a: None, compute=compute, workers=workers, batch=batch)
+
+
+def phones(start: int, n: int) -> list[str]:
+    return [f"+86-1{i:010d}" for i in range(start, start + n)]
+
+
+async def run_pair(type_, consumer_keys, provider_keys, **kw):
+    spec = spec_for(type_, **kw)
+    c_chan, p_chan, sent_by = pair("bank", "telco")
+    results: dict = {}
+    job = job_type(type_)
+    c = context(spec, "bank", c_chan, {"customers": consumer_keys}, results)
+    p = context(spec, "telco", p_chan, {"telco.subs": provider_keys}, results)
+    outcome_c, outcome_p = await asyncio.gather(job.run(c), job.run(p))
+    return outcome_c, outcome_p, results, sent_by
+
+
+async def test_psi_gives_the_consumer_exactly_the_intersection_and_both_attest_the_same_hash():
+    consumer = phones(0, 700) + [CANARY_C, " +86-10000000001 ", ""]  # a duplicate after trimming, a blank
+    provider = phones(500, 900) + [CANARY_P]
+    oc, op, results, _ = await run_pair("psi", consumer, provider)
+    assert isinstance(oc, Outcome) and oc.result_hash == op.result_hash
+    result = json.loads(results["bank"])
+    assert result["intersection"] == sorted(set(phones(0, 700)) & set(phones(500, 900)))
+    assert result["consumer_set_size"] == 701 and result["provider_set_size"] == 901
+    assert (oc.records_used, op.records_used) == (701, 901)
+    assert "telco" not in results  # the provider never holds a result
+
+
+async def test_psi_cardinality_reveals_only_the_count():
+    oc, op, results, sent_by = await run_pair("psi_cardinality", phones(0, 300), phones(250, 300))
+    assert oc.result_hash == op.result_hash
+    assert json.loads(results["bank"]) == {"cardinality": 50, "consumer_set_size": 300, "provider_set_size": 300}
+    # the doubly-masked values came back in an order unrelated to the consumer's: they are shuffled
+    back = b"".join(hs.decode(f)[2] for f in sent_by["telco"] if hs.decode(f)[0] == "xab")
+    assert len(back) == 16 * 300
+
+
+async def test_no_canary_in_any_form_in_what_either_side_sends():
+    consumer = phones(0, 200) + [CANARY_C]
+    provider = phones(100, 200) + [CANARY_P]
+    _, _, _, sent_by = await run_pair("psi", consumer, provider)
+    everything = b"".join(sent_by["bank"] + sent_by["telco"])
+    for canary in (CANARY_C, CANARY_P):
+        raw = canary.encode()
+        forms = [raw, hashlib.sha256(raw).digest(), hashlib.sha256(raw).hexdigest().encode(),
+                 psi_kernel.hash_to_curve([raw])[0], psi_kernel.hash_to_curve([raw])[0][:16]]
+        for form in forms:
+            assert form not in everything
+    # and no plain key of either set, nor its unmasked hash
+    for key in (consumer[:20] + provider[-20:]):
+        assert key.encode() not in everything
+        assert psi_kernel.hash_to_curve([key.encode()])[0] not in everything
+
+
+async def test_what_the_provider_receives_tells_it_the_consumer_set_size_only():
+    _, _, _, sent_by = await run_pair("psi", phones(0, 130), phones(0, 10))
+    kinds = [hs.decode(f)[0] for f in sent_by["bank"]]
+    assert kinds[0] == "start" and kinds[-1] == "finish" and set(kinds) == {"start", "xa", "xa_done", "finish"}
+    elements = sum(len(hs.decode(f)[2]) for f in sent_by["bank"]) // 32
+    assert elements == 130
+
+
+async def test_an_intersection_below_the_minimum_group_size_is_withheld():
+    with pytest.raises(JobRefused, match="minimum group size"):
+        await run_pair("psi", phones(0, 50), phones(48, 10), min_group=5)
+
+
+def test_the_shape_of_a_psi_job_is_checked():
+    job = job_type("psi")
+    with pytest.raises(JobRefused, match="params.dataset"):
+        job.check(spec_for(params={"key": "phone"}))
+    bad = spec_for()
+    two = JobSpec(**{**bad.__dict__, "inputs": bad.inputs * 2})
+    with pytest.raises(JobRefused, match="exactly one"):
+        job.check(two)
+    assert set(JOB_TYPES) == {"psi", "psi_cardinality"}
+
+
+def test_keys_are_normalised_deduplicated_and_blanks_dropped():
+    keys, dropped = normalise_keys([" a ", "a", None, "", 5, "5", 1.5, True])
+    assert keys == [b"a", b"5", b"1.5", b"true"] and dropped == 2
+
+
+def test_matching_16_byte_values_handles_shared_prefixes():
+    a = bytes(range(16)) + b"\x01" * 16 + b"\x02" * 16
+    same_prefix = bytes(range(8)) + b"\xff" * 8  # shares a's first 64 bits, not the rest
+    b = same_prefix + b"\x02" * 16 + bytes(range(16))
+    assert list(match_positions(a, b)) == [0, 2]
+    assert list(match_positions(a, b"")) == []
+
+
+# RFC 9380, appendix J.7.2 (suite curve25519_XMD:SHA-512_ELL2_NU_): msg -> (u[0], Q.x), big-endian hex
+RFC9380_DST = b"QUUX-V01-CS02-with-curve25519_XMD:SHA-512_ELL2_NU_"
+RFC9380 = {
+    b"": ("608d892b641f0328523802a6603427c26e55e6f27e71a91a478148d45b5093cd",
+          "51125222da5e763d97f3c10fcc92ea6860b9ccbbd2eb1285728f566721c1e65b"),
+    b"abc": ("46f5b22494bfeaa7f232cc8d054be68561af50230234d7d1d63d1d9abeca8da5",
+             "7d56d1e08cb0ccb92baf069c18c49bb5a0dcd927eff8dcf75ca921ef7f3e6eeb"),
+}
+
+
+def test_hash_to_curve_is_rfc9380_encode_to_curve():
+    for msg, (u0, qx) in RFC9380.items():
+        [u] = psi_kernel.hash_to_field([msg], RFC9380_DST)
+        assert int(u) == int(u0, 16)
+        assert psi_kernel.hash_to_curve([msg], RFC9380_DST)[0] == int(qx, 16).to_bytes(32, "little")
+
+
+def test_hashed_points_are_on_the_curve_never_the_twist_and_masking_commutes():
+    p, a = 2**255 - 19, 486662
+    points = psi_kernel.hash_to_curve([f"k{i}".encode() for i in range(200)])
+    for pt in points:
+        u = int.from_bytes(pt, "little")
+        assert pow((u**3 + a * u * u + u) % p, (p - 1) // 2, p) == 1
+    x, y = psi_kernel.new_scalar(), psi_kernel.new_scalar()
+    blob = b"".join(points)
+    assert psi_kernel.mask_blob(x, psi_kernel.mask_blob(y, blob)) == psi_kernel.mask_blob(y, psi_kernel.mask_blob(x, blob))
+    assert len(set(points)) == 200
+    with pytest.raises(psi_kernel.KernelError):
+        psi_kernel.mask(x, [bytes(32)])  # the point of order 2 (u = 0)
