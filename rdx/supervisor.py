@@ -152,13 +152,14 @@ def association_identity(keys: Path) -> Identity:
     return local_identity(keys, "association")
 
 
-def genesis_app_state(association: Identity, gateway: Identity | None = None) -> dict:
-    """The association, and its node account: the key the gateway signs audit anchors with."""
+def genesis_app_state(association: Identity, gateway: Identity | None = None, params: dict | None = None) -> dict:
+    """The association, its node account (the key the gateway signs audit anchors with), and
+    chain parameters where they differ from the defaults (services/consensus/params.py)."""
     assoc = {"id": association.account, "name": "Regional Data Exchange Association",
              "roles": ["association"], "public_key": association.public_key}
     if gateway is not None:
         assoc["node"] = {"public_key": gateway.public_key, "endpoint": "127.0.0.1:8000"}
-    return {"association": assoc}
+    return {"association": assoc, **({"params": params} if params else {})}
 
 
 def admin_token(keys: Path) -> str:

@@ -95,7 +95,7 @@ class Testnet:
 
     def __init__(self, root: Path, kafka_bootstrap: str, *, validators: int = 4, chain_id: str = DEFAULT_CHAIN_ID,
                  association: Identity | None = None, timeout_commit: str = "200ms",
-                 toolchain: tc.Toolchain | None = None, log=lambda msg: None):
+                 toolchain: tc.Toolchain | None = None, params: dict | None = None, log=lambda msg: None):
         if validators < 1:
             raise ValueError("a network needs at least one validator")
         self.root = Path(root).resolve()
@@ -103,13 +103,14 @@ class Testnet:
         self.toolchain = toolchain or tc.installed()
         self.association = association or association_identity(self.root / "keys")
         self.timeout_commit = timeout_commit
+        self.params = params
         self.log = log
         self.validators: list[Validator] = []
         for i in range(validators):
             abci_port = free_port()
             node = CometNode(self.root / f"node{i}", self.toolchain, chain_id=chain_id, rpc_port=free_port(),
                              p2p_port=free_port(), abci_port=abci_port, timeout_commit=timeout_commit,
-                             app_state=genesis_app_state(self.association))
+                             app_state=genesis_app_state(self.association, params=params))
             # Every validator's relay publishes the same committed events to the same shared broker
             # and topic. That is harmless by design: an event's id (height/tx/event index) is the same
             # on every validator, and consumers apply each id once, so the copies are deduplicated.
@@ -155,7 +156,7 @@ class Testnet:
                 raise SetupError(f"cometbft testnet failed: {(result.stdout + result.stderr).strip()[-800:]}")
             genesis = json.loads((staging / "node0" / "config" / "genesis.json").read_text())
             genesis["chain_id"] = self.chain_id
-            genesis["app_state"] = genesis_app_state(self.association)
+            genesis["app_state"] = genesis_app_state(self.association, params=self.params)
             text = json.dumps(genesis, indent=2)  # the same bytes for every node
             for i, home in enumerate(homes):
                 (staging / f"node{i}" / "config" / "genesis.json").write_text(text)

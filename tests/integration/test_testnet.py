@@ -25,7 +25,8 @@ CHAIN_ID = "rdx-testnet-test"
 @pytest.fixture(scope="module")
 def testnet(toolchain, kafka, tmp_path_factory) -> Testnet:
     net = Testnet(tmp_path_factory.mktemp("testnet"), kafka.bootstrap, validators=4, chain_id=CHAIN_ID,
-                  association=Identity.generate("association"), timeout_commit="200ms", toolchain=toolchain)
+                  association=Identity.generate("association"), timeout_commit="200ms", toolchain=toolchain,
+                  params={"demand_halflife_s": 60})
     try:
         net.start()
         yield net
@@ -162,3 +163,41 @@ async def test_kill_9_of_an_abci_app_under_load_then_restart_catches_up_to_the_s
     await assert_no_divergence(testnet, last + 1)
     infos = testnet.app_infos()
     assert all(info is not None for info in infos)
+
+
+async def test_dynamic_price_rises_with_demand_and_falls_back_identically_on_every_validator(testnet, client):
+    from services.common.listing import example_metadata
+
+    await all_running(testnet)
+    a = testnet.association
+    provider, consumer, node = Identity.generate("dyn-p"), Identity.generate("dyn-c"), Identity.generate("dyn-c.node")
+    pnode = Identity.generate("dyn-p.node")
+    for who, roles, n in ((provider, ["provider"], pnode), (consumer, ["consumer"], node)):
+        await client.submit(a, "members.Register", {"id": who.account, "name": who.account, "roles": roles,
+                                                    "public_key": who.public_key,
+                                                    "node": {"public_key": n.public_key, "endpoint": "127.0.0.1:1"}})
+    await client.submit(a, "bank.Deposit", {"to": consumer.account, "amount": 100_000, "reference": "dyn"})
+    await client.submit(provider, "assets.List", {
+        "id": "dyn.asset", "level": "L2", "operations": ["aggregation"], "commitment": "ab" * 32,
+        "price": {"model": "dynamic", "amount": 1_000}, "metadata": example_metadata("Demand-priced data")})
+    await client.submit(consumer, "access.Request", {"id": "dyn.g", "asset": "dyn.asset", "operations": ["aggregation"],
+                                                     "purpose": "p", "expires_at": 4_000_000_000, "max_runs": 100})
+    await client.submit(provider, "access.Approve", {"id": "dyn.g"})
+
+    async def submit(job: str) -> int:
+        done = await client.submit(consumer, "jobs.Submit", {"id": job, "type": "aggregation", "max_price": 10_000,
+                                                             "inputs": [{"asset": "dyn.asset", "grant": "dyn.g"}]})
+        await _run(testnet.wait_for_height, done.height + 1)
+        prices = set()
+        for url in testnet.rpc_urls:  # every validator's own state
+            async with ChainClient(url, CHAIN_ID) as v:
+                prices.add((await v.query(f"/jobs/{job}"))["inputs"][0]["price"]["amount"])
+        assert len(prices) == 1, f"validators disagree on the price of {job}: {prices}"
+        return prices.pop()
+
+    rising = [await submit(f"dyn.j{i}") for i in range(5)]
+    assert rising == sorted(rising) and rising[0] == 1_000 and rising[-1] >= 1_300
+    quote_after_demand = await client.query("/quote/dyn.asset/0")
+    await asyncio.sleep(12)  # a fifth of the 60 s half-life, with no new demand
+    quote_later = await client.query("/quote/dyn.asset/0")
+    assert 1_000 < quote_later < quote_after_demand  # falling back towards the base price
