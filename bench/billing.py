@@ -1,0 +1,164 @@
+"""`make bench-billing`: settlements per second through the chain against plain signed transfers,
+in the same run, on one validator (Kafka, CometBFT, the consensus service; the billing read
+model consuming alongside).
+
+A settlement is what it takes to pay a job: the consumer's jobs.Submit (escrow held) and one
+jobs.Attest from each participant's node; the last one settles (fees, provider share, refund).
+A transfer is one bank.Transfer. Both are sent the same way: pre-signed, over several
+keep-alive connections (one signer's txs always on one connection, in nonce order), each
+waiting for its CheckTx; throughput is counted from the first send to the commit of the last tx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import loadgen
+from bench.common import median, metric, write
+from rdx import toolchain as tc
+from rdx.components import CometNode, KafkaBroker, ServiceProcess, free_port
+from rdx.supervisor import genesis_app_state
+from services.common.chain import ChainClient
+from services.common.events import TOPICS
+from services.common.identity import Identity
+from services.common.listing import example_metadata
+from services.common.tx import Tx
+
+CHAIN_ID = "rdx-bench-billing"
+COMMIT, RESULT = "ab" * 32, "cd" * 32
+
+
+class Lane:
+    """One consumer and one provider, their nodes, a listing and a grant: one connection's worth."""
+
+    def __init__(self, i: int):
+        self.i = i
+        self.consumer, self.cnode = Identity.generate(f"c{i}"), Identity.generate(f"c{i}.node")
+        self.provider, self.pnode = Identity.generate(f"p{i}"), Identity.generate(f"p{i}.node")
+        self.nonces: dict[str, int] = {}
+        self.jobs = 0
+
+    def tx(self, who: Identity, type_: str, payload: dict) -> bytes:
+        self.nonces[who.account] = self.nonces.get(who.account, 0) + 1
+        return Tx.build(who, CHAIN_ID, type_, self.nonces[who.account], payload).encode()
+
+    def settlements(self, n: int) -> list[bytes]:
+        out = []
+        for _ in range(n):
+            self.jobs += 1
+            job = f"c{self.i}.j{self.jobs}"
+            out += [self.tx(self.consumer, "jobs.Submit", {"id": job, "type": "aggregation", "max_price": 100,
+                                                           "inputs": [{"asset": f"p{self.i}.a", "grant": f"c{self.i}.g"}]}),
+                    self.tx(self.pnode, "jobs.Attest", {"job": job, "result_hash": RESULT, "records_used": 7,
+                                                        "input_commitments": {f"p{self.i}.a": COMMIT}}),
+                    self.tx(self.cnode, "jobs.Attest", {"job": job, "result_hash": RESULT, "records_used": 0,
+                                                        "input_commitments": {}})]
+        return out
+
+    def transfers(self, n: int) -> list[bytes]:
+        return [self.tx(self.consumer, "bank.Transfer", {"to": self.provider.account, "amount": 1}) for _ in range(n)]
+
+
+async def setup(rpc: str, association: Identity, lanes: list[Lane]) -> None:
+    async with ChainClient(rpc, CHAIN_ID) as c:
+        sent = []
+        for lane in lanes:
+            for who, node, roles in ((lane.consumer, lane.cnode, ["consumer"]), (lane.provider, lane.pnode, ["provider"])):
+                sent.append(await c.submit(association, "members.Register", {
+                    "id": who.account, "name": who.account, "roles": roles, "public_key": who.public_key,
+                    "node": {"public_key": node.public_key, "endpoint": "127.0.0.1:1"}}, wait=False))
+            sent.append(await c.submit(association, "bank.Deposit", {"to": lane.consumer.account, "amount": 10**9,
+                                                                     "reference": f"bench-{lane.i}"}, wait=False))
+        for s in sent:
+            await c.wait_for(s.tx_hash)
+        for lane in lanes:
+            setup_txs = [lane.tx(lane.provider, "assets.List", {
+                "id": f"p{lane.i}.a", "level": "L2", "operations": ["aggregation"], "commitment": COMMIT,
+                "price": {"model": "per_record", "amount": 3}, "metadata": example_metadata(f"Bench {lane.i}")}),
+                lane.tx(lane.consumer, "access.Request", {"id": f"c{lane.i}.g", "asset": f"p{lane.i}.a",
+                                                          "operations": ["aggregation"], "purpose": "bench",
+                                                          "expires_at": 4_000_000_000, "max_runs": 10**6}),
+                lane.tx(lane.provider, "access.Approve", {"id": f"c{lane.i}.g"})]
+            for raw in setup_txs:
+                checked = await c.broadcast(raw)
+                assert checked["code"] == 0, checked
+                last = checked["hash"]
+            await c.wait_for(last)
+
+
+async def round_(rpc: str, lanes_txs: list[list[bytes]]) -> float:
+    """Seconds from the first send to the commit of every lane's last tx."""
+    started = time.perf_counter()
+    result = await loadgen.closed_loop(rpc, [[loadgen.broadcast_request(t) for t in txs] for txs in lanes_txs])
+    assert result.accepted == result.sent, dict(result.rejected)
+    async with ChainClient(rpc, CHAIN_ID) as c:
+        for txs in lanes_txs:
+            await c.wait_for(Tx.decode(txs[-1]).hash, timeout=120)
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lanes", type=int, default=4)
+    parser.add_argument("--settlements", type=int, default=60, help="per lane per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    toolchain = tc.installed()
+    with tempfile.TemporaryDirectory(prefix="rdx-bench-billing.") as tmp:
+        root = Path(tmp)
+        kafka = KafkaBroker(root / "kafka", toolchain, port=free_port(), controller_port=free_port())
+        association = Identity.generate("association")
+        abci = free_port()
+        env = {"RDX_KAFKA_BOOTSTRAP": kafka.bootstrap, "RDX_STATE_ROOT": str(root / "state"), "RDX_CHAIN_ID": CHAIN_ID,
+               "RDX_LOG_LEVEL": "WARNING"}
+        app = ServiceProcess("consensus", free_port(), {**env, "RDX_ABCI_PORT": str(abci)}, root / "logs")
+        node = CometNode(root / "node", toolchain, chain_id=CHAIN_ID, rpc_port=free_port(), p2p_port=free_port(),
+                         abci_port=abci, timeout_commit="200ms", app_state=genesis_app_state(association))
+        billing = None
+        try:
+            kafka.prepare()
+            kafka.start()
+            kafka.create_topics(TOPICS)
+            app.start()
+            node.prepare()
+            node.start()
+            billing = ServiceProcess("billing", free_port(), {**env, "RDX_COMETBFT_RPC": node.rpc_url}, root / "logs")
+            billing.start()
+            lanes = [Lane(i) for i in range(args.lanes)]
+            asyncio.run(setup(node.rpc_url, association, lanes))
+            asyncio.run(round_(node.rpc_url, [lane.transfers(20) for lane in lanes]))  # warm-up
+            asyncio.run(round_(node.rpc_url, [lane.settlements(5) for lane in lanes]))
+            per_round = args.settlements * args.lanes
+            settle_rates, transfer_rates = [], []
+            for _ in range(args.rounds):  # alternating
+                settle_rates.append(per_round / asyncio.run(round_(node.rpc_url, [l.settlements(args.settlements) for l in lanes])))
+                transfer_rates.append(per_round / asyncio.run(round_(node.rpc_url, [l.transfers(args.settlements) for l in lanes])))
+        finally:
+            for proc in (billing, node, app):
+                if proc:
+                    proc.stop()
+            kafka.stop()
+    s, t = median(settle_rates), median(transfer_rates)
+    metrics = [
+        metric("settlements_per_s", s, "settlements/s", baseline_name="plain_transfers_per_s", baseline_value=t,
+               bar="report the ratio (no bar)"),
+        metric("settlement_tx_per_s", 3 * s, "tx/s", baseline_name="plain_transfer_tx_per_s", baseline_value=t,
+               bar="report the ratio (no bar)"),
+    ]
+    notes = (f"one validator, timeout_commit 200ms; {args.lanes} lanes (connections), {per_round} settlements or "
+             f"transfers per round, {args.rounds} alternating rounds after a warm-up; a settlement is 3 txs "
+             f"(jobs.Submit + 2 jobs.Attest, the last settles); rates {settle_rates} vs {transfer_rates}; "
+             "load generator, node, app, Kafka and billing share 2 cpus")
+    path = write("billing", metrics, notes, args.out)
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
