@@ -68,7 +68,7 @@ class JobManager:
     def __init__(self, *, member: str, identity: Identity, chain_id: str, chain: ChainClient, view: ChainView,
                  datasets: Datasets, journal: Journal, runner: Runner, hub: peer.SessionHub,
                  publisher: ev.StatusPublisher, peer_wait_s: float = 30.0, max_attempts: int = 3,
-                 batch: int = 4096):
+                 batch: int = 16_384):
         self.member, self.identity, self.chain_id = member, identity, chain_id
         self.chain, self.view, self.datasets, self.journal = chain, view, datasets, journal
         self.runner, self.hub, self.publisher = runner, hub, publisher

@@ -26,7 +26,7 @@ class ComputeSettings(ServiceSettings):
     peer_wait_s: float = Field(30.0, gt=0, description="RDX_PEER_WAIT_S: how long a peer may be unreachable "
                                                        "(not yet connected, or lost mid-job) before the job fails")
     max_attempts: int = Field(3, ge=1, le=20, description="RDX_MAX_ATTEMPTS: protocol runs of one job before it fails")
-    psi_batch: int = Field(4096, ge=16, le=65_536, description="RDX_PSI_BATCH: elements per batch (one message, one worker task)")
+    psi_batch: int = Field(16_384, ge=16, le=65_536, description="RDX_PSI_BATCH: elements per batch (one message, one worker task)")
 
     @property
     def state_dir(self) -> Path:

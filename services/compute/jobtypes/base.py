@@ -163,7 +163,7 @@ class JobContext:
                  commit_result: Callable[[bytes], Awaitable[str]],
                  progress: Callable[[str, int, int], None],
                  compute: Callable[..., Awaitable[Any]],
-                 workers: int = 1, batch: int = 4096, log: logging.Logger | None = None):
+                 workers: int = 1, batch: int = 16_384, log: logging.Logger | None = None):
         self.spec, self.member, self.attempt = spec, member, attempt
         self._channel, self._load_input, self._load_local = channel, load_input, load_local
         self._dataset_key, self._commit_result, self._progress, self._compute = dataset_key, commit_result, progress, compute

@@ -23,7 +23,7 @@ Sixteen bytes of a doubly-masked element leave a chance of a false match of at m
 |X|·|Y|/2^128. The result hash both nodes attest is the SHA-256 of the two directions'
 transcripts (every message, including C's result commitment), which both saw.
 
-Large sets go in batches (RDX_PSI_BATCH elements, default 4096: 128 KiB a message) with at
+Large sets go in batches (RDX_PSI_BATCH elements, default 16384: 512 KiB a message) with at
 most ``workers + 1`` batches in flight per direction, so memory stays at the two sets' masked
 forms (48 bytes an element on C, 16 on P for cardinality) plus a few batches.
 """
