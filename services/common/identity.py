@@ -11,6 +11,7 @@ import base64
 import json
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from nacl.exceptions import BadSignatureError
@@ -59,9 +60,14 @@ class Identity:
         return f"Identity(account={self.account!r}, public_key={self.public_key!r})"
 
 
+@lru_cache(maxsize=4096)
+def _verify_key(public_key: str) -> VerifyKey:
+    return VerifyKey(unb64(public_key))
+
+
 def verify(public_key: str, message: bytes, signature: str) -> bool:
     try:
-        VerifyKey(unb64(public_key)).verify(message, unb64(signature))
+        _verify_key(public_key).verify(message, unb64(signature))
         return True
     except (BadSignatureError, ValueError, TypeError):
         return False

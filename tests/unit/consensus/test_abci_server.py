@@ -12,7 +12,7 @@ import logging
 import pytest
 from tendermint.abci import types_pb2 as abci
 
-from services.consensus.abci import AbciServer, Application, FrameError, encode_frame, read_frame
+from services.consensus.abci import AbciServer, Application, FrameError, FrameReader, encode_frame
 from services.consensus.abci import server as server_module
 from services.consensus.abci.application import proto_tx_size
 
@@ -124,9 +124,10 @@ async def test_read_frame_round_trips_across_varint_boundaries() -> None:
     payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
     reader.feed_data(b"".join(encode_frame(p) for p in payloads))
     reader.feed_eof()
+    frames = FrameReader(reader, 1 << 20)
     for p in payloads:
-        assert await read_frame(reader, 1 << 20) == p
-    assert await read_frame(reader, 1 << 20) is None  # clean end between frames
+        assert await frames.next() == p
+    assert await frames.next() is None  # clean end between frames
 
 
 @pytest.mark.parametrize("prefix", [b"\xff" * 10 + b"\x01", b"\xff" * 9 + b"\x02"])
@@ -134,7 +135,7 @@ async def test_read_frame_rejects_a_prefix_beyond_64_bits(prefix: bytes) -> None
     reader = asyncio.StreamReader()
     reader.feed_data(prefix)
     with pytest.raises(FrameError):
-        await read_frame(reader, 1 << 20)
+        await FrameReader(reader, 1 << 20).next()
 
 
 async def test_read_frame_raises_on_a_stream_cut_mid_frame() -> None:
@@ -142,7 +143,7 @@ async def test_read_frame_raises_on_a_stream_cut_mid_frame() -> None:
     reader.feed_data(encode_frame(b"abcdef")[:4])
     reader.feed_eof()
     with pytest.raises(asyncio.IncompleteReadError):
-        await read_frame(reader, 1 << 20)
+        await FrameReader(reader, 1 << 20).next()
 
 
 @pytest.mark.parametrize("size", [5, 127, 128, 200, 16383, 16384, 20_000])
