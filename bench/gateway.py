@@ -135,7 +135,10 @@ async def seed(eps: dict, state: Path, listings: int) -> tuple[str, str]:
 
 def throughput_metrics(root: Path, rounds: int, seconds: float, concurrency: int, listings: int) -> list[dict]:
     offset = 23_000
-    exchange = Exchange(root / "state", Ports().shifted(offset), log=lambda m: None)
+    # The measured stack is the gateway's, rate limit included, but set above the load: a
+    # refused request would be cheaper than a served one and flatter the ratio.
+    exchange = Exchange(root / "state", Ports().shifted(offset), log=lambda m: None,
+                        overrides={"gateway": {"RDX_RATE_PER_S": "1000000", "RDX_RATE_BURST": "1000000"}})
     bare_port = free_port()
     bare = None
     try:
@@ -161,6 +164,8 @@ def throughput_metrics(root: Path, rounds: int, seconds: float, concurrency: int
             bare.terminate()
         exchange.stop()
     ratio = median(gw) / median(base)
+    if errors:
+        print(f"{errors} gateway answers were not 200", file=sys.stderr)
     return [metric("authorized_search_req_per_s", median(gw), "req/s", baseline_name="bare_fastapi_search_req_per_s",
                    baseline_value=median(base), bar=">= 0.5 (ratio)", passed=ratio >= 0.5 and errors == 0)]
 

@@ -65,8 +65,10 @@ def check_state_dir(state: Path) -> None:
 
 
 class Exchange:
-    def __init__(self, state: Path, ports: Ports = Ports(), log=print):
+    def __init__(self, state: Path, ports: Ports = Ports(), log=print, overrides: dict[str, dict[str, str]] | None = None):
+        """``overrides``: extra RDX_* settings per service name (benchmarks raise the rate limits)."""
         self.state, self.ports, self.log = state.resolve(), ports, log
+        self.overrides = overrides or {}
         tc = toolchain.installed()
         self.kafka = KafkaBroker(self.state / "kafka", tc, port=ports.kafka, controller_port=ports.kafka_controller)
         self.comet = CometNode(self.state / "cometbft", tc, rpc_port=ports.cometbft_rpc, p2p_port=ports.cometbft_p2p,
@@ -114,7 +116,7 @@ class Exchange:
         self.comet.start()
         for svc in self.services:
             self.log(f"starting {svc.name} ...")
-            svc.env.update(self._extra_env(svc.name))
+            svc.env.update({**self._extra_env(svc.name), **self.overrides.get(svc.name, {})})
             svc.start(wait=False)
         for svc in self.services:
             svc.wait_ready()
