@@ -67,6 +67,7 @@ testnet: setup
 
 # Benchmarks: each writes bench/results/<area>.json (see ../shared/BENCH.md).
 bench: bench-consensus bench-gateway bench-catalog bench-billing bench-compute
+	@$(PY) -m bench.summary
 
 bench-consensus: setup
 	@$(PY) -m bench.consensus
