@@ -104,6 +104,21 @@ class Process:
             return "(no log)"
 
 
+class Managed:
+    """A component that runs as one child ``process``: stopped gracefully, or killed (-9)."""
+
+    process: "Process | None"
+    stop_timeout = 15.0
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop(self.stop_timeout)
+
+    def kill(self) -> None:
+        if self.process:
+            self.process.kill()
+
+
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -126,8 +141,10 @@ rootLogger.appenderRef.out.ref = OUT
 
 
 @dataclass
-class KafkaBroker:
+class KafkaBroker(Managed):
     """A single combined broker+controller in KRaft mode, for local use and tests."""
+
+    stop_timeout = 30.0  # a clean broker shutdown flushes its logs
 
     home: Path
     toolchain: Toolchain
@@ -208,13 +225,6 @@ class KafkaBroker:
         """Create rdx's topics up front (idempotent), rather than on first use by a producer."""
         create_topics(self.bootstrap, names, partitions)
 
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop(timeout=30)
-
-    def kill(self) -> None:
-        if self.process:
-            self.process.kill()
 
 
 def kafka_healthy(bootstrap: str, timeout: float = 3.0) -> bool:
@@ -275,7 +285,7 @@ def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None
 
 
 @dataclass
-class CometNode:
+class CometNode(Managed):
     """One CometBFT validator whose application is rdx's ABCI server at ``abci_port``."""
 
     home: Path
@@ -355,13 +365,6 @@ class CometNode:
     def healthy(self) -> bool:
         return comet_healthy(self.rpc_url)
 
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-
-    def kill(self) -> None:
-        if self.process:
-            self.process.kill()
 
 
 def comet_healthy(rpc_url: str) -> bool:
@@ -379,7 +382,7 @@ def comet_healthy(rpc_url: str) -> bool:
 
 
 @dataclass
-class ServiceProcess:
+class ServiceProcess(Managed):
     """``python -m services.<name>``, configured only through RDX_* environment variables."""
 
     name: str
@@ -407,13 +410,6 @@ class ServiceProcess:
     def healthy(self) -> bool:
         return http_ok(f"{self.url}/readyz")
 
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-
-    def kill(self) -> None:
-        if self.process:
-            self.process.kill()
 
 
 def new_id() -> str:
