@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from services.compute.jobtypes.base import JobType
+from services.compute.jobtypes.aggregation import AggregationJob
+from services.compute.jobtypes.he_scoring import HeScoringJob
 from services.compute.jobtypes.psi import PsiCardinalityJob, PsiJob
+from services.compute.jobtypes.supply_chain import SupplyChainJob
 
-# chain job type -> the class that runs it. Issue 7 adds aggregation, he_scoring, supply_chain.
-JOB_TYPES: dict[str, type[JobType]] = {cls.name: cls for cls in (PsiJob, PsiCardinalityJob)}
+# chain job type -> the class that runs it.
+JOB_TYPES: dict[str, type[JobType]] = {cls.name: cls for cls in (PsiJob, PsiCardinalityJob, AggregationJob,
+                                                                  HeScoringJob, SupplyChainJob)}
 
 
 def job_type(name: str) -> JobType | None:

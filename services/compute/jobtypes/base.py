@@ -215,3 +215,32 @@ class JobType(ABC):
     @abstractmethod
     async def run(self, ctx: JobContext) -> Outcome:
         """This node's part of the protocol."""
+
+
+async def goodbye(member: str, chans) -> None:
+    """End every channel so that no frame is lost when the lifecycle closes it.
+
+    Of a pair of nodes, the one whose member id sorts first dials (the gRPC client); a client that
+    cancels its call right after writing may lose what it wrote last, a server ending its side
+    does not. So on every link the client sends ``end`` and waits for the server's ``end_ack``:
+    the client's last frame is acknowledged, and the last frame on the link goes server to client.
+    Clients send first on all their links, then servers answer, then clients read: no cycle waits."""
+    chans = list(chans)
+    clients = [c for c in chans if member < c.peer]
+    servers = [c for c in chans if member >= c.peer]
+    for c in clients:
+        await c.send("end")
+    for c in servers:
+        await _expect_kind(c, "end")
+        await c.send("end_ack")
+    for c in clients:
+        await _expect_kind(c, "end_ack")
+
+
+async def _expect_kind(chan, kind: str):
+    msg = await chan.recv()
+    if msg.kind == "abort":
+        raise JobRefused(f"{chan.peer} stopped the protocol: {str(msg.header.get('reason'))[:200]}")
+    if msg.kind != kind:
+        raise ProtocolError(f"expected {kind}, got {msg.kind}")
+    return msg

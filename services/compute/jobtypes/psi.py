@@ -40,7 +40,7 @@ import numpy as np
 
 from services.compute import psi_kernel as kernel
 from services.compute.commitment import canonical_value
-from services.compute.jobtypes.base import Channel, JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError
+from services.compute.jobtypes.base import Channel, JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, goodbye
 
 MATCH = 16  # bytes of a doubly-masked element that are compared
 
@@ -246,6 +246,7 @@ class PsiJob(JobType):
         await chan.send("finish", commitment=commitment)
         c2p, p2c = chan.transcript()
         await _expect(chan, "finished")
+        await goodbye(ctx.member, [chan])  # the last frame goes server to client: none is lost
         ctx.progress("done", total, total)
         return Outcome(result_hash(spec, c2p, p2c), records_used=n_c, summary={"matched": size})
 
@@ -326,6 +327,7 @@ class PsiJob(JobType):
             raise ProtocolError(f"expected finish, got {msg.kind}")
         p2c, c2p = chan.transcript()
         await chan.send("finished")
+        await goodbye(ctx.member, [chan])
         ctx.progress("done", total, total)
         return Outcome(result_hash(spec, c2p, p2c), records_used=n_p)
 

@@ -1,0 +1,314 @@
+"""HE scoring: the consumer's feature vectors scored by the provider's logistic-regression model
+under CKKS (TenSEAL); the consumer never sees the weights, the provider never sees the
+features or the scores.
+
+Parties: the consumer C (features, in one of its local datasets) and the provider P (the model,
+its listed input). Params::
+
+    {"dataset": "applicants",                  # C's local dataset
+     "features": ["income", "debt", "age"],    # columns of C's dataset, names of P's weights
+     "id": "applicant_id",                     # optional: a column of C's dataset to label scores
+     "sigmoid_range": 8}                       # optional: |z| range the sigmoid polynomial is fitted on
+
+P's model dataset has two columns, ``feature`` and ``weight``: one row per feature named in
+params.features, and a row ``__intercept__`` (the bias, 0 if absent).
+
+CKKS parameters (fixed; a context that does not load under SEAL's 128-bit check is refused):
+poly_modulus_degree N = 16384, coeff_mod_bit_sizes [60, 40, 40, 40, 60] (log Q = 240 bits, within
+the HomomorphicEncryption.org standard's 438-bit bound for N = 16384 at 128-bit classical
+security with a ternary secret), scale 2^40, 8192 slots. Multiplicative depth 3: the linear
+part (ciphertext x plaintext scalar), z^2, and (c3·z)·z^2.
+
+Protocol (every message on the authenticated, encrypted peer channel)::
+
+    C: keys (sk, pk, relin keys) fresh for the run. Records in batches of 8192 (one slot each);
+       for batch b and feature j a ciphertext Enc(x_{b,j}) of that feature's column (column packing:
+       no rotations, so no Galois keys are needed)
+    C → P  start     {n, batches, features}
+    C → P  context   the public context (pk, relin keys; no secret key), in chunks of <= 4 MiB
+    C → P  ct        Enc(x_{b,j}) for every batch b and feature j
+    P      z_b   = sum_j w_j·Enc(x_{b,j}) + w_0
+           s_b   = c0 + c1·z_b + c3·z_b^3 + Enc_pk(0)      (re-randomised with a fresh encryption of 0)
+    P → C  score     s_b for every batch
+    C      decrypts: score_i ≈ c0 + c1·z_i + c3·z_i^3, the least-squares odd cubic fit of the logistic
+           sigmoid on [-R, R] (R = sigmoid_range, default 8: 0.5 + 0.15009 z - 0.0015920 z^3, max
+           error vs the true sigmoid 0.114 on [-8, 8]; R = 4: 0.038; outside [-R, R] the cubic
+           diverges, so choose R for the model's range of z)
+    C → P  finish    {commitment of the result}      P → C  finished
+
+Security model: semi-honest, two parties. The features and scores are CKKS ciphertexts under
+C's key for P (IND-CPA under RLWE at >= 128 bits); P's weights are plaintext scalars applied
+on P's node only.
+
+Leakage: P learns the number of records n and the feature names (public params). C learns the
+scores — the function's output — which, over enough chosen records (d + 1 of them), determine
+a linear model's weights: limit a consumer's runs through the grant's max_runs. CKKS results
+are approximate and their noise depends on the evaluation; P re-randomises the score
+ciphertexts with a fresh encryption of zero but does no noise flooding, so a consumer that
+decrypts may learn a little about the weights beyond the scores (the Li–Micciancio concern
+applies to sharing decryptions; here only C decrypts). The chain sees the params and the
+result hash only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+
+from services.compute.jobtypes.aggregation import numeric
+from services.compute.jobtypes.base import goodbye
+from services.compute.jobtypes.base import JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError
+
+POLY_DEGREE = 16_384
+COEFF_MOD_BITS = [60, 40, 40, 40, 60]
+SCALE_BITS = 40
+SLOTS = POLY_DEGREE // 2
+CHUNK = 4 << 20
+MAX_FEATURES = 256
+INTERCEPT = "__intercept__"
+
+
+def sigmoid_poly(r: float = 8.0) -> tuple[float, float, float]:
+    """(c0, c1, c3): the least-squares fit of 1/(1+e^-z) by c0 + c1 z + c3 z^3 on [-r, r]."""
+    z = np.linspace(-r, r, 4001)
+    a = np.stack([np.ones_like(z), z, z ** 3], axis=1)
+    c, *_ = np.linalg.lstsq(a, 1 / (1 + np.exp(-z)), rcond=None)
+    return float(c[0]), float(c[1]), float(c[2])
+
+
+def clear_scores(x: np.ndarray, w: np.ndarray, b: float, coeffs: tuple[float, float, float]) -> np.ndarray:
+    """What the protocol computes, in the clear (tests and bench)."""
+    z = x @ w + b
+    return coeffs[0] + coeffs[1] * z + coeffs[2] * z ** 3
+
+
+def new_context():
+    import tenseal as ts
+
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, POLY_DEGREE, coeff_mod_bit_sizes=COEFF_MOD_BITS)
+    ctx.global_scale = 2 ** SCALE_BITS
+    return ctx
+
+
+def public_context(ctx) -> bytes:
+    return ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=True)
+
+
+def encrypt_batches(ctx, x: np.ndarray) -> list[list[bytes]]:
+    """x: (n, d) → for each batch of SLOTS records, d serialized ciphertexts (one per feature column)."""
+    import tenseal as ts
+
+    out = []
+    for off in range(0, len(x), SLOTS):
+        block = x[off:off + SLOTS]
+        out.append([ts.ckks_vector(ctx, block[:, j].tolist()).serialize() for j in range(x.shape[1])])
+    return out
+
+
+def load_public(blob: bytes):
+    import tenseal as ts
+
+    ctx = ts.context_from(blob)
+    if ctx.is_private():
+        raise ProtocolError("the consumer sent a context holding its secret key")
+    return ctx
+
+
+def evaluate(pub, cts: list[bytes], w: np.ndarray, b: float, coeffs: tuple[float, float, float]) -> bytes:
+    """The provider's evaluation of one batch: returns the serialized score ciphertext."""
+    import tenseal as ts
+
+    z = None
+    for blob, wj in zip(cts, w.tolist()):
+        term = ts.ckks_vector_from(pub, blob) * wj
+        z = term if z is None else z + term
+    z = z + b
+    c0, c1, c3 = coeffs
+    s = (z * c3) * (z * z) + z * c1 + c0
+    s = s + ts.ckks_vector(pub, [0.0] * s.size())  # re-randomise with a fresh encryption of zero (pk)
+    return s.serialize()
+
+
+def decrypt(ctx, blob: bytes, n: int) -> np.ndarray:
+    import tenseal as ts
+
+    return np.asarray(ts.ckks_vector_from(ctx, blob).decrypt()[:n], dtype=np.float64)
+
+
+def result_hash(spec: JobSpec, c2p: str, p2c: str) -> str:
+    return hashlib.sha256(f"rdx/he_scoring/v1/result\n{spec.job}\n{spec.type}\n{c2p}\n{p2c}".encode()).hexdigest()
+
+
+def _features(params) -> list[str]:
+    f = params.get("features")
+    if not isinstance(f, list) or not f or len(f) > MAX_FEATURES or not all(isinstance(c, str) and c for c in f) \
+            or len(set(f)) != len(f) or INTERCEPT in f:
+        raise JobRefused("he_scoring needs params.features: 1 to 256 distinct column names")
+    return f
+
+
+def _coeffs(params) -> tuple[float, float, float]:
+    r = params.get("sigmoid_range", 8)
+    if not isinstance(r, (int, float)) or not 1 <= r <= 32:
+        raise JobRefused("params.sigmoid_range must be a number from 1 to 32")
+    return sigmoid_poly(float(r))
+
+
+def model_weights(features: list[str], names: list[Any], weights: list[Any]) -> tuple[np.ndarray, float]:
+    table: dict[str, float] = {}
+    values = numeric(weights, "weight")
+    for name, w in zip(names, values.tolist()):
+        if name is None or w != w:
+            continue
+        table[str(name).strip()] = float(w)
+    missing = [f for f in features if f not in table]
+    if missing:
+        raise JobRefused(f"the model has no weight for {len(missing)} of the requested features")
+    return np.asarray([table[f] for f in features], dtype=np.float64), table.get(INTERCEPT, 0.0)
+
+
+class HeScoringJob(JobType):
+    """``he_scoring``: the consumer learns its records' scores under the provider's model."""
+
+    name = "he_scoring"
+
+    def check(self, spec: JobSpec) -> None:
+        if len(spec.inputs) != 1 or spec.inputs[0].provider == spec.consumer:
+            raise JobRefused("he_scoring takes exactly one input, the provider's model")
+        if sorted(spec.participants) != sorted({spec.consumer, spec.inputs[0].provider}):
+            raise JobRefused("he_scoring runs between the consumer and the provider only")
+        if not isinstance(spec.params.get("dataset"), str):
+            raise JobRefused("he_scoring needs params.dataset: the consumer's local dataset id")
+        if "id" in spec.params and not isinstance(spec.params["id"], str):
+            raise JobRefused("params.id must be a column name")
+        _features(spec.params)
+        _coeffs(spec.params)
+
+    async def run(self, ctx: JobContext) -> Outcome:
+        self.check(ctx.spec)
+        if ctx.is_consumer:
+            return await self._consumer(ctx)
+        return await self._provider(ctx)
+
+    async def _consumer(self, ctx: JobContext) -> Outcome:
+        spec = ctx.spec
+        features = _features(spec.params)
+        id_col = spec.params.get("id")
+        ctx.progress("loading")
+        loaded = await ctx.load_local(spec.params["dataset"], features + ([id_col] if id_col else []))
+        x = np.stack([numeric(loaded.columns[f], f) for f in features], axis=1) if loaded.rows else \
+            np.zeros((0, len(features)))
+        if np.isnan(x).any() or not np.isfinite(x).all():
+            raise JobRefused("a feature value is missing or not finite")
+        ids = [str(v) for v in loaded.columns[id_col]] if id_col else None
+        del loaded
+        n = len(x)
+        batches = (n + SLOTS - 1) // SLOTS
+        chan = await ctx.channel(spec.inputs[0].provider)
+        ctx.progress("encrypting", 0, 2 * batches + 1)
+        he = await asyncio.to_thread(new_context)
+        pub = await asyncio.to_thread(public_context, he)
+        await chan.send("start", n=n, batches=batches, features=len(features), context_bytes=len(pub))
+        for off in range(0, len(pub), CHUNK):
+            await chan.send("context", pub[off:off + CHUNK])
+        del pub
+
+        async def send_all() -> None:  # concurrently with reading scores: neither side's window fills up
+            for b in range(batches):
+                cts = (await asyncio.to_thread(encrypt_batches, he, x[b * SLOTS:(b + 1) * SLOTS]))[0]
+                for j, blob in enumerate(cts):
+                    await chan.send("ct", blob, batch=b, feature=j)
+                ctx.progress("encrypting", b + 1, 2 * batches + 1)
+
+        scores = np.empty(n, dtype=np.float64)
+
+        async def recv_all() -> None:
+            for b in range(batches):
+                msg = await _expect(chan, "score")
+                if msg.header.get("batch") != b:
+                    raise ProtocolError("score batches out of order")
+                m = min(SLOTS, n - b * SLOTS)
+                scores[b * SLOTS:b * SLOTS + m] = await asyncio.to_thread(decrypt, he, msg.body, m)
+                ctx.progress("decrypting", batches + b + 1, 2 * batches + 1)
+
+        sender = asyncio.ensure_future(send_all())
+        try:
+            await recv_all()
+            await sender
+        except BaseException:
+            sender.cancel()
+            raise
+        result: dict[str, Any] = {"n": n, "scores": scores.tolist(),
+                                  "ckks": {"poly_modulus_degree": POLY_DEGREE, "coeff_mod_bit_sizes": COEFF_MOD_BITS,
+                                           "scale_bits": SCALE_BITS},
+                                  "sigmoid_poly": list(_coeffs(spec.params))}
+        if ids is not None:
+            result["ids"] = ids
+        commitment = await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
+        await chan.send("finish", commitment=commitment)
+        c2p, p2c = chan.transcript()
+        await _expect(chan, "finished")
+        await goodbye(ctx.member, [chan])
+        ctx.progress("done", 2 * batches + 1, 2 * batches + 1)
+        return Outcome(result_hash(spec, c2p, p2c), records_used=n, summary={"batches": batches})
+
+    async def _provider(self, ctx: JobContext) -> Outcome:
+        spec = ctx.spec
+        features = _features(spec.params)
+        coeffs = _coeffs(spec.params)
+        ctx.progress("loading")
+        loaded = await ctx.load_input(ctx.my_inputs[0], ["feature", "weight"])
+        w, b = model_weights(features, loaded.columns["feature"], loaded.columns["weight"])
+        rows = loaded.rows
+        del loaded
+        chan = await ctx.channel(spec.consumer)
+        msg = await _expect(chan, "start")
+        n, batches, d, size = (msg.header.get(k) for k in ("n", "batches", "features", "context_bytes"))
+        if not all(isinstance(v, int) and v >= 0 for v in (n, batches, d, size)) or d != len(features) \
+                or batches != (n + SLOTS - 1) // SLOTS or size > 64 << 20:
+            raise ProtocolError("bad start")
+        blob = bytearray()
+        while len(blob) < size:
+            blob += (await _expect(chan, "context")).body
+        if len(blob) != size:
+            raise ProtocolError("the context does not add up to its announced size")
+        try:
+            pub = await asyncio.to_thread(load_public, bytes(blob))
+        except ProtocolError:
+            raise
+        except Exception:  # noqa: BLE001 - SEAL refuses parameters below 128-bit security, or garbage
+            raise ProtocolError("the consumer's CKKS context could not be loaded at 128-bit security") from None
+        del blob
+        for bi in range(batches):
+            cts = []
+            for j in range(d):
+                m = await _expect(chan, "ct")
+                if m.header.get("batch") != bi or m.header.get("feature") != j:
+                    raise ProtocolError("ciphertexts out of order")
+                cts.append(m.body)
+            try:
+                out = await asyncio.to_thread(evaluate, pub, cts, w, b, coeffs)
+            except Exception:  # noqa: BLE001
+                raise ProtocolError("a ciphertext could not be evaluated") from None
+            await chan.send("score", out, batch=bi)
+            ctx.progress("scoring", bi + 1, batches)
+        msg = await _expect(chan, "finish")
+        if not isinstance(msg.header.get("commitment"), str):
+            raise ProtocolError("finish without a commitment")
+        p2c, c2p = chan.transcript()
+        await chan.send("finished")
+        await goodbye(ctx.member, [chan])
+        return Outcome(result_hash(spec, c2p, p2c), records_used=rows, summary={"batches": batches})
+
+
+async def _expect(chan, kind: str):
+    msg = await chan.recv()
+    if msg.kind == "abort":
+        raise JobRefused(f"{chan.peer} stopped the protocol: {str(msg.header.get('reason'))[:200]}")
+    if msg.kind != kind:
+        raise ProtocolError(f"expected {kind}, got {msg.kind}")
+    return msg
