@@ -4,11 +4,12 @@ computation done in the clear. Exits non-zero if any outcome is wrong.
 
 The demo plays four members (a bank, a telco, a logistics firm, a manufacturer). Each member
 runs its own compute node (started here, as each member would on its own premises) over its
-own generated data; the association admits them and issues credits. Scenarios today:
+own generated data; the association admits them and issues credits. The seed's scenarios:
 listing and search; an access request with approval; joint marketing PSI (bank x telco, 100k
-rows each); anti-fraud PSI-cardinality against a blacklist; an association suspend that
-aborts a running job; settlement and statements. Aggregation, HE scoring and supply-chain
-verification join as their job types land.
+rows each); anti-fraud PSI-cardinality against a blacklist; joint credit statistics by secure
+aggregation over three providers; HE risk scoring; supply-chain cross-verification between
+four firms with planted mismatches; an association suspend that aborts a running job;
+settlement and statements.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 import random
 import time
+
+import numpy as np
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from rdx.sdk import Gateway
 from services.common.identity import Identity
 from services.common.listing import example_metadata
 from services.compute.datasets import Datasets
+from services.compute.jobtypes import he_scoring as he
 from services.compute.results import open_envelope
 
 MEMBERS = {
@@ -33,6 +37,11 @@ MEMBERS = {
     "manufacturer": ("Manufacturer Ltd", ["provider", "consumer"]),
 }
 ROWS, OVERLAP, BLACKLIST = 100_000, 30_000, 5_000
+CREDIT_ROWS, APPLICANTS, PURCHASE_ORDERS = 20_000, 10_000, 2_000
+REGIONS = ["north", "south", "east", "west"]
+FEATURES = ["income", "debt", "age"]
+WEIGHTS = {"income": 0.8, "debt": -1.1, "age": 0.35, "__intercept__": -0.2}
+KINDS = {"manufacturer": "contract", "telco": "invoice", "logistics": "logistics", "bank": "payment"}
 
 
 @dataclass
@@ -87,6 +96,7 @@ class Demo:
         blacklist = customers[OVERLAP // 2:OVERLAP // 2 + BLACKLIST // 2] + phones(5 * 10**6, BLACKLIST // 2, 3)
         files = {"bank": ("customers", customers, None), "telco": ("subscribers", subscribers, "telco.subscribers"),
                  "logistics": ("blacklist", blacklist, "logistics.blacklist"), "manufacturer": ("parts", phones(9 * 10**6, 100, 4), None)}
+        sets: dict[str, list[dict]] = {m: [] for m in MEMBERS}
         for member, (name, rows, asset) in files.items():
             folder = self.data / member
             folder.mkdir(parents=True, exist_ok=True)
@@ -94,8 +104,44 @@ class Demo:
             entry = {"id": name, "format": "csv", "path": f"{name}.csv", "key": "phone"}
             if asset:
                 entry["asset"] = f"{asset}.{self.run}"
-            (folder / "datasets.json").write_text(json.dumps({"datasets": [entry]}))
-        return {"customers": customers, "subscribers": subscribers, "blacklist": blacklist}
+            sets[member].append(entry)
+        clear = {"customers": customers, "subscribers": subscribers, "blacklist": blacklist, "credit": {},
+                 "orders": {}}
+        rng = np.random.default_rng(7)
+        for member in ("telco", "logistics", "manufacturer"):  # joint credit statistics: three providers
+            amount, region = rng.gamma(2.0, 400.0, CREDIT_ROWS).round(2), rng.choice(REGIONS, CREDIT_ROWS)
+            (self.data / member / "credit.csv").write_text(
+                "amount,region\n" + "".join(f"{a},{r}\n" for a, r in zip(amount, region)))
+            sets[member].append({"id": "credit", "asset": f"{member}.credit.{self.run}", "format": "csv",
+                                 "path": "credit.csv"})
+            clear["credit"][member] = (amount, region)
+        x = np.round(rng.normal(0, 1, (APPLICANTS, len(FEATURES))), 6)  # the bank's applicants' features
+        (self.data / "bank" / "applicants.csv").write_text("id,income,debt,age\n" + "".join(
+            f"app-{j},{r[0]:.6f},{r[1]:.6f},{r[2]:.6f}\n" for j, r in enumerate(x)))
+        sets["bank"].append({"id": "applicants", "format": "csv", "path": "applicants.csv"})
+        clear["applicants"] = x
+        (self.data / "telco" / "model.csv").write_text(
+            "feature,weight\n" + "".join(f"{k},{v}\n" for k, v in WEIGHTS.items()))
+        sets["telco"].append({"id": "model", "asset": f"telco.model.{self.run}", "format": "csv", "path": "model.csv"})
+        orders = {f"PO-{i:05d}": (f"{100 + i}.50", str(i % 9 + 1)) for i in range(PURCHASE_ORDERS)}
+        for member in KINDS:  # the same purchase orders, with planted mismatches
+            recs = dict(orders)
+            if member == "telco":
+                recs["PO-00003"] = ("999.00", recs["PO-00003"][1])  # an invoice over the contract
+            if member == "logistics":
+                recs["PO-00004"] = (recs["PO-00004"][0], "77")  # a short delivery
+            if member == "bank":
+                recs = dict(list(recs.items())[:-5])  # five orders never paid
+            (self.data / member / "records.csv").write_text(
+                "reference,amount,quantity\n" + "".join(f"{k},{a},{q}\n" for k, (a, q) in recs.items()))
+            entry = {"id": "records", "format": "csv", "path": "records.csv"}
+            if member != "manufacturer":
+                entry["asset"] = f"{member}.records.{self.run}"
+            sets[member].append(entry)
+            clear["orders"][member] = recs
+        for member, entries in sets.items():
+            (self.data / member / "datasets.json").write_text(json.dumps({"datasets": entries}))
+        return clear
 
     def commitment(self, member: str, dataset: str) -> str:
         return Datasets.from_path(self.data / member / "datasets.json").get(dataset).summary()[0]
@@ -187,6 +233,89 @@ class Demo:
         return ok, (f"{got:,} matches (in the clear: {len(clear):,}); submitted at {submitted['height']}, "
                     f"completed at {record['ended_height']}, result hash {record['result_hash'][:12]}"), None
 
+    def grant_all(self, consumer: str, assets: list[tuple[str, str]], op: str, tag: str) -> list[dict]:
+        """``consumer`` asks for ``op`` on each (owner, asset); each owner approves."""
+        inputs = []
+        for owner, asset in assets:
+            grant = f"g-{tag}-{owner}.{self.run}"
+            self.gw(consumer).request_access(grant, asset, [op], f"demo {tag}", max_runs=3)
+            self.gw(owner).approve(grant)
+            inputs.append({"asset": asset, "grant": grant})
+        return inputs
+
+    def list_for(self, member: str, dataset: str, asset: str, ops: list[str], price: dict, min_group: int = 1) -> None:
+        self.gw(member).send("assets.List", {
+            "id": asset, "level": "L3", "operations": ops, "commitment": self.commitment(member, dataset),
+            "price": price, "min_group_size": min_group,
+            "metadata": example_metadata(f"{dataset.capitalize()} of {member} ({self.run})")})
+
+    def run_job(self, consumer: str, job: str, type_: str, inputs: list[dict], params: dict) -> dict:
+        self.gw(consumer).submit_job(job, type_, inputs, max_price=5_000, params=params, timeout_s=300)
+        record = self.gw(consumer).wait_for_job(job, timeout=300)
+        if record["status"] != "completed":
+            raise RuntimeError(f"job {record['status']}: {record.get('ended_reason')}")
+        envelope = self._node_get(consumer, f"/jobs/{job}/result")["envelope"]
+        record["opened"] = open_envelope(self.identity(f"{consumer}.node"), envelope)["result"]
+        return record
+
+    def credit_statistics(self, clear) -> tuple[bool, str, None]:
+        providers = ["telco", "logistics", "manufacturer"]
+        for p in providers:
+            self.list_for(p, "credit", f"{p}.credit.{self.run}", ["aggregation"], {"model": "per_record", "amount": 1},
+                          min_group=10)
+        inputs = self.grant_all("bank", [(p, f"{p}.credit.{self.run}") for p in providers], "aggregation", "credit")
+        record = self.run_job("bank", f"agg.{self.run}", "aggregation", inputs, {
+            "columns": ["amount"], "stats": ["sum", "count", "mean", "variance"], "group_by": "region",
+            "groups": REGIONS})
+        got, worst = record["opened"]["groups"], 0.0
+        for g in REGIONS:
+            vals = np.concatenate([a[r == g] for a, r in clear["credit"].values()])
+            row = got[g]["amount"]
+            if row["count"] != len(vals):
+                return False, f"count of {g}: {row['count']} != {len(vals)}", None
+            worst = max(worst, abs(row["mean"] - vals.mean()) / vals.mean(), abs(row["sum"] - vals.sum()) / vals.sum())
+        n = sum(len(a) for a, _ in clear["credit"].values())
+        return worst < 1e-9, (f"{n:,} rows from 3 providers, mean and variance by region = numpy (worst relative "
+                              f"error {worst:.1e}); completed at {record['ended_height']}"), None
+
+    def risk_scoring(self, clear) -> tuple[bool, str, None]:
+        self.list_for("telco", "model", f"telco.model.{self.run}", ["he_scoring"], {"model": "fixed", "amount": 300})
+        inputs = self.grant_all("bank", [("telco", f"telco.model.{self.run}")], "he_scoring", "score")
+        record = self.run_job("bank", f"he.{self.run}", "he_scoring", inputs,
+                              {"dataset": "applicants", "features": FEATURES, "id": "id"})
+        w = np.array([WEIGHTS[f] for f in FEATURES])
+        expected = he.clear_scores(clear["applicants"], w, WEIGHTS["__intercept__"], he.sigmoid_poly(8))
+        err = float(np.abs(np.array(record["opened"]["scores"]) - expected).max())
+        return err < 1e-3, (f"{record['opened']['n']:,} applicants scored under CKKS; max |error| vs the clear "
+                            f"polynomial {err:.1e} (bound 1e-3); completed at {record['ended_height']}"), None
+
+    def supply_chain(self, clear) -> tuple[bool, str, None]:
+        providers = ["telco", "logistics", "bank"]
+        for p in providers:
+            self.list_for(p, "records", f"{p}.records.{self.run}", ["supply_chain_verification"],
+                          {"model": "fixed", "amount": 100})
+        self.gw("association").send("bank.Deposit", {"to": "manufacturer", "amount": 10_000,
+                                                     "reference": f"demo-mf-{self.run}"})
+        inputs = self.grant_all("manufacturer", [(p, f"{p}.records.{self.run}") for p in providers],
+                                "supply_chain_verification", "chain")
+        record = self.run_job("manufacturer", f"sc.{self.run}", "supply_chain", inputs,
+                              {"dataset": "records", "kinds": KINDS})
+        mine, expected = clear["orders"]["manufacturer"], []
+        for other in providers:
+            theirs = clear["orders"][other]
+            for ref, (a, q) in mine.items():
+                if ref not in theirs:
+                    expected.append((ref, KINDS[other], "no_record"))
+                    continue
+                same_a, same_q = float(a) == float(theirs[ref][0]), float(q) == float(theirs[ref][1])
+                if not (same_a and same_q):
+                    expected.append((ref, KINDS[other], {(False, True): "amount_differs", (True, False):
+                                                         "quantity_differs", (False, False): "both_differ"}[(same_a, same_q)]))
+        got = [(d["reference"], d["counterpart"], d["status"]) for d in record["opened"]["disagreements"]]
+        ok = got == sorted(expected) and len(record["attestations"]) == 4
+        return ok, (f"{len(got)} disagreements found = the planted ones (an over-invoice, a short delivery, "
+                    f"5 unpaid); 4 signed attestations at height {record['ended_height']}"), None
+
     def kill_switch(self) -> tuple[bool, str, None]:
         bank, admin = self.gw("bank"), self.gw("association")
         job, before = f"psi-stop.{self.run}", bank.account("bank")
@@ -204,8 +333,9 @@ class Demo:
             statements = {m: admin.request("GET", f"/v1/billing/statements/{m}", params={"since": 0})
                           for m in ("bank", "telco", "logistics", "manufacturer", "association")}
             balances = {m: s["closing_balance"] for m, s in statements.items()}
-            deposited = statements["bank"]["totals_by_kind"].get("deposit", 0)
-            # every credit the bank was issued is somewhere: with it, or paid to providers and the association
+            deposited = sum(st["totals_by_kind"].get("deposit", 0) for st in statements.values())
+            # every credit the association issued is somewhere: with its holder, or paid on to providers,
+            # compute operators and the association
             ok = sum(balances.values()) == deposited and balances["telco"] > 0 and balances["association"] > 0
             if ok or time.monotonic() > deadline:
                 break
@@ -235,6 +365,11 @@ class Demo:
             self.step("anti-fraud: PSI-cardinality bank x blacklist", lambda: self.psi(
                 f"card.{self.run}", "psi_cardinality", f"logistics.blacklist.{self.run}", f"g-fraud.{self.run}",
                 customers & set(clear["blacklist"])))
+            self.step("joint credit statistics: secure aggregation over three providers", lambda: self.credit_statistics(clear))
+            self.step("risk scoring: the bank's applicants scored by the telco's model under HE (CKKS)",
+                      lambda: self.risk_scoring(clear))
+            self.step("supply-chain cross-verification between four firms, mismatches planted",
+                      lambda: self.supply_chain(clear))
             self.step("association suspends the telco's listing: a running job is aborted", self.kill_switch)
             self.step("settlement and statements (billing read model)", self.statements)
         finally:
