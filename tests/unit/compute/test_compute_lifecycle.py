@@ -1,4 +1,5 @@
-"""The job lifecycle without servers: a fake chain, a real journal, and a job type plugged in the
+"""The job lifecycle without servers (a unit test): a chain double that records what the lifecycle
+submits, a real journal, and a job type plugged in the
 way issue 7's will be, to show the lifecycle needs nothing from a protocol but the interface."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from services.compute.chainview import ChainView
 ME, OTHER = "telco", "bank"
 
 
-class FakeChain:
+class RecordingChain:
     def __init__(self):
         self.txs: list[tuple[str, str, dict]] = []
         self.reject: dict[str, int] = {}
@@ -60,7 +61,7 @@ class FakeView(ChainView):
         return None
 
 
-class FakePublisher:
+class RecordingPublisher:
     def __init__(self):
         self.events: list[tuple[str, str, dict]] = []
 
@@ -94,7 +95,7 @@ def authorized(rec, height=5):
 
 def manager(rec, member=ME):
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    chain, pub = FakeChain(), FakePublisher()
+    chain, pub = RecordingChain(), RecordingPublisher()
     m = JobManager(member=member, identity=Identity.generate(f"{member}.node"), chain_id="c", chain=chain,
                    view=FakeView(rec), datasets=None, journal=Journal(conn), runner=ThreadRunner(),
                    hub=peer.SessionHub(), publisher=pub, peer_wait_s=0.2, max_attempts=2)
