@@ -65,7 +65,8 @@ from typing import Any
 
 import numpy as np
 
-from services.compute.jobtypes.base import JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, goodbye
+from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError,
+                                             expect, goodbye)
 
 FRAC_BITS = 24
 SCALE = 1 << FRAC_BITS
@@ -346,7 +347,7 @@ class AggregationJob(JobType):
                 await chans[p].send("share", to_bytes(shares[j]), k=k)
         mine = [shares[me]]
         for p in others:
-            msg = await _expect(chans[p], "share")
+            msg = await expect(chans[p], "share")
             mine.append(from_bytes(msg.body, k))
         s = ring_sum(mine)
         ctx.progress("checking group sizes", 2, steps)
@@ -355,7 +356,7 @@ class AggregationJob(JobType):
             await chans[p].send("counts", to_bytes(s[mask]))
         count_parts = [s[mask]]
         for p in others:
-            msg = await _expect(chans[p], "counts")
+            msg = await expect(chans[p], "counts")
             count_parts.append(from_bytes(msg.body, int(mask.sum())))
         counts = decode(ring_sum(count_parts))
         min_group = max(i.min_group_size for i in spec.inputs)
@@ -364,7 +365,7 @@ class AggregationJob(JobType):
             raise JobRefused(f"an aggregate is below the listing's minimum group size ({min_group})")
         ctx.progress("revealing", 3, steps)
         await to_c.send("sum", to_bytes(s), k=k)
-        msg = await _expect(to_c, "finish")
+        msg = await expect(to_c, "finish")
         commitment = msg.header.get("commitment")
         if not isinstance(commitment, str):
             raise ProtocolError("finish without a commitment")
@@ -380,7 +381,7 @@ class AggregationJob(JobType):
         chans = dict(zip(providers, await asyncio.gather(*(ctx.channel(p) for p in providers))))
         parts = []
         for i, p in enumerate(providers):
-            msg = await _expect(chans[p], "sum")
+            msg = await expect(chans[p], "sum")
             parts.append(from_bytes(msg.body, k))
             ctx.progress("summing", i + 1, len(providers) + 1)
         total = decode(ring_sum(parts))
@@ -392,16 +393,8 @@ class AggregationJob(JobType):
         for p in providers:
             await chans[p].send("finish", commitment=commitment)
         for p in providers:
-            await _expect(chans[p], "finished")
+            await expect(chans[p], "finished")
         await goodbye(ctx.member, chans.values())
         ctx.progress("done", len(providers) + 1, len(providers) + 1)
         return Outcome(result_hash(spec, commitment, k), records_used=0, summary={"providers": len(providers)})
 
-
-async def _expect(chan, kind: str):
-    msg = await chan.recv()
-    if msg.kind == "abort":
-        raise JobRefused(f"{chan.peer} stopped the protocol: {str(msg.header.get('reason'))[:200]}")
-    if msg.kind != kind:
-        raise ProtocolError(f"expected {kind}, got {msg.kind}")
-    return msg

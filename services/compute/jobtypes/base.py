@@ -231,13 +231,14 @@ async def goodbye(member: str, chans) -> None:
     for c in clients:
         await c.send("end")
     for c in servers:
-        await _expect_kind(c, "end")
+        await expect(c, "end")
         await c.send("end_ack")
     for c in clients:
-        await _expect_kind(c, "end_ack")
+        await expect(c, "end_ack")
 
 
-async def _expect_kind(chan, kind: str):
+async def expect(chan, kind: str):
+    """The next message, which must be ``kind``; a peer's abort becomes JobRefused."""
     msg = await chan.recv()
     if msg.kind == "abort":
         raise JobRefused(f"{chan.peer} stopped the protocol: {str(msg.header.get('reason'))[:200]}")

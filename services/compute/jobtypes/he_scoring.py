@@ -60,8 +60,8 @@ from typing import Any
 import numpy as np
 
 from services.compute.jobtypes.aggregation import numeric
-from services.compute.jobtypes.base import goodbye
-from services.compute.jobtypes.base import JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError
+from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, expect,
+                                            goodbye)
 
 POLY_DEGREE = 16_384
 COEFF_MOD_BITS = [60, 40, 40, 40, 60]
@@ -228,7 +228,7 @@ class HeScoringJob(JobType):
 
         async def recv_all() -> None:
             for b in range(batches):
-                msg = await _expect(chan, "score")
+                msg = await expect(chan, "score")
                 if msg.header.get("batch") != b:
                     raise ProtocolError("score batches out of order")
                 m = min(SLOTS, n - b * SLOTS)
@@ -251,7 +251,7 @@ class HeScoringJob(JobType):
         commitment = await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
         await chan.send("finish", commitment=commitment)
         c2p, p2c = chan.transcript()
-        await _expect(chan, "finished")
+        await expect(chan, "finished")
         await goodbye(ctx.member, [chan])
         ctx.progress("done", 2 * batches + 1, 2 * batches + 1)
         return Outcome(result_hash(spec, c2p, p2c), records_used=n, summary={"batches": batches})
@@ -266,14 +266,14 @@ class HeScoringJob(JobType):
         rows = loaded.rows
         del loaded
         chan = await ctx.channel(spec.consumer)
-        msg = await _expect(chan, "start")
+        msg = await expect(chan, "start")
         n, batches, d, size = (msg.header.get(k) for k in ("n", "batches", "features", "context_bytes"))
         if not all(isinstance(v, int) and v >= 0 for v in (n, batches, d, size)) or d != len(features) \
                 or batches != (n + SLOTS - 1) // SLOTS or size > 64 << 20:
             raise ProtocolError("bad start")
         blob = bytearray()
         while len(blob) < size:
-            blob += (await _expect(chan, "context")).body
+            blob += (await expect(chan, "context")).body
         if len(blob) != size:
             raise ProtocolError("the context does not add up to its announced size")
         try:
@@ -286,7 +286,7 @@ class HeScoringJob(JobType):
         for bi in range(batches):
             cts = []
             for j in range(d):
-                m = await _expect(chan, "ct")
+                m = await expect(chan, "ct")
                 if m.header.get("batch") != bi or m.header.get("feature") != j:
                     raise ProtocolError("ciphertexts out of order")
                 cts.append(m.body)
@@ -296,7 +296,7 @@ class HeScoringJob(JobType):
                 raise ProtocolError("a ciphertext could not be evaluated") from None
             await chan.send("score", out, batch=bi)
             ctx.progress("scoring", bi + 1, batches)
-        msg = await _expect(chan, "finish")
+        msg = await expect(chan, "finish")
         if not isinstance(msg.header.get("commitment"), str):
             raise ProtocolError("finish without a commitment")
         p2c, c2p = chan.transcript()
@@ -304,11 +304,3 @@ class HeScoringJob(JobType):
         await goodbye(ctx.member, [chan])
         return Outcome(result_hash(spec, c2p, p2c), records_used=rows, summary={"batches": batches})
 
-
-async def _expect(chan, kind: str):
-    msg = await chan.recv()
-    if msg.kind == "abort":
-        raise JobRefused(f"{chan.peer} stopped the protocol: {str(msg.header.get('reason'))[:200]}")
-    if msg.kind != kind:
-        raise ProtocolError(f"expected {kind}, got {msg.kind}")
-    return msg

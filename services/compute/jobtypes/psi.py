@@ -40,7 +40,8 @@ import numpy as np
 
 from services.compute import psi_kernel as kernel
 from services.compute.commitment import canonical_value
-from services.compute.jobtypes.base import Channel, JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, goodbye
+from services.compute.jobtypes.base import (Channel, JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError,
+                                             expect, goodbye)
 
 MATCH = 16  # bytes of a doubly-masked element that are compared
 
@@ -180,7 +181,7 @@ class PsiJob(JobType):
         chan = await ctx.channel(provider)
         scalar = kernel.new_scalar()
         await chan.send("start", n=n_c)
-        msg = await _expect(chan, "start")
+        msg = await expect(chan, "start")
         n_p = msg.header.get("n")
         if not isinstance(n_p, int) or n_p < 0:
             raise ProtocolError("bad start")
@@ -245,7 +246,7 @@ class PsiJob(JobType):
         commitment = await ctx.commit_result(result)
         await chan.send("finish", commitment=commitment)
         c2p, p2c = chan.transcript()
-        await _expect(chan, "finished")
+        await expect(chan, "finished")
         await goodbye(ctx.member, [chan])  # the last frame goes server to client: none is lost
         ctx.progress("done", total, total)
         return Outcome(result_hash(spec, c2p, p2c), records_used=n_c, summary={"matched": size})
@@ -261,7 +262,7 @@ class PsiJob(JobType):
         n_p = len(keys)
         chan = await ctx.channel(spec.consumer)
         scalar = kernel.new_scalar()
-        msg = await _expect(chan, "start")
+        msg = await expect(chan, "start")
         n_c = msg.header.get("n")
         if not isinstance(n_c, int) or n_c < 0:
             raise ProtocolError("bad start")
@@ -363,14 +364,6 @@ async def _stream_masked(ctx: JobContext, pipe: _Pipeline, chan: Channel, scalar
         for _, task in pending:
             task.cancel()
 
-
-async def _expect(chan: Channel, kind: str):
-    msg = await chan.recv()
-    if msg.kind == "abort":
-        raise JobRefused(f"the peer stopped the protocol: {str(msg.header.get('reason'))[:200]}")
-    if msg.kind != kind:
-        raise ProtocolError(f"expected {kind}, got {msg.kind}")
-    return msg
 
 
 class _Bounded:

@@ -59,8 +59,8 @@ import numpy as np
 from services.compute import psi_kernel as kernel
 from services.compute import results
 from services.compute.commitment import canonical_value
-from services.compute.jobtypes.base import goodbye
-from services.compute.jobtypes.base import JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError
+from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, expect,
+                                            goodbye)
 from services.compute.jobtypes.psi import match_positions
 
 MATCH = 16
@@ -219,7 +219,7 @@ class SupplyChainJob(JobType):
         for other in others:
             await chans[other].send("outcome", commitment=commitment, data=data_commitment)
         for other in others:
-            msg = await _expect(chans[other], "outcome")
+            msg = await expect(chans[other], "outcome")
             c, d = msg.header.get("commitment"), msg.header.get("data")
             if not isinstance(c, str) or not isinstance(d, str):
                 raise ProtocolError("outcome without its commitments")
@@ -236,7 +236,7 @@ class SupplyChainJob(JobType):
         scalar = kernel.new_scalar()
         mine = await _chunked(ctx, _mask_own, scalar, sent_keys, ctx.batch * KEYS)
         await chan.send("start", n=n)
-        msg = await _expect(chan, "start")
+        msg = await expect(chan, "start")
         m = msg.header.get("n")
         if not isinstance(m, int) or m < 0:
             raise ProtocolError("bad start")
@@ -283,11 +283,3 @@ async def _recv_blob(chan, kind: str, expected: int) -> bytes:
         raise ProtocolError(f"the {kind} do not add up to the announced records")
     return bytes(out)
 
-
-async def _expect(chan, kind: str):
-    msg = await chan.recv()
-    if msg.kind == "abort":
-        raise JobRefused(f"{chan.peer} stopped the protocol: {str(msg.header.get('reason'))[:200]}")
-    if msg.kind != kind:
-        raise ProtocolError(f"expected {kind}, got {msg.kind}")
-    return msg
