@@ -67,7 +67,7 @@ async def reconcile(conn, chain: ChainClient, attempts: int = 20) -> list[str]:
 
 def build(settings: BillingSettings) -> Service:
     svc = Service(settings, title="rdx billing")
-    consumer = IdempotentConsumer(settings.kafka_bootstrap, "billing", [CHAIN_EVENTS], "billing",
+    consumer = IdempotentConsumer(settings.kafka_bootstrap, "billing", [CHAIN_EVENTS], None,
                                   settings.state_dir / "ledger.sqlite", ledger.apply)
     ledger.init(consumer.conn)
     chain = ChainClient(settings.cometbft_rpc, settings.chain_id)

@@ -87,12 +87,19 @@ class AppliedLog:
             """
             CREATE TABLE IF NOT EXISTS applied_events (
                 event_id TEXT PRIMARY KEY, topic TEXT NOT NULL, applied_at REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS read_model (id INTEGER PRIMARY KEY CHECK (id = 1), model_id TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS dead_letters (
                 topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
                 error TEXT NOT NULL, value BLOB, received_at REAL NOT NULL,
                 PRIMARY KEY (topic, partition, "offset"));
             """
         )
+
+    @property
+    def model_id(self) -> str:
+        """A random id made when this database was: a new (empty) read model gets a new one."""
+        self.conn.execute("INSERT OR IGNORE INTO read_model VALUES (1, lower(hex(randomblob(8))))")
+        return self.conn.execute("SELECT model_id FROM read_model").fetchone()[0]
 
     def applied(self, event_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM applied_events WHERE event_id = ?", (event_id,)).fetchone() is not None
@@ -110,10 +117,13 @@ class IdempotentConsumer:
     dead letter with its partition and offset (nothing is lost) and consumption goes on.
     """
 
-    def __init__(self, bootstrap: str, service: str, topics: list[str], group_id: str, db_path: Path,
+    def __init__(self, bootstrap: str, service: str, topics: list[str], group_id: str | None, db_path: Path,
                  handler: Handler, *, from_beginning: bool = True):
+        """``group_id`` None: one group per read-model database, so a new, empty read model reads
+        the topic from the start instead of resuming where another instance's offsets stand."""
         self.service, self.topics, self.handler = service, topics, handler
         self.store = AppliedLog(db_path)
+        group_id = group_id or f"{service}-{self.store.model_id}"
         self._options = dict(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False,
                              auto_offset_reset="earliest" if from_beginning else "latest",
                              isolation_level="read_committed")
