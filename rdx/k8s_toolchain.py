@@ -163,14 +163,19 @@ def _build(tool: str, version: str, binary: Path, gomod: str, package: str, ldfl
     return binary
 
 
-def ensure_etcd(log=print) -> Path:
-    binary = etcd_bin()
+def _once(binary: Path, build) -> Path:
+    """``binary`` if it is cached; else ``build()`` it, once, under a lock two test runs share."""
     if binary.exists():
         return binary
     with _build_lock(binary.parent.parent):
         if binary.exists():
             return binary
         binary.parent.mkdir(parents=True, exist_ok=True)
+        return build()
+
+
+def ensure_etcd(log=print) -> Path:
+    def build() -> Path:
         log(f"building etcd {ETCD_VERSION} from the Go module proxy (once) ...")
         gomod = _go_directive(_module_gomod(require("go", "to build etcd", GO_HINT), "go.etcd.io/etcd/server/v3",
                                             ETCD_VERSION, _go_env(), log))
@@ -183,18 +188,13 @@ def ensure_etcd(log=print) -> Path:
 
             require go.etcd.io/etcd/server/v3 {ETCD_VERSION}
             """)
-        ldflags = "-s -w"
-        return _build("etcd", ETCD_VERSION, binary, wrapper, "go.etcd.io/etcd/server/v3", ldflags, log)
+        return _build("etcd", ETCD_VERSION, etcd_bin(), wrapper, "go.etcd.io/etcd/server/v3", "-s -w", log)
+
+    return _once(etcd_bin(), build)
 
 
 def ensure_kube_apiserver(log=print) -> Path:
-    binary = kube_apiserver_bin()
-    if binary.exists():
-        return binary
-    with _build_lock(binary.parent.parent):
-        if binary.exists():
-            return binary
-        binary.parent.mkdir(parents=True, exist_ok=True)
+    def build() -> Path:
         log(f"building kube-apiserver {KUBERNETES_VERSION} from the Go module proxy (once; several minutes) ...")
         go = require("go", "to build kube-apiserver", GO_HINT)
         upstream = _module_gomod(go, "k8s.io/kubernetes", KUBERNETES_VERSION, _go_env(), log)
@@ -220,8 +220,10 @@ def ensure_kube_apiserver(log=print) -> Path:
             "-X k8s.io/component-base/version.gitTreeState=clean",
             "-X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z",
         ])
-        return _build("kube-apiserver", KUBERNETES_VERSION, binary, wrapper, "k8s.io/kubernetes/cmd/kube-apiserver",
-                      ldflags, log)
+        return _build("kube-apiserver", KUBERNETES_VERSION, kube_apiserver_bin(), wrapper,
+                      "k8s.io/kubernetes/cmd/kube-apiserver", ldflags, log)
+
+    return _once(kube_apiserver_bin(), build)
 
 
 # --------------------------------------------------------------------------------------------

@@ -192,11 +192,12 @@ def run_foreground(state: Path, ports: Ports = Ports()) -> int:
     try:
         exchange.start()
         pid_file.write_text(str(os.getpid()))
+        reported: set[str] = set()
         while not stopping:
             for name, proc in exchange.processes():
-                if proc is not None and not proc.alive() and proc.popen.returncode is not None:
+                if proc is not None and not proc.alive() and name not in reported:
+                    reported.add(name)  # once; `rdx status` keeps showing it as down
                     print(f"rdx: {name} exited with code {proc.popen.returncode}; see {proc.log_path}", file=sys.stderr)
-                    proc.popen = None  # report once; `rdx status` keeps showing it as down
             time.sleep(0.5)
         return 0
     finally:

@@ -36,16 +36,18 @@ class AuditLog:
         for col in ("member", "asset", "job", "ts"):
             self.conn.execute(f"CREATE INDEX IF NOT EXISTS audit_{col} ON audit({col})")
         self._lock = threading.Lock()
-        assert COLUMNS[0] == "seq"
+        # The chain's tip, read once: every call appends, so it is not read back on the request path.
+        last = self.conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        self._tip = (last[0], last[1]) if last else (0, GENESIS)
 
     def append(self, fields: dict[str, Any]) -> AuditRecord:
         with self._lock:
-            last = self.conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-            body = {**fields, "seq": seq, "prev_hash": prev}
-            record = AuditRecord(**body, hash=record_hash(AuditRecord(**body).body()))
+            seq, prev = self._tip[0] + 1, self._tip[1]
+            record = AuditRecord(**fields, seq=seq, prev_hash=prev)
+            record = record.model_copy(update={"hash": record_hash(record.body())})
             self.conn.execute(f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                               [getattr(record, c) for c in COLUMNS])
+            self._tip = (seq, record.hash)
             return record
 
     def query(self, *, member: str | None = None, asset: str | None = None, job: str | None = None,
@@ -74,8 +76,7 @@ class AuditLog:
         self.conn.execute("INSERT OR REPLACE INTO anchored VALUES (1, ?)", (seq,))
 
     def last_seq(self) -> int:
-        row = self.conn.execute("SELECT max(seq) FROM audit").fetchone()
-        return row[0] or 0
+        return self._tip[0]
 
 
 class AuditShipper:

@@ -5,6 +5,8 @@ association's as association admin); one by ``<member>.node`` as its compute ope
 from __future__ import annotations
 
 import datetime
+import hashlib
+import hmac
 import time
 from dataclasses import dataclass
 
@@ -76,9 +78,6 @@ class Authenticator:
                       {"WWW-Authenticate": "Bearer"})
 
     def _is_bootstrap(self, token: str) -> bool:
-        import hashlib
-        import hmac
-
         return bool(self.bootstrap_sha256) and hmac.compare_digest(
             hashlib.sha256(token.encode()).hexdigest(), self.bootstrap_sha256)
 
