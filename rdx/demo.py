@@ -22,7 +22,7 @@ import numpy as np
 from dataclasses import dataclass
 from pathlib import Path
 
-from rdx.components import LOOPBACK, ServiceProcess, free_port
+from rdx.components import LOOPBACK, ServiceProcess, compute_node, free_port
 from rdx.sdk import Gateway
 from services.common.identity import Identity
 from services.common.listing import example_metadata
@@ -162,12 +162,11 @@ class Demo:
                                                     "node": {"public_key": node_key.public_key, "endpoint": endpoint}})
                 done.append(f"{member}@{r['height']}")
         for member in MEMBERS:
-            self.nodes[member] = ServiceProcess("compute", free_port(), {
-                "RDX_KAFKA_BOOTSTRAP": self.eps["kafka"], "RDX_COMETBFT_RPC": self.eps["cometbft"],
-                "RDX_CHAIN_ID": "rdx-local", "RDX_STATE_ROOT": str(self.state / "demo-nodes"),
-                "RDX_MEMBER_ID": member, "RDX_NODE_KEY_FILE": str(self.keys / f"{member}.node.json"),
-                "RDX_GRPC_PORT": str(grpc[member]), "RDX_DATASETS": str(self.data / member / "datasets.json"),
-                "RDX_WORKERS": "1", "RDX_LOG_LEVEL": "WARNING"}, self.state / "logs" / "demo")
+            self.nodes[member] = compute_node(
+                member, kafka=self.eps["kafka"], rpc_url=self.eps["cometbft"], chain_id="rdx-local",
+                state_root=self.state / "demo-nodes", key_file=self.keys / f"{member}.node.json",
+                grpc_port=grpc[member], datasets=self.data / member / "datasets.json",
+                log_dir=self.state / "logs" / "demo", workers=1, log_level="WARNING")
             self.nodes[member].start(wait=False)
         for node in self.nodes.values():
             node.wait_ready(120)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+from kafkakit import applied_counts
+
 from rdx.components import KafkaBroker, free_port
 from services.common.events import Event
-from services.common.kafka import EventProducer, IdempotentConsumer
+from services.common.kafka import EventProducer
 
 TOTAL = 300
 KILL_AT = 100
@@ -51,23 +53,7 @@ async def test_broker_kill_and_restart_loses_no_acknowledged_event(toolchain, tm
         await restart
         await box[0].stop()
 
-        def handler(event, conn):
-            conn.execute("INSERT INTO applied VALUES (?)", (event.id,))
-
-        consumer = IdempotentConsumer(broker.bootstrap, "test", ["restart.t"], "g-restart", tmp_path / "c.sqlite", handler)
-        consumer.conn.execute("CREATE TABLE applied (id TEXT)")
-        await consumer.start()
-        stop = asyncio.Event()
-        task = asyncio.create_task(consumer.run(stop))
-        for _ in range(300):
-            if consumer.conn.execute("SELECT count(*) FROM applied").fetchone()[0] >= TOTAL:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)
-        stop.set()
-        await task
-        rows = dict(consumer.conn.execute("SELECT id, count(*) FROM applied GROUP BY id").fetchall())
-        await consumer.stop()
+        rows = await applied_counts(broker.bootstrap, ["restart.t"], "g-restart", tmp_path / "c.sqlite", TOTAL)
     finally:
         broker.stop()
 

@@ -28,7 +28,7 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from rdx.components import LOOPBACK, ServiceProcess, free_port
+from rdx.components import LOOPBACK, ServiceProcess, compute_node, free_port
 from services.common.chain import ChainClient
 from services.common.events import CHAIN_EVENTS, JOB_STATUS, Event
 from services.common.identity import Identity
@@ -252,13 +252,11 @@ async def net(chain, kafka, tmp_path_factory):
     # listed with the commitment of other data than the node holds: the node must refuse it
     await n.list_asset(f"{TELCO}.stale", commitment_of(["phone"], [(p,) for p in phones(0, 51)]))
     for member, data_dir in ((BANK, "bank-data"), (TELCO, "telco-data")):
-        n.nodes[member] = ServiceProcess("compute", free_port(), {
-            "RDX_KAFKA_BOOTSTRAP": kafka.bootstrap, "RDX_COMETBFT_RPC": chain.rpc_url, "RDX_CHAIN_ID": chain.chain_id,
-            "RDX_STATE_ROOT": str(root / "state"), "RDX_MEMBER_ID": member,
-            "RDX_NODE_KEY_FILE": str(root / "keys" / f"{member}.node.json"), "RDX_GRPC_PORT": str(grpc_ports[member]),
-            "RDX_DATASETS": str(root / data_dir / "datasets.json"), "RDX_WORKERS": "1", "RDX_PEER_WAIT_S": "4",
-            "RDX_MAX_ATTEMPTS": "3", "RDX_PSI_BATCH": "1024", "RDX_SHUTDOWN_GRACE_S": "5",
-        }, root / "logs" / member)
+        n.nodes[member] = compute_node(
+            member, kafka=kafka.bootstrap, rpc_url=chain.rpc_url, chain_id=chain.chain_id, state_root=root / "state",
+            key_file=root / "keys" / f"{member}.node.json", grpc_port=grpc_ports[member],
+            datasets=root / data_dir / "datasets.json", log_dir=root / "logs" / member,
+            workers=1, peer_wait_s=4, max_attempts=3, psi_batch=1024, shutdown_grace_s=5)
         n.nodes[member].start(timeout=90, wait=False)
     for node in n.nodes.values():
         node.wait_ready(90)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from rdx.components import LOOPBACK, ServiceProcess, free_port
+from rdx.components import LOOPBACK, ServiceProcess, compute_node, free_port
 from services.common.chain import ChainClient
 from services.common.events import CHAIN_EVENTS, JOB_STATUS
 from services.common.identity import Identity
@@ -223,13 +223,10 @@ async def net(chain, kafka, tmp_path_factory):
                 "price": {"model": "fixed", "amount": PRICE}, "min_group_size": MIN_GROUP,
                 "metadata": example_metadata(f"{ds} of {m}")})
     for m in members:
-        n.nodes[m] = ServiceProcess("compute", free_port(), {
-            "RDX_KAFKA_BOOTSTRAP": kafka.bootstrap, "RDX_COMETBFT_RPC": chain.rpc_url, "RDX_CHAIN_ID": chain.chain_id,
-            "RDX_STATE_ROOT": str(root / "state"), "RDX_MEMBER_ID": m,
-            "RDX_NODE_KEY_FILE": str(root / "keys" / f"{m}.node.json"), "RDX_GRPC_PORT": str(grpc[m]),
-            "RDX_DATASETS": str(root / m / "datasets.json"), "RDX_WORKERS": "1", "RDX_PEER_WAIT_S": "4",
-            "RDX_MAX_ATTEMPTS": "2", "RDX_PSI_BATCH": "1024", "RDX_SHUTDOWN_GRACE_S": "5",
-        }, root / "logs" / m)
+        n.nodes[m] = compute_node(
+            m, kafka=kafka.bootstrap, rpc_url=chain.rpc_url, chain_id=chain.chain_id, state_root=root / "state",
+            key_file=root / "keys" / f"{m}.node.json", grpc_port=grpc[m], datasets=root / m / "datasets.json",
+            log_dir=root / "logs" / m, workers=1, peer_wait_s=4, max_attempts=2, psi_batch=1024, shutdown_grace_s=5)
         n.nodes[m].start(timeout=120, wait=False)
     for node in n.nodes.values():
         node.wait_ready(120)

@@ -10,15 +10,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import sqlite3
 
 from conftest import Chain, start_chain
+from kafkakit import applied_counts
 
 from rdx.components import KafkaBroker, free_port
 from services.common.chain import ChainClient
 from services.common.events import CHAIN_EVENTS
 from services.common.identity import Identity
-from services.common.kafka import IdempotentConsumer
 
 
 async def _register(client: ChainClient, association: Identity, prefix: str, n: int, wait: bool = False) -> None:
@@ -81,8 +82,6 @@ async def test_abci_app_killed_mid_block_recovers_to_the_committed_state(toolcha
 
 
 def _b64_to_hex(value: str) -> str:
-    import base64
-
     return base64.b64decode(value).hex()
 
 
@@ -108,23 +107,8 @@ async def test_relay_killed_between_commit_and_publish_loses_nothing_and_duplica
         committed = {f"{h}/{t}/{i}" for h, t, i in db.execute("SELECT height, tx_index, event_index FROM events")}
         assert len(committed) >= 21  # genesis + 20 registrations
 
-        def handler(event, conn):
-            conn.execute("INSERT INTO applied VALUES (?)", (event.id,))
-
-        consumer = IdempotentConsumer(broker.bootstrap, "test", [CHAIN_EVENTS], "g-relay", tmp_path / "rm.sqlite", handler)
-        consumer.conn.execute("CREATE TABLE applied (id TEXT)")
-        await consumer.start()
-        stop = asyncio.Event()
-        task = asyncio.create_task(consumer.run(stop))
-        for _ in range(300):
-            if consumer.conn.execute("SELECT count(*) FROM applied").fetchone()[0] >= len(committed):
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)
-        stop.set()
-        await task
-        applied = dict(consumer.conn.execute("SELECT id, count(*) FROM applied GROUP BY id").fetchall())
-        await consumer.stop()
+        applied = await applied_counts(broker.bootstrap, [CHAIN_EVENTS], "g-relay", tmp_path / "rm.sqlite",
+                                       len(committed))
         assert committed <= set(applied), f"lost: {sorted(committed - set(applied))[:5]}"
         assert all(n == 1 for n in applied.values())
     finally:

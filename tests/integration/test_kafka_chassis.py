@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
+
+from kafkakit import consume_until
 
 from services.common import tracing
 from services.common.events import Event
@@ -13,23 +14,6 @@ from services.common.kafka import EventProducer, IdempotentConsumer
 def _events(n: int, topic_tag: str) -> list[Event]:
     return [Event(id=f"{topic_tag}/{i}", type="Thing", entity=f"thing:{i % 3}", source="test", data={"i": i})
             for i in range(n)]
-
-
-async def _consume_until(consumer: IdempotentConsumer, count_sql: str, want: int, timeout: float = 30.0) -> int:
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            got = consumer.conn.execute(count_sql).fetchone()[0]
-            if got >= want:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)  # let any duplicate that would follow arrive too
-        return consumer.conn.execute(count_sql).fetchone()[0]
-    finally:
-        stop.set()
-        await task
 
 
 async def test_event_reaches_consumer_through_broker_with_trace_id(kafka, tmp_path):
@@ -55,7 +39,7 @@ async def test_event_reaches_consumer_through_broker_with_trace_id(kafka, tmp_pa
     consumer.conn.execute("CREATE TABLE IF NOT EXISTS got (id TEXT)")
     await consumer.start()
     try:
-        assert await _consume_until(consumer, "SELECT count(*) FROM got", 1) == 1
+        assert await consume_until(consumer, "SELECT count(*) FROM got", 1) == 1
     finally:
         await consumer.stop()
     event, trace_in_handler = seen[0]
@@ -81,7 +65,7 @@ async def test_each_event_id_is_applied_once_across_redelivery_and_restart(kafka
         consumer.conn.execute("CREATE TABLE IF NOT EXISTS applied (id TEXT)")
         await consumer.start()
         try:
-            await _consume_until(consumer, "SELECT count(*) FROM applied", 30, timeout=15)
+            await consume_until(consumer, "SELECT count(*) FROM applied", 30, timeout=15)
             rows = consumer.conn.execute("SELECT id, count(*) FROM applied GROUP BY id").fetchall()
         finally:
             await consumer.stop()
@@ -106,7 +90,7 @@ async def test_undecodable_message_becomes_a_dead_letter_and_consumption_goes_on
     consumer.conn.execute("CREATE TABLE IF NOT EXISTS applied (id TEXT)")
     await consumer.start()
     try:
-        assert await _consume_until(consumer, "SELECT count(*) FROM applied", 1) == 1
+        assert await consume_until(consumer, "SELECT count(*) FROM applied", 1) == 1
         letters = consumer.conn.execute('SELECT "offset", error, value FROM dead_letters').fetchall()
     finally:
         await consumer.stop()
