@@ -80,7 +80,8 @@ class Database:
 
     def commit_block(self, height: int, app_hash: bytes, writes: dict[str, Any], events: list[ChainEvent],
                      extra_meta: dict[str, str] | None = None) -> None:
-        """Everything of one block, or nothing: a crash before COMMIT leaves the previous block."""
+        """Everything of one block, or nothing: a crash before COMMIT leaves the previous block.
+        ``writes`` are an overlay's: canonical JSON text, or the deletion marker."""
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
@@ -88,7 +89,7 @@ class Database:
                 if value is _DELETED:
                     c.execute("DELETE FROM kv WHERE key = ?", (key,))
                 else:
-                    c.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, _dump(value)))
+                    c.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
             c.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
                           [(e.height, e.tx_index, e.event_index, e.time, e.type, e.entity, _dump(e.data))
                            for e in events])
@@ -116,23 +117,28 @@ def _dump(value: Any) -> str:
 
 
 class Overlay:
-    """Uncommitted writes on top of the database: a block's, or the mempool's check state."""
+    """Uncommitted writes on top of the database: a block's, or the mempool's check state.
+
+    Values are kept as their canonical JSON text and every ``get`` parses a fresh object, as the
+    database does: a handler that mutates what it read and then rejects its tx cannot change a
+    parent's state (a shared dict once let a rejected CheckTx spend its signer's nonce). The text
+    is also what the digest hashes and what Commit stores, so each write is serialised once.
+    """
 
     def __init__(self, db: Database, parent: "Overlay | None" = None):
         self.db, self.parent = db, parent
-        self.writes: dict[str, Any] = {}
+        self.writes: dict[str, Any] = {}  # key -> canonical JSON text, or _DELETED
 
     def get(self, key: str) -> Any | None:
         if key in self.writes:
-            value = self.writes[key]
-            return None if value is _DELETED else value
+            text = self.writes[key]
+            return None if text is _DELETED else json.loads(text)
         if self.parent is not None:
             return self.parent.get(key)
         return self.db.get(key)
 
     def set(self, key: str, value: Any) -> None:
-        # Stored as a JSON round trip so a later mutation of ``value`` cannot leak in.
-        self.writes[key] = json.loads(_dump(value))
+        self.writes[key] = _dump(value)
 
     def delete(self, key: str) -> None:
         self.writes[key] = _DELETED
@@ -144,7 +150,7 @@ class Overlay:
                 if value is _DELETED:
                     merged.pop(key, None)
                 else:
-                    merged[key] = value
+                    merged[key] = json.loads(value)
         return iter(sorted(merged.items()))
 
     def branch(self) -> "Overlay":
@@ -159,7 +165,7 @@ class Overlay:
         h = hashlib.sha256()
         for key in sorted(self.writes):
             value = self.writes[key]
-            h.update(key.encode() + b"\x00" + (b"\x01" if value is _DELETED else _dump(value).encode()) + b"\x00")
+            h.update(key.encode() + b"\x00" + (b"\x01" if value is _DELETED else value.encode()) + b"\x00")
         return h.digest()
 
 

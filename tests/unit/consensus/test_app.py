@@ -94,3 +94,15 @@ def test_mempool_check_state_orders_nonces_of_one_signer(chain):
     assert chain.check(first).code == Code.OK
     assert chain.check(second).code == Code.OK  # nonce 2 admitted after nonce 1 in the mempool
     assert chain.check(first).code == Code.BAD_NONCE
+
+
+def test_a_tx_rejected_in_check_tx_leaves_the_mempool_state_as_it_was(chain):
+    # The signer's account is already in the check state (its first tx), so the rejected tx's
+    # handler reads the check state's copy: spending the nonce there would refuse the next tx.
+    bank = Identity.generate("bank-a")
+    chain.block(register(chain, bank))
+    assert chain.check(chain.tx(bank, "members.RotateKey", {"public_key": bank.public_key})).code == Code.OK
+    refused = chain.tx(bank, "members.Suspend", {"member": "bank-a", "reason": "x"}, nonce=2)
+    assert chain.check(refused).code == Code.UNAUTHORIZED
+    retry = chain.tx(bank, "members.RotateKey", {"public_key": bank.public_key}, nonce=2)
+    assert chain.check(retry).code == Code.OK
