@@ -57,8 +57,12 @@ class Database:
         )
 
     def get(self, key: str) -> Any | None:
+        text = self.get_text(key)
+        return None if text is None else json.loads(text)
+
+    def get_text(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return row[0] if row else None
 
     def scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
         rows = self.conn.execute("SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key",
@@ -128,14 +132,24 @@ class Overlay:
     def __init__(self, db: Database, parent: "Overlay | None" = None):
         self.db, self.parent = db, parent
         self.writes: dict[str, Any] = {}  # key -> canonical JSON text, or _DELETED
+        # The root overlay's reads of committed state. The database changes only at Commit, and
+        # every overlay is replaced then, so this never goes stale; a tx reads the same few keys
+        # (its signer's account and member) several times, and CheckTx reads them again at recheck.
+        self._committed: dict[str, str | None] = {}
 
     def get(self, key: str) -> Any | None:
+        text = self._text(key)
+        return None if text is None else json.loads(text)
+
+    def _text(self, key: str) -> str | None:
         if key in self.writes:
             text = self.writes[key]
-            return None if text is _DELETED else json.loads(text)
+            return None if text is _DELETED else text
         if self.parent is not None:
-            return self.parent.get(key)
-        return self.db.get(key)
+            return self.parent._text(key)
+        if key not in self._committed:
+            self._committed[key] = self.db.get_text(key)
+        return self._committed[key]
 
     def set(self, key: str, value: Any) -> None:
         self.writes[key] = _dump(value)
