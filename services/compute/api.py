@@ -1,9 +1,10 @@
 """The node's HTTP API (besides /healthz, /readyz, /metrics from the chassis).
 
 It shows what the node is, which datasets it holds (ids, columns, row counts, commitments —
-never rows), how its jobs stand, and hands the consumer its sealed result once the chain has
-completed (and so settled) the job. Listening on loopback by default: it is the member's own
-systems that call it; the result is sealed to the consumer node's key either way.
+never rows), how its jobs stand, and hands the member its own sealed result of a job (the
+consumer's result; in supply_chain any party's own outcome) once the chain has completed (and
+so settled) the job. Listening on loopback by default: it is the member's own systems that call
+it; a node holds no other member's result, and what it holds is sealed to its own node key.
 """
 
 from __future__ import annotations
@@ -59,13 +60,11 @@ def router(*, member: str, node_account: str, public_key: str, peer_endpoint: st
         row = journal.get(job)
         if row is None:
             raise HTTPException(404, f"no job {job} on this node")
-        if row.spec.get("consumer") != member:
-            raise HTTPException(404, f"{member} is not the consumer of job {job}: its result is not here")
         if row.status != "completed":
             raise HTTPException(409, f"job {job} is {row.status}; a result is released once the chain completes it")
         envelope = journal.result(job)
         if envelope is None:
-            raise HTTPException(404, f"job {job} has no stored result")
+            raise HTTPException(404, f"job {job} gives {member} no result")
         return {"job": job, "type": row.type, "result_hash": row.result_hash, "sealed_to": node_account,
                 "scheme": "libsodium sealed box to the X25519 form of the node's Ed25519 key",
                 "envelope": base64.b64encode(envelope).decode()}

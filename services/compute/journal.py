@@ -11,9 +11,13 @@ Statuses::
        │           │            │            │
        └───────────┴────────────┴────────────┴──────► failed | aborted
 
-``computed``: this node's part is done and its result hash known (on the consumer's node, the
-sealed result is stored); ``attested``: its jobs.Attest is on chain. The three ends mirror the
-chain's (JobCompleted, JobFailed, JobAborted).
+``computed``: this node's part is done and its result hash known (if the job type gives this
+node's member a result, it is stored, sealed); ``attested``: its jobs.Attest is on chain. The
+three ends mirror the chain's (JobCompleted, JobFailed, JobAborted).
+
+Results: at most one sealed envelope per job, for this node's own member (results.py). It is
+stored only while the job is active here, and dropped when the job fails or is aborted, so
+nothing partial or unpaid is kept; the API releases it once the job is completed.
 """
 
 from __future__ import annotations
@@ -164,9 +168,15 @@ class Journal:
             rows = self.conn.execute("SELECT * FROM jobs ORDER BY received_at DESC LIMIT ?", (limit,))
         return [self._row(r) for r in rows.fetchall()]
 
-    # -- sealed results (the consumer's node only) ------------------------------------------------
-    def put_result(self, job: str, envelope: bytes) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?)", (job, envelope, time.time()))
+    # -- sealed results (for this node's own member) ----------------------------------------------
+    def put_result(self, job: str, envelope: bytes) -> bool:
+        """Store (or replace) the job's sealed result; False, and nothing stored, if the job has
+        ended here (checked in the same statement, so a kill switch cannot be overtaken)."""
+        cur = self.conn.execute(
+            "INSERT OR REPLACE INTO results (job, envelope, created_at) SELECT ?, ?, ? "
+            f"WHERE EXISTS (SELECT 1 FROM jobs WHERE job = ? AND status IN ({','.join('?' * len(ACTIVE))}))",
+            (job, envelope, time.time(), job, *ACTIVE))
+        return cur.rowcount == 1
 
     def result(self, job: str) -> bytes | None:
         row = self.conn.execute("SELECT envelope FROM results WHERE job = ?", (job,)).fetchone()

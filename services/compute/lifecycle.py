@@ -20,6 +20,12 @@ The kill switch (JobAborted, MemberSuspended, AssetSuspended, AssetDelisted) end
 entry as aborted and cancels the job's task within the same event-loop turn; cancellation
 closes its peer sessions and abandons its worker batches, so the job stops in milliseconds
 after the event reaches the node.
+
+Results: a job type hands a result to ``ctx.commit_result`` on whichever participant's node its
+protocol gives one (the consumer's; in supply_chain every party's). The lifecycle seals it for
+this node's own member only, to the key the chain holds for ``<member>.node``, and stores it
+only while the job is active here. Each attempt starts without one (a stored result is always
+the attested run's); a failed or aborted job's result is dropped on every node, whatever its role.
 """
 
 from __future__ import annotations
@@ -257,6 +263,7 @@ class JobManager:
         while True:
             attempt += 1
             self._set_status(spec.job, "running", attempt=attempt)
+            self.journal.drop_result(spec.job)  # a stored result is always the attested run's
             self.publisher.emit(spec.job, ev.STATUS, type=spec.type, status="running", attempt=attempt)
             channels: list[peer.SecureChannel] = []
             ctx = self._context(spec, attempt, channels)
@@ -359,15 +366,19 @@ class JobManager:
         return dataset.config.key if dataset else None
 
     async def _commit_result(self, spec: JobSpec, result: bytes) -> str:
-        if spec.consumer != self.member:
-            raise ProtocolError("only the consumer's node may hold a result")
+        """Seal ``result`` for this node's own member and store it; there is no other recipient:
+        a node holds only results its own member can open."""
+        if self.member not in spec.participants:
+            raise ProtocolError(f"{self.member} does not take part in job {spec.job}")
         try:
-            account = await self.view.account(f"{spec.consumer}.node")
+            account = await self.view.account(f"{self.member}.node")
         except ChainUnavailable:
             account = None
-        key = account["public_key"] if account else self.identity.public_key
+        key = account["public_key"] if account else self.identity.public_key  # the same key once registered
         commitment, salt = results.commit(result)
-        self.journal.put_result(spec.job, results.seal(key, spec.job, spec.type, result, salt, commitment))
+        envelope = results.seal(key, spec.job, spec.type, result, salt, commitment, member=self.member)
+        if not self.journal.put_result(spec.job, envelope):
+            raise JobRefused(f"job {spec.job} ended on {self.member}'s node before its result was stored")
         return commitment
 
     def _progress(self, spec: JobSpec, phase: str, done: int, total: int) -> None:

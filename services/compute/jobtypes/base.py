@@ -19,15 +19,16 @@ A job type is a class with a ``name`` (the chain's job type) and two methods::
             msg = await chan.recv()
             ... heavy arithmetic: await ctx.compute(fn, *args)          # on the worker processes
             ctx.progress("summing", done, total)                        # status events, never values
-            if ctx.is_consumer:
-                commitment = await ctx.commit_result(result_bytes)       # sealed to the consumer's key
+            if ctx.is_consumer:                                          # whoever the protocol gives a result
+                commitment = await ctx.commit_result(result_bytes)       # sealed to this node's member's key
             return Outcome(result_hash=..., records_used=...)
 
 Rules a job type keeps (the privacy tests check them):
 
 - what leaves the node goes through ``ctx.channel`` only, and is what the protocol says;
-- the result exists in the clear on the consumer's node only, and is handed to
-  ``ctx.commit_result`` (which seals and stores it) before the job attests;
+- a result exists in the clear only on the node of the member it is for (the consumer's, or
+  in supply_chain each party's own), and is handed to ``ctx.commit_result`` (which seals it
+  to that node's own member and stores it) before the job attests;
 - every participant must return the same ``result_hash`` (usually a hash of the protocol
   transcript and the consumer's result commitment, which everyone saw), or the chain fails it;
 - nothing that derives from data values is logged, raised in an exception message, or put in
@@ -195,7 +196,10 @@ class JobContext:
         return self._dataset_key(asset_or_dataset)
 
     async def commit_result(self, result: bytes) -> str:
-        """Seal ``result`` to the consumer's node key and store it; returns the hex commitment to share."""
+        """Seal ``result`` for this node's own member (to the key the chain holds for
+        ``<member>.node``; there is no other recipient) and store it on this node, released to
+        the member once the job completes; returns the hex commitment to share. On any
+        participant's node: which members get a result is the job type's protocol."""
         return await self._commit_result(result)
 
     def progress(self, phase: str, done: int = 0, total: int = 0) -> None:

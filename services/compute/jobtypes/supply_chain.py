@@ -23,16 +23,27 @@ ECDH-PSI of jobtypes/psi.py, run in both directions at once; H hashes to the cur
     X       the set of Y's doubly-masked R, A and Q keys (the 'back' values X computed for Y);
             for each own record: R in Y's set? A? Q?  → agrees / amount differs / quantity differs /
             both differ / no record at Y
-    all     each party: outcome commitment c_P = SHA-256(salt, own outcome) and its data
-            commitment d_P (the listing's commitment, or the Merkle root of the consumer's dataset)
+    all     each party: outcome commitment c_P = SHA-256("rdx/result/v1\\n" ‖ salt ‖ own outcome)
+            (results.py) and its data commitment d_P (the listing's commitment, or the Merkle root
+            of the consumer's dataset)
     P → all outcome  {c_P, d_P}
     all     result hash = SHA-256 over (job, sorted (member, kind, d_P, c_P))
 
 Each party attests that result hash on chain (signed by its node key), binding what it
-submitted (d_P) and what it concluded (c_P): a party cannot later deny either. The consumer's
-outcome is sealed to it with ctx.commit_result; a provider's outcome stays in its node's memory
-and its journal holds only the counts (see docs/compute.md: handing providers their per-record
-outcome needs the lifecycle to store a result for a non-consumer).
+submitted (d_P) and what it concluded (c_P): a party cannot later deny either. Every party —
+consumer and providers alike — hands its own outcome to ctx.commit_result, which seals it to
+that party's own node key and stores it on that party's node only, and c_P is the commitment
+commit_result returns: the envelope the member fetches from its node opens exactly the c_P
+bound into the attested result hash. A party's outcome (JSON)::
+
+    {"records": n, "counterparts": [kinds of the others, sorted],
+     "by_counterpart": {kind: {status: count}},
+     "disagreements": [{"reference", "counterpart": kind, "status"}] (sorted; status != agrees),
+     "per_record": [{"reference", "status": {kind: status}}] (every own record, in dataset order)}
+
+with status one of agrees / amount_differs / quantity_differs / both_differ / no_record (a kind
+with two counterparts: the better status per record). The node's journal summary and status
+events carry only the number of disagreements.
 
 Security model: semi-honest; no honest majority needed (pairwise protocols). Under DDH on
 Curve25519 with H a random oracle, a party sees of another's records only masked points.
@@ -42,7 +53,9 @@ counterpart holds the same reference and whether amount and quantity agree (so, 
 disagrees, only that it does); and each counterpart's record count. It does not learn which of
 the counterpart's records matched (their order is a fresh random permutation), nor any value.
 Two colluding parties learn nothing about a third beyond what each learns alone (fresh scalars
-per pair). The chain sees the params (member kinds, column names), counts and hashes.
+per pair). A party's outcome is stored only on its own node, sealed to its own node key; the
+other parties and the chain see only c_P (hiding: a fresh 32-byte salt). The chain sees the
+params (member kinds, column names), counts and hashes.
 """
 
 from __future__ import annotations
@@ -57,7 +70,6 @@ from typing import Any
 import numpy as np
 
 from services.compute import psi_kernel as kernel
-from services.compute import results
 from services.compute.commitment import canonical_value
 from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, expect,
                                             goodbye)
@@ -121,15 +133,19 @@ def classify(own_back: bytes, their_back: bytes) -> np.ndarray:
 
 
 def outcome_of(refs: list[str], kinds: dict[str, np.ndarray]) -> dict[str, Any]:
-    """This party's outcome: its records that disagree with, or are missing at, a counterpart kind."""
+    """This party's outcome: per own record and counterpart kind, its status; the disagreeing
+    ones (differs, or missing at the counterpart) listed apart, and counts per kind."""
     disagreements = []
     counts: dict[str, dict[str, int]] = {}
+    names = {kind: [STATUSES[i] for i in status.tolist()] for kind, status in sorted(kinds.items())}
     for kind, status in sorted(kinds.items()):
         counts[kind] = {s: int((status == i).sum()) for i, s in enumerate(STATUSES)}
         for i in np.nonzero(status != 0)[0].tolist():
-            disagreements.append({"reference": refs[i], "counterpart": kind, "status": STATUSES[status[i]]})
+            disagreements.append({"reference": refs[i], "counterpart": kind, "status": names[kind][i]})
     disagreements.sort(key=lambda d: (d["reference"], d["counterpart"]))
-    return {"records": len(refs), "by_counterpart": counts, "disagreements": disagreements}
+    per_record = [{"reference": ref, "status": {kind: names[kind][i] for kind in names}} for i, ref in enumerate(refs)]
+    return {"records": len(refs), "counterparts": sorted(kinds), "by_counterpart": counts,
+            "disagreements": disagreements, "per_record": per_record}
 
 
 def result_hash(spec: JobSpec, entries: dict[str, tuple[str, str, str]]) -> str:
@@ -160,7 +176,8 @@ def _mask_own(scalar: bytes, keys: list[bytes]) -> bytes:
 
 
 class SupplyChainJob(JobType):
-    """``supply_chain``: every party learns which of its own records disagree, and with which kind."""
+    """``supply_chain``: every party learns which of its own records disagree, and with which
+    kind; each party's outcome is committed (sealed) on its own node."""
 
     name = "supply_chain"
 
@@ -211,10 +228,8 @@ class SupplyChainJob(JobType):
             kind = kinds[other]
             by_kind[kind] = status if kind not in by_kind else np.minimum(by_kind[kind], status)
         outcome = json.dumps(outcome_of(refs, by_kind), sort_keys=True).encode()
-        if ctx.is_consumer:
-            commitment = await ctx.commit_result(outcome)
-        else:
-            commitment, _ = results.commit(outcome)
+        commitment = await ctx.commit_result(outcome)  # every party's own, sealed on its own node: c_P
+        del outcome
         entries = {ctx.member: (kinds[ctx.member], data_commitment, commitment)}
         for other in others:
             await chans[other].send("outcome", commitment=commitment, data=data_commitment)
