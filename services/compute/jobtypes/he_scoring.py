@@ -48,6 +48,9 @@ ciphertexts with a fresh encryption of zero but does no noise flooding, so a con
 decrypts may learn a little about the weights beyond the scores (the Li–Micciancio concern
 applies to sharing decryptions; here only C decrypts). The chain sees the params and the
 result hash only.
+
+Mode ``statistics`` (``params.mode == "statistics"``): encrypted count, sum, mean and variance of the
+provider's column over the consumer's encrypted selection — see ``he_statistics.py``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from services.compute.jobtypes import he_statistics
 from services.compute.jobtypes.aggregation import numeric
 from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, expect,
                                             goodbye)
@@ -181,6 +185,11 @@ class HeScoringJob(JobType):
             raise JobRefused("he_scoring takes exactly one input, the provider's model")
         if sorted(spec.participants) != sorted({spec.consumer, spec.inputs[0].provider}):
             raise JobRefused("he_scoring runs between the consumer and the provider only")
+        if spec.params.get("mode", "scoring") not in ("scoring", "statistics"):
+            raise JobRefused("params.mode must be \"scoring\" (the default) or \"statistics\"")
+        if spec.params.get("mode") == "statistics":
+            he_statistics.check_params(spec.params)
+            return
         if not isinstance(spec.params.get("dataset"), str):
             raise JobRefused("he_scoring needs params.dataset: the consumer's local dataset id")
         if "id" in spec.params and not isinstance(spec.params["id"], str):
@@ -190,6 +199,8 @@ class HeScoringJob(JobType):
 
     async def run(self, ctx: JobContext) -> Outcome:
         self.check(ctx.spec)
+        if ctx.spec.params.get("mode") == "statistics":
+            return await (he_statistics.run_consumer(ctx) if ctx.is_consumer else he_statistics.run_provider(ctx))
         if ctx.is_consumer:
             return await self._consumer(ctx)
         return await self._provider(ctx)
