@@ -149,6 +149,15 @@ def mask_blob(scalar: bytes, blob: bytes, keep: int = POINT) -> bytes:
     return b"".join(m[:keep] for m in masked)
 
 
+def mask_blob_all(scalars: list[bytes], blob: bytes, keep: int = POINT) -> bytes:
+    """X25519 with each scalar in turn on every 32-byte u of ``blob``, each output cut to ``keep``
+    bytes: one worker task for a party that applies several scalars (a multi-party PSI hop)."""
+    points = split(blob)
+    for scalar in scalars:
+        points = mask(scalar, points)
+    return b"".join(p[:keep] for p in points)
+
+
 def warm_up() -> int:
     """Imports done and the first call paid, so the first real batch is not slow."""
     mask_blob(new_scalar(), hash_points([b"warm-up"]))

@@ -8,7 +8,16 @@ unchanged)::
     {"columns": ["amount", "qty"]            # or "column": "amount"
      "stats": ["sum", "count", "mean", "variance"],           # default: all four
      "histogram": {"edges": [0, 100, 1000, 10000]},           # optional, same edges for every column
-     "group_by": "region", "groups": ["north", "south"]}      # optional; groups is the public list of labels
+     "group_by": "region", "groups": ["north", "south"],      # optional; groups is the public list of labels
+     "align_on": "firm_id"}                                   # optional: only keys every provider holds
+
+With ``align_on`` only the rows whose key (that column, normalised as in PSI: canonical text,
+surrounding spaces stripped, nulls and blanks dropped) every provider holds are aggregated; the
+providers find these keys by a multi-party PSI first (below). Grouping then is either by a public
+column among the aligned rows (``group_by`` another column, with its public ``groups``), or by the
+aligned key itself (``group_by`` equal to ``align_on``, no ``groups``: one group per shared key,
+whose values stay private; the result lists the groups in the order of the keys' common masked
+values, a random order that the consumer cannot link to any key).
 
 Encoding. Every provider first reduces its own rows, in the clear and on its own node, to its
 local aggregate vector v_i: for each (group, column) the count of non-null values, their sum,
@@ -49,6 +58,52 @@ Leakage, beyond the result itself:
   (SHA-256 over the consumer's salted result commitment) and each provider's records used.
 Fixed point: a value's fractional part below 2^-24 (~6e-8) is rounded away.
 
+Alignment (``align_on``), before the local aggregates: a multi-party ECDH-PSI whose output, which
+keys all providers hold, reaches the providers only. Providers P_1..P_n (sorted ids) form a ring, P_i → P_{i+1 mod n}; each draws two
+fresh X25519 scalars a_i, b_i per run; H is psi_kernel's hash to the prime-order subgroup of
+Curve25519 and masking commutes, so every key k of every provider ends as the same full tag
+T(k) = H(k)^{a_1 b_1 ... a_n b_n} (first 16 bytes). Each provider's key list, deduplicated and
+shuffled by its owner, goes once around the ring in batches, keeping its order::
+
+    P_i → P_{i+1}      ring     H(k)^{a_i} for k in K_i                          (owner i; then ring_end)
+    P_j → P_{j+1}      ring     the batch masked with a_j and b_j, forwarded    (every j != i)
+    P_{i-1} → P_i      ring     H(k)^{a_i ∏_{j≠i} a_j b_j}, in P_i's order
+    P_i                T(k) = that ^ b_i: the full tag of each of its own keys, known only to P_i
+    P_i → C            tags     {T(k) : k in K_i}, sorted                         (then tags_end)
+    C                  I = the tags in all n lists, sorted
+    C → P_i            aligned  I                                                (then aligned_end)
+    P_i                its aligned rows: those whose key's tag is in I; per-key group = position in I
+
+Every value that leaves its owner carries the owner's a_i, and the value that would complete a
+tag of P_i's key is completed by P_i alone (b_i), so under the decisional Diffie-Hellman
+assumption (H a random oracle) no provider can link anything it relays to a key, or to a tag it
+later sees; the consumer sees the full tags but knows no scalar and no key. The rest of the
+protocol runs unchanged on the aligned rows. The result hash every party attests includes
+SHA-256(I), so the parties attest only if they aligned on the same keys. Each party's own reader
+never waits on a send, so the ring cannot deadlock on flow control. Sixteen bytes of a tag leave
+a chance of a false match of at most (sum_j |K_j|)^2 / 2^128. Not covered, as everywhere here: a
+party that deviates, e.g. a provider that puts keys it does not hold into its list to learn
+whether all the others hold them (bounded only by the set sizes the others see and the grant's
+``max_runs``).
+
+Leakage of alignment, beyond the result and the leakage above:
+- to every provider: which of its own keys every provider holds, and so |∩ K_j| (the number of
+  aligned keys); |K_j| of every other provider (it relays their lists); with per-key groups, the
+  total count and bin counts of every shared key (the count check of the protocol above), that
+  is, for each key it holds, how many rows with it the others hold together;
+- to the consumer: |K_j| of every provider and the size of every region of their Venn diagram
+  (how many keys exactly each subset of providers holds), not which keys; the number of aligned
+  keys; with per-key groups, each shared key's statistics without the key. A consumer and a
+  provider P_i together learn which other providers hold each of P_i's keys;
+- records used (on chain) stays the rows each provider read, as without alignment.
+
+Per-key groups (``group_by`` = ``align_on``): the minimum group size counts rows, so a key meets
+it only if the providers hold at least that many rows with it together. With one row per key and
+provider (a patient or firm register) every group's count is at most n, so any minimum above n
+refuses the job, and a result that passes still describes one subject per group: per-key
+grouping suits transaction-level data (many rows per firm); grouping aligned rows by a public
+column is the case that aggregates over many subjects.
+
 A provider that disappears mid-protocol shows up as PeerLost on every other party's channel;
 the lifecycle runs the job again with fresh randomness up to its attempt limit and then fails
 it (the chain refunds the escrow).
@@ -57,6 +112,7 @@ it (the chain refunds the escrow).
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import math
@@ -65,8 +121,11 @@ from typing import Any
 
 import numpy as np
 
-from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError,
+from services.compute import psi_kernel as kernel
+from services.compute.commitment import canonical_value
+from services.compute.jobtypes.base import (Channel, JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError,
                                              expect, goodbye)
+from services.compute.jobtypes.psi import MATCH, shuffled
 
 FRAC_BITS = 24
 SCALE = 1 << FRAC_BITS
@@ -169,9 +228,18 @@ class Plan:
                 raise JobRefused("params.histogram.edges must be 2 to 257 increasing finite numbers")
         self.edges = None if edges is None else np.asarray(edges, dtype=np.float64)
         self.bins = 0 if edges is None else len(edges) - 1
+        self.align_on = params.get("align_on")
+        if self.align_on is not None and (not isinstance(self.align_on, str) or not self.align_on
+                                          or self.align_on in cols):
+            raise JobRefused("params.align_on must be a column name that is not one of the aggregated columns")
         self.group_by = params.get("group_by")
         groups = params.get("groups")
-        if self.group_by is not None:
+        self.per_key = self.group_by is not None and self.group_by == self.align_on
+        if self.per_key:  # one group per shared key: the labels are private, so none may be given
+            if groups is not None:
+                raise JobRefused("grouping by the aligned key takes no params.groups: its values are private")
+            self.groups: list[str] = []  # known once the keys are aligned: set_key_groups
+        elif self.group_by is not None:
             if not isinstance(self.group_by, str) or not isinstance(groups, list) or not groups \
                     or len(groups) > MAX_GROUPS or not all(isinstance(g, (str, int)) for g in groups) \
                     or len({str(g) for g in groups}) != len(groups):
@@ -182,6 +250,10 @@ class Plan:
         else:
             self.groups = ["*"]
         self.slots = BASE_SLOTS + self.bins
+
+    def set_key_groups(self, m: int) -> None:
+        """Per-key grouping: m groups, one per aligned key, in the order of their common tags."""
+        self.groups = [str(i) for i in range(m)]
 
     @property
     def size(self) -> int:
@@ -195,7 +267,8 @@ class Plan:
         return np.tile(one, len(self.groups) * len(self.columns))
 
     def load_columns(self) -> list[str]:
-        return self.columns + ([self.group_by] if self.group_by else [])
+        extra = [self.group_by] if self.group_by and not self.per_key else []
+        return self.columns + extra + ([self.align_on] if self.align_on else [])
 
 
 def numeric(values: list[Any], column: str) -> np.ndarray:
@@ -280,7 +353,12 @@ def result_of(plan: Plan, total: np.ndarray, providers: int) -> dict[str, Any]:
             cols[c] = row
         groups[g] = cols
     result: dict[str, Any] = {"providers": providers, "encoding": f"Z_2^{RING_BITS}, fixed point 2^-{FRAC_BITS}"}
-    if plan.group_by:
+    if plan.align_on:
+        result["aligned_on"] = plan.align_on
+    if plan.per_key:  # a list in the order of the keys' common tags; the keys themselves are not known here
+        result["group_by"] = plan.group_by
+        result["groups"] = list(groups.values())
+    elif plan.group_by:
         result["group_by"] = plan.group_by
         result["groups"] = groups
     else:
@@ -288,17 +366,182 @@ def result_of(plan: Plan, total: np.ndarray, providers: int) -> dict[str, Any]:
     return result
 
 
-def result_hash(spec: JobSpec, commitment: str, k: int) -> str:
-    return hashlib.sha256(f"rdx/aggregation/v1/result\n{spec.job}\n{spec.type}\n{k}\n{commitment}".encode()).hexdigest()
+def result_hash(spec: JobSpec, commitment: str, k: int, aligned: str | None = None) -> str:
+    text = f"rdx/aggregation/v1/result\n{spec.job}\n{spec.type}\n{k}\n{commitment}"
+    if aligned is not None:  # SHA-256 of the aligned tags: every party attests the same alignment
+        text += f"\naligned\n{aligned}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _prepare(plan: Plan, loaded_columns: dict[str, list[Any]]) -> tuple[np.ndarray, int]:
-    """Off the event loop: the provider's local aggregate in ring form, and its rows."""
+def _prepare(plan: Plan, loaded_columns: dict[str, list[Any]],
+             aligned_group: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Off the event loop: the provider's local aggregate in ring form, and its rows.
+    ``aligned_group`` (with align_on): each row's position among the aligned keys, -1 if not aligned."""
     rows = len(next(iter(loaded_columns.values()))) if loaded_columns else 0
-    labels = loaded_columns.pop(plan.group_by) if plan.group_by else None
+    labels = loaded_columns.pop(plan.group_by) if plan.group_by and not plan.per_key else None
     cols = {c: numeric(loaded_columns.pop(c), c) for c in plan.columns}
-    gidx = group_index(labels, plan.groups)
+    if aligned_group is None:
+        gidx = group_index(labels, plan.groups)
+    elif plan.per_key:
+        gidx = aligned_group
+    elif plan.group_by:
+        gidx = np.where(aligned_group >= 0, group_index(labels, plan.groups), -1)
+    else:
+        gidx = np.where(aligned_group >= 0, 0, -1)
     return encode(local_aggregate(plan, cols, gidx)), rows
+
+
+# -- alignment: multi-party PSI among the providers ------------------------------------------------------
+
+def key_index(values: list[Any]) -> tuple[list[bytes], np.ndarray]:
+    """The distinct keys of a column, normalised as psi.normalise_keys does (canonical text,
+    surrounding spaces stripped, nulls and blanks dropped), and each row's index among them (-1: none)."""
+    index: dict[bytes, int] = {}
+    rows = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        text = canonical_value(v)
+        if text is None or not text.strip():
+            rows[i] = -1
+            continue
+        rows[i] = index.setdefault(text.strip().encode("utf-8"), len(index))
+    return list(index), rows
+
+
+def sorted_tags(blob: bytes) -> bytes:
+    """MATCH-byte tags in bytewise order (a set's canonical form: it shows nothing but the set)."""
+    return np.sort(np.frombuffer(blob, dtype=f"V{MATCH}")).tobytes()
+
+
+def intersect_tags(lists: list[bytes]) -> bytes:
+    """The tags present in every list, sorted bytewise (the consumer's step)."""
+    if not lists:
+        return b""
+    each = [np.unique(np.frombuffer(b, dtype=f"V{MATCH}")) for b in lists]
+    values, counts = np.unique(np.concatenate(each), return_counts=True)
+    return values[counts == len(lists)].tobytes()
+
+
+def aligned_positions(own_tags: bytes, aligned: bytes) -> np.ndarray:
+    """For each own tag (in own order), its position in the aligned list, or -1. Every aligned tag
+    must be one of ours: the intersection is a subset of every provider's set."""
+    lookup = {aligned[i:i + MATCH]: i // MATCH for i in range(0, len(aligned), MATCH)}
+    pos = np.array([lookup.pop(own_tags[i:i + MATCH], -1) for i in range(0, len(own_tags), MATCH)], dtype=np.int64)
+    if lookup:
+        raise ProtocolError("the aligned keys are not a subset of this provider's keys")
+    return pos
+
+
+def row_groups(rows: np.ndarray, order: list[int], positions: np.ndarray) -> np.ndarray:
+    """Each row's aligned position: rows index keys, keys[order[j]] had tag j, tag j has positions[j]."""
+    by_key = np.full(len(order), -1, dtype=np.int64)
+    by_key[np.asarray(order, dtype=np.int64)] = positions
+    return np.where(rows >= 0, by_key[np.maximum(rows, 0)] if len(by_key) else -1, -1)
+
+
+async def send_blob(chan: Channel, kind: str, blob: bytes, width: int, batch: int) -> None:
+    """``blob`` in messages of at most ``batch`` elements, then ``<kind>_end`` with the count."""
+    step = width * batch
+    for off in range(0, len(blob), step):
+        await chan.send(kind, blob[off:off + step])
+    await chan.send(f"{kind}_end", n=len(blob) // width)
+
+
+async def recv_blob(chan: Channel, kind: str, width: int) -> bytes:
+    """What ``send_blob`` sent, checked against its count; a peer's abort becomes JobRefused."""
+    parts = []
+    while True:
+        msg = await chan.recv()
+        if msg.kind == "abort":
+            raise JobRefused(f"{chan.peer} stopped the protocol: {str(msg.header.get('reason'))[:200]}")
+        if msg.kind == f"{kind}_end":
+            blob = b"".join(parts)
+            if msg.header.get("n") != len(blob) // width:
+                raise ProtocolError(f"{kind} batches do not add up to the announced count")
+            return blob
+        if msg.kind != kind or len(msg.body) % width:
+            raise ProtocolError(f"expected {kind}, got {msg.kind}")
+        parts.append(msg.body)
+
+
+async def ring_tags(ctx: JobContext, prev: Channel, nxt: Channel, keys: list[bytes], providers: list[str]) -> bytes:
+    """This provider's part of the ring (module docstring): returns the full tags of its own
+    ``keys``, MATCH bytes each, in the order of ``keys``."""
+    me, n = ctx.member, len(providers)
+    a, b = kernel.new_scalar(), kernel.new_scalar()
+    inbox: asyncio.Queue = asyncio.Queue()
+    tags = bytearray(MATCH * len(keys))
+    flight = ctx.workers + 1
+
+    async def read() -> None:  # never waits on a send: the ring cannot deadlock on flow control
+        ends = 0
+        while ends < n:  # every list passes once: the n - 1 others' to relay, and our own coming back
+            msg = await prev.recv()
+            if msg.kind == "abort":
+                raise JobRefused(f"{prev.peer} stopped the protocol: {str(msg.header.get('reason'))[:200]}")
+            if msg.kind not in ("ring", "ring_end") or msg.header.get("owner") not in providers:
+                raise ProtocolError(f"expected ring, got {msg.kind}")
+            if msg.kind == "ring" and (not isinstance(msg.header.get("off"), int) or msg.header["off"] < 0
+                                       or len(msg.body) % kernel.POINT):
+                raise ProtocolError("malformed ring batch")
+            inbox.put_nowait(msg)
+            ends += msg.kind == "ring_end"
+
+    async def send_mine() -> None:
+        for off in range(0, len(keys), ctx.batch):
+            blob = await ctx.compute(kernel.hash_and_mask, a, keys[off:off + ctx.batch])
+            await nxt.send("ring", blob, owner=me, off=off)
+        await nxt.send("ring_end", owner=me, n=len(keys))
+
+    async def relay() -> None:
+        pending: collections.deque = collections.deque()  # (message, its masking task), in arrival order
+        got, ends = 0, 0
+
+        async def settle() -> None:
+            nonlocal got
+            msg, task = pending.popleft()
+            owner = msg.header["owner"]
+            if owner != me and task is None:
+                await nxt.send("ring_end", owner=owner, n=msg.header.get("n"))
+            elif owner != me:
+                await nxt.send("ring", await task, owner=owner, off=msg.header["off"])
+            elif task is not None:
+                out = await task
+                off = msg.header["off"]
+                if off + len(out) // MATCH > len(keys):
+                    raise ProtocolError("a ring batch outside our own set")
+                tags[MATCH * off:MATCH * off + len(out)] = out
+                got += len(out) // MATCH
+            elif msg.header.get("n") != len(keys) or got != len(keys):
+                raise ProtocolError("our own list did not come back whole")
+
+        try:
+            while ends < n or pending:
+                head = pending[0][1] if pending else None
+                if pending and (inbox.empty() or len(pending) > flight or head is None or head.done()):
+                    await settle()  # in order; waits for the oldest batch only when nothing else is to start
+                    continue
+                msg = await inbox.get()
+                task = None
+                if msg.kind == "ring":  # our own list comes back: b completes our tags; others': a and b
+                    mine = msg.header["owner"] == me
+                    task = asyncio.ensure_future(ctx.compute(kernel.mask_blob_all, [b] if mine else [a, b],
+                                                             msg.body, MATCH if mine else kernel.POINT))
+                else:
+                    ends += 1
+                pending.append((msg, task))
+        finally:
+            for _, task in pending:
+                if task is not None:
+                    task.cancel()
+
+    tasks = [asyncio.ensure_future(c) for c in (read(), send_mine(), relay())]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
+    return bytes(tags)
 
 
 # -- the job type ----------------------------------------------------------------------------------
@@ -330,7 +573,7 @@ class AggregationJob(JobType):
     async def _provider(self, ctx: JobContext, plan: Plan) -> Outcome:
         spec = ctx.spec
         providers = spec.providers
-        n, k = len(providers), plan.size
+        n = len(providers)
         me = providers.index(ctx.member)
         others = [p for p in providers if p != ctx.member]
         steps = 5
@@ -338,7 +581,23 @@ class AggregationJob(JobType):
         chans = dict(zip(others, await asyncio.gather(*(ctx.channel(p) for p in others))))
         to_c = await ctx.channel(spec.consumer)
         loaded = await ctx.load_input(ctx.my_inputs[0], plan.load_columns())
-        v, rows = await asyncio.to_thread(_prepare, plan, loaded.columns)
+        aligned_group, aligned = None, None
+        if plan.align_on:
+            ctx.progress("aligning", 0, steps)
+            keys, key_rows = await asyncio.to_thread(key_index, loaded.columns.pop(plan.align_on))
+            order = shuffled(list(range(len(keys))))
+            prev, nxt = chans[providers[(me - 1) % n]], chans[providers[(me + 1) % n]]
+            tags = await ring_tags(ctx, prev, nxt, [keys[i] for i in order], providers)
+            del keys
+            await send_blob(to_c, "tags", await asyncio.to_thread(sorted_tags, tags), MATCH, ctx.batch)
+            inter = await recv_blob(to_c, "aligned", MATCH)
+            positions = await asyncio.to_thread(aligned_positions, tags, inter)
+            aligned_group = row_groups(key_rows, order, positions)
+            aligned = hashlib.sha256(inter).hexdigest()
+            if plan.per_key:
+                plan.set_key_groups(len(inter) // MATCH)
+        k = plan.size
+        v, rows = await asyncio.to_thread(_prepare, plan, loaded.columns, aligned_group)
         del loaded
         ctx.progress("sharing", 1, steps)
         shares = share(v, n)
@@ -372,13 +631,29 @@ class AggregationJob(JobType):
         await to_c.send("finished")
         await goodbye(ctx.member, [*chans.values(), to_c])
         ctx.progress("done", steps, steps)
-        return Outcome(result_hash(spec, commitment, k), records_used=rows, summary={"providers": n})
+        return Outcome(result_hash(spec, commitment, k, aligned), records_used=rows, summary={"providers": n})
 
     async def _consumer(self, ctx: JobContext, plan: Plan) -> Outcome:
         spec = ctx.spec
-        providers, k = spec.providers, plan.size
+        providers = spec.providers
         ctx.progress("waiting for shares", 0, len(providers) + 1)
         chans = dict(zip(providers, await asyncio.gather(*(ctx.channel(p) for p in providers))))
+        aligned = None
+        if plan.align_on:
+            lists = await asyncio.gather(*(recv_blob(chans[p], "tags", MATCH) for p in providers))
+            inter = await asyncio.to_thread(intersect_tags, list(lists))
+            del lists
+            m = len(inter) // MATCH
+            if plan.per_key and m > MAX_GROUPS:
+                for p in providers:
+                    await chans[p].send("abort", reason="too many aligned keys to group by")
+                raise JobRefused(f"grouping by the aligned key needs at most {MAX_GROUPS} shared keys")
+            for p in providers:
+                await send_blob(chans[p], "aligned", inter, MATCH, ctx.batch)
+            aligned = hashlib.sha256(inter).hexdigest()
+            if plan.per_key:
+                plan.set_key_groups(m)
+        k = plan.size
         parts = []
         for i, p in enumerate(providers):
             msg = await expect(chans[p], "sum")
@@ -396,5 +671,6 @@ class AggregationJob(JobType):
             await expect(chans[p], "finished")
         await goodbye(ctx.member, chans.values())
         ctx.progress("done", len(providers) + 1, len(providers) + 1)
-        return Outcome(result_hash(spec, commitment, k), records_used=0, summary={"providers": len(providers)})
+        return Outcome(result_hash(spec, commitment, k, aligned), records_used=0,
+                       summary={"providers": len(providers)})
 

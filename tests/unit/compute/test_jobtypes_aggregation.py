@@ -20,14 +20,17 @@ from services.compute.jobtypes.base import (InputRef, JobContext, JobRefused, Jo
 
 
 class MemoryChannel:
-    def __init__(self, peer, inbox, outbox, record):
+    def __init__(self, peer, inbox, outbox, record, wire=None, me=None):
         self.peer, self.inbox, self.outbox, self.record = peer, inbox, outbox, record
+        self.wire, self.me = wire, me
         self._sent, self._received = hashlib.sha256(b"s"), hashlib.sha256(b"s")
 
     async def send(self, kind, body=b"", **header):
         frame = hs.encode(kind, header, body)
         self._sent.update(len(frame).to_bytes(8, "big") + frame)
         self.record.append(frame)
+        if self.wire is not None:
+            self.wire.append((self.me, self.peer, kind, frame))
         await self.outbox.put(frame)
 
     async def recv(self):
@@ -52,16 +55,17 @@ async def run_member(job, ctx, chans):
             await chan.close()
 
 
-def mesh(members):
-    """chans[a][b]: a's end of the a-b channel; sent[a]: every frame a sent."""
+def mesh(members, wire=None):
+    """chans[a][b]: a's end of the a-b channel; sent[a]: every frame a sent; ``wire``, if given,
+    gets every frame as (sender, receiver, kind, frame)."""
     sent = {m: [] for m in members}
     chans = {m: {} for m in members}
     queues = {}
     for a, b in itertools.combinations(members, 2):
         q_ab, q_ba = asyncio.Queue(), asyncio.Queue()
         queues[(a, b)], queues[(b, a)] = q_ab, q_ba
-        chans[a][b] = MemoryChannel(b, q_ba, q_ab, sent[a])
-        chans[b][a] = MemoryChannel(a, q_ab, q_ba, sent[b])
+        chans[a][b] = MemoryChannel(b, q_ba, q_ab, sent[a], wire, a)
+        chans[b][a] = MemoryChannel(a, q_ab, q_ba, sent[b], wire, b)
     return chans, sent, queues
 
 
@@ -73,7 +77,7 @@ def make_spec(type_, consumer, providers, params, min_group=1):
                    deadline=2**40)
 
 
-def contexts(spec, chans, data, results, progress=None):
+def contexts(spec, chans, data, results, progress=None, batch=64):
     out = {}
     for member in spec.participants:
         async def channel(peer, member=member):
@@ -93,7 +97,7 @@ def contexts(spec, chans, data, results, progress=None):
 
         out[member] = JobContext(spec, member, channel=channel, load_input=lambda ref, cols, l=load: l(ref.asset, cols),
                                  load_local=load, dataset_key=lambda _: None, commit_result=commit_result,
-                                 progress=progress or (lambda *a: None), compute=compute, workers=2, batch=64)
+                                 progress=progress or (lambda *a: None), compute=compute, workers=2, batch=batch)
     return out
 
 
