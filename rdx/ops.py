@@ -1,5 +1,6 @@
-"""``rdx ops``: the SRE's commands for an rdx deployment on Kubernetes, and the compute node's
-Kubernetes Job runner, both through the official ``kubernetes`` client.
+"""``rdx ops``: the SRE's commands for an rdx deployment on Kubernetes, through the official
+``kubernetes`` client (its API client comes from services/compute/k8s_runner.py, which also holds
+the compute node's Kubernetes Job runner).
 
     rdx ops status  --namespace rdx            every component, healthy or not (exit 1 if not)
     rdx ops restart gateway --namespace rdx    a safe rolling restart of one workload
@@ -17,7 +18,7 @@ What ``status`` reads (the labels are those of infra/, see infra/README.md):
 
 Pods are reached through the API server's pod proxy (``/api/v1/namespaces/NS/pods/NAME:PORT/
 proxy/PATH``), one pod at a time, so nothing has to be port-forwarded and the SRE needs only the
-RBAC of infra/ops-rbac.yaml. The thresholds are those of the alerts in
+RBAC of infra/rbac/ops.yaml. The thresholds are those of the alerts in
 infra/base/monitoring/alerts.yaml, so the command and the alerts agree on what "unhealthy" is.
 
 ``restart`` does what ``kubectl rollout restart`` does (it sets the pod template annotation
@@ -30,21 +31,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
-import os
-import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+# The API client, and the Job client the compute node's Kubernetes runner uses, live with the
+# compute service (a service cannot import rdx/); rdx ops re-uses them from there.
+from services.compute.k8s_runner import KubeError, api_client, api_error
+
 NAME_LABEL = "app.kubernetes.io/name"
 MEMBER_LABEL = "rdx.io/member"
-JOB_ID_LABEL = "rdx.io/job-id"
 VALIDATOR = "validator"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 
@@ -54,42 +55,8 @@ MAX_RELAY_BEHIND = 20       # RdxRelayBehind
 MAX_HEIGHT_LAG = 10         # a validator this far behind the highest one is not keeping up
 
 
-class OpsError(RuntimeError):
+class OpsError(KubeError):
     """The API server could not be reached, or an operation was refused or did not finish."""
-
-
-# --------------------------------------------------------------------------------------------
-# The client
-
-
-def api_client(kubeconfig: Path | None = None, context: str | None = None):
-    """A client for the cluster: the kubeconfig given, else $KUBECONFIG or ~/.kube/config, else the
-    pod's service account (in-cluster). Never touches the kubernetes package's global default."""
-    from kubernetes import client, config
-
-    try:
-        if kubeconfig or os.environ.get("KUBECONFIG") or Path("~/.kube/config").expanduser().exists():
-            return config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None, context=context)
-        loader = config.incluster_config.InClusterConfigLoader(
-            token_filename=config.incluster_config.SERVICE_TOKEN_FILENAME,
-            cert_filename=config.incluster_config.SERVICE_CERT_FILENAME)
-        configuration = client.Configuration()
-        loader.load_and_set(configuration)
-        return client.ApiClient(configuration)
-    except config.ConfigException as exc:
-        raise OpsError(f"no Kubernetes configuration: {exc} (pass --kubeconfig, set KUBECONFIG, or run in a pod)") from None
-
-
-def _api_error(exc: Exception) -> str:
-    status = getattr(exc, "status", None)
-    body = getattr(exc, "body", None)
-    if status is not None:
-        try:
-            message = json.loads(body).get("message") if body else None
-        except (ValueError, AttributeError):
-            message = None
-        return f"HTTP {status}: {message or (body or '').strip()[:200] or getattr(exc, 'reason', '')}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +219,7 @@ class Ops:
             workloads = self.workloads()
         except Exception as exc:  # noqa: BLE001 - any failure here means the cluster is unreachable
             raise OpsError(f"cannot read the namespace {self.namespace!r} from the Kubernetes API server: "
-                           f"{_api_error(exc)}") from None
+                           f"{api_error(exc)}") from None
         report = Report(self.namespace, server, [], self.kafka_states())
         if not workloads:
             report.problems.append(f"no rdx workloads (Deployments or StatefulSets labelled {NAME_LABEL}) in "
@@ -310,7 +277,7 @@ class Ops:
             sync = (info.get("result") or info)["sync_info"]  # JSON-RPC envelope, or the bare result
             v.height, v.catching_up = int(sync["latest_block_height"]), bool(sync["catching_up"])
         except Exception as exc:  # noqa: BLE001 - reported, not raised
-            v.error = f"CometBFT RPC: {_api_error(exc) if not isinstance(exc, OpsError) else exc}"
+            v.error = f"CometBFT RPC: {api_error(exc) if not isinstance(exc, OpsError) else exc}"
             state.problems.append(f"{name}: {v.error}")
             return v
         if v.catching_up:
@@ -321,7 +288,7 @@ class Ops:
                 raise OpsError("no container port named 'http' (the consensus sidecar)")
             samples = self.pod_metrics(name, http)
         except Exception as exc:  # noqa: BLE001
-            message = _api_error(exc) if not isinstance(exc, OpsError) else str(exc)
+            message = api_error(exc) if not isinstance(exc, OpsError) else str(exc)
             state.problems.append(f"{name}: consensus metrics unreachable: {message}")
             return v
         relay = samples.get("rdx_relay_published_height")
@@ -344,7 +311,7 @@ class Ops:
         try:
             samples = self.pod_metrics(name, http)
         except Exception as exc:  # noqa: BLE001
-            state.problems.append(f"{name}: metrics unreachable: {_api_error(exc)}")
+            state.problems.append(f"{name}: metrics unreachable: {api_error(exc)}")
             return
         for labels, value in samples.get("rdx_service_up", []):
             if value < 1:
@@ -364,7 +331,7 @@ class Ops:
         except ApiException as exc:
             if exc.status == 404:
                 return []  # this cluster has no Strimzi: reported as a note by the caller
-            return [KafkaState("?", False, f"cannot read Strimzi Kafka resources: {_api_error(exc)}")]
+            return [KafkaState("?", False, f"cannot read Strimzi Kafka resources: {api_error(exc)}")]
         states = []
         for item in found.get("items", []):
             conditions = {c.get("type"): c for c in (item.get("status") or {}).get("conditions", [])}
@@ -385,13 +352,13 @@ class Ops:
                 return kind, read(service, self.namespace, _request_timeout=self.timeout)
             except ApiException as exc:
                 if exc.status != 404:
-                    raise OpsError(f"cannot read {kind.lower()}/{service}: {_api_error(exc)}") from None
+                    raise OpsError(f"cannot read {kind.lower()}/{service}: {api_error(exc)}") from None
             except Exception as exc:  # noqa: BLE001 - the API server cannot be reached
-                raise OpsError(f"cannot read {kind.lower()}/{service}: {_api_error(exc)}") from None
+                raise OpsError(f"cannot read {kind.lower()}/{service}: {api_error(exc)}") from None
         try:
             workloads = self.workloads()
         except Exception as exc:  # noqa: BLE001
-            raise OpsError(f"cannot list the workloads of namespace {self.namespace!r}: {_api_error(exc)}") from None
+            raise OpsError(f"cannot list the workloads of namespace {self.namespace!r}: {api_error(exc)}") from None
         matches = [(k, w) for k, w in workloads if (w.metadata.labels or {}).get(NAME_LABEL) == service]
         if len(matches) == 1:
             return matches[0]
@@ -432,7 +399,7 @@ class Ops:
         try:
             patched = patch(name, self.namespace, body, _request_timeout=self.timeout)
         except Exception as exc:  # noqa: BLE001
-            raise OpsError(f"cannot patch {kind.lower()}/{name}: {_api_error(exc)}") from None
+            raise OpsError(f"cannot patch {kind.lower()}/{name}: {api_error(exc)}") from None
         log(f"{kind.lower()}/{name}: restart requested at {now} (generation {patched.metadata.generation})")
         self.wait_rollout(kind, name, patched.metadata.generation, timeout, poll, log)
         return name
@@ -450,7 +417,7 @@ class Ops:
                 obj = read(name, self.namespace, _request_timeout=self.timeout)
             except Exception as exc:  # noqa: BLE001 - a blip of the API server: try again until the deadline
                 if time.monotonic() > deadline:
-                    raise OpsError(f"cannot read {kind.lower()}/{name}: {_api_error(exc)}") from None
+                    raise OpsError(f"cannot read {kind.lower()}/{name}: {api_error(exc)}") from None
                 time.sleep(poll)
                 continue
             done, progress = rollout_progress(kind, obj, generation)
@@ -496,143 +463,6 @@ def rollout_progress(kind: str, obj, generation: int) -> tuple[bool, str]:
 
 
 # --------------------------------------------------------------------------------------------
-# The compute node's Kubernetes Job runner
-
-
-@dataclass(frozen=True)
-class JobState:
-    name: str
-    phase: str  # pending | running | succeeded | failed | missing
-    active: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    reason: str = ""
-    message: str = ""
-    started: str | None = None
-    finished: str | None = None
-
-
-def job_name(job_id: str, prefix: str = "rdx-job-") -> str:
-    """A DNS-1123 label (at most 63 characters) for a job id; a hash keeps it unique when the id
-    had to be changed to fit."""
-    clean = re.sub(r"[^a-z0-9-]+", "-", job_id.lower()).strip("-")
-    name = prefix + clean
-    if clean != job_id or len(name) > 63:
-        digest = hashlib.sha256(job_id.encode()).hexdigest()[:10]
-        name = f"{prefix}{clean[:63 - len(prefix) - 11].strip('-')}-{digest}".replace("--", "-")
-    return name
-
-
-def _label_value(value: str) -> str:
-    """A label value (<= 63 of [A-Za-z0-9_.-], alphanumeric at both ends) standing for ``value``."""
-    clean = re.sub(r"[^A-Za-z0-9_.-]+", "-", value)[:63].strip("-_.")
-    return clean or hashlib.sha256(value.encode()).hexdigest()[:16]
-
-
-class KubernetesJobRunner:
-    """Runs one large job as a batch/v1 Job in ``namespace``: one pod, never retried (a job of the
-    exchange is either completed and attested, or failed and refunded; a retry is a new job), with
-    the same restricted security context as every rdx pod. It knows nothing of what the job
-    computes: the compute service passes an image, its arguments and its environment.
-
-    ``api`` is a kubernetes ``ApiClient`` (default: :func:`api_client`, in-cluster for a compute
-    pod whose service account may create, read and delete Jobs in its namespace).
-    """
-
-    def __init__(self, namespace: str, api=None, *, resources: Mapping[str, Mapping[str, str]] | None = None,
-                 service_account: str | None = None, labels: Mapping[str, str] | None = None,
-                 ttl_seconds_after_finished: int | None = 3600, active_deadline_seconds: int | None = None,
-                 uid: int = 10001, request_timeout: float = 10.0):
-        from kubernetes import client
-
-        self.namespace = namespace
-        self.client = client
-        self.batch = client.BatchV1Api(api or api_client())
-        self.resources = resources or {"requests": {"cpu": "500m", "memory": "1Gi"},
-                                       "limits": {"cpu": "2", "memory": "4Gi"}}
-        self.service_account = service_account
-        self.labels = dict(labels or {})
-        self.ttl = ttl_seconds_after_finished
-        self.deadline = active_deadline_seconds
-        self.uid = uid
-        self.timeout = request_timeout
-
-    def manifest(self, job_id: str, image: str, args: Sequence[str], env: Mapping[str, str]):
-        c = self.client
-        name = job_name(job_id)
-        labels = {NAME_LABEL: "rdx-job", "app.kubernetes.io/part-of": "rdx", JOB_ID_LABEL: _label_value(job_id),
-                  **self.labels}
-        container = c.V1Container(
-            name="job", image=image, args=list(args),
-            env=[c.V1EnvVar(name=k, value=str(v)) for k, v in env.items()],
-            resources=c.V1ResourceRequirements(requests=dict(self.resources.get("requests", {})),
-                                               limits=dict(self.resources.get("limits", {}))),
-            security_context=c.V1SecurityContext(
-                run_as_non_root=True, read_only_root_filesystem=True, allow_privilege_escalation=False,
-                capabilities=c.V1Capabilities(drop=["ALL"])),
-            volume_mounts=[c.V1VolumeMount(name="tmp", mount_path="/tmp")])
-        pod = c.V1PodSpec(
-            restart_policy="Never", automount_service_account_token=False, service_account_name=self.service_account,
-            security_context=c.V1PodSecurityContext(
-                run_as_non_root=True, run_as_user=self.uid, run_as_group=self.uid, fs_group=self.uid,
-                seccomp_profile=c.V1SeccompProfile(type="RuntimeDefault")),
-            containers=[container], volumes=[c.V1Volume(name="tmp", empty_dir=c.V1EmptyDirVolumeSource())])
-        return c.V1Job(
-            api_version="batch/v1", kind="Job",
-            metadata=c.V1ObjectMeta(name=name, namespace=self.namespace, labels=labels,
-                                    annotations={JOB_ID_LABEL: job_id}),
-            spec=c.V1JobSpec(backoff_limit=0, ttl_seconds_after_finished=self.ttl,
-                             active_deadline_seconds=self.deadline,
-                             template=c.V1PodTemplateSpec(metadata=c.V1ObjectMeta(labels=labels), spec=pod)))
-
-    def submit(self, job_id: str, image: str, args: Sequence[str], env: Mapping[str, str]) -> str:
-        """Create the Job; returns its name. Submitting the same job id twice is an error."""
-        job = self.manifest(job_id, image, args, env)
-        try:
-            created = self.batch.create_namespaced_job(self.namespace, job, _request_timeout=self.timeout)
-        except Exception as exc:  # noqa: BLE001
-            raise OpsError(f"cannot create the Job for {job_id!r}: {_api_error(exc)}") from None
-        return created.metadata.name
-
-    def status(self, name: str) -> JobState:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            job = self.batch.read_namespaced_job_status(name, self.namespace, _request_timeout=self.timeout)
-        except ApiException as exc:
-            if exc.status == 404:
-                return JobState(name, "missing")
-            raise OpsError(f"cannot read job {name}: {_api_error(exc)}") from None
-        st = job.status
-        conditions = {c.type: c for c in (st.conditions or []) if c.status == "True"}
-        phase, reason, message = "pending", "", ""
-        for kind, result in (("Complete", "succeeded"), ("SuccessCriteriaMet", "succeeded"),
-                             ("Failed", "failed"), ("FailureTarget", "failed")):
-            if kind in conditions:
-                phase, reason, message = result, conditions[kind].reason or "", conditions[kind].message or ""
-                break
-        else:
-            if (st.active or 0) > 0:
-                phase = "running"
-        iso = lambda t: t.isoformat() if t else None  # noqa: E731
-        return JobState(name, phase, st.active or 0, st.succeeded or 0, st.failed or 0, reason, message,
-                        iso(st.start_time), iso(st.completion_time))
-
-    def cancel(self, name: str) -> bool:
-        """Delete the Job and its pods; False if there was no such Job."""
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            self.batch.delete_namespaced_job(name, self.namespace, propagation_policy="Background",
-                                             _request_timeout=self.timeout)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise OpsError(f"cannot delete job {name}: {_api_error(exc)}") from None
-        return True
-
-
-# --------------------------------------------------------------------------------------------
 # The commands
 
 ops = typer.Typer(name="ops", no_args_is_help=True,
@@ -651,7 +481,7 @@ def _fail(message: str, code: int = 2):
 def _connect(namespace: str, kubeconfig: Path | None, context: str | None, timeout: float) -> Ops:
     try:
         return Ops(api_client(kubeconfig, context), namespace, timeout)
-    except OpsError as exc:
+    except KubeError as exc:
         _fail(str(exc))
 
 

@@ -65,7 +65,7 @@ def build(settings: ComputeSettings) -> Service:
     datasets = Datasets.from_path(settings.datasets)
     chain = ChainClient(settings.cometbft_rpc, settings.chain_id)
     view = ChainView(chain)
-    runner = make_runner(settings.runner, settings.workers)
+    runner = make_runner(settings.runner, settings.workers, settings)
     hub = peer.SessionHub()
 
     holder: dict[str, JobManager] = {}

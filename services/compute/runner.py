@@ -3,8 +3,8 @@
 The lifecycle hands a runner a job type and its context; the runner runs the protocol and
 offers ``compute`` for CPU-bound batches. The local runner runs the protocol in the node's
 event loop and the arithmetic on a pool of worker processes on this machine (both cores by
-default). A Kubernetes runner (later, with the operations work) would run the same job type
-in a Job's pod sized for it, through the kubernetes client; the lifecycle would not change.
+default). The Kubernetes runner (k8s_runner.py) keeps the protocol in the node too and sends a
+job's batches to a Kubernetes Job pod sized for them; the lifecycle does not change.
 """
 
 from __future__ import annotations
@@ -83,7 +83,12 @@ class LocalRunner(Runner):
             raise RuntimeError("a worker process died") from None
 
 
-def make_runner(kind: str, workers: int) -> Runner:
+def make_runner(kind: str, workers: int, settings=None) -> Runner:
+    """``settings`` (ComputeSettings) configures the kubernetes runner."""
     if kind == "local":
         return LocalRunner(workers)
-    raise ValueError(f"unknown runner {kind!r} (this node has: local)")
+    if kind == "kubernetes" and settings is not None:
+        from services.compute import k8s_runner  # the kubernetes client only where it is used
+
+        return k8s_runner.build(settings, workers)
+    raise ValueError(f"unknown runner {kind!r} (this node has: local, kubernetes)")

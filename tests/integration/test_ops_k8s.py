@@ -1,4 +1,4 @@
-"""`rdx ops` and the Kubernetes Job runner against a real Kubernetes API server.
+"""`rdx ops` and the Kubernetes Job client against a real Kubernetes API server.
 
 etcd and kube-apiserver are built from the Go module proxy on first use and cached
 (rdx/k8s_toolchain.py); if they are not built yet, the first test builds them (several minutes,
@@ -13,8 +13,9 @@ patches the pods' and the workloads' status subresources, and serves each "pod" 
 address in a private network namespace (CometBFT's /status on the validators, /metrics on
 every service), where the API server's pod proxy reaches it as it reaches real pods.
 
-The commands run as a user who has only the RBAC of infra/rbac/ops.yaml, and the Job runner as
-a compute node's service account with only infra/rbac/compute-jobs.yaml.
+The commands run as a user who has only the RBAC of infra/rbac/ops.yaml, and the Job client as
+the compute node's service account with only the Role of infra/components/k8s-runner (applied
+with the dev overlay). The runner built on that client: tests/integration/test_compute_k8s_runner.py.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from typer.testing import CliRunner
 
 from rdx import k8s_toolchain
-from rdx.ops import RESTARTED_AT, KubernetesJobRunner, Ops, api_client, job_name, ops
+from rdx.ops import RESTARTED_AT, Ops, api_client, ops
+from services.compute.k8s_runner import JobClient, job_name
 from rdx.toolchain import SetupError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,13 +135,9 @@ def deployment(cluster, admin, tmp_path_factory):
     for obj in sorted(objects, key=lambda o: o["kind"] != "Namespace"):
         resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
         resource.create(body=obj, namespace=obj["metadata"].get("namespace"))
-    # Who may do what: the SRE group, the compute node's service account (infra/rbac/).
-    for path, subst in (("ops.yaml", {}), ("compute-jobs.yaml", {"MEMBER": "example", "NAMESPACE": NS})):
-        text = (ROOT / "infra" / "rbac" / path).read_text()
-        for key, value in subst.items():
-            text = text.replace(key, value)
-        for obj in yaml.safe_load_all(text):
-            dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"]).create(body=obj, namespace=NS)
+    # Who may do what: the SRE group (infra/rbac/); the compute node's service account came with the overlay.
+    for obj in yaml.safe_load_all((ROOT / "infra" / "rbac" / "ops.yaml").read_text()):
+        dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"]).create(body=obj, namespace=NS)
 
     sim = Simulator(cluster, admin, objects)
     sim.start_all()
@@ -546,11 +544,11 @@ def test_the_sre_role_cannot_do_more_than_ops(cluster, deployment, sre_kubeconfi
     client.close()
 
 
-def test_job_runner_submits_reads_and_cancels_a_job(cluster, deployment, admin):
+def test_job_client_submits_reads_and_cancels_a_job(cluster, deployment, admin):
     from kubernetes import client as k
 
     compute = api_client(cluster.kubeconfig(cluster.home / "compute.kubeconfig", token=COMPUTE_TOKEN, user="compute"))
-    runner = KubernetesJobRunner(NS, compute, labels={"rdx.io/member": "example"}, active_deadline_seconds=3600)
+    runner = JobClient(NS, compute, labels={"rdx.io/member": "example"}, active_deadline_seconds=3600)
     job_id = "J-2026/psi.0042"
     name = runner.submit(job_id, "registry.example.org/rdx/compute:0.1.0-dev", ["--job", job_id, "--kind", "psi"],
                          {"RDX_JOB_ID": job_id, "RDX_THREADS": "8"})
@@ -604,12 +602,17 @@ def test_job_runner_submits_reads_and_cancels_a_job(cluster, deployment, admin):
     state = runner.status(other)
     assert (state.phase, state.reason, state.failed) == ("failed", "DeadlineExceeded", 1)
     assert runner.cancel(other) is True
-    # the compute node's account may run Jobs, and nothing else
+    # the compute node's account may run Jobs and make their Secrets, and nothing else: it can read
+    # no Secret (the namespace holds every member's node key) and no pod
     from kubernetes.client.exceptions import ApiException
 
-    with pytest.raises(ApiException) as denied:
-        k.CoreV1Api(compute).list_namespaced_pod(NS)
-    assert denied.value.status == 403
+    for read in (lambda: k.CoreV1Api(compute).list_namespaced_pod(NS),
+                 lambda: k.CoreV1Api(compute).list_namespaced_secret(NS),
+                 lambda: k.CoreV1Api(compute).read_namespaced_secret("compute-node-key-example", NS),
+                 lambda: k.AppsV1Api(compute).list_namespaced_deployment(NS)):
+        with pytest.raises(ApiException) as denied:
+            read()
+        assert denied.value.status == 403
     compute.close()
 
 
