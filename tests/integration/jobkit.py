@@ -128,8 +128,10 @@ class JobNet:
 
 
 async def start_net(chain, kafka, root: Path, *, consumer: str, members: list[str], listings: dict[str, list[str]],
-                    min_group: int = 1, deposit: int = 100_000, **node_settings) -> JobNet:
-    """Registers, funds and lists, starts every member's node and waits until all are ready."""
+                    min_group: int = 1, deposit: int = 100_000, node_env: dict[str, dict[str, str]] | None = None,
+                    **node_settings) -> JobNet:
+    """Registers, funds and lists, starts every member's node and waits until all are ready.
+    ``node_settings`` apply to every node; ``node_env`` adds environment variables to one member's."""
     client = ChainClient(chain.rpc_url, chain.chain_id)
     net = JobNet(client, chain.chain_id, kafka.bootstrap, chain.association, root, consumer, os.urandom(3).hex())
     grpc = {m: free_port() for m in members}
@@ -158,6 +160,7 @@ async def start_net(chain, kafka, root: Path, *, consumer: str, members: list[st
                 m, kafka=kafka.bootstrap, rpc_url=chain.rpc_url, chain_id=chain.chain_id, state_root=root / "state",
                 key_file=root / "keys" / f"{m}.node.json", grpc_port=grpc[m], datasets=root / m / "datasets.json",
                 log_dir=root / "logs" / m, **settings)
+            net.nodes[m].env.update((node_env or {}).get(m, {}))
             net.nodes[m].start(timeout=120, wait=False)
         for node in net.nodes.values():
             node.wait_ready(120)

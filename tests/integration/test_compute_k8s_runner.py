@@ -57,7 +57,7 @@ class Kubelet:
         self.batch, self.core = k.BatchV1Api(admin_client), k.CoreV1Api(admin_client)
         self.home = home
         self.mode = "run"                     # run | fail | hold
-        self.jobs: dict[str, dict] = {}       # Job name -> {"pod", "proc", "deleted", "env"}
+        self.jobs: dict[str, dict] = {}       # Job name -> {"labels", "pod", "proc", "deleted", "env"}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
@@ -69,7 +69,8 @@ class Kubelet:
             for event in watch.Watch().stream(self.batch.list_namespaced_job, NS, timeout_seconds=2):
                 name = event["object"].metadata.name
                 if event["type"] == "ADDED" and name not in self.jobs:
-                    self.jobs[name] = {"proc": None, "deleted": False, "mode": self.mode}
+                    self.jobs[name] = {"proc": None, "deleted": False, "mode": self.mode,
+                                       "labels": dict(event["object"].metadata.labels or {})}
                     threading.Thread(target=self._run, args=(event["object"],), daemon=True).start()
                 elif event["type"] == "DELETED" and name in self.jobs:
                     self.jobs[name]["deleted"] = True
