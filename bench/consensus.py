@@ -18,6 +18,11 @@ rdx's load: members.RotateKey (to the same key) by ``--signers`` registered memb
 increasing nonces, each signer's transactions on one connection; kvstore's: ``key=value``
 transactions of the same length.
 
+After the measured rounds, a diagnostic round of rdx takes a Go CPU profile of its node and
+reports the share spent in the ABCI socket client's flush timer: CometBFT (v0.38 through v1.0)
+arms it with 20 ns instead of 20 ms, so under load that node spends about a third of its CPU
+re-arming a timer, CPU the app and the node then lack; kvstore, in-process, has no socket client.
+
 ``RDX_BENCH_PROFILE=1`` runs rdx's consensus service under cProfile and prints where its time
 went, per committed tx (the .prof file stays in the state directory with ``--keep``).
 """
@@ -33,6 +38,7 @@ import pstats
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -82,23 +88,26 @@ class ProfiledService(ServiceProcess):
             self.wait_ready(timeout)
 
 
-def tune(node: CometNode, proxy_app: str | None = None) -> str:
-    """The shared settings; returns the node's Prometheus metrics URL."""
+def tune(node: CometNode, proxy_app: str | None = None) -> tuple[str, str]:
+    """The shared settings; returns the node's Prometheus metrics URL and its pprof address (Go's
+    profiler endpoint costs nothing until a profile is asked for, and only the diagnostic round
+    after the measured ones asks)."""
     path = node.home / "config" / "config.toml"
     doc = tomlkit.parse(path.read_text())
     doc["mempool"]["size"] = MEMPOOL_SIZE
-    metrics = f"{LOOPBACK}:{free_port()}"
+    metrics, pprof = f"{LOOPBACK}:{free_port()}", f"{LOOPBACK}:{free_port()}"
     doc["instrumentation"]["prometheus"] = True  # for cometbft_mempool_recheck_times
     doc["instrumentation"]["prometheus_listen_addr"] = metrics
+    doc["rpc"]["pprof_laddr"] = pprof
     if proxy_app is not None:
         doc["proxy_app"] = proxy_app
     path.write_text(tomlkit.dumps(doc))
-    return f"http://{metrics}/metrics"
+    return f"http://{metrics}/metrics", pprof
 
 
 def config_differences(a: Path, b: Path) -> list[str]:
     """Lines of two config.toml files that differ, apart from those expected to."""
-    expected = ("proxy_app", "moniker", "laddr", "external_address", "prometheus_listen_addr")
+    expected = ("proxy_app", "moniker", "laddr", "pprof_laddr", "external_address", "prometheus_listen_addr")
     la, lb = a.read_text().splitlines(), b.read_text().splitlines()
     if len(la) != len(lb):
         return [f"{a} has {len(la)} lines, {b} {len(lb)}"]
@@ -111,6 +120,7 @@ class Chain:
     node: CometNode
     app: ServiceProcess | None = None
     metrics_url: str = ""
+    pprof: str = ""
 
     def metric(self, name: str) -> float:
         """A counter or gauge of the node's Prometheus endpoint (summed over label sets)."""
@@ -155,7 +165,7 @@ def start_rdx(root: Path, toolchain: tc.Toolchain, kafka: str, association: Iden
     chain = Chain("rdx", node, app)
     app.start()
     node.prepare()
-    chain.metrics_url = tune(node)
+    chain.metrics_url, chain.pprof = tune(node)
     node.start()
     return chain
 
@@ -164,9 +174,9 @@ def start_kvstore(root: Path, toolchain: tc.Toolchain, timeout_commit: str) -> C
     node = CometNode(root / "kv-node", toolchain, chain_id=CHAIN_ID, rpc_port=free_port(), p2p_port=free_port(),
                      abci_port=free_port(), timeout_commit=timeout_commit, app_state={})
     node.prepare()
-    metrics = tune(node, proxy_app="kvstore")  # the same as `cometbft node --proxy_app=kvstore`
+    metrics, pprof = tune(node, proxy_app="kvstore")  # the same as `cometbft node --proxy_app=kvstore`
     node.start()
-    return Chain("kvstore", node, metrics_url=metrics)
+    return Chain("kvstore", node, metrics_url=metrics, pprof=pprof)
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,8 +295,9 @@ async def query(rpc: loadgen.RawHttp, path: str):
     return json.loads(base64.b64decode(resp["value"]))
 
 
-async def verify_nonces(chain: Chain, sent: list[list[bytes]]) -> None:
-    """Every tx sent passed authentication in a block: each signer's nonce on chain is its last one sent."""
+async def verify_nonces(chain: Chain, sent: list[list[bytes]]) -> dict[str, int]:
+    """Every tx sent passed authentication in a block: each signer's nonce on chain is its last one
+    sent. Returns those nonces."""
     last: dict[str, int] = {}
     for batch in sent:
         for raw in batch:
@@ -300,6 +311,7 @@ async def verify_nonces(chain: Chain, sent: list[list[bytes]]) -> None:
                 raise RuntimeError(f"{account}: nonce {on_chain} on chain, but {nonce} was sent")
     finally:
         await rpc.close()
+    return last
 
 
 async def relay_caught_up(service_url: str, height: int, timeout: float = 120.0) -> float:
@@ -314,6 +326,34 @@ async def relay_caught_up(service_url: str, height: int, timeout: float = 120.0)
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"the relay did not publish up to height {height} within {timeout}s")
         await asyncio.sleep(0.1)
+
+
+FLUSH_TIMER = "ThrottleTimer).fireRoutine"
+
+
+async def flush_timer_share(chain: Chain, txs: list[bytes], lanes: int, method: str, cometbft: Path, out: Path,
+                            seconds: float = 4.0) -> float | None:
+    """A diagnostic round, after the measured ones: the share of the node's CPU samples spent in
+    its ABCI socket client's flush timer while it serves rdx. CometBFT (v0.38 to v1.0) passes
+    ``flushThrottleMS = 20`` to ``NewThrottleTimer`` as a ``time.Duration``: 20 ns, not 20 ms. While
+    the client's writer goroutine is busy, the timer re-arms itself every 20 ns, each time in a new
+    goroutine. kvstore runs in-process and has no socket client. None if ``go tool pprof`` fails."""
+    url = f"http://{chain.pprof}/debug/pprof/profile?seconds={seconds:g}"
+    chain.resume()
+    try:
+        await asyncio.sleep(0.5)
+        grab = asyncio.create_task(asyncio.to_thread(
+            lambda: out.write_bytes(urllib.request.urlopen(url, timeout=seconds + 30).read())))
+        await throughput_round(chain, txs, lanes, method)
+        await grab
+    finally:
+        chain.pause()
+    top = subprocess.run(["go", "tool", "pprof", "-top", "-cum", str(cometbft), str(out)],
+                         capture_output=True, text=True)
+    for line in top.stdout.splitlines():
+        if line.rstrip().endswith(FLUSH_TIMER):
+            return float(line.split()[4].rstrip("%")) / 100  # flat flat% sum% cum cum% name
+    return None if top.returncode else 0.0
 
 
 def _get_text(url: str) -> str:
@@ -503,7 +543,13 @@ async def run(args, root: Path) -> dict:
         kv.resume()
         rechecks = await asyncio.to_thread(rdx.metric, "cometbft_mempool_recheck_times")
         kv_rechecks = await asyncio.to_thread(kv.metric, "cometbft_mempool_recheck_times")
-        await verify_nonces(rdx, [warm_rdx_txs, *rdx_rounds, lat_rdx_txs[:n_lat]])
+        on_chain = await verify_nonces(rdx, [warm_rdx_txs, *rdx_rounds, lat_rdx_txs[:n_lat]])
+        load.nonce = {account: nonce + 1 for account, nonce in on_chain.items()}  # the latency run used fewer
+        kv.pause()
+        spin = await flush_timer_share(rdx, load.build(n_rdx), args.connections, f"broadcast_tx_{args.broadcast}",
+                                       toolchain.cometbft, root / "rdx-node.pprof")
+        log(f"diagnostic round: the node's socket-client flush timer took "
+            f"{'?' if spin is None else f'{spin:.0%}'} of its CPU samples")
 
         notes += [
             f"single validator each, timeout_commit={args.timeout_commit}, mempool.size={MEMPOOL_SIZE}, "
@@ -535,6 +581,11 @@ async def run(args, root: Path) -> dict:
                      + ", ".join(f"{k} {v:.0f}" for k, v in costs.items())
                      + f"; plus {rechecks / max(1, committed['rdx']):.2f} rechecks per committed tx (CometBFT "
                      f"rechecks the mempool after each block; kvstore: {kv_rechecks / max(1, committed['kv']):.2f})")
+        notes.append("diagnostic round after the measured ones (not in the throughput or latency metrics), rdx's node under a pprof CPU "
+                     "profile: " + ("go tool pprof failed" if spin is None else f"{spin:.0%} of its CPU samples in "
+                     "its ABCI socket client's flush timer (CometBFT passes flushThrottleMS = 20 as a time.Duration, "
+                     "20 ns: the timer re-arms itself in a new goroutine every 20 ns while the client's writer is "
+                     "busy; kvstore runs in-process, without that client)"))
         if profile:
             notes.append("RDX_BENCH_PROFILE was set: rdx ran under cProfile, so its numbers are slowed down")
         lat_r, lat_k = latencies["rdx"], latencies["kvstore"]
@@ -549,6 +600,7 @@ async def run(args, root: Path) -> dict:
                 common.metric("commit_latency_p99_ms", lat_r["p99_ms"], "ms",
                               baseline_name="cometbft_kvstore_commit_latency_p99_ms", baseline_value=lat_k["p99_ms"]),
                 common.metric("steady_load_tx_per_s", rate, "tx/s"),
+                *([] if spin is None else [common.metric("rdx_node_cpu_share_in_socket_flush_timer", spin, "share")]),
             ],
         }
     finally:
