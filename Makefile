@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= .rdx
 
 .PHONY: setup setup-k8s up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state \
-        testnet bench bench-consensus bench-gateway bench-catalog bench-billing bench-compute bench-compute-jobs
+        testnet bench bench-consensus bench-gateway bench-catalog bench-billing bench-compute
 
 # The virtual environment, rebuilt only when the dependency list changes.
 $(VENV)/.installed: pyproject.toml
@@ -66,7 +66,7 @@ testnet: setup
 	@$(PY) -m rdx.testnet --validators 4 --state-dir .rdx-testnet
 
 # Benchmarks: each writes bench/results/<area>.json (see ../shared/BENCH.md).
-bench: bench-consensus bench-gateway bench-catalog bench-billing bench-compute bench-compute-jobs
+bench: bench-consensus bench-gateway bench-catalog bench-billing bench-compute
 	@$(PY) -m bench.summary
 
 bench-consensus: setup
@@ -83,6 +83,3 @@ bench-billing: setup
 
 bench-compute: setup
 	@$(PY) -m bench.compute
-
-bench-compute-jobs: setup
-	@$(PY) -m bench.compute_jobs

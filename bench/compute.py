@@ -1,24 +1,56 @@
-"""``make bench-compute``: PSI between two compute nodes on the real components, against
-openmined-psi on the same inputs in the same run (../shared/BENCH.md).
+"""``make bench-compute``: PSI and issue 7's job types (secure aggregation, HE scoring, supply-chain
+verification) as whole jobs on real compute nodes, each against a baseline measured in the same
+run (../shared/BENCH.md). Writes bench/results/compute.json.
 
-What runs: a Kafka broker, a CometBFT node with the consensus service, and two compute nodes
-(``python -m services.compute``, RDX_WORKERS worker processes each), all on this machine. A
-bank (consumer) and a telco (provider) each hold n phone numbers, a quarter of them shared.
-Each round is a whole job through the chain: the bank submits a PSI job, both nodes load and
-verify their datasets (the telco's against its listing's Merkle commitment), run ECDH-PSI
-over the authenticated peer channel, attest, and the chain completes and settles it. The
-bank's sealed result is fetched, opened and checked against the clear intersection.
+What runs (bench/cluster.py): a Kafka broker, a CometBFT node with the consensus service, and a
+compute node process per member (RDX_WORKERS worker processes each), all on this machine. Every
+round is a real job through the chain: submit, grants, each member's node loading its dataset
+(a provider's verified against its listing's Merkle commitment), the protocol over the
+authenticated peer channels, attestations, settlement; the consumer's sealed result is fetched
+from its node, opened, and checked against the same computation in the clear. Rounds alternate
+the job and its baseline, after a warm-up of each (except the heaviest sizes); medians reported.
 
-The baseline, openmined-psi 2.0.6 (P-256, the C++ library's Python binding), runs the same
-PSI (client and server in one process, as its own benchmarks do, with the RAW data structure:
-the full doubly-encrypted set, as ours sends) on the same two lists, in a separate
-interpreter: it pins protobuf 6.30.2 while rdx pins 7.x, so it lives in its own virtual
-environment under ~/.cache/rdx/bench (made on first use with pip; later runs reuse it).
-Rounds alternate rdx and baseline; medians are reported. Peak memory: the VmHWM of both
-nodes' processes and their worker processes (fresh nodes per size), and the baseline's
-ru_maxrss.
+Each job type reports ``*_job_s`` (submit to completed on chain), ``*_nodes_s`` (the first node
+starting to the last computing, from their journals) and, where the nodes' JobProgress events
+bracket it, ``*_protocol_s``; each as a ratio to its baseline. ``*_load_s`` is one party's
+dataset read plus Merkle commitment (``Dataset.load``, the code the node runs, on the same file),
+timed in the bench process when listing, since the node does not journal it; the slowest party's.
 
-    python bench/compute.py [--sizes 100000,1000000] [--rounds 3] [--rounds-large 1] [--workers 2]
+- PSI, n × n: a bank (consumer) and a telco (provider), a quarter of the numbers shared; fresh
+  nodes per size (peak memory: VmHWM of both nodes' process trees). Baseline: openmined-psi 2.0.6
+  (P-256, the C++ library's Python binding; client and server in one process, DataStructure.RAW:
+  the full doubly-encrypted set, as ours sends) on the same two lists, in its own interpreter (it
+  pins protobuf 6.30.2 while rdx pins 7.x; a virtual environment under ~/.cache/rdx/bench, made on
+  first use with pip).
+- aggregation, R rows × C columns split evenly over 3 providers (telco, logistics, maker; CSV,
+  which loaded in half Parquet's time here: the commitment canonicalises every value, a CSV field
+  is already text, a Parquet double goes through repr), count, sum, mean and variance per column to the bank. Baselines: the plain numpy
+  sum of the same R × C matrix (``x.sum(axis=0)``), and numpy's count, sum and sum of squares.
+  Protocol part: from the last provider's ``sharing`` event (loaded, local aggregate computed) to
+  the consumer's ``done``: sharing, the share exchange, the group-size check, the reveal, sealing.
+- HE scoring, N records × D features (the bank's local dataset) under the telco's model.
+  Baseline: the bare TenSEAL operations it is made of (context, encrypting the D column vectors
+  of each batch of 8192, the linear part and the cubic, decrypting), one process, no
+  serialisation. Protocol part: the consumer's ``encrypting`` (loaded) to its ``done``. The
+  scores are checked within 1e-3 of the clear polynomial.
+- supply chain, 3 parties (bank: contract, telco: invoice, logistics) × N records, pairwise;
+  planted: every 100th invoice amount and every 50th logistics quantity differ. Baseline: the
+  bare X25519 kernel operations of the protocol (per pair and side, hash-and-mask of 3N keys and
+  re-mask of 3N points) on as many processes as the three nodes' workers together (under others'
+  load, fewer processes would get a smaller share of the cores). No event separates loading from
+  the first pairwise exchange, so there is no protocol part; ``*_load_s`` says how much loading is.
+
+The in-process protocol-only bench this replaces (parties over in-memory channels) is gone: the
+protocol parts above come from the real nodes. What it also gave, bytes on the wire, is fixed
+by each protocol's messages (the job types' docstrings) and is not measured here.
+
+    python -m bench.compute [--quick] [--sizes 100000,1000000] [--rounds 3] [--rounds-large 1]
+        [--rows 1000000] [--cols 10] [--he 10000] [--he-features 8] [--sc 100000] [--sc-rounds 1]
+        [--workers 2] [--batch 16384] [--out bench/results/compute.json]
+
+``--quick``: PSI 10k, aggregation 10k × 10, HE 1k, supply chain 2k, one round each (a smoke run
+of under a minute; written to a temporary file unless --out is given). A size of 0 (or
+``--sizes ""``) leaves that part out.
 """
 
 from __future__ import annotations
@@ -33,24 +65,26 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
+import timeit
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import common  # noqa: E402
-from rdx import toolchain as tc  # noqa: E402
-from rdx.components import CometNode, KafkaBroker, ServiceProcess, free_port  # noqa: E402
-from rdx.supervisor import genesis_app_state  # noqa: E402
-from services.common.chain import ChainClient  # noqa: E402
-from services.common.events import TOPICS  # noqa: E402
-from services.common.identity import Identity  # noqa: E402
-from services.compute import psi_kernel, results  # noqa: E402
+from bench.cluster import Exchange, Run, say  # noqa: E402
+from services.compute import psi_kernel  # noqa: E402
 from services.compute.datasets import Datasets  # noqa: E402
+from services.compute.jobtypes import he_scoring as he  # noqa: E402
 
-CHAIN_ID = "rdx-bench"
+CONSUMER = "bank"
+PROVIDERS = ["telco", "logistics", "maker"]
+SC_KINDS = {"bank": "contract", "telco": "invoice", "logistics": "logistics"}
+SC_COLUMNS = ["reference", "amount", "quantity"]
+HE_ERROR_BOUND = 1e-3
 BASELINE = "openmined-psi==2.0.6"
 BASELINE_PROTOBUF = "protobuf==6.30.2"
 BASELINE_SCRIPT = r'''
@@ -72,17 +106,59 @@ seconds = time.perf_counter() - started
 print(json.dumps({"seconds": seconds, "intersection": len(intersection),
                   "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 '''
+FULL = {"sizes": "100000,1000000", "rounds": 3, "rounds_large": 1, "rows": 1_000_000, "he": 10_000,
+        "sc": 100_000, "sc_rounds": 1}
+QUICK = {"sizes": "10000", "rounds": 1, "rounds_large": 1, "rows": 10_000, "he": 1_000, "sc": 2_000, "sc_rounds": 1}
 
 
-def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+def label(n: int) -> str:
+    return f"{n // 1_000_000}m" if n >= 1_000_000 and n % 1_000_000 == 0 else \
+        f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
+
+def write_csv(path: Path, columns: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pacsv.write_csv(pa.table(columns), path, pacsv.WriteOptions(quoting_style="needed"))
+
+
+def write_config(root: Path, member: str, name: str, entries: list[dict]) -> Path:
+    path = root / "data" / member / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"datasets": entries}))
+    return path
+
+
+def timed_load(config: Path, dataset: str, columns: list[str]) -> tuple[str, float]:
+    """(commitment, seconds) of one Dataset.load, as a node does it before a job."""
+    ds = Datasets.from_path(config).get(dataset)
+    t = time.perf_counter()
+    loaded = ds.load(columns)
+    return loaded.commitment, time.perf_counter() - t
+
+
+def timed(fn, *args):
+    t = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t, out
+
+
+def repeated(fn, times: int = 5) -> float:
+    """The median of a few timings of a short operation (one alone is mostly noise)."""
+    return statistics.median(timeit.repeat(fn, number=1, repeat=times))
+
+
+def median(runs: list[Run], key: str) -> float:
+    return statistics.median(getattr(r, key) for r in runs)
+
+
+# -- PSI and its baseline ----------------------------------------------------------------------------
 
 def phones(start: int, n: int) -> list[str]:
     return [f"+86-1{i:010d}" for i in range(start, start + n)]
 
-
-# -- the baseline's own environment ------------------------------------------------------------------
 
 def baseline_python() -> Path | None:
     venv = Path.home() / ".cache" / "rdx" / "bench" / BASELINE.replace("==", "-")
@@ -109,183 +185,6 @@ def run_baseline(py: Path, script: Path, client_file: Path, server_file: Path) -
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# -- the exchange ------------------------------------------------------------------------------------
-
-class Exchange:
-    def __init__(self, root: Path, workers: int, batch: int):
-        self.root, self.workers, self.batch = root, workers, batch
-        self.toolchain = tc.installed()
-        self.association = Identity.generate("association")
-        self.kafka = KafkaBroker(root / "kafka", self.toolchain, port=free_port(), controller_port=free_port())
-        abci = free_port()
-        self.consensus = ServiceProcess("consensus", free_port(), {
-            "RDX_KAFKA_BOOTSTRAP": self.kafka.bootstrap, "RDX_STATE_ROOT": str(root / "state"),
-            "RDX_CHAIN_ID": CHAIN_ID, "RDX_ABCI_PORT": str(abci)}, root / "logs")
-        self.comet = CometNode(root / "comet", self.toolchain, chain_id=CHAIN_ID, rpc_port=free_port(),
-                               p2p_port=free_port(), abci_port=abci, timeout_commit="200ms",
-                               app_state=genesis_app_state(self.association))
-        self.members = {"bank": Identity.generate("bank"), "telco": Identity.generate("telco")}
-        self.nodes_keys = {m: Identity.generate(f"{m}.node") for m in self.members}
-        self.grpc = {m: free_port() for m in self.members}
-        self.nodes: dict[str, ServiceProcess] = {}
-        self.generation = 0
-
-    def start(self) -> None:
-        self.kafka.prepare()
-        self.kafka.start()
-        if hasattr(self.kafka, "create_topics"):
-            self.kafka.create_topics(TOPICS)
-        self.consensus.start()
-        self.comet.prepare()
-        self.comet.start()
-
-    def start_nodes(self, n: int) -> None:
-        """Fresh nodes that hold only the size-n datasets (so each size's peak memory is its own)."""
-        self.generation += 1
-        for member in self.members:
-            key = self.root / "keys" / f"{member}.node.json"
-            self.nodes_keys[member].save(key)
-            self.nodes[member] = ServiceProcess("compute", free_port(), {
-                "RDX_KAFKA_BOOTSTRAP": self.kafka.bootstrap, "RDX_COMETBFT_RPC": self.comet.rpc_url,
-                "RDX_CHAIN_ID": CHAIN_ID, "RDX_STATE_ROOT": str(self.root / "state"), "RDX_MEMBER_ID": member,
-                "RDX_NODE_KEY_FILE": str(key), "RDX_GRPC_PORT": str(self.grpc[member]),
-                "RDX_DATASETS": str(self.root / "data" / member / f"n{n}.json"),
-                "RDX_WORKERS": str(self.workers), "RDX_PSI_BATCH": str(self.batch), "RDX_LOG_LEVEL": "WARNING",
-            }, self.root / "logs" / f"{member}-{self.generation}")
-            self.nodes[member].start(timeout=120, wait=False)
-        for node in self.nodes.values():
-            node.wait_ready(120)
-        # A node computes its datasets' commitments for /datasets when it starts: let that finish
-        # first, so that it does not compete with the measured jobs.
-        for member in self.members:
-            deadline = time.monotonic() + 600
-            while any(d["commitment"] is None and d["error"] is None for d in self.http(member, "/datasets")):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{member}'s node did not summarise its datasets")
-                time.sleep(0.5)
-
-    def stop_nodes(self) -> None:
-        for node in self.nodes.values():
-            node.stop()
-        self.nodes = {}
-
-    def stop(self) -> None:
-        self.stop_nodes()
-        self.comet.stop()
-        self.consensus.stop()
-        self.kafka.stop()
-
-    def http(self, member: str, path: str) -> dict:
-        with urllib.request.urlopen(f"{self.nodes[member].url}{path}", timeout=10) as resp:
-            return json.loads(resp.read())
-
-    def peak_rss_mib(self) -> dict[str, float]:
-        """VmHWM of each node's process tree (the node and its worker processes), MiB."""
-        out = {}
-        for member, node in self.nodes.items():
-            pids = _tree(node.process.pid)
-            each = [round(_hwm_kib(p) / 1024) for p in pids]
-            out[member] = sum(each)
-            out[f"{member}_processes"] = each
-        return out
-
-
-def _tree(pid: int) -> list[int]:
-    pids = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    for c in children:
-        pids.extend(_tree(int(c)))
-    return pids
-
-
-def _hwm_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def write_data(root: Path, sizes: list[int]) -> dict[int, int]:
-    """Per size: a bank CSV and a telco CSV of n numbers, a quarter shared; returns the intersection sizes."""
-    expected = {}
-    bank_cfg, telco_cfg = [], []
-    for n in sizes:
-        shared = n // 4
-        bank, telco = phones(0, n), phones(n - shared, n)
-        expected[n] = shared
-        for member, items, cfg in (("bank", bank, bank_cfg), ("telco", telco, telco_cfg)):
-            d = root / "data" / member
-            d.mkdir(parents=True, exist_ok=True)
-            (d / f"n{n}.csv").write_text("phone\n" + "\n".join(items) + "\n")
-            entry = {"id": f"n{n}", "format": "csv", "path": f"n{n}.csv", "key": "phone"}
-            if member == "telco":
-                entry["asset"] = f"telco.n{n}"
-            cfg.append(entry)
-    for member, cfg in (("bank", bank_cfg), ("telco", telco_cfg)):
-        for entry in cfg:
-            (root / "data" / member / f"{entry['id']}.json").write_text(json.dumps({"datasets": [entry]}))
-    return expected
-
-
-async def setup_chain(x: Exchange, sizes: list[int], runs: int) -> None:
-    async with ChainClient(x.comet.rpc_url, CHAIN_ID) as chain:
-        for member, ident in x.members.items():
-            await chain.submit(x.association, "members.Register", {
-                "id": member, "name": member, "roles": ["consumer", "provider"], "public_key": ident.public_key,
-                "node": {"public_key": x.nodes_keys[member].public_key, "endpoint": f"127.0.0.1:{x.grpc[member]}"}})
-        await chain.submit(x.association, "bank.Deposit", {"to": "bank", "amount": 10**9, "reference": "bench"})
-
-        try:
-            from services.common.listing import example_metadata
-        except ImportError:  # pragma: no cover
-            def example_metadata(title, **_):
-                return {"title": title}
-        for n in sizes:
-            commitment, _ = Datasets.from_path(x.root / "data" / "telco" / f"n{n}.json").get(f"n{n}").summary()
-            await chain.submit(x.members["telco"], "assets.List", {
-                "id": f"telco.n{n}", "level": "L3", "operations": ["psi", "psi_cardinality"], "commitment": commitment,
-                "price": {"model": "fixed", "amount": 100}, "metadata": example_metadata(f"{n} subscribers")})
-            await chain.submit(x.members["bank"], "access.Request", {
-                "id": f"g-n{n}", "asset": f"telco.n{n}", "operations": ["psi"], "purpose": "benchmark",
-                "expires_at": int(time.time()) + 86_400, "max_runs": runs})
-            await chain.submit(x.members["telco"], "access.Approve", {"id": f"g-n{n}"})
-
-
-async def run_ours(x: Exchange, n: int, job: str, expected: int) -> dict:
-    async with ChainClient(x.comet.rpc_url, CHAIN_ID) as chain:
-        started = time.time()
-        await chain.submit(x.members["bank"], "jobs.Submit", {
-            "id": job, "type": "psi", "inputs": [{"asset": f"telco.n{n}", "grant": f"g-n{n}"}],
-            "params": {"dataset": f"n{n}", "key": "phone"}, "max_price": 1000, "timeout_s": 7200}, wait=False)
-        while True:
-            record = await chain.query(f"/jobs/{job}")
-            if record and record["status"] != "running":
-                break
-            await asyncio.sleep(0.1)
-        seconds = time.time() - started
-    if record["status"] != "completed":
-        raise RuntimeError(f"job {job} {record['status']}: {record.get('ended_reason')}")
-    rows = {m: x.http(m, f"/jobs/{job}") for m in x.members}
-    node_seconds = max(r["computed_at"] for r in rows.values()) - min(r["started_at"] for r in rows.values())
-    for _ in range(100):  # the bank's node releases the result once it has seen JobCompleted
-        try:
-            body = x.http("bank", f"/jobs/{job}/result")
-            break
-        except urllib.error.HTTPError:
-            await asyncio.sleep(0.1)
-    opened = results.open_envelope(x.nodes_keys["bank"], body["envelope"])
-    found = len(opened["result"]["intersection"])
-    if found != expected:
-        raise RuntimeError(f"job {job}: intersection {found}, expected {expected}")
-    return {"job_s": seconds, "nodes_s": node_seconds}
-
-
 def kernel_costs() -> dict[str, float]:
     keys = [f"+86-1{i:010d}".encode() for i in range(5000)]
     t = time.perf_counter()
@@ -298,81 +197,373 @@ def kernel_costs() -> dict[str, float]:
     return {"hash_to_curve_us": round(t_hash, 2), "x25519_mask_us": round(t_mask, 2)}
 
 
+def bench_psi(x: Exchange, sizes: list[int], args, metrics: list, notes: list) -> None:
+    rounds = {n: (args.rounds_large if n >= 1_000_000 else args.rounds) for n in sizes}
+    py = baseline_python()
+    script = x.root / "baseline.py"
+    script.write_text(BASELINE_SCRIPT)
+    configs, files = {}, {}
+    for n in sizes:  # a bank CSV and a telco CSV of n numbers, a quarter shared
+        shared = n // 4
+        for member, items in (("bank", phones(0, n)), ("telco", phones(n - shared, n))):
+            path = x.root / "data" / member / f"n{n}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("phone\n" + "\n".join(items) + "\n")
+            entry = {"id": f"n{n}", "format": "csv", "path": path.name, "key": "phone"}
+            if member == "telco":
+                entry["asset"] = f"telco.n{n}"
+            configs[n, member] = write_config(x.root, member, f"n{n}", [entry])
+            files[n, member] = path
+
+    async def grants() -> dict[int, str]:
+        async with x.chain() as chain:
+            return {n: await x.list_and_grant(chain, CONSUMER, f"telco.n{n}",
+                                              Datasets.from_path(configs[n, "telco"]).get(f"n{n}").summary()[0],
+                                              ["psi"], rounds[n] + 2) for n in sizes}
+
+    grant = asyncio.run(grants())
+
+    async def ours(n: int, job: str):
+        async with x.chain() as chain:
+            run = await x.run_job(chain, CONSUMER, job, "psi", [{"asset": f"telco.n{n}", "grant": grant[n]}],
+                                  {"dataset": f"n{n}", "key": "phone"})
+        if len(run.result["intersection"]) != n // 4:
+            raise RuntimeError(f"job {job}: intersection {len(run.result['intersection'])}, expected {n // 4}")
+        return run
+
+    for n in sizes:
+        say(f"PSI n = {n}: starting two fresh compute nodes ({args.workers} workers each) ...")
+        x.start_nodes({m: configs[n, m] for m in ("bank", "telco")})
+        pair = (files[n, "bank"], files[n, "telco"])
+        runs, theirs = [], []
+        if n < 1_000_000:  # warm-up: one job through every component, and the baseline once
+            asyncio.run(ours(n, f"warm-n{n}"))
+            if py:
+                run_baseline(py, script, *pair)
+        for r in range(rounds[n]):
+            run = asyncio.run(ours(n, f"job-n{n}-{r}"))
+            runs.append(run)
+            say(f"  rdx round {r + 1}: job {run.job_s:.2f}s (nodes {run.nodes_s:.2f}s)")
+            if py:
+                base = run_baseline(py, script, *pair)
+                if base["intersection"] != n // 4:
+                    raise RuntimeError(f"baseline found {base['intersection']}, expected {n // 4}")
+                theirs.append(base)
+                say(f"  openmined-psi round {r + 1}: {base['seconds']:.2f}s")
+        peak = x.peak_rss_mib()
+        x.stop_nodes()
+        lab = label(n)
+        job_s, nodes_s = median(runs, "job_s"), median(runs, "nodes_s")
+        base_s = statistics.median(t["seconds"] for t in theirs) if theirs else None
+        base_mib = max(t["peak_rss_kib"] for t in theirs) / 1024 if theirs else None
+        bar = "<= 1.0 (ratio: faster than openmined-psi); goal <= 0.333 (3x)"
+        metrics.append(common.metric(f"psi_{lab}_job_s", job_s, "s", baseline_name=f"openmined_psi_{lab}_s",
+                                     baseline_value=base_s, bar=bar,
+                                     passed=(job_s / base_s <= 1.0) if base_s else None))
+        metrics.append(common.metric(f"psi_{lab}_nodes_s", nodes_s, "s", baseline_name=f"openmined_psi_{lab}_s",
+                                     baseline_value=base_s, bar=bar,
+                                     passed=(nodes_s / base_s <= 1.0) if base_s else None))
+        metrics.append(common.metric(f"psi_{lab}_peak_rss_mib", peak["bank"] + peak["telco"], "MiB",
+                                     baseline_name=f"openmined_psi_{lab}_peak_rss_mib", baseline_value=base_mib))
+        metrics.append(common.metric(f"psi_{lab}_elements_per_s", 2 * n / job_s, "elements/s"))
+        notes.append(f"PSI n={n}: {rounds[n]} round(s) each; rdx job times {[round(r.job_s, 2) for r in runs]}, "
+                     f"openmined {[round(t['seconds'], 2) for t in theirs]}; peak RSS MiB by process (node first, "
+                     f"then its workers): bank {peak['bank_processes']}, telco {peak['telco_processes']}")
+
+
+# -- issue 7's job types: data ------------------------------------------------------------------------
+
+def write_aggregation(root: Path, rows: int, cols: int) -> dict:
+    x = np.random.default_rng(1).gamma(2.0, 500.0, (rows, cols)).round(2)
+    names = [f"c{j}" for j in range(cols)]
+    entries = {}
+    for p, idx in zip(PROVIDERS, np.array_split(np.arange(rows), len(PROVIDERS))):
+        write_csv(root / "data" / p / "ledger.csv", {c: x[idx, j] for j, c in enumerate(names)})
+        entries[p] = [{"id": "ledger", "asset": f"{p}.ledger", "format": "csv", "path": "ledger.csv"}]
+    return {"x": x, "names": names, "entries": entries}
+
+
+def write_he(root: Path, n: int, d: int) -> dict:
+    rng = np.random.default_rng(2)
+    x = np.round(rng.normal(0, 1, (n, d)), 6)
+    w, b = rng.normal(0, 0.5, d), 0.1
+    feats = [f"f{j}" for j in range(d)]
+    write_csv(root / "data" / CONSUMER / "applicants.csv", {f: x[:, j] for j, f in enumerate(feats)})
+    write_csv(root / "data" / "telco" / "model.csv", {"feature": feats + [he.INTERCEPT], "weight": list(w) + [b]})
+    return {"x": x, "w": w, "b": b, "features": feats, "entries": {
+        CONSUMER: [{"id": "applicants", "format": "csv", "path": "applicants.csv"}],
+        "telco": [{"id": "model", "asset": "telco.model", "format": "csv", "path": "model.csv"}]}}
+
+
+def write_supply_chain(root: Path, n: int) -> dict:
+    refs = [f"PO-{i:08d}" for i in range(n)]
+    entries = {}
+    for member in SC_KINDS:
+        amounts = [f"{100 + i % 5000}.25" for i in range(n)]
+        qtys = [str(i % 13 + 1) for i in range(n)]
+        if member == "telco":  # planted: every 100th invoice amount differs
+            amounts[::100] = ["1.00"] * len(amounts[::100])
+        if member == "logistics":  # and every 50th delivered quantity
+            qtys[::50] = ["99"] * len(qtys[::50])
+        write_csv(root / "data" / member / "records.csv", {"reference": refs, "amount": amounts, "quantity": qtys})
+        entry = {"id": "records", "format": "csv", "path": "records.csv"}
+        if member != CONSUMER:
+            entry["asset"] = f"{member}.records"
+        entries[member] = [entry]
+    expected = {"invoice": {"amount_differs": len(refs[::100]), "agrees": n - len(refs[::100])},
+                "logistics": {"quantity_differs": len(refs[::50]), "agrees": n - len(refs[::50])}}
+    return {"expected": expected, "entries": entries}
+
+
+# -- issue 7's job types: rounds ----------------------------------------------------------------------
+
+def bare_he(x: np.ndarray, w: np.ndarray, b: float, coeffs) -> np.ndarray:
+    """The TenSEAL operations he_scoring is made of, in one process, without serialisation."""
+    import tenseal as ts
+
+    ctx = he.new_context()
+    scores = []
+    for off in range(0, len(x), he.SLOTS):
+        block = x[off:off + he.SLOTS]
+        cts = [ts.ckks_vector(ctx, block[:, j].tolist()) for j in range(x.shape[1])]
+        z = None
+        for ct, wj in zip(cts, w.tolist()):
+            z = ct * wj if z is None else z + ct * wj
+        z = z + b
+        s = (z * coeffs[2]) * (z * z) + z * coeffs[1] + coeffs[0]
+        scores.append(np.array(s.decrypt()))
+    return np.concatenate(scores)
+
+
+def bare_kernel(pool: ProcessPoolExecutor, n: int, batch: int) -> None:
+    """The supply chain's X25519 work for 3 parties of n records: per pair and side, 3n
+    hash-and-mask and 3n re-mask, in batches on the pool."""
+    async def go():
+        loop = asyncio.get_running_loop()
+        keys = [f"R{i:08d}".encode() for i in range(3 * n)]
+        s = psi_kernel.new_scalar()
+        masked = await asyncio.gather(*(loop.run_in_executor(pool, psi_kernel.hash_and_mask, s, keys[o:o + batch])
+                                        for _ in range(6) for o in range(0, len(keys), batch)))
+        blob = b"".join(masked[:len(masked) // 6])
+        await asyncio.gather(*(loop.run_in_executor(pool, psi_kernel.mask_blob, s, blob[o:o + 32 * batch], 16)
+                               for _ in range(6) for o in range(0, len(blob), 32 * batch)))
+    asyncio.run(go())
+
+
+def protocol_s(run: Run, start: list[tuple[str, str]], end: tuple[str, str]) -> float:
+    """From the last of the ``start`` (member, phase) events to the ``end`` one."""
+    return run.phases[end[0]][end[1]] - max(run.phases[m][p] for m, p in start)
+
+
+def job_metrics(prefix: str, runs: list[Run], base_name: str, base: float) -> list[dict]:
+    keys = ("job_s", "nodes_s", "protocol_s") if runs[0].protocol_s is not None else ("job_s", "nodes_s")
+    return [common.metric(f"{prefix}_{k}", median(runs, k), "s", baseline_name=base_name, baseline_value=base)
+            for k in keys]
+
+
+class Jobs:
+    """Issue 7's job types on four fresh nodes: their data written, listed (each load timed) and
+    granted once; then each type's rounds, alternating with its baseline."""
+
+    def __init__(self, x: Exchange, args):
+        self.x, self.args = x, args
+        say("writing the job types' datasets ...")
+        self.agg = write_aggregation(x.root, args.rows, args.cols) if args.rows else None
+        self.scoring = write_he(x.root, args.he, args.he_features) if args.he else None
+        self.sc = write_supply_chain(x.root, args.sc) if args.sc else None
+        entries: dict[str, list] = {m: [] for m in x.members}
+        for part in (self.agg, self.scoring, self.sc):
+            for member, es in (part or {}).get("entries", {}).items():
+                entries[member] += es
+        self.configs = {m: write_config(x.root, m, "jobs", es) for m, es in entries.items() if es}
+        self.loads: dict[str, float] = {}  # "<dataset>@<member>" -> seconds
+        self.grants: dict[str, str] = {}  # asset -> the bank's grant
+        say("listing them (each load timed) and granting the bank ...")
+        asyncio.run(self._list_all())
+        say(f"starting {len(self.configs)} fresh compute nodes ({args.workers} workers each) ...")
+        x.start_nodes(self.configs)
+
+    async def _list(self, chain, member: str, dataset: str, columns: list[str], op: str | None, runs: int) -> None:
+        commitment, self.loads[f"{dataset}@{member}"] = timed_load(self.configs[member], dataset, columns)
+        if op:
+            asset = f"{member}.{dataset}"
+            self.grants[asset] = await self.x.list_and_grant(chain, CONSUMER, asset, commitment, [op], runs)
+
+    async def _list_all(self) -> None:
+        runs = self.args.rounds + 2
+        async with self.x.chain() as chain:
+            for p in PROVIDERS if self.agg else ():
+                await self._list(chain, p, "ledger", self.agg["names"], "aggregation", runs)
+            if self.scoring:
+                await self._list(chain, CONSUMER, "applicants", self.scoring["features"], None, runs)
+                await self._list(chain, "telco", "model", ["feature", "weight"], "he_scoring", runs)
+            for member in SC_KINDS if self.sc else ():
+                op = None if member == CONSUMER else "supply_chain_verification"
+                await self._list(chain, member, "records", SC_COLUMNS, op, self.args.sc_rounds + 2)
+
+    def load_s(self, dataset: str) -> float:
+        """The slowest party's load of ``dataset``."""
+        return max(v for k, v in self.loads.items() if k.startswith(f"{dataset}@"))
+
+    def job(self, job: str, type_: str, assets: list[str], params: dict, until: tuple[str, str] | None) -> Run:
+        async def go():
+            async with self.x.chain() as chain:
+                return await self.x.run_job(chain, CONSUMER, job, type_,
+                                            [{"asset": a, "grant": self.grants[a]} for a in assets], params, until)
+        return asyncio.run(go())
+
+    def aggregation(self, metrics: list, notes: list) -> None:
+        xs, names, rows = self.agg["x"], self.agg["names"], self.args.rows
+        params = {"columns": names, "stats": ["count", "sum", "mean", "variance"]}
+        lab = f"{label(rows)}x{self.args.cols}"
+        total, var = xs.sum(axis=0), xs.var(axis=0)
+        runs, sums, stats = [], [], []
+        for r in range(self.args.rounds + 1):  # round 0 is the warm-up
+            t_sum = repeated(lambda: xs.sum(axis=0))
+            t_stats = repeated(lambda: ((~np.isnan(xs)).sum(axis=0), xs.sum(axis=0), (xs * xs).sum(axis=0)))
+            run = self.job(f"agg-{r}", "aggregation", [f"{p}.ledger" for p in PROVIDERS], params, (CONSUMER, "done"))
+            got = run.result["columns"]
+            for j, c in enumerate(names):
+                if got[c]["count"] != rows or abs(got[c]["sum"] - total[j]) > 1e-9 * abs(total[j]) + 1e-5 \
+                        or abs(got[c]["variance"] - var[j]) > 1e-6 * var[j]:
+                    raise RuntimeError(f"aggregation round {r}: column {c} differs from numpy")
+            run.protocol_s = protocol_s(run, [(p, "sharing") for p in PROVIDERS], (CONSUMER, "done"))
+            say(f"  aggregation round {r}: job {run.job_s:.2f}s, nodes {run.nodes_s:.2f}s, "
+                f"protocol {run.protocol_s:.3f}s; numpy sum {t_sum:.4f}s")
+            if r:
+                runs.append(run), sums.append(t_sum), stats.append(t_stats)
+        prefix = f"aggregation_{lab}_3p"
+        metrics.extend(job_metrics(prefix, runs, f"numpy_sum_{lab}_s", statistics.median(sums)))
+        metrics.append(common.metric(f"{prefix}_protocol_vs_numpy_stats", median(runs, "protocol_s"), "s",
+                                     baseline_name=f"numpy_count_sum_sumsq_{lab}_s",
+                                     baseline_value=statistics.median(stats)))
+        metrics.append(common.metric(f"{prefix}_load_s", self.load_s("ledger"), "s"))
+        notes.append(f"aggregation: jobs {[round(r.job_s, 2) for r in runs]} s, protocol "
+                     f"{[round(r.protocol_s, 3) for r in runs]} s, numpy sum {[round(v, 4) for v in sums]} s")
+
+    def he_scoring(self, metrics: list, notes: list) -> None:
+        data, n = self.scoring, self.args.he
+        xh, w, b, feats = data["x"], data["w"], data["b"], data["features"]
+        coeffs = he.sigmoid_poly(8)
+        clear = he.clear_scores(xh, w, b, coeffs)
+        lab = f"{label(n)}x{self.args.he_features}"
+        runs, bare, errs = [], [], []
+        for r in range(self.args.rounds + 1):
+            t_bare, s_bare = timed(bare_he, xh, w, b, coeffs)
+            if np.abs(s_bare - clear).max() >= HE_ERROR_BOUND:
+                raise RuntimeError("the bare TenSEAL baseline is off the clear polynomial")
+            run = self.job(f"he-{r}", "he_scoring", ["telco.model"], {"dataset": "applicants", "features": feats},
+                           (CONSUMER, "done"))
+            err = float(np.abs(np.array(run.result["scores"]) - clear).max())
+            if run.result["n"] != n or err >= HE_ERROR_BOUND:
+                raise RuntimeError(f"he_scoring round {r}: n {run.result['n']}, max |error| {err:.2e}")
+            run.protocol_s = protocol_s(run, [(CONSUMER, "encrypting")], (CONSUMER, "done"))
+            say(f"  he_scoring round {r}: job {run.job_s:.2f}s, nodes {run.nodes_s:.2f}s, "
+                f"protocol {run.protocol_s:.3f}s; bare TenSEAL {t_bare:.3f}s; max |error| {err:.1e}")
+            if r:
+                runs.append(run), bare.append(t_bare), errs.append(err)
+        prefix = f"he_scoring_{lab}"
+        metrics.extend(job_metrics(prefix, runs, f"bare_tenseal_{lab}_s", statistics.median(bare)))
+        metrics.append(common.metric(f"{prefix}_records_per_s", n / median(runs, "job_s"), "records/s"))
+        metrics.append(common.metric(f"{prefix}_max_abs_error_x1e6", max(errs) * 1e6, "1e-6 score",
+                                     bar=f"<= {HE_ERROR_BOUND * 1e6:.0f} (1e-3)", passed=max(errs) < HE_ERROR_BOUND))
+        metrics.append(common.metric(f"{prefix}_load_s", self.load_s("applicants"), "s"))
+        notes.append(f"he_scoring: jobs {[round(r.job_s, 2) for r in runs]} s, protocol "
+                     f"{[round(r.protocol_s, 3) for r in runs]} s, bare TenSEAL {[round(v, 3) for v in bare]} s")
+
+    def supply_chain(self, metrics: list, notes: list, pool: ProcessPoolExecutor) -> None:
+        n = self.args.sc
+        params = {"dataset": "records", "kinds": SC_KINDS}
+        assets = [f"{m}.records" for m in SC_KINDS if m != CONSUMER]
+        warm = int(n < 50_000)  # a heavy size is not repeated for a warm-up
+        runs, kernel = [], []
+        for r in range(self.args.sc_rounds + warm):
+            t_kernel, _ = timed(bare_kernel, pool, n, self.args.batch)
+            run = self.job(f"sc-{r}", "supply_chain", assets, params, None)
+            got = run.result["by_counterpart"]
+            for kind, counts in self.sc["expected"].items():
+                if {s: c for s, c in got[kind].items() if c} != counts:
+                    raise RuntimeError(f"supply_chain round {r}: {kind} {got[kind]}, expected {counts}")
+            say(f"  supply_chain round {r}: job {run.job_s:.2f}s, nodes {run.nodes_s:.2f}s; kernel {t_kernel:.2f}s")
+            if r >= warm:
+                runs.append(run), kernel.append(t_kernel)
+        prefix = f"supply_chain_3p_{label(n)}"
+        metrics.extend(job_metrics(prefix, runs, f"bare_x25519_kernel_3p_{label(n)}_s", statistics.median(kernel)))
+        metrics.append(common.metric(f"{prefix}_records_per_s", 3 * n / median(runs, "job_s"), "records/s"))
+        metrics.append(common.metric(f"{prefix}_load_s", self.load_s("records"), "s"))
+        notes.append(f"supply_chain: jobs {[round(r.job_s, 2) for r in runs]} s, kernel "
+                     f"{[round(v, 2) for v in kernel]} s")
+
+
+def bench_jobs(x: Exchange, args, metrics: list, notes: list) -> None:
+    jobs = Jobs(x, args)
+    if jobs.agg:
+        jobs.aggregation(metrics, notes)
+    if jobs.scoring:
+        jobs.he_scoring(metrics, notes)
+    if jobs.sc:
+        with ProcessPoolExecutor(len(SC_KINDS) * args.workers) as pool:  # as many as the nodes' workers
+            jobs.supply_chain(metrics, notes, pool)
+    peak = x.peak_rss_mib()
+    notes.append("job types' nodes, peak RSS MiB (node + workers): " + ", ".join(f"{m} {peak[m]}" for m in x.nodes)
+                 + f"; loads (s) {({k: round(v, 2) for k, v in jobs.loads.items()})}")
+    x.stop_nodes()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="100000,1000000")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of each system for sizes under 1M")
-    ap.add_argument("--rounds-large", type=int, default=1, help="rounds for sizes of 1M and over")
+    ap.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke run of a few minutes")
+    ap.add_argument("--sizes", help=f"PSI sizes (default {FULL['sizes']})")
+    ap.add_argument("--rounds", type=int, help="rounds of each system for PSI under 1M, aggregation, HE (default 3)")
+    ap.add_argument("--rounds-large", type=int, help="PSI rounds for sizes of 1M and over (default 1)")
+    ap.add_argument("--rows", type=int, help="aggregation rows, over 3 providers (default 1000000)")
+    ap.add_argument("--cols", type=int, default=10, help="aggregation columns")
+    ap.add_argument("--he", type=int, help="HE scoring records (default 10000)")
+    ap.add_argument("--he-features", type=int, default=8)
+    ap.add_argument("--sc", type=int, help="supply-chain records per party (default 100000)")
+    ap.add_argument("--sc-rounds", type=int, help="supply-chain rounds (default 1)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="worker processes per node")
     ap.add_argument("--batch", type=int, default=16_384, help="RDX_PSI_BATCH of the nodes (their default)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "compute.json"))
+    ap.add_argument("--out", help="results file (default bench/results/compute.json; --quick: a temporary file)")
     args = ap.parse_args()
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    out = Path(args.out) if args.out else \
+        Path(tempfile.gettempdir()) / "rdx-bench-compute-quick.json" if args.quick else common.RESULTS / "compute.json"
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    rounds = {n: (args.rounds_large if n >= 1_000_000 else args.rounds) for n in sizes}
     load_before = os.getloadavg()
-    py = baseline_python()
     root = Path(tempfile.mkdtemp(prefix="rdx-bench-compute-"))
-    script = root / "baseline.py"
-    script.write_text(BASELINE_SCRIPT)
-    x = Exchange(root, args.workers, args.batch)
-    metrics, notes = [], []
+    x = Exchange(root, [CONSUMER, *PROVIDERS], args.workers, args.batch)
+    metrics: list[dict] = []
+    notes: list[str] = []
     costs = kernel_costs()
     try:
-        say(f"writing datasets for sizes {sizes} ...")
-        expected = write_data(root, sizes)
         say("starting Kafka, CometBFT and the consensus service ...")
         x.start()
-        asyncio.run(setup_chain(x, sizes, max(rounds.values()) + 2))
-        for n in sizes:
-            say(f"n = {n}: starting two fresh compute nodes ({args.workers} workers each) ...")
-            x.start_nodes(n)
-            files = (root / "data" / "bank" / f"n{n}.csv", root / "data" / "telco" / f"n{n}.csv")
-            ours, theirs = [], []
-            if n < 1_000_000:  # warm-up: one job through every component, and the baseline once
-                asyncio.run(run_ours(x, n, f"warm-n{n}", expected[n]))
-                if py:
-                    run_baseline(py, script, *files)
-            for r in range(rounds[n]):
-                result = asyncio.run(run_ours(x, n, f"job-n{n}-{r}", expected[n]))
-                ours.append(result)
-                say(f"  rdx round {r + 1}: job {result['job_s']:.2f}s (nodes {result['nodes_s']:.2f}s)")
-                if py:
-                    base = run_baseline(py, script, *files)
-                    if base["intersection"] != expected[n]:
-                        raise RuntimeError(f"baseline found {base['intersection']}, expected {expected[n]}")
-                    theirs.append(base)
-                    say(f"  openmined-psi round {r + 1}: {base['seconds']:.2f}s")
-            peak = x.peak_rss_mib()
-            x.stop_nodes()
-            label = f"{n // 1_000_000}m" if n >= 1_000_000 else f"{n // 1000}k"
-            job_s = statistics.median(o["job_s"] for o in ours)
-            nodes_s = statistics.median(o["nodes_s"] for o in ours)
-            base_s = statistics.median(t["seconds"] for t in theirs) if theirs else None
-            base_mib = max(t["peak_rss_kib"] for t in theirs) / 1024 if theirs else None
-            bar = "<= 1.0 (ratio: faster than openmined-psi); goal <= 0.333 (3x)"
-            metrics.append(common.metric(f"psi_{label}_job_s", job_s, "s", baseline_name=f"openmined_psi_{label}_s",
-                                         baseline_value=base_s, bar=bar,
-                                         passed=(job_s / base_s <= 1.0) if base_s else None))
-            metrics.append(common.metric(f"psi_{label}_nodes_s", nodes_s, "s", baseline_name=f"openmined_psi_{label}_s",
-                                         baseline_value=base_s, bar=bar,
-                                         passed=(nodes_s / base_s <= 1.0) if base_s else None))
-            metrics.append(common.metric(f"psi_{label}_peak_rss_mib", peak["bank"] + peak["telco"], "MiB",
-                                         baseline_name=f"openmined_psi_{label}_peak_rss_mib", baseline_value=base_mib))
-            metrics.append(common.metric(f"psi_{label}_elements_per_s", 2 * n / job_s, "elements/s"))
-            notes.append(f"n={n}: {rounds[n]} round(s) each; rdx job times {[round(o['job_s'], 2) for o in ours]}, "
-                         f"openmined {[round(t['seconds'], 2) for t in theirs]}; peak RSS MiB by process (node first, "
-                         f"then its workers): bank {peak['bank_processes']}, telco {peak['telco_processes']}")
+
+        async def register():
+            async with x.chain() as chain:
+                await x.register(chain, CONSUMER)
+        asyncio.run(register())
+        if sizes:
+            bench_psi(x, sizes, args, metrics, notes)
+        if args.rows or args.he or args.sc:
+            bench_jobs(x, args, metrics, notes)
     finally:
         x.stop()
     load_after = os.getloadavg()
-    notes_text = (f"both nodes, Kafka, CometBFT and the baseline share this machine; {args.workers} worker "
+    notes_text = (f"Kafka, CometBFT, every node and the baselines share this machine; {args.workers} worker "
                   f"processes per node, batches of {args.batch}; per element in-run: {costs}; load average before "
                   f"{load_before[0]:.2f}, after {load_after[0]:.2f} (others' work counts); "
-                  f"*_job_s is submit to completed on chain (load + commitment check + PSI + attest + settle), "
-                  f"*_nodes_s is from the first node starting to the last computing; openmined-psi runs "
-                  f"client and server in one process on one core, DataStructure.RAW. " + " | ".join(notes))
-    common.write("compute", metrics, notes_text, Path(args.out))
-    say(f"wrote {args.out}")
+                  f"*_job_s is submit to completed on chain (load + commitment check + protocol + attest + settle), "
+                  f"*_nodes_s is from the first node starting to the last computing, *_protocol_s from the nodes' "
+                  f"progress events (see bench/compute.py), *_load_s one party's dataset load + commitment in the "
+                  f"bench process; openmined-psi runs client and server in one process on one core, "
+                  f"DataStructure.RAW; medians of {args.rounds} round(s) after a warm-up (supply chain "
+                  f"{args.sc_rounds}). " + " | ".join(notes))
+    common.write("compute", metrics, notes_text, out)
+    say(f"wrote {out}")
     for m in metrics:
         say(f"  {m['name']}: {m['value']} {m['unit']} (baseline {m['baseline_value']}, ratio {m['ratio']})")
     shutil.rmtree(root, ignore_errors=True)
