@@ -18,10 +18,14 @@ rdx's load: members.RotateKey (to the same key) by ``--signers`` registered memb
 increasing nonces, each signer's transactions on one connection; kvstore's: ``key=value``
 transactions of the same length.
 
-After the measured rounds, a diagnostic round of rdx takes a Go CPU profile of its node and
-reports the share spent in the ABCI socket client's flush timer: CometBFT (v0.38 through v1.0)
-arms it with 20 ns instead of 20 ms, so under load that node spends about a third of its CPU
-re-arming a timer, CPU the app and the node then lack; kvstore, in-process, has no socket client.
+Both chains run the same node binary: CometBFT v0.38.26 as `rdx setup` builds it, with
+rdx/patches/cometbft-socket-client-flush.patch. The patch touches only the ABCI socket client,
+which kvstore (in-process) never uses. Upstream (v0.38 through v1.0) arms that client's flush
+timer with 20 ns instead of 20 ms, so under load the node spent 30-36% of its CPU re-arming a
+timer and rdx reached 0.31-0.39 of kvstore (measured on 2026-11-27 with the unpatched binary;
+0.37 even with signature checks switched off, so it was not the app). After the measured rounds
+a diagnostic round takes a Go CPU profile of rdx's node and reports the share spent in that
+timer, so a build that lost the patch shows at once.
 
 ``RDX_BENCH_PROFILE=1`` runs rdx's consensus service under cProfile and prints where its time
 went, per committed tx (the .prof file stays in the state directory with ``--keep``).
@@ -581,11 +585,12 @@ async def run(args, root: Path) -> dict:
                      + ", ".join(f"{k} {v:.0f}" for k, v in costs.items())
                      + f"; plus {rechecks / max(1, committed['rdx']):.2f} rechecks per committed tx (CometBFT "
                      f"rechecks the mempool after each block; kvstore: {kv_rechecks / max(1, committed['kv']):.2f})")
+        notes.append("both nodes: CometBFT v0.38.26 with rdx/patches/cometbft-socket-client-flush.patch (the ABCI "
+                     "socket client's flush timer at its intended 20 ms, not 20 ns, plus a flush when no request is "
+                     "waiting; kvstore, in-process, does not use that client)")
         notes.append("diagnostic round after the measured ones (not in the throughput or latency metrics), rdx's node under a pprof CPU "
                      "profile: " + ("go tool pprof failed" if spin is None else f"{spin:.0%} of its CPU samples in "
-                     "its ABCI socket client's flush timer (CometBFT passes flushThrottleMS = 20 as a time.Duration, "
-                     "20 ns: the timer re-arms itself in a new goroutine every 20 ns while the client's writer is "
-                     "busy; kvstore runs in-process, without that client)"))
+                     "its ABCI socket client's flush timer (30-36% with the unpatched binary)"))
         if profile:
             notes.append("RDX_BENCH_PROFILE was set: rdx ran under cProfile, so its numbers are slowed down")
         lat_r, lat_k = latencies["rdx"], latencies["kvstore"]

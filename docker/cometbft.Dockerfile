@@ -1,14 +1,21 @@
 # A CometBFT validator, built from source at the tag rdx pins (rdx/pins.py COMETBFT_VERSION;
-# keep the ARG below equal to it). Build from the repository root:
+# keep the ARG below equal to it) with rdx/patches/cometbft-*.patch applied, exactly as
+# `rdx setup` builds it (rdx/toolchain.py). Build from the repository root:
 #   docker build -f docker/cometbft.Dockerfile -t rdx-cometbft:v0.38.26 .
 #
 # The entrypoint initialises the home on first start and then runs `cometbft start`; see
 # docker/cometbft-entrypoint.sh for how genesis and keys are supplied.
 
 FROM golang:1.26.8-bookworm AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG COMETBFT_VERSION=v0.38.26
-ENV CGO_ENABLED=0 GOTOOLCHAIN=local GOBIN=/out
-RUN go install "github.com/cometbft/cometbft/cmd/cometbft@${COMETBFT_VERSION}"
+ENV CGO_ENABLED=0 GOTOOLCHAIN=local
+COPY rdx/patches/ /patches/
+RUN src="$(go mod download -json "github.com/cometbft/cometbft@${COMETBFT_VERSION}" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')" \
+ && cp -r "${src}" /src && chmod -R u+w /src
+WORKDIR /src
+RUN for patch in /patches/cometbft-*.patch; do git apply "${patch}"; done \
+ && go build -o /out/cometbft ./cmd/cometbft
 
 FROM debian:12.12-slim
 # Non-root (uid/gid 10001, as in the Kubernetes securityContext). The home, /cometbft, is the

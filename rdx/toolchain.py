@@ -43,8 +43,20 @@ def kafka_dir() -> Path:
     return cache_root() / f"kafka-{pins.KAFKA_VERSION}"
 
 
+COMETBFT_PATCHES = sorted((Path(__file__).parent / "patches").glob("cometbft-*.patch"))
+
+
+def _patches_digest() -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for patch in COMETBFT_PATCHES:
+        h.update(patch.name.encode() + b"\0" + patch.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def cometbft_bin() -> Path:
-    return cache_root() / f"cometbft-{pins.COMETBFT_VERSION}" / "bin" / "cometbft"
+    return cache_root() / f"cometbft-{pins.COMETBFT_VERSION}-{_patches_digest()}" / "bin" / "cometbft"
 
 
 def abci_proto_dir() -> Path:
@@ -118,15 +130,25 @@ def ensure_kafka() -> Path:
 
 
 def ensure_cometbft() -> Path:
-    """CometBFT built from the Go module proxy at the pinned tag."""
+    """CometBFT built from the Go module proxy at the pinned tag, with rdx/patches/cometbft-*.patch
+    applied (each says why; today one, the ABCI socket client's flush timer)."""
     binary = cometbft_bin()
     if binary.exists():
         return binary
     go = require("go", "to build CometBFT", "Install Go 1.22+ (https://go.dev/doc/install or Debian's golang package).")
+    git = require("git", "to apply rdx's CometBFT patches", "Install git.")
+    source = _go_module_dir("github.com/cometbft/cometbft", pins.COMETBFT_VERSION)
     binary.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, GOBIN=str(binary.parent), CGO_ENABLED="0")
-    _run([go, "install", f"github.com/cometbft/cometbft/cmd/cometbft@{pins.COMETBFT_VERSION}"],
-         f"building CometBFT {pins.COMETBFT_VERSION}", env=env, cwd=tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(prefix="cometbft-src.") as tmp:
+        tree = Path(tmp) / "cometbft"
+        shutil.copytree(source, tree)  # the module cache is read-only
+        for path in tree.rglob("*"):
+            path.chmod(path.stat().st_mode | 0o200)
+        for patch in COMETBFT_PATCHES:
+            _run([git, "apply", str(patch)], f"applying {patch.name} to CometBFT {pins.COMETBFT_VERSION}", cwd=tree)
+        env = dict(os.environ, CGO_ENABLED="0")
+        _run([go, "build", "-o", str(binary), "./cmd/cometbft"], f"building CometBFT {pins.COMETBFT_VERSION}",
+             env=env, cwd=tree)
     return binary
 
 
