@@ -1,7 +1,8 @@
 """Issue 7's job types on the real chain and broker: secure aggregation across three providers,
 HE scoring between two members, supply-chain cross-verification across four, each checked
 against the same computation in the clear; the minimum group size refused, a provider killed
-mid-aggregation failing the job with the escrow refunded, and the canaries nowhere outside their
+mid-aggregation (plain, and aligned on a key while the others are in the alignment ring)
+failing the job with the escrow refunded, and the canaries nowhere outside their
 owners' nodes (Kafka topics, node logs, chain transactions, the bytes to and from one provider).
 
 Four members, each with a real node process (``python -m services.compute``): the consumer
@@ -339,13 +340,20 @@ async def test_supply_chain_verification_across_four_parties(net):
 # a provider killed mid-aggregation
 
 
-async def test_a_provider_killed_mid_aggregation_fails_the_job_and_refunds(net):
-    job = f"agg-kill-{TAG}"
+@pytest.mark.parametrize("aligned", [False, True], ids=["plain", "aligned-on-a-key"])
+async def test_a_provider_killed_mid_aggregation_fails_the_job_and_refunds(net, aligned):
+    job = f"agg-kill-{'aligned' if aligned else 'plain'}-{TAG}"
     before = await net.balance(BANK)
-    await net.submit(job, "aggregation", [f"{p}.big" for p in PROVIDERS], {"columns": ["amount"]})
-    # the two small providers have loaded and shared; the big one is still at it
+    params = {"columns": ["amount"], **({"align_on": "region"} if aligned else {})}
+    await net.submit(job, "aggregation", [f"{p}.big" for p in PROVIDERS], params)
+    # the two small providers have loaded and shared (plain), or are in the alignment ring waiting
+    # for their key lists to come back round (aligned); the big one is still loading
+    def caught(r):
+        progress = r["progress"] or {}
+        return r["status"] == "running" and (progress.get("phase") == "aligning" if aligned
+                                             else progress.get("done", 0) >= 1)
     for m in (P1, P2):
-        await net.wait_node(m, job, lambda r: r["status"] == "running" and (r["progress"] or {}).get("done", 0) >= 1)
+        await net.wait_node(m, job, caught)
     row = await net.node_job(P3, job)
     assert row is not None and row["status"] in ("pending", "running"), row
     killed = time.monotonic()
