@@ -193,15 +193,13 @@ class Demo:
         for member, dataset, asset, ops, price in (
                 ("telco", "subscribers", "telco.subscribers", ["psi", "psi_cardinality"], 500),
                 ("logistics", "blacklist", "logistics.blacklist", ["psi_cardinality"], 200)):
-            r = self.gw(member).send("assets.List", {
-                "id": f"{asset}.{self.run}", "level": "L3", "operations": ops,
-                "commitment": self.commitment(member, dataset), "price": {"model": "fixed", "amount": price},
-                "metadata": example_metadata(f"{dataset.capitalize()} of {member} ({self.run})")})
+            r = self.list_for(member, dataset, f"{asset}.{self.run}", ops, {"model": "fixed", "amount": price})
             evidence.append(f"{asset}@{r['height']}")
         deadline = time.monotonic() + 10
         found = []
         while time.monotonic() < deadline and len(found) < 2:
-            hits = self.gw("bank").search(self.run).get("items") or self.gw("bank").search(self.run).get("results", [])
+            page = self.gw("bank").search(self.run)
+            hits = page.get("items") or page.get("results", [])
             found = [h for h in hits if self.run in json.dumps(h)]
             time.sleep(0.5)
         return len(found) >= 2, f"listed {', '.join(evidence)}; search '{self.run}' finds {len(found)}", None
@@ -241,8 +239,8 @@ class Demo:
             inputs.append({"asset": asset, "grant": grant})
         return inputs
 
-    def list_for(self, member: str, dataset: str, asset: str, ops: list[str], price: dict, min_group: int = 1) -> None:
-        self.gw(member).send("assets.List", {
+    def list_for(self, member: str, dataset: str, asset: str, ops: list[str], price: dict, min_group: int = 1) -> dict:
+        return self.gw(member).send("assets.List", {
             "id": asset, "level": "L3", "operations": ops, "commitment": self.commitment(member, dataset),
             "price": price, "min_group_size": min_group,
             "metadata": example_metadata(f"{dataset.capitalize()} of {member} ({self.run})")})

@@ -152,10 +152,10 @@ def ensure_cometbft() -> Path:
     return binary
 
 
-def _go_module_dir(module: str, version: str) -> Path:
+def _go_module_dir(module: str, version: str, env: dict[str, str] | None = None) -> Path:
     go = require("go", "to fetch CometBFT's proto files", "Install Go 1.22+.")
     out = _run([go, "mod", "download", "-json", f"{module}@{version}"],
-               f"downloading {module}@{version}", cwd=tempfile.gettempdir())
+               f"downloading {module}@{version}", cwd=tempfile.gettempdir(), env=env)
     return Path(json.loads(out.stdout)["Dir"])
 
 

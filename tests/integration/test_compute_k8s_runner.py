@@ -303,6 +303,22 @@ def new_jobs(kube: Kubelet, before: set[str]) -> list[str]:
     return [n for n in kube.jobs if n not in before]
 
 
+async def failed_run(r: KubernetesRunner, kube: Kubelet, mode: str, job: str, match: str) -> tuple[float, str]:
+    """Run ``job`` with the kubelet in ``mode``, expecting a RunnerError matching ``match``; returns
+    the seconds it took and the name of the one Job it made."""
+    before = set(kube.jobs)
+    kube.mode = mode
+    try:
+        started = time.monotonic()
+        with pytest.raises(RunnerError, match=match):
+            await r.run(Batches(), context(r, job))
+        took = time.monotonic() - started
+    finally:
+        kube.mode = "run"
+    (name,) = new_jobs(kube, before)
+    return took, name
+
+
 # --------------------------------------------------------------------------------------------
 # The tests
 
@@ -367,35 +383,18 @@ async def test_a_small_job_stays_on_the_node(runner, kube, admin):  # noqa: F811
 
 async def test_a_job_that_kubernetes_fails_fails_the_run_with_its_reason(runner, kube, admin):  # noqa: F811
     r = await runner(connect_timeout_s=60)
-    before = set(kube.jobs)
-    kube.mode = "fail"
-    try:
-        started = time.monotonic()
-        with pytest.raises(RunnerError, match=r"the Kubernetes Job rdx-job-j-k8s-0003-[-\w]+ failed \(DeadlineExceeded\) "
-                                              r"before its worker connected"):
-            await r.run(Batches(), context(r, "J-k8s-0003"))
-        took = time.monotonic() - started
-    finally:
-        kube.mode = "run"
+    took, name = await failed_run(r, kube, "fail", "J-k8s-0003",
+                                  r"the Kubernetes Job rdx-job-j-k8s-0003-[-\w]+ failed \(DeadlineExceeded\) "
+                                  r"before its worker connected")
     assert took < 15, f"{took:.1f}s: the failure was not noticed by polling the Job"
-    (name,) = new_jobs(kube, before)
     assert not exists(admin, "job", name) and not exists(admin, "secret", name)
 
 
 async def test_a_worker_that_never_dials_back_fails_the_run_after_the_timeout(runner, kube, admin):  # noqa: F811
     r = await runner(connect_timeout_s=3)
-    before = set(kube.jobs)
-    kube.mode = "hold"
-    try:
-        started = time.monotonic()
-        with pytest.raises(RunnerError, match=r"the worker of Kubernetes Job rdx-job-j-k8s-0004-[-\w]+ did not connect "
-                                              r"within 3s"):
-            await r.run(Batches(), context(r, "J-k8s-0004"))
-        took = time.monotonic() - started
-    finally:
-        kube.mode = "run"
+    took, name = await failed_run(r, kube, "hold", "J-k8s-0004",
+                                  r"the worker of Kubernetes Job rdx-job-j-k8s-0004-[-\w]+ did not connect within 3s")
     assert 3 <= took < 10, took
-    (name,) = new_jobs(kube, before)
     assert not exists(admin, "job", name) and not exists(admin, "secret", name)
 
 
