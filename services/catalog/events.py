@@ -23,7 +23,6 @@ any order, as they would from several partitions, and the read model still ends 
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
@@ -31,7 +30,7 @@ from pydantic import ValidationError
 
 from services.common.events import Event
 from services.catalog.store import facet_token
-from services.common.listing import ListingMetadata
+from services.common.listing import ListingMetadata, canonical_json
 
 SEARCHABLE = "listed"
 PRICE_BANDS = ((0, 0, "free"), (1, 99, "1-99"), (100, 999, "100-999"), (1000, 9999, "1000-9999"),
@@ -89,7 +88,7 @@ def on_asset(event: Event, conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR IGNORE INTO listing_versions (id, version, event, status, height, tx_hash, event_id, "
                  "committed_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                  (asset, version, event.type, d["status"], height, d.get("tx_hash"), event.id,
-                  event.occurred_at.isoformat(), _json(body)))
+                  event.occurred_at.isoformat(), canonical_json(body).decode()))
     current = conn.execute("SELECT doc_id, version, first_height FROM listings WHERE id = ?", (asset,)).fetchone()
     if current is not None and current[1] >= version:
         if height < current[2]:
@@ -174,10 +173,6 @@ def on_job_ended(event: Event, conn: sqlite3.Connection) -> None:
     status = {"JobCompleted": "completed", "JobFailed": "failed", "JobAborted": "aborted"}[event.type]
     conn.execute("INSERT INTO jobs VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET status = excluded.status",
                  (event.data["job"], status))
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 HANDLERS = {

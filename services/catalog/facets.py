@@ -21,6 +21,7 @@ from services.catalog.events import SEARCHABLE, price_band
 
 SINGLE = ("level", "region", "update_cycle", "provider", "price_model", "price_band")
 MULTI = ("operation", "industry", "tag")
+SORT_KEYS = ("height", "first_height", "title_key", "price_amount", "row_count")
 
 
 class FacetCache:
@@ -32,8 +33,7 @@ class FacetCache:
         self.listed: list[bool] = [False]
         self.single: dict[str, list[Any]] = {f: [None] for f in SINGLE}
         self.multi: dict[str, list[tuple[str, ...]]] = {f: [()] for f in MULTI}
-        self.keys: dict[str, list[Any]] = {k: [None] for k in ("height", "first_height", "title_key", "price_amount",
-                                                                "row_count")}
+        self.keys: dict[str, list[Any]] = {k: [None] for k in SORT_KEYS}
         self._all_counts: tuple[int, dict[str, Counter]] | None = None
 
     # -- keeping up ----------------------------------------------------------------------------
@@ -65,8 +65,7 @@ class FacetCache:
             mine = terms.get(doc_id, {})
             for facet in MULTI:
                 self.multi[facet][doc_id] = tuple(sorted(mine.get(facet, ())))
-            for key, value in zip(("height", "first_height", "title_key", "price_amount", "row_count"),
-                                  (height, first_height, title_key, price_amount, row_count)):
+            for key, value in zip(SORT_KEYS, (height, first_height, title_key, price_amount, row_count)):
                 self.keys[key][doc_id] = value
         self.seq = latest
 
@@ -86,11 +85,15 @@ class FacetCache:
         listed = self.listed
         return [d for d in range(1, len(listed)) if listed[d]]
 
-    def keep(self, docs: Iterable[int], price_min: int | None, price_max: int | None) -> list[int]:
-        """The docs still listed here (FTS5 and this cache may be a few changes apart) within the price range."""
+    def keep(self, docs: Iterable[int] | None, price_min: int | None, price_max: int | None) -> list[int]:
+        """The docs still listed here (FTS5 and this cache may be a few changes apart) within the price
+        range; ``docs`` None: every listed listing."""
         listed, price = self.listed, self.keys["price_amount"]
         size = len(listed)
-        out = [d for d in docs if d < size and listed[d]] if docs else []
+        if docs is None:
+            out = self.listed_docs()
+        else:
+            out = [d for d in docs if d < size and listed[d]]
         if price_min is not None:
             out = [d for d in out if price[d] >= price_min]
         if price_max is not None:

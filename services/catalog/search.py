@@ -30,6 +30,7 @@ import json
 import re
 import sqlite3
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from services.catalog.facets import FacetCache
@@ -40,14 +41,14 @@ SORTS = ("relevance", "newest", "oldest", "title", "price_asc", "price_desc", "r
 MAX_TERMS = 16
 FACET_VALUES_SHOWN = 50
 
-# sort -> (cache key, descending?, SQL column); ties are always broken by listing id ascending.
-_SORT_KEYS: dict[str, tuple[str, bool, str]] = {
-    "newest": ("height", True, "height"),
-    "oldest": ("first_height", False, "first_height"),
-    "title": ("title_key", False, "title_key"),
-    "price_asc": ("price_amount", False, "price_amount"),
-    "price_desc": ("price_amount", True, "price_amount"),
-    "rows_desc": ("row_count", True, "row_count"),
+# sort -> (cache key, also the SQL column; descending?); ties are always broken by listing id ascending.
+_SORT_KEYS: dict[str, tuple[str, bool]] = {
+    "newest": ("height", True),
+    "oldest": ("first_height", False),
+    "title": ("title_key", False),
+    "price_asc": ("price_amount", False),
+    "price_desc": ("price_amount", True),
+    "rows_desc": ("row_count", True),
 }
 _WEIGHTS = ", ".join(str(w) for w in BM25_WEIGHTS)
 _TEXT = "{" + " ".join(TEXT_COLUMNS) + "}"
@@ -71,7 +72,7 @@ class Query:
     cursor: str | None = None
     facets: bool = True
 
-    @property
+    @cached_property
     def text(self) -> str | None:
         return fts_query(self.q) if self.q else None
 
@@ -183,13 +184,14 @@ def search(conn: sqlite3.Connection, cache: FacetCache, query: Query) -> dict[st
 
     with cache.lock:
         cache.refresh(conn)
+        pool = None
         if docs is None and query.price_min is None and query.price_max is None and sort == "newest":
             page, total, more = _browse_page(conn, cache, query, after)
         else:
-            pool = cache.keep(docs if docs is not None else cache.listed_docs(), query.price_min, query.price_max)
+            pool = cache.keep(docs, query.price_min, query.price_max)
             total = len(pool)
             page, more = _page(cache, query, sort, pool, ranked, after)
-        facets = _facets(cache, query, docs, others) if query.facets else None
+        facets = _facets(cache, query, docs, pool, others) if query.facets else None
         keys = {d: _sort_key(cache, sort, d, ranked) for d in page}
         ids = {d: cache.ids[d] for d in page}
     items = _items(conn, page, ranked)
@@ -210,7 +212,7 @@ def _match(conn: sqlite3.Connection, expression: str) -> list[int]:
 def _sort_key(cache: FacetCache, sort: str, doc: int, ranked: dict[int, float]) -> Any:
     if sort == "relevance":
         return ranked[doc]
-    key, _, _ = _SORT_KEYS[sort]
+    key, _ = _SORT_KEYS[sort]
     return cache.keys[key][doc]
 
 
@@ -221,7 +223,7 @@ def _page(cache: FacetCache, query: Query, sort: str, pool: list[int], ranked: d
         def order(d: int) -> tuple:
             return ranked[d], ids[d]
     else:
-        column, descending, _ = _SORT_KEYS[sort]
+        column, descending = _SORT_KEYS[sort]
         values = cache.keys[column]
         if descending:
             def order(d: int) -> tuple:
@@ -244,7 +246,7 @@ def _page(cache: FacetCache, query: Query, sort: str, pool: list[int], ranked: d
 def _browse_page(conn: sqlite3.Connection, cache: FacetCache, query: Query,
                  after: tuple[Any, str] | None) -> tuple[list[int], int, bool]:
     """No text, no filters, newest first: the page straight from the SQL index."""
-    column, descending, sql_column = _SORT_KEYS[query.effective_sort]
+    sql_column, descending = _SORT_KEYS[query.effective_sort]
     where, args = ["status = 'listed'"], []
     if after is not None:
         key, asset_id = after
@@ -262,23 +264,21 @@ def _browse_page(conn: sqlite3.Connection, cache: FacetCache, query: Query,
     return page[: query.limit], total, len(page) > query.limit
 
 
-def _facets(cache: FacetCache, query: Query, docs: list[int] | None,
+def _facets(cache: FacetCache, query: Query, docs: list[int] | None, pool: list[int] | None,
             others: dict[str, list[int] | None]) -> dict[str, list[dict[str, Any]]]:
+    """``pool``: the result set (``docs`` kept by :meth:`FacetCache.keep`), None when browsing."""
     selected = query.selected()
     priced = query.price_min is not None or query.price_max is not None
     if docs is None and not priced:
         counts = dict(cache.count_all())
     else:
-        pool = cache.keep(docs if docs is not None else cache.listed_docs(), query.price_min, query.price_max)
         counts = cache.count(pool, [f for f in FACETS if f not in selected])
     for facet in selected:  # disjunctive: over every filter but this facet's own
         matched = others.get(facet)
         if matched is None and not priced:
             counts[facet] = cache.count_all()[facet]
         else:
-            pool = cache.keep(matched if matched is not None else cache.listed_docs(), query.price_min,
-                              query.price_max)
-            counts[facet] = cache.count(pool, [facet])[facet]
+            counts[facet] = cache.count(cache.keep(matched, query.price_min, query.price_max), [facet])[facet]
     out = {}
     for facet in FACETS:
         chosen = set(query.filters.get(facet) or ())

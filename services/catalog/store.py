@@ -13,12 +13,13 @@ the dump) depends on them.
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
+
+from services.common.listing import canonical_json
 
 SCHEMA_VERSION = 1
 
@@ -199,5 +200,4 @@ def dump(conn: sqlite3.Connection) -> dict[str, Any]:
 
 def digest(conn: sqlite3.Connection) -> str:
     """SHA-256 of the canonical JSON of :func:`dump`."""
-    raw = json.dumps(dump(conn), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    return hashlib.sha256(raw).hexdigest()
+    return hashlib.sha256(canonical_json(dump(conn))).hexdigest()

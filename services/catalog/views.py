@@ -158,6 +158,13 @@ def router(catalog: Catalog) -> APIRouter:
         return {"tx_hash": committed.tx_hash, "height": committed.height, "committed": True}
 
     # -- search and listings --------------------------------------------------------------------
+    def _found(read, asset_id: str, missing: tuple[str, str], *args: Any) -> Any:
+        """``read(conn, asset_id, *args)``, or a 404 naming ``missing`` (field, message)."""
+        try:
+            return read(catalog.readers.get(), asset_id, *args)
+        except listings.NotFound:
+            return problems(404, missing)
+
     @api.get("/listings", response_model=SearchResponse, tags=["listings"])
     def search_listings(
         q: str | None = Query(None, max_length=500, description="words (all required), \"phrases\", prefix*"),
@@ -190,27 +197,18 @@ def router(catalog: Catalog) -> APIRouter:
              responses={404: {"description": "no such listing"}})
     def listing(asset_id: str = Path(pattern=ASSET_ID)) -> Any:
         """A listing (delisted ones too) with the on-chain proof of every version and its grant and usage counts."""
-        try:
-            return listings.detail(catalog.readers.get(), asset_id)
-        except listings.NotFound:
-            return problems(404, ("asset_id", f"no listing {asset_id}"))
+        return _found(listings.detail, asset_id, ("asset_id", f"no listing {asset_id}"))
 
     @api.get("/listings/{asset_id}/versions", response_model=list[VersionRecord], tags=["listings"],
              responses={404: {"description": "no such listing"}})
     def listing_versions(asset_id: str = Path(pattern=ASSET_ID)) -> Any:
         """Every version as committed on chain, oldest first."""
-        try:
-            return listings.versions(catalog.readers.get(), asset_id)
-        except listings.NotFound:
-            return problems(404, ("asset_id", f"no listing {asset_id}"))
+        return _found(listings.versions, asset_id, ("asset_id", f"no listing {asset_id}"))
 
     @api.get("/listings/{asset_id}/versions/{number}", response_model=VersionRecord, tags=["listings"],
              responses={404: {"description": "no such version"}})
     def listing_version(asset_id: str = Path(pattern=ASSET_ID), number: int = Path(ge=1)) -> Any:
-        try:
-            return listings.version(catalog.readers.get(), asset_id, number)
-        except listings.NotFound:
-            return problems(404, ("number", f"no version {number} of {asset_id}"))
+        return _found(listings.version, asset_id, ("number", f"no version {number} of {asset_id}"), number)
 
     @api.get("/catalog.jsonld", tags=["export"], response_class=JSONResponse,
              responses={200: {"content": {"application/ld+json": {}}}})
