@@ -260,7 +260,7 @@ class JobClient:
             raise KubeError(f"cannot create the Job {job.metadata.name}: {api_error(exc)}") from None
 
     def create_secret(self, name: str, data: Mapping[str, str], owner) -> None:
-        body = secret_manifest(name, self.namespace, data, owner, {k: v for k, v in owner.metadata.labels.items()})
+        body = secret_manifest(name, self.namespace, data, owner, owner.metadata.labels)
         try:
             self.core.create_namespaced_secret(self.namespace, body, _request_timeout=self.timeout)
         except Exception as exc:  # noqa: BLE001

@@ -56,34 +56,35 @@ class PeerUnavailable(Exception):
 
 # -- transports ------------------------------------------------------------------------------------
 
-class _ClientTransport:
-    def __init__(self, channel: grpc.aio.Channel, call):
-        self.channel, self.call = channel, call
+class _Transport:
+    """Frames over a gRPC stream: a client's call or a server's context (both read and write)."""
+
+    def __init__(self, stream):
+        self.stream = stream
 
     async def read(self) -> bytes | None:
-        msg = await self.call.read()
+        msg = await self.stream.read()
         return None if msg is grpc.aio.EOF else msg
 
     async def write(self, data: bytes) -> None:
-        await self.call.write(data)
+        await self.stream.write(data)
+
+
+class _ClientTransport(_Transport):
+    def __init__(self, channel: grpc.aio.Channel, call):
+        super().__init__(call)
+        self.channel = channel
 
     async def close(self) -> None:
-        self.call.cancel()
+        self.stream.cancel()
         await self.channel.close(grace=None)
 
 
-class _ServerTransport:
+class _ServerTransport(_Transport):
     def __init__(self, context: grpc.aio.ServicerContext):
-        self.context = context
+        super().__init__(context)
         self.closed = asyncio.Event()
         context.add_done_callback(lambda _: self.closed.set())
-
-    async def read(self) -> bytes | None:
-        msg = await self.context.read()
-        return None if msg is grpc.aio.EOF else msg
-
-    async def write(self, data: bytes) -> None:
-        await self.context.write(data)
 
     async def close(self) -> None:
         self.closed.set()

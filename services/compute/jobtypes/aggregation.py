@@ -124,7 +124,7 @@ import numpy as np
 from services.compute import psi_kernel as kernel
 from services.compute.commitment import canonical_value
 from services.compute.jobtypes.base import (Channel, JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError,
-                                             expect, goodbye)
+                                             expect, expect_finish, goodbye)
 from services.compute.jobtypes.psi import MATCH, shuffled
 
 FRAC_BITS = 24
@@ -624,10 +624,7 @@ class AggregationJob(JobType):
             raise JobRefused(f"an aggregate is below the listing's minimum group size ({min_group})")
         ctx.progress("revealing", 3, steps)
         await to_c.send("sum", to_bytes(s), k=k)
-        msg = await expect(to_c, "finish")
-        commitment = msg.header.get("commitment")
-        if not isinstance(commitment, str):
-            raise ProtocolError("finish without a commitment")
+        commitment = await expect_finish(to_c)
         await to_c.send("finished")
         await goodbye(ctx.member, [*chans.values(), to_c])
         ctx.progress("done", steps, steps)

@@ -249,3 +249,11 @@ async def expect(chan, kind: str):
     if msg.kind != kind:
         raise ProtocolError(f"expected {kind}, got {msg.kind}")
     return msg
+
+
+async def expect_finish(chan) -> str:
+    """The consumer's ``finish``, which must carry its result commitment; returns the commitment."""
+    commitment = (await expect(chan, "finish")).header.get("commitment")
+    if not isinstance(commitment, str):
+        raise ProtocolError("finish without a commitment")
+    return commitment

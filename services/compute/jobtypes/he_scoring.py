@@ -65,7 +65,7 @@ import numpy as np
 from services.compute.jobtypes import he_statistics
 from services.compute.jobtypes.aggregation import numeric
 from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, expect,
-                                            goodbye)
+                                            expect_finish, goodbye)
 
 POLY_DEGREE = 16_384
 COEFF_MOD_BITS = [60, 40, 40, 40, 60]
@@ -307,9 +307,7 @@ class HeScoringJob(JobType):
                 raise ProtocolError("a ciphertext could not be evaluated") from None
             await chan.send("score", out, batch=bi)
             ctx.progress("scoring", bi + 1, batches)
-        msg = await expect(chan, "finish")
-        if not isinstance(msg.header.get("commitment"), str):
-            raise ProtocolError("finish without a commitment")
+        await expect_finish(chan)
         p2c, c2p = chan.transcript()
         await chan.send("finished")
         await goodbye(ctx.member, [chan])

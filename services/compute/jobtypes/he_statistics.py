@@ -97,7 +97,8 @@ import numpy as np
 from services.compute import psi_kernel as kernel
 from services.compute.commitment import canonical_value
 from services.compute.jobtypes.aggregation import numeric
-from services.compute.jobtypes.base import JobContext, JobRefused, JobSpec, Outcome, ProtocolError, expect, goodbye
+from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, Outcome, ProtocolError, expect, expect_finish,
+                                             goodbye)
 from services.compute.jobtypes.psi import MATCH, match_positions, normalise_keys, shuffle_blob, shuffled
 
 POLY_DEGREE = 16_384
@@ -425,9 +426,7 @@ async def run_provider(ctx: JobContext) -> Outcome:
             except Exception:  # noqa: BLE001 - a malformed ciphertext; the message names no value
                 raise ProtocolError("a selection ciphertext could not be evaluated") from None
             await chan.send("stats", out, power=p)
-    msg = await expect(chan, "finish")
-    if not isinstance(msg.header.get("commitment"), str):
-        raise ProtocolError("finish without a commitment")
+    await expect_finish(chan)
     p2c, c2p = chan.transcript()
     await chan.send("finished")
     await goodbye(ctx.member, [chan])

@@ -41,7 +41,7 @@ import numpy as np
 from services.compute import psi_kernel as kernel
 from services.compute.commitment import canonical_value
 from services.compute.jobtypes.base import (Channel, JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError,
-                                             expect, goodbye)
+                                             expect, expect_finish, goodbye)
 
 MATCH = 16  # bytes of a doubly-masked element that are compared
 
@@ -321,11 +321,7 @@ class PsiJob(JobType):
             sender.cancel()
             remasks.cancel()
             raise
-        msg = await chan.recv()
-        if msg.kind == "abort":
-            raise JobRefused(f"the consumer stopped the protocol: {str(msg.header.get('reason'))[:200]}")
-        if msg.kind != "finish" or not isinstance(msg.header.get("commitment"), str):
-            raise ProtocolError(f"expected finish, got {msg.kind}")
+        await expect_finish(chan)
         p2c, c2p = chan.transcript()
         await chan.send("finished")
         await goodbye(ctx.member, [chan])
@@ -345,20 +341,21 @@ async def _stream_masked(ctx: JobContext, pipe: _Pipeline, chan: Channel, scalar
     """H(k)^scalar for every key, batch by batch through the workers, sent in order as ``kind``
     messages tagged with their offset, then ``<kind>_done``. At most workers + 1 batches in flight."""
     pending: list[tuple[int, asyncio.Future]] = []
+
+    async def send_first() -> None:
+        o, task = pending.pop(0)
+        blob = await task
+        await chan.send(kind, blob, off=o)
+        sent(len(blob) // kernel.POINT)
+
     try:
         for off in range(0, len(keys), ctx.batch):
             batch = keys[off:off + ctx.batch]
             pending.append((off, asyncio.ensure_future(pipe.run(kernel.hash_and_mask, scalar, batch))))
             while pending and (pending[0][1].done() or len(pending) > ctx.workers + 1):
-                o, task = pending.pop(0)
-                blob = await task
-                await chan.send(kind, blob, off=o)
-                sent(len(blob) // kernel.POINT)
+                await send_first()
         while pending:
-            o, task = pending.pop(0)
-            blob = await task
-            await chan.send(kind, blob, off=o)
-            sent(len(blob) // kernel.POINT)
+            await send_first()
         await chan.send(f"{kind}_done", n=len(keys))
     finally:
         for _, task in pending:

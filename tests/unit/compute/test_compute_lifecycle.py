@@ -137,6 +137,15 @@ async def _settle(m: JobManager):
             return
 
 
+async def _run_authorised():
+    """A manager given one authorised job (run as its provider), once the job has settled."""
+    rec = record()
+    m, chain, pub = manager(rec)
+    m.on_event(authorized(rec), None)
+    await _settle(m)
+    return m, chain, pub
+
+
 async def test_an_authorised_job_is_journaled_run_and_attested_with_exactly_its_own_inputs():
     rec = record()
     m, chain, pub = manager(rec)
@@ -191,10 +200,7 @@ async def test_the_kill_switch_stops_a_running_job_at_once(event):
 
 async def test_a_refusal_fails_the_job_on_chain_with_its_reason():
     Echo.behaviour = "refuse"
-    rec = record()
-    m, chain, _ = manager(rec)
-    m.on_event(authorized(rec), None)
-    await _settle(m)
+    m, chain, _ = await _run_authorised()
     assert m.journal.get("j-1").status == "failed"
     [(_, type_, payload)] = chain.txs
     assert type_ == "jobs.Fail" and "does not match the commitment" in payload["reason"]
@@ -202,10 +208,7 @@ async def test_a_refusal_fails_the_job_on_chain_with_its_reason():
 
 async def test_an_internal_error_fails_the_job_without_quoting_its_message():
     Echo.behaviour = "boom"
-    rec = record()
-    m, chain, _ = manager(rec)
-    m.on_event(authorized(rec), None)
-    await _settle(m)
+    m, chain, _ = await _run_authorised()
     [(_, _, payload)] = chain.txs
     assert payload["reason"] == "internal error on telco's node (ValueError)"
     assert "SECRET" not in m.journal.get("j-1").reason
@@ -213,10 +216,7 @@ async def test_an_internal_error_fails_the_job_without_quoting_its_message():
 
 async def test_a_lost_peer_is_retried_then_fails():
     Echo.behaviour = "lose"
-    rec = record()
-    m, chain, pub = manager(rec)
-    m.on_event(authorized(rec), None)
-    await _settle(m)
+    m, chain, pub = await _run_authorised()
     row = m.journal.get("j-1")
     assert row.status == "failed" and row.attempt == 2 and "peer lost" in row.reason
     assert [d.get("status") for _, t, d in pub.events if t == "JobStatus"].count("retrying") == 1
