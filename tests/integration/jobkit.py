@@ -3,8 +3,8 @@ services.compute``) on the session's real CometBFT chain and Kafka broker, with 
 registered, funded and their datasets listed on chain, the consumer's node behind a recording
 TCP proxy, and helpers to submit a job with its grants and to wait for its outcome.
 
-The same shape as ``test_compute_jobs.py``'s ``Net`` (which keeps its own copy), parameterised by
-the member ids, so several test modules can each start their own members in one session::
+Parameterised by the member ids, so several test modules can each start their own members in one
+session::
 
     net = await start_net(chain, kafka, root, consumer="zc-1", members=["zc-1", "p-1"],
                           listings={"p-1": ["accounts"]}, min_group=5)
@@ -34,15 +34,10 @@ from pathlib import Path
 from rdx.components import LOOPBACK, ServiceProcess, compute_node, free_port
 from services.common.chain import ChainClient
 from services.common.identity import Identity
+from services.common.listing import example_metadata
 from services.compute import results
 from services.compute.datasets import Datasets
 from test_compute import TcpProxy
-
-try:
-    from services.common.listing import example_metadata
-except ImportError:  # pragma: no cover
-    def example_metadata(title: str, **changes):
-        return {"title": title, **changes}
 
 OPS = ["aggregation", "he_scoring", "supply_chain_verification"]
 PRICE = 50
@@ -50,9 +45,9 @@ PRICE = 50
 
 class JobNet:
     def __init__(self, chain: ChainClient, chain_id: str, kafka: str, association: Identity, root: Path,
-                 consumer: str, tag: str):
+                 consumer: str, tag: str, ops: list[str]):
         self.chain, self.chain_id, self.kafka, self.association, self.root = chain, chain_id, kafka, association, root
-        self.consumer, self.tag = consumer, tag
+        self.consumer, self.tag, self.ops = consumer, tag, ops
         self.ids: dict[str, Identity] = {}
         self.node_ids: dict[str, Identity] = {}
         self.nodes: dict[str, ServiceProcess] = {}
@@ -84,7 +79,7 @@ class JobNet:
             gid = f"gk-{self.tag}-{self.grants}"
             owner = asset.rsplit(".", 1)[0]
             await self.tx(self.ids[self.consumer], "access.Request", {
-                "id": gid, "asset": asset, "operations": OPS, "purpose": "job tests",
+                "id": gid, "asset": asset, "operations": self.ops, "purpose": "job tests",
                 "expires_at": int(time.time()) + 86_400, "max_runs": max_runs})
             await self.tx(self.ids[owner], "access.Approve", {"id": gid})
             inputs.append({"asset": asset, "grant": gid})
@@ -101,6 +96,16 @@ class JobNet:
                 return record
             await asyncio.sleep(0.1)
         raise AssertionError(f"job {job} did not end within {timeout}s: {record}")
+
+    async def wait_node(self, member, job, pred, timeout=60):
+        deadline = time.monotonic() + timeout
+        row = None
+        while time.monotonic() < deadline:
+            row = await self.node_job(member, job)
+            if row and pred(row):
+                return row
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{member}: job {job} not as expected within {timeout}s: {row}")
 
     async def settled(self, job, record, result_holders=None) -> None:
         """Completed, every participant attested the chain's result hash, the escrow settled, and
@@ -129,11 +134,13 @@ class JobNet:
 
 async def start_net(chain, kafka, root: Path, *, consumer: str, members: list[str], listings: dict[str, list[str]],
                     min_group: int = 1, deposit: int = 100_000, node_env: dict[str, dict[str, str]] | None = None,
-                    **node_settings) -> JobNet:
-    """Registers, funds and lists, starts every member's node and waits until all are ready.
-    ``node_settings`` apply to every node; ``node_env`` adds environment variables to one member's."""
+                    ops: list[str] = OPS, **node_settings) -> JobNet:
+    """Registers, funds and lists (and grants) for ``ops``, starts every member's node and waits until
+    all are ready. ``node_settings`` apply to every node; ``node_env`` adds environment variables to
+    one member's (``RDX_COMETBFT_RPC`` to reach the chain through a proxy, say)."""
     client = ChainClient(chain.rpc_url, chain.chain_id)
-    net = JobNet(client, chain.chain_id, kafka.bootstrap, chain.association, root, consumer, os.urandom(3).hex())
+    net = JobNet(client, chain.chain_id, kafka.bootstrap, chain.association, root, consumer, os.urandom(3).hex(),
+                 ops)
     grpc = {m: free_port() for m in members}
     net.proxy = TcpProxy(grpc[consumer]).start()
     endpoints = {m: f"{LOOPBACK}:{grpc[m]}" for m in members}
@@ -151,7 +158,7 @@ async def start_net(chain, kafka, root: Path, *, consumer: str, members: list[st
             datasets = Datasets.from_path(root / m / "datasets.json")
             for ds in sets:
                 await net.tx(net.ids[m], "assets.List", {
-                    "id": f"{m}.{ds}", "level": "L3", "operations": OPS, "commitment": datasets.get(ds).summary()[0],
+                    "id": f"{m}.{ds}", "level": "L3", "operations": ops, "commitment": datasets.get(ds).summary()[0],
                     "price": {"model": "fixed", "amount": PRICE}, "min_group_size": min_group,
                     "metadata": example_metadata(f"{ds} of {m}")})
         settings = {"workers": 1, "peer_wait_s": 10, "max_attempts": 2, "shutdown_grace_s": 5, **node_settings}

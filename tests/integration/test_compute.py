@@ -32,18 +32,13 @@ from rdx.components import LOOPBACK, ServiceProcess, compute_node, free_port
 from services.common.chain import ChainClient
 from services.common.events import CHAIN_EVENTS, JOB_STATUS, Event
 from services.common.identity import Identity
+from services.common.listing import example_metadata
 from services.compute import peer, psi_kernel, results
 from services.compute.chainview import ChainView
 from services.compute.commitment import commitment_of
 from services.compute.datasets import Dataset, DatasetConfig, Datasets
 from services.compute.jobtypes.base import JobContext, PeerRefused
 from services.compute.jobtypes.psi import PsiJob
-
-try:  # the listing contract, where the chain validates metadata strictly
-    from services.common.listing import example_metadata
-except ImportError:  # pragma: no cover
-    def example_metadata(title: str, **changes):
-        return {"title": title, **changes}
 
 TAG = os.urandom(3).hex()
 BANK, TELCO, ALPHA = f"bank-{TAG}", f"telco-{TAG}", f"alpha-{TAG}"
@@ -482,12 +477,7 @@ async def test_no_canary_in_kafka_logs_chain_or_the_wire(net):
         for name, fs in forms.items():
             assert not any(f in text for f in fs), (member, name)
     # every transaction in every block, decoded
-    height = await net.chain.height()
-    txs = bytearray()
-    for h in range(1, height + 1):
-        block = await net.chain.rpc("block", height=str(h))
-        for tx in block["block"]["data"]["txs"] or []:
-            txs += base64.b64decode(tx)
+    txs = await _chain_txs(net.chain)
     assert b"jobs.Attest" in txs
     for name, fs in forms.items():
         assert not any(f in txs for f in fs), name
@@ -521,6 +511,16 @@ async def _topic_bytes(bootstrap: str, topic: str) -> bytes:
         return bytes(out)
     finally:
         await consumer.stop()
+
+
+async def _chain_txs(chain: ChainClient) -> bytes:
+    """Every transaction in every block so far, decoded and concatenated."""
+    txs = bytearray()
+    for h in range(1, await chain.height() + 1):
+        block = await chain.rpc("block", height=str(h))
+        for tx in block["block"]["data"]["txs"] or []:
+            txs += base64.b64decode(tx)
+    return bytes(txs)
 
 
 def _rfc3339(text: str) -> float:

@@ -26,30 +26,18 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from rdx.components import LOOPBACK, ServiceProcess, compute_node, free_port
-from services.common.chain import ChainClient
+from jobkit import PRICE, start_net
+from rdx.components import ServiceProcess, free_port
 from services.common.events import CHAIN_EVENTS, JOB_STATUS
-from services.common.identity import Identity
-from services.compute import results
-from services.compute.datasets import Datasets
 from services.compute.jobtypes import he_scoring as he
-from test_compute import TcpProxy, _topic_bytes
-
-try:
-    from services.common.listing import example_metadata
-except ImportError:  # pragma: no cover
-    def example_metadata(title: str, **changes):
-        return {"title": title, **changes}
+from test_compute import _chain_txs, _topic_bytes
 
 TAG = os.urandom(3).hex()
 BANK = f"zbank-{TAG}"  # sorts after the providers: they dial it, so their last frames are a client's
 P1, P2, P3 = f"prov-a-{TAG}", f"prov-b-{TAG}", f"prov-c-{TAG}"
 PROVIDERS = (P1, P2, P3)
 CANARIES = {m: f"CANARY-{i}-{TAG}" for i, m in enumerate((BANK, *PROVIDERS))}
-FAR = int(time.time()) + 86_400
-PRICE = 50
 MIN_GROUP = 5
-OPS = ["aggregation", "he_scoring", "supply_chain_verification"]
 FEATURES = ["income", "debt", "age"]
 WEIGHTS = {"income": 0.8, "debt": -1.1, "age": 0.35, "__intercept__": -0.2}
 HE_ERROR_BOUND = 1e-3  # |decrypted score - clear polynomial score|
@@ -127,124 +115,18 @@ def _write(root: Path) -> dict:
     return clear
 
 
-class Net:
-    def __init__(self, chain: ChainClient, chain_id: str, kafka: str, association: Identity, root: Path):
-        self.chain, self.chain_id, self.kafka, self.association, self.root = chain, chain_id, kafka, association, root
-        self.ids: dict[str, Identity] = {}
-        self.node_ids: dict[str, Identity] = {}
-        self.nodes: dict[str, ServiceProcess] = {}
-        self.proxy: TcpProxy | None = None
-        self.clear: dict = {}
-        self.grants = 0
-
-    async def tx(self, who, type_, payload):
-        return await self.chain.submit(who, type_, payload)
-
-    async def balance(self, member):
-        return await self.chain.query(f"/bank/balance/{member}") or 0
-
-    def http(self, member, path):
-        import urllib.error
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{self.nodes[member].url}{path}", timeout=5) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
-
-    async def node_job(self, member, job):
-        status, body = await asyncio.to_thread(self.http, member, f"/jobs/{job}")
-        return body if status == 200 else None
-
-    async def submit(self, job, type_, assets, params, timeout_s=120):
-        inputs = []
-        for asset in assets:
-            self.grants += 1
-            gid = f"g7-{TAG}-{self.grants}"
-            owner = asset.rsplit(".", 1)[0]
-            await self.tx(self.ids[BANK], "access.Request", {
-                "id": gid, "asset": asset, "operations": OPS, "purpose": "issue 7 tests", "expires_at": FAR,
-                "max_runs": 10})
-            await self.tx(self.ids[owner], "access.Approve", {"id": gid})
-            inputs.append({"asset": asset, "grant": gid})
-        await self.tx(self.ids[BANK], "jobs.Submit", {"id": job, "type": type_, "inputs": inputs, "params": params,
-                                                      "max_price": PRICE * len(assets) + 50, "timeout_s": timeout_s})
-
-    async def wait_chain(self, job, timeout=90):
-        deadline = time.monotonic() + timeout
-        record = None
-        while time.monotonic() < deadline:
-            record = await self.chain.query(f"/jobs/{job}")
-            if record and record["status"] in ("completed", "failed", "aborted"):
-                return record
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"job {job} did not end within {timeout}s: {record}")
-
-    async def wait_node(self, member, job, pred, timeout=60):
-        deadline = time.monotonic() + timeout
-        row = None
-        while time.monotonic() < deadline:
-            row = await self.node_job(member, job)
-            if row and pred(row):
-                return row
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{member}: job {job} not as expected within {timeout}s: {row}")
-
-    def result(self, job):
-        status, body = self.http(BANK, f"/jobs/{job}/result")
-        assert status == 200, body
-        return results.open_envelope(self.node_ids[BANK], body["envelope"])
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def net(chain, kafka, tmp_path_factory):
     root = tmp_path_factory.mktemp("compute-jobs")
-    client = ChainClient(chain.rpc_url, chain.chain_id)
-    n = Net(client, chain.chain_id, kafka.bootstrap, chain.association, root)
-    n.clear = _write(root)
-    members = (BANK, *PROVIDERS)
-    grpc = {m: free_port() for m in members}
-    n.proxy = TcpProxy(grpc[BANK]).start()  # every provider dials the consumer: all its peer bytes pass here
-    endpoints = {m: f"{LOOPBACK}:{grpc[m]}" for m in members}
-    endpoints[BANK] = f"{LOOPBACK}:{n.proxy.port}"
-    for m in members:
-        n.ids[m] = Identity.generate(m)
-        n.node_ids[m] = Identity.generate(f"{m}.node")
-        n.node_ids[m].save(root / "keys" / f"{m}.node.json")
-        await n.tx(chain.association, "members.Register", {
-            "id": m, "name": m, "roles": ["consumer", "provider"], "public_key": n.ids[m].public_key,
-            "node": {"public_key": n.node_ids[m].public_key, "endpoint": endpoints[m]}})
-        await n.tx(chain.association, "bank.Deposit", {"to": m, "amount": 100_000, "reference": f"dep-{m}"})
-    for m in PROVIDERS:
-        datasets = Datasets.from_path(root / m / "datasets.json")
-        for ds in ("ledger", "big", "records") + (("model",) if m == P1 else ()):
-            await n.tx(n.ids[m], "assets.List", {
-                "id": f"{m}.{ds}", "level": "L3", "operations": OPS, "commitment": datasets.get(ds).summary()[0],
-                "price": {"model": "fixed", "amount": PRICE}, "min_group_size": MIN_GROUP,
-                "metadata": example_metadata(f"{ds} of {m}")})
-    for m in members:
-        n.nodes[m] = compute_node(
-            m, kafka=kafka.bootstrap, rpc_url=chain.rpc_url, chain_id=chain.chain_id, state_root=root / "state",
-            key_file=root / "keys" / f"{m}.node.json", grpc_port=grpc[m], datasets=root / m / "datasets.json",
-            log_dir=root / "logs" / m, workers=1, peer_wait_s=4, max_attempts=2, psi_batch=1024, shutdown_grace_s=5)
-        n.nodes[m].start(timeout=120, wait=False)
-    for node in n.nodes.values():
-        node.wait_ready(120)
+    clear = _write(root)
+    n = await start_net(chain, kafka, root, consumer=BANK, members=[BANK, *PROVIDERS],
+                        listings={m: ["ledger", "big", "records"] + (["model"] if m == P1 else []) for m in PROVIDERS},
+                        min_group=MIN_GROUP, peer_wait_s=4, psi_batch=1024)
+    n.clear = clear
     try:
         yield n
     finally:
-        for node in n.nodes.values():
-            node.stop()
-        n.proxy.stop()
-        await client.close()
-
-
-async def _settled(n: Net, job: str, record: dict) -> None:
-    assert record["status"] == "completed", record
-    hashes = {(await n.node_job(m, job))["result_hash"] for m in record["participants"]}
-    assert hashes == {record["result_hash"]}
-    assert await n.chain.query(f"/bank/escrow/{job}") is None
+        await n.stop()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,7 +143,7 @@ async def test_secure_aggregation_across_three_providers_equals_numpy(net):
     await net.submit(job, "aggregation", [f"{p}.ledger" for p in PROVIDERS], params)
     record = await net.wait_chain(job)
     elapsed = time.monotonic() - started
-    await _settled(net, job, record)
+    await net.settled(job, record, result_holders=record["participants"])
     assert len(record["participants"]) == 4
     assert await net.balance(BANK) <= before - 3 * PRICE
     opened = net.result(job)
@@ -297,7 +179,7 @@ async def test_he_scoring_matches_the_clear_polynomial(net):
     await net.submit(job, "he_scoring", [f"{P1}.model"], {"dataset": "applicants", "features": FEATURES, "id": "id"})
     record = await net.wait_chain(job, timeout=180)
     elapsed = time.monotonic() - started
-    await _settled(net, job, record)
+    await net.settled(job, record, result_holders=record["participants"])
     res = net.result(job)["result"]
     w = np.array([WEIGHTS[f] for f in FEATURES])
     clear = he.clear_scores(net.clear["applicants"], w, WEIGHTS["__intercept__"], he.sigmoid_poly(8))
@@ -315,7 +197,7 @@ async def test_supply_chain_verification_across_four_parties(net):
                      {"dataset": "records", "kinds": kinds})
     record = await net.wait_chain(job)
     elapsed = time.monotonic() - started
-    await _settled(net, job, record)
+    await net.settled(job, record, result_holders=record["participants"])
     assert set(record["attestations"]) == {BANK, *PROVIDERS}  # every party's signed attestation
     res = net.result(job)["result"]
     mine = net.clear["chain"][BANK]
@@ -386,12 +268,7 @@ async def test_no_canary_in_kafka_logs_chain_or_the_wire(net):
         text = node.process.log_path.read_bytes()
         for who, fs in forms.items():
             assert not any(f in text for f in fs), (m, who)
-    height = await net.chain.height()
-    txs = bytearray()
-    for h in range(1, height + 1):
-        block = await net.chain.rpc("block", height=str(h))
-        for tx in block["block"]["data"]["txs"] or []:
-            txs += base64.b64decode(tx)
+    txs = await _chain_txs(net.chain)
     for m, fs in forms.items():
         assert not any(f in txs for f in fs), m
     wire = bytes(net.proxy.captured)  # everything between the consumer's node and the providers' nodes
@@ -425,7 +302,7 @@ async def test_a_three_provider_aggregation_settles_and_every_party_s_books_add_
                   "groups": ["north", "south", "east"]}
         await net.submit(job, "aggregation", [f"{p}.ledger" for p in PROVIDERS], params)
         record = await net.wait_chain(job)
-        await _settled(net, job, record)
+        await net.settled(job, record, result_holders=record["participants"])
         parties = [BANK, *PROVIDERS, "association"]
         with httpx.Client(base_url=billing.url, timeout=10) as http:
             for _ in range(300):  # a new read model replays the whole topic, then trails the relay

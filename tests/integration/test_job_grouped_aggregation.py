@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from jobkit import PRICE, start_net
 from services.common.events import CHAIN_EVENTS, JOB_STATUS
-from test_compute import TcpProxy, _topic_bytes
+from test_compute import TcpProxy, _chain_txs, _topic_bytes
 
 TAG = os.urandom(3).hex()
 PROVIDERS = [f"ga-hosp-a-{TAG}", f"ga-hosp-b-{TAG}", f"ga-hosp-c-{TAG}"]
@@ -183,11 +183,7 @@ async def test_no_key_or_canary_outside_its_node(gnet):
     for m, node in gnet.nodes.items():
         text = node.process.log_path.read_bytes()
         assert not any(f in text for f in forms), m
-    txs = bytearray()
-    for h in range(1, await gnet.chain.height() + 1):
-        block = await gnet.chain.rpc("block", height=str(h))
-        for tx in block["block"]["data"]["txs"] or []:
-            txs += base64.b64decode(tx)
+    txs = await _chain_txs(gnet.chain)
     assert not any(f in txs for f in forms)
     wires = [bytes(gnet.proxy.captured)] + [bytes(p.captured) for p in gnet.link_proxies]
     assert all(len(w) > 10_000 for w in wires)  # each link carried the ring (B, C) or the tags (consumer)

@@ -19,7 +19,7 @@ import pytest_asyncio
 from jobkit import PRICE, start_net
 from services.common.events import CHAIN_EVENTS, JOB_STATUS
 from services.compute.jobtypes import he_statistics as st
-from test_compute import _topic_bytes
+from test_compute import _chain_txs, _topic_bytes
 
 TAG = os.urandom(3).hex()
 PROV = f"hs-prov-{TAG}"
@@ -129,11 +129,7 @@ async def test_the_provider_s_values_and_canaries_never_leave_its_node(net):
     for m, node in net.nodes.items():
         text = node.process.log_path.read_bytes()
         assert not any(f in text for f in forms + ids), m
-    txs = bytearray()
-    for h in range(1, await net.chain.height() + 1):
-        block = await net.chain.rpc("block", height=str(h))
-        for tx in block["block"]["data"]["txs"] or []:
-            txs += base64.b64decode(tx)
+    txs = await _chain_txs(net.chain)
     assert not any(f in txs for f in forms + ids)
     # values as text only on the wire (random-looking bytes): in logs and JSON a timing could collide
     wire = bytes(net.proxy.captured)  # every byte between the two nodes, both directions

@@ -8,7 +8,7 @@ no one else holds) appear nowhere outside their owners' nodes, sealed even there
 Four real node processes (``python -m services.compute``). The consumer ("zbuyer") sorts last,
 so every provider dials it; its peer port is reached through a recording TCP proxy and its chain
 RPC through a proxy that can hold its transactions back (to catch a job between the providers'
-attestations and the consumer's). The harness is test_compute_jobs.py's ``Net``.
+attestations and the consumer's). The harness is jobkit's.
 """
 
 from __future__ import annotations
@@ -28,15 +28,13 @@ import pytest
 import pytest_asyncio
 from nacl.exceptions import CryptoError
 
-from rdx.components import LOOPBACK, compute_node, free_port
-from services.common.chain import ChainClient
+from jobkit import start_net
+from rdx.components import LOOPBACK, free_port
 from services.common.events import CHAIN_EVENTS, JOB_STATUS
-from services.common.identity import Identity
 from services.compute import results
 from services.compute.datasets import Datasets
 from services.compute.jobtypes import supply_chain as sc
-from test_compute import TcpProxy, _topic_bytes
-from test_compute_jobs import FAR, PRICE, Net, example_metadata
+from test_compute import _chain_txs, _topic_bytes
 
 TAG = os.urandom(3).hex()
 BUYER = f"zbuyer-{TAG}"  # sorts after the providers: they dial it
@@ -75,37 +73,6 @@ def clear_outcome(recs, member: str) -> list[dict]:
     """The clear computation: per own record, in file order, its status at each counterpart kind."""
     return [{"reference": ref, "status": {KINDS[o]: _status(v, recs[o].get(ref)) for o in PARTIES if o != member}}
             for ref, v in recs[member].items()]
-
-
-class OutcomesNet(Net):
-    """test_compute_jobs' harness, with this module's consumer."""
-
-    async def submit(self, job, type_, assets, params, timeout_s=180):
-        inputs = []
-        for asset in assets:
-            self.grants += 1
-            gid = f"gsc-{TAG}-{self.grants}"
-            owner = asset.rsplit(".", 1)[0]
-            await self.tx(self.ids[BUYER], "access.Request", {
-                "id": gid, "asset": asset, "operations": OPS, "purpose": "supply-chain outcomes",
-                "expires_at": FAR, "max_runs": 10})
-            await self.tx(self.ids[owner], "access.Approve", {"id": gid})
-            inputs.append({"asset": asset, "grant": gid})
-        await self.tx(self.ids[BUYER], "jobs.Submit", {"id": job, "type": type_, "inputs": inputs, "params": params,
-                                                       "max_price": PRICE * len(assets) + 50, "timeout_s": timeout_s})
-
-    def envelope(self, member: str, job: str) -> tuple[int, dict]:
-        """GET /jobs/{job}/result on ``member``'s own node."""
-        return self.http(member, f"/jobs/{job}/result")
-
-    def stored_results(self, member: str, job: str) -> list[bytes]:
-        """The sealed rows in the node's own database (read-only)."""
-        path = self.root / "state" / f"compute-{member}" / "node.sqlite"
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        try:
-            return [r[0] for r in db.execute("SELECT envelope FROM results WHERE job = ?", (job,))]
-        finally:
-            db.close()
 
 
 class RpcHold:
@@ -150,58 +117,50 @@ class RpcHold:
         self.server.server_close()
 
 
+def envelope(net, member: str, job: str) -> tuple[int, dict]:
+    """GET /jobs/{job}/result on ``member``'s own node."""
+    return net.http(member, f"/jobs/{job}/result")
+
+
+def stored_results(net, member: str, job: str) -> list[bytes]:
+    """The sealed rows in the node's own database (read-only)."""
+    path = net.root / "state" / f"compute-{member}" / "node.sqlite"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return [r[0] for r in db.execute("SELECT envelope FROM results WHERE job = ?", (job,))]
+    finally:
+        db.close()
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def net(chain, kafka, tmp_path_factory):
     root = tmp_path_factory.mktemp("sc-outcomes")
-    client = ChainClient(chain.rpc_url, chain.chain_id)
-    n = OutcomesNet(client, chain.chain_id, kafka.bootstrap, chain.association, root)
-    n.clear = {"records": _records()}
+    recs = _records()
     for m in PARTIES:
         d = root / m
         d.mkdir(parents=True)
-        rows = "".join(f"{k},{a},{q}\n" for k, (a, q) in n.clear["records"][m].items())
+        rows = "".join(f"{k},{a},{q}\n" for k, (a, q) in recs[m].items())
         (d / "records.csv").write_text("reference,amount,quantity\n" + rows)
         entry = {"id": "records", "format": "csv", "path": "records.csv"}
         if m != BUYER:
             entry["asset"] = f"{m}.records"
         (d / "datasets.json").write_text(json.dumps({"datasets": [entry]}))
-    grpc = {m: free_port() for m in PARTIES}
-    n.proxy = TcpProxy(grpc[BUYER]).start()  # every provider dials the consumer: all its peer bytes pass here
-    n.rpc_hold = RpcHold(chain.rpc_url)
-    endpoints = {m: f"{LOOPBACK}:{grpc[m]}" for m in PARTIES}
-    endpoints[BUYER] = f"{LOOPBACK}:{n.proxy.port}"
-    for m in PARTIES:
-        n.ids[m] = Identity.generate(m)
-        n.node_ids[m] = Identity.generate(f"{m}.node")
-        n.node_ids[m].save(root / "keys" / f"{m}.node.json")
-        await n.tx(chain.association, "members.Register", {
-            "id": m, "name": m, "roles": ["consumer", "provider"], "public_key": n.ids[m].public_key,
-            "node": {"public_key": n.node_ids[m].public_key, "endpoint": endpoints[m]}})
-        await n.tx(chain.association, "bank.Deposit", {"to": m, "amount": 100_000, "reference": f"dep-{m}"})
+    rpc_hold = RpcHold(chain.rpc_url)  # the consumer's node reaches the chain through it
+    try:
+        n = await start_net(chain, kafka, root, consumer=BUYER, members=list(PARTIES), ops=OPS,
+                            listings={m: ["records"] for m in PROVIDERS}, psi_batch=1024,
+                            node_env={BUYER: {"RDX_COMETBFT_RPC": rpc_hold.url}})
+    except BaseException:
+        rpc_hold.stop()
+        raise
+    n.clear, n.rpc_hold = {"records": recs}, rpc_hold
     n.data_commitments = {m: Datasets.from_path(root / m / "datasets.json").get("records").summary()[0]
                           for m in PARTIES}
-    for m in PROVIDERS:
-        await n.tx(n.ids[m], "assets.List", {
-            "id": f"{m}.records", "level": "L3", "operations": OPS, "commitment": n.data_commitments[m],
-            "price": {"model": "fixed", "amount": PRICE}, "min_group_size": 1,
-            "metadata": example_metadata(f"records of {m}")})
-    for m in PARTIES:
-        n.nodes[m] = compute_node(
-            m, kafka=kafka.bootstrap, rpc_url=n.rpc_hold.url if m == BUYER else chain.rpc_url, chain_id=chain.chain_id,
-            state_root=root / "state", key_file=root / "keys" / f"{m}.node.json", grpc_port=grpc[m],
-            datasets=root / m / "datasets.json", log_dir=root / "logs" / m, workers=1, peer_wait_s=10,
-            max_attempts=2, psi_batch=1024, shutdown_grace_s=5)
-        n.nodes[m].start(timeout=120, wait=False)
-    for node in n.nodes.values():
-        node.wait_ready(120)
     try:
         yield n
     finally:
-        for node in n.nodes.values():
-            node.stop()
-        n.proxy.stop()
-        n.rpc_hold.stop()
-        await client.close()
+        await n.stop()
+        rpc_hold.stop()
 
 
 PARAMS = {"dataset": "records", "kinds": KINDS}
@@ -219,7 +178,7 @@ async def test_every_party_fetches_and_opens_exactly_its_own_outcome(net):
     opened = {}
     for m in PARTIES:
         await net.wait_node(m, job, lambda r: r["status"] == "completed")
-        status, body = net.envelope(m, job)
+        status, body = envelope(net, m, job)
         assert status == 200, (m, body)
         assert body["sealed_to"] == f"{m}.node" and body["result_hash"] == record["result_hash"]
         opened[m] = results.open_envelope(net.node_ids[m], body["envelope"])  # its own node key opens it
@@ -257,14 +216,14 @@ async def test_every_party_fetches_and_opens_exactly_its_own_outcome(net):
 
 async def test_a_party_cannot_fetch_another_party_s_outcome(net):
     job = f"sco-{TAG}"
-    envelopes = {m: net.envelope(m, job)[1]["envelope"] for m in PARTIES}
+    envelopes = {m: envelope(net, m, job)[1]["envelope"] for m in PARTIES}
     assert len(set(envelopes.values())) == 4
     for m in PARTIES:
         # each node holds exactly one sealed row for the job: its own member's
-        assert [base64.b64encode(e).decode() for e in net.stored_results(m, job)] == [envelopes[m]]
+        assert [base64.b64encode(e).decode() for e in stored_results(net, m, job)] == [envelopes[m]]
         assert (await net.node_job(m, job))["result_hash"] is not None
     # a job this node's member is not part of: nothing to fetch
-    assert net.envelope(SELLER, f"agg-nope-{TAG}")[0] == 404
+    assert envelope(net, SELLER, f"agg-nope-{TAG}")[0] == 404
 
 
 async def test_an_aborted_job_leaves_no_outcome_on_any_node(net):
@@ -277,8 +236,8 @@ async def test_an_aborted_job_leaves_no_outcome_on_any_node(net):
             await net.wait_node(m, job, lambda r: r["status"] == "attested", timeout=120)
         await net.wait_node(BUYER, job, lambda r: r["status"] == "computed", timeout=60)
         for m in PARTIES:
-            assert len(net.stored_results(m, job)) == 1, m  # every party's outcome is stored, sealed ...
-            assert net.envelope(m, job)[0] == 409, m        # ... and not released before the chain completes
+            assert len(stored_results(net, m, job)) == 1, m  # every party's outcome is stored, sealed ...
+            assert envelope(net, m, job)[0] == 409, m        # ... and not released before the chain completes
         assert (await net.chain.query(f"/jobs/{job}"))["status"] == "running"
         await net.tx(net.association, "jobs.Abort", {"job": job, "reason": "the association stops it"})
         for m in PARTIES:
@@ -286,8 +245,8 @@ async def test_an_aborted_job_leaves_no_outcome_on_any_node(net):
     finally:
         net.rpc_hold.held.clear()
     for m in PARTIES:
-        assert net.stored_results(m, job) == [], m
-        assert net.envelope(m, job)[0] == 409, m
+        assert stored_results(net, m, job) == [], m
+        assert envelope(net, m, job)[0] == 409, m
     assert (await net.wait_chain(job))["status"] == "aborted"
     assert await net.balance(BUYER) == before  # refunded in full
 
@@ -302,12 +261,7 @@ async def test_no_canary_outside_its_owner_s_node(net):
         assert blob
         for m, fs in forms.items():
             assert not any(f in blob for f in fs), (topic, m)
-    height = await net.chain.height()
-    txs = bytearray()
-    for h in range(1, height + 1):
-        block = await net.chain.rpc("block", height=str(h))
-        for tx in block["block"]["data"]["txs"] or []:
-            txs += base64.b64decode(tx)
+    txs = await _chain_txs(net.chain)
     for m, fs in forms.items():
         assert not any(f in txs for f in fs), m
     wire = bytes(net.proxy.captured)  # every byte between the consumer's node and the providers' nodes
