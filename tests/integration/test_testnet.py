@@ -151,7 +151,11 @@ async def test_kill_9_of_an_abci_app_under_load_then_restart_catches_up_to_the_s
             assert time.monotonic() - started < 15, "node 3 kept running without its app"
             await asyncio.sleep(0.1)
         down_at = max(h for h in testnet.heights() if h is not None)
-        await asyncio.sleep(1.5)
+        # Within a few rounds: when the dead node was the next proposer, its turn costs a
+        # timeout_propose (1 s) and the rounds after it, so a fixed 1.5 s wait was sometimes short.
+        deadline = time.monotonic() + 6
+        while max(h for h in testnet.heights() if h is not None) <= down_at and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
         assert max(h for h in testnet.heights() if h is not None) > down_at, "3 of 4 keep committing"
         await _run(testnet.start_validator, 3)  # the app, then the node: its handshake replays the gap
         await asyncio.sleep(1.5)
