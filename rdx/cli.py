@@ -116,10 +116,11 @@ def demo(state_dir: Path = StateDir) -> None:
 
 
 def main() -> None:
-    from rdx import member_cli, ops
+    from rdx import deadletters, member_cli, ops
 
     member_cli.install(app)
     ops.install(app)
+    deadletters.install(app)
     app()
 
 

@@ -1,31 +1,43 @@
 """Kafka through aiokafka: a producer that waits for the broker's acknowledgement, and a
-consumer that applies each event id exactly once, even across restarts and redeliveries.
+consumer that applies each event id exactly once, even across restarts and redeliveries, and
+that no record can stop.
 
 Exactly-once here is the classic idempotent-consumer pattern: the handler's writes and the
 record "this id is applied" commit in the same SQLite transaction, so a crash can never
 leave one without the other. Kafka offsets are committed afterwards and only save work.
+
+A record that is not a valid event of its topic, or whose handler still raises after bounded
+retries, becomes a dead letter (services/common/deadletter.py): kept in the consumer's own
+database first (so committing past it loses nothing), then forwarded to ``<topic>.dlq``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CorruptRecordException
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.common import metrics, tracing
-from services.common.events import Event, EventDecodeError
+from services.common.deadletter import DeadLetter, Reason, dead_letter_topic
+from services.common.events import EVENT_TYPES, MAX_EVENT_BYTES, Event, EventDecodeError
 
 log = logging.getLogger("rdx.kafka")
 
 Handler = Callable[[Event, sqlite3.Connection], None | Awaitable[None]]
+
+# What aiokafka raises when it cannot parse a fetched record (a header key that is not UTF-8, a
+# bad batch): the whole fetch fails, not one record, and it fails again on every retry.
+UNREADABLE = (ValueError, CorruptRecordException)
 
 
 def _headers(event: Event) -> list[tuple[str, bytes]]:
@@ -114,6 +126,13 @@ class AppliedLog:
                 PRIMARY KEY (topic, partition, "offset"));
             """
         )
+        # Added with the dead-letter topic. Rows from before it stay local (forwarded = 1).
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(dead_letters)")}
+        for column, decl in (("reason", "TEXT NOT NULL DEFAULT ''"), ("key", "BLOB"),
+                             ("headers", "TEXT NOT NULL DEFAULT '[]'"), ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+                             ("forwarded", "INTEGER NOT NULL DEFAULT 1")):
+            if column not in have:
+                self.conn.execute(f"ALTER TABLE dead_letters ADD COLUMN {column} {decl}")
 
     @property
     def model_id(self) -> str:
@@ -124,6 +143,31 @@ class AppliedLog:
     def applied(self, event_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM applied_events WHERE event_id = ?", (event_id,)).fetchone() is not None
 
+    def keep(self, letter: DeadLetter) -> bool:
+        """Store a dead letter to be forwarded; False if this record was already kept (read twice)."""
+        headers = json.dumps([[k, None if v is None else bytes(v).hex()] for k, v in letter.headers])
+        return self.conn.execute(
+            'INSERT OR IGNORE INTO dead_letters (topic, partition, "offset", error, value, received_at, reason, key, '
+            "headers, attempts, forwarded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            (letter.topic, letter.partition, letter.offset, letter.detail, letter.value, letter.at, letter.reason,
+             letter.key, headers, letter.attempts)).rowcount == 1
+
+    def unforwarded(self, service: str, group: str, limit: int = 100) -> list[DeadLetter]:
+        rows = self.conn.execute(
+            'SELECT topic, partition, "offset", reason, error, attempts, received_at, key, value, headers '
+            'FROM dead_letters WHERE forwarded = 0 ORDER BY received_at LIMIT ?', (limit,)).fetchall()
+        return [DeadLetter(topic=t, partition=p, offset=o, reason=r, detail=d, service=service, group=group,
+                           attempts=a, at=at, key=k, value=v, size=-1 if v is None else len(v),
+                           headers=tuple((hk, None if hv is None else bytes.fromhex(hv)) for hk, hv in json.loads(h)))
+                for t, p, o, r, d, a, at, k, v, h in rows]
+
+    def forwarded(self, letter: DeadLetter) -> None:
+        self.conn.execute('UPDATE dead_letters SET forwarded = 1 WHERE topic = ? AND partition = ? AND "offset" = ?',
+                          (letter.topic, letter.partition, letter.offset))
+
+    def count_unforwarded(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM dead_letters WHERE forwarded = 0").fetchone()[0]
+
     def close(self) -> None:
         self.conn.close()
 
@@ -133,22 +177,38 @@ class IdempotentConsumer:
 
     The handler writes its read model through ``conn`` (the consumer's SQLite connection) and
     must not commit: the consumer wraps the handler and the applied-id record in one
-    transaction. A message that is not a valid event, or whose handler raises, is stored as a
-    dead letter with its partition and offset (nothing is lost) and consumption goes on.
+    transaction. No record stops it: one that is not a valid event of its topic (``event_types``:
+    the types each topic carries, by default the contract's ``EVENT_TYPES``), or whose handler
+    raises ``max_attempts`` times (with doubling backoff from ``retry_backoff_s``), becomes a dead
+    letter, and the consumer commits past it.
     """
 
+    CAREFUL_RECORDS = 1000  # records read one by one per partition while looking for an unreadable one
+    # A larger value would not fit a dead-letter record; it is left out (it stays in its source topic).
+    FORWARD_MAX_BYTES = MAX_EVENT_BYTES - (16 << 10)
+    FORWARD_RETRY_S = 30.0  # how long to wait before forwarding again after the dead-letter topic failed
+
     def __init__(self, bootstrap: str, service: str, topics: list[str], group_id: str | None, db_path: Path,
-                 handler: Handler, *, from_beginning: bool = True):
+                 handler: Handler, *, from_beginning: bool = True,
+                 event_types: Mapping[str, Collection[str]] | None = None,
+                 max_attempts: int = 4, retry_backoff_s: float = 0.1):
         """``group_id`` None: one group per read-model database, so a new, empty read model reads
         the topic from the start instead of resuming where another instance's offsets stand."""
         self.service, self.topics, self.handler = service, topics, handler
+        self.event_types = EVENT_TYPES if event_types is None else event_types
+        self.max_attempts, self.retry_backoff_s = max(1, max_attempts), retry_backoff_s
         self.store = AppliedLog(db_path)
-        group_id = group_id or f"{service}-{self.store.model_id}"
-        self._options = dict(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False,
+        self.group_id = group_id or f"{service}-{self.store.model_id}"
+        self.from_beginning = from_beginning
+        self._bootstrap = bootstrap
+        self._options = dict(bootstrap_servers=bootstrap, group_id=self.group_id, enable_auto_commit=False,
                              auto_offset_reset="earliest" if from_beginning else "latest",
                              isolation_level="read_committed")
         self._consumer: AIOKafkaConsumer | None = None
+        self._dlq: AIOKafkaProducer | None = None
         self._started = False
+        self._unforwarded = self.store.count_unforwarded()
+        self._forward_after = 0.0
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -159,67 +219,171 @@ class IdempotentConsumer:
         return self._started
 
     async def start(self) -> None:
+        """Also safe to call again after it failed: what it had started is stopped first."""
+        await self._stop_clients()
         self._consumer = AIOKafkaConsumer(*self.topics, **self._options)
-        await self._consumer.start()
+        self._dlq = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True,
+                                     request_timeout_ms=10_000)
+        try:
+            await self._consumer.start()
+            await self._dlq.start()
+        except BaseException:
+            await self._stop_clients()
+            raise
         self._started = True
 
     async def stop(self) -> None:
-        self._started = False
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._stop_clients()
         self.store.close()
+
+    async def _stop_clients(self) -> None:
+        self._started = False
+        for client in (self._consumer, self._dlq):
+            if client is not None:
+                await client.stop()
+        self._consumer = self._dlq = None
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Consume until ``stop`` is set (or forever)."""
         stop = stop or asyncio.Event()
+        await self._forward()
         while not stop.is_set():
-            batches = await self._consumer.getmany(timeout_ms=500, max_records=500)
+            try:
+                batches = await self._consumer.getmany(timeout_ms=500, max_records=500)
+            except UNREADABLE as exc:
+                await self._skip_unreadable(exc)
+                continue
             for tp, messages in batches.items():
                 for message in messages:
                     await self._apply(message)
+                await self._forward()  # before the commit; a failure leaves them kept locally, not lost
                 await self._consumer.commit({tp: messages[-1].offset + 1})
                 await self._record_lag(tp)
+            if not batches:
+                await self._forward()  # what an earlier attempt could not forward
 
     async def _apply(self, message) -> None:
         topic = message.topic
         try:
             event = Event.decode(message.value)
         except EventDecodeError as exc:
-            self._dead_letter(message, str(exc))
+            self._dead_letter(message, exc.reason, str(exc))
             return
-        headers = dict(message.headers or [])
-        token = tracing.set_current(tracing.from_traceparent(headers.get("traceparent")))
-        conn = self.store.conn
+        known = self.event_types.get(topic)
+        if known is not None and event.type not in known:
+            self._dead_letter(message, Reason.UNKNOWN_TYPE, f"event type {event.type!r} is not one {topic} carries")
+            return
+        token = tracing.set_current(tracing.from_traceparent(last_header(message.headers, "traceparent")))
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            if self.store.applied(event.id):
-                conn.execute("ROLLBACK")
-                metrics.EVENTS_DUPLICATE.labels(self.service, topic).inc()
-                return
-            result = self.handler(event, conn)
-            if inspect.isawaitable(result):
-                await result
-            conn.execute("INSERT INTO applied_events VALUES (?, ?, ?)", (event.id, topic, time.time()))
-            conn.execute("COMMIT")
-            metrics.EVENTS_CONSUMED.labels(self.service, topic).inc()
-        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the consumer
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            log.error("event %s (%s) was not applied: %s", event.id, event.type, type(exc).__name__)
-            self._dead_letter(message, f"{type(exc).__name__}: {exc}"[:500])
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    await self._apply_once(event, topic)
+                    return
+                except Exception as exc:  # noqa: BLE001 - one bad event must not stop the consumer
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    if attempt == self.max_attempts:
+                        log.error("event %s (%s) not applied after %d attempts: %s", event.id, event.type, attempt,
+                                  type(exc).__name__)
+                        self._dead_letter(message, Reason.HANDLER_FAILED, f"{type(exc).__name__}: {exc}", attempt)
+                        return
+                    metrics.HANDLER_RETRIES.labels(self.service, topic).inc()
+                    await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
         finally:
             tracing.reset(token)
 
-    def _dead_letter(self, message, error: str) -> None:
-        log.warning("dead letter at %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
-        metrics.EVENTS_REJECTED.labels(self.service, message.topic).inc()
-        self.store.conn.execute(
-            "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
-            (message.topic, message.partition, message.offset, error, message.value, time.time()),
-        )
+    async def _apply_once(self, event: Event, topic: str) -> None:
+        conn = self.store.conn
+        conn.execute("BEGIN IMMEDIATE")
+        if self.store.applied(event.id):
+            conn.execute("ROLLBACK")
+            metrics.EVENTS_DUPLICATE.labels(self.service, topic).inc()
+            return
+        result = self.handler(event, conn)
+        if inspect.isawaitable(result):
+            await result
+        conn.execute("INSERT INTO applied_events VALUES (?, ?, ?)", (event.id, topic, time.time()))
+        conn.execute("COMMIT")
+        metrics.EVENTS_CONSUMED.labels(self.service, topic).inc()
+
+    def _dead_letter(self, message, reason: Reason, detail: str, attempts: int = 0) -> None:
+        # The log says where and why; the detail may quote the record, so it goes only where the record goes.
+        log.warning("dead letter at %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
+        metrics.DEAD_LETTERS.labels(self.service, message.topic, reason).inc()
+        letter = DeadLetter(topic=message.topic, partition=message.partition, offset=message.offset, reason=reason,
+                            detail=detail[:500], service=self.service, group=self.group_id, attempts=attempts,
+                            key=message.key, value=message.value, headers=tuple(message.headers or ()),
+                            size=-1 if message.value is None else len(message.value))
+        if self.store.keep(letter):
+            self._unforwarded += 1
+
+    async def _forward(self) -> None:
+        """Send the kept dead letters to their dead-letter topics and mark each once acknowledged.
+        If the topic cannot take them (missing, not allowed), they wait here and are counted."""
+        if self._unforwarded and time.monotonic() >= self._forward_after:
+            try:
+                for letter in self.store.unforwarded(self.service, self.group_id):
+                    if letter.size > self.FORWARD_MAX_BYTES:
+                        letter = letter.without_value()
+                    # A record needs a key or a value; one with neither (a keyless tombstone) gets b"".
+                    key = letter.key if letter.key is not None or letter.value is not None else b""
+                    await asyncio.wait_for(self._dlq.send_and_wait(
+                        dead_letter_topic(letter.topic), letter.value, key=key, headers=letter.record_headers()), 15.0)
+                    self.store.forwarded(letter)
+                self._forward_after = 0.0
+            except Exception as exc:  # noqa: BLE001 - KafkaError, a timeout: kept, tried again later
+                log.error("dead letters not forwarded (%s); kept locally, retrying in %.0fs", type(exc).__name__,
+                          self.FORWARD_RETRY_S)
+                self._forward_after = time.monotonic() + self.FORWARD_RETRY_S
+            self._unforwarded = self.store.count_unforwarded()
+        metrics.DEAD_LETTERS_UNFORWARDED.labels(self.service).set(self._unforwarded)
+
+    async def _skip_unreadable(self, exc: Exception) -> None:
+        """aiokafka fails a whole fetch on a record it cannot parse, and may already have moved past
+        the records before it. So every partition goes back to its committed offset and is read one
+        record at a time; the one that fails is dead-lettered (its bytes cannot be read) and skipped."""
+        log.warning("a fetch failed on a record the Kafka client cannot parse (%s); locating it", type(exc).__name__)
+        assigned = sorted(self._consumer.assignment())
+        for tp in assigned:
+            committed = await self._consumer.committed(tp)
+            if committed is not None:
+                self._consumer.seek(tp, committed)
+            elif self.from_beginning:
+                self._consumer.seek(tp, (await self._consumer.beginning_offsets([tp]))[tp])
+        for tp in assigned:
+            for _ in range(self.CAREFUL_RECORDS):
+                position = await self._consumer.position(tp)
+                try:
+                    got = await self._consumer.getmany(tp, timeout_ms=200, max_records=1)
+                except UNREADABLE as error:
+                    self._dead_letter(_Unreadable(tp.topic, tp.partition, position), Reason.UNREADABLE,
+                                      f"the Kafka client cannot parse the record: {type(error).__name__}")
+                    await self._forward()
+                    self._consumer.seek(tp, position + 1)
+                    await self._consumer.commit({tp: position + 1})
+                    return
+                if not got.get(tp):
+                    break
+                await self._apply(got[tp][0])
+                await self._consumer.commit({tp: got[tp][0].offset + 1})
 
     async def _record_lag(self, tp: TopicPartition) -> None:
         end = self._consumer.highwater(tp)
         if end is not None:
             position = await self._consumer.position(tp)
             metrics.CONSUMER_LAG.labels(self.service, tp.topic).set(max(end - position, 0))
+
+
+class _Unreadable:
+    """Where a record stands that the client could not parse: all that is known of it."""
+
+    def __init__(self, topic: str, partition: int, offset: int):
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.key = self.value = None
+        self.headers = ()
+
+
+def last_header(headers, name: str) -> bytes | None:
+    """The last value of header ``name`` (a record may repeat a header), or None."""
+    values = [v for k, v in headers or () if k == name]
+    return values[-1] if values else None

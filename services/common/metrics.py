@@ -10,5 +10,10 @@ HTTP_LATENCY = Histogram("rdx_http_request_duration_seconds", "HTTP request late
 EVENTS_PUBLISHED = Counter("rdx_kafka_events_published_total", "events acknowledged by the broker", ["service", "topic"])
 EVENTS_CONSUMED = Counter("rdx_kafka_events_consumed_total", "events applied by a consumer (duplicates excluded)", ["service", "topic"])
 EVENTS_DUPLICATE = Counter("rdx_kafka_events_duplicate_total", "events skipped because their id was already applied", ["service", "topic"])
-EVENTS_REJECTED = Counter("rdx_kafka_events_rejected_total", "events that could not be decoded or applied (kept as dead letters)", ["service", "topic"])
+DEAD_LETTERS = Counter("rdx_kafka_dead_letters_total", "records a consumer could not apply and dead-lettered",
+                       ["service", "topic", "reason"])
+DEAD_LETTERS_UNFORWARDED = Gauge("rdx_kafka_dead_letters_unforwarded",
+                                 "dead letters kept locally, not yet acknowledged by the dead-letter topic", ["service"])
+HANDLER_RETRIES = Counter("rdx_kafka_handler_retries_total", "handler runs that raised and were retried",
+                          ["service", "topic"])
 CONSUMER_LAG = Gauge("rdx_kafka_consumer_lag_events", "events in the topic not yet consumed", ["service", "topic"])
