@@ -39,6 +39,8 @@ class Code:
     CONFLICT = 12
     INSUFFICIENT_FUNDS = 13
     INVALID_STATE = 14
+    INVALID_QUERY = 15  # an ABCI query path the app does not serve (too long, bad page parameters)
+    MEMPOOL_SHARE_FULL = 16  # the signer already has its share of the mempool waiting; retry after a block
 
 
 class TxError(ValueError):
@@ -49,19 +51,38 @@ class TxError(ValueError):
         self.code = code
 
 
-def canonical(value: Any) -> bytes:
-    def check(v: Any) -> None:
-        if isinstance(v, float):
-            raise TxError(Code.UNDECODABLE, "floats are not allowed in transactions; use integers")
-        if isinstance(v, dict):
-            for item in v.values():
-                check(item)
-        elif isinstance(v, list):
-            for item in v:
-                check(item)
+MAX_DEPTH = 16
+"""Deepest nesting of objects and lists a tx may hold (the envelope is depth 1). Far above any
+message's schema; it keeps every later reader (validation, state, Kafka consumers) clear of
+recursion limits."""
 
-    check(value)
-    return _dumps(value)
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
+"""Integers a tx may hold: 64-bit signed, what every consumer (SQLite, Go, protobuf) can store."""
+
+
+def canonical(value: Any) -> bytes:
+    """The canonical encoding of ``value``; refuses what a decoded tx could never hold."""
+    _check_values(value)
+    try:
+        return _dumps(value)
+    except UnicodeEncodeError:
+        raise TxError(Code.UNDECODABLE, "text holds a lone surrogate, which UTF-8 cannot encode") from None
+
+
+def _check_values(value: Any) -> None:
+    """Depth, integer range and no floats, checked iteratively (a recursive walk is what deep
+    nesting attacks)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise TxError(Code.UNDECODABLE, f"nested deeper than {MAX_DEPTH} levels")
+            stack.extend((item, depth + 1) for item in (v.values() if isinstance(v, dict) else v))
+        elif isinstance(v, float):
+            raise TxError(Code.UNDECODABLE, "floats are not allowed in transactions; use integers")
+        elif isinstance(v, int) and not isinstance(v, bool) and not INT_MIN <= v <= INT_MAX:
+            raise TxError(Code.UNDECODABLE, "an integer is outside the signed 64-bit range")
 
 
 def _dumps(value: Any) -> bytes:
@@ -70,6 +91,17 @@ def _dumps(value: Any) -> bytes:
 
 def _refuse_float(text: str) -> float:
     raise TxError(Code.UNDECODABLE, "floats are not allowed in transactions; use integers")
+
+
+def _refuse_constant(text: str) -> float:
+    raise TxError(Code.UNDECODABLE, f"{text} is not a JSON value")
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise TxError(Code.UNDECODABLE, "an object repeats a key")
+    return obj
 
 
 class Tx(BaseModel):
@@ -100,19 +132,36 @@ class Tx(BaseModel):
 
     @classmethod
     def decode(cls, raw: bytes) -> "Tx":
+        """The tx in ``raw``, or a TxError with a short reason; nothing else escapes for any bytes.
+
+        A tx is accepted only in its canonical encoding (UTF-8 JSON, sorted keys, no
+        whitespace), so one tx has exactly one byte form and one hash."""
         if len(raw) > MAX_TX_BYTES:
             raise TxError(Code.OVERSIZE, f"transaction is {len(raw)} bytes; the limit is {MAX_TX_BYTES}")
         try:
-            data = json.loads(raw, parse_float=_refuse_float)  # floats are refused while parsing
-            tx = cls.model_validate(data)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TxError(Code.UNDECODABLE, "transaction is not UTF-8") from None
+        try:
+            data = json.loads(text, parse_float=_refuse_float, parse_constant=_refuse_constant,
+                              object_pairs_hook=_refuse_duplicates)
         except TxError:
             raise
-        except (ValueError, ValidationError) as exc:
-            fields = ""
-            if isinstance(exc, ValidationError):
-                fields = ": " + ", ".join(".".join(map(str, e["loc"])) or "envelope" for e in exc.errors()[:5])
-            raise TxError(Code.UNDECODABLE, f"undecodable transaction{fields}") from None
-        if raw != _dumps(tx.model_dump()):  # no float can be left: the parser refused them
+        except RecursionError:  # the C parser recurses per level: far too deep, whatever the limit
+            raise TxError(Code.UNDECODABLE, f"nested deeper than {MAX_DEPTH} levels") from None
+        except ValueError:  # not JSON; also an integer of more digits than Python will parse
+            raise TxError(Code.UNDECODABLE, "transaction is not JSON") from None
+        _check_values(data)
+        try:
+            tx = cls.model_validate(data)
+        except ValidationError as exc:
+            fields = ", ".join(".".join(map(str, e["loc"])) or "envelope" for e in exc.errors()[:5])
+            raise TxError(Code.UNDECODABLE, f"undecodable transaction: {fields}") from None
+        try:
+            canonical_form = _dumps(tx.model_dump())
+        except UnicodeEncodeError:  # JSON's \ud800 escapes decode to text UTF-8 cannot hold
+            raise TxError(Code.UNDECODABLE, "text holds a lone surrogate, which UTF-8 cannot encode") from None
+        if raw != canonical_form:
             raise TxError(Code.UNDECODABLE, "transaction is not canonically encoded")
         return tx
 
