@@ -9,6 +9,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -61,7 +62,26 @@ class ChainClient:
 
     # -- reads ----------------------------------------------------------------------------------
     async def query(self, path: str) -> Any | None:
-        """State at ``path`` (e.g. ``/members/bank-a``) as JSON, or None if there is none."""
+        """State at ``path`` (e.g. ``/members/bank-a``) as JSON, or None if there is none.
+
+        A path ending in ``/`` lists that prefix: the chain answers it a page at a time and this
+        follows the pages, returning ``{key: value}`` (empty when nothing is there)."""
+        if path.endswith("/"):
+            return await self.query_prefix(path)
+        return await self._query(path)
+
+    async def query_prefix(self, prefix: str, *, page_size: int = 500) -> dict[str, Any]:
+        items: dict[str, Any] = {}
+        after = None
+        while True:
+            params = {"limit": page_size, **({"after": after} if after else {})}
+            page = await self._query(f"{prefix}?{urlencode(params)}")
+            items.update(page["items"])
+            after = page["next"]
+            if after is None:
+                return items
+
+    async def _query(self, path: str) -> Any | None:
         result = (await self.rpc("abci_query", path=path))["response"]
         if result.get("code", 0) == Code.NOT_FOUND:
             return None

@@ -17,11 +17,12 @@ class ConsensusSettings(ServiceSettings):
     abci_port: int = 26658
 
 
-def build(settings: ConsensusSettings) -> Service:
+def build(settings: ConsensusSettings, app_class: type[RdxApp] = RdxApp) -> Service:
+    """The service; ``app_class`` is the seam the fault tests use to run a byzantine validator."""
     svc = Service(settings, title="rdx consensus")
     chain_db = settings.state_dir / "chain.sqlite"
     relay = Relay(chain_db, settings.state_dir / "relay.sqlite", settings.kafka_bootstrap)
-    app = RdxApp(Database(chain_db), settings.chain_id, on_commit=relay.notify)
+    app = app_class(Database(chain_db), settings.chain_id, on_commit=relay.notify)
     server = AbciServer(app, settings.abci_host, settings.abci_port)
 
     async def serve_abci(stop):

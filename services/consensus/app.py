@@ -2,26 +2,35 @@
 
 Info reports the last committed height and app hash; InitChain loads the genesis members;
 CheckTx validates a tx against the mempool's check state without touching committed state;
-FinalizeBlock applies every tx in order on a block overlay and computes the app hash;
-Commit writes the overlay, the block's events and the new height in one SQLite transaction.
+PrepareProposal and ProcessProposal execute a proposed block ahead of time, so that a block
+holding a tx that could never be valid (undecodable, oversize, another chain's, badly signed,
+a wrong nonce) is refused before any validator votes for it; FinalizeBlock applies the decided
+block (reusing that execution when it has one); Commit writes the block's state, its events
+and the new height in one SQLite transaction.
+
+Every method is total for outside input: any bytes in a tx or a query get a result code and a
+short log, never an exception (an exception ends the ABCI connection and halts the node).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
-from prometheus_client import Gauge
+from cachetools import LRUCache
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ValidationError
 from tendermint.abci import types_pb2 as abci
 
 from services.common import identity
 from services.common.policy import DEFAULT_POLICY_TEXT
 from services.common.tx import Code, Tx, TxError
-from services.consensus.abci.application import Application
+from services.consensus.abci.application import Application, proto_tx_size
 from services.consensus import params as chain_params
 from services.consensus.access import handlers as access
 from services.consensus.assets import handlers as assets
@@ -42,25 +51,32 @@ log = logging.getLogger("rdx.consensus.app")
 
 APP_VERSION = 1
 CHAIN_HEIGHT = Gauge("rdx_chain_height", "height of the last block this app committed")
+TXS_REFUSED = Counter("rdx_tx_refused_total",
+                      "transactions refused: at check (mempool admission), prepare (dropped from this "
+                      "validator's proposal), proposal (in a proposal this validator rejected) or block",
+                      ["stage", "reason"])
+PROPOSALS_REJECTED = Counter("rdx_proposals_rejected_total",
+                             "proposed blocks this validator voted against (they held a tx that may not be in a block)")
 Handler = tuple[type[BaseModel], Callable[[Context, Any], None]]
 HANDLERS: dict[str, Handler] = {**members.HANDLERS, **assets.HANDLERS, **access.HANDLERS, **jobs.HANDLERS,
                                  **bank.HANDLERS, **governance.HANDLERS, **audit.HANDLERS}
 BEGIN_BLOCK = (access.begin_block, jobs.begin_block)  # expiries and timeouts, by block time
 INTERNAL_ERROR = 99
+REASONS = {value: name.lower() for name, value in vars(Code).items() if name.isupper()} | {INTERNAL_ERROR: "internal"}
 
+MAX_QUERY_PATH = 512
+PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
+MAX_PAGE_BYTES = 1 << 20  # a page stops early rather than answer more than this much JSON
+QUOTE = re.compile(r"quote/([^/?]+)/([0-9]{1,15})")  # ASCII digits only: "²".isdigit() is True
+PAGE_QUERY = re.compile(r"[A-Za-z0-9_.=&%/\-]*")
+MAX_EXECUTIONS = 8  # proposals executed ahead of FinalizeBlock, kept per height (one per round)
 
-# A tx is decoded and its signature verified in CheckTx, again at every mempool recheck and once
-# more in FinalizeBlock. Both are pure functions of their arguments, so their results are cached:
-# the outcome cannot differ, only the work is saved (measured: ~60 us of ~110 us per CheckTx).
-@lru_cache(maxsize=1 << 16)
-def decode(raw: bytes) -> tuple[Tx, bytes]:
-    tx = Tx.decode(raw)
-    return tx, tx.signing_bytes_of_decoded()
-
-
-@lru_cache(maxsize=1 << 16)
-def verify(public_key: str, message: bytes, signature: str) -> bool:
-    return identity.verify(public_key, message, signature)
+# Txs whose signature was verified, by their exact bytes: CheckTx, every mempool recheck,
+# PrepareProposal/ProcessProposal and FinalizeBlock see the same tx, and decoding plus verifying
+# is most of a small tx's cost (~60 of ~110 us). Only txs that passed the signature check are
+# kept, and the cache is bounded by the bytes it holds (an entry's parsed form is estimated at
+# 4x its raw size), so a flood of junk costs no memory.
+VERIFIED_CACHE_BYTES = 32 << 20
 
 
 class Genesis(BaseModel):
@@ -73,14 +89,54 @@ class Genesis(BaseModel):
     policy: str = DEFAULT_POLICY_TEXT
 
 
+@dataclass(frozen=True)
+class Verified:
+    tx: Tx
+    signing_bytes: bytes
+    public_key: str  # the key it verified against: a rotated key must be checked again
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One tx's result. ``admissible`` is False when the tx failed authentication (decoding,
+    chain, type, signer, signature, nonce or payload schema): such a tx may not be in a block."""
+
+    code: int
+    log: str
+    events: list[tuple[str, str, dict]]
+    admissible: bool
+
+
+@dataclass
+class Execution:
+    """A block executed on an overlay of committed state, not yet committed."""
+
+    height: int
+    time: int
+    txs: list[bytes]
+    block: Overlay
+    results: list[abci.ExecTxResult]
+    events: list[ChainEvent]
+    app_hash: bytes
+    inadmissible: list[tuple[int, int]]  # kept in the block: (index, code)
+    dropped: list[int]  # left out of a proposal being prepared: their codes
+
+
 class RdxApp(Application):
     def __init__(self, db: Database, chain_id: str, on_commit: Callable[[int], None] | None = None):
         self.db, self.chain_id, self.on_commit = db, chain_id, on_commit
         self.check_state = Overlay(db)
-        self._block: Overlay | None = None  # genesis writes wait here for the first block's Commit
+        self._genesis_writes: dict[str, Any] = {}  # genesis state waits here for the first block's Commit
         self._genesis_events: list[tuple[str, str, dict]] = []
-        self._pending: tuple[int, bytes, dict, list[ChainEvent], int] | None = None
+        self._executions: dict[tuple, Execution] = {}
+        self._pending: Execution | None = None
         self._last_time = 0
+        self._verified: LRUCache = LRUCache(VERIFIED_CACHE_BYTES, getsizeof=lambda v: 4 * len(v.signing_bytes))
+        self._params = self._read_params()
+        self._pending_bytes: dict[str, int] = {}  # per signer, of the txs admitted since the last Commit
+
+    def _read_params(self) -> chain_params.Params:
+        return chain_params.get(Context(store=Overlay(self.db), height=self.db.height, time=0))
 
     # -- connection: info / query ---------------------------------------------------------------
     def info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
@@ -88,29 +144,78 @@ class RdxApp(Application):
                                  last_block_height=self.db.height, last_block_app_hash=self.db.app_hash)
 
     def query(self, req: abci.RequestQuery) -> abci.ResponseQuery:
-        """Paths are state keys: ``/members/<id>``, ``/accounts/<id>``; a trailing ``/`` lists a prefix."""
-        key = req.path.lstrip("/")
+        """Paths are state keys: ``/members/<id>``, ``/accounts/<id>``; ``/quote/<asset>/<records>``.
+
+        A path ending in ``/`` lists that prefix one page at a time, in key order:
+        ``/access/?limit=100&after=<last key of the previous page>`` answers
+        ``{"items": {key: value}, "next": <key to pass as after, or null>}``."""
+        height = self.db.height
+        try:
+            code, message, key, value = self._query(req.path)
+        except Exception as exc:  # a query must never halt the node: answer, log without the path
+            log.error("query failed: %s", type(exc).__name__)
+            code, message, key, value = INTERNAL_ERROR, "internal error", "", None
+        if code != Code.OK:
+            return abci.ResponseQuery(code=code, log=message, height=height)
+        return abci.ResponseQuery(code=Code.OK, key=key.encode(), value=json.dumps(value).encode(), height=height)
+
+    def undecodable_query(self) -> abci.ResponseQuery:
+        return abci.ResponseQuery(code=Code.INVALID_QUERY, log="the query path is not UTF-8", height=self.db.height)
+
+    def _query(self, path: str) -> tuple[int, str, str, Any]:
+        if len(path) > MAX_QUERY_PATH:
+            return Code.INVALID_QUERY, f"query path longer than {MAX_QUERY_PATH} characters", "", None
+        key, has_query, query_string = path.lstrip("/").partition("?")
         if not key:
-            return abci.ResponseQuery(code=Code.NOT_FOUND, log="empty path", height=self.db.height)
+            return Code.NOT_FOUND, "empty path", "", None
+        if has_query and not key.endswith("/"):
+            return Code.INVALID_QUERY, "only a listing (a path ending in /) takes ?after= and ?limit=", "", None
         if key.startswith("quote/"):
             value: Any = self._quote(key)
+        elif key.endswith("/"):
+            return self._page(key, query_string)
         else:
-            value = dict(self.db.scan(key)) if key.endswith("/") else self.db.get(key)
+            value = self.db.get(key)
         if value is None:
-            return abci.ResponseQuery(code=Code.NOT_FOUND, log=f"no state at {key}", height=self.db.height)
-        return abci.ResponseQuery(code=Code.OK, key=key.encode(), value=json.dumps(value).encode(), height=self.db.height)
+            return Code.NOT_FOUND, "no state at that path", "", None
+        return Code.OK, "", key, value
+
+    def _page(self, prefix: str, query_string: str) -> tuple[int, str, str, Any]:
+        if not PAGE_QUERY.fullmatch(query_string):
+            return Code.INVALID_QUERY, "a listing takes only ?after=<key>&limit=<n>", "", None
+        try:
+            fields = parse_qs(query_string, max_num_fields=2)
+        except ValueError:
+            return Code.INVALID_QUERY, "a listing takes only ?after=<key>&limit=<n>", "", None
+        if set(fields) - {"after", "limit"} or any(len(v) > 1 for v in fields.values()):
+            return Code.INVALID_QUERY, "a listing takes only ?after=<key>&limit=<n>", "", None
+        after = fields.get("after", [prefix])[0]
+        limit_text = fields.get("limit", [str(PAGE_SIZE)])[0]
+        if not after.startswith(prefix):
+            return Code.INVALID_QUERY, "after must be a key under the listed prefix", "", None
+        if not re.fullmatch(r"[0-9]{1,4}", limit_text) or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
+            return Code.INVALID_QUERY, f"limit must be 1..{MAX_PAGE_SIZE}", "", None
+        items: dict[str, Any] = {}
+        size, more = 0, False
+        for key, text in self.db.scan_page(prefix, after=after, limit=int(limit_text) + 1):
+            if len(items) == int(limit_text) or (items and size + len(text) > MAX_PAGE_BYTES):
+                more = True
+                break
+            items[key] = json.loads(text)
+            size += len(text)
+        return Code.OK, "", prefix, {"items": items, "next": next(reversed(items)) if more else None}
 
     def _quote(self, key: str) -> int | None:
         """``quote/<asset>/<records>``: the charge a job would carry for this input now, by the
         same rule settlement uses."""
-        parts = key.split("/")
-        if len(parts) != 3 or not parts[2].isdigit():
+        match = QUOTE.fullmatch(key)
+        if match is None:
             return None
-        asset = self.db.get(f"assets/{parts[1]}")
+        asset = self.db.get(f"assets/{match[1]}")
         if asset is None or asset["status"] != "listed":
             return None
         ctx = Context(store=Overlay(self.db), height=self.db.height, time=int(self.db.meta("time", "0")))
-        return PricingKeeper(ctx).quote(asset, int(parts[2]), ctx.time)
+        return PricingKeeper(ctx).quote(asset, int(match[2]), ctx.time)
 
     # -- consensus ------------------------------------------------------------------------------
     def init_chain(self, req: abci.RequestInitChain) -> abci.ResponseInitChain:
@@ -127,86 +232,171 @@ class RdxApp(Application):
             BankKeeper(ctx).mint(member_id, amount, "genesis")
         chain_params.put(ctx, genesis.params)
         GovernanceKeeper(ctx).publish(1, genesis.policy)
-        self._block = block
+        self._genesis_writes = block.writes
         self._genesis_events = ctx.events
+        self._params = genesis.params
         return abci.ResponseInitChain(app_hash=next_app_hash(b"", block.digest(), 0))
 
     def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
-        code, message, _ = self._deliver(self.check_state, req.tx, height=self.db.height + 1,
-                                        time=self._last_time, check=True)
-        return abci.ResponseCheckTx(code=code, log=message)
+        try:
+            outcome = self._deliver(self.check_state, req.tx, height=self.db.height + 1, time=self._last_time, check=True)
+        except MemoryError:
+            raise
+        except Exception as exc:  # never reached by design; the mempool must not halt the node if it is
+            log.error("CheckTx failed: %s", type(exc).__name__)
+            outcome = Outcome(INTERNAL_ERROR, "internal error", [], False)
+        if outcome.code != Code.OK:
+            TXS_REFUSED.labels("check", REASONS.get(outcome.code, "other")).inc()
+        return abci.ResponseCheckTx(code=outcome.code, log=outcome.log)
+
+    def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
+        """Propose the mempool's txs in order, dropping those that may not be in a block (the
+        mempool can hold txs made invalid by the blocks since they were checked) and stopping
+        at the first that does not fit, so one signer's txs keep their order."""
+        execution = self._execute(req.height, req.time.seconds, list(req.txs), max_tx_bytes=req.max_tx_bytes)
+        for code in execution.dropped:
+            TXS_REFUSED.labels("prepare", REASONS.get(code, "other")).inc()
+        self._remember(execution)
+        return abci.ResponsePrepareProposal(txs=execution.txs)
+
+    def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
+        """Execute the proposal; reject it if any tx may not be in a block. Deterministic, and
+        coherent with PrepareProposal, which drops exactly those txs: an honest proposal passes."""
+        execution = self._executions.get(_key(req.height, req.time.seconds, req.txs))
+        if execution is None:
+            execution = self._execute(req.height, req.time.seconds, list(req.txs), keep_inadmissible=True)
+        if execution.inadmissible:
+            PROPOSALS_REJECTED.inc()
+            for _, code in execution.inadmissible:
+                TXS_REFUSED.labels("proposal", REASONS.get(code, "other")).inc()
+            index, code = execution.inadmissible[0]
+            log.warning("rejected the proposal for height %d from proposer %s: %d of its %d txs may not be in a "
+                        "block (first: tx %d, %s)", req.height, req.proposer_address.hex().upper(),
+                        len(execution.inadmissible), len(req.txs), index, REASONS.get(code, code))
+            return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.REJECT)
+        self._remember(execution)
+        return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
 
     def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
-        block = self._block or Overlay(self.db)
-        self._block = None
-        events: list[ChainEvent] = []
-        now = req.time.seconds
-        for i, (type_, entity, data) in enumerate(self._genesis_events):
-            events.append(ChainEvent(req.height, -1, i, now, type_, entity, data))
-        self._genesis_events = []
-        ctx = Context(store=block, height=req.height, time=now)
-        for hook in BEGIN_BLOCK:
-            hook(ctx)
-        for i, (type_, entity, data) in enumerate(ctx.events, start=len(events)):
-            events.append(ChainEvent(req.height, -1, i, now, type_, entity, data))
-        results = []
-        for index, raw in enumerate(req.txs):
-            code, message, tx_events = self._deliver(block, raw, height=req.height, time=now)
-            abci_events = []
-            for i, (type_, entity, data) in enumerate(tx_events):
-                events.append(ChainEvent(req.height, index, i, now, type_, entity, data))
-                abci_events.append(abci.Event(type=type_, attributes=[
-                    abci.EventAttribute(key="entity", value=entity, index=True),
-                    abci.EventAttribute(key="id", value=f"{req.height}/{index}/{i}", index=False),
-                ]))
-            results.append(abci.ExecTxResult(code=code, log=message, events=abci_events))
-        # A block that changes nothing keeps the app hash, so `create_empty_blocks = false` can idle.
-        app_hash = next_app_hash(self.db.app_hash, block.digest(), req.height) if block.writes else self.db.app_hash
-        self._pending = (req.height, app_hash, block.writes, events, now)
-        self._last_time = now
-        return abci.ResponseFinalizeBlock(tx_results=results, app_hash=app_hash)
+        execution = self._executions.get(_key(req.height, req.time.seconds, req.txs))
+        if execution is None:  # replay, block sync, or a block this node never processed as a proposal
+            execution = self._execute(req.height, req.time.seconds, list(req.txs), keep_inadmissible=True)
+        for _, code in execution.inadmissible:  # decided anyway: more than a third of the power let it in
+            TXS_REFUSED.labels("block", REASONS.get(code, "other")).inc()
+        self._pending = execution
+        self._last_time = execution.time
+        return abci.ResponseFinalizeBlock(tx_results=execution.results, app_hash=execution.app_hash)
 
     def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
         if self._pending is None:
             raise RuntimeError("Commit without FinalizeBlock")
-        height, app_hash, writes, events, now = self._pending
-        self.db.commit_block(height, app_hash, writes, events, {"time": str(now)})
-        CHAIN_HEIGHT.set(height)
-        self._pending = None
-        self.check_state = Overlay(self.db)  # CometBFT rechecks the mempool against the new state
+        ex, self._pending = self._pending, None
+        self.db.commit_block(ex.height, ex.app_hash, ex.block.writes, ex.events, {"time": str(ex.time)})
+        CHAIN_HEIGHT.set(ex.height)
+        self._genesis_writes, self._genesis_events = {}, []
+        self._executions.clear()
+        self._params = self._read_params()
+        self._pending_bytes.clear()  # CometBFT rechecks the mempool against the new state
+        self.check_state = Overlay(self.db)
         if self.on_commit:
-            self.on_commit(height)
+            self.on_commit(ex.height)
         return abci.ResponseCommit()
 
+    def _remember(self, execution: Execution) -> None:
+        if len(self._executions) >= MAX_EXECUTIONS:
+            self._executions.pop(next(iter(self._executions)))
+        self._executions[_key(execution.height, execution.time, execution.txs)] = execution
+
+    def _execute(self, height: int, time: int, txs: list[bytes], *, keep_inadmissible: bool = False,
+                 max_tx_bytes: int | None = None) -> Execution:
+        """Run a block on a fresh overlay. Inadmissible txs are kept (as failed results) or, for
+        a proposal being prepared, left out; either way they change no state."""
+        block = Overlay(self.db)
+        block.writes.update(self._genesis_writes)
+        events = [ChainEvent(height, -1, i, time, *e) for i, e in enumerate(self._genesis_events)]
+        ctx = Context(store=block, height=height, time=time)
+        for hook in BEGIN_BLOCK:
+            hook(ctx)
+        events += [ChainEvent(height, -1, i, time, *e) for i, e in enumerate(ctx.events, start=len(events))]
+        kept: list[bytes] = []
+        results: list[abci.ExecTxResult] = []
+        inadmissible: list[tuple[int, int]] = []
+        dropped: list[int] = []
+        total = 0
+        for position, raw in enumerate(txs):
+            size = proto_tx_size(raw)
+            if max_tx_bytes is not None and total + size > max_tx_bytes:
+                break
+            outcome = self._deliver(block, raw, height=height, time=time)
+            if not outcome.admissible:
+                if not keep_inadmissible:
+                    dropped.append(outcome.code)
+                    continue
+                inadmissible.append((position, outcome.code))
+            total += size
+            index = len(kept)
+            kept.append(raw)
+            abci_events = []
+            for i, (type_, entity, data) in enumerate(outcome.events):
+                events.append(ChainEvent(height, index, i, time, type_, entity, data))
+                abci_events.append(abci.Event(type=type_, attributes=[
+                    abci.EventAttribute(key="entity", value=entity, index=True),
+                    abci.EventAttribute(key="id", value=f"{height}/{index}/{i}", index=False),
+                ]))
+            results.append(abci.ExecTxResult(code=outcome.code, log=outcome.log, events=abci_events))
+        # A block that changes nothing keeps the app hash, so `create_empty_blocks = false` can idle.
+        app_hash = next_app_hash(self.db.app_hash, block.digest(), height) if block.writes else self.db.app_hash
+        return Execution(height, time, kept, block, results, events, app_hash, inadmissible, dropped)
+
     # -- one transaction ------------------------------------------------------------------------
-    def _deliver(self, state: Overlay, raw: bytes, *, height: int, time: int, check: bool = False
-                 ) -> tuple[int, str, list[tuple[str, str, dict]]]:
-        """Apply ``raw`` to ``state``. A rejected tx changes nothing but, once in a block, its nonce."""
+    def _deliver(self, state: Overlay, raw: bytes, *, height: int, time: int, check: bool = False) -> Outcome:
+        """Apply ``raw`` to ``state``. A rejected tx changes nothing but, once in a block, its nonce.
+
+        Only a handler's own failure is answered INTERNAL_ERROR, alike on every validator (a bug
+        must not split the chain); everything before the handler is a function of the bytes and
+        the state that answers with a specific code."""
         try:
-            tx, signing_bytes = decode(raw)
-        except TxError as exc:
-            return exc.code, str(exc), []
-        ctx = Context(store=state.branch(), height=height, time=time, tx=tx)
-        try:
-            model = self._authenticate(ctx, tx, signing_bytes)
+            ctx, model = self._authenticate(state, raw, height, time)
+            if check:
+                self._admit(raw, ctx.tx)
         except Rejected as exc:
-            return exc.code, str(exc), []
+            return Outcome(exc.code, str(exc), [], False)
+        except MemoryError:
+            raise
+        except Exception as exc:  # a bug in decoding or authentication: refused alike everywhere
+            log.error("authenticating a %d-byte tx failed: %s", len(raw), type(exc).__name__)
+            return Outcome(INTERNAL_ERROR, "internal error", [], False)
+        tx = ctx.tx
         self._consume_nonce(ctx.store, tx)
         try:
             HANDLERS[tx.type][1](ctx, model)
         except Rejected as exc:
             if not check:  # included in a block: the nonce is spent, so the tx can never be replayed
                 self._consume_nonce(state, tx)
-            return exc.code, str(exc), []
-        except Exception:  # a bug must not split the chain: every validator rejects alike
-            log.exception("handler for %s failed", tx.type)
+            return Outcome(exc.code, str(exc), [], True)
+        except MemoryError:
+            raise
+        except Exception as exc:  # a bug must not split the chain: every validator rejects alike
+            log.error("handler for %s failed: %s", tx.type, type(exc).__name__)
             if not check:
                 self._consume_nonce(state, tx)
-            return INTERNAL_ERROR, "internal error", []
+            return Outcome(INTERNAL_ERROR, "internal error", [], True)
         ctx.store.merge_into_parent()
-        return Code.OK, "", ctx.events
+        if check:
+            self._pending_bytes[tx.signer] = self._pending_bytes.get(tx.signer, 0) + len(raw)
+        return Outcome(Code.OK, "", ctx.events, True)
 
-    def _authenticate(self, ctx: Context, tx: Tx, signing_bytes: bytes) -> BaseModel:
+    def _authenticate(self, state: Overlay, raw: bytes, height: int, time: int) -> tuple[Context, BaseModel]:
+        verified: Verified | None = self._verified.get(raw)
+        if verified is None:
+            try:
+                tx = Tx.decode(raw)
+            except TxError as exc:
+                raise Rejected(exc.code, str(exc)) from None
+            signing_bytes = tx.signing_bytes_of_decoded()
+        else:
+            tx, signing_bytes = verified.tx, verified.signing_bytes
+        ctx = Context(store=state.branch(), height=height, time=time, tx=tx)
         if tx.chain_id != self.chain_id:
             raise Rejected(Code.WRONG_CHAIN, f"chain id {tx.chain_id!r} is not {self.chain_id!r}")
         if tx.type not in HANDLERS:
@@ -217,18 +407,36 @@ class RdxApp(Application):
             raise Rejected(Code.UNKNOWN_SIGNER, f"unknown signer {tx.signer}")
         if not keeper.active(account["member"]):
             raise Rejected(Code.SUSPENDED_SIGNER, f"signer {tx.signer} belongs to a suspended member")
-        if not verify(account["public_key"], signing_bytes, tx.sig):
-            raise Rejected(Code.BAD_SIGNATURE, "signature does not verify with the signer's registered key")
+        if verified is None or verified.public_key != account["public_key"]:
+            if not identity.verify(account["public_key"], signing_bytes, tx.sig):
+                raise Rejected(Code.BAD_SIGNATURE, "signature does not verify with the signer's registered key")
+            self._verified[raw] = Verified(tx, signing_bytes, account["public_key"])
         if tx.nonce != account["nonce"] + 1:
             raise Rejected(Code.BAD_NONCE, f"nonce {tx.nonce} is not the signer's next nonce {account['nonce'] + 1}")
         try:
-            return HANDLERS[tx.type][0].model_validate(tx.payload)
+            return ctx, HANDLERS[tx.type][0].model_validate(tx.payload)
         except ValidationError as exc:
             fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors()[:5])
             raise Rejected(Code.INVALID_PAYLOAD, f"invalid {tx.type}: {fields}") from None
+
+    def _admit(self, raw: bytes, tx: Tx) -> None:
+        """The mempool's per-signer share: no signer may fill it (CometBFT bounds the whole)."""
+        committed = self.check_state.committed(f"accounts/{tx.signer}")
+        pending = tx.nonce - (committed["nonce"] if committed else 0)
+        if pending > self._params.max_pending_txs_per_signer:
+            raise Rejected(Code.MEMPOOL_SHARE_FULL, f"signer {tx.signer} already has "
+                           f"{self._params.max_pending_txs_per_signer} txs waiting for a block; retry after the next")
+        if self._pending_bytes.get(tx.signer, 0) + len(raw) > self._params.max_pending_bytes_per_signer:
+            raise Rejected(Code.MEMPOOL_SHARE_FULL, f"signer {tx.signer} already has "
+                           f"{self._params.max_pending_bytes_per_signer} bytes waiting for a block; retry after the next")
 
     @staticmethod
     def _consume_nonce(state: Overlay, tx: Tx) -> None:
         account = state.get(f"accounts/{tx.signer}")
         account["nonce"] = tx.nonce
         state.set(f"accounts/{tx.signer}", account)
+
+
+def _key(height: int, time: int, txs) -> tuple:
+    """Identifies a block's execution: everything it depends on besides committed state."""
+    return height, time, tuple(txs)

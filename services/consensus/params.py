@@ -15,6 +15,10 @@ class Params(BaseModel):
     dynamic_slope_bps: int = Field(1_000, ge=0, le=100_000)  # +10% per unit of recent demand
     dynamic_max_bps: int = Field(30_000, ge=10_000, le=1_000_000)  # at most 3x the base price
     demand_halflife_s: int = Field(3_600, ge=60, le=30 * 86_400)
+    # Each signer's share of a validator's mempool (CheckTx refuses beyond it), so no member can
+    # fill it: CometBFT's own bounds (rdx/components.py: 10,000 txs, 128 MiB) are 20x these.
+    max_pending_txs_per_signer: int = Field(500, ge=1, le=1_000_000)
+    max_pending_bytes_per_signer: int = Field(4 << 20, ge=64 << 10, le=1 << 30)
 
 
 def get(ctx: Context) -> Params:

@@ -70,6 +70,11 @@ class Database:
         for key, value in rows:
             yield key, json.loads(value)
 
+    def scan_page(self, prefix: str, *, after: str, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` (key, JSON text) under ``prefix`` with keys after ``after``, in key order."""
+        return self.conn.execute("SELECT key, value FROM kv WHERE key > ? AND key >= ? AND key < ? ORDER BY key LIMIT ?",
+                                 (after, prefix, prefix + "\uffff", limit)).fetchall()
+
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
@@ -150,6 +155,15 @@ class Overlay:
         if key not in self._committed:
             self._committed[key] = self.db.get_text(key)
         return self._committed[key]
+
+    def committed(self, key: str) -> Any | None:
+        """The committed value at ``key``, whatever this overlay or its parents wrote."""
+        if self.parent is not None:
+            return self.parent.committed(key)
+        if key not in self._committed:
+            self._committed[key] = self.db.get_text(key)
+        text = self._committed[key]
+        return None if text is None else json.loads(text)
 
     def set(self, key: str, value: Any) -> None:
         self.writes[key] = _dump(value)

@@ -52,6 +52,10 @@ class Application:
         """Answer a read of application state; the default knows nothing."""
         return abci.ResponseQuery(code=CODE_OK)
 
+    def undecodable_query(self) -> abci.ResponseQuery:
+        """The answer to a query CometBFT sent but protobuf cannot parse (a path that is not UTF-8)."""
+        return abci.ResponseQuery(code=1, log="the query path is not UTF-8")
+
     def check_tx(self, req: abci.RequestCheckTx) -> MaybeAwaitable[abci.ResponseCheckTx]:
         """Admit a transaction to the mempool; the default admits everything."""
         return abci.ResponseCheckTx(code=CODE_OK)

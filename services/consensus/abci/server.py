@@ -121,6 +121,18 @@ class FrameReader:
         return payload
 
 
+def _request_kind(payload: bytes) -> str | None:
+    """The oneof field a serialized ``Request`` starts with (its first tag), if any."""
+    tag, shift = 0, 0
+    for byte in payload[:_MAX_VARINT_BYTES]:
+        tag |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            field = abci.Request.DESCRIPTOR.fields_by_number.get(tag >> 3)
+            return field.name if field is not None else None
+        shift += 7
+    return None
+
+
 _FLUSH_FRAME = encode_frame(abci.Response(flush=abci.ResponseFlush()).SerializeToString())
 
 
@@ -168,6 +180,12 @@ class _Connection:
             try:
                 request = abci.Request.FromString(payload)
             except DecodeError:
+                if _request_kind(payload) == "query":
+                    # CometBFT passes a query path from RPC as it came, and its hex form can carry
+                    # bytes that are not UTF-8, which protobuf strings must be: answer, do not halt.
+                    ABCI_REQUESTS.labels("query").inc()
+                    await self._send(abci.Response(query=self._app.undecodable_query()))
+                    continue
                 log.error("ABCI connection %d: undecodable request of %d bytes", self.id, len(payload))
                 await self._fail("undecodable request")
                 return
