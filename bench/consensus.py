@@ -66,6 +66,8 @@ BAR = 0.5
 # The node settings both chains share (on top of `cometbft init` defaults and CometNode.configure).
 # The mempool holds a whole round, so "mempool full" never shapes the result.
 MEMPOOL_SIZE = 100_000
+# ... and no signer's share of it is full: 32 signers each queue a round's worth of txs.
+UNBOUNDED_SIGNERS = {"max_pending_txs_per_signer": MEMPOOL_SIZE, "max_pending_bytes_per_signer": 1 << 30}
 
 
 def log(msg: str) -> None:
@@ -99,6 +101,7 @@ def tune(node: CometNode, proxy_app: str | None = None) -> tuple[str, str]:
     path = node.home / "config" / "config.toml"
     doc = tomlkit.parse(path.read_text())
     doc["mempool"]["size"] = MEMPOOL_SIZE
+    doc["mempool"]["max_txs_bytes"] = 1 << 30
     metrics, pprof = f"{LOOPBACK}:{free_port()}", f"{LOOPBACK}:{free_port()}"
     doc["instrumentation"]["prometheus"] = True  # for cometbft_mempool_recheck_times
     doc["instrumentation"]["prometheus_listen_addr"] = metrics
@@ -165,7 +168,8 @@ def start_rdx(root: Path, toolchain: tc.Toolchain, kafka: str, association: Iden
         "RDX_ABCI_PORT": str(abci_port), "RDX_LOG_LEVEL": "WARNING"}, root / "rdx-app" / "logs")
     app.profile_path = profile
     node = CometNode(root / "rdx-node", toolchain, chain_id=CHAIN_ID, rpc_port=free_port(), p2p_port=free_port(),
-                     abci_port=abci_port, timeout_commit=timeout_commit, app_state=genesis_app_state(association))
+                     abci_port=abci_port, timeout_commit=timeout_commit,
+                     app_state=genesis_app_state(association, params=UNBOUNDED_SIGNERS))
     chain = Chain("rdx", node, app)
     app.start()
     node.prepare()

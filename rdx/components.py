@@ -21,6 +21,7 @@ from pathlib import Path
 import tomlkit
 
 from rdx.toolchain import SetupError, Toolchain
+from services.common.tx import MAX_TX_BYTES
 
 LOOPBACK = "127.0.0.1"
 
@@ -327,6 +328,7 @@ class CometNode(Managed):
             genesis = json.loads(genesis_path.read_text())
             genesis["chain_id"] = self.chain_id
             genesis["app_state"] = self.app_state or {}
+            bound_blocks(genesis)
             genesis_path.write_text(json.dumps(genesis, indent=2))
         self.configure()
 
@@ -342,6 +344,7 @@ class CometNode(Managed):
         doc["p2p"]["allow_duplicate_ip"] = True
         doc["p2p"]["persistent_peers"] = persistent_peers
         doc["consensus"]["timeout_commit"] = self.timeout_commit
+        bound_public_surfaces(doc)
         doc["instrumentation"]["prometheus"] = self.prometheus_port is not None
         if self.prometheus_port is not None:
             doc["instrumentation"]["prometheus_listen_addr"] = f"{LOOPBACK}:{self.prometheus_port}"
@@ -367,6 +370,42 @@ class CometNode(Managed):
 
 
 
+# What a validator's public surfaces accept, set here rather than left to CometBFT's defaults
+# (which allow 1 MiB txs, a 1 GiB mempool and 21 MiB blocks). Anyone can reach RPC and P2P.
+MEMPOOL_BOUNDS = {
+    "max_tx_bytes": MAX_TX_BYTES,  # the app's own limit: bigger txs are refused before CheckTx
+    "size": 10_000,                # txs; each signer may hold 500 of them (the app's per-signer share)
+    "max_txs_bytes": 128 << 20,    # the mempool's memory; each signer may hold 4 MiB of it
+    "recheck": True,               # txs made invalid by a block leave the mempool at once
+    # A refused tx leaves the dedup cache, so an honest tx refused for a passing reason (its
+    # signer's share full, a nonce ahead of a pending one) can be sent again; junk costs a CheckTx.
+    "keep-invalid-txs-in-cache": False,
+}
+RPC_BOUNDS = {
+    "unsafe": False,                     # no dial_peers/unsafe_flush_mempool from the network
+    "max_body_bytes": 256 << 10,         # a 64 KiB tx is ~88 KiB as base64 in JSON
+    "max_header_bytes": 256 << 10,       # ... and ~128 KiB as hex in a GET URI
+    "max_open_connections": 512,         # below the process's file limit, with room for P2P
+    "max_request_batch_size": 10,
+    "timeout_broadcast_tx_commit": "10s",
+    "experimental_close_on_slow_client": True,  # a websocket reader that stalls is dropped, not buffered for
+}
+MAX_BLOCK_BYTES = 4 << 20  # 64 max-size txs or ~8,000 typical ones: bounds one block's execution
+
+
+def bound_public_surfaces(doc) -> None:
+    """Mempool and RPC limits in a config.toml (see MEMPOOL_BOUNDS, RPC_BOUNDS)."""
+    for key, value in MEMPOOL_BOUNDS.items():
+        doc["mempool"][key] = value
+    for key, value in RPC_BOUNDS.items():
+        doc["rpc"][key] = value
+
+
+def bound_blocks(genesis: dict) -> None:
+    """The block size in a new chain's genesis consensus params (CometBFT's default is 21 MiB)."""
+    genesis.setdefault("consensus_params", {}).setdefault("block", {})["max_bytes"] = str(MAX_BLOCK_BYTES)
+
+
 def comet_healthy(rpc_url: str) -> bool:
     """True when the node answers and has committed at least one block."""
     try:
@@ -389,6 +428,7 @@ class ServiceProcess(Managed):
     http_port: int
     env: dict[str, str]
     log_dir: Path
+    module: str = ""  # what ``python -m`` runs: services.<name> unless a wrapper is named (the fault tests' seam)
     process: Process | None = field(default=None, init=False)
 
     @property
@@ -398,7 +438,8 @@ class ServiceProcess(Managed):
     def start(self, timeout: float = 60.0, wait: bool = True) -> None:
         ensure_port_free(self.http_port, f"the {self.name} service")
         env = {**self.env, "RDX_HTTP_PORT": str(self.http_port), "PYTHONUNBUFFERED": "1"}
-        self.process = Process(self.name, [sys.executable, "-m", f"services.{self.name}"], self.log_dir / f"{self.name}.log",
+        module = self.module or f"services.{self.name}"
+        self.process = Process(self.name, [sys.executable, "-m", module], self.log_dir / f"{self.name}.log",
                                env=env, cwd=Path(__file__).resolve().parent.parent)
         self.process.start()
         if wait:

@@ -40,7 +40,7 @@ from pathlib import Path
 import tomlkit
 
 from rdx import toolchain as tc
-from rdx.components import LOOPBACK, CometNode, KafkaBroker, ServiceProcess, free_port, wait_until
+from rdx.components import LOOPBACK, CometNode, KafkaBroker, ServiceProcess, bound_blocks, free_port, wait_until
 from rdx.supervisor import association_identity, genesis_app_state
 from rdx.toolchain import SetupError
 from services.common.identity import Identity
@@ -157,6 +157,7 @@ class Testnet:
             genesis = json.loads((staging / "node0" / "config" / "genesis.json").read_text())
             genesis["chain_id"] = self.chain_id
             genesis["app_state"] = genesis_app_state(self.association, params=self.params)
+            bound_blocks(genesis)
             text = json.dumps(genesis, indent=2)  # the same bytes for every node
             for i, home in enumerate(homes):
                 (staging / f"node{i}" / "config" / "genesis.json").write_text(text)
