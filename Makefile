@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= .rdx
 
 .PHONY: setup setup-k8s up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state \
-        testnet bench bench-consensus bench-gateway bench-catalog bench-billing bench-compute
+        testnet fuzz bench bench-consensus bench-gateway bench-catalog bench-billing bench-compute
 
 # The virtual environment, rebuilt only when the dependency list changes.
 $(VENV)/.installed: pyproject.toml
@@ -64,6 +64,23 @@ clean-state: down
 # A local 4-validator network (each validator with its own consensus service), until Ctrl-C.
 testnet: setup
 	@$(PY) -m rdx.testnet --validators 4 --state-dir .rdx-testnet
+
+# Coverage-guided fuzzing of the chain's input paths (tests/fuzz/), FUZZ_SECONDS per target.
+# Each run starts from tests/fuzz/corpus/<target>/, which is then replaced by the smallest set
+# of inputs that covers what the old corpus and the run reached (libFuzzer's -merge); crashes
+# land in tests/fuzz/crashes/<target>/. Commit both: `make test` replays them and fuzzes briefly.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS := tx_decode check_tx signed_check_tx query proposal
+fuzz: setup
+	@for t in $(FUZZ_TARGETS); do \
+	  work=$$(mktemp -d); mkdir -p tests/fuzz/crashes/$$t $$work/new $$work/merged; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  $(PY) -m tests.fuzz.run $$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
+	    -artifact_prefix=tests/fuzz/crashes/$$t/ $$work/new tests/fuzz/corpus/$$t || exit 1; \
+	  $(PY) -m tests.fuzz.run $$t -merge=1 $$work/merged tests/fuzz/corpus/$$t $$work/new 2>/dev/null || exit 1; \
+	  rm -rf tests/fuzz/corpus/$$t && mv $$work/merged tests/fuzz/corpus/$$t && rm -rf $$work; \
+	  echo "fuzz: $$t corpus now $$(ls tests/fuzz/corpus/$$t | wc -l) inputs"; \
+	done
 
 # Benchmarks: each writes bench/results/<area>.json (see ../shared/BENCH.md).
 bench: bench-consensus bench-gateway bench-catalog bench-billing bench-compute

@@ -7,6 +7,8 @@ Unit tests (``-m unit``) use none of these fixtures and need no servers.
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,11 +86,18 @@ def start_chain(toolchain, kafka: KafkaBroker, root: Path, association: Identity
     return chain
 
 
-@pytest.fixture(scope="session")
-def chain(toolchain, kafka, tmp_path_factory) -> Chain:
-    c = start_chain(toolchain, kafka, tmp_path_factory.mktemp("chain"), Identity.generate("association"))
+@contextmanager
+def running_chain(toolchain, kafka: KafkaBroker, root: Path) -> Iterator[Chain]:
+    """A chain of its own with a fresh association, stopped however the block ends."""
+    c = start_chain(toolchain, kafka, root, Identity.generate("association"))
     try:
         yield c
     finally:
         c.node.stop()
         c.consensus.stop()
+
+
+@pytest.fixture(scope="session")
+def chain(toolchain, kafka, tmp_path_factory) -> Chain:
+    with running_chain(toolchain, kafka, tmp_path_factory.mktemp("chain")) as c:
+        yield c

@@ -374,3 +374,14 @@ def test_prepare_proposal_counts_txs_as_cometbft_does() -> None:
     proposal = Application().prepare_proposal(abci.RequestPrepareProposal(txs=txs, max_tx_bytes=24))
     assert list(proposal.txs) == txs[:2]  # 12 + 12; the small third still must not jump the queue
     assert len(abci.RequestPrepareProposal(txs=proposal.txs).SerializeToString()) <= 24
+
+
+async def test_a_query_whose_path_is_not_utf8_is_answered_and_the_connection_goes_on(serve, connect) -> None:
+    # CometBFT's RPC takes a hex path (abci_query?path=0x2fff) and passes the bytes on; protobuf
+    # cannot parse them as a string, so the server must answer from the frame's first tag alone.
+    query = b"\x12\x02/\xff"  # RequestQuery{path: "/\xff"}
+    c = await connect(await serve())
+    await c.send(framed(b"\x32" + uvarint(len(query)) + query), req(echo=abci.RequestEcho(message="after")), FLUSH)
+    answer = await c.recv()
+    assert answer.WhichOneof("value") == "query" and answer.query.code != 0 and "UTF-8" in answer.query.log
+    assert (await c.recv()).echo.message == "after"
