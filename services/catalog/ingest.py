@@ -106,7 +106,9 @@ def _open(db_path: Path) -> str:
     conn = sqlite3.connect(db_path)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        return store.init(conn)
+        model_id = store.init(conn)
+        conn.commit()  # the id must outlive this process, or every restart would be a rebuild in a new group
+        return model_id
     finally:
         conn.close()
 

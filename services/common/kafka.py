@@ -209,6 +209,11 @@ class IdempotentConsumer:
         self._started = False
         self._unforwarded = self.store.count_unforwarded()
         self._forward_after = 0.0
+        for topic in topics:  # every series exists from the start, at 0, so increase() sees the first one
+            for reason in Reason:
+                metrics.DEAD_LETTERS.labels(service, topic, reason)
+            metrics.HANDLER_RETRIES.labels(service, topic)
+        metrics.DEAD_LETTERS_UNFORWARDED.labels(service).set(self._unforwarded)
 
     @property
     def conn(self) -> sqlite3.Connection:
