@@ -42,6 +42,13 @@ class AuditRecord(BaseModel):
         return self.model_dump(exclude={"hash"})
 
 
+def event_id(instance: str, seq: int) -> str:
+    """The id of record ``seq`` on ``rdx.audit.v1``. Each gateway replica keeps its own trail (its own
+    ``seq`` and hash chain) in its own database, named by a random ``instance`` id made with that
+    database: replicas never collide, and a record published again keeps its id."""
+    return f"audit/{instance}/{seq}"
+
+
 def record_hash(fields: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of every field but ``hash`` (which includes ``prev_hash``)."""
     body = {k: v for k, v in fields.items() if k != "hash"}

@@ -72,7 +72,8 @@ def build(settings: ComputeSettings) -> Service:
     consumer = IdempotentConsumer(settings.kafka_bootstrap, "compute", [CHAIN_EVENTS], f"compute-{member}",
                                   settings.state_dir / "node.sqlite", lambda e, c: holder["m"].on_event(e, c))
     journal = Journal(consumer.conn)
-    publisher = events.StatusPublisher(producer, member, journal.next_seq)
+    # The journal's database names the status ids' numbering (services/compute/events.py).
+    publisher = events.StatusPublisher(producer, member, journal.next_seq, consumer.store.model_id)
     manager = JobManager(member=member, identity=identity, chain_id=settings.chain_id, chain=chain, view=view,
                          datasets=datasets, journal=journal, runner=runner, hub=hub, publisher=publisher,
                          peer_wait_s=settings.peer_wait_s, max_attempts=settings.max_attempts, batch=settings.psi_batch)

@@ -8,8 +8,9 @@ Consumes ``rdx.chain.events.v1`` (the chain's committed events, through the rela
 - ``JobFailed``, ``JobCompleted`` → the job's end as the chain decided it; ``JobSettled`` → what
   it cost (kept in the journal).
 
-Emits on ``rdx.jobs.status.v1`` (entity ``job:<id>``, id ``<job>/<member>/<seq>``, stable, so a
-re-publish is recognised):
+Emits on ``rdx.jobs.status.v1`` (entity ``job:<id>``, id ``<job>/<member>/<instance>/<seq>``, where
+``seq`` counts in the node's journal and ``instance`` is that journal database's random id: stable,
+so a re-publish is recognised, and distinct between replicas or a node started on a new volume):
 
 - ``JobStatus`` {job, member, type, status, attempt, reason?, records_used?, result_hash?, stopped_ms?}
   whenever this node's status of the job changes (accepted, running, retrying, computed,
@@ -49,14 +50,14 @@ class StatusPublisher:
     """Queues status events and publishes them in order in the background, so a slow or absent
     broker never holds up a job (and never the kill switch). Retries until acknowledged."""
 
-    def __init__(self, producer: EventProducer, member: str, next_seq):
-        self.producer, self.member, self._next_seq = producer, member, next_seq
+    def __init__(self, producer: EventProducer, member: str, next_seq, instance: str):
+        self.producer, self.member, self._next_seq, self.instance = producer, member, next_seq, instance
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
 
     def emit(self, job: str, type_: str, **data) -> None:
         seq = self._next_seq(job)
-        event = Event(id=f"{job}/{self.member}/{seq}", type=type_, entity=f"job:{job}", source="compute",
-                      data={"job": job, "member": self.member, **data})
+        event = Event(id=f"{job}/{self.member}/{self.instance}/{seq}", type=type_, entity=f"job:{job}",
+                      source="compute", data={"job": job, "member": self.member, **data})
         self._queue.put_nowait(event)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from services.common.audit import GENESIS, AuditRecord, record_hash
+from services.common.audit import GENESIS, AuditRecord, event_id, record_hash
 from services.common.chain import ChainClient
 from services.common.events import AUDIT, Event
 from services.common.identity import Identity
@@ -33,6 +33,10 @@ class AuditLog:
             method TEXT, route TEXT, asset TEXT, job TEXT, decision TEXT, reason TEXT, status INTEGER,
             latency_ms REAL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""")
         self.conn.execute("CREATE TABLE IF NOT EXISTS anchored (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER)")
+        # Made once with the database, as its seq numbering is: the trail's name among replicas.
+        self.conn.execute("CREATE TABLE IF NOT EXISTS instance (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT)")
+        self.conn.execute("INSERT OR IGNORE INTO instance VALUES (1, lower(hex(randomblob(8))))")
+        self.instance = self.conn.execute("SELECT name FROM instance").fetchone()[0]
         for col in ("member", "asset", "job", "ts"):
             self.conn.execute(f"CREATE INDEX IF NOT EXISTS audit_{col} ON audit({col})")
         self._lock = threading.Lock()
@@ -79,6 +83,12 @@ class AuditLog:
         return self._tip[0]
 
 
+def to_event(record: AuditRecord, instance: str) -> Event:
+    """A record on rdx.audit.v1, with the trail it belongs to (``instance``: seq and hash chain are per trail)."""
+    return Event(id=event_id(instance, record.seq), type="ApiCall", entity=f"member:{record.member or '-'}",
+                 source="gateway", data={**record.model_dump(), "instance": instance})
+
+
 class AuditShipper:
     """Publishes records to Kafka and anchors batches on chain, off the request path."""
 
@@ -112,8 +122,7 @@ class AuditShipper:
         while not self.queue.empty() and len(batch) < 1000:
             batch.append(self.queue.get_nowait())
         if batch:
-            events = [Event(id=f"audit/{r.seq}", type="ApiCall", entity=f"member:{r.member or '-'}", source="gateway",
-                            data=r.model_dump()) for r in batch]
+            events = [to_event(r, self.log.instance) for r in batch]
             try:
                 await self.producer.publish_many(AUDIT, events)
             except Exception as exc:  # noqa: BLE001
