@@ -372,44 +372,66 @@ def _get_text(url: str) -> str:
 def app_costs(n: int = 4000, block: int = 500, signers: int = 32) -> dict[str, float]:
     """CPU cost per tx of each ABCI step of rdx's app, called in-process (no socket, no node, no
     Kafka): microseconds per tx, best of three runs. The protobuf row is the decoding of a
-    CheckTx request and encoding of its response, as the ABCI server does for each."""
+    CheckTx request and encoding of its response, as the ABCI server does for each.
+
+    A validator executes each block in ProcessProposal (to refuse a proposal holding a tx that
+    may not be in a block) and FinalizeBlock reuses that execution; a node replaying blocks runs
+    FinalizeBlock alone. Both paths are timed over the same txs, on two apps with the same
+    state: ``process_proposal`` + ``finalize_block`` against ``finalize_block_alone``."""
     from tendermint.abci import types_pb2 as abci
 
     from services.consensus.app import RdxApp
     from services.consensus.state import Database
+
+    def fresh_app(path: Path, association: Identity, people: list[Identity]) -> RdxApp:
+        app = RdxApp(Database(path), CHAIN_ID)
+        app.init_chain(abci.RequestInitChain(chain_id=CHAIN_ID,
+                                             app_state_bytes=json.dumps(genesis_app_state(association)).encode()))
+        regs = [Tx.build(association, CHAIN_ID, "members.Register", i + 1, {
+            "id": p.account, "name": p.account, "roles": ["consumer"], "public_key": p.public_key}).encode()
+            for i, p in enumerate(people)]
+        app.finalize_block(abci.RequestFinalizeBlock(txs=regs, height=1))
+        app.commit(abci.RequestCommit())
+        return app
 
     best: dict[str, float] = {}
     for _ in range(3):
         tmp = Path(tempfile.mkdtemp(prefix="rdx-app-costs."))
         try:
             association = Identity.generate("association")
-            app = RdxApp(Database(tmp / "chain.sqlite"), CHAIN_ID)
-            app.init_chain(abci.RequestInitChain(chain_id=CHAIN_ID,
-                                                 app_state_bytes=json.dumps(genesis_app_state(association)).encode()))
             people = [Identity.generate(f"bench-{i:03d}") for i in range(signers)]
-            regs = [Tx.build(association, CHAIN_ID, "members.Register", i + 1, {
-                "id": p.account, "name": p.account, "roles": ["consumer"], "public_key": p.public_key}).encode()
-                for i, p in enumerate(people)]
-            app.finalize_block(abci.RequestFinalizeBlock(txs=regs, height=1))
-            app.commit(abci.RequestCommit())
-            load = RdxLoad(people, 1)
-            txs = load.build(n)
+            app, replayer = fresh_app(tmp / "a.sqlite", association, people), fresh_app(tmp / "b.sqlite", association, people)
+            txs = RdxLoad(people, 1).build(n)
             t = {}
             start = time.perf_counter()
             for tx in txs:
                 if app.check_tx(abci.RequestCheckTx(tx=tx)).code != 0:
                     raise RuntimeError("CheckTx rejected a bench tx")
             t["check_tx"] = time.perf_counter() - start
-            t["finalize_block"] = t["commit"] = 0.0
+            for tx in txs:  # the other node saw the same txs in its mempool
+                replayer.check_tx(abci.RequestCheckTx(tx=tx))
+            t["process_proposal"] = t["finalize_block"] = t["commit"] = t["finalize_block_alone"] = 0.0
             for h, i in enumerate(range(0, n, block), start=2):
+                request = {"txs": txs[i:i + block], "height": h}
                 start = time.perf_counter()
-                resp = app.finalize_block(abci.RequestFinalizeBlock(txs=txs[i:i + block], height=h))
+                verdict = app.process_proposal(abci.RequestProcessProposal(**request))
+                t["process_proposal"] += time.perf_counter() - start
+                if verdict.status != abci.ResponseProcessProposal.ACCEPT:
+                    raise RuntimeError("ProcessProposal rejected a bench block")
+                start = time.perf_counter()
+                resp = app.finalize_block(abci.RequestFinalizeBlock(**request))
                 t["finalize_block"] += time.perf_counter() - start
                 if any(r.code for r in resp.tx_results):
                     raise RuntimeError("FinalizeBlock rejected a bench tx")
                 start = time.perf_counter()
                 app.commit(abci.RequestCommit())
                 t["commit"] += time.perf_counter() - start
+                start = time.perf_counter()
+                replayed = replayer.finalize_block(abci.RequestFinalizeBlock(**request))
+                t["finalize_block_alone"] += time.perf_counter() - start
+                replayer.commit(abci.RequestCommit())
+                if replayed.app_hash != resp.app_hash:
+                    raise RuntimeError("the replayed block's app hash differs")
             raw = [abci.Request(check_tx=abci.RequestCheckTx(tx=tx)).SerializeToString() for tx in txs]
             ok = abci.Response(check_tx=abci.ResponseCheckTx(code=0))
             start = time.perf_counter()
@@ -418,6 +440,7 @@ def app_costs(n: int = 4000, block: int = 500, signers: int = 32) -> dict[str, f
                 ok.SerializeToString()
             t["protobuf_check_tx"] = time.perf_counter() - start
             app.db.close()
+            replayer.db.close()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         for k, v in t.items():
@@ -609,6 +632,9 @@ async def run(args, root: Path) -> dict:
                 common.metric("commit_latency_p99_ms", lat_r["p99_ms"], "ms",
                               baseline_name="cometbft_kvstore_commit_latency_p99_ms", baseline_value=lat_k["p99_ms"]),
                 common.metric("steady_load_tx_per_s", rate, "tx/s"),
+                common.metric("block_execution_with_proposal_check_us_per_tx",
+                              costs["process_proposal"] + costs["finalize_block"], "us/tx",
+                              baseline_name="finalize_block_alone_us_per_tx", baseline_value=costs["finalize_block_alone"]),
                 *([] if spin is None else [common.metric("rdx_node_cpu_share_in_socket_flush_timer", spin, "share")]),
             ],
         }
@@ -622,6 +648,7 @@ async def run(args, root: Path) -> dict:
 
 PROFILE_ROWS = [  # (label, file suffix, function): the parts of the app's work worth naming
     ("ABCI CheckTx (incl. rechecks)", "consensus/app.py", "check_tx"),
+    ("ABCI ProcessProposal/PrepareProposal (execute the block)", "consensus/app.py", "_execute"),
     ("ABCI FinalizeBlock", "consensus/app.py", "finalize_block"),
     ("ABCI Commit (SQLite write)", "consensus/app.py", "commit"),
     ("  Ed25519 verify (all calls)", "common/identity.py", "verify"),

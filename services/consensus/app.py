@@ -165,17 +165,16 @@ class RdxApp(Application):
     def _query(self, path: str) -> tuple[int, str, str, Any]:
         if len(path) > MAX_QUERY_PATH:
             return Code.INVALID_QUERY, f"query path longer than {MAX_QUERY_PATH} characters", "", None
-        key, has_query, query_string = path.lstrip("/").partition("?")
+        key = path.lstrip("/")
+        prefix, _, query_string = key.partition("?")
         if not key:
             return Code.NOT_FOUND, "empty path", "", None
-        if has_query and not key.endswith("/"):
-            return Code.INVALID_QUERY, "only a listing (a path ending in /) takes ?after= and ?limit=", "", None
+        if prefix.endswith("/"):
+            return self._page(prefix, query_string)
         if key.startswith("quote/"):
             value: Any = self._quote(key)
-        elif key.endswith("/"):
-            return self._page(key, query_string)
         else:
-            value = self.db.get(key)
+            value = self.db.get(key)  # a key with "?" in it is just a key that is not there
         if value is None:
             return Code.NOT_FOUND, "no state at that path", "", None
         return Code.OK, "", key, value
