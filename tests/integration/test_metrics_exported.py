@@ -53,6 +53,7 @@ NOT_EXPORTED_YET: dict[str, str] = {}
 # does not drive.
 SAMPLES_ONLY_AFTER = {
     "rdx_jobs_total": "a privacy-preserving job has ended on the compute node (labels type, outcome)",
+    "rdx_tx_refused_total": "a validator has refused a tx (labels stage, reason)",
 }
 
 
