@@ -79,7 +79,7 @@ async def setup(rpc: str, association: Identity, lanes: list[Lane]) -> None:
         for lane in lanes:
             setup_txs = [lane.tx(lane.provider, "assets.List", {
                 "id": f"p{lane.i}.a", "level": "L2", "operations": ["aggregation"], "commitment": COMMIT,
-                "price": {"model": "per_record", "amount": 3}, "metadata": example_metadata(f"Bench {lane.i}")}),
+                "price": {"model": "per_record", "amount": 3}, "metadata": example_metadata(f"Bench {lane.i}", row_count=30)}),
                 lane.tx(lane.consumer, "access.Request", {"id": f"c{lane.i}.g", "asset": f"p{lane.i}.a",
                                                           "operations": ["aggregation"], "purpose": "bench",
                                                           "expires_at": 4_000_000_000, "max_runs": 10**6}),

@@ -143,9 +143,6 @@ class Demo:
             (self.data / member / "datasets.json").write_text(json.dumps({"datasets": entries}))
         return clear
 
-    def commitment(self, member: str, dataset: str) -> str:
-        return Datasets.from_path(self.data / member / "datasets.json").get(dataset).summary()[0]
-
     def admit(self) -> tuple[bool, str, None]:
         admin = self.gw("association")
         grpc = {m: free_port() for m in MEMBERS}
@@ -240,13 +237,16 @@ class Demo:
         return inputs
 
     def list_for(self, member: str, dataset: str, asset: str, ops: list[str], price: dict, min_group: int = 1) -> dict:
+        commitment, rows = Datasets.from_path(self.data / member / "datasets.json").get(dataset).summary()
         return self.gw(member).send("assets.List", {
-            "id": asset, "level": "L3", "operations": ops, "commitment": self.commitment(member, dataset),
+            "id": asset, "level": "L3", "operations": ops, "commitment": commitment,
             "price": price, "min_group_size": min_group,
-            "metadata": example_metadata(f"{dataset.capitalize()} of {member} ({self.run})")})
+            "metadata": example_metadata(f"{dataset.capitalize()} of {member} ({self.run})", row_count=rows)})
 
     def run_job(self, consumer: str, job: str, type_: str, inputs: list[dict], params: dict) -> dict:
-        self.gw(consumer).submit_job(job, type_, inputs, max_price=5_000, params=params, timeout_s=300)
+        # max_price as the chain quotes it: a per-record listing is covered for all its rows
+        max_price = self.gw(consumer).quote([i["asset"] for i in inputs])["max_price"]
+        self.gw(consumer).submit_job(job, type_, inputs, max_price=max_price, params=params, timeout_s=300)
         record = self.gw(consumer).wait_for_job(job, timeout=300)
         if record["status"] != "completed":
             raise RuntimeError(f"job {record['status']}: {record.get('ended_reason')}")

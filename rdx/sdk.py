@@ -107,6 +107,10 @@ class Gateway:
         return self.request("POST", f"/v1/grants/{grant_id}/revoke",
                             body=self._tx("access.Revoke", {"id": grant_id, "reason": reason}))
 
+    def quote(self, assets: list[str], records: int = 0) -> dict:
+        """What a job on ``assets`` costs now; ``max_price`` is the least the chain accepts."""
+        return self.request("GET", "/v1/billing/quote", params={"asset": assets, "records": records})
+
     def submit_job(self, job_id: str, type_: str, inputs: list[dict], max_price: int, params: dict | None = None,
                    timeout_s: int = 600) -> dict:
         payload = {"id": job_id, "type": type_, "inputs": inputs, "max_price": max_price,

@@ -35,7 +35,8 @@ def mixed_workload(association: Identity, members: int = 4, tag: str = "w", poli
             "commitment": COMMIT, "price": {"model": "fixed", "amount": 100 + i}, "metadata": example_metadata(f"Asset {i}")}
         yield p, "assets.Update", {
             "id": f"{tag}.a{i}", "level": ["L2", "L3", "L4"][i % 3], "operations": ["aggregation", "he_scoring"],
-            "commitment": COMMIT, "price": {"model": "per_record", "amount": 2}, "metadata": example_metadata(f"Asset {i} v2")}
+            "commitment": COMMIT, "price": {"model": "per_record", "amount": 2},
+            "metadata": example_metadata(f"Asset {i} v2", row_count=500)}
         yield consumer, "access.Request", {"id": f"{tag}.g{i}", "asset": f"{tag}.a{i}", "operations": ["aggregation"],
                                            "purpose": "joint credit statistics", "expires_at": far, "max_runs": 3}
         yield p, "access.Approve", {"id": f"{tag}.g{i}"}
@@ -49,9 +50,9 @@ def mixed_workload(association: Identity, members: int = 4, tag: str = "w", poli
         yield node, "jobs.Attest", {"job": f"{tag}.j1", "result_hash": RESULT, "records_used": 100,
                                     "input_commitments": mine}
     # one that fails, one that is aborted
-    yield consumer, "jobs.Submit", {"id": f"{tag}.j2", "type": "aggregation", "inputs": inputs[:1], "max_price": 50}
+    yield consumer, "jobs.Submit", {"id": f"{tag}.j2", "type": "aggregation", "inputs": inputs[:1], "max_price": 1_000}
     yield nodes[1], "jobs.Fail", {"job": f"{tag}.j2", "reason": "dataset unavailable"}
-    yield consumer, "jobs.Submit", {"id": f"{tag}.j3", "type": "aggregation", "inputs": inputs[:1], "max_price": 50}
+    yield consumer, "jobs.Submit", {"id": f"{tag}.j3", "type": "aggregation", "inputs": inputs[:1], "max_price": 1_000}
     yield association, "jobs.Abort", {"job": f"{tag}.j3", "reason": "kill switch drill"}
     # access that is rejected and revoked
     yield consumer, "access.Request", {"id": f"{tag}.g-rej", "asset": f"{tag}.a0", "operations": ["he_scoring"],

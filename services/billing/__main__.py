@@ -104,10 +104,14 @@ def build(settings: BillingSettings) -> Service:
 
     @app.get("/v1/quote", summary="What a job on these assets would cost now, from the chain's own rules")
     async def quote(asset: list[str] = Query(...), records: int = Query(0, ge=0, le=10**12)) -> dict:
-        lines = [{"asset": a, "charge": (await chain.query(f"/quote/{a}/{records}"))} for a in asset]
-        if any(line["charge"] is None for line in lines):
+        """Per asset, the charge for ``records`` records and what a job's max_price must cover
+        for it (the chain refuses a job whose max_price is below the sum, ``max_price``)."""
+        lines = [{"asset": a, "charge": await chain.query(f"/quote/{a}/{records}"),
+                  "cover": await chain.query(f"/quote/{a}")} for a in asset]
+        if any(line["charge"] is None or line["cover"] is None for line in lines):
             return JSONResponse({"title": "unknown asset", "status": 404}, status_code=404)
-        return {"lines": lines, "total": sum(line["charge"] for line in lines), "records": records}
+        return {"lines": lines, "total": sum(line["charge"] for line in lines), "records": records,
+                "max_price": sum(line["cover"] for line in lines)}
 
     @app.get("/v1/reconcile", summary="Does the read model equal the chain's balances and escrow?")
     async def check() -> dict:

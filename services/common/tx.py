@@ -41,6 +41,7 @@ class Code:
     INVALID_STATE = 14
     INVALID_QUERY = 15  # an ABCI query path the app does not serve (too long, bad page parameters)
     MEMPOOL_SHARE_FULL = 16  # the signer already has its share of the mempool waiting; retry after a block
+    PRICE_TOO_LOW = 17  # a job's max_price does not cover its quote (the log says the quote)
 
 
 class TxError(ValueError):

@@ -67,7 +67,7 @@ REASONS = {value: name.lower() for name, value in vars(Code).items() if name.isu
 MAX_QUERY_PATH = 512
 PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 MAX_PAGE_BYTES = 1 << 20  # a page stops early rather than answer more than this much JSON
-QUOTE = re.compile(r"quote/([^/?]+)/([0-9]{1,15})")  # ASCII digits only: "²".isdigit() is True
+QUOTE = re.compile(r"quote/([^/?]+)(?:/([0-9]{1,15}))?")  # ASCII digits only: "²".isdigit() is True
 PAGE_QUERY = re.compile(r"[A-Za-z0-9_.=&%/\-]*")
 MAX_EXECUTIONS = 8  # proposals executed ahead of FinalizeBlock, kept per height (one per round)
 
@@ -206,7 +206,7 @@ class RdxApp(Application):
 
     def _quote(self, key: str) -> int | None:
         """``quote/<asset>/<records>``: the charge a job would carry for this input now, by the
-        same rule settlement uses."""
+        same rule settlement uses; ``quote/<asset>``: what a job's max_price must cover for it."""
         match = QUOTE.fullmatch(key)
         if match is None:
             return None
@@ -214,7 +214,7 @@ class RdxApp(Application):
         if asset is None or asset["status"] != "listed":
             return None
         ctx = Context(store=Overlay(self.db), height=self.db.height, time=int(self.db.meta("time", "0")))
-        return PricingKeeper(ctx).quote(asset, int(match[2]), ctx.time)
+        return PricingKeeper(ctx).quote(asset, None if match[2] is None else int(match[2]), ctx.time)
 
     # -- consensus ------------------------------------------------------------------------------
     def init_chain(self, req: abci.RequestInitChain) -> abci.ResponseInitChain:

@@ -11,6 +11,12 @@ can quote it before submitting (ABCI query ``/quote/<asset>/<records>``).
   ``1 + slope x demand``, bounded to ``[1, max]``. Integer fixed point (micro-units) with a
   piecewise-linear decay between whole half-lives: no floats, so the result is bit-identical on
   every validator.
+
+A job's ``max_price`` must cover what its inputs can cost (``cover``), checked at submission:
+free 0; fixed its amount; dynamic the price resolved then; per_record its amount times the
+listing's declared ``row_count`` (the charge is capped there); subscription the pass, unless
+the grant's pass is valid past the job's deadline. So the cap at settlement (``min(charges,
+max_price)``) never cuts a provider's pay or a subscription pass below its price.
 """
 
 from __future__ import annotations
@@ -69,7 +75,17 @@ class PricingKeeper:
             charged = {"model": "fixed", "amount": self.dynamic_price(asset, now)}
             self.record_use(asset)
             return charged
+        if price["model"] == "per_record":
+            return {**price, "max_records": asset["metadata"]["row_count"]}
         return dict(price)
+
+    def cover(self, price: dict, grant: dict, deadline: int) -> int:
+        """The most an input at its resolved ``price`` can be charged by a job ending by ``deadline``."""
+        if price["model"] == "subscription":
+            return 0 if grant.get("paid_until", 0) > deadline else price["amount"]
+        if price["model"] == "per_record":
+            return price["amount"] * price["max_records"]
+        return input_charge(price, 0)
 
     def charge(self, item: dict, records: int, access: "AccessKeeper") -> int:
         """An input's charge at completion; buys the grant's subscription pass if it has none."""
@@ -83,12 +99,15 @@ class PricingKeeper:
             return price["amount"]
         return input_charge(price, records)
 
-    def quote(self, asset: dict, records: int, now: int) -> int:
+    def quote(self, asset: dict, records: int | None, now: int) -> int:
+        """The charge for ``records`` records now; with ``records`` None, what ``max_price`` must
+        cover for this input (the whole declared row count, a subscription's whole pass)."""
         price = asset["price"]
         if price["model"] == "dynamic":
             return self.dynamic_price(asset, now)
         if price["model"] in ("fixed", "subscription"):
             return price["amount"]  # a subscription: at most the pass
         if price["model"] == "per_record":
-            return price["amount"] * records
+            rows = asset["metadata"]["row_count"]
+            return price["amount"] * (rows if records is None else min(records, rows))
         return 0

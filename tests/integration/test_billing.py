@@ -50,7 +50,7 @@ async def three_provider_job(chain, tag: str) -> dict:
             asset, grant = f"{tag}.credit-{i}", f"{tag}.g{i}"
             await c.submit(p, "assets.List", {"id": asset, "level": "L3", "operations": ["aggregation"],
                                               "commitment": COMMIT, "price": {"model": "per_record", "amount": 3 + i},
-                                              "metadata": example_metadata(f"Credit data {i}")})
+                                              "metadata": example_metadata(f"Credit data {i}", row_count=400)})
             await c.submit(consumer, "access.Request", {"id": grant, "asset": asset, "operations": ["aggregation"],
                                                         "purpose": "joint credit statistics",
                                                         "expires_at": int(time.time()) + 3600, "max_runs": 5})

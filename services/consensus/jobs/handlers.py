@@ -14,6 +14,7 @@ from services.consensus.context import Context, Rejected
 from services.consensus.governance.keeper import GovernanceKeeper
 from services.consensus.jobs import messages as m
 from services.consensus.jobs.keeper import JobsKeeper
+from services.consensus.jobs.messages import MAX_PRICE
 from services.consensus.jobs.settlement import settle
 from services.consensus.members.keeper import ASSOCIATION, MembersKeeper
 from services.consensus.pricing import PricingKeeper
@@ -56,11 +57,21 @@ def submit(ctx: Context, msg: m.Submit) -> None:
                        "version": asset["version"], "commitment": asset["commitment"], "price": price,
                        "min_group_size": asset["min_group_size"]})
         participants.add(provider["id"])
+    deadline = ctx.time + msg.timeout_s
+    covers = {i["asset"]: pricing.cover(i["price"], access.get(i["grant"]), deadline) for i in inputs}
+    quote = sum(covers.values())
+    if quote > MAX_PRICE:
+        raise Rejected(Code.PRICE_TOO_LOW, f"the quote for this job, {quote}, exceeds the largest max_price {MAX_PRICE}; "
+                                           "use fewer or smaller inputs")
+    if msg.max_price < quote:
+        lines = ", ".join(f"{asset} {cover}" for asset, cover in covers.items())
+        raise Rejected(Code.PRICE_TOO_LOW, f"max_price {msg.max_price} is below the quote {quote} at height "
+                                           f"{ctx.height} ({lines})")
     BankKeeper(ctx).hold(msg.id, consumer["id"], msg.max_price)
     job = {"id": msg.id, "type": msg.type, "consumer": consumer["id"], "inputs": inputs,
            "participants": sorted(participants), "params": msg.params, "max_price": msg.max_price,
            "status": "running", "attestations": {}, "submitted_height": ctx.height,
-           "deadline": ctx.time + msg.timeout_s}
+           "deadline": deadline}
     jobs.open(job)
     nodes = {p: members.member(p)["node"] for p in job["participants"]}
     ctx.emit("JobAuthorized", f"job:{msg.id}", job=msg.id, type=msg.type, consumer=consumer["id"],

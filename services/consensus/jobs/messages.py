@@ -11,6 +11,7 @@ from services.consensus.members.messages import Msg
 JobType = Literal["psi", "psi_cardinality", "aggregation", "he_scoring", "supply_chain"]
 JobId = Field(min_length=3, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")
 Hash = Field(pattern=r"^[0-9a-f]{64}$")
+MAX_PRICE = 10**15  # credits: every amount a job moves stays far inside int64 (and 2^53)
 
 OPERATION_OF = {"psi": "psi", "psi_cardinality": "psi_cardinality", "aggregation": "aggregation",
                 "he_scoring": "he_scoring", "supply_chain": "supply_chain_verification"}
@@ -26,7 +27,7 @@ class Submit(Msg):
     type: JobType
     inputs: list[Input] = Field(min_length=1, max_length=16)
     params: dict[str, Any] = Field(default_factory=dict, description="job-type parameters, opaque to the chain")
-    max_price: int = Field(ge=0, le=10**15)
+    max_price: int = Field(ge=0, le=MAX_PRICE, description="must cover the job's quote (services/consensus/pricing.py)")
     timeout_s: int = Field(600, ge=10, le=86_400)
 
     @field_validator("inputs")

@@ -1,10 +1,12 @@
 """How a completed job's escrow is split: pure integer arithmetic, the same on every validator.
 
 1. Each input's charge follows the price fixed for it when the job was submitted (free; fixed per
-   job; per record the provider attested; a dynamic price resolved at submission) — or, for a
-   subscription, the pass if the grant has none at completion (services/consensus/pricing.py).
+   job; per record the provider attested, up to the listing's declared row count; a dynamic
+   price resolved at submission) — or, for a subscription, the pass if the grant has none at
+   completion (services/consensus/pricing.py).
 2. The total charged is the sum, capped at the job's max price: the consumer is never charged
-   more than it agreed (if the cap bites, the providers' part shrinks pro rata).
+   more than it agreed. Submission requires the max price to cover every input's most possible
+   charge, so for jobs submitted since that rule the cap never bites.
 3. Out of the total: the association's fee (``association_fee_bps``) and the compute operators'
    fee: each participant (each runs its own node) gets ``floor(total * compute_fee_bps / 10^4 /
    participants)``.
@@ -24,8 +26,8 @@ from dataclasses import dataclass, field
 def input_charge(price: dict, records: int) -> int:
     if price["model"] == "fixed":
         return price["amount"]
-    if price["model"] == "per_record":
-        return price["amount"] * records
+    if price["model"] == "per_record":  # capped at the row count the listing declared (jobs since it was)
+        return price["amount"] * min(records, price.get("max_records", records))
     return 0
 
 

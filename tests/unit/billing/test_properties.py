@@ -21,6 +21,8 @@ from services.common.tx import Code
 from services.consensus.jobs.settlement import settle
 
 providers = st.sampled_from(["p1", "p2", "p3"])
+ROWS = 40  # the per-record listing's declared row count
+QUOTE = 700 + 37 * ROWS  # what a job on both listings must cover
 
 
 @given(charges=st.dictionaries(st.sampled_from(["a1", "a2", "a3", "a4"]), st.integers(0, 10**9), min_size=1),
@@ -47,7 +49,7 @@ def test_settlement_is_exact(charges, owners, max_price, fee, compute, consumer)
 
 ACTIONS = st.lists(st.one_of(
     st.tuples(st.just("deposit"), st.integers(1, 5_000)),
-    st.tuples(st.just("submit"), st.integers(0, 3_000)),
+    st.tuples(st.just("submit"), st.integers(0, 4_000)),
     st.tuples(st.just("complete"), st.integers(0, 50)),
     st.tuples(st.just("fail"), st.just(0)),
     st.tuples(st.just("abort"), st.just(0)),
@@ -60,7 +62,7 @@ ACTIONS = st.lists(st.one_of(
                                                                 HealthCheck.too_slow])
 def test_random_money_sequences_conserve_credits(tmp_path_factory, actions):
     assoc = Identity.generate("association")
-    h = Harness(tmp_path_factory.mktemp("p") / "c.sqlite", assoc, balances={"bank": 2_000})
+    h = Harness(tmp_path_factory.mktemp("p") / "c.sqlite", assoc, balances={"bank": 5_000})
     bank, bn = Identity.generate("bank"), Identity.generate("bank.node")
     telco, tn = Identity.generate("telco"), Identity.generate("telco.node")
     h.block(register(h, bank, ("consumer",), bn), register(h, telco, ("provider",), tn))
@@ -69,13 +71,13 @@ def test_random_money_sequences_conserve_credits(tmp_path_factory, actions):
                                         "metadata": example_metadata("fixed")}),
             h.tx(telco, "assets.List", {"id": "t.rows", "level": "L2", "operations": ["aggregation"],
                                         "commitment": "ab" * 32, "price": {"model": "per_record", "amount": 37},
-                                        "metadata": example_metadata("rows")}))
+                                        "metadata": example_metadata("rows", row_count=ROWS)}))
     h.block(h.tx(bank, "access.Request", {"id": "g-1", "asset": "t.fixed", "operations": ["aggregation"],
                                           "purpose": "p", "expires_at": h.t0 + 10**6, "max_runs": 1000}),
             h.tx(bank, "access.Request", {"id": "g-2", "asset": "t.rows", "operations": ["aggregation"],
                                           "purpose": "p", "expires_at": h.t0 + 10**6, "max_runs": 1000}))
     h.block(h.tx(telco, "access.Approve", {"id": "g-1"}), h.tx(telco, "access.Approve", {"id": "g-2"}))
-    supply = 2_000
+    supply = 5_000
     running: list[tuple[str, int]] = []
     for n, (action, value) in enumerate(actions):
         if action == "deposit":
@@ -86,7 +88,10 @@ def test_random_money_sequences_conserve_credits(tmp_path_factory, actions):
             [r] = h.block(h.tx(bank, "jobs.Submit", {"id": f"job-{n}", "type": "aggregation", "max_price": value,
                                                      "inputs": [{"asset": "t.fixed", "grant": "g-1"},
                                                                 {"asset": "t.rows", "grant": "g-2"}]}))
-            assert (r.code == Code.OK) == (value <= before), r.log  # refused exactly when over the balance
+            # refused exactly when below the quote or over the balance
+            assert (r.code == Code.OK) == (QUOTE <= value <= before), r.log
+            if value < QUOTE:
+                assert r.code == Code.PRICE_TOO_LOW and f"quote {QUOTE}" in r.log
             if r.code == Code.OK:
                 running.append((f"job-{n}", value))
         elif action in ("complete", "fail", "abort") and running:
@@ -98,7 +103,8 @@ def test_random_money_sequences_conserve_credits(tmp_path_factory, actions):
                         h.tx(bn, "jobs.Attest", {"job": job, "result_hash": "cd" * 32, "records_used": 0,
                                                  "input_commitments": {}}))
                 settled = [e for e in h.db.events_after((h.height, -2, -1)) if e.type == "JobSettled"][0].data
-                assert settled["charged"] == min(700 + 37 * value, max_price)  # never above the agreed max
+                # per record up to the declared rows, and never above the agreed max (which covers it)
+                assert settled["charged"] == 700 + 37 * min(value, ROWS) <= max_price
                 assert bal(h, "bank") == before - settled["charged"] + settled["payouts"].get("bank", 0)
             elif action == "fail":
                 h.block(h.tx(tn, "jobs.Fail", {"job": job, "reason": "x"}))

@@ -89,16 +89,30 @@ def test_psi_job_from_listing_to_settlement(w):
     assert w.state("access/g-1")["runs_used"] == 1
 
 
-def test_per_record_price_is_capped_at_max_price(w):
-    w.list(price={"model": "per_record", "amount": 3})
+def test_max_price_must_cover_the_quote_and_the_refusal_says_the_quote(w):
+    """max_price 0 once ran any priced job for nothing: the chain now checks the quote itself."""
+    w.granted()  # fixed 100
+    code, log = w.submit(max_price=0)
+    assert code == Code.PRICE_TOO_LOW and "quote 100" in log and "telco.subscribers 100" in log
+    assert w.submit(max_price=99)[0] == Code.PRICE_TOO_LOW
+    assert w.balance("bank") == 10_000 and w.state("access/g-1")["runs_used"] == 0  # nothing held, no run spent
+    assert w.submit(max_price=100)[0] == Code.OK
+
+
+def test_per_record_charges_stop_at_the_declared_row_count(w):
+    """A provider can no longer charge whatever records_used it likes: at most the row count its
+    listing declared, which the consumer's max_price had to cover."""
+    w.list(price={"model": "per_record", "amount": 3}, metadata=example_metadata("Subscribers", row_count=200))
     w.request()
     w.send(w.telco, "access.Approve", {"id": "g-1"})
-    w.submit(max_price=500)
-    w.attest(w.telco_node, records=1000)  # 3000 wanted, 500 agreed
+    assert quote(w, "telco.subscribers") == 600 and quote(w, "telco.subscribers", 50) == 150
+    code, log = w.submit(max_price=500)
+    assert code == Code.PRICE_TOO_LOW and "quote 600" in log
+    assert w.submit(max_price=700)[0] == Code.OK
+    w.attest(w.telco_node, records=1_000_000)  # inflated
     w.attest(w.bank_node)
-    # 500 charged: association 2% = 10; compute fee 1% = 5 -> 2 for each of the two nodes (bank's,
-    # telco's); the providers' pool is the rest, 486, all telco's.
-    assert (w.balance("bank"), w.balance("telco"), w.balance("association")) == (9_500 + 2, 486 + 2, 10)
+    # 600 charged (200 rows x 3): association 2% = 12; compute 1% = 6 -> 3 per node; telco's pool 582.
+    assert (w.balance("bank"), w.balance("telco"), w.balance("association")) == (10_000 - 600 + 3, 582 + 3, 12)
 
 
 def test_classification_policy_on_requests(w):
@@ -223,10 +237,11 @@ def test_mixed_workload_covers_every_tx_type_and_succeeds(tmp_path):
     assert seen == set(HANDLERS)
 
 
-def quote(w, asset: str, records: int = 0) -> int:
+def quote(w, asset: str, records: int | None = None) -> int:
+    """``/quote/<asset>``: what max_price must cover; with ``records``, the charge for that many."""
     from tendermint.abci import types_pb2 as abci
 
-    resp = w.chain.app.query(abci.RequestQuery(path=f"/quote/{asset}/{records}"))
+    resp = w.chain.app.query(abci.RequestQuery(path=f"/quote/{asset}" + ("" if records is None else f"/{records}")))
     return json.loads(resp.value)
 
 
@@ -248,6 +263,22 @@ def test_dynamic_price_rises_with_demand_and_falls_back(w):
     w.chain.t0 += 10 * 3600  # ten half-lives later
     w.chain.block()
     assert quote(w, "telco.subscribers") == 100
+
+
+def test_a_subscription_is_bought_only_at_its_full_price(w):
+    """One job with a tiny max_price once bought the whole period: its max_price must now cover
+    the pass, unless the grant's pass lasts past the job's deadline."""
+    w.list(price={"model": "subscription", "amount": 1_000, "period_s": 86_400})
+    w.request(max_runs=100)
+    w.send(w.telco, "access.Approve", {"id": "g-1"})
+    code, log = w.submit("j-cheap", max_price=1)
+    assert code == Code.PRICE_TOO_LOW and "quote 1000" in log
+    w.submit("j-1", max_price=1_000)
+    w.attest(w.telco_node, job="j-1")
+    w.attest(w.bank_node, job="j-1")  # buys the pass, at its price
+    assert w.state("jobs/j-1")["status"] == "completed"
+    assert w.submit("j-2", max_price=0, timeout_s=600)[0] == Code.OK  # inside the pass: covered by it
+    assert w.submit("j-3", max_price=0, timeout_s=86_400)[0] == Code.PRICE_TOO_LOW  # could end after it
 
 
 def test_subscription_pass_is_bought_by_the_first_completed_job_and_covers_the_period(w):
