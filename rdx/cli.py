@@ -116,9 +116,10 @@ def demo(state_dir: Path = StateDir) -> None:
 
 
 def main() -> None:
-    from rdx import deadletters, member_cli, ops
+    from rdx import deadletters, governance_cli, member_cli, ops
 
     member_cli.install(app)
+    governance_cli.install(app)
     ops.install(app)
     deadletters.install(app)
     app()

@@ -297,7 +297,10 @@ class CometNode(Managed):
     abci_port: int = 26658
     timeout_commit: str = "500ms"
     log_level: str = "state:info,*:error"
-    app_state: dict | None = None  # genesis app_state: the association and founding members
+    # The rdx part of a genesis spec (rdx/genesis.py: association, board, members, params ...);
+    # prepare() adds the chain id, the time and this node's own key as the one validator. Empty:
+    # a genesis with no app_state, for another ABCI app (the benchmarks' kvstore).
+    app_state: dict | None = None
     prometheus_port: int | None = None  # CometBFT's own /metrics (cometbft_*) on loopback, when set
     process: Process | None = field(default=None, init=False)
 
@@ -325,11 +328,20 @@ class CometNode(Managed):
             if result.returncode != 0:
                 raise SetupError(f"cometbft init failed: {result.stderr.strip()[-800:]}")
             genesis_path = config / "genesis.json"
-            genesis = json.loads(genesis_path.read_text())
-            genesis["chain_id"] = self.chain_id
-            genesis["app_state"] = self.app_state or {}
-            bound_blocks(genesis)
-            genesis_path.write_text(json.dumps(genesis, indent=2))
+            if self.app_state:
+                from rdx import genesis as rdx_genesis
+
+                spec = {"chain_id": self.chain_id, **self.app_state}
+                spec.setdefault("genesis_time", rdx_genesis.now())
+                spec.setdefault("validators", [{"name": self.home.name, "pub_key": rdx_genesis.node_public_key(self.home)}])
+                rdx_genesis.dump_spec(spec, config / "genesis.yaml")  # what the genesis was made from
+                rdx_genesis.write(config / "genesis.yaml", genesis_path)
+            else:
+                genesis = json.loads(genesis_path.read_text())
+                genesis["chain_id"] = self.chain_id
+                genesis["app_state"] = {}
+                bound_blocks(genesis)
+                genesis_path.write_text(json.dumps(genesis, indent=2))
         self.configure()
 
     def configure(self, persistent_peers: str = "") -> None:

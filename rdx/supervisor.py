@@ -110,8 +110,9 @@ class Exchange:
         self.log("starting the consensus service (ABCI) ...")
         self.consensus.start()
         self.log("starting CometBFT ...")
-        self.comet.app_state = genesis_app_state(local_identity(self.keys, "association"),
-                                                 local_identity(self.keys, "association.node"))
+        association = local_identity(self.keys, "association")
+        self.comet.app_state = genesis_app_state(association, local_identity(self.keys, "association.node"))
+        save_local_seat(self.keys, association)
         self.comet.prepare()
         self.comet.start()
         for svc in self.services:
@@ -150,18 +151,30 @@ def local_identity(keys: Path, account: str) -> Identity:
     return identity
 
 
+def save_local_seat(keys: Path, association: Identity) -> Path:
+    """The local board seat's key (derived from the association's, rdx/genesis.py ``local_seat``) as a
+    key file beside it, for ``rdx board --key-file``."""
+    from rdx.genesis import local_seat
+
+    seat = local_seat(association)
+    path = keys / f"{seat.account}.json"
+    if not path.exists():
+        seat.save(path)
+    return path
+
+
 def association_identity(keys: Path) -> Identity:
     return local_identity(keys, "association")
 
 
 def genesis_app_state(association: Identity, gateway: Identity | None = None, params: dict | None = None) -> dict:
-    """The association, its node account (the key the gateway signs audit anchors with), and
-    chain parameters where they differ from the defaults (services/consensus/params.py)."""
-    assoc = {"id": association.account, "name": "Regional Data Exchange Association",
-             "roles": ["association"], "public_key": association.public_key}
-    if gateway is not None:
-        assoc["node"] = {"public_key": gateway.public_key, "endpoint": "127.0.0.1:8000"}
-    return {"association": assoc, **({"params": params} if params else {})}
+    """The rdx part of a local chain's genesis spec (rdx/genesis.py, which CometNode turns into
+    genesis.json): the association, its node account (the key the gateway signs audit anchors with),
+    a board of one seat derived from the association's key with the officer holding every power it
+    may, and chain parameters where they differ from the defaults (services/consensus/params.py)."""
+    from rdx.genesis import local_app_spec
+
+    return local_app_spec(association, gateway=gateway, params=params)
 
 
 def admin_token(keys: Path) -> str:

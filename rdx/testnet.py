@@ -2,15 +2,18 @@
 
 Each validator is one CometBFT node plus its own consensus service (``python -m
 services.consensus``: rdx's ABCI app and its relay), with its own state directory and its own
-ports. ``cometbft testnet`` makes the validator keys and one shared genesis; every node's
-genesis.json then gets the same chain id and rdx ``app_state`` (identical bytes on every node,
-or the nodes would disagree on the genesis hash and never connect).
+ports. ``cometbft testnet`` makes the validator keys; ``rdx genesis`` (rdx/genesis.py) makes the
+one genesis from ``<root>/genesis.yaml`` (the validators' public keys, the association, its board),
+copied to every node (identical bytes, or the nodes would disagree on the genesis hash and never
+connect). ``add_node`` starts one more node that is not a validator (it block-syncs from the
+others, with its own validator key, which the board may then vote into the set).
 
 Layout of the state directory::
 
     <root>/node<i>/          CometBFT home of validator i (config, data, cometbft.log)
     <root>/app<i>/           RDX_STATE_ROOT of validator i's consensus service (+ logs/)
     <root>/keys/             the association's signing key (only with ``python -m rdx.testnet``)
+    <root>/genesis.yaml      what the genesis was made from
     <root>/kafka/            the broker, when ``python -m rdx.testnet`` starts its own
 
 Ports are picked afresh (free loopback ports) on every ``Testnet(...)``, so a second start on
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -39,9 +44,12 @@ from pathlib import Path
 
 import tomlkit
 
+from nacl.signing import SigningKey
+
+from rdx import genesis as rdx_genesis
 from rdx import toolchain as tc
-from rdx.components import LOOPBACK, CometNode, KafkaBroker, ServiceProcess, bound_blocks, free_port, wait_until
-from rdx.supervisor import association_identity, genesis_app_state
+from rdx.components import LOOPBACK, CometNode, KafkaBroker, ServiceProcess, free_port, wait_until
+from rdx.supervisor import association_identity
 from rdx.toolchain import SetupError
 from services.common.identity import Identity
 
@@ -88,14 +96,23 @@ class Testnet:
     Public API: ``start()``, ``stop()``, ``stop_validator(i)``, ``start_validator(i)``,
     ``kill_app(i)``, ``start_app(i)``, ``heights()``, ``app_hashes_at(h)``, ``app_infos()``,
     ``headers(lo, hi, node)``, ``divergent_heights(lo, hi)``, ``app_hash_mismatches()``,
-    ``wait_for_height(h)``, ``kill_node(i)``, ``node_alive(i)``, ``app_alive(i)``, ``rpc_urls``.
+    ``wait_for_height(h)``, ``kill_node(i)``, ``node_alive(i)``, ``app_alive(i)``, ``rpc_urls``,
+    ``add_node()``, ``validator_key(i)``, ``replace_validator_key(i, key_file)``, ``validator_set(h)``,
+    ``signers(h)``.
+
+    ``board``, ``threshold`` and ``powers`` make the genesis' board (rdx/genesis.py
+    ``local_app_spec``: by default one seat derived from the association's key, the officer
+    holding every power it may). ``app_module`` runs every consensus service through a wrapper
+    module (a test's "next release").
     """
 
     __test__ = False  # a name starting with "Test": not a pytest test class
 
     def __init__(self, root: Path, kafka_bootstrap: str, *, validators: int = 4, chain_id: str = DEFAULT_CHAIN_ID,
                  association: Identity | None = None, timeout_commit: str = "200ms",
-                 toolchain: tc.Toolchain | None = None, params: dict | None = None, log=lambda msg: None):
+                 toolchain: tc.Toolchain | None = None, params: dict | None = None,
+                 board: list[Identity] | None = None, threshold: int = 1, powers: dict[str, str] | None = None,
+                 log=lambda msg: None):
         if validators < 1:
             raise ValueError("a network needs at least one validator")
         self.root = Path(root).resolve()
@@ -103,25 +120,31 @@ class Testnet:
         self.toolchain = toolchain or tc.installed()
         self.association = association or association_identity(self.root / "keys")
         self.timeout_commit = timeout_commit
-        self.params = params
+        self.app_spec = rdx_genesis.local_app_spec(self.association, board=board, threshold=threshold, powers=powers,
+                                                   params=params)
         self.log = log
+        self._node_ids: dict[Path, str] = {}
         self.validators: list[Validator] = []
         for i in range(validators):
-            abci_port = free_port()
-            node = CometNode(self.root / f"node{i}", self.toolchain, chain_id=chain_id, rpc_port=free_port(),
-                             p2p_port=free_port(), abci_port=abci_port, timeout_commit=timeout_commit,
-                             app_state=genesis_app_state(self.association, params=params))
-            # Every validator's relay publishes the same committed events to the same shared broker
-            # and topic. That is harmless by design: an event's id (height/tx/event index) is the same
-            # on every validator, and consumers apply each id once, so the copies are deduplicated.
-            app = ServiceProcess("consensus", free_port(), {
-                "RDX_KAFKA_BOOTSTRAP": kafka_bootstrap,
-                "RDX_STATE_ROOT": str(self.root / f"app{i}"),
-                "RDX_CHAIN_ID": chain_id,
-                "RDX_ABCI_PORT": str(abci_port),
-                "RDX_COMETBFT_RPC": node.rpc_url,
-            }, self.root / f"app{i}" / "logs")
-            self.validators.append(Validator(i, node, app))
+            self.validators.append(self._member(i))
+
+    def _member(self, i: int) -> Validator:
+        """Node i of the network: a CometBFT home and its consensus service, on fresh ports."""
+        abci_port = free_port()
+        node = CometNode(self.root / f"node{i}", self.toolchain, chain_id=self.chain_id, rpc_port=free_port(),
+                         p2p_port=free_port(), abci_port=abci_port, timeout_commit=self.timeout_commit,
+                         app_state=self.app_spec)
+        # Every validator's relay publishes the same committed events to the same shared broker
+        # and topic. That is harmless by design: an event's id (height/tx/event index) is the same
+        # on every validator, and consumers apply each id once, so the copies are deduplicated.
+        app = ServiceProcess("consensus", free_port(), {
+            "RDX_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "RDX_STATE_ROOT": str(self.root / f"app{i}"),
+            "RDX_CHAIN_ID": self.chain_id,
+            "RDX_ABCI_PORT": str(abci_port),
+            "RDX_COMETBFT_RPC": node.rpc_url,
+        }, self.root / f"app{i}" / "logs")
+        return Validator(i, node, app)
 
     # -- set-up -----------------------------------------------------------------------------------
     @property
@@ -131,19 +154,21 @@ class Testnet:
     def prepare(self) -> None:
         """Generate keys and genesis on first use, then (re)write every node's config."""
         self.root.mkdir(parents=True, exist_ok=True)
-        homes = [v.node.home for v in self.validators]
+        homes = [v.node.home for v in self.validators[:self.count]]
         existing = [h for h in homes if (h / "config").exists()]
         if not existing:
             self._generate(homes)
         elif len(existing) != len(homes):
             raise SetupError(f"{self.root} holds {len(existing)} of {len(homes)} validator homes; "
                              "it was made for another number of validators (or is damaged): use another --state-dir")
-        node_ids = [self._node_id(h) for h in homes]
         for v in self.validators:
-            v.node.prepare()  # validates the files, then writes proxy_app, laddrs, timeout_commit ...
-            peers = ",".join(f"{node_ids[o.index]}@{o.p2p_address}" for o in self.validators if o is not v)
-            v.node.configure(persistent_peers=peers)
-            self._tune(v.node.home / "config" / "config.toml")
+            self._configure(v)
+
+    def _configure(self, v: Validator) -> None:
+        v.node.prepare()  # validates the files, then writes proxy_app, laddrs, timeout_commit ...
+        peers = ",".join(f"{self._node_id(o.node.home)}@{o.p2p_address}" for o in self.validators if o is not v)
+        v.node.configure(persistent_peers=peers)
+        self._tune(v.node.home / "config" / "config.toml")
 
     def _generate(self, homes: list[Path]) -> None:
         staging = Path(tempfile.mkdtemp(prefix="testnet.", dir=self.root))
@@ -154,11 +179,11 @@ class Testnet:
                 capture_output=True, text=True)
             if result.returncode != 0:
                 raise SetupError(f"cometbft testnet failed: {(result.stdout + result.stderr).strip()[-800:]}")
-            genesis = json.loads((staging / "node0" / "config" / "genesis.json").read_text())
-            genesis["chain_id"] = self.chain_id
-            genesis["app_state"] = genesis_app_state(self.association, params=self.params)
-            bound_blocks(genesis)
-            text = json.dumps(genesis, indent=2)  # the same bytes for every node
+            keys = [(f"validator-{i}", rdx_genesis.node_public_key(staging / f"node{i}")) for i in range(self.count)]
+            spec_path = self.root / "genesis.yaml"
+            rdx_genesis.dump_spec(rdx_genesis.local_spec(self.chain_id, keys, self.app_spec), spec_path)
+            rdx_genesis.write(spec_path, staging / "genesis.json")
+            text = (staging / "genesis.json").read_text()  # the same bytes for every node
             for i, home in enumerate(homes):
                 (staging / f"node{i}" / "config" / "genesis.json").write_text(text)
                 shutil.move(str(staging / f"node{i}"), str(home))
@@ -166,11 +191,14 @@ class Testnet:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _node_id(self, home: Path) -> str:
+        if home in self._node_ids:
+            return self._node_ids[home]
         result = subprocess.run([str(self.toolchain.cometbft), "show-node-id", "--home", str(home)],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise SetupError(f"cometbft show-node-id failed for {home}: {result.stderr.strip()[-400:]}")
-        return result.stdout.strip()
+        self._node_ids[home] = result.stdout.strip()
+        return self._node_ids[home]
 
     @staticmethod
     def _tune(config_path: Path) -> None:
@@ -210,6 +238,69 @@ class Testnet:
             fn()
         except Exception as exc:  # noqa: BLE001 - stopping must go on for the others
             print(f"testnet: {fn!r} failed while stopping: {exc}", file=sys.stderr)
+
+    # -- the validator set ---------------------------------------------------------------------------
+    def add_node(self, timeout: float = 60.0) -> int:
+        """Start one more node, with its own validator key but not in the validator set: it
+        block-syncs the chain from the others and follows it (the board may then vote its key
+        in). Returns its index; every observation (heights, headers ...) includes it."""
+        v = self._member(len(self.validators))
+        if not (v.node.home / "config").exists():
+            result = subprocess.run([str(self.toolchain.cometbft), "init", "--home", str(v.node.home)],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                raise SetupError(f"cometbft init failed: {result.stderr.strip()[-800:]}")
+            shutil.copyfile(self.validators[0].node.home / "config" / "genesis.json",
+                            v.node.home / "config" / "genesis.json")
+        self.validators.append(v)
+        self._configure(v)
+        for other in self.validators[:-1]:  # the others dial it too (restarts keep finding it)
+            peers = ",".join(f"{self._node_id(o.node.home)}@{o.p2p_address}" for o in self.validators if o is not other)
+            other.node.configure(persistent_peers=peers)
+            self._tune(other.node.home / "config" / "config.toml")
+        v.app.start(timeout=timeout)
+        v.node.start(timeout)
+        return v.index
+
+    def validator_key(self, i: int) -> str:
+        """Node i's consensus public key (base64), as a validators.Update names it."""
+        return rdx_genesis.node_public_key(self.validators[i].node.home)
+
+    @staticmethod
+    def new_validator_key(path: Path) -> str:
+        """Write a new Ed25519 priv_validator_key.json at ``path`` (0600); returns its public key."""
+        key = SigningKey.generate()
+        public = bytes(key.verify_key)
+        doc = {"address": hashlib.sha256(public).digest()[:20].hex().upper(),
+               "pub_key": {"type": "tendermint/PubKeyEd25519", "value": base64.b64encode(public).decode()},
+               "priv_key": {"type": "tendermint/PrivKeyEd25519",
+                            "value": base64.b64encode(bytes(key) + public).decode()}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        return doc["pub_key"]["value"]
+
+    def replace_validator_key(self, i: int, key_file: Path, timeout: float = 60.0) -> None:
+        """Stop node i, put ``key_file`` in place as its priv_validator_key.json, start it again.
+        Its priv_validator_state.json (the double-sign guard) stays: the new key signs only heights
+        above what the node last signed."""
+        v = self.validators[i]
+        v.node.stop()
+        shutil.copyfile(key_file, v.node.home / "config" / "priv_validator_key.json")
+        os.chmod(v.node.home / "config" / "priv_validator_key.json", 0o600)
+        v.node.start(timeout)
+
+    def validator_set(self, height: int, node: int = 0) -> dict[str, int]:
+        """The validator set CometBFT used at ``height``: public key (base64) -> voting power."""
+        result = _rpc_get(f"{self.validators[node].rpc_url}/validators?height={height}&per_page=100")
+        return {v["pub_key"]["value"]: int(v["voting_power"]) for v in result["validators"]}
+
+    def signers(self, height: int, node: int = 0) -> set[str]:
+        """Addresses of the validators whose precommit for block ``height`` is in its commit."""
+        result = _rpc_get(f"{self.validators[node].rpc_url}/commit?height={height}")
+        return {s["validator_address"] for s in result["signed_header"]["commit"]["signatures"]
+                if s.get("validator_address") and s.get("block_id_flag") == 2}
 
     # -- one validator ----------------------------------------------------------------------------
     def stop_validator(self, i: int) -> None:
@@ -304,7 +395,7 @@ class Testnet:
     def divergent_heights(self, lo: int, hi: int) -> list[tuple[int, dict[int, tuple[str, str]]]]:
         """Heights in ``lo..hi`` where the nodes' headers disagree on app_hash or last_results_hash
         (the per-tx results' hash), with each node's pair; missing blocks count as disagreement."""
-        per_node = [self.headers(lo, hi, i) for i in range(self.count)]
+        per_node = [self.headers(lo, hi, i) for i in range(len(self.validators))]
         bad = []
         for h in range(lo, hi + 1):
             seen = {i: (hs[h]["app_hash"], hs[h]["last_results_hash"]) if h in hs else ("missing", "")
@@ -331,7 +422,7 @@ class Testnet:
 
     def wait_for_height(self, height: int, nodes: list[int] | None = None, timeout: float = 60.0) -> None:
         """Until every node in ``nodes`` (default all) has committed ``height``."""
-        wanted = range(self.count) if nodes is None else nodes
+        wanted = range(len(self.validators)) if nodes is None else nodes
 
         def reached() -> bool:
             hs = self.heights()

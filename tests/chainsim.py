@@ -3,12 +3,18 @@ invariants after every block."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from nacl.signing import SigningKey
 from tendermint.abci import types_pb2 as abci
+from tendermint.crypto.keys_pb2 import PublicKey
 
-from services.common.identity import Identity
+from rdx.genesis import local_app_spec, local_seat
+
+from services.common.identity import Identity, b64
 from services.common.tx import Tx
 from services.consensus.app import RdxApp
 from services.consensus.invariants import violations
@@ -18,16 +24,34 @@ CHAIN = "rdx-test"
 
 
 class Harness:
-    def __init__(self, path, association: Identity, balances: dict[str, int] | None = None):
+    """A chain driven block by block. Its genesis is what ``rdx genesis`` writes for a local chain
+    (rdx/genesis.py: a board, by default one seat derived from the association's key, the officer
+    holding every power it may) with ``validators`` (consensus key, power; by default one key
+    derived from the association's) recorded; ``legacy=True`` gives the genesis of chains made
+    before boards existed (the association alone, no validator set recorded)."""
+
+    def __init__(self, path, association: Identity, balances: dict[str, int] | None = None, *,
+                 board: list[Identity] | None = None, threshold: int = 1, powers: dict[str, str] | None = None,
+                 validators: list[tuple[str, int]] | None = None, legacy: bool = False,
+                 app_class: type[RdxApp] = RdxApp):
         self.db = Database(path)
-        self.app = RdxApp(self.db, CHAIN)
+        self.app = app_class(self.db, CHAIN)
         self.association = association
         self.nonces: dict[str, int] = {}
-        genesis = {"association": {"id": "association", "name": "Assoc", "roles": ["association"],
-                                   "public_key": association.public_key},
-                   "balances": balances or {}}
-        self.app.init_chain(abci.RequestInitChain(chain_id=CHAIN, app_state_bytes=json.dumps(genesis).encode(),
-                                                  time=Timestamp(seconds=1_700_000_000)))
+        if legacy:
+            genesis = {"association": {"id": "association", "name": "Assoc", "roles": ["association"],
+                                       "public_key": association.public_key}}
+            self.board, self.validators = [association], []
+        else:
+            genesis = local_app_spec(association, board=board, threshold=threshold, powers=powers)
+            self.board = board if board is not None else [local_seat(association)]
+            derived = SigningKey(hashlib.sha256(b"validator" + bytes(association.signing_key)).digest())
+            self.validators = validators if validators is not None else [(b64(bytes(derived.verify_key)), 10)]
+        genesis["balances"] = balances or {}
+        self.app.init_chain(abci.RequestInitChain(
+            chain_id=CHAIN, app_state_bytes=json.dumps(genesis).encode(), time=Timestamp(seconds=1_700_000_000),
+            validators=[abci.ValidatorUpdate(pub_key=PublicKey(ed25519=base64.b64decode(key)), power=power)
+                        for key, power in self.validators]))
         self.height = 0
         self.t0 = 1_700_000_000
 
@@ -44,6 +68,7 @@ class Harness:
         self.app.commit(abci.RequestCommit())
         assert violations(Overlay(self.db)) == []
         self.last = list(resp.tx_results)
+        self.last_response = resp
         return self.last
 
     def check(self, raw: bytes) -> abci.ResponseCheckTx:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+from rdx.genesis import local_seat, seat_name
 from services.common.identity import Identity
 from services.common.listing import example_metadata
 from services.common.policy import DEFAULT_POLICY_TEXT
@@ -72,3 +73,33 @@ def mixed_workload(association: Identity, members: int = 4, tag: str = "w", poli
     yield gateway, "audit.Anchor", {"first_seq": 1, "last_seq": 10, "digest": "ef" * 32}
     yield association, "governance.PublishPolicy", {
         "version": policy_version, "text": DEFAULT_POLICY_TEXT + f"\n// v{policy_version}: republished unchanged\n"}
+    yield from governance(association, people, tag)
+
+
+def governance(association: Identity, people: list[Identity], tag: str) -> Iterator[Step]:
+    """On a chain made by ``rdx genesis`` for this machine (a board of one seat, ``local_seat``, the
+    officer holding every power it may): parameters, a key recovered, a validator that joins, is
+    rotated and leaves (power 1, so the chain never waits for it), an upgrade scheduled and
+    cancelled, and the board growing to two seats, acting 2 of 2, and shrinking back to one."""
+    seat = local_seat(association)
+    yield association, "governance.SetParams", {"params": {"max_pending_txs_per_signer": 500}}
+    yield association, "members.Recover", {"account": people[-1].account, "reason": "key leaked (drill)",
+                                           "public_key": Identity.generate(people[-1].account).public_key}
+    joining, rotated = Identity.generate("validator"), Identity.generate("validator")
+    yield association, "validators.Update", {"changes": [{"pub_key": joining.public_key, "power": 1, "name": tag}]}
+    yield association, "validators.Rotate", {"old_pub_key": joining.public_key, "new_pub_key": rotated.public_key}
+    yield association, "validators.Update", {"changes": [{"pub_key": rotated.public_key, "power": 0}]}
+    yield seat, "governance.ScheduleUpgrade", {"name": f"{tag}-drill", "height": 10**12, "app_version": 2}
+    yield seat, "governance.CancelUpgrade", {"name": f"{tag}-drill"}
+    second = Identity.generate(f"{association.account}.board-{tag}-second")
+    one = [{"name": seat_name(association.account, seat), "public_key": seat.public_key}]
+    two = one + [{"name": seat_name(association.account, second), "public_key": second.public_key}]
+    yield seat, "board.Propose", {"id": f"{tag}.p1", "action": {"type": "governance.ConfigureBoard",
+                                                                 "payload": {"seats": two, "threshold": 2}}}
+    yield seat, "board.Propose", {"id": f"{tag}.p2", "action": {"type": "bank.Deposit", "payload": {
+        "to": people[0].account, "amount": 1, "reference": f"{tag}-board"}}}
+    yield second, "board.Approve", {"id": f"{tag}.p2"}
+    yield second, "board.Propose", {"id": f"{tag}.p3", "action": {"type": "governance.ConfigureBoard",
+                                                                   "payload": {"seats": one, "threshold": 1}}}
+    yield seat, "board.Approve", {"id": f"{tag}.p3"}
+    yield seat, "governance.ConfigureBoard", {"seats": one, "threshold": 1}

@@ -14,6 +14,7 @@ short log, never an exception (an exception ends the ABCI connection and halts t
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -26,6 +27,8 @@ from cachetools import LRUCache
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ValidationError
 from tendermint.abci import types_pb2 as abci
+from tendermint.crypto.keys_pb2 import PublicKey
+from tendermint.types.params_pb2 import ConsensusParams, VersionParams
 
 from services.common import identity
 from services.common.policy import DEFAULT_POLICY_TEXT
@@ -39,6 +42,7 @@ from services.consensus.bank import handlers as bank
 from services.consensus.bank.keeper import BankKeeper
 from services.consensus.context import Context, Rejected
 from services.consensus.governance import handlers as governance
+from services.consensus.governance import messages as governance_messages
 from services.consensus.governance.keeper import GovernanceKeeper
 from services.consensus.jobs import handlers as jobs
 from services.consensus.pricing import PricingKeeper
@@ -46,10 +50,12 @@ from services.consensus.members import handlers as members
 from services.consensus.members.keeper import MembersKeeper
 from services.consensus.members.messages import Register
 from services.consensus.state import ChainEvent, Database, Overlay, next_app_hash
+from services.consensus.validators import handlers as validators
+from services.consensus.validators.keeper import ValidatorsKeeper
 
 log = logging.getLogger("rdx.consensus.app")
 
-APP_VERSION = 1
+APP_VERSION = 1  # the highest app version this binary applies blocks with (governance.ScheduleUpgrade)
 CHAIN_HEIGHT = Gauge("rdx_chain_height", "height of the last block this app committed")
 TXS_REFUSED = Counter("rdx_tx_refused_total",
                       "transactions refused: at check (mempool admission), prepare (dropped from this "
@@ -59,8 +65,9 @@ PROPOSALS_REJECTED = Counter("rdx_proposals_rejected_total",
                              "proposed blocks this validator voted against (they held a tx that may not be in a block)")
 Handler = tuple[type[BaseModel], Callable[[Context, Any], None]]
 HANDLERS: dict[str, Handler] = {**members.HANDLERS, **assets.HANDLERS, **access.HANDLERS, **jobs.HANDLERS,
-                                 **bank.HANDLERS, **governance.HANDLERS, **audit.HANDLERS}
-BEGIN_BLOCK = (access.begin_block, jobs.begin_block)  # expiries and timeouts, by block time
+                                 **bank.HANDLERS, **governance.HANDLERS, **validators.HANDLERS, **audit.HANDLERS}
+HANDLERS.update(governance.board_handlers(HANDLERS))  # a proposal's action runs through this same table
+BEGIN_BLOCK = (access.begin_block, jobs.begin_block, governance.begin_block)  # expiries and timeouts, by block time
 INTERNAL_ERROR = 99
 REASONS = {value: name.lower() for name, value in vars(Code).items() if name.isupper()} | {INTERNAL_ERROR: "internal"}
 
@@ -80,13 +87,25 @@ VERIFIED_CACHE_BYTES = 32 << 20
 
 
 class Genesis(BaseModel):
-    """``app_state`` of genesis.json: the association and the founding members."""
+    """``app_state`` of genesis.json (written by ``rdx genesis``): the association, its board, the
+    founding members, balances, chain parameters and the policy.
+
+    ``board`` absent is the shape of chains made before boards existed: such a genesis initialises
+    exactly as it always did (so replaying those chains gives the same app hashes), its board is
+    the association's own key alone (1 of 1), and its validator set is not recorded, so it cannot be
+    changed on chain. With a board, InitChain also records the genesis validators."""
 
     association: Register
+    board: governance_messages.ConfigureBoard | None = None
+    validator_names: dict[str, str] = {}  # consensus public key (base64) -> a name, for people
     members: list[Register] = []
     balances: dict[str, int] = {}
     params: chain_params.Params = chain_params.Params()
     policy: str = DEFAULT_POLICY_TEXT
+
+
+class UpgradeRequired(RuntimeError):
+    """The chain reached an upgrade height that needs a newer app than this binary: the node stops."""
 
 
 @dataclass(frozen=True)
@@ -120,9 +139,13 @@ class Execution:
     app_hash: bytes
     inadmissible: list[tuple[int, int]]  # kept in the block: (index, code)
     dropped: list[int]  # left out of a proposal being prepared: their codes
+    validator_updates: list[abci.ValidatorUpdate]  # for CometBFT, effective two blocks later
+    param_updates: ConsensusParams | None  # the app version, at an upgrade's height
 
 
 class RdxApp(Application):
+    app_version = APP_VERSION  # a class attribute: the seam a test's "next release" subclass overrides
+
     def __init__(self, db: Database, chain_id: str, on_commit: Callable[[int], None] | None = None):
         self.db, self.chain_id, self.on_commit = db, chain_id, on_commit
         self.check_state = Overlay(db)
@@ -140,7 +163,8 @@ class RdxApp(Application):
 
     # -- connection: info / query ---------------------------------------------------------------
     def info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
-        return abci.ResponseInfo(data="rdx", version="0.1.0", app_version=APP_VERSION,
+        app_version = GovernanceKeeper(Context(store=Overlay(self.db), height=self.db.height, time=0)).app_version()
+        return abci.ResponseInfo(data="rdx", version="0.1.0", app_version=app_version,
                                  last_block_height=self.db.height, last_block_app_hash=self.db.app_hash)
 
     def query(self, req: abci.RequestQuery) -> abci.ResponseQuery:
@@ -231,6 +255,13 @@ class RdxApp(Application):
             BankKeeper(ctx).mint(member_id, amount, "genesis")
         chain_params.put(ctx, genesis.params)
         GovernanceKeeper(ctx).publish(1, genesis.policy)
+        if genesis.board is not None:
+            association = Context(store=block, height=0, time=req.time.seconds, events=ctx.events,
+                                  acting_as=genesis.association.id)
+            governance.configure_board(association, genesis.board)
+            ValidatorsKeeper(ctx).record_genesis(
+                [(base64.b64encode(v.pub_key.ed25519).decode(), v.power) for v in req.validators],
+                genesis.validator_names)
         self._genesis_writes = block.writes
         self._genesis_events = ctx.events
         self._params = genesis.params
@@ -284,7 +315,9 @@ class RdxApp(Application):
             TXS_REFUSED.labels("block", REASONS.get(code, "other")).inc()
         self._pending = execution
         self._last_time = execution.time
-        return abci.ResponseFinalizeBlock(tx_results=execution.results, app_hash=execution.app_hash)
+        return abci.ResponseFinalizeBlock(tx_results=execution.results, app_hash=execution.app_hash,
+                                          validator_updates=execution.validator_updates,
+                                          consensus_param_updates=execution.param_updates)
 
     def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
         if self._pending is None:
@@ -314,6 +347,7 @@ class RdxApp(Application):
         block.writes.update(self._genesis_writes)
         events = [ChainEvent(height, -1, i, time, *e) for i, e in enumerate(self._genesis_events)]
         ctx = Context(store=block, height=height, time=time)
+        param_updates = self._upgrade(ctx)
         for hook in BEGIN_BLOCK:
             hook(ctx)
         events += [ChainEvent(height, -1, i, time, *e) for i, e in enumerate(ctx.events, start=len(events))]
@@ -343,9 +377,33 @@ class RdxApp(Application):
                     abci.EventAttribute(key="id", value=f"{height}/{index}/{i}", index=False),
                 ]))
             results.append(abci.ExecTxResult(code=outcome.code, log=outcome.log, events=abci_events))
+        validator_updates = [abci.ValidatorUpdate(pub_key=PublicKey(ed25519=base64.b64decode(key)), power=power)
+                             for key, power in ValidatorsKeeper(Context(store=block, height=height, time=time)).end_block()]
         # A block that changes nothing keeps the app hash, so `create_empty_blocks = false` can idle.
         app_hash = next_app_hash(self.db.app_hash, block.digest(), height) if block.writes else self.db.app_hash
-        return Execution(height, time, kept, block, results, events, app_hash, inadmissible, dropped)
+        return Execution(height, time, kept, block, results, events, app_hash, inadmissible, dropped,
+                         validator_updates, param_updates)
+
+    def _upgrade(self, ctx: Context) -> ConsensusParams | None:
+        """At a scheduled upgrade's height: a binary too old for it stops the node (deliberately: it
+        must not apply blocks by rules it does not know); a new enough one switches the chain's app
+        version, and tells CometBFT so (block headers carry it from the next height)."""
+        keeper = GovernanceKeeper(ctx)
+        plan = keeper.upgrade()
+        if plan is None or ctx.height < plan["height"]:
+            return None
+        if self.app_version < plan["app_version"]:
+            log.critical("UPGRADE NEEDED: upgrade %r, scheduled by the board, starts at height %d and needs app "
+                         "version %d; this binary applies blocks up to app version %d. This node stops before "
+                         "height %d (its state stays at height %d): install the release with app version %d and "
+                         "start it again.", plan["name"], plan["height"], plan["app_version"], self.app_version,
+                         ctx.height, self.db.height, plan["app_version"])
+            raise UpgradeRequired(f"upgrade {plan['name']!r} at height {plan['height']} needs app version "
+                                  f"{plan['app_version']}; this binary has {self.app_version}")
+        keeper.apply_upgrade(plan)
+        log.warning("upgrade %r applied at height %d: the chain now runs app version %d", plan["name"], ctx.height,
+                    plan["app_version"])
+        return ConsensusParams(version=VersionParams(app=plan["app_version"]))
 
     # -- one transaction ------------------------------------------------------------------------
     def _deliver(self, state: Overlay, raw: bytes, *, height: int, time: int, check: bool = False) -> Outcome:
@@ -368,6 +426,7 @@ class RdxApp(Application):
         tx = ctx.tx
         self._consume_nonce(ctx.store, tx)
         try:
+            governance.authorize(ctx, tx.type, model)  # the association's powers: officer or board
             HANDLERS[tx.type][1](ctx, model)
         except Rejected as exc:
             if not check:  # included in a block: the nonce is spent, so the tx can never be replayed

@@ -25,9 +25,15 @@ class Context:
     time: int  # block time, unix seconds: the only clock a handler may read
     tx: Tx | None = None
     events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    # Set while a board proposal executes its action: the handler acts as the association's own
+    # account (``acting_as``), authorised by the board's approvals rather than by ``tx``'s signer.
+    acting_as: str | None = None
+    proposal: str | None = None
 
     @property
     def signer(self) -> str:
+        if self.acting_as is not None:
+            return self.acting_as
         assert self.tx is not None
         return self.tx.signer
 

@@ -171,6 +171,11 @@ class Overlay:
     def delete(self, key: str) -> None:
         self.writes[key] = _DELETED
 
+    def discard(self, key: str) -> None:
+        """Forget this overlay's write of ``key``: for a value that lives only within a block
+        and is never committed (never written to the database, so there is nothing to delete)."""
+        self.writes.pop(key, None)
+
     def scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
         merged = dict(self.parent.scan(prefix)) if self.parent is not None else dict(self.db.scan(prefix))
         for key, value in self.writes.items():

@@ -62,6 +62,24 @@ def rotate_key(ctx: Context, msg: m.RotateKey) -> None:
     ctx.emit("KeyRotated", f"member:{account['member']}", account=account["id"], public_key=msg.public_key)
 
 
+def recover(ctx: Context, msg: m.Recover) -> None:
+    """The board's answer to a leaked key: the account gets a new key at this height, the old one
+    is recorded as revoked, and nothing else changes (the member is not suspended)."""
+    keeper = MembersKeeper(ctx)
+    _association_only(ctx, keeper)
+    account = keeper.account(msg.account)
+    if account is None:
+        raise Rejected(Code.NOT_FOUND, f"unknown account {msg.account}")
+    if account["public_key"] == msg.public_key:
+        raise Rejected(Code.CONFLICT, f"account {msg.account} already has that key")
+    old = account["public_key"]
+    account["public_key"] = msg.public_key
+    keeper.put_account(account)
+    keeper.revoke_key(msg.account, old, ctx.height, msg.reason)
+    ctx.emit("KeyRecovered", f"member:{account['member']}", account=msg.account, member=account["member"],
+             public_key=msg.public_key, revoked_key=old, height=ctx.height, reason=msg.reason)
+
+
 def suspend(ctx: Context, msg: m.Suspend) -> None:
     keeper = MembersKeeper(ctx)
     _association_only(ctx, keeper)
@@ -91,6 +109,7 @@ HANDLERS = {
     "members.Register": (m.Register, register),
     "members.SetNode": (m.SetNode, set_node),
     "members.RotateKey": (m.RotateKey, rotate_key),
+    "members.Recover": (m.Recover, recover),
     "members.Suspend": (m.Suspend, suspend),
     "members.Reinstate": (m.Reinstate, reinstate),
 }

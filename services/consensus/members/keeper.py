@@ -1,7 +1,9 @@
-"""The only code that reads or writes member and account state (prefixes ``members/``, ``accounts/``).
+"""The only code that reads or writes member and account state (prefixes ``members/``, ``accounts/``,
+``revoked-keys/``).
 
 A member (an organisation) has one signing account with the member's own id, and optionally
-a compute node account ``<member>.node``. Accounts carry the public key and the next nonce.
+a compute node account ``<member>.node``; the association also has its board seats' accounts
+``<association>.board-<name>`` (kind ``board``). Accounts carry the public key and the next nonce.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ class MembersKeeper:
 
     def put_account(self, account: dict[str, Any]) -> None:
         self.store.set(f"accounts/{account['id']}", account)
+
+    def revoke_key(self, account: str, public_key: str, height: int, reason: str) -> None:
+        """Keep the history of an account's revoked keys (``revoked-keys/<account>``)."""
+        history = self.store.get(f"revoked-keys/{account}") or []
+        self.store.set(f"revoked-keys/{account}", [*history, {"public_key": public_key, "height": height,
+                                                                 "reason": reason}])
+
+    def revoked_keys(self, account: str) -> list[dict[str, Any]]:
+        return self.store.get(f"revoked-keys/{account}") or []
 
     def owner_of(self, account: str) -> dict[str, Any] | None:
         acc = self.account(account)

@@ -58,6 +58,17 @@ class RotateKey(Msg):
     _key = field_validator("public_key")(_ed25519_key)
 
 
+class Recover(Msg):
+    """Association only (the board by default): replace an account's key, e.g. one that leaked.
+    The old key stops verifying in the block that applies this; the member stays active."""
+
+    account: str = Field(min_length=2, max_length=64, pattern=r"^[a-z0-9][a-z0-9.\-]*$")
+    public_key: str
+    reason: str = Field(min_length=1, max_length=500)
+
+    _key = field_validator("public_key")(_ed25519_key)
+
+
 class Suspend(Msg):
     """Association only: a suspended member can sign nothing and its jobs are aborted."""
 

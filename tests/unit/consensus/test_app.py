@@ -25,7 +25,7 @@ def test_register_commits_member_and_events(chain):
     assert member["status"] == "active" and member["roles"] == ["provider"]
     # genesis (tx index -1) and the tx's event are in the relay's outbox
     assert [(e.tx_index, e.type) for e in chain.db.events_after((0, -2, -1))] == [
-        (-1, "MemberRegistered"), (-1, "PolicyPublished"), (0, "MemberRegistered")]
+        (-1, "MemberRegistered"), (-1, "PolicyPublished"), (-1, "BoardConfigured"), (0, "MemberRegistered")]
 
 
 def test_same_blocks_give_same_app_hash_on_two_validators(tmp_path):

@@ -1,0 +1,128 @@
+"""``rdx genesis`` and ``rdx board``: the chain's genesis from a YAML spec, and the association
+board's proposals from a terminal.
+
+    rdx genesis net/genesis.yaml --out net/genesis.json      write it (the same YAML, the same bytes)
+    rdx genesis net/genesis.yaml --check                     validate only
+
+    rdx board show                                           seats, threshold, powers, a scheduled upgrade
+    rdx board list [--status open]                           proposals
+    rdx board propose credit-42 --type bank.Deposit --payload '{"to": "acme", "amount": 5000, "reference": "wire 42"}'
+    rdx board approve credit-42
+
+``rdx board`` signs with a seat's key (``--key-file``, or RDX_KEY_FILE) and talks to a validator's
+CometBFT RPC (``--rpc``, or RDX_COMETBFT_RPC) for chain ``--chain-id`` (RDX_CHAIN_ID).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import typer
+
+board = typer.Typer(help="The association board: proposals and approvals (k of n seat keys).", no_args_is_help=True)
+
+Rpc = typer.Option("http://127.0.0.1:26657", "--rpc", envvar="RDX_COMETBFT_RPC", help="a validator's CometBFT RPC")
+ChainId = typer.Option("rdx-local", "--chain-id", envvar="RDX_CHAIN_ID")
+KeyFile = typer.Option(None, "--key-file", envvar="RDX_KEY_FILE", help="the board seat's signing key (JSON)")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"rdx: {message}", err=True, fg="red")
+    raise typer.Exit(code)
+
+
+def genesis(spec: Path = typer.Argument(..., help="the YAML spec (see rdx/genesis.py)"),
+            out: Path = typer.Option(None, "--out", help="where to write genesis.json (default: beside the spec)"),
+            check: bool = typer.Option(False, "--check", help="validate only; write nothing")) -> None:
+    """Write a complete genesis.json (validators, association, board, members, params, policy) from SPEC."""
+    from rdx import genesis as rdx_genesis
+
+    try:
+        doc = rdx_genesis.build(rdx_genesis.load(spec), spec.parent)
+    except rdx_genesis.GenesisError as exc:
+        _fail(str(exc), 2)
+    target = out or spec.with_name("genesis.json")
+    if not check:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(rdx_genesis.encode(doc))
+    board_doc = doc["app_state"]["board"]
+    typer.echo(f"{'valid' if check else f'wrote {target}'}: chain {doc['chain_id']}, {len(doc['validators'])} "
+               f"validators (power {sum(int(v['power']) for v in doc['validators'])}), board {board_doc['threshold']} "
+               f"of {len(board_doc['seats'])}, {len(doc['app_state'].get('members', []))} founding members; "
+               f"sha256 {rdx_genesis.digest(doc)}")
+
+
+def _run(coro):
+    from rdx.board import BoardError
+
+    try:
+        return asyncio.run(coro)
+    except BoardError as exc:
+        _fail(str(exc))
+
+
+def _client(rpc: str, chain_id: str, key_file: Path | None):
+    from rdx.board import Board
+    from services.common.identity import Identity
+
+    return Board(rpc, chain_id, Identity.load(key_file) if key_file else None)
+
+
+def _show(value) -> None:
+    typer.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+@board.command("show")
+def board_show(rpc: str = Rpc, chain_id: str = ChainId) -> None:
+    """The board (seats, threshold, powers) and any scheduled upgrade."""
+    async def go():
+        async with _client(rpc, chain_id, None) as b:
+            return {"board": await b.board(), "upgrade": await b.upgrade()}
+    _show(_run(go()))
+
+
+@board.command("list")
+def board_list(status: str = typer.Option(None, help="open, executed, failed or expired"), rpc: str = Rpc,
+               chain_id: str = ChainId) -> None:
+    """Proposals, oldest first: id, status, action, approvals."""
+    async def go():
+        async with _client(rpc, chain_id, None) as b:
+            return await b.proposals(status)
+    for p in sorted(_run(go()), key=lambda p: (p["height"], p["id"])):
+        typer.echo(f"{p['id']:<24} {p['status']:<9} {p['action']['type']:<26} approvals {len(p['approvals'])}/"
+                   f"{p['threshold']}  expires {time.strftime('%Y-%m-%d %H:%M', time.gmtime(p['expires_at']))}Z"
+                   + (f"  ({p['reason']})" if p.get("reason") else ""))
+
+
+@board.command("propose")
+def board_propose(proposal_id: str, type_: str = typer.Option(..., "--type", help="e.g. bank.Deposit, validators.Update"),
+                  payload: str = typer.Option("{}", help="the action's payload as JSON"),
+                  expires_in: int = typer.Option(None, help="seconds from now (default: the board's lifetime)"),
+                  rpc: str = Rpc, chain_id: str = ChainId, key_file: Path = KeyFile) -> None:
+    """Propose an action of the association; your approval counts."""
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        _fail(f"--payload is not JSON: {exc}", 2)
+
+    async def go():
+        async with _client(rpc, chain_id, key_file) as b:
+            return await b.propose(proposal_id, type_, body, None if expires_in is None else int(time.time()) + expires_in)
+    _show(_run(go()))
+
+
+@board.command("approve")
+def board_approve(proposal_id: str, rpc: str = Rpc, chain_id: str = ChainId, key_file: Path = KeyFile) -> None:
+    """Approve an open proposal; the k-th approval executes it."""
+    async def go():
+        async with _client(rpc, chain_id, key_file) as b:
+            return await b.approve(proposal_id)
+    _show(_run(go()))
+
+
+def install(app: typer.Typer) -> None:
+    app.command("genesis")(genesis)
+    app.add_typer(board, name="board")
