@@ -108,6 +108,8 @@ class Column(_Contract):
     type: ColumnType
     description: Annotated[str, Field(max_length=500)] = ""
     sensitivity: Sensitivity
+    join_key: StrictBool = Field(False, description="a PSI may match on this column; a provider's node refuses "
+                                                    "to match on any column its listing does not declare so")
 
     @model_validator(mode="after")
     def _printable(self) -> "Column":
@@ -167,6 +169,9 @@ def metadata_problems(md: ListingMetadata) -> list[tuple[str, str]]:
         if name in seen:
             problems.append((f"columns[{i}].name", f"column {name!r} is defined twice"))
         seen.add(name)
+    for i, column in enumerate(md.columns):
+        if column.join_key and column.sensitivity == "sensitive":
+            problems.append((f"columns[{i}].join_key", "a sensitive column cannot be a join key"))
     if md.last_updated < md.data_start:  # ISO dates compare as strings
         problems.append(("last_updated", "must not be before data_start"))
     if md.sample is not None:
@@ -321,10 +326,11 @@ def example_metadata(title: str = "Mobile subscribers by district", **changes: A
         "row_count": 1_200_000,
         "columns": [
             {"name": "phone_hash", "type": "string", "description": "salted SHA-256 of the phone number",
-             "sensitivity": "identifier"},
-            {"name": "district", "type": "category", "description": "home district", "sensitivity": "internal"},
+             "sensitivity": "identifier", "join_key": True},
+            {"name": "district", "type": "category", "description": "home district", "sensitivity": "internal",
+             "join_key": False},
             {"name": "tenure_months", "type": "integer", "description": "months as a subscriber",
-             "sensitivity": "personal"},
+             "sensitivity": "personal", "join_key": False},
         ],
         "licence": "rdx-member-data-1.0",
         "usage_terms": "Privacy-preserving computation only; results may not be re-identified.",

@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from services.common.chain import ChainClient
+from services.common.chainevents import ChainEventVerifier
 from services.common.events import CHAIN_EVENTS
 from services.common.identity import Identity
 from services.common.kafka import IdempotentConsumer
@@ -69,8 +70,10 @@ def build(settings: ComputeSettings) -> Service:
     hub = peer.SessionHub()
 
     holder: dict[str, JobManager] = {}
+    # A kill switch or an authorisation acts only once this member's own chain node confirms it.
     consumer = IdempotentConsumer(settings.kafka_bootstrap, "compute", [CHAIN_EVENTS], f"compute-{member}",
-                                  settings.state_dir / "node.sqlite", lambda e, c: holder["m"].on_event(e, c))
+                                  settings.state_dir / "node.sqlite", lambda e, c: holder["m"].on_event(e, c),
+                                  verifier=ChainEventVerifier(chain))
     journal = Journal(consumer.conn)
     # The journal's database names the status ids' numbering (services/compute/events.py).
     publisher = events.StatusPublisher(producer, member, journal.next_seq, consumer.store.model_id)

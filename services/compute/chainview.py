@@ -46,6 +46,14 @@ class ChainView:
     async def job(self, job: str) -> dict[str, Any] | None:
         return await self._query(f"/jobs/{job}")
 
+    async def grant(self, grant: str) -> dict[str, Any] | None:
+        """An access grant as the chain holds it now (status, runs used, operations, expiry)."""
+        return await self._query(f"/access/{grant}")
+
+    async def listing(self, asset: str, version: int) -> dict[str, Any] | None:
+        """The listing of ``asset`` as it was at ``version`` (metadata, operations, minimum group size)."""
+        return await self._query(f"/asset-versions/{asset}/{int(version):08d}")
+
     async def spec(self, job: str) -> tuple[JobSpec, dict[str, Any]] | None:
         """The job as the chain recorded it, with every participant's current node; None if unknown."""
         record = await self.job(job)

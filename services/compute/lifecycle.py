@@ -46,9 +46,10 @@ from services.compute import events as ev
 from services.compute import peer, results
 from services.compute.chainview import ChainUnavailable, ChainView
 from services.compute.datasets import DatasetError, Datasets, Loaded
-from services.compute.jobtypes import job_type
-from services.compute.jobtypes.base import (InputRef, JobContext, JobRefused, JobSpec, Outcome, PeerLost,
+from services.compute.jobtypes import JOB_TYPES
+from services.compute.jobtypes.base import (InputRef, JobContext, JobRefused, JobSpec, JobType, Outcome, PeerLost,
                                             PeerRefused, ProtocolError)
+from services.compute.policy import DEFAULT_MAX_PEER_SET, InputPolicy, Policy, PolicyViolation, check_grants, join_keys
 from services.compute.journal import Journal
 from services.compute.runner import Runner
 
@@ -74,11 +75,14 @@ class JobManager:
     def __init__(self, *, member: str, identity: Identity, chain_id: str, chain: ChainClient, view: ChainView,
                  datasets: Datasets, journal: Journal, runner: Runner, hub: peer.SessionHub,
                  publisher: ev.StatusPublisher, peer_wait_s: float = 30.0, max_attempts: int = 3,
-                 batch: int = 16_384):
+                 batch: int = 16_384, max_peer_set: int = DEFAULT_MAX_PEER_SET,
+                 job_types: dict[str, type[JobType]] | None = None):
         self.member, self.identity, self.chain_id = member, identity, chain_id
         self.chain, self.view, self.datasets, self.journal = chain, view, datasets, journal
         self.runner, self.hub, self.publisher = runner, hub, publisher
         self.peer_wait_s, self.max_attempts, self.batch = peer_wait_s, max_attempts, batch
+        self.max_peer_set = max_peer_set
+        self.job_types = JOB_TYPES if job_types is None else job_types  # chain job type -> its protocol
         self.tasks: dict[str, asyncio.Task] = {}
         self._stop_at: dict[str, float] = {}  # job -> monotonic time the kill switch reached us
         self._progress_at: dict[str, tuple[float, str]] = {}
@@ -191,12 +195,14 @@ class JobManager:
                 if self.member not in record.get("attestations", {}):
                     await self._attest(spec, row.result_hash, row.records_used or 0)
                 return
-            plugin = job_type(spec.type)
-            if plugin is None:
+            cls = self.job_types.get(spec.type)
+            if cls is None:
                 raise JobRefused(f"this node does not run {spec.type} jobs")
+            plugin = cls()
             plugin.check(spec)
+            policy = await self._policy(spec, record)  # before anything is read or sent
             self.journal.update(job, started_at=row.started_at or time.time())
-            outcome = await self._attempts(plugin, spec, row.attempt)
+            outcome = await self._attempts(plugin, spec, row.attempt, policy)
             if not self._set_status(job, "computed", result_hash=outcome.result_hash,
                                     records_used=outcome.records_used, summary=dict(outcome.summary),
                                     computed_at=time.time()):
@@ -213,6 +219,8 @@ class JobManager:
                 self._completed(job)
             else:
                 self.stop(job, exc.status, exc.reason)
+        except PolicyViolation as exc:  # this node's own policy: the job is aborted on chain
+            await self._fail(job, f"{self.member}'s policy: {exc}", tx="jobs.Abort", status="aborted")
         except JobRefused as exc:
             await self._fail(job, str(exc))
         except PeerRefused as exc:
@@ -258,7 +266,38 @@ class JobManager:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _attempts(self, plugin, spec: JobSpec, done_attempts: int) -> Outcome:
+    async def _policy(self, spec: JobSpec, record: dict) -> Policy:
+        """This node's limits for the job; for each of its own inputs, the grant and the listing
+        version re-read from the chain and checked (PolicyViolation if the job breaks them)."""
+        mine = spec.inputs_of(self.member)
+        inputs: dict[str, InputPolicy] = {}
+        if mine:
+            grants, listings = {}, {}
+            for raw in record.get("inputs") or []:
+                if raw.get("provider") == self.member:
+                    grants[raw.get("grant")] = await self._chain_read(self.view.grant, raw.get("grant"), spec.deadline)
+                    listings[raw["asset"]] = await self._chain_read(self.view.listing, raw["asset"], raw["version"],
+                                                                    spec.deadline)
+            check_grants(spec, record, self.member, grants, listings)
+            for ref in mine:
+                listing = listings.get(ref.asset) or {}
+                inputs[ref.asset] = InputPolicy(ref.asset, max(ref.min_group_size, int(listing.get("min_group_size", 1))),
+                                                join_keys(listing.get("metadata")), self._dataset_key(ref.asset))
+        return Policy(self.max_peer_set, inputs)
+
+    async def _chain_read(self, read, *args):
+        *args, deadline = args
+        delay = 0.2
+        while True:
+            try:
+                return await read(*args)
+            except ChainUnavailable:
+                if time.time() > deadline:
+                    raise _ChainEnded("failed", "the chain could not be reached before the deadline") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _attempts(self, plugin, spec: JobSpec, done_attempts: int, policy: Policy | None = None) -> Outcome:
         attempt = done_attempts
         while True:
             attempt += 1
@@ -266,7 +305,7 @@ class JobManager:
             self.journal.drop_result(spec.job)  # a stored result is always the attested run's
             self.publisher.emit(spec.job, ev.STATUS, type=spec.type, status="running", attempt=attempt)
             channels: list[peer.SecureChannel] = []
-            ctx = self._context(spec, attempt, channels)
+            ctx = self._context(spec, attempt, channels, policy)
             try:
                 remaining = max(spec.deadline - time.time(), 0.1)
                 return await asyncio.wait_for(self.runner.run(plugin, ctx), remaining)
@@ -298,7 +337,7 @@ class JobManager:
         return True
 
     # -- what a job type gets -------------------------------------------------------------------------
-    def _context(self, spec: JobSpec, attempt: int, channels: list) -> JobContext:
+    def _context(self, spec: JobSpec, attempt: int, channels: list, policy: Policy | None = None) -> JobContext:
         opened = time.monotonic()
 
         async def channel(other: str):
@@ -320,7 +359,8 @@ class JobManager:
             load_input=lambda ref, cols: self._load_input(spec, ref, cols),
             load_local=self._load_local, dataset_key=self._dataset_key, commit_result=commit_result,
             progress=lambda phase, done, total: self._progress(spec, phase, done, total),
-            compute=self.runner.compute, workers=self.runner.workers, batch=self.batch, log=log)
+            compute=self.runner.compute, workers=self.runner.workers, batch=self.batch, log=log,
+            policy=policy or Policy(self.max_peer_set))
 
     async def _dial(self, spec: JobSpec, other: str, wait_until: float) -> peer.SecureChannel:
         node = spec.nodes.get(other)
@@ -418,7 +458,7 @@ class JobManager:
                                 records_used=records_used)
             log.info("job %s attested (records used %d)", spec.job, records_used)
 
-    async def _fail(self, job: str, reason: str) -> None:
+    async def _fail(self, job: str, reason: str, *, tx: str = "jobs.Fail", status: str = "failed") -> None:
         record = await self._chain_record(job)
         if record is not None and record["status"] != "running":  # a peer ended it first: mirror the chain
             if record["status"] == "completed":
@@ -427,15 +467,15 @@ class JobManager:
                 self.stop(job, _CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or reason)
             return
         row = self.journal.get(job)
-        if row is None or not self.journal.end(job, "failed", reason[:500]):
+        if row is None or not self.journal.end(job, status, reason[:500]):
             return
         self.journal.drop_result(job)
-        JOBS.labels(row.type, "failed").inc()
-        self.publisher.emit(job, ev.STATUS, type=row.type, status="failed", reason=reason[:500])
-        log.warning("job %s failed here: %s", job, reason)
+        JOBS.labels(row.type, status).inc()
+        self.publisher.emit(job, ev.STATUS, type=row.type, status=status, reason=reason[:500])
+        log.warning("job %s %s here: %s", job, status, reason)
         for _ in range(5):
             try:
-                await self.chain.submit(self.identity, "jobs.Fail", {"job": job, "reason": reason[:500]}, timeout=20)
+                await self.chain.submit(self.identity, tx, {"job": job, "reason": reason[:500]}, timeout=20)
                 return
             except TxRejected:
                 return  # it had already ended on chain

@@ -164,8 +164,17 @@ class JobContext:
                  commit_result: Callable[[bytes], Awaitable[str]],
                  progress: Callable[[str, int, int], None],
                  compute: Callable[..., Awaitable[Any]],
-                 workers: int = 1, batch: int = 16_384, log: logging.Logger | None = None):
+                 workers: int = 1, batch: int = 16_384, log: logging.Logger | None = None,
+                 policy: Any = None):
+        from services.compute.policy import InputPolicy, Policy  # policy.py builds on this module
+
         self.spec, self.member, self.attempt = spec, member, attempt
+        # This node's own limits (services/compute/policy.py): the protocol asks it about every
+        # size a peer announces and every column a peer names, before it allocates or sends.
+        # Without one from the lifecycle: the job's minimum group sizes and this node's configured keys.
+        self.policy: Policy = policy if policy is not None else Policy(inputs={
+            i.asset: InputPolicy(i.asset, i.min_group_size, frozenset(), dataset_key(i.asset))
+            for i in spec.inputs_of(member)})
         self._channel, self._load_input, self._load_local = channel, load_input, load_local
         self._dataset_key, self._commit_result, self._progress, self._compute = dataset_key, commit_result, progress, compute
         self.workers, self.batch = workers, batch

@@ -378,6 +378,7 @@ async def run_provider(ctx: JobContext) -> Outcome:
     key = spec.params.get("key") or ctx.dataset_key(ref.asset)
     if not key:
         raise JobRefused(f"no id column: give params.key or configure a key for {ref.asset}")
+    ctx.policy.match_column(ref.asset, key)  # the ids are matched on: a join key only
     column = spec.params["column"]
     powers = powers_for(stats)
     ctx.progress("loading", 0, 4)
@@ -389,9 +390,8 @@ async def run_provider(ctx: JobContext) -> Outcome:
         raise JobRefused(f"he_scoring statistics takes at most {MAX_ROWS} provider rows")
     check_range(x, powers)
     chan = await ctx.channel(spec.consumer)
-    n_x = (await expect(chan, "start")).header.get("n_x")
-    if not isinstance(n_x, int) or not 0 <= n_x <= MAX_ROWS:
-        raise ProtocolError("bad start")
+    n_x = ctx.policy.peer_size((await expect(chan, "start")).header.get("n_x"), "consumer's set size", bound=MAX_ROWS)
+    ctx.policy.consumer_set(ref.asset, n_x)  # before this node sends anything
     await chan.send("start", n=n)
     ctx.progress("aligning", 1, 4)
     b = kernel.new_scalar()

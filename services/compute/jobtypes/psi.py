@@ -182,9 +182,7 @@ class PsiJob(JobType):
         scalar = kernel.new_scalar()
         await chan.send("start", n=n_c)
         msg = await expect(chan, "start")
-        n_p = msg.header.get("n")
-        if not isinstance(n_p, int) or n_p < 0:
-            raise ProtocolError("bad start")
+        n_p = ctx.policy.peer_size(msg.header.get("n"), "provider's set size")  # bounded before yab is allocated
         pipe = _Pipeline(ctx)
         xab = bytearray(MATCH * n_c)
         yab = bytearray(MATCH * n_p)
@@ -255,17 +253,20 @@ class PsiJob(JobType):
     async def _provider(self, ctx: JobContext) -> Outcome:
         spec = ctx.spec
         ref = ctx.my_inputs[0]
+        column = self._key_column(ctx, ref.asset)
+        ctx.policy.match_column(ref.asset, column)  # never a column the listing does not offer as a join key
         ctx.progress("loading")
-        loaded = await ctx.load_input(ref, [self._key_column(ctx, ref.asset)])
+        loaded = await ctx.load_input(ref, [column])
         keys = await asyncio.to_thread(prepare_keys, loaded.columns.popitem()[1])
         del loaded
         n_p = len(keys)
         chan = await ctx.channel(spec.consumer)
         scalar = kernel.new_scalar()
         msg = await expect(chan, "start")
-        n_c = msg.header.get("n")
-        if not isinstance(n_c, int) or n_c < 0:
-            raise ProtocolError("bad start")
+        # This node's own limits, before it sends anything: the consumer's announced size is bounded
+        # (``held`` is allocated from it) and a set below the minimum group size is refused.
+        n_c = ctx.policy.peer_size(msg.header.get("n"), "consumer's set size")
+        ctx.policy.consumer_set(ref.asset, n_c)
         await chan.send("start", n=n_p)
         pipe = _Pipeline(ctx)
         total = n_p + n_c

@@ -252,9 +252,7 @@ class SupplyChainJob(JobType):
         mine = await _chunked(ctx, _mask_own, scalar, sent_keys, ctx.batch * KEYS)
         await chan.send("start", n=n)
         msg = await expect(chan, "start")
-        m = msg.header.get("n")
-        if not isinstance(m, int) or m < 0:
-            raise ProtocolError("bad start")
+        m = ctx.policy.peer_size(msg.header.get("n"), f"{chan.peer}'s record count")  # bounded before receiving
         _, theirs = await asyncio.gather(_send_blob(chan, "keys", mine, kernel.POINT * KEYS * ctx.batch),
                                          _recv_blob(chan, "keys", kernel.POINT * KEYS * m))
         their_back = await _chunked_blob(ctx, scalar, theirs, kernel.POINT * KEYS * ctx.batch)

@@ -115,6 +115,21 @@ def test_a_real_sample_may_show_public_columns_and_null_out_the_rest():
     ListingDraft.model_validate(draft(level="L2", sample=sample))
 
 
+def test_join_keys_are_declared_per_column_and_never_on_a_sensitive_one():
+    from services.compute.policy import join_keys
+
+    assert join_keys(ListingMetadata.model_validate(example_metadata()).model_dump()) == {"phone_hash"}
+    columns = [{"name": "phone_hash", "type": "string", "sensitivity": "identifier"},  # join_key defaults to false
+               {"name": "income", "type": "integer", "sensitivity": "sensitive", "join_key": True}]
+    found = problems_of(draft(columns=columns))
+    assert found == [{"field": "metadata.columns[1].join_key", "message": "a sensitive column cannot be a join key"}]
+    assert join_keys(ListingMetadata.model_validate(example_metadata(columns=columns[:1])).model_dump()) == set()
+    with pytest.raises(ValidationError):
+        ChainList.model_validate(draft(columns=columns))  # the chain refuses it too
+    with pytest.raises(ValidationError):  # strict: "yes" is not true
+        ListingMetadata.model_validate(example_metadata(columns=[{**columns[0], "join_key": "yes"}]))
+
+
 def test_the_chain_applies_the_same_contract():
     ok = draft()
     assert ChainList.model_validate(ok).metadata == ListingMetadata.model_validate(ok["metadata"])

@@ -19,6 +19,7 @@ from services.compute.jobtypes.base import JobContext, JobRefused, JobType, Outc
 from services.compute.journal import Journal
 from services.compute.lifecycle import JobManager
 from services.compute.chainview import ChainView
+from services.compute.datasets import Datasets
 
 ME, OTHER = "telco", "bank"
 
@@ -60,6 +61,16 @@ class FakeView(ChainView):
     async def account(self, account):
         return None
 
+    async def grant(self, grant):  # the provider re-reads its grant and listing before it runs
+        rec = self.record or {}
+        return {"id": grant, "asset": "telco.subs", "provider": ME, "consumer": rec.get("consumer"),
+                "status": "granted", "operations": [rec.get("type")], "expires_at": 2**40, "max_runs": 5,
+                "runs_used": 1}
+
+    async def listing(self, asset, version):
+        return {"id": asset, "version": version, "operations": [(self.record or {}).get("type")],
+                "min_group_size": 1, "metadata": {"columns": []}}
+
 
 class RecordingPublisher:
     def __init__(self):
@@ -81,8 +92,8 @@ class ThreadRunner:
 
 def record(job="j-1", type_="echo", consumer=OTHER, provider=ME, status="running"):
     return {"id": job, "type": type_, "consumer": consumer, "participants": sorted({consumer, provider}),
-            "inputs": [{"asset": "telco.subs", "provider": provider, "version": 1, "commitment": "ab" * 32,
-                        "min_group_size": 1}],
+            "inputs": [{"asset": "telco.subs", "grant": "g-1", "provider": provider, "version": 1,
+                        "commitment": "ab" * 32, "min_group_size": 1}],
             "params": {}, "max_price": 10, "deadline": 2**40, "status": status, "attestations": {}}
 
 
@@ -97,7 +108,7 @@ def manager(rec, member=ME):
     conn = sqlite3.connect(":memory:", isolation_level=None)
     chain, pub = RecordingChain(), RecordingPublisher()
     m = JobManager(member=member, identity=Identity.generate(f"{member}.node"), chain_id="c", chain=chain,
-                   view=FakeView(rec), datasets=None, journal=Journal(conn), runner=ThreadRunner(),
+                   view=FakeView(rec), datasets=Datasets(), journal=Journal(conn), runner=ThreadRunner(),
                    hub=peer.SessionHub(), publisher=pub, peer_wait_s=0.2, max_attempts=2)
     return m, chain, pub
 

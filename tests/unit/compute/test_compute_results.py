@@ -23,6 +23,7 @@ from services.compute.jobtypes import job_type
 from services.compute.jobtypes import supply_chain as sc
 from services.compute.jobtypes.base import JobContext, JobRefused, JobType, Outcome, PeerLost
 from services.compute.journal import Journal
+from services.compute.datasets import Datasets
 from services.compute.lifecycle import JobManager
 from test_compute_lifecycle import FakeView, RecordingChain, RecordingPublisher, ThreadRunner, authorized, record
 from test_jobtypes_aggregation import contexts, make_spec, mesh, run_member
@@ -48,7 +49,7 @@ def node(rec, member=ME, keys=None, conn=None):
     keys = keys or {f"{m}.node": Identity.generate(f"{m}.node") for m in rec["participants"]}
     conn = conn or sqlite3.connect(":memory:", isolation_level=None)
     m = JobManager(member=member, identity=keys[f"{member}.node"], chain_id="c", chain=RecordingChain(),
-                   view=KeyedView(rec, keys), datasets=None, journal=Journal(conn), runner=ThreadRunner(),
+                   view=KeyedView(rec, keys), datasets=Datasets(), journal=Journal(conn), runner=ThreadRunner(),
                    hub=peer.SessionHub(), publisher=RecordingPublisher(), peer_wait_s=0.2, max_attempts=2)
     return m, keys
 

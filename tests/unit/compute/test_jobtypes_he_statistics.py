@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from services.compute import handshake as hs
+from services.compute.policy import InputPolicy, Policy
 from services.compute.jobtypes import he_statistics as st
 from services.compute.jobtypes import job_type
 from services.compute.jobtypes.base import JobRefused, ProtocolError
@@ -113,6 +114,9 @@ async def _run(spec, data):
     chans, sent, _ = mesh(spec.participants)
     results = {}
     ctxs = contexts(spec, chans, data, results)
+    for ref in spec.inputs:  # each provider's listing declares the id column a join key
+        ctxs[ref.provider].policy = Policy(inputs={ref.asset: InputPolicy(ref.asset, ref.min_group_size,
+                                                                          frozenset({"customer_id"}))})
     job = job_type("he_scoring")
     outs = await asyncio.gather(*(run_member(job, c, chans[m]) for m, c in ctxs.items()), return_exceptions=True)
     return dict(zip(ctxs, outs)), results, sent
