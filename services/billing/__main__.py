@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from services.billing import ledger
 from services.common.chain import ChainClient
+from services.common.chainevents import ChainEventVerifier
 from services.common.events import CHAIN_EVENTS
 from services.common.kafka import IdempotentConsumer
 from services.common.service import Service
@@ -67,10 +68,11 @@ async def reconcile(conn, chain: ChainClient, attempts: int = 20) -> list[str]:
 
 def build(settings: BillingSettings) -> Service:
     svc = Service(settings, title="rdx billing")
-    consumer = IdempotentConsumer(settings.kafka_bootstrap, "billing", [CHAIN_EVENTS], None,
-                                  settings.state_dir / "ledger.sqlite", ledger.apply)
-    ledger.init(consumer.conn)
     chain = ChainClient(settings.cometbft_rpc, settings.chain_id)
+    consumer = IdempotentConsumer(settings.kafka_bootstrap, "billing", [CHAIN_EVENTS], None,
+                                  settings.state_dir / "ledger.sqlite", ledger.apply,
+                                  verifier=ChainEventVerifier(chain))  # a deposit only the chain made
+    ledger.init(consumer.conn)
     svc.on_startup(consumer.start)
     svc.task("consumer", consumer.run)
     svc.on_shutdown(consumer.stop)

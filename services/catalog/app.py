@@ -8,6 +8,7 @@ from pydantic import Field
 
 from services.catalog.facets import FacetCache
 from services.catalog.ingest import Ingest
+from services.common.chainevents import ChainEventVerifier
 from services.catalog.store import Readers
 from services.catalog.views import Catalog, install
 from services.common.chain import ChainClient
@@ -34,6 +35,7 @@ def build(settings: CatalogSettings) -> Service:
 
     async def open_chain() -> None:
         catalog.chain = ChainClient(settings.cometbft_rpc, settings.chain_id)
+        ingest.consumer.verifier = ChainEventVerifier(catalog.chain)  # index only what the chain holds
 
     async def close_chain() -> None:
         if catalog.chain is not None:

@@ -39,11 +39,13 @@ class Reason(StrEnum):
     UNKNOWN_TYPE = "unknown_type"        # a type the topic's contract does not name
     UNREADABLE = "unreadable"            # the Kafka client cannot parse the record (a header key not UTF-8)
     HANDLER_FAILED = "handler_failed"    # a valid event whose handler kept raising
+    NOT_ON_CHAIN = "not_on_chain"        # a chain event the chain does not hold: forged, or a squatted id
+    UNVERIFIED = "unverified"            # a chain event that could not be checked: the chain node did not answer
 
 
 # Worth replaying once the code or the data is fixed; the others are properties of the bytes,
 # which a replay would only dead-letter again.
-REPLAYABLE = frozenset({Reason.UNKNOWN_VERSION, Reason.UNKNOWN_TYPE, Reason.HANDLER_FAILED})
+REPLAYABLE = frozenset({Reason.UNKNOWN_VERSION, Reason.UNKNOWN_TYPE, Reason.HANDLER_FAILED, Reason.UNVERIFIED})
 
 Headers = tuple[tuple[str, bytes | None], ...]
 

@@ -8,7 +8,9 @@ leave one without the other. Kafka offsets are committed afterwards and only sav
 
 A record that is not a valid event of its topic, or whose handler still raises after bounded
 retries, becomes a dead letter (services/common/deadletter.py): kept in the consumer's own
-database first (so committing past it loses nothing), then forwarded to ``<topic>.dlq``.
+database first (so committing past it loses nothing), then forwarded to ``<topic>.dlq``. So does
+a chain event that the consumer's own chain node does not hold (services/common/chainevents.py),
+when the consumer is given a verifier: only the chain speaks for the chain.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from aiokafka.errors import CorruptRecordException
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.common import metrics, tracing
+from services.common.chainevents import ChainEventVerifier, ChainUnavailable, NotOnChain
 from services.common.deadletter import DeadLetter, Reason, dead_letter_topic
-from services.common.events import EVENT_TYPES, MAX_EVENT_BYTES, Event, EventDecodeError
+from services.common.events import CHAIN_EVENTS, EVENT_TYPES, MAX_EVENT_BYTES, Event, EventDecodeError
 
 log = logging.getLogger("rdx.kafka")
 
@@ -180,7 +183,10 @@ class IdempotentConsumer:
     transaction. No record stops it: one that is not a valid event of its topic (``event_types``:
     the types each topic carries, by default the contract's ``EVENT_TYPES``), or whose handler
     raises ``max_attempts`` times (with doubling backoff from ``retry_backoff_s``), becomes a dead
-    letter, and the consumer commits past it.
+    letter, and the consumer commits past it. With a ``verifier``, a chain event is applied only
+    once the chain confirms it; one it does not hold is a dead letter (``not_on_chain``) and is
+    not recorded as applied, so the real event of that id still applies. While the chain node
+    does not answer, the consumer waits (up to ``verify_timeout_s``, then ``unverified``).
     """
 
     CAREFUL_RECORDS = 1000  # records read one by one per partition while looking for an unreadable one
@@ -191,12 +197,14 @@ class IdempotentConsumer:
     def __init__(self, bootstrap: str, service: str, topics: list[str], group_id: str | None, db_path: Path,
                  handler: Handler, *, from_beginning: bool = True,
                  event_types: Mapping[str, Collection[str]] | None = None,
-                 max_attempts: int = 4, retry_backoff_s: float = 0.1):
+                 max_attempts: int = 4, retry_backoff_s: float = 0.1,
+                 verifier: ChainEventVerifier | None = None, verify_timeout_s: float = 60.0):
         """``group_id`` None: one group per read-model database, so a new, empty read model reads
         the topic from the start instead of resuming where another instance's offsets stand."""
         self.service, self.topics, self.handler = service, topics, handler
         self.event_types = EVENT_TYPES if event_types is None else event_types
         self.max_attempts, self.retry_backoff_s = max(1, max_attempts), retry_backoff_s
+        self.verifier, self.verify_timeout_s = verifier, verify_timeout_s
         self.store = AppliedLog(db_path)
         self.group_id = group_id or f"{service}-{self.store.model_id}"
         self.from_beginning = from_beginning
@@ -278,6 +286,8 @@ class IdempotentConsumer:
         if known is not None and event.type not in known:
             self._dead_letter(message, Reason.UNKNOWN_TYPE, f"event type {event.type!r} is not one {topic} carries")
             return
+        if self.verifier is not None and topic == CHAIN_EVENTS and not await self._on_chain(message, event):
+            return
         token = tracing.set_current(tracing.from_traceparent(last_header(message.headers, "traceparent")))
         try:
             for attempt in range(1, self.max_attempts + 1):
@@ -296,6 +306,25 @@ class IdempotentConsumer:
                     await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
         finally:
             tracing.reset(token)
+
+    async def _on_chain(self, message, event: Event) -> bool:
+        """Whether the chain holds ``event``; if not, it is dead-lettered here."""
+        deadline, backoff = time.monotonic() + self.verify_timeout_s, 0.2
+        while True:
+            try:
+                await self.verifier.verify(event)
+                return True
+            except NotOnChain as exc:
+                log.error("chain event %s (%s) is not the chain's: %s", event.id[:40], event.type, exc)
+                self._dead_letter(message, Reason.NOT_ON_CHAIN, str(exc))
+                return False
+            except ChainUnavailable as exc:
+                if time.monotonic() > deadline:
+                    self._dead_letter(message, Reason.UNVERIFIED, f"the chain node did not answer: {exc}")
+                    return False
+                log.warning("cannot check chain event %s yet (%s); retrying", event.id[:40], type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     async def _apply_once(self, event: Event, topic: str) -> None:
         conn = self.store.conn

@@ -31,6 +31,7 @@ from tendermint.crypto.keys_pb2 import PublicKey
 from tendermint.types.params_pb2 import ConsensusParams, VersionParams
 
 from services.common import identity
+from services.common.chainevents import digest
 from services.common.policy import DEFAULT_POLICY_TEXT
 from services.common.tx import Code, Tx, TxError
 from services.consensus.abci.application import Application, proto_tx_size
@@ -316,6 +317,7 @@ class RdxApp(Application):
         self._pending = execution
         self._last_time = execution.time
         return abci.ResponseFinalizeBlock(tx_results=execution.results, app_hash=execution.app_hash,
+                                          events=[abci_event(e) for e in execution.events if e.tx_index == -1],
                                           validator_updates=execution.validator_updates,
                                           consensus_param_updates=execution.param_updates)
 
@@ -369,14 +371,9 @@ class RdxApp(Application):
             total += size
             index = len(kept)
             kept.append(raw)
-            abci_events = []
-            for i, (type_, entity, data) in enumerate(outcome.events):
-                events.append(ChainEvent(height, index, i, time, type_, entity, data))
-                abci_events.append(abci.Event(type=type_, attributes=[
-                    abci.EventAttribute(key="entity", value=entity, index=True),
-                    abci.EventAttribute(key="id", value=f"{height}/{index}/{i}", index=False),
-                ]))
-            results.append(abci.ExecTxResult(code=outcome.code, log=outcome.log, events=abci_events))
+            tx_events = [ChainEvent(height, index, i, time, *e) for i, e in enumerate(outcome.events)]
+            events += tx_events
+            results.append(abci.ExecTxResult(code=outcome.code, log=outcome.log, events=[abci_event(e) for e in tx_events]))
         validator_updates = [abci.ValidatorUpdate(pub_key=PublicKey(ed25519=base64.b64decode(key)), power=power)
                              for key, power in ValidatorsKeeper(Context(store=block, height=height, time=time)).end_block()]
         # A block that changes nothing keeps the app hash, so `create_empty_blocks = false` can idle.
@@ -493,6 +490,18 @@ class RdxApp(Application):
         account = state.get(f"accounts/{tx.signer}")
         account["nonce"] = tx.nonce
         state.set(f"accounts/{tx.signer}", account)
+
+
+def abci_event(e: ChainEvent) -> abci.Event:
+    """A chain event as CometBFT keeps it in the block's results: its id and a digest of what the
+    relay publishes, so a Kafka consumer can check an event against the chain
+    (services/common/chainevents.py). Not part of consensus: CometBFT hashes no event."""
+    return abci.Event(type=e.type, attributes=[
+        abci.EventAttribute(key="entity", value=e.entity, index=True),
+        abci.EventAttribute(key="id", value=e.id, index=False),
+        abci.EventAttribute(key="digest", value=digest(e.id, e.type, e.entity, e.time, {**e.data, "height": e.height}),
+                            index=False),
+    ])
 
 
 def _key(height: int, time: int, txs) -> tuple:

@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rdx.components import LOOPBACK, ServiceProcess, compute_node, free_port
 from services.common.chain import ChainClient
 from services.common.events import CHAIN_EVENTS, JOB_STATUS, Event
+from services.common.kafka import EventProducer
 from services.common.identity import Identity
 from services.common.listing import example_metadata
 from services.compute import peer, psi_kernel, results
@@ -390,6 +391,41 @@ async def _running_with_progress(n: Net, job: str, timeout: float = 30) -> None:
     for member in (BANK, TELCO):
         await n.wait_node(member, job, lambda r: r["status"] == "running" and (r["progress"] or {}).get("done", 0) > 0,
                           timeout=timeout)
+
+
+async def test_a_forged_kill_switch_on_kafka_does_not_stop_a_running_job(net):
+    """JobAborted, MemberSuspended and AssetSuspended published to the chain topic by someone other
+    than the chain (one of them under the id of the next block's first event): each node checks
+    them against its own chain node and refuses them as dead letters while the job runs on, and
+    the job completes."""
+    job = f"forged-kill-{TAG}"
+    await net.submit(job, "psi", f"{TELCO}.big", "big", timeout_s=300)
+    await _running_with_progress(net, job)
+    height = await net.chain.height()
+    forged = [("JobAborted", f"job:{job}", {"job": job, "type": "psi", "consumer": BANK, "reason": "forged"}),
+              ("MemberSuspended", f"member:{TELCO}", {"member": TELCO, "reason": "forged"}),
+              ("AssetSuspended", f"asset:{TELCO}.big", {"asset": f"{TELCO}.big", "reason": "forged"})]
+    producer = EventProducer(net.kafka, "forger")
+    await producer.start()
+    try:
+        for i, (type_, entity, data) in enumerate(forged):
+            h = height + (1 if i == 0 else 0)
+            await producer.publish(CHAIN_EVENTS, Event(id=f"{h}/0/{i}", type=type_, entity=entity, source="consensus",
+                                                       data={**data, "height": h}))
+    finally:
+        await producer.stop()
+    dbs = {m: sqlite3.connect(net.root / "state" / f"compute-{m}" / "node.sqlite") for m in (BANK, TELCO)}
+    deadline = time.monotonic() + 30
+    refused = {m: 0 for m in dbs}
+    while time.monotonic() < deadline and min(refused.values()) < len(forged):
+        refused = {m: db.execute("SELECT count(*) FROM dead_letters WHERE reason = 'not_on_chain'").fetchone()[0]
+                   for m, db in dbs.items()}
+        await asyncio.sleep(0.1)
+    assert min(refused.values()) >= len(forged), refused
+    for member in (BANK, TELCO):  # every forged record handled, and the job runs on
+        assert (await net.node_job(member, job))["status"] in ("running", "completed"), member
+    record = await net.wait_chain(job, timeout=300)
+    assert record["status"] == "completed", record
 
 
 async def test_suspending_an_asset_aborts_its_running_job_within_one_second(net):

@@ -1,0 +1,127 @@
+"""Only the chain speaks for the chain: a chain event read from Kafka is applied only if the
+chain's own record of its block says the same.
+
+Every validator's relay publishes the chain's events to ``rdx.chain.events.v1``; one faulty or
+hostile validator (or anyone who can write to the topic) could publish an event that never
+happened (a deposit, a kill switch) or squat an id the chain will use later, so that the real
+event is dropped as a duplicate. So the app puts, in each ABCI event of a block (tx events and
+FinalizeBlock's own), the event's ``id`` and a ``digest``: SHA-256 over the canonical JSON of
+what a consumer receives (id, type, entity, block time and data). A consumer asks its own chain
+node for that block's results (CometBFT's ``block_results``, one call per height, cached) and
+applies the event only if an event with that id, type, entity and digest is there. An event of a
+height the node has not committed is waited for, briefly (another validator's relay may be a
+block or two ahead of this node), then refused; one further ahead is refused at once, so forged
+far-future records cannot stall a consumer. A refused event is not recorded as applied, so the real
+event with the same id still applies when it comes.
+
+Blocks committed before the app put digests in their events (a chain started with an older
+rdx) name each event's id, type and entity only; for those, an event is checked on those three,
+not on its data. Blocks before that (no ids) hold nothing to check against, and their events are
+refused: replaying such a chain's topic into a new read model needs the chain restarted.
+
+What this trusts is the consumer's own node (``RDX_COMETBFT_RPC``), not the relay that wrote the
+record. Proofs against the app hash (issue 18) will remove the trust in that node too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+from services.common.chain import ChainClient, ChainError
+from services.common.events import Event
+
+log = logging.getLogger("rdx.chainevents")
+
+ID_ATTRIBUTE, ENTITY_ATTRIBUTE, DIGEST_ATTRIBUTE = "id", "entity", "digest"
+
+
+def digest(event_id: str, type_: str, entity: str, time_s: int, data: dict[str, Any]) -> str:
+    """What the chain attests about an event, as a consumer will see it (the relay adds the
+    block ``height`` to ``data``)."""
+    doc = {"id": event_id, "type": type_, "entity": entity, "time": time_s, "data": data}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+
+
+def digest_of(event: Event) -> str:
+    return digest(event.id, event.type, event.entity, int(event.occurred_at.timestamp()), event.data)
+
+
+class NotOnChain(Exception):
+    """The chain's record of the block does not hold this event (or not as it reads)."""
+
+
+class ChainUnavailable(Exception):
+    """The consumer's own chain node did not answer: nothing can be said about the event yet."""
+
+
+class ChainEventVerifier:
+    """Checks chain events against ``block_results`` of one trusted node (see the module docstring)."""
+
+    MAX_AHEAD = 2  # heights past this node's that another validator's relay may plausibly be at
+
+    def __init__(self, client: ChainClient, *, wait_for_height_s: float = 15.0, cache_heights: int = 64):
+        self.client = client
+        self.wait_for_height_s = wait_for_height_s
+        self._blocks: OrderedDict[int, dict[str, tuple[str, str, str | None]]] = OrderedDict()
+        self._cache = cache_heights
+
+    async def verify(self, event: Event) -> None:
+        """Returns if the chain holds ``event`` as it reads; raises NotOnChain or ChainUnavailable."""
+        try:
+            height, _, _ = (int(part) for part in event.id.split("/"))
+        except ValueError:
+            raise NotOnChain(f"event id {event.id[:40]!r} is not <height>/<tx>/<index>") from None
+        if event.data.get("height") != height:
+            raise NotOnChain(f"event {event.id} says height {str(event.data.get('height'))[:20]}")
+        recorded = (await self._block(height)).get(event.id)
+        if recorded is None:
+            raise NotOnChain(f"block {height} holds no event {event.id}")
+        kept_digest = recorded[2] if recorded[2] is not None else digest_of(event)  # a block from before digests
+        if recorded != (event.type, event.entity, kept_digest) or kept_digest != digest_of(event):
+            raise NotOnChain(f"event {event.id} differs from the one block {height} holds ({recorded[0]})")
+
+    async def _block(self, height: int) -> dict[str, tuple[str, str, str | None]]:
+        if height in self._blocks:
+            self._blocks.move_to_end(height)
+            return self._blocks[height]
+        try:  # a committed block's results at once: the kill switch waits on this call
+            results = await self.client.rpc("block_results", height=str(height))
+        except ChainError as exc:
+            if "must be less than or equal to the current blockchain height" not in str(exc):
+                raise ChainUnavailable(str(exc)) from None
+            await self._wait_for(height)  # a relay a block ahead of this node: wait for it, briefly
+            try:
+                results = await self.client.rpc("block_results", height=str(height))
+            except ChainError as again:
+                raise ChainUnavailable(str(again)) from None
+        events: list[dict] = list(results.get("finalize_block_events") or [])
+        for tx in results.get("txs_results") or []:
+            events += tx.get("events") or []
+        block: dict[str, tuple[str, str, str | None]] = {}
+        for e in events:
+            attrs = {a.get("key"): a.get("value") for a in e.get("attributes") or []}
+            if ID_ATTRIBUTE in attrs:
+                block[attrs[ID_ATTRIBUTE]] = (e.get("type"), attrs.get(ENTITY_ATTRIBUTE), attrs.get(DIGEST_ATTRIBUTE))
+        self._blocks[height] = block
+        if len(self._blocks) > self._cache:
+            self._blocks.popitem(last=False)
+        return block
+
+    async def _wait_for(self, height: int) -> None:
+        deadline = time.monotonic() + self.wait_for_height_s
+        while True:
+            try:
+                latest = await self.client.height()
+            except (ChainError, KeyError, ValueError) as exc:
+                raise ChainUnavailable(str(exc)) from None
+            if latest >= height:
+                return
+            if height > latest + self.MAX_AHEAD or time.monotonic() > deadline:
+                raise NotOnChain(f"height {height} is not committed (the chain is at {latest})")
+            await asyncio.sleep(0.2)

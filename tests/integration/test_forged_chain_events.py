@@ -1,0 +1,158 @@
+"""Only the chain speaks for the chain (issue 15): a chain event that anyone (a faulty
+validator's relay, a client with write access) publishes to ``rdx.chain.events.v1`` changes
+nothing unless the consumer's own chain node holds it, as it reads, in that block's results.
+
+On the session's real chain and broker: the verifier against ``block_results``; then the real
+billing service, fed forged deposits (a squatted run of future ids, and a past real event's id
+with another amount) before a real deposit: its books show the real deposit only, the forged
+records are dead letters with reason ``not_on_chain``, and the real event applies although a
+forged record came first under its id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import urllib.request
+from datetime import datetime, timezone
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from rdx.components import ServiceProcess, free_port
+from services.common.chain import ChainClient
+from services.common.chainevents import ChainEventVerifier, ChainUnavailable, NotOnChain
+from services.common.deadletter import Reason
+from services.common.events import CHAIN_EVENTS, Event
+from services.common.identity import Identity
+from services.common.kafka import EventProducer
+
+pytestmark = pytest.mark.timeout(300)
+
+
+async def _committed_event(bootstrap: str, type_: str, pred) -> Event:
+    """The relay's record of a committed event, read back from the topic."""
+    consumer = AIOKafkaConsumer(CHAIN_EVENTS, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for m in messages:
+                    event = Event.decode(m.value)
+                    if event.type == type_ and pred(event):
+                        return event
+        raise AssertionError(f"no {type_} on the topic")
+    finally:
+        await consumer.stop()
+
+
+async def _deposit_to_new_member(client: ChainClient, association: Identity, bootstrap: str, who: Identity,
+                                 amount: int, reference: str) -> tuple[int, Event]:
+    """Register ``who``, deposit to it; the deposit's height and the relay's record of it."""
+    await client.submit(association, "members.Register", {
+        "id": who.account, "name": who.account, "roles": ["consumer"], "public_key": who.public_key})
+    committed = await client.submit(association, "bank.Deposit", {"to": who.account, "amount": amount,
+                                                                   "reference": reference})
+    event = await _committed_event(bootstrap, "CreditsDeposited", lambda e: e.data.get("reference") == reference)
+    assert event.data["height"] == committed.height
+    return committed.height, event
+
+
+def _forged(event_id: str, type_: str, entity: str, data: dict) -> Event:
+    height = int(event_id.split("/")[0])
+    return Event(id=event_id, type=type_, entity=entity, source="consensus",
+                 occurred_at=datetime.now(timezone.utc).replace(microsecond=0), data={**data, "height": height})
+
+
+async def test_the_verifier_accepts_the_chains_event_and_refuses_every_alteration(chain, kafka):
+    async with ChainClient(chain.rpc_url, chain.chain_id) as client:
+        height, real = await _deposit_to_new_member(client, chain.association, kafka.bootstrap,
+                                                    Identity.generate("verified-member"), 5, "verifier-real")
+        verifier = ChainEventVerifier(client)
+        await verifier.verify(real)
+        genesis = await _committed_event(kafka.bootstrap, "PolicyPublished", lambda e: e.id.split("/")[1] == "-1")
+        await verifier.verify(genesis)  # a block's own events (FinalizeBlock's) are checked too
+
+        def altered(**changes) -> Event:
+            return real.model_copy(update=changes)
+
+        for name, forged in {
+            "another amount": altered(data={**real.data, "amount": 5_000}),
+            "another member": altered(entity="member:someone-else"),
+            "another type": altered(type="CreditsWithdrawn"),
+            "another time": altered(occurred_at=datetime(2030, 1, 1, tzinfo=timezone.utc)),
+            "an id the block does not hold": altered(id=f"{height}/7/0"),
+            "a height that does not match its id": altered(data={**real.data, "height": height + 1}),
+            "not a chain id": altered(id="forged"),
+        }.items():
+            with pytest.raises(NotOnChain):
+                await verifier.verify(forged)
+            print(f"refused: {name}")
+        far = _forged(f"{height + 1000}/0/0", "CreditsDeposited", real.entity, real.data)
+        started = time.monotonic()
+        with pytest.raises(NotOnChain, match="not committed"):
+            await verifier.verify(far)
+        assert time.monotonic() - started < 2  # a far-future id is refused at once, not waited for
+
+    async with ChainClient(f"http://127.0.0.1:{free_port()}", chain.chain_id, timeout=1) as nowhere:
+        with pytest.raises(ChainUnavailable):
+            await ChainEventVerifier(nowhere).verify(real)
+
+
+async def test_billing_books_only_deposits_the_chain_made_and_a_squatted_id_does_not_suppress_the_real_one(
+        chain, kafka, tmp_path):
+    member = Identity.generate("squatted-member")
+    billing = ServiceProcess("billing", free_port(), {
+        "RDX_KAFKA_BOOTSTRAP": kafka.bootstrap, "RDX_COMETBFT_RPC": chain.rpc_url, "RDX_CHAIN_ID": chain.chain_id,
+        "RDX_STATE_ROOT": str(tmp_path / "state")}, tmp_path / "logs")
+    billing.start()
+    producer = EventProducer(kafka.bootstrap, "forger")
+    await producer.start()
+    try:
+        async with ChainClient(chain.rpc_url, chain.chain_id) as client:
+            first_height, real_first = await _deposit_to_new_member(client, chain.association, kafka.bootstrap,
+                                                                    member, 3, "real-1")
+            # A conflicting copy of a real, already published event: same id, another amount.
+            await producer.publish(CHAIN_EVENTS, real_first.model_copy(update={"data": {**real_first.data,
+                                                                                       "amount": 999_999}}))
+            # Squatting: forged deposits under every id the next blocks' first tx will have.
+            top = await client.height()
+            squatted = [f"{h}/0/0" for h in range(top + 1, top + 31)]
+            for event_id in squatted:
+                await producer.publish(CHAIN_EVENTS, _forged(event_id, "CreditsDeposited", f"member:{member.account}",
+                                                             {"member": member.account, "amount": 999,
+                                                              "reference": "forged"}))
+            second = await client.submit(chain.association, "bank.Deposit",
+                                         {"to": member.account, "amount": 7, "reference": "real-2"})
+        real_id = f"{second.height}/0/0"
+        assert real_id in squatted, (real_id, squatted[0], squatted[-1])  # a forged record came first under its id
+
+        deadline, deposits = time.monotonic() + 60, []
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{billing.url}/v1/statements/{member.account}?since=0", timeout=5) as resp:
+                statement = json.loads(resp.read())
+            deposits = [(e["event_id"], e["amount"]) for e in statement["entries"] if e["kind"] == "deposit"]
+            if len(deposits) >= 2:
+                break
+            await asyncio.sleep(0.3)
+        assert sorted(amount for _, amount in deposits) == [3, 7], deposits
+        assert (real_id, 7) in deposits and (f"{first_height}/0/0", 3) in deposits
+
+        db = sqlite3.connect(tmp_path / "state" / "billing" / "ledger.sqlite")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            refused = db.execute("SELECT count(*) FROM dead_letters WHERE reason = ?", (Reason.NOT_ON_CHAIN,)).fetchone()[0]
+            if refused >= len(squatted) + 1:
+                break
+            await asyncio.sleep(0.3)
+        assert refused == len(squatted) + 1, refused
+        with urllib.request.urlopen(f"{billing.url}/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        assert f'reason="{Reason.NOT_ON_CHAIN}"' in metrics
+    finally:
+        await producer.stop()
+        billing.stop()
