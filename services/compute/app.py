@@ -19,6 +19,7 @@ from services.common.service import Service
 from services.compute import api, events, peer
 from services.compute.chainview import ChainUnavailable, ChainView
 from services.compute.datasets import Datasets
+from services.compute.jobtypes.base import JobType
 from services.compute.journal import Journal
 from services.compute.lifecycle import JobManager
 from services.compute.runner import make_runner
@@ -53,7 +54,9 @@ class _Registration:
                 pass
 
 
-def build(settings: ComputeSettings) -> Service:
+def build(settings: ComputeSettings, job_types: dict[str, type[JobType]] | None = None) -> Service:
+    """The node; ``job_types`` replaces the registry of protocols (jobtypes.JOB_TYPES), the seam a
+    test's wrapper process uses to run a deviating party (tests/faults/malicious_consumer.py)."""
     svc = Service(settings, title="rdx compute")
     producer = svc.producer()
     if not settings.member_id:
@@ -79,7 +82,8 @@ def build(settings: ComputeSettings) -> Service:
     publisher = events.StatusPublisher(producer, member, journal.next_seq, consumer.store.model_id)
     manager = JobManager(member=member, identity=identity, chain_id=settings.chain_id, chain=chain, view=view,
                          datasets=datasets, journal=journal, runner=runner, hub=hub, publisher=publisher,
-                         peer_wait_s=settings.peer_wait_s, max_attempts=settings.max_attempts, batch=settings.psi_batch)
+                         peer_wait_s=settings.peer_wait_s, max_attempts=settings.max_attempts, batch=settings.psi_batch,
+                         max_peer_set=settings.max_peer_set, job_types=job_types)
     holder["m"] = manager
     server = peer.PeerServer(identity, settings.chain_id, view, hub, manager.admit, settings.grpc_bind)
     registration = _Registration(view, identity)

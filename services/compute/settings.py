@@ -27,6 +27,8 @@ class ComputeSettings(ServiceSettings):
                                                        "(not yet connected, or lost mid-job) before the job fails")
     max_attempts: int = Field(3, ge=1, le=20, description="RDX_MAX_ATTEMPTS: protocol runs of one job before it fails")
     psi_batch: int = Field(16_384, ge=16, le=65_536, description="RDX_PSI_BATCH: elements per batch (one message, one worker task)")
+    max_peer_set: int = Field(50_000_000, ge=1, description="RDX_MAX_PEER_SET: the largest set a peer may announce; "
+                                                            "a larger one aborts the job before anything is allocated")
     # RDX_RUNNER=kubernetes (services/compute/k8s_runner.py)
     k8s_namespace: str | None = Field(None, description="RDX_K8S_NAMESPACE: where worker Jobs go (default: the pod's own)")
     k8s_image: str | None = Field(None, description="RDX_K8S_IMAGE: the worker pods' image: this node's own image")
