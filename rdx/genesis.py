@@ -142,7 +142,8 @@ def _timestamp(value: datetime) -> str:
     return text + "Z"
 
 
-def _read_key_file(path: Path) -> str:
+def read_key_file(path: Path) -> str:
+    """The public key (base64) in a CometBFT priv_validator_key.json."""
     try:
         doc = json.loads(path.read_text())
         key = doc["pub_key"]
@@ -156,11 +157,15 @@ def _read_key_file(path: Path) -> str:
         raise GenesisError(f"{path}: {exc}") from None
 
 
-def load(path: Path) -> GenesisSpec:
+def load(path: Path, validator_key_file: Path | None = None) -> GenesisSpec:
+    """The spec at ``path``; with ``validator_key_file`` (a priv_validator_key.json), that key is the
+    one validator whatever the spec lists (a one-validator dev chain's node makes its key first)."""
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise GenesisError(f"{path}: {exc}") from None
+    if validator_key_file is not None and isinstance(raw, dict):
+        raw["validators"] = [{"name": "validator-0", "pub_key": read_key_file(validator_key_file)}]
     return parse(raw)
 
 
@@ -176,7 +181,7 @@ def build(spec: GenesisSpec, base: Path = Path(".")) -> dict[str, Any]:
     """The genesis document for ``spec``; key and policy files are read relative to ``base``."""
     validators = []
     for v in spec.validators:
-        pub_key = v.pub_key if v.pub_key is not None else _read_key_file(base / v.key_file)
+        pub_key = v.pub_key if v.pub_key is not None else read_key_file(base / v.key_file)
         validators.append((v.name, pub_key, v.power))
     keys = [k for _, k, _ in validators]
     if len(set(keys)) != len(keys):
@@ -297,7 +302,7 @@ def seat_name(association: str, seat: Identity) -> str:
 
 def node_public_key(home: Path) -> str:
     """The consensus public key in a CometBFT home's priv_validator_key.json."""
-    return _read_key_file(home / "config" / "priv_validator_key.json")
+    return read_key_file(home / "config" / "priv_validator_key.json")
 
 
 def dump_spec(spec: dict[str, Any], path: Path) -> None:

@@ -3,6 +3,8 @@ board's proposals from a terminal.
 
     rdx genesis net/genesis.yaml --out net/genesis.json      write it (the same YAML, the same bytes)
     rdx genesis net/genesis.yaml --check                     validate only
+    rdx genesis --local KEYS --chain-id rdx-dev --validator-key-file priv_validator_key.json --out genesis.json --if-missing
+                                                             a one-validator dev chain, as `rdx up` makes (containers)
 
     rdx board show                                           seats, threshold, powers, a scheduled upgrade
     rdx board list [--status open]                           proposals
@@ -34,17 +36,34 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def genesis(spec: Path = typer.Argument(..., help="the YAML spec (see rdx/genesis.py)"),
+def genesis(spec: Path = typer.Argument(None, help="the YAML spec (see rdx/genesis.py)"),
             out: Path = typer.Option(None, "--out", help="where to write genesis.json (default: beside the spec)"),
-            check: bool = typer.Option(False, "--check", help="validate only; write nothing")) -> None:
+            check: bool = typer.Option(False, "--check", help="validate only; write nothing"),
+            validator_key_file: Path = typer.Option(
+                None, "--validator-key-file", help="a priv_validator_key.json: the one validator, instead of the spec's"),
+            local: Path = typer.Option(
+                None, "--local", metavar="KEYS", help="no SPEC: the spec `rdx up` uses, with the association's keys "
+                "in KEYS (made on first use) and the one validator of --validator-key-file"),
+            chain_id: str = typer.Option(None, "--chain-id", help="with --local: the chain id"),
+            if_missing: bool = typer.Option(False, "--if-missing", help="do nothing if --out exists")) -> None:
     """Write a complete genesis.json (validators, association, board, members, params, policy) from SPEC."""
     from rdx import genesis as rdx_genesis
 
+    if (spec is None) == (local is None):
+        _fail("give a SPEC, or --local KEYS", 2)
+    if local is not None and (chain_id is None or validator_key_file is None or out is None):
+        _fail("--local needs --chain-id, --validator-key-file and --out", 2)
+    target = out or spec.with_name("genesis.json")
+    if if_missing and target.exists():
+        typer.echo(f"{target} exists: left as it is")
+        return
     try:
-        doc = rdx_genesis.build(rdx_genesis.load(spec), spec.parent)
+        if local is not None:
+            spec = target.with_name("genesis.yaml")
+            rdx_genesis.dump_spec(_local_spec(local, chain_id, validator_key_file), spec)
+        doc = rdx_genesis.build(rdx_genesis.load(spec, validator_key_file), spec.parent)
     except rdx_genesis.GenesisError as exc:
         _fail(str(exc), 2)
-    target = out or spec.with_name("genesis.json")
     if not check:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(rdx_genesis.encode(doc))
@@ -53,6 +72,19 @@ def genesis(spec: Path = typer.Argument(..., help="the YAML spec (see rdx/genesi
                f"validators (power {sum(int(v['power']) for v in doc['validators'])}), board {board_doc['threshold']} "
                f"of {len(board_doc['seats'])}, {len(doc['app_state'].get('members', []))} founding members; "
                f"sha256 {rdx_genesis.digest(doc)}")
+
+
+def _local_spec(keys: Path, chain_id: str, validator_key_file: Path) -> dict:
+    """What `rdx up` makes: the association's officer and gateway keys in ``keys`` (0600, made on
+    first use), a board of one seat derived from the officer's key (its key file written beside
+    them), the officer holding every power it may. A dev chain's, never a shared chain's."""
+    from rdx import genesis as rdx_genesis
+    from rdx.supervisor import local_identity, save_local_seat
+
+    association = local_identity(keys, "association")
+    save_local_seat(keys, association)
+    app = rdx_genesis.local_app_spec(association, gateway=local_identity(keys, "association.node"))
+    return rdx_genesis.local_spec(chain_id, [("validator-0", rdx_genesis.read_key_file(validator_key_file))], app)
 
 
 def _run(coro):
