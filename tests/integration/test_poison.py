@@ -179,14 +179,15 @@ async def until(check, timeout: float, what: str) -> float:
 
 
 def _forged_job() -> bytes:
-    """A well-formed JobAuthorized naming this member, without the fields every handler needs: each
-    service's handler raises on it (KeyError), is retried, and gives up."""
+    """A well-formed JobAuthorized naming this member that the chain never emitted (and without the
+    fields every handler needs): each service refuses it before any handler runs, since its own
+    chain node does not hold it. (A handler that raises on a real event: test_kafka_chassis.py.)"""
     return Event(id="999999/0/0", type="JobAuthorized", entity="job:forged", source="consensus",
-                 data={"participants": [MEMBER]}).encode()
+                 data={"participants": [MEMBER], "height": 999999}).encode()
 
 
 KINDS = [(name, reason) for name, reason, _, _ in poison(MAX_EVENT_BYTES)] + [
-    ("unreadable-header-key", Reason.UNREADABLE), ("handler-fails", Reason.HANDLER_FAILED), ("odd-headers", None)]
+    ("unreadable-header-key", Reason.UNREADABLE), ("not-the-chains", Reason.NOT_ON_CHAIN), ("odd-headers", None)]
 
 
 async def send(w: World, kind: str) -> int:
@@ -198,7 +199,7 @@ async def send(w: World, kind: str) -> int:
     real = await event_after(w, -1, lambda e: e.type == "MemberRegistered")  # a real event's bytes, again
     if kind == "unreadable-header-key":
         return await send_unreadable(w.bootstrap, CHAIN_EVENTS, real.encode())
-    if kind == "handler-fails":
+    if kind == "not-the-chains":
         return await send_raw(w.bootstrap, CHAIN_EVENTS, _forged_job())
     return await send_raw(w.bootstrap, CHAIN_EVENTS, real.encode(), headers=ODD_HEADERS)  # a duplicate: dropped
 
