@@ -134,10 +134,11 @@ class JobNet:
 
 async def start_net(chain, kafka, root: Path, *, consumer: str, members: list[str], listings: dict[str, list[str]],
                     min_group: int = 1, deposit: int = 100_000, node_env: dict[str, dict[str, str]] | None = None,
-                    ops: list[str] = OPS, **node_settings) -> JobNet:
+                    ops: list[str] = OPS, modules: dict[str, str] | None = None, **node_settings) -> JobNet:
     """Registers, funds and lists (and grants) for ``ops``, starts every member's node and waits until
     all are ready. ``node_settings`` apply to every node; ``node_env`` adds environment variables to
-    one member's (``RDX_COMETBFT_RPC`` to reach the chain through a proxy, say)."""
+    one member's (``RDX_COMETBFT_RPC`` to reach the chain through a proxy, say); ``modules`` runs a
+    member's node as a wrapper module (a deviating party: tests/faults/malicious_consumer.py)."""
     client = ChainClient(chain.rpc_url, chain.chain_id)
     net = JobNet(client, chain.chain_id, kafka.bootstrap, chain.association, root, consumer, os.urandom(3).hex(),
                  ops)
@@ -168,6 +169,7 @@ async def start_net(chain, kafka, root: Path, *, consumer: str, members: list[st
                 key_file=root / "keys" / f"{m}.node.json", grpc_port=grpc[m], datasets=root / m / "datasets.json",
                 log_dir=root / "logs" / m, **settings)
             net.nodes[m].env.update((node_env or {}).get(m, {}))
+            net.nodes[m].module = (modules or {}).get(m, "")
             net.nodes[m].start(timeout=120, wait=False)
         for node in net.nodes.values():
             node.wait_ready(120)

@@ -138,10 +138,16 @@ def fail(ctx: Context, msg: m.Fail) -> None:
 def abort(ctx: Context, msg: m.Abort) -> None:
     jobs, members = JobsKeeper(ctx), MembersKeeper(ctx)
     job = _running(jobs, msg.job)
-    member = members.signing_member(ctx.signer)
     owners = {i["provider"] for i in job["inputs"]}
-    if not (members.is_association(ctx.signer) or member["id"] == job["consumer"] or member["id"] in owners):
-        raise Rejected(Code.UNAUTHORIZED, "only the association, the consumer or an input's owner may abort a job")
+    account = members.account(ctx.signer)
+    if account is not None and account["kind"] == "node":
+        # A provider's compute node enforcing its member's policy on its own inputs (issue 17).
+        if account["member"] not in owners:
+            raise Rejected(Code.UNAUTHORIZED, "only the compute node of an input's owner may abort a job")
+    else:
+        member = members.signing_member(ctx.signer)
+        if not (members.is_association(ctx.signer) or member["id"] == job["consumer"] or member["id"] in owners):
+            raise Rejected(Code.UNAUTHORIZED, "only the association, the consumer or an input's owner may abort a job")
     jobs.finish(job, "aborted", msg.reason)
 
 

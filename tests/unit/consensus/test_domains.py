@@ -181,6 +181,18 @@ def test_attestations_cannot_be_forged_duplicated_or_mismatched(w):
     assert w.balance("bank") == 10_000 and w.balance("telco") == 0
 
 
+def test_a_providers_node_may_abort_its_job_and_the_consumers_node_may_not(w):
+    w.granted()
+    w.submit()
+    abort = {"job": "j-1", "reason": "telco's policy: column x is not a join key of telco.subscribers"}
+    assert w.send(w.bank_node, "jobs.Abort", abort) == (Code.UNAUTHORIZED,
+                                                         "only the compute node of an input's owner may abort a job")
+    assert w.send(w.telco_node, "jobs.Abort", abort)[0] == Code.OK
+    job = w.state("jobs/j-1")
+    assert job["status"] == "aborted" and job["ended_reason"] == abort["reason"]
+    assert w.balance("bank") == 10_000
+
+
 def test_suspending_a_member_aborts_its_running_jobs(w):
     w.granted()
     w.submit()
