@@ -6,6 +6,7 @@ board's proposals from a terminal.
     rdx genesis --local KEYS --chain-id rdx-dev --validator-key-file priv_validator_key.json --out genesis.json --if-missing
                                                              a one-validator dev chain, as `rdx up` makes (containers)
 
+    rdx keygen association.board-alice --out alice.json      a seat's key (0600); prints the public key
     rdx board show                                           seats, threshold, powers, a scheduled upgrade
     rdx board list [--status open]                           proposals
     rdx board propose credit-42 --type bank.Deposit --payload '{"to": "acme", "amount": 5000, "reference": "wire 42"}'
@@ -72,6 +73,18 @@ def genesis(spec: Path = typer.Argument(None, help="the YAML spec (see rdx/genes
                f"validators (power {sum(int(v['power']) for v in doc['validators'])}), board {board_doc['threshold']} "
                f"of {len(board_doc['seats'])}, {len(doc['app_state'].get('members', []))} founding members; "
                f"sha256 {rdx_genesis.digest(doc)}")
+
+
+def keygen(account: str = typer.Argument(..., help="the account the key signs for, e.g. association.board-alice"),
+           out: Path = typer.Option(..., "--out", help="the key file to write (0600); never overwritten")) -> None:
+    """Make an Ed25519 signing key (a board seat's, the officer's, a member's) and print its public key."""
+    from services.common.identity import Identity
+
+    if out.exists():
+        _fail(f"{out} exists: a key file is never overwritten", 2)
+    identity = Identity.generate(account)
+    identity.save(out)
+    typer.echo(f"{account} {identity.public_key}")
 
 
 def _local_spec(keys: Path, chain_id: str, validator_key_file: Path) -> dict:
@@ -157,4 +170,5 @@ def board_approve(proposal_id: str, rpc: str = Rpc, chain_id: str = ChainId, key
 
 def install(app: typer.Typer) -> None:
     app.command("genesis")(genesis)
+    app.command("keygen")(keygen)
     app.add_typer(board, name="board")

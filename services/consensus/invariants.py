@@ -10,6 +10,11 @@ from services.consensus.access.keeper import OPEN, AccessKeeper
 from services.consensus.assets.keeper import AssetsKeeper
 from services.consensus.bank.keeper import BankKeeper
 from services.consensus.context import Context
+from services.consensus.governance.keeper import OPEN as GOVERNANCE_OPEN
+from services.consensus.governance.keeper import PROPOSALS, GovernanceKeeper
+from services.consensus.members.keeper import MembersKeeper
+from services.consensus.validators.keeper import BLOCK as VALIDATORS_BLOCK
+from services.consensus.validators.keeper import ValidatorsKeeper
 from services.consensus.jobs.keeper import JobsKeeper
 from services.consensus.state import Database, Overlay
 
@@ -35,6 +40,30 @@ def violations(store: Overlay) -> list[str]:
         asset = assets.get(grant["asset"])
         if grant["status"] in OPEN and (asset is None or asset["status"] != "listed"):
             found.append(f"grant {grant['id']} outlives asset {grant['asset']}")
+    return found + governance_violations(ctx)
+
+
+def governance_violations(ctx: Context) -> list[str]:
+    """The board can act (1 <= k <= n, every seat an account of the association), the open-proposal
+    index is exactly the open proposals, and a recorded validator set is never empty."""
+    found = []
+    members = MembersKeeper(ctx)
+    board = GovernanceKeeper(ctx).board()
+    if not 1 <= board["threshold"] <= len(board["seats"]):
+        found.append(f"board threshold {board['threshold']} of {len(board['seats'])} seats")
+    for seat in board["seats"]:
+        account = members.account(seat)
+        if account is None or account["member"] != board["association"]:
+            found.append(f"board seat {seat} is not an account of the association")
+    indexed = {key.rsplit("/", 1)[1]: int(key.split("/")[2]) for key, _ in ctx.store.scan(GOVERNANCE_OPEN)}
+    open_ = {p["id"]: p["expires_at"] for _, p in ctx.store.scan(PROPOSALS) if p["status"] == "open"}
+    if indexed != open_:
+        found.append(f"open-proposal index {sorted(indexed)} != open proposals {sorted(open_)}")
+    validators = ValidatorsKeeper(ctx)
+    if validators.recorded() and not validators.all():
+        found.append("the recorded validator set is empty")
+    if ctx.store.get(VALIDATORS_BLOCK) is not None:
+        found.append("a block's validator changes were committed")
     return found
 
 

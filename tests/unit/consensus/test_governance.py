@@ -394,3 +394,23 @@ def test_a_genesis_without_a_board_loads_as_a_board_of_the_association_s_key_alo
     # its validator set was never recorded, so it cannot be changed on chain
     [r] = h.block(h.tx(assoc, "validators.Update", {"changes": [{"pub_key": vkey(), "power": 1}]}))
     assert r.code == Code.INVALID_STATE and "did not record its validator set" in r.log
+
+
+def test_the_governance_invariants_catch_a_broken_board_index_or_validator_set(b):
+    from services.consensus.invariants import violations
+    from services.consensus.state import Overlay
+
+    assert b.propose(b.seats[0], "p-1", "bank.Deposit", deposit("bank"))[0] == Code.OK
+    assert violations(Overlay(b.chain.db)) == []
+    for key, change, expected in [
+        ("governance/board", lambda v: {**v, "threshold": 4}, "board threshold 4 of 3"),
+        ("governance/board", lambda v: {**v, "seats": [*v["seats"], "bank"]}, "seat bank is not an account"),
+        ("governance/proposals/p-1", lambda v: {**v, "status": "expired"}, "open-proposal index"),
+    ]:
+        state = Overlay(b.chain.db)
+        state.set(key, change(state.get(key)))
+        assert any(expected in v for v in violations(state)), expected
+    state = Overlay(b.chain.db)
+    for v in b.vals:
+        state.delete(f"validators/set/{address(v)}")
+    assert "the recorded validator set is empty" in violations(state)

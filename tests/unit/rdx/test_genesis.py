@@ -120,6 +120,18 @@ def test_the_command_writes_checks_and_refuses(tmp_path):
     assert result.exit_code == 2 and "threshold" in result.output
 
 
+def test_keygen_writes_a_key_once_and_prints_only_the_public_key(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli_app, ["keygen", "association.board-alice", "--out", str(tmp_path / "alice.json")])
+    assert result.exit_code == 0
+    key = Identity.load(tmp_path / "alice.json")
+    assert result.output.split() == ["association.board-alice", key.public_key]
+    assert json.loads((tmp_path / "alice.json").read_text())["secret_key"] not in result.output
+    assert oct((tmp_path / "alice.json").stat().st_mode & 0o777) == "0o600"
+    again = runner.invoke(cli_app, ["keygen", "association.board-alice", "--out", str(tmp_path / "alice.json")])
+    assert again.exit_code == 2 and Identity.load(tmp_path / "alice.json").public_key == key.public_key
+
+
 def test_local_specs_are_what_rdx_up_and_the_testnet_use(tmp_path):
     association = Identity.generate("association")
     app = g.local_app_spec(association)
