@@ -11,7 +11,7 @@ Properties:
 - check_tx: any bytes as a tx get a refusal with a code and a log, never the internal-error
   code, and change neither committed state nor the mempool's check state.
 - signed_check_tx: a correctly signed tx of any type with a fuzzed payload, from the
-  association or a member, reaches the handlers; whatever they decide, no handler fails
+  association's officer, its board's seat or a member, reaches the handlers; whatever they decide, no handler fails
   (the internal-error code would mean a handler raised).
 - query: any path gets an answer with a defined code; only OK answers carry a value.
 - proposal: a block of a valid tx plus fuzzed txs (none of which can carry a registered
@@ -30,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nacl.signing import SigningKey
 from tendermint.abci import types_pb2 as abci
 
+from rdx.genesis import local_seat
 from services.common.identity import Identity
 from services.common.tx import Code, Tx, TxError
 from services.consensus.app import HANDLERS, INTERNAL_ERROR
@@ -42,6 +43,7 @@ T0 = 1_700_000_000
 # Seeded keys: every run (and every replay of a corpus) sees the same chain.
 ASSOCIATION = Identity("association", SigningKey(b"\x01" * 32))
 MEMBER = Identity("fuzz-member", SigningKey(b"\x02" * 32))
+SEAT = local_seat(ASSOCIATION)  # the chain's board: this one seat, threshold 1
 
 
 @cache
@@ -79,7 +81,9 @@ def signed_check_tx(data: bytes) -> None:
     if not data:
         return
     h = chain()
-    who = ASSOCIATION if data[0] & 0x80 else MEMBER
+    # The association's officer, its board's one seat (whose proposals execute at once, so a
+    # fuzzed action reaches the association's handlers through the board), or a member.
+    who = (SEAT if data[0] & 0x40 else ASSOCIATION) if data[0] & 0x80 else MEMBER
     type_ = TYPES[data[0] % len(TYPES)]
     try:
         payload = json.loads(data[1:])
