@@ -66,3 +66,42 @@ def test_statement_opening_plus_entries_is_closing_and_usage_is_grouped(tmp_path
     assert {line["asset"] for line in invoice["lines"]} == {"s.a0", "s.a1", "s.a2"}
     assert ledger.price_history(conn, "s.a0")[-1]["model"] == "per_record"
     assert datetime.fromtimestamp(invoice["lines"][0]["time"], timezone.utc).year >= 2023
+
+
+def test_the_largest_charge_a_job_can_carry_settles_and_reconciles_and_a_larger_quote_is_refused(tmp_path):
+    """price x records once overflowed the read model's INTEGER; the chain now bounds every amount a
+    job moves by the largest max_price (10^15), so even that job's books add up to the chain's."""
+    from chainsim import register
+
+    from services.common.listing import example_metadata
+    from services.common.tx import Code
+    from services.consensus.jobs.messages import MAX_PRICE
+
+    assoc = Identity.generate("association")
+    bank, bn = Identity.generate("bank"), Identity.generate("bank.node")
+    telco, tn = Identity.generate("telco"), Identity.generate("telco.node")
+    h = Harness(tmp_path / "c.sqlite", assoc, balances={"bank": MAX_PRICE})
+    h.block(register(h, bank, ("consumer",), bn), register(h, telco, ("provider",), tn))
+    for asset, rows in (("t.max", 1_000), ("t.over", 1_001)):  # 10^12 per record
+        h.block(h.tx(telco, "assets.List", {"id": asset, "level": "L2", "operations": ["aggregation"],
+                                            "commitment": "ab" * 32, "price": {"model": "per_record", "amount": 10**12},
+                                            "metadata": example_metadata(asset, row_count=rows)}))
+        h.block(h.tx(bank, "access.Request", {"id": f"g-{asset}", "asset": asset, "operations": ["aggregation"],
+                                              "purpose": "p", "expires_at": h.t0 + 10**6, "max_runs": 5}))
+        h.block(h.tx(telco, "access.Approve", {"id": f"g-{asset}"}))
+    [over] = h.block(h.tx(bank, "jobs.Submit", {"id": "j-over", "type": "aggregation", "max_price": MAX_PRICE,
+                                                "inputs": [{"asset": "t.over", "grant": "g-t.over"}]}))
+    assert over.code == Code.PRICE_TOO_LOW and "exceeds the largest max_price" in over.log
+    [ok] = h.block(h.tx(bank, "jobs.Submit", {"id": "j-max", "type": "aggregation", "max_price": MAX_PRICE,
+                                              "inputs": [{"asset": "t.max", "grant": "g-t.max"}]}))
+    assert ok.code == Code.OK, ok.log
+    h.block(h.tx(tn, "jobs.Attest", {"job": "j-max", "result_hash": "cd" * 32, "records_used": 10**9,
+                                     "input_commitments": {"t.max": "ab" * 32}}),
+            h.tx(bn, "jobs.Attest", {"job": "j-max", "result_hash": "cd" * 32, "records_used": 0,
+                                     "input_commitments": {}}))
+    conn = sqlite3.connect(":memory:")
+    ledger.init(conn)
+    feed(h, conn)
+    balances, _ = chain_balances(h)
+    assert balances["bank"] < MAX_PRICE // 100 and balances["telco"] > MAX_PRICE * 9 // 10  # charged in full
+    assert {m: b for m, b in ledger.balances(conn).items() if b or m in balances} == balances
