@@ -6,7 +6,8 @@
     rdx dead-letters replay --all --reason unknown_type     every match (see --dry-run first)
 
 Both read the dead-letter topics (``<topic>.dlq``, services/common/deadletter.py) from the broker
-at ``--bootstrap``. A listing shows where each record stood, which service gave up on it and why,
+at ``--bootstrap``, authenticated as the RDX_KAFKA_* environment says (services/common/settings.py:
+KafkaSecurity; plaintext when none is set). A listing shows where each record stood, which service gave up on it and why,
 never its bytes. A replay republishes the original record (key, value, headers) to its source
 topic and partition, once per source record however many services dead-lettered it: consumers
 that had applied it drop it as a duplicate (same event id), the others apply it once. Records
@@ -27,16 +28,19 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from services.common.deadletter import REPLAYABLE, REPLAYED_FROM, DeadLetter, dead_letter_topic
 from services.common.events import EVENT_TOPICS
+from services.common.settings import KafkaSecurity
 
 Located = tuple[str, DeadLetter]  # (where the dead letter itself stands: "<dlq topic>:<partition>:<offset>", it)
 
 
-async def read(bootstrap: str, topics: list[str], timeout_s: float = 60.0) -> list[Located]:
+async def read(bootstrap: str, topics: list[str], timeout_s: float = 60.0,
+               security: KafkaSecurity | None = None) -> list[Located]:
     """Every dead letter of ``topics`` (source topics) up to the end of their dead-letter topics now."""
-    partitions = await _partitions(bootstrap, [dead_letter_topic(t) for t in topics])
+    security = security or KafkaSecurity()
+    partitions = await _partitions(bootstrap, [dead_letter_topic(t) for t in topics], security)
     if not partitions:
         return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **security.client_options())
     await consumer.start()
     try:
         consumer.assign(partitions)
@@ -62,10 +66,10 @@ async def read(bootstrap: str, topics: list[str], timeout_s: float = 60.0) -> li
         await consumer.stop()
 
 
-async def _partitions(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
+async def _partitions(bootstrap: str, topics: list[str], security: KafkaSecurity) -> list[TopicPartition]:
     """The partitions of those of ``topics`` that exist (a dead-letter topic exists once something was
     dead-lettered, where the broker creates topics on first use)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.client_options())
     await admin.start()
     try:
         described = await admin.describe_topics(topics)
@@ -98,9 +102,10 @@ def plan(letters: list[Located]) -> tuple[list[Located], list[tuple[Located, str
     return list(chosen.values()), skipped
 
 
-async def replay(bootstrap: str, letters: list[Located]) -> None:
+async def replay(bootstrap: str, letters: list[Located], security: KafkaSecurity | None = None) -> None:
     """Republish each original record to its source topic and partition; returns once acknowledged."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                **(security or KafkaSecurity()).client_options())
     await producer.start()
     try:
         for at, d in letters:

@@ -24,6 +24,7 @@ from prometheus_client import Histogram
 from services.catalog import events, store
 from services.common.events import CHAIN_EVENTS, Event
 from services.common.kafka import IdempotentConsumer
+from services.common.settings import KafkaSecurity
 
 log = logging.getLogger("rdx.catalog.ingest")
 
@@ -33,7 +34,9 @@ INDEX_DELAY = Histogram(
 
 
 class Ingest:
-    def __init__(self, bootstrap: str, db_path: Path, *, topic: str = CHAIN_EVENTS):
+    def __init__(self, bootstrap: str, db_path: Path, *, topic: str = CHAIN_EVENTS,
+                 security: KafkaSecurity | None = None):
+        self.security = security or KafkaSecurity()  # None: from the RDX_KAFKA_* environment
         db_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.model_id = _open(db_path)
@@ -45,7 +48,8 @@ class Ingest:
             self.model_id = _open(db_path)
         self.bootstrap, self.topic, self.db_path = bootstrap, topic, db_path
         self.group = f"catalog-{self.model_id}"
-        self.consumer = IdempotentConsumer(bootstrap, "catalog", [topic], self.group, db_path, self._handle)
+        self.consumer = IdempotentConsumer(bootstrap, "catalog", [topic], self.group, db_path, self._handle,
+                                           security=self.security)
         self.caught_up = False
         self._running = False
         self._target: dict[TopicPartition, int] = {}
@@ -60,7 +64,7 @@ class Ingest:
             INDEX_DELAY.observe(max(time.time() - event.occurred_at.timestamp(), 0.0))
 
     async def start(self) -> None:
-        self._target = await end_offsets(self.bootstrap, self.topic)
+        self._target = await end_offsets(self.bootstrap, self.topic, self.security)
         await self.consumer.start()
         log.info("catalog read model %s consuming %s from %s", self.model_id, self.topic,
                  "the start" if not self._target else f"committed offsets (end now {sum(self._target.values())})")
@@ -83,7 +87,7 @@ class Ingest:
         if not any(self._target.values()):
             self.caught_up = True
             return
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security.client_options())
         await admin.start()
         try:
             while not stop.is_set():
@@ -113,9 +117,11 @@ def _open(db_path: Path) -> str:
         conn.close()
 
 
-async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+async def end_offsets(bootstrap: str, topic: str,
+                      security: KafkaSecurity | None = None) -> dict[TopicPartition, int]:
     """The topic's end offset per partition now ({} if the topic does not exist yet)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    options = (security or KafkaSecurity()).client_options()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
     await admin.start()
     try:
         described = await admin.describe_topics([topic])
@@ -125,7 +131,7 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
                         for p in t["partitions"])
     if not partitions:
         return {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **options)
     await consumer.start()
     try:
         return dict(await consumer.end_offsets([TopicPartition(topic, p) for p in partitions]))

@@ -11,6 +11,10 @@ retries, becomes a dead letter (services/common/deadletter.py): kept in the cons
 database first (so committing past it loses nothing), then forwarded to ``<topic>.dlq``. So does
 a chain event that the consumer's own chain node does not hold (services/common/chainevents.py),
 when the consumer is given a verifier: only the chain speaks for the chain.
+
+Every client authenticates as ``security`` says (services/common/settings.py: KafkaSecurity), by
+default from the RDX_KAFKA_* environment: plaintext on the single machine, SASL_SSL with
+SCRAM-SHA-512 and a user per service where rdx is deployed (infra/base/kafka-users.yaml).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from services.common import metrics, tracing
 from services.common.chainevents import ChainEventVerifier, ChainUnavailable, NotOnChain
 from services.common.deadletter import DeadLetter, Reason, dead_letter_topic
 from services.common.events import CHAIN_EVENTS, EVENT_TYPES, MAX_EVENT_BYTES, Event, EventDecodeError
+from services.common.settings import KafkaSecurity
 
 log = logging.getLogger("rdx.kafka")
 
@@ -55,8 +60,11 @@ def _headers(event: Event) -> list[tuple[str, bytes]]:
 class EventProducer:
     """Publishes events and returns only once the broker has them (acks=all, idempotent)."""
 
-    def __init__(self, bootstrap: str, service: str, *, request_timeout_ms: int = 10_000):
+    def __init__(self, bootstrap: str, service: str, *, request_timeout_ms: int = 10_000,
+                 security: KafkaSecurity | None = None):
+        """``security`` None: from the RDX_KAFKA_* environment (plaintext when none is set)."""
         self.service = service
+        self.security = security or KafkaSecurity()
         self._options = dict(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
                              request_timeout_ms=request_timeout_ms, linger_ms=2)
         self._producer: AIOKafkaProducer | None = None
@@ -65,7 +73,7 @@ class EventProducer:
 
     async def start(self) -> None:
         # aiokafka binds to the running loop, so the client is made here and not in __init__.
-        self._producer = AIOKafkaProducer(**self._options)
+        self._producer = AIOKafkaProducer(**self._options, **self.security.client_options())
         await self._producer.start()
         self._started = True
 
@@ -198,9 +206,12 @@ class IdempotentConsumer:
                  handler: Handler, *, from_beginning: bool = True,
                  event_types: Mapping[str, Collection[str]] | None = None,
                  max_attempts: int = 4, retry_backoff_s: float = 0.1,
-                 verifier: ChainEventVerifier | None = None, verify_timeout_s: float = 60.0):
+                 verifier: ChainEventVerifier | None = None, verify_timeout_s: float = 60.0,
+                 security: KafkaSecurity | None = None):
         """``group_id`` None: one group per read-model database, so a new, empty read model reads
-        the topic from the start instead of resuming where another instance's offsets stand."""
+        the topic from the start instead of resuming where another instance's offsets stand.
+        ``security``: for the consumer and its dead-letter producer; None, from the environment."""
+        self.security = security or KafkaSecurity()
         self.service, self.topics, self.handler = service, topics, handler
         self.event_types = EVENT_TYPES if event_types is None else event_types
         self.max_attempts, self.retry_backoff_s = max(1, max_attempts), retry_backoff_s
@@ -234,9 +245,9 @@ class IdempotentConsumer:
     async def start(self) -> None:
         """Also safe to call again after it failed: what it had started is stopped first."""
         await self._stop_clients()
-        self._consumer = AIOKafkaConsumer(*self.topics, **self._options)
+        self._consumer = AIOKafkaConsumer(*self.topics, **self._options, **self.security.client_options())
         self._dlq = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True,
-                                     request_timeout_ms=10_000)
+                                     request_timeout_ms=10_000, **self.security.client_options())
         try:
             await self._consumer.start()
             await self._dlq.start()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,3 +31,60 @@ class ServiceSettings(BaseSettings):
         path = self.state_root / self.service
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+class IncompleteKafkaSecurity(Exception):  # not ValueError, which pydantic would wrap with the inputs
+    """A SASL protocol without a user name or a password."""
+
+
+class KafkaSecurity(BaseSettings):
+    """How every rdx Kafka client authenticates to the broker, from RDX_KAFKA_* variables.
+
+    The default is plaintext without credentials: the single-machine exchange (``make up``), whose
+    broker listens on loopback only. A deployment (infra/) sets SASL_SSL with SCRAM-SHA-512, the
+    user's name, its password (better as a file: the Secret Strimzi's User Operator makes, mounted)
+    and the cluster CA. A SASL protocol without a user and a password fails at once, not at the
+    first record."""
+
+    model_config = SettingsConfigDict(env_prefix="RDX_KAFKA_", extra="ignore")
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None  # read at each client start, so a rotated password is picked up
+    ca_file: Path | None = None  # the CA that signed the broker's certificate (SSL, SASL_SSL); else the system's
+
+    def model_post_init(self, _context: Any) -> None:
+        # Not a pydantic validator: its error would quote every input, the password among them.
+        if self.sasl:
+            if not self.sasl_username:
+                raise IncompleteKafkaSecurity(
+                    f"RDX_KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs RDX_KAFKA_SASL_USERNAME")
+            if self.sasl_password is None and self.sasl_password_file is None:
+                raise IncompleteKafkaSecurity(f"RDX_KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs "
+                                              "RDX_KAFKA_SASL_PASSWORD or RDX_KAFKA_SASL_PASSWORD_FILE")
+
+    @property
+    def sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def password(self) -> str:
+        if self.sasl_password_file is not None:
+            return self.sasl_password_file.read_text().rstrip("\r\n")
+        return self.sasl_password.get_secret_value()
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for any aiokafka client (producer, consumer, admin)."""
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.tls:
+            options["ssl_context"] = ssl.create_default_context(
+                cafile=str(self.ca_file) if self.ca_file is not None else None)
+        if self.sasl:
+            options.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                           sasl_plain_password=self.password())
+        return options
