@@ -12,7 +12,7 @@ so a dishonest one can put anything there, and the providers' nodes must not car
 - ``below_min_group``: sends a single key and skips its own minimum-group-size check;
 - ``mask_each`` (psi_cardinality): masks every element with its own exponent, so that, were the
   provider to return the doubly-masked elements, it could test each one against the provider's
-  set -- membership, not a count.
+  set -- membership, not a count (what it learns is written to the log as ``LEARNED:``).
 
 Every byte it receives on a job's channels (headers and bodies, after decryption) is appended to
 ``$RDX_ATTACK_LOG/<job>.bin`` so that the test can check that no form of the provider's canary
@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 
 from services.compute import psi_kernel as kernel
 from services.compute.jobtypes import JOB_TYPES
 from services.compute.jobtypes.base import JobContext, JobRefused, Message, Outcome, PeerLost, expect
-from services.compute.jobtypes.psi import MATCH, PsiJob, prepare_keys
+from services.compute.jobtypes.psi import MATCH, PsiCardinalityJob, PsiJob, prepare_keys
 
 
 class _Recording:
@@ -85,7 +86,9 @@ async def _drain(chan) -> None:
     raise JobRefused("the provider stopped the protocol")
 
 
-class DeviatingPsi(PsiJob):
+class _Deviating:
+    """The consumer's side as ``params.attack`` says, else the honest one of the job type."""
+
     async def _consumer(self, ctx: JobContext) -> Outcome:
         attack = _instrument(ctx)
         if attack == "huge_set":
@@ -93,16 +96,19 @@ class DeviatingPsi(PsiJob):
             await chan.send("start", n=10**12)
             await _drain(chan)
         if attack == "mask_each":
-            return await _mask_each(self, ctx)
+            return await _mask_each(ctx)
         return await super()._consumer(ctx)
 
 
-class DeviatingPsiCardinality(DeviatingPsi):
-    name = "psi_cardinality"
-    cardinality_only = True
+class DeviatingPsi(_Deviating, PsiJob):
+    pass
 
 
-async def _mask_each(job: PsiJob, ctx: JobContext) -> Outcome:
+class DeviatingPsiCardinality(_Deviating, PsiCardinalityJob):
+    pass
+
+
+async def _mask_each(ctx: JobContext) -> Outcome:
     """psi_cardinality with one exponent per element: H(x_i)^{a_i}. If the provider sends back the
     doubly-masked elements (H(x_i)^{a_i b}, shuffled) and H(y)^b, the consumer tests each x_i:
     x_i is in Y iff H(y)^{b a_i} is among them for some y. What it learned that way is written to
@@ -118,6 +124,7 @@ async def _mask_each(job: PsiJob, ctx: JobContext) -> Outcome:
     await chan.send("xa_done", n=len(keys))
     got: dict[str, bytearray] = {"yb": bytearray(), "xab": bytearray()}
     ended: set[str] = set()
+    a0 = kernel.new_scalar()
     try:
         while ended != {"yb_done", "xab_done"}:
             msg = await chan.recv()
@@ -125,9 +132,10 @@ async def _mask_each(job: PsiJob, ctx: JobContext) -> Outcome:
                 got[msg.kind] += msg.body
             elif msg.kind in ("yb_done", "xab_done"):
                 ended.add(msg.kind)
-            elif msg.kind == "abort":
-                break
-            else:  # a protocol this attack does not know: it has nothing to test against
+                if msg.kind == "yb_done" and "xab" not in ended:  # a provider that wants H(y)^ba back
+                    await chan.send("yba", kernel.mask_blob(a0, bytes(got["yb"]), MATCH), off=0)
+                    await chan.send("yba_done", n=len(got["yb"]) // kernel.POINT)
+            else:  # count, abort, or a protocol this attack does not know: nothing to test against
                 break
     except PeerLost:
         pass
@@ -139,6 +147,9 @@ async def _mask_each(job: PsiJob, ctx: JobContext) -> Outcome:
                 learned.append(k.decode())
     with open(Path(os.environ["RDX_ATTACK_LOG"]) / f"{ctx.spec.job}.bin", "ab") as f:
         f.write(b"LEARNED:" + json.dumps(sorted(learned)).encode())
+    # It leaves the ending to the provider (racing it with jobs.Fail would end the job the same way,
+    # refunded and without a result, but under the consumer's reason): the kill switch cancels this.
+    await asyncio.sleep(max(ctx.spec.deadline - time.time(), 0))
     raise JobRefused("the deviating consumer stops here")
 
 

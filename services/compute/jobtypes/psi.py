@@ -1,31 +1,31 @@
 """PSI and PSI-cardinality between a consumer and one provider: ECDH-PSI over Curve25519.
 
-Protocol (C the consumer with set X, P the provider with set Y; a, b fresh secret scalars per
+Protocol of ``psi`` (``psi_cardinality``'s, in which the provider counts, is PsiCardinalityJob's
+docstring; C the consumer with set X, P the provider with set Y; a, b fresh secret scalars per
 run; H the hash to the prime-order subgroup of Curve25519 in psi_kernel; every message on the
 authenticated, encrypted peer channel)::
 
     C → P  start   {n: |X|}
-    P → C  start   {n: |Y|}
+    P → C  start   {n: |Y|}         (P first checks |X| against its bound and minimum group size)
     C → P  xa      H(x)^a for x in X, deduplicated and shuffled by C, in batches   (then xa_done)
     P → C  yb      H(y)^b for y in Y, deduplicated and shuffled by P, in batches   (then yb_done)
-    P → C  xab     (H(x)^a)^b, first 16 bytes, for every xa element               (then xab_done)
-                     psi:             in C's order (each batch tagged with C's offset)
-                     psi_cardinality: all of them shuffled again by P first, so C cannot tell
-                                      which of its elements matched, only how many
+    P → C  xab     (H(x)^a)^b, first 16 bytes, for every xa element, in C's order  (then xab_done)
     C      computes (H(y)^b)^a, first 16 bytes, and matches them against the xab values
     C → P  finish  {commitment: SHA-256 of (salt, result)}   (the result stays on C's node)
     P → C  finished
 
-C learns the intersection (psi) or its size (psi_cardinality), and |Y|; P learns |X| and
-nothing else; both learn nothing more under the decisional Diffie-Hellman assumption on
-Curve25519 with H modelled as a random oracle, if both follow the protocol (semi-honest).
+C learns the intersection and |Y|; P learns |X| and nothing else; both learn nothing more under
+the decisional Diffie-Hellman assumption on Curve25519 with H modelled as a random oracle, if
+both follow the protocol (semi-honest). P cannot see the intersection's size, so the minimum
+group size of a psi result is the consumer's node's check, beyond |X| >= k (docs/compute.md).
 Sixteen bytes of a doubly-masked element leave a chance of a false match of at most
 |X|·|Y|/2^128. The result hash both nodes attest is the SHA-256 of the two directions'
 transcripts (every message, including C's result commitment), which both saw.
 
 Large sets go in batches (RDX_PSI_BATCH elements, default 16384: 512 KiB a message) with at
 most ``workers + 1`` batches in flight per direction, so memory stays at the two sets' masked
-forms (48 bytes an element on C, 16 on P for cardinality) plus a few batches.
+forms (48 bytes an element on C; 16 an element of each set on P for cardinality) plus a few
+batches, and no array is sized from a peer's number before this node's policy has bounded it.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from services.compute import psi_kernel as kernel
 from services.compute.commitment import canonical_value
 from services.compute.jobtypes.base import (Channel, JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError,
                                              expect, expect_finish, goodbye)
+from services.compute.policy import PolicyViolation
 
 MATCH = 16  # bytes of a doubly-masked element that are compared
 
@@ -162,6 +163,19 @@ class PsiJob(JobType):
             raise JobRefused(f"no key column: give params.key or configure one for {dataset}")
         return column
 
+    async def _consumer_keys(self, ctx: JobContext) -> list[bytes]:
+        dataset = ctx.spec.params["dataset"]
+        ctx.progress("loading")
+        loaded = await ctx.load_local(dataset, [self._key_column(ctx, dataset)])
+        return await asyncio.to_thread(prepare_keys, loaded.columns.popitem()[1])
+
+    async def _provider_keys(self, ctx: JobContext, ref) -> list[bytes]:
+        column = self._key_column(ctx, ref.asset)
+        ctx.policy.match_column(ref.asset, column)  # never a column the listing does not offer as a join key
+        ctx.progress("loading")
+        loaded = await ctx.load_input(ref, [column])
+        return await asyncio.to_thread(prepare_keys, loaded.columns.popitem()[1])
+
     async def run(self, ctx: JobContext) -> Outcome:
         self.check(ctx.spec)
         if ctx.is_consumer:
@@ -171,11 +185,7 @@ class PsiJob(JobType):
     # -- the consumer's side ------------------------------------------------------------------------
     async def _consumer(self, ctx: JobContext) -> Outcome:
         spec = ctx.spec
-        dataset = spec.params["dataset"]
-        ctx.progress("loading")
-        loaded = await ctx.load_local(dataset, [self._key_column(ctx, dataset)])
-        keys = await asyncio.to_thread(prepare_keys, loaded.columns.popitem()[1])
-        del loaded
+        keys = await self._consumer_keys(ctx)
         n_c = len(keys)
         provider = spec.inputs[0].provider
         chan = await ctx.channel(provider)
@@ -241,11 +251,7 @@ class PsiJob(JobType):
             await chan.send("abort", reason="result below the listing's minimum group size")
             raise JobRefused(f"the intersection is below the listing's minimum group size ({min_group})")
         result = await asyncio.to_thread(self._result, keys, positions, n_c, n_p)
-        commitment = await ctx.commit_result(result)
-        await chan.send("finish", commitment=commitment)
-        c2p, p2c = chan.transcript()
-        await expect(chan, "finished")
-        await goodbye(ctx.member, [chan])  # the last frame goes server to client: none is lost
+        c2p, p2c = await _finish(ctx, chan, result)
         ctx.progress("done", total, total)
         return Outcome(result_hash(spec, c2p, p2c), records_used=n_c, summary={"matched": size})
 
@@ -253,25 +259,19 @@ class PsiJob(JobType):
     async def _provider(self, ctx: JobContext) -> Outcome:
         spec = ctx.spec
         ref = ctx.my_inputs[0]
-        column = self._key_column(ctx, ref.asset)
-        ctx.policy.match_column(ref.asset, column)  # never a column the listing does not offer as a join key
-        ctx.progress("loading")
-        loaded = await ctx.load_input(ref, [column])
-        keys = await asyncio.to_thread(prepare_keys, loaded.columns.popitem()[1])
-        del loaded
+        keys = await self._provider_keys(ctx, ref)
         n_p = len(keys)
         chan = await ctx.channel(spec.consumer)
         scalar = kernel.new_scalar()
         msg = await expect(chan, "start")
         # This node's own limits, before it sends anything: the consumer's announced size is bounded
-        # (``held`` is allocated from it) and a set below the minimum group size is refused.
+        # and a set below the minimum group size is refused.
         n_c = ctx.policy.peer_size(msg.header.get("n"), "consumer's set size")
         ctx.policy.consumer_set(ref.asset, n_c)
         await chan.send("start", n=n_p)
         pipe = _Pipeline(ctx)
         total = n_p + n_c
         done = {"yb": 0, "xab": 0}
-        held = bytearray(MATCH * n_c) if self.cardinality_only else None
 
         def report() -> None:
             ctx.progress("masking", done["yb"] + done["xab"], total)
@@ -282,10 +282,7 @@ class PsiJob(JobType):
 
         async def remask_xa(off: int, body: bytes) -> None:
             out = await pipe.run(kernel.mask_blob, scalar, body, MATCH)
-            if held is None:
-                await chan.send("xab", out, off=off)
-            else:
-                held[MATCH * off:MATCH * off + len(out)] = out
+            await chan.send("xab", out, off=off)
             done["xab"] += len(out) // MATCH
             report()
 
@@ -311,11 +308,6 @@ class PsiJob(JobType):
             await remasks.drain()
             if received != n_c or done["xab"] != n_c:
                 raise ProtocolError("the consumer's batches do not add up to its announced set")
-            if held is not None:  # cardinality: C must not learn which of its elements matched
-                mixed = await asyncio.to_thread(shuffle_blob, bytes(held), MATCH)
-                step = MATCH * ctx.batch
-                for off in range(0, len(mixed), step):
-                    await chan.send("xab", mixed[off:off + step], off=off // MATCH)
             await chan.send("xab_done", n=n_c)
             await sender
         except BaseException:
@@ -331,10 +323,196 @@ class PsiJob(JobType):
 
 
 class PsiCardinalityJob(PsiJob):
-    """``psi_cardinality``: the consumer learns only how many of its keys the provider holds."""
+    """``psi_cardinality``: the consumer learns only how many of its keys the provider holds, and
+    the provider counts them itself, so that it can hold back a count below the minimum group size.
+
+    Protocol (a, b fresh scalars per run; every message on the authenticated, encrypted channel)::
+
+        C → P  start   {n: |X|}
+        P → C  start   {n: |Y|}          (P first bounds |X| and refuses |X| below its minimum group size)
+        P → C  yb      H(y)^b, deduplicated and shuffled by P, in batches               (then yb_done)
+        C → P  xa      H(x)^a, deduplicated, in batches                                 (then xa_done)
+        C → P  yba     (H(y)^b)^a, first 16 bytes, all of them shuffled again by C      (then yba_done)
+        P      checks both are the announced sizes with no repeated element, and counts
+               c = |{x : H(x)^ab ∈ yba}|; if c is below the listing's minimum group size
+               (k > 1) P aborts the job on chain and sends nothing more
+        P → C  count   {c}
+        C → P  finish  {commitment}
+        P → C  finished
+
+    The doubly-masked consumer elements (H(x)^ab) never leave P, so a consumer that masks each of
+    its elements with an exponent of its own (H(x_i)^a_i) gets nothing back to test them against:
+    it learns c, or that c is below k -- as an honest one. What is revealed, and to whom, is said
+    in docs/compute.md (threat model): C learns c and |Y|; P learns |X| and c.
+    """
 
     name = "psi_cardinality"
     cardinality_only = True
+
+    async def _consumer(self, ctx: JobContext) -> Outcome:
+        spec = ctx.spec
+        keys = await self._consumer_keys(ctx)
+        n_c = len(keys)
+        chan = await ctx.channel(spec.inputs[0].provider)
+        scalar = kernel.new_scalar()
+        await chan.send("start", n=n_c)
+        n_p = ctx.policy.peer_size((await expect(chan, "start")).header.get("n"), "provider's set size")
+        pipe = _Pipeline(ctx)
+        yba = bytearray(MATCH * n_p)
+        done = {"xa": 0, "yba": 0}
+        total = n_c + n_p
+
+        def sent_xa(n: int) -> None:
+            done["xa"] += n
+            ctx.progress("masking", done["xa"] + done["yba"], total)
+
+        async def remask_yb(off: int, body: bytes) -> None:
+            out = await pipe.run(kernel.mask_blob, scalar, body, MATCH)
+            yba[MATCH * off:MATCH * off + len(out)] = out
+            done["yba"] += len(out) // MATCH
+            ctx.progress("masking", done["xa"] + done["yba"], total)
+
+        remasks = _Bounded(ctx.workers + 1)
+        received = 0
+
+        async def on_message(msg) -> bool:
+            nonlocal received
+            if msg.kind == "yb_done":
+                return True
+            if msg.kind != "yb":
+                raise ProtocolError(f"unexpected {msg.kind}")
+            off, n = _check_count(msg.header, msg.body, kernel.POINT, n_p)
+            if off != received:
+                raise ProtocolError("the provider's batches are out of order")
+            received += n
+            await remasks.add(remask_yb(off, msg.body))
+            return False
+
+        sender = asyncio.ensure_future(_stream_masked(ctx, pipe, chan, scalar, keys, "xa", sent_xa))
+        await _exchange(chan, "provider", sender, remasks, on_message)
+        if received != n_p or done["yba"] != n_p:
+            raise ProtocolError("the provider's batches do not add up to its announced set")
+        mixed = await asyncio.to_thread(shuffle_blob, bytes(yba), MATCH)  # P must not link yba to its yb
+        del yba
+        for off in range(0, len(mixed), MATCH * ctx.batch):
+            await chan.send("yba", mixed[off:off + MATCH * ctx.batch], off=off // MATCH)
+        await chan.send("yba_done", n=n_p)
+        del mixed
+        msg = await expect(chan, "count")
+        count = msg.header.get("c")
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= min(n_c, n_p):
+            raise ProtocolError("bad count")
+        min_group = spec.inputs[0].min_group_size
+        if 0 < count < min_group:  # an honest provider never sends one; refuse it all the same
+            raise ProtocolError("the provider sent a count below the listing's minimum group size")
+        result = json.dumps({"cardinality": count, "consumer_set_size": n_c, "provider_set_size": n_p},
+                            sort_keys=True).encode()
+        c2p, p2c = await _finish(ctx, chan, result)
+        ctx.progress("done", total, total)
+        return Outcome(result_hash(spec, c2p, p2c), records_used=n_c, summary={"matched": count})
+
+    async def _provider(self, ctx: JobContext) -> Outcome:
+        spec = ctx.spec
+        ref = ctx.my_inputs[0]
+        keys = await self._provider_keys(ctx, ref)
+        n_p = len(keys)
+        chan = await ctx.channel(spec.consumer)
+        scalar = kernel.new_scalar()
+        n_c = ctx.policy.peer_size((await expect(chan, "start")).header.get("n"), "consumer's set size")
+        ctx.policy.consumer_set(ref.asset, n_c)
+        await chan.send("start", n=n_p)
+        pipe = _Pipeline(ctx)
+        xab = bytearray(MATCH * n_c)
+        yba = bytearray(MATCH * n_p)
+        got = {"xa": 0, "yba": 0}
+        total = n_p + n_c
+        sent = {"yb": 0}
+
+        def sent_yb(n: int) -> None:
+            sent["yb"] += n
+            ctx.progress("masking", sent["yb"] + got["xa"], total)
+
+        async def remask_xa(off: int, body: bytes) -> None:
+            out = await pipe.run(kernel.mask_blob, scalar, body, MATCH)
+            xab[MATCH * off:MATCH * off + len(out)] = out
+            ctx.progress("masking", sent["yb"] + got["xa"], total)
+
+        remasks = _Bounded(ctx.workers + 1)
+        ended: set[str] = set()
+
+        async def on_message(msg) -> bool:
+            if msg.kind in ("xa_done", "yba_done"):
+                ended.add(msg.kind)
+                return ended == {"xa_done", "yba_done"}
+            if msg.kind not in got:
+                raise ProtocolError(f"unexpected {msg.kind}")
+            width, size = (kernel.POINT, n_c) if msg.kind == "xa" else (MATCH, n_p)
+            off, n = _check_count(msg.header, msg.body, width, size)
+            if off != got[msg.kind] or msg.kind + "_done" in ended:
+                raise ProtocolError("the consumer's batches are out of order")
+            got[msg.kind] += n
+            if msg.kind == "xa":
+                await remasks.add(remask_xa(off, msg.body))
+            else:
+                yba[MATCH * off:MATCH * (off + n)] = msg.body
+            return False
+
+        sender = asyncio.ensure_future(_stream_masked(ctx, pipe, chan, scalar, keys, "yb", sent_yb))
+        await _exchange(chan, "consumer", sender, remasks, on_message)
+        if got["xa"] != n_c or got["yba"] != n_p:
+            raise ProtocolError("the consumer's batches do not add up to the announced sets")
+        if _repeats(bytes(xab)) or _repeats(bytes(yba)):  # a repeated element would be counted twice
+            raise PolicyViolation("the consumer's masked elements repeat")
+        count = int(len(await asyncio.to_thread(match_positions, bytes(xab), bytes(yba))))
+        del xab, yba
+        k = ctx.policy.of(ref.asset).min_group_size
+        if k > 1 and count < k:  # 0 too: else a probe of one element would tell 0 from 1
+            raise PolicyViolation(f"the intersection is below the minimum group size of {ref.asset} ({k})")
+        await chan.send("count", c=count)
+        await expect_finish(chan)
+        p2c, c2p = chan.transcript()
+        await chan.send("finished")
+        await goodbye(ctx.member, [chan])
+        ctx.progress("done", total, total)
+        return Outcome(result_hash(spec, c2p, p2c), records_used=n_p, summary={"matched": count})
+
+
+async def _finish(ctx: JobContext, chan: Channel, result: bytes) -> tuple[str, str]:
+    """The consumer seals its result, shows the provider its commitment, and closes; the two
+    directions' transcripts (consumer to provider, provider to consumer) are what both attest."""
+    commitment = await ctx.commit_result(result)
+    await chan.send("finish", commitment=commitment)
+    c2p, p2c = chan.transcript()
+    await expect(chan, "finished")
+    await goodbye(ctx.member, [chan])  # the last frame goes server to client: none is lost
+    return c2p, p2c
+
+
+async def _exchange(chan: Channel, peer_role: str, sender: asyncio.Future, remasks: "_Bounded", on_message) -> None:
+    """Hands each message from the peer to ``on_message`` (True once the last one has come) while
+    ``sender`` streams this side's elements; then waits for both. A peer's abort is JobRefused."""
+    try:
+        while True:
+            msg = await chan.recv()
+            if msg.kind == "abort":
+                raise JobRefused(f"the {peer_role} stopped the protocol: {str(msg.header.get('reason'))[:200]}")
+            if await on_message(msg):
+                break
+            remasks.check()
+            if sender.done():
+                sender.result()
+        await remasks.drain()
+        await sender
+    except BaseException:
+        sender.cancel()
+        remasks.cancel()
+        raise
+
+
+def _repeats(blob: bytes) -> bool:
+    if len(blob) < 2 * MATCH:
+        return False
+    return len(np.unique(np.frombuffer(blob, dtype="V16"))) != len(blob) // MATCH
 
 
 async def _stream_masked(ctx: JobContext, pipe: _Pipeline, chan: Channel, scalar: bytes, keys: list[bytes],

@@ -113,9 +113,22 @@ async def test_psi_cardinality_reveals_only_the_count():
     oc, op, results, sent_by = await run_pair("psi_cardinality", phones(0, 300), phones(250, 300))
     assert oc.result_hash == op.result_hash
     assert json.loads(results["bank"]) == {"cardinality": 50, "consumer_set_size": 300, "provider_set_size": 300}
-    # the doubly-masked values came back in an order unrelated to the consumer's: they are shuffled
-    back = b"".join(hs.decode(f)[2] for f in sent_by["telco"] if hs.decode(f)[0] == "xab")
+    # the provider counts: the consumer's doubly-masked elements never come back to it
+    kinds = [hs.decode(f)[0] for f in sent_by["telco"]]
+    assert "xab" not in kinds and kinds.count("count") == 1
+    assert sum(len(hs.decode(f)[2]) for f in sent_by["telco"] if hs.decode(f)[0] == "yb") == 32 * 300
+    back = b"".join(hs.decode(f)[2] for f in sent_by["bank"] if hs.decode(f)[0] == "yba")
     assert len(back) == 16 * 300
+
+
+async def test_psi_cardinality_below_the_minimum_group_size_is_held_back_by_the_provider_even_when_empty():
+    from services.compute.policy import PolicyViolation
+
+    for overlap in (0, 3):  # nothing, or fewer than k: the same abort, so a probe cannot tell them apart
+        with pytest.raises(PolicyViolation, match="below the minimum group size of telco.subs"):
+            await run_pair("psi_cardinality", phones(0, 50), phones(50 - overlap, 50), min_group=5)
+    oc, _, results, _ = await run_pair("psi_cardinality", phones(0, 50), phones(45, 50), min_group=5)
+    assert json.loads(results["bank"])["cardinality"] == 5
 
 
 async def test_no_canary_in_any_form_in_what_either_side_sends():
