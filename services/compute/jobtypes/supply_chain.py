@@ -74,6 +74,7 @@ from services.compute.commitment import canonical_value
 from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, expect,
                                             goodbye)
 from services.compute.jobtypes.psi import match_positions
+from services.compute.policy import PolicyViolation
 
 MATCH = 16
 KEYS = 3  # R, A, Q per record
@@ -193,6 +194,11 @@ class SupplyChainJob(JobType):
         _kinds(spec)
         _columns(spec)
 
+    def _check_own(self, refs: list[str]) -> None:
+        """This party's own records: one per reference (every counterpart checks it too)."""
+        if len(set(refs)) != len(refs):
+            raise JobRefused("supply_chain needs one record per reference; the dataset repeats one")
+
     async def run(self, ctx: JobContext) -> Outcome:
         spec = ctx.spec
         self.check(spec)
@@ -210,6 +216,7 @@ class SupplyChainJob(JobType):
         refs_raw, amounts, qtys = (loaded.columns[c] for c in names)
         keys = await asyncio.to_thread(record_keys, refs_raw, amounts, qtys)
         refs = [(canonical_value(r) or "").strip() for r in refs_raw]
+        self._check_own(refs)
         del loaded, refs_raw, amounts, qtys
         n = len(refs)
         perm = permutation(n)  # the order this party's records go out in
@@ -255,10 +262,22 @@ class SupplyChainJob(JobType):
         m = ctx.policy.peer_size(msg.header.get("n"), f"{chan.peer}'s record count")  # bounded before receiving
         _, theirs = await asyncio.gather(_send_blob(chan, "keys", mine, kernel.POINT * KEYS * ctx.batch),
                                          _recv_blob(chan, "keys", kernel.POINT * KEYS * m))
+        if _repeats_reference(theirs):  # many records of one reference would reveal a counterpart's values
+            raise PolicyViolation(f"{chan.peer}'s records repeat a reference")
         their_back = await _chunked_blob(ctx, scalar, theirs, kernel.POINT * KEYS * ctx.batch)
         _, own_back = await asyncio.gather(_send_blob(chan, "back", their_back, MATCH * KEYS * ctx.batch),
                                            _recv_blob(chan, "back", MATCH * KEYS * n))
         return await asyncio.to_thread(classify, own_back, their_back)
+
+
+def _repeats_reference(blob: bytes) -> bool:
+    """Whether two records of a peer's masked keys (R, A, Q per record) share their R: one
+    reference masked with one scalar is one point."""
+    n = len(blob) // (kernel.POINT * KEYS)
+    if n < 2:
+        return False
+    refs = np.frombuffer(blob, dtype=f"V{kernel.POINT}").reshape(n, KEYS)[:, 0]
+    return len(np.unique(refs)) != n
 
 
 async def _chunked(ctx: JobContext, fn, scalar: bytes, keys: list[bytes], step: int) -> bytes:

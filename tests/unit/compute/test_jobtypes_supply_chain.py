@@ -12,6 +12,7 @@ from services.compute import psi_kernel
 from services.compute.jobtypes import job_type
 from services.compute.jobtypes import supply_chain as sc
 from services.compute.jobtypes.base import JobRefused
+from services.compute.policy import PolicyViolation
 from test_jobtypes_aggregation import contexts, make_spec, mesh, run_member
 
 KINDS = {"buyer": "contract", "seller": "invoice", "carrier": "logistics", "bankx": "payment"}
@@ -104,3 +105,42 @@ async def test_four_parties_each_learn_their_own_disagreements_like_the_clear_co
         assert value not in wire
     for key in sc.record_keys(["PO-CANARY-77"], ["5.00"], ["1"]):
         assert psi_kernel.hash_to_curve([key])[0] not in wire
+
+
+
+class SkipsItsOwnCheck(sc.SupplyChainJob):
+    """A consumer node with its own one-record-per-reference check removed."""
+
+    def _check_own(self, refs):
+        pass
+
+
+async def test_a_party_that_repeats_a_reference_is_refused_before_anything_about_it_is_revealed():
+    """Issue 17's attack: many records of one reference with amounts 1..N would tell a counterpart's
+    exact amount. Every honest counterpart sees the repeated masked reference and stops before it
+    sends the doubly-masked keys ('back') that the comparison needs; no party gets an outcome."""
+    recs = records(20)
+    probe = {"reference": ["PO-00003"] * 40, "amount": [f"{100 + i}.50" for i in range(40)], "quantity": ["4"] * 40}
+    spec = make_spec("supply_chain", "buyer", ["seller", "carrier", "bankx"], {"dataset": "contracts", "kinds": KINDS})
+    data = {"contracts": probe, "seller.data": table(recs["seller"]), "carrier.data": table(recs["carrier"]),
+            "bankx.data": table(recs["bankx"])}
+    chans, sent, _ = mesh(spec.participants)
+    results = {}
+    ctxs = contexts(spec, chans, data, results)
+    honest = await asyncio.gather(run_member(job_type("supply_chain"), ctxs["buyer"], chans["buyer"]),
+                                  return_exceptions=True)
+    assert isinstance(honest[0], JobRefused) and "repeats one" in str(honest[0])  # its own node stops it
+
+    wire: list = []
+    chans, sent, _ = mesh(spec.participants, wire)
+    ctxs = contexts(spec, chans, data, results)
+    jobs = {m: SkipsItsOwnCheck() if m == "buyer" else job_type("supply_chain") for m in ctxs}
+    outs = await asyncio.gather(*(asyncio.wait_for(run_member(jobs[m], c, chans[m]), 20) for m, c in ctxs.items()),
+                                return_exceptions=True)
+    by_member = dict(zip(ctxs, outs))
+    for provider in ("seller", "carrier", "bankx"):
+        if isinstance(by_member[provider], PolicyViolation):
+            assert str(by_member[provider]) == "buyer's records repeat a reference"
+    assert any(isinstance(by_member[p], PolicyViolation) for p in ("seller", "carrier", "bankx"))
+    assert results == {}  # nobody computed an outcome
+    assert [k for _, dst, k, _ in wire if dst == "buyer" and k == "back"] == []
