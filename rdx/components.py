@@ -153,6 +153,10 @@ class KafkaBroker(Managed):
     controller_port: int = 9093
     log_level: str = "WARN"
     heap: str = "512m"
+    # A seam for tests of authentication and ACLs (tests/integration/test_kafka_auth.py): server
+    # properties that replace or add to those below, and arguments for the storage format (--add-scram).
+    extra_config: dict[str, str] = field(default_factory=dict)
+    format_args: tuple[str, ...] = ()
     process: Process | None = field(default=None, init=False)
 
     @property
@@ -185,6 +189,7 @@ class KafkaBroker(Managed):
             # A developer machine: keep a week of events, at most 1 GiB a partition.
             "log.retention.hours": "168",
             "log.retention.bytes": str(1 << 30),
+            **self.extra_config,
         }
         (self.home / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.home / "log4j2.properties").write_text(KAFKA_LOG4J.format(level=self.log_level))
@@ -197,7 +202,8 @@ class KafkaBroker(Managed):
                 )
             return
         cluster_id = self._java("kafka.tools.StorageTool", "random-uuid").strip().splitlines()[-1]
-        self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.home / "server.properties"))
+        self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.home / "server.properties"),
+                   *self.format_args)
 
     def _jvm(self) -> list[str]:
         return [

@@ -89,6 +89,7 @@ CRDS = [
     crd("kafka.strimzi.io", "v1beta2", "Kafka", "kafkas"),
     crd("kafka.strimzi.io", "v1beta2", "KafkaNodePool", "kafkanodepools"),
     crd("kafka.strimzi.io", "v1beta2", "KafkaTopic", "kafkatopics"),
+    crd("kafka.strimzi.io", "v1beta2", "KafkaUser", "kafkausers"),
     crd("monitoring.coreos.com", "v1", "PrometheusRule", "prometheusrules"),
     crd("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"),
 ]
