@@ -4,12 +4,16 @@
 It is rdx's compute node unchanged but for its job types (the ``job_types`` seam of
 ``services.compute.app.build``): as the consumer of a psi or psi_cardinality job it deviates from
 the protocol the way the job's ``params.attack`` says -- the consumer writes its own job's params,
-so a dishonest one can put anything there, and the providers' nodes must not care:
+so a dishonest one can put anything there, and the providers' nodes must not care (and, as the
+consumer of a supply_chain job, the same with ``supply_chain``):
 
 - ``huge_set``: announces a set of 10^12 elements (a provider that allocated from it would die);
 - ``non_key_column``: asks to match on ``params.key``, a column the listing does not offer as a
   join key, while masking its own keys (so its own node does not stop it);
 - ``below_min_group``: sends a single key and skips its own minimum-group-size check;
+- ``repeat_reference`` (supply_chain): 40 records of one reference with amounts 100.50, 101.50 ...,
+  its own node's one-record-per-reference check removed -- the counterpart whose amount is among
+  them would show it as the one record that agrees;
 - ``mask_each`` (psi_cardinality): masks every element with its own exponent, so that, were the
   provider to return the doubly-masked elements, it could test each one against the provider's
   set -- membership, not a count (what it learns is written to the log as ``LEARNED:``).
@@ -31,6 +35,7 @@ from services.compute import psi_kernel as kernel
 from services.compute.jobtypes import JOB_TYPES
 from services.compute.jobtypes.base import JobContext, JobRefused, Message, Outcome, PeerLost, expect
 from services.compute.jobtypes.psi import MATCH, PsiCardinalityJob, PsiJob, prepare_keys
+from services.compute.jobtypes.supply_chain import SupplyChainJob
 
 
 class _Recording:
@@ -55,7 +60,7 @@ class _Recording:
         await self.chan.close()
 
 
-def _instrument(ctx: JobContext) -> str:
+def _instrument(ctx: JobContext, *, own_key: bool = True) -> str:
     attack = str(ctx.spec.params.get("attack") or "")
     log = Path(os.environ["RDX_ATTACK_LOG"]) / f"{ctx.spec.job}.bin"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +79,9 @@ def _instrument(ctx: JobContext) -> str:
         loaded.columns.update({c: list(values) for c in columns})
         return loaded
 
-    ctx._channel, ctx._load_local = channel, load_local
+    ctx._channel = channel
+    if own_key:
+        ctx._load_local = load_local
     return attack
 
 
@@ -106,6 +113,21 @@ class DeviatingPsi(_Deviating, PsiJob):
 
 class DeviatingPsiCardinality(_Deviating, PsiCardinalityJob):
     pass
+
+
+class DeviatingSupplyChain(SupplyChainJob):
+    """``repeat_reference``: its own check of one record per reference removed."""
+
+    attack = ""
+
+    async def run(self, ctx: JobContext) -> Outcome:
+        if ctx.is_consumer:
+            self.attack = _instrument(ctx, own_key=False)
+        return await super().run(ctx)
+
+    def _check_own(self, refs: list[str]) -> None:
+        if self.attack != "repeat_reference":
+            super()._check_own(refs)
 
 
 async def _mask_each(ctx: JobContext) -> Outcome:
@@ -161,5 +183,5 @@ if __name__ == "__main__":
     from services.compute.app import build
     from services.compute.settings import ComputeSettings
 
-    build(ComputeSettings(), job_types={**JOB_TYPES, "psi": DeviatingPsi,
-                                        "psi_cardinality": DeviatingPsiCardinality}).run()
+    build(ComputeSettings(), job_types={**JOB_TYPES, "psi": DeviatingPsi, "psi_cardinality": DeviatingPsiCardinality,
+                                        "supply_chain": DeviatingSupplyChain}).run()

@@ -23,37 +23,59 @@ from services.compute import psi_kernel
 
 TAG = os.urandom(3).hex()
 PROV = f"prov-m-{TAG}"
+PROV2 = f"prov-n-{TAG}"  # the second counterpart of a supply_chain job
 EVIL = f"zevil-{TAG}"  # sorts after the provider: the provider dials it
 CANARY = f"CANARY-{TAG}"
 MIN_GROUP = 5
-OPS = ["psi", "psi_cardinality"]
+OPS = ["psi", "psi_cardinality", "supply_chain_verification"]
+ORDERS = {f"PO-{i:05d}": (f"{100 + i}.50", str(i % 7 + 1)) for i in range(60)}
+
+
+def _ledger(path: Path, extra: str) -> None:
+    with open(path, "w") as f:
+        f.write("reference,amount,quantity\n")
+        for ref, (amount, qty) in {**ORDERS, extra: ("5.00", "1")}.items():
+            f.write(f"{ref},{amount},{qty}\n")
 
 
 def _write(root: Path) -> None:
-    p, c = root / PROV, root / EVIL
+    p, c, p2 = root / PROV, root / EVIL, root / PROV2
     p.mkdir(parents=True)
     c.mkdir(parents=True)
+    p2.mkdir(parents=True)
+    _ledger(p / "ledger.csv", CANARY)
+    _ledger(p2 / "ledger.csv", f"{CANARY}-2")
+    (p2 / "datasets.json").write_text(json.dumps({"datasets": [
+        {"id": "ledger", "asset": f"{PROV2}.ledger", "format": "csv", "path": "ledger.csv"}]}))
+    # the probe: one reference, 40 amounts around its real one (PO-00003 is 103.50 at both providers)
+    with open(c / "probe.csv", "w") as f:
+        f.write("reference,amount,quantity\n")
+        for i in range(40):
+            f.write(f"PO-00003,{84 + i}.50,4\n")
     provider_keys = [f"+86-1{i:010d}" for i in range(0, 400)] + [CANARY]
     with open(p / "subs.csv", "w") as f:
         f.write("phone,tenure_months\n")
         for i, key in enumerate(provider_keys):
             f.write(f"{key},{i % 97}\n")
     (p / "datasets.json").write_text(json.dumps({"datasets": [
-        {"id": "subs", "asset": f"{PROV}.subs", "format": "csv", "path": "subs.csv", "key": "phone"}]}))
+        {"id": "subs", "asset": f"{PROV}.subs", "format": "csv", "path": "subs.csv", "key": "phone"},
+        {"id": "ledger", "asset": f"{PROV}.ledger", "format": "csv", "path": "ledger.csv"}]}))
     # the consumer's guesses: some of the provider's keys and the canary itself
     with open(c / "guesses.csv", "w") as f:
         f.write("phone\n")
         for key in [f"+86-1{i:010d}" for i in range(380, 420)] + [CANARY]:
             f.write(f"{key}\n")
     (c / "datasets.json").write_text(json.dumps({"datasets": [
-        {"id": "guesses", "format": "csv", "path": "guesses.csv", "key": "phone"}]}))
+        {"id": "guesses", "format": "csv", "path": "guesses.csv", "key": "phone"},
+        {"id": "probe", "format": "csv", "path": "probe.csv"}]}))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def net(chain, kafka, tmp_path_factory):
     root = tmp_path_factory.mktemp("malicious")
     _write(root)
-    n = await start_net(chain, kafka, root, consumer=EVIL, members=[EVIL, PROV], listings={PROV: ["subs"]},
+    n = await start_net(chain, kafka, root, consumer=EVIL, members=[EVIL, PROV, PROV2],
+                        listings={PROV: ["subs", "ledger"], PROV2: ["ledger"]},
                         min_group=MIN_GROUP, ops=OPS, modules={EVIL: "tests.faults.malicious_consumer"},
                         node_env={EVIL: {"RDX_ATTACK_LOG": str(root / "attack")}}, psi_batch=64)
     n.attack_log = root / "attack"
@@ -69,9 +91,9 @@ def _canary_forms() -> list[bytes]:
     return [raw, hashlib.sha256(raw).digest(), hashlib.sha256(raw).hexdigest().encode(), point, point[:16]]
 
 
-async def _attack(net, job: str, type_: str, params: dict) -> tuple[dict, bytes]:
+async def _attack(net, job: str, type_: str, params: dict, assets=(f"{PROV}.subs",)) -> tuple[dict, bytes]:
     before = await net.balance(EVIL)
-    await net.submit(job, type_, [f"{PROV}.subs"], {"dataset": "guesses", **params}, timeout_s=60)
+    await net.submit(job, type_, list(assets), {"dataset": "guesses", **params}, timeout_s=60)
     record = await net.wait_chain(job, timeout=90)
     received = (net.attack_log / f"{job}.bin").read_bytes() if (net.attack_log / f"{job}.bin").exists() else b""
     for form in _canary_forms():
@@ -85,9 +107,9 @@ async def _attack(net, job: str, type_: str, params: dict) -> tuple[dict, bytes]
     return record, received
 
 
-def _aborted_by_provider(record: dict, words: str) -> None:
+def _aborted_by_provider(record: dict, words: str, providers=(PROV,)) -> None:
     assert record["status"] == "aborted", record
-    assert record["ended_reason"].startswith(f"{PROV}'s policy: "), record["ended_reason"]
+    assert any(record["ended_reason"].startswith(f"{p}'s policy: ") for p in providers), record["ended_reason"]
     assert words in record["ended_reason"], record["ended_reason"]
     assert CANARY not in record["ended_reason"]
 
@@ -128,3 +150,14 @@ async def test_an_honest_cardinality_job_still_completes_with_the_provider_count
     record = await net.wait_chain(job, timeout=90)
     await net.settled(job, record)
     assert net.result(job)["result"] == {"cardinality": 21, "consumer_set_size": 41, "provider_set_size": 401}
+
+
+async def test_repeated_references_in_supply_chain_are_aborted_before_any_comparison(net):
+    """40 records of PO-00003 with amounts 84.50 .. 123.50: the one that agrees would be the
+    counterparts' amount. Each provider's node sees one masked reference repeated and stops."""
+    kinds = {EVIL: "contract", PROV: "invoice", PROV2: "payment"}
+    record, received = await _attack(net, f"mal-dup-{TAG}", "supply_chain",
+                                     {"attack": "repeat_reference", "dataset": "probe", "kinds": kinds},
+                                     assets=(f"{PROV}.ledger", f"{PROV2}.ledger"))
+    _aborted_by_provider(record, f"{EVIL}'s records repeat a reference", providers=(PROV, PROV2))
+    assert b"back" not in received  # no doubly-masked key of its own came back to compare
