@@ -1,13 +1,14 @@
 """Kafka authentication and ACLs (issue 15, part 3) on a real broker, with the services' own clients.
 
-A second broker, started here, has only a SASL_PLAINTEXT listener with SCRAM-SHA-512 and KRaft's
-StandardAuthorizer. Its users and ACLs are read from the KafkaUsers in infra/ (base/kafka-users.yaml,
+A second broker, started here, has only SASL client listeners with SCRAM-SHA-512 (SASL_PLAINTEXT,
+and SASL_SSL with a certificate signed by a CA made for the run) and KRaft's StandardAuthorizer. Its users and ACLs are read from the KafkaUsers in infra/ (base/kafka-users.yaml,
 member/kafka-user.yaml for member "example"), so what is tested is what is deployed; their
 passwords are made at run time and never printed. Then: the relay, as the relay's user, publishes a
 block's events; the catalog's and billing's consumers read them in their own groups and forward a
 dead letter to the dead-letter topic, which the operators' user lists; nobody else may write the
 chain topic, a consumer may not use another's group, and a client without credentials, or with a
-wrong password, gets nothing.
+wrong password, gets nothing; over TLS, as deployed, the relay publishes with the CA file, and a
+client that does not trust that CA is refused.
 """
 
 from __future__ import annotations
@@ -91,6 +92,41 @@ class Secured:
     bootstrap: str
     users: dict[str, KafkaSecurity]  # the infra's users, and "admin"
     password_files: dict[str, Path]
+    tls_bootstrap: str  # SASL_SSL, the broker's certificate signed by ca_file
+    ca_file: Path
+
+
+def make_tls(home: Path) -> tuple[Path, Path]:
+    """A CA made for this run and the broker's certificate for 127.0.0.1 signed by it: (the CA's
+    certificate, the broker's key and certificate chain as one PEM file)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rdx test cluster CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOOPBACK)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_file, keystore = home / "ca.crt", home / "broker.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    keystore.touch(mode=0o600)
+    keystore.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption())
+                         + cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM))
+    return ca_file, keystore
 
 
 def security(user: str, password: str) -> KafkaSecurity:
@@ -125,20 +161,26 @@ async def create_acls(bootstrap: str, admin: KafkaSecurity, users: dict[str, lis
 def secured(toolchain, tmp_path_factory) -> Secured:
     users = infra_users()
     passwords = {name: secrets.token_hex(16) for name in [*users, "admin"]}  # never printed
-    port, controller = free_port(), free_port()
+    port, tls_port, controller = free_port(), free_port(), free_port()
+    home = tmp_path_factory.mktemp("kafka-auth")
+    ca_file, keystore = make_tls(home)
     jaas = ('org.apache.kafka.common.security.scram.ScramLoginModule required '
             f'username="admin" password="{passwords["admin"]}";')
     broker = SecureBroker(
-        tmp_path_factory.mktemp("kafka-auth"), toolchain, port=port, controller_port=controller,
+        home, toolchain, port=port, controller_port=controller,
         admin=security("admin", passwords["admin"]),
         extra_config={
-            "listeners": f"SASL_PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{controller}",
-            "advertised.listeners": f"SASL_PLAINTEXT://{LOOPBACK}:{port}",
-            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listeners": f"SASL_PLAINTEXT://{LOOPBACK}:{port},SASL_SSL://{LOOPBACK}:{tls_port},"
+                         f"CONTROLLER://{LOOPBACK}:{controller}",
+            "advertised.listeners": f"SASL_PLAINTEXT://{LOOPBACK}:{port},SASL_SSL://{LOOPBACK}:{tls_port}",
+            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name": "SASL_PLAINTEXT",
             "sasl.enabled.mechanisms": MECHANISM,
             "sasl.mechanism.inter.broker.protocol": MECHANISM,
             "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": jaas,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
+            "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+            "listener.name.sasl_ssl.ssl.keystore.location": str(keystore),
             "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             # The broker itself; ANONYMOUS is only the controller listener's (the node talking to itself).
             "super.users": "User:admin;User:ANONYMOUS",
@@ -157,7 +199,8 @@ def secured(toolchain, tmp_path_factory) -> Secured:
             path.touch(mode=0o600)
             path.write_text(pw + "\n")  # as a mounted Secret may end
             files[name] = path
-        yield Secured(broker.bootstrap, {n: security(n, p) for n, p in passwords.items()}, files)
+        yield Secured(broker.bootstrap, {n: security(n, p) for n, p in passwords.items()}, files,
+                      f"{LOOPBACK}:{tls_port}", ca_file)
     finally:
         broker.stop()
 
@@ -364,3 +407,30 @@ def test_without_credentials_or_with_a_wrong_password_nothing(secured):
     assert plaintext in {"KafkaConnectionError", "TimeoutError"}, plaintext
     # And the same call with the right password works, so the refusals are the credentials'.
     assert asyncio.run(attempt(secured.users["rdx-relay"])) == "written"
+
+
+def test_sasl_ssl_with_the_cluster_ca_as_deployed(secured, monkeypatch, caplog):
+    """The deployed settings (infra/base/kustomization.yaml): SASL_SSL, SCRAM, a password file and
+    the CA file. The relay's producer publishes over TLS; a client that does not trust that CA
+    (the system's CAs only) never gets to authenticate."""
+    env_for(monkeypatch, secured, "rdx-relay")
+    monkeypatch.setenv("RDX_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("RDX_KAFKA_CA_FILE", str(secured.ca_file))
+
+    async def publish(producer: EventProducer) -> str:
+        try:
+            await asyncio.wait_for(producer.start(), 20)
+            await producer.publish(CHAIN_EVENTS, Event(id=f"tls/{uuid.uuid4().hex}", type="MemberRegistered",
+                                                       entity="member/tls", source="test", data={}))
+            return "written"
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            return type(exc).__name__
+        finally:
+            await producer.stop()
+
+    assert asyncio.run(publish(EventProducer(secured.tls_bootstrap, "consensus", request_timeout_ms=5000))) == "written"
+    monkeypatch.delenv("RDX_KAFKA_CA_FILE")
+    caplog.clear()
+    untrusting = asyncio.run(publish(EventProducer(secured.tls_bootstrap, "consensus", request_timeout_ms=5000)))
+    assert untrusting != "written", untrusting
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text  # refused for the broker's certificate, not anything else
