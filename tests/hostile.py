@@ -33,6 +33,7 @@ def hostile_txs(who: Identity, chain_id: str, nonce: int) -> dict[str, bytes]:
         "nesting past the limit": _signed_text(who, chain_id, nonce, '{"x":' + "[" * 20 + "]" * 20 + "}"),
         "huge integer": _signed_text(who, chain_id, nonce, '{"public_key":' + "9" * 5000 + "}"),
         "integer past 64 bits": _signed_text(who, chain_id, nonce, '{"public_key":' + str(1 << 64) + "}"),
+        "integer past 2^53": _signed_text(who, chain_id, nonce, '{"public_key":' + str(2**53) + "}"),
         "huge nonce": _signed_text(who, chain_id, 10 ** 30, f'{{"public_key":"{who.public_key}"}}'),
         "not utf-8": b'{"chain_id":"\xff\xfe"}',
         "utf-16 json": json.dumps(envelope).encode("utf-16"),

@@ -57,8 +57,10 @@ MAX_DEPTH = 16
 message's schema; it keeps every later reader (validation, state, Kafka consumers) clear of
 recursion limits."""
 
-INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
-"""Integers a tx may hold: 64-bit signed, what every consumer (SQLite, Go, protobuf) can store."""
+INT_MIN, INT_MAX = -(2**53 - 1), 2**53 - 1
+"""Integers a tx may hold: those a JavaScript number (an IEEE double) holds exactly, so a signer in
+any language encodes the same bytes, and within int64 for SQLite, Go and protobuf. Every amount
+rdx defines is far below (at most 10^15 credits)."""
 
 
 def canonical(value: Any) -> bytes:
@@ -83,7 +85,7 @@ def _check_values(value: Any) -> None:
         elif isinstance(v, float):
             raise TxError(Code.UNDECODABLE, "floats are not allowed in transactions; use integers")
         elif isinstance(v, int) and not isinstance(v, bool) and not INT_MIN <= v <= INT_MAX:
-            raise TxError(Code.UNDECODABLE, "an integer is outside the signed 64-bit range")
+            raise TxError(Code.UNDECODABLE, "an integer is outside +-(2^53 - 1), the range every signer can encode")
 
 
 def _dumps(value: Any) -> bytes:

@@ -57,3 +57,17 @@ def test_identity_repr_and_file_keep_the_secret_private(tmp_path):
     alice.save(path)
     assert path.stat().st_mode & 0o777 == 0o600
     assert Identity.load(path).public_key == alice.public_key
+
+
+def test_integers_are_bounded_to_what_every_signer_encodes_exactly():
+    """A JavaScript signer's numbers are doubles: beyond 2^53 it would sign other bytes than it meant."""
+    from services.common.tx import INT_MAX
+
+    who = Identity.generate("bounded")
+    for amount in (INT_MAX, -INT_MAX):
+        assert Tx.decode(Tx.build(who, "c", "bank.Transfer", 1, {"amount": amount}).encode()).payload["amount"] == amount
+    for amount in (INT_MAX + 1, -INT_MAX - 1, 2**63):
+        raw = Tx.build(who, "c", "bank.Transfer", 1, {"amount": 1}).encode().replace(b'"amount":1', b'"amount":%d' % amount)
+        with pytest.raises(TxError) as refused:
+            Tx.decode(raw)
+        assert refused.value.code == Code.UNDECODABLE and "2^53" in str(refused.value)
