@@ -52,6 +52,7 @@ from services.consensus.members.keeper import MembersKeeper
 from services.consensus.members.messages import Register
 from services.consensus.state import ChainEvent, Database, Overlay, next_app_hash
 from services.consensus.validators import handlers as validators
+from services.consensus.validators.keeper import BLOCK as VALIDATORS_BLOCK
 from services.consensus.validators.keeper import ValidatorsKeeper
 
 log = logging.getLogger("rdx.consensus.app")
@@ -271,6 +272,9 @@ class RdxApp(Application):
     def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
         try:
             outcome = self._deliver(self.check_state, req.tx, height=self.db.height + 1, time=self._last_time, check=True)
+            # The mempool's txs land in blocks of their own: one tx's validator changes do not count
+            # against the per-block share of the next one checked.
+            self.check_state.discard(VALIDATORS_BLOCK)
         except MemoryError:
             raise
         except Exception as exc:  # never reached by design; the mempool must not halt the node if it is
@@ -384,8 +388,15 @@ class RdxApp(Application):
     def _upgrade(self, ctx: Context) -> ConsensusParams | None:
         """At a scheduled upgrade's height: a binary too old for it stops the node (deliberately: it
         must not apply blocks by rules it does not know); a new enough one switches the chain's app
-        version, and tells CometBFT so (block headers carry it from the next height)."""
+        version, and tells CometBFT so (block headers carry it from the next height). A binary older
+        than the version the chain already runs (an image rolled back) stops the same way."""
         keeper = GovernanceKeeper(ctx)
+        if keeper.app_version() > self.app_version:
+            log.critical("UPGRADE NEEDED: this chain applies blocks as app version %d since an upgrade; this binary "
+                         "applies blocks up to app version %d. This node stops before height %d (its state stays at "
+                         "height %d): install a release with app version %d and start it again.",
+                         keeper.app_version(), self.app_version, ctx.height, self.db.height, keeper.app_version())
+            raise UpgradeRequired(f"the chain runs app version {keeper.app_version()}; this binary has {self.app_version}")
         plan = keeper.upgrade()
         if plan is None or ctx.height < plan["height"]:
             return None

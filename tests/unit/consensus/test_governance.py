@@ -353,6 +353,10 @@ def test_an_upgrade_stops_the_old_binary_at_its_height_and_the_new_one_carries_o
     assert [e.type for e in b.chain.db.events_after((at, -2, -1))] == ["UpgradeApplied"]
     b.chain.block()
     assert not b.chain.last_response.HasField("consensus_param_updates")
+    # Rolled back to the old binary after the upgrade: it stops rather than apply version-2 blocks.
+    b.chain.app = RdxApp(b.chain.db, b.chain.app.chain_id)
+    with pytest.raises(UpgradeRequired, match="the chain runs app version 2"):
+        b.chain.block()
 
 
 def test_an_upgrade_must_be_ahead_and_newer_and_can_be_cancelled(tmp_path):
@@ -414,3 +418,14 @@ def test_the_governance_invariants_catch_a_broken_board_index_or_validator_set(b
     for v in b.vals:
         state.delete(f"validators/set/{address(v)}")
     assert "the recorded validator set is empty" in violations(state)
+
+
+def test_checktx_judges_each_validator_change_on_its_own(tmp_path):
+    """Three additions of 10 to a set of 40, each fine in a block of its own: the mempool takes all
+    three (a block holding them all executes the first; with it, either other would add 20 of 40)."""
+    b = Board(tmp_path, threshold=1, n=1)
+    seat = b.seats[0]
+    raws = [b.chain.tx(seat, "validators.Update", {"changes": [{"pub_key": vkey(), "power": 10}]}) for _ in range(3)]
+    assert [b.chain.check(raw).code for raw in raws] == [Code.OK, Code.OK, Code.OK]
+    results = b.chain.block(*raws)
+    assert [r.code for r in results] == [Code.OK, Code.INVALID_STATE, Code.INVALID_STATE]
