@@ -12,7 +12,7 @@ Layout of the state directory::
 
     <root>/node<i>/          CometBFT home of validator i (config, data, cometbft.log)
     <root>/app<i>/           RDX_STATE_ROOT of validator i's consensus service (+ logs/)
-    <root>/keys/             the association's signing key (only with ``python -m rdx.testnet``)
+    <root>/keys/             the association's and its board seat's signing keys (only with ``python -m rdx.testnet``)
     <root>/genesis.yaml      what the genesis was made from
     <root>/kafka/            the broker, when ``python -m rdx.testnet`` starts its own
 
@@ -49,7 +49,7 @@ from nacl.signing import SigningKey
 from rdx import genesis as rdx_genesis
 from rdx import toolchain as tc
 from rdx.components import LOOPBACK, CometNode, KafkaBroker, ServiceProcess, free_port, wait_until
-from rdx.supervisor import association_identity
+from rdx.supervisor import association_identity, save_local_seat
 from rdx.toolchain import SetupError
 from services.common.identity import Identity
 
@@ -119,6 +119,8 @@ class Testnet:
         self.kafka_bootstrap, self.chain_id, self.count = kafka_bootstrap, chain_id, validators
         self.toolchain = toolchain or tc.installed()
         self.association = association or association_identity(self.root / "keys")
+        if association is None and board is None:  # `make testnet`: the seat's key file beside the association's
+            save_local_seat(self.root / "keys", self.association)
         self.timeout_commit = timeout_commit
         self.app_spec = rdx_genesis.local_app_spec(self.association, board=board, threshold=threshold, powers=powers,
                                                    params=params)
