@@ -299,6 +299,40 @@ def test_relay_publishes_consumers_read_in_their_groups_and_forward_dead_letters
     asyncio.run(scenario())
 
 
+def test_catalog_ingest_catches_up_as_its_user(secured, tmp_path, monkeypatch):
+    """The catalog's own ingest, as rdx-catalog from the environment: the topic's end offsets (admin
+    and consumer without a group), its group catalog-<read model>, and the watcher that reads the
+    group's committed offsets until the read model has caught up."""
+    from services.catalog.ingest import Ingest
+
+    async def scenario() -> bool:
+        producer = EventProducer(secured.bootstrap, "consensus", security=secured.users["rdx-relay"])
+        await producer.start()
+        try:
+            await producer.publish(CHAIN_EVENTS, to_event(chain_event(7, secrets.randbelow(10**6))))
+        finally:
+            await producer.stop()
+        env_for(monkeypatch, secured, "rdx-catalog")
+        ingest = Ingest(secured.bootstrap, tmp_path / "catalog.sqlite")
+        assert ingest.group.startswith("catalog-") and ingest.security.sasl_username == "rdx-catalog"
+        await ingest.start()
+        assert sum(ingest._target.values()) > 0  # there is something to catch up with
+        stop = asyncio.Event()
+        task = asyncio.create_task(ingest.run(stop))
+        try:
+            for _ in range(300):
+                if ingest.caught_up or task.done():
+                    break
+                await asyncio.sleep(0.1)
+            return ingest.caught_up
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+            await ingest.stop()
+
+    assert asyncio.run(scenario())
+
+
 # Who may write which topic: the ACL matrix of infra/, each cell tried with the real producer.
 WRITERS = {
     CHAIN_EVENTS: {"rdx-relay"},
