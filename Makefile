@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STATE  ?= .rdx
 
-.PHONY: setup setup-k8s up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state \
+.PHONY: setup setup-k8s up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state setup-ts \
         testnet fuzz bench bench-consensus bench-gateway bench-catalog bench-billing bench-compute
 
 # The virtual environment, rebuilt only when the dependency list changes.
@@ -35,8 +35,12 @@ status:
 demo: up-detached
 	@$(PY) -m rdx demo --state-dir $(STATE)
 
-test: setup setup-k8s check-infra
+test: setup setup-k8s check-infra setup-ts
 	@$(PY) -m pytest
+
+# The TypeScript signer (sdk/typescript, docs/signing.md): npm ci into a cache outside the checkout, tsc; needs Node.js 20+.
+setup-ts:
+	@sdk/typescript/setup.sh
 
 # etcd + kube-apiserver for the `rdx ops` tests, built once per version into ~/.cache/rdx.
 setup-k8s: $(VENV)/.installed
