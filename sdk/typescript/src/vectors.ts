@@ -1,5 +1,5 @@
 /** Checks tests/vectors/signing.json (docs/signing.md) against this package, vector by vector. */
-import { b64, canonical, CanonicalError, encodeTx, signatureBase, signingBytes, signRequest, Signer, signTx, txHash, unb64 } from "./index.js";
+import { canonical, CanonicalError, encodeTx, signatureBase, signingBytes, signRequest, Signer, signTx, txHash, unb64 } from "./index.js";
 
 const utf8 = (s: string) => new TextEncoder().encode(s);
 const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a).equals(Buffer.from(b));
@@ -66,5 +66,3 @@ export async function checkVectors(v: any, log: (line: string) => void): Promise
   log(`${passed} passed, ${failed} failed`);
   return failed;
 }
-
-export { b64 };
