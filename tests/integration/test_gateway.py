@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
+import json
 import sqlite3
 import time
 
@@ -225,3 +226,66 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(chain, tmp_p
     summary = result.stdout[-3000:]
     assert result.returncode == 0, summary
     assert " passed" in summary and "failed" not in summary.split("Test cases:")[-1], summary
+
+
+def test_after_a_refused_tx_the_next_sdk_tx_succeeds(gw):
+    bank = as_member(gw, gw.bank)
+    first = bank.request_access(f"{gw.tag}.n1", f"{gw.tag}.l3", ["psi"], "nonce recovery")  # the nonce is now cached
+    assert first["height"] > 0
+    with pytest.raises(GatewayError) as by_policy:  # refused by the gateway: never reaches the chain
+        bank.request_access(f"{gw.tag}.n2", f"{gw.tag}.l3", ["raw_download"], "export")
+    assert by_policy.value.status == 403
+    assert bank.request_access(f"{gw.tag}.n3", f"{gw.tag}.l3", ["psi"], "after a 403")["height"] > 0
+    with pytest.raises(GatewayError) as by_chain:  # refused by the chain's CheckTx: the id is taken
+        bank.request_access(f"{gw.tag}.n3", f"{gw.tag}.l3", ["psi"], "the same id again")
+    assert by_chain.value.status in (409, 422) and by_chain.value.title == "Rejected by the chain"
+    assert "code 7" not in by_chain.value.detail  # not a bad nonce: the id conflict itself
+    assert bank.request_access(f"{gw.tag}.n4", f"{gw.tag}.l3", ["psi"], "after a chain refusal")["height"] > 0
+    ids = {g["id"] for g in bank.my_access()}
+    assert {f"{gw.tag}.n1", f"{gw.tag}.n3", f"{gw.tag}.n4"} <= ids and f"{gw.tag}.n2" not in ids
+
+
+def test_typescript_signer_tx_and_request_are_accepted_by_the_real_chain_and_gateway(gw):
+    """sdk/typescript signs (docs/signing.md); the chain's CheckTx/DeliverTx and the gateway's
+    RFC 9421 verifier are the judges."""
+    import base64
+
+    import tssigner
+
+    seed = base64.b64encode(bytes(gw.bank.signing_key)).decode()
+    me = {"account": gw.bank.account, "seed_b64": seed}
+
+    def ts_tx(nonce: int, grant: str) -> dict:
+        return tssigner.call("tx", {**me, "chain_id": gw.chain.chain_id, "type": "access.Request", "nonce": nonce,
+                                    "payload": {"id": grant, "asset": f"{gw.tag}.l3", "operations": ["psi"],
+                                                "purpose": "signed in TypeScript", "expires_at": int(time.time()) + 86_400,
+                                                "max_runs": 1}})
+
+    # a tx broadcast straight to CometBFT
+    async def broadcast():
+        async with ChainClient(gw.chain.rpc_url, gw.chain.chain_id) as c:
+            signed = ts_tx(await c.next_nonce(gw.bank.account), f"{gw.tag}.ts1")
+            checked = await c.broadcast(base64.b64decode(signed["encoded_b64"]))
+            assert checked["code"] == 0, checked
+            committed = await c.wait_for(signed["hash"], timeout=20)
+            return signed, committed, await c.query(f"/access/{gw.tag}.ts1")
+
+    signed, committed, grant = asyncio.run(broadcast())
+    assert committed.height > 0 and committed.tx_hash == signed["hash"]
+    assert grant["consumer"] == gw.bank.account and grant["purpose"] == "signed in TypeScript"
+
+    # a signed GET, then a signed POST carrying a TypeScript-signed tx, through the gateway
+    got = tssigner.call("request", {**me, "method": "GET", "url": f"{gw.url}/v1/accounts/{gw.bank.account}"})
+    assert got["status"] == 200, got
+    nonce = json.loads(got["body"])["nonce"] + 1
+    body = json.dumps({"tx": ts_tx(nonce, f"{gw.tag}.ts2")["tx"]})
+    posted = tssigner.call("request", {**me, "method": "POST", "url": f"{gw.url}/v1/access-requests", "body": body})
+    assert posted["status"] == 200, posted
+    assert [e["type"] for e in json.loads(posted["body"])["events"]] == ["AccessRequested"]
+    record = last_audit(gw)
+    assert (record["member"], record["key_id"], record["decision"]) == (gw.bank.account, gw.bank.account, "allow")
+
+    # the same request signed with another key under the bank's name is refused
+    forged = {**me, "seed_b64": base64.b64encode(bytes(Identity.generate("x").signing_key)).decode()}
+    refused = tssigner.call("request", {**forged, "method": "GET", "url": f"{gw.url}/v1/accounts/{gw.bank.account}"})
+    assert refused["status"] == 401 and json.loads(refused["body"])["title"] == "Invalid signature"
