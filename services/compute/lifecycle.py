@@ -58,6 +58,9 @@ log = logging.getLogger("rdx.compute.jobs")
 JOBS = Counter("rdx_jobs_total", "jobs this node took part in, by how they ended here", ["type", "outcome"])
 JOB_SECONDS = Histogram("rdx_compute_job_duration_seconds", "from start to this node's attestation", ["type"],
                         buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))
+POLICY_SECONDS = Histogram("rdx_compute_policy_check_seconds", "a provider's own policy check before a job starts "
+                           "(its grants and listings re-read from the chain)", ["type"],
+                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 STOP_SECONDS = Histogram("rdx_compute_kill_switch_stop_seconds", "from a kill-switch event reaching the node to "
                          "the job's work having stopped", buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2))
 
@@ -271,6 +274,7 @@ class JobManager:
         version re-read from the chain and checked (PolicyViolation if the job breaks them)."""
         mine = spec.inputs_of(self.member)
         inputs: dict[str, InputPolicy] = {}
+        began = time.monotonic()
         if mine:
             grants, listings = {}, {}
             for raw in record.get("inputs") or []:
@@ -283,6 +287,7 @@ class JobManager:
                 listing = listings.get(ref.asset) or {}
                 inputs[ref.asset] = InputPolicy(ref.asset, max(ref.min_group_size, int(listing.get("min_group_size", 1))),
                                                 join_keys(listing.get("metadata")), self._dataset_key(ref.asset))
+            POLICY_SECONDS.labels(spec.type).observe(time.monotonic() - began)
         return Policy(self.max_peer_set, inputs)
 
     async def _chain_read(self, read, *args):
