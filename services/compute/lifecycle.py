@@ -256,18 +256,10 @@ class JobManager:
         log.warning("job %s stopped %.1f ms after the kill switch reached this node", job, stopped_ms)
 
     async def _chain_spec(self, job: str, deadline: int) -> tuple[JobSpec, dict]:
-        delay = 0.2
-        while True:
-            try:
-                got = await self.view.spec(job)
-                if got is None:
-                    raise _ChainEnded("failed", "the job is not on chain")
-                return got
-            except ChainUnavailable:
-                if time.time() > deadline:
-                    raise _ChainEnded("failed", "the chain could not be reached before the deadline") from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        got = await self._chain_read(deadline, self.view.spec, job)
+        if got is None:
+            raise _ChainEnded("failed", "the job is not on chain")
+        return got
 
     async def _policy(self, spec: JobSpec, record: dict) -> Policy:
         """This node's limits for the job; for each of its own inputs, the grant and the listing
@@ -279,9 +271,9 @@ class JobManager:
             grants, listings = {}, {}
             for raw in record.get("inputs") or []:
                 if raw.get("provider") == self.member:
-                    grants[raw.get("grant")] = await self._chain_read(self.view.grant, raw.get("grant"), spec.deadline)
-                    listings[raw["asset"]] = await self._chain_read(self.view.listing, raw["asset"], raw["version"],
-                                                                    spec.deadline)
+                    grants[raw.get("grant")] = await self._chain_read(spec.deadline, self.view.grant, raw.get("grant"))
+                    listings[raw["asset"]] = await self._chain_read(spec.deadline, self.view.listing, raw["asset"],
+                                                                    raw["version"])
             check_grants(spec, record, self.member, grants, listings)
             for ref in mine:
                 listing = listings.get(ref.asset) or {}
@@ -290,8 +282,8 @@ class JobManager:
             POLICY_SECONDS.labels(spec.type).observe(time.monotonic() - began)
         return Policy(self.max_peer_set, inputs)
 
-    async def _chain_read(self, read, *args):
-        *args, deadline = args
+    async def _chain_read(self, deadline: int, read, *args):
+        """``read(*args)`` from the chain, retried while the chain is unreachable, until the deadline."""
         delay = 0.2
         while True:
             try:
