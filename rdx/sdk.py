@@ -90,6 +90,11 @@ class Gateway:
     def my_access(self, status: str | None = None) -> list[dict]:
         return self.request("GET", "/v1/access-requests", params={"status": status} if status else None)
 
+    def tx_status(self, tx_hash: str) -> dict:
+        """``{"tx_hash", "status": "pending"|"committed", "height", "code", "log"}``; GatewayError 404
+        if the chain has no such tx of the caller's member (e.g. one whose write timed out and was lost)."""
+        return self.request("GET", f"/v1/tx/{tx_hash}")
+
     def job(self, job_id: str) -> dict:
         return self.request("GET", f"/v1/jobs/{job_id}")
 

@@ -3,6 +3,8 @@ chain or an upstream service, and leave the decision and reason for the audit tr
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -11,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from services.common.audit import AuditRecord
 from services.common.chain import ChainError, TxRejected
-from services.common.tx import Code, Tx
+from services.common.tx import Code, Tx, TxError
 from services.gateway.auth import Principal
 from services.gateway.authz import authorize_tx
 from services.gateway.problems import Problem
@@ -29,6 +31,14 @@ class TxResult(BaseModel):
     tx_hash: str
     height: int
     events: list[dict[str, Any]]
+
+
+class TxStatus(BaseModel):
+    tx_hash: str
+    status: Literal["pending", "committed"]
+    height: int | None = Field(None, description="the block that holds it, once committed")
+    code: int | None = Field(None, description="its result code once committed: 0 is success (services/common/tx.py Code)")
+    log: str | None = None
 
 
 class NewKey(BaseModel):
@@ -65,6 +75,7 @@ class PolicyDoc(BaseModel):
 # Annotated, not a shared default: FastAPI binds a shared Path() to the first parameter's name.
 Id = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")]
 KeyId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[a-z0-9_]+$")]
+TxHash = Annotated[str, Path(min_length=64, max_length=64, pattern=r"^[0-9A-Fa-f]{64}$")]
 
 
 def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
@@ -81,12 +92,16 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         for key, value in must.items():
             if tx.payload.get(key) != value:
                 raise Problem(422, "Transaction does not match the URL", f"payload.{key} must be {value}")
+        try:
+            raw = tx.encode()  # what the chain gets: a value the canonical encoding refuses is the caller's error
+        except TxError as exc:
+            raise Problem(422, "Undecodable transaction", str(exc)) from None
         verdict = await authorize_tx(p, tx, gw.view)
         mark(request, asset=verdict.asset, job=verdict.job)
         if not verdict.allowed:
             raise Problem(403, "Forbidden", verdict.reason)
         try:
-            checked = await gw.chain.broadcast(tx.encode())
+            checked = await gw.chain.broadcast(raw)
             if checked["code"] != Code.OK:
                 raise TxRejected(checked["code"], checked.get("log", ""), tx.hash)
             committed = await gw.chain.wait_for(tx.hash, timeout=gw.settings.upstream_timeout_s)
@@ -149,6 +164,42 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
     @r.post("/tx", summary="Relay any other signed transaction the caller's role allows")
     async def any_tx(request: Request, body: TxBody, p: Principal = who) -> TxResult:
         return await relay(request, p, body, body.tx.type)
+
+    @r.get("/tx/{tx_hash}", summary="A transaction's status: pending in the mempool, or committed with its result")
+    async def tx_status(tx_hash: TxHash, p: Principal = who) -> TxStatus:
+        """Visible to the signer's member (and the association and auditors); any other tx, like
+        an unknown one, is 404. A pending tx is found among the first 100 of the node's mempool."""
+        tx_hash = tx_hash.upper()
+        try:
+            found = await gw.chain.rpc("tx", hash=base64.b64encode(bytes.fromhex(tx_hash)).decode())
+        except ChainError as exc:
+            if "not found" not in str(exc):
+                raise Problem(503, "Chain unavailable", "the chain did not answer; retry") from None
+            found = None
+        if found is not None:
+            raw, result = base64.b64decode(found["tx"]), found["tx_result"]
+            status = TxStatus(tx_hash=tx_hash, status="committed", height=int(found["height"]),
+                              code=int(result.get("code", 0)), log=result.get("log", ""))
+        else:
+            try:
+                pending = (await gw.chain.rpc("unconfirmed_txs", limit="100")).get("txs") or []
+            except ChainError:
+                raise Problem(503, "Chain unavailable", "the chain did not answer; retry") from None
+            raw = next((r for r in map(base64.b64decode, pending) if hashlib.sha256(r).hexdigest().upper() == tx_hash), None)
+            status = TxStatus(tx_hash=tx_hash, status="pending")
+        if raw is None or not await may_see_tx(p, raw):
+            raise Problem(404, "Not found", f"no transaction {tx_hash} visible to {p.member}")
+        return status
+
+    async def may_see_tx(p: Principal, raw: bytes) -> bool:
+        if p.role in ("association_admin", "auditor") and p.member == "association":
+            return True
+        try:
+            signer = Tx.decode(raw).signer
+        except TxError:
+            return False
+        acc = await gw.view.account(signer)
+        return acc is not None and acc["member"] == p.member
 
     @r.get("/accounts/{account_id}", summary="A chain account's public key and nonce")
     async def account(account_id: Id, p: Principal = who) -> Account:
