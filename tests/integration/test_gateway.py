@@ -289,3 +289,41 @@ def test_typescript_signer_tx_and_request_are_accepted_by_the_real_chain_and_gat
     forged = {**me, "seed_b64": base64.b64encode(bytes(Identity.generate("x").signing_key)).decode()}
     refused = tssigner.call("request", {**forged, "method": "GET", "url": f"{gw.url}/v1/accounts/{gw.bank.account}"})
     assert refused["status"] == 401 and json.loads(refused["body"])["title"] == "Invalid signature"
+
+
+def test_tx_status_by_hash(gw):
+    bank, telco = as_member(gw, gw.bank), as_member(gw, gw.telco)
+    done = bank.request_access(f"{gw.tag}.st", f"{gw.tag}.l3", ["psi"], "status lookup")
+    status = bank.tx_status(done["tx_hash"])
+    assert status == {"tx_hash": done["tx_hash"], "status": "committed", "height": done["height"], "code": 0, "log": ""}
+    assert bank.tx_status(done["tx_hash"].lower())["height"] == done["height"]
+    assert gw.admin.tx_status(done["tx_hash"])["status"] == "committed"  # the association sees every tx
+    for who, tx_hash in ((telco, done["tx_hash"]), (bank, "AB" * 32)):  # another member's tx; no such tx
+        with pytest.raises(GatewayError) as missing:
+            who.tx_status(tx_hash)
+        assert missing.value.status == 404
+
+    # a tx just broadcast is pending, then committed (if the block is faster than the lookup, committed at once)
+    async def broadcast():
+        async with ChainClient(gw.chain.rpc_url, gw.chain.chain_id) as c:
+            return await c.submit(gw.bank, "access.Request", {
+                "id": f"{gw.tag}.st2", "asset": f"{gw.tag}.l3", "operations": ["psi"], "purpose": "pending",
+                "expires_at": int(time.time()) + 86_400, "max_runs": 1}, wait=False)
+
+    sent = asyncio.run(broadcast())
+    seen = [bank.tx_status(sent.tx_hash)["status"]]
+    deadline = time.monotonic() + 20
+    while seen[-1] != "committed" and time.monotonic() < deadline:
+        time.sleep(0.5)  # well under the member's rate limit (5/s in this module)
+        seen.append(bank.tx_status(sent.tx_hash)["status"])
+    assert seen[-1] == "committed" and set(seen) <= {"pending", "committed"}
+
+
+def test_a_tx_whose_values_cannot_be_encoded_is_a_422(gw):
+    url = f"{gw.url}/v1/tx"
+    for bad in (1.5, 2**53):
+        body = json.dumps({"tx": {"chain_id": gw.chain.chain_id, "type": "access.Request", "signer": gw.bank.account,
+                                  "nonce": 1, "payload": {"a": bad}, "sig": "x"}}).encode()
+        resp = httpx.post(url, content=body, headers={"content-type": "application/json",
+                                                      **httpsig.sign(gw.bank, "POST", url, body)})
+        assert resp.status_code == 422 and resp.json()["title"] == "Undecodable transaction", resp.text
