@@ -1,4 +1,4 @@
-"""``rdx search|access|jobs|keys|audit``: the gateway from a terminal, for member people and
+"""``rdx search|access|jobs|keys|audit|tx``: the gateway from a terminal, for member people and
 systems. Configured by --gateway/--key-file/--api-key or RDX_GATEWAY, RDX_KEY_FILE, RDX_API_KEY."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ access = typer.Typer(help="Ask for, grant and revoke access to data.", no_args_i
 jobs = typer.Typer(help="Submit and follow privacy-preserving jobs.", no_args_is_help=True)
 keys = typer.Typer(help="API keys of your member.", no_args_is_help=True)
 audit = typer.Typer(help="The audit trail.", no_args_is_help=True)
+txs = typer.Typer(help="Chain transactions.", no_args_is_help=True)
 
 GatewayUrl = typer.Option("http://127.0.0.1:8000", "--gateway", envvar="RDX_GATEWAY")
 KeyFile = typer.Option(None, "--key-file", envvar="RDX_KEY_FILE", help="your member's signing key (JSON)")
@@ -136,9 +137,19 @@ def audit_verify(since: float = typer.Option(None), until: float = typer.Option(
     console.print("[green]audit trail intact[/green]: every anchored batch matches the chain")
 
 
+@txs.command("status")
+@guarded
+def tx_status(tx_hash: str, url: str = GatewayUrl, key_file: Path = KeyFile, api_key: str = ApiKey,
+              chain_id: str = ChainId) -> None:
+    """A tx's status by its hash: pending, or committed with its height and result code (e.g. after a 503)."""
+    with connect(url, key_file, api_key, chain_id) as gw:
+        show(gw.tx_status(tx_hash))
+
+
 def install(app: typer.Typer) -> None:
     app.command("search")(search)
     app.add_typer(access, name="access")
     app.add_typer(jobs, name="jobs")
     app.add_typer(keys, name="keys")
     app.add_typer(audit, name="audit")
+    app.add_typer(txs, name="tx")
