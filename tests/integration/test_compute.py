@@ -443,11 +443,14 @@ async def test_suspending_an_asset_aborts_its_running_job_within_one_second(net)
     assert record["status"] == "aborted" and "suspended" in record["ended_reason"]
     for member, row in rows.items():
         after_block = row["ended_at"] - block_time
+        # stopped_ms is None when the node had already stopped before its own copy of the event was
+        # confirmed: its peer stopped first and the chain said the job was aborted.
         print(f"{member}: stopped {after_block * 1000:.0f} ms after the suspending block's time, "
               f"{(row['ended_at'] - sent) * 1000:.0f} ms after broadcast, "
-              f"{row['stopped_ms']:.1f} ms after the event reached the node")
+              f"{row['stopped_ms']} ms after the event reached the node")
         assert after_block < 1.0, (member, after_block)
-        assert row["stopped_ms"] is not None and row["stopped_ms"] < 500
+        assert row["stopped_ms"] is None or row["stopped_ms"] < 500
+    assert any(row["stopped_ms"] is not None for row in rows.values())  # the kill switch itself stopped one
     assert await net.balance(BANK) == before  # the chain refunded the escrow
     assert net.http(BANK, f"/jobs/{job}/result")[0] == 409
 
