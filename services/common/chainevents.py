@@ -9,8 +9,9 @@ FinalizeBlock's own), the event's ``id`` and a ``digest``: SHA-256 over the cano
 what a consumer receives (id, type, entity, block time and data). A consumer asks its own chain
 node for that block's results (CometBFT's ``block_results``, one call per height, cached) and
 applies the event only if an event with that id, type, entity and digest is there. An event of a
-height the node has not committed is waited for, briefly (another validator's relay may be a
-block or two ahead of this node), then refused; one further ahead is refused at once, so forged
+height the node has not committed is waited for, briefly (3 s: another validator's relay may be
+a block or two ahead of this node; the copy this node's own validator's relay publishes comes
+after its commit), then refused, and further records of that height are refused without waiting; one further ahead is refused at once, so forged
 far-future records cannot stall a consumer. A refused event is not recorded as applied, so the real
 event with the same id still applies when it comes.
 
@@ -65,9 +66,10 @@ class ChainEventVerifier:
 
     MAX_AHEAD = 2  # heights past this node's that another validator's relay may plausibly be at
 
-    def __init__(self, client: ChainClient, *, wait_for_height_s: float = 15.0, cache_heights: int = 64):
+    def __init__(self, client: ChainClient, *, wait_for_height_s: float = 3.0, cache_heights: int = 64):
         self.client = client
         self.wait_for_height_s = wait_for_height_s
+        self._not_committed: dict[int, float] = {}  # heights waited for in vain, until when not to wait again
         self._blocks: OrderedDict[int, dict[str, tuple[str, str, str | None]]] = OrderedDict()
         self._cache = cache_heights
 
@@ -114,7 +116,11 @@ class ChainEventVerifier:
         return block
 
     async def _wait_for(self, height: int) -> None:
-        deadline = time.monotonic() + self.wait_for_height_s
+        """Until this node has committed ``height``, briefly. A height already waited for in vain is
+        not waited for again (a run of records for it costs one wait, not one each)."""
+        now = time.monotonic()
+        self._not_committed = {h: t for h, t in self._not_committed.items() if t > now}
+        deadline = now if height in self._not_committed else now + self.wait_for_height_s
         while True:
             try:
                 latest = await self.client.height()
@@ -122,6 +128,7 @@ class ChainEventVerifier:
                 raise ChainUnavailable(str(exc)) from None
             if latest >= height:
                 return
-            if height > latest + self.MAX_AHEAD or time.monotonic() > deadline:
+            if height > latest + self.MAX_AHEAD or time.monotonic() >= deadline:
+                self._not_committed[height] = time.monotonic() + 10 * self.wait_for_height_s
                 raise NotOnChain(f"height {height} is not committed (the chain is at {latest})")
             await asyncio.sleep(0.2)

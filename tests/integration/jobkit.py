@@ -116,7 +116,8 @@ class JobNet:
         assert await self.chain.query(f"/bank/escrow/{job}") is None
         holders = {self.consumer} if result_holders is None else set(result_holders)
         for m in record["participants"]:
-            if m not in holders:
+            if m not in holders:  # once its node has seen the chain complete the job (it confirms the event first)
+                await self.wait_node(m, job, lambda r: r["status"] == "completed", timeout=15)
                 assert self.http(m, f"/jobs/{job}/result")[0] == 404
 
     def result(self, job):

@@ -26,6 +26,7 @@ from rdx.components import ServiceProcess, free_port
 from services.catalog import events, store
 from services.catalog.ingest import Ingest, end_offsets
 from services.common.chain import ChainClient, TxRejected
+from services.common.chainevents import ChainEventVerifier
 from services.common.events import CHAIN_EVENTS, Event
 from services.common.identity import Identity
 from services.common.kafka import IdempotentConsumer
@@ -283,9 +284,11 @@ async def _last_event_id(bootstrap: str) -> str:
         await consumer.stop()
 
 
-async def _rebuild(bootstrap: str, path) -> Ingest:
-    """An empty read model consuming the topic from offset 0 until it has caught up."""
+async def _rebuild(bootstrap: str, path, verifier: ChainEventVerifier) -> Ingest:
+    """An empty read model consuming the topic from offset 0 until it has caught up. It checks the
+    events against the chain as the service does: other tests' chains publish to this topic too."""
     ingest = Ingest(bootstrap, path)
+    ingest.consumer.verifier = verifier
     await ingest.start()
     stop = asyncio.Event()
     task = asyncio.create_task(ingest.run(stop))
@@ -311,7 +314,9 @@ async def test_rebuild_from_offset_0_gives_the_identical_index_and_replay_does_n
         live_group = (await http.get("/v1/status")).json()["consumer_group"]
 
     rebuilt_path = tmp_path / "rebuilt.sqlite"
-    first = await _rebuild(bootstrap, rebuilt_path)
+    chain = ChainClient(cat.chain.rpc_url, cat.chain.chain_id)
+    verifier = ChainEventVerifier(chain)
+    first = await _rebuild(bootstrap, rebuilt_path, verifier)
     assert first.group != live_group  # an empty read model is a new consumer group: it reads from offset 0
     live, rebuilt = sqlite3.connect(f"file:{cat.db}?mode=ro", uri=True), sqlite3.connect(rebuilt_path)
     live_dump, rebuilt_dump = store.dump(live), store.dump(rebuilt)
@@ -321,7 +326,8 @@ async def test_rebuild_from_offset_0_gives_the_identical_index_and_replay_does_n
 
     # the whole topic again into the same read model, by another consumer group from offset 0
     group = f"replay-{cat.tag}"
-    again = IdempotentConsumer(bootstrap, "catalog", [CHAIN_EVENTS], group, rebuilt_path, events.apply)
+    again = IdempotentConsumer(bootstrap, "catalog", [CHAIN_EVENTS], group, rebuilt_path, events.apply,
+                               verifier=verifier)
     target = sum((await end_offsets(bootstrap, CHAIN_EVENTS)).values())
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -338,6 +344,7 @@ async def test_rebuild_from_offset_0_gives_the_identical_index_and_replay_does_n
         await task
         await again.stop()
         await admin.close()
+        await chain.close()
     check = sqlite3.connect(rebuilt_path)
     assert store.digest(check) == digest
     assert check.execute("SELECT count(*) FROM applied_events").fetchone()[0] == len(rebuilt_dump["applied_events"])
