@@ -194,7 +194,8 @@ class IdempotentConsumer:
     letter, and the consumer commits past it. With a ``verifier``, a chain event is applied only
     once the chain confirms it; one it does not hold is a dead letter (``not_on_chain``) and is
     not recorded as applied, so the real event of that id still applies. While the chain node
-    does not answer, the consumer waits (up to ``verify_timeout_s``, then ``unverified``).
+    does not answer, the consumer waits (up to ``verify_timeout_s``, then ``unverified``). With
+    ``verify_if``, only the events it accepts are checked (those the handler would act on).
     """
 
     CAREFUL_RECORDS = 1000  # records read one by one per partition while looking for an unreadable one
@@ -207,7 +208,7 @@ class IdempotentConsumer:
                  event_types: Mapping[str, Collection[str]] | None = None,
                  max_attempts: int = 4, retry_backoff_s: float = 0.1,
                  verifier: ChainEventVerifier | None = None, verify_timeout_s: float = 60.0,
-                 security: KafkaSecurity | None = None):
+                 verify_if: Callable[[Event], bool] | None = None, security: KafkaSecurity | None = None):
         """``group_id`` None: one group per read-model database, so a new, empty read model reads
         the topic from the start instead of resuming where another instance's offsets stand.
         ``security``: for the consumer and its dead-letter producer; None, from the environment."""
@@ -216,6 +217,7 @@ class IdempotentConsumer:
         self.event_types = EVENT_TYPES if event_types is None else event_types
         self.max_attempts, self.retry_backoff_s = max(1, max_attempts), retry_backoff_s
         self.verifier, self.verify_timeout_s = verifier, verify_timeout_s
+        self.verify_if = verify_if  # None: every chain event; else only those the handler acts on
         self.store = AppliedLog(db_path)
         self.group_id = group_id or f"{service}-{self.store.model_id}"
         self.from_beginning = from_beginning
@@ -297,7 +299,8 @@ class IdempotentConsumer:
         if known is not None and event.type not in known:
             self._dead_letter(message, Reason.UNKNOWN_TYPE, f"event type {event.type!r} is not one {topic} carries")
             return
-        if self.verifier is not None and topic == CHAIN_EVENTS and not await self._on_chain(message, event):
+        if (self.verifier is not None and topic == CHAIN_EVENTS and (self.verify_if is None or self.verify_if(event))
+                and not await self._on_chain(message, event)):
             return
         token = tracing.set_current(tracing.from_traceparent(last_header(message.headers, "traceparent")))
         try:

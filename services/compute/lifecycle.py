@@ -91,6 +91,19 @@ class JobManager:
         self._progress_at: dict[str, tuple[float, str]] = {}
 
     # -- chain events (synchronous: inside the consumer's transaction) --------------------------------
+    def acts_on(self, event: Event) -> bool:
+        """Whether ``on_event`` would change anything for ``event``: only such events are checked
+        against the chain first (one block_results call per height), so a node catching up on the
+        topic does not check the many it ignores."""
+        d = event.data
+        if event.type == ev.JOB_AUTHORIZED:
+            return self.member in (d.get("participants") or [])
+        if event.type in (ev.JOB_ABORTED, ev.JOB_FAILED, ev.JOB_COMPLETED, ev.JOB_SETTLED):
+            return self.journal.get(str(d.get("job", ""))) is not None
+        if event.type in (ev.MEMBER_SUSPENDED, ev.ASSET_SUSPENDED, ev.ASSET_DELISTED):
+            return bool(self.journal.active())
+        return False
+
     def on_event(self, event: Event, conn) -> None:
         d = event.data
         if event.type == ev.JOB_AUTHORIZED:
