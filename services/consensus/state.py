@@ -152,18 +152,19 @@ class Overlay:
             return None if text is _DELETED else text
         if self.parent is not None:
             return self.parent._text(key)
-        if key not in self._committed:
-            self._committed[key] = self.db.get_text(key)
-        return self._committed[key]
+        return self._committed_text(key)
 
     def committed(self, key: str) -> Any | None:
         """The committed value at ``key``, whatever this overlay or its parents wrote."""
+        text = self._committed_text(key)
+        return None if text is None else json.loads(text)
+
+    def _committed_text(self, key: str) -> str | None:
         if self.parent is not None:
-            return self.parent.committed(key)
+            return self.parent._committed_text(key)
         if key not in self._committed:
             self._committed[key] = self.db.get_text(key)
-        text = self._committed[key]
-        return None if text is None else json.loads(text)
+        return self._committed[key]
 
     def set(self, key: str, value: Any) -> None:
         self.writes[key] = _dump(value)
