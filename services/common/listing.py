@@ -27,6 +27,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
+from services.common.privacy import PrivacyBudget
+
 METADATA_VERSION = 1
 # The canonical JSON of the metadata, in UTF-8. A tx is at most 64 KiB (services/common/tx.py):
 # this leaves 16 KiB for the envelope and the listing's other fields.
@@ -236,6 +238,7 @@ class ListingDraft(_Contract):
                                      description="SHA-256 Merkle root of the canonical rows, 64 lower-case hex")]
     price: Price
     min_group_size: Annotated[StrictInt, Field(ge=1, le=10**6)] = 1
+    privacy_budget: PrivacyBudget | None = None  # services/common/privacy.py
     metadata: ListingMetadata
 
     @model_validator(mode="after")

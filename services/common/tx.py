@@ -42,6 +42,7 @@ class Code:
     INVALID_QUERY = 15  # an ABCI query path the app does not serve (too long, bad page parameters)
     MEMPOOL_SHARE_FULL = 16  # the signer already has its share of the mempool waiting; retry after a block
     PRICE_TOO_LOW = 17  # a job's max_price does not cover its quote (the log says the quote)
+    PRIVACY_BUDGET_EXCEEDED = 18  # a noisy job would overspend a listing's privacy budget (the log says what is left)
 
 
 class TxError(ValueError):

@@ -47,6 +47,7 @@ from services.consensus.governance import messages as governance_messages
 from services.consensus.governance.keeper import GovernanceKeeper
 from services.consensus.jobs import handlers as jobs
 from services.consensus.pricing import PricingKeeper
+from services.consensus.privacy import handlers as privacy
 from services.consensus.members import handlers as members
 from services.consensus.members.keeper import MembersKeeper
 from services.consensus.members.messages import Register
@@ -199,6 +200,9 @@ class RdxApp(Application):
             return self._page(prefix, query_string)
         if key.startswith("quote/"):
             value: Any = self._quote(key)
+        elif key.startswith("privacy-budget/"):
+            value = privacy.query(Context(store=Overlay(self.db), height=self.db.height,
+                                          time=int(self.db.meta("time", "0"))), key)
         else:
             value = self.db.get(key)  # a key with "?" in it is just a key that is not there
         if value is None:

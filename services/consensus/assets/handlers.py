@@ -12,6 +12,7 @@ from services.consensus.jobs.keeper import JobsKeeper
 from services.consensus.members.keeper import MembersKeeper
 
 LISTING_FIELDS = ("level", "operations", "commitment", "price", "min_group_size", "metadata")
+STORED = {*LISTING_FIELDS, "privacy_budget"}  # stored, not in the events: absent means no budget
 
 
 def _record(ctx: Context, assets: AssetsKeeper, asset: dict, event: str) -> None:
@@ -29,7 +30,7 @@ def list_asset(ctx: Context, msg: m.List) -> None:
     if assets.get(msg.id) is not None:
         raise Rejected(Code.CONFLICT, f"asset {msg.id} already exists")
     asset = {"id": msg.id, "owner": provider["id"], "version": 1, "status": "listed",
-             **msg.model_dump(include=set(LISTING_FIELDS), exclude_none=True)}
+             **msg.model_dump(include=STORED, exclude_none=True)}
     _record(ctx, assets, asset, "AssetListed")
 
 
@@ -48,7 +49,8 @@ def update(ctx: Context, msg: m.Update) -> None:
     assets, asset = _owned(ctx, msg.id)
     if asset["status"] != "listed":
         raise Rejected(Code.INVALID_STATE, f"asset {msg.id} is {asset['status']}")
-    asset.update(msg.model_dump(include=set(LISTING_FIELDS), exclude_none=True), version=asset["version"] + 1)
+    asset.pop("privacy_budget", None)
+    asset.update(msg.model_dump(include=STORED, exclude_none=True), version=asset["version"] + 1)
     _record(ctx, assets, asset, "AssetUpdated")
 
 

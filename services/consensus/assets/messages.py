@@ -7,6 +7,7 @@ from __future__ import annotations
 from pydantic import Field, ValidationInfo, field_validator
 
 from services.common.listing import Level, ListingMetadata, Operation, Price, level_problems
+from services.common.privacy import PrivacyBudget
 from services.consensus.members.messages import Msg
 
 AssetId = Field(min_length=3, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")
@@ -18,6 +19,7 @@ class Listing(Msg):
     commitment: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 Merkle root of the canonical rows")
     price: Price
     min_group_size: int = Field(1, ge=1, le=10**6)
+    privacy_budget: PrivacyBudget | None = Field(None, description="ε per period per consumer (services/common/privacy.py)")
     metadata: ListingMetadata = Field(description="the listing contract's metadata (strict, extra fields forbidden)")
 
     @field_validator("operations")

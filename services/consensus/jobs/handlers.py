@@ -18,6 +18,7 @@ from services.consensus.jobs.messages import MAX_PRICE
 from services.consensus.jobs.settlement import settle
 from services.consensus.members.keeper import ASSOCIATION, MembersKeeper
 from services.consensus.pricing import PricingKeeper
+from services.consensus.privacy.handlers import spend_for_job
 
 
 def submit(ctx: Context, msg: m.Submit) -> None:
@@ -67,6 +68,7 @@ def submit(ctx: Context, msg: m.Submit) -> None:
         lines = ", ".join(f"{asset} {cover}" for asset, cover in covers.items())
         raise Rejected(Code.PRICE_TOO_LOW, f"max_price {msg.max_price} is below the quote {quote} at height "
                                            f"{ctx.height} ({lines})")
+    spend_for_job(ctx, msg.id, msg.type, msg.params, consumer["id"], inputs)  # issue 17: before anything runs
     BankKeeper(ctx).hold(msg.id, consumer["id"], msg.max_price)
     job = {"id": msg.id, "type": msg.type, "consumer": consumer["id"], "inputs": inputs,
            "participants": sorted(participants), "params": msg.params, "max_price": msg.max_price,
