@@ -137,7 +137,7 @@ class Gateway:
             record = self.job(job_id)
             if on_progress:
                 on_progress(record)
-            if record["status"] != "running" or time.monotonic() > deadline:
+            if record["status"] not in ("running", "locked") or time.monotonic() > deadline:
                 return record
             time.sleep(0.5)
 

@@ -3,6 +3,7 @@ fault and benchmark runs. Each step is (signer, tx type, payload); steps run in 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 
@@ -55,6 +56,16 @@ def mixed_workload(association: Identity, members: int = 4, tag: str = "w", poli
     yield nodes[1], "jobs.Fail", {"job": f"{tag}.j2", "reason": "dataset unavailable"}
     yield consumer, "jobs.Submit", {"id": f"{tag}.j3", "type": "aggregation", "inputs": inputs[:1], "max_price": 1_000}
     yield association, "jobs.Abort", {"job": f"{tag}.j3", "reason": "kill switch drill"}
+    # one whose provider holds back a release key: locked when both attest, settled at the release
+    key = hashlib.sha256(f"{tag}.j4 release key".encode()).hexdigest()
+    released = {people[2].account: hashlib.sha256(bytes.fromhex(key)).hexdigest()}
+    yield consumer, "jobs.Submit", {"id": f"{tag}.j4", "type": "aggregation", "inputs": inputs[1:2], "max_price": 1_000}
+    yield nodes[2], "jobs.Attest", {"job": f"{tag}.j4", "result_hash": RESULT, "records_used": 50,
+                                    "input_commitments": {f"{tag}.a1": COMMIT}, "releases": released,
+                                    "records": {f"{tag}.a1": 50}}
+    yield nodes[0], "jobs.Attest", {"job": f"{tag}.j4", "result_hash": RESULT, "records_used": 7,
+                                    "input_commitments": {}, "releases": released, "records": {f"{tag}.a1": 50}}
+    yield nodes[2], "jobs.Release", {"job": f"{tag}.j4", "key": key}
     # access that is rejected and revoked
     yield consumer, "access.Request", {"id": f"{tag}.g-rej", "asset": f"{tag}.a0", "operations": ["he_scoring"],
                                        "purpose": "scoring", "expires_at": far, "max_runs": 1}

@@ -28,7 +28,7 @@ def violations(store: Overlay) -> list[str]:
         found.append(f"credits not conserved: balances {balances} + escrow {escrow} != supply {bank.supply}")
     if any(v < 0 for _, v in store.scan("bank/balance/")):
         found.append("a balance is negative")
-    running = {j["id"]: j for j in jobs.all() if j["status"] == "running"}
+    running = {j["id"]: j for j in jobs.all() if j["status"] in ("running", "locked")}  # escrow held
     held = {key.rsplit("/", 1)[1]: v for key, v in store.scan("bank/escrow/")}
     if set(held) != set(running):
         found.append(f"escrow held for {sorted(held)} but running jobs are {sorted(running)}")

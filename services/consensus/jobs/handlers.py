@@ -3,6 +3,8 @@ attestations from every participant's node complete the job and settle it."""
 
 from __future__ import annotations
 
+import hashlib
+
 from services.common.policy import AssetView, GrantView
 from services.common.tx import Code
 from services.consensus import params
@@ -13,7 +15,7 @@ from services.consensus.bank.keeper import BankKeeper
 from services.consensus.context import Context, Rejected
 from services.consensus.governance.keeper import GovernanceKeeper
 from services.consensus.jobs import messages as m
-from services.consensus.jobs.keeper import JobsKeeper
+from services.consensus.jobs.keeper import LOCKED, JobsKeeper
 from services.consensus.jobs.messages import MAX_PRICE
 from services.consensus.jobs.settlement import settle
 from services.consensus.members.keeper import ASSOCIATION, MembersKeeper
@@ -83,9 +85,13 @@ def submit(ctx: Context, msg: m.Submit) -> None:
              deadline=job["deadline"])
 
 
-def _running(jobs: JobsKeeper, job_id: str) -> dict:
+def _running(jobs: JobsKeeper, job_id: str, *, locked_ok: bool = False) -> dict:
     job = jobs.get(job_id)
-    if job is None or job["status"] != "running":
+    if job is not None and job["status"] == LOCKED and not locked_ok:
+        raise Rejected(Code.INVALID_STATE, f"job {job_id} is locked for release: every party attested, its escrow "
+                                           "settles to the providers once they release their keys, or is refunded "
+                                           "at the deadline if one does not")
+    if job is None or job["status"] not in ("running", LOCKED):
         raise Rejected(Code.INVALID_STATE, f"job {job_id} is not running")
     return job
 
@@ -102,30 +108,108 @@ def attest(ctx: Context, msg: m.Attest) -> None:
     mine = {i["asset"]: i["commitment"] for i in job["inputs"] if i["provider"] == member}
     if msg.input_commitments != mine:
         raise Rejected(Code.INVALID_PAYLOAD, "input commitments do not match the listed versions of this job's inputs")
+    unknown = set(msg.records) - {i["asset"] for i in job["inputs"]}
+    if unknown:
+        raise Rejected(Code.INVALID_PAYLOAD, f"records given for {len(unknown)} asset(s) that are not inputs of this job")
+    providers = {i["provider"] for i in job["inputs"]}
+    if set(msg.releases) - providers:
+        raise Rejected(Code.INVALID_PAYLOAD, "release hashes given for members that provide no input of this job")
     job["attestations"][member] = {"result_hash": msg.result_hash, "records_used": msg.records_used,
+                                   "records": dict(msg.records), "releases": dict(msg.releases),
                                    "input_commitments": msg.input_commitments, "height": ctx.height,
                                    "tx_signer": ctx.signer}
     jobs.put(job)
     ctx.emit("JobAttested", f"job:{msg.job}", job=msg.job, member=member, result_hash=msg.result_hash,
              records_used=msg.records_used)
     if set(job["attestations"]) == set(job["participants"]):
-        _conclude(ctx, jobs, job)
+        _attested(ctx, jobs, job)
 
 
-def _conclude(ctx: Context, jobs: JobsKeeper, job: dict) -> None:
+def records_of(job: dict) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Each input's records as attested (its provider's count for it: ``records`` if given, else
+    its ``records_used``), and the inputs on which some party stated a different count."""
+    attestations, agreed, disputed = job["attestations"], {}, {}
+    for item in job["inputs"]:
+        asset, provider = item["asset"], item["provider"]
+        own = attestations[provider]
+        agreed[asset] = own.get("records", {}).get(asset, own["records_used"])
+        stated = {m: a["records"][asset] for m, a in sorted(attestations.items()) if asset in a.get("records", {})}
+        if any(count != agreed[asset] for count in stated.values()):
+            disputed[asset] = {provider: agreed[asset], **stated}
+    return agreed, disputed
+
+
+def releases_of(job: dict) -> tuple[dict[str, str], list[str]]:
+    """The release-key hash each provider must open (every party's attestation may state them), and
+    the providers for which two parties stated different hashes."""
+    wanted: dict[str, str] = {}
+    conflicts = set()
+    for attestation in job["attestations"].values():
+        for provider, digest in attestation.get("releases", {}).items():
+            if wanted.setdefault(provider, digest) != digest:
+                conflicts.add(provider)
+    return wanted, sorted(conflicts)
+
+
+def _attested(ctx: Context, jobs: JobsKeeper, job: dict) -> None:
+    """Everyone attested: fail on any disagreement (nobody is paid, nothing is released); else
+    lock the job for release, or complete it when no provider holds back a key."""
     hashes = {a["result_hash"] for a in job["attestations"].values()}
     if len(hashes) != 1:
         jobs.finish(job, "failed", "participants attested different results")
         return
     job["result_hash"] = hashes.pop()
+    _, disputed = records_of(job)
+    if disputed:
+        for asset, counts in sorted(disputed.items()):
+            ctx.emit("JobRecordsDisputed", f"job:{job['id']}", job=job["id"], asset=asset, counts=counts)
+        jobs.finish(job, "failed", "participants attested different records used for "
+                                   + ", ".join(sorted(disputed)) + "; nobody is charged")
+        return
+    wanted, conflicts = releases_of(job)
+    if conflicts:
+        jobs.finish(job, "failed", "participants attested different release keys of " + ", ".join(conflicts))
+        return
+    if wanted:
+        job["status"], job["releases"], job["locked_height"] = LOCKED, {}, ctx.height
+        jobs.put(job)
+        ctx.emit("JobLocked", f"job:{job['id']}", job=job["id"], result_hash=job["result_hash"],
+                 pending=sorted(wanted))
+        return
+    _conclude(ctx, jobs, job)
+
+
+def _conclude(ctx: Context, jobs: JobsKeeper, job: dict) -> None:
     pricing, access = PricingKeeper(ctx), AccessKeeper(ctx)
-    charges = {i["asset"]: pricing.charge(i, job["attestations"][i["provider"]]["records_used"], access)
-               for i in job["inputs"]}
+    records, _ = records_of(job)
+    charges = {i["asset"]: pricing.charge(i, records[i["asset"]], access) for i in job["inputs"]}
     association = next(mm["id"] for mm in MembersKeeper(ctx).members() if ASSOCIATION in mm["roles"])
     p = params.get(ctx)
     outcome = settle(charges, {i["asset"]: i["provider"] for i in job["inputs"]}, job["max_price"],
                      job["participants"], association, p.association_fee_bps, p.compute_fee_bps)
-    jobs.finish(job, "completed", "all participants attested the same result", outcome)
+    jobs.finish(job, "completed", "all participants attested the same result"
+                + (" and every release key is on chain" if job.get("releases") else ""), outcome)
+
+
+def release(ctx: Context, msg: m.Release) -> None:
+    """A provider's node publishes its release key; the last one completes and settles the job."""
+    jobs = JobsKeeper(ctx)
+    member = MembersKeeper(ctx).signing_node(ctx.signer)["id"]
+    job = jobs.get(msg.job)
+    if job is None or job["status"] != LOCKED:
+        raise Rejected(Code.INVALID_STATE, f"job {msg.job} is not locked for release")
+    wanted, _ = releases_of(job)
+    if member not in wanted:
+        raise Rejected(Code.UNAUTHORIZED, f"{member} holds no release key of job {msg.job}")
+    if member in job["releases"]:
+        raise Rejected(Code.CONFLICT, f"{member} has already released its key of job {msg.job}")
+    if hashlib.sha256(bytes.fromhex(msg.key)).hexdigest() != wanted[member]:
+        raise Rejected(Code.INVALID_PAYLOAD, "the key does not open the release hash attested for this job")
+    job["releases"][member] = msg.key
+    jobs.put(job)
+    ctx.emit("JobReleased", f"job:{msg.job}", job=msg.job, member=member)
+    if set(job["releases"]) == set(wanted):
+        _conclude(ctx, jobs, job)
 
 
 def fail(ctx: Context, msg: m.Fail) -> None:
@@ -139,9 +223,12 @@ def fail(ctx: Context, msg: m.Fail) -> None:
 
 def abort(ctx: Context, msg: m.Abort) -> None:
     jobs, members = JobsKeeper(ctx), MembersKeeper(ctx)
-    job = _running(jobs, msg.job)
-    owners = {i["provider"] for i in job["inputs"]}
+    job = jobs.get(msg.job)
+    owners = {i["provider"] for i in job["inputs"]} if job else set()
     account = members.account(ctx.signer)
+    is_owner = account is not None and account["member"] in owners
+    # A locked job may still be given up by a provider (its own pay) or the association, never the consumer.
+    job = _running(jobs, msg.job, locked_ok=is_owner or members.is_association(ctx.signer))
     if account is not None and account["kind"] == "node":
         # A provider's compute node enforcing its member's policy on its own inputs (issue 17).
         if account["member"] not in owners:
@@ -162,4 +249,5 @@ HANDLERS = {
     "jobs.Attest": (m.Attest, attest),
     "jobs.Fail": (m.Fail, fail),
     "jobs.Abort": (m.Abort, abort),
+    "jobs.Release": (m.Release, release),
 }

@@ -12,6 +12,10 @@ from services.consensus.bank.keeper import BankKeeper
 from services.consensus.context import Context
 from services.consensus.jobs.settlement import Settlement
 
+LOCKED = "locked"
+"""Every party attested and agreed, some provider holds back the key to its last protocol message:
+the escrow may now only settle (every key released) or be refunded at the deadline."""
+
 
 class JobsKeeper:
     def __init__(self, ctx: Context):
@@ -61,7 +65,9 @@ class JobsKeeper:
             _, at, job_id = key.split("/")
             if int(at) > now:
                 break
-            self.finish(self.get(job_id), "failed", "timed out")
+            job = self.get(job_id)
+            self.finish(job, "failed", "timed out" if job["status"] != LOCKED else
+                        "timed out before every release key was on chain; the escrow is refunded")
 
     def all(self) -> list[dict[str, Any]]:
         return [j for _, j in self.store.scan("jobs/")]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -38,13 +38,35 @@ class Submit(Msg):
         return inputs
 
 
+MAX_RECORDS = 10**12
+Records = Annotated[int, Field(strict=True, ge=0, le=MAX_RECORDS)]
+HashStr = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 class Attest(Msg):
-    """Signed by a participant's compute node: what it used and what came out."""
+    """Signed by a participant's compute node: what it used and what came out.
+
+    ``records``: for each input of the job this node saw used, the count (a provider its own
+    inputs, the consumer every input whose size the protocol showed it); the chain charges an
+    input only on a count its provider and every other party stating one agree on.
+    ``releases``: the release-key hashes this node knows of (a provider its own, the consumer
+    those the protocol showed it); with any, the job is locked, not completed, once everyone has
+    attested, and completes when each key is released (``jobs.Release``)."""
 
     job: str = JobId
     result_hash: str = Hash
     input_commitments: dict[str, str] = Field(default_factory=dict, description="asset -> commitment used")
-    records_used: int = Field(ge=0, le=10**12)
+    records_used: int = Field(ge=0, le=MAX_RECORDS)
+    records: dict[str, Records] = Field(default_factory=dict, max_length=16)
+    releases: dict[str, HashStr] = Field(default_factory=dict, max_length=16)
+
+
+class Release(Msg):
+    """Signed by a provider's compute node once the job is locked: the key whose SHA-256 it
+    attested, which opens its last protocol message to the consumer."""
+
+    job: str = JobId
+    key: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class Fail(Msg):
