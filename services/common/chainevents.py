@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections import OrderedDict
 from typing import Any
 
+from services.common import canonicaljson
 from services.common.chain import ChainClient, ChainError
 from services.common.events import Event
 
@@ -46,7 +46,7 @@ def digest(event_id: str, type_: str, entity: str, time_s: int, data: dict[str, 
     """What the chain attests about an event, as a consumer will see it (the relay adds the
     block ``height`` to ``data``)."""
     doc = {"id": event_id, "type": type_, "entity": entity, "time": time_s, "data": data}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+    return hashlib.sha256(canonicaljson.dump_bytes(doc)).hexdigest()
 
 
 def digest_of(event: Event) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.common import canonicaljson
 from services.common.identity import Identity
 
 MAX_TX_BYTES = 64 * 1024
@@ -90,7 +91,7 @@ def _check_values(value: Any) -> None:
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonicaljson.dump_bytes(value)
 
 
 def _refuse_float(text: str) -> float:

@@ -16,7 +16,10 @@ and, while the protocol runs, the job type asks this policy about what it can ob
   picked;
 - a size a peer announces is checked against a bound before any memory is allocated from it,
   and a consumer's set smaller than the listing's minimum group size is refused (any non-empty
-  intersection with it would be below the minimum).
+  intersection with it would be below the minimum);
+- a listing with a privacy budget (services/common/privacy.py) has every noisy result this node
+  releases carry Laplace noise for the ε the chain charged (:meth:`Policy.epsilon`), on values
+  clamped to the bounds the params give (:meth:`Policy.bounds`).
 
 A violation raises :class:`PolicyViolation`. The lifecycle ends the job on chain with
 ``jobs.Abort`` and the violation as its reason, and the job type sends nothing more: no further
@@ -25,17 +28,22 @@ byte of the job leaves the node. Reasons name things (columns, bounds, grants), 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.privacy import BadEpsilon, PrivacyBudget, budget_of, job_epsilon_milli
 from services.compute.jobtypes.base import JobRefused, JobSpec
+
+__all__ = ["budget_of"]  # the lifecycle reads a listing's budget through this module
 
 # The chain's job type -> the listing operation it needs (services/consensus/jobs/messages.py).
 OPERATION_OF = {"psi": "psi", "psi_cardinality": "psi_cardinality", "aggregation": "aggregation",
                 "he_scoring": "he_scoring", "supply_chain": "supply_chain_verification"}
 
+MAX_BOUND = 1e12  # |lo|, |hi| of a column clamped for a noisy sum
 DEFAULT_MAX_PEER_SET = 50_000_000  # elements a peer may announce; 16-48 bytes each on this node
 
 
@@ -51,6 +59,7 @@ class InputPolicy:
     min_group_size: int = 1
     join_keys: frozenset[str] = frozenset()
     dataset_key: str | None = None  # this node's own configured match column for the dataset
+    privacy_budget: PrivacyBudget | None = None  # the listing's, as the job's version declares it
 
     def allows_key(self, column: str) -> bool:
         return column in self.join_keys or (column is not None and column == self.dataset_key)
@@ -80,6 +89,28 @@ class Policy:
         p = self.of(asset)
         if not p.allows_key(column):
             raise PolicyViolation(f"column {column} is not a join key of {asset}")
+
+    def epsilon(self, asset: str, params: Mapping[str, Any]) -> float | None:
+        """The ε this node's noise on ``asset`` must give (what the chain charged the consumer), or
+        None if the listing declares no privacy budget (its results are exact)."""
+        if self.of(asset).privacy_budget is None:
+            return None
+        try:
+            return job_epsilon_milli(params) / 1000
+        except BadEpsilon as exc:  # the chain refuses such a job; a node never trusts that alone
+            raise PolicyViolation(str(exc)) from None
+
+    def bounds(self, asset: str, params: Mapping[str, Any], column: str) -> tuple[float, float]:
+        """``params.bounds[column]`` as (lo, hi): the range this node clamps a column to before a
+        noisy sum, from which the sum's sensitivity follows. No sum is released without one."""
+        raw = params.get("bounds")
+        pair = raw.get(column) if isinstance(raw, dict) else None
+        if not (isinstance(pair, list) and len(pair) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                        and abs(v) <= MAX_BOUND for v in pair) and pair[0] < pair[1]):
+            raise PolicyViolation(f"{asset} has a privacy budget: params.bounds.{column} must be [lo, hi], "
+                                  f"lo < hi, |lo| and |hi| at most {MAX_BOUND:.0e}: the range values are clamped to")
+        return float(pair[0]), float(pair[1])
 
     def consumer_set(self, asset: str, n: int) -> None:
         """A consumer's set below the minimum group size can only give an intersection below it."""

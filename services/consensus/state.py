@@ -9,12 +9,13 @@ is a digest of the state changes, identical on every validator, and costs O(writ
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from services.common import canonicaljson
 
 _DELETED = object()
 
@@ -58,7 +59,7 @@ class Database:
 
     def get(self, key: str) -> Any | None:
         text = self.get_text(key)
-        return None if text is None else json.loads(text)
+        return None if text is None else canonicaljson.loads(text)
 
     def get_text(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
@@ -68,7 +69,7 @@ class Database:
         rows = self.conn.execute("SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key",
                                  (prefix, prefix + "\uffff"))
         for key, value in rows:
-            yield key, json.loads(value)
+            yield key, canonicaljson.loads(value)
 
     def scan_page(self, prefix: str, *, after: str, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` (key, JSON text) under ``prefix`` with keys after ``after``, in key order."""
@@ -115,14 +116,13 @@ class Database:
             "WHERE (height, tx_index, event_index) > (?, ?, ?) ORDER BY height, tx_index, event_index LIMIT ?",
             (*position, limit),
         )
-        return [ChainEvent(h, t, i, tm, ty, en, json.loads(d)) for h, t, i, tm, ty, en, d in rows]
+        return [ChainEvent(h, t, i, tm, ty, en, canonicaljson.loads(d)) for h, t, i, tm, ty, en, d in rows]
 
     def close(self) -> None:
         self.conn.close()
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_dump = canonicaljson.dumps
 
 
 class Overlay:
@@ -144,7 +144,7 @@ class Overlay:
 
     def get(self, key: str) -> Any | None:
         text = self._text(key)
-        return None if text is None else json.loads(text)
+        return None if text is None else canonicaljson.loads(text)
 
     def _text(self, key: str) -> str | None:
         if key in self.writes:
@@ -157,7 +157,7 @@ class Overlay:
     def committed(self, key: str) -> Any | None:
         """The committed value at ``key``, whatever this overlay or its parents wrote."""
         text = self._committed_text(key)
-        return None if text is None else json.loads(text)
+        return None if text is None else canonicaljson.loads(text)
 
     def _committed_text(self, key: str) -> str | None:
         if self.parent is not None:
@@ -184,7 +184,7 @@ class Overlay:
                 if value is _DELETED:
                     merged.pop(key, None)
                 else:
-                    merged[key] = json.loads(value)
+                    merged[key] = canonicaljson.loads(value)
         return iter(sorted(merged.items()))
 
     def branch(self) -> "Overlay":

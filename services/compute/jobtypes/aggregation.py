@@ -121,6 +121,7 @@ from typing import Any
 
 import numpy as np
 
+from services.compute import dp
 from services.compute import psi_kernel as kernel
 from services.compute.commitment import canonical_value
 from services.compute.jobtypes.base import (Channel, JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError,
@@ -330,13 +331,33 @@ def below_minimum(plan: Plan, counts: np.ndarray, min_group: int) -> bool:
     return bool(((counts > 0) & (counts < min_group)).any())
 
 
+def noise(plan: Plan, epsilon: float, clamp: dict[str, tuple[float, float]]) -> np.ndarray:
+    """This provider's Laplace noise for the whole aggregate vector, by OpenDP (services/compute/dp.py).
+
+    One record of this provider is in one group and adds to each column's count (1), sum
+    (<= max|bound|), sum of squares (<= max bound^2) and one histogram bin (1). ε is split evenly
+    over the columns and these 3 or 4 kinds of slot (basic composition); within a kind the
+    vector over groups (and bins) has that L1 sensitivity."""
+    G, C, S = len(plan.groups), len(plan.columns), plan.slots
+    out = np.zeros((G, C, S), dtype=np.float64)
+    each = epsilon / (C * (3 + (1 if plan.bins else 0)))
+    for c, name in enumerate(plan.columns):
+        d_sum, d_sq = dp.sensitivities(*clamp[name])
+        out[:, c, 0] = dp.laplace(np.zeros(G), 1.0, each)
+        out[:, c, 1] = dp.laplace(np.zeros(G), d_sum, each)
+        out[:, c, 2] = dp.laplace(np.zeros(G), d_sq, each)
+        if plan.bins:
+            out[:, c, BASE_SLOTS:] = dp.laplace(np.zeros(G * plan.bins), 1.0, each).reshape(G, plan.bins)
+    return out.ravel()
+
+
 def result_of(plan: Plan, total: np.ndarray, providers: int) -> dict[str, Any]:
     t = total.reshape(len(plan.groups), len(plan.columns), plan.slots)
     groups: dict[str, Any] = {}
     for gi, g in enumerate(plan.groups):
         cols: dict[str, Any] = {}
         for ci, c in enumerate(plan.columns):
-            n, s, ss = int(round(t[gi, ci, 0])), float(t[gi, ci, 1]), float(t[gi, ci, 2])
+            n, s, ss = max(int(round(t[gi, ci, 0])), 0), float(t[gi, ci, 1]), float(t[gi, ci, 2])
             row: dict[str, Any] = {}
             if "count" in plan.stats:
                 row["count"] = n
@@ -349,7 +370,7 @@ def result_of(plan: Plan, total: np.ndarray, providers: int) -> dict[str, Any]:
                 row["variance"] = max(ss / n - mean * mean, 0.0) if n else None
             if plan.bins:
                 row["histogram"] = {"edges": plan.edges.tolist(),
-                                    "counts": [int(round(v)) for v in t[gi, ci, BASE_SLOTS:]]}
+                                    "counts": [max(int(round(v)), 0) for v in t[gi, ci, BASE_SLOTS:]]}
             cols[c] = row
         groups[g] = cols
     result: dict[str, Any] = {"providers": providers, "encoding": f"Z_2^{RING_BITS}, fixed point 2^-{FRAC_BITS}"}
@@ -374,12 +395,16 @@ def result_hash(spec: JobSpec, commitment: str, k: int, aligned: str | None = No
 
 
 def _prepare(plan: Plan, loaded_columns: dict[str, list[Any]],
-             aligned_group: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+             aligned_group: np.ndarray | None = None,
+             clamp: dict[str, tuple[float, float]] | None = None) -> tuple[np.ndarray, int]:
     """Off the event loop: the provider's local aggregate in ring form, and its rows.
-    ``aligned_group`` (with align_on): each row's position among the aligned keys, -1 if not aligned."""
+    ``aligned_group`` (with align_on): each row's position among the aligned keys, -1 if not aligned.
+    ``clamp`` (under a privacy budget): each column's values clamped to its [lo, hi] first."""
     rows = len(next(iter(loaded_columns.values()))) if loaded_columns else 0
     labels = loaded_columns.pop(plan.group_by) if plan.group_by and not plan.per_key else None
     cols = {c: numeric(loaded_columns.pop(c), c) for c in plan.columns}
+    for c, (lo, hi) in (clamp or {}).items():
+        cols[c] = np.clip(cols[c], lo, hi)  # NaN (null) stays NaN
     if aligned_group is None:
         gidx = group_index(labels, plan.groups)
     elif plan.per_key:
@@ -577,6 +602,9 @@ class AggregationJob(JobType):
         me = providers.index(ctx.member)
         others = [p for p in providers if p != ctx.member]
         steps = 5
+        epsilon = ctx.policy.epsilon(ctx.my_inputs[0].asset, spec.params)  # the ε the chain charged, or None
+        clamp = None if epsilon is None else {c: ctx.policy.bounds(ctx.my_inputs[0].asset, spec.params, c)
+                                              for c in plan.columns}
         ctx.progress("loading", 0, steps)
         chans = dict(zip(others, await asyncio.gather(*(ctx.channel(p) for p in others))))
         to_c = await ctx.channel(spec.consumer)
@@ -597,7 +625,7 @@ class AggregationJob(JobType):
             if plan.per_key:
                 plan.set_key_groups(len(inter) // MATCH)
         k = plan.size
-        v, rows = await asyncio.to_thread(_prepare, plan, loaded.columns, aligned_group)
+        v, rows = await asyncio.to_thread(_prepare, plan, loaded.columns, aligned_group, clamp)
         del loaded
         ctx.progress("sharing", 1, steps)
         shares = share(v, n)
@@ -623,7 +651,9 @@ class AggregationJob(JobType):
             await to_c.send("abort", reason="an aggregate is below the listing's minimum group size")
             raise JobRefused(f"an aggregate is below the listing's minimum group size ({min_group})")
         ctx.progress("revealing", 3, steps)
-        await to_c.send("sum", to_bytes(s), k=k)
+        if epsilon is not None:  # on the consumer's share only: the providers' count check above stays exact
+            s = ring_add(s, encode(await asyncio.to_thread(noise, plan, epsilon, clamp)))
+        await to_c.send("sum", to_bytes(s), k=k, dp=epsilon is not None)
         commitment = await expect_finish(to_c)
         await to_c.send("finished")
         await goodbye(ctx.member, [*chans.values(), to_c])
@@ -651,16 +681,22 @@ class AggregationJob(JobType):
             if plan.per_key:
                 plan.set_key_groups(m)
         k = plan.size
-        parts = []
+        parts, noisy = [], False
         for i, p in enumerate(providers):
             msg = await expect(chans[p], "sum")
             parts.append(from_bytes(msg.body, k))
+            noisy = noisy or msg.header.get("dp") is True
             ctx.progress("summing", i + 1, len(providers) + 1)
         total = decode(ring_sum(parts))
         min_group = max(i.min_group_size for i in spec.inputs)
-        if below_minimum(plan, total[plan.count_mask()], min_group):  # the providers checked; so do we
+        # The providers checked the exact counts; so do we, unless noise makes ours meaningless.
+        if not noisy and below_minimum(plan, total[plan.count_mask()], min_group):
             raise JobRefused(f"an aggregate is below the listing's minimum group size ({min_group})")
-        result = json.dumps(result_of(plan, total, len(providers)), sort_keys=True).encode()
+        result = result_of(plan, total, len(providers))
+        if noisy:  # each provider under a privacy budget added its own Laplace noise for the ε charged
+            result["differential_privacy"] = {"mechanism": "Laplace (OpenDP), added by each budgeted provider",
+                                              "epsilon_milli": spec.params.get("epsilon_milli", 1000)}
+        result = json.dumps(result, sort_keys=True).encode()
         commitment = await ctx.commit_result(result)
         for p in providers:
             await chans[p].send("finish", commitment=commitment)

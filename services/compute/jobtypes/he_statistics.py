@@ -94,6 +94,7 @@ from typing import Any
 
 import numpy as np
 
+from services.compute import dp
 from services.compute import psi_kernel as kernel
 from services.compute.commitment import canonical_value
 from services.compute.jobtypes.aggregation import numeric
@@ -186,8 +187,11 @@ def _uniform(k: int, bound: float) -> list[float]:
     return ((2 * u - 1) * bound).tolist()
 
 
-def evaluate(pub, cts: list[bytes], x: np.ndarray, power: int) -> bytes:
-    """P's side for one power: rotate-and-sum(sum_b Enc(s_b) ⊙ x_b^p + Enc_pk(0) ⊙ R), serialized."""
+def evaluate(pub, cts: list[bytes], x: np.ndarray, power: int, shift: float = 0.0) -> bytes:
+    """P's side for one power: rotate-and-sum(sum_b Enc(s_b) ⊙ x_b^p + Enc_pk(0) ⊙ R) + shift, serialized.
+    ``shift`` (the DP noise under a privacy budget) goes in one slot before the rotate-and-sum, so
+    it is in every slot of the total: noise added to slot 0 afterwards would leave the exact total
+    in the other slots, which a consumer decrypting the raw ciphertext reads."""
     import tenseal as ts
 
     v = np.zeros(len(cts) * SLOTS)
@@ -195,6 +199,8 @@ def evaluate(pub, cts: list[bytes], x: np.ndarray, power: int) -> bytes:
     acc = ts.ckks_vector(pub, [0.0] * SLOTS) * _uniform(SLOTS, flood_bound(v))  # flood, and fresh c1
     for b, blob in enumerate(cts):
         acc = acc + ts.ckks_vector_from(pub, blob) * v[b * SLOTS:(b + 1) * SLOTS].tolist()
+    if shift:
+        acc = acc + ([shift] + [0.0] * (SLOTS - 1))  # before the rotate-and-sum, which puts it in every slot
     return acc.sum().serialize()
 
 
@@ -324,6 +330,7 @@ async def run_consumer(ctx: JobContext) -> Outcome:
         raise JobRefused(f"the selection is below the listing's minimum group size ({min_group})")
     powers = powers_for(stats)
     sums: dict[int, float] = {}
+    noisy = False
     batches = (n + SLOTS - 1) // SLOTS
     if powers and count:
         ctx.progress("encrypting", 2, 4)
@@ -341,12 +348,16 @@ async def run_consumer(ctx: JobContext) -> Outcome:
             if m.header.get("power") != p:
                 raise ProtocolError("results out of order")
             sums[p] = await asyncio.to_thread(decrypt_first, he, m.body)
+            noisy = noisy or m.header.get("dp") is True
     else:  # nothing selected (or only the count asked): no ciphertext is needed
         await chan.send("context_start", size=0, batches=0)
     result = {"provider_rows": n, "selected_ids": n_x, "column": spec.params["column"],
               "statistics": statistics(stats, count, sums.get(1), sums.get(2)),
               "ckks": {"poly_modulus_degree": POLY_DEGREE, "coeff_mod_bit_sizes": COEFF_MOD_BITS,
                        "scale_bits": SCALE_BITS, "flood_bits": FLOOD_BITS}}
+    if noisy:  # the provider's listing has a privacy budget: sum and sum of squares carry its Laplace noise
+        result["differential_privacy"] = {"mechanism": "Laplace (OpenDP) on the sums, added by the provider",
+                                          "epsilon_milli": spec.params.get("epsilon_milli", 1000)}
     commitment = await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
     await chan.send("finish", commitment=commitment)
     c2p, p2c = chan.transcript()
@@ -381,10 +392,14 @@ async def run_provider(ctx: JobContext) -> Outcome:
     ctx.policy.match_column(ref.asset, key)  # the ids are matched on: a join key only
     column = spec.params["column"]
     powers = powers_for(stats)
+    epsilon = ctx.policy.epsilon(ref.asset, spec.params)  # the ε the chain charged, or None: no budget
+    clamp = ctx.policy.bounds(ref.asset, spec.params, column) if epsilon is not None and powers else None
     ctx.progress("loading", 0, 4)
     loaded = await ctx.load_input(ref, [key, column])
     ids, x = await asyncio.to_thread(_provider_rows, loaded.columns[key], loaded.columns[column], column)
     del loaded
+    if clamp is not None:
+        x = np.clip(x, *clamp)
     n = len(x)
     if n > MAX_ROWS:
         raise JobRefused(f"he_scoring statistics takes at most {MAX_ROWS} provider rows")
@@ -421,11 +436,14 @@ async def run_provider(ctx: JobContext) -> Outcome:
                 raise ProtocolError("selection batches out of order")
             cts.append(m.body)
         for p in powers:
+            shift = 0.0
+            if clamp is not None:  # Laplace noise on the sum of x^p, ε split evenly over the powers
+                shift = float(dp.laplace([0.0], dp.sensitivities(*clamp)[p - 1], epsilon / len(powers))[0])
             try:
-                out = await asyncio.to_thread(evaluate, pub, cts, x, p)
+                out = await asyncio.to_thread(evaluate, pub, cts, x, p, shift)
             except Exception:  # noqa: BLE001 - a malformed ciphertext; the message names no value
                 raise ProtocolError("a selection ciphertext could not be evaluated") from None
-            await chan.send("stats", out, power=p)
+            await chan.send("stats", out, power=p, dp=clamp is not None)
     await expect_finish(chan)
     p2c, c2p = chan.transcript()
     await chan.send("finished")
