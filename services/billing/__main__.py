@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 from fastapi import Query
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import Gauge
 
 from services.billing import ledger
 from services.common.chain import ChainClient
@@ -48,21 +49,30 @@ def as_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
+DRIFT = Gauge("rdx_billing_reconcile_differences", "differences between the billing read model and the chain "
+               "(balances, escrow, supply) at the last reconciliation; 0 when they are equal")
+
+
 async def reconcile(conn, chain: ChainClient, attempts: int = 20) -> list[str]:
-    """Differences between the read model and the chain's balances and escrow ([] when equal).
-    The read model trails the chain by the relay's latency, so a difference must persist."""
+    """Differences between the read model and the chain's balances, escrow and credit supply ([]
+    when equal). The read model trails the chain by the relay's latency, so a difference must
+    persist. Amounts are compared as Python ints: exact at any size."""
     diffs: list[str] = []
     for _ in range(attempts):
         on_chain = {k.rsplit("/", 1)[1]: v for k, v in ((await chain.query("/bank/balance/")) or {}).items()}
         held = {k.rsplit("/", 1)[1]: v["amount"] for k, v in ((await chain.query("/bank/escrow/")) or {}).items()}
-        ours, our_escrow = ledger.balances(conn), ledger.escrow(conn)
+        chain_supply = await chain.query("/bank/supply") or 0
+        ours, our_escrow, our_supply = ledger.balances(conn), ledger.escrow(conn), ledger.supply(conn)
         diffs = [f"balance of {m}: chain {on_chain.get(m, 0)}, billing {ours.get(m, 0)}"
                  for m in sorted(set(on_chain) | set(ours)) if on_chain.get(m, 0) != ours.get(m, 0)]
         diffs += [f"escrow of job {j}: chain {held.get(j, 0)}, billing {our_escrow.get(j, 0)}"
                   for j in sorted(set(held) | set(our_escrow)) if held.get(j, 0) != our_escrow.get(j, 0)]
+        if chain_supply != our_supply:
+            diffs.append(f"credit supply: chain {chain_supply}, billing {our_supply}")
         if not diffs:
-            return []
+            break
         await asyncio.sleep(0.5)
+    DRIFT.set(len(diffs))
     return diffs
 
 

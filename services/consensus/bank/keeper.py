@@ -11,6 +11,10 @@ from services.consensus.context import Context, Rejected
 if TYPE_CHECKING:  # settlement is computed by the jobs domain; the bank only moves the credits
     from services.consensus.jobs.settlement import Settlement
 
+MAX_SUPPLY = 2**63 - 1
+"""All credits in existence at most: so every balance, escrow and total fits an int64 for any
+reader of the chain's state (SQLite, Go, protobuf), whatever number of deposits made it."""
+
 
 class BankKeeper:
     def __init__(self, ctx: Context):
@@ -29,6 +33,8 @@ class BankKeeper:
         return self.store.get("bank/supply") or 0
 
     def mint(self, member: str, amount: int, reference: str) -> None:
+        if self.supply + amount > MAX_SUPPLY:
+            raise Rejected(Code.INVALID_STATE, f"a deposit of {amount} would take the credit supply past {MAX_SUPPLY}")
         self._set(member, self.balance(member) + amount)
         self.store.set("bank/supply", self.supply + amount)
         self.ctx.emit("CreditsDeposited", f"member:{member}", member=member, amount=amount, reference=reference)
