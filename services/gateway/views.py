@@ -161,6 +161,16 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
             raise Problem(404, "Not found", f"no job {job_id} visible to {p.member}")
         return record
 
+    @r.get("/privacy/{asset_id}/{consumer}", summary="A listing's privacy budget: what a consumer spent and has left")
+    async def privacy_budget(request: Request, asset_id: Id, consumer: Id, p: Principal = who) -> dict:
+        """The chain's ``privacy-budget/`` query (issue 17), to the consumer, the listing's owner and the association."""
+        mark(request, asset=asset_id)
+        budget = await gw.chain.query(f"/privacy-budget/{asset_id}/{consumer}")
+        asset = await gw.chain.query(f"/assets/{asset_id}") if budget is not None else None
+        if asset is None or p.member not in (consumer, asset["owner"]) and p.role not in ("association_admin", "auditor"):
+            raise Problem(404, "Not found", f"no privacy budget of {asset_id} for {consumer} visible to {p.member}")
+        return budget
+
     @r.post("/tx", summary="Relay any other signed transaction the caller's role allows")
     async def any_tx(request: Request, body: TxBody, p: Principal = who) -> TxResult:
         return await relay(request, p, body, body.tx.type)
