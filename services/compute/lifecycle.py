@@ -31,6 +31,7 @@ the attested run's); a failed or aborted job's result is dropped on every node, 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -90,6 +91,7 @@ class JobManager:
         self.tasks: dict[str, asyncio.Task] = {}
         self._stop_at: dict[str, float] = {}  # job -> monotonic time the kill switch reached us
         self._progress_at: dict[str, tuple[float, str]] = {}
+        self._awaiting: set[str] = set()  # consumer jobs whose result needs the providers' released keys
 
     # -- chain events (synchronous: inside the consumer's transaction) --------------------------------
     def acts_on(self, event: Event) -> bool:
@@ -150,7 +152,7 @@ class JobManager:
 
     def _completed(self, job: str) -> None:
         row = self.journal.get(job)
-        if row is None:
+        if row is None or job in self._awaiting:  # the job's task ends it once the released keys opened its result
             return
         if self.journal.end(job, "completed", "completed on chain"):
             JOBS.labels(row.type, "completed").inc()
@@ -205,7 +207,7 @@ class JobManager:
         spec: JobSpec | None = None
         try:
             spec, record = await self._chain_spec(job, row.deadline)
-            if record["status"] != "running":
+            if record["status"] not in ("running", "locked"):
                 raise _ChainEnded(_CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or record["status"])
             row = self.journal.get(job)
             if row.status in ("computed", "attested"):  # a restart after this node's part was done
@@ -226,8 +228,17 @@ class JobManager:
                 return
             self.publisher.emit(job, ev.STATUS, type=spec.type, status="computed", records_used=outcome.records_used,
                                 result_hash=outcome.result_hash)
-            await self._attest(spec, outcome.result_hash, outcome.records_used)
+            releases = dict(outcome.releases)
+            if outcome.release_key is not None:
+                releases[self.member] = hashlib.sha256(outcome.release_key).hexdigest()
+            if outcome.after_release is not None:
+                self._awaiting.add(job)  # its JobCompleted must wait for the result the keys open
+            await self._attest(spec, outcome.result_hash, outcome.records_used, outcome.records, releases)
             JOB_SECONDS.labels(spec.type).observe(time.monotonic() - started)
+            if outcome.release_key is not None:
+                await self._release(spec, outcome.release_key)
+            if outcome.after_release is not None:
+                await self._after_release(spec, outcome.after_release)
         except asyncio.CancelledError:
             self._stopped(job)
             raise
@@ -252,6 +263,7 @@ class JobManager:
             log.error("job %s failed with an internal error %s", job, type(exc).__name__)
             await self._fail(job, f"internal error on {self.member}'s node ({type(exc).__name__})")
         finally:
+            self._awaiting.discard(job)
             await self.hub.drop(job)
             self._progress_at.pop(job, None)
 
@@ -444,9 +456,13 @@ class JobManager:
         log.info("job %s %s %d/%d", spec.job, phase, done, total)
 
     # -- talking to the chain -------------------------------------------------------------------------
-    async def _attest(self, spec: JobSpec, result_hash: str, records_used: int) -> None:
+    async def _attest(self, spec: JobSpec, result_hash: str, records_used: int, records=None, releases=None) -> None:
         payload = {"job": spec.job, "result_hash": result_hash, "records_used": int(records_used),
                    "input_commitments": {i.asset: i.commitment for i in spec.inputs_of(self.member)}}
+        if records:
+            payload["records"] = {asset: int(n) for asset, n in records.items()}
+        if releases:
+            payload["releases"] = dict(releases)
         delay = 0.2
         while True:
             try:
@@ -469,6 +485,59 @@ class JobManager:
             self.publisher.emit(spec.job, ev.STATUS, type=spec.type, status="attested", result_hash=result_hash,
                                 records_used=records_used)
             log.info("job %s attested (records used %d)", spec.job, records_used)
+
+    async def _locked_or_ended(self, spec: JobSpec, ready) -> dict | None:
+        """Polls the chain's record of the job until ``ready(record)`` (then returns it) or the job
+        ended otherwise (None: its event, or this call, ends it here)."""
+        while True:
+            record = await self._chain_read(spec.deadline + 30, self.view.job, spec.job)
+            if record is not None and ready(record):
+                return record
+            if record is None or record["status"] not in ("running", "locked"):
+                self._awaiting.discard(spec.job)
+                if record is not None and record["status"] == "completed":
+                    self._completed(spec.job)
+                elif record is not None:
+                    self.stop(spec.job, _CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or "")
+                return None
+            await asyncio.sleep(0.25)
+
+    async def _release(self, spec: JobSpec, key: bytes) -> None:
+        """A provider's held-back key, published only once the chain has locked the job: every party
+        attested the same result and records, and the escrow can now only settle to the providers."""
+        record = await self._locked_or_ended(spec, lambda r: r["status"] == "locked")
+        if record is None or self.member in (record.get("releases") or {}):
+            return
+        while True:
+            try:
+                await self.chain.submit(self.identity, "jobs.Release", {"job": spec.job, "key": key.hex()}, timeout=20)
+                log.info("job %s locked on chain; %s's release key published", spec.job, self.member)
+                return
+            except TxRejected as exc:
+                if exc.code == Code.BAD_NONCE and time.time() < spec.deadline:
+                    continue
+                log.warning("job %s: the chain refused %s's release (code %s)", spec.job, self.member, exc.code)
+                return
+            except ChainError:
+                if time.time() > spec.deadline:
+                    return
+                await asyncio.sleep(1.0)
+
+    async def _after_release(self, spec: JobSpec, finish) -> None:
+        """The consumer's side: once every key is on chain (the job completed and settled in that
+        tx), open the held-back messages and seal the result; then the job is completed here."""
+        record = await self._locked_or_ended(spec, lambda r: r["status"] == "completed")
+        if record is None:
+            return
+        keys = {m: bytes.fromhex(k) for m, k in (record.get("releases") or {}).items()}
+        try:
+            await finish(keys)
+        except (JobRefused, ProtocolError, ValueError) as exc:
+            log.error("job %s: the released keys did not open a result (%s)", spec.job, type(exc).__name__)
+            self.publisher.emit(spec.job, ev.STATUS, type=spec.type, status="release_unopened",
+                                reason=str(exc)[:300])
+        self._awaiting.discard(spec.job)
+        self._completed(spec.job)
 
     async def _fail(self, job: str, reason: str, *, tx: str = "jobs.Fail", status: str = "failed") -> None:
         record = await self._chain_record(job)

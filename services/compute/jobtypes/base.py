@@ -126,6 +126,13 @@ class Outcome:
     result_hash: str
     records_used: int
     summary: Mapping[str, Any] = field(default_factory=dict)  # kept in this node's journal only; no values
+    # Fair exchange (docs/compute.md): each input's record count this node saw used; the release-key
+    # hashes it knows of (member -> SHA-256 hex); a provider's key it holds back until the chain has
+    # locked the job; a consumer's step that needs the released keys (member -> key) to finish.
+    records: Mapping[str, int] = field(default_factory=dict)
+    releases: Mapping[str, str] = field(default_factory=dict)
+    release_key: bytes | None = None
+    after_release: Callable[[Mapping[str, bytes]], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,14 @@ authenticated, encrypted peer channel)::
     P → C  start   {n: |Y|}         (P first checks |X| against its bound and minimum group size)
     C → P  xa      H(x)^a for x in X, deduplicated and shuffled by C, in batches   (then xa_done)
     P → C  yb      H(y)^b for y in Y, deduplicated and shuffled by P, in batches   (then yb_done)
-    P → C  xab     (H(x)^a)^b, first 16 bytes, for every xa element, in C's order  (then xab_done)
-    C      computes (H(y)^b)^a, first 16 bytes, and matches them against the xab values
-    C → P  finish  {commitment: SHA-256 of (salt, result)}   (the result stays on C's node)
+    P → C  xab     (H(x)^a)^b, first 16 bytes, for every xa element, in C's order, held back:
+                   XORed with a SHAKE-256 keystream of P's fresh release key K
+                   (then xab_done {release: SHA-256(K)})
+    C → P  finish  {commitment: ""}   (C holds nothing it can match yet)
     P → C  finished
+    both   attest the transcripts' hash, |Y| as the records used, SHA-256(K): the chain locks the job
+    P      publishes K on chain (jobs.Release); that tx completes and settles the job
+    C      opens xab with K, computes (H(y)^b)^a, first 16 bytes, matches, and seals its result
 
 C learns the intersection and |Y|; P learns |X| and nothing else; both learn nothing more under
 the decisional Diffie-Hellman assumption on Curve25519 with H modelled as a random oracle, if
@@ -20,7 +24,9 @@ both follow the protocol (semi-honest). P cannot see the intersection's size, so
 group size of a psi result is the consumer's node's check, beyond |X| >= k (docs/compute.md).
 Sixteen bytes of a doubly-masked element leave a chance of a false match of at most
 |X|·|Y|/2^128. The result hash both nodes attest is the SHA-256 of the two directions'
-transcripts (every message, including C's result commitment), which both saw.
+transcripts (every message), which both saw. Fair exchange (docs/compute.md): C cannot match
+before the chain holds K, which P publishes only once the job is locked (C can no longer end it
+without paying); P is paid only in the tx that publishes the K whose hash C saw.
 
 Large sets go in batches (RDX_PSI_BATCH elements, default 16384: 512 KiB a message) with at
 most ``workers + 1`` batches in flight per direction, so memory stays at the two sets' masked
@@ -102,6 +108,28 @@ def match_positions(a: bytes, b: bytes) -> np.ndarray:
     for i in np.nonzero((hi - lo) > 1)[0]:  # two of b's items share 64 bits: rare, checked in full
         ok[i] = bool((suffix[lo[i]:hi[i]] == A[i, 1]).any())
     return np.nonzero(ok)[0]
+
+
+_STREAM_BLOCK = 1024  # elements of H(x)^ab per keystream block
+
+
+def held_back(key: bytes, off: int, blob: bytes) -> bytes:
+    """``blob``, H(x)^ab from element ``off`` on, XORed with a SHAKE-256 keystream of the release
+    key (block j: SHAKE-256(label || key || j), ``_STREAM_BLOCK`` elements): meaningless until the
+    key is released. Seekable by element, so any batching opens the same way; XOR is its own inverse."""
+    if not blob:
+        return blob
+    first, last = off // _STREAM_BLOCK, (off + len(blob) // MATCH - 1) // _STREAM_BLOCK
+    stream = b"".join(hashlib.shake_256(b"rdx/psi/release/v1\n" + key + j.to_bytes(8, "big"))
+                      .digest(MATCH * _STREAM_BLOCK) for j in range(first, last + 1))
+    skip = MATCH * (off - first * _STREAM_BLOCK)
+    pad = np.frombuffer(stream, dtype=np.uint8)[skip:skip + len(blob)]
+    return (np.frombuffer(blob, dtype=np.uint8) ^ pad).tobytes()
+
+
+def open_held_back(key: bytes, blob: bytes) -> bytes:
+    """The consumer's whole H(x)^ab opened with the released key."""
+    return held_back(key, 0, blob)
 
 
 def result_hash(spec: JobSpec, c2p: str, p2c: str) -> str:
@@ -215,9 +243,12 @@ class PsiJob(JobType):
         sender = asyncio.ensure_future(_stream_masked(ctx, pipe, chan, scalar, keys, "xa", sent_xa))
         remasks = _Bounded(ctx.workers + 1)
         got = {"xab_done": False, "yb_done": False}
+        release = None
         try:
             while not (got["xab_done"] and got["yb_done"]):
                 msg = await chan.recv()
+                if msg.kind == "xab_done":
+                    release = msg.header.get("release")
                 if msg.kind == "xab":
                     off, n = _check_count(msg.header, msg.body, MATCH, n_c)
                     xab[MATCH * off:MATCH * (off + n)] = msg.body
@@ -243,17 +274,31 @@ class PsiJob(JobType):
             raise
         if done["xab"] != n_c or done["yab"] != n_p:
             raise ProtocolError("the provider's batches do not add up to the announced sets")
+        if not isinstance(release, str) or len(release) != 64 or set(release) - set("0123456789abcdef"):
+            raise ProtocolError("xab_done without the hash of the key its batches are held back under")
+        # H(x)^ab is held back under the provider's key: nothing can be matched until the chain has
+        # recorded both attestations (this transcript, these counts, that key hash) and the key.
+        await chan.send("finish", commitment="")
+        c2p, p2c = chan.transcript()
+        await expect(chan, "finished")
+        await goodbye(ctx.member, [chan])
         ctx.progress("matching", total, total)
-        positions = await asyncio.to_thread(match_positions, bytes(xab), bytes(yab))
-        size = int(len(positions))
-        min_group = spec.inputs[0].min_group_size
-        if 0 < size < min_group:
-            await chan.send("abort", reason="result below the listing's minimum group size")
-            raise JobRefused(f"the intersection is below the listing's minimum group size ({min_group})")
-        result = await asyncio.to_thread(self._result, keys, positions, n_c, n_p)
-        c2p, p2c = await _finish(ctx, chan, result)
-        ctx.progress("done", total, total)
-        return Outcome(result_hash(spec, c2p, p2c), records_used=n_c, summary={"matched": size})
+        ref = spec.inputs[0]
+
+        async def after_release(released) -> None:
+            key = released.get(provider)
+            if key is None or hashlib.sha256(key).hexdigest() != release:
+                raise JobRefused(f"{provider}'s released key does not match the hash it sent")
+            opened = await asyncio.to_thread(open_held_back, key, bytes(xab))
+            positions = await asyncio.to_thread(match_positions, opened, bytes(yab))
+            size = int(len(positions))
+            if 0 < size < ref.min_group_size:  # this node keeps no result below the listing's minimum
+                raise JobRefused(f"the intersection is below the listing's minimum group size ({ref.min_group_size})")
+            await ctx.commit_result(await asyncio.to_thread(self._result, keys, positions, n_c, n_p))
+            ctx.progress("done", total, total)
+
+        return Outcome(result_hash(spec, c2p, p2c), records_used=n_c, records={ref.asset: n_p},
+                       releases={provider: release}, after_release=after_release)
 
     # -- the provider's side ------------------------------------------------------------------------
     async def _provider(self, ctx: JobContext) -> Outcome:
@@ -272,6 +317,7 @@ class PsiJob(JobType):
         pipe = _Pipeline(ctx)
         total = n_p + n_c
         done = {"yb": 0, "xab": 0}
+        release_key = os.urandom(32)  # H(x)^ab goes out under it; the chain releases it once the job is locked
 
         def report() -> None:
             ctx.progress("masking", done["yb"] + done["xab"], total)
@@ -282,7 +328,7 @@ class PsiJob(JobType):
 
         async def remask_xa(off: int, body: bytes) -> None:
             out = await pipe.run(kernel.mask_blob, scalar, body, MATCH)
-            await chan.send("xab", out, off=off)
+            await chan.send("xab", held_back(release_key, off, out), off=off)
             done["xab"] += len(out) // MATCH
             report()
 
@@ -308,7 +354,7 @@ class PsiJob(JobType):
             await remasks.drain()
             if received != n_c or done["xab"] != n_c:
                 raise ProtocolError("the consumer's batches do not add up to its announced set")
-            await chan.send("xab_done", n=n_c)
+            await chan.send("xab_done", n=n_c, release=hashlib.sha256(release_key).hexdigest())
             await sender
         except BaseException:
             sender.cancel()
@@ -319,7 +365,8 @@ class PsiJob(JobType):
         await chan.send("finished")
         await goodbye(ctx.member, [chan])
         ctx.progress("done", total, total)
-        return Outcome(result_hash(spec, c2p, p2c), records_used=n_p)
+        return Outcome(result_hash(spec, c2p, p2c), records_used=n_p, records={ref.asset: n_p},
+                       release_key=release_key)
 
 
 class PsiCardinalityJob(PsiJob):

@@ -94,7 +94,32 @@ async def run_pair(type_, consumer_keys, provider_keys, **kw):
     c = context(spec, "bank", c_chan, {"customers": consumer_keys}, results)
     p = context(spec, "telco", p_chan, {"telco.subs": provider_keys}, results)
     outcome_c, outcome_p = await asyncio.gather(job.run(c), job.run(p))
+    if outcome_c.after_release is not None:  # psi: the chain locked the job and the provider released its key
+        assert "bank" not in results
+        await outcome_c.after_release({"telco": outcome_p.release_key})
     return outcome_c, outcome_p, results, sent_by
+
+
+async def test_psi_holds_the_consumer_result_back_until_the_providers_key_is_released():
+    """Issue 16: the consumer's node cannot match before the key is on chain, a key other than the
+    one whose hash it saw opens nothing, and both attest the provider's set size and that hash."""
+    spec = spec_for("psi")
+    c_chan, p_chan, sent_by = pair("bank", "telco")
+    results: dict = {}
+    job = job_type("psi")
+    c = context(spec, "bank", c_chan, {"customers": phones(0, 300)}, results)
+    p = context(spec, "telco", p_chan, {"telco.subs": phones(250, 400)}, results)
+    oc, op = await asyncio.gather(job.run(c), job.run(p))
+    assert results == {} and oc.records == op.records == {"telco.subs": 400}
+    assert oc.releases == {"telco": hashlib.sha256(op.release_key).hexdigest()} and op.release_key not in b"".join(
+        sent_by["telco"])
+    with pytest.raises(JobRefused, match="does not match"):
+        await oc.after_release({"telco": bytes(32)})
+    with pytest.raises(JobRefused, match="does not match"):
+        await oc.after_release({})
+    assert results == {}
+    await oc.after_release({"telco": op.release_key})
+    assert json.loads(results["bank"])["intersection"] == sorted(set(phones(0, 300)) & set(phones(250, 400)))
 
 
 async def test_psi_gives_the_consumer_exactly_the_intersection_and_both_attest_the_same_hash():
