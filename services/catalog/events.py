@@ -29,7 +29,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.common.events import Event
-from services.catalog.store import facet_token
+from services.catalog import cjk
+from services.catalog.store import FTS_COLUMNS, facet_token
 from services.common.listing import ListingMetadata, canonical_json
 
 SEARCHABLE = "listed"
@@ -125,11 +126,12 @@ def _reindex(conn: sqlite3.Connection, doc_id: int, row: dict[str, Any], d: dict
     terms |= {("operation", op) for op in d.get("operations") or [] if isinstance(op, str)}
     terms |= {("industry", v) for v in md["industry"]} | {("tag", v) for v in md["tags"]}
     terms = sorted((facet, value) for facet, value in terms if value)
-    conn.execute("INSERT INTO listings_fts (rowid, title, description, tags, columns, region, provider, facets) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                 (doc_id, md["title"], md["description"], " ".join([*md["industry"], *md["tags"]]),
-                  " ".join(f"{c['name']} {c.get('description', '')}" for c in md["columns"]),
-                  md["region"], _provider_text(conn, row["owner"]),
+    texts = (md["title"], md["description"], " ".join([*md["industry"], *md["tags"]]),
+             " ".join(f"{c['name']} {c.get('description', '')}" for c in md["columns"]),
+             md["region"], _provider_text(conn, row["owner"]))
+    conn.execute(f"INSERT INTO listings_fts (rowid, {', '.join(FTS_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * (len(FTS_COLUMNS) + 1))})",
+                 (doc_id, *texts, *(cjk.index_text(t) for t in texts),
                   " ".join(facet_token(facet, value) for facet, value in terms)))
     conn.executemany("INSERT INTO listing_terms VALUES (?, ?, ?)", [(doc_id, facet, value) for facet, value in terms])
 
@@ -147,8 +149,9 @@ def on_member(event: Event, conn: sqlite3.Connection) -> None:
                  (member, name))
     # The provider's name is searchable; a listing indexed before its member was known catches up.
     provider = _provider_text(conn, member)
-    conn.execute("UPDATE listings_fts SET provider = ? WHERE rowid IN "
-                 "(SELECT doc_id FROM listings WHERE owner = ? AND status = ?)", (provider, member, SEARCHABLE))
+    conn.execute("UPDATE listings_fts SET provider = ?, provider_cjk = ? WHERE rowid IN "
+                 "(SELECT doc_id FROM listings WHERE owner = ? AND status = ?)",
+                 (provider, cjk.index_text(provider), member, SEARCHABLE))
 
 
 # -- grants and jobs --------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ Plain functions over a read-only SQLite connection and the process's facet cache
 How a query runs:
 1. the text, if any, becomes a safe FTS5 expression over the text columns (:func:`fts_query`:
    words and "quoted phrases", all required; a trailing * makes a prefix; nothing else of
-   FTS5's syntax reaches SQLite), ANDed with one token per selected facet value, so FTS5
+   FTS5's syntax reaches SQLite; a word holding Chinese becomes the phrase of its character
+   bigrams, matched in the bigram copies of the text, see services/catalog/cjk.py), ANDed with
+   one token per selected facet value, so FTS5
    intersects text and filters and bm25 ranks only what passes both;
 2. the matches (doc ids, and their bm25 rank when sorting by relevance) are sorted and paged
    after the cursor with the facet cache's sort keys, ties broken by listing id;
@@ -33,8 +35,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from services.catalog import cjk
 from services.catalog.facets import FacetCache
-from services.catalog.store import BM25_WEIGHTS, TEXT_COLUMNS, facet_token
+from services.catalog.store import BM25_WEIGHTS, CJK_COLUMNS, TEXT_COLUMNS, facet_token
 
 FACETS = ("level", "industry", "tag", "region", "provider", "operation", "update_cycle", "price_model", "price_band")
 SORTS = ("relevance", "newest", "oldest", "title", "price_asc", "price_desc", "rows_desc")
@@ -51,7 +54,8 @@ _SORT_KEYS: dict[str, tuple[str, bool]] = {
     "rows_desc": ("row_count", True),
 }
 _WEIGHTS = ", ".join(str(w) for w in BM25_WEIGHTS)
-_TEXT = "{" + " ".join(TEXT_COLUMNS) + "}"
+_TEXT = "{" + " ".join((*TEXT_COLUMNS, *CJK_COLUMNS)) + "}"  # a word without CJK: any text column
+_CJK_TEXT = "{" + " ".join(CJK_COLUMNS) + "}"  # a word with CJK: its bigram phrase, in the bigram copies
 _MARK_OPEN, _MARK_CLOSE = "\x02", "\x03"
 _TOKEN = re.compile(r'"([^"]*)"|([^\s"]+)')
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -76,6 +80,11 @@ class Query:
     def text(self) -> str | None:
         return fts_query(self.q) if self.q else None
 
+    @cached_property
+    def cjk_words(self) -> list[str]:
+        """The query's words holding CJK characters, marked in highlights by where they stand."""
+        return [w for kind, w in _terms(self.q) if kind == "cjk"] if self.q else []
+
     @property
     def effective_sort(self) -> str:
         if self.sort is None or (self.sort == "relevance" and not self.text):
@@ -92,28 +101,48 @@ class Query:
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
 
 
-def fts_query(text: str) -> str | None:
-    """User text -> an FTS5 expression of quoted terms (implicitly ANDed), or None if no words.
+def _terms(text: str) -> list[tuple[str, str]]:
+    """User text -> at most MAX_TERMS terms, each ("latin", quoted FTS5 term) or ("cjk", word).
 
-    ``credit risk`` -> ``"credit" "risk"``; ``"credit risk"`` -> a phrase; ``cred*`` -> a
-    prefix. Operators, column filters and parentheses are not passed through: they are text.
+    A quoted phrase holding CJK is taken word by word: its Chinese words are matched in the
+    bigram copies, where Latin words standing alone are not indexed (services/catalog/cjk.py).
     """
-    parts: list[str] = []
+    terms: list[tuple[str, str]] = []
     for phrase, word in _TOKEN.findall(text):
         if phrase:
             words = _WORD.findall(phrase)
-            if words:
-                parts.append('"' + " ".join(words) + '"')
+            if any(cjk.has_cjk(w) for w in words):
+                terms += [("cjk", w) if cjk.has_cjk(w) else ("latin", f'"{w}"') for w in words]
+            elif words:
+                terms.append(("latin", '"' + " ".join(words) + '"'))
             continue
         found = _WORD.findall(word)
         for i, w in enumerate(found):
-            parts.append(f'"{w}"' + ("*" if word.endswith("*") and i == len(found) - 1 else ""))
-    return " ".join(parts[:MAX_TERMS]) or None
+            if cjk.has_cjk(w):
+                terms.append(("cjk", w))
+            else:
+                terms.append(("latin", f'"{w}"' + ("*" if word.endswith("*") and i == len(found) - 1 else "")))
+    return terms[:MAX_TERMS]
+
+
+def fts_query(text: str) -> str | None:
+    """User text -> an FTS5 expression of quoted terms (all required), or None if no words.
+
+    ``credit risk`` -> ``"credit" "risk"`` over the text columns; ``"credit risk"`` -> a phrase;
+    ``cred*`` -> a prefix; ``交易所`` -> the phrase ``"交易 易所"`` over the bigram copies.
+    Operators, column filters and parentheses are not passed through: they are text.
+    """
+    terms = _terms(text)
+    latin = [t for kind, t in terms if kind == "latin"]
+    chinese = [cjk.query_phrase(w) for kind, w in terms if kind == "cjk"]
+    parts = ([f"{_TEXT} : ({' '.join(latin)})"] if latin else []) + \
+        ([f"{_CJK_TEXT} : ({' '.join(chinese)})"] if chinese else [])
+    return " AND ".join(parts) or None
 
 
 def match_expression(text: str | None, filters: dict[str, tuple[str, ...]], skip: str | None = None) -> str | None:
     """The FTS5 MATCH for the text and every facet filter but ``skip`` (None: match everything)."""
-    parts = [f"{_TEXT} : ({text})"] if text else []
+    parts = [f"({text})"] if text else []
     for facet in FACETS:
         values = filters.get(facet)
         if values and facet != skip:
@@ -196,7 +225,7 @@ def search(conn: sqlite3.Connection, cache: FacetCache, query: Query) -> dict[st
         ids = {d: cache.ids[d] for d in page}
     items = _items(conn, page, ranked)
     if text and items:
-        _highlight(conn, text, items)
+        _highlight(conn, text, items, query.cjk_words)
     next_cursor = encode_cursor(query, keys[page[-1]], ids[page[-1]]) if more else None
     for item in items:
         item.pop("_doc_id")
@@ -316,15 +345,59 @@ def _item(row: sqlite3.Row, rank: float | None) -> dict[str, Any]:
     }
 
 
-def _highlight(conn: sqlite3.Connection, text: str, items: list[dict[str, Any]]) -> None:
+def _highlight(conn: sqlite3.Connection, text: str, items: list[dict[str, Any]], cjk_words: list[str]) -> None:
     by_doc = {item["_doc_id"]: item for item in items}
     marks = ", ".join("?" * len(by_doc))
     rows = conn.execute(
-        f"SELECT rowid, highlight(listings_fts, 0, ?, ?), snippet(listings_fts, 1, ?, ?, '…', 24) "
+        f"SELECT rowid, highlight(listings_fts, 0, ?, ?), snippet(listings_fts, 1, ?, ?, '…', 24), description "
         f"FROM listings_fts WHERE listings_fts MATCH ? AND rowid IN ({marks})",
-        [_MARK_OPEN, _MARK_CLOSE, _MARK_OPEN, _MARK_CLOSE, f"{_TEXT} : ({text})", *by_doc]).fetchall()
-    for doc_id, title, snippet in rows:
+        [_MARK_OPEN, _MARK_CLOSE, _MARK_OPEN, _MARK_CLOSE, text, *by_doc]).fetchall()
+    for doc_id, title, snippet, description in rows:
+        if cjk_words:  # FTS5 marks what matched in the text columns; Chinese matched in the bigram copies
+            title = _mark_cjk(title, cjk_words)
+            snippet = _mark_cjk(_cjk_snippet(snippet, description, cjk_words), cjk_words)
         by_doc[doc_id]["highlights"] = {"title": marked_html(title), "description": marked_html(snippet)}
+
+
+def _cjk_snippet(snippet: str, description: str, words: list[str], before: int = 20, after: int = 40) -> str:
+    """FTS5's snippet, or, when it holds none of the Chinese words, a window around the first."""
+    plain = snippet.replace(_MARK_OPEN, "").replace(_MARK_CLOSE, "")
+    if any(cjk.occurrences(w, plain) for w in words):
+        return snippet
+    found = sorted(span for w in words for span in cjk.occurrences(w, description))
+    if not found:
+        return snippet
+    start, end = max(0, found[0][0] - before), min(len(description), found[0][1] + after)
+    return ("…" if start else "") + description[start:end] + ("…" if end < len(description) else "")
+
+
+def _mark_cjk(marked: str, words: list[str]) -> str:
+    """Add marks where the Chinese words stand to FTS5's marked text, merging overlaps."""
+    plain: list[str] = []
+    spans: list[tuple[int, int]] = []
+    opened: int | None = None
+    for ch in marked:
+        if ch == _MARK_OPEN:
+            opened = len(plain)
+        elif ch == _MARK_CLOSE:
+            if opened is not None:
+                spans.append((opened, len(plain)))
+            opened = None
+        else:
+            plain.append(ch)
+    text = "".join(plain)
+    spans += [span for w in words for span in cjk.occurrences(w, text)]
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    out, at = [], 0
+    for start, end in merged:
+        out += [text[at:start], _MARK_OPEN, text[start:end], _MARK_CLOSE]
+        at = end
+    return "".join([*out, text[at:]])
 
 
 def marked_html(text: str | None) -> str | None:

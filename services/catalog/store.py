@@ -21,14 +21,18 @@ from typing import Any
 
 from services.common.listing import canonical_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the CJK bigram columns (services/catalog/cjk.py)
 
 # The FTS5 columns people search, and bm25's weight for each (a word in the title counts most).
 TEXT_COLUMNS = ("title", "description", "tags", "columns", "region", "provider")
-BM25_WEIGHTS = (10.0, 2.0, 5.0, 1.0, 2.0, 2.0, 0.0)  # the last: the facets column never ranks
+_TEXT_WEIGHTS = (10.0, 2.0, 5.0, 1.0, 2.0, 2.0)
+# Beside each, its Chinese words as overlapping bigrams (services/catalog/cjk.py), weighted as
+# the column they come from; empty for text without CJK characters.
+CJK_COLUMNS = tuple(f"{c}_cjk" for c in TEXT_COLUMNS)
+BM25_WEIGHTS = (*_TEXT_WEIGHTS, *_TEXT_WEIGHTS, 0.0)  # the last: the facets column never ranks
 # One more column, ``facets``, holds a token per facet value of the listing, so that filters are
 # intersected by FTS5 itself and bm25 ranks only what passes them.
-FTS_COLUMNS = (*TEXT_COLUMNS, "facets")
+FTS_COLUMNS = (*TEXT_COLUMNS, *CJK_COLUMNS, "facets")
 FACET_CODES = {"level": "zlv", "region": "zrg", "update_cycle": "zuc", "provider": "zpr", "price_model": "zpm",
                "price_band": "zpb", "operation": "zop", "industry": "zin", "tag": "ztg"}
 
