@@ -106,6 +106,9 @@ class GenesisSpec(_Spec):
     policy: str | None = None
     policy_file: Path | None = None
     consensus: ConsensusSpec = ConsensusSpec()
+    # The app hash is the root of the state tree (services/consensus/merkle.py); False gives the
+    # hash chain of write sets of chains made before it (they migrate at an upgrade).
+    state_tree: bool = True
 
     @field_validator("genesis_time")
     @classmethod
@@ -198,6 +201,8 @@ def build(spec: GenesisSpec, base: Path = Path(".")) -> dict[str, Any]:
         "board": spec.board.model_dump(exclude_none=True),
         "validator_names": {k: name for name, k, _ in validators},
     }
+    if spec.state_tree:
+        app_state["state_tree"] = True
     if spec.members:
         app_state["members"] = [m.model_dump(exclude_none=True) for m in spec.members]
     if spec.balances:
@@ -277,6 +282,7 @@ def local_app_spec(association: Identity, *, gateway: Identity | None = None, bo
         "board": {"threshold": threshold,
                   "seats": [{"name": seat_name(association.account, s), "public_key": s.public_key} for s in seats],
                   "powers": dict(ALL_OFFICER if powers is None else powers)},
+        "state_tree": True,
     }
     if gateway is not None:
         spec["association"]["node"] = {"public_key": gateway.public_key, "endpoint": "127.0.0.1:8000"}

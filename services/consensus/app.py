@@ -28,11 +28,14 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ValidationError
 from tendermint.abci import types_pb2 as abci
 from tendermint.crypto.keys_pb2 import PublicKey
+from tendermint.crypto.proof_pb2 import ProofOp, ProofOps
 from tendermint.types.params_pb2 import ConsensusParams, VersionParams
 
 from services.common import identity
 from services.common.chainevents import digest
 from services.common.policy import DEFAULT_POLICY_TEXT
+from services.common.proofs import EMPTY as EMPTY_TREE
+from services.common.proofs import PROOF_TYPE
 from services.common.tx import Code, Tx, TxError
 from services.consensus.abci.application import Application, proto_tx_size
 from services.consensus import params as chain_params
@@ -51,6 +54,7 @@ from services.consensus.privacy import handlers as privacy
 from services.consensus.members import handlers as members
 from services.consensus.members.keeper import MembersKeeper
 from services.consensus.members.messages import Register
+from services.consensus.merkle import StateTree
 from services.consensus.state import ChainEvent, Database, Overlay, next_app_hash
 from services.consensus.validators import handlers as validators
 from services.consensus.validators.keeper import BLOCK as VALIDATORS_BLOCK
@@ -75,6 +79,10 @@ INTERNAL_ERROR = 99
 REASONS = {value: name.lower() for name, value in vars(Code).items() if name.isupper()} | {INTERNAL_ERROR: "internal"}
 
 MAX_QUERY_PATH = 512
+# Present once the app hash is the state tree's root (merkle.py): {"spec": PROOF_TYPE, "since": height}.
+STATE_TREE = "chain/state_tree"
+# An applied upgrade to this app version or later switches a chain made before the tree to it.
+STATE_TREE_APP_VERSION = 2
 PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 MAX_PAGE_BYTES = 1 << 20  # a page stops early rather than answer more than this much JSON
 QUOTE = re.compile(r"quote/([^/?]+)(?:/([0-9]{1,15}))?")  # ASCII digits only: "²".isdigit() is True
@@ -105,6 +113,10 @@ class Genesis(BaseModel):
     balances: dict[str, int] = {}
     params: chain_params.Params = chain_params.Params()
     policy: str = DEFAULT_POLICY_TEXT
+    # True: the app hash is the state tree's root from genesis on (what `rdx genesis` writes now).
+    # Absent in the genesis of chains made before the tree: they keep their hash chain, so replaying
+    # them gives the same app hashes, until their state-tree upgrade (RdxApp._app_hash).
+    state_tree: bool = False
 
 
 class UpgradeRequired(RuntimeError):
@@ -152,6 +164,7 @@ class RdxApp(Application):
     def __init__(self, db: Database, chain_id: str, on_commit: Callable[[int], None] | None = None):
         self.db, self.chain_id, self.on_commit = db, chain_id, on_commit
         self.check_state = Overlay(db)
+        self.tree = StateTree(db.tree_node)
         self._genesis_writes: dict[str, Any] = {}  # genesis state waits here for the first block's Commit
         self._genesis_events: list[tuple[str, str, dict]] = []
         self._executions: dict[tuple, Execution] = {}
@@ -175,8 +188,13 @@ class RdxApp(Application):
 
         A path ending in ``/`` lists that prefix one page at a time, in key order:
         ``/access/?limit=100&after=<last key of the previous page>`` answers
-        ``{"items": {key: value}, "next": <key to pass as after, or null>}``."""
+        ``{"items": {key: value}, "next": <key to pass as after, or null>}``.
+
+        With ``prove``, a path is one state key, answered with its stored bytes (or NOT_FOUND) and a
+        proof against the app hash of the answer's height (``_proven``)."""
         height = self.db.height
+        if req.prove:
+            return self._proven(req.path, req.height)
         try:
             code, message, key, value = self._query(req.path)
         except Exception as exc:  # a query must never halt the node: answer, log without the path
@@ -185,6 +203,38 @@ class RdxApp(Application):
         if code != Code.OK:
             return abci.ResponseQuery(code=code, log=message, height=height)
         return abci.ResponseQuery(code=Code.OK, key=key.encode(), value=json.dumps(value).encode(), height=height)
+
+    def _proven(self, path: str, height: int) -> abci.ResponseQuery:
+        """One state key's value (its canonical JSON text, the bytes the tree hashes) or its
+        absence, with a ProofOps of one ``PROOF_TYPE`` op against the app hash committed at the
+        answer's height, which CometBFT's header of the next height carries
+        (services/common/proofs.py verifies it). Only the latest height: the tree keeps old roots'
+        nodes but the values of the latest state alone."""
+        now = self.db.height
+
+        def refuse(message: str) -> abci.ResponseQuery:
+            return abci.ResponseQuery(code=Code.INVALID_QUERY, log=message, height=now)
+
+        if len(path) > MAX_QUERY_PATH:
+            return refuse(f"query path longer than {MAX_QUERY_PATH} characters")
+        if height not in (0, now):
+            return refuse(f"proofs are given at the latest height only ({now})")
+        key = path.lstrip("/")
+        if not key or key.endswith("/") or key.startswith("quote/"):
+            return refuse("a proof is for one state key (/<key>), not a listing or a quote")
+        try:
+            if self.db.get_text(STATE_TREE) is None:
+                return refuse("this chain's app hash is not a state tree yet (it migrates at its state-tree upgrade)")
+            text = self.db.get_text(key)
+            proof = self.tree.prove(self.db.app_hash, key)
+        except Exception as exc:  # a query must never halt the node: answer, log without the path
+            log.error("proving a query failed: %s", type(exc).__name__)
+            return abci.ResponseQuery(code=INTERNAL_ERROR, log="internal error", height=now)
+        ops = ProofOps(ops=[ProofOp(type=PROOF_TYPE, key=key.encode(), data=proof.encode())])
+        if text is None:
+            return abci.ResponseQuery(code=Code.NOT_FOUND, log="no state at that path", key=key.encode(),
+                                      proof_ops=ops, height=now)
+        return abci.ResponseQuery(code=Code.OK, key=key.encode(), value=text.encode(), proof_ops=ops, height=now)
 
     def undecodable_query(self) -> abci.ResponseQuery:
         return abci.ResponseQuery(code=Code.INVALID_QUERY, log="the query path is not UTF-8", height=self.db.height)
@@ -253,6 +303,8 @@ class RdxApp(Application):
         genesis = Genesis.model_validate_json(req.app_state_bytes or b"{}")
         block = Overlay(self.db)
         ctx = Context(store=block, height=0, time=req.time.seconds)
+        if genesis.state_tree:
+            block.set(STATE_TREE, {"spec": PROOF_TYPE, "since": 0})
         keeper = MembersKeeper(ctx)
         members.admit(ctx, keeper, genesis.association.model_copy(update={"roles": ["association"]}))
         for member in genesis.members:
@@ -271,6 +323,8 @@ class RdxApp(Application):
         self._genesis_writes = block.writes
         self._genesis_events = ctx.events
         self._params = genesis.params
+        if genesis.state_tree:  # the root of the genesis state; its nodes are stored with block 1's
+            return abci.ResponseInitChain(app_hash=self.tree.update(EMPTY_TREE, block.tree_changes(), {}))
         return abci.ResponseInitChain(app_hash=next_app_hash(b"", block.digest(), 0))
 
     def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
@@ -333,7 +387,8 @@ class RdxApp(Application):
         if self._pending is None:
             raise RuntimeError("Commit without FinalizeBlock")
         ex, self._pending = self._pending, None
-        self.db.commit_block(ex.height, ex.app_hash, ex.block.writes, ex.events, {"time": str(ex.time)})
+        self.db.commit_block(ex.height, ex.app_hash, ex.block.writes, ex.events, {"time": str(ex.time)},
+                             nodes=ex.block.nodes)
         CHAIN_HEIGHT.set(ex.height)
         self._genesis_writes, self._genesis_events = {}, []
         self._executions.clear()
@@ -384,10 +439,33 @@ class RdxApp(Application):
             results.append(abci.ExecTxResult(code=outcome.code, log=outcome.log, events=[abci_event(e) for e in tx_events]))
         validator_updates = [abci.ValidatorUpdate(pub_key=PublicKey(ed25519=base64.b64decode(key)), power=power)
                              for key, power in ValidatorsKeeper(Context(store=block, height=height, time=time)).end_block()]
-        # A block that changes nothing keeps the app hash, so `create_empty_blocks = false` can idle.
-        app_hash = next_app_hash(self.db.app_hash, block.digest(), height) if block.writes else self.db.app_hash
+        app_hash = self._app_hash(block, height)
         return Execution(height, time, kept, block, results, events, app_hash, inadmissible, dropped,
                          validator_updates, param_updates)
+
+    def _app_hash(self, block: Overlay, height: int) -> bytes:
+        """The root of the state tree after the block, updated from its writes alone (new nodes
+        wait in ``block.nodes`` for Commit). A block that changes nothing keeps the app hash, so
+        `create_empty_blocks = false` can idle.
+
+        A chain made before the tree keeps the hash chain of its blocks' writes until an upgrade to
+        app version STATE_TREE_APP_VERSION or later is applied: that block builds the tree over the
+        whole state in one pass, records STATE_TREE, and its app hash is the root from then on."""
+        if not block.writes:
+            return self.db.app_hash
+        if self.db.get_text(STATE_TREE) is not None:
+            return self.tree.update(self.db.app_hash, block.tree_changes(), block.nodes)
+        if STATE_TREE in block.writes:  # block 1 of a chain whose genesis starts the tree
+            return self.tree.update(EMPTY_TREE, block.tree_changes(), block.nodes)
+        if GovernanceKeeper(Context(store=block, height=height, time=0)).app_version() < STATE_TREE_APP_VERSION:
+            return next_app_hash(self.db.app_hash, block.digest(), height)
+        block.set(STATE_TREE, {"spec": PROOF_TYPE, "since": height})
+        changes = block.tree_changes()
+        state = [(key, text.encode()) for key, text in self.db.texts() if key not in changes]
+        state += [(key, value) for key, value in changes.items() if value is not None]
+        log.warning("state-tree upgrade at height %d: the app hash is the root of a tree over %d keys from now on",
+                    height, len(state))
+        return self.tree.build(state, block.nodes)
 
     def _upgrade(self, ctx: Context) -> ConsensusParams | None:
         """At a scheduled upgrade's height: a binary too old for it stops the node (deliberately: it

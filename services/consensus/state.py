@@ -1,9 +1,11 @@
 """The chain's state in SQLite: one key-value table written only at Commit, in one transaction.
 
 Domain keepers read and write JSON values under their own key prefix (``members/``,
-``assets/`` ...) through a ``Store`` view. During a block, writes collect in an overlay; the
-app hash of a block is SHA-256 over the previous app hash and the block's sorted writes, so it
-is a digest of the state changes, identical on every validator, and costs O(writes).
+``assets/`` ...) through a ``Store`` view. During a block, writes collect in an overlay. The app
+hash is the root of a sparse Merkle tree over the whole state (``merkle.py``), updated from the
+block's writes; its new nodes wait in the block's overlay and are stored by Commit with the rest.
+A chain made before the tree keeps the older app hash, SHA-256 over the previous app hash and the
+block's sorted writes (``next_app_hash``), until its state-tree upgrade (``RdxApp._app_hash``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Database:
                 height INTEGER NOT NULL, tx_index INTEGER NOT NULL, event_index INTEGER NOT NULL,
                 time INTEGER NOT NULL, type TEXT NOT NULL, entity TEXT NOT NULL, data TEXT NOT NULL,
                 PRIMARY KEY (height, tx_index, event_index)) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS tree_nodes (hash BLOB PRIMARY KEY, node BLOB NOT NULL) WITHOUT ROWID;
             """
         )
 
@@ -71,10 +74,19 @@ class Database:
         for key, value in rows:
             yield key, canonicaljson.loads(value)
 
+    def texts(self) -> Iterator[tuple[str, str]]:
+        """Every (key, JSON text) of the state, in key order: the state-tree upgrade's one pass."""
+        yield from self.conn.execute("SELECT key, value FROM kv ORDER BY key")
+
     def scan_page(self, prefix: str, *, after: str, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` (key, JSON text) under ``prefix`` with keys after ``after``, in key order."""
         return self.conn.execute("SELECT key, value FROM kv WHERE key > ? AND key >= ? AND key < ? ORDER BY key LIMIT ?",
                                  (after, prefix, prefix + "\uffff", limit)).fetchall()
+
+    def tree_node(self, node_hash: bytes) -> bytes | None:
+        """A state tree node's preimage, by its hash (``merkle.py``)."""
+        row = self.conn.execute("SELECT node FROM tree_nodes WHERE hash = ?", (node_hash,)).fetchone()
+        return row[0] if row else None
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -89,9 +101,10 @@ class Database:
         return bytes.fromhex(self.meta("app_hash", ""))
 
     def commit_block(self, height: int, app_hash: bytes, writes: dict[str, Any], events: list[ChainEvent],
-                     extra_meta: dict[str, str] | None = None) -> None:
+                     extra_meta: dict[str, str] | None = None, nodes: dict[bytes, bytes] | None = None) -> None:
         """Everything of one block, or nothing: a crash before COMMIT leaves the previous block.
-        ``writes`` are an overlay's: canonical JSON text, or the deletion marker."""
+        ``writes`` are an overlay's: canonical JSON text, or the deletion marker; ``nodes`` the
+        state tree's new nodes (hash -> preimage)."""
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
@@ -100,6 +113,8 @@ class Database:
                     c.execute("DELETE FROM kv WHERE key = ?", (key,))
                 else:
                     c.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
+            if nodes:
+                c.executemany("INSERT OR IGNORE INTO tree_nodes VALUES (?, ?)", nodes.items())
             c.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
                           [(e.height, e.tx_index, e.event_index, e.time, e.type, e.entity, _dump(e.data))
                            for e in events])
@@ -141,6 +156,7 @@ class Overlay:
         # every overlay is replaced then, so this never goes stale; a tx reads the same few keys
         # (its signer's account and member) several times, and CheckTx reads them again at recheck.
         self._committed: dict[str, str | None] = {}
+        self.nodes: dict[bytes, bytes] = {}  # the state tree's nodes new in this block, stored at Commit
 
     def get(self, key: str) -> Any | None:
         text = self._text(key)
@@ -194,6 +210,10 @@ class Overlay:
     def merge_into_parent(self) -> None:
         assert self.parent is not None
         self.parent.writes.update(self.writes)
+
+    def tree_changes(self) -> dict[str, bytes | None]:
+        """This overlay's writes as the state tree takes them: the stored bytes, None to delete."""
+        return {key: None if value is _DELETED else value.encode() for key, value in self.writes.items()}
 
     def digest(self) -> bytes:
         h = hashlib.sha256()

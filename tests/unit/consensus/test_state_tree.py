@@ -1,0 +1,148 @@
+"""The app hash as the root of the state tree (issue 18): identical to a fresh build over the whole
+state after every block, the same after a restart and on a replay, the migration of a chain made
+before the tree at its upgrade, and ABCI Query with prove=true (answers checked by the verifier
+members run, services/common/proofs.py; hostile paths answered with a code)."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import chainsim
+import pytest
+from chainsim import Harness, register
+from tendermint.abci import types_pb2 as abci
+
+from services.common import proofs
+from services.common.identity import Identity
+from services.common.tx import Code
+from services.consensus.app import STATE_TREE, RdxApp
+from services.consensus.merkle import StateTree
+from services.consensus.state import Database
+
+pytestmark = pytest.mark.unit
+
+
+def fresh_root(chain: Harness) -> bytes:
+    """The root of a tree built from nothing over the chain's whole committed state."""
+    return StateTree({}.get).build([(k, v.encode()) for k, v in chain.state().items()], {})
+
+
+def prove(app: RdxApp, key: str, **kw) -> abci.ResponseQuery:
+    return app.query(abci.RequestQuery(path=f"/{key}", prove=True, **kw))
+
+
+def checked(app: RdxApp, key: str) -> bytes | None:
+    answer = prove(app, key)
+    assert answer.code in (Code.OK, Code.NOT_FOUND), answer.log
+    assert answer.height == app.db.height
+    value = answer.value if answer.code == Code.OK else None
+    proofs.verify(app.db.app_hash, key, value, answer.proof_ops)
+    return value
+
+
+def grow(chain: Harness, people: list[Identity]) -> list[list[bytes]]:
+    """A few blocks: registrations, then transfers that rewrite balances and nonces."""
+    blocks = [[register(chain, p, ("consumer",)) for p in people[:3]],
+              [register(chain, p, ("consumer",)) for p in people[3:]], []]
+    blocks.append([chain.tx(people[0], "bank.Transfer", {"to": people[1].account, "amount": 5})])
+    return blocks
+
+
+def test_the_app_hash_is_the_root_of_the_whole_state_after_every_block_and_answers_are_proven(tmp_path):
+    people = [Identity.generate(f"m{i}") for i in range(6)]
+    chain = Harness(tmp_path / "a.sqlite", Identity.generate("association"),
+                    balances={people[0].account: 100})
+    assert chain.db.get(STATE_TREE) is None  # genesis state waits for block 1
+    for txs in grow(chain, people):
+        results = chain.block(*txs)
+        assert all(r.code == Code.OK for r in results), [r.log for r in results]
+        assert chain.last_response.app_hash == chain.db.app_hash == fresh_root(chain)
+    assert chain.db.get(STATE_TREE) == {"spec": proofs.PROOF_TYPE, "since": 0}
+    for key in [*chain.state(), f"accounts/{people[5].account}", "members/nobody", "bank/balance/nobody"]:
+        assert checked(chain.app, key) == (chain.state()[key].encode() if key in chain.state() else None)
+
+
+def test_a_restart_and_a_replay_find_the_same_roots(tmp_path):
+    association = Identity.generate("association")
+    people = [Identity.generate(f"m{i}") for i in range(6)]
+    live = Harness(tmp_path / "live.sqlite", association, balances={people[0].account: 100})
+    hashes = []
+    blocks = grow(live, people)
+    for txs in blocks:
+        live.block(*txs)
+        hashes.append(live.db.app_hash)
+    # a restart: a new app on the same database reports the same root and goes on from it
+    live.app = RdxApp(Database(tmp_path / "live.sqlite"), chainsim.CHAIN)
+    assert live.app.info(abci.RequestInfo()).last_block_app_hash == hashes[-1]
+    extra = live.tx(people[1], "bank.Transfer", {"to": people[2].account, "amount": 1})
+    live.block(extra)
+    assert live.db.app_hash == fresh_root(live)
+    # a replay from genesis on an empty database, FinalizeBlock alone
+    replay = Harness(tmp_path / "replay.sqlite", association, balances={people[0].account: 100})
+    for txs, expected in zip([*blocks, [extra]], [*hashes, live.db.app_hash]):
+        replay.block(*txs)
+        assert replay.db.app_hash == expected
+
+
+class NextRelease(RdxApp):
+    app_version = 2
+
+
+def _before_the_tree(*args, **kwargs) -> dict:
+    spec = chainsim_local_app_spec(*args, **kwargs)
+    del spec["state_tree"]
+    return spec
+
+
+chainsim_local_app_spec = chainsim.local_app_spec
+
+
+def test_a_chain_made_before_the_tree_keeps_its_hash_chain_until_its_upgrade_then_migrates(tmp_path):
+    seat = Identity.generate("association.board-s0")
+    people = [Identity.generate(f"m{i}") for i in range(4)]
+    with mock.patch.object(chainsim, "local_app_spec", _before_the_tree):
+        chain = Harness(tmp_path / "old.sqlite", Identity.generate("association"), board=[seat],
+                        balances={people[0].account: 50}, app_class=NextRelease)
+    chain.block(*[register(chain, p, ("consumer",)) for p in people])
+    chain.block(chain.tx(people[0], "bank.Transfer", {"to": people[1].account, "amount": 5}))
+    assert chain.db.get(STATE_TREE) is None and len(chain.db.app_hash) == 32
+    assert chain.db.app_hash != fresh_root(chain)  # still the hash chain...
+    refused = prove(chain.app, f"accounts/{people[0].account}")  # ...so nothing can be proven yet
+    assert refused.code == Code.INVALID_QUERY and "not a state tree yet" in refused.log
+    assert not refused.proof_ops.ops
+    at = chain.height + 3
+    [scheduled] = chain.block(chain.tx(seat, "board.Propose", {"id": "p-tree", "action": {
+        "type": "governance.ScheduleUpgrade", "payload": {"name": "state-tree", "height": at, "app_version": 2}}}))
+    assert scheduled.code == Code.OK, scheduled.log
+    while chain.height < at - 1:
+        chain.block()
+        assert chain.db.get(STATE_TREE) is None
+    chain.block()  # the upgrade's height: one pass over the whole state
+    assert chain.height == at and chain.db.get(STATE_TREE) == {"spec": proofs.PROOF_TYPE, "since": at}
+    assert chain.db.app_hash == chain.last_response.app_hash == fresh_root(chain)
+    chain.block(chain.tx(people[1], "bank.Transfer", {"to": people[2].account, "amount": 2}))
+    assert chain.db.app_hash == fresh_root(chain)  # and incremental from there
+    assert checked(chain.app, f"bank/balance/{people[2].account}") == b"2"
+    assert checked(chain.app, f"bank/balance/{people[3].account}") is None
+
+
+@pytest.mark.parametrize("path, height, code", [
+    ("", 0, Code.INVALID_QUERY), ("/", 0, Code.INVALID_QUERY), ("/accounts/", 0, Code.INVALID_QUERY),
+    ("/accounts/?limit=5", 0, Code.NOT_FOUND), ("/quote/x/1", 0, Code.INVALID_QUERY),
+    ("/" + "a" * 600, 0, Code.INVALID_QUERY), ("/members/association", 1, Code.INVALID_QUERY),
+    ("/members/association", -1, Code.INVALID_QUERY), ("/members/association", 10**12, Code.INVALID_QUERY),
+    ("/\x00", 0, Code.NOT_FOUND), ("//members/association", 0, Code.OK), ("/members/association\n", 0, Code.NOT_FOUND),
+    ("/\ufffe\U0010ffff", 0, Code.NOT_FOUND),
+])
+def test_hostile_paths_with_prove_get_a_code_and_any_proof_given_verifies(tmp_path, path, height, code):
+    chain = Harness(tmp_path / "h.sqlite", Identity.generate("association"))
+    chain.block()
+    chain.block()
+    answer = chain.app.query(abci.RequestQuery(path=path, prove=True, height=height))
+    assert answer.code == code, answer.log
+    assert answer.height == chain.db.height
+    if code in (Code.OK, Code.NOT_FOUND):
+        key = path.lstrip("/")
+        proofs.verify(chain.db.app_hash, key, answer.value if code == Code.OK else None, answer.proof_ops)
+    else:
+        assert not answer.proof_ops.ops and not answer.value
