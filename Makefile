@@ -35,12 +35,18 @@ status:
 demo: up-detached
 	@$(PY) -m rdx demo --state-dir $(STATE)
 
-test: setup setup-k8s check-infra setup-ts
+test: setup setup-k8s check-infra setup-ts setup-stores
 	@$(PY) -m pytest
 
 # The TypeScript signer (sdk/typescript, docs/signing.md): npm ci into a cache outside the checkout, tsc; needs Node.js 20+.
 setup-ts:
 	@sdk/typescript/setup.sh
+
+# PostgreSQL 15 and Redis from Debian's packages (apt-get install when missing): the shared state of
+# replicated gateways, which the gateway-replica tests start on loopback (rdx/stores.py).
+.PHONY: setup-stores
+setup-stores: $(VENV)/.installed
+	@$(PY) -m rdx.stores
 
 # etcd + kube-apiserver for the `rdx ops` tests, built once per version into ~/.cache/rdx.
 setup-k8s: $(VENV)/.installed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
@@ -14,12 +15,14 @@ from services.common.identity import Identity
 from services.common.service import Service
 from services.gateway import problems, views
 from services.gateway.audit import AuditLog, AuditShipper
-from services.gateway.auth import Authenticator, Principal
+from services.gateway.auth import Authenticator, LocalReplayCache, Principal, RedisReplayCache, ReplayCache
 from services.gateway.chainview import ChainView
+from services.gateway.db import SqliteDatabase, StoreUnavailable, open_postgres, open_redis
 from services.gateway.keys import KeyStore
-from services.gateway.limits import RateLimiter
+from services.gateway.limits import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from services.gateway.settings import GatewaySettings
 
+log = logging.getLogger("rdx.gateway")
 DECISIONS = Counter("rdx_policy_decisions_total", "gateway decisions", ["decision"])
 AUDITED_PREFIX = "/v1/"
 
@@ -28,10 +31,9 @@ class Gateway:
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
         self.svc = Service(settings, title="rdx gateway", version="1")
-        state = settings.state_dir
-        self.keys = KeyStore(state / "keys.sqlite")
-        self.audit = AuditLog(state / "audit.sqlite")
-        self.limiter = RateLimiter(settings.rate_per_s, settings.rate_burst, settings.daily_quota)
+        self.keys: KeyStore | None = None  # opened at startup: the database may be a server
+        self.audit: AuditLog | None = None
+        self._stores: list = []
         self.chain: ChainClient | None = None
         self.http: httpx.AsyncClient | None = None
         self.identity = Identity.load(settings.key_file) if settings.key_file else None
@@ -45,13 +47,33 @@ class Gateway:
         self._middleware()
         self.svc.app.include_router(views.router(self))
 
+    async def _open_stores(self) -> tuple[ReplayCache, RateLimiter]:
+        s = self.settings
+        database = s.gateway_database_url.get_secret_value() if s.gateway_database_url else None
+        if database:
+            key_db = audit_db = await open_postgres(database)
+            self._stores.append(key_db)
+        else:  # one gateway: its two files, as before replication existed
+            key_db, audit_db = SqliteDatabase(s.state_dir / "keys.sqlite"), SqliteDatabase(s.state_dir / "audit.sqlite")
+            self._stores += [key_db, audit_db]
+        self.keys, self.audit = await KeyStore.open(key_db), await AuditLog.open(audit_db)
+        redis_url = s.gateway_redis_url.get_secret_value() if s.gateway_redis_url else None
+        if not redis_url:
+            return (LocalReplayCache(s.clock_skew_s),
+                    LocalRateLimiter(s.rate_per_s, s.rate_burst, s.daily_quota))
+        client = await open_redis(redis_url, s.upstream_timeout_s)
+        self._stores.append(client)
+        return (RedisReplayCache(client, s.clock_skew_s),
+                RedisRateLimiter(client, s.rate_per_s, s.rate_burst, s.daily_quota))
+
     async def _start(self) -> None:
+        replays, self.limiter = await self._open_stores()
         self.chain = ChainClient(self.settings.cometbft_rpc, self.settings.chain_id,
                                  timeout=self.settings.upstream_timeout_s)
         self.view = ChainView(self.chain)
         self.http = httpx.AsyncClient(timeout=self.settings.upstream_timeout_s)
         self.authenticator = Authenticator(self.keys, self.view, self.settings.clock_skew_s,
-                                           self.settings.bootstrap_key_sha256)
+                                           self.settings.bootstrap_key_sha256, replays)
         self.shipper = AuditShipper(self.audit, self._producer, self.chain, self.identity,
                                     self.settings.anchor_every_s, self.settings.anchor_max_records)
 
@@ -60,10 +82,12 @@ class Gateway:
             await self.http.aclose()
         if self.chain:
             await self.chain.close()
+        for store in self._stores:
+            await (store.aclose() if hasattr(store, "aclose") else store.close())
 
     async def authenticate(self, request: Request) -> Principal:
         principal = await self.authenticator(request)
-        wait = self.limiter.take(principal.member)
+        wait = await self.limiter.take(principal.member)
         if wait is not None:
             raise problems.Problem(429, "Too many requests", f"rate limit or daily quota of {principal.member}",
                                    {"Retry-After": str(max(1, int(wait + 0.999)))})
@@ -88,15 +112,18 @@ class Gateway:
                 response = await call_next(request)
             response.headers["X-Request-Id"] = request.state.request_id
             if request.url.path.startswith(AUDITED_PREFIX):
-                self._record(request, response.status_code, time.perf_counter() - started)
+                try:
+                    await self._record(request, response.status_code, time.perf_counter() - started)
+                except StoreUnavailable:  # the call happened; the missing record is logged, not hidden
+                    log.error("audit record of request %s not stored: database unavailable", request.state.request_id)
             return response
 
-    def _record(self, request: Request, status: int, seconds: float) -> None:
+    async def _record(self, request: Request, status: int, seconds: float) -> None:
         principal: Principal | None = getattr(request.state, "principal", None)
         decision = "allow" if status < 400 else "error" if status >= 500 else "deny"
         DECISIONS.labels(decision).inc()
         route = request.scope.get("route")
-        record = self.audit.append({
+        record = await self.audit.append({
             "ts": time.time(), "request_id": request.state.request_id,
             "member": principal.member if principal else None, "role": principal.role if principal else None,
             "key_id": principal.key_id if principal else None, "method": request.method,

@@ -1,62 +1,66 @@
 """The gateway's audit trail: every call (who, what, which asset or job, decision, reason,
-latency) is appended to a hash-chained SQLite log, published on ``rdx.audit.v1``, and each batch
-is anchored on chain by the hash of its last record."""
+latency) is appended to a hash-chained log in the gateway's database (SQLite, or PostgreSQL shared
+by replicas), published on ``rdx.audit.v1``, and each batch is anchored on chain by the hash of its
+last record — by one replica at a time."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
-import threading
-from pathlib import Path
+import secrets
 from typing import Any
 
 from services.common.audit import GENESIS, AuditRecord, event_id, record_hash
-from services.common.chain import ChainClient
+from services.common.chain import ChainClient, TxRejected
 from services.common.events import AUDIT, Event
 from services.common.identity import Identity
 from services.common.kafka import EventProducer
+from services.common.tx import Code, Tx
+from services.gateway.db import Database
 
 log = logging.getLogger("rdx.gateway.audit")
 COLUMNS = list(AuditRecord.model_fields)
 
 
 class AuditLog:
-    def __init__(self, path: Path):
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash; a power cut may lose the last records, which
-        # the anchors would then show as missing rather than let pass silently.
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute(f"""CREATE TABLE IF NOT EXISTS audit (
-            seq INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT, member TEXT, role TEXT, key_id TEXT,
-            method TEXT, route TEXT, asset TEXT, job TEXT, decision TEXT, reason TEXT, status INTEGER,
-            latency_ms REAL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""")
-        self.conn.execute("CREATE TABLE IF NOT EXISTS anchored (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER)")
-        # Made once with the database, as its seq numbering is: the trail's name among replicas.
-        self.conn.execute("CREATE TABLE IF NOT EXISTS instance (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT)")
-        self.conn.execute("INSERT OR IGNORE INTO instance VALUES (1, lower(hex(randomblob(8))))")
-        self.instance = self.conn.execute("SELECT name FROM instance").fetchone()[0]
-        for col in ("member", "asset", "job", "ts"):
-            self.conn.execute(f"CREATE INDEX IF NOT EXISTS audit_{col} ON audit({col})")
-        self._lock = threading.Lock()
-        # The chain's tip, read once: every call appends, so it is not read back on the request path.
-        last = self.conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        self._tip = (last[0], last[1]) if last else (0, GENESIS)
+    """One hash-chained trail per database. Replicas sharing a PostgreSQL database append to the same
+    trail: each append holds the trail's lock while it reads the tip and writes the next record, so
+    ``seq`` stays gap-free and unique and every record chains to the one before it."""
 
-    def append(self, fields: dict[str, Any]) -> AuditRecord:
-        with self._lock:
-            seq, prev = self._tip[0] + 1, self._tip[1]
+    def __init__(self, db: Database, instance: str):
+        self.db, self.instance = db, instance
+
+    @classmethod
+    async def open(cls, db: Database) -> "AuditLog":
+        async with db.locked("schema") as tx:
+            await tx.execute("""CREATE TABLE IF NOT EXISTS audit (
+                seq BIGINT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, request_id TEXT, member TEXT, role TEXT,
+                key_id TEXT, method TEXT, route TEXT, asset TEXT, job TEXT, decision TEXT, reason TEXT,
+                status INTEGER, latency_ms DOUBLE PRECISION, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""")
+            await tx.execute("CREATE TABLE IF NOT EXISTS anchored (id INTEGER PRIMARY KEY CHECK (id = 1), seq BIGINT)")
+            # Made once with the database, as its seq numbering is: the trail's name on rdx.audit.v1.
+            await tx.execute("CREATE TABLE IF NOT EXISTS instance (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT)")
+            await tx.execute("INSERT INTO instance VALUES (1, ?) ON CONFLICT (id) DO NOTHING", (secrets.token_hex(8),))
+            for col in ("member", "asset", "job", "ts"):
+                await tx.execute(f"CREATE INDEX IF NOT EXISTS audit_{col} ON audit({col})")
+            [(instance,)] = await tx.fetch("SELECT name FROM instance")
+        return cls(db, instance)
+
+    async def append(self, fields: dict[str, Any]) -> AuditRecord:
+        # A NUL (a decoded %00 in a path) is stored alike by both engines, and hashed as stored.
+        fields = {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v for k, v in fields.items()}
+        async with self.db.locked("audit") as tx:
+            last = await tx.fetch("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            seq, prev = (last[0][0] + 1, last[0][1]) if last else (1, GENESIS)
             record = AuditRecord(**fields, seq=seq, prev_hash=prev)
             record = record.model_copy(update={"hash": record_hash(record.body())})
-            self.conn.execute(f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                              [getattr(record, c) for c in COLUMNS])
-            self._tip = (seq, record.hash)
+            await tx.execute(f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                             [getattr(record, c) for c in COLUMNS])
             return record
 
-    def query(self, *, member: str | None = None, asset: str | None = None, job: str | None = None,
-              since: float | None = None, until: float | None = None, after_seq: int = 0,
-              limit: int = 100) -> list[AuditRecord]:
+    async def query(self, *, member: str | None = None, asset: str | None = None, job: str | None = None,
+                    since: float | None = None, until: float | None = None, after_seq: int = 0,
+                    limit: int = 100) -> list[AuditRecord]:
         where, args = ["seq > ?"], [after_seq]
         for col, value in (("member", member), ("asset", asset), ("job", job)):
             if value is not None:
@@ -68,19 +72,21 @@ class AuditLog:
         if until is not None:
             where.append("ts < ?")
             args.append(until)
-        rows = self.conn.execute(f"SELECT {', '.join(COLUMNS)} FROM audit WHERE {' AND '.join(where)} "
-                                 "ORDER BY seq LIMIT ?", [*args, limit]).fetchall()
+        rows = await self.db.fetch(f"SELECT {', '.join(COLUMNS)} FROM audit WHERE {' AND '.join(where)} "
+                                   "ORDER BY seq LIMIT ?", [*args, limit])
         return [AuditRecord(**dict(zip(COLUMNS, r))) for r in rows]
 
-    def anchored_seq(self) -> int:
-        row = self.conn.execute("SELECT seq FROM anchored").fetchone()
-        return row[0] if row else 0
+    async def anchored_seq(self) -> int:
+        rows = await self.db.fetch("SELECT seq FROM anchored")
+        return rows[0][0] if rows else 0
 
-    def mark_anchored(self, seq: int) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO anchored VALUES (1, ?)", (seq,))
+    async def mark_anchored(self, seq: int) -> None:
+        await self.db.execute("INSERT INTO anchored VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
+                              (seq,))
 
-    def last_seq(self) -> int:
-        return self._tip[0]
+    async def last_seq(self) -> int:
+        rows = await self.db.fetch("SELECT max(seq) FROM audit")
+        return rows[0][0] or 0
 
 
 def to_event(record: AuditRecord, instance: str) -> Event:
@@ -109,7 +115,9 @@ class AuditShipper:
             await self._publish_some()
             if self.identity is not None:
                 try:
-                    await self._anchor()
+                    async with self.log.db.try_lock("anchor") as mine:
+                        if mine:  # another replica is anchoring now; the next turn may be ours
+                            await self._anchor()
                 except Exception as exc:  # noqa: BLE001 - chain away: anchor later, nothing is lost
                     log.warning("audit anchoring failed: %s", type(exc).__name__)
             try:
@@ -130,11 +138,17 @@ class AuditShipper:
 
     async def _anchor(self) -> None:
         # The chain is the truth of what is anchored (a crash may fall between its commit and ours).
-        first, last = (await self.chain.query("/audit/last") or 0) + 1, self.log.last_seq()
+        first, last = (await self.chain.query("/audit/last") or 0) + 1, await self.log.last_seq()
         if last < first:
             return
         last = min(last, first + self.max - 1)
-        record = self.log.query(after_seq=last - 1, limit=1)[0]
-        await self.chain.submit(self.identity, "audit.Anchor", {"first_seq": first, "last_seq": last,
-                                                                "digest": record.hash})
-        self.log.mark_anchored(last)
+        record = (await self.log.query(after_seq=last - 1, limit=1))[0]
+        # Replicas share the gateway's key: the nonce another replica used is re-read from the chain.
+        nonce = await self.chain.next_nonce(self.identity.account)
+        tx = Tx.build(self.identity, self.chain.chain_id, "audit.Anchor", nonce,
+                      {"first_seq": first, "last_seq": last, "digest": record.hash})
+        checked = await self.chain.broadcast(tx.encode())
+        if checked["code"] != Code.OK:
+            raise TxRejected(checked["code"], checked.get("log", ""), tx.hash)
+        await self.chain.wait_for(tx.hash)
+        await self.log.mark_anchored(last)

@@ -8,12 +8,15 @@ import datetime
 import hashlib
 import hmac
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import http_sf
 from fastapi import Request
 
 from services.common import httpsig
 from services.gateway.chainview import ChainView
+from services.gateway.db import StoreUnavailable
 from services.gateway.keys import KeyStore
 from services.gateway.problems import Problem
 
@@ -27,26 +30,75 @@ class Principal:
     member_roles: tuple[str, ...] = ()
 
 
-class ReplayCache:
+def replay_key(signature_input: str, signature: str) -> bytes:
+    """What makes a signed request the same request again: SHA-256 of the signature's bytes and its
+    RFC 9421 nonce, not the header's text. A label renamed in both headers, a parameter added to the
+    ``Signature`` member, other whitespace or another base64 spelling of the same bytes all verify,
+    and all give the same key. Call it only on headers that verified (one label in each)."""
+    try:
+        inputs = http_sf.parse(signature_input.encode(), tltype="dictionary")
+        signatures = http_sf.parse(signature.encode(), tltype="dictionary")
+        [(label, (_, params))] = inputs.items()
+        sig_bytes = signatures[label][0]
+    except Exception:  # noqa: BLE001 - outside bytes: whatever went wrong, the request is refused
+        raise Problem(401, "Invalid signature", "the Signature and Signature-Input headers do not parse") from None
+    nonce = params.get("nonce", "")
+    if not isinstance(sig_bytes, bytes) or not isinstance(nonce, str):
+        raise Problem(401, "Invalid signature", "the signature must be a byte sequence and its nonce a string")
+    return hashlib.sha256(len(sig_bytes).to_bytes(4, "big") + sig_bytes + nonce.encode()).digest()
+
+
+class ReplayCache(ABC):
     """Signatures seen within the skew window; a second use of one is a replay."""
 
     def __init__(self, window_s: int):
-        self.window, self._seen = window_s, {}
+        self.window = window_s
 
-    def check_and_add(self, signature: str) -> bool:
+    @abstractmethod
+    async def first_use(self, key: bytes) -> bool:
+        """True the first time ``key`` is seen within twice the skew window (a signature stays
+        acceptable for the skew either side of the gateway's clock), False on any later use."""
+
+
+class LocalReplayCache(ReplayCache):
+    """One gateway's memory."""
+
+    def __init__(self, window_s: int):
+        super().__init__(window_s)
+        self._seen: dict[bytes, float] = {}
+
+    async def first_use(self, key: bytes) -> bool:
         now = time.monotonic()
         if len(self._seen) > 100_000:
             self._seen = {s: t for s, t in self._seen.items() if now - t < 2 * self.window}
-        if signature in self._seen and now - self._seen[signature] < 2 * self.window:
+        if key in self._seen and now - self._seen[key] < 2 * self.window:
             return False
-        self._seen[signature] = now
+        self._seen[key] = now
         return True
 
 
+class RedisReplayCache(ReplayCache):
+    """Shared by replicas: ``SET key NX EX`` is one atomic step, so of two replicas that get the same
+    signature at once exactly one accepts it."""
+
+    def __init__(self, client, window_s: int, prefix: str = "rdx:gw"):
+        super().__init__(window_s)
+        self.client, self.prefix = client, prefix
+
+    async def first_use(self, key: bytes) -> bool:
+        from redis.exceptions import RedisError
+
+        try:
+            return bool(await self.client.set(f"{self.prefix}:replay:{key.hex()}", b"1", nx=True, ex=2 * self.window))
+        except RedisError as exc:  # fail closed: a replay must not pass because Redis is away
+            raise StoreUnavailable(f"Redis did not answer ({type(exc).__name__})") from None
+
+
 class Authenticator:
-    def __init__(self, keys: KeyStore, chain: ChainView, skew_s: int, bootstrap_sha256: str | None = None):
+    def __init__(self, keys: KeyStore, chain: ChainView, skew_s: int, bootstrap_sha256: str | None = None,
+                 replays: ReplayCache | None = None):
         self.keys, self.chain, self.skew = keys, chain, skew_s
-        self.replays = ReplayCache(skew_s)
+        self.replays = replays or LocalReplayCache(skew_s)
         self.bootstrap_sha256 = bootstrap_sha256
 
     async def __call__(self, request: Request) -> Principal:
@@ -65,7 +117,7 @@ class Authenticator:
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             token = auth[7:].strip()
-            key = self.keys.verify(token)
+            key = await self.keys.verify(token)
             if key is None and self._is_bootstrap(token):
                 return Principal("association", "association_admin", "bootstrap", "api_key")
             if key is None:
@@ -88,15 +140,18 @@ class Authenticator:
         if acc is None:
             raise Problem(401, "Unknown key", f"no chain account {account!r} signs for the exchange")
         body = await request.body()
+        # A field sent on several lines is one comma-joined value (RFC 9110 5.3), the same for the
+        # verifier and the replay key: otherwise one line could be verified and another remembered.
+        headers = {name: ", ".join(request.headers.getlist(name)) for name in request.headers.keys()}
         try:
-            created = httpsig.verify(acc["public_key"], request.method, str(request.url), dict(request.headers),
-                                     body, self.skew)
+            created = httpsig.verify(acc["public_key"], request.method, str(request.url), headers, body, self.skew)
         except httpsig.SignatureError as exc:
             raise Problem(401, "Invalid signature", str(exc)) from None
         now = datetime.datetime.now(datetime.timezone.utc)
         if abs((now - created).total_seconds()) > self.skew:
             raise Problem(401, "Signature expired", f"created more than {self.skew}s from the gateway's clock")
-        if not self.replays.check_and_add(request.headers["signature"]):
+        key = replay_key(headers["signature-input"], headers["signature"])
+        if not await self.replays.first_use(key):
             raise Problem(401, "Replayed signature", "this signature was already used")
         if acc["kind"] == "node":
             return Principal(acc["member"], "compute_operator", account, "signature")

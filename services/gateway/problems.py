@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.gateway.db import StoreUnavailable
+
 log = logging.getLogger("rdx.gateway")
 PROBLEM = "application/problem+json"
 
@@ -35,6 +37,12 @@ def install(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Problem):
         request.state.reason = exc.detail or exc.title
         return problem_response(request, exc.status, exc.title, exc.detail, exc.headers, exc.errors)
+
+    @app.exception_handler(StoreUnavailable)
+    async def on_store(request: Request, exc: StoreUnavailable):
+        request.state.reason = "state store unavailable"
+        return problem_response(request, 503, "Service unavailable", "the gateway's shared state did not answer; retry",
+                                {"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError):

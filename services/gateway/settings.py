@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from services.common.settings import ServiceSettings
 
 
@@ -22,3 +24,8 @@ class GatewaySettings(ServiceSettings):
     clock_skew_s: int = 300
     anchor_every_s: float = 2.0
     anchor_max_records: int = 500
+    # Replicated gateways: API keys and the audit trail in one PostgreSQL database (postgresql://…),
+    # the replay cache and rate limits in one Redis (redis://…). Unset: SQLite files in the state
+    # directory and the process's memory, right for one gateway only.
+    gateway_database_url: SecretStr | None = None
+    gateway_redis_url: SecretStr | None = None

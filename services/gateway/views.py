@@ -259,7 +259,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         may_manage(p, body.member, body.role)
         if await gw.view.member(body.member) is None:
             raise Problem(404, "Unknown member", f"{body.member} is not a member")
-        key, token = gw.keys.create(body.member, body.role)
+        key, token = await gw.keys.create(body.member, body.role)
         return NewKeyResult(**key.__dict__, token=token)
 
     @r.get("/keys", summary="API keys of my member (all, for the association)")
@@ -267,24 +267,24 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         member = None if p.role == "association_admin" else p.member
         if p.role not in ("association_admin", "member_admin"):
             raise Problem(403, "Forbidden", "only admins list keys")
-        return [KeyInfo(**k.__dict__) for k in gw.keys.list(member)]
+        return [KeyInfo(**k.__dict__) for k in await gw.keys.list(member)]
 
     @r.delete("/keys/{key_id}", summary="Revoke an API key", status_code=204)
     async def revoke_key(key_id: KeyId, p: Principal = who) -> None:
-        key = gw.keys.get(key_id)
+        key = await gw.keys.get(key_id)
         if key is None:
             raise Problem(404, "Not found", f"no key {key_id}")
         may_manage(p, key.member)
-        gw.keys.revoke(key_id)
+        await gw.keys.revoke(key_id)
 
     @r.post("/keys/{key_id}/rotate", summary="Replace an API key with a new one", status_code=201)
     async def rotate_key(key_id: KeyId, p: Principal = who) -> NewKeyResult:
-        key = gw.keys.get(key_id)
+        key = await gw.keys.get(key_id)
         if key is None or key.revoked_at is not None:
             raise Problem(404, "Not found", f"no live key {key_id}")
         may_manage(p, key.member, key.role)
-        new, token = gw.keys.create(key.member, key.role)
-        gw.keys.revoke(key_id)
+        new, token = await gw.keys.create(key.member, key.role)
+        await gw.keys.revoke(key_id)
         return NewKeyResult(**new.__dict__, token=token)
 
     # -- audit ----------------------------------------------------------------------------------
@@ -298,8 +298,8 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
             raise Problem(403, "Forbidden", "only auditors and admins read the audit trail")
         if p.role == "member_admin" or (p.role == "auditor" and p.member != "association"):
             member = p.member  # a member sees its own calls only
-        return gw.audit.query(member=member, asset=asset, job=job, since=since, until=until,
-                              after_seq=after_seq, limit=limit)
+        return await gw.audit.query(member=member, asset=asset, job=job, since=since, until=until,
+                                    after_seq=after_seq, limit=limit)
 
     @r.get("/audit/anchors", summary="The audit anchors on chain")
     async def anchors(p: Principal = who) -> list[dict]:

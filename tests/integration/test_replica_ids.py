@@ -16,6 +16,7 @@ from services.common.kafka import AppliedLog, EventProducer, IdempotentConsumer
 from services.compute.events import STATUS, StatusPublisher
 from services.compute.journal import Journal
 from services.gateway.audit import AuditLog, AuditShipper
+from services.gateway.db import SqliteDatabase
 
 async def applied(bootstrap: str, topic: str, prefixes: list[str], want: int, db) -> dict[str, int]:
     """{event id: times applied} of the ids starting with ``prefixes``, by a fresh idempotent consumer
@@ -44,10 +45,10 @@ async def test_audit_records_of_two_gateway_replicas_all_apply(kafka, tmp_path):
     instances = []
     try:
         for i in range(2):
-            log = AuditLog(tmp_path / f"gateway-{i}.sqlite")
+            log = await AuditLog.open(SqliteDatabase(tmp_path / f"gateway-{i}.sqlite"))
             shipper = AuditShipper(log, producer, chain=None, identity=None, every_s=1.0, max_records=100)
             for _ in range(5):
-                shipper.submit(log.append(CALL))
+                shipper.submit(await log.append(CALL))
             await shipper._publish_some()
             instances.append(log.instance)
     finally:
