@@ -191,3 +191,35 @@ async def test_no_key_or_canary_outside_its_node(gnet):
         assert not any(f in wire for f in forms)
         for cost in [c for _, c, _ in gnet.clear["visits"][A][:40] if len(str(c)) >= 6]:
             assert str(cost).encode() not in wire
+
+
+async def test_under_a_privacy_budget_results_are_noisy_and_the_budget_runs_out_on_chain(gnet):
+    """Last in the module: it gives the trades listings a budget. Each provider's node clamps to
+    params.bounds and adds OpenDP Laplace noise for the ε charged; a job without bounds is aborted
+    by the providers' policy; the job that would overspend is refused on chain."""
+    from budgetkit import budget, set_budget
+    from services.common.chain import TxRejected
+    from services.common.tx import Code
+
+    for p in PROVIDERS:
+        await set_budget(gnet, f"{p}.trades", 2_000)
+    rows = [amount for m in PROVIDERS for _, amount in gnet.clear["trades"][m]]
+    params = {"columns": ["amount"], "bounds": {"amount": [0, 20_000]}, "epsilon_milli": 1_000}
+    record = await _run(gnet, f"gdp-{TAG}", "trades", params)
+    await gnet.settled(f"gdp-{TAG}", record)
+    res = gnet.result(f"gdp-{TAG}")["result"]
+    got = res["columns"]["amount"]
+    assert res["differential_privacy"]["epsilon_milli"] == 1_000
+    # each of 3 providers: Laplace of scale 3 (count) and 60,000 (sum) at ε/3 per kind; 25 scales is e^-25
+    assert abs(got["count"] - len(rows)) <= 3 * 25 * 3
+    assert abs(got["sum"] - float(np.sum(np.clip(rows, 0, 20_000)))) <= 3 * 25 * 60_000
+    assert got["sum"] != pytest.approx(float(np.sum(rows)), abs=1e-3)  # noisy: not the exact sum
+    # no bounds: every provider's own policy refuses to release a sum whose sensitivity it cannot state
+    record = await _run(gnet, f"gdp-nobounds-{TAG}", "trades", {"columns": ["amount"], "epsilon_milli": 500})
+    assert record["status"] == "aborted" and "params.bounds.amount" in record["ended_reason"], record
+    for p in PROVIDERS:
+        assert (await budget(gnet, f"{p}.trades", CONS))["remaining_milli"] == 500
+    with pytest.raises(TxRejected) as refused:
+        await gnet.submit(f"gdp-over-{TAG}", "aggregation", [f"{p}.trades" for p in PROVIDERS], params)
+    assert refused.value.code == Code.PRIVACY_BUDGET_EXCEEDED and "500 of 2000 left" in refused.value.log
+    assert await gnet.chain.query(f"/jobs/gdp-over-{TAG}") is None

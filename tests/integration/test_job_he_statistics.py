@@ -137,3 +137,33 @@ async def test_the_provider_s_values_and_canaries_never_leave_its_node(net):
     wire = bytes(net.proxy.captured)  # every byte between the two nodes, both directions
     assert len(wire) > 10_000_000  # the Galois keys and ciphertexts went through it
     assert not any(f in wire for f in forms + ids + values)
+
+
+async def test_under_a_privacy_budget_the_sums_are_noisy_and_the_budget_runs_out_on_chain(net):
+    """Last in the module: it gives the listing a budget. The provider's node clamps the column to
+    params.bounds and adds OpenDP Laplace noise for the ε charged to the encrypted sum; the job that
+    would overspend is refused on chain."""
+    import pytest
+
+    from budgetkit import budget, set_budget
+    from services.common.chain import TxRejected
+    from services.common.tx import Code
+
+    await set_budget(net, f"{PROV}.accounts", 1_500)
+    job = f"hs-dp-{TAG}"
+    params = {"mode": "statistics", "dataset": "watch", "select": "flagged", "column": "balance",
+              "stats": ["count", "sum", "mean"], "bounds": {"balance": [0, 5_000]}, "epsilon_milli": 1_000}
+    await net.submit(job, "he_scoring", [f"{PROV}.accounts"], params)
+    record = await net.wait_chain(job, timeout=240)
+    await net.settled(job, record)
+    res = net.result(job)["result"]
+    got = res["statistics"]
+    x, sel = np.clip(net.clear["balance"], 0, 5_000), net.clear["selected"]
+    want = st.clear_statistics(x, sel)
+    assert res["differential_privacy"]["epsilon_milli"] == 1_000
+    assert got["count"] == want["count"]  # the consumer counts its own matches: not noised (a stated limit)
+    assert abs(got["sum"] - want["sum"]) < 25 * 5_000 + st.error_bound(x, 1)  # Laplace scale 5000: e^-25
+    assert (await budget(net, f"{PROV}.accounts", CONS))["remaining_milli"] == 500
+    with pytest.raises(TxRejected) as refused:
+        await net.submit(f"hs-dp-over-{TAG}", "he_scoring", [f"{PROV}.accounts"], params)
+    assert refused.value.code == Code.PRIVACY_BUDGET_EXCEEDED
