@@ -212,6 +212,31 @@ def test_bad_store_settings_fail_at_start_with_a_clear_error_and_no_password(w):
         assert says in log and "hunter2" not in log, log[-2000:]
 
 
+def until_ok(call, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if call().status_code == 200:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the gateway did not use {what} again after it came back")
+
+
+def test_postgresql_away_is_a_503_and_the_replicas_recover_when_it_returns(w):
+    token = w.admin_a.create_key("bank", "auditor")["token"]
+    w.pg.process.stop()  # the server only: its data stays
+    try:
+        resp = httpx.get(f"{w.b.url}/v1/policy", headers={**bearer(token), "x-request-id": "while-pg-away"})
+        assert resp.status_code == 503 and resp.json()["title"] == "Service unavailable"
+        assert w.a.healthy() and w.b.healthy()
+    finally:
+        w.pg.process.start()
+    until_ok(lambda: httpx.get(f"{w.b.url}/v1/policy", headers=bearer(token)), "PostgreSQL")
+    until_ok(lambda: httpx.get(f"{w.a.url}/v1/policy", headers=bearer(token)), "PostgreSQL")
+    log = w.b.process.log_path.read_text()
+    assert "while-pg-away" in log and token not in log and w.pg.password not in log
+    assert w.admin_a.verify_audit() == []
+
+
 def test_redis_away_is_a_503_and_the_replicas_recover_when_it_returns(w):
     w.redis.stop()
     try:
@@ -221,11 +246,6 @@ def test_redis_away_is_a_503_and_the_replicas_recover_when_it_returns(w):
         assert w.a.healthy() and w.b.healthy()
     finally:
         w.redis.start()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        fresh = httpsig.sign(w.bank, "GET", f"{w.a.url}/v1/policy", b"")
-        if httpx.get(f"{w.a.url}/v1/policy", headers=fresh).status_code == 200:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("the gateway did not use Redis again after it came back")
+    for replica in (w.a, w.b):
+        url = f"{replica.url}/v1/policy"
+        until_ok(lambda: httpx.get(url, headers=httpsig.sign(w.bank, "GET", url, b"")), "Redis")
