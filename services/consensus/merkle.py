@@ -8,7 +8,8 @@ Why a tree of our own rather than the PyPI ``trie`` package (Ethereum's Merkle-P
 4.0.0): measured on this project's 2-core machine over 20,000 keys, ``trie`` costs 290-660 µs
 per key update (rlp encoding and keccak of every node on the path, each written to the node
 store) against rdx's whole FinalizeBlock+Commit budget of ~40 µs per tx; its proofs (0.15 ms to
-make, 0.5 ms to verify at p99) were fine. A block here updates the tree once from its write set,
+make, 0.5 ms to verify at p99) were fine. ``pymerkle`` is an append-only log (no absence proofs
+for keys) and ``sparse-merkle-tree`` has had no release since 2021. A block here updates the tree once from its write set,
 sorted by path: the nodes above the changed leaves are hashed once per block, not once per key.
 
 Nodes are stored by hash (their 65-byte preimage: 0x00 ‖ path ‖ value hash, or 0x01 ‖ left ‖
