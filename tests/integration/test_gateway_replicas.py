@@ -13,7 +13,9 @@ import re
 import time
 
 import httpx
+import psycopg
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from conftest import running_chain
 from rdx.components import ServiceProcess, free_port
@@ -22,6 +24,7 @@ from rdx.stores import PostgresServer, RedisServer
 from rdx.toolchain import SetupError
 from services.common import httpsig
 from services.common.chain import ChainClient
+from services.common.events import AUDIT, Event
 from services.common.identity import Identity
 
 ADMIN_TOKEN = "rdx_bootstrap.replicas-admin-token-not-a-secret"
@@ -177,6 +180,42 @@ def test_one_audit_trail_with_unique_ids_anchored_once(w):
     assert anchored == list(range(1, max(anchored) + 1)) and max(anchored) >= last  # every record once
     assert len(anchors) >= 2  # batches of at most 7: several anchors, by whichever replica held the lock
     assert w.admin_a.verify_audit() == [] and w.admin_b.verify_audit() == []
+    for replica in (w.a, w.b):  # the anchoring lock and a fresh nonce: no replica's anchor was refused
+        assert "audit anchoring failed" not in replica.process.log_path.read_text()
+
+
+async def audit_events(bootstrap: str, instance: str, want: int) -> list[Event]:
+    """Every record of trail ``instance`` on rdx.audit.v1 (other tests' gateways share the topic),
+    read until ``want`` records are there and a second more."""
+    consumer = AIOKafkaConsumer(AUDIT, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    found: list[Event] = []
+    try:
+        deadline, settle = time.monotonic() + 30, None
+        while time.monotonic() < (settle or deadline):
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                found += [e for e in (Event.decode(m.value) for m in messages) if e.data.get("instance") == instance]
+            if settle is None and len({e.data["seq"] for e in found}) >= want:
+                settle = time.monotonic() + 1.0
+        return found
+    finally:
+        await consumer.stop()
+
+
+def test_each_record_of_the_shared_trail_is_published_once_under_its_own_id(w):
+    for i in range(6):
+        httpx.get(f"{(w.a, w.b)[i % 2].url}/v1/policy", headers={**bearer(ADMIN_TOKEN), "x-request-id": f"kafka-call-{i}"})
+    with psycopg.connect(w.pg.url) as db:
+        [(instance,)] = db.execute("SELECT name FROM instance").fetchall()
+        stored = dict(db.execute("SELECT seq, hash FROM audit").fetchall())
+    events = asyncio.run(audit_events(w.chain.kafka, instance, len(stored)))
+    ids = [e.id for e in events]
+    assert len(ids) == len(set(ids))  # no record published twice, no two records under one id
+    assert {e.data["seq"] for e in events} >= set(stored)  # every stored record, from either replica
+    assert all(e.id == f"audit/{instance}/{e.data['seq']}" and e.data["hash"] == stored.get(e.data["seq"], e.data["hash"])
+               for e in events)
+    assert {f"kafka-call-{i}" for i in range(6)} <= {e.data["request_id"] for e in events}
 
 
 def test_hostile_input_on_the_shared_stores(w):
