@@ -128,6 +128,7 @@ class PostgresDatabase(Database):
         try:
             await self.pool.open(wait=True, timeout=self.timeout)
         except Exception as exc:  # noqa: BLE001 - the URL's password must not reach a log
+            await self.pool.close()  # no reconnecting in the background of a gateway that will not start
             raise StoreUnavailable(f"PostgreSQL did not answer ({type(exc).__name__})") from None
 
     @contextlib.asynccontextmanager
