@@ -51,7 +51,7 @@ from services.compute.jobtypes import JOB_TYPES
 from services.compute.jobtypes.base import (InputRef, JobContext, JobRefused, JobSpec, JobType, Outcome, PeerLost,
                                             PeerRefused, ProtocolError)
 from services.compute.policy import (DEFAULT_MAX_PEER_SET, InputPolicy, Policy, PolicyViolation, budget_of,
-                                     check_grants, join_keys)
+                                     check_grants, grant_runs, join_keys)
 from services.compute.journal import Journal
 from services.compute.runner import Runner
 
@@ -305,7 +305,7 @@ class JobManager:
                 listing = listings.get(ref.asset) or {}
                 inputs[ref.asset] = InputPolicy(ref.asset, max(ref.min_group_size, int(listing.get("min_group_size", 1))),
                                                 join_keys(listing.get("metadata")), self._dataset_key(ref.asset),
-                                                budget_of(listing))
+                                                budget_of(listing), grant_runs(record, grants, ref.asset))
             POLICY_SECONDS.labels(spec.type).observe(time.monotonic() - began)
         return Policy(self.max_peer_set, inputs)
 

@@ -19,7 +19,8 @@ and, while the protocol runs, the job type asks this policy about what it can ob
   intersection with it would be below the minimum);
 - a listing with a privacy budget (services/common/privacy.py) has every noisy result this node
   releases carry Laplace noise for the ε the chain charged (:meth:`Policy.epsilon`), on values
-  clamped to the bounds the params give (:meth:`Policy.bounds`).
+  clamped to the bounds the params give (:meth:`Policy.bounds`); and a model listed under a
+  budget scores at most d records per grant for its d weights (:meth:`Policy.scoring_rows`).
 
 A violation raises :class:`PolicyViolation`. The lifecycle ends the job on chain with
 ``jobs.Abort`` and the violation as its reason, and the job type sends nothing more: no further
@@ -60,6 +61,7 @@ class InputPolicy:
     join_keys: frozenset[str] = frozenset()
     dataset_key: str | None = None  # this node's own configured match column for the dataset
     privacy_budget: PrivacyBudget | None = None  # the listing's, as the job's version declares it
+    max_runs: int = 1  # of the grant the job runs under
 
     def allows_key(self, column: str) -> bool:
         return column in self.join_keys or (column is not None and column == self.dataset_key)
@@ -112,11 +114,29 @@ class Policy:
                                   f"lo < hi, |lo| and |hi| at most {MAX_BOUND:.0e}: the range values are clamped to")
         return float(pair[0]), float(pair[1])
 
+    def scoring_rows(self, asset: str, n: int, d: int) -> None:
+        """HE scoring on a model listed under a privacy budget: at most d scores per grant (n rows
+        a job, times the grant's runs). A logistic model has d weights and an intercept, d + 1
+        unknowns, and each score gives one equation in them (the sigmoid polynomial is invertible
+        on its range): d scores leave the model undetermined, d + 1 chosen ones reveal it."""
+        p = self.of(asset)
+        if p.privacy_budget is not None and n * p.max_runs > d:
+            raise PolicyViolation(f"{asset} is a model under a privacy budget: at most {d} scores per grant for its "
+                                  f"{d} weights, and this grant allows {p.max_runs} runs of the {n} rows announced")
+
     def consumer_set(self, asset: str, n: int) -> None:
         """A consumer's set below the minimum group size can only give an intersection below it."""
         k = self.of(asset).min_group_size
         if 0 < n < k:
             raise PolicyViolation(f"the consumer's set is smaller than the minimum group size of {asset} ({k})")
+
+
+def grant_runs(record: Mapping[str, Any], grants: Mapping[str, Mapping | None], asset: str) -> int:
+    """The max_runs of the grant the job's input ``asset`` runs under (1 if not found)."""
+    for raw in record.get("inputs") or []:
+        if raw.get("asset") == asset:
+            return int((grants.get(raw.get("grant")) or {}).get("max_runs", 1))
+    return 1
 
 
 def join_keys(metadata: Mapping[str, Any] | None) -> frozenset[str]:

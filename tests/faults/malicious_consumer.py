@@ -16,7 +16,12 @@ consumer of a supply_chain job, the same with ``supply_chain``):
   them would show it as the one record that agrees;
 - ``mask_each`` (psi_cardinality): masks every element with its own exponent, so that, were the
   provider to return the doubly-masked elements, it could test each one against the provider's
-  set -- membership, not a count (what it learns is written to the log as ``LEARNED:``).
+  set -- membership, not a count (what it learns is written to the log as ``LEARNED:``);
+- chosen rows (he_scoring): d + 1 rows of its choosing (0 and the unit vectors) would give the
+  model's intercept and every weight; it needs no code change, only the data, so the consumer of
+  an ``he_scoring`` job is honest code, recorded;
+- differencing (aggregation): histograms whose edges move by one record's width between jobs;
+  again only the params deviate, and the consumer of an ``aggregation`` job is recorded.
 
 Every byte it receives on a job's channels (headers and bodies, after decryption) is appended to
 ``$RDX_ATTACK_LOG/<job>.bin`` so that the test can check that no form of the provider's canary
@@ -33,7 +38,9 @@ from pathlib import Path
 
 from services.compute import psi_kernel as kernel
 from services.compute.jobtypes import JOB_TYPES
+from services.compute.jobtypes.aggregation import AggregationJob
 from services.compute.jobtypes.base import JobContext, JobRefused, Message, Outcome, PeerLost, expect
+from services.compute.jobtypes.he_scoring import HeScoringJob
 from services.compute.jobtypes.psi import MATCH, PsiCardinalityJob, PsiJob, prepare_keys
 from services.compute.jobtypes.supply_chain import SupplyChainJob
 
@@ -130,6 +137,23 @@ class DeviatingSupplyChain(SupplyChainJob):
             super()._check_own(refs)
 
 
+class _Recorded:
+    """The job type's own consumer, every byte it receives appended to the attack log."""
+
+    async def run(self, ctx: JobContext) -> Outcome:
+        if ctx.is_consumer:
+            _instrument(ctx, own_key=False)
+        return await super().run(ctx)
+
+
+class RecordedAggregation(_Recorded, AggregationJob):
+    pass
+
+
+class RecordedHeScoring(_Recorded, HeScoringJob):
+    pass
+
+
 async def _mask_each(ctx: JobContext) -> Outcome:
     """psi_cardinality with one exponent per element: H(x_i)^{a_i}. If the provider sends back the
     doubly-masked elements (H(x_i)^{a_i b}, shuffled) and H(y)^b, the consumer tests each x_i:
@@ -184,4 +208,5 @@ if __name__ == "__main__":
     from services.compute.settings import ComputeSettings
 
     build(ComputeSettings(), job_types={**JOB_TYPES, "psi": DeviatingPsi, "psi_cardinality": DeviatingPsiCardinality,
-                                        "supply_chain": DeviatingSupplyChain}).run()
+                                        "supply_chain": DeviatingSupplyChain, "aggregation": RecordedAggregation,
+                                        "he_scoring": RecordedHeScoring}).run()

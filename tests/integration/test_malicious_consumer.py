@@ -15,6 +15,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytest_asyncio
 
@@ -27,7 +28,8 @@ PROV2 = f"prov-n-{TAG}"  # the second counterpart of a supply_chain job
 EVIL = f"zevil-{TAG}"  # sorts after the provider: the provider dials it
 CANARY = f"CANARY-{TAG}"
 MIN_GROUP = 5
-OPS = ["psi", "psi_cardinality", "supply_chain_verification"]
+OPS = ["psi", "psi_cardinality", "supply_chain_verification", "aggregation", "he_scoring"]
+WEIGHTS = {"f1": "0.731", "f2": "-1.204", "f3": "0.377", "__intercept__": "0.25"}
 ORDERS = {f"PO-{i:05d}": (f"{100 + i}.50", str(i % 7 + 1)) for i in range(60)}
 
 
@@ -57,9 +59,14 @@ def _write(root: Path) -> None:
         f.write("phone,tenure_months\n")
         for i, key in enumerate(provider_keys):
             f.write(f"{key},{i % 97}\n")
+    (p / "model.csv").write_text("feature,weight\n" + "".join(f"{k},{v}\n" for k, v in WEIGHTS.items()))
     (p / "datasets.json").write_text(json.dumps({"datasets": [
         {"id": "subs", "asset": f"{PROV}.subs", "format": "csv", "path": "subs.csv", "key": "phone"},
-        {"id": "ledger", "asset": f"{PROV}.ledger", "format": "csv", "path": "ledger.csv"}]}))
+        {"id": "ledger", "asset": f"{PROV}.ledger", "format": "csv", "path": "ledger.csv"},
+        {"id": "model", "asset": f"{PROV}.model", "format": "csv", "path": "model.csv"}]}))
+    # chosen rows for HE scoring: 0 gives the intercept, each unit vector one weight (d + 1 = 4 rows)
+    (c / "chosen.csv").write_text("f1,f2,f3\n0,0,0\n1,0,0\n0,1,0\n0,0,1\n")
+    (c / "three.csv").write_text("f1,f2,f3\n0.5,0.1,-0.2\n-1.0,0.3,0.8\n0.2,0.2,0.2\n")
     # the consumer's guesses: some of the provider's keys and the canary itself
     with open(c / "guesses.csv", "w") as f:
         f.write("phone\n")
@@ -67,7 +74,9 @@ def _write(root: Path) -> None:
             f.write(f"{key}\n")
     (c / "datasets.json").write_text(json.dumps({"datasets": [
         {"id": "guesses", "format": "csv", "path": "guesses.csv", "key": "phone"},
-        {"id": "probe", "format": "csv", "path": "probe.csv"}]}))
+        {"id": "probe", "format": "csv", "path": "probe.csv"},
+        {"id": "chosen", "format": "csv", "path": "chosen.csv"},
+        {"id": "three", "format": "csv", "path": "three.csv"}]}))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -75,7 +84,7 @@ async def net(chain, kafka, tmp_path_factory):
     root = tmp_path_factory.mktemp("malicious")
     _write(root)
     n = await start_net(chain, kafka, root, consumer=EVIL, members=[EVIL, PROV, PROV2],
-                        listings={PROV: ["subs", "ledger"], PROV2: ["ledger"]},
+                        listings={PROV: ["subs", "ledger", "model"], PROV2: ["ledger"]},
                         min_group=MIN_GROUP, ops=OPS, modules={EVIL: "tests.faults.malicious_consumer"},
                         node_env={EVIL: {"RDX_ATTACK_LOG": str(root / "attack")}}, psi_batch=64)
     n.attack_log = root / "attack"
@@ -91,9 +100,9 @@ def _canary_forms() -> list[bytes]:
     return [raw, hashlib.sha256(raw).digest(), hashlib.sha256(raw).hexdigest().encode(), point, point[:16]]
 
 
-async def _attack(net, job: str, type_: str, params: dict, assets=(f"{PROV}.subs",)) -> tuple[dict, bytes]:
+async def _attack(net, job: str, type_: str, params: dict, assets=(f"{PROV}.subs",), max_runs=10) -> tuple[dict, bytes]:
     before = await net.balance(EVIL)
-    await net.submit(job, type_, list(assets), {"dataset": "guesses", **params}, timeout_s=60)
+    await net.submit(job, type_, list(assets), {"dataset": "guesses", **params}, timeout_s=60, max_runs=max_runs)
     record = await net.wait_chain(job, timeout=90)
     received = (net.attack_log / f"{job}.bin").read_bytes() if (net.attack_log / f"{job}.bin").exists() else b""
     for form in _canary_forms():
@@ -161,3 +170,65 @@ async def test_repeated_references_in_supply_chain_are_aborted_before_any_compar
                                      assets=(f"{PROV}.ledger", f"{PROV2}.ledger"))
     _aborted_by_provider(record, f"{EVIL}'s records repeat a reference", providers=(PROV, PROV2))
     assert b"back" not in received  # no doubly-masked key of its own came back to compare
+
+
+# --------------------------------------------------------------------------------------------------
+# the privacy budget (issue 17, part 3): last, since it gives the ledgers and the model a budget
+
+
+async def test_chosen_rows_to_a_budgeted_model_are_aborted_and_d_honest_rows_are_scored(net):
+    """Four chosen rows (0, e1, e2, e3) would give the intercept and all three weights. The model is
+    listed under a privacy budget, so the provider's node scores at most d = 3 rows per grant."""
+    from budgetkit import set_budget
+    from services.compute.jobtypes import he_scoring as he
+
+    await set_budget(net, f"{PROV}.model", 5_000)
+    params = {"dataset": "chosen", "features": ["f1", "f2", "f3"]}
+    record, received = await _attack(net, f"mal-chosen-{TAG}", "he_scoring", params, assets=(f"{PROV}.model",),
+                                     max_runs=1)
+    _aborted_by_provider(record, f"{PROV}.model is a model under a privacy budget: at most 3 scores per grant")
+    assert b"score" not in received  # not one score came back
+    # the same consumer, three rows, one run: scored (the provider floods the slots it did not declare)
+    job = f"mal-three-{TAG}"
+    await net.submit(job, "he_scoring", [f"{PROV}.model"], {"dataset": "three", "features": ["f1", "f2", "f3"]},
+                     timeout_s=120, max_runs=1)
+    record = await net.wait_chain(job, timeout=150)
+    await net.settled(job, record)
+    x = np.array([[0.5, 0.1, -0.2], [-1.0, 0.3, 0.8], [0.2, 0.2, 0.2]])
+    w = np.array([float(WEIGHTS[f]) for f in ("f1", "f2", "f3")])
+    want = he.clear_scores(x, w, float(WEIGHTS["__intercept__"]), he.sigmoid_poly(8))
+    assert np.abs(np.array(net.result(job)["result"]["scores"]) - want).max() < 1e-3
+
+
+async def test_differencing_aggregations_are_noisy_and_the_next_one_is_refused_on_chain(net):
+    """Histograms whose first edge moves by one record (105.00 -> 105.60 takes in the 105.50 rows)
+    would, exact, tell by their difference that such a record exists. Under a 2.0 budget each
+    provider's node adds Laplace noise at ε = 1, and the third query is refused by the chain."""
+    from budgetkit import budget, set_budget
+    from services.common.chain import TxRejected
+    from services.common.tx import Code
+
+    ledgers = [f"{PROV}.ledger", f"{PROV2}.ledger"]
+    for asset in ledgers:
+        await set_budget(net, asset, 2_000)
+    results = []
+    for i, edge in enumerate((105, 106)):
+        job = f"mal-diff-{i}-{TAG}"
+        params = {"columns": ["amount"], "stats": ["count", "sum"], "histogram": {"edges": [0, edge, 1000]},
+                  "bounds": {"amount": [0, 1000]}, "epsilon_milli": 1_000}
+        await net.submit(job, "aggregation", ledgers, params, timeout_s=120)
+        record = await net.wait_chain(job, timeout=150)
+        await net.settled(job, record)
+        results.append(net.result(job)["result"])
+        received = (net.attack_log / f"{job}.bin").read_bytes()
+        assert received and not any(form in received for form in _canary_forms())
+    for res in results:
+        assert res["differential_privacy"]["epsilon_milli"] == 1_000
+    for asset in ledgers:
+        assert (await budget(net, asset, EVIL))["remaining_milli"] == 0
+    with pytest.raises(TxRejected) as refused:
+        await net.submit(f"mal-diff-2-{TAG}", "aggregation", ledgers,
+                         {"columns": ["amount"], "histogram": {"edges": [0, 107, 1000]},
+                          "bounds": {"amount": [0, 1000]}, "epsilon_milli": 1}, timeout_s=120)
+    assert refused.value.code == Code.PRIVACY_BUDGET_EXCEEDED and "has 0 of 2000 left" in refused.value.log
+    assert await net.chain.query(f"/jobs/mal-diff-2-{TAG}") is None

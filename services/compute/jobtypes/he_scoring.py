@@ -42,7 +42,19 @@ on P's node only.
 
 Leakage: P learns the number of records n and the feature names (public params). C learns the
 scores — the function's output — which, over enough chosen records (d + 1 of them), determine
-a linear model's weights: limit a consumer's runs through the grant's max_runs. CKKS results
+a linear model's weights. Two bounds, both on P's node (issue 17):
+- C gets no more scores than the n it declares: P takes only full-width (8192-slot) feature
+  ciphertexts and adds to every slot past the declared rows a uniform value in [-2^18, 2^18]
+  (FLOOD, below the 2^19 a value reaches at scale 2^40 over the last prime), so records packed
+  into unused slots come back as noise. Heuristic flooding, as in he_statistics: a slot holding a
+  value v is hidden up to a statistical distance of about |v| / 2^18, not exactly;
+- a model listed under a privacy budget scores at most d records per grant (n times the grant's
+  max_runs, checked before any score is sent; the policy's ``scoring_rows``): d equations in the
+  d + 1 unknowns (w, b) leave the model undetermined, while d + 1 chosen records (0 and the unit
+  vectors) would give every weight. Rows, not noise, because P cannot bound C's encrypted inputs:
+  noise of any fixed size is beaten by chosen records of large enough norm. Without a budget a
+  model is bounded only by the grant's max_runs, as before, and a consumer scoring many records
+  can fit the model (model extraction is inherent in selling scores). CKKS results
 are approximate and their noise depends on the evaluation; P re-randomises the score
 ciphertexts with a fresh encryption of zero but does no noise flooding, so a consumer that
 decrypts may learn a little about the weights beyond the scores (the Li–Micciancio concern
@@ -63,6 +75,7 @@ from typing import Any
 import numpy as np
 
 from services.compute.jobtypes import he_statistics
+from services.compute.jobtypes.he_statistics import _uniform
 from services.compute.jobtypes.aggregation import numeric
 from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, expect,
                                             expect_finish, goodbye)
@@ -73,6 +86,7 @@ SCALE_BITS = 40
 SLOTS = POLY_DEGREE // 2
 CHUNK = 4 << 20
 MAX_FEATURES = 256
+FLOOD = 2.0 ** 18  # below the 2^19 a value can reach at scale 2^40 over the last 60-bit prime
 INTERCEPT = "__intercept__"
 
 
@@ -103,12 +117,15 @@ def public_context(ctx) -> bytes:
 
 
 def encrypt_batches(ctx, x: np.ndarray) -> list[list[bytes]]:
-    """x: (n, d) → for each batch of SLOTS records, d serialized ciphertexts (one per feature column)."""
+    """x: (n, d) → for each batch of SLOTS records, d serialized ciphertexts (one per feature column),
+    each zero-padded to SLOTS values: the provider takes only full-width vectors (see evaluate)."""
     import tenseal as ts
 
     out = []
     for off in range(0, len(x), SLOTS):
-        block = x[off:off + SLOTS]
+        block = np.zeros((SLOTS, x.shape[1]))
+        part = x[off:off + SLOTS]
+        block[:len(part)] = part
         out.append([ts.ckks_vector(ctx, block[:, j].tolist()).serialize() for j in range(x.shape[1])])
     return out
 
@@ -122,18 +139,26 @@ def load_public(blob: bytes):
     return ctx
 
 
-def evaluate(pub, cts: list[bytes], w: np.ndarray, b: float, coeffs: tuple[float, float, float]) -> bytes:
-    """The provider's evaluation of one batch: returns the serialized score ciphertext."""
+def evaluate(pub, cts: list[bytes], w: np.ndarray, b: float, coeffs: tuple[float, float, float],
+             rows: int = SLOTS) -> bytes:
+    """The provider's evaluation of one batch: returns the serialized score ciphertext. Only the
+    first ``rows`` slots (the records the consumer declared) keep their score: the others get a
+    uniform value in [-FLOOD, FLOOD], so a consumer that packs more records into a batch than it
+    declared gets no more scores than it declared (and is charged for)."""
     import tenseal as ts
 
     z = None
     for blob, wj in zip(cts, w.tolist()):
-        term = ts.ckks_vector_from(pub, blob) * wj
+        x = ts.ckks_vector_from(pub, blob)
+        if x.size() != SLOTS:
+            raise ProtocolError("a feature ciphertext is not of full width")
+        term = x * wj
         z = term if z is None else z + term
     z = z + b
     c0, c1, c3 = coeffs
     s = (z * c3) * (z * z) + z * c1 + c0
-    s = s + ts.ckks_vector(pub, [0.0] * s.size())  # re-randomise with a fresh encryption of zero (pk)
+    flood = [0.0] * rows + _uniform(SLOTS - rows, FLOOD)
+    s = s + ts.ckks_vector(pub, flood)  # re-randomised by a fresh encryption (pk), and the rest flooded
     return s.serialize()
 
 
@@ -282,6 +307,7 @@ class HeScoringJob(JobType):
         if not all(isinstance(v, int) and v >= 0 for v in (n, batches, d, size)) or d != len(features) \
                 or batches != (n + SLOTS - 1) // SLOTS or size > 64 << 20:
             raise ProtocolError("bad start")
+        ctx.policy.scoring_rows(ctx.my_inputs[0].asset, n, len(features))  # before any score is sent
         blob = bytearray()
         while len(blob) < size:
             blob += (await expect(chan, "context")).body
@@ -302,7 +328,9 @@ class HeScoringJob(JobType):
                     raise ProtocolError("ciphertexts out of order")
                 cts.append(m.body)
             try:
-                out = await asyncio.to_thread(evaluate, pub, cts, w, b, coeffs)
+                out = await asyncio.to_thread(evaluate, pub, cts, w, b, coeffs, min(SLOTS, n - bi * SLOTS))
+            except ProtocolError:
+                raise
             except Exception:  # noqa: BLE001
                 raise ProtocolError("a ciphertext could not be evaluated") from None
             await chan.send("score", out, batch=bi)
