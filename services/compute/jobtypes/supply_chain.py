@@ -224,8 +224,9 @@ class SupplyChainJob(JobType):
         del keys
         chans = dict(zip(others, await asyncio.gather(*(ctx.channel(p) for p in others))))
         statuses: dict[str, np.ndarray] = {}
+        counts = {ctx.member: n}  # every party's record count as this node saw it: what it attests (issue 16)
         for step, other in enumerate(others, start=1):  # the same order on every node: sorted participants
-            status_permuted = await self._pair(ctx, chans[other], sent_keys, n)
+            status_permuted = await self._pair(ctx, chans[other], sent_keys, n, counts)
             status = np.empty(n, dtype=np.int64)
             status[perm] = status_permuted
             statuses[other] = status
@@ -251,15 +252,20 @@ class SupplyChainJob(JobType):
         await goodbye(ctx.member, chans.values())
         ctx.progress("done", len(others) + 2, len(others) + 2)
         disagreeing = int(sum((s != 0).sum() for s in by_kind.values()))
-        return Outcome(result_hash(spec, entries), records_used=n, summary={"disagreements": disagreeing})
+        return Outcome(result_hash(spec, entries), records_used=n, summary={"disagreements": disagreeing},
+                       records={i.asset: counts[i.provider] for i in spec.inputs})
 
-    async def _pair(self, ctx: JobContext, chan, sent_keys: list[bytes], n: int) -> np.ndarray:
-        """One pairwise exchange; returns the status of each record in this party's sent order."""
+    async def _pair(self, ctx: JobContext, chan, sent_keys: list[bytes], n: int,
+                    counts: dict[str, int] | None = None) -> np.ndarray:
+        """One pairwise exchange; returns the status of each record in this party's sent order
+        (and notes the peer's record count in ``counts``)."""
         scalar = kernel.new_scalar()
         mine = await _chunked(ctx, _mask_own, scalar, sent_keys, ctx.batch * KEYS)
         await chan.send("start", n=n)
         msg = await expect(chan, "start")
         m = ctx.policy.peer_size(msg.header.get("n"), f"{chan.peer}'s record count")  # bounded before receiving
+        if counts is not None:
+            counts[chan.peer] = m
         _, theirs = await asyncio.gather(_send_blob(chan, "keys", mine, kernel.POINT * KEYS * ctx.batch),
                                          _recv_blob(chan, "keys", kernel.POINT * KEYS * m))
         if _repeats_reference(theirs):  # many records of one reference would reveal a counterpart's values

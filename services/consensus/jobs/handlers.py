@@ -161,6 +161,7 @@ def _attested(ctx: Context, jobs: JobsKeeper, job: dict) -> None:
     job["result_hash"] = hashes.pop()
     _, disputed = records_of(job)
     if disputed:
+        job["records_disputed"] = disputed
         for asset, counts in sorted(disputed.items()):
             ctx.emit("JobRecordsDisputed", f"job:{job['id']}", job=job["id"], asset=asset, counts=counts)
         jobs.finish(job, "failed", "participants attested different records used for "

@@ -14,7 +14,7 @@ from services.compute import psi_kernel
 from services.compute.commitment import commitment_of
 from services.compute.jobtypes import JOB_TYPES, job_type
 from services.compute.jobtypes.base import (InputRef, JobContext, JobRefused, JobSpec, Message, NodeRef, Outcome,
-                                            PeerLost)
+                                            PeerLost, ProtocolError)
 from services.compute.jobtypes.psi import match_positions, normalise_keys
 from services.compute.datasets import Loaded
 
@@ -120,6 +120,30 @@ async def test_psi_holds_the_consumer_result_back_until_the_providers_key_is_rel
     assert results == {}
     await oc.after_release({"telco": op.release_key})
     assert json.loads(results["bank"])["intersection"] == sorted(set(phones(0, 300)) & set(phones(250, 400)))
+
+
+@pytest.mark.parametrize("release", [None, "", "zz" * 32, 7, "AB" * 32])
+async def test_an_xab_done_without_a_proper_release_hash_is_a_protocol_error(release):
+    """Hostile input: a provider that does not say which key its batches are held back under."""
+    spec = spec_for("psi")
+    c_chan, p_chan, _ = pair("bank", "telco")
+    real_send = p_chan.send
+
+    async def send(kind, body=b"", **header):
+        if kind == "xab_done":
+            header = {k: v for k, v in header.items() if k != "release"} | ({} if release is None else
+                                                                              {"release": release})
+        await real_send(kind, body, **header)
+
+    p_chan.send = send
+    job = job_type("psi")
+    c = context(spec, "bank", c_chan, {"customers": phones(0, 50)}, {})
+    p = context(spec, "telco", p_chan, {"telco.subs": phones(25, 50)}, {})
+    provider = asyncio.ensure_future(job.run(p))
+    with pytest.raises(ProtocolError, match="without the hash of the key"):
+        await job.run(c)
+    provider.cancel()
+    await asyncio.gather(provider, return_exceptions=True)
 
 
 async def test_psi_gives_the_consumer_exactly_the_intersection_and_both_attest_the_same_hash():

@@ -84,6 +84,8 @@ async def test_four_parties_each_learn_their_own_disagreements_like_the_clear_co
     job = job_type("supply_chain")
     outs = await asyncio.gather(*(run_member(job, c, chans[m]) for m, c in ctxs.items()))
     assert len({o.result_hash for o in outs}) == 1
+    # every party states every input's record count as it saw it, the same everywhere (issue 16)
+    assert all(o.records == {f"{p}.data": len(recs[p]) for p in ("seller", "carrier", "bankx")} for o in outs)
     assert set(results) == set(KINDS)  # every party commits its own outcome
     got = json.loads(results["buyer"])
     expected = []

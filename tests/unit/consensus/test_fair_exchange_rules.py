@@ -96,6 +96,7 @@ def test_inflated_records_fail_the_job_unpaid_and_the_dispute_is_on_chain(w):
     assert w.balance("bank") == 10_000 and w.balance("telco") == 0 and w.state("bank/escrow/j-1") is None
     [dispute] = [e.data for e in w.chain.db.events_after((0, -2, -1)) if e.type == "JobRecordsDisputed"]
     assert dispute["asset"] == ASSET and dispute["counts"] == {"telco": 200, "bank": 50}
+    assert job["records_disputed"] == {ASSET: {"telco": 200, "bank": 50}}
 
 
 def test_records_used_alone_is_the_providers_count_bounded_by_the_listing(w):
