@@ -77,7 +77,8 @@ def down(state_dir: Path = StateDir) -> None:
 
     pid = supervisor.supervisor_pid(state_dir)
     if pid is None:
-        typer.echo("rdx is not running")
+        left = supervisor.stop_leftovers(state_dir)  # a supervisor that was killed leaves its children
+        typer.echo(f"rdx is not running; stopped {len(left)} of its processes left behind" if left else "rdx is not running")
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 90
@@ -85,6 +86,7 @@ def down(state_dir: Path = StateDir) -> None:
         time.sleep(0.3)
     if supervisor.supervisor_pid(state_dir):
         fail(f"the supervisor (pid {pid}) did not stop within 90s")
+    supervisor.stop_leftovers(state_dir)
     typer.echo("rdx stopped")
 
 

@@ -476,11 +476,12 @@ def new_id() -> str:
 
 
 def compute_node(member: str, *, kafka: str, rpc_url: str, chain_id: str, state_root: Path, key_file: Path,
-                 grpc_port: int, datasets: Path, log_dir: Path, **settings: str | int) -> ServiceProcess:
-    """One member's compute node on a free HTTP port; ``settings`` are further RDX_* values
-    (``workers=1`` is ``RDX_WORKERS=1``)."""
+                 grpc_port: int, datasets: Path, log_dir: Path, http_port: int | None = None,
+                 **settings: str | int) -> ServiceProcess:
+    """One member's compute node on ``http_port`` (default: a free port); ``settings`` are further
+    RDX_* values (``workers=1`` is ``RDX_WORKERS=1``)."""
     env = {"RDX_KAFKA_BOOTSTRAP": kafka, "RDX_COMETBFT_RPC": rpc_url, "RDX_CHAIN_ID": chain_id,
            "RDX_STATE_ROOT": str(state_root), "RDX_MEMBER_ID": member, "RDX_NODE_KEY_FILE": str(key_file),
            "RDX_GRPC_PORT": str(grpc_port), "RDX_DATASETS": str(datasets),
            **{f"RDX_{name.upper()}": str(value) for name, value in settings.items()}}
-    return ServiceProcess("compute", free_port(), env, log_dir)
+    return ServiceProcess("compute", http_port or free_port(), env, log_dir)

@@ -3,8 +3,10 @@ sizes and real privacy computing, and every step's outcome is checked against th
 computation done in the clear. Exits non-zero if any outcome is wrong.
 
 The demo plays four members (a bank, a telco, a logistics firm, a manufacturer). Each member
-runs its own compute node (started here, as each member would on its own premises) over its
-own generated data; the association admits them and issues credits. The seed's scenarios:
+runs its own compute node over its own generated data (on one machine the local supervisor runs
+the four nodes, asked through ``member-nodes.json``, so they keep running after the demo and a
+job submitted later completes; ``rdx down`` stops them); the association admits them and
+issues credits. The seed's scenarios:
 listing and search; an access request with approval; joint marketing PSI (bank x telco, 100k
 rows each); anti-fraud PSI-cardinality against a blacklist; joint credit statistics by secure
 aggregation over three providers; HE risk scoring; supply-chain cross-verification between
@@ -22,8 +24,9 @@ import numpy as np
 from dataclasses import dataclass
 from pathlib import Path
 
-from rdx.components import LOOPBACK, ServiceProcess, compute_node, free_port
+from rdx.components import LOOPBACK, free_port, http_ok
 from rdx.sdk import Gateway
+from rdx.supervisor import NodeSpec, write_member_nodes
 from services.common.identity import Identity
 from services.common.listing import example_metadata
 from services.compute.datasets import Datasets
@@ -64,7 +67,7 @@ class Demo:
         self.keys, self.data = self.state / "keys", self.state / "demo"
         self.run = time.strftime("%H%M%S")
         self.steps: list[Step] = []
-        self.nodes: dict[str, ServiceProcess] = {}
+        self.nodes: dict[str, str] = {}  # member -> its compute node's URL
 
     # -- plumbing -------------------------------------------------------------------------------
     def identity(self, account: str) -> Identity:
@@ -158,15 +161,19 @@ class Demo:
                                                     "public_key": self.identity(member).public_key,
                                                     "node": {"public_key": node_key.public_key, "endpoint": endpoint}})
                 done.append(f"{member}@{r['height']}")
-        for member in MEMBERS:
-            self.nodes[member] = compute_node(
-                member, kafka=self.eps["kafka"], rpc_url=self.eps["cometbft"], chain_id="rdx-local",
-                state_root=self.state / "demo-nodes", key_file=self.keys / f"{member}.node.json",
-                grpc_port=grpc[member], datasets=self.data / member / "datasets.json",
-                log_dir=self.state / "logs" / "demo", workers=1, log_level="WARNING")
-            self.nodes[member].start(wait=False)
-        for node in self.nodes.values():
-            node.wait_ready(120)
+        specs = [NodeSpec(member=member, http_port=free_port(), grpc_port=grpc[member],
+                          key_file=f"keys/{member}.node.json", datasets=f"demo/{member}/datasets.json")
+                 for member in MEMBERS]
+        write_member_nodes(self.state, specs)  # the supervisor (re)starts them: they outlive the demo
+        self.nodes = {spec.member: f"http://{LOOPBACK}:{spec.http_port}" for spec in specs}
+        deadline = time.monotonic() + 120
+        waiting = dict(self.nodes)
+        while waiting and time.monotonic() < deadline:
+            waiting = {m: url for m, url in waiting.items() if not http_ok(f"{url}/readyz")}
+            time.sleep(0.3)
+        if waiting:
+            raise RuntimeError(f"compute nodes not ready within 120 s: {', '.join(waiting)} "
+                               f"(see {self.state / 'logs' / 'members'} and logs/supervisor.log)")
         return True, (", ".join(done) or "already members; nodes re-keyed") + "; 4 compute nodes up", None
 
     @staticmethod
@@ -370,36 +377,32 @@ class Demo:
     def _node_get(self, member: str, path: str) -> dict:
         import urllib.request
 
-        with urllib.request.urlopen(f"{self.nodes[member].url}{path}", timeout=30) as resp:
+        with urllib.request.urlopen(f"{self.nodes[member]}{path}", timeout=30) as resp:
             return json.loads(resp.read())
 
     def main(self) -> bool:
-        try:
-            clear = self.step("members' own data generated on their premises (100k phone numbers each)",
-                              lambda: (True, f"{ROWS:,} bank customers, {ROWS:,} telco subscribers, "
-                                             f"{BLACKLIST:,} blacklisted", self.write_data()))
-            self.step("association admits four members; each starts its compute node", self.admit)
-            self.step("association issues 100,000 credits to the bank", self.deposit)
-            self.step("telco and logistics list their data by commitment; the bank finds it by search",
-                      self.list_and_search)
-            self.step("bank asks for access; the providers approve (on chain)", self.access)
-            customers = set(clear["customers"])
-            self.step("joint marketing: PSI bank x telco, 100k x 100k", lambda: self.psi(
-                f"psi.{self.run}", "psi", f"telco.subscribers.{self.run}", f"g-mkt.{self.run}",
-                customers & set(clear["subscribers"])))
-            self.step("anti-fraud: PSI-cardinality bank x blacklist", lambda: self.psi(
-                f"card.{self.run}", "psi_cardinality", f"logistics.blacklist.{self.run}", f"g-fraud.{self.run}",
-                customers & set(clear["blacklist"])))
-            self.step("joint credit statistics: secure aggregation over three providers", lambda: self.credit_statistics(clear))
-            self.step("risk scoring: the bank's applicants scored by the telco's model under HE (CKKS)",
-                      lambda: self.risk_scoring(clear))
-            self.step("supply-chain cross-verification between four firms, mismatches planted",
-                      lambda: self.supply_chain(clear))
-            self.step("association suspends the telco's listing: a running job is aborted", self.kill_switch)
-            self.step("settlement and statements (billing read model)", self.statements)
-        finally:
-            for node in self.nodes.values():
-                node.stop()
+        clear = self.step("members' own data generated on their premises (100k phone numbers each)",
+                          lambda: (True, f"{ROWS:,} bank customers, {ROWS:,} telco subscribers, "
+                                         f"{BLACKLIST:,} blacklisted", self.write_data()))
+        self.step("association admits four members; each starts its compute node", self.admit)
+        self.step("association issues 100,000 credits to the bank", self.deposit)
+        self.step("telco and logistics list their data by commitment; the bank finds it by search",
+                  self.list_and_search)
+        self.step("bank asks for access; the providers approve (on chain)", self.access)
+        customers = set(clear["customers"])
+        self.step("joint marketing: PSI bank x telco, 100k x 100k", lambda: self.psi(
+            f"psi.{self.run}", "psi", f"telco.subscribers.{self.run}", f"g-mkt.{self.run}",
+            customers & set(clear["subscribers"])))
+        self.step("anti-fraud: PSI-cardinality bank x blacklist", lambda: self.psi(
+            f"card.{self.run}", "psi_cardinality", f"logistics.blacklist.{self.run}", f"g-fraud.{self.run}",
+            customers & set(clear["blacklist"])))
+        self.step("joint credit statistics: secure aggregation over three providers", lambda: self.credit_statistics(clear))
+        self.step("risk scoring: the bank's applicants scored by the telco's model under HE (CKKS)",
+                  lambda: self.risk_scoring(clear))
+        self.step("supply-chain cross-verification between four firms, mismatches planted",
+                  lambda: self.supply_chain(clear))
+        self.step("association suspends the telco's listing: a running job is aborted", self.kill_switch)
+        self.step("settlement and statements (billing read model)", self.statements)
         return all(s.ok for s in self.steps)
 
     def summary(self) -> str:
@@ -416,5 +419,6 @@ def run(state: Path) -> bool:
     print(demo.summary())
     print()
     print("demo: every step's outcome is as expected" if ok else "demo: a step's outcome is WRONG")
-    print(f"the exchange is still running (state in {state}); `make down` stops it")
+    print(f"the exchange and the four members' compute nodes are still running (state in {state}); "
+          "`make down` stops them")
     return ok

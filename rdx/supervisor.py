@@ -1,8 +1,16 @@
 """``rdx up``: the whole exchange on one machine, on loopback, with its data in one directory.
 
 Start order follows the dependencies: Kafka, then the consensus service (it serves ABCI, so it
-must listen before CometBFT dials it), then CometBFT, then the other services. Stop order is
-the reverse. A second ``rdx up`` on the same state directory resumes where the first stopped.
+must listen before CometBFT dials it), then CometBFT, then the other services, then the local
+members' compute nodes. Stop order is the reverse. A second ``rdx up`` on the same state
+directory resumes where the first stopped.
+
+Members' compute nodes (``member-nodes.json`` in the state directory, written by ``rdx demo``):
+in a deployment each member runs its own node on its own premises; on one machine the supervisor
+runs them, so they outlive the command that asked for them (a job submitted after the demo has
+nodes to run it) and ``rdx down`` stops them with the rest. The supervisor reads the file when it
+changes (every half second) and starts, restarts or stops nodes to match it; a file it cannot
+accept is reported in its log and the running nodes are left as they are.
 """
 
 from __future__ import annotations
@@ -15,9 +23,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rdx import toolchain
-from rdx.components import LOOPBACK, CometNode, KafkaBroker, ServiceProcess, comet_healthy, http_ok, kafka_healthy
+from rdx.components import (LOOPBACK, CometNode, KafkaBroker, ServiceProcess, comet_healthy, compute_node, http_ok,
+                            kafka_healthy)
 from rdx.toolchain import SetupError
 from services.common.events import TOPICS
 from services.common.identity import Identity
@@ -44,6 +56,67 @@ class Ports:
 
 
 SERVICES_AFTER_CHAIN = ("catalog", "compute", "billing", "gateway")
+MEMBER_NODES = "member-nodes.json"
+MAX_MEMBER_NODES = 16
+
+
+class NodeSpec(BaseModel):
+    """One member's compute node as ``member-nodes.json`` asks for it; paths inside the state directory."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    member: str = Field(pattern=r"^[a-z0-9][a-z0-9\-]{0,39}$")
+    http_port: int = Field(ge=1024, le=65535)
+    grpc_port: int = Field(ge=1024, le=65535)
+    key_file: str = Field(max_length=4096)
+    datasets: str = Field(max_length=4096)
+    workers: int = Field(1, ge=1, le=8)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+
+class NodesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    nodes: list[NodeSpec] = Field(max_length=MAX_MEMBER_NODES)
+
+
+class BadNodesFile(ValueError):
+    """``member-nodes.json`` cannot be accepted; the message says why, without its content."""
+
+
+def read_member_nodes(state: Path) -> dict[str, NodeSpec]:
+    """The nodes ``member-nodes.json`` asks for, by member ({} when there is no file)."""
+    path = state / MEMBER_NODES
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    if len(raw) > 1 << 20:
+        raise BadNodesFile(f"{path}: larger than 1 MiB")
+    try:
+        parsed = NodesFile.model_validate_json(raw)
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors()[:5])
+        raise BadNodesFile(f"{path}: {where}") from None
+    nodes: dict[str, NodeSpec] = {}
+    root = state.resolve()
+    for spec in parsed.nodes:
+        if spec.member in nodes:
+            raise BadNodesFile(f"{path}: member {spec.member} is named twice")
+        for name in ("key_file", "datasets"):
+            target = (root / getattr(spec, name)).resolve()
+            if not target.is_relative_to(root) or not target.is_file():
+                raise BadNodesFile(f"{path}: {spec.member}'s {name} is not a file in the state directory")
+        nodes[spec.member] = spec
+    ports = [p for spec in nodes.values() for p in (spec.http_port, spec.grpc_port)]
+    if len(ports) != len(set(ports)):
+        raise BadNodesFile(f"{path}: two nodes ask for the same port")
+    return nodes
+
+
+def write_member_nodes(state: Path, nodes: list[NodeSpec]) -> None:
+    """Ask the running supervisor for these nodes (atomically: it never reads half a file)."""
+    tmp = state / f".{MEMBER_NODES}.tmp"
+    tmp.write_text(NodesFile(nodes=nodes).model_dump_json(indent=2))
+    os.replace(tmp, state / MEMBER_NODES)
 
 
 def check_state_dir(state: Path) -> None:
@@ -83,6 +156,8 @@ class Exchange:
         logs = self.state / "logs"
         self.consensus = ServiceProcess("consensus", ports.consensus, {**common, "RDX_ABCI_PORT": str(ports.abci)}, logs)
         self.services = [ServiceProcess(name, getattr(ports, name), dict(common), logs) for name in SERVICES_AFTER_CHAIN]
+        self.nodes: dict[str, tuple[NodeSpec, ServiceProcess]] = {}
+        self._nodes_seen: tuple[int, int] | None = None
 
     def _extra_env(self, name: str) -> dict[str, str]:
         p = self.ports
@@ -98,7 +173,56 @@ class Exchange:
     def endpoints(self) -> dict[str, str]:
         eps = {"kafka": self.kafka.bootstrap, "cometbft": self.comet.rpc_url, "consensus": self.consensus.url}
         eps.update({s.name: s.url for s in self.services})
+        eps.update({f"node:{member}": node.url for member, (_, node) in sorted(self.nodes.items())})
         return eps
+
+    def _write_state_files(self) -> None:
+        (self.state / "endpoints.json").write_text(json.dumps(self.endpoints(), indent=2))
+        (self.state / "pids.json").write_text(json.dumps({name: p.pid for name, p in self.processes() if p}, indent=2))
+
+    def sync_member_nodes(self) -> bool:
+        """Start, restart or stop members' nodes to match ``member-nodes.json`` if it changed since
+        the last look; True if anything changed. A file that cannot be accepted changes nothing."""
+        path = self.state / MEMBER_NODES
+        try:
+            st = path.stat()
+            seen = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            seen = None
+        if seen == self._nodes_seen:
+            return False
+        self._nodes_seen = seen
+        try:
+            wanted = read_member_nodes(self.state)
+        except (BadNodesFile, OSError) as exc:
+            self.log(f"rdx: member nodes unchanged: {exc}")
+            return False
+        changed = False
+        for member in sorted(self.nodes):
+            spec, node = self.nodes[member]
+            if wanted.get(member) != spec or not (node.process and node.process.alive()):
+                node.stop()
+                del self.nodes[member]
+                changed = True
+        for member, spec in sorted(wanted.items()):
+            if member in self.nodes:
+                continue
+            node = compute_node(member, kafka=self.kafka.bootstrap, rpc_url=self.comet.rpc_url,
+                                chain_id=self.comet.chain_id, state_root=self.state / "member-nodes",
+                                key_file=self.state / spec.key_file, grpc_port=spec.grpc_port,
+                                datasets=self.state / spec.datasets, log_dir=self.state / "logs" / "members" / member,
+                                http_port=spec.http_port, workers=spec.workers, log_level=spec.log_level)
+            try:
+                node.start(wait=False)
+            except (SetupError, OSError) as exc:  # its port is taken: say so, keep the others
+                self.log(f"rdx: {member}'s compute node not started: {exc}")
+                continue
+            self.nodes[member] = (spec, node)
+            self.log(f"rdx: {member}'s compute node started on {node.url} (peer gRPC {LOOPBACK}:{spec.grpc_port})")
+            changed = True
+        if changed:
+            self._write_state_files()
+        return changed
 
     def start(self) -> None:
         check_state_dir(self.state)
@@ -121,12 +245,19 @@ class Exchange:
             svc.start(wait=False)
         for svc in self.services:
             svc.wait_ready()
-        (self.state / "endpoints.json").write_text(json.dumps(self.endpoints(), indent=2))
-        (self.state / "pids.json").write_text(json.dumps({name: p.pid for name, p in self.processes() if p}, indent=2))
+        self._write_state_files()
+        self.sync_member_nodes()  # a resumed exchange runs the nodes its members had
+        for member, (_, node) in sorted(self.nodes.items()):
+            try:
+                node.wait_ready(60)
+            except SetupError as exc:  # the exchange itself is up; `rdx status` names the node
+                self.log(f"rdx: {member}'s compute node is not ready: {exc}")
         self.log(f"rdx is up in {time.monotonic() - started:.1f}s")
         self.log(endpoints_text(self.state))
 
     def stop(self) -> None:
+        for member in sorted(self.nodes):
+            self.nodes[member][1].stop()
         for svc in reversed(self.services):
             svc.stop()
         self.comet.stop()
@@ -139,6 +270,8 @@ class Exchange:
         yield "cometbft", self.comet.process
         for svc in self.services:
             yield svc.name, svc.process
+        for member, (_, node) in sorted(self.nodes.items()):
+            yield f"node:{member}", node.process
 
 
 def local_identity(keys: Path, account: str) -> Identity:
@@ -207,6 +340,7 @@ def run_foreground(state: Path, ports: Ports = Ports()) -> int:
         pid_file.write_text(str(os.getpid()))
         reported: set[str] = set()
         while not stopping:
+            exchange.sync_member_nodes()
             for name, proc in exchange.processes():
                 if proc is not None and not proc.alive() and name not in reported:
                     reported.add(name)  # once; `rdx status` keeps showing it as down
@@ -242,6 +376,48 @@ def endpoints_text(state: Path) -> str:
     eps = json.loads((state / "endpoints.json").read_text())
     lines = [f"state directory: {state.resolve()}"] + [f"  {name:<10} {url}" for name, url in eps.items()]
     return "\n".join(lines)
+
+
+def leftover_processes(state: Path) -> list[int]:
+    """Processes of this exchange still running: those in ``pids.json`` that are alive and whose
+    command line or environment names this state directory (a pid reused by another program is
+    left alone)."""
+    try:
+        pids = json.loads((state / "pids.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    marker = str(state.resolve()).encode()
+    alive = []
+    for pid in pids.values() if isinstance(pids, dict) else []:
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+            continue
+        try:
+            seen = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        if marker in seen:
+            alive.append(pid)
+    return alive
+
+
+def stop_leftovers(state: Path, timeout: float = 15.0) -> list[int]:
+    """SIGTERM, then SIGKILL after ``timeout``, every :func:`leftover_processes` (a supervisor that
+    was killed cannot stop its children); the pids it stopped."""
+    pids = leftover_processes(state)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in leftover_processes(state)):
+        time.sleep(0.2)
+    for pid in leftover_processes(state):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
 
 
 def supervisor_pid(state: Path) -> int | None:
