@@ -77,8 +77,11 @@ Leakage:
   A consumer that deviates (a non-0/1 "selection" such as powers of a base, or ignoring the
   minimum) could learn single values from one run: this needs malicious security (a proof that
   s is binary with c >= the minimum) and is out of scope, as for every job type here.
-- Repeated runs over overlapping selections difference out single values: bounded only by the
-  grant's max_runs.
+- Repeated runs over overlapping selections difference out single values: bounded by the grant's
+  max_runs, and, if the listing declares a privacy budget, by that budget: each run spends ε on
+  chain at submission, and P adds OpenDP Laplace noise for it to the encrypted sum and sum of
+  squares of its column clamped to params.bounds (the count, which C computes itself, is exact;
+  the noise's sensitivity assumes the 0/1 selection P cannot check).
 - The chain and Kafka see the params (column and dataset names), records used (|X| and n), the
   result hash (over both transcripts) and timings. No value, id or ciphertext.
 """
