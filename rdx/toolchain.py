@@ -166,33 +166,57 @@ ABCI_PROTOS = [
     "tendermint/types/params.proto",
     "tendermint/types/validator.proto",
 ]
+# Headers, commits and canonical votes, for the light client (services/common/lightclient.py).
+# Added to a cache made before them without regenerating what is there (processes may be using it).
+LIGHT_CLIENT_PROTOS = [
+    "tendermint/types/types.proto",
+    "tendermint/types/canonical.proto",
+    "tendermint/version/types.proto",
+]
 
 
 def ensure_abci_proto() -> Path:
     """Generate the ABCI 2.0 Python modules from the very proto files of the pinned CometBFT."""
     target = abci_proto_dir()
     if (target / ".complete").exists():
+        if not (target / ".light-client").exists():
+            staging = _protoc(LIGHT_CLIENT_PROTOS)
+            for generated in sorted(staging.rglob("*")):  # parents first; nothing there is replaced
+                placed = target / generated.relative_to(staging)
+                if generated.is_dir():
+                    placed.mkdir(exist_ok=True)
+                elif not placed.exists():
+                    shutil.copy2(generated, placed)
+            shutil.rmtree(staging)
+            (target / ".light-client").touch()
         return target
-    import grpc_tools
-    from grpc_tools import protoc
-
-    comet = _go_module_dir("github.com/cometbft/cometbft", pins.COMETBFT_VERSION) / "proto"
-    gogo = _go_module_dir("github.com/cosmos/gogoproto", pins.GOGOPROTO_VERSION)
-    well_known = Path(grpc_tools.__file__).parent / "_proto"
-    staging = Path(tempfile.mkdtemp(prefix="abci-proto."))
-    args = ["protoc", f"-I{comet}", f"-I{gogo}", f"-I{well_known}", f"--python_out={staging}"]
-    args += [str(comet / p) for p in ABCI_PROTOS] + [str(gogo / "gogoproto" / "gogo.proto")]
-    if protoc.main(args) != 0:
-        raise SetupError("protoc could not generate the ABCI modules (see the messages above)")
-    for pkg in staging.rglob("*"):
-        if pkg.is_dir():
-            (pkg / "__init__.py").touch()
+    staging = _protoc(ABCI_PROTOS + LIGHT_CLIENT_PROTOS, gogo=True)
+    (staging / ".light-client").touch()
     if target.exists():
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(staging), str(target))
     (target / ".complete").write_text(pins.COMETBFT_VERSION)
     return target
+
+
+def _protoc(protos: list[str], *, gogo: bool = False) -> Path:
+    """Python modules of CometBFT's ``protos`` (and gogo.proto's) in a new staging folder."""
+    import grpc_tools
+    from grpc_tools import protoc
+
+    comet = _go_module_dir("github.com/cometbft/cometbft", pins.COMETBFT_VERSION) / "proto"
+    gogo_dir = _go_module_dir("github.com/cosmos/gogoproto", pins.GOGOPROTO_VERSION)
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    staging = Path(tempfile.mkdtemp(prefix="abci-proto."))
+    args = ["protoc", f"-I{comet}", f"-I{gogo_dir}", f"-I{well_known}", f"--python_out={staging}"]
+    args += [str(comet / p) for p in protos] + ([str(gogo_dir / "gogoproto" / "gogo.proto")] if gogo else [])
+    if protoc.main(args) != 0:
+        raise SetupError("protoc could not generate the ABCI modules (see the messages above)")
+    for pkg in staging.rglob("*"):
+        if pkg.is_dir():
+            (pkg / "__init__.py").touch()
+    return staging
 
 
 def link_into_venv(proto_dir: Path) -> None:
