@@ -78,8 +78,23 @@ def log(msg: str) -> None:
 # The two chains
 
 
+# cProfile timed by the process's CPU clock, not the wall: the bench SIGSTOPs the idle chain, and a
+# wall-clock profile charged those seconds to whatever line the process had stopped on.
+CPU_PROFILER = """import cProfile, runpy, sys, time
+out, module = sys.argv[1], sys.argv[2]
+sys.argv = [module]
+profiler = cProfile.Profile(time.process_time)
+profiler.enable()
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+finally:
+    profiler.disable()
+    profiler.dump_stats(out)
+"""
+
+
 class ProfiledService(ServiceProcess):
-    """``python -m cProfile -o FILE -m services.consensus``: the stats are written on SIGTERM exit."""
+    """``services.consensus`` under cProfile with a CPU-time clock; the stats are written on SIGTERM exit."""
 
     profile_path: Path | None = None
 
@@ -87,7 +102,7 @@ class ProfiledService(ServiceProcess):
         if self.profile_path is None:
             return super().start(timeout, wait)
         env = {**self.env, "RDX_HTTP_PORT": str(self.http_port), "PYTHONUNBUFFERED": "1"}
-        argv = [sys.executable, "-m", "cProfile", "-o", str(self.profile_path), "-m", f"services.{self.name}"]
+        argv = [sys.executable, "-c", CPU_PROFILER, str(self.profile_path), f"services.{self.name}"]
         self.process = Process(self.name, argv, self.log_dir / f"{self.name}.log", env=env, cwd=ROOT)
         self.process.start()
         if wait:
@@ -663,16 +678,15 @@ PROFILE_ROWS = [  # (label, file suffix, function): the parts of the app's work 
 
 
 def report_profile(path: Path, committed_txs: int) -> None:
-    """Where the consensus service's time went: the rows above, per committed rdx tx and as a
-    share of its busy time (wall time minus time idle in epoll, which also absorbs the time the
-    process spent SIGSTOPped while kvstore ran)."""
+    """Where the consensus service's CPU time went: the rows above, per committed rdx tx and as a
+    share of the whole (the profile's clock is the process's CPU time, so neither waiting in epoll
+    nor the time SIGSTOPped while kvstore ran counts)."""
     stats = pstats.Stats(str(path))
     raw = stats.stats  # (file, line, function) -> (primitive calls, calls, tottime, cumtime, callers)
-    idle = sum(v[2] for k, v in raw.items() if k[2] == "<method 'poll' of 'select.epoll' objects>")
-    busy = stats.total_tt - idle
+    busy = stats.total_tt
     n = max(1, committed_txs)
-    print(f"\ncProfile of the consensus service ({path}; --keep keeps it): {stats.total_tt:.1f}s wall, {idle:.1f}s idle in epoll, "
-          f"{busy:.1f}s busy; {committed_txs} rdx txs committed -> {busy / n * 1e6:.0f} us busy per tx")
+    print(f"\ncProfile of the consensus service ({path}; --keep keeps it): {busy:.1f} CPU s; {committed_txs} rdx txs "
+          f"committed -> {busy / n * 1e6:.0f} CPU us per tx")
     print(f"{'':58} {'calls':>8} {'cum s':>7} {'us/tx':>7} {'% busy':>7}")
     for label, suffix, function in PROFILE_ROWS:
         rows = [v for k, v in raw.items() if k[0].endswith(suffix) and k[2] == function]

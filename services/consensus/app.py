@@ -503,7 +503,7 @@ class RdxApp(Application):
         must not split the chain); everything before the handler is a function of the bytes and
         the state that answers with a specific code."""
         try:
-            ctx, model = self._authenticate(state, raw, height, time)
+            ctx, model, signer = self._authenticate(state, raw, height, time)
             if check:
                 self._admit(raw, ctx.tx)
         except Rejected as exc:
@@ -514,9 +514,10 @@ class RdxApp(Application):
             log.error("authenticating a %d-byte tx failed: %s", len(raw), type(exc).__name__)
             return Outcome(INTERNAL_ERROR, "internal error", [], False)
         tx = ctx.tx
-        self._consume_nonce(ctx.store, tx)
+        signer.account["nonce"] = tx.nonce  # spent on the tx's branch (a refused tx spends it below)
+        ctx.store.set(f"accounts/{tx.signer}", signer.account)
         try:
-            governance.authorize(ctx, tx.type, model)  # the association's powers: officer or board
+            governance.authorize(ctx, tx.type, model, signer)  # the association's powers: officer or board
             HANDLERS[tx.type][1](ctx, model)
         except Rejected as exc:
             if not check:  # included in a block: the nonce is spent, so the tx can never be replayed
@@ -534,7 +535,10 @@ class RdxApp(Application):
             self._pending_bytes[tx.signer] = self._pending_bytes.get(tx.signer, 0) + len(raw)
         return Outcome(Code.OK, "", ctx.events, True)
 
-    def _authenticate(self, state: Overlay, raw: bytes, height: int, time: int) -> tuple[Context, BaseModel]:
+    def _authenticate(self, state: Overlay, raw: bytes, height: int,
+                      time: int) -> tuple[Context, BaseModel, governance.Signer]:
+        """The tx's context and payload, and its signer's account and member as read on the tx's
+        branch (read once here: authorisation and the nonce use them again)."""
         verified: Verified | None = self._verified.get(raw)
         if verified is None:
             try:
@@ -553,7 +557,8 @@ class RdxApp(Application):
         account = keeper.account(tx.signer)
         if account is None:
             raise Rejected(Code.UNKNOWN_SIGNER, f"unknown signer {tx.signer}")
-        if not keeper.active(account["member"]):
+        owner = keeper.member(account["member"])
+        if not owner or owner["status"] != "active":
             raise Rejected(Code.SUSPENDED_SIGNER, f"signer {tx.signer} belongs to a suspended member")
         if verified is None or verified.public_key != account["public_key"]:
             if not identity.verify(account["public_key"], signing_bytes, tx.sig):
@@ -562,7 +567,7 @@ class RdxApp(Application):
         if tx.nonce != account["nonce"] + 1:
             raise Rejected(Code.BAD_NONCE, f"nonce {tx.nonce} is not the signer's next nonce {account['nonce'] + 1}")
         try:
-            return ctx, HANDLERS[tx.type][0].model_validate(tx.payload)
+            return ctx, HANDLERS[tx.type][0].model_validate(tx.payload), governance.Signer(account, owner)
         except ValidationError as exc:
             fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors()[:5])
             raise Rejected(Code.INVALID_PAYLOAD, f"invalid {tx.type}: {fields}") from None

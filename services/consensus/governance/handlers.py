@@ -5,6 +5,7 @@ handler, which decides whether a transaction in the association's name needs the
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -38,7 +39,15 @@ def publish_policy(ctx: Context, msg: m.PublishPolicy) -> None:
 
 
 # -- who may act in the association's name -----------------------------------------------------------
-def authorize(ctx: Context, tx_type: str, msg: BaseModel) -> None:
+@dataclass(frozen=True)
+class Signer:
+    """A tx signer's account and member, as authentication read them (read-only here)."""
+
+    account: dict[str, Any]
+    member: dict[str, Any] | None
+
+
+def authorize(ctx: Context, tx_type: str, msg: BaseModel, signer: Signer) -> None:
     """Called before every handler. A tx signed by an account of the association exercises one of
     its powers (governance/powers.py): the officer key may sign it only if the board left that power
     to the officer, or if the officer's key is itself a board whose one approval suffices (a chain
@@ -48,9 +57,7 @@ def authorize(ctx: Context, tx_type: str, msg: BaseModel) -> None:
     its approvals."""
     if ctx.acting_as is not None:
         return
-    members = MembersKeeper(ctx)
-    account = members.account(ctx.signer)
-    owner = members.member(account["member"]) if account else None
+    account, owner = signer.account, signer.member
     if owner is None or ASSOCIATION not in owner["roles"]:
         if tx_type in ASSOCIATION_ONLY:
             raise Rejected(Code.UNAUTHORIZED, f"only the association may send {tx_type}")
