@@ -2,12 +2,14 @@
 
 Pure settlement: payouts add up to the amount charged, which never exceeds the max price; every
 provider gets its exact share under the rounding rule. Whole chain: random sequences of
-deposits, jobs, completions, failures, aborts and transfers keep credits conserved and escrow
+deposits, jobs, completions (directly, or locked and released, or failed on disputed records),
+failures, aborts and transfers keep credits conserved and escrow
 non-negative (the invariants are checked after every block), and nobody is charged above the
 max price it agreed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from fractions import Fraction
 
@@ -51,6 +53,7 @@ ACTIONS = st.lists(st.one_of(
     st.tuples(st.just("deposit"), st.integers(1, 5_000)),
     st.tuples(st.just("submit"), st.integers(0, 4_000)),
     st.tuples(st.just("complete"), st.integers(0, 50)),
+    st.tuples(st.just("locked"), st.integers(0, 50)),  # held back, then released; every 5th: records disputed
     st.tuples(st.just("fail"), st.just(0)),
     st.tuples(st.just("abort"), st.just(0)),
     st.tuples(st.just("transfer"), st.integers(1, 2_000)),
@@ -94,7 +97,7 @@ def test_random_money_sequences_conserve_credits(tmp_path_factory, actions):
                 assert r.code == Code.PRICE_TOO_LOW and f"quote {QUOTE}" in r.log
             if r.code == Code.OK:
                 running.append((f"job-{n}", value))
-        elif action in ("complete", "fail", "abort") and running:
+        elif action in ("complete", "locked", "fail", "abort") and running:
             job, max_price = running.pop(0)
             before = bal(h, "bank") + max_price
             if action == "complete":
@@ -106,6 +109,24 @@ def test_random_money_sequences_conserve_credits(tmp_path_factory, actions):
                 # per record up to the declared rows, and never above the agreed max (which covers it)
                 assert settled["charged"] == 700 + 37 * min(value, ROWS) <= max_price
                 assert bal(h, "bank") == before - settled["charged"] + settled["payouts"].get("bank", 0)
+            elif action == "locked":
+                key = hashlib.sha256(job.encode()).digest()
+                common = {"job": job, "result_hash": "cd" * 32, "releases": {"telco": hashlib.sha256(key).hexdigest()}}
+                seen = value + 1 if value % 5 == 0 else value  # the consumer's node saw another count
+                h.block(h.tx(tn, "jobs.Attest", {**common, "records_used": value, "records": {"t.rows": value},
+                                                 "input_commitments": {"t.fixed": "ab" * 32, "t.rows": "ab" * 32}}),
+                        h.tx(bn, "jobs.Attest", {**common, "records_used": 0, "records": {"t.rows": seen},
+                                                 "input_commitments": {}}))
+                if seen != value:
+                    assert json.loads(h.state()[f"jobs/{job}"])["status"] == "failed"
+                    assert bal(h, "bank") == before  # unpaid: refunded in full
+                else:
+                    [r] = h.block(h.tx(bank, "jobs.Abort", {"job": job, "reason": "x"}))
+                    assert r.code == Code.INVALID_STATE and bal(h, "bank") == before - max_price  # locked: no refund
+                    h.block(h.tx(tn, "jobs.Release", {"job": job, "key": key.hex()}))
+                    settled = [e for e in h.db.events_after((h.height, -2, -1)) if e.type == "JobSettled"][0].data
+                    assert settled["charged"] == 700 + 37 * min(value, ROWS) <= max_price
+                    assert bal(h, "bank") == before - settled["charged"] + settled["payouts"].get("bank", 0)
             elif action == "fail":
                 h.block(h.tx(tn, "jobs.Fail", {"job": job, "reason": "x"}))
                 assert bal(h, "bank") == before  # refunded in full
