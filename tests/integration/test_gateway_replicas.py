@@ -18,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from conftest import running_chain
+from test_gateway import assert_schemathesis_passes
 from rdx.components import ServiceProcess, free_port
 from rdx.sdk import Gateway
 from rdx.stores import PostgresServer, RedisServer
@@ -234,6 +235,26 @@ def test_hostile_input_on_the_shared_stores(w):
     garbage = {"signature-input": 'sig1=("@method");keyid="bank";nonce=5', "signature": "sig1=:AAAA:;;"}
     assert httpx.get(f"{w.a.url}/v1/policy", headers=garbage).status_code == 401
     assert w.admin_a.request("GET", "/v1/keys") is not None  # the stores still answer
+
+
+def test_schemathesis_finds_no_server_error_on_a_replica(w):
+    """The API's generated inputs (strings into every audit filter and key path, among others)
+    against the PostgreSQL and Redis stores."""
+    env = {"RDX_KAFKA_BOOTSTRAP": w.chain.kafka, "RDX_COMETBFT_RPC": w.chain.rpc_url, "RDX_CHAIN_ID": w.chain.chain_id,
+           "RDX_STATE_ROOT": str(w.root / "upstreams")}
+    upstreams = [ServiceProcess(name, free_port(), env, w.root / "upstreams") for name in ("catalog", "billing")]
+    for service in upstreams:
+        service.start()
+    catalog, billing = upstreams
+    proc = gateway(w, "fuzzed", RDX_RATE_PER_S="10000", RDX_RATE_BURST="10000", RDX_CATALOG_URL=catalog.url,
+                   RDX_BILLING_URL=billing.url)
+    proc.start()
+    try:
+        assert_schemathesis_passes(proc.url, ADMIN_TOKEN)
+    finally:
+        proc.stop()
+        for service in upstreams:
+            service.stop()
 
 
 def test_bad_store_settings_fail_at_start_with_a_clear_error_and_no_password(w):
