@@ -143,3 +143,35 @@ def test_hostile_budget_queries_are_answered_with_a_code(c, path):
     c.listed()
     assert c.query(path)[0] in (Code.NOT_FOUND, Code.INVALID_QUERY)
     assert c.query("/privacy-budget/telco.credit/bank")[0] == Code.OK  # and the next query is answered
+
+
+def test_a_job_over_one_input_s_budget_spends_nothing_on_the_others(c):
+    """Two inputs: the first has room, the second not; the tx is refused whole, so the first
+    input's spend is discarded with it (a handler's writes are kept only if it succeeds)."""
+    c.listed("telco.a", budget={"epsilon_milli": 5_000})
+    c.listed("telco.b", budget={"epsilon_milli": 500})
+    c.listed("telco.c", budget=None)
+    code, log = c.send(c.bank, "jobs.Submit", {
+        "id": "agg-multi", "type": "aggregation", "max_price": 30,
+        "inputs": [{"asset": a, "grant": f"g.{a}"} for a in ("telco.a", "telco.b", "telco.c")]})
+    assert code == Code.PRIVACY_BUDGET_EXCEEDED and "telco.b" in log
+    assert c.query("/privacy-budget/telco.a/bank")[1]["spent_milli"] == 0
+    code, _ = c.send(c.bank, "jobs.Submit", {
+        "id": "agg-two", "type": "aggregation", "max_price": 30, "params": {"epsilon_milli": 400},
+        "inputs": [{"asset": a, "grant": f"g.{a}"} for a in ("telco.a", "telco.b", "telco.c")]})
+    assert code == Code.OK
+    assert [c.query(f"/privacy-budget/telco.{x}/bank")[1].get("spent_milli") for x in "abc"] == [400, 400, None]
+
+
+def test_each_consumer_has_its_own_budget(c):
+    c.listed()
+    other = Identity.generate("rival")
+    assert all(r.code == Code.OK for r in c.h.block(register(c.h, other, ("consumer",), Identity.generate("rival.node"))))
+    assert c.send(c.assoc, "bank.Deposit", {"to": "rival", "amount": 1_000, "reference": "r"})[0] == Code.OK
+    assert c.send(other, "access.Request", {"id": "g.rival", "asset": "telco.credit", "operations": ["aggregation"],
+                                            "purpose": "p", "expires_at": c.h.t0 + 10**6, "max_runs": 5})[0] == Code.OK
+    assert c.send(c.telco, "access.Approve", {"id": "g.rival"})[0] == Code.OK
+    assert c.submit("agg-1", params={"epsilon_milli": 2_500}) == (Code.OK, "")
+    assert c.send(other, "jobs.Submit", {"id": "agg-r", "type": "aggregation", "max_price": 10,
+                                         "inputs": [{"asset": "telco.credit", "grant": "g.rival"}]}) == (Code.OK, "")
+    assert c.query("/privacy-budget/telco.credit/rival")[1]["spent_milli"] == 1_000
