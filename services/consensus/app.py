@@ -34,7 +34,6 @@ from tendermint.types.params_pb2 import ConsensusParams, VersionParams
 from services.common import identity
 from services.common.chainevents import digest
 from services.common.policy import DEFAULT_POLICY_TEXT
-from services.common.proofs import EMPTY as EMPTY_TREE
 from services.common.proofs import PROOF_TYPE
 from services.common.tx import Code, Tx, TxError
 from services.consensus.abci.application import Application, proto_tx_size
@@ -54,6 +53,7 @@ from services.consensus.privacy import handlers as privacy
 from services.consensus.members import handlers as members
 from services.consensus.members.keeper import MembersKeeper
 from services.consensus.members.messages import Register
+from services.consensus.merkle import NONE as NO_TREE
 from services.consensus.merkle import StateTree
 from services.consensus.state import ChainEvent, Database, Overlay, next_app_hash
 from services.consensus.validators import handlers as validators
@@ -226,7 +226,7 @@ class RdxApp(Application):
             if self.db.get_text(STATE_TREE) is None:
                 return refuse("this chain's app hash is not a state tree yet (it migrates at its state-tree upgrade)")
             text = self.db.get_text(key)
-            proof = self.tree.prove(self.db.app_hash, key)
+            proof = self.tree.prove((self.db.app_hash, self.db.tree_version), key)
         except Exception as exc:  # a query must never halt the node: answer, log without the path
             log.error("proving a query failed: %s", type(exc).__name__)
             return abci.ResponseQuery(code=INTERNAL_ERROR, log="internal error", height=now)
@@ -324,7 +324,7 @@ class RdxApp(Application):
         self._genesis_events = ctx.events
         self._params = genesis.params
         if genesis.state_tree:  # the root of the genesis state; its nodes are stored with block 1's
-            return abci.ResponseInitChain(app_hash=self.tree.update(EMPTY_TREE, block.tree_changes(), {}))
+            return abci.ResponseInitChain(app_hash=self.tree.update(NO_TREE, block.tree_changes(), {}, 0)[0])
         return abci.ResponseInitChain(app_hash=next_app_hash(b"", block.digest(), 0))
 
     def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
@@ -388,7 +388,7 @@ class RdxApp(Application):
             raise RuntimeError("Commit without FinalizeBlock")
         ex, self._pending = self._pending, None
         self.db.commit_block(ex.height, ex.app_hash, ex.block.writes, ex.events, {"time": str(ex.time)},
-                             nodes=ex.block.nodes)
+                             nodes=ex.block.nodes, tree_version=ex.block.tree_version)
         CHAIN_HEIGHT.set(ex.height)
         self._genesis_writes, self._genesis_events = {}, []
         self._executions.clear()
@@ -454,18 +454,21 @@ class RdxApp(Application):
         if not block.writes:
             return self.db.app_hash
         if self.db.get_text(STATE_TREE) is not None:
-            return self.tree.update(self.db.app_hash, block.tree_changes(), block.nodes)
-        if STATE_TREE in block.writes:  # block 1 of a chain whose genesis starts the tree
-            return self.tree.update(EMPTY_TREE, block.tree_changes(), block.nodes)
-        if GovernanceKeeper(Context(store=block, height=height, time=0)).app_version() < STATE_TREE_APP_VERSION:
+            root = self.tree.update((self.db.app_hash, self.db.tree_version), block.tree_changes(), block.nodes, height)
+        elif STATE_TREE in block.writes:  # block 1 of a chain whose genesis starts the tree
+            root = self.tree.update(NO_TREE, block.tree_changes(), block.nodes, height)
+        elif GovernanceKeeper(Context(store=block, height=height, time=0)).app_version() < STATE_TREE_APP_VERSION:
             return next_app_hash(self.db.app_hash, block.digest(), height)
-        block.set(STATE_TREE, {"spec": PROOF_TYPE, "since": height})
-        changes = block.tree_changes()
-        state = [(key, text.encode()) for key, text in self.db.texts() if key not in changes]
-        state += [(key, value) for key, value in changes.items() if value is not None]
-        log.warning("state-tree upgrade at height %d: the app hash is the root of a tree over %d keys from now on",
-                    height, len(state))
-        return self.tree.build(state, block.nodes)
+        else:
+            block.set(STATE_TREE, {"spec": PROOF_TYPE, "since": height})
+            changes = block.tree_changes()
+            state = [(key, text.encode()) for key, text in self.db.texts() if key not in changes]
+            state += [(key, value) for key, value in changes.items() if value is not None]
+            log.warning("state-tree upgrade at height %d: the app hash is the root of a tree over %d keys from now on",
+                        height, len(state))
+            root = self.tree.build(state, block.nodes, height)
+        block.tree_version = root[1]
+        return root[0]
 
     def _upgrade(self, ctx: Context) -> ConsensusParams | None:
         """At a scheduled upgrade's height: a binary too old for it stops the node (deliberately: it

@@ -9,13 +9,17 @@ Why a tree of our own rather than the PyPI ``trie`` package (Ethereum's Merkle-P
 per key update (rlp encoding and keccak of every node on the path, each written to the node
 store) against rdx's whole FinalizeBlock+Commit budget of ~40 µs per tx; its proofs (0.15 ms to
 make, 0.5 ms to verify at p99) were fine. ``pymerkle`` is an append-only log (no absence proofs
-for keys) and ``sparse-merkle-tree`` has had no release since 2021. A block here updates the tree once from its write set,
-sorted by path: the nodes above the changed leaves are hashed once per block, not once per key.
+for keys) and ``sparse-merkle-tree`` has had no release since 2021. A block here updates the
+tree once from its write set, sorted by path: the nodes above the changed leaves are hashed once
+per block, not once per key.
 
-Nodes are stored by hash (their 65-byte preimage: 0x00 ‖ path ‖ value hash, or 0x01 ‖ left ‖
-right) in the consensus database, written in the block's Commit transaction; nothing is ever
-deleted, so the node table grows with every block (no pruning yet) and a restart or replay finds
-the same root.
+Nodes are stored in the consensus database, written in the block's Commit transaction, keyed by
+(version, hash): the version is the height that made the node, and an inner node stores its
+children's versions after its 65-byte preimage (0x01 ‖ left ‖ right; a leaf is 0x00 ‖ path ‖
+value hash). So a block's new nodes are one contiguous run of the table, not one random page each
+(keyed by hash alone, a block writing 500 keys over 100,000 touched ~5,000 pages: 5x the cost of
+the state rows themselves). Nothing is ever deleted: the table grows with every block (no pruning
+yet), and a restart or replay finds the same root.
 """
 
 from __future__ import annotations
@@ -30,114 +34,116 @@ _sha256 = hashlib.sha256
 _LEAF, _INNER = LEAF_PREFIX[0], INNER_PREFIX[0]
 
 Change = tuple[int, bytes, bytes | None]  # (path as an int, path, value hash or None to delete)
+Ref = tuple[bytes, int]  # a node: its hash, and the version (height) that stored it
+NONE: Ref = (EMPTY, 0)
 
 
 class StateTree:
-    """Reads nodes through ``load`` (the database), newest first from a block's own new nodes."""
+    """Reads nodes through ``load(version, hash)`` (the database), or from a block's own new
+    nodes; new nodes go to ``new`` (hash -> stored bytes), all of the version being made."""
 
-    def __init__(self, load: Callable[[bytes], bytes | None], cache_nodes: int = 500_000):
+    def __init__(self, load: Callable[[int, bytes], bytes | None], cache_nodes: int = 500_000):
         self._load = load
-        # Nodes by hash, those just made included (a node is its hash's preimage, so an entry is
-        # never stale, even from a proposal that was not committed). A plain dict emptied when
-        # full: an LRU's bookkeeping cost more than the misses it saves (~100 bytes a node).
+        # Stored nodes by hash, those just made included. A hash names one preimage, and any
+        # stored copy of it names children that exist, so an entry is never wrong, even from a
+        # proposal that was not committed. A plain dict emptied when full: an LRU's bookkeeping
+        # cost more than the misses it saves (~110 bytes a node).
         self._cache: dict[bytes, bytes] = {}
         self._cache_nodes = cache_nodes
 
-    def node(self, h: bytes, new: dict[bytes, bytes] | None = None) -> bytes:
-        pre = self._cache.get(h)
-        if pre is None:
-            pre = new.get(h) if new else None
-            if pre is None:
-                pre = self._load(h)
-                if pre is None:
-                    raise KeyError(f"state tree node {h.hex()} is missing")
-            self._keep(h, pre)
-        return pre
+    def node(self, h: bytes, version: int, new: dict[bytes, bytes] | None = None) -> bytes:
+        stored = self._cache.get(h)
+        if stored is None:
+            stored = new.get(h) if new else None
+            if stored is None:
+                stored = self._load(version, h)
+                if stored is None:
+                    raise KeyError(f"state tree node {h.hex()} of version {version} is missing")
+            self._keep(h, stored)
+        return stored
 
-    def _keep(self, h: bytes, pre: bytes) -> None:
+    def _keep(self, h: bytes, stored: bytes) -> None:
         if len(self._cache) >= self._cache_nodes:
             self._cache.clear()
-        self._cache[h] = pre
+        self._cache[h] = stored
 
-    def update(self, root: bytes, changes: dict[str, bytes | None], new: dict[bytes, bytes]) -> bytes:
-        """The root after setting each key to its value (exact bytes; None deletes), the new
-        nodes added to ``new``."""
+    def update(self, root: Ref, changes: dict[str, bytes | None], new: dict[bytes, bytes], version: int) -> Ref:
+        """The root after setting each key to its value (exact bytes; None deletes), its new
+        nodes of ``version`` added to ``new``."""
         items = sorted(_change(key, value) for key, value in changes.items())
         if not items:
             return root
-        return self._update(root, 0, items, new)
+        return self._update(root, 0, items, new, version)
 
-    def build(self, pairs: Iterable[tuple[str, bytes]], new: dict[bytes, bytes]) -> bytes:
+    def build(self, pairs: Iterable[tuple[str, bytes]], new: dict[bytes, bytes], version: int) -> Ref:
         """The root of a tree holding exactly ``pairs``: the state-tree upgrade's one full pass."""
-        return self._build(0, sorted(_change(key, value) for key, value in pairs), new)
+        return self._build(0, sorted(_change(key, value) for key, value in pairs), new, version)
 
-    def prove(self, root: bytes, key: str) -> Proof:
+    def prove(self, root: Ref, key: str) -> Proof:
         path = path_of(key)
         siblings: list[bytes] = []
-        h, depth = root, 0
+        (h, version), depth = root, 0
         while True:
             if h == EMPTY:
                 return Proof(ABSENT_EMPTY, tuple(siblings))
-            pre = self.node(h)
-            if pre[0] == _LEAF:
-                if pre[1:33] == path:
+            stored = self.node(h, version)
+            if stored[0] == _LEAF:
+                if stored[1:33] == path:
                     return Proof(EXISTS, tuple(siblings))
-                return Proof(ABSENT_LEAF, tuple(siblings), pre[1:33], pre[33:65])
+                return Proof(ABSENT_LEAF, tuple(siblings), stored[1:33], stored[33:65])
             if (path[depth >> 3] >> (7 - (depth & 7))) & 1:
-                siblings.append(pre[1:33])
-                h = pre[33:65]
+                siblings.append(stored[1:33])
+                h, version = stored[33:65], int.from_bytes(stored[73:81], "big")
             else:
-                siblings.append(pre[33:65])
-                h = pre[1:33]
+                siblings.append(stored[33:65])
+                h, version = stored[1:33], int.from_bytes(stored[65:73], "big")
             depth += 1
 
     # -- the batch update ----------------------------------------------------------------------
-    def _update(self, h: bytes, depth: int, items: list[Change], new: dict[bytes, bytes]) -> bytes:
+    def _update(self, ref: Ref, depth: int, items: list[Change], new: dict[bytes, bytes], version: int) -> Ref:
+        h, at = ref
         if h == EMPTY:
-            return self._build(depth, [i for i in items if i[2] is not None], new)
-        pre = self.node(h, new)
-        if pre[0] == _LEAF:  # one leaf stood for this whole subtree: rebuild it with the changes
-            leaf_path = pre[1:33]
+            return self._build(depth, [i for i in items if i[2] is not None], new, version)
+        stored = self.node(h, at, new)
+        if stored[0] == _LEAF:  # one leaf stood for this whole subtree: rebuild it with the changes
+            leaf_path = stored[1:33]
             if not any(i[1] == leaf_path for i in items):
-                items = sorted([*items, (int.from_bytes(leaf_path, "big"), leaf_path, pre[33:65])])
-            return self._build(depth, [i for i in items if i[2] is not None], new)
-        left, right = pre[1:33], pre[33:65]
+                items = sorted([*items, (int.from_bytes(leaf_path, "big"), leaf_path, stored[33:65])])
+            return self._build(depth, [i for i in items if i[2] is not None], new, version)
+        left: Ref = (stored[1:33], int.from_bytes(stored[65:73], "big"))
+        right: Ref = (stored[33:65], int.from_bytes(stored[73:81], "big"))
         split = _split(items, depth)
         if split:
-            left = self._update(left, depth + 1, items[:split], new)
+            left = self._update(left, depth + 1, items[:split], new, version)
         if split < len(items):
-            right = self._update(right, depth + 1, items[split:], new)
-        if left == EMPTY or right == EMPTY:
-            return self._join(left, right, new)
-        pre = INNER_PREFIX + left + right  # the usual case, inlined: most of a block's cost is here
-        h = _sha256(pre).digest()
-        new[h] = pre
-        self._keep(h, pre)
-        return h
+            right = self._update(right, depth + 1, items[split:], new, version)
+        return self._join(left, right, new, version)
 
-    def _build(self, depth: int, items: list[Change], new: dict[bytes, bytes]) -> bytes:
+    def _build(self, depth: int, items: list[Change], new: dict[bytes, bytes], version: int) -> Ref:
         if not items:
-            return EMPTY
+            return NONE
         if len(items) == 1:
             _, path, hashed = items[0]
-            pre = LEAF_PREFIX + path + hashed
-            h = _sha256(pre).digest()
-            new[h] = pre
-            self._keep(h, pre)
-            return h
+            stored = LEAF_PREFIX + path + hashed
+            h = _sha256(stored).digest()
+            new[h] = stored
+            self._keep(h, stored)
+            return h, version
         split = _split(items, depth)
-        return self._join(self._build(depth + 1, items[:split], new), self._build(depth + 1, items[split:], new), new)
+        return self._join(self._build(depth + 1, items[:split], new, version),
+                          self._build(depth + 1, items[split:], new, version), new, version)
 
-    def _join(self, left: bytes, right: bytes, new: dict[bytes, bytes]) -> bytes:
-        if right == EMPTY and (left == EMPTY or self.node(left, new)[0] == _LEAF):
+    def _join(self, left: Ref, right: Ref, new: dict[bytes, bytes], version: int) -> Ref:
+        if right[0] == EMPTY and (left[0] == EMPTY or self.node(*left, new)[0] == _LEAF):
             return left  # a lone leaf rises to where it is alone (after a deletion)
-        if left == EMPTY and self.node(right, new)[0] == _LEAF:
+        if left[0] == EMPTY and self.node(*right, new)[0] == _LEAF:
             return right
-        pre = INNER_PREFIX + left + right
-        h = _sha256(pre).digest()
-        new[h] = pre
-        self._keep(h, pre)
-        return h
+        preimage = INNER_PREFIX + left[0] + right[0]
+        h = _sha256(preimage).digest()
+        stored = preimage + left[1].to_bytes(8, "big") + right[1].to_bytes(8, "big")
+        new[h] = stored
+        self._keep(h, stored)
+        return h, version
 
 
 def _change(key: str, value: bytes | None) -> Change:

@@ -56,7 +56,8 @@ class Database:
                 height INTEGER NOT NULL, tx_index INTEGER NOT NULL, event_index INTEGER NOT NULL,
                 time INTEGER NOT NULL, type TEXT NOT NULL, entity TEXT NOT NULL, data TEXT NOT NULL,
                 PRIMARY KEY (height, tx_index, event_index)) WITHOUT ROWID;
-            CREATE TABLE IF NOT EXISTS tree_nodes (hash BLOB PRIMARY KEY, node BLOB NOT NULL) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS tree (version INTEGER NOT NULL, hash BLOB NOT NULL, node BLOB NOT NULL,
+                PRIMARY KEY (version, hash)) WITHOUT ROWID;
             """
         )
 
@@ -83,10 +84,15 @@ class Database:
         return self.conn.execute("SELECT key, value FROM kv WHERE key > ? AND key >= ? AND key < ? ORDER BY key LIMIT ?",
                                  (after, prefix, prefix + "\uffff", limit)).fetchall()
 
-    def tree_node(self, node_hash: bytes) -> bytes | None:
-        """A state tree node's preimage, by its hash (``merkle.py``)."""
-        row = self.conn.execute("SELECT node FROM tree_nodes WHERE hash = ?", (node_hash,)).fetchone()
+    def tree_node(self, version: int, node_hash: bytes) -> bytes | None:
+        """A state tree node as stored, by the height that made it and its hash (``merkle.py``)."""
+        row = self.conn.execute("SELECT node FROM tree WHERE version = ? AND hash = ?", (version, node_hash)).fetchone()
         return row[0] if row else None
+
+    @property
+    def tree_version(self) -> int:
+        """The height that stored the state tree's root node (its hash is the app hash)."""
+        return int(self.meta("tree_version", "0"))
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -101,10 +107,11 @@ class Database:
         return bytes.fromhex(self.meta("app_hash", ""))
 
     def commit_block(self, height: int, app_hash: bytes, writes: dict[str, Any], events: list[ChainEvent],
-                     extra_meta: dict[str, str] | None = None, nodes: dict[bytes, bytes] | None = None) -> None:
+                     extra_meta: dict[str, str] | None = None, nodes: dict[bytes, bytes] | None = None,
+                     tree_version: int | None = None) -> None:
         """Everything of one block, or nothing: a crash before COMMIT leaves the previous block.
         ``writes`` are an overlay's: canonical JSON text, or the deletion marker; ``nodes`` the
-        state tree's new nodes (hash -> preimage)."""
+        state tree's new nodes of this height (hash -> stored node), ``tree_version`` its root's."""
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
@@ -114,7 +121,10 @@ class Database:
                 else:
                     c.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
             if nodes:
-                c.executemany("INSERT OR IGNORE INTO tree_nodes VALUES (?, ?)", nodes.items())
+                c.executemany("INSERT OR IGNORE INTO tree VALUES (?, ?, ?)",
+                              [(height, h, node) for h, node in nodes.items()])
+            if tree_version is not None:
+                c.execute("INSERT OR REPLACE INTO meta VALUES ('tree_version', ?)", (str(tree_version),))
             c.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
                           [(e.height, e.tx_index, e.event_index, e.time, e.type, e.entity, _dump(e.data))
                            for e in events])
@@ -157,6 +167,7 @@ class Overlay:
         # (its signer's account and member) several times, and CheckTx reads them again at recheck.
         self._committed: dict[str, str | None] = {}
         self.nodes: dict[bytes, bytes] = {}  # the state tree's nodes new in this block, stored at Commit
+        self.tree_version: int | None = None  # the version of the tree's root after this block, if it changed
 
     def get(self, key: str) -> Any | None:
         text = self._text(key)

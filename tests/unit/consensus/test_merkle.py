@@ -7,8 +7,8 @@ import random
 import pytest
 
 from services.common import proofs
-from services.common.proofs import EMPTY, PROOF_TYPE, Proof, ProofError, path_of
-from services.consensus.merkle import StateTree
+from services.common.proofs import PROOF_TYPE, Proof, ProofError, path_of
+from services.consensus.merkle import NONE, StateTree
 
 pytestmark = pytest.mark.unit
 
@@ -99,15 +99,29 @@ def test_the_hashing_is_ics23_smt_spec_by_its_published_vectors(proof_hex, root_
     assert Proof.decode(proof.encode()) == proof
 
 
-def _tree():
-    store: dict[bytes, bytes] = {}
-    return StateTree(store.get), store
+class Store(dict):
+    """Nodes by (version, hash), as the database keeps them; ``version`` counts the blocks."""
+
+    version = 0
+
+    def add(self, new: dict[bytes, bytes], version: int) -> None:
+        self.update({(version, h): node for h, node in new.items()})
+
+    def load(self, version: int, h: bytes) -> bytes | None:
+        return self.get((version, h))
+
+
+def _tree(cache_nodes: int = 500_000):
+    store = Store()
+    return StateTree(store.load, cache_nodes), store
 
 
 def _commit(tree, store, root, changes):
+    """One block: the new root (hash, version), its nodes stored under the next version."""
+    store.version += 1
     new: dict[bytes, bytes] = {}
-    root = tree.update(root, changes, new)
-    store.update(new)
+    root = tree.update(root, changes, new, store.version)
+    store.add(new, store.version)
     return root
 
 
@@ -120,10 +134,11 @@ class Op:
         self.type, self.key, self.data = type_, key, data
 
 
-def test_incremental_updates_give_the_root_of_a_fresh_build_and_every_proof_verifies():
+@pytest.mark.parametrize("cache_nodes", [500_000, 1])  # 1: nearly every node read back from the store
+def test_incremental_updates_give_the_root_of_a_fresh_build_and_every_proof_verifies(cache_nodes):
     rng = random.Random(7)
-    tree, store = _tree()
-    root, state = EMPTY, {}
+    tree, store = _tree(cache_nodes)
+    root, state = NONE, {}
     keys = [f"k/{i}" for i in range(300)]
     for _ in range(40):
         changes = {}
@@ -136,26 +151,27 @@ def test_incremental_updates_give_the_root_of_a_fresh_build_and_every_proof_veri
             else:
                 state[key] = value
         fresh, _ = _tree()
-        assert root == fresh.build(state.items(), {})  # history-independent: identical on every validator
+        assert root[0] == fresh.build(state.items(), {}, 0)[0]  # history-independent: the same on every validator
     for key in keys + ["never/written"]:
         proof = tree.prove(root, key)
-        proofs.verify(root, key, state.get(key), _op(key, proof))
-        proofs.verify(root, key, state.get(key), [Op(PROOF_TYPE, key.encode(), proof.encode())])
+        proofs.verify(root[0], key, state.get(key), _op(key, proof))
+        proofs.verify(root[0], key, state.get(key), [Op(PROOF_TYPE, key.encode(), proof.encode())])
 
 
 def test_deleting_everything_empties_the_tree_and_one_key_is_its_own_leaf():
     tree, store = _tree()
-    root = _commit(tree, store, EMPTY, {"a": b"1", "b": b"2", "c": b"3"})
+    root = _commit(tree, store, NONE, {"a": b"1", "b": b"2", "c": b"3"})
     root = _commit(tree, store, root, {"a": None, "b": None})
-    assert root == proofs.leaf_hash(path_of("c"), proofs.value_hash(b"3"))
-    assert _commit(tree, store, root, {"c": None}) == EMPTY
-    assert _commit(tree, store, root, {"nothing": None}) == root
+    assert root == (proofs.leaf_hash(path_of("c"), proofs.value_hash(b"3")), 1)  # the leaf of version 1 rose
+    assert _commit(tree, store, root, {"c": None}) == NONE
+    assert _commit(tree, store, root, {"nothing": None})[0] == root[0]
 
 
 def test_tampered_answers_are_refused():
     tree, store = _tree()
-    root = _commit(tree, store, EMPTY, {f"k/{i}": str(i).encode() for i in range(50)})
-    proof = tree.prove(root, "k/7")
+    ref = _commit(tree, store, NONE, {f"k/{i}": str(i).encode() for i in range(50)})
+    root = ref[0]
+    proof = tree.prove(ref, "k/7")
     proofs.verify(root, "k/7", b"7", _op("k/7", proof))
     with pytest.raises(ProofError, match="does not lead"):
         proofs.verify(root, "k/7", b"8", _op("k/7", proof))  # another value
@@ -172,7 +188,7 @@ def test_tampered_answers_are_refused():
     with pytest.raises(ProofError, match="does not lead"):
         proofs.verify(bytes(32), "k/7", b"7", _op("k/7", proof))  # another app hash
     # absence: a present key's proof cannot be turned into an absence
-    absent = tree.prove(root, "missing")
+    absent = tree.prove(ref, "missing")
     assert absent.kind in (proofs.ABSENT_EMPTY, proofs.ABSENT_LEAF)
     proofs.verify(root, "missing", None, _op("missing", absent))
     with pytest.raises(ProofError, match="claims a value"):
@@ -205,9 +221,10 @@ def test_rpc_answers_are_checked_by_code_and_value():
     import base64
 
     tree, store = _tree()
-    root = _commit(tree, store, EMPTY, {"a": b'{"x":1}'})
+    ref = _commit(tree, store, NONE, {"a": b'{"x":1}'})
+    root = ref[0]
     ops = {"ops": [{"type": PROOF_TYPE, "key": base64.b64encode(b"a").decode(),
-                    "data": base64.b64encode(tree.prove(root, "a").encode()).decode()}]}
+                    "data": base64.b64encode(tree.prove(ref, "a").encode()).decode()}]}
     answer = {"response": {"code": 0, "value": base64.b64encode(b'{"x":1}').decode(), "proofOps": ops}}
     assert proofs.verify_rpc_answer(root, "a", answer) == b'{"x":1}'
     with pytest.raises(ProofError):

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.unit
 
 def fresh_root(chain: Harness) -> bytes:
     """The root of a tree built from nothing over the chain's whole committed state."""
-    return StateTree({}.get).build([(k, v.encode()) for k, v in chain.state().items()], {})
+    return StateTree(lambda version, h: None).build([(k, v.encode()) for k, v in chain.state().items()], {}, 0)[0]
 
 
 def prove(app: RdxApp, key: str, **kw) -> abci.ResponseQuery:
