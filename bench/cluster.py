@@ -175,7 +175,7 @@ class Exchange:
             "max_price": PRICE * len(inputs), "timeout_s": 7200}, wait=False)
         while True:
             record = await chain.query(f"/jobs/{job}")
-            if record and record["status"] != "running":
+            if record and record["status"] not in ("running", "locked"):  # locked: keys not yet released
                 break
             await asyncio.sleep(0.1)
         job_s = time.time() - started

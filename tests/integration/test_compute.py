@@ -366,9 +366,12 @@ async def test_a_peer_with_an_unknown_key_is_refused_and_what_a_peer_sends_holds
                      compute=compute, workers=1, batch=512)
     outcome = await PsiJob().run(ctx)
     await net.tx(net.node_ids[ALPHA], "jobs.Attest", {"job": job, "result_hash": outcome.result_hash,
-                                                      "records_used": outcome.records_used, "input_commitments": {}})
+                                                      "records_used": outcome.records_used, "input_commitments": {},
+                                                      "records": dict(outcome.records),
+                                                      "releases": dict(outcome.releases)})
     record = await net.wait_chain(job)
-    assert record["status"] == "completed"
+    assert record["status"] == "completed" and "result" not in stored  # nothing matched before the release
+    await outcome.after_release({m: bytes.fromhex(k) for m, k in record["releases"].items()})  # the key on chain
     assert json.loads(stored["result"])["intersection"] == sorted(set(alpha_keys) & set(net.datasets["telco"]["subs"]))
     received = b"".join(f for d, f in frames if d == "received")
     assert len(received) > 32 * 4000  # the telco's whole masked set came through
@@ -487,6 +490,7 @@ async def test_a_node_restarted_mid_job_resumes_it(net):
     assert record["status"] == "completed", record
     row = await net.wait_node(TELCO, job, lambda r: r["status"] == "completed")
     assert row["attempt"] >= 2  # a fresh protocol run after the restart
+    await net.wait_node(BANK, job, lambda r: r["status"] == "completed")  # its result opened from the released key
     opened = _open_result(net, BANK, job)
     assert opened["result"]["intersection"] == sorted(set(net.datasets["bank"]["big"]) & set(net.datasets["telco"]["big"]))
 
