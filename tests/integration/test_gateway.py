@@ -205,34 +205,35 @@ def test_no_api_key_signature_or_record_value_in_logs(gw):
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(chain, tmp_path):
     """Property-based requests generated from /openapi.json (schemathesis), with an admin key."""
-    env = {"RDX_KAFKA_BOOTSTRAP": chain.kafka, "RDX_COMETBFT_RPC": chain.rpc_url, "RDX_CHAIN_ID": chain.chain_id,
-           "RDX_STATE_ROOT": str(tmp_path / "state")}
-    upstreams = [ServiceProcess(name, free_port(), env, tmp_path / "logs") for name in ("catalog", "billing")]
-    for service in upstreams:
-        service.start()
-    catalog, billing = upstreams
-    proc = start_gateway(chain, tmp_path, RDX_RATE_PER_S="10000", RDX_RATE_BURST="10000", RDX_CATALOG_URL=catalog.url,
-                         RDX_BILLING_URL=billing.url)
-    try:
-        assert_schemathesis_passes(proc.url, ADMIN_TOKEN)
-    finally:
-        proc.stop()
-        for service in upstreams:
-            service.stop()
+    assert_schemathesis_passes(chain, tmp_path, ADMIN_TOKEN, lambda **upstreams: start_gateway(
+        chain, tmp_path, RDX_RATE_PER_S="10000", RDX_RATE_BURST="10000", **upstreams))
 
 
-def assert_schemathesis_passes(url: str, admin_token: str) -> None:
-    """Property-based requests generated from the gateway's /openapi.json, as the admin: no 5xx, no
-    answer outside the schema."""
+def assert_schemathesis_passes(chain, root, admin_token: str, start) -> None:
+    """Property-based requests generated from the /openapi.json of the gateway ``start(RDX_CATALOG_URL=…,
+    RDX_BILLING_URL=…)`` starts, before a real catalog and billing, as the admin: no 5xx, no answer
+    outside the schema."""
     import subprocess
     import sys
     from pathlib import Path
 
-    st = Path(sys.executable).parent / "schemathesis"
-    result = subprocess.run([str(st), "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {admin_token}",
-                             "--checks", "not_a_server_error,response_schema_conformance", "-n", "20",
-                             "--generation-deterministic", "--request-timeout", "20"],
-                            capture_output=True, text=True, timeout=600)
+    env = {"RDX_KAFKA_BOOTSTRAP": chain.kafka, "RDX_COMETBFT_RPC": chain.rpc_url, "RDX_CHAIN_ID": chain.chain_id,
+           "RDX_STATE_ROOT": str(root / "upstreams")}
+    upstreams = [ServiceProcess(name, free_port(), env, root / "logs") for name in ("catalog", "billing")]
+    for service in upstreams:
+        service.start()
+    catalog, billing = upstreams
+    proc = start(RDX_CATALOG_URL=catalog.url, RDX_BILLING_URL=billing.url)
+    try:
+        st = Path(sys.executable).parent / "schemathesis"
+        result = subprocess.run([str(st), "run", f"{proc.url}/openapi.json", "-H", f"Authorization: Bearer {admin_token}",
+                                 "--checks", "not_a_server_error,response_schema_conformance", "-n", "20",
+                                 "--generation-deterministic", "--request-timeout", "20"],
+                                capture_output=True, text=True, timeout=600)
+    finally:
+        proc.stop()
+        for service in upstreams:
+            service.stop()
     summary = result.stdout[-3000:]
     assert result.returncode == 0, summary
     assert " passed" in summary and "failed" not in summary.split("Test cases:")[-1], summary

@@ -240,21 +240,12 @@ def test_hostile_input_on_the_shared_stores(w):
 def test_schemathesis_finds_no_server_error_on_a_replica(w):
     """The API's generated inputs (strings into every audit filter and key path, among others)
     against the PostgreSQL and Redis stores."""
-    env = {"RDX_KAFKA_BOOTSTRAP": w.chain.kafka, "RDX_COMETBFT_RPC": w.chain.rpc_url, "RDX_CHAIN_ID": w.chain.chain_id,
-           "RDX_STATE_ROOT": str(w.root / "upstreams")}
-    upstreams = [ServiceProcess(name, free_port(), env, w.root / "upstreams") for name in ("catalog", "billing")]
-    for service in upstreams:
-        service.start()
-    catalog, billing = upstreams
-    proc = gateway(w, "fuzzed", RDX_RATE_PER_S="10000", RDX_RATE_BURST="10000", RDX_CATALOG_URL=catalog.url,
-                   RDX_BILLING_URL=billing.url)
-    proc.start()
-    try:
-        assert_schemathesis_passes(proc.url, ADMIN_TOKEN)
-    finally:
-        proc.stop()
-        for service in upstreams:
-            service.stop()
+    def start(**upstreams: str) -> ServiceProcess:
+        proc = gateway(w, "fuzzed", RDX_RATE_PER_S="10000", RDX_RATE_BURST="10000", **upstreams)
+        proc.start()
+        return proc
+
+    assert_schemathesis_passes(w.chain, w.root / "fuzzed", ADMIN_TOKEN, start)
 
 
 def test_bad_store_settings_fail_at_start_with_a_clear_error_and_no_password(w):
