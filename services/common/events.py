@@ -30,6 +30,7 @@ EVENT_TYPES: dict[str, frozenset[str]] = {
         "AssetListed", "AssetUpdated", "AssetDelisted", "AssetSuspended", "DynamicPriceChanged",
         "AccessRequested", "AccessApproved", "AccessGranted", "AccessRejected", "AccessRevoked", "AccessExpired",
         "JobAuthorized", "JobAttested", "JobCompleted", "JobFailed", "JobAborted", "JobSettled",
+        "JobLocked", "JobReleased", "JobRecordsDisputed",  # fair exchange (docs/compute.md)
         "CreditsDeposited", "CreditsWithdrawn", "CreditsTransferred", "EscrowHeld",
         "PolicyPublished", "AuditAnchored",
         "BoardConfigured", "ProposalSubmitted", "ProposalApproved", "ProposalExecuted", "ProposalFailed",
