@@ -48,7 +48,7 @@ from services.compute import psi_kernel as kernel
 from services.compute.commitment import canonical_value
 from services.compute.jobtypes.base import (Channel, JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError,
                                              expect, expect_finish, goodbye)
-from services.compute.policy import PolicyViolation
+from services.compute import policy  # the module, not its names: policy.py imports jobtypes.base
 
 MATCH = 16  # bytes of a doubly-masked element that are compared
 
@@ -509,12 +509,12 @@ class PsiCardinalityJob(PsiJob):
         if got["xa"] != n_c or got["yba"] != n_p:
             raise ProtocolError("the consumer's batches do not add up to the announced sets")
         if _repeats(bytes(xab)) or _repeats(bytes(yba)):  # a repeated element would be counted twice
-            raise PolicyViolation("the consumer's masked elements repeat")
+            raise policy.PolicyViolation("the consumer's masked elements repeat")
         count = int(len(await asyncio.to_thread(match_positions, bytes(xab), bytes(yba))))
         del xab, yba
         k = ctx.policy.of(ref.asset).min_group_size
         if k > 1 and count < k:  # 0 too: else a probe of one element would tell 0 from 1
-            raise PolicyViolation(f"the intersection is below the minimum group size of {ref.asset} ({k})")
+            raise policy.PolicyViolation(f"the intersection is below the minimum group size of {ref.asset} ({k})")
         await chan.send("count", c=count)
         await expect_finish(chan)
         p2c, c2p = chan.transcript()

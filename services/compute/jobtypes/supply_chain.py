@@ -74,7 +74,7 @@ from services.compute.commitment import canonical_value
 from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, expect,
                                             goodbye)
 from services.compute.jobtypes.psi import match_positions
-from services.compute.policy import PolicyViolation
+from services.compute import policy  # the module, not its names: policy.py imports jobtypes.base
 
 MATCH = 16
 KEYS = 3  # R, A, Q per record
@@ -269,7 +269,7 @@ class SupplyChainJob(JobType):
         _, theirs = await asyncio.gather(_send_blob(chan, "keys", mine, kernel.POINT * KEYS * ctx.batch),
                                          _recv_blob(chan, "keys", kernel.POINT * KEYS * m))
         if _repeats_reference(theirs):  # many records of one reference would reveal a counterpart's values
-            raise PolicyViolation(f"{chan.peer}'s records repeat a reference")
+            raise policy.PolicyViolation(f"{chan.peer}'s records repeat a reference")
         their_back = await _chunked_blob(ctx, scalar, theirs, kernel.POINT * KEYS * ctx.batch)
         _, own_back = await asyncio.gather(_send_blob(chan, "back", their_back, MATCH * KEYS * ctx.batch),
                                            _recv_blob(chan, "back", MATCH * KEYS * n))
