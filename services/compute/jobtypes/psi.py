@@ -274,21 +274,15 @@ class PsiJob(JobType):
             raise
         if done["xab"] != n_c or done["yab"] != n_p:
             raise ProtocolError("the provider's batches do not add up to the announced sets")
-        if not isinstance(release, str) or len(release) != 64 or set(release) - set("0123456789abcdef"):
-            raise ProtocolError("xab_done without the hash of the key its batches are held back under")
+        release = _release_hash({"release": release})
         # H(x)^ab is held back under the provider's key: nothing can be matched until the chain has
         # recorded both attestations (this transcript, these counts, that key hash) and the key.
-        await chan.send("finish", commitment="")
-        c2p, p2c = chan.transcript()
-        await expect(chan, "finished")
-        await goodbye(ctx.member, [chan])
+        c2p, p2c = await _close_held_back(chan, ctx)
         ctx.progress("matching", total, total)
         ref = spec.inputs[0]
 
         async def after_release(released) -> None:
-            key = released.get(provider)
-            if key is None or hashlib.sha256(key).hexdigest() != release:
-                raise JobRefused(f"{provider}'s released key does not match the hash it sent")
+            key = _released_key(released, provider, release)
             opened = await asyncio.to_thread(open_held_back, key, bytes(xab))
             positions = await asyncio.to_thread(match_positions, opened, bytes(yab))
             size = int(len(positions))
@@ -383,9 +377,12 @@ class PsiCardinalityJob(PsiJob):
         P      checks both are the announced sizes with no repeated element, and counts
                c = |{x : H(x)^ab ∈ yba}|; if c is below the listing's minimum group size
                (k > 1) P aborts the job on chain and sends nothing more
-        P → C  count   {c}
-        C → P  finish  {commitment}
+        P → C  count   c as 16 bytes XORed with a SHAKE-256 keystream of P's fresh release key K
+                       {release: SHA-256(K)}
+        C → P  finish  {commitment: ""}
         P → C  finished
+        both   attest; the chain locks the job; P publishes K (jobs.Release), which settles it;
+        C      opens c with K and seals its result
 
     The doubly-masked consumer elements (H(x)^ab) never leave P, so a consumer that masks each of
     its elements with an exponent of its own (H(x_i)^a_i) gets nothing back to test them against:
@@ -445,18 +442,27 @@ class PsiCardinalityJob(PsiJob):
             await chan.send("yba", mixed[off:off + MATCH * ctx.batch], off=off // MATCH)
         await chan.send("yba_done", n=n_p)
         del mixed
-        msg = await expect(chan, "count")
-        count = msg.header.get("c")
-        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= min(n_c, n_p):
+        msg = await expect(chan, "count")  # held back: the count under the provider's release key
+        release = _release_hash(msg.header)
+        if len(msg.body) != MATCH:
             raise ProtocolError("bad count")
-        min_group = spec.inputs[0].min_group_size
-        if 0 < count < min_group:  # an honest provider never sends one; refuse it all the same
-            raise ProtocolError("the provider sent a count below the listing's minimum group size")
-        result = json.dumps({"cardinality": count, "consumer_set_size": n_c, "provider_set_size": n_p},
-                            sort_keys=True).encode()
-        c2p, p2c = await _finish(ctx, chan, result)
-        ctx.progress("done", total, total)
-        return Outcome(result_hash(spec, c2p, p2c), records_used=n_c, summary={"matched": count})
+        held = bytes(msg.body)
+        c2p, p2c = await _close_held_back(chan, ctx)
+        ref = spec.inputs[0]
+
+        async def after_release(released) -> None:
+            key = _released_key(released, ref.provider, release)
+            count = int.from_bytes(open_held_back(key, held), "big")
+            if not 0 <= count <= min(n_c, n_p):
+                raise ProtocolError("bad count")
+            if 0 < count < ref.min_group_size:  # an honest provider never sends one; refuse it all the same
+                raise ProtocolError("the provider sent a count below the listing's minimum group size")
+            await ctx.commit_result(json.dumps({"cardinality": count, "consumer_set_size": n_c,
+                                                "provider_set_size": n_p}, sort_keys=True).encode())
+            ctx.progress("done", total, total)
+
+        return Outcome(result_hash(spec, c2p, p2c), records_used=n_c, records={ref.asset: n_p},
+                       releases={ref.provider: release}, after_release=after_release)
 
     async def _provider(self, ctx: JobContext) -> Outcome:
         spec = ctx.spec
@@ -515,23 +521,40 @@ class PsiCardinalityJob(PsiJob):
         k = ctx.policy.of(ref.asset).min_group_size
         if k > 1 and count < k:  # 0 too: else a probe of one element would tell 0 from 1
             raise policy.PolicyViolation(f"the intersection is below the minimum group size of {ref.asset} ({k})")
-        await chan.send("count", c=count)
+        release_key = os.urandom(32)  # the count goes out under it; the chain releases it once the job is locked
+        await chan.send("count", held_back(release_key, 0, count.to_bytes(MATCH, "big")),
+                        release=hashlib.sha256(release_key).hexdigest())
         await expect_finish(chan)
         p2c, c2p = chan.transcript()
         await chan.send("finished")
         await goodbye(ctx.member, [chan])
         ctx.progress("done", total, total)
-        return Outcome(result_hash(spec, c2p, p2c), records_used=n_p, summary={"matched": count})
+        return Outcome(result_hash(spec, c2p, p2c), records_used=n_p, summary={"matched": count},
+                       records={ref.asset: n_p}, release_key=release_key)
 
 
-async def _finish(ctx: JobContext, chan: Channel, result: bytes) -> tuple[str, str]:
-    """The consumer seals its result, shows the provider its commitment, and closes; the two
-    directions' transcripts (consumer to provider, provider to consumer) are what both attest."""
-    commitment = await ctx.commit_result(result)
-    await chan.send("finish", commitment=commitment)
+def _release_hash(header: dict) -> str:
+    """The SHA-256 (hex) of the key the provider held its last message back under, as it sent it."""
+    release = header.get("release")
+    if not isinstance(release, str) or len(release) != 64 or set(release) - set("0123456789abcdef"):
+        raise ProtocolError("the provider's last message came without the hash of the key it is held back under")
+    return release
+
+
+def _released_key(released, provider: str, release: str) -> bytes:
+    """The provider's key as the chain released it, checked against the hash the protocol showed."""
+    key = released.get(provider)
+    if key is None or hashlib.sha256(key).hexdigest() != release:
+        raise JobRefused(f"{provider}'s released key does not match the hash it sent")
+    return key
+
+
+async def _close_held_back(chan: Channel, ctx: JobContext) -> tuple[str, str]:
+    """The consumer closes a run whose last message is held back: it has no result to commit yet."""
+    await chan.send("finish", commitment="")
     c2p, p2c = chan.transcript()
     await expect(chan, "finished")
-    await goodbye(ctx.member, [chan])  # the last frame goes server to client: none is lost
+    await goodbye(ctx.member, [chan])
     return c2p, p2c
 
 

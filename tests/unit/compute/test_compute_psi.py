@@ -100,6 +100,24 @@ async def run_pair(type_, consumer_keys, provider_keys, **kw):
     return outcome_c, outcome_p, results, sent_by
 
 
+async def test_psi_cardinality_holds_the_count_back_until_the_providers_key_is_released():
+    spec = spec_for("psi_cardinality")
+    c_chan, p_chan, sent_by = pair("bank", "telco")
+    results: dict = {}
+    job = job_type("psi_cardinality")
+    c = context(spec, "bank", c_chan, {"customers": phones(0, 300)}, results)
+    p = context(spec, "telco", p_chan, {"telco.subs": phones(250, 400)}, results)
+    oc, op = await asyncio.gather(job.run(c), job.run(p))
+    assert results == {} and oc.records == op.records == {"telco.subs": 400}
+    [count] = [hs.decode(f) for f in sent_by["telco"] if hs.decode(f)[0] == "count"]
+    assert "c" not in count[1] and count[1]["release"] == oc.releases["telco"] == hashlib.sha256(
+        op.release_key).hexdigest()
+    with pytest.raises(JobRefused, match="does not match"):
+        await oc.after_release({"telco": bytes(32)})
+    await oc.after_release({"telco": op.release_key})
+    assert json.loads(results["bank"])["cardinality"] == 50
+
+
 async def test_psi_holds_the_consumer_result_back_until_the_providers_key_is_released():
     """Issue 16: the consumer's node cannot match before the key is on chain, a key other than the
     one whose hash it saw opens nothing, and both attest the provider's set size and that hash."""
