@@ -86,7 +86,8 @@ def phones(start: int, n: int) -> list[str]:
     return [f"+86-1{i:010d}" for i in range(start, start + n)]
 
 
-async def run_pair(type_, consumer_keys, provider_keys, **kw):
+async def run_held_back(type_, consumer_keys, provider_keys, **kw):
+    """Both sides' protocol runs, up to their attestations: nothing released yet."""
     spec = spec_for(type_, **kw)
     c_chan, p_chan, sent_by = pair("bank", "telco")
     results: dict = {}
@@ -94,6 +95,11 @@ async def run_pair(type_, consumer_keys, provider_keys, **kw):
     c = context(spec, "bank", c_chan, {"customers": consumer_keys}, results)
     p = context(spec, "telco", p_chan, {"telco.subs": provider_keys}, results)
     outcome_c, outcome_p = await asyncio.gather(job.run(c), job.run(p))
+    return outcome_c, outcome_p, results, sent_by
+
+
+async def run_pair(type_, consumer_keys, provider_keys, **kw):
+    outcome_c, outcome_p, results, sent_by = await run_held_back(type_, consumer_keys, provider_keys, **kw)
     if outcome_c.after_release is not None:  # psi: the chain locked the job and the provider released its key
         assert "bank" not in results
         await outcome_c.after_release({"telco": outcome_p.release_key})
@@ -101,13 +107,7 @@ async def run_pair(type_, consumer_keys, provider_keys, **kw):
 
 
 async def test_psi_cardinality_holds_the_count_back_until_the_providers_key_is_released():
-    spec = spec_for("psi_cardinality")
-    c_chan, p_chan, sent_by = pair("bank", "telco")
-    results: dict = {}
-    job = job_type("psi_cardinality")
-    c = context(spec, "bank", c_chan, {"customers": phones(0, 300)}, results)
-    p = context(spec, "telco", p_chan, {"telco.subs": phones(250, 400)}, results)
-    oc, op = await asyncio.gather(job.run(c), job.run(p))
+    oc, op, results, sent_by = await run_held_back("psi_cardinality", phones(0, 300), phones(250, 400))
     assert results == {} and oc.records == op.records == {"telco.subs": 400}
     [count] = [hs.decode(f) for f in sent_by["telco"] if hs.decode(f)[0] == "count"]
     assert "c" not in count[1] and count[1]["release"] == oc.releases["telco"] == hashlib.sha256(
@@ -121,13 +121,7 @@ async def test_psi_cardinality_holds_the_count_back_until_the_providers_key_is_r
 async def test_psi_holds_the_consumer_result_back_until_the_providers_key_is_released():
     """Issue 16: the consumer's node cannot match before the key is on chain, a key other than the
     one whose hash it saw opens nothing, and both attest the provider's set size and that hash."""
-    spec = spec_for("psi")
-    c_chan, p_chan, sent_by = pair("bank", "telco")
-    results: dict = {}
-    job = job_type("psi")
-    c = context(spec, "bank", c_chan, {"customers": phones(0, 300)}, results)
-    p = context(spec, "telco", p_chan, {"telco.subs": phones(250, 400)}, results)
-    oc, op = await asyncio.gather(job.run(c), job.run(p))
+    oc, op, results, sent_by = await run_held_back("psi", phones(0, 300), phones(250, 400))
     assert results == {} and oc.records == op.records == {"telco.subs": 400}
     assert oc.releases == {"telco": hashlib.sha256(op.release_key).hexdigest()} and op.release_key not in b"".join(
         sent_by["telco"])
