@@ -31,7 +31,7 @@ from services.common.proofs import (ABSENT_EMPTY, ABSENT_LEAF, EMPTY, EXISTS, IN
                                     path_of, value_hash)
 
 _sha256 = hashlib.sha256
-_LEAF, _INNER = LEAF_PREFIX[0], INNER_PREFIX[0]
+_LEAF = LEAF_PREFIX[0]
 
 Change = tuple[int, bytes, bytes | None]  # (path as an int, path, value hash or None to delete)
 Ref = tuple[bytes, int]  # a node: its hash, and the version (height) that stored it

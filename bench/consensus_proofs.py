@@ -1,0 +1,157 @@
+"""The state tree's cost (issue 18): ``python -m bench.consensus_proofs`` -> bench/results/consensus_proofs.json.
+
+1. The ABCI steps' CPU cost per tx (``bench.consensus.app_costs``, in-process) with the app hash
+   as the state tree's root against the same app on the older hash chain of write sets (a
+   genesis without ``state_tree``), alternated in one run so both see the same machine.
+2. Proofs: an app over ``--keys`` state keys committed to SQLite; ``Query(prove=true)`` answered
+   by ``RdxApp.query`` (proof generation, including the value read) and checked by
+   ``services.common.proofs.verify`` (what a member runs), p50/p99 over ``--queries`` random keys,
+   a tenth of them absent. The goal: verify p99 <= 5 ms (wall clock; also its thread CPU time).
+   And the tree's own cost per distinct key written, in blocks of 500 distinct keys over that
+   state: the update (hashing) and the node rows Commit stores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+from bench import common
+from bench import consensus as consensus_bench
+
+
+_genesis_app_state = consensus_bench.genesis_app_state
+
+
+def _legacy_genesis(*args, **kwargs) -> dict:
+    """The genesis of a chain made before the state tree: its app hash stays the hash chain."""
+    spec = _genesis_app_state(*args, **kwargs)
+    spec.pop("state_tree", None)
+    return spec
+
+
+def app_costs_both(rounds: int, n: int) -> dict[str, dict[str, float]]:
+    """Best of ``rounds`` alternated runs of each (app_costs itself takes the best of three)."""
+    best: dict[str, dict[str, float]] = {"state_tree": {}, "hash_chain": {}}
+    for _ in range(rounds):
+        for name in ("hash_chain", "state_tree"):
+            if name == "hash_chain":
+                with mock.patch.object(consensus_bench, "genesis_app_state", _legacy_genesis):
+                    costs = consensus_bench.app_costs(n=n)
+            else:
+                costs = consensus_bench.app_costs(n=n)
+            for step, value in costs.items():
+                best[name][step] = min(value, best[name].get(step, float("inf")))
+    return best
+
+
+def proof_costs(keys: int, queries: int) -> dict[str, float]:
+    from tendermint.abci import types_pb2 as abci
+
+    from services.common import proofs
+    from services.consensus.app import STATE_TREE, RdxApp
+    from services.consensus.merkle import NONE, StateTree
+    from services.consensus.state import Database, Overlay
+
+    rng = random.Random(18)
+    with tempfile.TemporaryDirectory(prefix="rdx-proofs.") as tmp:
+        db = Database(Path(tmp) / "state.sqlite")
+        block = Overlay(db)
+        block.set(STATE_TREE, {"spec": proofs.PROOF_TYPE, "since": 0})
+        for i in range(keys):
+            block.set(f"accounts/bench-{i:07d}", {"member": f"bench-{i:07d}", "nonce": rng.randrange(10**6),
+                                                  "public_key": "A" * 44})
+        start = time.perf_counter()
+        tree = StateTree(db.tree_node)  # one for the whole run, as the app keeps one
+        root = tree.update(NONE, block.tree_changes(), block.nodes, 1)
+        build_s = time.perf_counter() - start
+        db.commit_block(1, root[0], block.writes, [], nodes=block.nodes, tree_version=root[1])
+        # Blocks that each write 500 distinct keys (the app_costs load rewrites 32 accounts a block)
+        plain = Database(Path(tmp) / "plain.sqlite")  # the same writes committed without tree nodes
+        plain.commit_block(1, root[0], block.writes, [])
+        update_us, commit_us, plain_us = [], [], []
+        for height in range(2, 7):
+            block = Overlay(db)
+            for i in rng.sample(range(keys), 500):
+                block.set(f"accounts/bench-{i:07d}", {"member": f"bench-{i:07d}", "nonce": height, "public_key": "B" * 44})
+            start = time.perf_counter()
+            root = tree.update(root, block.tree_changes(), block.nodes, height)
+            middle = time.perf_counter()
+            db.commit_block(height, root[0], block.writes, [], nodes=block.nodes, tree_version=root[1])
+            end = time.perf_counter()
+            update_us.append((middle - start) / 500 * 1e6)
+            commit_us.append((end - middle) / 500 * 1e6)
+            start = time.perf_counter()
+            plain.commit_block(height, root[0], block.writes, [])
+            plain_us.append((time.perf_counter() - start) / 500 * 1e6)
+        app = RdxApp(Database(Path(tmp) / "state.sqlite"), consensus_bench.CHAIN_ID)  # a cold node cache
+        generate, verify, verify_cpu, sizes = [], [], [], []
+        for q in range(queries):
+            i = rng.randrange(keys) if q % 10 else keys + q  # every tenth absent
+            key = f"accounts/bench-{i:07d}"
+            start = time.perf_counter()
+            answer = app.query(abci.RequestQuery(path=f"/{key}", prove=True))
+            middle, cpu = time.perf_counter(), time.thread_time()
+            proofs.verify(app.db.app_hash, key, answer.value if answer.code == 0 else None, answer.proof_ops)
+            end = time.perf_counter()
+            verify_cpu.append(time.thread_time() - cpu)
+            generate.append(middle - start)
+            verify.append(end - middle)
+            sizes.append(len(answer.proof_ops.ops[0].data))
+        return {"keys": keys, "queries": queries, "build_s": build_s,
+                "update_us_per_key": min(update_us), "commit_nodes_us_per_key": min(commit_us),
+                "commit_plain_us_per_key": min(plain_us),
+                "verify_cpu_p99_ms": common.percentile(verify_cpu, 0.99) * 1e3,
+                "generate_p50_ms": common.percentile(generate, 0.5) * 1e3,
+                "generate_p99_ms": common.percentile(generate, 0.99) * 1e3,
+                "verify_p50_ms": common.percentile(verify, 0.5) * 1e3,
+                "verify_p99_ms": common.percentile(verify, 0.99) * 1e3,
+                "proof_bytes_p50": common.percentile(sizes, 0.5)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--txs", type=int, default=4000)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    costs = app_costs_both(args.rounds, args.txs)
+    p = proof_costs(args.keys, args.queries)
+    metrics = []
+    for step in ("check_tx", "process_proposal", "finalize_block", "commit", "finalize_block_alone"):
+        metrics.append(common.metric(f"app_{step}_us_per_tx", costs["state_tree"][step], "us",
+                                     baseline_name="hash chain of write sets", baseline_value=costs["hash_chain"][step]))
+    tree, chain = costs["state_tree"], costs["hash_chain"]
+    metrics.append(common.metric("app_process_plus_commit_us_per_tx", tree["process_proposal"] + tree["commit"], "us",
+                                 baseline_name="hash chain of write sets",
+                                 baseline_value=chain["process_proposal"] + chain["commit"]))
+    metrics.append(common.metric("proof_generate_p99_ms", p["generate_p99_ms"], "ms"))
+    metrics.append(common.metric("proof_verify_p99_ms", p["verify_p99_ms"], "ms", bar="<= 5 ms",
+                                 passed=p["verify_p99_ms"] <= 5))
+    metrics.append(common.metric("proof_verify_cpu_p99_ms", p["verify_cpu_p99_ms"], "ms"))
+    metrics.append(common.metric("tree_update_us_per_distinct_key", p["update_us_per_key"], "us"))
+    metrics.append(common.metric("tree_commit_us_per_distinct_key", p["commit_nodes_us_per_key"], "us",
+                                 baseline_name="the same writes committed without tree nodes",
+                                 baseline_value=p["commit_plain_us_per_key"]))
+    metrics.append(common.metric("proof_generate_p50_ms", p["generate_p50_ms"], "ms"))
+    metrics.append(common.metric("proof_verify_p50_ms", p["verify_p50_ms"], "ms"))
+    metrics.append(common.metric("proof_bytes_p50", p["proof_bytes_p50"], "bytes"))
+    metrics.append(common.metric("tree_build_s", p["build_s"], "s"))
+    notes = (f"app costs: {args.txs} txs in blocks of 500, best of {args.rounds}x3 alternated runs per variant; "
+             f"proofs: {p['keys']} keys in SQLite, {p['queries']} Query(prove=true) on a cold node cache, "
+             f"a tenth absent; tree_build_s is the state-tree upgrade's one pass over that many keys")
+    path = common.write("consensus_proofs", metrics, notes, path=args.out)
+    print(json.dumps({"app_costs": costs, "proofs": p}, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
