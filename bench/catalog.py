@@ -14,6 +14,12 @@ search latency against plain SQLite FTS5 on the same data, in the same run.
    as ``GET /v1/listings`` answers), interleaved one by one with a plain FTS5 query for the
    same word on the same table (bm25 top 20, no facets): warm-up first, then p50/p99 of each.
    Bar: p99 <= 50 ms for the catalog's query; the ratio to the plain query is reported.
+5. Chinese (issue 21): 10k more listings written in Chinese (``--chinese``; generated after the
+   100k English ones with their own random stream, so the English listings, queries and their
+   matches are those of earlier runs) and the same two-facet queries with a two-character
+   Chinese word, interleaved with the plain FTS5 query for the same bigram phrase on the same
+   table. Bar: p99 <= 50 ms. Also counted: how many listings the word finds through the bigram
+   columns, and through the plain ``unicode61`` columns alone (what search found before).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from rdx.components import KafkaBroker, create_topics, free_port  # noqa: E402
 from services.catalog import store  # noqa: E402
 from services.catalog.facets import FacetCache  # noqa: E402
 from services.catalog.ingest import Ingest  # noqa: E402
-from services.catalog.search import Query, search  # noqa: E402
+from services.catalog.search import Query, fts_query, search  # noqa: E402
 from services.common.events import Event  # noqa: E402
 from services.common.kafka import EventProducer  # noqa: E402
 from services.consensus.assets.handlers import LISTING_FIELDS  # noqa: E402
@@ -79,6 +85,24 @@ INDUSTRIES = {
                    "construction permit apartment office vacancy developer appraisal deed title broker",
 }
 VOCAB = {k: v.split() for k, v in INDUSTRIES.items()}
+INDUSTRIES_ZH = {
+    "finance": "信贷 贷款 还款 违约 存款 交易 商户 银行卡 透支 抵押 担保 结算 汇款 利息 保理 租赁 债券 基金 钱包 清算 账本",
+    "telecom": "用户 手机 漫游 在网时长 套餐 流失 终端 信号 通话 短信 宽带 基站 频谱 预付费 带宽 时延 携号转网 覆盖 流量",
+    "logistics": "运单 仓储 路线 配送 货运 集装箱 港口 卡车 包裹 海关 托盘 调度 快递 舱单 追踪 承运商 车队 揽收 退货",
+    "manufacturing": "发票 订单 供应商 产能 库存 零部件 质量 工厂 装配 批次 缺陷 机床 采购 良率 停机 维护 物料 合同 产线",
+    "retail": "购物篮 门店 客流 会员 促销 销售 退款 优惠券 顾客 结账 定价 降价 品类 加盟 网点 代金券 季节性 缺货 收银",
+    "energy": "电表 用电量 电网 负荷 电价 停电 光伏 变电站 峰值 计费 风机 电池 充电 排放 碳排放 调度 变压器 电压 储能",
+    "government": "登记 许可证 税务 审批 检查 企业 处罚 申报 补贴 法院 采购 普查 社保 养老金 审计 招标 公证 专利 商标 户籍",
+    "insurance": "保单 理赔 保费 核保 车险 健康险 意外 续保 代理人 精算 再保险 免赔额 受益人 欺诈 退保 年金 经纪 责任险",
+    "healthcare": "患者 诊断 处方 医院 门诊 住院 出院 药房 疫苗 转诊 影像 检验 病房 手术 慢病 筛查 剂量 分诊 护士 专科",
+    "transport": "乘客 车票 地铁 公交 票价 客流量 车站 时刻表 延误 出租车 停车 收费 拥堵 机场 航班 铁路 轮渡 通勤 换乘",
+    "agriculture": "作物 收成 产量 农场 牲畜 化肥 灌溉 种子 土壤 果园 家禽 奶业 粮食 降雨 病虫害 合作社 拖拉机 温室 渔业 饲料",
+    "real-estate": "房产 租金 租约 租户 按揭 估值 房东 入住率 宗地 规划 施工 公寓 写字楼 空置率 开发商 评估 产权 中介",
+}
+VOCAB_ZH = {k: v.split() for k, v in INDUSTRIES_ZH.items()}
+ADJECTIVES_ZH = ("月度", "区域", "汇总", "核验", "历史", "每日", "企业", "个人", "脱敏", "联合", "季度", "清洗后", "明细",
+                 "全国", "市级", "年度")
+NOUNS_ZH = ("记录", "统计", "事件", "名录", "面板", "台账", "指数", "画像", "日志", "报告")
 ADJECTIVES = ("monthly", "regional", "aggregated", "verified", "historical", "daily", "enterprise", "consumer",
               "anonymised", "joint", "quarterly", "cleaned", "detailed", "national", "municipal", "annual")
 NOUNS = ("records", "statistics", "events", "registry", "panel", "ledger", "index", "profiles", "logs", "reports")
@@ -125,7 +149,22 @@ def listing_payload(i: int, rng: random.Random) -> tuple[str, dict]:
                    "min_group_size": rng.choice((1, 5, 10, 50)), "metadata": metadata}
 
 
-def chain_events(n: int, seed: int = 7):
+def listing_payload_zh(i: int, rng: random.Random) -> tuple[str, dict]:
+    """A listing written in Chinese (tags and column names stay slugs, as the chain requires)."""
+    owner, payload = listing_payload(i, rng)
+    md = payload["metadata"]
+    industry = md["industry"][0]
+    words = rng.sample(VOCAB_ZH[industry], 8)
+    md["title"] = f"{rng.choice(ADJECTIVES_ZH)}{words[0]}与{words[1]}{rng.choice(NOUNS_ZH)}"
+    md["description"] = (f"{rng.choice(ADJECTIVES_ZH)}{words[0]}数据，含{words[2]}、{words[3]}和{words[4]}，按"
+                         f"{rng.choice(('客户', '企业', '区县', '日', '设备'))}统计。数据保存在提供方节点；{words[5]}和"
+                         f"{words[6]}每月由{words[7]}来源推算。")
+    for k, column in enumerate(md["columns"]):
+        column["description"] = f"{rng.choice(ADJECTIVES_ZH)}{words[k]}{words[(k + 3) % 8]}"
+    return owner, payload
+
+
+def chain_events(n: int, seed: int = 7, chinese: int = 0):
     """What the relay would publish for n committed listings (20 per block), one by one."""
     rng = random.Random(seed)
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
@@ -135,8 +174,9 @@ def chain_events(n: int, seed: int = 7):
                     occurred_at=datetime.fromtimestamp(t0, timezone.utc),
                     data={"member": member, "name": f"Member {m} Co., Ltd.", "roles": ["provider"], "node": None,
                           "height": 1})
-    for i in range(n):
-        owner, payload = listing_payload(i, rng)
+    rng_zh = random.Random(seed + 1)  # its own stream: the English listings stay as they were
+    for i in range(n + chinese):
+        owner, payload = listing_payload(i, rng) if i < n else listing_payload_zh(i, rng_zh)
         msg = ListMsg.model_validate(payload)
         height = 2 + i // 20
         yield Event(id=f"{height}/{i % 20}/0", type="AssetListed", entity=f"asset:{msg.id}", source="consensus",
@@ -145,14 +185,14 @@ def chain_events(n: int, seed: int = 7):
                           "tx_hash": f"{i:064X}", **msg.model_dump(include=set(LISTING_FIELDS)), "height": height})
 
 
-async def produce(bootstrap: str, topic: str, n: int) -> tuple[int, float, list[tuple[str, str, str]]]:
+async def produce(bootstrap: str, topic: str, n: int, chinese: int = 0) -> tuple[int, float, list[tuple[str, str, str]]]:
     """Generate and publish the events in batches (100k events do not all sit in memory); returns
     how many, the publish rate (generation excluded), and the documents for the baseline."""
     producer = EventProducer(bootstrap, "bench")
     await producer.start()
     count, publishing, docs, batch = 0, 0.0, [], []
     try:
-        for ev in chain_events(n):
+        for ev in chain_events(n, chinese=chinese):
             batch.append(ev)
             if ev.type == "AssetListed":
                 md = ev.data["metadata"]
@@ -213,22 +253,25 @@ def baseline_inserts(docs: list[tuple[str, str, str]], path: Path) -> float:
     return rate
 
 
-def queries(n: int, seed: int = 11) -> list[Query]:
+def queries(n: int, seed: int = 11, vocab: dict[str, list[str]] = VOCAB) -> list[Query]:
+    """Two-facet queries; with ``VOCAB_ZH``, a two-character Chinese word."""
     rng = random.Random(seed)
     values = {"level": ("L1", "L2", "L3", "L4"), "region": REGIONS, "update_cycle": CYCLES,
               "industry": tuple(VOCAB), "operation": tuple(sorted({o for v in LEVEL_OPS.values() for o in v})),
               "price_model": ("free", "fixed", "per_record")}
     out = []
     for _ in range(n):
-        industry = rng.choice(list(VOCAB))
-        word = rng.choice(VOCAB[industry])
+        industry = rng.choice(list(vocab))
+        word = rng.choice([w for w in vocab[industry] if vocab is VOCAB or len(w) == 2])
         chosen = rng.sample(FACETS_FOR_QUERIES, 2)
         filters = {f: (industry,) if f == "industry" else (rng.choice(values[f]),) for f in chosen}
         out.append(Query(q=word, filters=filters, limit=20))
     return out
 
 
-def measure_search(db: Path, n: int, warmup: int) -> dict:
+def measure_search(db: Path, n: int, warmup: int, vocab: dict[str, list[str]] = VOCAB) -> dict:
+    """The catalog's query and the plain one, interleaved; the plain one is the same word as
+    FTS5 text (for Chinese: the same bigram phrase over the bigram columns, search.fts_query)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     store.tune(conn)
@@ -241,7 +284,10 @@ def measure_search(db: Path, n: int, warmup: int) -> dict:
     cache_fill = time.perf_counter() - started
     ours, base, totals, text_totals = [], [], [], []
     plain_sql = "SELECT rowid, rank FROM listings_fts WHERE listings_fts MATCH ? ORDER BY rank LIMIT 20"
-    for k, query in enumerate(queries(warmup + n)):
+    def plain_text(q: str) -> str:
+        return f'"{q}"' if vocab is VOCAB else fts_query(q)
+
+    for k, query in enumerate(queries(warmup + n, vocab=vocab)):
         def run_ours():
             t = time.perf_counter()
             result = search(conn, cache, query)
@@ -249,7 +295,7 @@ def measure_search(db: Path, n: int, warmup: int) -> dict:
 
         def run_plain():
             t = time.perf_counter()
-            plain.execute(plain_sql, (f'"{query.q}"',)).fetchall()
+            plain.execute(plain_sql, (plain_text(query.q),)).fetchall()
             return time.perf_counter() - t
 
         if k % 2:  # interleaved, alternating which goes first
@@ -262,10 +308,15 @@ def measure_search(db: Path, n: int, warmup: int) -> dict:
             ours.append(o * 1000)
             base.append(b * 1000)
             totals.append(result["total"])
-    for query in queries(200, seed=12):
+    unicode61_totals = []
+    for query in queries(200, seed=12, vocab=vocab):
         text_totals.append(plain.execute("SELECT count(*) FROM listings_fts WHERE listings_fts MATCH ?",
-                                         (f'"{query.q}"',)).fetchone()[0])
-    return {"ours": ours, "plain": base, "totals": totals, "text_totals": text_totals, "cache_fill_s": cache_fill}
+                                         (plain_text(query.q),)).fetchone()[0])
+        unicode61_totals.append(plain.execute(  # the text columns alone: what search found before bigrams
+            "SELECT count(*) FROM listings_fts WHERE listings_fts MATCH ?",
+            (f'{{{" ".join(store.TEXT_COLUMNS)}}} : "{query.q}"',)).fetchone()[0])
+    return {"ours": ours, "plain": base, "totals": totals, "text_totals": text_totals, "cache_fill_s": cache_fill,
+            "unicode61_totals": unicode61_totals}
 
 
 async def main(args) -> None:
@@ -278,8 +329,9 @@ async def main(args) -> None:
         try:
             topic = "bench.catalog.chain.events"
             create_topics(broker.bootstrap, [topic])
-            print(f"generating {args.listings} listings and producing their events to Kafka ...", flush=True)
-            total, produced, docs = await produce(broker.bootstrap, topic, args.listings)
+            print(f"generating {args.listings} listings (+{args.chinese} in Chinese) and producing their events to "
+                  "Kafka ...", flush=True)
+            total, produced, docs = await produce(broker.bootstrap, topic, args.listings, args.chinese)
             print(f"  {total} events, published at {produced:.0f} events/s; ingesting through the catalog's "
                   "consumer ...", flush=True)
             db = root / "catalog.sqlite"
@@ -303,8 +355,16 @@ async def measure_and_write(args, root: Path, db: Path, total: int, produced: fl
     print(f"  two-facet full-text: p50 {p50:.2f} ms, p99 {p99:.2f} ms; plain FTS5: p50 {b50:.2f} ms, "
           f"p99 {b99:.2f} ms; matches per query: text {statistics.median(r['text_totals']):.0f}, "
           f"with facets {statistics.median(r['totals']):.0f} (medians)", flush=True)
+    zh = measure_search(db, args.queries, args.warmup, vocab=VOCAB_ZH) if args.chinese else None
+    if zh:
+        z50, z99 = statistics.median(zh["ours"]), percentile(zh["ours"], 0.99)
+        y50, y99 = statistics.median(zh["plain"]), percentile(zh["plain"], 0.99)
+        print(f"  two-facet Chinese: p50 {z50:.2f} ms, p99 {z99:.2f} ms; plain FTS5 (same bigram phrase): "
+              f"p50 {y50:.2f} ms, p99 {y99:.2f} ms; matches per query: bigrams {statistics.median(zh['text_totals']):.0f}, "
+              f"unicode61 alone {statistics.median(zh['unicode61_totals']):.0f}, with facets "
+              f"{statistics.median(zh['totals']):.0f} (medians)", flush=True)
     listed = sqlite3.connect(db).execute("SELECT count(*) FROM listings WHERE status = 'listed'").fetchone()[0]
-    assert listed == args.listings, listed
+    assert listed == args.listings + args.chinese, listed
     metrics = [
         metric("search_two_facet_fulltext_p99_ms", p99, "ms", baseline_name="plain_fts5_bm25_top20_p99_ms",
                baseline_value=b99, bar="<= 50 ms (value)", passed=p99 <= 50.0),
@@ -315,6 +375,16 @@ async def measure_and_write(args, root: Path, db: Path, total: int, produced: fl
         metric("kafka_produce_events_per_s", produced, "events/s"),
         metric("facet_cache_fill_s", r["cache_fill_s"], "s"),
     ]
+    if zh:
+        metrics[2:2] = [
+            metric("search_two_facet_chinese_p99_ms", z99, "ms", baseline_name="plain_fts5_bigram_phrase_top20_p99_ms",
+                   baseline_value=y99, bar="<= 50 ms (value)", passed=z99 <= 50.0),
+            metric("search_two_facet_chinese_p50_ms", z50, "ms", baseline_name="plain_fts5_bigram_phrase_top20_p50_ms",
+                   baseline_value=y50),
+            metric("chinese_two_char_word_median_matches", statistics.median(zh["text_totals"]), "listings",
+                   baseline_name="unicode61_columns_alone_median_matches",
+                   baseline_value=statistics.median(zh["unicode61_totals"])),
+        ]
     notes = (f"{args.listings} listings ({PROVIDERS} providers, {total} events) produced to a real Kafka "
              f"broker and ingested by the catalog's idempotent consumer (one SQLite transaction per event) into "
              f"an empty read model; {args.queries} two-facet full-text queries after {args.warmup} warm-up, "
@@ -323,6 +393,10 @@ async def measure_and_write(args, root: Path, db: Path, total: int, produced: fl
              f"{statistics.median(r['totals']):.0f} with the two facets; search is measured in-process "
              f"(the service function GET /v1/listings calls, highlights and disjunctive facet counts included, "
              f"HTTP excluded); the machine is shared, other engineers' tests may run at the same time")
+    if zh:
+        notes += (f"; then {args.chinese} more listings written in Chinese (own random stream, after the English "
+                  f"ones) and {args.queries} two-facet queries with a two-character Chinese word, interleaved with "
+                  f"the plain FTS5 query for the same bigram phrase on the same table")
     path = write("catalog", metrics, notes)
     print(f"wrote {path}")
 
@@ -330,6 +404,7 @@ async def measure_and_write(args, root: Path, db: Path, total: int, produced: fl
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listings", type=int, default=100_000)
+    parser.add_argument("--chinese", type=int, default=10_000, help="listings written in Chinese, after the others")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--keep", action="store_true", help="keep the read model and broker data (in /tmp)")
