@@ -389,6 +389,7 @@ class RdxApp(Application):
         ex, self._pending = self._pending, None
         self.db.commit_block(ex.height, ex.app_hash, ex.block.writes, ex.events, {"time": str(ex.time)},
                              nodes=ex.block.nodes, tree_version=ex.block.tree_version)
+        self.tree.committed(ex.block.nodes)
         CHAIN_HEIGHT.set(ex.height)
         self._genesis_writes, self._genesis_events = {}, []
         self._executions.clear()

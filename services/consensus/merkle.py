@@ -13,13 +13,13 @@ for keys) and ``sparse-merkle-tree`` has had no release since 2021. A block here
 tree once from its write set, sorted by path: the nodes above the changed leaves are hashed once
 per block, not once per key.
 
-Nodes are stored in the consensus database, written in the block's Commit transaction, keyed by
-(version, hash): the version is the height that made the node, and an inner node stores its
-children's versions after its 65-byte preimage (0x01 ‖ left ‖ right; a leaf is 0x00 ‖ path ‖
-value hash). So a block's new nodes are one contiguous run of the table, not one random page each
-(keyed by hash alone, a block writing 500 keys over 100,000 touched ~5,000 pages: 5x the cost of
-the state rows themselves). Nothing is ever deleted: the table grows with every block (no pruning
-yet), and a restart or replay finds the same root.
+Nodes are stored in the consensus database, in the block's Commit transaction, in runs of 64
+sorted by hash (``Database.tree_node``): a node is found by its hash and its version, the height
+that made it;
+an inner node stores its children's versions after its 65-byte preimage (0x01 ‖ left ‖ right; a
+leaf is 0x00 ‖ path ‖ value hash). A row per node cost 4-5x the state rows' own Commit time (a
+block writes ~10 nodes per distinct key). Nothing is ever deleted: the rows grow with every block
+(no pruning yet), and a restart or replay finds the same root.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ class StateTree:
 
     def __init__(self, load: Callable[[int, bytes], bytes | None], cache_nodes: int = 500_000):
         self._load = load
-        # Stored nodes by hash, those just made included. A hash names one preimage, and any
-        # stored copy of it names children that exist, so an entry is never wrong, even from a
-        # proposal that was not committed. A plain dict emptied when full: an LRU's bookkeeping
-        # cost more than the misses it saves (~110 bytes a node).
+        # Committed nodes by hash: read from the database, or made by a block and handed over by
+        # ``committed`` (a block's own new nodes are read from its ``new`` until then: a proposal
+        # that is not committed must leave nothing behind that names a node the database lacks).
+        # A plain dict emptied when full: an LRU's bookkeeping cost more than the misses it saves.
         self._cache: dict[bytes, bytes] = {}
         self._cache_nodes = cache_nodes
 
@@ -59,8 +59,13 @@ class StateTree:
                 stored = self._load(version, h)
                 if stored is None:
                     raise KeyError(f"state tree node {h.hex()} of version {version} is missing")
-            self._keep(h, stored)
+                self._keep(h, stored)
         return stored
+
+    def committed(self, new: dict[bytes, bytes]) -> None:
+        """The block that made ``new`` is committed: its nodes may be read from the cache."""
+        for h, stored in new.items():
+            self._keep(h, stored)
 
     def _keep(self, h: bytes, stored: bytes) -> None:
         if len(self._cache) >= self._cache_nodes:
@@ -127,7 +132,6 @@ class StateTree:
             stored = LEAF_PREFIX + path + hashed
             h = _sha256(stored).digest()
             new[h] = stored
-            self._keep(h, stored)
             return h, version
         split = _split(items, depth)
         return self._join(self._build(depth + 1, items[:split], new, version),
@@ -142,7 +146,6 @@ class StateTree:
         h = _sha256(preimage).digest()
         stored = preimage + left[1].to_bytes(8, "big") + right[1].to_bytes(8, "big")
         new[h] = stored
-        self._keep(h, stored)
         return h, version
 
 

@@ -20,6 +20,8 @@ from typing import Any
 from services.common import canonicaljson
 
 _DELETED = object()
+_NODE_ENTRY = 32 + 81  # a state tree node in its block's run: hash, then the node (merkle.py)
+_RUN = 64  # nodes a row: ~7 KiB, so a lookup reads two pages
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,8 @@ class Database:
                 height INTEGER NOT NULL, tx_index INTEGER NOT NULL, event_index INTEGER NOT NULL,
                 time INTEGER NOT NULL, type TEXT NOT NULL, entity TEXT NOT NULL, data TEXT NOT NULL,
                 PRIMARY KEY (height, tx_index, event_index)) WITHOUT ROWID;
-            CREATE TABLE IF NOT EXISTS tree (version INTEGER NOT NULL, hash BLOB NOT NULL, node BLOB NOT NULL,
-                PRIMARY KEY (version, hash)) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS tree_runs (version INTEGER NOT NULL, first BLOB NOT NULL, nodes BLOB NOT NULL,
+                PRIMARY KEY (version, first)) WITHOUT ROWID;
             """
         )
 
@@ -85,9 +87,26 @@ class Database:
                                  (after, prefix, prefix + "\uffff", limit)).fetchall()
 
     def tree_node(self, version: int, node_hash: bytes) -> bytes | None:
-        """A state tree node as stored, by the height that made it and its hash (``merkle.py``)."""
-        row = self.conn.execute("SELECT node FROM tree WHERE version = ? AND hash = ?", (version, node_hash)).fetchone()
-        return row[0] if row else None
+        """A state tree node as stored, by the height that made it and its hash (``merkle.py``):
+        the run of that height's nodes that would hold it, then a binary search in it."""
+        row = self.conn.execute("SELECT nodes FROM tree_runs WHERE version = ? AND first <= ? ORDER BY first DESC "
+                                "LIMIT 1", (version, node_hash)).fetchone()
+        if row is None:
+            return None
+        run = row[0]
+        lo, hi = 0, len(run) // _NODE_ENTRY
+        while lo < hi:
+            mid = (lo + hi) // 2
+            at = mid * _NODE_ENTRY
+            found = run[at:at + 32]
+            if found < node_hash:
+                lo = mid + 1
+            elif found > node_hash:
+                hi = mid
+            else:
+                stored = run[at + 32:at + _NODE_ENTRY]
+                return stored[:65] if stored[0] == 0 else stored  # a leaf is padded to an inner node's size
+        return None
 
     @property
     def tree_version(self) -> int:
@@ -120,9 +139,11 @@ class Database:
                     c.execute("DELETE FROM kv WHERE key = ?", (key,))
                 else:
                     c.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
-            if nodes:
-                c.executemany("INSERT OR IGNORE INTO tree VALUES (?, ?, ?)",
-                              [(height, h, node) for h, node in nodes.items()])
+            if nodes:  # the block's nodes sorted by hash, in runs of _RUN (a row per node cost 4-5x)
+                entries = [h + node.ljust(_NODE_ENTRY - 32, b"\0") for h, node in sorted(nodes.items())]
+                c.executemany("INSERT OR REPLACE INTO tree_runs VALUES (?, ?, ?)",
+                              [(height, entries[i][:32], b"".join(entries[i:i + _RUN]))
+                               for i in range(0, len(entries), _RUN)])
             if tree_version is not None:
                 c.execute("INSERT OR REPLACE INTO meta VALUES ('tree_version', ?)", (str(tree_version),))
             c.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",

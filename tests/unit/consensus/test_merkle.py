@@ -122,6 +122,7 @@ def _commit(tree, store, root, changes):
     new: dict[bytes, bytes] = {}
     root = tree.update(root, changes, new, store.version)
     store.add(new, store.version)
+    tree.committed(new)
     return root
 
 

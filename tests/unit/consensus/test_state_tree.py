@@ -146,3 +146,24 @@ def test_hostile_paths_with_prove_get_a_code_and_any_proof_given_verifies(tmp_pa
         proofs.verify(chain.db.app_hash, key, answer.value if code == Code.OK else None, answer.proof_ops)
     else:
         assert not answer.proof_ops.ops and not answer.value
+
+
+def test_a_proposal_that_is_not_committed_leaves_nothing_behind_and_a_cold_node_reads_every_proof(tmp_path):
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    people = [Identity.generate(f"m{i}") for i in range(8)]
+    chain = Harness(tmp_path / "p.sqlite", Identity.generate("association"), balances={people[0].account: 100})
+    chain.block(*[register(chain, p, ("consumer",)) for p in people[:4]])
+    # A proposal for the next height, executed (its tree nodes made) but not the block decided.
+    rejected = [register(chain, p, ("consumer",)) for p in people[4:]]
+    at = {"height": chain.height + 1, "time": Timestamp(seconds=chain.t0 + (chain.height + 1) * 10)}
+    chain.app.process_proposal(abci.RequestProcessProposal(txs=rejected, **at))
+    chain.nonces[chain.association.account] -= len(rejected)
+    decided = chain.tx(people[0], "bank.Transfer", {"to": people[1].account, "amount": 3})
+    chain.block(decided)
+    for _ in range(3):
+        chain.block(chain.tx(people[1], "bank.Transfer", {"to": people[2].account, "amount": 1}))
+        assert chain.db.app_hash == fresh_root(chain)
+    cold = RdxApp(Database(tmp_path / "p.sqlite"), chainsim.CHAIN)
+    for key in [*chain.state(), f"members/{people[6].account}"]:
+        assert checked(cold, key) == (chain.state()[key].encode() if key in chain.state() else None)
