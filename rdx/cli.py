@@ -86,8 +86,8 @@ def down(state_dir: Path = StateDir) -> None:
         time.sleep(0.3)
     if supervisor.supervisor_pid(state_dir):
         fail(f"the supervisor (pid {pid}) did not stop within 90s")
-    supervisor.stop_leftovers(state_dir)
-    typer.echo("rdx stopped")
+    left = supervisor.stop_leftovers(state_dir)
+    typer.echo(f"rdx stopped; stopped {len(left)} of its processes left behind" if left else "rdx stopped")
 
 
 @app.command()

@@ -421,9 +421,16 @@ def stop_leftovers(state: Path, timeout: float = 15.0) -> list[int]:
 
 
 def supervisor_pid(state: Path) -> int | None:
+    """The running supervisor's pid. A killed one that nobody has reaped yet (a zombie: a detached
+    supervisor's parent is init, which may reap late) is not running."""
     try:
         pid = int((state / "supervisor.pid").read_text())
         os.kill(pid, 0)
-        return pid
     except (FileNotFoundError, ValueError, ProcessLookupError):
         return None
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return None
+    except (OSError, IndexError):
+        pass  # no /proc: trust the signal check
+    return pid
