@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,9 +28,29 @@ LOOPBACK = "127.0.0.1"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free loopback port below the kernel's ephemeral range. A port the kernel hands out for
+    bind(0) is in that range, and any outgoing connection may take it as its local port between
+    the pick and the server's own bind: a testnet's validator lost its P2P port that way, most
+    likely to its own app's Kafka clients. Below the range only an explicit bind can take it."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randint(max(1024, low - 10_000), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # everything tried was taken: the kernel's pick, as before
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def ensure_port_free(port: int, owner: str) -> None:
