@@ -130,6 +130,24 @@ class Exchange:
         with urllib.request.urlopen(f"{self.nodes[member].url}{path}", timeout=10) as resp:
             return json.loads(resp.read())
 
+    def histogram(self, member: str, name: str, **labels: str) -> tuple[float, int]:
+        """(sum, count) of a histogram on a node's /metrics, for the series with ``labels``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"{self.nodes[member].url}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        total, count = 0.0, 0
+        for family in text_string_to_metric_families(text):
+            if family.name != name:
+                continue
+            for sample in family.samples:
+                if all(sample.labels.get(k) == v for k, v in labels.items()):
+                    if sample.name == f"{name}_sum":
+                        total += sample.value
+                    elif sample.name == f"{name}_count":
+                        count += int(sample.value)
+        return total, count
+
     def peak_rss_mib(self) -> dict[str, float]:
         """VmHWM of each node's process tree (the node and its worker processes), MiB."""
         out = {}

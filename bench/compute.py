@@ -251,6 +251,9 @@ def bench_psi(x: Exchange, sizes: list[int], args, metrics: list, notes: list) -
                 theirs.append(base)
                 say(f"  openmined-psi round {r + 1}: {base['seconds']:.2f}s")
         peak = x.peak_rss_mib()
+        # The provider's own checks before it sends anything (issue 17): its grant and listing
+        # re-read from the chain and checked, timed by the node itself.
+        policy_sum, policy_count = x.histogram("telco", "rdx_compute_policy_check_seconds", type="psi")
         x.stop_nodes()
         lab = label(n)
         job_s, nodes_s = median(runs, "job_s"), median(runs, "nodes_s")
@@ -266,6 +269,9 @@ def bench_psi(x: Exchange, sizes: list[int], args, metrics: list, notes: list) -
         metrics.append(common.metric(f"psi_{lab}_peak_rss_mib", peak["bank"] + peak["telco"], "MiB",
                                      baseline_name=f"openmined_psi_{lab}_peak_rss_mib", baseline_value=base_mib))
         metrics.append(common.metric(f"psi_{lab}_elements_per_s", 2 * n / job_s, "elements/s"))
+        if policy_count:
+            metrics.append(common.metric(f"psi_{lab}_provider_policy_check_s", policy_sum / policy_count, "s",
+                                         baseline_name=f"psi_{lab}_job_s", baseline_value=job_s))
         notes.append(f"PSI n={n}: {rounds[n]} round(s) each; rdx job times {[round(r.job_s, 2) for r in runs]}, "
                      f"openmined {[round(t['seconds'], 2) for t in theirs]}; peak RSS MiB by process (node first, "
                      f"then its workers): bank {peak['bank_processes']}, telco {peak['telco_processes']}")
