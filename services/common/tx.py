@@ -70,7 +70,7 @@ def canonical(value: Any) -> bytes:
     """The canonical encoding of ``value``; refuses what a decoded tx could never hold."""
     _check_values(value)
     try:
-        return _dumps(value)
+        return canonicaljson.dump_bytes(value)
     except UnicodeEncodeError:
         raise TxError(Code.UNDECODABLE, "text holds a lone surrogate, which UTF-8 cannot encode") from None
 
@@ -89,10 +89,6 @@ def _check_values(value: Any) -> None:
             raise TxError(Code.UNDECODABLE, "floats are not allowed in transactions; use integers")
         elif isinstance(v, int) and not isinstance(v, bool) and not INT_MIN <= v <= INT_MAX:
             raise TxError(Code.UNDECODABLE, "an integer is outside +-(2^53 - 1), the range every signer can encode")
-
-
-def _dumps(value: Any) -> bytes:
-    return canonicaljson.dump_bytes(value)
 
 
 def _canonical_value(raw: bytes) -> Any | None:
@@ -182,7 +178,7 @@ class Tx(BaseModel):
             fields = ", ".join(".".join(map(str, e["loc"])) or "envelope" for e in exc.errors()[:5])
             raise TxError(Code.UNDECODABLE, f"undecodable transaction: {fields}") from None
         try:
-            canonical_form = _dumps(tx.model_dump())
+            canonical_form = canonicaljson.dump_bytes(tx.model_dump())
         except UnicodeEncodeError:  # JSON's \ud800 escapes decode to text UTF-8 cannot hold
             raise TxError(Code.UNDECODABLE, "text holds a lone surrogate, which UTF-8 cannot encode") from None
         if raw != canonical_form:
@@ -191,5 +187,5 @@ class Tx(BaseModel):
 
     def signing_bytes_of_decoded(self) -> bytes:
         """``signing_bytes`` for a tx that came from ``decode`` (known float-free)."""
-        return _dumps(self.model_dump(exclude={"sig"}))
+        return canonicaljson.dump_bytes(self.model_dump(exclude={"sig"}))
 
