@@ -42,7 +42,9 @@ async def _answer(chain, who: Identity, type_: str, payload: dict) -> dict:
 def _log(job: str, answers: list[dict]) -> None:
     path = Path(os.environ["RDX_ATTACK_LOG"]) / f"{job}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(answers))
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(answers))
+    partial.replace(path)  # whole or absent: the test may read it at any moment
 
 
 class DishonestConsumerManager(JobManager):

@@ -80,8 +80,14 @@ def _held(net, job: str) -> int:
         return db.execute("SELECT count(*) FROM results WHERE job = ?", (job,)).fetchone()[0]
 
 
-def _answers(net, job: str) -> list[dict]:
-    return json.loads((net.attack_log / f"{job}.json").read_text())
+async def _answers(net, job: str) -> list[dict]:
+    """The chain's answers to the cheating node, as it logged them. It logs once its last answer is
+    in, which can be after the test has seen the job end on chain."""
+    path, deadline = net.attack_log / f"{job}.json", time.monotonic() + 20
+    while not path.exists():
+        assert time.monotonic() < deadline, f"the cheating node logged no answers for {job}"
+        await asyncio.sleep(0.1)
+    return json.loads(path.read_text())
 
 
 async def _unpaid_and_unreleased(net, job: str, record: dict, moved: dict) -> None:
@@ -111,7 +117,7 @@ async def test_a_consumer_aborting_before_the_lock_is_refunded_and_gets_no_resul
     job = f"fx-walk-{TAG}"
     record, moved = await _run(net, job, {"cheat": "abort_before_lock"})
     assert record["status"] == "aborted" and record["ended_reason"] == "the consumer changed its mind", record
-    assert _answers(net, job) == [{"type": "jobs.Abort", "code": 0, "log": ""}]
+    assert await _answers(net, job) == [{"type": "jobs.Abort", "code": 0, "log": ""}]
     assert CONS not in record["attestations"]
     await _unpaid_and_unreleased(net, job, record, moved)
 
@@ -119,7 +125,7 @@ async def test_a_consumer_aborting_before_the_lock_is_refunded_and_gets_no_resul
 async def test_a_consumer_aborting_after_the_lock_is_refused_pays_and_still_gets_its_result(net):
     job = f"fx-late-{TAG}"
     record, moved = await _run(net, job, {"cheat": "abort_after_lock"})
-    answers = _answers(net, job)
+    answers = await _answers(net, job)
     assert [a["type"] for a in answers] == ["jobs.Fail", "jobs.Abort"]
     for answer in answers:  # refused while locked, by its node key and by its member's own key
         assert answer["code"] == Code.INVALID_STATE and "locked for release" in answer["log"], answer
