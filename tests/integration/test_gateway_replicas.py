@@ -276,7 +276,10 @@ def test_postgresql_away_is_a_503_and_the_replicas_recover_when_it_returns(w):
     token = w.admin_a.create_key("bank", "auditor")["token"]
     w.pg.process.stop()  # the server only: its data stays
     try:
-        resp = httpx.get(f"{w.b.url}/v1/policy", headers={**bearer(token), "x-request-id": "while-pg-away"})
+        # The gateway answers 503 once its pool gives up waiting for a connection (up to its 10 s
+        # store timeout), which can be past httpx's default 5 s.
+        resp = httpx.get(f"{w.b.url}/v1/policy", headers={**bearer(token), "x-request-id": "while-pg-away"},
+                         timeout=30)
         assert resp.status_code == 503 and resp.json()["title"] == "Service unavailable"
         assert w.a.healthy() and w.b.healthy()
     finally:
