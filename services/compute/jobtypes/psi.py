@@ -49,6 +49,8 @@ from services.compute.commitment import canonical_value
 from services.compute.jobtypes.base import (Channel, JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError,
                                              expect, expect_finish, goodbye)
 from services.compute import policy  # the module, not its names: policy.py imports jobtypes.base
+from services.compute.release import (close_held_back, held_back, key_hash, new_key, open_held_back, release_hash,
+                                      released_key)
 
 MATCH = 16  # bytes of a doubly-masked element that are compared
 
@@ -108,28 +110,6 @@ def match_positions(a: bytes, b: bytes) -> np.ndarray:
     for i in np.nonzero((hi - lo) > 1)[0]:  # two of b's items share 64 bits: rare, checked in full
         ok[i] = bool((suffix[lo[i]:hi[i]] == A[i, 1]).any())
     return np.nonzero(ok)[0]
-
-
-_STREAM_BLOCK = 1024  # elements of H(x)^ab per keystream block
-
-
-def held_back(key: bytes, off: int, blob: bytes) -> bytes:
-    """``blob``, H(x)^ab from element ``off`` on, XORed with a SHAKE-256 keystream of the release
-    key (block j: SHAKE-256(label || key || j), ``_STREAM_BLOCK`` elements): meaningless until the
-    key is released. Seekable by element, so any batching opens the same way; XOR is its own inverse."""
-    if not blob:
-        return blob
-    first, last = off // _STREAM_BLOCK, (off + len(blob) // MATCH - 1) // _STREAM_BLOCK
-    stream = b"".join(hashlib.shake_256(b"rdx/psi/release/v1\n" + key + j.to_bytes(8, "big"))
-                      .digest(MATCH * _STREAM_BLOCK) for j in range(first, last + 1))
-    skip = MATCH * (off - first * _STREAM_BLOCK)
-    pad = np.frombuffer(stream, dtype=np.uint8)[skip:skip + len(blob)]
-    return (np.frombuffer(blob, dtype=np.uint8) ^ pad).tobytes()
-
-
-def open_held_back(key: bytes, blob: bytes) -> bytes:
-    """The consumer's whole H(x)^ab opened with the released key."""
-    return held_back(key, 0, blob)
 
 
 def result_hash(spec: JobSpec, c2p: str, p2c: str) -> str:
@@ -274,15 +254,15 @@ class PsiJob(JobType):
             raise
         if done["xab"] != n_c or done["yab"] != n_p:
             raise ProtocolError("the provider's batches do not add up to the announced sets")
-        release = _release_hash({"release": release})
+        release = release_hash({"release": release})
         # H(x)^ab is held back under the provider's key: nothing can be matched until the chain has
         # recorded both attestations (this transcript, these counts, that key hash) and the key.
-        c2p, p2c = await _close_held_back(chan, ctx)
+        c2p, p2c = await close_held_back(chan, ctx)
         ctx.progress("matching", total, total)
         ref = spec.inputs[0]
 
         async def after_release(released) -> None:
-            key = _released_key(released, provider, release)
+            key = released_key(released, provider, release)
             opened = await asyncio.to_thread(open_held_back, key, bytes(xab))
             positions = await asyncio.to_thread(match_positions, opened, bytes(yab))
             size = int(len(positions))
@@ -311,7 +291,7 @@ class PsiJob(JobType):
         pipe = _Pipeline(ctx)
         total = n_p + n_c
         done = {"yb": 0, "xab": 0}
-        release_key = os.urandom(32)  # H(x)^ab goes out under it; the chain releases it once the job is locked
+        release_key = new_key()  # H(x)^ab goes out under it; the chain releases it once the job is locked
 
         def report() -> None:
             ctx.progress("masking", done["yb"] + done["xab"], total)
@@ -348,7 +328,7 @@ class PsiJob(JobType):
             await remasks.drain()
             if received != n_c or done["xab"] != n_c:
                 raise ProtocolError("the consumer's batches do not add up to its announced set")
-            await chan.send("xab_done", n=n_c, release=hashlib.sha256(release_key).hexdigest())
+            await chan.send("xab_done", n=n_c, release=key_hash(release_key))
             await sender
         except BaseException:
             sender.cancel()
@@ -443,15 +423,15 @@ class PsiCardinalityJob(PsiJob):
         await chan.send("yba_done", n=n_p)
         del mixed
         msg = await expect(chan, "count")  # held back: the count under the provider's release key
-        release = _release_hash(msg.header)
+        release = release_hash(msg.header)
         if len(msg.body) != MATCH:
             raise ProtocolError("bad count")
         held = bytes(msg.body)
-        c2p, p2c = await _close_held_back(chan, ctx)
+        c2p, p2c = await close_held_back(chan, ctx)
         ref = spec.inputs[0]
 
         async def after_release(released) -> None:
-            key = _released_key(released, ref.provider, release)
+            key = released_key(released, ref.provider, release)
             count = int.from_bytes(open_held_back(key, held), "big")
             if not 0 <= count <= min(n_c, n_p):
                 raise ProtocolError("bad count")
@@ -521,9 +501,9 @@ class PsiCardinalityJob(PsiJob):
         k = ctx.policy.of(ref.asset).min_group_size
         if k > 1 and count < k:  # 0 too: else a probe of one element would tell 0 from 1
             raise policy.PolicyViolation(f"the intersection is below the minimum group size of {ref.asset} ({k})")
-        release_key = os.urandom(32)  # the count goes out under it; the chain releases it once the job is locked
+        release_key = new_key()  # the count goes out under it; the chain releases it once the job is locked
         await chan.send("count", held_back(release_key, 0, count.to_bytes(MATCH, "big")),
-                        release=hashlib.sha256(release_key).hexdigest())
+                        release=key_hash(release_key))
         await expect_finish(chan)
         p2c, c2p = chan.transcript()
         await chan.send("finished")
@@ -531,31 +511,6 @@ class PsiCardinalityJob(PsiJob):
         ctx.progress("done", total, total)
         return Outcome(result_hash(spec, c2p, p2c), records_used=n_p, summary={"matched": count},
                        records={ref.asset: n_p}, release_key=release_key)
-
-
-def _release_hash(header: dict) -> str:
-    """The SHA-256 (hex) of the key the provider held its last message back under, as it sent it."""
-    release = header.get("release")
-    if not isinstance(release, str) or len(release) != 64 or set(release) - set("0123456789abcdef"):
-        raise ProtocolError("the provider's last message came without the hash of the key it is held back under")
-    return release
-
-
-def _released_key(released, provider: str, release: str) -> bytes:
-    """The provider's key as the chain released it, checked against the hash the protocol showed."""
-    key = released.get(provider)
-    if key is None or hashlib.sha256(key).hexdigest() != release:
-        raise JobRefused(f"{provider}'s released key does not match the hash it sent")
-    return key
-
-
-async def _close_held_back(chan: Channel, ctx: JobContext) -> tuple[str, str]:
-    """The consumer closes a run whose last message is held back: it has no result to commit yet."""
-    await chan.send("finish", commitment="")
-    c2p, p2c = chan.transcript()
-    await expect(chan, "finished")
-    await goodbye(ctx.member, [chan])
-    return c2p, p2c
 
 
 async def _exchange(chan: Channel, peer_role: str, sender: asyncio.Future, remasks: "_Bounded", on_message) -> None:
