@@ -49,6 +49,11 @@ def held_back(key: bytes, off: int, blob: bytes) -> bytes:
     return (np.frombuffer(blob, dtype=np.uint8) ^ pad).tobytes()
 
 
+def elements(blob: bytes) -> int:
+    """The keystream elements a held-back blob takes: a message held back after it starts there."""
+    return -(-len(blob) // ELEMENT)
+
+
 def open_held_back(key: bytes, blob: bytes) -> bytes:
     """A whole held-back blob opened with the released key."""
     return held_back(key, 0, blob)

@@ -36,10 +36,12 @@ Protocol (every message on the lifecycle's authenticated, encrypted peer channel
     P_j → P_k   counts  s_j restricted to the count and histogram-bin slots
     P_k         total counts; if any group's count or any non-empty bin is below the largest
                 min_group_size of the job's inputs: send abort to C and fail (nothing revealed)
-    P_j → C     sum     s_j
-    C           total = sum_j s_j  → decode → count, sum, mean, variance (population, ddof 0),
-                histogram, only the stats asked for → ctx.commit_result
-    C → P_j     finish  {commitment}       P_j → C  finished
+    P_j → C     sum     s_j XORed with a SHAKE-256 keystream of P_j's fresh release key K_j
+                        {release: SHA-256(K_j)}   (held back: services/compute/release.py)
+    C → P_j     finish  {commitment: SHA-256 of the held-back sums}       P_j → C  finished
+    all         attest; the chain locks the job; every P_j publishes K_j (jobs.Release), the last settles
+    C           opens every s_j with the K_j on chain; total = sum_j s_j → decode → count, sum, mean,
+                variance (population, ddof 0), histogram, only the stats asked for → ctx.commit_result
 
 Security model: semi-honest (every party follows the protocol), static corruption. The inputs
 of an honest provider stay hidden from any coalition that does not include all the other
@@ -55,7 +57,7 @@ Leakage, beyond the result itself:
 - to the consumer: the total count, sum and sum of squares per (group, column) even if it
   asked for fewer of the four statistics (they are equivalent to count, mean and variance);
 - the chain sees the params (column names, group labels, histogram edges), the result hash
-  (SHA-256 over the consumer's salted result commitment) and each provider's records used.
+  (SHA-256 over the SHA-256s of the held-back sums) and each provider's records used.
 Fixed point: a value's fractional part below 2^-24 (~6e-8) is rounded away.
 
 Alignment (``align_on``), before the local aggregates: a multi-party ECDH-PSI whose output, which
@@ -127,6 +129,7 @@ from services.compute.commitment import canonical_value
 from services.compute.jobtypes.base import (Channel, JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError,
                                              expect, expect_finish, goodbye)
 from services.compute.jobtypes.psi import MATCH, shuffled
+from services.compute.release import held_back, key_hash, new_key, open_held_back, release_hash, released_key
 
 FRAC_BITS = 24
 SCALE = 1 << FRAC_BITS
@@ -653,12 +656,15 @@ class AggregationJob(JobType):
         ctx.progress("revealing", 3, steps)
         if epsilon is not None:  # on the consumer's share only: the providers' count check above stays exact
             s = ring_add(s, encode(await asyncio.to_thread(noise, plan, epsilon, clamp)))
-        await to_c.send("sum", to_bytes(s), k=k, dp=epsilon is not None)
+        release_key = new_key()  # s_j goes out under it; the chain releases it once the job is locked
+        await to_c.send("sum", held_back(release_key, 0, to_bytes(s)), k=k, dp=epsilon is not None,
+                        release=key_hash(release_key))
         commitment = await expect_finish(to_c)
         await to_c.send("finished")
         await goodbye(ctx.member, [*chans.values(), to_c])
         ctx.progress("done", steps, steps)
-        return Outcome(result_hash(spec, commitment, k, aligned), records_used=rows, summary={"providers": n})
+        return Outcome(result_hash(spec, commitment, k, aligned), records_used=rows, summary={"providers": n},
+                       release_key=release_key)
 
     async def _consumer(self, ctx: JobContext, plan: Plan) -> Outcome:
         spec = ctx.spec
@@ -681,29 +687,36 @@ class AggregationJob(JobType):
             if plan.per_key:
                 plan.set_key_groups(m)
         k = plan.size
-        parts, noisy = [], False
+        held, releases, noisy = {}, {}, False
         for i, p in enumerate(providers):
             msg = await expect(chans[p], "sum")
-            parts.append(from_bytes(msg.body, k))
+            from_bytes(msg.body, k)  # its length, before it is kept
+            held[p], releases[p] = bytes(msg.body), release_hash(msg.header)
             noisy = noisy or msg.header.get("dp") is True
             ctx.progress("summing", i + 1, len(providers) + 1)
-        total = decode(ring_sum(parts))
-        min_group = max(i.min_group_size for i in spec.inputs)
-        # The providers checked the exact counts; so do we, unless noise makes ours meaningless.
-        if not noisy and below_minimum(plan, total[plan.count_mask()], min_group):
-            raise JobRefused(f"an aggregate is below the listing's minimum group size ({min_group})")
-        result = result_of(plan, total, len(providers))
-        if noisy:  # each provider under a privacy budget added its own Laplace noise for the ε charged
-            result["differential_privacy"] = {"mechanism": "Laplace (OpenDP), added by each budgeted provider",
-                                              "epsilon_milli": spec.params.get("epsilon_milli", 1000)}
-        result = json.dumps(result, sort_keys=True).encode()
-        commitment = await ctx.commit_result(result)
+        # Every s_j is held back under its provider's key: nothing can be summed until the chain has
+        # locked the job (every party attested these key hashes) and every key is on chain.
+        commitment = hashlib.sha256("\n".join(hashlib.sha256(held[p]).hexdigest() for p in providers).encode()).hexdigest()
         for p in providers:
             await chans[p].send("finish", commitment=commitment)
         for p in providers:
             await expect(chans[p], "finished")
         await goodbye(ctx.member, chans.values())
-        ctx.progress("done", len(providers) + 1, len(providers) + 1)
+        min_group = max(i.min_group_size for i in spec.inputs)
+
+        async def after_release(released) -> None:
+            parts = [from_bytes(open_held_back(released_key(released, p, releases[p]), held[p]), k) for p in providers]
+            total = decode(ring_sum(parts))
+            # The providers checked the exact counts; so do we, unless noise makes ours meaningless.
+            if not noisy and below_minimum(plan, total[plan.count_mask()], min_group):
+                raise JobRefused(f"an aggregate is below the listing's minimum group size ({min_group})")
+            result = result_of(plan, total, len(providers))
+            if noisy:  # each provider under a privacy budget added its own Laplace noise for the ε charged
+                result["differential_privacy"] = {"mechanism": "Laplace (OpenDP), added by each budgeted provider",
+                                                  "epsilon_milli": spec.params.get("epsilon_milli", 1000)}
+            await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
+            ctx.progress("done", len(providers) + 1, len(providers) + 1)
+
         return Outcome(result_hash(spec, commitment, k, aligned), records_used=0,
-                       summary={"providers": len(providers)})
+                       summary={"providers": len(providers)}, releases=releases, after_release=after_release)
 

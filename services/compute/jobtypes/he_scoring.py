@@ -29,12 +29,14 @@ Protocol (every message on the authenticated, encrypted peer channel)::
     C → P  ct        Enc(x_{b,j}) for every batch b and feature j
     P      z_b   = sum_j w_j·Enc(x_{b,j}) + w_0
            s_b   = c0 + c1·z_b + c3·z_b^3 + Enc_pk(0)      (re-randomised with a fresh encryption of 0)
-    P → C  score     s_b for every batch
-    C      decrypts: score_i ≈ c0 + c1·z_i + c3·z_i^3, the least-squares odd cubic fit of the logistic
+    P → C  score     s_b for every batch, held back: XORed with a SHAKE-256 keystream of P's fresh
+                     release key K (services/compute/release.py)     (then scores_done {release: SHA-256(K)})
+    C → P  finish    {commitment: ""}      P → C  finished
+    both   attest; the chain locks the job; P publishes K (jobs.Release), which settles it
+    C      opens every s_b with the K on chain and decrypts: score_i ≈ c0 + c1·z_i + c3·z_i^3, the least-squares odd cubic fit of the logistic
            sigmoid on [-R, R] (R = sigmoid_range, default 8: 0.5 + 0.15009 z - 0.0015920 z^3, max
            error vs the true sigmoid 0.114 on [-8, 8]; R = 4: 0.038; outside [-R, R] the cubic
-           diverges, so choose R for the model's range of z)
-    C → P  finish    {commitment of the result}      P → C  finished
+           diverges, so choose R for the model's range of z), and seals its result
 
 Security model: semi-honest, two parties. The features and scores are CKKS ciphertexts under
 C's key for P (IND-CPA under RLWE at >= 128 bits); P's weights are plaintext scalars applied
@@ -77,6 +79,7 @@ import numpy as np
 from services.compute.jobtypes import he_statistics
 from services.compute.jobtypes.he_statistics import _uniform
 from services.compute.jobtypes.aggregation import numeric
+from services.compute.release import close_held_back, elements, held_back, key_hash, new_key, release_hash, released_key
 from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, expect,
                                             expect_finish, goodbye)
 
@@ -260,16 +263,17 @@ class HeScoringJob(JobType):
                     await chan.send("ct", blob, batch=b, feature=j)
                 ctx.progress("encrypting", b + 1, 2 * batches + 1)
 
-        scores = np.empty(n, dtype=np.float64)
+        held: list[tuple[int, bytes]] = []  # (keystream offset, s_b under P's release key)
 
         async def recv_all() -> None:
+            off = 0
             for b in range(batches):
                 msg = await expect(chan, "score")
                 if msg.header.get("batch") != b:
                     raise ProtocolError("score batches out of order")
-                m = min(SLOTS, n - b * SLOTS)
-                scores[b * SLOTS:b * SLOTS + m] = await asyncio.to_thread(decrypt, he, msg.body, m)
-                ctx.progress("decrypting", batches + b + 1, 2 * batches + 1)
+                held.append((off, bytes(msg.body)))
+                off += elements(msg.body)
+                ctx.progress("receiving", batches + b + 1, 2 * batches + 1)
 
         sender = asyncio.ensure_future(send_all())
         try:
@@ -278,19 +282,30 @@ class HeScoringJob(JobType):
         except BaseException:
             sender.cancel()
             raise
-        result: dict[str, Any] = {"n": n, "scores": scores.tolist(),
-                                  "ckks": {"poly_modulus_degree": POLY_DEGREE, "coeff_mod_bit_sizes": COEFF_MOD_BITS,
-                                           "scale_bits": SCALE_BITS},
-                                  "sigmoid_poly": list(_coeffs(spec.params))}
-        if ids is not None:
-            result["ids"] = ids
-        commitment = await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
-        await chan.send("finish", commitment=commitment)
-        c2p, p2c = chan.transcript()
-        await expect(chan, "finished")
-        await goodbye(ctx.member, [chan])
-        ctx.progress("done", 2 * batches + 1, 2 * batches + 1)
-        return Outcome(result_hash(spec, c2p, p2c), records_used=n, summary={"batches": batches})
+        provider = spec.inputs[0].provider
+        release = release_hash((await expect(chan, "scores_done")).header)
+        c2p, p2c = await close_held_back(chan, ctx)  # the scores are held back: nothing to commit yet
+
+        async def after_release(released) -> None:
+            key = released_key(released, provider, release)
+            scores = np.empty(n, dtype=np.float64)
+            for b, (off, blob) in enumerate(held):
+                m = min(SLOTS, n - b * SLOTS)
+                try:
+                    scores[b * SLOTS:b * SLOTS + m] = await asyncio.to_thread(decrypt, he, held_back(key, off, blob), m)
+                except Exception:  # noqa: BLE001 - SEAL's error on bytes that are no ciphertext; no value in it
+                    raise ProtocolError("a released score batch is not a ciphertext") from None
+            result: dict[str, Any] = {"n": n, "scores": scores.tolist(),
+                                      "ckks": {"poly_modulus_degree": POLY_DEGREE, "coeff_mod_bit_sizes": COEFF_MOD_BITS,
+                                               "scale_bits": SCALE_BITS},
+                                      "sigmoid_poly": list(_coeffs(spec.params))}
+            if ids is not None:
+                result["ids"] = ids
+            await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
+            ctx.progress("done", 2 * batches + 1, 2 * batches + 1)
+
+        return Outcome(result_hash(spec, c2p, p2c), records_used=n, summary={"batches": batches},
+                       releases={provider: release}, after_release=after_release)
 
     async def _provider(self, ctx: JobContext) -> Outcome:
         spec = ctx.spec
@@ -320,6 +335,7 @@ class HeScoringJob(JobType):
         except Exception:  # noqa: BLE001 - SEAL refuses parameters below 128-bit security, or garbage
             raise ProtocolError("the consumer's CKKS context could not be loaded at 128-bit security") from None
         del blob
+        release_key, off = new_key(), 0  # the scores go out under it; the chain releases it once the job is locked
         for bi in range(batches):
             cts = []
             for j in range(d):
@@ -333,11 +349,14 @@ class HeScoringJob(JobType):
                 raise
             except Exception:  # noqa: BLE001
                 raise ProtocolError("a ciphertext could not be evaluated") from None
-            await chan.send("score", out, batch=bi)
+            await chan.send("score", held_back(release_key, off, out), batch=bi)
+            off += elements(out)
             ctx.progress("scoring", bi + 1, batches)
+        await chan.send("scores_done", release=key_hash(release_key))
         await expect_finish(chan)
         p2c, c2p = chan.transcript()
         await chan.send("finished")
         await goodbye(ctx.member, [chan])
-        return Outcome(result_hash(spec, c2p, p2c), records_used=rows, summary={"batches": batches})
+        return Outcome(result_hash(spec, c2p, p2c), records_used=rows, summary={"batches": batches},
+                       release_key=release_key)
 

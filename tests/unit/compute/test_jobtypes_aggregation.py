@@ -106,8 +106,20 @@ async def run_all(spec, data):
     results = {}
     ctxs = contexts(spec, chans, data, results)
     job = job_type(spec.type)
-    outcomes = await asyncio.gather(*(run_member(job, c, chans[m]) for m, c in ctxs.items()))
-    return dict(zip(ctxs, outcomes)), results, sent
+    outcomes = dict(zip(ctxs, await asyncio.gather(*(run_member(job, c, chans[m]) for m, c in ctxs.items()))))
+    await release(outcomes, results)
+    return outcomes, results, sent
+
+
+async def release(outcomes, results):
+    """What the chain does once every party attested: the job is locked, each provider's node
+    releases its key, and the consumer's node opens its held-back messages with those keys."""
+    waiting = [(m, o) for m, o in outcomes.items() if not isinstance(o, BaseException) and o.after_release]
+    assert not any(m in results for m, _ in waiting), "a result before the release"
+    keys = {m: o.release_key for m, o in outcomes.items() if not isinstance(o, BaseException) and o.release_key}
+    for _, outcome in waiting:
+        assert set(outcome.releases) <= set(keys)
+        await outcome.after_release(keys)
 
 
 # -- the ring ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from services.compute.jobtypes import aggregation as agg
 from services.compute.jobtypes import job_type
 from services.compute.jobtypes.base import JobRefused, PeerLost
 from services.compute.jobtypes.psi import MATCH, normalise_keys
-from test_jobtypes_aggregation import contexts, mesh, run_member
+from test_jobtypes_aggregation import contexts, mesh, release, run_member
 from test_jobtypes_aggregation import make_spec as shared_spec
 
 
@@ -41,6 +41,8 @@ async def run_job(spec, data, drop=None):
     job = job_type("aggregation")
     got = await asyncio.wait_for(asyncio.gather(*(run_member(job, ctxs[m], chans[m]) for m in members),
                                                 return_exceptions=True), 60)
+    if not any(isinstance(o, BaseException) for o in got):
+        await release(dict(zip(members, got)), results)
     return dict(zip(members, got)), {m: json.loads(r) for m, r in results.items()}, wire
 
 

@@ -14,7 +14,7 @@ from services.compute import handshake as hs
 from services.compute.jobtypes import job_type
 from services.compute.jobtypes import he_scoring as he
 from services.compute.jobtypes.base import JobRefused
-from test_jobtypes_aggregation import contexts, make_spec, mesh, run_member
+from test_jobtypes_aggregation import contexts, make_spec, mesh, release, run_member
 
 ts = pytest.importorskip("tenseal")
 ERROR_BOUND = 1e-3  # |decrypted - clear polynomial|, for |z| <= 8 (measured ~1e-6 at scale 2^40)
@@ -79,6 +79,7 @@ async def test_he_scoring_end_to_end_in_process():
     job = job_type("he_scoring")
     outs = await asyncio.gather(*(run_member(job, c, chans[m]) for m, c in ctxs.items()))
     assert outs[0].result_hash == outs[1].result_hash
+    await release(dict(zip(ctxs, outs)), results)
     result = json.loads(results["bank"])
     xc = np.array([[float(v) for v in apps[f]] for f in feats]).T
     clear = he.clear_scores(xc, w, -0.25, he.sigmoid_poly(8))
@@ -94,4 +95,4 @@ async def test_he_scoring_end_to_end_in_process():
     to_consumer = b"".join(sent["scorer"])
     for wv in (0.9, -1.2, 0.4, -0.25, 7.77):
         assert struct.pack("<d", wv) not in to_consumer and str(wv).encode() not in to_consumer
-    assert {hs.decode(f)[0] for f in sent["scorer"]} <= {"score", "finished", "end", "end_ack"}
+    assert {hs.decode(f)[0] for f in sent["scorer"]} <= {"score", "scores_done", "finished", "end", "end_ack"}
