@@ -17,7 +17,7 @@ Signatures are Ed25519 over the canonical vote (``tendermint.types.CanonicalVote
 delimited), encoded with the protobuf modules generated from CometBFT's own ``.proto`` files
 (``rdx setup``), so the sign bytes cannot drift from the node's. Input is what CometBFT's RPC
 answers (``/commit``, ``/validators``); anything malformed raises ``LightClientError``.
-Not done: fetching and bisection (the caller supplies the blocks), evidence of forks to a witness.
+Fetching and bisection are ``services/common/verified.py``'s. Not done: evidence of forks to a witness.
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z")
 
 class LightClientError(ValueError):
     """The header, commit or validator set is not proven: refuse it."""
+
+
+class NotEnoughTrust(LightClientError):
+    """A skip too far: less than the trust level of the trusted set signed. Verifying a header in
+    between first may still succeed (bisection)."""
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,7 @@ def verify(trusted: LightBlock, untrusted: LightBlock, *, now: datetime, trustin
         trusted_total = sum(v.power for v in trusted.validators)
         signed = _signed_power(untrusted, chain_id, trusted.validators, by_index=False)
         if signed * denominator < trusted_total * numerator:
-            raise LightClientError(f"less than {numerator}/{denominator} of the trusted validators' power signed "
+            raise NotEnoughTrust(f"less than {numerator}/{denominator} of the trusted validators' power signed "
                                    f"height {untrusted.height}")
     verify_signed_header(untrusted, chain_id)
 
