@@ -33,10 +33,18 @@ Encrypted statistics (CKKS, keys fresh for the run; column packing, SLOTS = 8192
              acc  = sum_b Enc(s_b) ⊙ v_b  +  Enc_pk(0) ⊙ R        (plaintext multiplies, one level)
              out  = rotate-and-sum(acc)                          (log2 SLOTS rotations, Galois keys)
            R is fresh, uniform in [-K, K]^SLOTS with K = 2^FLOOD_BITS · 2^ceil(log2 max|v|)
-    P → C  stats     out_1, out_2 (only the ones the stats need)
-    C      sum = Dec(out_1)[0], sumsq = Dec(out_2)[0]; count = c (C built s, so it knows c exactly);
-           mean = sum/c, variance = sumsq/c - mean^2 (population, ddof 0)
-    C → P  finish    {commitment of the result}      P → C  finished
+    P → C  stats     out_1, out_2 (only the ones the stats need), held back: XORed with a SHAKE-256
+                     keystream of P's fresh release key K (services/compute/release.py)
+    P → C  held      {release: SHA-256(K)}   (also when C sent no selection: the job is locked all the same)
+    C → P  finish    {commitment: ""}      P → C  finished
+    both   attest; the chain locks the job; P publishes K (jobs.Release), which settles it
+    C      opens out_1, out_2 with the K on chain; sum = Dec(out_1)[0], sumsq = Dec(out_2)[0];
+           count = c (C built s, so it knows c exactly); mean = sum/c, variance = sumsq/c - mean^2
+           (population, ddof 0); seals its result
+
+C learns c before the lock (it builds the selection from it): the count of its selected ids P
+holds is not held back, the statistics of P's column are (so a count alone is refused: that is
+psi_cardinality, whose count is held back).
 
 Why the Enc_pk(0) ⊙ R term (noise flooding). C holds the secret key and could know the noise e_b
 of its own fresh ciphertexts; after P's plaintext multiply, the decrypted polynomial contains
@@ -104,6 +112,7 @@ from services.compute.jobtypes.aggregation import numeric
 from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, Outcome, ProtocolError, expect, expect_finish,
                                              goodbye)
 from services.compute.jobtypes.psi import MATCH, match_positions, normalise_keys, shuffle_blob, shuffled
+from services.compute.release import close_held_back, elements, held_back, key_hash, new_key, release_hash, released_key
 
 POLY_DEGREE = 16_384
 COEFF_MOD_BITS = [60, 50, 50, 60]
@@ -254,6 +263,8 @@ def check_params(params) -> list[str]:
     stats = params.get("stats", list(STATS))
     if not isinstance(stats, list) or not stats or not set(stats) <= set(STATS):
         raise JobRefused(f"params.stats must be a non-empty subset of {list(STATS)}")
+    if stats == ["count"]:  # it would be all learnt before the lock: nothing of it comes from the encrypted part
+        raise JobRefused("params.stats needs sum, mean or variance: a count alone is psi_cardinality's job")
     return [s for s in STATS if s in stats]
 
 
@@ -332,10 +343,11 @@ async def run_consumer(ctx: JobContext) -> Outcome:
         await chan.send("abort", reason="the selection is below the listing's minimum group size")
         raise JobRefused(f"the selection is below the listing's minimum group size ({min_group})")
     powers = powers_for(stats)
-    sums: dict[int, float] = {}
+    held: dict[int, tuple[int, bytes]] = {}  # power -> (keystream offset, out_p under P's release key)
     noisy = False
     batches = (n + SLOTS - 1) // SLOTS
-    if powers and count:
+    he = None
+    if count:
         ctx.progress("encrypting", 2, 4)
         he = await asyncio.to_thread(new_context)
         pub = await asyncio.to_thread(public_context, he)
@@ -345,29 +357,41 @@ async def run_consumer(ctx: JobContext) -> Outcome:
         del pub
         for b, blob in enumerate(await asyncio.to_thread(encrypt_selection, he, s)):
             await chan.send("sel", blob, batch=b)
-        ctx.progress("decrypting", 3, 4)
+        ctx.progress("receiving", 3, 4)
+        off = 0
         for p in powers:
             m = await expect(chan, "stats")
             if m.header.get("power") != p:
                 raise ProtocolError("results out of order")
-            sums[p] = await asyncio.to_thread(decrypt_first, he, m.body)
+            held[p] = (off, bytes(m.body))
+            off += elements(m.body)
             noisy = noisy or m.header.get("dp") is True
-    else:  # nothing selected (or only the count asked): no ciphertext is needed
+    else:  # nothing selected: no ciphertext is needed
         await chan.send("context_start", size=0, batches=0)
-    result = {"provider_rows": n, "selected_ids": n_x, "column": spec.params["column"],
-              "statistics": statistics(stats, count, sums.get(1), sums.get(2)),
-              "ckks": {"poly_modulus_degree": POLY_DEGREE, "coeff_mod_bit_sizes": COEFF_MOD_BITS,
-                       "scale_bits": SCALE_BITS, "flood_bits": FLOOD_BITS}}
-    if noisy:  # the provider's listing has a privacy budget: sum and sum of squares carry its Laplace noise
-        result["differential_privacy"] = {"mechanism": "Laplace (OpenDP) on the sums, added by the provider",
-                                          "epsilon_milli": spec.params.get("epsilon_milli", 1000)}
-    commitment = await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
-    await chan.send("finish", commitment=commitment)
-    c2p, p2c = chan.transcript()
-    await expect(chan, "finished")
-    await goodbye(ctx.member, [chan])
-    ctx.progress("done", 4, 4)
-    return Outcome(result_hash(spec, c2p, p2c), records_used=n_x, summary={"provider_rows": n})
+    provider = spec.inputs[0].provider
+    release = release_hash((await expect(chan, "held")).header)
+    c2p, p2c = await close_held_back(chan, ctx)  # the sums are held back: nothing to commit yet
+
+    async def after_release(released) -> None:
+        key = released_key(released, provider, release)
+        sums: dict[int, float] = {}
+        for p, (off, blob) in held.items():
+            try:
+                sums[p] = await asyncio.to_thread(decrypt_first, he, held_back(key, off, blob))
+            except Exception:  # noqa: BLE001 - SEAL's error on bytes that are no ciphertext; no value in it
+                raise ProtocolError("a released statistic is not a ciphertext") from None
+        result = {"provider_rows": n, "selected_ids": n_x, "column": spec.params["column"],
+                  "statistics": statistics(stats, count, sums.get(1), sums.get(2)),
+                  "ckks": {"poly_modulus_degree": POLY_DEGREE, "coeff_mod_bit_sizes": COEFF_MOD_BITS,
+                           "scale_bits": SCALE_BITS, "flood_bits": FLOOD_BITS}}
+        if noisy:  # the provider's listing has a privacy budget: sum and sum of squares carry its Laplace noise
+            result["differential_privacy"] = {"mechanism": "Laplace (OpenDP) on the sums, added by the provider",
+                                              "epsilon_milli": spec.params.get("epsilon_milli", 1000)}
+        await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
+        ctx.progress("done", 4, 4)
+
+    return Outcome(result_hash(spec, c2p, p2c), records_used=n_x, summary={"provider_rows": n},
+                   releases={provider: release}, after_release=after_release)
 
 
 def _provider_rows(ids: list[Any], values: list[Any], column: str) -> tuple[list[bytes], np.ndarray]:
@@ -418,6 +442,7 @@ async def run_provider(ctx: JobContext) -> Outcome:
     del ids
     xab = await ctx.compute(kernel.mask_blob, b, xa, MATCH) if n_x else b""
     await _send_blob(chan, "xab", shuffle_blob(xab, MATCH), MATCH)  # reshuffled: C learns only how many matched
+    release_key, off = new_key(), 0  # the sums go out under it; the chain releases it once the job is locked
     msg = await expect(chan, "context_start")
     size, batches = msg.header.get("size"), msg.header.get("batches")
     if not isinstance(size, int) or not isinstance(batches, int) or not 0 <= size <= 256 << 20 \
@@ -446,10 +471,13 @@ async def run_provider(ctx: JobContext) -> Outcome:
                 out = await asyncio.to_thread(evaluate, pub, cts, x, p, shift)
             except Exception:  # noqa: BLE001 - a malformed ciphertext; the message names no value
                 raise ProtocolError("a selection ciphertext could not be evaluated") from None
-            await chan.send("stats", out, power=p, dp=clamp is not None)
+            await chan.send("stats", held_back(release_key, off, out), power=p, dp=clamp is not None)
+            off += elements(out)
+    await chan.send("held", release=key_hash(release_key))
     await expect_finish(chan)
     p2c, c2p = chan.transcript()
     await chan.send("finished")
     await goodbye(ctx.member, [chan])
     ctx.progress("done", 4, 4)
-    return Outcome(result_hash(spec, c2p, p2c), records_used=n, summary={"batches": (n + SLOTS - 1) // SLOTS})
+    return Outcome(result_hash(spec, c2p, p2c), records_used=n, summary={"batches": (n + SLOTS - 1) // SLOTS},
+                   release_key=release_key)

@@ -18,7 +18,7 @@ from services.compute.jobtypes import he_statistics as st
 from services.compute.jobtypes import job_type
 from services.compute.jobtypes.base import JobRefused, ProtocolError
 
-from test_jobtypes_aggregation import contexts, make_spec, mesh, run_member  # the in-memory channels
+from test_jobtypes_aggregation import contexts, make_spec, mesh, release, run_member  # the in-memory channels
 
 ts = pytest.importorskip("tenseal")
 
@@ -119,6 +119,8 @@ async def _run(spec, data):
                                                                           frozenset({"customer_id"}))})
     job = job_type("he_scoring")
     outs = await asyncio.gather(*(run_member(job, c, chans[m]) for m, c in ctxs.items()), return_exceptions=True)
+    if not any(isinstance(o, BaseException) for o in outs):
+        await release(dict(zip(ctxs, outs)), results)
     return dict(zip(ctxs, outs)), results, sent
 
 
@@ -153,7 +155,7 @@ async def test_statistics_end_to_end_in_process_against_numpy():
     assert b"CANARY" not in to_consumer
     to_provider = b"".join(sent["bank"])
     assert b"CANARY" not in to_provider and not any(i.encode() in to_provider for i in consumer["customer_id"][:200])
-    assert {hs.decode(f)[0] for f in sent["telco"]} <= {"start", "yb", "yb_done", "xab", "xab_done", "stats",
+    assert {hs.decode(f)[0] for f in sent["telco"]} <= {"start", "yb", "yb_done", "xab", "xab_done", "stats", "held",
                                                          "finished", "end", "end_ack"}
 
 
