@@ -1,0 +1,225 @@
+"""The pages. Each GET renders a template in the caller's language; each POST carries the session's
+CSRF token. A page that needs a person redirects to sign-in; what a person may see is decided by
+the Cedar policy in force (read from the gateway) and, again, by the gateway itself."""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+
+from services.common import policy as policies
+from services.portal import i18n
+from services.portal.gateway import GatewayError
+from services.portal.oidc import SignInError
+from services.portal.sessions import LOGIN_COOKIE, LOGIN_TTL_S, SESSION_COOKIE, PendingLogin, Session, safe_next
+
+FACETS = ("level", "operation", "industry", "region", "price_band", "price_model", "update_cycle", "tag", "provider")
+ASSET_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]{2,79}$")
+MAX_Q, MAX_VALUES, MAX_VALUE_LENGTH = 200, 20, 100
+MAX_FORM_BYTES = 4096
+POLICY_TTL_S = 30.0
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+       "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                        autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+
+
+def highlighted(text: str | None) -> Markup:
+    """The catalog's highlight (escaped text with <mark> around matches), escaped again here so that
+    nothing but <mark> from another service reaches the page as markup."""
+    if not text:
+        return Markup("")
+    parts = re.split(r"(</?mark>)", text)
+    return Markup("".join(p if p in ("<mark>", "</mark>") else html.escape(html.unescape(p)) for p in parts))
+
+
+def price_text(t, price: dict | None) -> str:
+    if not isinstance(price, dict):
+        return ""
+    model, amount = price.get("model"), price.get("amount", 0)
+    if model == "subscription":
+        return t("price.subscription", amount=amount, days=(price.get("period_s") or 0) // 86400)
+    if model in ("free", "fixed", "per_record", "dynamic"):
+        return t(f"price.{model}", amount=amount)
+    return str(model)
+
+
+def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
+    settings = portal.settings
+    policy_cache: list[Any] = [0.0, None]
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["X-Frame-Options"] = "DENY"
+        if response.headers.get("content-type", "").startswith("text/html"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def form_field(request: Request, name: str) -> str | None:
+        """One field of a small urlencoded form (the standard library's parser: the portal's forms
+        carry a CSRF token and a few words, so python-multipart is not needed)."""
+        body = await request.body()
+        if len(body) > MAX_FORM_BYTES or not request.headers.get("content-type", "").startswith(
+                "application/x-www-form-urlencoded"):
+            return None
+        values = parse_qs(body.decode("utf-8", "replace"), max_num_fields=20).get(name)
+        return values[0] if values else None
+
+    def language(request: Request) -> str:
+        return i18n.negotiate(request.headers.get("accept-language"), request.cookies.get("lang"))
+
+    def session_of(request: Request) -> Session | None:
+        return portal.sessions.get(request.cookies.get(SESSION_COOKIE))
+
+    def render(request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
+        lang = language(request)
+        t = i18n.translator(lang)
+        body = templates.get_template(name).render(
+            t=t, lang=lang, html_lang=i18n.HTML_LANG[lang], session=session_of(request), path=request.url.path,
+            here=str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
+            price_text=lambda p: price_text(t, p), **values)
+        return HTMLResponse(body, status_code=status)
+
+    def error(request: Request, status: int, kind: str) -> HTMLResponse:
+        return render(request, "error.html", status=status, message=kind)
+
+    def sign_in_first(request: Request) -> RedirectResponse:
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse("/login?" + urlencode({"next": here}), status_code=303)
+
+    def cookie(response: Response, name: str, value: str, max_age: int) -> None:
+        response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="lax",
+                            secure=settings.portal_cookie_secure)
+
+    async def policy(s: Session) -> policies.Policy:
+        """The policy in force, as the gateway reports it (cached briefly)."""
+        if policy_cache[1] is None or time.monotonic() - policy_cache[0] > POLICY_TTL_S:
+            doc = await portal.gateway.get(s.member, s.role, "/policy")
+            policy_cache[:] = [time.monotonic(), policies.Policy(doc["text"], doc.get("version", 1))]
+        return policy_cache[1]
+
+    # -- language ---------------------------------------------------------------------------------
+    @app.get("/lang/{code}", include_in_schema=False)
+    async def switch_language(code: str, next: str | None = None) -> Response:
+        response = RedirectResponse(safe_next(next), status_code=303)
+        if code in i18n.LANGUAGES:
+            response.set_cookie("lang", code, max_age=365 * 86400, path="/", samesite="lax",
+                                secure=settings.portal_cookie_secure)
+        return response
+
+    # -- sign-in ----------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def home() -> Response:
+        return RedirectResponse("/search", status_code=303)
+
+    @app.get("/login", include_in_schema=False)
+    async def login(request: Request, next: str | None = None) -> Response:
+        try:
+            url, state, nonce, verifier = await portal.oidc.start()
+        except Exception:  # the IdP away or answering nonsense: a page that says so, not a 500
+            return error(request, 503, "error.signin")
+        key = portal.logins.put(PendingLogin(state, nonce, verifier, safe_next(next), time.time() + LOGIN_TTL_S))
+        response = RedirectResponse(url, status_code=303)
+        cookie(response, LOGIN_COOKIE, key, LOGIN_TTL_S)
+        return response
+
+    @app.get("/callback", include_in_schema=False)
+    async def callback(request: Request, code: str | None = None, state: str | None = None) -> Response:
+        pending = portal.logins.pop(request.cookies.get(LOGIN_COOKIE))
+        if pending is None or not state or state != pending.state or not code or len(code) > 2000:
+            return error(request, 400, "error.signin")
+        try:
+            who = await portal.oidc.finish(code, pending.nonce, pending.verifier)
+        except SignInError:
+            return error(request, 400, "error.signin")
+        except Exception:
+            return error(request, 503, "error.signin")
+        sid = portal.sessions.put(Session(who.subject, who.name, who.member, who.role,
+                                          time.time() + settings.portal_session_ttl_s))
+        response = RedirectResponse(pending.next_path, status_code=303)
+        cookie(response, SESSION_COOKIE, sid, settings.portal_session_ttl_s)
+        response.delete_cookie(LOGIN_COOKIE, path="/")
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    async def logout(request: Request) -> Response:
+        s = session_of(request)
+        if s is not None and not s.csrf_ok(await form_field(request, "csrf")):
+            return error(request, 403, "error.csrf")
+        portal.sessions.pop(request.cookies.get(SESSION_COOKIE))
+        response = RedirectResponse("/signed-out", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    @app.get("/signed-out", include_in_schema=False)
+    async def signed_out(request: Request) -> Response:
+        return render(request, "signed_out.html")
+
+    # -- catalog ----------------------------------------------------------------------------------
+    @app.get("/search", include_in_schema=False)
+    async def search(request: Request) -> Response:
+        s = session_of(request)
+        if s is None:
+            return sign_in_first(request)
+        query = request.query_params
+        q = (query.get("q") or "").strip()
+        if len(q) > MAX_Q:
+            return error(request, 400, "error.bad_request")
+        params: list[tuple[str, str]] = [("limit", "20")]
+        if q:
+            params.append(("q", q))
+        if query.get("cursor"):
+            params.append(("cursor", query["cursor"][:1000]))
+        chosen: dict[str, list[str]] = {}
+        for name in FACETS:
+            values = [v for v in query.getlist(name) if v][:MAX_VALUES]
+            if any(len(v) > MAX_VALUE_LENGTH for v in values):
+                return error(request, 400, "error.bad_request")
+            chosen[name] = values
+            params += [(name, v) for v in values]
+        try:
+            if not (await policy(s)).decide(policies.Caller(s.member, s.role), "search",
+                                            policies.AssetView("*", "L1", "", ())).allowed:
+                return error(request, 403, "error.forbidden")
+            found = await portal.gateway.get(s.member, s.role, "/listings", params)
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        keep = [(k, v) for k, v in params if k not in ("cursor", "limit")]
+        next_url = ("/search?" + urlencode(keep + [("cursor", found["next_cursor"])])) if found.get("next_cursor") else None
+        return render(request, "search.html", q=q, found=found, chosen=chosen, facets=FACETS,
+                      highlighted=highlighted, next_url=next_url)
+
+    @app.get("/listings/{asset_id}", include_in_schema=False)
+    async def listing(request: Request, asset_id: str) -> Response:
+        s = session_of(request)
+        if s is None:
+            return sign_in_first(request)
+        if not ASSET_ID.match(asset_id):
+            return error(request, 404, "error.not_found")
+        try:
+            item = await portal.gateway.get(s.member, s.role, f"/listings/{asset_id}")
+            asset = policies.AssetView(item["id"], item["level"], item["provider"]["id"], tuple(item["operations"]),
+                                       item["status"])
+            if not (await policy(s)).decide(policies.Caller(s.member, s.role), "view", asset).allowed:
+                return error(request, 403, "error.forbidden")
+            try:
+                quote = await portal.gateway.get(s.member, s.role, "/billing/quote", {"asset": asset_id})
+            except GatewayError:
+                quote = None  # the listing still shows; the page says there is no quote
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        return render(request, "listing.html", item=item, quote=quote)
