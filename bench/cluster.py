@@ -60,6 +60,7 @@ class Run:
     result: dict  # the consumer's opened result
     phases: dict[str, dict[str, float]]  # member -> phase -> first report (epoch seconds)
     protocol_s: float | None = None  # the job type's protocol part, from the phases
+    submitted_at: float = 0.0  # epoch seconds when jobs.Submit went out (phases are relative to it)
 
 
 class Exchange:
@@ -212,7 +213,7 @@ class Exchange:
             raise RuntimeError(f"job {job}: the consumer's node did not release the result")
         opened = results.open_envelope(self.nodes_keys[consumer], body["envelope"])
         phases = await self.phases(job, until) if until else {}
-        return Run(job_s, nodes_s, opened["result"], phases)
+        return Run(job_s, nodes_s, opened["result"], phases, submitted_at=started)
 
     async def phases(self, job: str, until: tuple[str, str], timeout: float = 30.0) -> dict[str, dict[str, float]]:
         """member -> phase -> when its node first reported it, read from rdx.jobs.status.v1 (the

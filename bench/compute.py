@@ -50,7 +50,14 @@ by each protocol's messages (the job types' docstrings) and is not measured here
 
 ``--quick``: PSI 10k, aggregation 10k × 10, HE 1k, supply chain 2k, one round each (a smoke run
 of under a minute; written to a temporary file unless --out is given). A size of 0 (or
-``--sizes ""``) leaves that part out.
+``--sizes ""``) leaves that part out. ``RDX_BENCH_COMPUTE_ONLY=psi`` runs the PSI cases alone
+(aggregation, HE and supply chain default to 0; sizes given on the command line still count),
+for iterating on PSI without the other ~10 minutes; unset, the default run is unchanged.
+
+PSI's phases: each PSI job also reports, per node, when its node first reported each phase
+(JobProgress events: loading, masking, matching, done) relative to the job's submit, in the
+results' notes, so that loading, the streaming exchange and the end (attestations, the lock, the
+release and, on the consumer, opening and matching) can be told apart.
 """
 
 from __future__ import annotations
@@ -197,6 +204,12 @@ def kernel_costs() -> dict[str, float]:
     return {"hash_to_curve_us": round(t_hash, 2), "x25519_mask_us": round(t_mask, 2)}
 
 
+def psi_phases(run: Run) -> dict[str, dict[str, float]]:
+    """member -> phase -> seconds from the job's submit to that node's first report of it."""
+    return {m: {p: round(t - run.submitted_at, 2) for p, t in sorted(ph.items(), key=lambda kv: kv[1])}
+            for m, ph in run.phases.items()}
+
+
 def bench_psi(x: Exchange, sizes: list[int], args, metrics: list, notes: list) -> None:
     rounds = {n: (args.rounds_large if n >= 1_000_000 else args.rounds) for n in sizes}
     py = baseline_python()
@@ -226,7 +239,7 @@ def bench_psi(x: Exchange, sizes: list[int], args, metrics: list, notes: list) -
     async def ours(n: int, job: str):
         async with x.chain() as chain:
             run = await x.run_job(chain, CONSUMER, job, "psi", [{"asset": f"telco.n{n}", "grant": grant[n]}],
-                                  {"dataset": f"n{n}", "key": "phone"})
+                                  {"dataset": f"n{n}", "key": "phone"}, until=(CONSUMER, "done"))
         if len(run.result["intersection"]) != n // 4:
             raise RuntimeError(f"job {job}: intersection {len(run.result['intersection'])}, expected {n // 4}")
         return run
@@ -243,7 +256,7 @@ def bench_psi(x: Exchange, sizes: list[int], args, metrics: list, notes: list) -
         for r in range(rounds[n]):
             run = asyncio.run(ours(n, f"job-n{n}-{r}"))
             runs.append(run)
-            say(f"  rdx round {r + 1}: job {run.job_s:.2f}s (nodes {run.nodes_s:.2f}s)")
+            say(f"  rdx round {r + 1}: job {run.job_s:.2f}s (nodes {run.nodes_s:.2f}s); phases {psi_phases(run)}")
             if py:
                 base = run_baseline(py, script, *pair)
                 if base["intersection"] != n // 4:
@@ -273,6 +286,7 @@ def bench_psi(x: Exchange, sizes: list[int], args, metrics: list, notes: list) -
             metrics.append(common.metric(f"psi_{lab}_provider_policy_check_s", policy_sum / policy_count, "s",
                                          baseline_name=f"psi_{lab}_job_s", baseline_value=job_s))
         notes.append(f"PSI n={n}: {rounds[n]} round(s) each; rdx job times {[round(r.job_s, 2) for r in runs]}, "
+                     f"phases of the last round (s after submit, each node's first report) {psi_phases(runs[-1])}, "
                      f"openmined {[round(t['seconds'], 2) for t in theirs]}; peak RSS MiB by process (node first, "
                      f"then its workers): bank {peak['bank_processes']}, telco {peak['telco_processes']}")
 
@@ -532,6 +546,10 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=16_384, help="RDX_PSI_BATCH of the nodes (their default)")
     ap.add_argument("--out", help="results file (default bench/results/compute.json; --quick: a temporary file)")
     args = ap.parse_args()
+    if os.environ.get("RDX_BENCH_COMPUTE_ONLY", "") == "psi":  # iterate on PSI alone; unset: everything
+        for key in ("rows", "he", "sc"):
+            if getattr(args, key) is None:
+                setattr(args, key, 0)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
