@@ -11,9 +11,12 @@ from fastapi import Request
 from prometheus_client import Counter
 
 from services.common.chain import ChainClient
+from services.common.chainevents import ChainEventVerifier
+from services.common.events import CHAIN_EVENTS, Event
 from services.common.identity import Identity
+from services.common.kafka import IdempotentConsumer
 from services.common.service import Service
-from services.gateway import problems, views
+from services.gateway import problems, views, webhooks, webhooks_api
 from services.gateway.audit import AuditLog, AuditShipper
 from services.gateway.auth import Authenticator, LocalReplayCache, Principal, RedisReplayCache, ReplayCache
 from services.gateway.chainview import ChainView
@@ -39,24 +42,32 @@ class Gateway:
         self.identity = Identity.load(settings.key_file) if settings.key_file else None
         producer = self.svc.producer()
         self.shipper: AuditShipper | None = None
+        self.webhooks: webhooks.WebhookStore | None = None
+        self.dispatcher: webhooks.Dispatcher | None = None
+        self.webhook_events: IdempotentConsumer | None = None
         self._producer = producer
         self.svc.on_startup(self._start)
         self.svc.on_shutdown(self._stop)
         self.svc.task("audit", lambda stop: self.shipper.run(stop))
+        self.svc.task("webhook-events", lambda stop: self.webhook_events.run(stop))
+        self.svc.task("webhook-deliveries", lambda stop: self.dispatcher.run(stop))
         problems.install(self.svc.app)
         self._middleware()
         self.svc.app.include_router(views.router(self))
+        self.svc.app.include_router(webhooks_api.router(self))
 
     async def _open_stores(self) -> tuple[ReplayCache, RateLimiter]:
         s = self.settings
         database = s.gateway_database_url.get_secret_value() if s.gateway_database_url else None
         if database:
-            key_db = audit_db = await open_postgres(database)
+            key_db = audit_db = hook_db = await open_postgres(database)
             self._stores.append(key_db)
-        else:  # one gateway: its two files, as before replication existed
-            key_db, audit_db = SqliteDatabase(s.state_dir / "keys.sqlite"), SqliteDatabase(s.state_dir / "audit.sqlite")
-            self._stores += [key_db, audit_db]
+        else:  # one gateway: its files, as before replication existed
+            key_db, audit_db, hook_db = (SqliteDatabase(s.state_dir / f"{name}.sqlite")
+                                         for name in ("keys", "audit", "webhooks"))
+            self._stores += [key_db, audit_db, hook_db]
         self.keys, self.audit = await KeyStore.open(key_db), await AuditLog.open(audit_db)
+        self.webhooks = await webhooks.WebhookStore.open(hook_db)
         redis_url = s.gateway_redis_url.get_secret_value() if s.gateway_redis_url else None
         if not redis_url:
             return (LocalReplayCache(s.clock_skew_s),
@@ -76,8 +87,31 @@ class Gateway:
                                            self.settings.bootstrap_key_sha256, replays)
         self.shipper = AuditShipper(self.audit, self._producer, self.chain, self.identity,
                                     self.settings.anchor_every_s, self.settings.anchor_max_records)
+        await self._start_webhooks()
+
+    async def _start_webhooks(self) -> None:
+        """The chain events members subscribed to, into the webhook outbox, and its delivery loop.
+        One consumer group per gateway database (named after its audit trail's instance), so
+        replicas share the events and another gateway's database does not take them."""
+        s = self.settings
+        self.dispatcher = webhooks.Dispatcher(self.webhooks, s)
+        self.webhook_events = IdempotentConsumer(
+            s.kafka_bootstrap, "gateway", [CHAIN_EVENTS], f"gateway-webhooks-{self.audit.instance}",
+            s.state_dir / "webhook-events.sqlite", self._on_event, max_attempts=10, retry_backoff_s=0.5,
+            verifier=ChainEventVerifier(self.chain), verify_if=lambda e: e.type in webhooks.EVENT_TYPES)
+        await self.webhook_events.start()
+
+    async def _on_event(self, event: Event, _conn) -> None:
+        if event.type in webhooks.EVENT_TYPES:
+            members = await webhooks.parties(event.data, self.chain.query)
+            await self.webhooks.enqueue(members, event.id, event.type, event.occurred_at.timestamp(),
+                                        webhooks.payload(event))
 
     async def _stop(self) -> None:
+        if self.webhook_events:
+            await self.webhook_events.stop()
+        if self.dispatcher:
+            await self.dispatcher.close()
         if self.http:
             await self.http.aclose()
         if self.chain:

@@ -29,3 +29,13 @@ class GatewaySettings(ServiceSettings):
     # directory and the process's memory, right for one gateway only.
     gateway_database_url: SecretStr | None = None
     gateway_redis_url: SecretStr | None = None
+    # Webhooks (services/gateway/webhooks.py). Private, loopback and link-local endpoints are refused
+    # unless allowed here (a test's receiver on 127.0.0.1; never on a deployed gateway).
+    webhook_allow_private: bool = False
+    webhook_ca_file: Path | None = None  # a CA to trust for member endpoints besides the system's
+    webhook_timeout_s: float = 10.0  # one attempt, connection to the last byte read
+    webhook_max_response_bytes: int = 64 * 1024
+    webhook_backoff_s: float = 1.0  # first retry; doubles per attempt, with jitter, up to the max
+    webhook_backoff_max_s: float = 300.0
+    webhook_give_up_s: float = 3 * 86400.0  # a delivery still failing this long after its event: failed
+    webhooks_per_member: int = 10

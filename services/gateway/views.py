@@ -8,7 +8,7 @@ import hashlib
 from typing import Annotated, Any, Literal
 
 import httpx
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from services.common.audit import AuditRecord
@@ -76,6 +76,14 @@ class PolicyDoc(BaseModel):
 Id = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")]
 KeyId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[a-z0-9_]+$")]
 TxHash = Annotated[str, Path(min_length=64, max_length=64, pattern=r"^[0-9A-Fa-f]{64}$")]
+
+
+def next_page(request: Request, response: Response, after: str | None) -> None:
+    """Lists keep their shape (a JSON array); a full page says where the next one starts in an RFC
+    8288 ``Link: <…>; rel="next"`` header, the same URL with ``after`` set to the page's last key."""
+    if after is not None:
+        url = request.url.include_query_params(after=after)
+        response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
 
 
 def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
