@@ -20,17 +20,23 @@ ECDH-PSI of jobtypes/psi.py, run in both directions at once; H hashes to the cur
     Y → X   keys     the same for Y's records, in Y's permuted order
     Y → X   back     (H(·)^x)^y, first 16 bytes, in X's order  — X maps them back to its records
     X → Y   back     (H(·)^y)^x, first 16 bytes, in Y's order
+            a provider's back to the consumer goes out held back (XORed with a SHAKE-256 keystream of
+            its fresh release key K, services/compute/release.py), then held {release: SHA-256(K)}
     X       the set of Y's doubly-masked R, A and Q keys (the 'back' values X computed for Y);
             for each own record: R in Y's set? A? Q?  → agrees / amount differs / quantity differs /
             both differ / no record at Y
     all     each party: outcome commitment c_P = SHA-256("rdx/result/v1\\n" ‖ salt ‖ own outcome)
             (results.py) and its data commitment d_P (the listing's commitment, or the Merkle root
             of the consumer's dataset)
-    P → all outcome  {c_P, d_P}
+    P → all outcome  {c_P, d_P}     (the consumer's c_P is "": it has no outcome before the release)
     all     result hash = SHA-256 over (job, sorted (member, kind, d_P, c_P))
+    all     attest (the consumer naming every provider's SHA-256(K)); the chain locks the job; each
+            provider publishes K (jobs.Release), the last settles; the consumer opens the back values
+            with the keys on chain and only then compares and seals its outcome
 
 Each party attests that result hash on chain (signed by its node key), binding what it
-submitted (d_P) and what it concluded (c_P): a party cannot later deny either. Every party —
+submitted (d_P) and what it concluded (c_P; the consumer's outcome, which comes after the
+attestations, is not bound): a party cannot later deny either. Every party —
 consumer and providers alike — hands its own outcome to ctx.commit_result, which seals it to
 that party's own node key and stores it on that party's node only, and c_P is the commitment
 commit_result returns: the envelope the member fetches from its node opens exactly the c_P
@@ -74,6 +80,7 @@ from services.compute.commitment import canonical_value
 from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, expect,
                                             goodbye)
 from services.compute.jobtypes.psi import match_positions
+from services.compute.release import held_back, key_hash, new_key, open_held_back, release_hash, released_key
 from services.compute import policy  # the module, not its names: policy.py imports jobtypes.base
 
 MATCH = 16
@@ -223,21 +230,37 @@ class SupplyChainJob(JobType):
         sent_keys = [keys[KEYS * i + k] for i in perm.tolist() for k in range(KEYS)]
         del keys
         chans = dict(zip(others, await asyncio.gather(*(ctx.channel(p) for p in others))))
-        statuses: dict[str, np.ndarray] = {}
         counts = {ctx.member: n}  # every party's record count as this node saw it: what it attests (issue 16)
+        # Fair exchange: each provider's back values to the consumer go out under its release key, so
+        # the consumer's outcome exists only once the chain has locked the job and holds the keys.
+        release_key = None if ctx.is_consumer else new_key()
+        backs: dict[str, tuple[bytes, bytes]] = {}  # other -> (own back, their back), the consumer's sealed
+        releases: dict[str, str] = {}
         for step, other in enumerate(others, start=1):  # the same order on every node: sorted participants
-            status_permuted = await self._pair(ctx, chans[other], sent_keys, n, counts)
-            status = np.empty(n, dtype=np.int64)
-            status[perm] = status_permuted
-            statuses[other] = status
+            backs[other] = await self._pair(ctx, chans[other], sent_keys, n, counts,
+                                            seal=release_key if other == spec.consumer else None)
+            if ctx.is_consumer:
+                releases[other] = release_hash((await expect(chans[other], "held")).header)
             ctx.progress("comparing", step, len(others) + 2)
-        by_kind: dict[str, np.ndarray] = {}
-        for other, status in statuses.items():  # two counterparts of one kind: the best status per record
-            kind = kinds[other]
-            by_kind[kind] = status if kind not in by_kind else np.minimum(by_kind[kind], status)
-        outcome = json.dumps(outcome_of(refs, by_kind), sort_keys=True).encode()
-        commitment = await ctx.commit_result(outcome)  # every party's own, sealed on its own node: c_P
-        del outcome
+
+        async def conclude(keys) -> str:
+            statuses: dict[str, np.ndarray] = {}
+            for other, (own_back, their_back) in backs.items():
+                if ctx.is_consumer:
+                    own_back = open_held_back(released_key(keys, other, releases[other]), own_back)
+                status = np.empty(n, dtype=np.int64)
+                status[perm] = await asyncio.to_thread(classify, own_back, their_back)
+                statuses[other] = status
+            by_kind: dict[str, np.ndarray] = {}
+            for other, status in statuses.items():  # two counterparts of one kind: the best status per record
+                kind = kinds[other]
+                by_kind[kind] = status if kind not in by_kind else np.minimum(by_kind[kind], status)
+            summary["disagreements"] = int(sum((s != 0).sum() for s in by_kind.values()))
+            # every party's own, sealed on its own node: c_P
+            return await ctx.commit_result(json.dumps(outcome_of(refs, by_kind), sort_keys=True).encode())
+
+        summary: dict[str, int] = {}
+        commitment = "" if ctx.is_consumer else await conclude({})  # the consumer's: after the release
         entries = {ctx.member: (kinds[ctx.member], data_commitment, commitment)}
         for other in others:
             await chans[other].send("outcome", commitment=commitment, data=data_commitment)
@@ -251,14 +274,22 @@ class SupplyChainJob(JobType):
             entries[other] = (kinds[other], d, c)
         await goodbye(ctx.member, chans.values())
         ctx.progress("done", len(others) + 2, len(others) + 2)
-        disagreeing = int(sum((s != 0).sum() for s in by_kind.values()))
-        return Outcome(result_hash(spec, entries), records_used=n, summary={"disagreements": disagreeing},
-                       records={i.asset: counts[i.provider] for i in spec.inputs})
+        records = {i.asset: counts[i.provider] for i in spec.inputs}
+        if ctx.is_consumer:
+            async def after_release(keys) -> None:
+                await conclude(keys)
+
+            return Outcome(result_hash(spec, entries), records_used=n, summary=summary, records=records,
+                           releases=releases, after_release=after_release)
+        return Outcome(result_hash(spec, entries), records_used=n, summary=summary, records=records,
+                       release_key=release_key)
 
     async def _pair(self, ctx: JobContext, chan, sent_keys: list[bytes], n: int,
-                    counts: dict[str, int] | None = None) -> np.ndarray:
-        """One pairwise exchange; returns the status of each record in this party's sent order
-        (and notes the peer's record count in ``counts``)."""
+                    counts: dict[str, int] | None = None, seal: bytes | None = None) -> tuple[bytes, bytes]:
+        """One pairwise exchange; returns (own back, their back): ``classify`` of them is the status of
+        each record in this party's sent order (and notes the peer's record count in ``counts``).
+        With ``seal`` (a provider's release key, towards the consumer) the back values this party
+        sends go out held back under it, followed by ``held {release}``."""
         scalar = kernel.new_scalar()
         mine = await _chunked(ctx, _mask_own, scalar, sent_keys, ctx.batch * KEYS)
         await chan.send("start", n=n)
@@ -271,9 +302,12 @@ class SupplyChainJob(JobType):
         if _repeats_reference(theirs):  # many records of one reference would reveal a counterpart's values
             raise policy.PolicyViolation(f"{chan.peer}'s records repeat a reference")
         their_back = await _chunked_blob(ctx, scalar, theirs, kernel.POINT * KEYS * ctx.batch)
-        _, own_back = await asyncio.gather(_send_blob(chan, "back", their_back, MATCH * KEYS * ctx.batch),
+        out = their_back if seal is None else await asyncio.to_thread(held_back, seal, 0, their_back)
+        _, own_back = await asyncio.gather(_send_blob(chan, "back", out, MATCH * KEYS * ctx.batch),
                                            _recv_blob(chan, "back", MATCH * KEYS * n))
-        return await asyncio.to_thread(classify, own_back, their_back)
+        if seal is not None:
+            await chan.send("held", release=key_hash(seal))
+        return own_back, their_back
 
 
 def _repeats_reference(blob: bytes) -> bool:

@@ -26,7 +26,7 @@ from services.compute.journal import Journal
 from services.compute.datasets import Datasets
 from services.compute.lifecycle import JobManager
 from test_compute_lifecycle import FakeView, RecordingChain, RecordingPublisher, ThreadRunner, authorized, record
-from test_jobtypes_aggregation import contexts, make_spec, mesh, run_member
+from test_jobtypes_aggregation import contexts, make_spec, mesh, release, run_member
 from test_jobtypes_supply_chain import KINDS, clear_status, records, table
 
 ME, OTHER = "telco", "bank"  # this node is the telco's: a provider, not the consumer
@@ -241,6 +241,7 @@ async def test_every_supply_chain_party_commits_its_own_per_record_outcome():
     ctxs = contexts(spec, chans, data, stored)  # its commit_result: commitment = SHA-256(result)
     job = job_type("supply_chain")
     outs = dict(zip(ctxs, await asyncio.gather(*(run_member(job, c, chans[m]) for m, c in ctxs.items()))))
+    await release(outs, stored)  # the consumer's outcome exists only once the providers' keys are released
     assert set(stored) == set(spec.participants)
     for member in spec.participants:
         got = json.loads(stored[member])
@@ -257,6 +258,8 @@ async def test_every_supply_chain_party_commits_its_own_per_record_outcome():
         assert outs[member].summary == {"disagreements": len(expected)}
         if member != "bankx":
             assert "PO-CANARY-77" not in stored[member].decode()  # the payer's extra record is its own
-    # the result hash every party attests binds every party's stored outcome (c_P) and data (d_P)
-    entries = {m: (KINDS[m], "00" * 32, hashlib.sha256(stored[m]).hexdigest()) for m in spec.participants}
+    # the result hash every party attests binds every provider's stored outcome (c_P) and every data
+    # (d_P); the consumer's outcome comes after the attestations (issue 16): its c_P is empty
+    entries = {m: (KINDS[m], "00" * 32, hashlib.sha256(stored[m]).hexdigest() if m != spec.consumer else "")
+               for m in spec.participants}
     assert {o.result_hash for o in outs.values()} == {sc.result_hash(spec, entries)}
