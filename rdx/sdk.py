@@ -1,11 +1,21 @@
 """A typed Python client of the rdx gateway for member systems: it signs chain transactions with
-the member's key and each HTTP request (RFC 9421), or uses an API key for read-only people."""
+the member's key and each HTTP request (RFC 9421), or uses an API key for read-only people.
+
+The gateway is not trusted with the member's view of the chain: with ``verify=True`` (the default)
+state the member decides on (an account and its key, a balance, a grant, a job) is read directly
+from a CometBFT RPC endpoint the member names (``chain_rpc``, any validator's) and proven against
+the validators' signed headers from the member's own trust anchor (``trust``: the genesis, or a
+height and header hash; services/common/verified.py). Without them those reads raise
+``VerificationError``; ``verify=False`` takes the gateway's word instead."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import httpx
 
@@ -13,6 +23,9 @@ from services.common import httpsig
 from services.common.audit import AuditRecord, verify_against_anchors
 from services.common.identity import Identity
 from services.common.tx import Tx
+from services.common.verified import Anchor, VerificationError, VerifiedChain
+
+T = TypeVar("T")
 
 
 class GatewayError(RuntimeError):
@@ -24,17 +37,47 @@ class GatewayError(RuntimeError):
         super().__init__(f"{status} {self.title}: {self.detail}")
 
 
+class ChainReader:
+    """``VerifiedChain`` for synchronous callers: its event loop runs in a thread of its own, so the
+    SDK can be used from scripts and from inside another event loop alike."""
+
+    def __init__(self, rpc_url: str, trust: Anchor, **options: Any):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rdx-sdk-chain", daemon=True)
+        self._thread.start()
+        self.reader = VerifiedChain(rpc_url, trust, **options)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def state(self, key: str) -> Any | None:
+        return self._run(self.reader.query(key))
+
+    def close(self) -> None:
+        self._run(self.reader.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
 class Gateway:
     def __init__(self, url: str, *, identity: Identity | None = None, api_key: str | None = None,
-                 chain_id: str = "rdx-local", timeout: float = 30.0):
+                 chain_id: str = "rdx-local", timeout: float = 30.0, chain_rpc: str | None = None,
+                 trust: Anchor | None = None, verify: bool = True):
         if identity is None and api_key is None:
             raise ValueError("an identity (to sign) or an API key is needed")
+        if trust is not None and trust.chain_id != chain_id:
+            raise ValueError(f"the trust anchor is of chain {trust.chain_id!r}, not {chain_id!r}")
         self.url, self.identity, self.api_key, self.chain_id = url.rstrip("/"), identity, api_key, chain_id
+        self.verify = verify
         self.http = httpx.Client(timeout=timeout)
         self._nonces: dict[str, int] = {}
+        self.chain = ChainReader(chain_rpc, trust) if verify and chain_rpc and trust else None
 
     def close(self) -> None:
         self.http.close()
+        if self.chain:
+            self.chain.close()
 
     def __enter__(self) -> "Gateway":
         return self
@@ -68,7 +111,8 @@ class Gateway:
         signer = signer or self.identity
         if signer is None:
             raise ValueError("chain transactions need the member's signing identity")
-        nonce = self._nonces.get(signer.account) or self.account(signer.account)["nonce"] + 1
+        # The nonce is the gateway's word: a wrong one only gets the tx refused.
+        nonce = self._nonces.get(signer.account) or self.request("GET", f"/v1/accounts/{signer.account}")["nonce"] + 1
         tx = Tx.build(signer, self.chain_id, type_, nonce, payload)
         self._nonces[signer.account] = nonce + 1
         try:
@@ -78,8 +122,28 @@ class Gateway:
             raise
 
     # -- reads ----------------------------------------------------------------------------------
+    def state(self, key: str) -> Any | None:
+        """One state key (``accounts/bank``, ``access/g-1`` ...) proven from the chain (None: proven
+        absent); VerificationError if it cannot be proven."""
+        if self.chain is None:
+            raise VerificationError("verified reads need chain_rpc and a trust anchor (or verify=False)")
+        return self.chain.state(key)
+
     def account(self, account: str) -> dict:
-        return self.request("GET", f"/v1/accounts/{account}")
+        if not self.verify:
+            return self.request("GET", f"/v1/accounts/{account}")
+        found = self.state(f"accounts/{account}")
+        if found is None:
+            raise GatewayError(404, {"title": "Not found", "detail": f"no account {account} (proven absent)"})
+        return found
+
+    def balance(self, member: str) -> int:
+        """A member's balance in credits, proven from the chain (there is no gateway route for it)."""
+        return int(self.state(f"bank/balance/{member}") or 0)
+
+    def grant(self, grant_id: str) -> dict | None:
+        """An access request or grant as the chain holds it (None: none), proven from the chain."""
+        return self.state(f"access/{grant_id}")
 
     def search(self, q: str | None = None, **filters: Any) -> dict:
         return self.request("GET", "/v1/listings", params={"q": q, **filters} if q else filters)
@@ -96,7 +160,12 @@ class Gateway:
         return self.request("GET", f"/v1/tx/{tx_hash}")
 
     def job(self, job_id: str) -> dict:
-        return self.request("GET", f"/v1/jobs/{job_id}")
+        if not self.verify:
+            return self.request("GET", f"/v1/jobs/{job_id}")
+        found = self.state(f"jobs/{job_id}")
+        if found is None:
+            raise GatewayError(404, {"title": "Not found", "detail": f"no job {job_id} (proven absent)"})
+        return found
 
     def audit(self, **filters: Any) -> list[AuditRecord]:
         return [AuditRecord(**r) for r in self.request("GET", "/v1/audit", params=filters)]

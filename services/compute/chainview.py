@@ -2,29 +2,49 @@
 
 The chain is the only authority on who a peer is; nothing a peer says about itself counts
 until its node key, as registered on chain, has checked its signature.
+
+With a trust anchor in the environment (RDX_TRUSTED_GENESIS or RDX_TRUSTED_HEADER,
+services/common/verified.py) every read is proven against the validators' signed headers: an
+answer that does not verify raises ``ChainUnverified``, a ``ChainUnavailable``, so a peer is not
+admitted and a job not run on a node's word. Without one, reads take the node's word (logged).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from services.common import verified
 from services.common.chain import ChainClient, ChainError
 from services.compute.jobtypes.base import InputRef, JobSpec, NodeRef, PeerRefused
+
+
+log = logging.getLogger("rdx.compute.chainview")
 
 
 class ChainUnavailable(Exception):
     """The chain could not be asked right now; try again."""
 
 
+class ChainUnverified(ChainUnavailable):
+    """The node's answer is not proven by the validators' signatures: nothing is decided on it."""
+
+
 class ChainView:
-    def __init__(self, client: ChainClient):
+    def __init__(self, client: ChainClient, reader: verified.VerifiedChain | None = None):
         self.client = client
+        self.reader = reader or verified.from_env(client)
+        if self.reader is None:
+            log.warning("no trust anchor (RDX_TRUSTED_GENESIS or RDX_TRUSTED_HEADER): chain reads are not verified")
 
     async def _query(self, path: str) -> Any:
         try:
-            return await self.client.query(path)
+            return await (self.reader or self.client).query(path)
         except ChainError as exc:
             raise ChainUnavailable(str(exc)) from None
+        except verified.VerificationError as exc:
+            log.warning("a chain answer did not verify: %s", exc)
+            raise ChainUnverified(f"the chain node's answer for {path} did not verify") from None
 
     async def node_key(self, member: str, account: str) -> str:
         """The public key of ``member``'s compute node ``account``, if both are in good standing."""

@@ -96,7 +96,7 @@ def test_up_status_down_and_resume(exchange):
         assert f"ok   node:{member}" in status.stdout
     eps = json.loads((state / "endpoints.json").read_text())
     bank = Gateway(eps["gateway"], identity=Identity.load(state / "keys" / "bank.json"), chain_id="rdx-local",
-                   timeout=120)
+                   timeout=120, verify=False)
     [grant] = [g for g in bank.my_access() if g["id"].startswith("g-fraud.") and g["status"] == "granted"]
     job = f"after-demo.{int(time.time())}"
     bank.submit_job(job, "psi_cardinality", [{"asset": grant["asset"], "grant": grant["id"]}], max_price=1_000,

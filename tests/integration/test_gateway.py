@@ -20,6 +20,7 @@ from services.common import httpsig
 from services.common.chain import ChainClient
 from services.common.identity import Identity
 from services.common.listing import example_metadata
+from services.common.verified import Anchor
 
 COMMIT = "ab" * 32
 ADMIN_TOKEN = "rdx_bootstrap.test-admin-token-not-a-secret"
@@ -77,7 +78,9 @@ def start_gateway(chain, root, **env: str) -> ServiceProcess:
 
 
 def as_member(w, identity: Identity) -> Gateway:
-    return Gateway(w.url, identity=identity, chain_id=w.chain.chain_id)
+    """A member's SDK, reading chain state proven from the chain's RPC and its genesis (verify=True)."""
+    return Gateway(w.url, identity=identity, chain_id=w.chain.chain_id, chain_rpc=w.chain.rpc_url,
+                   trust=Anchor.from_genesis(w.chain.node.home / "config" / "genesis.json"))
 
 
 def last_audit(w) -> dict:
