@@ -118,12 +118,13 @@ def demo(state_dir: Path = StateDir) -> None:
 
 
 def main() -> None:
-    from rdx import deadletters, governance_cli, member_cli, ops
+    from rdx import deadletters, governance_cli, member_cli, ops, verify
 
     member_cli.install(app)
     governance_cli.install(app)
     ops.install(app)
     deadletters.install(app)
+    verify.install(app)
     app()
 
 

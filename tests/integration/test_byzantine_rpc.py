@@ -9,17 +9,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import secrets
+import subprocess
+import sys
 import time
+import urllib.request
 from datetime import datetime, timezone
 
 import pytest
+
+from rdx.components import ServiceProcess, compute_node, free_port
+from rdx.sdk import Gateway, GatewayError
 
 from services.common.chain import ChainClient
 from services.common.identity import Identity
 from services.common.lightclient import Validator
 from services.common.listing import example_metadata
 from services.common.verified import Anchor, VerificationError, VerifiedChain
+from services.compute.chainview import ChainUnverified
+from services.compute.chainview import ChainView as ComputeView
 from tests.faults.byzantine_rpc import ByzantineRpc
 
 LIES = ("key", "absent", "stale", "relabelled", "forged_header")
@@ -125,3 +134,146 @@ async def test_a_wrong_anchor_or_a_forged_first_header_is_refused(world, proxy):
         Anchor.from_header("x", "12:nothex")
     with pytest.raises(VerificationError):
         Anchor.from_genesis({"chain_id": "x", "validators": []})
+
+
+def test_the_sdk_refuses_every_rewrite(world, proxy, tmp_path):
+    """A member's SDK reads from the lying endpoint it was given (the gateway is not asked): each
+    rewrite raises VerificationError; the honest proxy's answers are the chain's. The gateway
+    here is never reached for these reads, so an unreachable URL stands for it."""
+    t = targets(world)
+    with Gateway("http://127.0.0.1:9", identity=world.consumer, chain_id=world.chain.chain_id,
+                 chain_rpc=proxy.url, trust=world.anchor) as sdk:
+        assert sdk.account(world.consumer.account)["public_key"] == world.consumer.public_key
+        assert sdk.balance(world.consumer.account) >= 5000
+        assert sdk.grant(world.grant)["status"] == "pending"
+        for mode, read in [("key", lambda: sdk.account(world.consumer.account)),
+                           ("balance", lambda: sdk.balance(world.consumer.account)),
+                           ("grant", lambda: sdk.grant(world.grant)),
+                           ("absent", lambda: sdk.grant(world.grant)),
+                           ("forged_header", lambda: sdk.account(world.consumer.account))]:
+            target = {"key": t["key"], "balance": t["balance"], "grant": t["grant"], "absent": t["grant"],
+                      "forged_header": t["key"]}[mode]
+            proxy.lie(mode, target)
+            with pytest.raises(VerificationError):
+                read()
+        proxy.lie(None)
+        assert sdk.grant(world.grant)["status"] == "pending"
+    with Gateway("http://127.0.0.1:9", identity=world.consumer, chain_id=world.chain.chain_id) as unverified:
+        with pytest.raises(VerificationError, match="trust anchor"):
+            unverified.balance(world.consumer.account)
+
+
+def test_the_gateway_refuses_a_member_key_from_a_lying_node(world, proxy, tmp_path):
+    """A real gateway whose chain endpoint is the proxy: a member's signed request is accepted
+    through the honest proxy; when the proxy swaps the member's key for the attacker's, the
+    attacker's signed request is refused (502) and so is the member's, and no key is cached."""
+    genesis = world.chain.node.home / "config" / "genesis.json"
+    proc = ServiceProcess("gateway", free_port(), {
+        "RDX_KAFKA_BOOTSTRAP": world.chain.kafka, "RDX_COMETBFT_RPC": proxy.url, "RDX_CHAIN_ID": world.chain.chain_id,
+        "RDX_STATE_ROOT": str(tmp_path / "state"), "RDX_TRUSTED_GENESIS": str(genesis)}, tmp_path / "logs")
+    proc.start()
+    attacker = Identity(world.consumer.account, Identity.generate("attacker").signing_key)
+    proxy.fake_key = attacker.public_key
+    try:
+        with Gateway(proc.url, identity=world.consumer, chain_id=world.chain.chain_id, verify=False) as member:
+            assert member.request("GET", "/v1/policy")["version"] >= 1
+            proxy.lie("key", f"accounts/{world.consumer.account}")
+            for who in (attacker, world.consumer):
+                with Gateway(proc.url, identity=who, chain_id=world.chain.chain_id, verify=False) as g:
+                    time.sleep(2.1)  # past the view's cache
+                    with pytest.raises(GatewayError) as refused:
+                        g.request("GET", "/v1/policy")
+                    assert refused.value.status == 502, refused.value.body
+            proxy.lie("forged_header", f"accounts/{world.consumer.account}")
+            with Gateway(proc.url, identity=attacker, chain_id=world.chain.chain_id, verify=False) as g:
+                with pytest.raises(GatewayError) as refused:
+                    g.request("GET", "/v1/policy")
+                assert refused.value.status == 502
+            proxy.lie(None)
+            assert member.request("GET", "/v1/policy")["version"] >= 1
+        assert proxy.lies >= 3
+    finally:
+        proc.stop()
+
+
+async def test_the_compute_nodes_peer_and_grant_checks_refuse_every_rewrite(world, proxy, tmp_path):
+    """The compute node's ChainView (what its peer handshake and grant checks call) on the proxy:
+    a peer's node key, a grant's status or its absence rewritten is ChainUnverified, so no peer is
+    admitted and no job runs on it; honest answers pass. Then a real compute node on the proxy: its
+    own registration check reads its key proven, and stops calling itself registered when the
+    proxy swaps it."""
+    member, node = world.provider.account, world.node.account
+    async with ChainClient(proxy.url, world.chain.chain_id) as client:
+        view = ComputeView(client, VerifiedChain(client, world.anchor))
+        assert await view.node_key(member, node) == world.node.public_key
+        assert (await view.grant(world.grant))["status"] == "pending"
+        for mode, target, check in [("key", f"accounts/{node}", lambda: view.node_key(member, node)),
+                                    ("forged_header", f"accounts/{node}", lambda: view.node_key(member, node)),
+                                    ("grant", f"access/{world.grant}", lambda: view.grant(world.grant)),
+                                    ("absent", f"access/{world.grant}", lambda: view.grant(world.grant)),
+                                    ("key", f"members/{member}", lambda: view.node_key(member, node))]:
+            proxy.lie(mode, target)
+            with pytest.raises(ChainUnverified):
+                await check()
+        proxy.lie(None)
+        assert await view.node_key(member, node) == world.node.public_key
+
+    world.node.save(tmp_path / "node.json")
+    (tmp_path / "datasets.json").write_text('{"datasets": []}')
+    proc = compute_node(member, kafka=world.chain.kafka, rpc_url=proxy.url, chain_id=world.chain.chain_id,
+                        state_root=tmp_path / "state", key_file=tmp_path / "node.json", grpc_port=free_port(),
+                        datasets=tmp_path / "datasets.json", log_dir=tmp_path / "logs",
+                        trusted_genesis=str(world.chain.node.home / "config" / "genesis.json"))
+    proc.start(timeout=120)
+
+    def registered() -> bool:
+        with urllib.request.urlopen(f"{proc.url}/node", timeout=5) as resp:
+            return json.loads(resp.read())["registered_on_chain"]
+
+    try:
+        await wait(registered, True)
+        proxy.lie("key", f"accounts/{node}")
+        await wait(registered, False)
+        assert "did not verify" in (tmp_path / "logs" / "compute.log").read_text()
+    finally:
+        proc.stop()
+
+
+async def wait(fn, expected, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (await asyncio.to_thread(fn)) != expected:
+        assert time.monotonic() < deadline, f"{fn.__name__} did not become {expected}"
+        await asyncio.sleep(0.2)
+
+
+def test_rdx_verify_proves_what_it_prints_and_refuses_a_lying_endpoint(world, proxy):
+    genesis = str(world.chain.node.home / "config" / "genesis.json")
+
+    def rdx_verify(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rdx", "verify", *args, "--rpc", proxy.url, "--genesis", genesis],
+                              capture_output=True, text=True, timeout=120)
+
+    done = rdx_verify("listing", world.asset)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert [v["version"] for v in out["verified"]["versions"]] == [1]
+    height, digest = out["trusted_header"].split(":")
+    done = rdx_verify("grant", world.grant)
+    assert done.returncode == 0 and json.loads(done.stdout)["verified"]["status"] == "pending", done.stderr
+    done = rdx_verify("balance", world.consumer.account)
+    assert json.loads(done.stdout)["verified"]["balance"] >= 5000
+    done = subprocess.run([sys.executable, "-m", "rdx", "verify", "account", world.consumer.account, "--rpc", proxy.url,
+                           "--trusted-header", f"{height}:{digest}", "--chain-id", world.chain.chain_id],
+                          capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout)["verified"]["public_key"] == world.consumer.public_key, done.stderr
+    for mode, what, target in [("key", ("listing", world.asset), f"asset-versions/{world.asset}/00000001"),
+                               ("grant", ("grant", world.grant), f"access/{world.grant}"),
+                               ("balance", ("balance", world.consumer.account), f"bank/balance/{world.consumer.account}"),
+                               ("absent", ("account", world.consumer.account), f"accounts/{world.consumer.account}")]:
+        proxy.lie(mode, target)
+        done = rdx_verify(*what)
+        assert done.returncode == 1 and "NOT VERIFIED" in done.stderr, (mode, done.stdout, done.stderr)
+        assert not done.stdout
+    proxy.lie(None)
+    done = rdx_verify("job", f"no-such-job-{world.tag}")
+    assert done.returncode == 1 and "proven absent" in done.stderr
