@@ -5,9 +5,15 @@ SHA-256(K); both parties attest that hash; once the chain has locked the escrow 
 node publishes K (``jobs.Release``), which settles the job, and the consumer opens the message
 with the K the chain holds. Nothing here depends on a job type.
 
-The seal is a SHAKE-256 keystream XOR (no authentication of its own: the held-back bytes are
-already part of the attested transcript, so the consumer only needs K to be the one whose hash it
-saw, which ``released_key`` checks).
+The seal is AES-256 in counter mode keyed by K, the counter block of element i (16 bytes each)
+being i itself (a 128-bit big-endian number): a keystream XOR, seekable by element, computed by
+OpenSSL (through ``cryptography``) over a whole blob in one call at several GB/s. Until issue 17's
+bench it was SHAKE-256 blocks hashed in Python, ~0.3 s for the 16 MB of a 1M-element PSI on each
+side; AES-CTR does it in ~10 ms. K is fresh for every run and sealing is its only use, so the
+keystream is never reused under one key; K's SHA-256, which is public, tells nothing about the
+keystream. No authentication of its own: the held-back bytes are already part of the attested
+transcript, so the consumer only needs K to be the one whose hash it saw, which ``released_key``
+checks.
 """
 
 from __future__ import annotations
@@ -15,12 +21,11 @@ from __future__ import annotations
 import hashlib
 import os
 
-import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from services.compute.jobtypes.base import Channel, JobContext, JobRefused, ProtocolError, expect, goodbye
 
-ELEMENT = 16  # bytes of one element: ``held_back``'s offsets count these
-_STREAM_BLOCK = 1024  # elements per keystream block
+ELEMENT = 16  # bytes of one element (one AES block): ``held_back``'s offsets count these
 
 
 def new_key() -> bytes:
@@ -34,19 +39,18 @@ def key_hash(key: bytes) -> str:
 
 
 def held_back(key: bytes, off: int, blob: bytes) -> bytes:
-    """``blob``, from element ``off`` on (16-byte elements), XORed with a SHAKE-256 keystream of the
-    release key (block j: SHAKE-256(label || key || j), ``_STREAM_BLOCK`` elements): meaningless
-    until the key is released. Seekable by element, so any batching opens the same way; XOR is its
-    own inverse. A blob whose length is not a multiple of 16 bytes is sealed as well (its last
-    element is partial)."""
+    """``blob``, from element ``off`` on (16-byte elements), XORed with the AES-256-CTR keystream of
+    the release key (element i under counter block i): meaningless until the key is released.
+    Seekable by element, so any batching opens the same way; XOR is its own inverse. A blob whose
+    length is not a multiple of 16 bytes is sealed as well (its last element is partial)."""
     if not blob:
         return blob
-    first, last = off // _STREAM_BLOCK, (off + -(-len(blob) // ELEMENT) - 1) // _STREAM_BLOCK
-    stream = b"".join(hashlib.shake_256(b"rdx/psi/release/v1\n" + key + j.to_bytes(8, "big"))
-                      .digest(ELEMENT * _STREAM_BLOCK) for j in range(first, last + 1))
-    skip = ELEMENT * (off - first * _STREAM_BLOCK)
-    pad = np.frombuffer(stream, dtype=np.uint8)[skip:skip + len(blob)]
-    return (np.frombuffer(blob, dtype=np.uint8) ^ pad).tobytes()
+    if len(key) != 32:  # new_key's size, which the chain's jobs.Release also requires
+        raise ValueError("a release key is 32 bytes")
+    if not 0 <= off < 1 << 64:  # far beyond any blob; keeps the 128-bit counter from wrapping
+        raise ValueError("element offset out of range")
+    stream = Cipher(algorithms.AES(key), modes.CTR(off.to_bytes(ELEMENT, "big"))).encryptor()
+    return stream.update(bytes(blob)) + stream.finalize()
 
 
 def elements(blob: bytes) -> int:

@@ -36,7 +36,7 @@ Protocol (every message on the lifecycle's authenticated, encrypted peer channel
     P_j → P_k   counts  s_j restricted to the count and histogram-bin slots
     P_k         total counts; if any group's count or any non-empty bin is below the largest
                 min_group_size of the job's inputs: send abort to C and fail (nothing revealed)
-    P_j → C     sum     s_j XORed with a SHAKE-256 keystream of P_j's fresh release key K_j
+    P_j → C     sum     s_j XORed with an AES-256-CTR keystream of P_j's fresh release key K_j
                         {release: SHA-256(K_j)}   (held back: services/compute/release.py)
     C → P_j     finish  {commitment: SHA-256 of the held-back sums}       P_j → C  finished
     all         attest; the chain locks the job; every P_j publishes K_j (jobs.Release), the last settles

@@ -29,7 +29,7 @@ Protocol (every message on the authenticated, encrypted peer channel)::
     C → P  ct        Enc(x_{b,j}) for every batch b and feature j
     P      z_b   = sum_j w_j·Enc(x_{b,j}) + w_0
            s_b   = c0 + c1·z_b + c3·z_b^3 + Enc_pk(0)      (re-randomised with a fresh encryption of 0)
-    P → C  score     s_b for every batch, held back: XORed with a SHAKE-256 keystream of P's fresh
+    P → C  score     s_b for every batch, held back: XORed with an AES-256-CTR keystream of P's fresh
                      release key K (services/compute/release.py)     (then scores_done {release: SHA-256(K)})
     C → P  finish    {commitment: ""}      P → C  finished
     both   attest; the chain locks the job; P publishes K (jobs.Release), which settles it

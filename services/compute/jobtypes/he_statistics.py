@@ -33,7 +33,7 @@ Encrypted statistics (CKKS, keys fresh for the run; column packing, SLOTS = 8192
              acc  = sum_b Enc(s_b) ⊙ v_b  +  Enc_pk(0) ⊙ R        (plaintext multiplies, one level)
              out  = rotate-and-sum(acc)                          (log2 SLOTS rotations, Galois keys)
            R is fresh, uniform in [-K, K]^SLOTS with K = 2^FLOOD_BITS · 2^ceil(log2 max|v|)
-    P → C  stats     out_1, out_2 (only the ones the stats need), held back: XORed with a SHAKE-256
+    P → C  stats     out_1, out_2 (only the ones the stats need), held back: XORed with an AES-256-CTR
                      keystream of P's fresh release key K (services/compute/release.py)
     P → C  held      {release: SHA-256(K)}   (also when C sent no selection: the job is locked all the same)
     C → P  finish    {commitment: ""}      P → C  finished

@@ -10,7 +10,7 @@ authenticated, encrypted peer channel)::
     C → P  xa      H(x)^a for x in X, deduplicated and shuffled by C, in batches   (then xa_done)
     P → C  yb      H(y)^b for y in Y, deduplicated and shuffled by P, in batches   (then yb_done)
     P → C  xab     (H(x)^a)^b, first 16 bytes, for every xa element, in C's order, held back:
-                   XORed with a SHAKE-256 keystream of P's fresh release key K
+                   XORed with an AES-256-CTR keystream of P's fresh release key K
                    (then xab_done {release: SHA-256(K)})
     C → P  finish  {commitment: ""}   (C holds nothing it can match yet)
     P → C  finished
@@ -357,7 +357,7 @@ class PsiCardinalityJob(PsiJob):
         P      checks both are the announced sizes with no repeated element, and counts
                c = |{x : H(x)^ab ∈ yba}|; if c is below the listing's minimum group size
                (k > 1) P aborts the job on chain and sends nothing more
-        P → C  count   c as 16 bytes XORed with a SHAKE-256 keystream of P's fresh release key K
+        P → C  count   c as 16 bytes XORed with an AES-256-CTR keystream of P's fresh release key K
                        {release: SHA-256(K)}
         C → P  finish  {commitment: ""}
         P → C  finished

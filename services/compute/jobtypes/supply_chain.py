@@ -20,7 +20,7 @@ ECDH-PSI of jobtypes/psi.py, run in both directions at once; H hashes to the cur
     Y → X   keys     the same for Y's records, in Y's permuted order
     Y → X   back     (H(·)^x)^y, first 16 bytes, in X's order  — X maps them back to its records
     X → Y   back     (H(·)^y)^x, first 16 bytes, in Y's order
-            a provider's back to the consumer goes out held back (XORed with a SHAKE-256 keystream of
+            a provider's back to the consumer goes out held back (XORed with an AES-256-CTR keystream of
             its fresh release key K, services/compute/release.py), then held {release: SHA-256(K)}
     X       the set of Y's doubly-masked R, A and Q keys (the 'back' values X computed for Y);
             for each own record: R in Y's set? A? Q?  → agrees / amount differs / quantity differs /

@@ -276,3 +276,43 @@ def test_hashed_points_are_on_the_curve_never_the_twist_and_masking_commutes():
     assert len(set(points)) == 200
     with pytest.raises(psi_kernel.KernelError):
         psi_kernel.mask(x, [bytes(32)])  # the point of order 2 (u = 0)
+
+
+# -- the seal of a held-back message (release.held_back, shared by every job type) ---------------
+
+def test_held_back_is_aes_256_ctr_with_the_element_index_as_counter_block():
+    """The construction docs/compute.md states, checked against AES itself: element i of the
+    keystream is AES-256(K, i as a 128-bit big-endian block)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from services.compute import release
+
+    key = bytes(range(32))
+    ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    for off in (0, 1, 255, 256, 2**32 - 1, 2**32, 2**63):
+        expected = ecb.update(off.to_bytes(16, "big") + (off + 1).to_bytes(16, "big"))
+        assert release.held_back(key, off, bytes(32)) == expected
+
+
+def test_held_back_opens_the_same_whatever_the_batching_and_not_without_its_key():
+    import os
+
+    from services.compute import release
+
+    key, other = release.new_key(), release.new_key()
+    blob = os.urandom(16 * 1000 + 7)  # a partial last element is sealed too
+    batched = b"".join(release.held_back(key, off, blob[16 * off:16 * (off + 64)]) for off in range(0, 1001, 64))
+    assert batched == release.held_back(key, 0, blob) != blob
+    assert release.open_held_back(key, batched) == blob
+    assert release.open_held_back(other, batched) != blob
+    assert release.held_back(key, 0, b"") == b""
+
+
+@pytest.mark.parametrize("key, off", [(b"k" * 16, 0), (b"k" * 33, 0), (b"k" * 32, -1), (b"k" * 32, 2**64)])
+def test_held_back_refuses_a_key_of_another_size_or_an_offset_out_of_range(key, off):
+    """A released key of another size (the chain accepts only 32 bytes; a node must not trust that)
+    is a ValueError, which the consumer's node reports as release_unopened."""
+    from services.compute import release
+
+    with pytest.raises(ValueError):
+        release.held_back(key, off, b"x" * 16)
