@@ -333,7 +333,7 @@ def payload(event) -> str:
 class Dispatcher:
     """Delivers due rows as the ``webhook_*`` settings say (services/gateway/settings.py)."""
 
-    BATCH, CONCURRENCY, POLL_S = 50, 8, 0.5  # rows claimed at once, attempts at once, idle wait
+    BATCH, CONCURRENCY, POLL_S = 50, 8, 1.0  # rows claimed at once, attempts at once, idle wait
 
     def __init__(self, store: WebhookStore, settings: GatewaySettings):
         self.store, self.s = store, settings
