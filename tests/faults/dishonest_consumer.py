@@ -12,8 +12,9 @@ consumer writes its own job's params), at the moment its honest node would attes
   (which locks the job) and at once ``jobs.Fail`` with its node key and ``jobs.Abort`` with its
   member's key, hoping for a refund now that the providers' keys are about to be released.
 
-Every answer the chain gives it is appended to ``$RDX_ATTACK_LOG/<job>.json`` for the test. As a
-provider, and as a consumer without ``params.cheat``, it is honest.
+Every answer the chain gives it is written to ``$RDX_ATTACK_LOG/<job>.json`` for the test, with
+whether its node held a result for the job when it cheated (``held_result``: it would have walked
+away with it). As a provider, and as a consumer without ``params.cheat``, it is honest.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ async def _answer(chain, who: Identity, type_: str, payload: dict) -> dict:
         return {"type": type_, "code": exc.code, "log": exc.log}
 
 
-def _log(job: str, answers: list[dict]) -> None:
+def _log(job: str, answers: list[dict], held_result: bool) -> None:
     path = Path(os.environ["RDX_ATTACK_LOG"]) / f"{job}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(answers))
+    partial.write_text(json.dumps({"answers": answers, "held_result": held_result}))
     partial.replace(path)  # whole or absent: the test may read it at any moment
 
 
@@ -68,7 +69,8 @@ class DishonestConsumerManager(JobManager):
         await super()._attest(spec, result_hash, records_used, records, releases)  # already in: marks it attested
 
     async def _logged(self, job: str, txs: list) -> None:
-        _log(job, [await _answer(self.chain, who, type_, payload) for who, type_, payload in txs])
+        held = self.journal.result(job) is not None  # a result on this node before the lock: it walks away with it
+        _log(job, [await _answer(self.chain, who, type_, payload) for who, type_, payload in txs], held)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,9 @@ async def _answers(net, job: str) -> list[dict]:
     while not path.exists():
         assert time.monotonic() < deadline, f"the cheating node logged no answers for {job}"
         await asyncio.sleep(0.1)
-    return json.loads(path.read_text())
+    logged = json.loads(path.read_text())
+    assert logged["held_result"] is False, "the consumer's node held a result when it cheated"
+    return logged["answers"]
 
 
 async def _unpaid_and_unreleased(net, job: str, record: dict, moved: dict) -> None:

@@ -1,0 +1,151 @@
+"""Issue 16 for every job type on real nodes: aggregation, he_scoring, he_scoring's statistics mode
+and supply_chain hold the consumer's result back until the chain has locked the payment, as psi
+does (tests/integration/test_fair_exchange.py). For each, the consumer's node is the cheating one
+of tests/faults/dishonest_consumer.py against honest providers, on the session's real CometBFT
+chain and Kafka broker:
+
+- ``abort_before_lock``: it holds every message the providers sent and aborts without attesting:
+  refunded in full, no release key ever reaches the chain, and its node holds no result;
+- ``abort_after_lock``: it attests (which locks the job) and at once fails and aborts: both
+  refused ("locked for release"), the providers release their keys, the job settles (the consumer
+  pays) and its node opens its result only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+
+import pytest
+import pytest_asyncio
+
+from jobkit import PRICE, start_net
+from services.common.tx import Code
+
+TAG = os.urandom(3).hex()
+PA, PB = f"fj-pa-{TAG}", f"fj-pb-{TAG}"
+CONS = f"zfj-cons-{TAG}"  # sorts after the providers: they dial it
+REFS = [f"PO-{i:04d}" for i in range(40)]
+
+JOBS = {  # job type, inputs, params: one of each job type that holds its result back
+    "aggregation": ("aggregation", [f"{PA}.amounts", f"{PB}.amounts"], {"columns": ["amount"]}),
+    "he_scoring": ("he_scoring", [f"{PA}.model"], {"dataset": "applicants", "features": ["income"], "id": "id"}),
+    "he_statistics": ("he_scoring", [f"{PA}.accounts"], {"mode": "statistics", "dataset": "watch",
+                                                          "key": "customer_id", "column": "balance"}),
+    "supply_chain": ("supply_chain", [f"{PA}.invoices", f"{PB}.logistics"],
+                     {"dataset": "contracts", "kinds": {CONS: "contract", PA: "invoice", PB: "logistics"}}),
+}
+
+
+def _csv(path, header: str, rows) -> None:
+    path.write_text(header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+
+
+def _write(root) -> None:
+    for m in (PA, PB, CONS):
+        (root / m).mkdir(parents=True)
+    sets = {PA: [], PB: [], CONS: []}
+    for i, m in enumerate((PA, PB)):
+        _csv(root / m / "amounts.csv", "amount", [[10 * i + j] for j in range(30)])
+        sets[m].append({"id": "amounts", "asset": f"{m}.amounts", "format": "csv", "path": "amounts.csv"})
+    _csv(root / PA / "model.csv", "feature,weight", [["income", 0.5], ["__intercept__", -1.0]])
+    sets[PA].append({"id": "model", "asset": f"{PA}.model", "format": "csv", "path": "model.csv"})
+    _csv(root / PA / "accounts.csv", "customer_id,balance", [[f"C-{j:03d}", 100 + j] for j in range(60)])
+    sets[PA].append({"id": "accounts", "asset": f"{PA}.accounts", "format": "csv", "path": "accounts.csv",
+                     "key": "customer_id"})
+    records = "reference,amount,quantity"
+    _csv(root / PA / "invoices.csv", records, [[r, "10.00", 1] for r in REFS])
+    sets[PA].append({"id": "invoices", "asset": f"{PA}.invoices", "format": "csv", "path": "invoices.csv"})
+    _csv(root / PB / "logistics.csv", records, [[r, "10.00", 2 if j == 3 else 1] for j, r in enumerate(REFS)])
+    sets[PB].append({"id": "logistics", "asset": f"{PB}.logistics", "format": "csv", "path": "logistics.csv"})
+    _csv(root / CONS / "applicants.csv", "id,income", [[f"A-{j}", j / 10] for j in range(20)])
+    _csv(root / CONS / "watch.csv", "customer_id", [[f"C-{j:03d}"] for j in range(0, 60, 2)])
+    _csv(root / CONS / "contracts.csv", records, [[r, "10.00", 1] for r in REFS])
+    sets[CONS] = [{"id": d, "format": "csv", "path": f"{d}.csv"} for d in ("applicants", "watch", "contracts")]
+    for m, s in sets.items():
+        (root / m / "datasets.json").write_text(json.dumps({"datasets": s}))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def net(chain, kafka, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fair-jobtypes")
+    _write(root)
+    member_key = root / "keys" / f"{CONS}.member.json"
+    n = await start_net(chain, kafka, root, consumer=CONS, members=[PA, PB, CONS],
+                        listings={PA: ["amounts", "model", "accounts", "invoices"], PB: ["amounts", "logistics"]},
+                        modules={CONS: "tests.faults.dishonest_consumer"},
+                        node_env={CONS: {"RDX_ATTACK_LOG": str(root / "attack"),
+                                         "RDX_CHEAT_MEMBER_KEY": str(member_key)}})
+    n.ids[CONS].save(member_key)  # read by the consumer's node only when it cheats
+    n.attack_log = root / "attack"
+    try:
+        yield n
+    finally:
+        await n.stop()
+
+
+async def _run(net, job: str, name: str, cheat: str) -> tuple[dict, dict, list[str]]:
+    type_, assets, params = JOBS[name]
+    providers = sorted({a.rsplit(".", 1)[0] for a in assets})
+    before = {m: await net.balance(m) for m in (CONS, *providers)}
+    net.chain._nonces.pop(CONS, None)  # the cheating node may have signed with the member's key since
+    await net.submit(job, type_, assets, {**params, "cheat": cheat}, timeout_s=90)
+    record = await net.wait_chain(job, timeout=150)
+    assert await net.chain.query(f"/bank/escrow/{job}") is None
+    after = {m: await net.balance(m) for m in before}
+    return record, {m: after[m] - before[m] for m in after}, providers
+
+
+def _held(net, job: str) -> int:
+    """Result envelopes the consumer's node holds for ``job`` (its own database, read-only)."""
+    with sqlite3.connect(f"file:{net.root / 'state' / f'compute-{CONS}' / 'node.sqlite'}?mode=ro", uri=True) as db:
+        return db.execute("SELECT count(*) FROM results WHERE job = ?", (job,)).fetchone()[0]
+
+
+async def _answers(net, job: str) -> list[dict]:
+    path, deadline = net.attack_log / f"{job}.json", time.monotonic() + 20
+    while not path.exists():
+        assert time.monotonic() < deadline, f"the cheating node logged no answers for {job}"
+        await asyncio.sleep(0.1)
+    logged = json.loads(path.read_text())
+    assert logged["held_result"] is False, "the consumer's node held a result when it cheated"
+    return logged["answers"]
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+async def test_a_consumer_aborting_before_the_lock_is_refunded_and_holds_nothing_it_can_open(net, name):
+    job = f"fj-walk-{name.replace('_', '-')}-{TAG}"
+    record, moved, _ = await _run(net, job, name, "abort_before_lock")
+    assert record["status"] == "aborted" and record["ended_reason"] == "the consumer changed its mind", record
+    assert await _answers(net, job) == [{"type": "jobs.Abort", "code": 0, "log": ""}]
+    assert CONS not in record["attestations"] and not record.get("releases"), record
+    assert set(moved.values()) == {0}, moved  # refunded in full, no provider paid
+    await net.wait_node(CONS, job, lambda r: r["status"] in ("failed", "aborted"), timeout=20)
+    assert net.http(CONS, f"/jobs/{job}/result")[0] in (404, 409) and _held(net, job) == 0
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+async def test_a_consumer_aborting_after_the_lock_is_refused_pays_and_gets_its_result(net, name):
+    job = f"fj-late-{name.replace('_', '-')}-{TAG}"
+    record, moved, providers = await _run(net, job, name, "abort_after_lock")
+    answers = await _answers(net, job)
+    assert [a["type"] for a in answers] == ["jobs.Fail", "jobs.Abort"]
+    for answer in answers:  # refused while locked, by its node key and by its member's own key
+        assert answer["code"] == Code.INVALID_STATE and "locked for release" in answer["log"], answer
+    assert record["status"] == "completed" and record["locked_height"], record
+    assert set(record["releases"]) == set(providers), record  # every provider's key, released on chain
+    assert moved[CONS] <= -(PRICE - PRICE // 100) and all(moved[p] > 0 for p in providers), moved  # no refund
+    await net.wait_node(CONS, job, lambda r: r["status"] == "completed", timeout=30)
+    result = net.result(job)["result"]
+    if name == "aggregation":
+        assert result["columns"]["amount"]["count"] == 60 and result["columns"]["amount"]["sum"] == sum(range(30)) \
+            + sum(range(10, 40)), result
+    elif name == "he_scoring":
+        assert result["n"] == 20 and result["ids"][:2] == ["A-0", "A-1"], result
+    elif name == "he_statistics":
+        assert result["statistics"]["count"] == 30, result
+    else:
+        assert [d["reference"] for d in result["disagreements"]] == [REFS[3]], result
