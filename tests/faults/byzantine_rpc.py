@@ -11,6 +11,7 @@ the state key it lies about (others pass through):
 - ``absent``: a present key is answered NOT_FOUND with its real (presence) proof;
 - ``stale``: the first answer it saw for the key, replayed later with its own (old) height;
 - ``relabelled``: that first answer with the current height (a proof from another height);
+- ``garbage``: answers of the wrong shape (``.garbage``: the method and which of its ``GARBAGE`` answers);
 - ``forged_header``: the value rewritten as ``key``/``balance``/``grant`` would, and the header of the
   next height given the app hash that the real proof's siblings lead to for the forged value (the
   lie a client that checks proofs but not signatures would take).
@@ -32,7 +33,11 @@ import httpx
 from rdx.components import LOOPBACK, free_port
 from services.common import proofs
 
-MODES = (None, "key", "balance", "grant", "absent", "stale", "relabelled", "forged_header")
+MODES = (None, "key", "balance", "grant", "absent", "stale", "relabelled", "forged_header", "garbage")
+GARBAGE = {"abci_query": [{"response": {"height": "x"}}, {"response": []}, [], {"response": {"height": "1", "code": 0,
+           "value": "!!", "proofOps": {"ops": [{"type": 3}]}}}],
+           "commit": [{"signed_header": None}, {"signed_header": {"header": {"height": "x"}, "commit": {}}}],
+           "validators": [{"validators": None, "total": "1"}, {"validators": [{"pub_key": 5}], "total": "x"}]}
 
 
 class ByzantineRpc:
@@ -43,6 +48,7 @@ class ByzantineRpc:
         self.fake_key = base64.b64encode(b"\x07" * 32).decode()
         self.fake_status = "granted"
         self.lies = 0
+        self.garbage = ("abci_query", 0)
         self._first: dict[str, dict] = {}
         self._forged_root: dict[int, str] = {}  # height of the header -> app hash hex to put in it
         self._http = httpx.Client(timeout=30)
@@ -72,6 +78,9 @@ class ByzantineRpc:
 
     # -- rewriting --------------------------------------------------------------------------------
     def _rewrite(self, method: str, params: dict, result: Any) -> Any:
+        if self.mode == "garbage" and method == self.garbage[0]:
+            self.lies += 1
+            return copy.deepcopy(GARBAGE[method][self.garbage[1]])
         if method == "abci_query":
             key = str(params.get("path", "")).lstrip("/")
             response = result["response"]

@@ -29,7 +29,7 @@ from services.common.listing import example_metadata
 from services.common.verified import Anchor, VerificationError, VerifiedChain
 from services.compute.chainview import ChainUnverified
 from services.compute.chainview import ChainView as ComputeView
-from tests.faults.byzantine_rpc import ByzantineRpc
+from tests.faults.byzantine_rpc import GARBAGE, ByzantineRpc
 
 LIES = ("key", "absent", "stale", "relabelled", "forged_header")
 
@@ -113,6 +113,12 @@ async def test_the_verified_reader_refuses_every_rewrite_and_reads_through_an_ho
                 await reader.query(t["balance"])
         proxy.lie(None)
         assert await reader.query(t["balance"]) >= 5001
+    for garbage in [(method, n) for method, answers in GARBAGE.items() for n in range(len(answers))]:
+        async with VerifiedChain(proxy.url, world.anchor) as reader:  # wrong shapes, to a reader that trusts nothing yet
+            proxy.lie("garbage", t["key"])
+            proxy.garbage = garbage
+            with pytest.raises(VerificationError):
+                await reader.query(t["key"])
 
 
 async def test_a_wrong_anchor_or_a_forged_first_header_is_refused(world, proxy):
