@@ -9,6 +9,12 @@
    a tenth of them absent. The goal: verify p99 <= 5 ms (wall clock; also its thread CPU time).
    And the tree's own cost per distinct key written, in blocks of 500 distinct keys over that
    state: the update (hashing) and the node rows Commit stores.
+3. A verified read's client cost (``services/common/verified.py``): on blocks recorded from a real
+   4-validator testnet (tests/unit/common/lightclient_testnet_vectors.json), parsing and verifying
+   a new header from the RPC's JSON (once per block, shared by every read answered at its height),
+   and checking one answer's proof against a verified header (once per read). The wall-clock cost
+   of a read is one more RPC round trip per new block and the wait for the next block (the
+   header that carries the app hash); those depend on the block interval, not on this code.
 """
 
 from __future__ import annotations
@@ -116,12 +122,54 @@ def proof_costs(keys: int, queries: int) -> dict[str, float]:
                 "proof_bytes_p50": common.percentile(sizes, 0.5)}
 
 
+VECTORS = Path(__file__).resolve().parent.parent / "tests" / "unit" / "common" / "lightclient_testnet_vectors.json"
+
+
+def light_costs(rounds: int) -> dict[str, float]:
+    from datetime import datetime, timedelta, timezone
+
+    from services.common import lightclient
+
+    vectors = json.loads(VECTORS.read_text())
+    raw = {int(h): (b["commit"], b["validators"]) for h, b in vectors["blocks"].items()}
+    first = lightclient.light_block(*raw[vectors["first"]])
+    now = datetime.fromtimestamp(max(lightclient.light_block(*r).time_ns for r in raw.values()) / 1e9,
+                                 timezone.utc) + timedelta(minutes=1)
+    answer, key = vectors["query"]["answer"], vectors["query"]["key"]
+    proving = lightclient.light_block(*raw[int(answer["response"]["height"]) + 1])
+    header, read = [], []
+    for _ in range(rounds):
+        for height, pair in raw.items():
+            if height <= first.height:
+                continue
+            start = time.perf_counter()
+            lightclient.verify(first, lightclient.light_block(*pair), now=now, trusting_period_s=86_400)
+            header.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        lightclient.verify_query(proving, key, answer)
+        read.append(time.perf_counter() - start)
+    return {"validators": len(first.validators),
+            "header_p50_ms": common.percentile(header, 0.5) * 1e3, "header_p99_ms": common.percentile(header, 0.99) * 1e3,
+            "read_p50_ms": common.percentile(read, 0.5) * 1e3, "read_p99_ms": common.percentile(read, 0.99) * 1e3}
+
+
+def proof_metrics(p: dict[str, float]) -> list[dict]:
+    """The issue's two numbers: proof generation and verification p99 (also in consensus.json)."""
+    return [common.metric("proof_generate_p99_ms", p["generate_p99_ms"], "ms"),
+            common.metric("proof_verify_p99_ms", p["verify_p99_ms"], "ms", bar="<= 5 ms",
+                          passed=p["verify_p99_ms"] <= 5),
+            # Its thread's CPU time: on a loaded 2-core machine the wall clock's p99 is mostly waiting.
+            common.metric("proof_verify_cpu_p99_ms", p["verify_cpu_p99_ms"], "ms", bar="<= 5 ms",
+                          passed=p["verify_cpu_p99_ms"] <= 5)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--txs", type=int, default=4000)
+    parser.add_argument("--light-rounds", type=int, default=200)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     costs = app_costs_both(args.rounds, args.txs)
@@ -134,10 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics.append(common.metric("app_process_plus_commit_us_per_tx", tree["process_proposal"] + tree["commit"], "us",
                                  baseline_name="hash chain of write sets",
                                  baseline_value=chain["process_proposal"] + chain["commit"]))
-    metrics.append(common.metric("proof_generate_p99_ms", p["generate_p99_ms"], "ms"))
-    metrics.append(common.metric("proof_verify_p99_ms", p["verify_p99_ms"], "ms", bar="<= 5 ms",
-                                 passed=p["verify_p99_ms"] <= 5))
-    metrics.append(common.metric("proof_verify_cpu_p99_ms", p["verify_cpu_p99_ms"], "ms"))
+    metrics += proof_metrics(p)
     metrics.append(common.metric("tree_update_us_per_distinct_key", p["update_us_per_key"], "us"))
     metrics.append(common.metric("tree_commit_us_per_distinct_key", p["commit_nodes_us_per_key"], "us",
                                  baseline_name="the same writes committed without tree nodes",
@@ -146,11 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     metrics.append(common.metric("proof_verify_p50_ms", p["verify_p50_ms"], "ms"))
     metrics.append(common.metric("proof_bytes_p50", p["proof_bytes_p50"], "bytes"))
     metrics.append(common.metric("tree_build_s", p["build_s"], "s"))
+    light = light_costs(args.light_rounds)
+    metrics.append(common.metric("light_header_verify_p99_ms", light["header_p99_ms"], "ms"))
+    metrics.append(common.metric("light_header_verify_p50_ms", light["header_p50_ms"], "ms"))
+    metrics.append(common.metric("verified_read_proof_check_p99_ms", light["read_p99_ms"], "ms"))
+    metrics.append(common.metric("verified_read_proof_check_p50_ms", light["read_p50_ms"], "ms"))
     notes = (f"app costs: {args.txs} txs in blocks of 500, best of {args.rounds}x3 alternated runs per variant; "
              f"proofs: {p['keys']} keys in SQLite, {p['queries']} Query(prove=true) on a cold node cache, "
-             f"a tenth absent; tree_build_s is the state-tree upgrade's one pass over that many keys")
+             f"a tenth absent; tree_build_s is the state-tree upgrade's one pass over that many keys; "
+             f"light_*: {args.light_rounds} rounds over blocks of a real {light['validators']}-validator testnet")
     path = common.write("consensus_proofs", metrics, notes, path=args.out)
-    print(json.dumps({"app_costs": costs, "proofs": p}, indent=2))
+    print(json.dumps({"app_costs": costs, "proofs": p, "light": light}, indent=2))
     print(f"wrote {path}")
     return 0
 
