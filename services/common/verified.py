@@ -57,11 +57,11 @@ class Anchor:
 
     @classmethod
     def from_genesis(cls, genesis: Mapping[str, Any] | str | Path) -> "Anchor":
-        doc = genesis if isinstance(genesis, Mapping) else json.loads(Path(genesis).read_text())
         try:
+            doc = genesis if isinstance(genesis, Mapping) else json.loads(Path(genesis).read_text())
             validators = tuple(lightclient._validator({**v, "voting_power": v["power"]}) for v in doc["validators"])
             anchor = cls(str(doc["chain_id"]), int(doc.get("initial_height") or 1), validators=validators)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
             raise VerificationError(f"not a CometBFT genesis with validators ({type(exc).__name__})") from None
         if not validators:
             raise VerificationError("the genesis names no validators to trust")
