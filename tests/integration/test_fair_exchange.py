@@ -74,13 +74,14 @@ async def _run(net, job: str, params: dict, timeout_s: int = 60) -> tuple[dict, 
     return record, {m: after[m] - before[m] for m in after}
 
 
-def _held(net, job: str) -> int:
+def held(net, job: str) -> int:
     """Result envelopes the consumer's node holds for ``job`` (its own database, read-only)."""
-    with sqlite3.connect(f"file:{net.root / 'state' / f'compute-{CONS}' / 'node.sqlite'}?mode=ro", uri=True) as db:
+    db_path = net.root / "state" / f"compute-{net.consumer}" / "node.sqlite"
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
         return db.execute("SELECT count(*) FROM results WHERE job = ?", (job,)).fetchone()[0]
 
 
-async def _answers(net, job: str) -> list[dict]:
+async def answers(net, job: str) -> list[dict]:
     """The chain's answers to the cheating node, as it logged them. It logs once its last answer is
     in, which can be after the test has seen the job end on chain."""
     path, deadline = net.attack_log / f"{job}.json", time.monotonic() + 20
@@ -96,7 +97,7 @@ async def _unpaid_and_unreleased(net, job: str, record: dict, moved: dict) -> No
     assert moved == {CONS: 0, PROV: 0}, moved  # refunded in full, the provider paid nothing
     assert not record.get("releases"), "a release key reached the chain"
     await net.wait_node(CONS, job, lambda r: r["status"] in ("failed", "aborted"), timeout=20)
-    assert net.http(CONS, f"/jobs/{job}/result")[0] in (404, 409) and _held(net, job) == 0
+    assert net.http(CONS, f"/jobs/{job}/result")[0] in (404, 409) and held(net, job) == 0
 
 
 async def test_an_honest_psi_job_is_locked_then_released_and_settles_with_the_result(net):
@@ -119,7 +120,7 @@ async def test_a_consumer_aborting_before_the_lock_is_refunded_and_gets_no_resul
     job = f"fx-walk-{TAG}"
     record, moved = await _run(net, job, {"cheat": "abort_before_lock"})
     assert record["status"] == "aborted" and record["ended_reason"] == "the consumer changed its mind", record
-    assert await _answers(net, job) == [{"type": "jobs.Abort", "code": 0, "log": ""}]
+    assert await answers(net, job) == [{"type": "jobs.Abort", "code": 0, "log": ""}]
     assert CONS not in record["attestations"]
     await _unpaid_and_unreleased(net, job, record, moved)
 
@@ -127,9 +128,9 @@ async def test_a_consumer_aborting_before_the_lock_is_refunded_and_gets_no_resul
 async def test_a_consumer_aborting_after_the_lock_is_refused_pays_and_still_gets_its_result(net):
     job = f"fx-late-{TAG}"
     record, moved = await _run(net, job, {"cheat": "abort_after_lock"})
-    answers = await _answers(net, job)
-    assert [a["type"] for a in answers] == ["jobs.Fail", "jobs.Abort"]
-    for answer in answers:  # refused while locked, by its node key and by its member's own key
+    told = await answers(net, job)
+    assert [a["type"] for a in told] == ["jobs.Fail", "jobs.Abort"]
+    for answer in told:  # refused while locked, by its node key and by its member's own key
         assert answer["code"] == Code.INVALID_STATE and "locked for release" in answer["log"], answer
     assert record["status"] == "completed" and set(record["releases"]) == {PROV}, record
     assert moved[CONS] <= -(PRICE - PRICE // 100) and moved[PROV] > 0  # no refund: the quoted price was paid

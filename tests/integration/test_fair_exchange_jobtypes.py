@@ -13,16 +13,14 @@ chain and Kafka broker:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sqlite3
-import time
 
 import pytest
 import pytest_asyncio
 
 from jobkit import PRICE, start_net
+from test_fair_exchange import answers, held
 from services.common.tx import Code
 
 TAG = os.urandom(3).hex()
@@ -99,41 +97,25 @@ async def _run(net, job: str, name: str, cheat: str) -> tuple[dict, dict, list[s
     return record, {m: after[m] - before[m] for m in after}, providers
 
 
-def _held(net, job: str) -> int:
-    """Result envelopes the consumer's node holds for ``job`` (its own database, read-only)."""
-    with sqlite3.connect(f"file:{net.root / 'state' / f'compute-{CONS}' / 'node.sqlite'}?mode=ro", uri=True) as db:
-        return db.execute("SELECT count(*) FROM results WHERE job = ?", (job,)).fetchone()[0]
-
-
-async def _answers(net, job: str) -> list[dict]:
-    path, deadline = net.attack_log / f"{job}.json", time.monotonic() + 20
-    while not path.exists():
-        assert time.monotonic() < deadline, f"the cheating node logged no answers for {job}"
-        await asyncio.sleep(0.1)
-    logged = json.loads(path.read_text())
-    assert logged["held_result"] is False, "the consumer's node held a result when it cheated"
-    return logged["answers"]
-
-
 @pytest.mark.parametrize("name", sorted(JOBS))
 async def test_a_consumer_aborting_before_the_lock_is_refunded_and_holds_nothing_it_can_open(net, name):
     job = f"fj-walk-{name.replace('_', '-')}-{TAG}"
     record, moved, _ = await _run(net, job, name, "abort_before_lock")
     assert record["status"] == "aborted" and record["ended_reason"] == "the consumer changed its mind", record
-    assert await _answers(net, job) == [{"type": "jobs.Abort", "code": 0, "log": ""}]
+    assert await answers(net, job) == [{"type": "jobs.Abort", "code": 0, "log": ""}]
     assert CONS not in record["attestations"] and not record.get("releases"), record
     assert set(moved.values()) == {0}, moved  # refunded in full, no provider paid
     await net.wait_node(CONS, job, lambda r: r["status"] in ("failed", "aborted"), timeout=20)
-    assert net.http(CONS, f"/jobs/{job}/result")[0] in (404, 409) and _held(net, job) == 0
+    assert net.http(CONS, f"/jobs/{job}/result")[0] in (404, 409) and held(net, job) == 0
 
 
 @pytest.mark.parametrize("name", sorted(JOBS))
 async def test_a_consumer_aborting_after_the_lock_is_refused_pays_and_gets_its_result(net, name):
     job = f"fj-late-{name.replace('_', '-')}-{TAG}"
     record, moved, providers = await _run(net, job, name, "abort_after_lock")
-    answers = await _answers(net, job)
-    assert [a["type"] for a in answers] == ["jobs.Fail", "jobs.Abort"]
-    for answer in answers:  # refused while locked, by its node key and by its member's own key
+    told = await answers(net, job)
+    assert [a["type"] for a in told] == ["jobs.Fail", "jobs.Abort"]
+    for answer in told:  # refused while locked, by its node key and by its member's own key
         assert answer["code"] == Code.INVALID_STATE and "locked for release" in answer["log"], answer
     assert record["status"] == "completed" and record["locked_height"], record
     assert set(record["releases"]) == set(providers), record  # every provider's key, released on chain
