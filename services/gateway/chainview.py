@@ -30,6 +30,10 @@ class ChainView:
         self._policy: Policy | None = None
 
     async def get(self, path: str, fresh: bool = False) -> Any | None:
+        """One state key's value, or None. A path that names no single key (an id from a request
+        ending in ``/`` or holding ``?`` would make it a listing) is None: there is no such key."""
+        if path.endswith("/") or "?" in path or "#" in path:
+            return None
         hit = self._cache.get(path)
         if hit and not fresh and time.monotonic() - hit[0] < self.ttl:
             return hit[1]

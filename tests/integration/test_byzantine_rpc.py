@@ -183,6 +183,12 @@ def test_the_gateway_refuses_a_member_key_from_a_lying_node(world, proxy, tmp_pa
     try:
         with Gateway(proc.url, identity=world.consumer, chain_id=world.chain.chain_id, verify=False) as member:
             assert member.request("GET", "/v1/policy")["version"] >= 1
+            for keyid in (f"{world.consumer.account}/", "x?limit=1"):  # ids that would make the read a listing
+                with Gateway(proc.url, identity=Identity(keyid, attacker.signing_key), verify=False,
+                             chain_id=world.chain.chain_id) as g:
+                    with pytest.raises(GatewayError) as refused:
+                        g.request("GET", "/v1/policy")
+                    assert refused.value.status == 401, refused.value.body
             proxy.lie("key", f"accounts/{world.consumer.account}")
             for who in (attacker, world.consumer):
                 with Gateway(proc.url, identity=who, chain_id=world.chain.chain_id, verify=False) as g:
