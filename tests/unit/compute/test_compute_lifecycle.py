@@ -46,6 +46,8 @@ class FakeView(ChainView):
         from services.compute.chainview import ChainView as Real
 
         class Q:
+            chain_id = "rdx-test"  # the chain view asks it which trust anchor applies (none here)
+
             def __init__(s, rec):
                 s.rec = rec
 
