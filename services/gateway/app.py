@@ -16,7 +16,7 @@ from services.common.events import CHAIN_EVENTS, Event
 from services.common.identity import Identity
 from services.common.kafka import IdempotentConsumer
 from services.common.service import Service
-from services.gateway import problems, views, webhooks, webhooks_api
+from services.gateway import openapi, problems, views, webhooks, webhooks_api
 from services.gateway.audit import AuditLog, AuditShipper
 from services.gateway.auth import Authenticator, LocalReplayCache, Principal, RedisReplayCache, ReplayCache
 from services.gateway.chainview import ChainView
@@ -55,6 +55,7 @@ class Gateway:
         self._middleware()
         self.svc.app.include_router(views.router(self))
         self.svc.app.include_router(webhooks_api.router(self))
+        openapi.install(self.svc.app)
 
     async def _open_stores(self) -> tuple[ReplayCache, RateLimiter]:
         s = self.settings
@@ -129,7 +130,7 @@ class Gateway:
 
     async def upstream(self, service: str, path: str, params: dict | None = None):
         base = {"catalog": self.settings.catalog_url, "billing": self.settings.billing_url}[service]
-        return await views.upstream_get(self.http, base, path, params)
+        return await views.upstream_get(self.http, base, path, params, service)
 
     def _middleware(self) -> None:
         app, limit = self.svc.app, self.settings.max_body_bytes

@@ -1,8 +1,16 @@
-"""Errors as RFC 9457 problem+json, the same shape for every failure; internals never leak."""
+"""Errors as RFC 9457 problem+json, the same shape for every failure; internals never leak.
+
+Every problem has a stable ``type``, a URN a client can switch on (docs/gateway.md, "Errors"):
+``urn:rdx:problem:<title in lower case, dashes>`` for the gateway's own (``…:forbidden``,
+``…:too-many-requests``), ``urn:rdx:problem:chain:<code>`` for a transaction the chain refused
+(``…:chain:bad-nonce``, with the numeric ``code`` beside it), and ``urn:rdx:problem:catalog`` or
+``…:billing`` for an error those services gave, passed through with their title, detail and errors.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,22 +21,30 @@ from services.gateway.db import StoreUnavailable
 
 log = logging.getLogger("rdx.gateway")
 PROBLEM = "application/problem+json"
+TYPE = "urn:rdx:problem:"
+
+
+def type_of(title: str) -> str:
+    return TYPE + (re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "error")
 
 
 class Problem(Exception):
     def __init__(self, status: int, title: str, detail: str = "", headers: dict[str, str] | None = None,
-                 errors: list | None = None):
+                 errors: list | None = None, type: str | None = None, code: int | None = None):  # noqa: A002
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.headers = status, title, detail, headers or {}
-        self.errors = errors
+        self.errors, self.type, self.code = errors, type or type_of(title), code
 
 
 def problem_response(request: Request, status: int, title: str, detail: str = "",
-                     headers: dict[str, str] | None = None, errors: list | None = None) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail,
+                     headers: dict[str, str] | None = None, errors: list | None = None,
+                     type: str | None = None, code: int | None = None) -> JSONResponse:  # noqa: A002
+    body = {"type": type or type_of(title), "title": title, "status": status, "detail": detail,
             "instance": getattr(request.state, "request_id", "")}
     if errors:
         body["errors"] = errors
+    if code is not None:
+        body["code"] = code
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
@@ -36,7 +52,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def on_problem(request: Request, exc: Problem):
         request.state.reason = exc.detail or exc.title
-        return problem_response(request, exc.status, exc.title, exc.detail, exc.headers, exc.errors)
+        return problem_response(request, exc.status, exc.title, exc.detail, exc.headers, exc.errors, exc.type,
+                                exc.code)
 
     @app.exception_handler(StoreUnavailable)
     async def on_store(request: Request, exc: StoreUnavailable):

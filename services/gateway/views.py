@@ -9,15 +9,17 @@ from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.common.audit import AuditRecord
 from services.common.chain import ChainError, TxRejected
 from services.common.tx import Code, Tx, TxError
 from services.gateway.auth import Principal
 from services.gateway.authz import authorize_tx
+from services.gateway import problems
 from services.gateway.problems import Problem
 
+CODE_NAMES = {value: name.lower().replace("_", "-") for name, value in vars(Code).items() if name.isupper()}
 CODE_STATUS = {Code.UNAUTHORIZED: 403, Code.NOT_FOUND: 404, Code.CONFLICT: 409, Code.BAD_NONCE: 409,
                Code.INSUFFICIENT_FUNDS: 402, Code.INVALID_PAYLOAD: 422, Code.UNDECODABLE: 422,
                Code.INVALID_STATE: 409, Code.SUSPENDED_SIGNER: 403, Code.UNKNOWN_SIGNER: 403}
@@ -66,6 +68,29 @@ class Account(BaseModel):
     nonce: int
 
 
+class JobRecord(BaseModel):
+    """A job as the chain records it (more fields as its type and progress add them)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    type: str
+    consumer: str
+    participants: list[str]
+    status: str
+
+
+class Grant(BaseModel):
+    """An access request or grant as the chain records it."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    asset: str
+    consumer: str
+    provider: str
+    operations: list[str]
+    status: str
+
+
 class PolicyDoc(BaseModel):
     version: int
     sha256: str
@@ -75,14 +100,15 @@ class PolicyDoc(BaseModel):
 # Annotated, not a shared default: FastAPI binds a shared Path() to the first parameter's name.
 Id = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")]
 KeyId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[a-z0-9_]+$")]
+AssetId = Annotated[str, StringConstraints(min_length=3, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")]
 TxHash = Annotated[str, Path(min_length=64, max_length=64, pattern=r"^[0-9A-Fa-f]{64}$")]
 
 
-def next_page(request: Request, response: Response, after: str | None) -> None:
+def next_page(request: Request, response: Response, after: str | int | None, key: str = "after") -> None:
     """Lists keep their shape (a JSON array); a full page says where the next one starts in an RFC
     8288 ``Link: <…>; rel="next"`` header, the same URL with ``after`` set to the page's last key."""
     if after is not None:
-        url = request.url.include_query_params(after=after)
+        url = request.url.include_query_params(**{key: after})
         response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
 
 
@@ -114,7 +140,8 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
                 raise TxRejected(checked["code"], checked.get("log", ""), tx.hash)
             committed = await gw.chain.wait_for(tx.hash, timeout=gw.settings.upstream_timeout_s)
         except TxRejected as exc:
-            raise Problem(CODE_STATUS.get(exc.code, 400), "Rejected by the chain", f"code {exc.code}: {exc.log}") from None
+            raise Problem(CODE_STATUS.get(exc.code, 400), "Rejected by the chain", f"code {exc.code}: {exc.log}",
+                          type=f"{problems.TYPE}chain:{CODE_NAMES.get(exc.code, exc.code)}", code=exc.code) from None
         except ChainError:
             raise Problem(503, "Chain unavailable", "the chain did not answer in time; retry") from None
         return TxResult(tx_hash=committed.tx_hash, height=committed.height, events=committed.events)
@@ -150,19 +177,43 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
     async def revoke(request: Request, body: TxBody, grant_id: Id, p: Principal = who) -> TxResult:
         return await relay(request, p, body, "access.Revoke", id=grant_id)
 
-    @r.get("/access-requests", summary="My access requests and grants, as consumer or provider")
-    async def my_grants(p: Principal = who, status: str | None = Query(None, max_length=20)) -> list[dict]:
+    def page_of(request: Request, response: Response, items: list[dict], after: str, limit: int) -> list[dict]:
+        """One page of ``items`` in id order, from after ``after``, with the next page's Link."""
+        items = sorted((i for i in items if i["id"] > after), key=lambda i: i["id"])
+        next_page(request, response, items[limit - 1]["id"] if len(items) > limit else None)
+        return items[:limit]
+
+    After = Query("", max_length=80, description="the last id of the page before (see the Link header)")
+
+    @r.get("/access-requests", summary="My access requests and grants, as consumer or provider (paged)")
+    async def my_grants(request: Request, response: Response, p: Principal = who,
+                        status: str | None = Query(None, max_length=20), after: str = After,
+                        limit: int = Query(1000, ge=1, le=1000)) -> list[Grant]:
         grants = (await gw.chain.query("/access/")) or {}
         mine = [g for g in grants.values() if p.member in (g["consumer"], g["provider"]) or p.role == "association_admin"]
-        return [g for g in mine if status is None or g["status"] == status]
+        return page_of(request, response, [g for g in mine if status is None or g["status"] == status], after, limit)
 
     # -- jobs and other transactions ------------------------------------------------------------
     @r.post("/jobs", summary="Submit a job (signed jobs.Submit)")
     async def submit_job(request: Request, body: TxBody, p: Principal = who) -> TxResult:
         return await relay(request, p, body, "jobs.Submit")
 
+    @r.get("/jobs", summary="My member's jobs, as consumer or provider (paged, in id order)")
+    async def jobs(request: Request, response: Response, p: Principal = who,
+                   status: str | None = Query(None, max_length=30), type: str | None = Query(None, max_length=40),  # noqa: A002
+                   role: Literal["consumer", "provider"] | None = None, after: str = After,
+                   limit: int = Query(50, ge=1, le=500)) -> list[JobRecord]:
+        """Read from the chain's job records (all of them, then filtered: a member index on chain
+        would make this cheaper). The association and its auditors see every job."""
+        everyone = p.role in ("association_admin", "auditor") and p.member == "association"
+        found = [j for j in ((await gw.chain.query("/jobs/")) or {}).values()
+                 if (everyone or p.member in j["participants"])
+                 and (status is None or j["status"] == status) and (type is None or j["type"] == type)
+                 and (role is None or (j["consumer"] == p.member) == (role == "consumer"))]
+        return page_of(request, response, found, after, limit)
+
     @r.get("/jobs/{job_id}", summary="A job's record on chain")
-    async def job(request: Request, job_id: Id, p: Principal = who) -> dict:
+    async def job(request: Request, job_id: Id, p: Principal = who) -> JobRecord:
         mark(request, job=job_id)
         record = await gw.chain.query(f"/jobs/{job_id}")
         if record is None or not (p.member in record["participants"] or p.role in ("association_admin", "auditor")):
@@ -241,7 +292,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         return await gw.upstream("billing", f"/v1/prices/{asset_id}")
 
     @r.get("/billing/quote", summary="What a job on these assets would cost now")
-    async def quote(p: Principal = who, asset: list[str] = Query(..., max_length=16),
+    async def quote(p: Principal = who, asset: list[AssetId] = Query(..., max_length=16),
                     records: int = Query(0, ge=0, le=10**12)) -> dict:
         return await gw.upstream("billing", "/v1/quote", {"asset": asset, "records": records})
 
@@ -270,12 +321,14 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         key, token = await gw.keys.create(body.member, body.role)
         return NewKeyResult(**key.__dict__, token=token)
 
-    @r.get("/keys", summary="API keys of my member (all, for the association)")
-    async def list_keys(p: Principal = who) -> list[KeyInfo]:
+    @r.get("/keys", summary="API keys of my member (all, for the association; paged)")
+    async def list_keys(request: Request, response: Response, p: Principal = who, after: str = After,
+                        limit: int = Query(1000, ge=1, le=1000)) -> list[KeyInfo]:
         member = None if p.role == "association_admin" else p.member
         if p.role not in ("association_admin", "member_admin"):
             raise Problem(403, "Forbidden", "only admins list keys")
-        return [KeyInfo(**k.__dict__) for k in await gw.keys.list(member)]
+        keys = [{"id": k.key_id, "key": k} for k in await gw.keys.list(member)]
+        return [KeyInfo(**k["key"].__dict__) for k in page_of(request, response, keys, after, limit)]
 
     @r.delete("/keys/{key_id}", summary="Revoke an API key", status_code=204)
     async def revoke_key(key_id: KeyId, p: Principal = who) -> None:
@@ -297,7 +350,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
 
     # -- audit ----------------------------------------------------------------------------------
     @r.get("/audit", summary="Audit records by member, asset, job, time")
-    async def audit(p: Principal = who, member: str | None = Query(None, max_length=40),
+    async def audit(request: Request, response: Response, p: Principal = who, member: str | None = Query(None, max_length=40),
                     asset: str | None = Query(None, max_length=80), job: str | None = Query(None, max_length=80),
                     since: float | None = Query(None, ge=0, le=1e11), until: float | None = Query(None, ge=0, le=1e11),
                     after_seq: int = Query(0, ge=0, le=2**62), limit: int = Query(100, ge=1, le=1000)
@@ -306,31 +359,52 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
             raise Problem(403, "Forbidden", "only auditors and admins read the audit trail")
         if p.role == "member_admin" or (p.role == "auditor" and p.member != "association"):
             member = p.member  # a member sees its own calls only
-        return await gw.audit.query(member=member, asset=asset, job=job, since=since, until=until,
-                                    after_seq=after_seq, limit=limit)
+        found = await gw.audit.query(member=member, asset=asset, job=job, since=since, until=until,
+                                     after_seq=after_seq, limit=limit)
+        next_page(request, response, found[-1].seq if len(found) == limit else None, "after_seq")
+        return found
 
-    @r.get("/audit/anchors", summary="The audit anchors on chain")
-    async def anchors(p: Principal = who) -> list[dict]:
-        return list(((await gw.chain.query("/audit/anchors/")) or {}).values())
+    @r.get("/audit/anchors", summary="The audit anchors on chain (paged by key)")
+    async def anchors(request: Request, response: Response, p: Principal = who, after: str = After,
+                      limit: int = Query(100_000, ge=1, le=100_000)) -> list[dict]:
+        found = [{"id": key, "anchor": a} for key, a in ((await gw.chain.query("/audit/anchors/")) or {}).items()]
+        return [a["anchor"] for a in page_of(request, response, found, after, limit)]
 
     return r
 
 
-async def upstream_get(client: httpx.AsyncClient, base: str, path: str, params: dict | list | None = None):
+async def upstream_get(client: httpx.AsyncClient, base: str, path: str, params: dict | list | None = None,
+                       service: str = "upstream"):
     try:
         resp = await client.get(base + path, params=params)
     except httpx.HTTPError:
         raise Problem(503, "Upstream unavailable", "a service behind the gateway did not answer") from None
-    if resp.status_code == 404:
-        raise Problem(404, "Not found", "no such resource")
     if resp.status_code >= 500:
         raise Problem(502, "Upstream error", f"the service answered {resp.status_code}")
-    if resp.status_code >= 400:  # the service's own explanation (e.g. field by field) reaches the caller
-        try:
-            body = resp.json()
-        except ValueError:
-            body = {}
-        raise Problem(resp.status_code, str(body.get("title", "Rejected")), str(body.get("detail", "")),
-                      errors=body.get("errors") if isinstance(body.get("errors"), list) else None)
+    if resp.status_code >= 400:
+        raise upstream_problem(resp, service)
     return resp.json()
 
+
+def upstream_problem(resp: httpx.Response, service: str) -> Problem:
+    """The service's own explanation, passed through: the catalog's ``{"problems": [{field,
+    message}]}``, billing's ``title``/``detail``, FastAPI's ``{"detail": [{loc, msg}]}``. Only
+    strings, cut short, reach the caller (the services are ours, but their bodies are data here)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    body = body if isinstance(body, dict) else {}
+    listed = next((v for k in ("errors", "problems", "detail") if isinstance(v := body.get(k), list)), [])
+    errors = []
+    for item in listed[:20]:
+        if isinstance(item, dict):
+            where = item.get("field", item.get("loc", ""))
+            where = ".".join(map(str, where)) if isinstance(where, list) else str(where)
+            errors.append({"field": where[:200], "message": str(item.get("message", item.get("msg", "")))[:300]})
+    title = body.get("title") if isinstance(body.get("title"), str) else (
+        "Not found" if resp.status_code == 404 else f"Rejected by the {service}")
+    detail = body.get("detail") if isinstance(body.get("detail"), str) else "; ".join(
+        f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors[:5])
+    return Problem(resp.status_code, title[:200], detail[:1000] or title[:200], errors=errors or None,
+                   type=f"{problems.TYPE}{service}")
