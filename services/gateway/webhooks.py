@@ -388,6 +388,8 @@ class Dispatcher:
             error = f"{type(exc).__name__}"
         except httpcore.UnsupportedProtocol:
             error = "unsupported URL"
+        except Exception as exc:  # noqa: BLE001 - one endpoint's oddity is its delivery's error, not the loop's
+            error = f"{type(exc).__name__}"
         if status is not None and 200 <= status < 300:
             await self.store.delivered(d, status)
             return

@@ -13,8 +13,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from rdx.components import free_port
+from rdx.stores import PostgresServer
 from services.common.events import Event
-from services.gateway.db import SqliteDatabase
+from services.gateway.db import SqliteDatabase, open_postgres
 from services.gateway.settings import GatewaySettings
 from services.gateway.webhooks import (Dispatcher, EndpointRefused, WebhookStore, check_url,
                                        parties, payload)
@@ -166,3 +167,33 @@ async def test_redirects_are_not_followed_and_failures_back_off_then_give_up(tmp
     assert d.status == "delivered"
     assert json.loads(receiver.received[-1][1])["id"] == event(7).id
     await dispatcher.close()
+
+
+async def test_replicas_on_postgresql_queue_once_and_deliver_once(tmp_path, receiver):
+    """Two gateways on one PostgreSQL database: both read every event (a rebalance, a redelivery),
+    both deliver at once; each event is queued once and reaches the receiver once."""
+    pg = PostgresServer(tmp_path)
+    pg.start()
+    dbs = [await open_postgres(pg.url) for _ in range(2)]
+    try:
+        stores = await asyncio.gather(*(WebhookStore.open(db) for db in dbs))
+        settings = GatewaySettings(webhook_allow_private=True, webhook_ca_file=receiver.ca_file, webhook_timeout_s=5.0)
+        dispatchers = [Dispatcher(store, settings) for store in stores]
+        receiver.behaviour, receiver.received[:] = "ok", []
+        hook, secret = await stores[0].create("telco", receiver.url, ["access"])
+        events = [event(100 + n) for n in range(40)]
+        await asyncio.gather(*(queue(store, e) for e in events for store in stores))
+        while sum(await asyncio.gather(*(d.deliver_due() for d in dispatchers))):
+            pass
+        assert sorted(receiver.ids()) == sorted(e.id for e in events)  # each once
+        for headers, body in receiver.received:
+            Webhook(secret).verify(body, headers)
+        first, second = await stores[1].deliveries(hook.id, "delivered", limit=25), []
+        second = await stores[1].deliveries(hook.id, "delivered", after=first[-1].id, limit=25)
+        assert len(first) == 25 and len(second) == 15 and not {d.id for d in first} & {d.id for d in second}
+        for d in dispatchers:
+            await d.close()
+    finally:
+        for db in dbs:
+            await db.close()
+        pg.stop()
