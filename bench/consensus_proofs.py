@@ -15,11 +15,15 @@
    and checking one answer's proof against a verified header (once per read). The wall-clock cost
    of a read is one more RPC round trip per new block and the wait for the next block (the
    header that carries the app hash); those depend on the block interval, not on this code.
+4. That wall-clock cost end to end: a real rdx chain (CometBFT + the consensus service, Kafka,
+   ``--timeout-commit``), ``--reads`` reads of one account through ``VerifiedChain`` alternated
+   with the same read by ``ChainClient.query`` (no proof, the node's word), p50/p99 of each.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import tempfile
@@ -153,6 +157,47 @@ def light_costs(rounds: int) -> dict[str, float]:
             "read_p50_ms": common.percentile(read, 0.5) * 1e3, "read_p99_ms": common.percentile(read, 0.99) * 1e3}
 
 
+async def live_reads(reads: int, timeout_commit: str) -> dict[str, float]:
+    import shutil
+
+    from rdx import toolchain as tc
+    from rdx.components import KafkaBroker, free_port
+    from services.common.chain import ChainClient
+    from services.common.identity import Identity
+    from services.common.verified import Anchor, VerifiedChain
+
+    root = Path(tempfile.mkdtemp(prefix="rdx-bench-reads."))
+    association = Identity.generate("association")
+    broker = KafkaBroker(root / "kafka", tc.installed(), port=free_port(), controller_port=free_port(), heap="384m")
+    chain = None
+    try:
+        broker.prepare()
+        broker.start()
+        chain = consensus_bench.start_rdx(root, tc.installed(), broker.bootstrap, association, timeout_commit, None)
+        anchor = Anchor.from_genesis(chain.node.home / "config" / "genesis.json")
+        key = f"/accounts/{association.account}"
+        plain_s, verified_s = [], []
+        async with ChainClient(chain.rpc_url, consensus_bench.CHAIN_ID) as plain, \
+                VerifiedChain(chain.rpc_url, anchor) as reader:
+            await reader.query(key)  # the anchor's block, once
+            for _ in range(reads):
+                start = time.perf_counter()
+                await plain.query(key)
+                middle = time.perf_counter()
+                await reader.query(key)
+                plain_s.append(middle - start)
+                verified_s.append(time.perf_counter() - middle)
+        return {"reads": reads, "plain_p50_ms": common.percentile(plain_s, 0.5) * 1e3,
+                "plain_p99_ms": common.percentile(plain_s, 0.99) * 1e3,
+                "verified_p50_ms": common.percentile(verified_s, 0.5) * 1e3,
+                "verified_p99_ms": common.percentile(verified_s, 0.99) * 1e3}
+    finally:
+        if chain:
+            chain.stop()
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def proof_metrics(p: dict[str, float]) -> list[dict]:
     """The issue's two numbers: proof generation and verification p99 (also in consensus.json)."""
     return [common.metric("proof_generate_p99_ms", p["generate_p99_ms"], "ms"),
@@ -170,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--txs", type=int, default=4000)
     parser.add_argument("--light-rounds", type=int, default=200)
+    parser.add_argument("--reads", type=int, default=60, help="live reads of each kind (0: no live chain)")
+    parser.add_argument("--timeout-commit", default="200ms", help="as bench-consensus")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     costs = app_costs_both(args.rounds, args.txs)
@@ -196,12 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     metrics.append(common.metric("light_header_verify_p50_ms", light["header_p50_ms"], "ms"))
     metrics.append(common.metric("verified_read_proof_check_p99_ms", light["read_p99_ms"], "ms"))
     metrics.append(common.metric("verified_read_proof_check_p50_ms", light["read_p50_ms"], "ms"))
+    live = asyncio.run(live_reads(args.reads, args.timeout_commit)) if args.reads else {}
+    for q in ("p50", "p99") if live else ():
+        metrics.append(common.metric(f"verified_read_{q}_ms", live[f"verified_{q}_ms"], "ms",
+                                     baseline_name="the same read unverified (ChainClient.query)",
+                                     baseline_value=live[f"plain_{q}_ms"]))
     notes = (f"app costs: {args.txs} txs in blocks of 500, best of {args.rounds}x3 alternated runs per variant; "
              f"proofs: {p['keys']} keys in SQLite, {p['queries']} Query(prove=true) on a cold node cache, "
              f"a tenth absent; tree_build_s is the state-tree upgrade's one pass over that many keys; "
-             f"light_*: {args.light_rounds} rounds over blocks of a real {light['validators']}-validator testnet")
+             f"light_*: {args.light_rounds} rounds over blocks of a real {light['validators']}-validator testnet; "
+             f"verified_read_*: {args.reads} reads on a live 1-validator chain, timeout_commit {args.timeout_commit}")
     path = common.write("consensus_proofs", metrics, notes, path=args.out)
-    print(json.dumps({"app_costs": costs, "proofs": p, "light": light}, indent=2))
+    print(json.dumps({"app_costs": costs, "proofs": p, "light": light, "live": live}, indent=2))
     print(f"wrote {path}")
     return 0
 
