@@ -1,0 +1,290 @@
+"""The portal as people use it: a real Chromium (Playwright) against a local exchange (`rdx up`), signed
+in through a real OpenID Connect provider (Ory Hydra with its login app, rdx/portal_toolchain.py).
+
+Screenshots are kept under the pytest temporary directory (printed at the end of the module), or
+under ``$RDX_TEST_ARTIFACTS`` when set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, sync_playwright
+from test_local_exchange import _free_offset, rdx
+
+from rdx.components import LOOPBACK, ServiceProcess, free_port
+from rdx.portal_login import user_record
+from rdx.portal_toolchain import CHROMIUM_ARGS, Hydra, LoginApp, axe_script, ensure_all
+from rdx.sdk import Gateway
+from services.common.identity import Identity
+from services.common.listing import example_metadata
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "correct horse battery staple"
+CHINESE_TITLE = "移动用户画像（按区县）"
+PHONE = {"width": 390, "height": 844}
+
+
+class Site:
+    def __init__(self, root: Path):
+        self.root = root
+        self.shots = Path(os.environ["RDX_TEST_ARTIFACTS"]) / "portal" if os.environ.get("RDX_TEST_ARTIFACTS") \
+            else root / "screenshots"
+        self.shots.mkdir(parents=True, exist_ok=True)
+
+    def shot(self, page: Page, name: str) -> None:
+        page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def site(toolchain, tmp_path_factory):
+    ensure_all()
+    root = tmp_path_factory.mktemp("portal")
+    state, offset = root / "state", _free_offset()
+    args = ("--state-dir", str(state))
+    started = rdx("up", "--detach", "--port-offset", str(offset), *args)
+    assert started.returncode == 0, started.stderr + started.stdout
+    processes = []
+    try:
+        eps = json.loads((state / "endpoints.json").read_text())
+        admin_token = (state / "keys" / "admin.token").read_text().strip()
+        association = Identity.load(state / "keys" / "association.json")
+        run = str(int(time.time()))
+        telco, bank = Identity.generate(f"telco{run}"), Identity.generate(f"bank{run}")
+        with Gateway(eps["gateway"], identity=association, api_key=admin_token, chain_id="rdx-local",
+                     timeout=60) as admin:
+            admin.send("members.Register", {"id": telco.account, "name": "华南电信", "roles": ["provider"],
+                                            "public_key": telco.public_key})
+            admin.send("members.Register", {"id": bank.account, "name": "Bank of the Bay", "roles": ["consumer"],
+                                            "public_key": bank.public_key})
+            keys = {f"{bank.account}/analyst": admin.create_key(bank.account, "analyst")["token"],
+                    f"{bank.account}/member_admin": admin.create_key(bank.account, "member_admin")["token"]}
+        asset = f"{telco.account}.subscribers"
+        with Gateway(eps["gateway"], identity=telco, chain_id="rdx-local", timeout=60) as provider:
+            provider.send("assets.List", {
+                "id": asset, "level": "L3", "operations": ["psi", "psi_cardinality"],
+                "commitment": hashlib.sha256(b"rows").hexdigest(), "price": {"model": "fixed", "amount": 40},
+                "metadata": example_metadata(CHINESE_TITLE, description="每位移动用户一行：在网时长、套餐与所在区县。")})
+        with Gateway(eps["gateway"], api_key=keys[f"{bank.account}/analyst"], timeout=30) as reader:
+            deadline = time.monotonic() + 60
+            while not reader.search(CHINESE_TITLE[:2])["items"] and time.monotonic() < deadline:
+                time.sleep(0.5)
+        keys_file = root / "portal-keys.json"
+        keys_file.write_text(json.dumps(keys))
+        keys_file.chmod(0o600)
+        users_file = root / "users.json"
+        users_file.write_text(json.dumps({"users": {
+            "li.na": user_record(PASSWORD, bank.account, "analyst", "李娜"),
+            "ann": user_record(PASSWORD, bank.account, "member_admin", "Ann Lee"),
+            "audrey": user_record(PASSWORD, bank.account, "auditor", "Audrey"),  # no gateway key for her role
+            "robot": user_record(PASSWORD, bank.account, "compute_operator", "A machine"),
+        }}))
+
+        login_port, portal_port = free_port(), free_port()
+        hydra = Hydra(root, f"http://{LOOPBACK}:{login_port}")
+        hydra.start()
+        processes.append(hydra)
+        login = LoginApp(root, hydra.admin, port=login_port)
+        login.start(users_file)
+        processes.append(login)
+        portal_url = f"http://{LOOPBACK}:{portal_port}"
+        client_id, secret = hydra.add_client(f"{portal_url}/callback")
+        portal = ServiceProcess("portal", portal_port, {
+            "RDX_STATE_ROOT": str(root / "portal-state"), "RDX_GATEWAY_URL": eps["gateway"],
+            "RDX_PORTAL_PUBLIC_URL": portal_url, "RDX_PORTAL_OIDC_ISSUER": hydra.issuer,
+            "RDX_PORTAL_OIDC_CLIENT_ID": client_id, "RDX_PORTAL_OIDC_CLIENT_SECRET": secret,
+            "RDX_PORTAL_GATEWAY_KEYS_FILE": str(keys_file)}, root / "logs")
+        portal.start()
+        processes.append(portal)
+        s = Site(root)
+        s.url, s.asset, s.bank, s.hydra, s.portal = portal_url, asset, bank.account, hydra, portal
+        yield s
+        print(f"\nportal screenshots: {s.shots}")
+    finally:
+        for p in reversed(processes):
+            p.stop()
+        rdx("down", *args)
+
+
+@pytest.fixture(scope="module")
+def browser(site):
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def context(browser, site, tmp_path, locale: str, phone: bool = False):
+    # bypass_csp: axe-core is injected as a script of its own, which the portal's CSP (self only) refuses;
+    # the CSP itself is checked on the response headers.
+    return browser.new_context(locale=locale, viewport=PHONE if phone else {"width": 1280, "height": 900},
+                               is_mobile=phone, has_touch=phone, bypass_csp=True)
+
+
+def sign_in(page: Page, site: Site, user: str, password: str = PASSWORD, start: str = "/search",
+            back: bool = True) -> None:
+    """Through Hydra and its login app; ``back``: wait until the portal shows the search page."""
+    page.goto(site.url + start)
+    try:
+        page.wait_for_selector("#username")  # Hydra sent the browser to its login app
+    except Exception:
+        raise AssertionError(f"no login form at {page.url}: {page.content()[:1000]}") from None
+    page.fill("#username", user)
+    page.fill("#password", password)
+    page.click("#sign-in")
+    if back:
+        page.wait_for_url(re.compile(r".*/search.*"))
+
+
+def jar(cookies: dict[str, str]) -> dict[str, str]:
+    """A Cookie header (httpx deprecates per-request cookies)."""
+    return {"cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else {}
+
+
+def session_id(ctx) -> str:
+    return next(c["value"] for c in ctx.cookies() if c["name"] == "rdx_portal")
+
+
+def serious_violations(page: Page) -> list[dict]:
+    page.add_script_tag(path=str(axe_script()))
+    result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    return [{"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]][:3]}
+            for v in result["violations"] if v["impact"] in ("serious", "critical")]
+
+
+def fits_width(page: Page) -> bool:
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_sign_in_search_in_chinese_and_open_the_listing_at_phone_width(browser, site, tmp_path):
+    ctx = context(browser, site, tmp_path, "zh-CN", phone=True)
+    page = ctx.new_page()
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url))
+    sign_in(page, site, "li.na")
+    assert page.locator("h1").inner_text() == "搜索数据产品"
+    assert "李娜" in page.locator(".who").inner_text()
+    site.shot(page, "01-search-zh-phone")
+
+    page.fill("#q", "用户")  # a two-character Chinese word
+    page.click("form#search-form button[type=submit] >> nth=0")
+    page.wait_for_url(re.compile(r".*q=.*"))
+    link = page.locator(f"a[href='/listings/{site.asset}']")
+    assert link.count() == 1 and "用户" in link.inner_text()
+    assert page.locator(".card mark").first.inner_text() == "用户"
+    assert fits_width(page)
+    assert serious_violations(page) == []
+    site.shot(page, "02-results-zh-phone")
+
+    link.click()
+    page.wait_for_url(re.compile(f".*/listings/{re.escape(site.asset)}$"))
+    assert page.locator("h1").inner_text() == CHINESE_TITLE
+    assert page.locator("#level").inner_text() == "L3"
+    assert page.locator("#price").inner_text() == "每次作业 40 积分"
+    assert re.fullmatch(r"\d+ 积分", page.locator("#quote").inner_text())
+    assert page.locator("#commitment").inner_text() == hashlib.sha256(b"rows").hexdigest()
+    assert page.locator("#versions tbody tr").count() >= 1
+    assert fits_width(page)
+    assert serious_violations(page) == []
+    site.shot(page, "03-listing-zh-phone")
+
+    # The session cookie: HttpOnly, SameSite=Lax, gone with the session's lifetime.
+    [cookie] = [c for c in ctx.cookies() if c["name"] == "rdx_portal"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    assert 0 < cookie["expires"] - time.time() <= 900 + 5
+    assert not any("rdx_portal_login" == c["name"] for c in ctx.cookies())
+    # The browser spoke to the portal and the IdP only, never the gateway.
+    gateway_port = site.portal.process.env["RDX_GATEWAY_URL"].rsplit(":", 1)[1]
+    assert not [u for u in sent if f":{gateway_port}/" in u]
+    ctx.close()
+
+
+def test_english_from_the_browser_and_the_switch(browser, site, tmp_path):
+    ctx = context(browser, site, tmp_path, "en-US")
+    page = ctx.new_page()
+    sign_in(page, site, "ann")
+    assert page.locator("h1").inner_text() == "Search listings"
+    assert page.locator("html").get_attribute("lang") == "en"
+    assert serious_violations(page) == []
+    site.shot(page, "04-search-en")
+    page.click("#lang-switch")
+    page.wait_for_url(re.compile(r".*/search.*"))
+    assert page.locator("h1").inner_text() == "搜索数据产品"
+    assert page.locator("html").get_attribute("lang") == "zh-CN"
+    site.shot(page, "05-search-switched-zh")
+
+    # Sign out (a POST with the CSRF token): the session is gone on the server, not only in the browser.
+    sid = session_id(ctx)
+    page.click("form[action='/logout'] button")
+    page.wait_for_url(re.compile(r".*/signed-out$"))
+    answer = httpx.get(f"{site.url}/search", headers=jar({"rdx_portal": sid}), follow_redirects=False)
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
+    ctx.close()
+
+
+def test_wrong_password_and_roles_the_portal_refuses(browser, site, tmp_path):
+    ctx = context(browser, site, tmp_path, "en-US")
+    page = ctx.new_page()
+    sign_in(page, site, "li.na", password="wrong", back=False)
+    page.wait_for_selector("p[role=alert]")
+    assert "Wrong user name or password" in page.locator("p[role=alert]").inner_text()
+    assert not [c for c in ctx.cookies() if c["name"] == "rdx_portal"]
+
+    sign_in(page, site, "robot", back=False)  # a machine role has no place in the portal
+    page.wait_for_selector("p.problem")
+    assert "Sign-in failed" in page.locator("p.problem").inner_text()
+    assert not [c for c in ctx.cookies() if c["name"] == "rdx_portal"]
+
+    sign_in(page, site, "audrey", back=False)  # signed in, but the association gave the portal no key for her role
+    page.wait_for_selector("p.problem")
+    assert "no gateway access" in page.locator("p.problem").inner_text()
+    site.shot(page, "06-no-key-en")
+    ctx.close()
+
+
+def test_hostile_requests_get_clear_answers(browser, site, tmp_path):
+    ctx = context(browser, site, tmp_path, "en-US")
+    page = ctx.new_page()
+    sign_in(page, site, "li.na")
+    sid = session_id(ctx)
+    ctx.close()
+
+    with httpx.Client(base_url=site.url, follow_redirects=False, timeout=30) as http:
+        # A callback this browser did not start, or with another state, signs nobody in.
+        for params, cookies in (({"code": "x", "state": "y"}, {}),
+                                ({"code": "x", "state": "y"}, {"rdx_portal_login": "forged"}),
+                                ({"error": "access_denied"}, {})):
+            answer = http.get("/callback", params=params, headers=jar(cookies))
+            assert answer.status_code == 400 and "rdx_portal=" not in answer.headers.get("set-cookie", "")
+            assert "Traceback" not in answer.text
+        # A forged or missing session: back to sign-in, with where to return.
+        for cookies in ({"rdx_portal": "forged"}, {"rdx_portal": "x" * 5000}, {}):
+            answer = http.get("/search?q=a", headers=jar(cookies))
+            assert answer.status_code == 303 and answer.headers["location"].startswith("/login?next=")
+        me = {"rdx_portal": sid}
+        assert http.get("/search", params={"q": "x" * 201}, headers=jar(me)).status_code == 400
+        assert http.get("/search", params=[("level", "L" * 101)], headers=jar(me)).status_code == 400
+        assert http.get("/search", params={"cursor": "not-a-cursor"}, headers=jar(me)).status_code in (400, 422)
+        assert http.get("/listings/NOT..valid", headers=jar(me)).status_code == 404
+        assert http.get(f"/listings/{site.asset}x", headers=jar(me)).status_code == 404
+        page_html = http.get("/search", params={"q": "<script>alert(1)</script>"}, headers=jar(me)).text
+        assert "<script>alert(1)</script>" not in page_html
+        # The language switch never sends the browser to another origin.
+        for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+            answer = http.get("/lang/en", params={"next": target})
+            assert answer.status_code == 303 and answer.headers["location"] == "/search"
+        # Signing out needs the session's CSRF token.
+        assert http.post("/logout", data={"csrf": "wrong"}, headers=jar(me)).status_code == 403
+        assert http.post("/logout", content=b"\xff" * 10_000,
+                         headers={**jar(me), "content-type": "application/x-www-form-urlencoded"}).status_code == 403
+        assert http.get("/search", headers=jar(me)).status_code == 200  # still signed in
+        answer = http.get("/search", headers=jar(me))
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    assert site.portal.process.alive()
