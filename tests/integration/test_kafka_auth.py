@@ -339,7 +339,7 @@ WRITERS = {
     CHAIN_EVENTS: {"rdx-relay"},
     AUDIT: {"rdx-gateway"},
     JOB_STATUS: {f"rdx-compute-{MEMBER}"},
-    f"{CHAIN_EVENTS}.dlq": {"rdx-catalog", "rdx-billing", f"rdx-compute-{MEMBER}"},
+    f"{CHAIN_EVENTS}.dlq": {"rdx-catalog", "rdx-billing", f"rdx-compute-{MEMBER}", "rdx-gateway"},
     f"{AUDIT}.dlq": set(),
     f"{JOB_STATUS}.dlq": set(),
 }
@@ -405,7 +405,8 @@ def test_consumers_only_in_their_own_groups(secured, tmp_path):
             (f"rdx-compute-{MEMBER}", f"compute-{MEMBER}"): None,
             (f"rdx-compute-{MEMBER}", "compute-other"): None,
             ("rdx-catalog", f"compute-{MEMBER}"): None,
-            ("rdx-gateway", "gateway-1"): None, ("rdx-relay", "catalog-relay"): None,
+            ("rdx-gateway", "gateway-1"): None, ("rdx-gateway", "gateway-webhooks-5e6f"): None,
+            ("rdx-relay", "catalog-relay"): None,
         }
         for user, group in cases:
             cases[(user, group)] = await join(user, group)
@@ -418,7 +419,8 @@ def test_consumers_only_in_their_own_groups(secured, tmp_path):
         (f"rdx-compute-{MEMBER}", f"compute-{MEMBER}"): "allowed",
         (f"rdx-compute-{MEMBER}", "compute-other"): "refused",
         ("rdx-catalog", f"compute-{MEMBER}"): "refused",
-        ("rdx-gateway", "gateway-1"): "refused", ("rdx-relay", "catalog-relay"): "refused",
+        ("rdx-gateway", "gateway-1"): "refused", ("rdx-gateway", "gateway-webhooks-5e6f"): "allowed",
+        ("rdx-relay", "catalog-relay"): "refused",
     }
 
 
