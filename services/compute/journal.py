@@ -18,14 +18,24 @@ three ends mirror the chain's (JobCompleted, JobFailed, JobAborted).
 Results: at most one sealed envelope per job, for this node's own member (results.py). It is
 stored only while the job is active here, and dropped when the job fails or is aborted, so
 nothing partial or unpaid is kept; the API releases it once the job is completed.
+
+Held state (issue 16, fair exchange): what a job needs after this node attested — a provider's
+release key, a consumer's held-back messages, the attestation's record counts and release
+hashes — is kept in files ``held/<job>.<name>`` beside the database, each created with mode 0600
+in a 0700 directory (the database file itself is not private: the Kafka consumer creates it), so
+that a node restarted after its attestation can still publish its key or open its result. It is
+dropped when the job ends here. Nothing of it is ever logged.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 ACTIVE = ("pending", "running", "computed", "attested")
@@ -106,11 +116,20 @@ class JobRow:
 _JSON_FIELDS = ("spec", "summary", "progress", "settlement")
 
 
+HELD = ("release_key", "pending", "attestation")  # what a job may hold: lifecycle.py says what each is
+_JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")  # the chain's pattern: no path separator, no leading dot
+
+
 class Journal:
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, held_dir: Path | None = None):
         self.conn = conn
         conn.executescript(SCHEMA)
         self._names = [d[0] for d in conn.execute("SELECT * FROM jobs LIMIT 0").description]
+        if held_dir is None:  # beside the database file; an in-memory database keeps it in memory
+            db_file = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+            held_dir = Path(db_file).parent / "held" if db_file else None
+        self.held_dir = held_dir
+        self._held_in_memory: dict[str, bytes] = {}
 
     def _row(self, raw: sqlite3.Row | tuple | None) -> JobRow | None:
         if raw is None:
@@ -141,7 +160,8 @@ class Journal:
         self.conn.execute(f"UPDATE jobs SET {sets} WHERE job = ?", (*fields.values(), job))
 
     def end(self, job: str, status: str, reason: str | None = None, **fields: Any) -> bool:
-        """Move an active job to a terminal status; False if it had already ended (the first end wins)."""
+        """Move an active job to a terminal status; False if it had already ended (the first end wins).
+        Its held state goes with it."""
         assert status in TERMINAL
         sets = ", ".join(f"{k} = ?" for k in fields)
         extra = f", {sets}" if sets else ""
@@ -149,7 +169,50 @@ class Journal:
             f"UPDATE jobs SET status = ?, reason = COALESCE(?, reason), ended_at = ?{extra} "
             f"WHERE job = ? AND status IN ({','.join('?' * len(ACTIVE))})",
             (status, reason, time.time(), *fields.values(), job, *ACTIVE))
+        if cur.rowcount == 1:
+            self.drop_held(job)
         return cur.rowcount == 1
+
+    # -- held state (fair exchange: what this node needs after it attested) --------------------------
+    def _held_path(self, job: str, name: str) -> str:
+        if not _JOB_ID.match(job) or name not in HELD:
+            raise ValueError("held state is kept under a job id (the chain's pattern) and one of HELD's names")
+        return f"{job}.{name}"
+
+    def put_held(self, job: str, name: str, data: bytes) -> None:
+        """Keep ``data`` for ``job`` across restarts: written whole (a rename) to a 0600 file."""
+        key = self._held_path(job, name)
+        if self.held_dir is None:
+            self._held_in_memory[key] = bytes(data)
+            return
+        self.held_dir.mkdir(mode=0o700, exist_ok=True)
+        partial = self.held_dir / f"{key}.partial"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, self.held_dir / key)
+
+    def held(self, job: str, name: str) -> bytes | None:
+        key = self._held_path(job, name)
+        if self.held_dir is None:
+            return self._held_in_memory.get(key)
+        try:
+            return (self.held_dir / key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def drop_held(self, job: str, name: str | None = None) -> None:
+        """Forget ``name`` (or everything) held for ``job``."""
+        if not _JOB_ID.match(job):  # nothing can have been kept under it
+            return
+        names = [name] if name else HELD
+        for n in names:
+            key = self._held_path(job, n)
+            self._held_in_memory.pop(key, None)
+            if self.held_dir is not None:
+                (self.held_dir / key).unlink(missing_ok=True)
 
     def next_seq(self, job: str) -> int:
         self.conn.execute("UPDATE jobs SET status_seq = status_seq + 1 WHERE job = ?", (job,))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -152,7 +153,8 @@ class JobManager:
 
     def _completed(self, job: str) -> None:
         row = self.journal.get(job)
-        if row is None or job in self._awaiting:  # the job's task ends it once the released keys opened its result
+        # The job's task ends it once the released keys opened its result (after a restart too).
+        if row is None or job in self._awaiting or self.journal.held(job, "pending") is not None:
             return
         if self.journal.end(job, "completed", "completed on chain"):
             JOBS.labels(row.type, "completed").inc()
@@ -207,12 +209,13 @@ class JobManager:
         spec: JobSpec | None = None
         try:
             spec, record = await self._chain_spec(job, row.deadline)
-            if record["status"] not in ("running", "locked"):
-                raise _ChainEnded(_CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or record["status"])
             row = self.journal.get(job)
-            if row.status in ("computed", "attested"):  # a restart after this node's part was done
-                if self.member not in record.get("attestations", {}):
-                    await self._attest(spec, row.result_hash, row.records_used or 0)
+            done_here = row.status in ("computed", "attested")  # a restart after this node's part was done
+            if record["status"] not in ("running", "locked") and not (
+                    done_here and record["status"] == "completed" and self.journal.held(job, "pending") is not None):
+                raise _ChainEnded(_CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or record["status"])
+            if done_here:
+                await self._resume_held(spec, record, row)
                 return
             cls = self.job_types.get(spec.type)
             if cls is None:
@@ -231,13 +234,23 @@ class JobManager:
             releases = dict(outcome.releases)
             if outcome.release_key is not None:
                 releases[self.member] = hashlib.sha256(outcome.release_key).hexdigest()
-            if outcome.after_release is not None:
+            # Kept before the attestation names them (journal.py, 0600): a restart after it can still
+            # attest the same, publish the key once locked, and open the result once released.
+            self.journal.put_held(job, "attestation", json.dumps({"records": dict(outcome.records),
+                                                                  "releases": releases}).encode())
+            if outcome.release_key is not None:
+                self.journal.put_held(job, "release_key", outcome.release_key)
+            if outcome.pending is not None:
+                self.journal.put_held(job, "pending", outcome.pending)
+            if outcome.after_release is not None or outcome.pending is not None:
                 self._awaiting.add(job)  # its JobCompleted must wait for the result the keys open
             await self._attest(spec, outcome.result_hash, outcome.records_used, outcome.records, releases)
             JOB_SECONDS.labels(spec.type).observe(time.monotonic() - started)
             if outcome.release_key is not None:
                 await self._release(spec, outcome.release_key)
-            if outcome.after_release is not None:
+            if outcome.pending is not None:
+                await self._after_release(spec, self._finisher(plugin, spec, row.attempt, policy, outcome.pending))
+            elif outcome.after_release is not None:
                 await self._after_release(spec, outcome.after_release)
         except asyncio.CancelledError:
             self._stopped(job)
@@ -266,6 +279,27 @@ class JobManager:
             self._awaiting.discard(job)
             await self.hub.drop(job)
             self._progress_at.pop(job, None)
+
+    async def _resume_held(self, spec: JobSpec, record: dict, row) -> None:
+        """A restart after this node's part was done: attest as it would have (the kept record
+        counts and release hashes), publish its release key once the job is locked, and open a
+        held-back result once the keys are on chain. A job type that kept no ``pending`` (its
+        consumer's state was in memory only) cannot open its result after a restart."""
+        kept = json.loads(self.journal.held(spec.job, "attestation") or b"{}")
+        if self.member not in record.get("attestations", {}):
+            await self._attest(spec, row.result_hash, row.records_used or 0, kept.get("records"), kept.get("releases"))
+        key, pending = self.journal.held(spec.job, "release_key"), self.journal.held(spec.job, "pending")
+        if key is not None:
+            await self._release(spec, key)
+        cls = self.job_types.get(spec.type)
+        if pending is not None and cls is not None:
+            self._awaiting.add(spec.job)
+            await self._after_release(spec, self._finisher(cls(), spec, row.attempt, None, pending))
+
+    def _finisher(self, plugin: JobType, spec: JobSpec, attempt: int, policy: Policy | None, pending: bytes):
+        async def finish(keys) -> None:
+            await plugin.finish(self._context(spec, attempt, [], policy), pending, keys)
+        return finish
 
     def _stopped(self, job: str) -> None:
         """The task was cancelled: by the kill switch (the journal already says how it ended) or by shutdown."""
@@ -537,6 +571,7 @@ class JobManager:
             self.publisher.emit(spec.job, ev.STATUS, type=spec.type, status="release_unopened",
                                 reason=str(exc)[:300])
         self._awaiting.discard(spec.job)
+        self.journal.drop_held(spec.job, "pending")
         self._completed(spec.job)
 
     async def _fail(self, job: str, reason: str, *, tx: str = "jobs.Fail", status: str = "failed") -> None:
@@ -583,11 +618,11 @@ class JobManager:
                 continue
             if record is None:
                 self.stop(row.job, "failed", "the job is not on chain")
-            elif record["status"] == "completed":
+            elif record["status"] == "completed" and self.journal.held(row.job, "pending") is None:
                 self._completed(row.job)
-            elif record["status"] != "running":
+            elif record["status"] not in ("running", "locked", "completed"):
                 self.stop(row.job, _CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or "ended on chain")
-            else:
+            else:  # running, locked (a key to release, a result to open), or completed with a result to open
                 log.info("job %s was %s when this node stopped; resuming it", row.job, row.status)
                 self.start(row.job)
 

@@ -10,17 +10,26 @@ says so, it runs the protocol honestly and then
 - ``withhold_key``: attests the hash of its release key, as the protocol shows the consumer, but
   keeps the key itself: the chain locks the job and waits for a key that never comes.
 
+And, for any job type, through its job manager (``services.compute.app.JobManager``), a provider
+whose node stops between the lock and its release: with ``params.cheat_provider`` =
+``stall_release`` its node keeps the key as an honest one does but does not publish it until it
+is restarted (as an honest node: ``python -m services.compute``), which is then the node's job.
+
 As a consumer, and as a provider without ``params.cheat_provider``, it is honest.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import replace
+
+from services.compute import app
 
 from services.compute.jobtypes import JOB_TYPES
 from services.compute.jobtypes.base import JobContext, Outcome
 from services.compute.jobtypes.psi import PsiJob
+from services.compute.lifecycle import JobManager
 
 
 class DishonestProviderPsi(PsiJob):
@@ -35,8 +44,15 @@ class DishonestProviderPsi(PsiJob):
         return out
 
 
+class StallingReleaseManager(JobManager):
+    async def _release(self, spec, key: bytes) -> None:
+        if spec.params.get("cheat_provider") == "stall_release":
+            await asyncio.Event().wait()  # until the node stops: the key stays in its held state only
+        await super()._release(spec, key)
+
+
 if __name__ == "__main__":
-    from services.compute.app import build
     from services.compute.settings import ComputeSettings
 
-    build(ComputeSettings(), job_types={**JOB_TYPES, "psi": DishonestProviderPsi}).run()
+    app.JobManager = StallingReleaseManager
+    app.build(ComputeSettings(), job_types={**JOB_TYPES, "psi": DishonestProviderPsi}).run()

@@ -9,12 +9,19 @@ chain and Kafka broker:
 - ``abort_after_lock``: it attests (which locks the job) and at once fails and aborts: both
   refused ("locked for release"), the providers release their keys, the job settles (the consumer
   pays) and its node opens its result only then.
+
+And a restart in the middle of the exchange (issue 16): with the job locked, one provider's node
+(tests/faults/dishonest_provider.py, ``stall_release``) holding its key back, the consumer's node
+and then that provider's are restarted: the provider's node publishes the key it kept (0600, in its
+own state), and the consumer's opens the result from the held-back messages it kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import stat
 
 import pytest
 import pytest_asyncio
@@ -74,7 +81,7 @@ async def net(chain, kafka, tmp_path_factory):
     member_key = root / "keys" / f"{CONS}.member.json"
     n = await start_net(chain, kafka, root, consumer=CONS, members=[PA, PB, CONS],
                         listings={PA: ["amounts", "model", "accounts", "invoices"], PB: ["amounts", "logistics"]},
-                        modules={CONS: "tests.faults.dishonest_consumer"},
+                        modules={CONS: "tests.faults.dishonest_consumer", PA: "tests.faults.dishonest_provider"},
                         node_env={CONS: {"RDX_ATTACK_LOG": str(root / "attack"),
                                          "RDX_CHEAT_MEMBER_KEY": str(member_key)}})
     n.ids[CONS].save(member_key)  # read by the consumer's node only when it cheats
@@ -131,3 +138,35 @@ async def test_a_consumer_aborting_after_the_lock_is_refused_pays_and_gets_its_r
         assert result["statistics"]["count"] == 30, result
     else:
         assert [d["reference"] for d in result["disagreements"]] == [REFS[3]], result
+
+
+async def test_a_node_restarted_between_the_lock_and_the_release_still_releases_and_opens(net):
+    job = f"fj-restart-{TAG}"
+    type_, assets, params = JOBS["aggregation"]
+    before = {m: await net.balance(m) for m in (CONS, PA, PB)}
+    net.chain._nonces.pop(CONS, None)
+    await net.submit(job, type_, assets, {**params, "cheat_provider": "stall_release"}, timeout_s=150)
+    deadline = asyncio.get_running_loop().time() + 120
+    while not ((record := await net.chain.query(f"/jobs/{job}")) or {}).get("releases", {}).get(PB):
+        assert asyncio.get_running_loop().time() < deadline and (record or {}).get("status") in (None, "running",
+                                                                                                  "locked"), record
+        await asyncio.sleep(0.2)
+    assert record["status"] == "locked" and set(record["releases"]) == {PB}, record  # PA keeps its key back
+    kept = {m: net.root / "state" / f"compute-{m}" / "held" / f"{job}.{name}"
+            for m, name in ((PA, "release_key"), (CONS, "pending"))}
+    for path in kept.values():  # each node's own state, readable by its own user only
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for member, module in ((CONS, None), (PA, "")):  # the consumer's node, then the provider's (now honest)
+        net.nodes[member].stop()
+        if module is not None:
+            net.nodes[member].module = module
+        net.nodes[member].start(timeout=120)
+    record = await net.wait_chain(job, timeout=120)
+    assert record["status"] == "completed" and set(record["releases"]) == {PA, PB}, record
+    moved = {m: await net.balance(m) - before[m] for m in before}
+    assert moved[CONS] < 0 and moved[PA] > 0 and moved[PB] > 0, moved
+    await net.wait_node(CONS, job, lambda r: r["status"] == "completed", timeout=60)
+    result = net.result(job)["result"]
+    assert result["columns"]["amount"]["sum"] == sum(range(30)) + sum(range(10, 40)), result
+    for path in kept.values():  # the job ended: nothing of it is kept
+        assert not path.exists(), path

@@ -702,21 +702,30 @@ class AggregationJob(JobType):
         for p in providers:
             await expect(chans[p], "finished")
         await goodbye(ctx.member, chans.values())
-        min_group = max(i.min_group_size for i in spec.inputs)
-
-        async def after_release(released) -> None:
-            parts = [from_bytes(open_held_back(released_key(released, p, releases[p]), held[p]), k) for p in providers]
-            total = decode(ring_sum(parts))
-            # The providers checked the exact counts; so do we, unless noise makes ours meaningless.
-            if not noisy and below_minimum(plan, total[plan.count_mask()], min_group):
-                raise JobRefused(f"an aggregate is below the listing's minimum group size ({min_group})")
-            result = result_of(plan, total, len(providers))
-            if noisy:  # each provider under a privacy budget added its own Laplace noise for the ε charged
-                result["differential_privacy"] = {"mechanism": "Laplace (OpenDP), added by each budgeted provider",
-                                                  "epsilon_milli": spec.params.get("epsilon_milli", 1000)}
-            await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
-            ctx.progress("done", len(providers) + 1, len(providers) + 1)
-
+        # What finish needs, kept by the node across a restart (0600): the held-back sums are
+        # meaningless without the providers' keys, which only the chain's release gives.
+        pending = json.dumps({"k": k, "noisy": noisy, "key_groups": len(plan.groups) if plan.per_key else None,
+                              "held": {p: held[p].hex() for p in providers}, "releases": releases}).encode()
         return Outcome(result_hash(spec, commitment, k, aligned), records_used=0,
-                       summary={"providers": len(providers)}, releases=releases, after_release=after_release)
+                       summary={"providers": len(providers)}, releases=releases, pending=pending)
+
+    async def finish(self, ctx: JobContext, pending: bytes, released) -> None:
+        spec, state = ctx.spec, json.loads(pending)
+        plan = Plan(dict(spec.params))
+        if state["key_groups"] is not None:
+            plan.set_key_groups(state["key_groups"])
+        k, providers, releases = state["k"], spec.providers, state["releases"]
+        parts = [from_bytes(open_held_back(released_key(released, p, releases[p]), bytes.fromhex(state["held"][p])), k)
+                 for p in providers]
+        total = decode(ring_sum(parts))
+        min_group = max(i.min_group_size for i in spec.inputs)
+        # The providers checked the exact counts; so do we, unless noise makes ours meaningless.
+        if not state["noisy"] and below_minimum(plan, total[plan.count_mask()], min_group):
+            raise JobRefused(f"an aggregate is below the listing's minimum group size ({min_group})")
+        result = result_of(plan, total, len(providers))
+        if state["noisy"]:  # each provider under a privacy budget added its own Laplace noise for the ε charged
+            result["differential_privacy"] = {"mechanism": "Laplace (OpenDP), added by each budgeted provider",
+                                              "epsilon_milli": spec.params.get("epsilon_milli", 1000)}
+        await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
+        ctx.progress("done", len(providers) + 1, len(providers) + 1)
 

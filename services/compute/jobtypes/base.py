@@ -133,6 +133,9 @@ class Outcome:
     releases: Mapping[str, str] = field(default_factory=dict)
     release_key: bytes | None = None
     after_release: Callable[[Mapping[str, bytes]], Awaitable[None]] | None = None
+    # Or, instead of ``after_release``, what the consumer needs to finish, as bytes the node keeps
+    # across a restart (0600, journal.py): the lifecycle then calls the job type's ``finish``.
+    pending: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,12 @@ class JobType(ABC):
     @abstractmethod
     async def run(self, ctx: JobContext) -> Outcome:
         """This node's part of the protocol."""
+
+    async def finish(self, ctx: JobContext, pending: bytes, released: Mapping[str, bytes]) -> None:
+        """The consumer's last step of a job whose ``run`` returned ``Outcome.pending``: open the
+        held-back messages with the released keys (member -> key) and ``ctx.commit_result``.
+        Called once every key is on chain, possibly by a restarted node from the kept bytes."""
+        raise NotImplementedError(f"{self.name} keeps nothing to finish after a restart")
 
 
 async def goodbye(member: str, chans) -> None:

@@ -107,19 +107,24 @@ async def run_all(spec, data):
     ctxs = contexts(spec, chans, data, results)
     job = job_type(spec.type)
     outcomes = dict(zip(ctxs, await asyncio.gather(*(run_member(job, c, chans[m]) for m, c in ctxs.items()))))
-    await release(outcomes, results)
+    await release(outcomes, results, ctxs)
     return outcomes, results, sent
 
 
-async def release(outcomes, results):
+async def release(outcomes, results, ctxs=None):
     """What the chain does once every party attested: the job is locked, each provider's node
-    releases its key, and the consumer's node opens its held-back messages with those keys."""
-    waiting = [(m, o) for m, o in outcomes.items() if not isinstance(o, BaseException) and o.after_release]
-    assert not any(m in results for m, _ in waiting), "a result before the release"
-    keys = {m: o.release_key for m, o in outcomes.items() if not isinstance(o, BaseException) and o.release_key}
-    for _, outcome in waiting:
+    releases its key, and the consumer's node opens its held-back messages with those keys (from
+    the bytes it kept, for a job type that keeps them: as a restarted node would)."""
+    ok = {m: o for m, o in outcomes.items() if not isinstance(o, BaseException)}
+    waiting = {m: o for m, o in ok.items() if o.after_release or o.pending is not None}
+    assert not set(waiting) & set(results), "a result before the release"
+    keys = {m: o.release_key for m, o in ok.items() if o.release_key}
+    for member, outcome in waiting.items():
         assert set(outcome.releases) <= set(keys)
-        await outcome.after_release(keys)
+        if outcome.pending is not None:
+            await job_type(ctxs[member].spec.type).finish(ctxs[member], outcome.pending, keys)
+        else:
+            await outcome.after_release(keys)
 
 
 # -- the ring ---------------------------------------------------------------------------------------

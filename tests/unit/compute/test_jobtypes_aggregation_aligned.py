@@ -42,7 +42,7 @@ async def run_job(spec, data, drop=None):
     got = await asyncio.wait_for(asyncio.gather(*(run_member(job, ctxs[m], chans[m]) for m in members),
                                                 return_exceptions=True), 60)
     if not any(isinstance(o, BaseException) for o in got):
-        await release(dict(zip(members, got)), results)
+        await release(dict(zip(members, got)), results, ctxs)
     return dict(zip(members, got)), {m: json.loads(r) for m, r in results.items()}, wire
 
 
