@@ -11,6 +11,7 @@ admitted and a job not run on a node's word. Without one, reads take the node's 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -46,14 +47,22 @@ class ChainView:
             log.warning("a chain answer did not verify: %s", exc)
             raise ChainUnverified(f"the chain node's answer for {path} did not verify") from None
 
+    async def _many(self, paths: list[str]) -> list[Any]:
+        """Several reads at once: a verified read waits for the block after its answer, so reads
+        made together mostly share that wait (one after another, each would wait a block)."""
+        found = await asyncio.gather(*(self._query(p) for p in paths), return_exceptions=True)
+        for item in found:
+            if isinstance(item, BaseException):
+                raise item
+        return found
+
     async def node_key(self, member: str, account: str) -> str:
         """The public key of ``member``'s compute node ``account``, if both are in good standing."""
         if account != f"{member}.node":
             raise PeerRefused(f"{account} is not the node account of {member}")
-        acc = await self._query(f"/accounts/{account}")
+        acc, m = await self._many([f"/accounts/{account}", f"/members/{member}"])
         if acc is None or acc.get("kind") != "node" or acc.get("member") != member:
             raise PeerRefused(f"{account} is not a compute node registered on chain")
-        m = await self._query(f"/members/{member}")
         if m is None or m.get("status") != "active":
             raise PeerRefused(f"member {member} is not active on chain")
         if (m.get("node") or {}).get("account") != account:
@@ -80,8 +89,8 @@ class ChainView:
         if record is None:
             return None
         nodes: dict[str, NodeRef] = {}
-        for member in record["participants"]:
-            m = await self._query(f"/members/{member}")
+        members = await self._many([f"/members/{member}" for member in record["participants"]])
+        for member, m in zip(record["participants"], members):
             if m and m.get("node"):
                 nodes[member] = NodeRef(m["node"]["account"], m["node"]["endpoint"])
         spec = JobSpec(
