@@ -10,7 +10,7 @@ from fastapi.staticfiles import StaticFiles
 
 from services.common.service import Service
 from services.portal import views
-from services.portal.gateway import Gateway, load_keys
+from services.portal.gateway import Gateway
 from services.portal.oidc import OIDC
 from services.portal.sessions import Store
 from services.portal.settings import PortalSettings
@@ -23,7 +23,7 @@ class Portal:
         self.settings = settings
         self.svc = Service(settings, title="rdx portal")
         self.http = httpx.AsyncClient(timeout=15.0)
-        self.gateway = Gateway(settings.gateway_url, load_keys(settings.portal_gateway_keys_file), self.http)
+        self.gateway = Gateway(settings.gateway_url, settings.portal_gateway_keys_file, self.http)
         self.oidc = OIDC(settings.portal_oidc_issuer, settings.portal_oidc_client_id,
                          settings.portal_oidc_client_secret.get_secret_value(),
                          settings.portal_public_url.rstrip("/") + "/callback", self.http)

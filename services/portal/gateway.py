@@ -4,6 +4,7 @@ association issued to the portal for the signed-in person's member and role."""
 from __future__ import annotations
 
 import json
+import logging
 import stat
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import httpx
 
 from services.portal.oidc import MEMBER_ID, PORTAL_ROLES
+
+log = logging.getLogger("rdx.portal")
 
 
 class GatewayError(Exception):
@@ -48,20 +51,48 @@ def load_keys(path: Path | None) -> dict[str, str]:
 
 
 class Gateway:
-    def __init__(self, base_url: str, keys: dict[str, str], http: httpx.AsyncClient):
-        self.base, self._keys, self._http = base_url.rstrip("/"), keys, http
+    """``keys_file`` is read again when it changes (a key added for a newly admitted member, a rotated
+    one); a changed file that is not valid keeps the keys read before."""
+
+    def __init__(self, base_url: str, keys_file: Path | None, http: httpx.AsyncClient):
+        self.base, self._http, self._file = base_url.rstrip("/"), http, keys_file
+        self._keys = load_keys(keys_file)
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self._file.stat() if self._file else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size) if st else None
+
+    def _token(self, member: str, role: str) -> str | None:
+        stamp = self._stamp()
+        if stamp != self._seen:
+            self._seen = stamp
+            try:
+                self._keys = load_keys(self._file)
+            except (KeysFileError, OSError) as exc:
+                log.error("gateway keys file not reloaded: %s", exc)
+        return self._keys.get(f"{member}/{role}")
 
     async def get(self, member: str, role: str, path: str, params: Any = None) -> Any:
-        token = self._keys.get(f"{member}/{role}")
+        return await self._call("GET", member, role, path, params=params)
+
+    async def post(self, member: str, role: str, path: str, body: Any) -> Any:
+        return await self._call("POST", member, role, path, json=body)
+
+    async def _call(self, method: str, member: str, role: str, path: str, **request: Any) -> Any:
+        token = self._token(member, role)
         if token is None:
             raise GatewayError(503, "error.no_key")
         try:
-            answer = await self._http.get(f"{self.base}/v1{path}", params=params,
-                                          headers={"Authorization": f"Bearer {token}"})
+            answer = await self._http.request(method, f"{self.base}/v1{path}", **request,
+                                              headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError:
             raise GatewayError(503, "error.gateway") from None
         if answer.status_code == 200:
             return answer.json()
         kind = {400: "error.bad_request", 401: "error.no_key", 403: "error.forbidden", 404: "error.not_found",
-                422: "error.bad_request"}.get(answer.status_code, "error.gateway")
+                409: "error.rejected", 422: "error.bad_request"}.get(answer.status_code, "error.gateway")
         raise GatewayError(answer.status_code if answer.status_code < 500 else 503, kind)

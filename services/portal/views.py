@@ -5,14 +5,16 @@ the Cedar policy in force (read from the gateway) and, again, by the gateway its
 from __future__ import annotations
 
 import html
+import json
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
@@ -26,6 +28,8 @@ FACETS = ("level", "operation", "industry", "region", "price_band", "price_model
 ASSET_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]{2,79}$")
 MAX_Q, MAX_VALUES, MAX_VALUE_LENGTH = 200, 20, 100
 MAX_FORM_BYTES = 4096
+MAX_TX_BYTES = 16_384
+ENVELOPE = {"chain_id", "nonce", "payload", "sig", "signer", "type"}
 POLICY_TTL_S = 30.0
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -57,6 +61,7 @@ def price_text(t, price: dict | None) -> str:
 def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
     settings = portal.settings
     policy_cache: list[Any] = [0.0, None]
+    origin = settings.portal_public_url.rstrip("/")
 
     @app.middleware("http")
     async def headers(request: Request, call_next):
@@ -222,4 +227,56 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
                 quote = None  # the listing still shows; the page says there is no quote
         except GatewayError as exc:
             return error(request, exc.status, exc.kind)
-        return render(request, "listing.html", item=item, quote=quote)
+        # Only the member's own key signs its transactions, and it lives in its admin's browser.
+        may_request = s.role == "member_admin" and item["provider"]["id"] != s.member
+        return render(request, "listing.html", item=item, quote=quote, may_request=may_request,
+                      grant_id=f"g-{secrets.token_hex(4)}-{asset_id}"[:80])
+
+    # -- keys stay with their owners (services/portal/static/signer.js) ----------------------------
+    @app.get("/keys", include_in_schema=False)
+    async def browser_key(request: Request) -> Response:
+        s = session_of(request)
+        if s is None:
+            return sign_in_first(request)
+        if s.role != "member_admin":
+            return error(request, 403, "error.forbidden")
+        return render(request, "keys.html")
+
+    def problem(status: int, kind: str, lang: str) -> JSONResponse:
+        return JSONResponse({"detail": i18n.translator(lang)(kind)}, status_code=status)
+
+    @app.get("/api/account", include_in_schema=False)
+    async def account(request: Request) -> Response:
+        """What the browser needs to sign the member's next tx: the chain id and the account's nonce."""
+        s = session_of(request)
+        if s is None:
+            return problem(401, "error.signin", language(request))
+        try:
+            acc = await portal.gateway.get(s.member, s.role, f"/accounts/{s.member}")
+        except GatewayError as exc:
+            return problem(exc.status, exc.kind, language(request))
+        return JSONResponse({"chain_id": settings.chain_id, "nonce": acc["nonce"]})
+
+    @app.post("/api/access-requests", include_in_schema=False)
+    async def relay_access_request(request: Request) -> Response:
+        """A tx the browser signed, relayed to the gateway as it is: the portal neither holds nor
+        sees a key, and the gateway and the chain check the signature against the member's key."""
+        s, lang = session_of(request), language(request)
+        if s is None:
+            return problem(401, "error.signin", lang)
+        if not s.csrf_ok(request.headers.get("x-csrf-token")) or request.headers.get("origin", origin) != origin:
+            return problem(403, "error.csrf", lang)
+        if s.role != "member_admin":
+            return problem(403, "error.forbidden", lang)
+        body = await request.body()
+        try:
+            tx = json.loads(body)["tx"] if len(body) <= MAX_TX_BYTES else None
+        except (ValueError, KeyError, TypeError):
+            tx = None
+        if not isinstance(tx, dict) or set(tx) != ENVELOPE or tx["signer"] != s.member or tx["type"] != "access.Request":
+            return problem(400, "error.bad_request", lang)
+        try:
+            done = await portal.gateway.post(s.member, s.role, "/access-requests", {"tx": tx})
+        except GatewayError as exc:
+            return problem(exc.status, exc.kind, lang)
+        return JSONResponse({"tx_hash": done["tx_hash"], "height": done["height"]})

@@ -6,15 +6,18 @@ under ``$RDX_TEST_ARTIFACTS`` when set."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import re
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from nacl.signing import VerifyKey
 from playwright.sync_api import Page, sync_playwright
 from test_local_exchange import _free_offset, rdx
 
@@ -22,6 +25,7 @@ from rdx.components import LOOPBACK, ServiceProcess, free_port
 from rdx.portal_login import user_record
 from rdx.portal_toolchain import CHROMIUM_ARGS, Hydra, LoginApp, axe_script, ensure_all
 from rdx.sdk import Gateway
+from services.common import canonicaljson
 from services.common.identity import Identity
 from services.common.listing import example_metadata
 
@@ -85,6 +89,7 @@ def site(toolchain, tmp_path_factory):
             "ann": user_record(PASSWORD, bank.account, "member_admin", "Ann Lee"),
             "audrey": user_record(PASSWORD, bank.account, "auditor", "Audrey"),  # no gateway key for her role
             "robot": user_record(PASSWORD, bank.account, "compute_operator", "A machine"),
+            "mei": user_record(PASSWORD, f"shop{run}", "member_admin", "王美"),  # admitted during a test
         }}))
 
         login_port, portal_port = free_port(), free_port()
@@ -105,6 +110,8 @@ def site(toolchain, tmp_path_factory):
         processes.append(portal)
         s = Site(root)
         s.url, s.asset, s.bank, s.hydra, s.portal = portal_url, asset, bank.account, hydra, portal
+        s.shop, s.keys_file, s.keys, s.gateway, s.admin_token = f"shop{run}", keys_file, keys, eps["gateway"], admin_token
+        s.association, s.state = association, state
         yield s
         print(f"\nportal screenshots: {s.shots}")
     finally:
@@ -287,4 +294,86 @@ def test_hostile_requests_get_clear_answers(browser, site, tmp_path):
         assert http.get("/search", headers=jar(me)).status_code == 200  # still signed in
         answer = http.get("/search", headers=jar(me))
         assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    assert site.portal.process.alive()
+
+
+def test_keys_stay_in_the_browser_that_signs(browser, site, tmp_path):
+    """A member admin makes the member's signing key in the browser (WebCrypto Ed25519, not
+    extractable), the association admits the member with its public key, and an access request is
+    signed in the browser and relayed by the portal: no request carries a private key, and none can."""
+    ctx = context(browser, site, tmp_path, "zh-CN")
+    page = ctx.new_page()
+    bodies: list[tuple[str, str]] = []
+    page.on("request", lambda r: bodies.append((r.url, r.post_data or "")) if r.method != "GET" else None)
+    sign_in(page, site, "mei")
+    page.goto(f"{site.url}/keys")
+    page.click("#make-key")
+    page.wait_for_function("document.getElementById('public-key').textContent.endsWith('=')")
+    public_key = page.locator("#public-key").inner_text()
+    assert serious_violations(page) == []
+    site.shot(page, "07-browser-key-zh")
+    held = page.evaluate("""async (account) => {
+        const db = await new Promise((ok, no) => { const r = indexedDB.open("rdx-portal-keys"); r.onsuccess = () => ok(r.result); r.onerror = no; });
+        const pair = await new Promise((ok) => { const r = db.transaction("keys").objectStore("keys").get(account); r.onsuccess = () => ok(r.result); });
+        let exported = "refused";
+        try { await crypto.subtle.exportKey("pkcs8", pair.privateKey); exported = "exported"; } catch (e) { exported = e.name; }
+        return {extractable: pair.privateKey.extractable, algorithm: pair.privateKey.algorithm.name, exported};
+    }""", site.shop)
+    assert held == {"extractable": False, "algorithm": "Ed25519", "exported": "InvalidAccessError"}
+
+    # The association admits the member with the key its admin made; the portal gets an API key for it.
+    with Gateway(site.gateway, identity=site.association, chain_id="rdx-local", timeout=60) as admin:
+        admin.send("members.Register", {"id": site.shop, "name": "小店", "roles": ["consumer"],
+                                        "public_key": public_key})
+        token = admin.create_key(site.shop, "member_admin")["token"]
+    site.keys_file.write_text(json.dumps({**site.keys, f"{site.shop}/member_admin": token}))
+
+    page.goto(f"{site.url}/listings/{site.asset}")
+    grant = page.locator("#grant").input_value()
+    page.fill("#purpose", "联合营销 joint marketing")
+    page.click("#send-request")
+    page.wait_for_selector("#request-status[data-state]")
+    assert page.locator("#request-status").get_attribute("data-state") == "done", page.locator("#request-status").inner_text()
+    site.shot(page, "08-access-requested-zh")
+    with Gateway(site.gateway, api_key=token, timeout=30) as shop:
+        [mine] = [g for g in shop.my_access() if g["id"] == grant]
+    assert mine["consumer"] == site.shop and mine["asset"] == site.asset and mine["purpose"] == "联合营销 joint marketing"
+
+    # Every body the browser sent: the sign-in form, the sign-out-free journey's one signed tx. The
+    # tx is the six envelope fields, signed by the browser's key (checked here with libsodium).
+    posted = [(u, b) for u, b in bodies if "/api/access-requests" in u]
+    assert len(posted) == 1
+    tx = json.loads(posted[0][1])["tx"]
+    assert set(tx) == {"chain_id", "nonce", "payload", "sig", "signer", "type"} and tx["signer"] == site.shop
+    signed = {k: v for k, v in tx.items() if k != "sig"}
+    VerifyKey(base64.b64decode(public_key)).verify(canonicaljson.dump_bytes(signed), base64.b64decode(tx["sig"]))
+    others = [b for u, b in bodies if "/api/access-requests" not in u]
+    assert all(set(parse_qs(b)) <= {"challenge", "username", "password", "csrf"} for b in others), others
+    # The servers keep nothing of it but the public key on chain: the portal writes no file at all.
+    assert not [p for p in (site.root / "portal-state").rglob("*") if p.is_file()]
+    ctx.close()
+
+
+def test_relay_refuses_what_it_should_not_carry(browser, site, tmp_path):
+    ctx = context(browser, site, tmp_path, "en-US")
+    page = ctx.new_page()
+    sign_in(page, site, "ann")  # the bank's member admin
+    sid, csrf = session_id(ctx), page.locator("meta[name=csrf]").get_attribute("content")
+    ctx.close()
+    good = {"chain_id": "rdx-local", "nonce": 1, "payload": {}, "sig": "AA==", "signer": site.bank,
+            "type": "access.Request"}
+    headers = {**jar({"rdx_portal": sid}), "x-csrf-token": csrf, "origin": site.url}
+    with httpx.Client(base_url=site.url, timeout=30) as http:
+        assert http.post("/api/access-requests", json={"tx": good},
+                         headers={**headers, "x-csrf-token": "no"}).status_code == 403
+        assert http.post("/api/access-requests", json={"tx": good},
+                         headers={**headers, "origin": "http://evil.example"}).status_code == 403
+        for bad in ({**good, "signer": site.shop}, {**good, "type": "members.Register"}, {**good, "extra": 1},
+                    "not a tx", None):
+            assert http.post("/api/access-requests", json={"tx": bad}, headers=headers).status_code == 400
+        assert http.post("/api/access-requests", content=b"{" * 20_000, headers=headers).status_code == 400
+        assert http.post("/api/access-requests", content=b"\xff\xfe", headers=headers).status_code == 400
+        # A well-formed tx with a bad signature: the gateway refuses it, the portal says so.
+        answer = http.post("/api/access-requests", json={"tx": good}, headers=headers)
+        assert 400 <= answer.status_code < 500 and "detail" in answer.json()
     assert site.portal.process.alive()

@@ -1,0 +1,110 @@
+// Keys stay with their owners: the member's Ed25519 signing key is made here by WebCrypto as
+// non-extractable, kept in this browser's IndexedDB (a CryptoKey, which cannot be read out), and
+// used to sign chain transactions. Only the public key and signed transactions ever leave the page.
+// Canonical JSON as docs/signing.md specifies (sorted keys by code point, integers only, no spaces).
+
+const DB = "rdx-portal-keys", STORE = "keys";
+
+function openDb() {
+  return new Promise((resolve, reject) => {
+    const req = indexedDB.open(DB, 1);
+    req.onupgradeneeded = () => req.result.createObjectStore(STORE);
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+async function idb(mode, fn) {
+  const db = await openDb();
+  return new Promise((resolve, reject) => {
+    const tx = db.transaction(STORE, mode), req = fn(tx.objectStore(STORE));
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+const b64 = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)));
+
+function codePointOrder(a, b) {
+  const x = Array.from(a), y = Array.from(b);
+  for (let i = 0; i < Math.min(x.length, y.length); i++) {
+    const d = x[i].codePointAt(0) - y[i].codePointAt(0);
+    if (d !== 0) return d;
+  }
+  return x.length - y.length;
+}
+
+function canonical(value, depth = 1) {
+  if (value === null || value === true || value === false) return String(value);
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value)) throw new Error("only integers within ±(2^53 − 1)");
+    return Object.is(value, -0) ? "0" : String(value);
+  }
+  if (typeof value === "string") return JSON.stringify(value);
+  if (depth > 16) throw new Error("nested too deep");
+  if (Array.isArray(value)) return "[" + value.map((v) => canonical(v, depth + 1)).join(",") + "]";
+  const keys = Object.keys(value).sort(codePointOrder);
+  return "{" + keys.map((k) => JSON.stringify(k) + ":" + canonical(value[k], depth + 1)).join(",") + "}";
+}
+
+export async function publicKey(account) {
+  const pair = await idb("readonly", (s) => s.get(account));
+  return pair ? b64(await crypto.subtle.exportKey("raw", pair.publicKey)) : null;
+}
+
+export async function makeKey(account) {
+  const pair = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
+  await idb("readwrite", (s) => s.put(pair, account));
+  return b64(await crypto.subtle.exportKey("raw", pair.publicKey));
+}
+
+export async function signTx(account, chainId, nonce, type, payload) {
+  const pair = await idb("readonly", (s) => s.get(account));
+  if (!pair) throw new Error("no signing key in this browser");
+  const envelope = { chain_id: chainId, nonce, payload, signer: account, type };
+  const sig = await crypto.subtle.sign({ name: "Ed25519" }, pair.privateKey, new TextEncoder().encode(canonical(envelope)));
+  return { ...envelope, sig: b64(sig) };
+}
+
+function csrf() {
+  return document.querySelector("meta[name=csrf]").content;
+}
+
+async function post(path, body) {
+  const answer = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() },
+                                     body: JSON.stringify(body), credentials: "same-origin" });
+  return { ok: answer.ok, body: await answer.json().catch(() => ({})) };
+}
+
+// The key page: show this browser's key for the member, or make one.
+const keyPanel = document.getElementById("browser-key");
+if (keyPanel) {
+  const account = keyPanel.dataset.account, out = document.getElementById("public-key");
+  publicKey(account).then((pk) => { if (pk) out.textContent = pk; });
+  document.getElementById("make-key").addEventListener("click", async () => {
+    out.textContent = await makeKey(account);
+  });
+}
+
+// The listing page's access request: signed here, relayed by the portal to the gateway.
+const requestForm = document.getElementById("request-access");
+if (requestForm) {
+  requestForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const status = document.getElementById("request-status"), data = new FormData(requestForm);
+    try {
+      const account = requestForm.dataset.account;
+      const seen = await fetch("/api/account", { credentials: "same-origin" }).then((r) => r.json());
+      const payload = { id: data.get("grant"), asset: requestForm.dataset.asset, operations: [data.get("operation")],
+                        purpose: data.get("purpose"), max_runs: Number(data.get("max_runs")),
+                        expires_at: Math.floor(Date.now() / 1000) + 30 * 86400 };
+      const tx = await signTx(account, seen.chain_id, seen.nonce + 1, "access.Request", payload);
+      const answer = await post("/api/access-requests", { tx });
+      status.textContent = answer.ok ? `${requestForm.dataset.done} ${answer.body.tx_hash}` : `${requestForm.dataset.failed} ${answer.body.detail || ""}`;
+      status.dataset.state = answer.ok ? "done" : "failed";
+    } catch (err) {
+      status.textContent = `${requestForm.dataset.failed} ${err.message}`;
+      status.dataset.state = "failed";
+    }
+  });
+}
