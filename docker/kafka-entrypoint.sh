@@ -8,7 +8,7 @@
 #                                  kafka-storage format --add-scram takes it
 #                                  (SCRAM-SHA-512=[name=USER,password=PASSWORD]); read at format
 #                                  time only, the first start
-set -eu
+set -euf  # no globbing: the classpath is a literal libs/*
 
 java="java -Xmx${KAFKA_HEAP:-512m} -Xms128m -XX:+UseG1GC -Djava.awt.headless=true -cp /opt/kafka/libs/*"
 props=/etc/kafka/server.properties
