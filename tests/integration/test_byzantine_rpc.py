@@ -172,7 +172,10 @@ def test_the_sdk_refuses_every_rewrite(world, proxy, tmp_path):
 def test_the_gateway_refuses_a_member_key_from_a_lying_node(world, proxy, tmp_path):
     """A real gateway whose chain endpoint is the proxy: a member's signed request is accepted
     through the honest proxy; when the proxy swaps the member's key for the attacker's, the
-    attacker's signed request is refused (502) and so is the member's, and no key is cached."""
+    attacker's signed request is refused (502) and so is the member's, and no key is cached; a
+    present key claimed absent is 502, not "unknown key"; a job whose grant is rewritten (claimed
+    granted, or absent) is refused 502 instead of relayed. (The gateway decides nothing on a
+    balance; the SDK's and the reader's tests cover that rewrite.)"""
     genesis = world.chain.node.home / "config" / "genesis.json"
     proc = ServiceProcess("gateway", free_port(), {
         "RDX_KAFKA_BOOTSTRAP": world.chain.kafka, "RDX_COMETBFT_RPC": proxy.url, "RDX_CHAIN_ID": world.chain.chain_id,
@@ -201,7 +204,25 @@ def test_the_gateway_refuses_a_member_key_from_a_lying_node(world, proxy, tmp_pa
                 with pytest.raises(GatewayError) as refused:
                     g.request("GET", "/v1/policy")
                 assert refused.value.status == 502
+            proxy.lie("absent", f"accounts/{world.consumer.account}")  # not "unknown key": a lie detected
+            time.sleep(2.1)
+            with pytest.raises(GatewayError) as refused:
+                member.request("GET", "/v1/policy")
+            assert refused.value.status == 502
+            # The grant its policy check reads before relaying a job: still pending on chain, claimed
+            # granted (and then claimed absent); the job is refused for the lie, not relayed.
             proxy.lie(None)
+            for mode in ("grant", "absent"):
+                proxy.lie(mode, f"access/{world.grant}")
+                with pytest.raises(GatewayError) as refused:
+                    member.submit_job(f"byz-job-{mode}-{world.tag}", "aggregation",
+                                      [{"asset": world.asset, "grant": world.grant}], max_price=100)
+                assert refused.value.status == 502, refused.value.body
+            proxy.lie(None)
+            with pytest.raises(GatewayError) as refused:  # honest: the pending grant does not allow it
+                member.submit_job(f"byz-job-honest-{world.tag}", "aggregation",
+                                  [{"asset": world.asset, "grant": world.grant}], max_price=100)
+            assert refused.value.status == 403, refused.value.body
             assert member.request("GET", "/v1/policy")["version"] >= 1
         assert proxy.lies >= 3
     finally:
