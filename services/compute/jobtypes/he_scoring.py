@@ -70,6 +70,7 @@ provider's column over the consumer's encrypted selection — see ``he_statistic
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 from typing import Any
@@ -77,7 +78,7 @@ from typing import Any
 import numpy as np
 
 from services.compute.jobtypes import he_statistics
-from services.compute.jobtypes.he_statistics import _uniform
+from services.compute.jobtypes.he_statistics import _uniform, load_secret, secret_context
 from services.compute.jobtypes.aggregation import numeric
 from services.compute.release import close_held_back, elements, held_back, key_hash, new_key, release_hash, released_key
 from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, expect,
@@ -131,6 +132,10 @@ def encrypt_batches(ctx, x: np.ndarray) -> list[list[bytes]]:
         block[:len(part)] = part
         out.append([ts.ckks_vector(ctx, block[:, j].tolist()).serialize() for j in range(x.shape[1])])
     return out
+
+
+def _b64(blob: bytes) -> str:
+    return base64.b64encode(blob).decode()
 
 
 def load_public(blob: bytes):
@@ -286,26 +291,37 @@ class HeScoringJob(JobType):
         release = release_hash((await expect(chan, "scores_done")).header)
         c2p, p2c = await close_held_back(chan, ctx)  # the scores are held back: nothing to commit yet
 
-        async def after_release(released) -> None:
-            key = released_key(released, provider, release)
-            scores = np.empty(n, dtype=np.float64)
-            for b, (off, blob) in enumerate(held):
-                m = min(SLOTS, n - b * SLOTS)
-                try:
-                    scores[b * SLOTS:b * SLOTS + m] = await asyncio.to_thread(decrypt, he, held_back(key, off, blob), m)
-                except Exception:  # noqa: BLE001 - SEAL's error on bytes that are no ciphertext; no value in it
-                    raise ProtocolError("a released score batch is not a ciphertext") from None
-            result: dict[str, Any] = {"n": n, "scores": scores.tolist(),
-                                      "ckks": {"poly_modulus_degree": POLY_DEGREE, "coeff_mod_bit_sizes": COEFF_MOD_BITS,
-                                               "scale_bits": SCALE_BITS},
-                                      "sigmoid_poly": list(_coeffs(spec.params))}
-            if ids is not None:
-                result["ids"] = ids
-            await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
-            ctx.progress("done", 2 * batches + 1, 2 * batches + 1)
-
+        # What finish needs, kept by the node across a restart (0600, never sent): this run's secret
+        # key alone and the held-back scores, meaningless without the key the chain releases.
+        pending = json.dumps({"n": n, "ids": ids, "release": release, "secret": _b64(secret_context(he)),
+                              "held": [[off, _b64(blob)] for off, blob in held]}).encode()
         return Outcome(result_hash(spec, c2p, p2c), records_used=n, summary={"batches": batches},
-                       releases={provider: release}, after_release=after_release)
+                       releases={provider: release}, pending=pending)
+
+    async def finish(self, ctx: JobContext, pending: bytes, released) -> None:
+        if ctx.spec.params.get("mode") == "statistics":
+            return await he_statistics.finish_consumer(ctx, pending, released)
+        spec, state = ctx.spec, json.loads(pending)
+        key = released_key(released, spec.inputs[0].provider, state["release"])
+        he = await asyncio.to_thread(load_secret, base64.b64decode(state["secret"]))
+        n = state["n"]
+        scores = np.empty(n, dtype=np.float64)
+        for b, (off, blob) in enumerate(state["held"]):
+            m = min(SLOTS, n - b * SLOTS)
+            try:
+                opened = held_back(key, off, base64.b64decode(blob))
+                scores[b * SLOTS:b * SLOTS + m] = await asyncio.to_thread(decrypt, he, opened, m)
+            except Exception:  # noqa: BLE001 - SEAL's error on bytes that are no ciphertext; no value in it
+                raise ProtocolError("a released score batch is not a ciphertext") from None
+        result: dict[str, Any] = {"n": n, "scores": scores.tolist(),
+                                  "ckks": {"poly_modulus_degree": POLY_DEGREE, "coeff_mod_bit_sizes": COEFF_MOD_BITS,
+                                           "scale_bits": SCALE_BITS},
+                                  "sigmoid_poly": list(_coeffs(spec.params))}
+        if state["ids"] is not None:
+            result["ids"] = state["ids"]
+        await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
+        batches = len(state["held"])
+        ctx.progress("done", 2 * batches + 1, 2 * batches + 1)
 
     async def _provider(self, ctx: JobContext) -> Outcome:
         spec = ctx.spec

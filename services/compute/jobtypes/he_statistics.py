@@ -97,6 +97,7 @@ Leakage:
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import math
@@ -141,6 +142,18 @@ def new_context():
 
 def public_context(ctx) -> bytes:
     return ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
+
+
+def secret_context(ctx) -> bytes:
+    """A run's secret key alone (no public, relinearisation or Galois keys): all the consumer's
+    node needs to decrypt after the release, kept in its own state (0600), never sent."""
+    return ctx.serialize(save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+
+
+def load_secret(blob: bytes):
+    import tenseal as ts
+
+    return ts.context_from(blob)
 
 
 def load_public(blob: bytes):
@@ -372,26 +385,36 @@ async def run_consumer(ctx: JobContext) -> Outcome:
     release = release_hash((await expect(chan, "held")).header)
     c2p, p2c = await close_held_back(chan, ctx)  # the sums are held back: nothing to commit yet
 
-    async def after_release(released) -> None:
-        key = released_key(released, provider, release)
-        sums: dict[int, float] = {}
-        for p, (off, blob) in held.items():
+    # What finish_consumer needs, kept by the node across a restart (0600, never sent): this run's
+    # secret key alone and the held-back sums, meaningless without the key the chain releases.
+    secret = base64.b64encode(await asyncio.to_thread(secret_context, he)).decode() if he is not None else None
+    pending = json.dumps({"n": n, "n_x": n_x, "count": count, "noisy": noisy, "release": release, "secret": secret,
+                          "held": {str(p): [off, base64.b64encode(blob).decode()] for p, (off, blob) in held.items()}})
+    return Outcome(result_hash(spec, c2p, p2c), records_used=n_x, summary={"provider_rows": n},
+                   releases={provider: release}, pending=pending.encode())
+
+
+async def finish_consumer(ctx: JobContext, pending: bytes, released) -> None:
+    """The consumer's statistics: the held-back sums opened with the key the chain released."""
+    spec, state = ctx.spec, json.loads(pending)
+    key = released_key(released, spec.inputs[0].provider, state["release"])
+    sums: dict[int, float] = {}
+    if state["held"]:
+        he = await asyncio.to_thread(load_secret, base64.b64decode(state["secret"]))
+        for p, (off, blob) in state["held"].items():
             try:
-                sums[p] = await asyncio.to_thread(decrypt_first, he, held_back(key, off, blob))
+                sums[int(p)] = await asyncio.to_thread(decrypt_first, he, held_back(key, off, base64.b64decode(blob)))
             except Exception:  # noqa: BLE001 - SEAL's error on bytes that are no ciphertext; no value in it
                 raise ProtocolError("a released statistic is not a ciphertext") from None
-        result = {"provider_rows": n, "selected_ids": n_x, "column": spec.params["column"],
-                  "statistics": statistics(stats, count, sums.get(1), sums.get(2)),
-                  "ckks": {"poly_modulus_degree": POLY_DEGREE, "coeff_mod_bit_sizes": COEFF_MOD_BITS,
-                           "scale_bits": SCALE_BITS, "flood_bits": FLOOD_BITS}}
-        if noisy:  # the provider's listing has a privacy budget: sum and sum of squares carry its Laplace noise
-            result["differential_privacy"] = {"mechanism": "Laplace (OpenDP) on the sums, added by the provider",
-                                              "epsilon_milli": spec.params.get("epsilon_milli", 1000)}
-        await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
-        ctx.progress("done", 4, 4)
-
-    return Outcome(result_hash(spec, c2p, p2c), records_used=n_x, summary={"provider_rows": n},
-                   releases={provider: release}, after_release=after_release)
+    result = {"provider_rows": state["n"], "selected_ids": state["n_x"], "column": spec.params["column"],
+              "statistics": statistics(check_params(spec.params), state["count"], sums.get(1), sums.get(2)),
+              "ckks": {"poly_modulus_degree": POLY_DEGREE, "coeff_mod_bit_sizes": COEFF_MOD_BITS,
+                       "scale_bits": SCALE_BITS, "flood_bits": FLOOD_BITS}}
+    if state["noisy"]:  # the provider's listing has a privacy budget: sum and sum of squares carry its Laplace noise
+        result["differential_privacy"] = {"mechanism": "Laplace (OpenDP) on the sums, added by the provider",
+                                          "epsilon_milli": spec.params.get("epsilon_milli", 1000)}
+    await ctx.commit_result(json.dumps(result, sort_keys=True).encode())
+    ctx.progress("done", 4, 4)
 
 
 def _provider_rows(ids: list[Any], values: list[Any], column: str) -> tuple[list[bytes], np.ndarray]:

@@ -243,24 +243,8 @@ class SupplyChainJob(JobType):
                 releases[other] = release_hash((await expect(chans[other], "held")).header)
             ctx.progress("comparing", step, len(others) + 2)
 
-        async def conclude(keys) -> str:
-            statuses: dict[str, np.ndarray] = {}
-            for other, (own_back, their_back) in backs.items():
-                if ctx.is_consumer:
-                    own_back = open_held_back(released_key(keys, other, releases[other]), own_back)
-                status = np.empty(n, dtype=np.int64)
-                status[perm] = await asyncio.to_thread(classify, own_back, their_back)
-                statuses[other] = status
-            by_kind: dict[str, np.ndarray] = {}
-            for other, status in statuses.items():  # two counterparts of one kind: the best status per record
-                kind = kinds[other]
-                by_kind[kind] = status if kind not in by_kind else np.minimum(by_kind[kind], status)
-            summary["disagreements"] = int(sum((s != 0).sum() for s in by_kind.values()))
-            # every party's own, sealed on its own node: c_P
-            return await ctx.commit_result(json.dumps(outcome_of(refs, by_kind), sort_keys=True).encode())
-
         summary: dict[str, int] = {}
-        commitment = "" if ctx.is_consumer else await conclude({})  # the consumer's: after the release
+        commitment = "" if ctx.is_consumer else await _conclude(ctx, kinds, refs, perm, backs, summary)
         entries = {ctx.member: (kinds[ctx.member], data_commitment, commitment)}
         for other in others:
             await chans[other].send("outcome", commitment=commitment, data=data_commitment)
@@ -275,14 +259,20 @@ class SupplyChainJob(JobType):
         await goodbye(ctx.member, chans.values())
         ctx.progress("done", len(others) + 2, len(others) + 2)
         records = {i.asset: counts[i.provider] for i in spec.inputs}
-        if ctx.is_consumer:
-            async def after_release(keys) -> None:
-                await conclude(keys)
-
+        if ctx.is_consumer:  # its outcome after the release, from what the node keeps (0600) across a restart
+            pending = json.dumps({"refs": refs, "perm": perm.tolist(), "releases": releases,
+                                  "backs": {o: [own.hex(), their.hex()] for o, (own, their) in backs.items()}})
             return Outcome(result_hash(spec, entries), records_used=n, summary=summary, records=records,
-                           releases=releases, after_release=after_release)
+                           releases=releases, pending=pending.encode())
         return Outcome(result_hash(spec, entries), records_used=n, summary=summary, records=records,
                        release_key=release_key)
+
+    async def finish(self, ctx: JobContext, pending: bytes, released) -> None:
+        """The consumer's outcome: each provider's back values opened with the key the chain released."""
+        state = json.loads(pending)
+        backs = {o: (open_held_back(released_key(released, o, state["releases"][o]), bytes.fromhex(own)),
+                     bytes.fromhex(their)) for o, (own, their) in state["backs"].items()}
+        await _conclude(ctx, _kinds(ctx.spec), state["refs"], np.asarray(state["perm"], dtype=np.int64), backs, {})
 
     async def _pair(self, ctx: JobContext, chan, sent_keys: list[bytes], n: int,
                     counts: dict[str, int] | None = None, seal: bytes | None = None) -> tuple[bytes, bytes]:
@@ -308,6 +298,22 @@ class SupplyChainJob(JobType):
         if seal is not None:
             await chan.send("held", release=key_hash(seal))
         return own_back, their_back
+
+
+async def _conclude(ctx: JobContext, kinds: dict[str, str], refs: list[str], perm: np.ndarray,
+                    backs: dict[str, tuple[bytes, bytes]], summary: dict[str, int]) -> str:
+    """This party's outcome from each pair's (own back, their back), sealed on its own node: c_P."""
+    statuses: dict[str, np.ndarray] = {}
+    for other, (own_back, their_back) in backs.items():
+        status = np.empty(len(refs), dtype=np.int64)
+        status[perm] = await asyncio.to_thread(classify, own_back, their_back)
+        statuses[other] = status
+    by_kind: dict[str, np.ndarray] = {}
+    for other, status in statuses.items():  # two counterparts of one kind: the best status per record
+        kind = kinds[other]
+        by_kind[kind] = status if kind not in by_kind else np.minimum(by_kind[kind], status)
+    summary["disagreements"] = int(sum((s != 0).sum() for s in by_kind.values()))
+    return await ctx.commit_result(json.dumps(outcome_of(refs, by_kind), sort_keys=True).encode())
 
 
 def _repeats_reference(blob: bytes) -> bool:

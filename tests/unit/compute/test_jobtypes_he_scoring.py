@@ -79,7 +79,7 @@ async def test_he_scoring_end_to_end_in_process():
     job = job_type("he_scoring")
     outs = await asyncio.gather(*(run_member(job, c, chans[m]) for m, c in ctxs.items()))
     assert outs[0].result_hash == outs[1].result_hash
-    await release(dict(zip(ctxs, outs)), results)
+    await release(dict(zip(ctxs, outs)), results, ctxs)
     result = json.loads(results["bank"])
     xc = np.array([[float(v) for v in apps[f]] for f in feats]).T
     clear = he.clear_scores(xc, w, -0.25, he.sigmoid_poly(8))

@@ -120,7 +120,7 @@ async def _run(spec, data):
     job = job_type("he_scoring")
     outs = await asyncio.gather(*(run_member(job, c, chans[m]) for m, c in ctxs.items()), return_exceptions=True)
     if not any(isinstance(o, BaseException) for o in outs):
-        await release(dict(zip(ctxs, outs)), results)
+        await release(dict(zip(ctxs, outs)), results, ctxs)
     return dict(zip(ctxs, outs)), results, sent
 
 

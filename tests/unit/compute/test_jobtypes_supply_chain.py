@@ -86,7 +86,7 @@ async def test_four_parties_each_learn_their_own_disagreements_like_the_clear_co
     assert len({o.result_hash for o in outs}) == 1
     # every party states every input's record count as it saw it, the same everywhere (issue 16)
     assert all(o.records == {f"{p}.data": len(recs[p]) for p in ("seller", "carrier", "bankx")} for o in outs)
-    await release(dict(zip(ctxs, outs)), results)  # the consumer's outcome: only with the released keys
+    await release(dict(zip(ctxs, outs)), results, ctxs)  # the consumer's outcome: only with the released keys
     assert set(results) == set(KINDS)  # every party commits its own outcome
     got = json.loads(results["buyer"])
     expected = []
