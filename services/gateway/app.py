@@ -103,7 +103,7 @@ class Gateway:
         await self.webhook_events.start()
 
     async def _on_event(self, event: Event, _conn) -> None:
-        if event.type in webhooks.EVENT_TYPES:
+        if event.type in webhooks.EVENT_TYPES and await self.webhooks.any():  # no webhook: no party look-ups
             members = await webhooks.parties(event.data, self.chain.query)
             await self.webhooks.enqueue(members, event.id, event.type, event.occurred_at.timestamp(),
                                         webhooks.payload(event))

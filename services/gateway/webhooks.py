@@ -59,7 +59,7 @@ CATEGORIES: dict[str, frozenset[str]] = {
 }
 EVENT_TYPES = frozenset().union(*CATEGORIES.values())
 PARTY_FIELDS = ("consumer", "provider", "member", "sender", "to")
-STATUSES = ("pending", "delivered", "failed")
+RESOLVE_TIMEOUT_S = 5.0
 
 
 class EndpointRefused(ValueError):
@@ -80,9 +80,12 @@ async def resolve(host: str, port: int, allow_private: bool) -> list[str]:
     """Every address ``host`` resolves to, or EndpointRefused if there is none or any is not allowed
     (all, not the first: a name with one public and one internal address is refused)."""
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM),
+                                       RESOLVE_TIMEOUT_S)
     except (socket.gaierror, UnicodeError):
         raise EndpointRefused(f"{host} does not resolve") from None
+    except asyncio.TimeoutError:  # a member's slow name server must not hold a request or a delivery
+        raise EndpointRefused(f"{host} did not resolve within {RESOLVE_TIMEOUT_S:g} s") from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses:
         raise EndpointRefused(f"{host} does not resolve")
@@ -217,6 +220,9 @@ class WebhookStore:
         rows = await self.db.fetch(f"SELECT id, member, url, events, created_at FROM webhooks {where} "
                                    "ORDER BY id LIMIT ?", (*args, limit))
         return [self._endpoint(r) for r in rows]
+
+    async def any(self) -> bool:
+        return bool(await self.db.fetch("SELECT 1 FROM webhooks LIMIT 1"))
 
     async def count(self, member: str) -> int:
         return (await self.db.fetch("SELECT COUNT(*) FROM webhooks WHERE member = ?", (member,)))[0][0]
