@@ -28,7 +28,11 @@ Rules a job type keeps (the privacy tests check them):
 - what leaves the node goes through ``ctx.channel`` only, and is what the protocol says;
 - a result exists in the clear only on the node of the member it is for (the consumer's, or
   in supply_chain each party's own), and is handed to ``ctx.commit_result`` (which seals it
-  to that node's own member and stores it) before the job attests;
+  to that node's own member and stores it); a consumer's result is computed only after the
+  chain locked the payment (fair exchange, docs/compute.md): the providers send what it is
+  computed from under a release key (``Outcome.release_key``, services/compute/release.py), and
+  the consumer returns ``Outcome.releases`` and ``Outcome.pending``, the bytes its ``finish``
+  opens with the released keys (kept by the node across a restart);
 - every participant must return the same ``result_hash`` (usually a hash of the protocol
   transcript and the consumer's result commitment, which everyone saw), or the chain fails it;
 - nothing that derives from data values is logged, raised in an exception message, or put in
