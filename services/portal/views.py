@@ -30,6 +30,8 @@ MAX_Q, MAX_VALUES, MAX_VALUE_LENGTH = 200, 20, 100
 MAX_FORM_BYTES = 4096
 MAX_TX_BYTES = 16_384
 ENVELOPE = {"chain_id", "nonce", "payload", "sig", "signer", "type"}
+# The signed transactions the portal's pages make, and the gateway route each goes to.
+RELAYED = {"access.Request": "/access-requests", "access.Approve": "/access-requests/{id}/approve"}
 POLICY_TTL_S = 30.0
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -257,8 +259,8 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             return problem(exc.status, exc.kind, language(request))
         return JSONResponse({"chain_id": settings.chain_id, "nonce": acc["nonce"]})
 
-    @app.post("/api/access-requests", include_in_schema=False)
-    async def relay_access_request(request: Request) -> Response:
+    @app.post("/api/tx", include_in_schema=False)
+    async def relay_tx(request: Request) -> Response:
         """A tx the browser signed, relayed to the gateway as it is: the portal neither holds nor
         sees a key, and the gateway and the chain check the signature against the member's key."""
         s, lang = session_of(request), language(request)
@@ -273,10 +275,30 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             tx = json.loads(body)["tx"] if len(body) <= MAX_TX_BYTES else None
         except (ValueError, KeyError, TypeError):
             tx = None
-        if not isinstance(tx, dict) or set(tx) != ENVELOPE or tx["signer"] != s.member or tx["type"] != "access.Request":
+        if not isinstance(tx, dict) or set(tx) != ENVELOPE or tx["signer"] != s.member or \
+                not isinstance(tx["payload"], dict) or tx["type"] not in RELAYED:
             return problem(400, "error.bad_request", lang)
+        path = RELAYED[tx["type"]]
+        if "{id}" in path:
+            grant = tx["payload"].get("id")
+            if not isinstance(grant, str) or not ASSET_ID.match(grant):
+                return problem(400, "error.bad_request", lang)
+            path = path.format(id=grant)
         try:
-            done = await portal.gateway.post(s.member, s.role, "/access-requests", {"tx": tx})
+            done = await portal.gateway.post(s.member, s.role, path, {"tx": tx})
         except GatewayError as exc:
             return problem(exc.status, exc.kind, lang)
         return JSONResponse({"tx_hash": done["tx_hash"], "height": done["height"]})
+
+    # -- the access inbox -------------------------------------------------------------------------
+    @app.get("/access", include_in_schema=False)
+    async def access(request: Request) -> Response:
+        s = session_of(request)
+        if s is None:
+            return sign_in_first(request)
+        try:
+            grants = await portal.gateway.get(s.member, s.role, "/access-requests", {"limit": "200"})
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        grants.sort(key=lambda g: (g["status"] != "pending", g["id"]))
+        return render(request, "access.html", grants=grants)

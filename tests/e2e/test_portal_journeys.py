@@ -51,9 +51,12 @@ class Site:
 def site(toolchain, tmp_path_factory):
     ensure_all()
     root = tmp_path_factory.mktemp("portal")
-    state, offset = root / "state", _free_offset()
+    state = root / "state"
     args = ("--state-dir", str(state))
-    started = rdx("up", "--detach", "--port-offset", str(offset), *args)
+    for _ in range(3):  # a port found free can be taken by another process before the exchange binds it
+        started = rdx("up", "--detach", "--port-offset", str(_free_offset()), *args)
+        if "already in use" not in started.stderr:
+            break
     assert started.returncode == 0, started.stderr + started.stdout
     processes = []
     try:
@@ -68,7 +71,8 @@ def site(toolchain, tmp_path_factory):
                                             "public_key": telco.public_key})
             admin.send("members.Register", {"id": bank.account, "name": "Bank of the Bay", "roles": ["consumer"],
                                             "public_key": bank.public_key})
-            keys = {f"{bank.account}/analyst": admin.create_key(bank.account, "analyst")["token"],
+            keys = {f"{telco.account}/member_admin": admin.create_key(telco.account, "member_admin")["token"],
+                    f"{bank.account}/analyst": admin.create_key(bank.account, "analyst")["token"],
                     f"{bank.account}/member_admin": admin.create_key(bank.account, "member_admin")["token"]}
         asset = f"{telco.account}.subscribers"
         with Gateway(eps["gateway"], identity=telco, chain_id="rdx-local", timeout=60) as provider:
@@ -90,6 +94,7 @@ def site(toolchain, tmp_path_factory):
             "audrey": user_record(PASSWORD, bank.account, "auditor", "Audrey"),  # no gateway key for her role
             "robot": user_record(PASSWORD, bank.account, "compute_operator", "A machine"),
             "mei": user_record(PASSWORD, f"shop{run}", "member_admin", "王美"),  # admitted during a test
+            "tang": user_record(PASSWORD, telco.account, "member_admin", "唐工"),
         }}))
 
         login_port, portal_port = free_port(), free_port()
@@ -111,7 +116,7 @@ def site(toolchain, tmp_path_factory):
         s = Site(root)
         s.url, s.asset, s.bank, s.hydra, s.portal = portal_url, asset, bank.account, hydra, portal
         s.shop, s.keys_file, s.keys, s.gateway, s.admin_token = f"shop{run}", keys_file, keys, eps["gateway"], admin_token
-        s.association, s.state = association, state
+        s.association, s.state, s.telco = association, state, telco
         yield s
         print(f"\nportal screenshots: {s.shots}")
     finally:
@@ -297,6 +302,13 @@ def test_hostile_requests_get_clear_answers(browser, site, tmp_path):
     assert site.portal.process.alive()
 
 
+def make_browser_key(page: Page, site: Site) -> str:
+    page.goto(f"{site.url}/keys")
+    page.click("#make-key")
+    page.wait_for_function("document.getElementById('public-key').textContent.endsWith('=')")
+    return page.locator("#public-key").inner_text()
+
+
 def test_keys_stay_in_the_browser_that_signs(browser, site, tmp_path):
     """A member admin makes the member's signing key in the browser (WebCrypto Ed25519, not
     extractable), the association admits the member with its public key, and an access request is
@@ -306,10 +318,7 @@ def test_keys_stay_in_the_browser_that_signs(browser, site, tmp_path):
     bodies: list[tuple[str, str]] = []
     page.on("request", lambda r: bodies.append((r.url, r.post_data or "")) if r.method != "GET" else None)
     sign_in(page, site, "mei")
-    page.goto(f"{site.url}/keys")
-    page.click("#make-key")
-    page.wait_for_function("document.getElementById('public-key').textContent.endsWith('=')")
-    public_key = page.locator("#public-key").inner_text()
+    public_key = make_browser_key(page, site)
     assert serious_violations(page) == []
     site.shot(page, "07-browser-key-zh")
     held = page.evaluate("""async (account) => {
@@ -338,19 +347,47 @@ def test_keys_stay_in_the_browser_that_signs(browser, site, tmp_path):
     with Gateway(site.gateway, api_key=token, timeout=30) as shop:
         [mine] = [g for g in shop.my_access() if g["id"] == grant]
     assert mine["consumer"] == site.shop and mine["asset"] == site.asset and mine["purpose"] == "联合营销 joint marketing"
+    site.grant, site.shop_token = grant, token
 
     # Every body the browser sent: the sign-in form, the sign-out-free journey's one signed tx. The
     # tx is the six envelope fields, signed by the browser's key (checked here with libsodium).
-    posted = [(u, b) for u, b in bodies if "/api/access-requests" in u]
+    posted = [(u, b) for u, b in bodies if u.endswith("/api/tx")]
     assert len(posted) == 1
     tx = json.loads(posted[0][1])["tx"]
     assert set(tx) == {"chain_id", "nonce", "payload", "sig", "signer", "type"} and tx["signer"] == site.shop
     signed = {k: v for k, v in tx.items() if k != "sig"}
     VerifyKey(base64.b64decode(public_key)).verify(canonicaljson.dump_bytes(signed), base64.b64decode(tx["sig"]))
-    others = [b for u, b in bodies if "/api/access-requests" not in u]
+    others = [b for u, b in bodies if not u.endswith("/api/tx")]
     assert all(set(parse_qs(b)) <= {"challenge", "username", "password", "csrf"} for b in others), others
     # The servers keep nothing of it but the public key on chain: the portal writes no file at all.
     assert not [p for p in (site.root / "portal-state").rglob("*") if p.is_file()]
+    ctx.close()
+
+
+def test_the_provider_approves_in_its_own_browser(browser, site, tmp_path):
+    """The provider's admin moves the member's key into its browser (the old key signs members.RotateKey,
+    as the member's own signer would) and approves the request from the access inbox."""
+    ctx = context(browser, site, tmp_path, "zh-CN", phone=True)
+    page = ctx.new_page()
+    sign_in(page, site, "tang")
+    public_key = make_browser_key(page, site)
+    with Gateway(site.gateway, identity=site.telco, chain_id="rdx-local", timeout=60) as telco:
+        telco.send("members.RotateKey", {"public_key": public_key})
+    page.goto(f"{site.url}/access")
+    row = page.locator(f"tr[id='grant-{site.grant}']")
+    assert row.locator(".status").inner_text() == "pending"
+    assert fits_width(page)
+    assert serious_violations(page) == []
+    site.shot(page, "09-access-inbox-zh-phone")
+    row.locator("button[data-approve]").click()
+    page.wait_for_selector("#approve-status[data-state]")
+    assert page.locator("#approve-status").get_attribute("data-state") == "done", page.locator("#approve-status").inner_text()
+    with Gateway(site.gateway, api_key=site.shop_token, timeout=30) as shop:
+        [grant] = [g for g in shop.my_access() if g["id"] == site.grant]
+    assert grant["status"] == "granted"
+    page.reload()
+    assert page.locator(f"tr[id='grant-{site.grant}'] .status").inner_text() == "granted"
+    site.shot(page, "10-access-granted-zh-phone")
     ctx.close()
 
 
@@ -364,16 +401,17 @@ def test_relay_refuses_what_it_should_not_carry(browser, site, tmp_path):
             "type": "access.Request"}
     headers = {**jar({"rdx_portal": sid}), "x-csrf-token": csrf, "origin": site.url}
     with httpx.Client(base_url=site.url, timeout=30) as http:
-        assert http.post("/api/access-requests", json={"tx": good},
+        assert http.post("/api/tx", json={"tx": good},
                          headers={**headers, "x-csrf-token": "no"}).status_code == 403
-        assert http.post("/api/access-requests", json={"tx": good},
+        assert http.post("/api/tx", json={"tx": good},
                          headers={**headers, "origin": "http://evil.example"}).status_code == 403
         for bad in ({**good, "signer": site.shop}, {**good, "type": "members.Register"}, {**good, "extra": 1},
-                    "not a tx", None):
-            assert http.post("/api/access-requests", json={"tx": bad}, headers=headers).status_code == 400
-        assert http.post("/api/access-requests", content=b"{" * 20_000, headers=headers).status_code == 400
-        assert http.post("/api/access-requests", content=b"\xff\xfe", headers=headers).status_code == 400
+                    {**good, "type": "access.Approve", "payload": {"id": "../../keys"}},
+                    {**good, "payload": "not an object"}, "not a tx", None):
+            assert http.post("/api/tx", json={"tx": bad}, headers=headers).status_code == 400
+        assert http.post("/api/tx", content=b"{" * 20_000, headers=headers).status_code == 400
+        assert http.post("/api/tx", content=b"\xff\xfe", headers=headers).status_code == 400
         # A well-formed tx with a bad signature: the gateway refuses it, the portal says so.
-        answer = http.post("/api/access-requests", json={"tx": good}, headers=headers)
+        answer = http.post("/api/tx", json={"tx": good}, headers=headers)
         assert 400 <= answer.status_code < 500 and "detail" in answer.json()
     assert site.portal.process.alive()

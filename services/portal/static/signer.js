@@ -66,6 +66,10 @@ export async function signTx(account, chainId, nonce, type, payload) {
   return { ...envelope, sig: b64(sig) };
 }
 
+async function accountState() {
+  return fetch("/api/account", { credentials: "same-origin" }).then((r) => r.json());
+}
+
 function csrf() {
   return document.querySelector("meta[name=csrf]").content;
 }
@@ -86,25 +90,41 @@ if (keyPanel) {
   });
 }
 
-// The listing page's access request: signed here, relayed by the portal to the gateway.
+// Signs the member's next tx in this browser and sends it through the portal; says how it went in
+// `status` (data-state done or failed) with the element's data-done / data-failed texts.
+async function signAndSend(status, signer, type, payload, texts) {
+  try {
+    const seen = await accountState();
+    const tx = await signTx(signer, seen.chain_id, seen.nonce + 1, type, payload);
+    const answer = await post("/api/tx", { tx });
+    status.textContent = answer.ok ? `${texts.done} ${answer.body.tx_hash}` : `${texts.failed} ${answer.body.detail || ""}`;
+    status.dataset.state = answer.ok ? "done" : "failed";
+  } catch (err) {
+    status.textContent = `${texts.failed} ${err.message}`;
+    status.dataset.state = "failed";
+  }
+}
+
+// The listing page's access request.
 const requestForm = document.getElementById("request-access");
 if (requestForm) {
   requestForm.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const status = document.getElementById("request-status"), data = new FormData(requestForm);
-    try {
-      const account = requestForm.dataset.account;
-      const seen = await fetch("/api/account", { credentials: "same-origin" }).then((r) => r.json());
-      const payload = { id: data.get("grant"), asset: requestForm.dataset.asset, operations: [data.get("operation")],
-                        purpose: data.get("purpose"), max_runs: Number(data.get("max_runs")),
-                        expires_at: Math.floor(Date.now() / 1000) + 30 * 86400 };
-      const tx = await signTx(account, seen.chain_id, seen.nonce + 1, "access.Request", payload);
-      const answer = await post("/api/access-requests", { tx });
-      status.textContent = answer.ok ? `${requestForm.dataset.done} ${answer.body.tx_hash}` : `${requestForm.dataset.failed} ${answer.body.detail || ""}`;
-      status.dataset.state = answer.ok ? "done" : "failed";
-    } catch (err) {
-      status.textContent = `${requestForm.dataset.failed} ${err.message}`;
-      status.dataset.state = "failed";
-    }
+    const data = new FormData(requestForm);
+    const payload = { id: data.get("grant"), asset: requestForm.dataset.asset, operations: [data.get("operation")],
+                      purpose: data.get("purpose"), max_runs: Number(data.get("max_runs")),
+                      expires_at: Math.floor(Date.now() / 1000) + 30 * 86400 };
+    await signAndSend(document.getElementById("request-status"), requestForm.dataset.account, "access.Request",
+                      payload, requestForm.dataset);
   });
 }
+
+// The access inbox: a provider's admin approves a request.
+document.querySelectorAll("button[data-approve]").forEach((button) => {
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    await signAndSend(document.getElementById("approve-status"), button.dataset.account, "access.Approve",
+                      { id: button.dataset.approve }, button.dataset);
+    button.disabled = false;
+  });
+});
