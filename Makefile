@@ -35,7 +35,7 @@ status:
 demo: up-detached
 	@$(PY) -m rdx demo --state-dir $(STATE)
 
-test: setup setup-k8s check-infra setup-ts setup-stores
+test: setup setup-k8s check-infra setup-ts setup-stores setup-portal
 	@$(PY) -m pytest
 
 # The TypeScript signer (sdk/typescript, docs/signing.md): npm ci into a cache outside the checkout, tsc; needs Node.js 20+.
@@ -47,6 +47,12 @@ setup-ts:
 .PHONY: setup-stores
 setup-stores: $(VENV)/.installed
 	@$(PY) -m rdx.stores
+
+# The portal's browser tests: Debian's chromium (apt-get), axe-core (npm) and Ory Hydra, the OIDC provider
+# they sign in through (built once from the Go module proxy into ~/.cache/rdx; rdx/portal_toolchain.py).
+.PHONY: setup-portal
+setup-portal: $(VENV)/.installed
+	@$(PY) -m rdx.portal_toolchain
 
 # etcd + kube-apiserver for the `rdx ops` tests, built once per version into ~/.cache/rdx.
 setup-k8s: $(VENV)/.installed
