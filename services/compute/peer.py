@@ -180,15 +180,18 @@ async def connect(identity: Identity, chain_id: str, chain: ChainView, job: str,
     call = channel.stream_stream(METHOD, request_serializer=None, response_deserializer=None)()
     transport = _ClientTransport(channel, call)
     try:
+        # The peer's key is read from the chain before the hello: a verified read can take seconds on
+        # a loaded node, and read between welcome and auth it ran out the peer's HANDSHAKE_TIMEOUT_S,
+        # which the peer reports as failed authentication (a job failed that way in make test-deploy).
+        try:
+            key = await chain.node_key(peer, node.account)
+        except ChainUnavailable as exc:
+            raise PeerUnavailable(f"cannot check {peer}'s key on chain: {exc}") from None
         client = hs.ClientHandshake(identity, chain_id, job, node.account)
         await asyncio.wait_for(call.write(client.hello()), HANDSHAKE_TIMEOUT_S)
         welcome = await asyncio.wait_for(transport.read(), HANDSHAKE_TIMEOUT_S)
         if welcome is None:
             raise PeerUnavailable(f"{peer} closed the connection during the handshake")
-        try:
-            key = await chain.node_key(peer, node.account)
-        except ChainUnavailable as exc:
-            raise PeerUnavailable(f"cannot check {peer}'s key on chain: {exc}") from None
         try:
             auth, keys = client.finish(welcome, key)
         except hs.HandshakeError as exc:
