@@ -54,6 +54,16 @@ setup-stores: $(VENV)/.installed
 setup-portal: $(VENV)/.installed
 	@$(PY) -m rdx.portal_toolchain
 
+# Container images from Debian only (debootstrap base; rdx/images.py), cached; starts dockerd if needed.
+.PHONY: images test-deploy
+images: setup
+	@$(PY) -m rdx.images
+
+# Five organisations' exchange in those containers (docker/exchange.yaml, rdx/deploy.py): up, the demo's
+# scenarios through its gateway, the borders between the networks, down. `make test` runs it too (tests/deploy).
+test-deploy: setup
+	@$(PY) -m pytest tests/deploy
+
 # etcd + kube-apiserver for the `rdx ops` tests, built once per version into ~/.cache/rdx.
 setup-k8s: $(VENV)/.installed
 	@$(PY) -m rdx.k8s_toolchain
