@@ -98,12 +98,13 @@ def site(toolchain, tmp_path_factory):
         }}))
 
         login_port, portal_port = free_port(), free_port()
+        # Each is in the list before it starts: one that fails to become ready is stopped all the same.
         hydra = Hydra(root, f"http://{LOOPBACK}:{login_port}")
-        hydra.start()
         processes.append(hydra)
+        hydra.start()
         login = LoginApp(root, hydra.admin, port=login_port)
-        login.start(users_file)
         processes.append(login)
+        login.start(users_file)
         portal_url = f"http://{LOOPBACK}:{portal_port}"
         client_id, secret = hydra.add_client(f"{portal_url}/callback")
         portal = ServiceProcess("portal", portal_port, {
@@ -111,8 +112,8 @@ def site(toolchain, tmp_path_factory):
             "RDX_PORTAL_PUBLIC_URL": portal_url, "RDX_PORTAL_OIDC_ISSUER": hydra.issuer,
             "RDX_PORTAL_OIDC_CLIENT_ID": client_id, "RDX_PORTAL_OIDC_CLIENT_SECRET": secret,
             "RDX_PORTAL_GATEWAY_KEYS_FILE": str(keys_file)}, root / "logs")
-        portal.start()
         processes.append(portal)
+        portal.start()
         s = Site(root)
         s.url, s.asset, s.bank, s.hydra, s.portal = portal_url, asset, bank.account, hydra, portal
         s.shop, s.keys_file, s.keys, s.gateway, s.admin_token = f"shop{run}", keys_file, keys, eps["gateway"], admin_token
