@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -106,7 +107,7 @@ def engine_running() -> bool:
 def start_engine(log=print, timeout: float = 60.0) -> subprocess.Popen | None:
     """Start dockerd when it is not running; returns the process this call started (None: it was running).
 
-    overlay2 (falls back to vfs where the kernel refuses it: slower and bigger, still correct);
+    overlay2, or RDX_DOCKER_STORAGE_DRIVER (vfs where the kernel refuses overlay2: slower and bigger);
     iptables on, so each Docker network is isolated from the others as compose's networks must be."""
     ensure_installed(log)
     if engine_running():
@@ -250,8 +251,11 @@ PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-
 
 
 def dependency_wheels(log=print) -> Path:
-    """The dependencies' wheels, built once per pyproject.toml (by its hash)."""
-    deps = images_cache() / f"wheels-{hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()[:16]}"
+    """The dependencies' wheels, built once per dependency list (by its hash)."""
+    import tomllib
+
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = images_cache() / f"wheels-{hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:16]}"
     if (deps / ".complete").exists():
         return deps
     log("images: pip wheel of the dependencies (once per pyproject.toml) ...")
