@@ -118,13 +118,16 @@ def demo(state_dir: Path = StateDir) -> None:
 
 
 def main() -> None:
-    from rdx import deadletters, governance_cli, member_cli, ops, verify
+    # `rdx setup` generates the CometBFT protobuf modules that the SDK's verified reads and
+    # `rdx verify` import: on a fresh virtual environment it runs before they exist.
+    if sys.argv[1:2] != ["setup"]:
+        from rdx import deadletters, governance_cli, member_cli, ops, verify
 
-    member_cli.install(app)
-    governance_cli.install(app)
-    ops.install(app)
-    deadletters.install(app)
-    verify.install(app)
+        member_cli.install(app)
+        governance_cli.install(app)
+        ops.install(app)
+        deadletters.install(app)
+        verify.install(app)
     app()
 
 
