@@ -176,17 +176,18 @@ async def connect(identity: Identity, chain_id: str, chain: ChainView, job: str,
 
     Raises PeerUnavailable (retry later), PeerRefused (it refused us, or it is not who the chain
     says), or PeerLost."""
+    # The peer's key is read from the chain before the call opens: a verified read can take seconds
+    # on a loaded node. Read between welcome and auth it ran out the peer's HANDSHAKE_TIMEOUT_S (which
+    # the peer reports as failed authentication); read after the call opened, a dead peer's call had
+    # finished by the hello (grpc's InvalidStateError, not a retry).
+    try:
+        key = await chain.node_key(peer, node.account)
+    except ChainUnavailable as exc:
+        raise PeerUnavailable(f"cannot check {peer}'s key on chain: {exc}") from None
     channel = grpc.aio.insecure_channel(node.endpoint, options=CLIENT_OPTIONS)
     call = channel.stream_stream(METHOD, request_serializer=None, response_deserializer=None)()
     transport = _ClientTransport(channel, call)
     try:
-        # The peer's key is read from the chain before the hello: a verified read can take seconds on
-        # a loaded node, and read between welcome and auth it ran out the peer's HANDSHAKE_TIMEOUT_S,
-        # which the peer reports as failed authentication (a job failed that way in make test-deploy).
-        try:
-            key = await chain.node_key(peer, node.account)
-        except ChainUnavailable as exc:
-            raise PeerUnavailable(f"cannot check {peer}'s key on chain: {exc}") from None
         client = hs.ClientHandshake(identity, chain_id, job, node.account)
         await asyncio.wait_for(call.write(client.hello()), HANDSHAKE_TIMEOUT_S)
         welcome = await asyncio.wait_for(transport.read(), HANDSHAKE_TIMEOUT_S)
@@ -213,6 +214,9 @@ async def connect(identity: Identity, chain_id: str, chain: ChainView, job: str,
     except PeerLost as exc:
         await transport.close()
         raise PeerUnavailable(str(exc)) from None
+    except asyncio.InvalidStateError:  # grpc: a write on a call the peer's end already finished
+        await transport.close()
+        raise PeerUnavailable(f"{peer}'s node ended the session during the handshake") from None
     except asyncio.TimeoutError:
         await transport.close()
         raise PeerUnavailable(f"{peer}'s node did not answer the handshake in time") from None
