@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CorruptRecordException
+from aiokafka.errors import CommitFailedError, CorruptRecordException, IllegalStateError
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.common import metrics, tracing
@@ -283,8 +283,7 @@ class IdempotentConsumer:
                 for message in messages:
                     await self._apply(message)
                 await self._forward()  # before the commit; a failure leaves them kept locally, not lost
-                await self._consumer.commit({tp: messages[-1].offset + 1})
-                await self._record_lag(tp)
+                await self._commit(tp, messages[-1].offset + 1)
             if not batches:
                 await self._forward()  # what an earlier attempt could not forward
 
@@ -415,10 +414,28 @@ class IdempotentConsumer:
                 await self._apply(got[tp][0])
                 await self._consumer.commit({tp: got[tp][0].offset + 1})
 
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+        """Commit ``tp`` up to ``offset``, unless a rebalance gave the partition to another member of
+        the group (gateway replicas share one): its new owner reads on from the last committed
+        offset, and applying is idempotent, so nothing is lost. Committing it here would raise, and
+        an exception in this loop stopped the whole gateway."""
+        if tp not in self._consumer.assignment():
+            log.info("%s: %s moved to another consumer of group %s before its commit", self.service, tp, self.group_id)
+            return
+        try:
+            await self._consumer.commit({tp: offset})
+        except (CommitFailedError, IllegalStateError) as exc:  # the rebalance raced the check above
+            log.warning("%s: commit of %s skipped (%s); its new owner reads on", self.service, tp, type(exc).__name__)
+            return
+        await self._record_lag(tp)
+
     async def _record_lag(self, tp: TopicPartition) -> None:
         end = self._consumer.highwater(tp)
         if end is not None:
-            position = await self._consumer.position(tp)
+            try:
+                position = await self._consumer.position(tp)
+            except IllegalStateError:  # moved to another consumer of the group meanwhile: its lag now
+                return
             metrics.CONSUMER_LAG.labels(self.service, tp.topic).set(max(end - position, 0))
 
 

@@ -248,3 +248,54 @@ async def _until(check, timeout: float = 20.0) -> None:
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, "not within the time allowed"
         await asyncio.sleep(0.05)
+
+
+async def test_a_partition_moved_to_a_second_consumer_of_the_group_mid_batch_stops_neither(kafka, tmp_path):
+    """Replicas share a group (the gateways' webhook consumers): when one joins, the partition moves
+    away from the other while it is applying a batch. Committing a partition it no longer holds
+    raised IllegalStateError out of run(), which stopped a whole gateway (a fresh-clone run lost
+    every replica test to it). Both must keep running, and every event must be applied."""
+    topic = f"t.{uuid.uuid4().hex[:8]}"
+    await create_topic(kafka.bootstrap, topic, 1 << 20)
+    producer = EventProducer(kafka.bootstrap, "test")
+    await producer.start()
+    try:
+        await producer.publish_many(topic, _events(300, topic))
+    finally:
+        await producer.stop()
+
+    async def slow(event, conn):  # an awaiting handler (the gateway's asks the chain), so a rebalance runs mid-batch
+        await asyncio.sleep(0.01)
+        conn.execute("CREATE TABLE IF NOT EXISTS got (id TEXT)")
+        conn.execute("INSERT INTO got VALUES (?)", (event.id,))
+
+    group = f"g-{topic}"
+    first = IdempotentConsumer(kafka.bootstrap, "test", [topic], group, tmp_path / "a.sqlite", slow)
+    second = IdempotentConsumer(kafka.bootstrap, "test", [topic], group, tmp_path / "b.sqlite", slow)
+    for c in (first, second):
+        c.conn.execute("CREATE TABLE IF NOT EXISTS got (id TEXT)")
+    stop = asyncio.Event()
+
+    def applied() -> set[str]:
+        return {row[0] for c in (first, second) for row in c.conn.execute("SELECT id FROM got")}
+
+    await first.start()
+    tasks = [asyncio.create_task(first.run(stop))]
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while len(applied()) < 20 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await second.start()  # joins the group while the first is inside its batch of up to 500
+        tasks.append(asyncio.create_task(second.run(stop)))
+        deadline = loop.time() + 90
+        while len(applied()) < 300 and loop.time() < deadline and not any(t.done() for t in tasks):
+            await asyncio.sleep(0.1)
+        crashed = [t.exception() for t in tasks if t.done()]
+        assert not crashed, crashed
+        assert len(applied()) == 300
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await first.stop()
+        await second.stop()
