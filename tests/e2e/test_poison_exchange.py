@@ -22,7 +22,8 @@ from rdx import deadletters
 from services.common.events import CHAIN_EVENTS, EVENT_TOPICS, MAX_EVENT_BYTES, Event
 
 HEALTHY_BAR_S = 10.0
-CHAIN_CONSUMERS = {"catalog", "billing"}  # `rdx up`'s compute node has no member, so no consumer
+# The gateway reads chain events for members' webhooks; `rdx up`'s compute node has no member, so no consumer.
+CHAIN_CONSUMERS = {"catalog", "billing", "gateway"}
 
 
 def rdx(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -69,7 +70,7 @@ def test_poison_on_every_topic_leaves_the_exchange_healthy_across_down_and_up(to
         sent = asyncio.run(send_all_poison(bootstrap))
         sent_at, sent_wall = time.monotonic(), time.time()  # the last record sent
         expected = {(s, o) for s in CHAIN_CONSUMERS for o in sent[CHAIN_EVENTS]}
-        while True:  # until both consumers have been through all of it
+        while True:  # until every consumer has been through all of it
             chain = [d for _, d in asyncio.run(deadletters.read(bootstrap, [CHAIN_EVENTS]))]
             if {(d.service, d.offset) for d in chain} == expected:
                 break
