@@ -27,6 +27,9 @@ from services.common.tx import MAX_TX_BYTES
 LOOPBACK = "127.0.0.1"
 
 
+_HANDED_OUT: set[int] = set()  # this process's picks (a fixture picks ports for servers it starts later)
+
+
 def free_port() -> int:
     """A free loopback port below the kernel's ephemeral range. A port the kernel hands out for
     bind(0) is in that range, and any outgoing connection may take it as its local port between
@@ -35,11 +38,14 @@ def free_port() -> int:
     low = _ephemeral_low()
     for _ in range(100):
         port = random.randint(max(1024, low - 10_000), low - 1)
+        if port in _HANDED_OUT:  # picked before and perhaps not bound yet by its server: free, but promised
+            continue
         with socket.socket() as s:
             try:
                 s.bind((LOOPBACK, port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     with socket.socket() as s:  # everything tried was taken: the kernel's pick, as before
         s.bind((LOOPBACK, 0))
