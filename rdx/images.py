@@ -85,17 +85,7 @@ def run(cmd: list[str], what: str, *, extra_env: dict[str, str] | None = None) -
 
 # -- the engine -------------------------------------------------------------------------------------------
 def ensure_installed(log=print) -> None:
-    missing = [pkg for path, pkg in DEBIAN_PACKAGES.items() if not Path(path).exists()]
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise ImageError(f"missing Debian packages {missing}: run `sudo apt-get install -y {' '.join(missing)}`")
-    log(f"images: apt-get install {' '.join(missing)}")
-    apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
-        result = subprocess.run(cmd, capture_output=True, text=True, env=apt_env)
-        if result.returncode != 0:
-            raise ImageError(f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr)[-2000:]}")
+    tc.apt_install([pkg for path, pkg in DEBIAN_PACKAGES.items() if not Path(path).exists()], "images", log)
 
 
 def engine_running() -> bool:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from rdx.components import LOOPBACK, Managed, Process, free_port, wait_until
 from rdx.k8s_toolchain import GO_HINT, _build_lock, _go_env, _module_gomod, _run
-from rdx.toolchain import SetupError, _go_module_dir, cache_root, require
+from rdx.toolchain import SetupError, _go_module_dir, apt_install, cache_root, require
 
 HYDRA_MODULE = "github.com/ory/hydra/v2"
 HYDRA_VERSION = "v2.3.0"
@@ -89,19 +89,9 @@ def ensure_hydra(log=print) -> Path:
 
 def ensure_chromium(log=print) -> Path:
     """Debian's Chromium and CJK fonts, apt-get installed when missing (root; browsers cannot be downloaded)."""
-    missing = [p for p in DEBIAN_PACKAGES
-               if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True).stdout
-               != "install ok installed"]
-    if not missing:
-        return CHROMIUM
-    if os.geteuid() != 0:
-        raise SetupError(f"missing Debian packages {missing}: run `sudo apt-get install -y {' '.join(missing)}`")
-    log(f"portal: apt-get install {' '.join(missing)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            raise SetupError(f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr)[-2000:]}")
+    apt_install([p for p in DEBIAN_PACKAGES
+                 if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True).stdout
+                 != "install ok installed"], "portal", log)
     return CHROMIUM
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rdx.components import LOOPBACK, Managed, Process, free_port, wait_until
-from rdx.toolchain import SetupError
+from rdx.toolchain import SetupError, apt_install
 
 POSTGRES_MAJOR = 15
 PG_BIN = Path(f"/usr/lib/postgresql/{POSTGRES_MAJOR}/bin")
@@ -37,18 +37,8 @@ def _tool(name: str) -> str:
 
 def ensure_installed(log=print) -> None:
     """apt-get install what is missing (the project's machines are Debian bookworm; root installs)."""
-    missing = [pkg for tool, pkg in DEBIAN_PACKAGES.items()
-               if not (PG_BIN / tool).exists() and shutil.which(tool) is None]
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise SetupError(f"missing Debian packages {missing}: run `sudo apt-get install -y {' '.join(missing)}`")
-    log(f"stores: apt-get install {' '.join(missing)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            raise SetupError(f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr)[-2000:]}")
+    apt_install([pkg for tool, pkg in DEBIAN_PACKAGES.items()
+                 if not (PG_BIN / tool).exists() and shutil.which(tool) is None], "stores", log)
 
 
 def _as_postgres_user() -> tuple[list[str], int | None, int | None]:

@@ -24,6 +24,21 @@ class SetupError(RuntimeError):
     """A prerequisite is missing or a download/build failed; the message says what to do."""
 
 
+def apt_install(missing: list[str], who: str, log=print) -> None:
+    """``apt-get install`` Debian packages a setup step needs (the project's machines are Debian
+    bookworm; only root installs: anyone else is told the command)."""
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise SetupError(f"missing Debian packages {missing}: run `sudo apt-get install -y {' '.join(missing)}`")
+    log(f"{who}: apt-get install {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            raise SetupError(f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr)[-2000:]}")
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("RDX_CACHE", Path.home() / ".cache" / "rdx"))
 
