@@ -30,6 +30,20 @@ LOOPBACK = "127.0.0.1"
 _HANDED_OUT: set[int] = set()  # this process's picks (a fixture picks ports for servers it starts later)
 
 
+# A one-broker KRaft cluster's topic settings (every internal topic with one replica), shared by the
+# local supervisor's broker and the containerised exchange's (rdx/deploy.py).
+SINGLE_BROKER = {
+    "num.partitions": "1",
+    "offsets.topic.replication.factor": "1",
+    "offsets.topic.num.partitions": "3",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    "group.initial.rebalance.delay.ms": "0",
+}
+
+
 def free_port() -> int:
     """A free loopback port below the kernel's ephemeral range. A port the kernel hands out for
     bind(0) is in that range, and any outgoing connection may take it as its local port between
@@ -205,14 +219,7 @@ class KafkaBroker(Managed):
             "controller.listener.names": "CONTROLLER",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.data_dir),
-            "num.partitions": "1",
-            "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "3",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            "group.initial.rebalance.delay.ms": "0",
+            **SINGLE_BROKER,
             # A developer machine: keep a week of events, at most 1 GiB a partition.
             "log.retention.hours": "168",
             "log.retention.bytes": str(1 << 30),

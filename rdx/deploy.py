@@ -41,6 +41,7 @@ from pathlib import Path
 import tomlkit
 
 from rdx import genesis as rdx_genesis
+from rdx.components import SINGLE_BROKER
 from rdx import images
 from rdx import toolchain as tc
 from rdx.components import bound_public_surfaces, http_ok
@@ -152,14 +153,7 @@ def _kafka(directory: Path) -> None:
         "listener.name.members.scram-sha-512.sasl.jaas.config":
             "org.apache.kafka.common.security.scram.ScramLoginModule required;",
         "log.dirs": "/var/lib/kafka/data",
-        "num.partitions": "1",
-        "offsets.topic.replication.factor": "1",
-        "offsets.topic.num.partitions": "3",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
-        "group.initial.rebalance.delay.ms": "0",
+        **SINGLE_BROKER,
         "auto.create.topics.enable": "false",
     }
     (kafka / "config" / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
