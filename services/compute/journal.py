@@ -194,6 +194,12 @@ class Journal:
             os.fsync(f.fileno())
         os.replace(partial, self.held_dir / key)
 
+    def has_held(self, job: str, name: str) -> bool:
+        """Whether ``name`` is kept for ``job``, without reading it (a consumer's held-back messages
+        can be megabytes, and this is asked on every completion)."""
+        key = self._held_path(job, name)
+        return key in self._held_in_memory if self.held_dir is None else (self.held_dir / key).exists()
+
     def held(self, job: str, name: str) -> bytes | None:
         key = self._held_path(job, name)
         if self.held_dir is None:

@@ -154,7 +154,7 @@ class JobManager:
     def _completed(self, job: str) -> None:
         row = self.journal.get(job)
         # The job's task ends it once the released keys opened its result (after a restart too).
-        if row is None or job in self._awaiting or self.journal.held(job, "pending") is not None:
+        if row is None or job in self._awaiting or self.journal.has_held(job, "pending"):
             return
         if self.journal.end(job, "completed", "completed on chain"):
             JOBS.labels(row.type, "completed").inc()
@@ -212,7 +212,7 @@ class JobManager:
             row = self.journal.get(job)
             done_here = row.status in ("computed", "attested")  # a restart after this node's part was done
             if record["status"] not in ("running", "locked") and not (
-                    done_here and record["status"] == "completed" and self.journal.held(job, "pending") is not None):
+                    done_here and record["status"] == "completed" and self.journal.has_held(job, "pending")):
                 raise _ChainEnded(_CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or record["status"])
             if done_here:
                 await self._resume_held(spec, record, row)
@@ -618,7 +618,7 @@ class JobManager:
                 continue
             if record is None:
                 self.stop(row.job, "failed", "the job is not on chain")
-            elif record["status"] == "completed" and self.journal.held(row.job, "pending") is None:
+            elif record["status"] == "completed" and not self.journal.has_held(row.job, "pending"):
                 self._completed(row.job)
             elif record["status"] not in ("running", "locked", "completed"):
                 self.stop(row.job, _CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or "ended on chain")

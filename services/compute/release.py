@@ -74,7 +74,7 @@ def release_hash(header: dict) -> str:
 def released_key(released, provider: str, release: str) -> bytes:
     """The provider's key as the chain released it, checked against the hash the protocol showed."""
     key = released.get(provider)
-    if key is None or hashlib.sha256(key).hexdigest() != release:
+    if key is None or key_hash(key) != release:
         raise JobRefused(f"{provider}'s released key does not match the hash it sent")
     return key
 

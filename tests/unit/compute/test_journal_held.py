@@ -43,3 +43,12 @@ def test_an_in_memory_journal_keeps_held_state_in_memory():
     j = Journal(sqlite3.connect(":memory:", isolation_level=None))
     j.put_held("job-1", "attestation", b"{}")
     assert j.held_dir is None and j.held("job-1", "attestation") == b"{}"
+
+
+def test_has_held_says_what_held_would_find(tmp_path):
+    j = Journal(sqlite3.connect(tmp_path / "j.sqlite"))
+    assert not j.has_held("job-1", "pending")
+    j.put_held("job-1", "pending", b"x" * 10)
+    assert j.has_held("job-1", "pending") and not j.has_held("job-1", "release_key")
+    j.drop_held("job-1")
+    assert not j.has_held("job-1", "pending")
