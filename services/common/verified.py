@@ -107,13 +107,13 @@ class TrustSettings(BaseSettings):
 def from_env(chain: ChainClient) -> "VerifiedChain | None":
     """The reader a service uses for ``chain``'s endpoint, if its environment names an anchor."""
     settings = TrustSettings()
-    if settings.trusted_genesis is None and not settings.trusted_header:
+    if settings.trusted_genesis is None and not settings.trusted_header:  # before chain.chain_id is asked
         return None
     anchor = settings.anchor(chain.chain_id)
-    if anchor is not None and anchor.chain_id != chain.chain_id:
+    if anchor.chain_id != chain.chain_id:
         raise VerificationError(f"the trusted genesis is of chain {anchor.chain_id!r}, not {chain.chain_id!r}")
-    return None if anchor is None else VerifiedChain(chain, anchor, trusting_period_s=settings.trusting_period_s,
-                                                     max_age_s=settings.max_answer_age_s)
+    return VerifiedChain(chain, anchor, trusting_period_s=settings.trusting_period_s,
+                         max_age_s=settings.max_answer_age_s)
 
 
 class VerifiedChain:

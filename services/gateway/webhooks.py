@@ -234,15 +234,15 @@ class WebhookStore:
 
     # deliveries
     async def enqueue(self, parties: Iterable[str], event_id: str, event_type: str, occurred_at: float,
-                      payload: str) -> int:
+                      payload: str) -> None:
         """One delivery per webhook of a party that subscribed to this type and existed when the
-        event happened; an event queued before is not queued again. Returns how many are new."""
+        event happened; an event queued before is not queued again."""
         members = sorted(set(parties))
         if not members:
-            return 0
+            return
         marks = ", ".join("?" for _ in members)
         hooks = await self.db.fetch(f"SELECT id, events, created_at FROM webhooks WHERE member IN ({marks})", members)
-        now, added = time.time(), 0
+        now = time.time()
         for hook_id, events, created_at in hooks:
             if not any(event_type in CATEGORIES.get(name, ()) for name in events.split(",")):
                 continue
@@ -252,8 +252,6 @@ class WebhookStore:
                 "INSERT INTO webhook_deliveries VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, NULL, NULL, NULL, ?) "
                 "ON CONFLICT (id) DO NOTHING",
                 (delivery_id(hook_id, event_id), hook_id, event_id, event_type, now, now, payload))
-            added += 1
-        return added
 
     async def claim(self, now: float, lease_s: float, limit: int) -> list[tuple[Delivery, str, str, str]]:
         """Due deliveries with their URL, secret and payload, each leased to this caller until
