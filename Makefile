@@ -35,8 +35,8 @@ status:
 demo: up-detached
 	@$(PY) -m rdx demo --state-dir $(STATE)
 
-# tests/deploy (the containerised exchange) is `make test-deploy`: with its images built from empty caches it
-# adds ~17 min, past the 45 min a fresh machine's `make test` must stay under.
+# tests/deploy (the containerised exchange) is `make test-deploy`: ~8 min warm plus ~8.5 min of image builds
+# from empty caches would take a fresh machine's `make test` past its 45 min budget.
 test: setup setup-k8s check-infra setup-ts setup-stores setup-portal
 	@$(PY) -m pytest --ignore=tests/deploy
 
