@@ -10,10 +10,10 @@ STATE  ?= .rdx
         testnet fuzz bench bench-consensus bench-gateway bench-catalog bench-billing bench-compute
 
 # The virtual environment, rebuilt only when the dependency list changes.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rdx needs Python 3.11+")'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' -e clients/python
 	@touch $@
 
 # Kafka jars, the CometBFT binary and the ABCI modules, cached under ~/.cache/rdx by version.
