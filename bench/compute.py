@@ -5,7 +5,8 @@ run (../shared/BENCH.md). Writes bench/results/compute.json.
 What runs (bench/cluster.py): a Kafka broker, a CometBFT node with the consensus service, and a
 compute node process per member (RDX_WORKERS worker processes each), all on this machine. Every
 round is a real job through the chain: submit, grants, each member's node loading its dataset
-(a provider's verified against its listing's Merkle commitment), the protocol over the
+(from the copy it imported, with the Merkle commitment, when it started — the bench waits for
+that; a provider's checked against its listing's commitment), the protocol over the
 authenticated peer channels, attestations, settlement; the consumer's sealed result is fetched
 from its node, opened, and checked against the same computation in the clear. Rounds alternate
 the job and its baseline, after a warm-up of each (except the heaviest sizes); medians reported.
@@ -13,8 +14,9 @@ the job and its baseline, after a warm-up of each (except the heaviest sizes); m
 Each job type reports ``*_job_s`` (submit to completed on chain), ``*_nodes_s`` (the first node
 starting to the last computing, from their journals) and, where the nodes' JobProgress events
 bracket it, ``*_protocol_s``; each as a ratio to its baseline. ``*_load_s`` is one party's
-dataset read plus Merkle commitment (``Dataset.load``, the code the node runs, on the same file),
-timed in the bench process when listing, since the node does not journal it; the slowest party's.
+dataset import, read plus Merkle commitment (``Dataset.load`` without a copy, on the same file),
+timed in the bench process when listing; a node does this once when it starts and its jobs read
+the copy (docs/compute.md); the slowest party's.
 
 - PSI, n × n: a bank (consumer) and a telco (provider), a quarter of the numbers shared; fresh
   nodes per size (peak memory: VmHWM of both nodes' process trees). Baseline: openmined-psi 2.0.6
@@ -580,9 +582,9 @@ def main() -> int:
     notes_text = (f"Kafka, CometBFT, every node and the baselines share this machine; {args.workers} worker "
                   f"processes per node, batches of {args.batch}; per element in-run: {costs}; load average before "
                   f"{load_before[0]:.2f}, after {load_after[0]:.2f} (others' work counts); "
-                  f"*_job_s is submit to completed on chain (load + commitment check + protocol + attest + settle), "
+                  f"*_job_s is submit to completed on chain (load from the node's imported copy + commitment check + protocol + attest + settle), "
                   f"*_nodes_s is from the first node starting to the last computing, *_protocol_s from the nodes' "
-                  f"progress events (see bench/compute.py), *_load_s one party's dataset load + commitment in the "
+                  f"progress events (see bench/compute.py), *_load_s one party's dataset import (read + commitment) in the "
                   f"bench process; openmined-psi runs client and server in one process on one core, "
                   f"DataStructure.RAW; medians of {args.rounds} round(s) after a warm-up (supply chain "
                   f"{args.sc_rounds}). " + " | ".join(notes))

@@ -14,15 +14,30 @@ data); a dataset without one is the member's own input to jobs it consumes (name
 params). ``key`` is the column a PSI matches on unless the job says otherwise. Relative paths
 are relative to the JSON file. Nothing here hands rows to anything but a job running on this
 node: the HTTP API shows a dataset's id, asset, columns, row count and commitment only.
+
+A node keeps an imported copy of each CSV dataset (``copies``: a directory in its own state,
+0700, files 0600 — the copy is raw data and never leaves the node): an Arrow IPC file written
+in the one pass that computes the commitment, with the commitment and the source file's
+identity (size, mtime, ctime, inode) beside it. A job then memory-maps the copy and reads only
+its columns instead of parsing the CSV and re-hashing every row. The copy is used only while
+the source file is unchanged; any write to it (even one that restores size and mtime changes
+ctime) re-imports, so the job runs on the changed data under its new commitment, which the
+listing's then refuses. Parquet is columnar already: its commitment is kept the same way and
+a job reads its columns straight from the file (checked unchanged before and after). SQLite
+tables are hashed on every load (a column may mix types, which Arrow cannot hold).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import os
 import re
 import sqlite3
 import sys
+import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +46,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.compute.commitment import MerkleBuilder
+
+log = logging.getLogger("rdx.compute.datasets")
 
 BATCH_ROWS = 65_536
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -64,11 +81,13 @@ class Loaded:
 
 
 class Dataset:
-    def __init__(self, config: DatasetConfig):
+    def __init__(self, config: DatasetConfig, copies: Path | None = None):
         if config.format == "sqlite" and not config.table:
             raise DatasetError(f"dataset {config.id}: a sqlite dataset needs a table")
         self.config = config
+        self._copies = copies if config.format != "sqlite" else None
         self._cached: tuple[tuple, str, int] | None = None  # (fingerprint, commitment, rows)
+        self._lock = threading.Lock()  # one import at a time: a job waits for the node's, not repeats it
 
     @property
     def id(self) -> str:
@@ -147,9 +166,25 @@ class Dataset:
         return []
 
     def load(self, columns: Sequence[str] = ()) -> Loaded:
-        """One pass: the commitment over every row, and the values of ``columns``."""
+        """The values of ``columns`` and the commitment of every row: from the imported copy
+        while the source is unchanged, otherwise in one pass over the source (which imports it)."""
+        if self._copies is None:
+            return self._scan_all(columns)
+        with self._lock:
+            return self._from_copy(columns) or self._scan_all(columns)
+
+    def _scan_all(self, columns: Sequence[str]) -> Loaded:
         builder = MerkleBuilder()
+        fp = self._fingerprint()
+        copy = _CopyWriter(self._copies, self.id) if self._copies is not None and self.config.format == "csv" else None
         wanted: dict[str, list[Any]] = {c: [] for c in columns}
+        try:
+            return self._scan_rows(columns, builder, wanted, fp, copy)
+        finally:
+            if copy is not None:
+                copy.discard()  # unless finished: a failed or raced import leaves no temp file
+
+    def _scan_rows(self, columns, builder, wanted, fp, copy) -> Loaded:
         index: list[int] | None = None
         names: list[str] = []
         for names, rows in self.scan():
@@ -161,6 +196,8 @@ class Dataset:
             builder.add_rows(names, rows)
             for c, i in zip(columns, index):
                 wanted[c].extend(r[i] for r in rows)
+            if copy is not None:
+                copy.add(names, rows)
         if index is None and columns:
             if not names:
                 names = self.columns()
@@ -168,8 +205,62 @@ class Dataset:
             if missing:
                 raise DatasetError(f"dataset {self.id} has no column {', '.join(missing)}")
         root = builder.root()
-        self._cached = (self._fingerprint(), root, builder.count)
+        if self._fingerprint() == fp:  # a file written to while it was read is imported next time
+            self._cached = (fp, root, builder.count)
+            if self._copies is not None:
+                self._keep(fp, root, builder.count, copy if builder.count else None)
         return Loaded(self.id, root, builder.count, wanted)
+
+    # -- the imported copy ------------------------------------------------------------------------
+    def _meta_path(self) -> Path:
+        return self._copies / f"{self.id}.json"
+
+    def _keep(self, fp: tuple, root: str, rows: int, copy: "_CopyWriter | None") -> None:
+        meta = {"source": str(self.config.path), "format": self.config.format, "delimiter": self.config.delimiter,
+                "fingerprint": fp, "commitment": root, "rows": rows}
+        try:
+            self._copies.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if copy is not None:
+                meta["copy_bytes"] = copy.finish()
+            _write_private(self._meta_path(), json.dumps(meta).encode())
+        except OSError as exc:  # a full disk costs speed, not the job
+            log.warning("dataset %s: no imported copy kept (%s)", self.id, type(exc).__name__)
+
+    def _from_copy(self, columns: Sequence[str]) -> Loaded | None:
+        """The columns from the imported copy, or None (no copy, a stale or unreadable one)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            meta = json.loads(self._meta_path().read_bytes())
+            fp = self._fingerprint()
+            if (meta.get("source"), meta.get("format"), meta.get("delimiter")) != \
+                    (str(self.config.path), self.config.format, self.config.delimiter) \
+                    or _tuples(meta.get("fingerprint")) != fp:
+                return None
+            root, rows = meta["commitment"], meta["rows"]
+            if self.config.format == "csv":
+                path = self._copies / f"{self.id}.arrow"
+                if path.stat().st_size != meta["copy_bytes"]:
+                    return None
+                table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+            else:
+                source = pq.ParquetFile(self.config.path)
+                table = source.read(columns=[c for c in dict.fromkeys(columns) if c in source.schema_arrow.names])
+            missing = [c for c in columns if c not in table.column_names]
+            if missing:
+                raise DatasetError(f"dataset {self.id} has no column {', '.join(missing)}")
+            if table.num_rows != rows:
+                return None
+            wanted = {c: table.column(c).to_pylist() for c in columns}
+            if self._fingerprint() != fp:  # changed while read
+                return None
+        except DatasetError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
+            return None  # no copy yet, or one that cannot be trusted: import again
+        self._cached = (fp, root, rows)
+        return Loaded(self.id, root, rows, wanted)
 
     # -- the commitment without a job (for the API and the CLI) -------------------------------------
     def _fingerprint(self) -> tuple:
@@ -178,9 +269,9 @@ class Dataset:
             paths.append(Path(f"{self.config.path}-wal"))
         out = []
         for p in paths:
-            try:
+            try:  # ctime: a write that restores size and mtime still changes it
                 st = p.stat()
-                out.append((st.st_size, st.st_mtime_ns))
+                out.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
             except FileNotFoundError:
                 out.append(None)
         return tuple(out)
@@ -197,6 +288,57 @@ class Dataset:
         if self._cached is not None and self._cached[0] == self._fingerprint():
             return self._cached[1], self._cached[2]
         return None
+
+
+def _tuples(value: Any) -> tuple:
+    """A fingerprint read back from JSON (lists) as the tuple ``_fingerprint`` returns."""
+    return tuple(tuple(v) if isinstance(v, list) else v for v in value or ())
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, readable by this node's user only."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class _CopyWriter:
+    """The Arrow IPC copy of a CSV dataset, written batch by batch during the import's one pass
+    (every column a string, as the CSV reader gives them), renamed into place by ``finish``."""
+
+    def __init__(self, copies: Path, dataset_id: str):
+        copies.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for stale in copies.glob(f".{dataset_id}.*.tmp"):  # an import a crash cut short (ids have no glob characters)
+            stale.unlink(missing_ok=True)
+        self.path = copies / f"{dataset_id}.arrow"
+        self._tmp = copies / f".{dataset_id}.arrow.{uuid.uuid4().hex}.tmp"
+        self._sink = self._writer = None
+
+    def add(self, names: list[str], rows: list[Sequence[Any]]) -> None:
+        import pyarrow as pa
+
+        if self._writer is None:
+            schema = pa.schema([(n, pa.string()) for n in names])
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._sink = os.fdopen(fd, "wb")
+            self._writer = pa.ipc.new_file(self._sink, schema)
+        cols = list(zip(*rows))
+        self._writer.write_batch(pa.record_batch([pa.array(c, pa.string()) for c in cols], names=names))
+
+    def finish(self) -> int:
+        self._writer.close()
+        self._sink.close()
+        self._writer = None
+        os.replace(self._tmp, self.path)
+        return self.path.stat().st_size
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._sink.close()
+            self._writer = None
+        self._tmp.unlink(missing_ok=True)
 
 
 class Datasets:
@@ -224,8 +366,9 @@ class Datasets:
         return list(self._by_id.values())
 
     @classmethod
-    def from_path(cls, path: Path | None) -> "Datasets":
-        """From a JSON file or a directory of them; no path means no datasets."""
+    def from_path(cls, path: Path | None, copies: Path | None = None) -> "Datasets":
+        """From a JSON file or a directory of them; no path means no datasets. ``copies``: where
+        a node keeps its imported copies (none: every load reads and hashes the source)."""
         if path is None:
             return cls()
         path = Path(path)
@@ -245,7 +388,7 @@ class Datasets:
                     raise DatasetError(f"{file.name}: invalid dataset entry ({where})") from None
                 if not config.path.is_absolute():
                     config = config.model_copy(update={"path": (file.parent / config.path).resolve()})
-                registry.add(Dataset(config))
+                registry.add(Dataset(config, copies))
         return registry
 
 

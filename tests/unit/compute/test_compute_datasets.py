@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import sqlite3
 
 import pyarrow as pa
@@ -116,3 +117,108 @@ def test_the_summary_is_recomputed_only_when_the_file_changes(tmp_path):
         f.write("+86-103,east,1\n")
     assert d.cached_summary() is None
     assert d.summary() != first and d.summary()[1] == 4
+
+
+# -- the node's imported copies ---------------------------------------------------------------------
+def _no_scan(dataset):
+    def refuse(*_a, **_k):
+        raise AssertionError("the source was read again")
+    dataset.scan = refuse
+
+
+def _copied(tmp_path, fmt="csv", text=None):
+    path = tmp_path / ("t.csv" if fmt == "csv" else "t.parquet")
+    if fmt == "csv":
+        path.write_text(text or "phone,district\n+86-100,north\n+86-101,\"south, east\"\n+86-102,\n")
+    else:
+        pq.write_table(pa.table({"phone": ["+86-100", "+86-101"], "tenure": [3, None]}), path)
+    return Dataset(DatasetConfig(id="d", format=fmt, path=path), tmp_path / "copies"), path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_dataset_is_imported_once_and_later_loads_read_the_copy(tmp_path, fmt):
+    d, _ = _copied(tmp_path, fmt)
+    first = d.load(["phone"])
+    assert (tmp_path / "copies").stat().st_mode & 0o777 == 0o700
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in (tmp_path / "copies").iterdir())
+    again = Dataset(d.config, tmp_path / "copies")  # a restarted node
+    _no_scan(again)
+    second = again.load(["phone"])
+    assert (second.commitment, second.rows, second.columns) == (first.commitment, first.rows, first.columns)
+    assert again.summary() == (first.commitment, first.rows)
+    with pytest.raises(DatasetError, match="no column nope"):
+        again.load(["nope"])
+
+
+def test_the_copy_gives_exactly_the_values_the_csv_reader_gives(tmp_path):
+    import random
+    rng = random.Random(7)
+    alphabet = "ab,\"' \t中文é\\x"
+    rows = [[("".join(rng.choice(alphabet) for _ in range(rng.randrange(6)))) for _ in range(3)] for _ in range(500)]
+    import csv as csvmod
+    import io
+    buf = io.StringIO()
+    csvmod.writer(buf).writerows([["k", "v", "w"], *rows])
+    d, path = _copied(tmp_path, text=buf.getvalue())
+    plain = Dataset(d.config).load(["k", "v", "w"])  # no copies: the source itself
+    d.load([])
+    _no_scan(d)
+    copy = d.load(["k", "v", "w"])
+    assert copy.columns == plain.columns and copy.commitment == plain.commitment
+
+
+def test_a_source_changed_on_disk_is_imported_again_never_served_from_the_old_copy(tmp_path):
+    d, path = _copied(tmp_path)
+    before = d.load(["phone"])
+    st = path.stat()
+    path.write_text(path.read_text().replace("+86-100", "+86-999"))  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same mtime
+    after = Dataset(d.config, tmp_path / "copies").load(["phone"])
+    assert "+86-999" in after.columns["phone"] and after.commitment != before.commitment
+
+
+@pytest.mark.parametrize("damage", ["arrow", "meta", "meta-lies"])
+def test_a_damaged_copy_is_not_trusted(tmp_path, damage):
+    d, _ = _copied(tmp_path)
+    first = d.load(["phone"])
+    arrow, meta = tmp_path / "copies" / "d.arrow", tmp_path / "copies" / "d.json"
+    if damage == "arrow":
+        arrow.write_bytes(b"\x00" * arrow.stat().st_size)
+    elif damage == "meta":
+        meta.write_bytes(b"{not json")
+    else:  # a copy that claims another commitment for another source
+        m = json.loads(meta.read_bytes())
+        meta.write_text(json.dumps({**m, "source": "/etc/passwd", "commitment": "00" * 32}))
+    again = Dataset(d.config, tmp_path / "copies").load(["phone"])
+    assert (again.commitment, again.columns) == (first.commitment, first.columns)
+
+
+def test_a_file_changed_while_imported_keeps_no_copy(tmp_path):
+    d, path = _copied(tmp_path)
+    scan = d.scan
+
+    def scan_and_write(*a, **k):
+        for item in scan(*a, **k):
+            yield item
+            path.write_text(path.read_text() + "+86-103,west\n")
+    d.scan = scan_and_write
+    d.load(["phone"])
+    assert [f.name for f in (tmp_path / "copies").iterdir()] == []  # no copy, no temp file
+
+
+def test_concurrent_loads_import_once_and_a_crashed_import_leaves_nothing_behind(tmp_path):
+    import threading
+    d, _ = _copied(tmp_path)
+    (tmp_path / "copies").mkdir()
+    (tmp_path / "copies" / ".d.arrow.dead.tmp").write_bytes(b"half an import")
+    scans = []
+    scan = d.scan
+    d.scan = lambda *a, **k: (scans.append(1), (yield from scan(*a, **k)))[1]
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(d.load(["phone"]))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(scans) == 1 and len({(r.commitment, tuple(r.columns["phone"])) for r in results}) == 1
+    assert sorted(f.name for f in (tmp_path / "copies").iterdir()) == ["d.arrow", "d.json"]
