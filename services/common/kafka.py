@@ -25,7 +25,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,13 @@ Handler = Callable[[Event, sqlite3.Connection], None | Awaitable[None]]
 UNREADABLE = (ValueError, CorruptRecordException)
 
 
-def _headers(event: Event) -> list[tuple[str, bytes]]:
-    trace_id = tracing.current() or tracing.new_trace_id()
+def _headers(event: Event, traceparent: str | None = None) -> list[tuple[str, bytes]]:
+    """``traceparent``: the event's own trace context (the relay's, per chain event); else the
+    current span's or trace id's."""
     return [
         ("rdx-event-id", event.id.encode()),
         ("rdx-event-type", event.type.encode()),
-        ("traceparent", tracing.to_traceparent(trace_id).encode()),
+        ("traceparent", (traceparent or tracing.outgoing_traceparent()).encode()),
     ]
 
 
@@ -92,8 +93,10 @@ class EventProducer:
         await self._producer.send_and_wait(topic, event.encode(), key=event.entity.encode(), headers=_headers(event))
         metrics.EVENTS_PUBLISHED.labels(self.service, topic).inc()
 
-    async def publish_many(self, topic: str, events: list[Event]) -> None:
-        """Send a batch and wait for every acknowledgement (in order per key).
+    async def publish_many(self, topic: str, events: list[Event],
+                           traceparents: Sequence[str | None] | None = None) -> None:
+        """Send a batch and wait for every acknowledgement (in order per key). ``traceparents``,
+        if given, holds each event's own trace context (None: the current one).
 
         Filled into aiokafka's record batches per partition rather than sent one by one: the
         relay publishes every chain event through here, and ``send`` per event cost ~12 us of
@@ -102,8 +105,8 @@ class EventProducer:
         partitions = sorted(await producer.partitions_for(topic))
         open_batches: dict[int, Any] = {}
         futures = []
-        for e in events:
-            key, value, headers = e.entity.encode(), e.encode(), _headers(e)
+        for n, e in enumerate(events):
+            key, value, headers = e.entity.encode(), e.encode(), _headers(e, traceparents[n] if traceparents else None)
             partition = self._partitioner(key, partitions, partitions)
             batch = open_batches.get(partition)
             if batch is None:
@@ -301,24 +304,35 @@ class IdempotentConsumer:
         if (self.verifier is not None and topic == CHAIN_EVENTS and (self.verify_if is None or self.verify_if(event))
                 and not await self._on_chain(message, event)):
             return
-        token = tracing.set_current(tracing.from_traceparent(last_header(message.headers, "traceparent")))
+        parent = last_header(message.headers, "traceparent")  # any bytes: read strictly, else a new trace
+        token = tracing.set_current(tracing.from_traceparent(parent))
         try:
-            for attempt in range(1, self.max_attempts + 1):
-                try:
-                    await self._apply_once(event, topic)
-                    return
-                except Exception as exc:  # noqa: BLE001 - one bad event must not stop the consumer
-                    if self.conn.in_transaction:
-                        self.conn.execute("ROLLBACK")
-                    if attempt == self.max_attempts:
-                        log.error("event %s (%s) not applied after %d attempts: %s", event.id, event.type, attempt,
-                                  type(exc).__name__)
-                        self._dead_letter(message, Reason.HANDLER_FAILED, f"{type(exc).__name__}: {exc}", attempt)
-                        return
-                    metrics.HANDLER_RETRIES.labels(self.service, topic).inc()
-                    await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+            if not tracing.enabled():
+                await self._apply_with_retries(message, event, topic)
+                return
+            with tracing.span(f"{topic} process", kind=tracing.CONSUMER, parent=parent, attributes={
+                    "messaging.system": "kafka", "messaging.operation.type": "process",
+                    "messaging.destination.name": topic, "messaging.consumer.group.name": self.group_id,
+                    "rdx.event.id": event.id, "rdx.event.type": event.type}):
+                await self._apply_with_retries(message, event, topic)
         finally:
             tracing.reset(token)
+
+    async def _apply_with_retries(self, message, event: Event, topic: str) -> None:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                await self._apply_once(event, topic)
+                return
+            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the consumer
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                if attempt == self.max_attempts:
+                    log.error("event %s (%s) not applied after %d attempts: %s", event.id, event.type, attempt,
+                              type(exc).__name__)
+                    self._dead_letter(message, Reason.HANDLER_FAILED, f"{type(exc).__name__}: {exc}", attempt)
+                    return
+                metrics.HANDLER_RETRIES.labels(self.service, topic).inc()
+                await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
 
     async def _on_chain(self, message, event: Event) -> bool:
         """Whether the chain holds ``event``; if not, it is dead-lettered here."""

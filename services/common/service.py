@@ -76,14 +76,16 @@ class Service:
 
         @app.middleware("http")
         async def observe(request: Request, call_next):
-            trace_id = tracing.from_traceparent(request.headers.get("traceparent")) or tracing.new_trace_id()
+            # With tracing on, the request's span (made outside this middleware) already continued the header.
+            trace_id = (tracing.current() or tracing.from_traceparent(request.headers.get("traceparent"))
+                        or tracing.new_trace_id())
             token = tracing.set_current(trace_id)
             started = time.perf_counter()
             status = 500
             try:
                 response = await call_next(request)
                 status = response.status_code
-                response.headers["traceparent"] = tracing.to_traceparent(trace_id)
+                response.headers["traceparent"] = tracing.outgoing_traceparent()
                 return response
             finally:
                 route = request.scope.get("route")
@@ -122,6 +124,7 @@ class Service:
         asyncio.run(self.serve())
 
     async def serve(self) -> None:
+        tracing.setup(self.name, self.app)  # only if an OTLP endpoint is configured
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -152,6 +155,7 @@ class Service:
                     await hook()
                 except Exception as exc:  # noqa: BLE001 - keep stopping the rest
                     log.error("shutdown hook failed: %r", exc)
+            tracing.shutdown()  # the spans still buffered go out before the process ends
             log.info("%s stopped", self.name)
 
     async def _drain(self, running: list[asyncio.Task]) -> None:
