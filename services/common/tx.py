@@ -3,7 +3,15 @@
     {"chain_id", "type", "signer", "nonce", "payload", "sig"}
 
 ``sig`` is Ed25519 by the signer's registered key over the canonical encoding of every other
-field. The canonical encoding is JSON with sorted keys, no whitespace and UTF-8; floats are
+field but ``trace``.
+
+``trace`` (optional, absent unless set) is a W3C traceparent that lets tracing follow the tx from
+the gateway through the chain to the events it causes (services/common/tracing.py). The state
+machine never reads it: it is not signed, not stored in state and not in any result, so it cannot
+make validators disagree; it is only copied beside the tx's events in the relay's outbox. Being
+unsigned, whoever relays a tx can add, change or drop it, which changes the tx's bytes and so its
+CometBFT hash (the nonce still lets only one form commit): a client that sets it, or a gateway that
+traces, must report the hash of the bytes it broadcast (docs/operations.md, "Tracing"). The canonical encoding is JSON with sorted keys, no whitespace and UTF-8; floats are
 refused (amounts are integers), which makes that encoding unique for the values a tx can
 hold, so no extra canonicalisation library is needed.
 """
@@ -131,12 +139,21 @@ class Tx(BaseModel):
     nonce: int = Field(ge=1)
     payload: dict[str, Any]
     sig: str = Field(default="", max_length=100)
+    # exclude: model_dump (drafts, answers, signing) never shows it; ``wire`` adds it when set.
+    trace: str | None = Field(default=None, exclude=True, pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
     def signing_bytes(self) -> bytes:
         return canonical(self.model_dump(exclude={"sig"}))
 
+    def wire(self) -> dict[str, Any]:
+        """The fields as they go on chain: every one, ``trace`` only when set."""
+        fields = self.model_dump()
+        if self.trace is not None:
+            fields["trace"] = self.trace
+        return fields
+
     def encode(self) -> bytes:
-        return canonical(self.model_dump())
+        return canonical(self.wire())
 
     @property
     def hash(self) -> str:
@@ -178,7 +195,7 @@ class Tx(BaseModel):
             fields = ", ".join(".".join(map(str, e["loc"])) or "envelope" for e in exc.errors()[:5])
             raise TxError(Code.UNDECODABLE, f"undecodable transaction: {fields}") from None
         try:
-            canonical_form = canonicaljson.dump_bytes(tx.model_dump())
+            canonical_form = canonicaljson.dump_bytes(tx.wire())
         except UnicodeEncodeError:  # JSON's \ud800 escapes decode to text UTF-8 cannot hold
             raise TxError(Code.UNDECODABLE, "text holds a lone surrogate, which UTF-8 cannot encode") from None
         if raw != canonical_form:

@@ -139,6 +139,7 @@ class Outcome:
     log: str
     events: list[tuple[str, str, dict]]
     admissible: bool
+    trace: str | None = None  # the tx's traceparent, for the relay alone: never state or a result
 
 
 @dataclass
@@ -435,7 +436,7 @@ class RdxApp(Application):
             total += size
             index = len(kept)
             kept.append(raw)
-            tx_events = [ChainEvent(height, index, i, time, *e) for i, e in enumerate(outcome.events)]
+            tx_events = [ChainEvent(height, index, i, time, *e, outcome.trace) for i, e in enumerate(outcome.events)]
             events += tx_events
             results.append(abci.ExecTxResult(code=outcome.code, log=outcome.log, events=[abci_event(e) for e in tx_events]))
         validator_updates = [abci.ValidatorUpdate(pub_key=PublicKey(ed25519=base64.b64decode(key)), power=power)
@@ -537,7 +538,7 @@ class RdxApp(Application):
         ctx.store.merge_into_parent()
         if check:
             self._pending_bytes[tx.signer] = self._pending_bytes.get(tx.signer, 0) + len(raw)
-        return Outcome(Code.OK, "", ctx.events, True)
+        return Outcome(Code.OK, "", ctx.events, True, tx.trace)
 
     def _authenticate(self, state: Overlay, raw: bytes, height: int,
                       time: int) -> tuple[Context, BaseModel, governance.Signer]:

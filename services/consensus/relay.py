@@ -17,6 +17,7 @@ from pathlib import Path
 
 from prometheus_client import Gauge
 
+from services.common import tracing
 from services.common.events import CHAIN_EVENTS, Event
 from services.common.kafka import EventProducer
 from services.consensus.state import ChainEvent, Database
@@ -92,10 +93,35 @@ class Relay:
         if not events:
             RELAY_HEIGHT.set(self.chain.height)  # nothing left: caught up with every committed block
             return 0
-        await self.producer.publish_many(CHAIN_EVENTS, [to_event(e) for e in events])
+        spans, traceparents = self._trace(events)
+        try:
+            await self.producer.publish_many(CHAIN_EVENTS, [to_event(e) for e in events], traceparents)
+        finally:
+            for span in spans:
+                span.end()
         self.position.set(events[-1])  # only after every event of the batch is acknowledged
         RELAY_HEIGHT.set(events[-1].height)
         return len(events)
+
+    @staticmethod
+    def _trace(events: list[ChainEvent]) -> tuple[list, list[str | None] | None]:
+        """A publish span per event whose tx carried a trace, child of that trace (the gateway's
+        broadcast), and the traceparent each event's record carries on. With tracing off, the tx's
+        own context is passed on as it is; events of untraced txs keep the default header."""
+        if not any(e.trace for e in events):
+            return [], None
+        spans, traceparents = [], []
+        for e in events:
+            span = e.trace and tracing.start_span(f"{CHAIN_EVENTS} publish", kind=tracing.PRODUCER, parent=e.trace,
+                                                  attributes={"messaging.system": "kafka",
+                                                              "messaging.operation.type": "publish",
+                                                              "messaging.destination.name": CHAIN_EVENTS,
+                                                              "rdx.event.id": e.id, "rdx.event.type": e.type,
+                                                              "rdx.chain.height": e.height})
+            if span is not None:
+                spans.append(span)
+            traceparents.append(tracing.traceparent_of(span) if span is not None else tracing.valid_traceparent(e.trace))
+        return spans, traceparents
 
     async def _reset_producer(self) -> None:
         """Drop the producer (it may be half-started after a failure) and make a fresh one."""

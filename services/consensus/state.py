@@ -35,6 +35,7 @@ class ChainEvent:
     type: str
     entity: str
     data: dict[str, Any]
+    trace: str | None = None  # the traceparent its tx carried (services/common/tx.py): not state, not hashed
 
     @property
     def id(self) -> str:
@@ -62,6 +63,8 @@ class Database:
                 PRIMARY KEY (version, first)) WITHOUT ROWID;
             """
         )
+        if "trace" not in {row[1] for row in self.conn.execute("PRAGMA table_info(events)")}:  # made before tracing
+            self.conn.execute("ALTER TABLE events ADD COLUMN trace TEXT")
 
     def get(self, key: str) -> Any | None:
         text = self.get_text(key)
@@ -146,8 +149,8 @@ class Database:
                                for i in range(0, len(entries), _RUN)])
             if tree_version is not None:
                 c.execute("INSERT OR REPLACE INTO meta VALUES ('tree_version', ?)", (str(tree_version),))
-            c.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          [(e.height, e.tx_index, e.event_index, e.time, e.type, e.entity, _dump(e.data))
+            c.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          [(e.height, e.tx_index, e.event_index, e.time, e.type, e.entity, _dump(e.data), e.trace)
                            for e in events])
             meta = {"height": str(height), "app_hash": app_hash.hex(), **(extra_meta or {})}
             c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
@@ -158,11 +161,11 @@ class Database:
 
     def events_after(self, position: tuple[int, int, int], limit: int = 1000) -> list[ChainEvent]:
         rows = self.conn.execute(
-            "SELECT height, tx_index, event_index, time, type, entity, data FROM events "
+            "SELECT height, tx_index, event_index, time, type, entity, data, trace FROM events "
             "WHERE (height, tx_index, event_index) > (?, ?, ?) ORDER BY height, tx_index, event_index LIMIT ?",
             (*position, limit),
         )
-        return [ChainEvent(h, t, i, tm, ty, en, canonicaljson.loads(d)) for h, t, i, tm, ty, en, d in rows]
+        return [ChainEvent(h, t, i, tm, ty, en, canonicaljson.loads(d), tr) for h, t, i, tm, ty, en, d, tr in rows]
 
     def close(self) -> None:
         self.conn.close()
