@@ -21,13 +21,21 @@ not on its data. Blocks before that (no ids) hold nothing to check against, and 
 refused: replaying such a chain's topic into a new read model needs the chain restarted.
 
 What this trusts is the consumer's own node (``RDX_COMETBFT_RPC``), not the relay that wrote the
-record. Proofs against the app hash (issue 18) will remove the trust in that node too.
+record, unless the service holds a trust anchor (``RDX_TRUSTED_GENESIS`` or
+``RDX_TRUSTED_HEADER``, services/common/verified.py): then it trusts no node. The app also commits
+each block's events in state (``events/<height>``: id -> [type, entity, digest]), and the
+verifier reads that record with a proof against a header the validators signed, instead of
+``block_results`` (which no header covers). A node that lies or cannot prove its answer makes
+the event wait (ChainUnavailable), never applies it. Heights before the chain's state-tree record
+names ``events_since`` (a chain started by an older rdx) are checked on ``block_results`` as
+above.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -40,6 +48,8 @@ from services.common.events import Event
 log = logging.getLogger("rdx.chainevents")
 
 ID_ATTRIBUTE, ENTITY_ATTRIBUTE, DIGEST_ATTRIBUTE = "id", "entity", "digest"
+STATE_TREE_KEY = "chain/state_tree"  # the app's record of its state tree's rules (services/consensus/app.py)
+FROM_ENV = object()  # ChainEventVerifier's default reader: the environment's trust anchor, if any
 
 
 def digest(event_id: str, type_: str, entity: str, time_s: int, data: dict[str, Any]) -> str:
@@ -66,8 +76,16 @@ class ChainEventVerifier:
 
     MAX_AHEAD = 2  # heights past this node's that another validator's relay may plausibly be at
 
-    def __init__(self, client: ChainClient, *, wait_for_height_s: float = 3.0, cache_heights: int = 64):
-        self.client = client
+    def __init__(self, client: ChainClient, *, reader: Any = FROM_ENV, wait_for_height_s: float = 3.0,
+                 cache_heights: int = 64):
+        """``reader``: a ``VerifiedChain`` to prove each block's events with; by default the one the
+        service's environment anchors (none: ``block_results`` of ``client``'s node is believed)."""
+        if reader is FROM_ENV:
+            from services.common import verified  # needs the generated CometBFT protobuf modules
+
+            reader = verified.from_env(client)
+        self.client, self.reader = client, reader
+        self._events_since: int | None = None  # from the chain's state-tree record, once proven
         self.wait_for_height_s = wait_for_height_s
         self._not_committed: dict[int, float] = {}  # heights waited for in vain, until when not to wait again
         self._blocks: OrderedDict[int, dict[str, tuple[str, str, str | None]]] = OrderedDict()
@@ -92,6 +110,50 @@ class ChainEventVerifier:
         if height in self._blocks:
             self._blocks.move_to_end(height)
             return self._blocks[height]
+        if self.reader is not None and height >= await self._proven_since():
+            block = await self._proven_block(height)
+        else:
+            block = await self._results_block(height)
+        self._blocks[height] = block
+        if len(self._blocks) > self._cache:
+            self._blocks.popitem(last=False)
+        return block
+
+    async def _proven_since(self) -> int:
+        """The first height whose events the chain commits in state (proven; a chain without the
+        rule: never)."""
+        if self._events_since is None:
+            record, _ = await self._prove(STATE_TREE_KEY)
+            since = record.get("events_since") if isinstance(record, dict) else None
+            self._events_since = since if isinstance(since, int) and since >= 0 else 2**63
+        return self._events_since
+
+    async def _prove(self, key: str) -> tuple[Any, int]:
+        """The state value of ``key`` (None: proven absent) and the height it is proven at."""
+        from services.common.verified import VerificationError
+
+        try:
+            value, at = await self.reader.query_bytes(key)
+            return (None if value is None else json.loads(value)), at
+        except (VerificationError, ChainError, ValueError) as exc:  # lied, unproven or away: not yet
+            raise ChainUnavailable(f"{key} cannot be proven: {exc}") from None
+
+    async def _proven_block(self, height: int) -> dict[str, tuple[str, str, str | None]]:
+        key = f"events/{height:012d}"
+        record, at = await self._prove(key)
+        if record is None and at < height:  # proven at an earlier height: wait for this one, briefly
+            await self._wait_for(height)
+            record, at = await self._prove(key)
+            if record is None and at < height:
+                raise NotOnChain(f"height {height} is not committed (proven up to {at})")
+        if record is None:
+            return {}  # proven: the block holds no events
+        try:
+            return {str(i): (str(t), str(e), str(d)) for i, (t, e, d) in record.items()}
+        except (AttributeError, TypeError, ValueError):  # proven, so the chain wrote it: never expected
+            raise NotOnChain(f"the chain's event record of height {height} has an unknown shape") from None
+
+    async def _results_block(self, height: int) -> dict[str, tuple[str, str, str | None]]:
         try:  # a committed block's results at once: the kill switch waits on this call
             results = await self.client.rpc("block_results", height=str(height))
         except ChainError as exc:
@@ -110,9 +172,6 @@ class ChainEventVerifier:
             attrs = {a.get("key"): a.get("value") for a in e.get("attributes") or []}
             if ID_ATTRIBUTE in attrs:
                 block[attrs[ID_ATTRIBUTE]] = (e.get("type"), attrs.get(ENTITY_ATTRIBUTE), attrs.get(DIGEST_ATTRIBUTE))
-        self._blocks[height] = block
-        if len(self._blocks) > self._cache:
-            self._blocks.popitem(last=False)
         return block
 
     async def _wait_for(self, height: int) -> None:

@@ -139,7 +139,6 @@ class Outcome:
     log: str
     events: list[tuple[str, str, dict]]
     admissible: bool
-    trace: str | None = None  # the tx's traceparent, for the relay alone: never state or a result
 
 
 @dataclass
@@ -305,7 +304,7 @@ class RdxApp(Application):
         block = Overlay(self.db)
         ctx = Context(store=block, height=0, time=req.time.seconds)
         if genesis.state_tree:
-            block.set(STATE_TREE, {"spec": PROOF_TYPE, "since": 0})
+            block.set(STATE_TREE, {"spec": PROOF_TYPE, "since": 0, "events_since": 1})
         keeper = MembersKeeper(ctx)
         members.admit(ctx, keeper, genesis.association.model_copy(update={"roles": ["association"]}))
         for member in genesis.members:
@@ -419,6 +418,7 @@ class RdxApp(Application):
             hook(ctx)
         events += [ChainEvent(height, -1, i, time, *e) for i, e in enumerate(ctx.events, start=len(events))]
         kept: list[bytes] = []
+        digests: dict[str, str] = {}  # event id -> digest, computed once for the results and the state
         results: list[abci.ExecTxResult] = []
         inadmissible: list[tuple[int, int]] = []
         dropped: list[int] = []
@@ -436,14 +436,27 @@ class RdxApp(Application):
             total += size
             index = len(kept)
             kept.append(raw)
-            tx_events = [ChainEvent(height, index, i, time, *e, outcome.trace) for i, e in enumerate(outcome.events)]
+            tx_events = [ChainEvent(height, index, i, time, *e) for i, e in enumerate(outcome.events)]
             events += tx_events
-            results.append(abci.ExecTxResult(code=outcome.code, log=outcome.log, events=[abci_event(e) for e in tx_events]))
+            results.append(abci.ExecTxResult(code=outcome.code, log=outcome.log,
+                                             events=[abci_event(e, digests) for e in tx_events]))
         validator_updates = [abci.ValidatorUpdate(pub_key=PublicKey(ed25519=base64.b64decode(key)), power=power)
                              for key, power in ValidatorsKeeper(Context(store=block, height=height, time=time)).end_block()]
+        self._record_events(block, height, events, digests)
         app_hash = self._app_hash(block, height)
         return Execution(height, time, kept, block, results, events, app_hash, inadmissible, dropped,
                          validator_updates, param_updates)
+
+    @staticmethod
+    def _record_events(block: Overlay, height: int, events: list[ChainEvent], digests: dict[str, str]) -> None:
+        """Commit the block's events in state (``events/<height>``: id -> [type, entity, digest]),
+        so that a consumer can prove an event it read from Kafka against a signed header, as it
+        proves any state (``block_results`` are not in any header). From the height the chain's
+        state-tree record names; a chain whose tree started before that rule keeps its app hashes."""
+        tree = block.get(STATE_TREE)
+        if not events or not tree or height < tree.get("events_since", height + 1):
+            return
+        block.set(events_key(height), {e.id: [e.type, e.entity, digests.get(e.id) or event_digest(e)] for e in events})
 
     def _app_hash(self, block: Overlay, height: int) -> bytes:
         """The root of the state tree after the block, updated from its writes alone (new nodes
@@ -462,7 +475,7 @@ class RdxApp(Application):
         elif GovernanceKeeper(Context(store=block, height=height, time=0)).app_version() < STATE_TREE_APP_VERSION:
             return next_app_hash(self.db.app_hash, block.digest(), height)
         else:
-            block.set(STATE_TREE, {"spec": PROOF_TYPE, "since": height})
+            block.set(STATE_TREE, {"spec": PROOF_TYPE, "since": height, "events_since": height + 1})
             changes = block.tree_changes()
             state = [(key, text.encode()) for key, text in self.db.texts() if key not in changes]
             state += [(key, value) for key, value in changes.items() if value is not None]
@@ -538,7 +551,7 @@ class RdxApp(Application):
         ctx.store.merge_into_parent()
         if check:
             self._pending_bytes[tx.signer] = self._pending_bytes.get(tx.signer, 0) + len(raw)
-        return Outcome(Code.OK, "", ctx.events, True, tx.trace)
+        return Outcome(Code.OK, "", ctx.events, True)
 
     def _authenticate(self, state: Overlay, raw: bytes, height: int,
                       time: int) -> tuple[Context, BaseModel, governance.Signer]:
@@ -595,15 +608,26 @@ class RdxApp(Application):
         state.set(f"accounts/{tx.signer}", account)
 
 
-def abci_event(e: ChainEvent) -> abci.Event:
+def events_key(height: int) -> str:
+    return f"events/{height:012d}"
+
+
+def event_digest(e: ChainEvent) -> str:
+    return digest(e.id, e.type, e.entity, e.time, {**e.data, "height": e.height})
+
+
+def abci_event(e: ChainEvent, digests: dict[str, str] | None = None) -> abci.Event:
     """A chain event as CometBFT keeps it in the block's results: its id and a digest of what the
     relay publishes, so a Kafka consumer can check an event against the chain
-    (services/common/chainevents.py). Not part of consensus: CometBFT hashes no event."""
+    (services/common/chainevents.py). CometBFT hashes no event: the proven record is the state's
+    ``events/<height>`` (``_record_events``). ``digests`` keeps each digest for that record."""
+    d = event_digest(e)
+    if digests is not None:
+        digests[e.id] = d
     return abci.Event(type=e.type, attributes=[
         abci.EventAttribute(key="entity", value=e.entity, index=True),
         abci.EventAttribute(key="id", value=e.id, index=False),
-        abci.EventAttribute(key="digest", value=digest(e.id, e.type, e.entity, e.time, {**e.data, "height": e.height}),
-                            index=False),
+        abci.EventAttribute(key="digest", value=d, index=False),
     ])
 
 

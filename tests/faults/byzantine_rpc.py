@@ -14,7 +14,9 @@ the state key it lies about (others pass through):
 - ``garbage``: answers of the wrong shape (``.garbage``: the method and which of its ``GARBAGE`` answers);
 - ``forged_header``: the value rewritten as ``key``/``balance``/``grant`` would, and the header of the
   next height given the app hash that the real proof's siblings lead to for the forged value (the
-  lie a client that checks proofs but not signatures would take).
+  lie a client that checks proofs but not signatures would take);
+- ``block_results``: in ``block_results``, the digest of the chain event whose id is ``.target``
+  becomes ``.fake_digest`` (vouching for a forged event that a hostile relay published).
 
 Every lie is counted in ``.lies`` so a test can show it was told.
 """
@@ -33,7 +35,7 @@ import httpx
 from rdx.components import LOOPBACK, free_port
 from services.common import proofs
 
-MODES = (None, "key", "balance", "grant", "absent", "stale", "relabelled", "forged_header", "garbage")
+MODES = (None, "key", "balance", "grant", "absent", "stale", "relabelled", "forged_header", "garbage", "block_results")
 GARBAGE = {"abci_query": [{"response": {"height": "x"}}, {"response": []}, [], {"response": {"height": "1", "code": 0,
            "value": "!!", "proofOps": {"ops": [{"type": 3}]}}}],
            "commit": [{"signed_header": None}, {"signed_header": {"header": {"height": "x"}, "commit": {}}}],
@@ -47,6 +49,7 @@ class ByzantineRpc:
         self.target = ""
         self.fake_key = base64.b64encode(b"\x07" * 32).decode()
         self.fake_status = "granted"
+        self.fake_digest = "00" * 32
         self.lies = 0
         self.garbage = ("abci_query", 0)
         self._first: dict[str, dict] = {}
@@ -89,6 +92,18 @@ class ByzantineRpc:
             if self.mode is None or key != self.target or response.get("code", 0) != 0:
                 return result
             return self._lie_about(key, result)
+        if method == "block_results" and self.mode == "block_results":
+            events = list(result.get("finalize_block_events") or [])
+            for tx in result.get("txs_results") or []:
+                events += tx.get("events") or []
+            for event in events:
+                attrs = event.get("attributes") or []
+                if any(a.get("key") == "id" and a.get("value") == self.target for a in attrs):
+                    for a in attrs:
+                        if a.get("key") == "digest":
+                            a["value"] = self.fake_digest
+                            self.lies += 1
+            return result
         if method in ("commit", "header") and self.mode == "forged_header":
             header = result["signed_header"]["header"] if method == "commit" else result["header"]
             forged = self._forged_root.get(int(header["height"]))

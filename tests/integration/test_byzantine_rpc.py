@@ -1,8 +1,10 @@
 """Issue 18's bar: a byzantine validator's RPC (tests/faults/byzantine_rpc.py, a proxy in front of
 the session's real CometBFT node) rewrites query answers, and every reader of state that makes a
 trust decision detects every rewrite and refuses: the verified reader (services/common/verified.py),
-the SDK (rdx/sdk.py, verify=True), the gateway (its member-key lookups, a real gateway process)
-and the compute node (its peer-key and grant checks). Through the honest proxy, all of them read."""
+the SDK (rdx/sdk.py, verify=True), the gateway (its member-key lookups, a real gateway process),
+the compute node (its peer-key and grant checks) and the Kafka consumers' check of chain events
+(services/common/chainevents.py, proven from the events the app commits in state). Through the
+honest proxy, all of them read."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import base64
 import hashlib
 import json
 import secrets
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,12 +26,15 @@ from rdx.components import ServiceProcess, compute_node, free_port
 from rdx.sdk import Gateway, GatewayError
 
 from services.common.chain import ChainClient
+from services.common.chainevents import ChainEventVerifier, ChainUnavailable, NotOnChain, digest_of
 from services.common.identity import Identity
 from services.common.lightclient import Validator
 from services.common.listing import example_metadata
 from services.common.verified import Anchor, VerificationError, VerifiedChain
 from services.compute.chainview import ChainUnverified
 from services.compute.chainview import ChainView as ComputeView
+from services.consensus.relay import to_event
+from services.consensus.state import ChainEvent
 from tests.faults.byzantine_rpc import GARBAGE, ByzantineRpc
 
 LIES = ("key", "absent", "stale", "relabelled", "forged_header")
@@ -310,3 +316,48 @@ def test_rdx_verify_proves_what_it_prints_and_refuses_a_lying_endpoint(world, pr
     proxy.lie(None)
     done = rdx_verify("job", f"no-such-job-{world.tag}")
     assert done.returncode == 1 and "proven absent" in done.stderr
+
+
+def _committed_event(chain, entity: str):
+    """The event the relay publishes for the latest chain event about ``entity`` (from its outbox)."""
+    db = sqlite3.connect(chain.state / "state" / "consensus" / "chain.sqlite")
+    try:
+        row = db.execute("SELECT height, tx_index, event_index, time, type, entity, data FROM events WHERE entity = ? "
+                         "ORDER BY height DESC, tx_index DESC, event_index DESC LIMIT 1", (entity,)).fetchone()
+    finally:
+        db.close()
+    assert row, f"no committed event about {entity}"
+    return to_event(ChainEvent(*row[:6], json.loads(row[6])))
+
+
+async def test_chain_events_are_proven_from_state_and_a_lying_nodes_block_results_fool_only_the_unproven_check(
+        world, proxy):
+    real = _committed_event(world.chain, f"member:{world.consumer.account}")
+    forged = real.model_copy(update={"data": {**real.data, "forged": True}})
+    height = real.data["height"]
+    async with ChainClient(proxy.url, world.chain.chain_id) as client, \
+            VerifiedChain(client, world.anchor) as reader:
+        proven, believing = ChainEventVerifier(client, reader=reader), ChainEventVerifier(client, reader=None)
+        await proven.verify(real)
+        with pytest.raises(NotOnChain):
+            await proven.verify(forged)
+        # A relay publishes the forged event and the node vouches for it in block_results.
+        proxy.fake_digest = digest_of(forged)
+        proxy.lie("block_results", real.id)
+        await believing.verify(forged)  # the check that trusts one node is fooled...
+        assert proxy.lies > 0
+        for verifier in (proven, ChainEventVerifier(client, reader=reader)):  # ...a proven one, cached or not, is not
+            with pytest.raises(NotOnChain):
+                await verifier.verify(forged)
+        # Lies about the proven record itself: the event waits (retried), it is never applied.
+        for mode in ("key", "absent"):
+            proxy.lie(mode, f"events/{height:012d}")
+            lies = proxy.lies
+            with pytest.raises(ChainUnavailable):
+                await ChainEventVerifier(client, reader=VerifiedChain(client, world.anchor)).verify(real)
+            assert proxy.lies > lies, mode
+        proxy.lie(None)
+        await ChainEventVerifier(client, reader=VerifiedChain(client, world.anchor)).verify(real)
+        with pytest.raises(NotOnChain):  # a height not committed yet, claimed by a forged record
+            await proven.verify(real.model_copy(update={"id": f"{height + 50}/0/0",
+                                                        "data": {**real.data, "height": height + 50}}))

@@ -5,6 +5,7 @@ members run, services/common/proofs.py; hostile paths answered with a code)."""
 
 from __future__ import annotations
 
+import json
 from unittest import mock
 
 import chainsim
@@ -57,7 +58,7 @@ def test_the_app_hash_is_the_root_of_the_whole_state_after_every_block_and_answe
         results = chain.block(*txs)
         assert all(r.code == Code.OK for r in results), [r.log for r in results]
         assert chain.last_response.app_hash == chain.db.app_hash == fresh_root(chain)
-    assert chain.db.get(STATE_TREE) == {"spec": proofs.PROOF_TYPE, "since": 0}
+    assert chain.db.get(STATE_TREE) == {"spec": proofs.PROOF_TYPE, "since": 0, "events_since": 1}
     for key in [*chain.state(), f"accounts/{people[5].account}", "members/nobody", "bank/balance/nobody"]:
         assert checked(chain.app, key) == (chain.state()[key].encode() if key in chain.state() else None)
 
@@ -118,12 +119,31 @@ def test_a_chain_made_before_the_tree_keeps_its_hash_chain_until_its_upgrade_the
         chain.block()
         assert chain.db.get(STATE_TREE) is None
     chain.block()  # the upgrade's height: one pass over the whole state
-    assert chain.height == at and chain.db.get(STATE_TREE) == {"spec": proofs.PROOF_TYPE, "since": at}
+    assert chain.height == at and chain.db.get(STATE_TREE) == {"spec": proofs.PROOF_TYPE, "since": at,
+                                                               "events_since": at + 1}
     assert chain.db.app_hash == chain.last_response.app_hash == fresh_root(chain)
+    assert not any(k.startswith("events/") for k in chain.state())  # the old chain's blocks keep their hashes
     chain.block(chain.tx(people[1], "bank.Transfer", {"to": people[2].account, "amount": 2}))
     assert chain.db.app_hash == fresh_root(chain)  # and incremental from there
+    assert checked(chain.app, f"events/{chain.height:012d}") is not None  # events are state from the next block
     assert checked(chain.app, f"bank/balance/{people[2].account}") == b"2"
     assert checked(chain.app, f"bank/balance/{people[3].account}") is None
+
+
+def test_each_blocks_events_are_committed_in_state_as_its_results_record_them_and_proven(tmp_path):
+    people = [Identity.generate(f"m{i}") for i in range(3)]
+    chain = Harness(tmp_path / "e.sqlite", Identity.generate("association"), balances={people[0].account: 9})
+    results = chain.block(*[register(chain, p, ("consumer",)) for p in people])
+    in_results = {}
+    for e in [*chain.last_response.events, *(e for r in results for e in r.events)]:
+        attrs = {a.key: a.value for a in e.attributes}
+        in_results[attrs["id"]] = [e.type, attrs["entity"], attrs["digest"]]
+    assert len(in_results) >= 4  # the genesis events and a registration each
+    assert json.loads(checked(chain.app, f"events/{chain.height:012d}")) == in_results
+    before = chain.db.app_hash
+    chain.block()  # a block without events writes no record and keeps the app hash
+    assert chain.db.app_hash == before
+    assert checked(chain.app, f"events/{chain.height:012d}") is None
 
 
 @pytest.mark.parametrize("path, height, code", [
