@@ -11,6 +11,7 @@ import httpx
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from services.common import tracing
 from services.common.audit import AuditRecord
 from services.common.chain import ChainError, TxRejected
 from services.common.tx import Code, Tx, TxError
@@ -135,10 +136,15 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         if not verdict.allowed:
             raise Problem(403, "Forbidden", verdict.reason)
         try:
-            checked = await gw.chain.broadcast(raw)
-            if checked["code"] != Code.OK:
-                raise TxRejected(checked["code"], checked.get("log", ""), tx.hash)
-            committed = await gw.chain.wait_for(tx.hash, timeout=gw.settings.upstream_timeout_s)
+            with tracing.span("chain broadcast", kind=tracing.CLIENT, attributes={"rdx.tx.type": tx.type}) as span:
+                if span is not None:  # tracing on: the tx carries this span on to the relay (tx.py: trace)
+                    tx = tx.model_copy(update={"trace": tracing.traceparent_of(span)})
+                    raw = tx.encode()
+                    span.set_attribute("rdx.tx.hash", tx.hash)
+                checked = await gw.chain.broadcast(raw)
+                if checked["code"] != Code.OK:
+                    raise TxRejected(checked["code"], checked.get("log", ""), tx.hash)
+                committed = await gw.chain.wait_for(tx.hash, timeout=gw.settings.upstream_timeout_s)
         except TxRejected as exc:
             raise Problem(CODE_STATUS.get(exc.code, 400), "Rejected by the chain", f"code {exc.code}: {exc.log}",
                           type=f"{problems.TYPE}chain:{CODE_NAMES.get(exc.code, exc.code)}", code=exc.code) from None
