@@ -37,7 +37,7 @@ demo: up-detached
 
 # tests/deploy (the containerised exchange) is `make test-deploy`: ~8 min warm plus ~8.5 min of image builds
 # from empty caches would take a fresh machine's `make test` past its 45 min budget.
-test: setup setup-k8s check-infra setup-ts setup-stores setup-portal
+test: setup setup-k8s check-infra setup-ts setup-stores setup-portal setup-otel
 	@$(PY) -m pytest --ignore=tests/deploy
 
 # The TypeScript signer (sdk/typescript, docs/signing.md): npm ci into a cache outside the checkout, tsc; needs Node.js 20+.
@@ -55,6 +55,12 @@ setup-stores: $(VENV)/.installed
 .PHONY: setup-portal
 setup-portal: $(VENV)/.installed
 	@$(PY) -m rdx.portal_toolchain
+
+# The OpenTelemetry Collector the tracing test exports to (OTLP receiver, file exporter), built once
+# from the Go module proxy into ~/.cache/rdx (rdx/otel_toolchain.py; ~3 min cold).
+.PHONY: setup-otel
+setup-otel: $(VENV)/.installed
+	@$(PY) -m rdx.otel_toolchain
 
 # Container images from Debian only (debootstrap base; rdx/images.py), cached; starts dockerd if needed.
 .PHONY: images test-deploy
