@@ -11,30 +11,25 @@ height and header hash; services/common/verified.py). Without them those reads r
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import httpx
+import rdx_client
+from rdx_client import ApiError as GatewayError  # noqa: F401 - the SDK's name for a problem answer
 
-from services.common import httpsig
 from services.common.audit import AuditRecord, verify_against_anchors
 from services.common.identity import Identity
-from services.common.tx import Tx
 from services.common.verified import Anchor, VerificationError, VerifiedChain
 
 T = TypeVar("T")
 
 
-class GatewayError(RuntimeError):
-    """A problem+json answer: ``status``, ``title`` and ``detail`` say what went wrong."""
-
-    def __init__(self, status: int, body: dict):
-        self.status, self.body = status, body
-        self.title, self.detail = body.get("title", ""), body.get("detail", "")
-        super().__init__(f"{status} {self.title}: {self.detail}")
+def key_of(identity: Identity) -> rdx_client.Key:
+    """The client's key for a servers'-side ``Identity`` (the same 32-byte seed)."""
+    return rdx_client.Key(identity.account, bytes(identity.signing_key))
 
 
 class ChainReader:
@@ -61,6 +56,9 @@ class ChainReader:
 
 
 class Gateway:
+    """rdx_client.Client with dict answers, as the exchange's own tools and tests use it, plus the
+    reads proven from the chain. Signing, nonces, retries and problems are the client's."""
+
     def __init__(self, url: str, *, identity: Identity | None = None, api_key: str | None = None,
                  chain_id: str = "rdx-local", timeout: float = 30.0, chain_rpc: str | None = None,
                  trust: Anchor | None = None, verify: bool = True):
@@ -68,14 +66,26 @@ class Gateway:
             raise ValueError("an identity (to sign) or an API key is needed")
         if trust is not None and trust.chain_id != chain_id:
             raise ValueError(f"the trust anchor is of chain {trust.chain_id!r}, not {chain_id!r}")
-        self.url, self.identity, self.api_key, self.chain_id = url.rstrip("/"), identity, api_key, chain_id
+        self.url, self.api_key, self.chain_id = url.rstrip("/"), api_key, chain_id
         self.verify = verify
-        self.http = httpx.Client(timeout=timeout)
-        self._nonces: dict[str, int] = {}
+        self.client = rdx_client.Client(url, key=key_of(identity) if identity else None, api_key=api_key,
+                                        chain_id=chain_id, timeout=timeout)
+        self._identity = identity
+        self.http: httpx.Client = self.client.http
         self.chain = ChainReader(chain_rpc, trust) if verify and chain_rpc and trust else None
 
+    @property
+    def identity(self) -> Identity | None:
+        return self._identity
+
+    @identity.setter
+    def identity(self, identity: Identity | None) -> None:
+        """The key that signs this SDK's transactions (and, without an API key, its requests)."""
+        self._identity = identity
+        self.client._core.key = key_of(identity) if identity else None
+
     def close(self) -> None:
-        self.http.close()
+        self.client.close()
         if self.chain:
             self.chain.close()
 
@@ -87,39 +97,7 @@ class Gateway:
 
     # -- transport ------------------------------------------------------------------------------
     def request(self, method: str, path: str, *, body: Any = None, params: dict | None = None) -> Any:
-        url = str(httpx.URL(self.url + path, params=params))
-        raw = json.dumps(body).encode() if body is not None else b""
-        headers = {"content-type": "application/json"} if body is not None else {}
-        if self.api_key:
-            headers["authorization"] = f"Bearer {self.api_key}"
-        else:
-            headers.update(httpsig.sign(self.identity, method, url, raw))
-        resp = self.http.request(method, url, content=raw, headers=headers)
-        if resp.status_code >= 400:
-            try:
-                problem = resp.json()
-            except ValueError:
-                problem = {"title": resp.reason_phrase}
-            raise GatewayError(resp.status_code, problem)
-        return resp.json() if resp.content else None
-
-    def _tx(self, path: str, type_: str, payload: dict, signer: Identity | None = None) -> dict:
-        """Sign ``type_`` with the next nonce and POST it to ``path``. Nonces are handed out from a
-        cache so that a burst of txs needs no read per tx; a tx that is refused anywhere (by the
-        gateway's policy, by CheckTx, or failed in its block, where the chain may or may not have
-        used the nonce) drops the cache, so the next tx takes its nonce from the chain again."""
-        signer = signer or self.identity
-        if signer is None:
-            raise ValueError("chain transactions need the member's signing identity")
-        # The nonce is the gateway's word: a wrong one only gets the tx refused.
-        nonce = self._nonces.get(signer.account) or self.request("GET", f"/v1/accounts/{signer.account}")["nonce"] + 1
-        tx = Tx.build(signer, self.chain_id, type_, nonce, payload)
-        self._nonces[signer.account] = nonce + 1
-        try:
-            return self.request("POST", path, body={"tx": json.loads(tx.encode())})
-        except BaseException:
-            self._nonces.pop(signer.account, None)
-            raise
+        return self.client.request(method, path, body=body, params=params)
 
     # -- reads ----------------------------------------------------------------------------------
     def state(self, key: str) -> Any | None:
@@ -134,7 +112,7 @@ class Gateway:
             return self.request("GET", f"/v1/accounts/{account}")
         found = self.state(f"accounts/{account}")
         if found is None:
-            raise GatewayError(404, {"title": "Not found", "detail": f"no account {account} (proven absent)"})
+            raise rdx_client.NotFound(404, {"title": "Not found", "detail": f"no account {account} (proven absent)"})
         return found
 
     def balance(self, member: str) -> int:
@@ -164,27 +142,30 @@ class Gateway:
             return self.request("GET", f"/v1/jobs/{job_id}")
         found = self.state(f"jobs/{job_id}")
         if found is None:
-            raise GatewayError(404, {"title": "Not found", "detail": f"no job {job_id} (proven absent)"})
+            raise rdx_client.NotFound(404, {"title": "Not found", "detail": f"no job {job_id} (proven absent)"})
         return found
 
     def audit(self, **filters: Any) -> list[AuditRecord]:
         return [AuditRecord(**r) for r in self.request("GET", "/v1/audit", params=filters)]
 
-    # -- the access workflow and jobs -----------------------------------------------------------
+    # -- the access workflow and jobs (rdx_client's payloads, signing and nonces) ---------------------
+    def _signing(self) -> rdx_client.Client:
+        if self.identity is None:
+            raise ValueError("chain transactions need the member's signing identity")
+        return self.client
+
     def request_access(self, grant_id: str, asset: str, operations: list[str], purpose: str,
                        expires_at: int | None = None, max_runs: int = 1) -> dict:
-        payload = {"id": grant_id, "asset": asset, "operations": operations, "purpose": purpose,
-                   "expires_at": expires_at or int(time.time()) + 30 * 86_400, "max_runs": max_runs}
-        return self._tx("/v1/access-requests", "access.Request", payload)
+        return self._signing().request_access(grant_id, asset, operations, purpose, expires_at, max_runs).model_dump()
 
     def approve(self, grant_id: str) -> dict:
-        return self._tx(f"/v1/access-requests/{grant_id}/approve", "access.Approve", {"id": grant_id})
+        return self._signing().approve(grant_id).model_dump()
 
     def reject(self, grant_id: str, reason: str) -> dict:
-        return self._tx(f"/v1/access-requests/{grant_id}/reject", "access.Reject", {"id": grant_id, "reason": reason})
+        return self._signing().reject(grant_id, reason).model_dump()
 
     def revoke(self, grant_id: str, reason: str) -> dict:
-        return self._tx(f"/v1/grants/{grant_id}/revoke", "access.Revoke", {"id": grant_id, "reason": reason})
+        return self._signing().revoke(grant_id, reason).model_dump()
 
     def quote(self, assets: list[str], records: int = 0) -> dict:
         """What a job on ``assets`` costs now; ``max_price`` is the least the chain accepts."""
@@ -192,22 +173,24 @@ class Gateway:
 
     def submit_job(self, job_id: str, type_: str, inputs: list[dict], max_price: int, params: dict | None = None,
                    timeout_s: int = 600) -> dict:
-        payload = {"id": job_id, "type": type_, "inputs": inputs, "max_price": max_price,
-                   "params": params or {}, "timeout_s": timeout_s}
-        return self._tx("/v1/jobs", "jobs.Submit", payload)
+        return self._signing().submit_job(job_id, type_, inputs, max_price, params, timeout_s).model_dump()
 
     def send(self, type_: str, payload: dict, signer: Identity | None = None) -> dict:
         """Any other transaction the caller's role allows (listing, transfers, the kill switch ...)."""
-        return self._tx("/v1/tx", type_, payload, signer)
+        client = self.client if signer else self._signing()
+        return client.send(type_, payload, signer=key_of(signer) if signer else None).model_dump()
 
     def wait_for_job(self, job_id: str, timeout: float = 600, on_progress=None) -> dict:
+        """The job once it has ended (read as ``job`` reads it); rdx_client.WaitTimeout if not by ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
             record = self.job(job_id)
             if on_progress:
                 on_progress(record)
-            if record["status"] not in ("running", "locked") or time.monotonic() > deadline:
+            if record["status"] not in ("running", "locked"):
                 return record
+            if time.monotonic() > deadline:
+                raise rdx_client.WaitTimeout(f"job {job_id} still {record['status']} after {timeout:g}s", record)
             time.sleep(0.5)
 
     # -- keys -----------------------------------------------------------------------------------

@@ -312,10 +312,10 @@ def test_tx_status_by_hash(gw):
     assert status == {"tx_hash": done["tx_hash"], "status": "committed", "height": done["height"], "code": 0, "log": ""}
     assert bank.tx_status(done["tx_hash"].lower())["height"] == done["height"]
     assert gw.admin.tx_status(done["tx_hash"])["status"] == "committed"  # the association sees every tx
-    cli = rdx_cli(gw, "tx", "status", done["tx_hash"])
+    cli = rdx_cli(gw, "tx", "status", done["tx_hash"], "--json")
     assert cli.returncode == 0 and json.loads(cli.stdout)["height"] == done["height"]
     cli = rdx_cli(gw, "tx", "status", "CD" * 32)
-    assert cli.returncode == 1 and "404 Not found" in cli.stdout
+    assert cli.returncode == 1 and "404 Not found" in cli.stderr
     for who, tx_hash in ((telco, done["tx_hash"]), (bank, "AB" * 32)):  # another member's tx; no such tx
         with pytest.raises(GatewayError) as missing:
             who.tx_status(tx_hash)
