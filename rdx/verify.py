@@ -5,8 +5,11 @@ the gateway. Every value printed was proven against headers the validators signe
 
     rdx verify listing bank.blacklist --rpc http://127.0.0.1:26657 --genesis genesis.json
     rdx verify grant g-1 | job psi-1 | balance bank | account bank.node
+    rdx verify event 1042/0/1 [--event received.json]
 
-Not done: a chain event's inclusion (the chain does not yet commit its events in state per block).
+``event``: the chain commits each block's events in state (``events/<height>``); the command
+prints the proven type, entity and digest of one event, and with ``--event`` (the event's JSON as
+a Kafka consumer received it) checks that this is the event the chain made.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 import typer
 
 from services.common.chain import ChainError
+from services.common.chainevents import digest_of
+from services.common.events import Event, EventDecodeError
 from services.common.lightclient import header_hash
 from services.common.verified import Anchor, VerificationError, VerifiedChain
 
@@ -55,10 +60,35 @@ async def listing_history(reader: VerifiedChain, asset: str) -> dict[str, Any]:
     return {"listing": current, "versions": versions}
 
 
-async def check(what: str, ident: str, rpc: str, trust: Anchor) -> dict[str, Any]:
+async def chain_event(reader: VerifiedChain, event_id: str, received: bytes | None) -> dict[str, Any]:
+    try:
+        height = int(event_id.split("/")[0])
+        if len(event_id.split("/")) != 3 or height < 0:
+            raise ValueError
+    except ValueError:
+        raise VerificationError(f"an event id is <height>/<tx>/<index>, not {event_id[:40]!r}") from None
+    record = await reader.query(f"events/{height:012d}")
+    entry = (record or {}).get(event_id)
+    if entry is None:
+        raise VerificationError(f"block {height} holds no event {event_id} (proven)")
+    out = {"event": event_id, "type": entry[0], "entity": entry[1], "digest": entry[2]}
+    if received is not None:
+        try:
+            event = Event.decode(received)
+        except EventDecodeError as exc:
+            raise VerificationError(f"--event is not an rdx event: {exc}") from None
+        if event.id != event_id or digest_of(event) != entry[2]:
+            raise VerificationError(f"the event given is not the one the chain made as {event_id}")
+        out["matches_event_file"] = True
+    return out
+
+
+async def check(what: str, ident: str, rpc: str, trust: Anchor, received: bytes | None = None) -> dict[str, Any]:
     async with VerifiedChain(rpc, trust) as reader:
         if what == "listing":
             found: Any = await listing_history(reader, ident)
+        elif what == "event":
+            found = await chain_event(reader, ident, received)
         elif what == "balance":
             found = {"member": ident, "balance": int(await reader.query(f"bank/balance/{ident}") or 0)}
         else:
@@ -74,9 +104,10 @@ async def check(what: str, ident: str, rpc: str, trust: Anchor) -> dict[str, Any
         return {"verified": found, "trusted_header": f"{trusted.height}:{header_hash(trusted.header).hex()}"}
 
 
-def _run(what: str, ident: str, rpc: str, genesis: Path | None, header: str | None, chain_id: str) -> None:
+def _run(what: str, ident: str, rpc: str, genesis: Path | None, header: str | None, chain_id: str,
+         received: bytes | None = None) -> None:
     try:
-        out = asyncio.run(check(what, ident, rpc, anchor(genesis, header, chain_id)))
+        out = asyncio.run(check(what, ident, rpc, anchor(genesis, header, chain_id), received))
     except VerificationError as exc:
         typer.secho(f"rdx verify: NOT VERIFIED: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
@@ -106,6 +137,15 @@ def _command(what: str, metavar: str, doc: str) -> None:
 
 for _what, (_metavar, _doc) in COMMANDS.items():
     _command(_what, _metavar, _doc)
+
+
+@verify.command("event")
+def event_command(event_id: str = typer.Argument(..., metavar="EVENT_ID"), rpc: str = Rpc,
+                  genesis: Path | None = Genesis, header: str | None = Header, chain_id: str = ChainId,
+                  received: Path | None = typer.Option(None, "--event", help="the event's JSON as received from Kafka")
+                  ) -> None:
+    """A chain event (<height>/<tx>/<index>) as the chain committed it; with --event, checks a received copy."""
+    _run("event", event_id, rpc, genesis, header, chain_id, received.read_bytes() if received else None)
 
 
 def install(app: typer.Typer) -> None:

@@ -331,7 +331,7 @@ def _committed_event(chain, entity: str):
 
 
 async def test_chain_events_are_proven_from_state_and_a_lying_nodes_block_results_fool_only_the_unproven_check(
-        world, proxy):
+        world, proxy, tmp_path):
     real = _committed_event(world.chain, f"member:{world.consumer.account}")
     forged = real.model_copy(update={"data": {**real.data, "forged": True}})
     height = real.data["height"]
@@ -358,6 +358,24 @@ async def test_chain_events_are_proven_from_state_and_a_lying_nodes_block_result
             assert proxy.lies > lies, mode
         proxy.lie(None)
         await ChainEventVerifier(client, reader=VerifiedChain(client, world.anchor)).verify(real)
+    genesis = str(world.chain.node.home / "config" / "genesis.json")
+
+    def rdx_verify_event(event_id: str, received) -> subprocess.CompletedProcess:
+        path = tmp_path / "event.json"
+        path.write_bytes(received.encode())
+        return subprocess.run([sys.executable, "-m", "rdx", "verify", "event", event_id, "--event", str(path),
+                               "--rpc", proxy.url, "--genesis", genesis], capture_output=True, text=True, timeout=120)
+
+    done = rdx_verify_event(real.id, real)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["verified"] == {"event": real.id, "type": real.type, "entity": real.entity,
+                                                   "digest": digest_of(real), "matches_event_file": True}
+    for event_id, received in [(real.id, forged), (f"{height}/0/999", real), ("not-an-id", real)]:
+        done = rdx_verify_event(event_id, received)
+        assert done.returncode == 1 and "NOT VERIFIED" in done.stderr and not done.stdout, done.stderr
+    async with ChainClient(proxy.url, world.chain.chain_id) as client, \
+            VerifiedChain(client, world.anchor) as reader:
+        proven = ChainEventVerifier(client, reader=reader)
         with pytest.raises(NotOnChain):  # a height not committed yet, claimed by a forged record
             await proven.verify(real.model_copy(update={"id": f"{height + 50}/0/0",
                                                         "data": {**real.data, "height": height + 50}}))
