@@ -8,8 +8,8 @@ Steps, each printing one FAIL line per problem:
   schema   every rendered object matches the Kubernetes API schema of --kube-version
            (kubernetes-validate's bundled schemas, strict: unknown fields fail); custom
            resources (Strimzi, Prometheus Operator) match infra/schemas/; other kinds fail
-  policy   every container of every workload has liveness and readiness probes (init
-           containers: only native sidecars need them), cpu and memory requests and limits,
+  policy   every container of every long-running workload has liveness and readiness probes
+           (init containers: only native sidecars need them; Jobs: none), cpu and memory requests and limits,
            runs as non-root with a read-only root filesystem, no privilege escalation, all
            capabilities dropped and the RuntimeDefault seccomp profile, and a pinned image
            tag; every workload is covered by a PodDisruptionBudget
@@ -233,8 +233,11 @@ def check_policy(rendered: dict[str, list[dict]]) -> list[Problem]:
                 continue
             where = f"{overlay} {describe(obj)}"
             pod = pod_spec(obj)
+            # A Job runs to completion: nothing routes to it and nothing restarts it when it hangs
+            # (its backoffLimit and deadline do), so probes are asked of long-running workloads only.
+            long_running = obj["kind"] not in ("Job", "CronJob")
             for container in pod.get("containers", []):
-                for message in container_problems(container, pod, needs_probes=True):
+                for message in container_problems(container, pod, needs_probes=long_running):
                     problems.append(Problem("policy", f"{where} container {container.get('name')}", message))
             for container in pod.get("initContainers", []):
                 sidecar = container.get("restartPolicy") == "Always"

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_ops_k8s import BUILT, COMPUTE_TOKEN, NS, admin, cluster, now, render_overlay  # noqa: F401 - fixtures
+from test_ops_k8s import BUILT, COMPUTE_TOKEN, admin, cluster, now, render_overlay  # noqa: F401 - fixtures
+from test_ops_k8s import MEMBER_NS as NS  # the member's own namespace, where its node runs its Jobs
 
 from services.compute import k8s_runner, psi_kernel
 from services.compute import worker as wire
@@ -201,7 +202,7 @@ def kube(cluster, admin, tmp_path_factory):  # noqa: F811 - the fixtures importe
     k.CoreV1Api(admin).create_namespace({"metadata": {"name": NS, "labels": {
         "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}})
     dynamic = DynamicClient(admin)
-    rbac = [o for o in render_overlay("dev") if o["kind"] in ("ServiceAccount", "Role", "RoleBinding")
+    rbac = [o for o in render_overlay("dev-site-example") if o["kind"] in ("ServiceAccount", "Role", "RoleBinding")
             and o["metadata"]["name"] in ("compute-example", "compute-jobs-example")]
     assert sorted(o["kind"] for o in rbac) == ["Role", "RoleBinding", "ServiceAccount"]
     for obj in rbac:

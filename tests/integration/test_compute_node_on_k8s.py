@@ -27,7 +27,8 @@ import pytest_asyncio
 from jobkit import PRICE, example_metadata, start_net
 from test_compute import phones
 from test_compute_k8s_runner import IMAGE, exists, kube  # noqa: F401 - the played kubelet fixture
-from test_ops_k8s import BUILT, COMPUTE_TOKEN, NS, admin, cluster  # noqa: F401 - fixtures
+from test_ops_k8s import BUILT, COMPUTE_TOKEN, admin, cluster  # noqa: F401 - fixtures
+from test_ops_k8s import MEMBER_NS as NS  # the member's own namespace
 
 from rdx.components import free_port
 from services.compute import worker as wire

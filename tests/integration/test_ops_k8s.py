@@ -4,7 +4,8 @@ etcd and kube-apiserver are built from the Go module proxy on first use and cach
 (rdx/k8s_toolchain.py); if they are not built yet, the first test builds them (several minutes,
 once per version) or fails saying why: never a silent skip.
 
-The rendered dev overlay (infra/overlays/dev) is applied whole: the Strimzi and Prometheus
+The rendered dev overlays are applied whole, the association's (infra/overlays/dev, namespace
+rdx-dev) and member example's site (infra/overlays/dev-site-example, namespace rdx-dev-example): the Strimzi and Prometheus
 Operator custom resources too, after installing minimal CRDs for them (their schemas are
 infra/check.py's business). There is no kubelet, scheduler or controller manager, so the test
 plays their parts as they would: it creates each workload's pods from its pod template (the
@@ -15,7 +16,7 @@ every service), where the API server's pod proxy reaches it as it reaches real p
 
 The commands run as a user who has only the RBAC of infra/rbac/ops.yaml, and the Job client as
 the compute node's service account with only the Role of infra/components/k8s-runner (applied
-with the dev overlay). The runner built on that client: tests/integration/test_compute_k8s_runner.py.
+with the member's overlay, in the member's namespace). The runner built on that client: tests/integration/test_compute_k8s_runner.py.
 """
 
 from __future__ import annotations
@@ -35,18 +36,19 @@ from typer.testing import CliRunner
 
 from rdx import k8s_toolchain
 from rdx.ops import RESTARTED_AT, Ops, api_client, ops
-from services.compute.k8s_runner import JobClient, job_name
+from services.compute.k8s_runner import JobClient, KubeError, job_name
 from rdx.toolchain import SetupError
 
 ROOT = Path(__file__).resolve().parents[2]
-NS = "rdx-dev"
+NS = "rdx-dev"                 # the association's namespace
+MEMBER_NS = "rdx-dev-example"  # member example's site: its compute node, keys and data
 BUILT = k8s_toolchain.kube_apiserver_bin().exists() and k8s_toolchain.etcd_bin().exists()
 # A cold build of kube-apiserver on a 2-core machine takes many minutes; after that, ~a minute.
 pytestmark = pytest.mark.timeout(180 if BUILT else 3600)
 
 SRE_TOKEN = secrets.token_urlsafe(16)
 COMPUTE_TOKEN = secrets.token_urlsafe(16)
-COMPUTE_SA = f"system:serviceaccount:{NS}:compute-example"
+COMPUTE_SA = f"system:serviceaccount:{MEMBER_NS}:compute-example"
 
 
 def now() -> str:
@@ -62,7 +64,7 @@ def cluster(tmp_path_factory):
     server = k8s_toolchain.LocalAPIServer(
         tmp_path_factory.mktemp("kube"), pod_network=True,
         tokens={SRE_TOKEN: ("alice", ["rdx-sre"]),
-                COMPUTE_TOKEN: (COMPUTE_SA, ["system:serviceaccounts", f"system:serviceaccounts:{NS}"])})
+                COMPUTE_TOKEN: (COMPUTE_SA, ["system:serviceaccounts", f"system:serviceaccounts:{MEMBER_NS}"])})
     try:
         server.start()
     except SetupError as exc:
@@ -130,15 +132,17 @@ def deployment(cluster, admin, tmp_path_factory):
             assert time.monotonic() < deadline, f"CRD {body['metadata']['name']} not established"
             time.sleep(0.2)
     dynamic = DynamicClient(admin)
-    objects = render_overlay("dev")
+    objects = render_overlay("dev") + render_overlay("dev-site-example")
     kinds = {o["kind"] for o in objects}
     assert {"Deployment", "StatefulSet", "Kafka", "PrometheusRule", "NetworkPolicy"} <= kinds
     for obj in sorted(objects, key=lambda o: o["kind"] != "Namespace"):
         resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
         resource.create(body=obj, namespace=obj["metadata"].get("namespace"))
-    # Who may do what: the SRE group (infra/rbac/); the compute node's service account came with the overlay.
-    for obj in yaml.safe_load_all((ROOT / "infra" / "rbac" / "ops.yaml").read_text()):
-        dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"]).create(body=obj, namespace=NS)
+    # Who may do what: the SRE group (infra/rbac/), in both namespaces (a member binds its own people in its
+    # own); the compute node's service account came with the member's overlay.
+    for namespace in (NS, MEMBER_NS):
+        for obj in yaml.safe_load_all((ROOT / "infra" / "rbac" / "ops.yaml").read_text()):
+            dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"]).create(body=obj, namespace=namespace)
 
     sim = Simulator(cluster, admin, objects)
     sim.start_all()
@@ -236,7 +240,8 @@ class Simulator:
                 {"name": t["metadata"]["name"], "persistentVolumeClaim": {"claimName": f"{t['metadata']['name']}-{pod_name}"}}
                 for t in obj["spec"].get("volumeClaimTemplates", []))
         spec["nodeName"] = "node-1"
-        self.core.create_namespaced_pod(NS, {
+        namespace = obj["metadata"]["namespace"]
+        self.core.create_namespaced_pod(namespace, {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod_name, "labels": labels, "annotations": template["metadata"].get("annotations", {})},
             "spec": spec})
@@ -244,7 +249,8 @@ class Simulator:
             ip = self.netns.pod_ip(self.next_ip)
             self.next_ip += 1
         component = labels["app.kubernetes.io/name"]
-        self.pods[pod_name] = {"ip": ip, "workload": (kind, name), "component": component, "spec": spec}
+        self.pods[pod_name] = {"ip": ip, "workload": (kind, name), "component": component, "spec": spec,
+                               "namespace": namespace}
         self.by_ip[ip] = pod_name
         if component == "validator":
             self.height[pod_name], self.relay[pod_name] = 120, 118
@@ -282,14 +288,15 @@ class Simulator:
         sidecars = [c for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"]
         if sidecars:
             status["initContainerStatuses"] = statuses(sidecars)
-        self.core.patch_namespaced_pod_status(pod, NS, {"status": status})
+        self.core.patch_namespaced_pod_status(pod, info["namespace"], {"status": status})
 
     # -- controllers ---------------------------------------------------------------------------
 
     def sync_status(self, kind: str, name: str, updated: int | None = None, total: int | None = None) -> None:
         """Workload status from its pods, as the Deployment or StatefulSet controller writes it."""
         read = self.apps.read_namespaced_deployment if kind == "Deployment" else self.apps.read_namespaced_stateful_set
-        obj = read(name, NS)
+        namespace = self.workload(kind, name)["metadata"]["namespace"]
+        obj = read(name, namespace)
         desired = obj.spec.replicas
         pods = [p for p, info in self.pods.items() if info["workload"] == (kind, name)]
         ready = sum(1 for p in pods if self.pods[p]["ready"])
@@ -299,11 +306,11 @@ class Simulator:
                   "readyReplicas": ready, "availableReplicas": ready}
         if kind == "Deployment":
             status["unavailableReplicas"] = max(desired - ready, 0)
-            self.apps.patch_namespaced_deployment_status(name, NS, {"status": status})
+            self.apps.patch_namespaced_deployment_status(name, namespace, {"status": status})
         else:
             revision = f"{name}-{obj.metadata.generation}"
             status.update(currentReplicas=updated, currentRevision=revision, updateRevision=revision)
-            self.apps.patch_namespaced_stateful_set_status(name, NS, {"status": status})
+            self.apps.patch_namespaced_stateful_set_status(name, namespace, {"status": status})
 
     def start_all(self) -> None:
         for obj in self.objects:
@@ -334,11 +341,12 @@ class Simulator:
         """In the background: once the workload's generation moves, replace its pods one by one
         from the new template, as the controller and the kubelet would, then report it done."""
         read = self.apps.read_namespaced_deployment if kind == "Deployment" else self.apps.read_namespaced_stateful_set
+        namespace = self.workload(kind, name)["metadata"]["namespace"]
 
         def run():
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                obj = read(name, NS)
+                obj = read(name, namespace)
                 if obj.metadata.generation > (obj.status.observed_generation or 0):
                     break
                 time.sleep(0.1)
@@ -349,7 +357,7 @@ class Simulator:
             self.sync_status(kind, name, updated=0)
             for done, pod in enumerate(reversed(pods), start=1):  # StatefulSets go from the highest ordinal
                 time.sleep(delay)
-                self.core.delete_namespaced_pod(pod, NS, grace_period_seconds=0)
+                self.core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
                 del self.by_ip[self.pods.pop(pod)["ip"]]
                 self.create_pod(kind, name, pod, template=template)
                 self.sync_status(kind, name, updated=done)
@@ -383,14 +391,14 @@ def sre_kubeconfig(cluster) -> Path:
     return cluster.kubeconfig(cluster.home / "sre.kubeconfig", token=SRE_TOKEN, user="alice")
 
 
-def rdx_ops(kubeconfig: Path, *args: str):
-    result = CliRunner().invoke(ops, [*args, "--namespace", NS, "--kubeconfig", str(kubeconfig)])
+def rdx_ops(kubeconfig: Path, *args: str, namespace: str = NS):
+    result = CliRunner().invoke(ops, [*args, "--namespace", namespace, "--kubeconfig", str(kubeconfig)])
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result
 
 
-WORKLOADS = ["validator", "billing", "catalog", "compute-example", "gateway"]
+WORKLOADS = ["validator", "billing", "catalog", "gateway"]  # the association's; compute-example is in MEMBER_NS
 
 
 def test_status_reports_every_component_healthy(deployment, sre_kubeconfig):
@@ -405,6 +413,9 @@ def test_status_reports_every_component_healthy(deployment, sre_kubeconfig):
     assert "validator-0 height 120, relay 118" in out  # CometBFT RPC and the sidecar's metrics, via the proxy
     assert "lag rdx.chain.events.v1=3" in out           # a service's /metrics, via the proxy
     assert "BAD kafka rdx-kafka" in out
+    assert "compute-example" not in out  # the member's node is in the member's namespace, and only there
+    member = rdx_ops(sre_kubeconfig, "status", namespace=MEMBER_NS)
+    assert member.exit_code == 0 and "ok  compute-example" in member.output, member.output
 
 
 def test_status_is_healthy_once_kafka_is_ready(deployment, admin, sre_kubeconfig):
@@ -436,7 +447,7 @@ def test_status_names_what_is_unhealthy(deployment, sre_kubeconfig):
         assert f"catalog: pod {catalog} not ready (catalog: CrashLoopBackOff)" in out
         assert f"billing: {billing}: consumer lag on rdx.chain.events.v1 is 5000 events" in out
         assert "validator: validator-0: CometBFT RPC: HTTP 503" in out
-        assert "ok  gateway" in out and "ok  compute-example" in out
+        assert "ok  gateway" in out
     finally:
         deployment.set_pod_ready(catalog, True)
         deployment.sync_status("Deployment", "catalog")
@@ -489,7 +500,7 @@ def test_restart_finds_a_member_node_and_refuses_ambiguous_names(deployment, sre
     result = rdx_ops(sre_kubeconfig, "restart", "no-such-service", "--timeout", "1")
     assert result.exit_code == 1 and "no Deployment or StatefulSet 'no-such-service'" in result.output
     rollout = deployment.roll_out("Deployment", "compute-example", delay=0.2)
-    result = rdx_ops(sre_kubeconfig, "restart", "compute", "--timeout", "30")  # by its component label
+    result = rdx_ops(sre_kubeconfig, "restart", "compute", "--timeout", "30", namespace=MEMBER_NS)  # by its label
     rollout.join(10)
     assert result.exit_code == 0, result.output
     assert "deployment/compute-example: restart requested" in result.output
@@ -549,12 +560,12 @@ def test_job_client_submits_reads_and_cancels_a_job(cluster, deployment, admin):
     from kubernetes import client as k
 
     compute = api_client(cluster.kubeconfig(cluster.home / "compute.kubeconfig", token=COMPUTE_TOKEN, user="compute"))
-    runner = JobClient(NS, compute, labels={"rdx.io/member": "example"}, active_deadline_seconds=3600)
+    runner = JobClient(MEMBER_NS, compute, labels={"rdx.io/member": "example"}, active_deadline_seconds=3600)
     job_id = "J-2026/psi.0042"
     name = runner.submit(job_id, "registry.example.org/rdx/compute:0.1.0-dev", ["--job", job_id, "--kind", "psi"],
                          {"RDX_JOB_ID": job_id, "RDX_THREADS": "8"})
     assert name == job_name(job_id) and name.startswith("rdx-job-j-2026-psi-0042-") and len(name) <= 63
-    job = k.BatchV1Api(admin).read_namespaced_job(name, NS)
+    job = k.BatchV1Api(admin).read_namespaced_job(name, MEMBER_NS)
     assert job.spec.backoff_limit == 0 and job.spec.active_deadline_seconds == 3600
     assert job.spec.ttl_seconds_after_finished == 3600
     assert job.metadata.annotations["rdx.io/job-id"] == job_id
@@ -573,10 +584,10 @@ def test_job_client_submits_reads_and_cancels_a_job(cluster, deployment, admin):
     assert runner.status(name).phase == "pending"
     batch = k.BatchV1Api(admin)
     started = now()
-    batch.patch_namespaced_job_status(name, NS, {"status": {"startTime": started, "active": 1, "ready": 1}})
+    batch.patch_namespaced_job_status(name, MEMBER_NS, {"status": {"startTime": started, "active": 1, "ready": 1}})
     state = runner.status(name)
     assert (state.phase, state.active) == ("running", 1)
-    batch.patch_namespaced_job_status(name, NS, {"status": {
+    batch.patch_namespaced_job_status(name, MEMBER_NS, {"status": {
         "active": 0, "ready": 0, "succeeded": 1, "completionTime": now(),
         "conditions": [{"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now()},
                        {"type": "Complete", "status": "True", "lastTransitionTime": now()}]}})
@@ -594,8 +605,8 @@ def test_job_client_submits_reads_and_cancels_a_job(cluster, deployment, admin):
     # a job that fails (its deadline passed): failed, with the controller's reason
     other = runner.submit("J-2026-0043", "registry.example.org/rdx/compute:0.1.0-dev", [], {})
     assert other == "rdx-job-j-2026-0043-" + job_name("J-2026-0043").rsplit("-", 1)[1]
-    batch.patch_namespaced_job_status(other, NS, {"status": {"startTime": now(), "active": 1}})
-    batch.patch_namespaced_job_status(other, NS, {"status": {"active": 0, "failed": 1, "conditions": [
+    batch.patch_namespaced_job_status(other, MEMBER_NS, {"status": {"startTime": now(), "active": 1}})
+    batch.patch_namespaced_job_status(other, MEMBER_NS, {"status": {"active": 0, "failed": 1, "conditions": [
         {"type": "FailureTarget", "status": "True", "reason": "DeadlineExceeded",
          "message": "Job was active longer than specified deadline", "lastTransitionTime": now()},
         {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
@@ -604,16 +615,19 @@ def test_job_client_submits_reads_and_cancels_a_job(cluster, deployment, admin):
     assert (state.phase, state.reason, state.failed) == ("failed", "DeadlineExceeded", 1)
     assert runner.cancel(other) is True
     # the compute node's account may run Jobs and make their Secrets, and nothing else: it can read
-    # no Secret (the namespace holds every member's node key) and no pod
+    # no Secret (not even its own node's key) and no pod, and do nothing in the association's namespace
     from kubernetes.client.exceptions import ApiException
 
-    for read in (lambda: k.CoreV1Api(compute).list_namespaced_pod(NS),
-                 lambda: k.CoreV1Api(compute).list_namespaced_secret(NS),
-                 lambda: k.CoreV1Api(compute).read_namespaced_secret("compute-node-key-example", NS),
-                 lambda: k.AppsV1Api(compute).list_namespaced_deployment(NS)):
+    for read in (lambda: k.CoreV1Api(compute).list_namespaced_pod(MEMBER_NS),
+                 lambda: k.CoreV1Api(compute).list_namespaced_secret(MEMBER_NS),
+                 lambda: k.CoreV1Api(compute).read_namespaced_secret("compute-node-key", MEMBER_NS),
+                 lambda: k.AppsV1Api(compute).list_namespaced_deployment(MEMBER_NS),
+                 lambda: k.CoreV1Api(compute).list_namespaced_secret(NS)):
         with pytest.raises(ApiException) as denied:
             read()
         assert denied.value.status == 403
+    with pytest.raises(KubeError, match=f'HTTP 403: .*cannot create resource "jobs" .* in the namespace "{NS}"'):
+        JobClient(NS, compute).submit("J-elsewhere", "registry.example.org/rdx/compute:0.1.0-dev", [], {})
     compute.close()
 
 
