@@ -1,0 +1,309 @@
+"""Every overlay in infra/overlays/, and who may do what once it is applied, on a real kube-apiserver.
+
+The API server and kubectl are built from the Go module proxy and cached (rdx/k8s_toolchain.py,
+`make setup-k8s`); if they are not built yet, the first test builds them or fails saying why.
+
+- Every overlay is rendered (kustomize, as infra/check.py) and sent with `kubectl apply
+  --server-side --dry-run=server`: the API server validates every object, defaults it and runs
+  admission. Each workload's pod template is sent too, as the Pod its controller would create:
+  Pod Security admission (the `restricted` level, which every rendered Namespace enforces)
+  judges pods, not templates. A pod that breaks the level is refused here, so the check can fail.
+- Then the overlays are applied for real (there is no kubelet or controller: nothing runs) with a
+  second member site made as docs/operations.md says (member example's overlay with its name
+  replaced), the Secrets each overlay expects are made, and `kubectl auth can-i --as` asks the
+  API server's authorizer, as each service account (with the groups its token carries), what it
+  may do: no member's account reads another member's Secrets, the association's or a validator's;
+  no account of the association's reads a member's; the Kubernetes Job runner's account creates
+  Jobs in its own namespace only and reads no Secret anywhere.
+- The NetworkPolicies are evaluated, as a CNI plugin would, for the flows a deployment needs
+  (allowed) and the ones it must not have (refused).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rdx import k8s_toolchain
+from rdx.toolchain import SetupError
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "infra"))
+import check  # noqa: E402  infra/check.py: the kustomize `make check-infra` builds
+from test_ops_k8s import CRDS  # noqa: E402  Strimzi's and the Prometheus Operator's kinds, fields unchecked
+
+BUILT = all(p.exists() for p in (k8s_toolchain.kube_apiserver_bin(), k8s_toolchain.etcd_bin(),
+                                 k8s_toolchain.kubectl_bin()))
+pytestmark = pytest.mark.timeout(300 if BUILT else 3600)
+
+OVERLAYS = sorted(p.name for p in (ROOT / "infra" / "overlays").iterdir() if (p / "kustomization.yaml").exists())
+MEMBERS = {"example": "rdx-dev-example", "other": "rdx-dev-other"}  # member -> its site's namespace
+ASSOCIATION = ("rdx-dev", "rdx")  # the dev and prod overlays' namespaces
+VALIDATOR_KEYS = [f"validator-{n}-key" for n in range(4)]
+
+
+def render(path: Path) -> list[dict]:
+    out = subprocess.run([str(check.ensure_kustomize()), "build", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def other_member_site(tmp: Path) -> Path:
+    """A second member's site, made as docs/operations.md says: member example's overlay with its
+    name replaced (its paths to infra/ made relative to where the copy lives)."""
+    source = ROOT / "infra" / "overlays" / "dev-site-example"
+    site = tmp / "dev-site-other"
+    site.mkdir()
+    infra = os.path.relpath(ROOT / "infra", site)
+    for file in source.iterdir():
+        text = file.read_text().replace("example", "other").replace("../../", f"{infra}/")
+        (site / file.name).write_text(text)
+    return site
+
+
+def pod_from(workload: dict, name: str) -> dict:
+    """The Pod a workload's controller would create (StatefulSet claims become volumes)."""
+    spec = copy.deepcopy(workload["spec"]["template"])
+    if workload["kind"] == "StatefulSet":
+        spec["spec"].setdefault("volumes", []).extend(
+            {"name": t["metadata"]["name"], "persistentVolumeClaim": {"claimName": f"{t['metadata']['name']}-{name}"}}
+            for t in workload["spec"].get("volumeClaimTemplates", []))
+    if workload["kind"] == "Job":
+        spec["spec"].setdefault("restartPolicy", "Never")
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": workload["metadata"]["namespace"],
+                         "labels": spec.get("metadata", {}).get("labels", {})},
+            "spec": spec["spec"]}
+
+
+class Kubectl:
+    def __init__(self, binary: Path, kubeconfig: Path):
+        self.binary, self.kubeconfig = binary, kubeconfig
+
+    def __call__(self, *args: str, docs: list[dict] | None = None, ok: bool = True) -> subprocess.CompletedProcess:
+        stdin = "".join(f"---\n{json.dumps(d)}\n" for d in docs) if docs is not None else None
+        result = subprocess.run([str(self.binary), "--kubeconfig", str(self.kubeconfig), *args],
+                                input=stdin, capture_output=True, text=True, timeout=120)
+        if ok:
+            assert result.returncode == 0, f"kubectl {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def apply(self, docs: list[dict], dry_run: bool = False, ok: bool = True) -> subprocess.CompletedProcess:
+        args = ["apply", "--server-side", "--field-manager=rdx-test", "-f", "-"]
+        return self(*args, *(["--dry-run=server"] if dry_run else []), docs=docs, ok=ok)
+
+    def can_i(self, account: str, verb: str, resource: str, namespace: str) -> bool:
+        """`kubectl auth can-i` as a service account, with the groups its token carries."""
+        ns, name = account.split("/")
+        result = self("auth", "can-i", verb, resource, "-n", namespace,
+                      f"--as=system:serviceaccount:{ns}:{name}", "--as-group=system:serviceaccounts",
+                      f"--as-group=system:serviceaccounts:{ns}", "--as-group=system:authenticated", ok=False)
+        answer = result.stdout.strip()
+        assert answer in ("yes", "no"), f"kubectl auth can-i: {result.stdout}{result.stderr}"
+        return answer == "yes"
+
+
+@pytest.fixture(scope="module")
+def kubectl(tmp_path_factory):
+    started = time.monotonic()
+    try:
+        binary = k8s_toolchain.ensure_kubectl()
+        server = k8s_toolchain.LocalAPIServer(tmp_path_factory.mktemp("kube"), pod_network=False)
+        server.start()
+    except SetupError as exc:
+        pytest.fail(f"the Kubernetes API server or kubectl could not be set up: {exc}", pytrace=False)
+    try:
+        run = Kubectl(binary, server.kubeconfig(server.home / "admin.kubeconfig"))
+        run.apply(CRDS)
+        run("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{c['metadata']['name']}" for c in CRDS])
+        print(f"API server and kubectl ready in {time.monotonic() - started:.1f}s")
+        yield run
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, list[dict]]:
+    out = {name: render(ROOT / "infra" / "overlays" / name) for name in OVERLAYS}
+    out["dev-site-other"] = render(other_member_site(tmp_path_factory.mktemp("sites")))
+    return out
+
+
+def namespaces(docs: list[dict]) -> list[dict]:
+    return [d for d in docs if d["kind"] == "Namespace"]
+
+
+def pods_of(docs: list[dict]) -> list[dict]:
+    return [pod_from(d, f"{d['metadata']['name']}-0") for d in docs if d["kind"] in check.WORKLOAD_KINDS]
+
+
+# --------------------------------------------------------------------------------------------
+# Server-side dry run, restricted Pod Security
+
+
+def test_every_overlay_passes_a_server_side_dry_run_with_restricted_pod_security(kubectl, rendered):
+    assert {"dev", "prod", "dev-site-example", "prod-validator-keys"} <= set(OVERLAYS)
+    made = {}
+    for name, docs in rendered.items():
+        for ns in namespaces(docs):
+            labels = ns["metadata"].get("labels", {})
+            assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", (name, ns["metadata"]["name"])
+            made[ns["metadata"]["name"]] = ns
+    kubectl.apply(list(made.values()))  # namespaced dry runs need their namespace
+    for name, docs in rendered.items():
+        assert all(d["metadata"].get("namespace") in made for d in docs if d["kind"] != "Namespace"), name
+        objects = [d for d in docs if d["kind"] != "Namespace"]
+        pods = pods_of(objects)
+        assert pods, name
+        result = kubectl.apply(objects + pods, dry_run=True)
+        applied = [line for line in result.stdout.splitlines() if "serverside-applied (server dry run)" in line]
+        assert len(applied) == len(objects) + len(pods), f"{name}:\n{result.stdout}\n{result.stderr}"
+        assert "Warning" not in result.stderr, f"{name}: {result.stderr}"
+
+
+def test_the_dry_run_refuses_a_pod_that_breaks_the_restricted_level(kubectl, rendered):
+    """The check above can fail: the same pod with one restricted setting undone is refused."""
+    gateway = next(d for d in rendered["dev"] if d["kind"] == "Deployment" and d["metadata"]["name"] == "gateway")
+    compute = next(d for d in rendered["dev-site-example"] if d["kind"] == "Deployment")
+    for workload in (gateway, compute):
+        pod = pod_from(workload, "breaks-restricted")
+        pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+        result = kubectl.apply([pod], dry_run=True, ok=False)
+        assert result.returncode != 0 and 'violates PodSecurity "restricted:latest"' in result.stderr, result.stderr
+        assert "allowPrivilegeEscalation != false" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Who may read which Secret, as each service account
+
+
+@pytest.fixture(scope="module")
+def applied(kubectl, rendered):
+    """Every overlay applied for real, and the Secrets the overlays and docs/operations.md name."""
+    kubectl.apply([ns for docs in rendered.values() for ns in namespaces(docs)])
+    for docs in rendered.values():
+        kubectl.apply([d for d in docs if d["kind"] != "Namespace"])
+    secrets = [("rdx", name) for name in VALIDATOR_KEYS] + [
+        (ns, name) for ns in ASSOCIATION for name in ("gateway-node-key", "gateway-store", "rdx-relay", "rdx-gateway")]
+    for ns in MEMBERS.values():
+        secrets += [(ns, "compute-node-key"), (ns, "kafka-user"), (ns, "kafka-ca")]
+    kubectl.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+                    "stringData": {"x": "secret"}} for ns, name in secrets])
+    return secrets
+
+
+def accounts(rendered) -> list[str]:
+    """Every service account pods of the overlays run as: the ones they make, and `default` of
+    every namespace (the workloads that name none)."""
+    found = {f"{d['metadata']['namespace']}/{d['metadata']['name']}"
+             for docs in rendered.values() for d in docs if d["kind"] == "ServiceAccount"}
+    found |= {f"{ns['metadata']['name']}/default" for docs in rendered.values() for ns in namespaces(docs)}
+    return sorted(found)
+
+
+def test_no_account_reads_a_secret_of_another_member_the_association_or_a_validator(kubectl, rendered, applied):
+    every = accounts(rendered)
+    assert {"rdx-dev-example/compute-example", "rdx-dev-other/compute-other", "rdx/default", "rdx-dev/default"} <= set(every)
+    allowed = []
+    for account in every:
+        own = account.split("/")[0]
+        for ns, name in applied:
+            for verb in ("get", "list", "watch"):
+                target = f"secrets/{name}" if verb == "get" else "secrets"
+                if ns != own and kubectl.can_i(account, verb, target, ns):
+                    allowed.append(f"{account} may {verb} {target} in {ns}")
+    assert not allowed, "\n".join(allowed)
+
+
+def test_no_account_reads_even_its_own_namespace_s_secrets(kubectl, rendered, applied):
+    """Not asked by the bar, but true: no workload reads a Secret through the API (they are
+    mounted), so none may; the runner makes and deletes its Jobs' Secrets without reading one."""
+    allowed = [f"{account} may {verb} secrets in its namespace" for account in accounts(rendered)
+               for verb in ("get", "list", "watch") if kubectl.can_i(account, verb, "secrets", account.split("/")[0])]
+    assert not allowed, "\n".join(allowed)
+
+
+def test_the_job_runner_creates_jobs_in_its_own_namespace_only(kubectl, rendered, applied):
+    every_namespace = sorted({ns["metadata"]["name"] for docs in rendered.values() for ns in namespaces(docs)})
+    for member, own in MEMBERS.items():
+        runner = f"{own}/compute-{member}"
+        assert kubectl.can_i(runner, "create", "jobs.batch", own)
+        assert kubectl.can_i(runner, "delete", "jobs.batch", own)
+        assert kubectl.can_i(runner, "create", "secrets", own)   # its Jobs' one-time tokens
+        for ns in every_namespace:
+            if ns != own:
+                for verb, resource in (("create", "jobs.batch"), ("get", "jobs.batch"), ("create", "secrets")):
+                    assert not kubectl.can_i(runner, verb, resource, ns), f"{runner} may {verb} {resource} in {ns}"
+            # A pod it could make could mount any Secret of the namespace; only Jobs it may make.
+            for verb, resource in (("create", "pods"), ("create", "deployments.apps"), ("create", "cronjobs.batch"),
+                                   ("create", "roles.rbac.authorization.k8s.io"),
+                                   ("create", "rolebindings.rbac.authorization.k8s.io"), ("create", "pods/exec")):
+                assert not kubectl.can_i(runner, verb, resource, ns), f"{runner} may {verb} {resource} in {ns}"
+    # the other accounts make no Job anywhere
+    for account in accounts(rendered):
+        if account.split("/")[1] == "default":
+            for ns in every_namespace:
+                assert not kubectl.can_i(account, "create", "jobs.batch", ns), f"{account} may create Jobs in {ns}"
+
+
+def test_a_real_read_as_a_member_s_account_is_refused(kubectl, applied, tmp_path):
+    """What can-i answered, seen from a request: the runner's account reading a validator's key."""
+    result = kubectl("get", "secret", VALIDATOR_KEYS[0], "-n", "rdx", "--as=system:serviceaccount:rdx-dev-example:compute-example",
+                     "--as-group=system:serviceaccounts", "--as-group=system:serviceaccounts:rdx-dev-example", ok=False)
+    assert result.returncode != 0
+    assert 'cannot get resource "secrets" in API group "" in the namespace "rdx"' in result.stderr, result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Keys: one Secret per validator, mounted by that validator's key Job only
+
+
+def secret_volumes(docs: list[dict]) -> dict[str, set[str]]:
+    """workload -> the Secrets its pods mount (volumes and projected sources)."""
+    out = {}
+    for d in docs:
+        if d["kind"] in check.WORKLOAD_KINDS:
+            names = set()
+            for volume in check.pod_spec(d).get("volumes", []):
+                if "secret" in volume:
+                    names.add(volume["secret"]["secretName"])
+                for source in volume.get("projected", {}).get("sources", []):
+                    if "secret" in source:
+                        names.add(source["secret"]["name"])
+            out[f"{d['metadata']['namespace']}/{d['kind']}/{d['metadata']['name']}"] = names
+    return out
+
+
+def test_one_secret_per_validator_key_and_no_validator_pod_mounts_one(rendered):
+    keys = secret_volumes(rendered["prod-validator-keys"])
+    assert sorted(keys.values(), key=sorted) == [{name} for name in VALIDATOR_KEYS], keys
+    for name in ("dev", "prod"):
+        for workload, mounted in secret_volumes(rendered[name]).items():
+            assert not [m for m in mounted if "validator" in m], (workload, mounted)
+            if "/gateway" not in workload:  # the association's node key, for the audit anchors
+                assert not [m for m in mounted if m.endswith("-key")], (workload, mounted)
+    # the claim each Job writes is the one the StatefulSet's pod of the same ordinal uses
+    sts = next(d for d in rendered["prod"] if d["kind"] == "StatefulSet")
+    claims = {d["metadata"]["name"] for d in rendered["prod-validator-keys"] if d["kind"] == "PersistentVolumeClaim"}
+    template = sts["spec"]["volumeClaimTemplates"][0]
+    assert template["metadata"]["name"] == "chain"
+    assert claims == {f"chain-{sts['metadata']['name']}-{n}" for n in range(sts["spec"]["replicas"])}
+
+
+def test_a_member_s_site_holds_only_its_own_node_keys_and_data(rendered):
+    for member, ns in MEMBERS.items():
+        docs = rendered[f"dev-site-{member}"]
+        assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {ns}
+        assert [n["metadata"]["name"] for n in namespaces(docs)] == [ns]
+        assert {d["kind"] for d in docs if d["kind"] in check.WORKLOAD_KINDS} == {"Deployment"}
+        assert secret_volumes(docs) == {f"{ns}/Deployment/compute-{member}": {"compute-node-key", "kafka-user", "kafka-ca"}}
+    for name in ("dev", "prod"):
+        assert not [d for d in rendered[name] if d["kind"] == "Deployment" and "compute" in d["metadata"]["name"]]
