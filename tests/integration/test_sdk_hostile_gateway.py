@@ -23,6 +23,7 @@ class Scripted:
     def __init__(self):
         self.script: dict[str, list] = {}
         self.seen: list[tuple[str, str, bytes, float]] = []
+        self.headers: list[dict[str, str]] = []  # of each request in seen, in order
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -33,6 +34,7 @@ class Scripted:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 path = self.path.split("?")[0]
                 server.seen.append((self.command, self.path, body, time.monotonic()))
+                server.headers.append({k.lower(): v for k, v in self.headers.items()})
                 answers = server.answers(f"{self.command} {path}")
                 answer = answers.pop(0) if len(answers) > 1 else answers[0]
                 if callable(answer):
@@ -202,6 +204,8 @@ def test_not_json_huge_and_endless_answers_are_refused_without_holding_them(gw):
 
 
 def test_hostile_problem_bodies_give_a_plain_error(gw):
+    gw.on("GET /v1/jobs", (200, {"link": '<http://[::1>; rel="next"'}, [JOB]))
+    gw.on("GET /v1/jobs/c", (200, {"content-encoding": "gzip"}, b"not gzip at all"))
     gw.on("GET /v1/jobs/a", (403, {}, {"title": 5, "detail": ["x"], "code": "12", "errors": "no", "type": None}))
     gw.on("GET /v1/jobs/b", (500, {}, b"\xff\xfe garbage"))
     with client(gw) as c:
@@ -211,6 +215,10 @@ def test_hostile_problem_bodies_give_a_plain_error(gw):
         with pytest.raises(rdx_client.ApiError) as crashed:
             c.job("b")
         assert crashed.value.status == 500
+        with pytest.raises(rdx_client.MalformedAnswer, match="Link"):
+            c.jobs()
+        with pytest.raises(rdx_client.MalformedAnswer, match="does not decode"):
+            c.job("c")
 
 
 def test_wait_helpers_raise_on_timeout_with_the_last_state(gw):
@@ -253,3 +261,42 @@ def test_values_a_tx_cannot_hold_are_refused_before_anything_is_sent(gw):
         c.send("assets.List", {"id": "a", "price": {"amount": 1.5}})
     assert gw.calls("POST /v1/tx") == []
     assert canonical({"b": 1, "a": [True, None]}) == b'{"a":[true,null],"b":1}'
+
+
+def test_a_result_is_fetched_from_the_members_own_node_opened_and_checked(gw):
+    """The node side is the servers' own sealing (services/compute/results.py) behind real HTTP."""
+    import base64
+
+    from services.compute.results import commit, seal
+
+    node = Key.generate("bank-a.node")
+    text = b'{"intersection": ["+41 79 000 00 01"]}'
+    commitment, salt = commit(text)
+    envelope = base64.b64encode(seal(node.public_key, "j1", "psi", text, salt, commitment, member="bank-a")).decode()
+    sealed = {"job": "j1", "type": "psi", "result_hash": "ab" * 32, "sealed_to": node.account, "envelope": envelope}
+    gw.on("GET /jobs/j1/result", (409, {}, {"detail": "job j1 is running"}), (200, {}, sealed))
+    gw.on("GET /jobs/j2/result", (200, {}, {**sealed, "job": "j2"}))  # another job's envelope under j2's name
+    gw.on("GET /datasets", (200, {}, [{"id": "customers", "asset": None, "rows": 3, "commitment": "cd" * 32,
+                                       "columns": ["phone"], "error": None, "format": "csv", "key": "phone"}]))
+    with client(gw) as c:
+        opened = c.result(gw.url, "j1", node, timeout=10)
+        assert opened.result == {"intersection": ["+41 79 000 00 01"]} and opened.commitment == commitment
+        assert len(gw.calls("GET /jobs/j1/result")) == 2  # waited out the 409
+        with pytest.raises(rdx_client.MalformedAnswer, match="j1"):
+            c.result(gw.url, "j2", node)
+        with pytest.raises(rdx_client.ResultError):
+            c.result(gw.url, "j1", Key.generate("telco.node"))
+        assert [d.commitment for d in c.datasets(gw.url)] == ["cd" * 32]
+    assert gw.headers and all("signature" not in h and "authorization" not in h for h in gw.headers)  # unsigned
+
+
+def test_the_client_package_imports_nothing_of_the_servers():
+    import ast
+    from pathlib import Path
+
+    root = Path(rdx_client.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in ("services", "rdx") for n in names), (path, names)

@@ -54,9 +54,11 @@ class Answer:
 
     def next_after(self, key: str = "after") -> str | None:
         """The ``after`` of the next page, from the RFC 8288 ``Link: <…>; rel="next"`` header."""
-        links = httpx.Response(self.status, headers=self.headers).links
-        url = links.get("next", {}).get("url")
-        return httpx.URL(url).params.get(key) if url else None
+        try:
+            url = httpx.Response(self.status, headers=self.headers).links.get("next", {}).get("url")
+            return httpx.URL(url).params.get(key) if url else None
+        except (httpx.InvalidURL, ValueError, TypeError):
+            raise MalformedAnswer(f"the answer to {self.what} has a Link header that is not a URL") from None
 
 
 Plan = Generator["Call | Sleep", Any, T]
@@ -139,7 +141,7 @@ class Core:
         never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
         if (never_sent or call.idempotent) and attempt + 1 < self.retry.attempts:
             return self.retry.delay(attempt)
-        raise TransportError(f"{call.method} {call.path}: {type(exc).__name__}") from None
+        raise TransportError(f"{call.method} {call.path}: no answer from the gateway ({type(exc).__name__})") from None
 
     def retry_delay(self, call: Call, status: int, headers: httpx.Headers, attempt: int) -> float | None:
         if attempt + 1 >= self.retry.attempts or status not in (429, 503):

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from rdx_client._core import Answer, Call, Core, Operations, Plan, Sleep, T
-from rdx_client.errors import RdxError
+from rdx_client.errors import MalformedAnswer, RdxError
 
 
 class Client(Operations):
@@ -62,6 +62,8 @@ class Client(Operations):
                     limit.check_declared(resp.headers)
                     for chunk in resp.iter_bytes():
                         limit.add(chunk)
+            except httpx.DecodingError:
+                raise MalformedAnswer(f"the answer to {call.method} {call.path} does not decode") from None
             except httpx.TransportError as exc:
                 time.sleep(core.after_transport_error(call, exc, attempt))
                 attempt += 1
@@ -119,6 +121,8 @@ class AsyncClient(Operations):
                     limit.check_declared(resp.headers)
                     async for chunk in resp.aiter_bytes():
                         limit.add(chunk)
+            except httpx.DecodingError:
+                raise MalformedAnswer(f"the answer to {call.method} {call.path} does not decode") from None
             except httpx.TransportError as exc:
                 await asyncio.sleep(core.after_transport_error(call, exc, attempt))
                 attempt += 1
