@@ -141,7 +141,7 @@ def setup(service: str, app: Any = None, *, exporter: Any = None) -> bool:
 
             exporter = OTLPSpanExporter()  # endpoint, headers and timeout from the standard OTEL_ variables
         provider = TracerProvider(resource=Resource.create({"service.name": f"rdx-{service}"}))
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(BatchSpanProcessor(_scrubbing(exporter)))
         _provider, _tracer = provider, provider.get_tracer("rdx")
         propagate.set_global_textmap(_propagator)  # what the FastAPI instrumentation reads headers with
         log.info("tracing on: spans of %s exported over OTLP", service)
@@ -151,6 +151,37 @@ def setup(service: str, app: Any = None, *, exporter: Any = None) -> bool:
         FastAPIInstrumentor.instrument_app(app, tracer_provider=_provider, server_request_hook=_path_only,
                                            excluded_urls="/healthz,/readyz,/metrics", exclude_spans=["receive", "send"])
     return True
+
+
+def _scrubbing(exporter: Any) -> Any:
+    """``exporter`` behind a filter that keeps only the type of an exception: the instrumentation
+    records an unhandled exception's message and stack trace (and puts the message in the span's
+    status), and a message can quote a record, a key or a member's data."""
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Status
+
+    def scrub(s: ReadableSpan) -> ReadableSpan:
+        if s.status.description is None and not any(e.name == "exception" for e in s.events):
+            return s
+        events = [Event(e.name, {"exception.type": e.attributes.get("exception.type", "")}, e.timestamp)
+                  if e.name == "exception" else e for e in s.events]
+        return ReadableSpan(name=s.name, context=s.context, parent=s.parent, resource=s.resource,
+                            attributes=s.attributes, events=events, links=s.links, kind=s.kind,
+                            status=Status(s.status.status_code), start_time=s.start_time, end_time=s.end_time,
+                            instrumentation_scope=s.instrumentation_scope)
+
+    class Scrubbing(SpanExporter):
+        def export(self, spans):
+            return exporter.export([scrub(s) for s in spans])
+
+        def shutdown(self) -> None:
+            exporter.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return exporter.force_flush(timeout_millis)
+
+    return Scrubbing()
 
 
 def shutdown() -> None:
@@ -192,10 +223,11 @@ def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, parent: str | bytes |
     ctx = context_from(parent) if parent is not None else None
     # An exception's message can quote a chain log or a record: the span keeps its type alone.
     with _tracer.start_as_current_span(name, context=ctx, kind=kind, attributes=attributes,
-                                       record_exception=False) as current_span:
+                                       record_exception=False, set_status_on_exception=False) as current_span:
         try:
             yield current_span
         except BaseException as exc:
+            current_span.set_status(trace.StatusCode.ERROR)
             current_span.set_attribute("error.type", type(exc).__name__)
             raise
 
@@ -206,6 +238,15 @@ def start_span(name: str, *, kind: SpanKind, parent: str | bytes | None, attribu
     if _provider is None:
         return None
     return _tracer.start_span(name, context=context_from(parent), kind=kind, attributes=attributes)
+
+
+def end(spans: list, error: BaseException | None = None) -> None:
+    """End spans made by ``start_span``; with ``error``, marked failed (its type only)."""
+    for span_ in spans:
+        if error is not None:
+            span_.set_status(trace.StatusCode.ERROR)
+            span_.set_attribute("error.type", type(error).__name__)
+        span_.end()
 
 
 def traceparent_of(span_: Any) -> str | None:

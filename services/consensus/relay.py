@@ -96,9 +96,10 @@ class Relay:
         spans, traceparents = self._trace(events)
         try:
             await self.producer.publish_many(CHAIN_EVENTS, [to_event(e) for e in events], traceparents)
-        finally:
-            for span in spans:
-                span.end()
+        except BaseException as exc:  # the broker did not take them: failed spans (a retry makes new ones)
+            tracing.end(spans, exc)
+            raise
+        tracing.end(spans)
         self.position.set(events[-1])  # only after every event of the batch is acknowledged
         RELAY_HEIGHT.set(events[-1].height)
         return len(events)

@@ -86,3 +86,20 @@ async def test_the_query_string_is_not_recorded(traced_service):
     tracing.shutdown()
     text = repr([dict(s.attributes) for s in exporter.get_finished_spans()])
     assert "secret-member-name" not in text
+
+
+async def test_an_unhandled_exception_leaves_its_type_in_the_span_not_its_message(traced_service):
+    svc, exporter = traced_service
+
+    @svc.app.get("/v1/boom")
+    async def boom() -> dict:
+        raise KeyError("member-private-value")
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=svc.app, raise_app_exceptions=False),
+                                 base_url="http://unit") as client:
+        assert (await client.get("/v1/boom")).status_code == 500
+    tracing.shutdown()
+    spans = [s for s in exporter.get_finished_spans() if s.name == "GET /v1/boom"]
+    assert len(spans) == 1 and not spans[0].status.is_ok
+    assert [dict(e.attributes) for e in spans[0].events] == [{"exception.type": "KeyError"}]
+    assert "member-private-value" not in repr((spans[0].attributes, spans[0].status.description))
