@@ -22,6 +22,7 @@ The API server and kubectl are built from the Go module proxy and cached (rdx/k8
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
 import subprocess
@@ -307,3 +308,158 @@ def test_a_member_s_site_holds_only_its_own_node_keys_and_data(rendered):
         assert secret_volumes(docs) == {f"{ns}/Deployment/compute-{member}": {"compute-node-key", "kafka-user", "kafka-ca"}}
     for name in ("dev", "prod"):
         assert not [d for d in rendered[name] if d["kind"] == "Deployment" and "compute" in d["metadata"]["name"]]
+
+
+# --------------------------------------------------------------------------------------------
+# NetworkPolicies, evaluated as the API documents them (a CNI plugin enforces the same rules)
+
+
+class Pod:
+    def __init__(self, name: str, namespace: str, labels: dict, ports: dict[str, int] | None = None,
+                 ip: str = "10.244.1.10"):
+        self.name, self.namespace, self.labels, self.ports, self.ip = name, namespace, labels, ports or {}, ip
+
+
+EXTERNAL = Pod("a host on the internet", "", {}, ip="203.0.113.5")  # matches no pod or namespace selector
+APISERVER = Pod("the API server", "", {}, ip="10.0.0.1")  # dev-site-example's address for it
+
+
+def selects(selector: dict | None, labels: dict) -> bool:
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        value, present = labels.get(e["key"]), e["key"] in labels
+        if not {"In": present and value in e.get("values", []), "NotIn": not present or value not in e.get("values", []),
+                "Exists": present, "DoesNotExist": not present}[e["operator"]]:
+            return False
+    return True
+
+
+class Network:
+    def __init__(self, policies: list[dict], namespace_labels: dict[str, dict]):
+        self.policies, self.namespace_labels = policies, namespace_labels
+
+    def _peer(self, peer: dict, other: Pod, policy_ns: str) -> bool:
+        if "ipBlock" in peer:
+            address, block = ipaddress.ip_address(other.ip), peer["ipBlock"]
+            return address in ipaddress.ip_network(block["cidr"]) and not any(
+                address in ipaddress.ip_network(e) for e in block.get("except", []))
+        if not other.namespace:  # outside the cluster: no pod or namespace selector names it
+            return False
+        if "namespaceSelector" in peer:
+            if not selects(peer["namespaceSelector"], self.namespace_labels[other.namespace]):
+                return False
+        elif other.namespace != policy_ns:
+            return False
+        return selects(peer.get("podSelector"), other.labels)
+
+    def _allows(self, pod: Pod, other: Pod, port: int, direction: str, port_owner: Pod) -> bool:
+        key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+        if not pod.namespace:  # outside the cluster: not the policies' business
+            return True
+        chosen = [p for p in self.policies if p["metadata"]["namespace"] == pod.namespace
+                  and direction in p["spec"].get("policyTypes", ["Ingress"]) and selects(p["spec"]["podSelector"], pod.labels)]
+        if not chosen:
+            return True
+        for policy in chosen:
+            for rule in policy["spec"].get(key) or []:
+                peers = rule.get(peers_key)
+                if peers and not any(self._peer(peer, other, pod.namespace) for peer in peers):
+                    continue
+                ports = rule.get("ports")
+                if not ports or any(port_owner.ports.get(p["port"], p["port"]) == port for p in ports):
+                    return True
+        return False
+
+    def allowed(self, src: Pod, dst: Pod, port: int) -> bool:
+        return self._allows(src, dst, port, "Egress", dst) and self._allows(dst, src, port, "Ingress", dst)
+
+
+@pytest.fixture(scope="module")
+def network(rendered) -> tuple[Network, dict[str, Pod]]:
+    docs = rendered["dev"] + rendered["dev-site-example"] + rendered["dev-site-other"]
+    ns_labels = {ns["metadata"]["name"]: {**ns["metadata"].get("labels", {}), "kubernetes.io/metadata.name": ns["metadata"]["name"]}
+                 for ns in namespaces(docs)}
+    for name in ("kube-system", "ingress-nginx", "monitoring"):
+        ns_labels[name] = {"kubernetes.io/metadata.name": name}
+    pods = {}
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet"):
+            spec = check.pod_spec(d)
+            ports = {p["name"]: p["containerPort"] for c in spec["containers"] + spec.get("initContainers", [])
+                     for p in c.get("ports", []) if "name" in p}
+            pods[d["metadata"]["name"]] = Pod(d["metadata"]["name"], d["metadata"]["namespace"],
+                                              d["spec"]["template"]["metadata"]["labels"], ports)
+    for member, ns in MEMBERS.items():
+        pods[f"worker-{member}"] = Pod(f"worker-{member}", ns, {"app.kubernetes.io/name": "compute-worker",
+                                                                 "rdx.io/member": member})
+    pods["kafka"] = Pod("kafka", "rdx-dev", {"strimzi.io/cluster": "rdx-kafka", "strimzi.io/name": "rdx-kafka-kafka"},
+                        {"tls": 9093})
+    pods["dns"] = Pod("dns", "kube-system", {"k8s-app": "kube-dns"})
+    pods["ingress"] = Pod("ingress", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
+    pods["prometheus"] = Pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    # The policy Strimzi writes for the listener from its networkPolicyPeers (the Kafka resource).
+    kafka = next(d for d in docs if d["kind"] == "Kafka")
+    (listener,) = kafka["spec"]["kafka"]["listeners"]
+    policies.append({"metadata": {"name": "strimzi-listener", "namespace": kafka["metadata"]["namespace"]},
+                     "spec": {"podSelector": {"matchLabels": {"strimzi.io/name": "rdx-kafka-kafka"}},
+                              "policyTypes": ["Ingress"],
+                              "ingress": [{"from": listener["networkPolicyPeers"], "ports": [{"port": listener["port"]}]}]}})
+    return Network(policies, ns_labels), pods
+
+
+NEEDED = [  # (from, to, port): the flows of the table in infra/base/networkpolicies.yaml and infra/site/
+    ("ingress", "gateway", 8000), ("gateway", "catalog", 8001), ("gateway", "billing", 8003),
+    ("gateway", "validator", 26657), ("catalog", "validator", 26657), ("billing", "validator", 26657),
+    ("compute-example", "validator", 26657), ("compute-other", "validator", 26657),
+    ("validator", "kafka", 9093), ("gateway", "kafka", 9093), ("catalog", "kafka", 9093), ("billing", "kafka", 9093),
+    ("compute-example", "kafka", 9093), ("compute-other", "kafka", 9093),
+    ("compute-example", "compute-other", 50051), ("compute-other", "compute-example", 50051),
+    ("EXTERNAL", "validator", 26656), ("validator", "EXTERNAL", 26656), ("gateway", "EXTERNAL", 443),
+    ("gateway", "EXTERNAL", 5432), ("gateway", "EXTERNAL", 6379),
+    ("worker-example", "compute-example", 50052), ("compute-example", "APISERVER", 6443),
+    ("prometheus", "gateway", 8000), ("prometheus", "billing", 8003), ("prometheus", "compute-example", 8002),
+    ("prometheus", "validator", 8004), ("prometheus", "validator", 26660),
+] + [(p, "dns", 53) for p in ("gateway", "catalog", "billing", "validator", "compute-example", "compute-other")]
+
+REFUSED = [  # what a hostile pod or site must not reach
+    ("EXTERNAL", "gateway", 8000),          # only through the Ingress
+    ("EXTERNAL", "billing", 8003), ("compute-example", "billing", 8003), ("catalog", "billing", 8003),
+    ("EXTERNAL", "catalog", 8001), ("compute-example", "catalog", 8001),
+    ("EXTERNAL", "validator", 26657),       # RPC: in the cluster, to the rdx services only
+    ("EXTERNAL", "validator", 26658), ("gateway", "validator", 26658), ("compute-example", "validator", 8004),
+    ("EXTERNAL", "kafka", 9093), ("worker-example", "kafka", 9093), ("ingress", "kafka", 9093),
+    ("EXTERNAL", "compute-example", 50051), ("gateway", "compute-example", 8002), ("validator", "compute-example", 50051),
+    ("worker-example", "compute-other", 50052),   # a member's worker reaches its own node only
+    ("worker-other", "compute-example", 50052), ("worker-example", "EXTERNAL", 443),
+    ("compute-example", "EXTERNAL", 443), ("compute-example", "EXTERNAL", 6443), ("compute-other", "APISERVER", 443),
+    ("compute-example", "worker-other", 50052), ("gateway", "APISERVER", 6443), ("gateway", "catalog", 50051),
+    ("catalog", "EXTERNAL", 443), ("billing", "EXTERNAL", 443), ("validator", "EXTERNAL", 443),
+    ("gateway", "compute-example", 50051),
+]
+
+
+def pod(pods: dict[str, Pod], name: str) -> Pod:
+    return {"EXTERNAL": EXTERNAL, "APISERVER": APISERVER}.get(name) or pods[name]
+
+
+@pytest.mark.parametrize("src,dst,port", NEEDED)
+def test_a_flow_the_deployment_needs_is_allowed(network, src, dst, port):
+    net, pods = network
+    assert net.allowed(pod(pods, src), pod(pods, dst), port), f"{src} -> {dst}:{port} refused"
+
+
+@pytest.mark.parametrize("src,dst,port", REFUSED)
+def test_a_flow_nobody_needs_is_refused(network, src, dst, port):
+    net, pods = network
+    assert not net.allowed(pod(pods, src), pod(pods, dst), port), f"{src} -> {dst}:{port} allowed"
+
+
+def test_every_rdx_pod_is_selected_by_a_policy_with_egress(network):
+    net, pods = network
+    for name, pod in pods.items():
+        if pod.namespace in ("rdx-dev", *MEMBERS.values()) and name != "kafka":
+            assert any(p["metadata"]["namespace"] == pod.namespace and "Egress" in p["spec"].get("policyTypes", [])
+                       and selects(p["spec"]["podSelector"], pod.labels) for p in net.policies), name
