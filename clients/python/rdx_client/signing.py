@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -97,8 +98,9 @@ class Key:
         with os.fdopen(fd, "w") as f:
             json.dump({"account": self.account, "secret_key": b64(self.seed)}, f)
 
-    @property
+    @functools.cached_property
     def signing_key(self) -> SigningKey:
+        """Derived once per key: the derivation costs about as much as a signature."""
         return SigningKey(self.seed)
 
     @property
