@@ -3,7 +3,7 @@ of three seats, threshold 2, with the default powers (credits, validators, recov
 board): k-1 approvals do nothing, an expired proposal cannot execute, a member key replaced by
 the board stops working at that height, a 5th validator joins by board vote and its vote is
 needed, one is removed and the chain continues without it, a validator's key is rotated and the
-new key votes, and a scheduled upgrade stops every node on the old binary at its height until
+new key votes (and a light client anchored at genesis verifies a read after all three), and a scheduled upgrade stops every node on the old binary at its height until
 the next release takes over. The app hash agrees on every node throughout.
 
 One network serves the module; the tests run in file order (the validator set changes).
@@ -13,6 +13,7 @@ Transactions go through validator 0, which no test stops.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 
 import pytest
@@ -21,6 +22,7 @@ from rdx.testnet import Testnet
 from services.common.chain import ChainClient, TxRejected
 from services.common.identity import Identity
 from services.common.tx import Code
+from services.common.verified import Anchor, VerifiedChain
 from services.consensus.validators.keeper import address
 
 CHAIN_ID = "rdx-governance-test"
@@ -171,6 +173,14 @@ async def test_a_fifth_validator_joins_one_is_removed_and_a_key_is_rotated(net, 
         assert address(new_key) in await _run(net.signers, top - 1)
     finally:
         await _run(net.start_validator, 2)
+    # A light client anchored at genesis follows the set through the join, the removal and the
+    # rotation (skipping verification: each step needs a third of the power it already trusts).
+    genesis = net.validators[0].node.home / "config" / "genesis.json"
+    async with VerifiedChain(net.rpc_urls[0], Anchor.from_genesis(genesis)) as reader:
+        assert (await reader.query(f"accounts/{SEATS[0].account}"))["public_key"] == SEATS[0].public_key
+        trusted = {base64.b64encode(v.pub_key).decode() for v in reader.latest.validators}
+        assert reader.latest.height > rotated + 2 and new_key in trusted and old_key not in trusted
+        assert net.validator_key(3) not in trusted and key in trusted
     with capsys.disabled():
         print(f"\ngovernance testnet: validator 4 joined at {joined} (in the set from {joined + 2}, signed "
               f"{signed}), validator 3 removed at {removed} (out from {removed + 2}), validator 1's key rotated at "
