@@ -3,12 +3,16 @@ chain or an upstream service, and leave the decision and reason for the audit tr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.common import tracing
@@ -103,6 +107,10 @@ Id = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[a-z0-9][a-z0-9
 KeyId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[a-z0-9_]+$")]
 AssetId = Annotated[str, StringConstraints(min_length=3, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")]
 TxHash = Annotated[str, Path(min_length=64, max_length=64, pattern=r"^[0-9A-Fa-f]{64}$")]
+
+JOB_ENDED = ("completed", "failed", "aborted")
+JOB_POLL_S = 0.5  # how often a job's stream reads the chain's record (a local ABCI query)
+JOB_STREAM_S = 600.0  # a stream ends after this; EventSource reconnects and gets the record again
 
 
 def next_page(request: Request, response: Response, after: str | int | None, key: str = "after") -> None:
@@ -218,13 +226,36 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
                  and (role is None or (j["consumer"] == p.member) == (role == "consumer"))]
         return page_of(request, response, found, after, limit)
 
-    @r.get("/jobs/{job_id}", summary="A job's record on chain")
-    async def job(request: Request, job_id: Id, p: Principal = who) -> JobRecord:
+    async def visible_job(request: Request, job_id: Id, p: Principal = who) -> dict:
         mark(request, job=job_id)
         record = await gw.chain.query(f"/jobs/{job_id}")
         if record is None or not (p.member in record["participants"] or p.role in ("association_admin", "auditor")):
             raise Problem(404, "Not found", f"no job {job_id} visible to {p.member}")
         return record
+
+    @r.get("/jobs/{job_id}", summary="A job's record on chain")
+    async def job(record: dict = Depends(visible_job)) -> JobRecord:
+        return record
+
+    @r.get("/jobs/{job_id}/events", response_class=EventSourceResponse,
+           summary="A job's record as server-sent events: now, on every change, until it ends")
+    async def job_events(request: Request, job_id: Id, first: dict = Depends(visible_job)
+                         ) -> AsyncIterator[ServerSentEvent]:
+        """Follows the chain's record (polled here, server-side, so that a browser or member system
+        need not poll): one ``job`` event now and one per change; the stream ends once the job has
+        ended, or after JOB_STREAM_S (the client's EventSource reconnects and gets the record again)."""
+        record, sent, until = first, None, time.monotonic() + JOB_STREAM_S
+        while True:
+            if record != sent:
+                yield ServerSentEvent(event="job", data=record, id=str(record.get("ended_height") or ""))
+                sent = record
+            if record["status"] in JOB_ENDED or time.monotonic() > until or await request.is_disconnected():
+                return
+            await asyncio.sleep(JOB_POLL_S)
+            try:
+                record = await gw.chain.query(f"/jobs/{job_id}") or sent
+            except ChainError:  # the node away for a moment: the stream keeps what it sent and asks again
+                record = sent
 
     @r.get("/privacy/{asset_id}/{consumer}", summary="A listing's privacy budget: what a consumer spent and has left")
     async def privacy_budget(request: Request, asset_id: Id, consumer: Id, p: Principal = who) -> dict:

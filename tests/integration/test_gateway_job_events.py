@@ -1,0 +1,116 @@
+"""The gateway's job stream (GET /v1/jobs/{id}/events, server-sent events) on the real chain: the
+record now, every change, the end; only to a party of the job."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import pytest
+from test_gateway import start_gateway
+
+from services.common import httpsig
+from services.common.chain import ChainClient
+from services.common.identity import Identity
+from services.common.listing import example_metadata
+
+
+class World:
+    pass
+
+
+@pytest.fixture(scope="module")
+def w(chain, tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobevents")
+    w, tag = World(), f"je{int(time.time()) % 100000}"
+    w.chain, w.asset, w.grant = chain, f"{tag}.l3", f"{tag}.g"
+    w.bank, w.telco, w.other = (Identity.generate(f"{name}-{tag}") for name in ("bank", "telco", "other"))
+    w.jobs = [f"{tag}.j{i}" for i in range(2)]
+
+    async def setup():
+        async with ChainClient(chain.rpc_url, chain.chain_id) as c:
+            for who, roles in ((w.bank, ["consumer"]), (w.telco, ["provider"]), (w.other, ["consumer"])):
+                # nodes that never answer: the jobs stay running until they are aborted
+                await c.submit(chain.association, "members.Register", {
+                    "id": who.account, "name": who.account, "roles": roles, "public_key": who.public_key,
+                    "node": {"public_key": Identity.generate(f"{who.account}.node").public_key,
+                             "endpoint": "127.0.0.1:1"}})
+            await c.submit(chain.association, "bank.Deposit", {"to": w.bank.account, "amount": 10_000, "reference": tag})
+            await c.submit(w.telco, "assets.List", {
+                "id": w.asset, "level": "L3", "operations": ["psi"], "commitment": "ab" * 32,
+                "price": {"model": "fixed", "amount": 10}, "metadata": example_metadata("Subscribers")})
+            await c.submit(w.bank, "access.Request", {"id": w.grant, "asset": w.asset, "operations": ["psi"],
+                                                      "purpose": "marketing", "expires_at": 4_000_000_000,
+                                                      "max_runs": 10})
+            await c.submit(w.telco, "access.Approve", {"id": w.grant})
+            for job in w.jobs:
+                await c.submit(w.bank, "jobs.Submit", {"id": job, "type": "psi", "max_price": 10,
+                                                       "inputs": [{"asset": w.asset, "grant": w.grant}],
+                                                       "params": {"dataset": "customers", "key": "phone"}})
+
+    asyncio.run(setup())
+    w.proc = start_gateway(chain, root)
+    try:
+        yield w
+    finally:
+        w.proc.stop()
+
+
+def signed(w, who: Identity, path: str) -> tuple[str, dict]:
+    url = w.proc.url + path
+    return url, httpsig.sign(who, "GET", url, b"")
+
+
+def events(response: httpx.Response):
+    """(event, data) pairs of a text/event-stream, as a browser's EventSource reads them."""
+    name, data = "message", []
+    for line in response.iter_lines():
+        if not line:
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+
+
+def abort(w, job: str) -> None:
+    async def send():
+        async with ChainClient(w.chain.rpc_url, w.chain.chain_id) as c:
+            await c.submit(w.chain.association, "jobs.Abort", {"job": job, "reason": "kill switch (test)"})
+    asyncio.run(send())
+
+
+def test_the_stream_sends_the_record_then_its_end(w):
+    job = w.jobs[0]
+    url, headers = signed(w, w.bank, f"/v1/jobs/{job}/events")
+    seen = []
+    started = time.monotonic()
+    with httpx.stream("GET", url, headers=headers, timeout=60) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for name, record in events(response):
+            seen.append(record["status"])
+            assert name == "job" and record["id"] == job
+            if len(seen) == 1:
+                threading.Thread(target=abort, args=(w, job)).start()
+    # the stream ended by itself once the job had: running, then aborted, and nothing after
+    assert seen == ["running", "aborted"], seen
+    assert time.monotonic() - started < 30
+
+
+def test_only_a_party_of_the_job_may_follow_it(w):
+    for who, path in ((w.other, f"/v1/jobs/{w.jobs[1]}/events"), (w.bank, "/v1/jobs/no-such-job/events"),
+                      (w.bank, "/v1/jobs/..%2F..%2Fkeys/events")):
+        url, headers = signed(w, who, path)
+        answer = httpx.get(url, headers=headers, timeout=30)
+        assert answer.status_code in (404, 422) and answer.headers["content-type"].startswith("application/problem+json")
+    assert httpx.get(w.proc.url + f"/v1/jobs/{w.jobs[1]}/events", timeout=30).status_code == 401
+    # the provider is a party too: it reads the record (and the stream stays open while the job runs)
+    url, headers = signed(w, w.telco, f"/v1/jobs/{w.jobs[1]}/events")
+    with httpx.stream("GET", url, headers=headers, timeout=30) as response:
+        name, record = next(events(response))
+        assert response.status_code == 200 and record["status"] == "running"
