@@ -42,7 +42,6 @@ _TRACEPARENT = re.compile(r"^00-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
-
 class _StrictTraceContext(TraceContextTextMapPropagator):
     """W3C trace context read as ``valid_traceparent`` reads it (OpenTelemetry's own propagator also
     takes later versions and a trailing newline), so HTTP, Kafka and txs agree on what continues a
@@ -227,8 +226,7 @@ def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, parent: str | bytes |
         try:
             yield current_span
         except BaseException as exc:
-            current_span.set_status(trace.StatusCode.ERROR)
-            current_span.set_attribute("error.type", type(exc).__name__)
+            _failed(current_span, exc)
             raise
 
 
@@ -244,9 +242,13 @@ def end(spans: list, error: BaseException | None = None) -> None:
     """End spans made by ``start_span``; with ``error``, marked failed (its type only)."""
     for span_ in spans:
         if error is not None:
-            span_.set_status(trace.StatusCode.ERROR)
-            span_.set_attribute("error.type", type(error).__name__)
+            _failed(span_, error)
         span_.end()
+
+
+def _failed(span_: Any, error: BaseException) -> None:
+    span_.set_status(trace.StatusCode.ERROR)
+    span_.set_attribute("error.type", type(error).__name__)
 
 
 def traceparent_of(span_: Any) -> str | None:
