@@ -9,6 +9,7 @@ the services' container images run ``rdx`` (e.g. ``rdx genesis``) without the cl
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 import time
@@ -74,16 +75,12 @@ def command(group: typer.Typer | None, name: str, *, signing: bool = False):
             try:
                 with opts.client(signing) as client:
                     shown = fn(client, *args, **kwargs)
-            except (rdx_client.RdxError, ValueError) as exc:
-                if isinstance(exc, typer.BadParameter):
-                    raise
+            except (rdx_client.RdxError, ValueError) as exc:  # ValueError: a key file that is not one
                 problem = getattr(exc, "type", None)
                 errors.print(f"[red]{exc}[/red]" + (f" [dim]({problem})[/dim]" if problem else ""), markup=True,
                              highlight=False)
                 raise typer.Exit(1) from None
             show(shown, rdx_json)
-
-        import inspect
 
         params = list(inspect.signature(fn).parameters.values())[1:]  # without client
         extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, a, d in (
