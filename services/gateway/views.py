@@ -307,6 +307,14 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         acc = await gw.view.account(signer)
         return acc is not None and acc["member"] == p.member
 
+    @r.get("/members", summary="The members on chain: id, name, roles, status (paged, in id order)")
+    async def members(request: Request, response: Response, p: Principal = who, after: str = After,
+                      limit: int = Query(500, ge=1, le=1000)) -> list[dict]:
+        """What any chain node answers anyone: the association's staff pages list members from it."""
+        found = [{k: m.get(k) for k in ("id", "name", "roles", "status")}
+                 for m in ((await gw.chain.query("/members/")) or {}).values()]
+        return page_of(request, response, found, after, limit)
+
     @r.get("/accounts/{account_id}", summary="A chain account's public key and nonce")
     async def account(account_id: Id, p: Principal = who) -> Account:
         acc = await gw.chain.query(f"/accounts/{account_id}")

@@ -114,3 +114,15 @@ def test_only_a_party_of_the_job_may_follow_it(w):
     with httpx.stream("GET", url, headers=headers, timeout=30) as response:
         name, record = next(events(response))
         assert response.status_code == 200 and record["status"] == "running"
+
+
+def test_the_members_list_pages_and_says_only_what_the_chain_makes_public(w):
+    url, headers = signed(w, w.other, "/v1/members?limit=1")
+    first = httpx.get(url, headers=headers, timeout=30)
+    assert first.status_code == 200 and len(first.json()) == 1 and "next" in first.links
+    url, headers = signed(w, w.other, "/v1/members")
+    everyone = {m["id"]: m for m in httpx.get(url, headers=headers, timeout=30).json()}
+    assert everyone[w.bank.account] == {"id": w.bank.account, "name": w.bank.account, "roles": ["consumer"],
+                                        "status": "active"}
+    url, headers = signed(w, w.other, "/v1/members?limit=0")
+    assert httpx.get(url, headers=headers, timeout=30).status_code == 422
