@@ -463,3 +463,103 @@ def test_every_rdx_pod_is_selected_by_a_policy_with_egress(network):
         if pod.namespace in ("rdx-dev", *MEMBERS.values()) and name != "kafka":
             assert any(p["metadata"]["namespace"] == pod.namespace and "Egress" in p["spec"].get("policyTypes", [])
                        and selects(p["spec"]["podSelector"], pod.labels) for p in net.policies), name
+
+
+# --------------------------------------------------------------------------------------------
+# Settings: every variable a pod gets is one its service reads, and what it needs is there
+
+
+def settings_of(image: str) -> set[str]:
+    """The RDX_* variables the service of an image reads (its settings and the chassis')."""
+    from services.common.settings import KafkaSecurity
+    from services.common.verified import TrustSettings
+
+    service = image.rsplit("/", 1)[-1].split(":")[0].removeprefix("rdx-")
+    cls = {"gateway": lambda: __import__("services.gateway.settings", fromlist=["x"]).GatewaySettings,
+           "catalog": lambda: __import__("services.catalog.app", fromlist=["x"]).CatalogSettings,
+           "billing": lambda: __import__("services.billing.__main__", fromlist=["x"]).BillingSettings,
+           "compute": lambda: __import__("services.compute.settings", fromlist=["x"]).ComputeSettings,
+           "consensus": lambda: __import__("services.consensus.__main__", fromlist=["x"]).ConsensusSettings}[service]()
+    names = {f"RDX_{f.upper()}" for f in cls.model_fields}
+    names |= {f"RDX_KAFKA_{f.upper()}" for f in KafkaSecurity.model_fields}
+    names |= {f"RDX_{f.upper()}" for f in TrustSettings.model_fields}
+    return names
+
+
+def environment(container: dict, docs: list[dict]) -> dict[str, str]:
+    env = {}
+    for source in container.get("envFrom", []):
+        name = source["configMapRef"]["name"]
+        config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name)
+        env.update(config["data"])
+    env.update({e["name"]: e.get("value", "<from a reference>") for e in container.get("env", [])})
+    return env
+
+
+def rdx_containers(docs: list[dict]):
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet"):
+            spec = check.pod_spec(d)
+            for c in spec["containers"] + spec.get("initContainers", []):
+                if c.get("restartPolicy") == "Always" or c in spec["containers"]:
+                    if "/cometbft" not in c["image"]:
+                        yield d["metadata"]["name"], c, spec
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod", "dev-site-example"])
+def test_every_variable_a_pod_gets_is_one_its_service_reads(rendered, overlay):
+    unknown = []
+    for workload, container, _ in rdx_containers(rendered[overlay]):
+        known = settings_of(container["image"])
+        unknown += [f"{workload}: {name}" for name in environment(container, rendered[overlay])
+                    if name.startswith("RDX_") and name not in known]
+    assert not unknown, unknown
+
+
+def test_each_service_gets_what_it_needs(rendered):
+    def env_of(overlay: str, name: str) -> dict[str, str]:
+        for workload, container, _ in rdx_containers(rendered[overlay]):
+            if workload == name:
+                return environment(container, rendered[overlay])
+        raise AssertionError(f"{overlay}: no {name}")
+
+    for overlay in ("dev", "prod"):
+        gateway = env_of(overlay, "gateway")
+        assert gateway["RDX_CATALOG_URL"] == "http://catalog:8001" and gateway["RDX_BILLING_URL"] == "http://billing:8003"
+        assert gateway["FORWARDED_ALLOW_IPS"]  # uvicorn's trusted proxies: the Ingress' X-Forwarded-Proto
+        validator = env_of(overlay, "validator")
+        assert validator["RDX_COMETBFT_RPC"] == "http://127.0.0.1:26657"  # its own node
+    prod = env_of("prod", "gateway")
+    for name in ("RDX_KEY_FILE", "RDX_GATEWAY_DATABASE_URL", "RDX_GATEWAY_REDIS_URL", "RDX_TRUSTED_GENESIS"):
+        assert name in prod, name
+    # dev: one gateway, on SQLite, and no PostgreSQL or key it could not have
+    dev = env_of("dev", "gateway")
+    assert not {"RDX_KEY_FILE", "RDX_GATEWAY_DATABASE_URL", "RDX_GATEWAY_REDIS_URL"} & set(dev)
+    assert not [d for d in rendered["dev"] if d["kind"] == "HorizontalPodAutoscaler" and d["metadata"]["name"] == "gateway"]
+    assert next(d for d in rendered["dev"] if d["kind"] == "Deployment" and d["metadata"]["name"] == "gateway")["spec"]["replicas"] == 1
+    compute = env_of("dev-site-example", "compute-example")
+    assert compute["RDX_MEMBER_ID"] == "example" and compute["RDX_DATASETS"].startswith("/var/lib/rdx")
+    assert compute["RDX_KAFKA_BOOTSTRAP"] == "rdx-kafka-kafka-bootstrap.rdx-dev.svc:9093"
+    assert compute["RDX_COMETBFT_RPC"] == "http://consensus.rdx-dev.svc:26657"
+    assert compute["RDX_CHAIN_ID"] == env_of("dev", "gateway")["RDX_CHAIN_ID"] == "rdx-dev"
+
+
+def test_every_kafka_client_is_a_kafka_user_of_the_association(rendered):
+    users = {d["metadata"]["name"] for d in rendered["dev"] if d["kind"] == "KafkaUser"}
+    for overlay in ("dev", "dev-site-example"):
+        for workload, container, spec in rdx_containers(rendered[overlay]):
+            env = environment(container, rendered[overlay])
+            assert env["RDX_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", workload
+            user = env["RDX_KAFKA_SASL_USERNAME"].replace("$(RDX_MEMBER_ID)", env.get("RDX_MEMBER_ID", ""))
+            assert user in users, (workload, user)
+            mounted = {v["name"]: v for v in spec["volumes"]}["kafka-user"]["secret"]["secretName"]
+            # the association's pods mount Strimzi's Secret of their own user; a site, its copy of it
+            assert mounted == (user if overlay == "dev" else "kafka-user"), (workload, mounted)
+
+
+def test_the_validators_readiness_does_not_depend_on_kafka(rendered):
+    sts = next(d for d in rendered["prod"] if d["kind"] == "StatefulSet")
+    for container in sts["spec"]["template"]["spec"]["initContainers"] + sts["spec"]["template"]["spec"]["containers"]:
+        probe = container.get("readinessProbe")
+        if probe:  # /readyz of the consensus service includes the relay's Kafka connection
+            assert probe["httpGet"]["path"] in ("/healthz", "/health"), container["name"]
