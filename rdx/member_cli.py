@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 console = Console()
 errors = Console(stderr=True)
@@ -77,8 +79,7 @@ def command(group: typer.Typer | None, name: str, *, signing: bool = False):
                     shown = fn(client, *args, **kwargs)
             except (rdx_client.RdxError, ValueError) as exc:  # ValueError: a key file that is not one
                 problem = getattr(exc, "type", None)
-                errors.print(f"[red]{exc}[/red]" + (f" [dim]({problem})[/dim]" if problem else ""), markup=True,
-                             highlight=False)
+                errors.print(safe(str(exc), "red") + safe(f" ({problem})" if problem else "", "dim"))
                 raise typer.Exit(1) from None
             show(shown, rdx_json)
 
@@ -118,25 +119,32 @@ def show(shown: Any, as_json: bool) -> None:
     rows = data["items"] if isinstance(data, dict) and "items" in data and columns else data
     if isinstance(rows, list):
         columns = columns or (sorted(rows[0]) if rows else ["(none)"])
-        table = Table(*columns, header_style="bold")
+        table = Table(*(Column(header=safe(str(c))) for c in columns), header_style="bold")
         for row in rows:
             table.add_row(*(cell(row.get(c)) for c in columns))
         console.print(table)
         if isinstance(data, dict) and data.get("next"):
-            console.print(f"[dim]more: --after {data['next']}[/dim]")
+            console.print(safe(f"more: --after {data['next']}", "dim"))
         return
     table = Table(show_header=False, box=None)
     for k, v in data.items():
-        table.add_row(f"[bold]{k}[/bold]", cell(v))
+        table.add_row(safe(str(k), "bold"), cell(v))
     console.print(table)
 
 
-def cell(value: Any) -> str:
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def safe(text: str, style: str = "") -> Text:
+    """Text as data: rich markup is not read (a Text is never parsed for it) and terminal control
+    characters (an escape sequence in a hostile answer) are shown as \\xNN, not sent to the terminal."""
+    return Text(CONTROL.sub(lambda c: f"\\x{ord(c.group()):02x}", text), style=style)
+
+
+def cell(value: Any) -> Text:
     if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
-    return str(value)
+        return Text("")
+    return safe(json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
 
 
 # -- search and listings ---------------------------------------------------------------------------
@@ -386,11 +394,11 @@ def audit_verify(since: float = typer.Option(None), until: float = typer.Option(
                      chain_id=chain_id, verify=False) as gw:
             problems = gw.verify_audit(since, until)
     except GatewayError as exc:
-        errors.print(f"[red]{exc}[/red]")
+        errors.print(safe(str(exc), "red"))
         raise typer.Exit(1) from None
     if problems:
         for p in problems:
-            console.print(f"[red]TAMPERED[/red] {p}")
+            console.print(safe("TAMPERED ", "red") + safe(p))
         raise typer.Exit(1)
     console.print("[green]audit trail intact[/green]: every anchored batch matches the chain")
 
