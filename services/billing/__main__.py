@@ -24,6 +24,8 @@ from services.common.events import CHAIN_EVENTS
 from services.common.kafka import IdempotentConsumer
 from services.common.service import Service
 from services.common.settings import ServiceSettings
+from services.common import verified
+from services.common.verified import VerificationError
 
 Member = Query(..., min_length=2, max_length=40, pattern=r"^[a-z0-9][a-z0-9\-]*$")
 
@@ -53,18 +55,42 @@ DRIFT = Gauge("rdx_billing_reconcile_differences", "differences between the bill
                "(balances, escrow, supply) at the last reconciliation; 0 when they are equal")
 
 
-async def reconcile(conn, chain: ChainClient, attempts: int = 20) -> list[str]:
+async def chain_books(chain: ChainClient, reader, members: set[str], jobs: set[str]) -> tuple[dict, dict, int, list[str]]:
+    """The chain's balances, escrow and credit supply. Which accounts and escrows exist comes
+    from the node's listing (``/bank/balance/``, which no proof covers); with a ``reader``
+    (verified.VerifiedChain: the service holds a trust anchor) every amount is then proven, those
+    the read model knows too, and the listing is proven complete: the proven supply must equal
+    the proven balances and escrow, since the chain conserves credits (a node that hides an
+    account cannot make them add up)."""
+    on_chain = {k.rsplit("/", 1)[1]: v for k, v in ((await chain.query("/bank/balance/")) or {}).items()}
+    held = {k.rsplit("/", 1)[1]: v["amount"] for k, v in ((await chain.query("/bank/escrow/")) or {}).items()}
+    if reader is None:
+        return on_chain, held, await chain.query("/bank/supply") or 0, []
+    on_chain = {m: await reader.query(f"bank/balance/{m}") or 0 for m in sorted(set(on_chain) | members)}
+    held = {j: ((await reader.query(f"bank/escrow/{j}")) or {}).get("amount", 0) for j in sorted(set(held) | jobs)}
+    supply = await reader.query("bank/supply") or 0
+    proven = sum(on_chain.values()) + sum(held.values())
+    gap = [] if proven == supply else [f"the chain's proven credit supply is {supply}, its proven balances and escrow "
+                                       f"sum to {proven}: the node's account listing is incomplete"]
+    return on_chain, held, supply, gap
+
+
+async def reconcile(conn, chain: ChainClient, attempts: int = 20, reader=None) -> list[str]:
     """Differences between the read model and the chain's balances, escrow and credit supply ([]
     when equal). The read model trails the chain by the relay's latency, so a difference must
-    persist. Amounts are compared as Python ints: exact at any size."""
+    persist. Amounts are compared as Python ints: exact at any size. ``reader``: prove the
+    chain's side (``chain_books``)."""
     diffs: list[str] = []
     for _ in range(attempts):
-        on_chain = {k.rsplit("/", 1)[1]: v for k, v in ((await chain.query("/bank/balance/")) or {}).items()}
-        held = {k.rsplit("/", 1)[1]: v["amount"] for k, v in ((await chain.query("/bank/escrow/")) or {}).items()}
-        chain_supply = await chain.query("/bank/supply") or 0
         ours, our_escrow, our_supply = ledger.balances(conn), ledger.escrow(conn), ledger.supply(conn)
-        diffs = [f"balance of {m}: chain {on_chain.get(m, 0)}, billing {ours.get(m, 0)}"
-                 for m in sorted(set(on_chain) | set(ours)) if on_chain.get(m, 0) != ours.get(m, 0)]
+        try:
+            on_chain, held, chain_supply, diffs = await chain_books(chain, reader, set(ours), set(our_escrow))
+        except VerificationError as exc:  # the node's answers are not the chain's: that is the finding
+            diffs = [f"the chain's answers do not verify: {exc}"]
+            await asyncio.sleep(0.5)
+            continue
+        diffs += [f"balance of {m}: chain {on_chain.get(m, 0)}, billing {ours.get(m, 0)}"
+                  for m in sorted(set(on_chain) | set(ours)) if on_chain.get(m, 0) != ours.get(m, 0)]
         diffs += [f"escrow of job {j}: chain {held.get(j, 0)}, billing {our_escrow.get(j, 0)}"
                   for j in sorted(set(held) | set(our_escrow)) if held.get(j, 0) != our_escrow.get(j, 0)]
         if chain_supply != our_supply:
@@ -79,9 +105,10 @@ async def reconcile(conn, chain: ChainClient, attempts: int = 20) -> list[str]:
 def build(settings: BillingSettings) -> Service:
     svc = Service(settings, title="rdx billing")
     chain = ChainClient(settings.cometbft_rpc, settings.chain_id)
+    reader = verified.from_env(chain)  # with a trust anchor: events and reconciliation proven
     consumer = IdempotentConsumer(settings.kafka_bootstrap, "billing", [CHAIN_EVENTS], None,
                                   settings.state_dir / "ledger.sqlite", ledger.apply,
-                                  verifier=ChainEventVerifier(chain))  # a deposit only the chain made
+                                  verifier=ChainEventVerifier(chain, reader=reader))  # a deposit only the chain made
     ledger.init(consumer.conn)
     svc.on_startup(consumer.start)
     svc.task("consumer", consumer.run)
@@ -127,7 +154,7 @@ def build(settings: BillingSettings) -> Service:
 
     @app.get("/v1/reconcile", summary="Does the read model equal the chain's balances and escrow?")
     async def check() -> dict:
-        diffs = await reconcile(conn, chain, attempts=4)
+        diffs = await reconcile(conn, chain, attempts=4, reader=reader)
         return {"equal": not diffs, "differences": diffs}
 
     return svc
@@ -138,7 +165,7 @@ async def reconcile_once(settings: BillingSettings) -> int:
 
     conn = sqlite3.connect(settings.state_dir / "ledger.sqlite")
     async with ChainClient(settings.cometbft_rpc, settings.chain_id) as chain:
-        diffs = await reconcile(conn, chain)
+        diffs = await reconcile(conn, chain, reader=verified.from_env(chain))
     for d in diffs:
         print(f"MISMATCH {d}")
     print("billing read model equals the chain" if not diffs else f"{len(diffs)} differences")

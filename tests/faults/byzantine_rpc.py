@@ -15,6 +15,8 @@ the state key it lies about (others pass through):
 - ``forged_header``: the value rewritten as ``key``/``balance``/``grant`` would, and the header of the
   next height given the app hash that the real proof's siblings lead to for the forged value (the
   lie a client that checks proofs but not signatures would take);
+- ``omit``: an answer listing a prefix (``.target``, e.g. ``bank/balance/``) leaves out the
+  entries whose key ends with ``/`` + ``.omit`` (an account hidden from a reconciliation);
 - ``block_results``: in ``block_results``, the digest of the chain event whose id is ``.target``
   becomes ``.fake_digest`` (vouching for a forged event that a hostile relay published).
 
@@ -35,7 +37,7 @@ import httpx
 from rdx.components import LOOPBACK, free_port
 from services.common import proofs
 
-MODES = (None, "key", "balance", "grant", "absent", "stale", "relabelled", "forged_header", "garbage", "block_results")
+MODES = (None, "key", "balance", "grant", "absent", "stale", "relabelled", "forged_header", "garbage", "block_results", "omit")
 GARBAGE = {"abci_query": [{"response": {"height": "x"}}, {"response": []}, [], {"response": {"height": "1", "code": 0,
            "value": "!!", "proofOps": {"ops": [{"type": 3}]}}}],
            "commit": [{"signed_header": None}, {"signed_header": {"header": {"height": "x"}, "commit": {}}}],
@@ -50,6 +52,7 @@ class ByzantineRpc:
         self.fake_key = base64.b64encode(b"\x07" * 32).decode()
         self.fake_status = "granted"
         self.fake_digest = "00" * 32
+        self.omit = ""
         self.lies = 0
         self.garbage = ("abci_query", 0)
         self._first: dict[str, dict] = {}
@@ -89,6 +92,8 @@ class ByzantineRpc:
             response = result["response"]
             if key == self.target and response.get("code", 0) == 0:
                 self._first.setdefault(key, copy.deepcopy(result))
+            if self.mode == "omit" and key.split("?")[0] == self.target and response.get("code", 0) == 0:
+                return self._omit(result)
             if self.mode is None or key != self.target or response.get("code", 0) != 0:
                 return result
             return self._lie_about(key, result)
@@ -110,6 +115,13 @@ class ByzantineRpc:
             if forged:
                 header["app_hash"] = forged
                 self.lies += 1
+        return result
+
+    def _omit(self, result: dict) -> dict:
+        page = json.loads(base64.b64decode(result["response"]["value"]))  # {"items": {key: value}, "next": ...}
+        kept = {k: v for k, v in page["items"].items() if not k.endswith("/" + self.omit)}
+        self.lies += len(page["items"]) - len(kept)
+        result["response"]["value"] = base64.b64encode(json.dumps({**page, "items": kept}).encode()).decode()
         return result
 
     def _lie_about(self, key: str, result: dict) -> dict:

@@ -31,6 +31,7 @@ from services.common.identity import Identity
 from services.common.lightclient import Validator
 from services.common.listing import example_metadata
 from services.common.verified import Anchor, VerificationError, VerifiedChain
+from services.billing.__main__ import chain_books
 from services.compute.chainview import ChainUnverified
 from services.compute.chainview import ChainView as ComputeView
 from services.consensus.relay import to_event
@@ -379,3 +380,21 @@ async def test_chain_events_are_proven_from_state_and_a_lying_nodes_block_result
         with pytest.raises(NotOnChain):  # a height not committed yet, claimed by a forged record
             await proven.verify(real.model_copy(update={"id": f"{height + 50}/0/0",
                                                         "data": {**real.data, "height": height + 50}}))
+
+
+async def test_the_billing_reconciliation_proves_every_amount_and_that_no_account_is_hidden(world, proxy):
+    async with ChainClient(proxy.url, world.chain.chain_id) as client, \
+            VerifiedChain(client, world.anchor) as reader:
+        balances, _, supply, gap = await chain_books(client, reader, set(), set())
+        assert gap == [] and balances[world.consumer.account] >= 5000 and supply >= sum(balances.values())
+        proxy.omit = world.consumer.account
+        proxy.lie("omit", "bank/balance/")
+        believed, _, _, _ = await chain_books(client, None, set(), set())
+        assert world.consumer.account not in believed and proxy.lies  # unproven, the hidden account is not missed
+        balances, _, _, gap = await chain_books(client, reader, set(), set())
+        assert world.consumer.account not in balances and gap and "incomplete" in gap[0]
+        balances, _, _, gap = await chain_books(client, reader, {world.consumer.account}, set())
+        assert gap == [] and balances[world.consumer.account] >= 5000  # an account the read model knows is read anyway
+        proxy.lie("balance", f"bank/balance/{world.consumer.account}")
+        with pytest.raises(VerificationError):
+            await chain_books(client, reader, {world.consumer.account}, set())
