@@ -84,18 +84,26 @@ class OIDC:
         raw = token.get("id_token")
         if not isinstance(raw, str):
             raise SignInError("the IdP answered without an ID token")
-        try:
-            decoded = jwt.decode(raw, keys, algorithms=["RS256", "ES256", "EdDSA"])
-            jwt.JWTClaimsRegistry(
-                iss={"essential": True, "value": self.issuer},
-                aud={"essential": True, "value": self.client_id},
-                nonce={"essential": True, "value": nonce},
-                sub={"essential": True},
-                exp={"essential": True},
-            ).validate(decoded.claims)
-        except (JoseError, ValueError) as exc:
-            raise SignInError(f"the ID token is not valid ({type(exc).__name__})") from None
-        return identity_of(decoded.claims)
+        return identity_of(verify_id_token(raw, keys, self.issuer, self.client_id, nonce))
+
+
+ID_TOKEN_ALGORITHMS = ["RS256", "ES256", "EdDSA"]  # asymmetric only: never "none", never an HMAC
+
+
+def verify_id_token(raw: str, keys: KeySet, issuer: str, client_id: str, nonce: str) -> dict:
+    """The claims of an ID token signed by one of ``keys`` for this client and sign-in, unexpired."""
+    try:
+        decoded = jwt.decode(raw, keys, algorithms=ID_TOKEN_ALGORITHMS)
+        jwt.JWTClaimsRegistry(
+            iss={"essential": True, "value": issuer},
+            aud={"essential": True, "value": client_id},
+            nonce={"essential": True, "value": nonce},
+            sub={"essential": True},
+            exp={"essential": True},
+        ).validate(decoded.claims)
+    except (JoseError, ValueError) as exc:
+        raise SignInError(f"the ID token is not valid ({type(exc).__name__})") from None
+    return decoded.claims
 
 
 def identity_of(claims: dict) -> Identity:
