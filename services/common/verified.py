@@ -36,6 +36,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.common import lightclient, proofs
 from services.common.chain import ChainClient, ChainError
 from services.common.lightclient import LightBlock, LightClientError, Validator
+from services.common.tx import Code
 
 WEEK_S = 7 * 86_400.0  # CometBFT's light client default trusting period (168h)
 PAGE = 100  # /validators per_page maximum
@@ -155,8 +156,14 @@ class VerifiedChain:
         if not key or key.endswith("/") or "?" in key:
             raise VerificationError("only one state key can be proven, not a listing")
         floor = self.latest.height - 1 if self.latest else 0
-        answer = await self._rpc("abci_query", path=f"/{key}", prove=True)
+        # Proven at the height before the node's latest, whose app hash the latest header carries
+        # already: no waiting for the next block. A node that cannot (restarted since its last
+        # block, or a block committed meanwhile) is asked for its latest state instead.
+        latest = int((await self._rpc("status"))["sync_info"]["latest_block_height"])
+        answer = await self._rpc("abci_query", path=f"/{key}", prove=True, height=str(max(latest - 1, 0)))
         try:
+            if answer["response"].get("code", 0) not in (Code.OK, Code.NOT_FOUND):
+                answer = await self._rpc("abci_query", path=f"/{key}", prove=True)
             height = int(answer["response"].get("height", -1))
         except (KeyError, TypeError, ValueError, AttributeError):
             raise VerificationError("not an abci_query answer") from None

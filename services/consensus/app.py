@@ -169,6 +169,7 @@ class RdxApp(Application):
         self._genesis_events: list[tuple[str, str, dict]] = []
         self._executions: dict[tuple, Execution] = {}
         self._pending: Execution | None = None
+        self._before: tuple[int, tuple[bytes, int], dict[str, str | None]] | None = None  # see ``commit``
         self._last_time = 0
         self._verified: LRUCache = LRUCache(VERIFIED_CACHE_BYTES, getsizeof=lambda v: 4 * len(v.signing_bytes))
         self._params = self._read_params()
@@ -208,8 +209,10 @@ class RdxApp(Application):
         """One state key's value (its canonical JSON text, the bytes the tree hashes) or its
         absence, with a ProofOps of one ``PROOF_TYPE`` op against the app hash committed at the
         answer's height, which CometBFT's header of the next height carries
-        (services/common/proofs.py verifies it). Only the latest height: the tree keeps old roots'
-        nodes but the values of the latest state alone."""
+        (services/common/proofs.py verifies it). At the latest height, or the one before it, whose
+        next header exists already (a client need not wait a block for it): the tree keeps old
+        roots' nodes, and ``commit`` keeps the old values of the keys the latest block wrote (kept
+        in memory: after a restart, from the next block on)."""
         now = self.db.height
 
         def refuse(message: str) -> abci.ResponseQuery:
@@ -217,24 +220,32 @@ class RdxApp(Application):
 
         if len(path) > MAX_QUERY_PATH:
             return refuse(f"query path longer than {MAX_QUERY_PATH} characters")
-        if height not in (0, now):
-            return refuse(f"proofs are given at the latest height only ({now})")
+        before = self._before
+        if height in (0, now):
+            at, root, old = now, None, {}
+        elif before is not None and height == now - 1 == before[0]:
+            at, root, old = before
+        else:
+            return refuse(f"proofs are given at the latest height ({now}) and the one before it only")
         key = path.lstrip("/")
         if not key or key.endswith("/") or key.startswith("quote/"):
             return refuse("a proof is for one state key (/<key>), not a listing or a quote")
         try:
             if self.db.get_text(STATE_TREE) is None:
                 return refuse("this chain's app hash is not a state tree yet (it migrates at its state-tree upgrade)")
-            text = self.db.get_text(key)
-            proof = self.tree.prove((self.db.app_hash, self.db.tree_version), key)
+            root = root or (self.db.app_hash, self.db.tree_version)
+            text = old[key] if key in old else self.db.get_text(key)
+            proof = self.tree.prove(root, key)
         except Exception as exc:  # a query must never halt the node: answer, log without the path
             log.error("proving a query failed: %s", type(exc).__name__)
             return abci.ResponseQuery(code=INTERNAL_ERROR, log="internal error", height=now)
+        if self.db.height != now:  # a block committed meanwhile: the value and the root may be of two states
+            return refuse("the state moved on while the proof was made: ask again")
         ops = ProofOps(ops=[ProofOp(type=PROOF_TYPE, key=key.encode(), data=proof.encode())])
         if text is None:
             return abci.ResponseQuery(code=Code.NOT_FOUND, log="no state at that path", key=key.encode(),
-                                      proof_ops=ops, height=now)
-        return abci.ResponseQuery(code=Code.OK, key=key.encode(), value=text.encode(), proof_ops=ops, height=now)
+                                      proof_ops=ops, height=at)
+        return abci.ResponseQuery(code=Code.OK, key=key.encode(), value=text.encode(), proof_ops=ops, height=at)
 
     def undecodable_query(self) -> abci.ResponseQuery:
         return abci.ResponseQuery(code=Code.INVALID_QUERY, log="the query path is not UTF-8", height=self.db.height)
@@ -387,9 +398,15 @@ class RdxApp(Application):
         if self._pending is None:
             raise RuntimeError("Commit without FinalizeBlock")
         ex, self._pending = self._pending, None
+        # What proves the state before this block (its root, and the old values of the keys this
+        # block writes), so that a query can be proven at the height whose header already exists.
+        before = None
+        if self.db.get_text(STATE_TREE) is not None:
+            before = (self.db.height, (self.db.app_hash, self.db.tree_version), self.db.texts_of(ex.block.writes))
         self.db.commit_block(ex.height, ex.app_hash, ex.block.writes, ex.events, {"time": str(ex.time)},
                              nodes=ex.block.nodes, tree_version=ex.block.tree_version)
         self.tree.committed(ex.block.nodes)
+        self._before = before
         CHAIN_HEIGHT.set(ex.height)
         self._genesis_writes, self._genesis_events = {}, []
         self._executions.clear()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,16 @@ class Database:
                                  (prefix, prefix + "\uffff"))
         for key, value in rows:
             yield key, canonicaljson.loads(value)
+
+    def texts_of(self, keys: Iterable[str]) -> dict[str, str | None]:
+        """The committed JSON text of each of ``keys`` (None where absent)."""
+        keys = list(keys)
+        found: dict[str, str | None] = dict.fromkeys(keys)
+        for i in range(0, len(keys), 500):  # SQLite's bound on a statement's parameters
+            chunk = keys[i:i + 500]
+            found.update(self.conn.execute(f"SELECT key, value FROM kv WHERE key IN ({','.join('?' * len(chunk))})",
+                                           chunk).fetchall())
+        return found
 
     def texts(self) -> Iterator[tuple[str, str]]:
         """Every (key, JSON text) of the state, in key order: the state-tree upgrade's one pass."""

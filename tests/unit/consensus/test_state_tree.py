@@ -146,6 +146,36 @@ def test_each_blocks_events_are_committed_in_state_as_its_results_record_them_an
     assert checked(chain.app, f"events/{chain.height:012d}") is None
 
 
+def test_a_proof_at_the_height_before_the_latest_proves_that_state_against_its_app_hash(tmp_path):
+    people = [Identity.generate(f"m{i}") for i in range(3)]
+    chain = Harness(tmp_path / "b.sqlite", Identity.generate("association"), balances={people[0].account: 50})
+    chain.block(*[register(chain, p, ("consumer",)) for p in people[:2]])
+    chain.block()
+    root_before, at = chain.db.app_hash, chain.db.height
+    chain.block(chain.tx(people[0], "bank.Transfer", {"to": people[1].account, "amount": 5}),
+                register(chain, people[2], ("consumer",)))
+    assert chain.db.app_hash != root_before
+
+    def proven_before(key: str) -> bytes | None:
+        answer = prove(chain.app, key, height=at)
+        assert answer.code in (Code.OK, Code.NOT_FOUND) and answer.height == at, answer.log
+        value = answer.value if answer.code == Code.OK else None
+        proofs.verify(root_before, key, value, answer.proof_ops)  # the root the next header carries
+        return value
+
+    assert proven_before(f"bank/balance/{people[0].account}") == b"50"  # written by the latest block: its old value
+    assert proven_before(f"bank/balance/{people[1].account}") is None
+    assert proven_before(f"members/{people[2].account}") is None  # made by the latest block: absent before it
+    assert json.loads(proven_before(f"members/{people[1].account}"))["id"] == people[1].account  # not written since
+    with pytest.raises(proofs.ProofError):  # and not provable against the latest root
+        proofs.verify(chain.db.app_hash, f"bank/balance/{people[0].account}", b"50",
+                      prove(chain.app, f"bank/balance/{people[0].account}", height=at).proof_ops)
+    for height in (at - 1, chain.db.height + 1):
+        assert prove(chain.app, "bank/supply", height=height).code == Code.INVALID_QUERY
+    restarted = RdxApp(Database(tmp_path / "b.sqlite"), chainsim.CHAIN)  # keeps no old values: latest only
+    assert restarted.query(abci.RequestQuery(path="/bank/supply", prove=True, height=at)).code == Code.INVALID_QUERY
+
+
 @pytest.mark.parametrize("path, height, code", [
     ("", 0, Code.INVALID_QUERY), ("/", 0, Code.INVALID_QUERY), ("/accounts/", 0, Code.INVALID_QUERY),
     ("/accounts/?limit=5", 0, Code.NOT_FOUND), ("/quote/x/1", 0, Code.INVALID_QUERY),
@@ -156,8 +186,8 @@ def test_each_blocks_events_are_committed_in_state_as_its_results_record_them_an
 ])
 def test_hostile_paths_with_prove_get_a_code_and_any_proof_given_verifies(tmp_path, path, height, code):
     chain = Harness(tmp_path / "h.sqlite", Identity.generate("association"))
-    chain.block()
-    chain.block()
+    for _ in range(3):  # height 1 is then two before the latest: refused
+        chain.block()
     answer = chain.app.query(abci.RequestQuery(path=path, prove=True, height=height))
     assert answer.code == code, answer.log
     assert answer.height == chain.db.height
