@@ -57,15 +57,22 @@ def w(chain, tmp_path_factory):
     env = {"RDX_KAFKA_BOOTSTRAP": chain.kafka, "RDX_COMETBFT_RPC": chain.rpc_url, "RDX_CHAIN_ID": chain.chain_id,
            "RDX_STATE_ROOT": str(root / "billing")}
     w.billing = ServiceProcess("billing", free_port(), env, root / "logs")
-    w.billing.start()
-    w.proc = start_gateway(chain, root, RDX_KEY_FILE=str(root / "association.node.json"), RDX_RATE_PER_S="4",
-                           RDX_RATE_BURST="8", RDX_WEBHOOK_ALLOW_PRIVATE="true", RDX_BILLING_URL=w.billing.url)
-    w.url = w.proc.url
+    w.catalog = ServiceProcess("catalog", free_port(), {**env, "RDX_STATE_ROOT": str(root / "catalog"),
+                                                        "RDX_CACHE_REFRESH_S": "0.2"}, root / "logs")
+    started = []
     try:
+        for proc in (w.billing, w.catalog):
+            started.append(proc)
+            proc.start()
+        w.proc = start_gateway(chain, root, RDX_KEY_FILE=str(root / "association.node.json"), RDX_RATE_PER_S="4",
+                               RDX_RATE_BURST="8", RDX_WEBHOOK_ALLOW_PRIVATE="true", RDX_BILLING_URL=w.billing.url,
+                               RDX_CATALOG_URL=w.catalog.url)
+        started.append(w.proc)
+        w.url = w.proc.url
         yield w
     finally:
-        w.proc.stop()
-        w.billing.stop()
+        for proc in reversed(started):
+            proc.stop()
 
 
 def member(w, who: Identity, **options) -> rdx_client.Client:
@@ -225,3 +232,22 @@ def test_the_cli_covers_member_operations_with_json_for_scripts(w, tmp_path):
 
     key = json.loads(rdx(w, None, "keys", "create", w.bank.account, "analyst", "--json").stdout)
     assert key["token"] and key["role"] == "analyst"
+
+
+def test_search_and_a_listing_from_the_real_catalog_are_typed(w):
+    listed(w)
+    with member(w, w.bank) as bank:
+        deadline = time.monotonic() + 30  # the catalog indexes the chain's events as the relay publishes them
+        while not (found := bank.search(w.tag)).items:
+            assert time.monotonic() < deadline, found
+            time.sleep(0.5)
+        assert w.asset in [i.id for i in found.items] and found.total >= 1
+        detail = bank.listing(w.asset)
+        assert (detail.commitment, detail.level, detail.provider.id) == (COMMIT, "L3", w.telco.account)
+        with pytest.raises(rdx_client.NotFound):
+            bank.listing(f"{w.tag}.nothing")
+    cli = rdx(w, w.bank, "search", w.tag, "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert w.asset in [i["id"] for i in json.loads(cli.stdout)["items"]]
+    table = rdx(w, w.bank, "listings", "show", w.asset)
+    assert table.returncode == 0 and COMMIT in table.stdout
