@@ -13,8 +13,8 @@
    4-validator testnet (tests/unit/common/lightclient_testnet_vectors.json), parsing and verifying
    a new header from the RPC's JSON (once per block, shared by every read answered at its height),
    and checking one answer's proof against a verified header (once per read). The wall-clock cost
-   of a read is one more RPC round trip per new block and the wait for the next block (the
-   header that carries the app hash); those depend on the block interval, not on this code.
+   of a read is one more RPC round trip per new block (for the header that carries the app hash
+   of the height read: the one before the node's latest, so it exists already).
 4. That wall-clock cost end to end: a real rdx chain (CometBFT + the consensus service, Kafka,
    ``--timeout-commit``), ``--reads`` reads of one account through ``VerifiedChain`` alternated
    with the same read by ``ChainClient.query`` (no proof, the node's word), p50/p99 of each.

@@ -7,7 +7,9 @@ verifies them with ``lightclient`` (adjacent or skipping, bisecting when the set
 for one skip) and keeps the verified headers. A state read asks ``/abci_query`` with
 ``prove=true``; the answer at height h is accepted only when its proof leads to the app hash in
 the verified header of h+1 (the header carries the app hash of the state committed before it), so
-the read waits for the next block. Any lie (a rewritten or removed value, a bad or foreign proof,
+it asks for the state at the height before the node's latest, whose next header exists already
+(a node that cannot prove that height is asked for its latest, and the read waits for the next
+block). Any lie (a rewritten or removed value, a bad or foreign proof,
 a header that does not verify, an old answer replayed) raises ``VerificationError`` and gives no
 value; an endpoint that cannot be reached raises ``ChainError`` as ``ChainClient`` does.
 
