@@ -300,3 +300,14 @@ def test_the_client_package_imports_nothing_of_the_servers():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.split(".")[0] in ("services", "rdx") for n in names), (path, names)
+
+
+def test_a_retry_after_given_as_an_http_date_is_honoured(gw):
+    import email.utils
+
+    when = email.utils.formatdate(time.time() + 2, usegmt=True)  # whole seconds: waits 1-2 s
+    gw.on("GET /v1/jobs/j1", (503, {"retry-after": when}, {"title": "Service unavailable"}), (200, {}, JOB))
+    with client(gw) as c:
+        assert c.job("j1").id == "j1"
+    first, second = (t for *_, t in gw.calls("GET /v1/jobs/j1"))
+    assert 0.9 <= second - first <= 3.5
