@@ -57,7 +57,7 @@ setup-portal: $(VENV)/.installed
 	@$(PY) -m rdx.portal_toolchain
 
 # The OpenTelemetry Collector the tracing test exports to (OTLP receiver, file exporter), built once
-# from the Go module proxy into ~/.cache/rdx (rdx/otel_toolchain.py; ~3 min cold).
+# from the Go module proxy into ~/.cache/rdx (rdx/otel_toolchain.py; cold: 2.5-3.7 min of CPU, 3-10 min by load).
 .PHONY: setup-otel
 setup-otel: $(VENV)/.installed
 	@$(PY) -m rdx.otel_toolchain
