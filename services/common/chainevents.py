@@ -141,8 +141,8 @@ class ChainEventVerifier:
     async def _proven_block(self, height: int) -> dict[str, tuple[str, str, str | None]]:
         key = f"events/{height:012d}"
         record, at = await self._prove(key)
-        if record is None and at < height:  # proven at an earlier height: wait for this one, briefly
-            await self._wait_for(height)
+        if record is None and at < height:  # proven at an earlier height: wait, briefly, for the
+            await self._wait_for(height + 1)  # header after this one, which proves the state after it
             record, at = await self._prove(key)
             if record is None and at < height:
                 raise NotOnChain(f"height {height} is not committed (proven up to {at})")

@@ -340,6 +340,8 @@ async def test_chain_events_are_proven_from_state_and_a_lying_nodes_block_result
             VerifiedChain(client, world.anchor) as reader:
         proven, believing = ChainEventVerifier(client, reader=reader), ChainEventVerifier(client, reader=None)
         await proven.verify(real)
+        await world.touch()  # an event of the block just committed: proven once the next header exists
+        await proven.verify(_committed_event(world.chain, f"member:{world.consumer.account}"))
         with pytest.raises(NotOnChain):
             await proven.verify(forged)
         # A relay publishes the forged event and the node vouches for it in block_results.
