@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import time
+from contextlib import ExitStack
 
 import httpx
 import pytest
@@ -39,79 +40,75 @@ def wait_for(check, timeout: float, what: str):
 @pytest.mark.timeout(300)
 def test_one_access_request_is_one_trace_from_gateway_through_chain_and_kafka_to_consumers(
         toolchain, kafka, tmp_path, monkeypatch):
-    collector = Collector(tmp_path / "otelcol")
-    collector.start()
-    # Every process started below inherits these (rdx.components.Process passes os.environ on).
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
-    services: list[ServiceProcess] = []
-    try:
-        with running_chain(toolchain, kafka, tmp_path / "chain") as chain:
-            tag = f"t{int(time.time()) % 100000}"
-            bank, telco = Identity.generate(f"bank-{tag}"), Identity.generate(f"telco-{tag}")
-            asset = f"{tag}.data"
+    with ExitStack() as stack:  # unwound in reverse: the services, then the chain, then the collector
+        collector = Collector(tmp_path / "otelcol")
+        stack.callback(collector.stop)
+        collector.start()
+        # Every process started below inherits these (rdx.components.Process passes os.environ on).
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+        chain = stack.enter_context(running_chain(toolchain, kafka, tmp_path / "chain"))
+        tag = f"t{int(time.time()) % 100000}"
+        bank, telco = Identity.generate(f"bank-{tag}"), Identity.generate(f"telco-{tag}")
+        asset = f"{tag}.data"
 
-            async def setup():
-                async with ChainClient(chain.rpc_url, chain.chain_id) as c:
-                    for who, roles in ((bank, ["consumer"]), (telco, ["provider"])):
-                        await c.submit(chain.association, "members.Register", {
-                            "id": who.account, "name": who.account, "roles": roles, "public_key": who.public_key})
-                    await c.submit(telco, "assets.List", {
-                        "id": asset, "level": "L3", "operations": ["psi"], "commitment": "ab" * 32,
-                        "price": {"model": "fixed", "amount": 10}, "metadata": example_metadata(f"Data {asset}")})
-                    return await c.next_nonce(bank.account)
+        async def setup():
+            async with ChainClient(chain.rpc_url, chain.chain_id) as c:
+                for who, roles in ((bank, ["consumer"]), (telco, ["provider"])):
+                    await c.submit(chain.association, "members.Register", {
+                        "id": who.account, "name": who.account, "roles": roles, "public_key": who.public_key})
+                await c.submit(telco, "assets.List", {
+                    "id": asset, "level": "L3", "operations": ["psi"], "commitment": "ab" * 32,
+                    "price": {"model": "fixed", "amount": 10}, "metadata": example_metadata(f"Data {asset}")})
+                return await c.next_nonce(bank.account)
 
-            nonce = asyncio.run(setup())
-            base = {"RDX_KAFKA_BOOTSTRAP": chain.kafka, "RDX_COMETBFT_RPC": chain.rpc_url,
-                    "RDX_CHAIN_ID": chain.chain_id}
-            billing = ServiceProcess("billing", free_port(), {**base, "RDX_STATE_ROOT": str(tmp_path / "billing")},
-                                     tmp_path / "logs")
-            gateway = ServiceProcess("gateway", free_port(), {
-                **base, "RDX_STATE_ROOT": str(tmp_path / "gateway"),
-                "RDX_BOOTSTRAP_KEY_SHA256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()}, tmp_path / "logs")
-            for proc in (billing, gateway):
-                services.append(proc)
-                proc.start()
+        nonce = asyncio.run(setup())
+        base = {"RDX_KAFKA_BOOTSTRAP": chain.kafka, "RDX_COMETBFT_RPC": chain.rpc_url,
+                "RDX_CHAIN_ID": chain.chain_id}
+        billing = ServiceProcess("billing", free_port(), {**base, "RDX_STATE_ROOT": str(tmp_path / "billing")},
+                                 tmp_path / "logs")
+        gateway = ServiceProcess("gateway", free_port(), {
+            **base, "RDX_STATE_ROOT": str(tmp_path / "gateway"),
+            "RDX_BOOTSTRAP_KEY_SHA256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()}, tmp_path / "logs")
+        for proc in (billing, gateway):
+            stack.callback(proc.stop)
+            proc.start()
 
-            tx = Tx.build(bank, chain.chain_id, "access.Request", nonce, {
-                "id": f"{tag}.grant", "asset": asset, "operations": ["psi"], "purpose": "tracing",
-                "expires_at": int(time.time()) + 86_400, "max_runs": 1})
-            url = f"{gateway.url}/v1/access-requests"
-            body = json.dumps({"tx": tx.model_dump()}).encode()
-            resp = httpx.post(url, content=body, timeout=30, headers={
-                "content-type": "application/json", **httpsig.sign(bank, "POST", url, body)})
-            assert resp.status_code == 200, resp.text
-            answered = resp.json()
-            # The gateway traced the tx, so the chain holds it with its trace: the hash it reports is
-            # that of the bytes it broadcast, not of the bytes the member signed.
-            assert answered["tx_hash"] != tx.hash
-            trace_id = resp.headers["traceparent"].split("-")[1]
+        tx = Tx.build(bank, chain.chain_id, "access.Request", nonce, {
+            "id": f"{tag}.grant", "asset": asset, "operations": ["psi"], "purpose": "tracing",
+            "expires_at": int(time.time()) + 86_400, "max_runs": 1})
+        url = f"{gateway.url}/v1/access-requests"
+        body = json.dumps({"tx": tx.model_dump()}).encode()
+        resp = httpx.post(url, content=body, timeout=30, headers={
+            "content-type": "application/json", **httpsig.sign(bank, "POST", url, body)})
+        assert resp.status_code == 200, resp.text
+        answered = resp.json()
+        # The gateway traced the tx, so the chain holds it with its trace: the hash it reports is
+        # that of the bytes it broadcast, not of the bytes the member signed.
+        assert answered["tx_hash"] != tx.hash
+        trace_id = resp.headers["traceparent"].split("-")[1]
 
-            def whole_trace():
-                spans = [s for s in collector.spans() if s["traceId"] == trace_id]
-                names = {(s["service"], s["name"]) for s in spans}
-                wanted = {("rdx-gateway", "POST /v1/access-requests"), ("rdx-gateway", "chain broadcast"),
-                          ("rdx-consensus", f"{CHAIN_EVENTS} publish"),
-                          ("rdx-billing", f"{CHAIN_EVENTS} process"), ("rdx-gateway", f"{CHAIN_EVENTS} process")}
-                return spans if wanted <= names else None
+        def whole_trace():
+            spans = [s for s in collector.spans() if s["traceId"] == trace_id]
+            names = {(s["service"], s["name"]) for s in spans}
+            wanted = {("rdx-gateway", "POST /v1/access-requests"), ("rdx-gateway", "chain broadcast"),
+                      ("rdx-consensus", f"{CHAIN_EVENTS} publish"),
+                      ("rdx-billing", f"{CHAIN_EVENTS} process"), ("rdx-gateway", f"{CHAIN_EVENTS} process")}
+            return spans if wanted <= names else None
 
-            spans = wait_for(whole_trace, 60, f"the trace {trace_id} with every span")
-            by_id = {s["spanId"]: s for s in spans}
-            broadcast = next(s for s in spans if s["name"] == "chain broadcast")
-            request = by_id[broadcast["parentSpanId"]]
-            assert request["name"] == "POST /v1/access-requests"
-            publish = [s for s in spans if s["name"] == f"{CHAIN_EVENTS} publish"]
-            assert publish and all(s["parentSpanId"] == broadcast["spanId"] for s in publish)
-            attrs = {a["key"]: a["value"] for a in broadcast["attributes"]}
-            assert attrs["rdx.tx.hash"]["stringValue"] == answered["tx_hash"]
-            consumed = [s for s in spans if s["name"] == f"{CHAIN_EVENTS} process"]
-            assert {s["parentSpanId"] for s in consumed} <= {s["spanId"] for s in publish}
-            assert {s["service"] for s in consumed} == {"rdx-billing", "rdx-gateway"}
-            # No span carries the tx's payload, a signature or a key.
-            text = json.dumps(spans)
-            for secret in (tx.sig, bank.public_key, "tracing\"", f"{tag}.grant"):
-                assert secret not in text
-    finally:
-        for proc in reversed(services):
-            proc.stop()
-        collector.stop()
+        spans = wait_for(whole_trace, 120, f"the trace {trace_id} with every span")
+        by_id = {s["spanId"]: s for s in spans}
+        broadcast = next(s for s in spans if s["name"] == "chain broadcast")
+        request = by_id[broadcast["parentSpanId"]]
+        assert request["name"] == "POST /v1/access-requests"
+        publish = [s for s in spans if s["name"] == f"{CHAIN_EVENTS} publish"]
+        assert publish and all(s["parentSpanId"] == broadcast["spanId"] for s in publish)
+        attrs = {a["key"]: a["value"] for a in broadcast["attributes"]}
+        assert attrs["rdx.tx.hash"]["stringValue"] == answered["tx_hash"]
+        consumed = [s for s in spans if s["name"] == f"{CHAIN_EVENTS} process"]
+        assert {s["parentSpanId"] for s in consumed} <= {s["spanId"] for s in publish}
+        assert {s["service"] for s in consumed} == {"rdx-billing", "rdx-gateway"}
+        # No span carries the tx's payload, a signature or a key.
+        text = json.dumps(spans)
+        for secret in (tx.sig, bank.public_key, "tracing\"", f"{tag}.grant"):
+            assert secret not in text
