@@ -3,6 +3,11 @@ the W3C form is ignored (the work starts a new trace) and nothing fails because 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -11,6 +16,7 @@ from services.common import tracing
 from services.common.service import Service
 from services.common.settings import ServiceSettings
 
+ROOT = Path(__file__).resolve().parents[3]
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 HOSTILE = [
     None, "", b"", "garbage", b"\xff\xfe\x00\x80" * 14, "x" * 10_000,
@@ -103,3 +109,13 @@ async def test_an_unhandled_exception_leaves_its_type_in_the_span_not_its_messag
     assert len(spans) == 1 and not spans[0].status.is_ok
     assert [dict(e.attributes) for e in spans[0].events] == [{"exception.type": "KeyError"}]
     assert "member-private-value" not in repr((spans[0].attributes, spans[0].status.description))
+
+
+def test_without_an_endpoint_tracing_stays_off_and_loads_no_sdk():
+    code = ("import sys; from services.common import kafka, service, tracing; "
+            "assert not tracing.setup('x') and not tracing.enabled(); "
+            "assert not [m for m in sys.modules if m.startswith(('opentelemetry.sdk', 'opentelemetry.exporter', "
+            "'opentelemetry.instrumentation'))]")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
