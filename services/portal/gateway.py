@@ -7,6 +7,7 @@ import json
 import logging
 import stat
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -96,3 +97,26 @@ class Gateway:
         kind = {400: "error.bad_request", 401: "error.no_key", 403: "error.forbidden", 404: "error.not_found",
                 409: "error.rejected", 422: "error.bad_request"}.get(answer.status_code, "error.gateway")
         raise GatewayError(answer.status_code if answer.status_code < 500 else 503, kind)
+
+    async def events(self, member: str, role: str, path: str) -> AsyncIterator[dict]:
+        """The JSON data of each event of one of the gateway's server-sent event streams (``data:``
+        lines up to a blank line, the WHATWG event-stream format; its comments are keep-alives).
+        Parsed here rather than with httpx-sse: the gateway's streams carry one JSON value per
+        event, which is these few lines."""
+        token = self._token(member, role)
+        if token is None:
+            raise GatewayError(503, "error.no_key")
+        try:
+            async with self._http.stream("GET", f"{self.base}/v1{path}", headers={"Authorization": f"Bearer {token}"},
+                                         timeout=httpx.Timeout(15.0, read=60.0)) as answer:
+                if answer.status_code != 200:
+                    raise GatewayError(404 if answer.status_code == 404 else 503, "error.gateway")
+                data: list[str] = []
+                async for line in answer.aiter_lines():
+                    if line.startswith("data:"):
+                        data.append(line[5:].lstrip())
+                    elif not line and data:
+                        yield json.loads("\n".join(data))
+                        data = []
+        except (httpx.HTTPError, ValueError):
+            raise GatewayError(503, "error.gateway") from None

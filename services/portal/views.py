@@ -4,7 +4,9 @@ the Cedar policy in force (read from the gateway) and, again, by the gateway its
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import json
 import re
 import secrets
@@ -15,6 +17,7 @@ from urllib.parse import parse_qs, urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
@@ -30,8 +33,16 @@ MAX_Q, MAX_VALUES, MAX_VALUE_LENGTH = 200, 20, 100
 MAX_FORM_BYTES = 4096
 MAX_TX_BYTES = 16_384
 ENVELOPE = {"chain_id", "nonce", "payload", "sig", "signer", "type"}
-# The signed transactions the portal's pages make, and the gateway route each goes to.
-RELAYED = {"access.Request": "/access-requests", "access.Approve": "/access-requests/{id}/approve"}
+# The signed transactions the portal's pages make: the gateway route each goes to, and the portal
+# role that may send it (the chain decides again, from the signer's key).
+RELAYED = {"access.Request": "/access-requests", "access.Approve": "/access-requests/{id}/approve",
+           "jobs.Submit": "/jobs", "members.Suspend": "/tx", "members.Reinstate": "/tx"}
+SENDER = {"access.Request": "member_admin", "access.Approve": "member_admin", "jobs.Submit": "member_admin",
+          "members.Suspend": "association_admin", "members.Reinstate": "association_admin"}
+JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]{2,79}$")
+MEMBER = re.compile(r"^[a-z0-9][a-z0-9\-]{1,39}$")
+JOB_TYPES = ("psi", "psi_cardinality")  # the job types the portal's form offers (the chain knows more)
+STATEMENT_DAYS = 90
 POLICY_TTL_S = 30.0
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -58,6 +69,34 @@ def price_text(t, price: dict | None) -> str:
     if model in ("free", "fixed", "per_record", "dynamic"):
         return t(f"price.{model}", amount=amount)
     return str(model)
+
+
+JOB_SHOWN = ("id", "type", "status", "consumer", "participants", "max_price", "ended_reason", "ended_height",
+             "result_hash", "submitted_height")
+STATEMENT_COLUMNS = ("height", "time", "kind", "amount", "counterparty", "job", "reference")
+
+
+def listing_asset(item: dict) -> policies.AssetView:
+    """What the Cedar policy is asked about, from the catalog's listing."""
+    return policies.AssetView(item["id"], item["level"], item["provider"]["id"], tuple(item["operations"]),
+                              item["status"])
+
+
+def job_view(record: dict) -> dict:
+    """What the pages show of a job record (the record may carry more as its type adds fields)."""
+    return {k: record.get(k) for k in JOB_SHOWN}
+
+
+def statement_csv(entries: list[dict]) -> str:
+    """The statement's entries as CSV; a text cell that a spreadsheet would run as a formula
+    (=, +, -, @, tab, CR) is written with a leading apostrophe (OWASP's CSV injection advice)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(STATEMENT_COLUMNS)
+    for e in entries:
+        writer.writerow(["'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
+                         for v in (e.get(c) for c in STATEMENT_COLUMNS)])
+    return out.getvalue()
 
 
 def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
@@ -219,8 +258,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             return error(request, 404, "error.not_found")
         try:
             item = await portal.gateway.get(s.member, s.role, f"/listings/{asset_id}")
-            asset = policies.AssetView(item["id"], item["level"], item["provider"]["id"], tuple(item["operations"]),
-                                       item["status"])
+            asset = listing_asset(item)
             if not (await policy(s)).decide(policies.Caller(s.member, s.role), "view", asset).allowed:
                 return error(request, 403, "error.forbidden")
             try:
@@ -240,7 +278,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         s = session_of(request)
         if s is None:
             return sign_in_first(request)
-        if s.role != "member_admin":
+        if s.role not in ("member_admin", "association_admin"):  # the roles that sign their member's txs
             return error(request, 403, "error.forbidden")
         return render(request, "keys.html")
 
@@ -268,8 +306,6 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             return problem(401, "error.signin", lang)
         if not s.csrf_ok(request.headers.get("x-csrf-token")) or request.headers.get("origin", origin) != origin:
             return problem(403, "error.csrf", lang)
-        if s.role != "member_admin":
-            return problem(403, "error.forbidden", lang)
         body = await request.body()
         try:
             tx = json.loads(body)["tx"] if len(body) <= MAX_TX_BYTES else None
@@ -278,6 +314,8 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         if not isinstance(tx, dict) or set(tx) != ENVELOPE or tx["signer"] != s.member or \
                 not isinstance(tx["payload"], dict) or tx["type"] not in RELAYED:
             return problem(400, "error.bad_request", lang)
+        if SENDER[tx["type"]] != s.role:
+            return problem(403, "error.forbidden", lang)
         path = RELAYED[tx["type"]]
         if "{id}" in path:
             grant = tx["payload"].get("id")
@@ -302,3 +340,133 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             return error(request, exc.status, exc.kind)
         grants.sort(key=lambda g: (g["status"] != "pending", g["id"]))
         return render(request, "access.html", grants=grants)
+
+    # -- jobs: submission with the quote, live progress, the member's own results --------------------
+    async def runnable(s: Session) -> list[dict]:
+        """The member's grants that the policy in force lets it run now, each with its listing's quote."""
+        grants = await portal.gateway.get(s.member, s.role, "/access-requests", {"status": "granted", "limit": "200"})
+        now, pol, found = int(time.time()), await policy(s), []
+        for g in grants:
+            if g["consumer"] != s.member:
+                continue
+            try:
+                item = await portal.gateway.get(s.member, s.role, f"/listings/{g['asset']}")
+            except GatewayError as exc:
+                if exc.status != 404:
+                    raise
+                continue  # not in the catalog (yet, or any more): nothing to run it on here
+            asset = listing_asset(item)
+            ops = [op for op in g["operations"] if op in JOB_TYPES and pol.decide(
+                policies.Caller(s.member, s.role), "run", asset, operation=op,
+                grant=policies.GrantView.of(g, now)).allowed]
+            if ops:
+                quote = await portal.gateway.get(s.member, s.role, "/billing/quote", {"asset": g["asset"]})
+                found.append({"grant": g["id"], "asset": g["asset"], "title": item["metadata"].get("title", g["asset"]),
+                              "operations": ops, "quote": quote["max_price"]})
+        return found
+
+    @app.get("/jobs", include_in_schema=False)
+    async def jobs(request: Request) -> Response:
+        s = session_of(request)
+        if s is None:
+            return sign_in_first(request)
+        try:
+            mine = await portal.gateway.get(s.member, s.role, "/jobs", {"limit": "200"})
+            offers = await runnable(s) if s.role == "member_admin" else []
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        mine.sort(key=lambda j: -(j.get("submitted_height") or 0))
+        return render(request, "jobs.html", jobs=[job_view(j) for j in mine], offers=offers,
+                      job_id=f"job-{secrets.token_hex(4)}")
+
+    @app.get("/jobs/{job_id}", include_in_schema=False)
+    async def job(request: Request, job_id: str) -> Response:
+        s = session_of(request)
+        if s is None:
+            return sign_in_first(request)
+        if not JOB_ID.match(job_id):
+            return error(request, 404, "error.no_job")
+        try:
+            record = await portal.gateway.get(s.member, s.role, f"/jobs/{job_id}")
+        except GatewayError as exc:
+            return error(request, exc.status, "error.no_job" if exc.status == 404 else exc.kind)
+        return render(request, "job.html", job=job_view(record), inputs=record.get("inputs") or [])
+
+    @app.get("/jobs/{job_id}/events", include_in_schema=False)
+    async def job_events(request: Request, job_id: str):
+        """The job's record as it changes, from the gateway's stream, to the page's EventSource."""
+        s = session_of(request)
+        if s is None:
+            return problem(401, "error.signin", language(request))
+        if not JOB_ID.match(job_id):
+            return problem(404, "error.no_job", language(request))
+        try:
+            await portal.gateway.get(s.member, s.role, f"/jobs/{job_id}")  # a clear 404 before the stream opens
+        except GatewayError as exc:
+            return problem(exc.status, "error.no_job" if exc.status == 404 else exc.kind, language(request))
+
+        async def follow():
+            # the wire format written here (event and data lines, a blank line): a response that
+            # decides its status before streaming does not fit FastAPI's generator-endpoint SSE
+            try:
+                async for record in portal.gateway.events(s.member, s.role, f"/jobs/{job_id}/events"):
+                    view = job_view(record) if isinstance(record, dict) else {}
+                    yield f"event: job\ndata: {json.dumps(view)}\n\n"
+            except GatewayError:
+                yield "event: gone\ndata: {}\n\n"  # the page says so; its EventSource tries again
+
+        return StreamingResponse(follow(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    # -- statements -----------------------------------------------------------------------------
+    async def statement_of(s: Session) -> dict:
+        since = int(time.time()) - STATEMENT_DAYS * 86400
+        return await portal.gateway.get(s.member, s.role, f"/billing/statements/{s.member}", {"since": str(since)})
+
+    @app.get("/statements", include_in_schema=False)
+    async def statements(request: Request) -> Response:
+        s = session_of(request)
+        if s is None:
+            return sign_in_first(request)
+        try:
+            doc = await statement_of(s)
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        return render(request, "statements.html", doc=doc, days=STATEMENT_DAYS)
+
+    @app.get("/statements.csv", include_in_schema=False)
+    async def statement_download(request: Request) -> Response:
+        s = session_of(request)
+        if s is None:
+            return sign_in_first(request)
+        try:
+            doc = await statement_of(s)
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        return Response(statement_csv(doc["entries"]), media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="statement-{s.member}.csv"'})
+
+    # -- staff: members (admit is members.Register with a key the new member made; suspend, resume) -
+    def staff(s: Session) -> bool:
+        """The member register is the association's: Cedar's ``suspend`` on a resource it owns."""
+        return policy_cache[1] is not None and policy_cache[1].decide(
+            policies.Caller(s.member, s.role), "suspend", policies.AssetView("member-register", "L1", "association", ())
+        ).allowed
+
+    @app.get("/staff/members", include_in_schema=False)
+    async def staff_members(request: Request) -> Response:
+        s = session_of(request)
+        if s is None:
+            return sign_in_first(request)
+        try:
+            await policy(s)
+            if not staff(s):
+                return error(request, 403, "error.forbidden")
+            members = await portal.gateway.get(s.member, s.role, "/members", {"limit": "1000"})
+            running = await portal.gateway.get(s.member, s.role, "/jobs", {"status": "running", "limit": "500"})
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        busy: dict[str, int] = {}
+        for j in running:
+            for m in j["participants"]:
+                busy[m] = busy.get(m, 0) + 1
+        return render(request, "staff_members.html", members=members, busy=busy)

@@ -21,19 +21,62 @@ from nacl.signing import VerifyKey
 from playwright.sync_api import Page, sync_playwright
 from test_local_exchange import _free_offset, rdx
 
-from rdx.components import LOOPBACK, ServiceProcess, free_port
+from rdx.components import LOOPBACK, ServiceProcess, free_port, http_ok
 from rdx.portal_login import user_record
 from rdx.portal_toolchain import CHROMIUM_ARGS, Hydra, LoginApp, axe_script, ensure_all
 from rdx.sdk import Gateway
+from rdx_client.errors import Forbidden
+from rdx.supervisor import NodeSpec, write_member_nodes
 from services.common import canonicaljson
 from services.common.identity import Identity
 from services.common.listing import example_metadata
+from services.compute.datasets import Datasets
 
 pytestmark = pytest.mark.e2e
 
 PASSWORD = "correct horse battery staple"
 CHINESE_TITLE = "移动用户画像（按区县）"
 PHONE = {"width": 390, "height": 844}
+
+
+SMALL, LARGE, OVERLAP = 2_000, 100_000, 700
+
+
+def retried(send, seconds: float = 30):
+    """``send()``, again while the gateway's cached view of the chain does not yet hold what the
+    block before committed (it answers 403 "unknown ..." until then)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return send()
+        except Forbidden as exc:
+            if "unknown" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def write_datasets(state: Path, telco: str, bank: str) -> dict[str, Path]:
+    """Each member's data on its own premises: the telco's phone numbers (listed), the bank's
+    customers (a small set for the journey's job, a large one for a job that runs long enough
+    to be aborted)."""
+    phones = [f"+86-139{i:08d}" for i in range(SMALL)]
+    sets = {telco: {"phones": phones},
+            bank: {"customers": phones[:OVERLAP] + [f"+86-150{i:08d}" for i in range(SMALL - OVERLAP)],
+                   "everyone": phones[:OVERLAP] + [f"+86-151{i:08d}" for i in range(LARGE)]}}
+    found = {}
+    for member, named in sets.items():
+        folder = state / "member-data" / member
+        folder.mkdir(parents=True, exist_ok=True)
+        entries = []
+        for name, rows in named.items():
+            (folder / f"{name}.csv").write_text("phone\n" + "\n".join(rows) + "\n")
+            entry = {"id": name, "format": "csv", "path": f"{name}.csv", "key": "phone"}
+            if member == telco:
+                entry["asset"] = f"{telco}.phones"
+            entries.append(entry)
+        (folder / "datasets.json").write_text(json.dumps({"datasets": entries}))
+        found[member] = folder / "datasets.json"
+    return found
 
 
 class Site:
@@ -65,24 +108,49 @@ def site(toolchain, tmp_path_factory):
         association = Identity.load(state / "keys" / "association.json")
         run = str(int(time.time()))
         telco, bank = Identity.generate(f"telco{run}"), Identity.generate(f"bank{run}")
+        phones_asset, datasets = f"{telco.account}.phones", write_datasets(state, telco.account, bank.account)
+        grpc = {m.account: free_port() for m in (telco, bank)}
+        for member in (telco, bank):  # each member's compute node, run by the local supervisor (below)
+            Identity.generate(f"{member.account}.node").save(state / "keys" / f"{member.account}.node.json")
+        node = {m.account: {"public_key": Identity.load(state / "keys" / f"{m.account}.node.json").public_key,
+                            "endpoint": f"{LOOPBACK}:{grpc[m.account]}"} for m in (telco, bank)}
         with Gateway(eps["gateway"], identity=association, api_key=admin_token, chain_id="rdx-local",
                      timeout=60) as admin:
             admin.send("members.Register", {"id": telco.account, "name": "华南电信", "roles": ["provider"],
-                                            "public_key": telco.public_key})
+                                            "public_key": telco.public_key, "node": node[telco.account]})
             admin.send("members.Register", {"id": bank.account, "name": "Bank of the Bay", "roles": ["consumer"],
-                                            "public_key": bank.public_key})
+                                            "public_key": bank.public_key, "node": node[bank.account]})
+            admin.send("bank.Deposit", {"to": bank.account, "amount": 10_000, "reference": f"portal-{run}"})
             keys = {f"{telco.account}/member_admin": admin.create_key(telco.account, "member_admin")["token"],
                     f"{bank.account}/analyst": admin.create_key(bank.account, "analyst")["token"],
-                    f"{bank.account}/member_admin": admin.create_key(bank.account, "member_admin")["token"]}
+                    f"{bank.account}/member_admin": admin.create_key(bank.account, "member_admin")["token"],
+                    "association/association_admin": admin_token}
+        specs = [NodeSpec(member=m, http_port=free_port(), grpc_port=grpc[m], key_file=f"keys/{m}.node.json",
+                          datasets=str(datasets[m].relative_to(state))) for m in grpc]
+        write_member_nodes(state, specs)
         asset = f"{telco.account}.subscribers"
         with Gateway(eps["gateway"], identity=telco, chain_id="rdx-local", timeout=60) as provider:
             provider.send("assets.List", {
                 "id": asset, "level": "L3", "operations": ["psi", "psi_cardinality"],
                 "commitment": hashlib.sha256(b"rows").hexdigest(), "price": {"model": "fixed", "amount": 40},
                 "metadata": example_metadata(CHINESE_TITLE, description="每位移动用户一行：在网时长、套餐与所在区县。")})
+            commitment, rows = Datasets.from_path(datasets[telco.account]).get("phones").summary()
+            provider.send("assets.List", {
+                "id": phones_asset, "level": "L3", "operations": ["psi"], "commitment": commitment,
+                "price": {"model": "fixed", "amount": 25},
+                "metadata": example_metadata("Subscribers' phone numbers", row_count=rows)})
+            with Gateway(eps["gateway"], identity=bank, chain_id="rdx-local", timeout=60) as consumer:
+                retried(lambda: consumer.request_access(f"g-phones-{run}", phones_asset, ["psi"], "joint marketing",
+                                                        max_runs=5))
+            retried(lambda: provider.approve(f"g-phones-{run}"))
+        deadline = time.monotonic() + 120
+        while not all(http_ok(f"http://{LOOPBACK}:{spec.http_port}/readyz") for spec in specs):
+            assert time.monotonic() < deadline, "the members' compute nodes did not become ready"
+            time.sleep(0.5)
         with Gateway(eps["gateway"], api_key=keys[f"{bank.account}/analyst"], timeout=30) as reader:
             deadline = time.monotonic() + 60
-            while not reader.search(CHINESE_TITLE[:2])["items"] and time.monotonic() < deadline:
+            while not (reader.search(CHINESE_TITLE[:2])["items"] and reader.search("phone numbers")["items"]) \
+                    and time.monotonic() < deadline:
                 time.sleep(0.5)
         keys_file = root / "portal-keys.json"
         keys_file.write_text(json.dumps(keys))
@@ -95,6 +163,7 @@ def site(toolchain, tmp_path_factory):
             "robot": user_record(PASSWORD, bank.account, "compute_operator", "A machine"),
             "mei": user_record(PASSWORD, f"shop{run}", "member_admin", "王美"),  # admitted during a test
             "tang": user_record(PASSWORD, telco.account, "member_admin", "唐工"),
+            "zhou": user_record(PASSWORD, "association", "association_admin", "周主任"),
         }}))
 
         login_port, portal_port = free_port(), free_port()
@@ -118,6 +187,7 @@ def site(toolchain, tmp_path_factory):
         s.url, s.asset, s.bank, s.hydra, s.portal = portal_url, asset, bank.account, hydra, portal
         s.shop, s.keys_file, s.keys, s.gateway, s.admin_token = f"shop{run}", keys_file, keys, eps["gateway"], admin_token
         s.association, s.state, s.telco = association, state, telco
+        s.bank_identity, s.phones_asset, s.phones_grant = bank, phones_asset, f"g-phones-{run}"
         yield s
         print(f"\nportal screenshots: {s.shots}")
     finally:
@@ -415,4 +485,154 @@ def test_relay_refuses_what_it_should_not_carry(browser, site, tmp_path):
         # A well-formed tx with a bad signature: the gateway refuses it, the portal says so.
         answer = http.post("/api/tx", json={"tx": good}, headers=headers)
         assert 400 <= answer.status_code < 500 and "detail" in answer.json()
+    assert site.portal.process.alive()
+
+
+def submit_job(page: Page) -> str:
+    """Submits the jobs page's form; the browser goes on to the job's page."""
+    job_id = page.locator("#job-id").input_value()
+    page.click("#send-job")
+    page.wait_for_function(f"location.pathname === '/jobs/{job_id}' || "
+                           "document.getElementById('job-submit-status')?.dataset.state === 'failed'", timeout=60_000)
+    assert page.url.endswith(f"/jobs/{job_id}"), page.locator("#job-submit-status").inner_text()
+    return job_id
+
+
+def test_a_job_signed_in_the_browser_followed_live_then_the_statement(browser, site, tmp_path):
+    """The bank's admin moves the bank's key into its browser, submits a PSI job on its grant from the
+    jobs page (the quote as its price), follows it live to completed (server-sent events, no polling
+    by the page), sees its result on chain, then reads the statement and downloads it as CSV."""
+    ctx = context(browser, site, tmp_path, "en-US")
+    page = ctx.new_page()
+    page.on("console", lambda m: print("browser:", m.text))
+    fetched: list[str] = []
+    page.on("request", lambda r: fetched.append(r.url))
+    sign_in(page, site, "ann")
+    public_key = make_browser_key(page, site)
+    with Gateway(site.gateway, identity=site.bank_identity, chain_id="rdx-local", timeout=60) as bank:
+        bank.send("members.RotateKey", {"public_key": public_key})
+    page.goto(f"{site.url}/jobs")
+    grant = page.locator("#job-grant option").first
+    assert grant.get_attribute("value") == site.phones_grant
+    quote = int(grant.get_attribute("data-quote"))
+    assert quote >= 25 and page.locator("#job-price").input_value() == str(quote)
+    assert serious_violations(page) == []
+    site.shot(page, "11-jobs-new-en")
+    job_id = submit_job(page)
+    page.wait_for_function("document.getElementById('job').dataset.status === 'completed'", timeout=180_000)
+    assert page.locator("#job-status").inner_text() == "completed"
+    assert re.fullmatch(r"[0-9a-f]{64}", page.locator("#job-result-hash").inner_text())
+    assert serious_violations(page) == []
+    site.shot(page, "12-job-completed-en")
+    # Live by one stream: the page asked for the job's events once and never polled its record.
+    assert [u for u in fetched if u.endswith(f"/jobs/{job_id}/events")] == [f"{site.url}/jobs/{job_id}/events"]
+    assert len([u for u in fetched if u == f"{site.url}/jobs/{job_id}"]) == 1
+    with Gateway(site.gateway, api_key=site.keys[f"{site.bank}/member_admin"], timeout=30) as bank:
+        record = bank.request("GET", f"/v1/jobs/{job_id}")
+    assert record["status"] == "completed" and record["result_hash"] == page.locator("#job-result-hash").inner_text()
+
+    # The statement: the job's charge is there (the billing read model trails the chain a little).
+    deadline = time.monotonic() + 30
+    while True:
+        page.goto(f"{site.url}/statements")
+        if page.locator(f"#entries a[href='/jobs/{job_id}']").count() or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert page.locator(f"#entries a[href='/jobs/{job_id}']").count() >= 1
+    assert page.locator("#closing").inner_text() != page.locator("#opening").inner_text()
+    assert serious_violations(page) == []
+    site.shot(page, "13-statement-en")
+    with page.expect_download() as download:
+        page.click("#download")
+    text = Path(download.value.path()).read_text()
+    assert text.splitlines()[0] == "height,time,kind,amount,counterparty,job,reference" and job_id in text
+    site.bank_ctx, site.bank_page = ctx, page  # the next journey's running job is signed in this browser
+
+
+def test_the_association_suspends_a_member_and_its_running_job_is_aborted(browser, site, tmp_path):
+    """Association staff (their role from the IdP, Cedar deciding) suspend the bank from the members page
+    after a confirmation, signed with the association's key in their browser: the bank's running job,
+    followed live in the bank admin's browser, is aborted. Then they resume the bank."""
+    staff = context(browser, site, tmp_path, "zh-CN")
+    page = staff.new_page()
+    sign_in(page, site, "zhou")
+    public_key = make_browser_key(page, site)
+    with Gateway(site.gateway, identity=site.association, chain_id="rdx-local", timeout=60) as officer:
+        officer.send("members.RotateKey", {"public_key": public_key})  # the officer's key moves to the browser
+    # A member's admin has no staff page.
+    bank_page = site.bank_page
+    assert httpx.get(f"{site.url}/staff/members", headers=jar({"rdx_portal": session_id(site.bank_ctx)})).status_code == 403
+
+    bank_page.goto(f"{site.url}/jobs")
+    bank_page.fill("#job-dataset", "everyone")  # the large set: the job runs for a while
+    job_id = submit_job(bank_page)
+    assert bank_page.locator("#job").get_attribute("data-status") == "running"
+
+    page.goto(f"{site.url}/staff/members")
+    row = page.locator(f"tr[id='member-{site.bank}']")
+    assert row.locator(".status").inner_text() == "active" and int(row.locator(".running").inner_text()) >= 1
+    assert serious_violations(page) == []
+    site.shot(page, "14-staff-members-zh")
+    row.locator("button[data-member-action]").click()
+    assert page.locator("#confirm").is_visible()
+    page.locator("#confirm-cancel").click()  # cancelling sends nothing
+    assert page.locator("#member-status").inner_text() == ""
+    row.locator("button[data-member-action]").click()
+    page.fill("#confirm-reason", "审计发现异常 audit finding")
+    site.shot(page, "15-staff-confirm-zh")
+    page.locator("#confirm-ok").click()
+    page.wait_for_selector("#member-status[data-state]", timeout=60_000)
+    assert page.locator("#member-status").get_attribute("data-state") == "done", page.locator("#member-status").inner_text()
+
+    bank_page.wait_for_function("document.getElementById('job').dataset.status === 'aborted'", timeout=30_000)
+    assert bank_page.locator("#job-status").inner_text() == "aborted"
+    site.shot(bank_page, "16-job-aborted-en")
+    page.reload()
+    row = page.locator(f"tr[id='member-{site.bank}']")
+    assert row.locator(".status").inner_text() == "suspended"
+    row.locator("button[data-member-action]").click()
+    page.locator("#confirm-reason").fill("复核完毕")
+    page.locator("#confirm-ok").click()
+    page.wait_for_selector("#member-status[data-state]", timeout=60_000)
+    assert page.locator("#member-status").get_attribute("data-state") == "done", page.locator("#member-status").inner_text()
+    page.reload()
+    assert page.locator(f"tr[id='member-{site.bank}'] .status").inner_text() == "active"
+    site.shot(page, "17-staff-resumed-zh")
+    staff.close()
+    site.bank_ctx.close()
+
+
+def test_jobs_statements_and_staff_pages_refuse_what_they_should(browser, site, tmp_path):
+    sessions = {}
+    for user in ("li.na", "ann"):
+        ctx = context(browser, site, tmp_path, "en-US")
+        page = ctx.new_page()
+        sign_in(page, site, user)
+        sessions[user] = (session_id(ctx), page.locator("meta[name=csrf]").get_attribute("content"))
+        ctx.close()
+    analyst, admin = ({"rdx_portal": sessions[u][0]} for u in ("li.na", "ann"))
+    with httpx.Client(base_url=site.url, follow_redirects=False, timeout=30) as http:
+        for path in ("/jobs", "/statements", "/statements.csv", "/staff/members", "/jobs/job-x"):
+            answer = http.get(path)  # no session: to sign-in, with the way back
+            assert answer.status_code == 303 and answer.headers["location"].startswith("/login?next=")
+        assert http.get("/jobs/job-x/events").status_code == 401
+        for bad in ("NOT..valid", "a" * 81, "no-such-job", "..%2F..%2Fkeys"):
+            assert http.get(f"/jobs/{bad}", headers=jar(analyst)).status_code == 404
+            assert http.get(f"/jobs/{bad}/events", headers=jar(analyst)).status_code == 404
+        # a member's people have no staff page, whatever their role
+        for who in (analyst, admin):
+            assert http.get("/staff/members", headers=jar(who)).status_code == 403
+        # the analyst's page lists jobs but offers no form: only the member's key signs, in its admin's browser
+        assert 'id="submit-job"' not in http.get("/jobs", headers=jar(analyst)).text
+        # the relay takes each type only from the role that makes it
+        tx = {"chain_id": "rdx-local", "nonce": 1, "sig": "AA==", "signer": site.bank}
+        for user, type_, payload in (("li.na", "jobs.Submit", {"id": "job-x"}),
+                                     ("ann", "members.Suspend", {"member": site.telco.account, "reason": "x"}),
+                                     ("ann", "members.Reinstate", {"member": site.bank})):
+            sid, csrf = sessions[user]
+            answer = http.post("/api/tx", json={"tx": {**tx, "type": type_, "payload": payload}},
+                               headers={**jar({"rdx_portal": sid}), "x-csrf-token": csrf, "origin": site.url})
+            assert answer.status_code == 403 and "detail" in answer.json()
+        csv_text = http.get("/statements.csv", headers=jar(admin)).text
+        assert csv_text.startswith("height,time,kind,amount,counterparty,job,reference")
     assert site.portal.process.alive()

@@ -99,9 +99,11 @@ async function signAndSend(status, signer, type, payload, texts) {
     const answer = await post("/api/tx", { tx });
     status.textContent = answer.ok ? `${texts.done} ${answer.body.tx_hash}` : `${texts.failed} ${answer.body.detail || ""}`;
     status.dataset.state = answer.ok ? "done" : "failed";
+    return answer.ok;
   } catch (err) {
     status.textContent = `${texts.failed} ${err.message}`;
     status.dataset.state = "failed";
+    return false;
   }
 }
 
@@ -126,5 +128,62 @@ document.querySelectorAll("button[data-approve]").forEach((button) => {
     await signAndSend(document.getElementById("approve-status"), button.dataset.account, "access.Approve",
                       { id: button.dataset.approve }, button.dataset);
     button.disabled = false;
+  });
+});
+
+// The jobs page: a job on one grant, at most the quoted price, signed here; then its page. (No
+// field of the form may be named "dataset": it would hide the form's own dataset property.)
+const jobForm = document.getElementById("submit-job");
+if (jobForm) {
+  const grant = document.getElementById("job-grant"), price = document.getElementById("job-price");
+  grant.addEventListener("change", () => { price.value = grant.selectedOptions[0].dataset.quote; });
+  jobForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData(jobForm), chosen = grant.selectedOptions[0];
+    const payload = { id: data.get("job"), type: data.get("type"), max_price: Number(data.get("max_price")),
+                      inputs: [{ asset: chosen.dataset.asset, grant: chosen.value }],
+                      params: { dataset: data.get("own_dataset"), key: data.get("key") }, timeout_s: 300 };
+    if (await signAndSend(document.getElementById("job-submit-status"), jobForm.dataset.account, "jobs.Submit",
+                          payload, jobForm.dataset)) {
+      window.location.assign(`/jobs/${encodeURIComponent(payload.id)}`);
+    }
+  });
+}
+
+// A job's page: its chain record as it changes, pushed by the portal (server-sent events), until it ends.
+const jobPanel = document.getElementById("job");
+const ENDED = ["completed", "failed", "aborted"];
+if (jobPanel && !ENDED.includes(jobPanel.dataset.status)) {
+  const texts = document.getElementById("status-texts").content, live = document.getElementById("job-live");
+  const source = new EventSource(`/jobs/${encodeURIComponent(jobPanel.dataset.job)}/events`);
+  live.hidden = false;
+  source.addEventListener("job", (event) => {
+    const job = JSON.parse(event.data);
+    const text = texts.querySelector(`[data-status="${job.status}"]`);
+    document.getElementById("job-status").textContent = text ? text.textContent : job.status;
+    document.getElementById("job-reason").textContent = job.ended_reason || "";
+    document.getElementById("job-ended").textContent = job.ended_height || "";
+    document.getElementById("job-result-hash").textContent = job.result_hash || "";
+    jobPanel.dataset.status = job.status;
+    if (ENDED.includes(job.status)) { source.close(); live.hidden = true; }
+  });
+}
+
+// Staff: suspend or resume a member, after a confirmation that asks for the reason.
+const dialog = document.getElementById("confirm");
+document.querySelectorAll("button[data-member-action]").forEach((button) => {
+  button.addEventListener("click", () => {
+    document.getElementById("confirm-text").textContent = button.dataset.confirm;
+    document.getElementById("confirm-reason").value = "";
+    dialog.onclose = async () => {
+      const reason = document.getElementById("confirm-reason").value;
+      if (dialog.returnValue !== "ok" || !reason) return;
+      const type = button.dataset.memberAction;
+      const payload = type === "members.Suspend" ? { member: button.dataset.member, reason } : { member: button.dataset.member };
+      button.disabled = true;
+      await signAndSend(document.getElementById("member-status"), button.dataset.account, type, payload, button.dataset);
+      button.disabled = false;
+    };
+    dialog.showModal();
   });
 });
