@@ -112,6 +112,12 @@ def outgoing_traceparent() -> str:
     return to_traceparent(_trace_id.get() or new_trace_id())
 
 
+async def inject_httpx(request) -> None:
+    """An httpx request hook: the call carries the current trace on (to rdx's own services only:
+    a member's endpoint is not told the exchange's trace ids)."""
+    request.headers["traceparent"] = outgoing_traceparent()
+
+
 # -- spans (only when export is on) ---------------------------------------------------------------
 def endpoint(env: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if env is None else env

@@ -10,6 +10,7 @@ import httpx
 from fastapi import Request
 from prometheus_client import Counter
 
+from services.common import tracing
 from services.common.chain import ChainClient
 from services.common.chainevents import ChainEventVerifier
 from services.common.events import CHAIN_EVENTS, Event
@@ -83,7 +84,8 @@ class Gateway:
         self.chain = ChainClient(self.settings.cometbft_rpc, self.settings.chain_id,
                                  timeout=self.settings.upstream_timeout_s)
         self.view = ChainView(self.chain)
-        self.http = httpx.AsyncClient(timeout=self.settings.upstream_timeout_s)
+        self.http = httpx.AsyncClient(timeout=self.settings.upstream_timeout_s,  # catalog and billing only
+                                      event_hooks={"request": [tracing.inject_httpx]})
         self.authenticator = Authenticator(self.keys, self.view, self.settings.clock_skew_s,
                                            self.settings.bootstrap_key_sha256, replays)
         self.shipper = AuditShipper(self.audit, self._producer, self.chain, self.identity,

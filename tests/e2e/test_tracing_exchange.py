@@ -68,7 +68,7 @@ def test_one_access_request_is_one_trace_from_gateway_through_chain_and_kafka_to
         billing = ServiceProcess("billing", free_port(), {**base, "RDX_STATE_ROOT": str(tmp_path / "billing")},
                                  tmp_path / "logs")
         gateway = ServiceProcess("gateway", free_port(), {
-            **base, "RDX_STATE_ROOT": str(tmp_path / "gateway"),
+            **base, "RDX_STATE_ROOT": str(tmp_path / "gateway"), "RDX_BILLING_URL": billing.url,
             "RDX_BOOTSTRAP_KEY_SHA256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()}, tmp_path / "logs")
         for proc in (billing, gateway):
             stack.callback(proc.stop)
@@ -108,6 +108,19 @@ def test_one_access_request_is_one_trace_from_gateway_through_chain_and_kafka_to
         consumed = [s for s in spans if s["name"] == f"{CHAIN_EVENTS} process"]
         assert {s["parentSpanId"] for s in consumed} <= {s["spanId"] for s in publish}
         assert {s["service"] for s in consumed} == {"rdx-billing", "rdx-gateway"}
+        # A read the gateway answers from billing: billing's request span is a child of the gateway's.
+        url = f"{gateway.url}/v1/billing/prices/{asset}"
+        resp = httpx.get(url, timeout=30, headers=httpsig.sign(bank, "GET", url, b""))
+        assert resp.status_code == 200, resp.text
+        read_trace = resp.headers["traceparent"].split("-")[1]
+
+        def read_spans():
+            found = {(s["service"], s["name"]): s for s in collector.spans() if s["traceId"] == read_trace}
+            return found if len(found) >= 2 else None
+
+        read = wait_for(read_spans, 60, f"the trace {read_trace} of the billing read")
+        outer = read[("rdx-gateway", "GET /v1/billing/prices/{asset_id}")]
+        assert read[("rdx-billing", "GET /v1/prices/{asset}")]["parentSpanId"] == outer["spanId"]
         # No span carries the tx's payload, a signature or a key.
         text = json.dumps(spans)
         for secret in (tx.sig, bank.public_key, "tracing\"", f"{tag}.grant"):
