@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -111,6 +112,7 @@ TxHash = Annotated[str, Path(min_length=64, max_length=64, pattern=r"^[0-9A-Fa-f
 JOB_ENDED = ("completed", "failed", "aborted")
 JOB_POLL_S = 0.5  # how often a job's stream reads the chain's record (a local ABCI query)
 JOB_STREAM_S = 600.0  # a stream ends after this; EventSource reconnects and gets the record again
+JOB_STREAMS_PER_MEMBER = 16  # each open stream reads the chain twice a second
 
 
 def next_page(request: Request, response: Response, after: str | int | None, key: str = "after") -> None:
@@ -237,25 +239,37 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
     async def job(record: dict = Depends(visible_job)) -> JobRecord:
         return record
 
+    streams: Counter[str] = Counter()  # open job streams by member (one process: a cap per replica)
+
+    async def stream_slot(request: Request, record: dict = Depends(visible_job), p: Principal = who) -> dict:
+        if streams[p.member] >= JOB_STREAMS_PER_MEMBER:
+            raise Problem(429, "Too many streams", f"at most {JOB_STREAMS_PER_MEMBER} job streams open per member",
+                          {"Retry-After": "5"})
+        return record
+
     @r.get("/jobs/{job_id}/events", response_class=EventSourceResponse,
            summary="A job's record as server-sent events: now, on every change, until it ends")
-    async def job_events(request: Request, job_id: Id, first: dict = Depends(visible_job)
+    async def job_events(request: Request, job_id: Id, first: dict = Depends(stream_slot), p: Principal = who
                          ) -> AsyncIterator[ServerSentEvent]:
         """Follows the chain's record (polled here, server-side, so that a browser or member system
         need not poll): one ``job`` event now and one per change; the stream ends once the job has
         ended, or after JOB_STREAM_S (the client's EventSource reconnects and gets the record again)."""
-        record, sent, until = first, None, time.monotonic() + JOB_STREAM_S
-        while True:
-            if record != sent:
-                yield ServerSentEvent(event="job", data=record, id=str(record.get("ended_height") or ""))
-                sent = record
-            if record["status"] in JOB_ENDED or time.monotonic() > until or await request.is_disconnected():
-                return
-            await asyncio.sleep(JOB_POLL_S)
-            try:
-                record = await gw.chain.query(f"/jobs/{job_id}") or sent
-            except ChainError:  # the node away for a moment: the stream keeps what it sent and asks again
-                record = sent
+        streams[p.member] += 1
+        try:
+            record, sent, until = first, None, time.monotonic() + JOB_STREAM_S
+            while True:
+                if record != sent:
+                    yield ServerSentEvent(event="job", data=record, id=str(record.get("ended_height") or ""))
+                    sent = record
+                if record["status"] in JOB_ENDED or time.monotonic() > until or await request.is_disconnected():
+                    return
+                await asyncio.sleep(JOB_POLL_S)
+                try:
+                    record = await gw.chain.query(f"/jobs/{job_id}") or sent
+                except ChainError:  # the node away for a moment: the stream keeps what it sent and asks again
+                    record = sent
+        finally:
+            streams[p.member] -= 1
 
     @r.get("/privacy/{asset_id}/{consumer}", summary="A listing's privacy budget: what a consumer spent and has left")
     async def privacy_budget(request: Request, asset_id: Id, consumer: Id, p: Principal = who) -> dict:

@@ -1,5 +1,5 @@
 """The gateway's job stream (GET /v1/jobs/{id}/events, server-sent events) on the real chain: the
-record now, every change, the end; only to a party of the job."""
+record now, every change, the end; only to a party of the job; a bounded number open per member."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from services.common import httpsig
 from services.common.chain import ChainClient
 from services.common.identity import Identity
 from services.common.listing import example_metadata
+from services.gateway.views import JOB_STREAMS_PER_MEMBER
 
 
 class World:
@@ -126,3 +127,37 @@ def test_the_members_list_pages_and_says_only_what_the_chain_makes_public(w):
                                         "status": "active"}
     url, headers = signed(w, w.other, "/v1/members?limit=0")
     assert httpx.get(url, headers=headers, timeout=30).status_code == 422
+
+
+def test_a_member_may_hold_only_so_many_streams_open(w):
+    job = w.jobs[1]  # still running: its streams stay open
+    with httpx.Client(timeout=30) as http:
+        opened = []  # each response with its event iterator (dropping the iterator would close the stream)
+        try:
+            for _ in range(JOB_STREAMS_PER_MEMBER):
+                url, headers = signed(w, w.bank, f"/v1/jobs/{job}/events")
+                response = http.send(http.build_request("GET", url, headers=headers), stream=True)
+                assert response.status_code == 200
+                reader = events(response)
+                assert next(reader)[1]["status"] == "running"  # open, and counted
+                opened.append((response, reader))
+            url, headers = signed(w, w.bank, f"/v1/jobs/{job}/events")
+            refused = http.get(url, headers=headers)
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "5"
+            # the cap is the member's: the provider of the same job still gets its stream
+            url, headers = signed(w, w.telco, f"/v1/jobs/{job}/events")
+            with http.stream("GET", url, headers=headers) as provider:
+                assert provider.status_code == 200
+        finally:
+            for response, _ in opened:
+                response.close()
+        # closed streams give their places back (the gateway sees a disconnect within a poll)
+        deadline = time.monotonic() + 15
+        while True:
+            url, headers = signed(w, w.bank, f"/v1/jobs/{job}/events")
+            with http.stream("GET", url, headers=headers) as again:
+                if again.status_code == 200 or time.monotonic() > deadline:
+                    break
+            time.sleep(0.5)
+        assert again.status_code == 200
+    assert w.proc.process.alive()
