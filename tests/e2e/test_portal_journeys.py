@@ -43,8 +43,9 @@ SMALL, LARGE, OVERLAP = 2_000, 100_000, 700
 
 
 def retried(send, seconds: float = 30):
-    """``send()``, again while the gateway's cached view of the chain does not yet hold what the
-    block before committed (it answers 403 "unknown ..." until then)."""
+    """``send()``, again while the gateway's view of the chain does not yet hold what the last block
+    committed (it reads the state a block behind the node's latest and caches answers for 2 s, so it
+    answers 403 "unknown ..." until then: docs/gateway.md)."""
     deadline = time.monotonic() + seconds
     while True:
         try:
