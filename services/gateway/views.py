@@ -159,7 +159,9 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
             raise Problem(CODE_STATUS.get(exc.code, 400), "Rejected by the chain", f"code {exc.code}: {exc.log}",
                           type=f"{problems.TYPE}chain:{CODE_NAMES.get(exc.code, exc.code)}", code=exc.code) from None
         except ChainError:
-            raise Problem(503, "Chain unavailable", "the chain did not answer in time; retry") from None
+            # The hash of the bytes broadcast (with tracing on, not the one the member signed): to look it up.
+            raise Problem(503, "Chain unavailable", f"the chain did not answer in time; the tx may still commit: "
+                          f"GET /v1/tx/{tx.hash} tells") from None
         return TxResult(tx_hash=committed.tx_hash, height=committed.height, events=committed.events)
 
     # -- catalog --------------------------------------------------------------------------------
