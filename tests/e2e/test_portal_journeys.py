@@ -603,6 +603,23 @@ def test_the_association_suspends_a_member_and_its_running_job_is_aborted(browse
     site.bank_ctx.close()
 
 
+def test_jobs_and_statement_pages_at_phone_width(browser, site, tmp_path):
+    ctx = context(browser, site, tmp_path, "zh-CN", phone=True)
+    page = ctx.new_page()
+    sign_in(page, site, "ann")
+    for path, shot in (("/jobs", "18-jobs-zh-phone"), ("/statements", "19-statement-zh-phone")):
+        page.goto(site.url + path)
+        assert fits_width(page) and serious_violations(page) == [], path
+        site.shot(page, shot)
+    page.goto(site.url + "/jobs")
+    page.locator("#jobs a").first.click()
+    page.wait_for_url(re.compile(r".*/jobs/job-[0-9a-f]+$"))
+    assert page.locator("#job-status").inner_text() in ("已完成", "已中止")
+    assert fits_width(page) and serious_violations(page) == []
+    site.shot(page, "20-job-zh-phone")
+    ctx.close()
+
+
 def test_jobs_statements_and_staff_pages_refuse_what_they_should(browser, site, tmp_path):
     sessions = {}
     for user in ("li.na", "ann"):
