@@ -42,6 +42,7 @@ from services.common.tx import Code
 
 WEEK_S = 7 * 86_400.0  # CometBFT's light client default trusting period (168h)
 PAGE = 100  # /validators per_page maximum
+CHANGED_SINCE = "changed at height "  # the app's hint on a proven answer (services/consensus/app.py)
 
 
 class VerificationError(ValueError):
@@ -159,12 +160,17 @@ class VerifiedChain:
             raise VerificationError("only one state key can be proven, not a listing")
         floor = self.latest.height - 1 if self.latest else 0
         # Proven at the height before the node's latest, whose app hash the latest header carries
-        # already: no waiting for the next block. A node that cannot (restarted since its last
-        # block, or a block committed meanwhile) is asked for its latest state instead.
+        # already: no waiting for the next block. The node's latest state is asked for instead (and
+        # its proving header waited for) when the key changed in the latest block (the answer's
+        # ``info`` says so: a read after a write sees it) or the node cannot prove the height before
+        # (restarted since its last block, or a block committed meanwhile). A node that hides the
+        # hint serves a value one block old, as any answer may be up to ``max_age_s`` old.
         latest = int((await self._rpc("status"))["sync_info"]["latest_block_height"])
         answer = await self._rpc("abci_query", path=f"/{key}", prove=True, height=str(max(latest - 1, 0)))
         try:
-            if answer["response"].get("code", 0) not in (Code.OK, Code.NOT_FOUND):
+            response = answer["response"]
+            if response.get("code", 0) not in (Code.OK, Code.NOT_FOUND) or str(response.get("info", "")).startswith(
+                    CHANGED_SINCE):
                 answer = await self._rpc("abci_query", path=f"/{key}", prove=True)
             height = int(answer["response"].get("height", -1))
         except (KeyError, TypeError, ValueError, AttributeError):

@@ -81,6 +81,7 @@ REASONS = {value: name.lower() for name, value in vars(Code).items() if name.isu
 MAX_QUERY_PATH = 512
 # Present once the app hash is the state tree's root (merkle.py): {"spec": PROOF_TYPE, "since": height}.
 STATE_TREE = "chain/state_tree"
+CHANGED_SINCE = "changed at height "  # a proven answer's info: the key changed in a later block
 # An applied upgrade to this app version or later switches a chain made before the tree to it.
 STATE_TREE_APP_VERSION = 2
 PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
@@ -139,6 +140,7 @@ class Outcome:
     log: str
     events: list[tuple[str, str, dict]]
     admissible: bool
+    trace: str | None = None  # the tx's traceparent, for the relay alone: never state or a result
 
 
 @dataclass
@@ -242,10 +244,14 @@ class RdxApp(Application):
         if self.db.height != now:  # a block committed meanwhile: the value and the root may be of two states
             return refuse("the state moved on while the proof was made: ask again")
         ops = ProofOps(ops=[ProofOp(type=PROOF_TYPE, key=key.encode(), data=proof.encode())])
+        # A hint, not a proof: the key changed in the latest block, so a reader that wants the
+        # latest value asks for it (and waits for the header that proves it).
+        info = f"{CHANGED_SINCE}{now}" if key in old else ""
         if text is None:
             return abci.ResponseQuery(code=Code.NOT_FOUND, log="no state at that path", key=key.encode(),
-                                      proof_ops=ops, height=at)
-        return abci.ResponseQuery(code=Code.OK, key=key.encode(), value=text.encode(), proof_ops=ops, height=at)
+                                      proof_ops=ops, height=at, info=info)
+        return abci.ResponseQuery(code=Code.OK, key=key.encode(), value=text.encode(), proof_ops=ops, height=at,
+                                  info=info)
 
     def undecodable_query(self) -> abci.ResponseQuery:
         return abci.ResponseQuery(code=Code.INVALID_QUERY, log="the query path is not UTF-8", height=self.db.height)
@@ -453,7 +459,7 @@ class RdxApp(Application):
             total += size
             index = len(kept)
             kept.append(raw)
-            tx_events = [ChainEvent(height, index, i, time, *e) for i, e in enumerate(outcome.events)]
+            tx_events = [ChainEvent(height, index, i, time, *e, outcome.trace) for i, e in enumerate(outcome.events)]
             events += tx_events
             results.append(abci.ExecTxResult(code=outcome.code, log=outcome.log,
                                              events=[abci_event(e, digests) for e in tx_events]))
@@ -568,7 +574,7 @@ class RdxApp(Application):
         ctx.store.merge_into_parent()
         if check:
             self._pending_bytes[tx.signer] = self._pending_bytes.get(tx.signer, 0) + len(raw)
-        return Outcome(Code.OK, "", ctx.events, True)
+        return Outcome(Code.OK, "", ctx.events, True, tx.trace)
 
     def _authenticate(self, state: Overlay, raw: bytes, height: int,
                       time: int) -> tuple[Context, BaseModel, governance.Signer]:

@@ -164,6 +164,10 @@ def test_a_proof_at_the_height_before_the_latest_proves_that_state_against_its_a
         return value
 
     assert proven_before(f"bank/balance/{people[0].account}") == b"50"  # written by the latest block: its old value
+    hint = f"changed at height {chain.db.height}"  # ...and a hint that a reader wanting the latest must wait
+    assert prove(chain.app, f"bank/balance/{people[0].account}", height=at).info == hint
+    assert prove(chain.app, f"members/{people[2].account}", height=at).info == hint
+    assert prove(chain.app, f"members/{people[1].account}", height=at).info == ""
     assert proven_before(f"bank/balance/{people[1].account}") is None
     assert proven_before(f"members/{people[2].account}") is None  # made by the latest block: absent before it
     assert json.loads(proven_before(f"members/{people[1].account}"))["id"] == people[1].account  # not written since
