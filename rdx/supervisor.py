@@ -147,11 +147,14 @@ class Exchange:
         self.comet = CometNode(self.state / "cometbft", tc, rpc_port=ports.cometbft_rpc, p2p_port=ports.cometbft_p2p,
                                abci_port=ports.abci, timeout_commit="1s")
         self.keys = self.state / "keys"
+        # Every service trusts the chain's genesis, not its node: reads and chain events are proven.
+        self.trusted_genesis = self.comet.home / "config" / "genesis.json"
         common = {
             "RDX_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "RDX_COMETBFT_RPC": self.comet.rpc_url,
             "RDX_CHAIN_ID": self.comet.chain_id,
             "RDX_STATE_ROOT": str(self.state),
+            "RDX_TRUSTED_GENESIS": str(self.trusted_genesis),
         }
         logs = self.state / "logs"
         self.consensus = ServiceProcess("consensus", ports.consensus, {**common, "RDX_ABCI_PORT": str(ports.abci)}, logs)
@@ -211,7 +214,8 @@ class Exchange:
                                 chain_id=self.comet.chain_id, state_root=self.state / "member-nodes",
                                 key_file=self.state / spec.key_file, grpc_port=spec.grpc_port,
                                 datasets=self.state / spec.datasets, log_dir=self.state / "logs" / "members" / member,
-                                http_port=spec.http_port, workers=spec.workers, log_level=spec.log_level)
+                                http_port=spec.http_port, workers=spec.workers, log_level=spec.log_level,
+                                trusted_genesis=self.trusted_genesis)
             try:
                 node.start(wait=False)
             except (SetupError, OSError) as exc:  # its port is taken: say so, keep the others
