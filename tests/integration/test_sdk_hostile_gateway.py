@@ -137,6 +137,27 @@ def test_a_write_whose_answer_is_lost_is_looked_up_by_hash_not_sent_again(gw):
         assert len(gw.calls("GET /v1/accounts/bank-a")) == 1
 
 
+def test_a_lost_write_is_looked_up_by_the_hash_the_gateway_names(gw):
+    traced = "C" * 64  # a tracing gateway broadcast other bytes (the signed tx with its trace context)
+
+    def committed(handler):
+        found = handler.path.rsplit("/", 1)[1] == traced
+        body = json.dumps({"tx_hash": traced, "status": "committed", "height": 4, "code": 0, "log": ""} if found
+                          else {"title": "Not found"}).encode()
+        handler.send_response(200 if found else 404)
+        handler.send_header("content-length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    gw.on("GET /v1/accounts/bank-a", (200, {}, ACCOUNT))
+    gw.on("POST /v1/jobs", (503, {}, {"title": "Chain unavailable", "detail": "the chain did not answer in time; the "
+                                      f"tx may still commit: GET /v1/tx/{traced} tells"}))
+    gw.on("GET /v1/tx/*", committed)
+    with client(gw) as c:
+        done = c.submit_job("j8", "psi", [{"asset": "a", "grant": "g"}], 10)
+    assert (done.tx_hash, done.height) == (traced, 4) and len(gw.calls("POST /v1/jobs")) == 1
+
+
 def test_a_lost_write_the_chain_never_saw_is_sent_again_with_the_same_bytes(gw):
     gw.on("GET /v1/accounts/bank-a", (200, {}, ACCOUNT))
     gw.on("POST /v1/jobs", (503, {}, {"title": "Chain unavailable"}), (200, {}, {"tx_hash": "B" * 64, "height": 3, "events": []}))

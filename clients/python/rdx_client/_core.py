@@ -12,6 +12,7 @@ import email.utils
 import functools
 import json
 import random
+import re
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from rdx_client.signing import Key, sign_request, sign_tx, tx_hash
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
+
+
+_NAMED_TX = re.compile(r"/v1/tx/([0-9A-Fa-f]{64})\b")  # the hash a gateway's 503 names (``_settle``)
 
 
 @dataclass(frozen=True)
@@ -256,7 +260,10 @@ class Operations:
             raise
 
     def _settle(self, path: str, envelope: dict[str, Any], lost: RdxError) -> Plan[m.TxResult]:
-        digest = tx_hash(envelope)
+        # A gateway with tracing on broadcasts the tx with its (unsigned) trace context, so the
+        # chain's hash is not that of what was signed; its 503 names the hash to look up.
+        named = _NAMED_TX.search(getattr(lost, "detail", "") or "")
+        digest = named.group(1).upper() if named else tx_hash(envelope)
         deadline = time.monotonic() + self._core.write_timeout
         resent = False
         while time.monotonic() < deadline:
