@@ -232,7 +232,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
 
     async def visible_job(request: Request, job_id: Id, p: Principal = who) -> dict:
         mark(request, job=job_id)
-        record = await gw.chain.query(f"/jobs/{job_id}")
+        record = await gw.view.get(f"/jobs/{job_id}", fresh=True)  # proven when the gateway holds an anchor
         if record is None or not (p.member in record["participants"] or p.role in ("association_admin", "auditor")):
             raise Problem(404, "Not found", f"no job {job_id} visible to {p.member}")
         return record
@@ -267,8 +267,8 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
                     return
                 await asyncio.sleep(JOB_POLL_S)
                 try:
-                    record = await gw.chain.query(f"/jobs/{job_id}") or sent
-                except ChainError:  # the node away for a moment: the stream keeps what it sent and asks again
+                    record = await gw.view.get(f"/jobs/{job_id}", fresh=True) or sent
+                except (ChainError, Problem):  # the node away or unproven for a moment: keep what was sent, ask again
                     record = sent
         finally:
             streams[p.member] -= 1
@@ -333,7 +333,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
 
     @r.get("/accounts/{account_id}", summary="A chain account's public key and nonce")
     async def account(account_id: Id, p: Principal = who) -> Account:
-        acc = await gw.chain.query(f"/accounts/{account_id}")
+        acc = await gw.view.get(f"/accounts/{account_id}", fresh=True)
         if acc is None:
             raise Problem(404, "Not found", f"no account {account_id}")
         return Account(**acc)

@@ -185,7 +185,7 @@ def test_the_gateway_refuses_a_member_key_from_a_lying_node(world, proxy, tmp_pa
     through the honest proxy; when the proxy swaps the member's key for the attacker's, the
     attacker's signed request is refused (502) and so is the member's, and no key is cached; a
     present key claimed absent is 502, not "unknown key"; a job whose grant is rewritten (claimed
-    granted, or absent) is refused 502 instead of relayed. (The gateway decides nothing on a
+    granted, or absent) is refused 502 instead of relayed; an account it shows, rewritten, is 502. (The gateway decides nothing on a
     balance; the SDK's and the reader's tests cover that rewrite.)"""
     genesis = world.chain.node.home / "config" / "genesis.json"
     proc = ServiceProcess("gateway", free_port(), {
@@ -234,6 +234,14 @@ def test_the_gateway_refuses_a_member_key_from_a_lying_node(world, proxy, tmp_pa
                 member.submit_job(f"byz-job-honest-{world.tag}", "aggregation",
                                   [{"asset": world.asset, "grant": world.grant}], max_price=100)
             assert refused.value.status == 403, refused.value.body
+            # What the gateway shows is proven too: an account's key rewritten is 502, not shown.
+            shown = member.request("GET", f"/v1/accounts/{world.node.account}")
+            assert shown["public_key"] == world.node.public_key
+            proxy.lie("key", f"accounts/{world.node.account}")
+            with pytest.raises(GatewayError) as refused:
+                member.request("GET", f"/v1/accounts/{world.node.account}")
+            assert refused.value.status == 502, refused.value.body
+            proxy.lie(None)
             assert member.request("GET", "/v1/policy")["version"] >= 1
         assert proxy.lies >= 3
     finally:
