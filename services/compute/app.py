@@ -66,7 +66,7 @@ def build(settings: ComputeSettings, job_types: dict[str, type[JobType]] | None 
         raise SystemExit("RDX_NODE_KEY_FILE is required when RDX_MEMBER_ID is set")
     member = settings.member_id
     identity = Identity(settings.node_account, Identity.load(settings.node_key_file).signing_key)
-    datasets = Datasets.from_path(settings.datasets, copies=settings.state_dir / "datasets")
+    datasets = Datasets.from_path(settings.datasets, copies=settings.copies_dir)
     chain = ChainClient(settings.cometbft_rpc, settings.chain_id)
     view = ChainView(chain)
     runner = make_runner(settings.runner, settings.workers, settings)

@@ -15,8 +15,8 @@ params). ``key`` is the column a PSI matches on unless the job says otherwise. R
 are relative to the JSON file. Nothing here hands rows to anything but a job running on this
 node: the HTTP API shows a dataset's id, asset, columns, row count and commitment only.
 
-A node keeps an imported copy of each CSV dataset (``copies``: a directory in its own state,
-0700, files 0600 — the copy is raw data and never leaves the node): an Arrow IPC file written
+A node keeps an imported copy of each CSV dataset (``copies``: a directory beside the data, not
+in the node's state, which holds no raw data; 0700, files 0600): an Arrow IPC file written
 in the one pass that computes the commitment, with the commitment and the source file's
 identity (size, mtime, ctime, inode) beside it. A job then memory-maps the copy and reads only
 its columns instead of parsing the CSV and re-hashing every row. The copy is used only while
@@ -176,7 +176,12 @@ class Dataset:
     def _scan_all(self, columns: Sequence[str]) -> Loaded:
         builder = MerkleBuilder()
         fp = self._fingerprint()
-        copy = _CopyWriter(self._copies, self.id) if self._copies is not None and self.config.format == "csv" else None
+        copy = None
+        if self._copies is not None and self.config.format == "csv":
+            try:
+                copy = _CopyWriter(self._copies, self.id)
+            except OSError as exc:  # a read-only data volume: no copy, the source is read every time
+                log.warning("dataset %s: no imported copy (%s)", self.id, type(exc).__name__)
         wanted: dict[str, list[Any]] = {c: [] for c in columns}
         try:
             return self._scan_rows(columns, builder, wanted, fp, copy)
@@ -197,7 +202,12 @@ class Dataset:
             for c, i in zip(columns, index):
                 wanted[c].extend(r[i] for r in rows)
             if copy is not None:
-                copy.add(names, rows)
+                try:
+                    copy.add(names, rows)
+                except OSError as exc:  # a full disk costs speed, not the job
+                    log.warning("dataset %s: no imported copy kept (%s)", self.id, type(exc).__name__)
+                    copy.discard()
+                    copy = None
         if index is None and columns:
             if not names:
                 names = self.columns()

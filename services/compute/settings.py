@@ -20,6 +20,15 @@ class ComputeSettings(ServiceSettings):
     grpc_host: str | None = Field(None, description="RDX_GRPC_HOST: where the peer channel listens (default: http_host)")
     grpc_port: int = Field(50051, ge=0, le=65535, description="RDX_GRPC_PORT: the peer channel")
     datasets: Path | None = Field(None, description="RDX_DATASETS: a JSON file or a directory of them")
+    dataset_copies: Path | None = Field(None, description="RDX_DATASET_COPIES: where the node keeps its imported "
+                                        "copies of the datasets (raw data: keep them with the data, never in the "
+                                        "node's state); default .rdx-copies beside RDX_DATASETS")
+
+    @property
+    def copies_dir(self) -> Path | None:
+        if self.dataset_copies is not None or self.datasets is None:
+            return self.dataset_copies
+        return (self.datasets if self.datasets.is_dir() else self.datasets.parent) / ".rdx-copies"
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256,
                          description="RDX_WORKERS: processes for the cryptography of jobs")
     runner: str = Field("local", description="RDX_RUNNER: where jobs' heavy batches run: local, or kubernetes")

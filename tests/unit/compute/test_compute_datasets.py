@@ -222,3 +222,24 @@ def test_concurrent_loads_import_once_and_a_crashed_import_leaves_nothing_behind
         t.join()
     assert len(scans) == 1 and len({(r.commitment, tuple(r.columns["phone"])) for r in results}) == 1
     assert sorted(f.name for f in (tmp_path / "copies").iterdir()) == ["d.arrow", "d.json"]
+
+
+def test_copies_that_cannot_be_written_cost_speed_not_the_job(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    d, _ = _copied(tmp_path)
+    plain = Dataset(d.config).load(["phone"])
+    stuck = Dataset(d.config, blocker / "copies")  # its parent is a file: nothing can be made there
+    assert (stuck.load(["phone"]).columns, stuck.load(["phone"]).commitment) == (plain.columns, plain.commitment)
+
+
+def test_a_node_keeps_its_copies_beside_the_data_not_in_its_state(tmp_path, monkeypatch):
+    from services.compute.settings import ComputeSettings
+    (tmp_path / "ds.json").write_text("{}")
+    monkeypatch.setenv("RDX_DATASETS", str(tmp_path / "ds.json"))
+    monkeypatch.setenv("RDX_STATE_ROOT", str(tmp_path / "state"))
+    settings = ComputeSettings()
+    assert settings.copies_dir == tmp_path / ".rdx-copies"
+    assert tmp_path / "state" not in settings.copies_dir.parents
+    monkeypatch.setenv("RDX_DATASET_COPIES", str(tmp_path / "elsewhere"))
+    assert ComputeSettings().copies_dir == tmp_path / "elsewhere"
