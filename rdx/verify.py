@@ -22,7 +22,7 @@ from typing import Any
 import typer
 
 from services.common.chain import ChainError
-from services.common.chainevents import digest_of
+from services.common.chainevents import digest_of, events_key
 from services.common.events import Event, EventDecodeError
 from services.common.lightclient import header_hash
 from services.common.verified import Anchor, VerificationError, VerifiedChain
@@ -67,7 +67,7 @@ async def chain_event(reader: VerifiedChain, event_id: str, received: bytes | No
             raise ValueError
     except ValueError:
         raise VerificationError(f"an event id is <height>/<tx>/<index>, not {event_id[:40]!r}") from None
-    record = await reader.query(f"events/{height:012d}")
+    record = await reader.query(events_key(height))
     entry = (record or {}).get(event_id)
     if entry is None:
         raise VerificationError(f"block {height} holds no event {event_id} (proven)")

@@ -49,6 +49,12 @@ log = logging.getLogger("rdx.chainevents")
 
 ID_ATTRIBUTE, ENTITY_ATTRIBUTE, DIGEST_ATTRIBUTE = "id", "entity", "digest"
 STATE_TREE_KEY = "chain/state_tree"  # the app's record of its state tree's rules (services/consensus/app.py)
+
+
+def events_key(height: int) -> str:
+    """The state key of a block's event record (the app writes it, a consumer proves it)."""
+    return f"events/{height:012d}"
+
 FROM_ENV = object()  # ChainEventVerifier's default reader: the environment's trust anchor, if any
 
 
@@ -139,7 +145,7 @@ class ChainEventVerifier:
             raise ChainUnavailable(f"{key} cannot be proven: {exc}") from None
 
     async def _proven_block(self, height: int) -> dict[str, tuple[str, str, str | None]]:
-        key = f"events/{height:012d}"
+        key = events_key(height)
         record, at = await self._prove(key)
         if record is None and at < height:  # proven at an earlier height: wait, briefly, for the
             await self._wait_for(height + 1)  # header after this one, which proves the state after it

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 PROOF_TYPE = "rdx:smt-sha256:v1"
+CHANGED_SINCE = "changed at height "  # a proven answer's info: its key changed in a later block
 EMPTY = bytes(32)
 LEAF_PREFIX, INNER_PREFIX = b"\x00", b"\x01"
 EXISTS, ABSENT_EMPTY, ABSENT_LEAF = 0, 1, 2

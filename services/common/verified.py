@@ -42,7 +42,6 @@ from services.common.tx import Code
 
 WEEK_S = 7 * 86_400.0  # CometBFT's light client default trusting period (168h)
 PAGE = 100  # /validators per_page maximum
-CHANGED_SINCE = "changed at height "  # the app's hint on a proven answer (services/consensus/app.py)
 
 
 class VerificationError(ValueError):
@@ -170,7 +169,7 @@ class VerifiedChain:
         try:
             response = answer["response"]
             if response.get("code", 0) not in (Code.OK, Code.NOT_FOUND) or str(response.get("info", "")).startswith(
-                    CHANGED_SINCE):
+                    proofs.CHANGED_SINCE):
                 answer = await self._rpc("abci_query", path=f"/{key}", prove=True)
             height = int(answer["response"].get("height", -1))
         except (KeyError, TypeError, ValueError, AttributeError):

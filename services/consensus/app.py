@@ -32,9 +32,10 @@ from tendermint.crypto.proof_pb2 import ProofOp, ProofOps
 from tendermint.types.params_pb2 import ConsensusParams, VersionParams
 
 from services.common import identity
-from services.common.chainevents import digest
+from services.common.chainevents import STATE_TREE_KEY as STATE_TREE
+from services.common.chainevents import digest, events_key
 from services.common.policy import DEFAULT_POLICY_TEXT
-from services.common.proofs import PROOF_TYPE
+from services.common.proofs import CHANGED_SINCE, PROOF_TYPE
 from services.common.tx import Code, Tx, TxError
 from services.consensus.abci.application import Application, proto_tx_size
 from services.consensus import params as chain_params
@@ -79,10 +80,9 @@ INTERNAL_ERROR = 99
 REASONS = {value: name.lower() for name, value in vars(Code).items() if name.isupper()} | {INTERNAL_ERROR: "internal"}
 
 MAX_QUERY_PATH = 512
-# Present once the app hash is the state tree's root (merkle.py): {"spec": PROOF_TYPE, "since": height}.
-STATE_TREE = "chain/state_tree"
-CHANGED_SINCE = "changed at height "  # a proven answer's info: the key changed in a later block
-# An applied upgrade to this app version or later switches a chain made before the tree to it.
+# STATE_TREE (chainevents.STATE_TREE_KEY) is present once the app hash is the state tree's root (merkle.py):
+# {"spec": PROOF_TYPE, "since": height, "events_since": height}. An applied upgrade to this app version or later
+# switches a chain made before the tree to it.
 STATE_TREE_APP_VERSION = 2
 PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 MAX_PAGE_BYTES = 1 << 20  # a page stops early rather than answer more than this much JSON
@@ -629,10 +629,6 @@ class RdxApp(Application):
         account = state.get(f"accounts/{tx.signer}")
         account["nonce"] = tx.nonce
         state.set(f"accounts/{tx.signer}", account)
-
-
-def events_key(height: int) -> str:
-    return f"events/{height:012d}"
 
 
 def event_digest(e: ChainEvent) -> str:
