@@ -176,50 +176,36 @@ class Dataset:
     def _scan_all(self, columns: Sequence[str]) -> Loaded:
         builder = MerkleBuilder()
         fp = self._fingerprint()
-        copy = None
-        if self._copies is not None and self.config.format == "csv":
-            try:
-                copy = _CopyWriter(self._copies, self.id)
-            except OSError as exc:  # a read-only data volume: no copy, the source is read every time
-                log.warning("dataset %s: no imported copy (%s)", self.id, type(exc).__name__)
+        copy = _CopyWriter(self._copies, self.id) if self._copies is not None and self.config.format == "csv" else None
         wanted: dict[str, list[Any]] = {c: [] for c in columns}
+        index: list[int] | None = None
+        names: list[str] = []
         try:
-            return self._scan_rows(columns, builder, wanted, fp, copy)
+            for names, rows in self.scan():
+                if index is None:
+                    self._require(columns, names)
+                    index = [names.index(c) for c in columns]
+                builder.add_rows(names, rows)
+                for c, i in zip(columns, index):
+                    wanted[c].extend(r[i] for r in rows)
+                if copy is not None:
+                    copy.add(names, rows)
+            if index is None and columns:
+                self._require(columns, names or self.columns())
+            root = builder.root()
+            if self._fingerprint() == fp:  # a file written to while it was read is imported next time
+                self._cached = (fp, root, builder.count)
+                if self._copies is not None:
+                    self._keep(fp, root, builder.count, copy if builder.count else None)
+            return Loaded(self.id, root, builder.count, wanted)
         finally:
             if copy is not None:
                 copy.discard()  # unless finished: a failed or raced import leaves no temp file
 
-    def _scan_rows(self, columns, builder, wanted, fp, copy) -> Loaded:
-        index: list[int] | None = None
-        names: list[str] = []
-        for names, rows in self.scan():
-            if index is None:
-                missing = [c for c in columns if c not in names]
-                if missing:
-                    raise DatasetError(f"dataset {self.id} has no column {', '.join(missing)}")
-                index = [names.index(c) for c in columns]
-            builder.add_rows(names, rows)
-            for c, i in zip(columns, index):
-                wanted[c].extend(r[i] for r in rows)
-            if copy is not None:
-                try:
-                    copy.add(names, rows)
-                except OSError as exc:  # a full disk costs speed, not the job
-                    log.warning("dataset %s: no imported copy kept (%s)", self.id, type(exc).__name__)
-                    copy.discard()
-                    copy = None
-        if index is None and columns:
-            if not names:
-                names = self.columns()
-            missing = [c for c in columns if c not in names]
-            if missing:
-                raise DatasetError(f"dataset {self.id} has no column {', '.join(missing)}")
-        root = builder.root()
-        if self._fingerprint() == fp:  # a file written to while it was read is imported next time
-            self._cached = (fp, root, builder.count)
-            if self._copies is not None:
-                self._keep(fp, root, builder.count, copy if builder.count else None)
-        return Loaded(self.id, root, builder.count, wanted)
+    def _require(self, columns: Sequence[str], names: Sequence[str]) -> None:
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise DatasetError(f"dataset {self.id} has no column {', '.join(missing)}")
 
     # -- the imported copy ------------------------------------------------------------------------
     def _meta_path(self) -> Path:
@@ -230,7 +216,7 @@ class Dataset:
                 "fingerprint": fp, "commitment": root, "rows": rows}
         try:
             self._copies.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if copy is not None:
+            if copy is not None and copy.alive:
                 meta["copy_bytes"] = copy.finish()
             _write_private(self._meta_path(), json.dumps(meta).encode())
         except OSError as exc:  # a full disk costs speed, not the job
@@ -242,6 +228,7 @@ class Dataset:
         import pyarrow.parquet as pq
 
         try:
+            arrow = self._copies / f"{self.id}.arrow"
             meta = json.loads(self._meta_path().read_bytes())
             fp = self._fingerprint()
             if (meta.get("source"), meta.get("format"), meta.get("delimiter")) != \
@@ -250,16 +237,13 @@ class Dataset:
                 return None
             root, rows = meta["commitment"], meta["rows"]
             if self.config.format == "csv":
-                path = self._copies / f"{self.id}.arrow"
-                if path.stat().st_size != meta["copy_bytes"]:
+                if arrow.stat().st_size != meta["copy_bytes"]:
                     return None
-                table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+                table = pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()
             else:
                 source = pq.ParquetFile(self.config.path)
                 table = source.read(columns=[c for c in dict.fromkeys(columns) if c in source.schema_arrow.names])
-            missing = [c for c in columns if c not in table.column_names]
-            if missing:
-                raise DatasetError(f"dataset {self.id} has no column {', '.join(missing)}")
+            self._require(columns, table.column_names)
             if table.num_rows != rows:
                 return None
             wanted = {c: table.column(c).to_pylist() for c in columns}
@@ -288,11 +272,11 @@ class Dataset:
 
     def summary(self) -> tuple[str, int]:
         """(commitment, rows), recomputed only when the file changed since the last time."""
-        fp = self._fingerprint()
-        if self._cached is None or self._cached[0] != fp:
-            loaded = self.load(())
-            self._cached = (fp, loaded.commitment, loaded.rows)
-        return self._cached[1], self._cached[2]
+        cached = self.cached_summary()
+        if cached is not None:
+            return cached
+        loaded = self.load(())  # which keeps the summary, unless the file changed while it was read
+        return loaded.commitment, loaded.rows
 
     def cached_summary(self) -> tuple[str, int] | None:
         if self._cached is not None and self._cached[0] == self._fingerprint():
@@ -316,17 +300,35 @@ def _write_private(path: Path, data: bytes) -> None:
 
 class _CopyWriter:
     """The Arrow IPC copy of a CSV dataset, written batch by batch during the import's one pass
-    (every column a string, as the CSV reader gives them), renamed into place by ``finish``."""
+    (every column a string, as the CSV reader gives them), renamed into place by ``finish``. A copy
+    that cannot be written (a read-only data volume, a full disk) costs speed, never the job: the
+    writer logs it once and stops writing."""
 
     def __init__(self, copies: Path, dataset_id: str):
-        copies.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for stale in copies.glob(f".{dataset_id}.*.tmp"):  # an import a crash cut short (ids have no glob characters)
-            stale.unlink(missing_ok=True)
-        self.path = copies / f"{dataset_id}.arrow"
+        self.id, self.path = dataset_id, copies / f"{dataset_id}.arrow"
         self._tmp = copies / f".{dataset_id}.arrow.{uuid.uuid4().hex}.tmp"
         self._sink = self._writer = None
+        self.alive = self._guard(lambda: self._prepare(copies))
+
+    def _prepare(self, copies: Path) -> None:
+        copies.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for stale in copies.glob(f".{self.id}.*.tmp"):  # an import a crash cut short (ids have no glob characters)
+            stale.unlink(missing_ok=True)
+
+    def _guard(self, step) -> bool:
+        try:
+            step()
+            return True
+        except OSError as exc:
+            log.warning("dataset %s: no imported copy kept (%s)", self.id, type(exc).__name__)
+            self.discard()
+            return False
 
     def add(self, names: list[str], rows: list[Sequence[Any]]) -> None:
+        if self.alive:
+            self.alive = self._guard(lambda: self._add(names, rows))
+
+    def _add(self, names: list[str], rows: list[Sequence[Any]]) -> None:
         import pyarrow as pa
 
         if self._writer is None:
@@ -348,7 +350,10 @@ class _CopyWriter:
         if self._writer is not None:
             self._sink.close()
             self._writer = None
-        self._tmp.unlink(missing_ok=True)
+        try:
+            self._tmp.unlink(missing_ok=True)
+        except OSError:  # no directory to hold it: nothing was written
+            pass
 
 
 class Datasets:
