@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import sqlite3
+import stat
 import sys
 import threading
 import uuid
@@ -229,6 +230,9 @@ class Dataset:
 
         try:
             arrow = self._copies / f"{self.id}.arrow"
+            if not _private(self._copies, directory=True) or not _private(self._meta_path()) \
+                    or self.config.format == "csv" and not _private(arrow):
+                return None  # a copy someone else could have written is not evidence of the committed rows
             meta = json.loads(self._meta_path().read_bytes())
             fp = self._fingerprint()
             if (meta.get("source"), meta.get("format"), meta.get("delimiter")) != \
@@ -282,6 +286,16 @@ class Dataset:
         if self._cached is not None and self._cached[0] == self._fingerprint():
             return self._cached[1], self._cached[2]
         return None
+
+
+def _private(path: Path, directory: bool = False) -> bool:
+    """``path`` is this node's own: its user's, not a symlink, a directory no one else may write
+    to, a file no one else may read or write. A copy others could have written could hold rows
+    the listing never committed."""
+    st = path.lstat()
+    if directory:
+        return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
 def _tuples(value: Any) -> tuple:

@@ -243,3 +243,25 @@ def test_a_node_keeps_its_copies_beside_the_data_not_in_its_state(tmp_path, monk
     assert tmp_path / "state" not in settings.copies_dir.parents
     monkeypatch.setenv("RDX_DATASET_COPIES", str(tmp_path / "elsewhere"))
     assert ComputeSettings().copies_dir == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize("exposure", ["world-writable copy", "group-writable directory", "symlinked copy"])
+def test_a_copy_others_could_have_written_is_not_used(tmp_path, exposure):
+    d, _ = _copied(tmp_path)
+    first = d.load(["phone"])
+    copies, arrow = tmp_path / "copies", tmp_path / "copies" / "d.arrow"
+    forged = tmp_path / "forged.arrow"
+    if exposure == "world-writable copy":
+        arrow.chmod(0o666)
+    elif exposure == "group-writable directory":
+        copies.chmod(0o770)
+    else:
+        forged.write_bytes(arrow.read_bytes())
+        arrow.unlink()
+        arrow.symlink_to(forged)
+    again = Dataset(d.config, copies)
+    scans = []
+    scan = again.scan
+    again.scan = lambda *a, **k: (scans.append(1), (yield from scan(*a, **k)))[1]
+    loaded = again.load(["phone"])
+    assert scans and (loaded.columns, loaded.commitment) == (first.columns, first.commitment)  # read from the source
