@@ -19,10 +19,11 @@ HERE = Path(__file__).parent
 
 
 class Portal:
-    def __init__(self, settings: PortalSettings):
+    def __init__(self, settings: PortalSettings, http: httpx.AsyncClient | None = None):
+        """``http``: the client for the gateway and the IdP (a unit test passes one on its own transport)."""
         self.settings = settings
         self.svc = Service(settings, title="rdx portal")
-        self.http = httpx.AsyncClient(timeout=15.0)
+        self.http = http or httpx.AsyncClient(timeout=15.0)
         self.gateway = Gateway(settings.gateway_url, settings.portal_gateway_keys_file, self.http)
         self.oidc = OIDC(settings.portal_oidc_issuer, settings.portal_oidc_client_id,
                          settings.portal_oidc_client_secret.get_secret_value(),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.responses import StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -46,6 +46,15 @@ STATEMENT_DAYS = 90
 POLICY_TTL_S = 30.0
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+class Answer(Exception):
+    """A page's answer decided before its handler runs (sign in first, not allowed): the request's
+    dependencies raise it and the app sends its response."""
+
+    def __init__(self, response: Response):
+        super().__init__(response.status_code)
+        self.response = response
+
 
 templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                         autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
@@ -158,6 +167,52 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             policy_cache[:] = [time.monotonic(), policies.Policy(doc["text"], doc.get("version", 1))]
         return policy_cache[1]
 
+    def staff(pol: policies.Policy, s: Session) -> bool:
+        """The member register is the association's: Cedar's ``suspend`` on a resource it owns."""
+        return pol.decide(policies.Caller(s.member, s.role), "suspend",
+                          policies.AssetView("member-register", "L1", "association", ())).allowed
+
+    def problem(status: int, kind: str, lang: str) -> JSONResponse:
+        return JSONResponse({"detail": i18n.translator(lang)(kind)}, status_code=status)
+
+    @app.exception_handler(Answer)
+    async def answered(request: Request, exc: Answer) -> Response:
+        return exc.response
+
+    # -- who is asking: each page names the dependency it needs, and nothing else checks ----------
+    async def person(request: Request) -> Session:
+        """A page's signed-in person; anyone else goes to sign-in and back."""
+        s = session_of(request)
+        if s is None:
+            raise Answer(sign_in_first(request))
+        return s
+
+    async def api_person(request: Request) -> Session:
+        """The signed-in person behind a page script's call (a JSON 401 for anyone else)."""
+        s = session_of(request)
+        if s is None:
+            raise Answer(problem(401, "error.signin", language(request)))
+        return s
+
+    async def signer(request: Request, s: Session = Depends(person)) -> Session:
+        """The roles that sign their member's transactions (the member's key is in their browser)."""
+        if s.role not in ("member_admin", "association_admin"):
+            raise Answer(error(request, 403, "error.forbidden"))
+        return s
+
+    async def staff_person(request: Request, s: Session = Depends(person)) -> Session:
+        """Association staff, as the Cedar policy in force decides (``staff``)."""
+        try:
+            allowed = staff(await policy(s), s)
+        except GatewayError as exc:
+            raise Answer(error(request, exc.status, exc.kind)) from None
+        if not allowed:
+            raise Answer(error(request, 403, "error.forbidden"))
+        return s
+
+    # async: a plain def would run in a thread, and the session store is the event loop's
+    Person, ApiPerson, Signer, Staff = Depends(person), Depends(api_person), Depends(signer), Depends(staff_person)
+
     # -- language ---------------------------------------------------------------------------------
     @app.get("/lang/{code}", include_in_schema=False)
     async def switch_language(code: str, next: str | None = None) -> Response:
@@ -217,10 +272,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
 
     # -- catalog ----------------------------------------------------------------------------------
     @app.get("/search", include_in_schema=False)
-    async def search(request: Request) -> Response:
-        s = session_of(request)
-        if s is None:
-            return sign_in_first(request)
+    async def search(request: Request, s: Session = Person) -> Response:
         query = request.query_params
         q = (query.get("q") or "").strip()
         if len(q) > MAX_Q:
@@ -250,10 +302,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
                       highlighted=highlighted, next_url=next_url)
 
     @app.get("/listings/{asset_id}", include_in_schema=False)
-    async def listing(request: Request, asset_id: str) -> Response:
-        s = session_of(request)
-        if s is None:
-            return sign_in_first(request)
+    async def listing(request: Request, asset_id: str, s: Session = Person) -> Response:
         if not ASSET_ID.match(asset_id):
             return error(request, 404, "error.not_found")
         try:
@@ -274,23 +323,12 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
 
     # -- keys stay with their owners (services/portal/static/signer.js) ----------------------------
     @app.get("/keys", include_in_schema=False)
-    async def browser_key(request: Request) -> Response:
-        s = session_of(request)
-        if s is None:
-            return sign_in_first(request)
-        if s.role not in ("member_admin", "association_admin"):  # the roles that sign their member's txs
-            return error(request, 403, "error.forbidden")
+    async def browser_key(request: Request, s: Session = Signer) -> Response:
         return render(request, "keys.html")
 
-    def problem(status: int, kind: str, lang: str) -> JSONResponse:
-        return JSONResponse({"detail": i18n.translator(lang)(kind)}, status_code=status)
-
     @app.get("/api/account", include_in_schema=False)
-    async def account(request: Request) -> Response:
+    async def account(request: Request, s: Session = ApiPerson) -> Response:
         """What the browser needs to sign the member's next tx: the chain id and the account's nonce."""
-        s = session_of(request)
-        if s is None:
-            return problem(401, "error.signin", language(request))
         try:
             acc = await portal.gateway.get(s.member, s.role, f"/accounts/{s.member}")
         except GatewayError as exc:
@@ -298,12 +336,10 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         return JSONResponse({"chain_id": settings.chain_id, "nonce": acc["nonce"]})
 
     @app.post("/api/tx", include_in_schema=False)
-    async def relay_tx(request: Request) -> Response:
+    async def relay_tx(request: Request, s: Session = ApiPerson) -> Response:
         """A tx the browser signed, relayed to the gateway as it is: the portal neither holds nor
         sees a key, and the gateway and the chain check the signature against the member's key."""
-        s, lang = session_of(request), language(request)
-        if s is None:
-            return problem(401, "error.signin", lang)
+        lang = language(request)
         if not s.csrf_ok(request.headers.get("x-csrf-token")) or request.headers.get("origin", origin) != origin:
             return problem(403, "error.csrf", lang)
         body = await request.body()
@@ -330,10 +366,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
 
     # -- the access inbox -------------------------------------------------------------------------
     @app.get("/access", include_in_schema=False)
-    async def access(request: Request) -> Response:
-        s = session_of(request)
-        if s is None:
-            return sign_in_first(request)
+    async def access(request: Request, s: Session = Person) -> Response:
         try:
             grants = await portal.gateway.get(s.member, s.role, "/access-requests", {"limit": "200"})
         except GatewayError as exc:
@@ -366,10 +399,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         return found
 
     @app.get("/jobs", include_in_schema=False)
-    async def jobs(request: Request) -> Response:
-        s = session_of(request)
-        if s is None:
-            return sign_in_first(request)
+    async def jobs(request: Request, s: Session = Person) -> Response:
         try:
             mine = await portal.gateway.get(s.member, s.role, "/jobs", {"limit": "200"})
             offers = await runnable(s) if s.role == "member_admin" else []
@@ -380,10 +410,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
                       job_id=f"job-{secrets.token_hex(4)}")
 
     @app.get("/jobs/{job_id}", include_in_schema=False)
-    async def job(request: Request, job_id: str) -> Response:
-        s = session_of(request)
-        if s is None:
-            return sign_in_first(request)
+    async def job(request: Request, job_id: str, s: Session = Person) -> Response:
         if not JOB_ID.match(job_id):
             return error(request, 404, "error.no_job")
         try:
@@ -393,11 +420,8 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         return render(request, "job.html", job=job_view(record), inputs=record.get("inputs") or [])
 
     @app.get("/jobs/{job_id}/events", include_in_schema=False)
-    async def job_events(request: Request, job_id: str):
+    async def job_events(request: Request, job_id: str, s: Session = ApiPerson):
         """The job's record as it changes, from the gateway's stream, to the page's EventSource."""
-        s = session_of(request)
-        if s is None:
-            return problem(401, "error.signin", language(request))
         if not JOB_ID.match(job_id):
             return problem(404, "error.no_job", language(request))
         try:
@@ -423,10 +447,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         return await portal.gateway.get(s.member, s.role, f"/billing/statements/{s.member}", {"since": str(since)})
 
     @app.get("/statements", include_in_schema=False)
-    async def statements(request: Request) -> Response:
-        s = session_of(request)
-        if s is None:
-            return sign_in_first(request)
+    async def statements(request: Request, s: Session = Person) -> Response:
         try:
             doc = await statement_of(s)
         except GatewayError as exc:
@@ -434,10 +455,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         return render(request, "statements.html", doc=doc, days=STATEMENT_DAYS)
 
     @app.get("/statements.csv", include_in_schema=False)
-    async def statement_download(request: Request) -> Response:
-        s = session_of(request)
-        if s is None:
-            return sign_in_first(request)
+    async def statement_download(request: Request, s: Session = Person) -> Response:
         try:
             doc = await statement_of(s)
         except GatewayError as exc:
@@ -446,21 +464,9 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             "Content-Disposition": f'attachment; filename="statement-{s.member}.csv"'})
 
     # -- staff: members (admit is members.Register with a key the new member made; suspend, resume) -
-    def staff(s: Session) -> bool:
-        """The member register is the association's: Cedar's ``suspend`` on a resource it owns."""
-        return policy_cache[1] is not None and policy_cache[1].decide(
-            policies.Caller(s.member, s.role), "suspend", policies.AssetView("member-register", "L1", "association", ())
-        ).allowed
-
     @app.get("/staff/members", include_in_schema=False)
-    async def staff_members(request: Request) -> Response:
-        s = session_of(request)
-        if s is None:
-            return sign_in_first(request)
+    async def staff_members(request: Request, s: Session = Staff) -> Response:
         try:
-            await policy(s)
-            if not staff(s):
-                return error(request, 403, "error.forbidden")
             members = await portal.gateway.get(s.member, s.role, "/members", {"limit": "1000"})
             running = await portal.gateway.get(s.member, s.role, "/jobs", {"status": "running", "limit": "500"})
         except GatewayError as exc:
