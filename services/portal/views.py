@@ -36,9 +36,11 @@ ENVELOPE = {"chain_id", "nonce", "payload", "sig", "signer", "type"}
 # The signed transactions the portal's pages make: the gateway route each goes to, and the portal
 # role that may send it (the chain decides again, from the signer's key).
 RELAYED = {"access.Request": "/access-requests", "access.Approve": "/access-requests/{id}/approve",
-           "jobs.Submit": "/jobs", "members.Suspend": "/tx", "members.Reinstate": "/tx"}
+           "jobs.Submit": "/jobs", "members.Suspend": "/tx", "members.Reinstate": "/tx", "assets.Suspend": "/tx",
+           "jobs.Abort": "/tx"}
 SENDER = {"access.Request": "member_admin", "access.Approve": "member_admin", "jobs.Submit": "member_admin",
-          "members.Suspend": "association_admin", "members.Reinstate": "association_admin"}
+          "members.Suspend": "association_admin", "members.Reinstate": "association_admin",
+          "assets.Suspend": "association_admin", "jobs.Abort": "association_admin"}
 JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]{2,79}$")
 MEMBER = re.compile(r"^[a-z0-9][a-z0-9\-]{1,39}$")
 JOB_TYPES = ("psi", "psi_cardinality")  # the job types the portal's form offers (the chain knows more)
@@ -307,8 +309,8 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             return error(request, 404, "error.not_found")
         try:
             item = await portal.gateway.get(s.member, s.role, f"/listings/{asset_id}")
-            asset = listing_asset(item)
-            if not (await policy(s)).decide(policies.Caller(s.member, s.role), "view", asset).allowed:
+            asset, pol, who = listing_asset(item), await policy(s), policies.Caller(s.member, s.role)
+            if not pol.decide(who, "view", asset).allowed:
                 return error(request, 403, "error.forbidden")
             try:
                 quote = await portal.gateway.get(s.member, s.role, "/billing/quote", {"asset": asset_id})
@@ -318,8 +320,11 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             return error(request, exc.status, exc.kind)
         # Only the member's own key signs its transactions, and it lives in its admin's browser.
         may_request = s.role == "member_admin" and item["provider"]["id"] != s.member
+        # The kill switch on a listing: Cedar's ``suspend`` on it, from the role whose tx the relay takes.
+        may_suspend = item["status"] == "listed" and s.role == SENDER["assets.Suspend"] and \
+            pol.decide(who, "suspend", asset).allowed
         return render(request, "listing.html", item=item, quote=quote, may_request=may_request,
-                      grant_id=f"g-{secrets.token_hex(4)}-{asset_id}"[:80])
+                      may_suspend=may_suspend, grant_id=f"g-{secrets.token_hex(4)}-{asset_id}"[:80])
 
     # -- keys stay with their owners (services/portal/static/signer.js) ----------------------------
     @app.get("/keys", include_in_schema=False)
@@ -476,3 +481,14 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             for m in j["participants"]:
                 busy[m] = busy.get(m, 0) + 1
         return render(request, "staff_members.html", members=members, busy=busy)
+
+    @app.get("/staff/jobs", include_in_schema=False)
+    async def staff_jobs(request: Request, s: Session = Staff) -> Response:
+        """Every running or locked job, each with the kill switch (``jobs.Abort``, the association's key)."""
+        try:
+            found = [job_view(j) for status in ("running", "locked") for j in await portal.gateway.get(
+                s.member, s.role, "/jobs", {"status": status, "limit": "500"})]
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        found.sort(key=lambda j: -(j.get("submitted_height") or 0))
+        return render(request, "staff_jobs.html", jobs=found)

@@ -169,19 +169,23 @@ if (jobPanel && !ENDED.includes(jobPanel.dataset.status)) {
   });
 }
 
-// Staff: suspend or resume a member, after a confirmation that asks for the reason.
+// Staff: the kill switches (suspend or resume a member, abort a job, suspend a listing), each after a
+// confirmation that asks for the reason. The button names the tx type (data-tx), its payload without
+// the reason (data-payload), whether the reason goes into it (data-with-reason) and where to say how
+// it went (data-status).
 const dialog = document.getElementById("confirm");
-document.querySelectorAll("button[data-member-action]").forEach((button) => {
+document.querySelectorAll("button[data-tx]").forEach((button) => {
   button.addEventListener("click", () => {
     document.getElementById("confirm-text").textContent = button.dataset.confirm;
     document.getElementById("confirm-reason").value = "";
     dialog.onclose = async () => {
       const reason = document.getElementById("confirm-reason").value;
       if (dialog.returnValue !== "ok" || !reason) return;
-      const type = button.dataset.memberAction;
-      const payload = type === "members.Suspend" ? { member: button.dataset.member, reason } : { member: button.dataset.member };
+      const payload = JSON.parse(button.dataset.payload);
+      if (button.dataset.withReason) payload.reason = reason;
       button.disabled = true;
-      await signAndSend(document.getElementById("member-status"), button.dataset.account, type, payload, button.dataset);
+      await signAndSend(document.getElementById(button.dataset.status), button.dataset.account, button.dataset.tx,
+                        payload, button.dataset);
       button.disabled = false;
     };
     dialog.showModal();

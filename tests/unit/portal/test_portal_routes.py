@@ -26,8 +26,8 @@ class Site:
     def __init__(self, tmp_path):
         keys = tmp_path / "keys.json"
         keys.write_text(json.dumps({f"{m}/{r}": f"rdx_{m.replace('-', '')}{r[:3]}.secret" for m, r in (
-            ("bank", "member_admin"), ("bank", "analyst"), ("bank", "auditor"), ("association", "association_admin"),
-            ("association", "auditor"))}))
+            ("bank", "member_admin"), ("bank", "analyst"), ("bank", "auditor"), ("telco", "member_admin"),
+            ("association", "association_admin"), ("association", "auditor"))}))
         keys.chmod(0o600)
         self.calls: list[httpx.Request] = []
         self.answers: dict[str, object] = {"/v1/policy": {"version": 1, "sha256": "", "text": DEFAULT_POLICY_TEXT}}
@@ -38,7 +38,8 @@ class Site:
 
     def answer(self, request: httpx.Request) -> httpx.Response:
         if request.url.path in self.answers:
-            return httpx.Response(200, json=self.answers[request.url.path])
+            found = self.answers[request.url.path]
+            return httpx.Response(200, json=found(request) if callable(found) else found)
         self.calls.append(request)
         return httpx.Response(404, json={"title": "Not found"})
 
@@ -54,7 +55,7 @@ def site(tmp_path):
 
 
 PAGES = ("/search", "/listings/bank.a", "/keys", "/access", "/jobs", "/jobs/job-1", "/statements",
-         "/statements.csv", "/staff/members")
+         "/statements.csv", "/staff/members", "/staff/jobs")
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -92,3 +93,59 @@ def test_a_staff_page_shows_the_gateway_s_refusal_of_the_policy(site):
     del site.answers["/v1/policy"]
     site.sign_in("association", "association_admin")
     assert site.client.get("/staff/members").status_code == 404  # the gateway's answer, as a page
+
+
+def tx_call(site, s: Session, type_: str, payload: dict, **headers: str) -> httpx.Response:
+    tx = {"chain_id": "rdx-local", "nonce": 1, "payload": payload, "sig": "AA==", "signer": s.member, "type": type_}
+    return site.client.post("/api/tx", json={"tx": tx}, headers={"x-csrf-token": s.csrf, "origin": ORIGIN, **headers})
+
+
+RUNNING = {"id": "job-7", "type": "psi", "status": "running", "consumer": "bank", "participants": ["bank", "telco"],
+           "submitted_height": 9}
+
+
+def test_staff_see_running_jobs_each_with_the_kill_switch(site):
+    site.answers["/v1/jobs"] = lambda r: [RUNNING] if r.url.params["status"] == "running" else []
+    site.sign_in("association", "association_admin")
+    page = site.client.get("/staff/jobs")
+    assert page.status_code == 200 and 'id="job-job-7"' in page.text
+    assert 'data-tx="jobs.Abort"' in page.text and "&#34;job&#34;: &#34;job-7&#34;" in page.text
+    assert '<dialog id="confirm"' in page.text and "<script>" not in page.text.split("</head>")[1]
+
+
+@pytest.mark.parametrize("member, role", (("bank", "member_admin"), ("association", "auditor")))
+def test_a_member_s_people_have_no_running_jobs_page(site, member, role):
+    site.sign_in(member, role)
+    assert site.client.get("/staff/jobs").status_code == 403
+    assert site.calls == []
+
+
+@pytest.mark.parametrize("type_, payload", (("jobs.Abort", {"job": "job-7", "reason": "x"}),
+                                            ("assets.Suspend", {"id": "telco.a", "reason": "x"})))
+def test_the_kill_switch_is_relayed_only_from_association_staff(site, type_, payload):
+    s = site.sign_in("bank", "member_admin")
+    answer = tx_call(site, s, type_, payload)
+    assert answer.status_code == 403 and "detail" in answer.json()
+    s = site.sign_in("association", "association_admin")
+    assert tx_call(site, s, type_, payload, **{"x-csrf-token": "wrong"}).status_code == 403
+    assert tx_call(site, s, type_, payload, origin="http://evil.example").status_code == 403
+    assert site.calls == []
+    assert tx_call(site, s, type_, payload).status_code == 404  # relayed: the gateway's answer (here 404)
+    assert [c.url.path for c in site.calls] == ["/v1/tx"]
+
+
+LISTING = {"id": "telco.a", "level": "L3", "provider": {"id": "telco", "name": "Telco"}, "operations": ["psi"],
+           "status": "listed", "metadata": {"title": "Phones"}, "commitment": "00", "listed": {"height": 3},
+           "versions": [], "price": {"model": "fixed", "amount": 5}}
+
+
+@pytest.mark.parametrize("member, role, shown", (("association", "association_admin", True),
+                                                 ("telco", "member_admin", False), ("bank", "analyst", False)))
+def test_the_listing_s_kill_switch_is_shown_to_staff_only(site, member, role, shown):
+    site.answers["/v1/listings/telco.a"] = LISTING
+    site.answers["/v1/billing/quote"] = {"max_price": 5}
+    site.sign_in(member, role)
+    page = site.client.get("/listings/telco.a")
+    assert page.status_code == 200 and ('id="suspend-listing"' in page.text) == shown
+    site.answers["/v1/listings/telco.a"] = {**LISTING, "status": "suspended"}
+    assert 'id="suspend-listing"' not in site.client.get("/listings/telco.a").text
