@@ -201,6 +201,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "listing.kill_switch_text": "Suspending this listing revokes its grants and aborts the running jobs that use it; the transaction is signed in this browser with the association's key.",
         "listing.suspend": "Suspend this listing",
         "listing.confirm_suspend": "Suspend {asset}? Its grants are revoked and the running jobs that use it aborted.",
+        "nav.invoices": "Invoices",
+        "invoices.title": "Invoice",
+        "invoices.period": "What your member was charged as a consumer in the last {days} days, job by job and listing by listing, from the billing service's ledger of chain events.",
+        "invoices.listed": "Charges listed",
+        "invoices.net": "Net paid (held less refunded)",
+        "invoices.lines": "Charges",
+        "invoices.charge": "Charge (credits)",
     },
     "zh": {
         "brand": "rdx 数据交易平台",
@@ -369,6 +376,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "listing.kill_switch_text": "停用该数据产品将撤销其所有授权，并中止使用它的运行中作业；该交易在本浏览器中以协会的密钥签名。",
         "listing.suspend": "停用该数据产品",
         "listing.confirm_suspend": "停用 {asset}？其授权将被撤销，使用它的运行中作业将被中止。",
+        "nav.invoices": "发票",
+        "invoices.title": "发票",
+        "invoices.period": "最近 {days} 天您的会员作为使用方被收取的费用，按作业和数据产品逐条列出，来自计费服务根据链上事件记的账。",
+        "invoices.listed": "所列费用合计",
+        "invoices.net": "实付（冻结减退回）",
+        "invoices.lines": "费用明细",
+        "invoices.charge": "费用（积分）",
     },
 }
 

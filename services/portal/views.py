@@ -85,6 +85,9 @@ def price_text(t, price: dict | None) -> str:
 JOB_SHOWN = ("id", "type", "status", "consumer", "participants", "max_price", "ended_reason", "ended_height",
              "result_hash", "submitted_height")
 STATEMENT_COLUMNS = ("height", "time", "kind", "amount", "counterparty", "job", "reference")
+INVOICE_COLUMNS = ("height", "time", "job", "asset", "provider", "charge")
+# The member's books the pages show: the billing service's document and the rows in it.
+BOOKS = {"statements": ("entries", STATEMENT_COLUMNS), "invoices": ("lines", INVOICE_COLUMNS)}
 
 
 def listing_asset(item: dict) -> policies.AssetView:
@@ -98,16 +101,20 @@ def job_view(record: dict) -> dict:
     return {k: record.get(k) for k in JOB_SHOWN}
 
 
-def statement_csv(entries: list[dict]) -> str:
-    """The statement's entries as CSV; a text cell that a spreadsheet would run as a formula
-    (=, +, -, @, tab, CR) is written with a leading apostrophe (OWASP's CSV injection advice)."""
+def table_csv(rows: list[dict], columns: tuple[str, ...]) -> str:
+    """Rows as CSV; a text cell that a spreadsheet would run as a formula (=, +, -, @, tab, CR) is
+    written with a leading apostrophe (OWASP's CSV injection advice)."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(STATEMENT_COLUMNS)
-    for e in entries:
+    writer.writerow(columns)
+    for row in rows:
         writer.writerow(["'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
-                         for v in (e.get(c) for c in STATEMENT_COLUMNS)])
+                         for v in (row.get(c) for c in columns)])
     return out.getvalue()
+
+
+def statement_csv(entries: list[dict]) -> str:
+    return table_csv(entries, STATEMENT_COLUMNS)
 
 
 def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
@@ -446,27 +453,29 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
 
         return StreamingResponse(follow(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
-    # -- statements -----------------------------------------------------------------------------
-    async def statement_of(s: Session) -> dict:
+    # -- statements and invoices (the billing service's, through the gateway) ------------------------
+    async def books_of(request: Request, s: Session, kind: str) -> dict:
         since = int(time.time()) - STATEMENT_DAYS * 86400
-        return await portal.gateway.get(s.member, s.role, f"/billing/statements/{s.member}", {"since": str(since)})
+        try:
+            return await portal.gateway.get(s.member, s.role, f"/billing/{kind}/{s.member}", {"since": str(since)})
+        except GatewayError as exc:
+            raise Answer(error(request, exc.status, exc.kind)) from None
 
     @app.get("/statements", include_in_schema=False)
-    async def statements(request: Request, s: Session = Person) -> Response:
-        try:
-            doc = await statement_of(s)
-        except GatewayError as exc:
-            return error(request, exc.status, exc.kind)
-        return render(request, "statements.html", doc=doc, days=STATEMENT_DAYS)
+    @app.get("/invoices", include_in_schema=False)
+    async def books(request: Request, s: Session = Person) -> Response:
+        kind = request.url.path[1:]
+        doc, (table, _) = await books_of(request, s, kind), BOOKS[kind]
+        return render(request, f"{kind}.html", kind=kind, doc=doc, table=table, rows=doc[table], days=STATEMENT_DAYS)
 
     @app.get("/statements.csv", include_in_schema=False)
-    async def statement_download(request: Request, s: Session = Person) -> Response:
-        try:
-            doc = await statement_of(s)
-        except GatewayError as exc:
-            return error(request, exc.status, exc.kind)
-        return Response(statement_csv(doc["entries"]), media_type="text/csv; charset=utf-8", headers={
-            "Content-Disposition": f'attachment; filename="statement-{s.member}.csv"'})
+    @app.get("/invoices.csv", include_in_schema=False)
+    async def books_download(request: Request, s: Session = Person) -> Response:
+        kind = request.url.path[1:-len(".csv")]
+        rows, columns = BOOKS[kind]
+        text = table_csv((await books_of(request, s, kind))[rows], columns)
+        return Response(text, media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="{kind[:-1]}-{s.member}.csv"'})
 
     # -- staff: members (admit is members.Register with a key the new member made; suspend, resume) -
     @app.get("/staff/members", include_in_schema=False)

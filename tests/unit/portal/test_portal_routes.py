@@ -5,6 +5,8 @@ refusal the portal makes itself must not reach it."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 
@@ -55,7 +57,7 @@ def site(tmp_path):
 
 
 PAGES = ("/search", "/listings/bank.a", "/keys", "/access", "/jobs", "/jobs/job-1", "/statements",
-         "/statements.csv", "/staff/members", "/staff/jobs")
+         "/statements.csv", "/invoices", "/invoices.csv", "/staff/members", "/staff/jobs")
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -149,3 +151,38 @@ def test_the_listing_s_kill_switch_is_shown_to_staff_only(site, member, role, sh
     assert page.status_code == 200 and ('id="suspend-listing"' in page.text) == shown
     site.answers["/v1/listings/telco.a"] = {**LISTING, "status": "suspended"}
     assert 'id="suspend-listing"' not in site.client.get("/listings/telco.a").text
+
+
+INVOICE = {"member": "bank", "since": 0, "until": 1, "listed_charges": 65, "net_paid": 65, "lines": [
+    {"job": "job-1", "asset": "telco.a", "provider": "telco", "charge": 40, "height": 7, "time": 1.5},
+    {"job": "=HYPERLINK(1)", "asset": "telco.b", "provider": "@telco", "charge": 25, "height": 8, "time": 2.5}]}
+
+
+def test_invoices_in_both_languages_and_as_csv_without_formulas(site):
+    site.answers["/v1/billing/invoices/bank"] = INVOICE
+    site.sign_in("bank", "analyst")
+    english = site.client.get("/invoices", headers={"accept-language": "en"})
+    assert english.status_code == 200 and "Charges listed" in english.text and 'href="/jobs/job-1"' in english.text
+    chinese = site.client.get("/invoices", headers={"accept-language": "zh-CN"})
+    assert "所列费用合计" in chinese.text and '<html lang="zh-CN">' in chinese.text
+    answer = site.client.get("/invoices.csv")
+    assert answer.headers["content-disposition"] == 'attachment; filename="invoice-bank.csv"'
+    rows = list(csv.reader(io.StringIO(answer.text)))
+    assert rows[0] == ["height", "time", "job", "asset", "provider", "charge"]
+    assert rows[2] == ["8", "2.5", "'=HYPERLINK(1)", "telco.b", "'@telco", "25"]
+
+
+def test_invoices_say_so_when_the_gateway_refuses(site):
+    site.sign_in("bank", "analyst")  # the transport answers 404 for the invoice
+    assert site.client.get("/invoices").status_code == 404
+    assert site.client.get("/invoices.csv").status_code == 404
+    assert [c.url.path for c in site.calls] == ["/v1/billing/invoices/bank"] * 2
+
+
+def test_the_statement_page_lists_its_entries(site):
+    site.answers["/v1/billing/statements/bank"] = {"opening_balance": 100, "closing_balance": 60, "entries": [
+        {"height": 7, "time": 1.5, "kind": "escrow_hold", "amount": -40, "counterparty": None, "job": "job-1"}]}
+    site.sign_in("bank", "analyst")
+    page = site.client.get("/statements", headers={"accept-language": "en"})
+    assert page.status_code == 200 and '<table id="entries">' in page.text and 'href="/jobs/job-1"' in page.text
+    assert 'id="closing">60 credits' in page.text and 'href="/statements.csv"' in page.text
