@@ -82,10 +82,11 @@ def staging_version(kubernetes_version: str = KUBERNETES_VERSION) -> str:
 
 
 def _go_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    # One package at a time by default: these machines have 2 cores shared with other builds
-    # and test runs. RDX_GO_BUILD_FLAGS overrides (e.g. "-p=2" on a dedicated machine).
+    # Go's own parallelism (one package per CPU): `make test` builds before any test starts, so
+    # nothing else wants the CPUs then. RDX_GO_BUILD_FLAGS adds flags (e.g. "-p=1" to build
+    # beside other work).
     flags = os.environ.get("GOFLAGS", "")
-    build_flags = os.environ.get("RDX_GO_BUILD_FLAGS", "-p=1")
+    build_flags = os.environ.get("RDX_GO_BUILD_FLAGS", "")
     env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS=f"{flags} -mod=mod {build_flags}".strip())
     env.update(extra or {})
     return env
