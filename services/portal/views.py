@@ -22,7 +22,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from services.common import policy as policies
-from services.portal import i18n
+from services.portal import audit as trail, i18n
 from services.portal.gateway import GatewayError
 from services.portal.oidc import SignInError
 from services.portal.sessions import LOGIN_COOKIE, LOGIN_TTL_S, SESSION_COOKIE, PendingLogin, Session, safe_next
@@ -45,6 +45,8 @@ JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]{2,79}$")
 MEMBER = re.compile(r"^[a-z0-9][a-z0-9\-]{1,39}$")
 JOB_TYPES = ("psi", "psi_cardinality")  # the job types the portal's form offers (the chain knows more)
 STATEMENT_DAYS = 90
+AUDIT_PAGE = 100  # audit records a page shows
+MAX_SEQ = 2**62
 POLICY_TTL_S = 30.0
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -88,6 +90,10 @@ STATEMENT_COLUMNS = ("height", "time", "kind", "amount", "counterparty", "job", 
 INVOICE_COLUMNS = ("height", "time", "job", "asset", "provider", "charge")
 # The member's books the pages show: the billing service's document and the rows in it.
 BOOKS = {"statements": ("entries", STATEMENT_COLUMNS), "invoices": ("lines", INVOICE_COLUMNS)}
+
+
+def utc_text(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + " UTC"
 
 
 def listing_asset(item: dict) -> policies.AssetView:
@@ -219,8 +225,17 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             raise Answer(error(request, 403, "error.forbidden"))
         return s
 
+    async def trail_reader(request: Request, s: Session = Depends(person)) -> Session:
+        """The association's staff and auditors: the whole trail, which only they get from the gateway
+        (a member's people get their own calls, with gaps no anchor can be checked over). The Cedar
+        policy has no action for the audit trail; this is the gateway's own rule."""
+        if s.member != "association" or s.role not in ("association_admin", "auditor"):
+            raise Answer(error(request, 403, "error.forbidden"))
+        return s
+
     # async: a plain def would run in a thread, and the session store is the event loop's
     Person, ApiPerson, Signer, Staff = Depends(person), Depends(api_person), Depends(signer), Depends(staff_person)
+    TrailReader = Depends(trail_reader)
 
     # -- language ---------------------------------------------------------------------------------
     @app.get("/lang/{code}", include_in_schema=False)
@@ -501,3 +516,26 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             return error(request, exc.status, exc.kind)
         found.sort(key=lambda j: -(j.get("submitted_height") or 0))
         return render(request, "staff_jobs.html", jobs=found)
+
+    # -- the audit trail and its anchors on chain ---------------------------------------------------
+    @app.get("/audit", include_in_schema=False)
+    async def audit_trail(request: Request, after: str = "0", s: Session = TrailReader) -> Response:
+        """AUDIT_PAGE records after record ``after``, each with whether an anchor covers it and the
+        batch hashes to the anchored digest (services/portal/audit.py says what that shows)."""
+        if not after.isdigit() or len(after) > 19 or int(after) > MAX_SEQ:
+            return error(request, 400, "error.bad_request")
+        first = int(after)
+        try:
+            records = await portal.gateway.get(s.member, s.role, "/audit",
+                                               {"after_seq": str(first), "limit": str(AUDIT_PAGE)})
+            # anchors are kept on chain under their last record's number: those ending after ``first``
+            anchors = await portal.gateway.get(s.member, s.role, "/audit/anchors",
+                                               {"after": f"audit/anchors/{first:012d}", "limit": str(AUDIT_PAGE + 1)})
+            checks, rows = trail.check(*trail.parse(records, anchors))
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        except trail.BadTrail:
+            return error(request, 502, "error.gateway")
+        later = rows[-1].record.seq if len(rows) == AUDIT_PAGE else None
+        return render(request, "audit.html", checks=checks, rows=rows, after=first, later=later,
+                      earlier=max(0, first - AUDIT_PAGE) if first else None, utc=utc_text)

@@ -1,0 +1,77 @@
+"""The audit page's check: which of the records shown are covered by an anchor on chain, and whether
+they hash to it. The records and the anchors both come from the gateway (the portal talks to nothing
+else), so this finds records changed, dropped or reordered in the gateway's store after they were
+anchored; it cannot find a gateway that reports other anchors than the chain holds (docs/portal.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from services.common.audit import AuditRecord, record_hash, verify_chain
+
+# What the page says of an anchor (and of each record under it).
+VERIFIED, MISMATCH, PARTLY_SHOWN, NOT_ANCHORED = "verified", "mismatch", "partly_shown", "not_anchored"
+
+
+class BadTrail(ValueError):
+    """The gateway's answer is not a list of audit records and anchors."""
+
+
+@dataclass(frozen=True)
+class AnchorCheck:
+    first_seq: int
+    last_seq: int
+    digest: str
+    height: int
+    time: float
+    verdict: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RecordRow:
+    record: AuditRecord
+    intact: bool  # its hash is the hash of its own fields
+    verdict: str  # its anchor's verdict, or NOT_ANCHORED
+
+
+def parse(records: object, anchors: object) -> tuple[list[AuditRecord], list[dict]]:
+    try:
+        parsed = [AuditRecord(**r) for r in records]  # type: ignore[union-attr]
+        kept = [{"first_seq": int(a["first_seq"]), "last_seq": int(a["last_seq"]), "digest": str(a["digest"]),
+                 "height": int(a["height"]), "time": float(a["time"])} for a in anchors]  # type: ignore[union-attr]
+    except (TypeError, KeyError, ValueError, ValidationError):
+        raise BadTrail("the gateway's audit trail is not in the expected form") from None
+    return parsed, kept
+
+
+def check(records: list[AuditRecord], anchors: list[dict]) -> tuple[list[AnchorCheck], list[RecordRow]]:
+    """``records``: consecutive records as the gateway pages them; ``anchors``: those whose range
+    may touch them. An anchor is checked only when every record of its range is shown: the batch's
+    hash chain is recomputed from its first record's ``prev_hash`` and its last hash compared with
+    the digest on chain. The link from the first record shown to the one before it is not checked."""
+    by_seq = {r.seq: r for r in records}
+    low, high = (records[0].seq, records[-1].seq) if records else (0, -1)
+    checks, verdict_of = [], {}
+    for a in sorted(anchors, key=lambda a: a["first_seq"]):
+        if a["last_seq"] < low or a["first_seq"] > high:
+            continue
+        batch = [by_seq.get(seq) for seq in range(a["first_seq"], a["last_seq"] + 1)]
+        if any(r is None for r in batch):
+            verdict, detail = PARTLY_SHOWN, ""
+        else:
+            ok, last_hash, bad = verify_chain(batch, batch[0].prev_hash)
+            if not ok:
+                verdict, detail = MISMATCH, f"record {bad}"
+            elif last_hash != a["digest"]:
+                verdict, detail = MISMATCH, f"record {a['last_seq']}"
+            else:
+                verdict, detail = VERIFIED, ""
+        checks.append(AnchorCheck(a["first_seq"], a["last_seq"], a["digest"], a["height"], a["time"], verdict, detail))
+        for seq in range(max(a["first_seq"], low), min(a["last_seq"], high) + 1):
+            verdict_of[seq] = verdict
+    rows = [RecordRow(r, record_hash(r.body()) == r.hash, verdict_of.get(r.seq, NOT_ANCHORED)) for r in records]
+    return checks, rows
