@@ -80,8 +80,18 @@ class Gateway:
     async def get(self, member: str, role: str, path: str, params: Any = None) -> Any:
         return await self._call("GET", member, role, path, params=params)
 
-    async def post(self, member: str, role: str, path: str, body: Any) -> Any:
+    async def post(self, member: str, role: str, path: str, body: Any = None) -> Any:
         return await self._call("POST", member, role, path, json=body)
+
+    async def delete(self, member: str, role: str, path: str) -> Any:
+        return await self._call("DELETE", member, role, path)
+
+    def own_key_ids(self, member: str) -> set[str]:
+        """The ids of the API keys this portal calls with for ``member`` (a token is ``rdx_<id>.<secret>``):
+        the keys page must not let a person revoke the portal's own access."""
+        self._token(member, "")  # reads the file again if it changed
+        return {token[4:].partition(".")[0] for who, token in self._keys.items()
+                if who.partition("/")[0] == member and token.startswith("rdx_")}
 
     async def _call(self, method: str, member: str, role: str, path: str, **request: Any) -> Any:
         token = self._token(member, role)
@@ -92,8 +102,8 @@ class Gateway:
                                               headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError:
             raise GatewayError(503, "error.gateway") from None
-        if answer.status_code == 200:
-            return answer.json()
+        if 200 <= answer.status_code < 300:
+            return answer.json() if answer.content else None
         kind = {400: "error.bad_request", 401: "error.no_key", 403: "error.forbidden", 404: "error.not_found",
                 409: "error.rejected", 422: "error.bad_request"}.get(answer.status_code, "error.gateway")
         raise GatewayError(answer.status_code if answer.status_code < 500 else 503, kind)

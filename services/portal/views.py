@@ -47,6 +47,8 @@ JOB_TYPES = ("psi", "psi_cardinality")  # the job types the portal's form offers
 STATEMENT_DAYS = 90
 AUDIT_PAGE = 100  # audit records a page shows
 MAX_SEQ = 2**62
+KEY_ID = re.compile(r"^[a-z0-9_]{1,40}$")  # the gateway's API key ids
+KEY_ROLES = ("member_admin", "analyst", "compute_operator", "auditor")  # what a member admin may issue
 POLICY_TTL_S = 30.0
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -123,6 +125,20 @@ def statement_csv(entries: list[dict]) -> str:
     return table_csv(entries, STATEMENT_COLUMNS)
 
 
+async def small_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None past ``limit`` bytes (stops reading there: a larger body, declared
+    or not, is never held whole)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
+
+
 def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
     settings = portal.settings
     policy_cache: list[Any] = [0.0, None]
@@ -142,11 +158,12 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
     async def form_field(request: Request, name: str) -> str | None:
         """One field of a small urlencoded form (the standard library's parser: the portal's forms
         carry a CSRF token and a few words, so python-multipart is not needed)."""
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES or not request.headers.get("content-type", "").startswith(
-                "application/x-www-form-urlencoded"):
-            return None
-        values = parse_qs(body.decode("utf-8", "replace"), max_num_fields=20).get(name)
+        if not hasattr(request.state, "form"):
+            body = await small_body(request, MAX_FORM_BYTES)
+            urlencoded = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
+            request.state.form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=20) \
+                if body is not None and urlencoded else {}
+        values = request.state.form.get(name)
         return values[0] if values else None
 
     def language(request: Request) -> str:
@@ -233,9 +250,22 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             raise Answer(error(request, 403, "error.forbidden"))
         return s
 
+    async def key_admin(request: Request, s: Session = Depends(person)) -> Session:
+        """A member's admin, who manages the member's API keys at the gateway (the Cedar policy has no
+        action for API keys; this is the gateway's own rule for a member admin)."""
+        if s.role != "member_admin":
+            raise Answer(error(request, 403, "error.forbidden"))
+        return s
+
+    async def key_change(request: Request, s: Session = Depends(key_admin)) -> Session:
+        """A change to the member's API keys: a small form from this portal's origin with the session's CSRF token."""
+        if not s.csrf_ok(await form_field(request, "csrf")) or request.headers.get("origin", origin) != origin:
+            raise Answer(error(request, 403, "error.csrf"))
+        return s
+
     # async: a plain def would run in a thread, and the session store is the event loop's
     Person, ApiPerson, Signer, Staff = Depends(person), Depends(api_person), Depends(signer), Depends(staff_person)
-    TrailReader = Depends(trail_reader)
+    TrailReader, KeyAdmin, KeyChange = Depends(trail_reader), Depends(key_admin), Depends(key_change)
 
     # -- language ---------------------------------------------------------------------------------
     @app.get("/lang/{code}", include_in_schema=False)
@@ -369,9 +399,9 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         lang = language(request)
         if not s.csrf_ok(request.headers.get("x-csrf-token")) or request.headers.get("origin", origin) != origin:
             return problem(403, "error.csrf", lang)
-        body = await request.body()
+        body = await small_body(request, MAX_TX_BYTES)
         try:
-            tx = json.loads(body)["tx"] if len(body) <= MAX_TX_BYTES else None
+            tx = json.loads(body)["tx"] if body is not None else None
         except (ValueError, KeyError, TypeError):
             tx = None
         if not isinstance(tx, dict) or set(tx) != ENVELOPE or tx["signer"] != s.member or \
@@ -539,3 +569,48 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         later = rows[-1].record.seq if len(rows) == AUDIT_PAGE else None
         return render(request, "audit.html", checks=checks, rows=rows, after=first, later=later,
                       earlier=max(0, first - AUDIT_PAGE) if first else None, utc=utc_text)
+
+    # -- the member's API keys at the gateway ---------------------------------------------------------
+    async def keys_page(request: Request, s: Session, new: dict | None = None, status: int = 200) -> Response:
+        """The member's keys; ``new``: a key just made, whose token this one page shows (never again)."""
+        try:
+            found = await portal.gateway.get(s.member, s.role, "/keys")
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        found.sort(key=lambda k: (k.get("revoked_at") is not None, -(k.get("created_at") or 0)))
+        return render(request, "api_keys.html", status=status, keys=found, new=new, roles=KEY_ROLES,
+                      portal_keys=portal.gateway.own_key_ids(s.member), utc=utc_text)
+
+    @app.get("/api-keys", include_in_schema=False)
+    async def api_keys(request: Request, s: Session = KeyAdmin) -> Response:
+        return await keys_page(request, s)
+
+    @app.post("/api-keys", include_in_schema=False)
+    async def new_api_key(request: Request, s: Session = KeyChange) -> Response:
+        role = await form_field(request, "role")
+        if role not in KEY_ROLES:
+            return error(request, 400, "error.bad_request")
+        try:
+            made = await portal.gateway.post(s.member, s.role, "/keys", {"member": s.member, "role": role})
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        return await keys_page(request, s, new=made, status=201)
+
+    @app.post("/api-keys/{key_id}/{change}", include_in_schema=False)
+    async def change_api_key(request: Request, key_id: str, change: str, s: Session = KeyChange) -> Response:
+        """``revoke`` or ``rotate`` (a new token, the old one revoked) one of the member's keys; never
+        a key this portal itself calls the gateway with."""
+        if not KEY_ID.match(key_id) or change not in ("revoke", "rotate"):
+            return error(request, 404, "error.not_found")
+        if key_id in portal.gateway.own_key_ids(s.member):
+            return error(request, 403, "error.portal_key")
+        try:
+            if change == "revoke":
+                await portal.gateway.delete(s.member, s.role, f"/keys/{key_id}")
+            else:
+                made = await portal.gateway.post(s.member, s.role, f"/keys/{key_id}/rotate")
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        if change == "revoke":
+            return RedirectResponse("/api-keys", status_code=303)
+        return await keys_page(request, s, new=made, status=201)

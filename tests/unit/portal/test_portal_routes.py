@@ -31,7 +31,8 @@ class Site:
             ("bank", "member_admin"), ("bank", "analyst"), ("bank", "auditor"), ("telco", "member_admin"),
             ("association", "association_admin"), ("association", "auditor"))}))
         keys.chmod(0o600)
-        self.calls: list[httpx.Request] = []
+        self.calls: list[httpx.Request] = []  # the calls it had no answer for
+        self.seen: list[httpx.Request] = []
         self.answers: dict[str, object] = {"/v1/policy": {"version": 1, "sha256": "", "text": DEFAULT_POLICY_TEXT}}
         http = httpx.AsyncClient(transport=httpx.MockTransport(self.answer))
         self.portal = Portal(PortalSettings(state_root=tmp_path / "state", portal_gateway_keys_file=keys,
@@ -39,9 +40,13 @@ class Site:
         self.client = TestClient(self.portal.svc.app, base_url=ORIGIN, follow_redirects=False)
 
     def answer(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path in self.answers:
-            found = self.answers[request.url.path]
-            return httpx.Response(200, json=found(request) if callable(found) else found)
+        self.seen.append(request)
+        for key in (f"{request.method} {request.url.path}", request.url.path):
+            if key in self.answers:
+                found = self.answers[key]
+                if isinstance(found, httpx.Response):
+                    return found
+                return httpx.Response(200, json=found(request) if callable(found) else found)
         self.calls.append(request)
         return httpx.Response(404, json={"title": "Not found"})
 
