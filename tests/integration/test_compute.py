@@ -364,14 +364,15 @@ async def test_a_peer_with_an_unknown_key_is_refused_and_what_a_peer_sends_holds
     ctx = JobContext(spec, ALPHA, channel=channel, load_input=None, load_local=load_local,
                      dataset_key=lambda _: "phone", commit_result=commit_result, progress=lambda *a: None,
                      compute=compute, workers=1, batch=512)
-    outcome = await PsiJob().run(ctx)
+    job_type = PsiJob()
+    outcome = await job_type.run(ctx)
     await net.tx(net.node_ids[ALPHA], "jobs.Attest", {"job": job, "result_hash": outcome.result_hash,
                                                       "records_used": outcome.records_used, "input_commitments": {},
                                                       "records": dict(outcome.records),
                                                       "releases": dict(outcome.releases)})
     record = await net.wait_chain(job)
     assert record["status"] == "completed" and "result" not in stored  # nothing matched before the release
-    await outcome.after_release({m: bytes.fromhex(k) for m, k in record["releases"].items()})  # the key on chain
+    await job_type.finish(ctx, outcome.pending, {m: bytes.fromhex(k) for m, k in record["releases"].items()})  # the key on chain
     assert json.loads(stored["result"])["intersection"] == sorted(set(alpha_keys) & set(net.datasets["telco"]["subs"]))
     received = b"".join(f for d, f in frames if d == "received")
     assert len(received) > 32 * 4000  # the telco's whole masked set came through

@@ -1,9 +1,10 @@
 """Issue 16 on real nodes: no result without payment, no payment without a result, and charges
 nobody can inflate. A consumer's compute node that tries to walk away with the provider's last
-message (tests/faults/dishonest_consumer.py) and a provider's node that inflates its records or
-keeps its release key (tests/faults/dishonest_provider.py), each against an honest counterpart,
-on the session's real CometBFT chain and Kafka broker; and the price rules and a huge charge on
-the real chain with the billing service reconciling it.
+message (tests/faults/dishonest_consumer.py) and a provider's node that inflates its records,
+keeps its release key, or seals garbage under the key it shows (tests/faults/dishonest_provider.py),
+each against an honest counterpart, on the session's real CometBFT chain and Kafka broker; a
+consumer's node restarted between its attestation and the release; and the price rules and a
+huge charge on the real chain with the billing service reconciling it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
@@ -52,7 +54,7 @@ async def net(chain, kafka, tmp_path_factory):
     _write(root)
     member_key = root / "keys" / f"{CONS}.member.json"
     n = await start_net(chain, kafka, root, consumer=CONS, members=[CONS, PROV], listings={PROV: ["subs"]},
-                        ops=["psi"], modules={CONS: "tests.faults.dishonest_consumer",
+                        ops=["psi", "psi_cardinality"], modules={CONS: "tests.faults.dishonest_consumer",
                                               PROV: "tests.faults.dishonest_provider"},
                         node_env={CONS: {"RDX_ATTACK_LOG": str(root / "attack"),
                                          "RDX_CHEAT_MEMBER_KEY": str(member_key)}}, psi_batch=64)
@@ -64,10 +66,10 @@ async def net(chain, kafka, tmp_path_factory):
         await n.stop()
 
 
-async def _run(net, job: str, params: dict, timeout_s: int = 60) -> tuple[dict, dict]:
+async def _run(net, job: str, params: dict, timeout_s: int = 60, type_: str = "psi") -> tuple[dict, dict]:
     before = {m: await net.balance(m) for m in (CONS, PROV)}
     net.chain._nonces.pop(CONS, None)  # the cheating node may have signed with the member's key since
-    await net.submit(job, "psi", [f"{PROV}.subs"], {"dataset": "mine", **params}, timeout_s=timeout_s)
+    await net.submit(job, type_, [f"{PROV}.subs"], {"dataset": "mine", **params}, timeout_s=timeout_s)
     record = await net.wait_chain(job, timeout=timeout_s + 60)
     assert await net.chain.query(f"/bank/escrow/{job}") is None
     after = {m: await net.balance(m) for m in (CONS, PROV)}
@@ -156,6 +158,77 @@ async def test_a_provider_keeping_its_release_key_is_never_paid_and_the_consumer
     assert record["status"] == "failed" and "release key" in record["ended_reason"], record
     assert record["locked_height"]  # it was locked: the consumer could not have ended it
     await _unpaid_and_unreleased(net, job, record, moved)
+
+
+OVERLAP = sorted(set(CONSUMER_KEYS) & set(PROVIDER_KEYS))
+
+
+def restart(net, member: str, module: str | None = None) -> None:
+    """Stops ``member``'s node and starts it again, as ``module`` if given ("": the honest node)."""
+    net.nodes[member].stop()
+    if module is not None:
+        net.nodes[member].module = module
+    net.nodes[member].start(timeout=120)
+
+
+def _unopened(net, job: str) -> list[str]:
+    """The consumer's node's log lines saying the released keys did not open its result of ``job``."""
+    log = net.nodes[CONS].process.log_path.read_text(errors="replace")
+    return [line for line in log.splitlines() if job in line and "did not open a result" in line]
+
+
+@pytest.mark.parametrize("type_", ["psi", "psi_cardinality"])
+async def test_a_provider_sealing_garbage_under_the_key_it_shows_is_paid_and_the_consumer_keeps_what_opens(net, type_):
+    """docs/compute.md: the chain checks that the key is the one whose hash the consumer saw, not
+    what it opens. In psi garbage opens to an empty intersection, which the consumer's node keeps as
+    its result (it cannot tell garbage from no overlap); in psi_cardinality it opens to a count
+    beyond either set, which the opening step refuses: release_unopened, and no result kept."""
+    job = f"fx-garbage-{type_.replace('_', '-')}-{TAG}"
+    record, moved = await _run(net, job, {"cheat_provider": "seal_garbage"}, type_=type_)
+    assert record["status"] == "completed" and set(record["releases"]) == {PROV}, record
+    assert moved[CONS] == -PRICE and moved[PROV] > 0, moved  # the quote, paid once
+    await net.wait_node(CONS, job, lambda r: r["status"] == "completed", timeout=20)
+    if type_ == "psi":
+        assert net.result(job)["result"] == {"intersection": [], "consumer_set_size": len(CONSUMER_KEYS),
+                                             "provider_set_size": len(PROVIDER_KEYS)}
+        assert _unopened(net, job) == []
+    else:
+        assert net.http(CONS, f"/jobs/{job}/result")[0] == 404 and held(net, job) == 0
+        assert len(_unopened(net, job)) == 1 and "ProtocolError" in _unopened(net, job)[0]
+
+
+@pytest.mark.parametrize("type_", ["psi", "psi_cardinality"])
+async def test_a_consumer_node_restarted_between_its_attestation_and_the_release_gets_its_result_paid_once(net, type_):
+    """The provider's node (``stall_release``) keeps its key back while the job is locked; the
+    consumer's node is restarted, then the provider's (now honest) publishes its key: the restarted
+    consumer's node opens its result from what it kept (0600, in its own state, no key of its set)."""
+    job = f"fx-restart-{type_.replace('_', '-')}-{TAG}"
+    before = {m: await net.balance(m) for m in (CONS, PROV)}
+    net.chain._nonces.pop(CONS, None)
+    await net.submit(job, type_, [f"{PROV}.subs"], {"dataset": "mine", "cheat_provider": "stall_release"},
+                     timeout_s=150)
+    deadline = asyncio.get_running_loop().time() + 90
+    while ((record := await net.chain.query(f"/jobs/{job}")) or {}).get("status") != "locked":
+        assert asyncio.get_running_loop().time() < deadline and (record or {}).get("status") in (None, "running"), record
+        await asyncio.sleep(0.2)
+    assert set(record["attestations"]) == {CONS, PROV} and not record["releases"], record
+    kept = net.root / "state" / f"compute-{CONS}" / "held" / f"{job}.pending"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert not any(k.encode() in kept.read_bytes() for k in CONSUMER_KEYS)  # the kept state holds no key of its set
+    try:
+        restart(net, CONS)
+        restart(net, PROV, "")  # now honest: it publishes the key it kept
+        record = await net.wait_chain(job, timeout=120)
+        assert record["status"] == "completed" and set(record["releases"]) == {PROV}, record
+        moved = {m: await net.balance(m) - before[m] for m in before}
+        assert moved[CONS] == -PRICE and moved[PROV] > 0, moved  # paid once
+        await net.wait_node(CONS, job, lambda r: r["status"] == "completed", timeout=60)
+        result = net.result(job)["result"]
+        assert result == ({"intersection": OVERLAP} if type_ == "psi" else {"cardinality": len(OVERLAP)}) | {
+            "consumer_set_size": len(CONSUMER_KEYS), "provider_set_size": len(PROVIDER_KEYS)}, result
+        assert not kept.exists()  # the job ended: nothing of it is kept
+    finally:  # the provider's node as the other tests expect it
+        restart(net, PROV, "tests.faults.dishonest_provider")
 
 
 async def _event_types(net, record: dict) -> set[str]:

@@ -69,12 +69,14 @@ def normalise_keys(values: list[Any]) -> tuple[list[bytes], int]:
     return list(keys), dropped
 
 
-def prepare_keys(values: list[Any]) -> list[bytes]:
+def prepare_keys(values: list[Any], seed: bytes | None = None) -> list[bytes]:
     """Normalised, deduplicated and shuffled: what a party masks and sends (run off the event loop).
-    Empties ``values`` as soon as it is read, so a large column is not held twice."""
+    Empties ``values`` as soon as it is read, so a large column is not held twice. With ``seed``
+    (32 random bytes) the order is the one SHAKE-256 of it gives: the same keys shuffle the same
+    way again, which lets a restarted consumer's node list its keys in the order it sent them."""
     keys, _ = normalise_keys(values)
     values.clear()
-    return shuffled(keys)
+    return shuffled(keys, hashlib.shake_256(seed).digest(8 * len(keys)) if seed is not None else None)
 
 
 def shuffled(items: list, rng_bytes: bytes | None = None) -> list:
@@ -143,6 +145,7 @@ class PsiJob(JobType):
 
     name = "psi"
     cardinality_only = False
+    _keys: list[bytes] | None = None  # the consumer's keys of this run, for its finish in this process
 
     def check(self, spec: JobSpec) -> None:
         if len(spec.inputs) != 1:
@@ -171,11 +174,20 @@ class PsiJob(JobType):
             raise JobRefused(f"no key column: give params.key or configure one for {dataset}")
         return column
 
-    async def _consumer_keys(self, ctx: JobContext) -> list[bytes]:
+    async def _consumer_keys(self, ctx: JobContext, seed: bytes | None = None,
+                             kept: dict | None = None) -> tuple[list[bytes], dict]:
+        """The consumer's keys, shuffled by ``seed``, and what lists them again in that order: the
+        dataset's commitment, the key column and the seed. With ``kept`` (that, from a run before a
+        restart): the same keys in the same order, or JobRefused if the dataset has changed since."""
         dataset = ctx.spec.params["dataset"]
+        column = kept["column"] if kept else self._key_column(ctx, dataset)
         ctx.progress("loading")
-        loaded = await ctx.load_local(dataset, [self._key_column(ctx, dataset)])
-        return await asyncio.to_thread(prepare_keys, loaded.columns.popitem()[1])
+        loaded = await ctx.load_local(dataset, [column])
+        if kept and loaded.commitment != kept["commitment"]:
+            raise JobRefused(f"{dataset} changed after the run: its keys are no longer the ones matched")
+        seed = bytes.fromhex(kept["seed"]) if kept else seed
+        keys = await asyncio.to_thread(prepare_keys, loaded.columns.popitem()[1], seed)
+        return keys, {"commitment": loaded.commitment, "column": column, "seed": seed.hex() if seed else None}
 
     async def _provider_keys(self, ctx: JobContext, ref) -> list[bytes]:
         column = self._key_column(ctx, ref.asset)
@@ -193,7 +205,7 @@ class PsiJob(JobType):
     # -- the consumer's side ------------------------------------------------------------------------
     async def _consumer(self, ctx: JobContext) -> Outcome:
         spec = ctx.spec
-        keys = await self._consumer_keys(ctx)
+        keys, listed = await self._consumer_keys(ctx, os.urandom(32))
         n_c = len(keys)
         provider = spec.inputs[0].provider
         chan = await ctx.channel(provider)
@@ -259,20 +271,28 @@ class PsiJob(JobType):
         # recorded both attestations (this transcript, these counts, that key hash) and the key.
         c2p, p2c = await close_held_back(chan, ctx)
         ctx.progress("matching", total, total)
-        ref = spec.inputs[0]
+        # What finish needs, kept by the node across a restart (0600): H(x)^ab as it came, held back;
+        # (H(y)^b)^a; and how to list this node's keys again in the order sent, not the keys themselves.
+        self._keys = keys
+        head = json.dumps({"n_c": n_c, "n_p": n_p, "release": release, "keys": listed}).encode()
+        pending = b"".join([head, b"\n", xab, yab])
+        return Outcome(result_hash(spec, c2p, p2c), records_used=n_c, records={spec.inputs[0].asset: n_p},
+                       releases={provider: release}, pending=pending)
 
-        async def after_release(released) -> None:
-            key = released_key(released, provider, release)
-            opened = await asyncio.to_thread(open_held_back, key, bytes(xab))
-            positions = await asyncio.to_thread(match_positions, opened, bytes(yab))
-            size = int(len(positions))
-            if 0 < size < ref.min_group_size:  # this node keeps no result below the listing's minimum
-                raise JobRefused(f"the intersection is below the listing's minimum group size ({ref.min_group_size})")
-            await ctx.commit_result(await asyncio.to_thread(self._result, keys, positions, n_c, n_p))
-            ctx.progress("done", total, total)
-
-        return Outcome(result_hash(spec, c2p, p2c), records_used=n_c, records={ref.asset: n_p},
-                       releases={provider: release}, after_release=after_release)
+    async def finish(self, ctx: JobContext, pending: bytes, released) -> None:
+        ref = ctx.spec.inputs[0]
+        state, xab, yab = _unpack(pending)
+        key = released_key(released, ref.provider, state["release"])
+        # This run's keys, or, on a node restarted since, the same keys listed again in the same order.
+        keys = self._keys if self._keys is not None else (await self._consumer_keys(ctx, kept=state["keys"]))[0]
+        opened = await asyncio.to_thread(open_held_back, key, xab)
+        positions = await asyncio.to_thread(match_positions, opened, yab)
+        size = int(len(positions))
+        if 0 < size < ref.min_group_size:  # this node keeps no result below the listing's minimum
+            raise JobRefused(f"the intersection is below the listing's minimum group size ({ref.min_group_size})")
+        await ctx.commit_result(await asyncio.to_thread(self._result, keys, positions, state["n_c"], state["n_p"]))
+        done = 2 * state["n_c"] + state["n_p"]
+        ctx.progress("done", done, done)
 
     # -- the provider's side ------------------------------------------------------------------------
     async def _provider(self, ctx: JobContext) -> Outcome:
@@ -375,7 +395,7 @@ class PsiCardinalityJob(PsiJob):
 
     async def _consumer(self, ctx: JobContext) -> Outcome:
         spec = ctx.spec
-        keys = await self._consumer_keys(ctx)
+        keys, _ = await self._consumer_keys(ctx)
         n_c = len(keys)
         chan = await ctx.channel(spec.inputs[0].provider)
         scalar = kernel.new_scalar()
@@ -429,20 +449,24 @@ class PsiCardinalityJob(PsiJob):
         held = bytes(msg.body)
         c2p, p2c = await close_held_back(chan, ctx)
         ref = spec.inputs[0]
-
-        async def after_release(released) -> None:
-            key = released_key(released, ref.provider, release)
-            count = int.from_bytes(open_held_back(key, held), "big")
-            if not 0 <= count <= min(n_c, n_p):
-                raise ProtocolError("bad count")
-            if 0 < count < ref.min_group_size:  # an honest provider never sends one; refuse it all the same
-                raise ProtocolError("the provider sent a count below the listing's minimum group size")
-            await ctx.commit_result(json.dumps({"cardinality": count, "consumer_set_size": n_c,
-                                                "provider_set_size": n_p}, sort_keys=True).encode())
-            ctx.progress("done", total, total)
-
+        # What finish needs, kept by the node across a restart (0600): the count as it came, held back.
+        pending = json.dumps({"n_c": n_c, "n_p": n_p, "release": release, "held": held.hex()}).encode()
         return Outcome(result_hash(spec, c2p, p2c), records_used=n_c, records={ref.asset: n_p},
-                       releases={ref.provider: release}, after_release=after_release)
+                       releases={ref.provider: release}, pending=pending)
+
+    async def finish(self, ctx: JobContext, pending: bytes, released) -> None:
+        ref = ctx.spec.inputs[0]
+        state = json.loads(pending)
+        n_c, n_p = state["n_c"], state["n_p"]
+        key = released_key(released, ref.provider, state["release"])
+        count = int.from_bytes(open_held_back(key, bytes.fromhex(state["held"])), "big")
+        if not 0 <= count <= min(n_c, n_p):
+            raise ProtocolError("bad count")
+        if 0 < count < ref.min_group_size:  # an honest provider never sends one; refuse it all the same
+            raise ProtocolError("the provider sent a count below the listing's minimum group size")
+        await ctx.commit_result(json.dumps({"cardinality": count, "consumer_set_size": n_c,
+                                            "provider_set_size": n_p}, sort_keys=True).encode())
+        ctx.progress("done", n_c + n_p, n_c + n_p)
 
     async def _provider(self, ctx: JobContext) -> Outcome:
         spec = ctx.spec
@@ -532,6 +556,16 @@ async def _exchange(chan: Channel, peer_role: str, sender: asyncio.Future, remas
         sender.cancel()
         remasks.cancel()
         raise
+
+
+def _unpack(pending: bytes) -> tuple[dict, memoryview, memoryview]:
+    """A psi consumer's kept state: its JSON line, then H(x)^ab held back and (H(y)^b)^a."""
+    cut = pending.index(b"\n")
+    state, blob = json.loads(pending[:cut]), memoryview(pending)[cut + 1:]
+    n_c = MATCH * state["n_c"]
+    if len(blob) != n_c + MATCH * state["n_p"]:
+        raise ValueError("the kept state does not add up to its set sizes")
+    return state, blob[:n_c], blob[n_c:]
 
 
 def _repeats(blob: bytes) -> bool:

@@ -95,42 +95,58 @@ async def run_held_back(type_, consumer_keys, provider_keys, **kw):
     c = context(spec, "bank", c_chan, {"customers": consumer_keys}, results)
     p = context(spec, "telco", p_chan, {"telco.subs": provider_keys}, results)
     outcome_c, outcome_p = await asyncio.gather(job.run(c), job.run(p))
-    return outcome_c, outcome_p, results, sent_by
+
+    async def finish(released):  # the consumer's node, once the chain holds the released keys
+        await job.finish(c, outcome_c.pending, released)
+    return outcome_c, outcome_p, results, sent_by, finish
 
 
 async def run_pair(type_, consumer_keys, provider_keys, **kw):
-    outcome_c, outcome_p, results, sent_by = await run_held_back(type_, consumer_keys, provider_keys, **kw)
-    if outcome_c.after_release is not None:  # psi: the chain locked the job and the provider released its key
+    outcome_c, outcome_p, results, sent_by, finish = await run_held_back(type_, consumer_keys, provider_keys, **kw)
+    if outcome_c.pending is not None:  # psi: the chain locked the job and the provider released its key
         assert "bank" not in results
-        await outcome_c.after_release({"telco": outcome_p.release_key})
+        await finish({"telco": outcome_p.release_key})
     return outcome_c, outcome_p, results, sent_by
 
 
 async def test_psi_cardinality_holds_the_count_back_until_the_providers_key_is_released():
-    oc, op, results, sent_by = await run_held_back("psi_cardinality", phones(0, 300), phones(250, 400))
+    oc, op, results, sent_by, finish = await run_held_back("psi_cardinality", phones(0, 300), phones(250, 400))
     assert results == {} and oc.records == op.records == {"telco.subs": 400}
     [count] = [hs.decode(f) for f in sent_by["telco"] if hs.decode(f)[0] == "count"]
     assert "c" not in count[1] and count[1]["release"] == oc.releases["telco"] == hashlib.sha256(
         op.release_key).hexdigest()
     with pytest.raises(JobRefused, match="does not match"):
-        await oc.after_release({"telco": bytes(32)})
-    await oc.after_release({"telco": op.release_key})
+        await finish({"telco": bytes(32)})
+    await finish({"telco": op.release_key})
     assert json.loads(results["bank"])["cardinality"] == 50
 
 
 async def test_psi_holds_the_consumer_result_back_until_the_providers_key_is_released():
     """Issue 16: the consumer's node cannot match before the key is on chain, a key other than the
     one whose hash it saw opens nothing, and both attest the provider's set size and that hash."""
-    oc, op, results, sent_by = await run_held_back("psi", phones(0, 300), phones(250, 400))
+    oc, op, results, sent_by, finish = await run_held_back("psi", phones(0, 300), phones(250, 400))
     assert results == {} and oc.records == op.records == {"telco.subs": 400}
     assert oc.releases == {"telco": hashlib.sha256(op.release_key).hexdigest()} and op.release_key not in b"".join(
         sent_by["telco"])
     with pytest.raises(JobRefused, match="does not match"):
-        await oc.after_release({"telco": bytes(32)})
+        await finish({"telco": bytes(32)})
     with pytest.raises(JobRefused, match="does not match"):
-        await oc.after_release({})
+        await finish({})
     assert results == {}
-    await oc.after_release({"telco": op.release_key})
+    await finish({"telco": op.release_key})
+    assert json.loads(results["bank"])["intersection"] == sorted(set(phones(0, 300)) & set(phones(250, 400)))
+
+
+async def test_a_restarted_consumer_node_lists_its_keys_again_and_refuses_a_dataset_changed_since():
+    """The kept state holds no key: a fresh job type (a restarted node) lists them again in the
+    order sent, from the dataset with the commitment the run saw; a changed dataset opens nothing."""
+    oc, op, results, _, _ = await run_held_back("psi", phones(0, 300), phones(250, 400))
+    assert not any(k.encode() in oc.pending for k in phones(0, 300))
+    changed = context(spec_for("psi"), "bank", None, {"customers": phones(1, 300)}, results)
+    with pytest.raises(JobRefused, match="changed after the run"):
+        await job_type("psi").finish(changed, oc.pending, {"telco": op.release_key})
+    same = context(spec_for("psi"), "bank", None, {"customers": phones(0, 300)}, results)
+    await job_type("psi").finish(same, oc.pending, {"telco": op.release_key})
     assert json.loads(results["bank"])["intersection"] == sorted(set(phones(0, 300)) & set(phones(250, 400)))
 
 
