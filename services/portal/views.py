@@ -212,6 +212,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         return exc.response
 
     # -- who is asking: each page names the dependency it needs, and nothing else checks ----------
+    # (async: a plain def would run in a thread, and the session store is the event loop's)
     async def person(request: Request) -> Session:
         """A page's signed-in person; anyone else goes to sign-in and back."""
         s = session_of(request)
@@ -226,11 +227,21 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             raise Answer(problem(401, "error.signin", language(request)))
         return s
 
-    async def signer(request: Request, s: Session = Depends(person)) -> Session:
-        """The roles that sign their member's transactions (the member's key is in their browser)."""
-        if s.role not in ("member_admin", "association_admin"):
-            raise Answer(error(request, 403, "error.forbidden"))
-        return s
+    def role_in(*roles: str, member: str | None = None):
+        """A person of one of ``roles`` (of ``member``, if named); anyone else gets a 403 page."""
+        async def check(request: Request, s: Session = Depends(person)) -> Session:
+            if s.role not in roles or member not in (None, s.member):
+                raise Answer(error(request, 403, "error.forbidden"))
+            return s
+        return Depends(check)
+
+    # The roles that sign their member's transactions (the member's key is in their browser).
+    Signer = role_in("member_admin", "association_admin")
+    # The whole audit trail, which the gateway gives only the association's staff and auditors (a
+    # member's people get their own calls, with gaps no anchor can be checked over). The Cedar policy
+    # has no action for the audit trail or for API keys: these two are the gateway's own rules.
+    TrailReader = role_in("association_admin", "auditor", member="association")
+    KeyAdmin = role_in("member_admin")
 
     async def staff_person(request: Request, s: Session = Depends(person)) -> Session:
         """Association staff, as the Cedar policy in force decides (``staff``)."""
@@ -242,30 +253,13 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             raise Answer(error(request, 403, "error.forbidden"))
         return s
 
-    async def trail_reader(request: Request, s: Session = Depends(person)) -> Session:
-        """The association's staff and auditors: the whole trail, which only they get from the gateway
-        (a member's people get their own calls, with gaps no anchor can be checked over). The Cedar
-        policy has no action for the audit trail; this is the gateway's own rule."""
-        if s.member != "association" or s.role not in ("association_admin", "auditor"):
-            raise Answer(error(request, 403, "error.forbidden"))
-        return s
-
-    async def key_admin(request: Request, s: Session = Depends(person)) -> Session:
-        """A member's admin, who manages the member's API keys at the gateway (the Cedar policy has no
-        action for API keys; this is the gateway's own rule for a member admin)."""
-        if s.role != "member_admin":
-            raise Answer(error(request, 403, "error.forbidden"))
-        return s
-
-    async def key_change(request: Request, s: Session = Depends(key_admin)) -> Session:
+    async def key_change(request: Request, s: Session = KeyAdmin) -> Session:
         """A change to the member's API keys: a small form from this portal's origin with the session's CSRF token."""
         if not s.csrf_ok(await form_field(request, "csrf")) or request.headers.get("origin", origin) != origin:
             raise Answer(error(request, 403, "error.csrf"))
         return s
 
-    # async: a plain def would run in a thread, and the session store is the event loop's
-    Person, ApiPerson, Signer, Staff = Depends(person), Depends(api_person), Depends(signer), Depends(staff_person)
-    TrailReader, KeyAdmin, KeyChange = Depends(trail_reader), Depends(key_admin), Depends(key_change)
+    Person, ApiPerson, Staff, KeyChange = Depends(person), Depends(api_person), Depends(staff_person), Depends(key_change)
 
     # -- language ---------------------------------------------------------------------------------
     @app.get("/lang/{code}", include_in_schema=False)
