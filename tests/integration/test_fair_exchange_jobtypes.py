@@ -10,6 +10,9 @@ chain and Kafka broker:
   refused ("locked for release"), the providers release their keys, the job settles (the consumer
   pays) and its node opens its result only then.
 
+A provider (tests/faults/dishonest_provider.py, ``inflate_records``) attesting ten times the rows it
+announced in he_scoring's statistics mode, which its consumer's node states as it saw them.
+
 And a restart in the middle of the exchange (issue 16): with the job locked, one provider's node
 (tests/faults/dishonest_provider.py, ``stall_release``) holding its key back, the consumer's node
 and then that provider's are restarted: the provider's node publishes the key it kept (0600, in its
@@ -27,7 +30,7 @@ import pytest
 import pytest_asyncio
 
 from jobkit import PRICE, start_net
-from test_fair_exchange import answers, held
+from test_fair_exchange import answers, held, restart
 from services.common.tx import Code
 
 TAG = os.urandom(3).hex()
@@ -92,12 +95,12 @@ async def net(chain, kafka, tmp_path_factory):
         await n.stop()
 
 
-async def _run(net, job: str, name: str, cheat: str) -> tuple[dict, dict, list[str]]:
+async def _run(net, job: str, name: str, **cheats: str) -> tuple[dict, dict, list[str]]:
     type_, assets, params = JOBS[name]
     providers = sorted({a.rsplit(".", 1)[0] for a in assets})
     before = {m: await net.balance(m) for m in (CONS, *providers)}
     net.chain._nonces.pop(CONS, None)  # the cheating node may have signed with the member's key since
-    await net.submit(job, type_, assets, {**params, "cheat": cheat}, timeout_s=90)
+    await net.submit(job, type_, assets, {**params, **cheats}, timeout_s=90)
     record = await net.wait_chain(job, timeout=150)
     assert await net.chain.query(f"/bank/escrow/{job}") is None
     after = {m: await net.balance(m) for m in before}
@@ -107,7 +110,7 @@ async def _run(net, job: str, name: str, cheat: str) -> tuple[dict, dict, list[s
 @pytest.mark.parametrize("name", sorted(JOBS))
 async def test_a_consumer_aborting_before_the_lock_is_refunded_and_holds_nothing_it_can_open(net, name):
     job = f"fj-walk-{name.replace('_', '-')}-{TAG}"
-    record, moved, _ = await _run(net, job, name, "abort_before_lock")
+    record, moved, _ = await _run(net, job, name, cheat="abort_before_lock")
     assert record["status"] == "aborted" and record["ended_reason"] == "the consumer changed its mind", record
     assert await answers(net, job) == [{"type": "jobs.Abort", "code": 0, "log": ""}]
     assert CONS not in record["attestations"] and not record.get("releases"), record
@@ -119,7 +122,7 @@ async def test_a_consumer_aborting_before_the_lock_is_refunded_and_holds_nothing
 @pytest.mark.parametrize("name", sorted(JOBS))
 async def test_a_consumer_aborting_after_the_lock_is_refused_pays_and_gets_its_result(net, name):
     job = f"fj-late-{name.replace('_', '-')}-{TAG}"
-    record, moved, providers = await _run(net, job, name, "abort_after_lock")
+    record, moved, providers = await _run(net, job, name, cheat="abort_after_lock")
     told = await answers(net, job)
     assert [a["type"] for a in told] == ["jobs.Fail", "jobs.Abort"]
     for answer in told:  # refused while locked, by its node key and by its member's own key
@@ -140,6 +143,22 @@ async def test_a_consumer_aborting_after_the_lock_is_refused_pays_and_gets_its_r
         assert [d["reference"] for d in result["disagreements"]] == [REFS[3]], result
 
 
+async def test_a_provider_inflating_its_rows_in_he_statistics_fails_the_job_unpaid_and_the_dispute_is_recorded(net):
+    """In he_scoring's statistics mode the provider announces its rows (``start {n}``) and sends one
+    masked id for each: the consumer's node states that count, so an inflated one fails the job
+    before the lock, unpaid, and the dispute is on chain (as in psi, tests/integration/test_fair_exchange.py)."""
+    job = f"fj-inflate-{TAG}"
+    record, moved, _ = await _run(net, job, "he_statistics", cheat_provider="inflate_records")
+    asset, rows = f"{PA}.accounts", 60
+    assert record["status"] == "failed" and "different records used" in record["ended_reason"], record
+    assert record["attestations"][PA]["records_used"] == 10 * rows
+    assert record["attestations"][CONS]["records"] == {asset: rows}  # what the provider announced and sent
+    assert record["records_disputed"] == {asset: {PA: 10 * rows, CONS: rows}}
+    assert set(moved.values()) == {0} and not record.get("releases"), (moved, record)  # unpaid, nothing released
+    await net.wait_node(CONS, job, lambda r: r["status"] in ("failed", "aborted"), timeout=20)
+    assert net.http(CONS, f"/jobs/{job}/result")[0] in (404, 409) and held(net, job) == 0
+
+
 async def test_a_node_restarted_between_the_lock_and_the_release_still_releases_and_opens(net):
     job = f"fj-restart-{TAG}"
     type_, assets, params = JOBS["aggregation"]
@@ -156,11 +175,8 @@ async def test_a_node_restarted_between_the_lock_and_the_release_still_releases_
             for m, name in ((PA, "release_key"), (CONS, "pending"))}
     for path in kept.values():  # each node's own state, readable by its own user only
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    for member, module in ((CONS, None), (PA, "")):  # the consumer's node, then the provider's (now honest)
-        net.nodes[member].stop()
-        if module is not None:
-            net.nodes[member].module = module
-        net.nodes[member].start(timeout=120)
+    restart(net, CONS)
+    restart(net, PA, "")  # now honest: it publishes the key it kept
     record = await net.wait_chain(job, timeout=120)
     assert record["status"] == "completed" and set(record["releases"]) == {PA, PB}, record
     moved = {m: await net.balance(m) - before[m] for m in before}

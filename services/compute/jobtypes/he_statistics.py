@@ -390,8 +390,9 @@ async def run_consumer(ctx: JobContext) -> Outcome:
     secret = base64.b64encode(await asyncio.to_thread(secret_context, he)).decode() if he is not None else None
     pending = json.dumps({"n": n, "n_x": n_x, "count": count, "noisy": noisy, "release": release, "secret": secret,
                           "held": {str(p): [off, base64.b64encode(blob).decode()] for p, (off, blob) in held.items()}})
+    # records: P's rows as P announced them and sent them (n masked ids): P is charged for no more.
     return Outcome(result_hash(spec, c2p, p2c), records_used=n_x, summary={"provider_rows": n},
-                   releases={provider: release}, pending=pending.encode())
+                   records={spec.inputs[0].asset: n}, releases={provider: release}, pending=pending.encode())
 
 
 async def finish_consumer(ctx: JobContext, pending: bytes, released) -> None:
