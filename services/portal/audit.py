@@ -38,14 +38,29 @@ class RecordRow:
     verdict: str  # its anchor's verdict, or NOT_ANCHORED
 
 
-def parse(records: object, anchors: object) -> tuple[list[AuditRecord], list[dict]]:
+def parse_records(records: object) -> list[AuditRecord]:
     try:
-        parsed = [AuditRecord(**r) for r in records]  # type: ignore[union-attr]
-        kept = [{"first_seq": int(a["first_seq"]), "last_seq": int(a["last_seq"]), "digest": str(a["digest"]),
+        return [AuditRecord(**r) for r in records]  # type: ignore[union-attr]
+    except (TypeError, ValueError, ValidationError):
+        raise BadTrail("the gateway's audit records are not in the expected form") from None
+
+
+def parse_anchors(anchors: object) -> list[dict]:
+    try:
+        return [{"first_seq": int(a["first_seq"]), "last_seq": int(a["last_seq"]), "digest": str(a["digest"]),
                  "height": int(a["height"]), "time": float(a["time"])} for a in anchors]  # type: ignore[union-attr]
-    except (TypeError, KeyError, ValueError, ValidationError):
-        raise BadTrail("the gateway's audit trail is not in the expected form") from None
-    return parsed, kept
+    except (TypeError, KeyError, ValueError):
+        raise BadTrail("the gateway's audit anchors are not in the expected form") from None
+
+
+def page_end(after: int, anchors: list[dict], size: int, most: int) -> int:
+    """The last record of the page that starts after record ``after``: the end of an anchored batch,
+    so that its batches are whole on the page and can be checked (a batch may hold hundreds of
+    records): the last batch end within ``size`` records, else the first within ``most``, else
+    ``size`` records on (no batch ends in reach: records not anchored yet, or a larger batch)."""
+    ends = sorted(a["last_seq"] for a in anchors if after < a["last_seq"] <= after + most)
+    within = [e for e in ends if e <= after + size]
+    return within[-1] if within else ends[0] if ends else after + size
 
 
 def check(records: list[AuditRecord], anchors: list[dict]) -> tuple[list[AnchorCheck], list[RecordRow]]:

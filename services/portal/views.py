@@ -45,7 +45,7 @@ JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]{2,79}$")
 MEMBER = re.compile(r"^[a-z0-9][a-z0-9\-]{1,39}$")
 JOB_TYPES = ("psi", "psi_cardinality")  # the job types the portal's form offers (the chain knows more)
 STATEMENT_DAYS = 90
-AUDIT_PAGE = 100  # audit records a page shows
+AUDIT_PAGE, AUDIT_PAGE_MOST = 100, 1000  # audit records a page shows: about, at most (the gateway's page)
 MAX_SEQ = 2**62
 KEY_ID = re.compile(r"^[a-z0-9_]{1,40}$")  # the gateway's API key ids
 KEY_ROLES = ("member_admin", "analyst", "compute_operator", "auditor")  # what a member admin may issue
@@ -544,23 +544,25 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
     # -- the audit trail and its anchors on chain ---------------------------------------------------
     @app.get("/audit", include_in_schema=False)
     async def audit_trail(request: Request, after: str = "0", s: Session = TrailReader) -> Response:
-        """AUDIT_PAGE records after record ``after``, each with whether an anchor covers it and the
-        batch hashes to the anchored digest (services/portal/audit.py says what that shows)."""
+        """The records after record ``after`` up to the end of an anchored batch (about AUDIT_PAGE),
+        each with whether an anchor covers it and the batch hashes to the anchored digest
+        (services/portal/audit.py says what that shows)."""
         if not after.isdigit() or len(after) > 19 or int(after) > MAX_SEQ:
             return error(request, 400, "error.bad_request")
         first = int(after)
         try:
-            records = await portal.gateway.get(s.member, s.role, "/audit",
-                                               {"after_seq": str(first), "limit": str(AUDIT_PAGE)})
             # anchors are kept on chain under their last record's number: those ending after ``first``
-            anchors = await portal.gateway.get(s.member, s.role, "/audit/anchors",
-                                               {"after": f"audit/anchors/{first:012d}", "limit": str(AUDIT_PAGE + 1)})
-            checks, rows = trail.check(*trail.parse(records, anchors))
+            anchors = trail.parse_anchors(await portal.gateway.get(s.member, s.role, "/audit/anchors", {
+                "after": f"audit/anchors/{first:012d}", "limit": str(AUDIT_PAGE_MOST)}))
+            limit = trail.page_end(first, anchors, AUDIT_PAGE, AUDIT_PAGE_MOST) - first
+            records = trail.parse_records(await portal.gateway.get(s.member, s.role, "/audit", {
+                "after_seq": str(first), "limit": str(limit)}))
+            checks, rows = trail.check(records, anchors)
         except GatewayError as exc:
             return error(request, exc.status, exc.kind)
         except trail.BadTrail:
             return error(request, 502, "error.gateway")
-        later = rows[-1].record.seq if len(rows) == AUDIT_PAGE else None
+        later = rows[-1].record.seq if len(rows) == limit else None
         return render(request, "audit.html", checks=checks, rows=rows, after=first, later=later,
                       earlier=max(0, first - AUDIT_PAGE) if first else None, utc=utc_text)
 

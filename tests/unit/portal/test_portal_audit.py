@@ -73,10 +73,31 @@ def test_a_record_dropped_from_a_batch_leaves_it_unchecked_not_verified():
     assert [c.verdict for c in checks] == ["partly_shown"]
 
 
-@pytest.mark.parametrize("records, anchors", ((["x"], []), ([{"seq": 1}], []), ([], [{"first_seq": "a"}]), (None, [])))
-def test_a_malformed_trail_is_refused(records, anchors):
+@pytest.mark.parametrize("records", (["x"], [{"seq": 1}], None, [{"seq": "a"}]))
+def test_malformed_records_are_refused(records):
     with pytest.raises(trail.BadTrail):
-        trail.parse(records, anchors)
+        trail.parse_records(records)
+
+
+@pytest.mark.parametrize("anchors", ([{"first_seq": "a"}], [{}], None, ["x"]))
+def test_malformed_anchors_are_refused(anchors):
+    with pytest.raises(trail.BadTrail):
+        trail.parse_anchors(anchors)
+
+
+def ends(*last_seqs: int) -> list[dict]:
+    return [{"last_seq": n} for n in last_seqs]
+
+
+@pytest.mark.parametrize("after, anchors, expected", (
+    (0, ends(40, 90, 130), 90),      # the last batch end within 100 records
+    (0, ends(250, 700), 250),        # none within 100: the first within 1000, so the batch is whole
+    (90, ends(90, 130, 300), 130),   # an anchor ending at `after` itself is the page before's
+    (0, ends(1500), 100),            # a batch larger than the gateway's page: 100 records, unchecked
+    (500, [], 600),                  # records not anchored yet
+))
+def test_a_page_ends_where_an_anchored_batch_ends(after, anchors, expected):
+    assert trail.page_end(after, anchors, 100, 1000) == expected
 
 
 @pytest.fixture
@@ -108,5 +129,7 @@ def test_the_audit_page_shows_each_record_s_check(site):
     assert 'id="anchor-4" data-verdict="verified"' in page.text
     assert 'id="record-5" data-verdict="not_anchored" data-intact="yes"' in page.text
     assert "Not checked here" in page.text
+    limits = [c.url.params["limit"] for c in site.seen if c.url.path == "/v1/audit"]
+    assert limits == ["4"]  # the page ended with the anchored batch
     site.answers["/v1/audit"] = [{"seq": "not a record"}]
     assert site.client.get("/audit").status_code == 502
