@@ -47,7 +47,7 @@ JOB_TYPES = ("psi", "psi_cardinality")  # the job types the portal's form offers
 STATEMENT_DAYS = 90
 AUDIT_PAGE, AUDIT_PAGE_MOST = 100, 1000  # audit records a page shows: about, at most (the gateway's page)
 MAX_SEQ = 2**62
-KEY_ID = re.compile(r"^[a-z0-9_]{1,40}$")  # the gateway's API key ids
+KEY_ID = re.compile(r"[a-z0-9_]{1,40}")  # the gateway's API key ids
 KEY_ROLES = ("member_admin", "analyst", "compute_operator", "auditor")  # what a member admin may issue
 POLICY_TTL_S = 30.0
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
@@ -547,7 +547,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         """The records after record ``after`` up to the end of an anchored batch (about AUDIT_PAGE),
         each with whether an anchor covers it and the batch hashes to the anchored digest
         (services/portal/audit.py says what that shows)."""
-        if not after.isdigit() or len(after) > 19 or int(after) > MAX_SEQ:
+        if not re.fullmatch(r"[0-9]{1,19}", after) or int(after) > MAX_SEQ:
             return error(request, 400, "error.bad_request")
         first = int(after)
         try:
@@ -596,7 +596,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
     async def change_api_key(request: Request, key_id: str, change: str, s: Session = KeyChange) -> Response:
         """``revoke`` or ``rotate`` (a new token, the old one revoked) one of the member's keys; never
         a key this portal itself calls the gateway with."""
-        if not KEY_ID.match(key_id) or change not in ("revoke", "rotate"):
+        if not KEY_ID.fullmatch(key_id) or change not in ("revoke", "rotate"):
             return error(request, 404, "error.not_found")
         if key_id in portal.gateway.own_key_ids(s.member):
             return error(request, 403, "error.portal_key")

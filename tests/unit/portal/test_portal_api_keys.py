@@ -76,7 +76,7 @@ def test_changes_need_the_session_s_token_from_this_origin_in_a_small_form(site)
 
 
 @pytest.mark.parametrize("path", ("/api-keys/AB12/revoke", "/api-keys/" + "a" * 41 + "/revoke",
-                                  "/api-keys/ab-12/rotate", "/api-keys/ab12/delete"))
+                                  "/api-keys/ab-12/rotate", "/api-keys/ab12/delete", "/api-keys/ab12%0A/revoke"))
 def test_a_bad_key_id_or_change_is_404(site, path):
     s = site.sign_in("bank", "member_admin")
     assert form(site, path, s.csrf).status_code == 404

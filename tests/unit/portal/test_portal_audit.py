@@ -112,7 +112,7 @@ def test_the_audit_page_is_the_association_s(site, member, role):
     assert site.calls == []
 
 
-@pytest.mark.parametrize("after", ("-1", "abc", "1e3", "9" * 30, str(2**63)))
+@pytest.mark.parametrize("after", ("-1", "abc", "1e3", "9" * 30, str(2**63), "１２", "12\n"))
 def test_the_audit_page_refuses_a_bad_record_number(site, after):
     site.sign_in("association", "auditor")
     assert site.client.get("/audit", params={"after": after}).status_code == 400
