@@ -30,4 +30,5 @@ def test_the_statement_csv_defuses_formulas():
 
 def test_every_relayed_type_names_the_role_that_may_send_it():
     assert set(SENDER) == set(RELAYED)
-    assert {SENDER["members.Suspend"], SENDER["members.Reinstate"]} == {"association_admin"}
+    kill_switches = ("members.Suspend", "members.Reinstate", "jobs.Abort", "assets.Suspend")
+    assert {SENDER[t] for t in kill_switches} == {"association_admin"}
