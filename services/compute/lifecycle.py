@@ -242,7 +242,7 @@ class JobManager:
                 self.journal.put_held(job, "release_key", outcome.release_key)
             if outcome.pending is not None:
                 self.journal.put_held(job, "pending", outcome.pending)
-            if outcome.after_release is not None or outcome.pending is not None:
+            if outcome.pending is not None:
                 self._awaiting.add(job)  # its JobCompleted must wait for the result the keys open
             await self._attest(spec, outcome.result_hash, outcome.records_used, outcome.records, releases)
             JOB_SECONDS.labels(spec.type).observe(time.monotonic() - started)
@@ -250,8 +250,6 @@ class JobManager:
                 await self._release(spec, outcome.release_key)
             if outcome.pending is not None:
                 await self._after_release(spec, self._finisher(plugin, spec, row.attempt, policy, outcome.pending))
-            elif outcome.after_release is not None:
-                await self._after_release(spec, outcome.after_release)
         except asyncio.CancelledError:
             self._stopped(job)
             raise
@@ -283,8 +281,7 @@ class JobManager:
     async def _resume_held(self, spec: JobSpec, record: dict, row) -> None:
         """A restart after this node's part was done: attest as it would have (the kept record
         counts and release hashes), publish its release key once the job is locked, and open a
-        held-back result once the keys are on chain. A job type that kept no ``pending`` (its
-        consumer's state was in memory only) cannot open its result after a restart."""
+        held-back result once the keys are on chain (from the ``pending`` bytes it kept)."""
         kept = json.loads(self.journal.held(spec.job, "attestation") or b"{}")
         if self.member not in record.get("attestations", {}):
             await self._attest(spec, row.result_hash, row.records_used or 0, kept.get("records"), kept.get("releases"))

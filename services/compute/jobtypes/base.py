@@ -132,13 +132,11 @@ class Outcome:
     summary: Mapping[str, Any] = field(default_factory=dict)  # kept in this node's journal only; no values
     # Fair exchange (docs/compute.md): each input's record count this node saw used; the release-key
     # hashes it knows of (member -> SHA-256 hex); a provider's key it holds back until the chain has
-    # locked the job; a consumer's step that needs the released keys (member -> key) to finish.
+    # locked the job; what the consumer needs to finish once the keys are released, as bytes the
+    # node keeps across a restart (0600, journal.py): the lifecycle then calls the job type's ``finish``.
     records: Mapping[str, int] = field(default_factory=dict)
     releases: Mapping[str, str] = field(default_factory=dict)
     release_key: bytes | None = None
-    after_release: Callable[[Mapping[str, bytes]], Awaitable[None]] | None = None
-    # Or, instead of ``after_release``, what the consumer needs to finish, as bytes the node keeps
-    # across a restart (0600, journal.py): the lifecycle then calls the job type's ``finish``.
     pending: bytes | None = None
 
 

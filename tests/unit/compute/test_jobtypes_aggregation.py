@@ -116,15 +116,12 @@ async def release(outcomes, results, ctxs=None):
     releases its key, and the consumer's node opens its held-back messages with those keys (from
     the bytes it kept, for a job type that keeps them: as a restarted node would)."""
     ok = {m: o for m, o in outcomes.items() if not isinstance(o, BaseException)}
-    waiting = {m: o for m, o in ok.items() if o.after_release or o.pending is not None}
+    waiting = {m: o for m, o in ok.items() if o.pending is not None}
     assert not set(waiting) & set(results), "a result before the release"
     keys = {m: o.release_key for m, o in ok.items() if o.release_key}
     for member, outcome in waiting.items():
         assert set(outcome.releases) <= set(keys)
-        if outcome.pending is not None:
-            await job_type(ctxs[member].spec.type).finish(ctxs[member], outcome.pending, keys)
-        else:
-            await outcome.after_release(keys)
+        await job_type(ctxs[member].spec.type).finish(ctxs[member], outcome.pending, keys)
 
 
 # -- the ring ---------------------------------------------------------------------------------------
