@@ -27,6 +27,7 @@ TOPICS = EVENT_TOPICS + [dead_letter_topic(t) for t in EVENT_TOPICS]  # every to
 EVENT_TYPES: dict[str, frozenset[str]] = {
     CHAIN_EVENTS: frozenset({
         "MemberRegistered", "MemberNodeSet", "KeyRotated", "MemberSuspended", "MemberReinstated",
+        "KeyDelegated", "KeyUndelegated",
         "AssetListed", "AssetUpdated", "AssetDelisted", "AssetSuspended", "DynamicPriceChanged",
         "AccessRequested", "AccessApproved", "AccessGranted", "AccessRejected", "AccessRevoked", "AccessExpired",
         "JobAuthorized", "JobAttested", "JobCompleted", "JobFailed", "JobAborted", "JobSettled",
