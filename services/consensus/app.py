@@ -134,7 +134,8 @@ class Verified:
 @dataclass(frozen=True)
 class Outcome:
     """One tx's result. ``admissible`` is False when the tx failed authentication (decoding,
-    chain, type, signer, signature, nonce or payload schema): such a tx may not be in a block."""
+    chain, type, signer, signature, a delegate's powers, nonce or payload schema): such a tx may
+    not be in a block."""
 
     code: int
     log: str
@@ -605,6 +606,9 @@ class RdxApp(Application):
             if not identity.verify(account["public_key"], signing_bytes, tx.sig):
                 raise Rejected(Code.BAD_SIGNATURE, "signature does not verify with the signer's registered key")
             self._verified[raw] = Verified(tx, signing_bytes, account["public_key"])
+        if account["kind"] == "delegate":  # its powers only, while active and unexpired; as its member
+            keeper.check_delegate(account, tx.type, time)
+            ctx.acting_as = account["member"]
         if tx.nonce != account["nonce"] + 1:
             raise Rejected(Code.BAD_NONCE, f"nonce {tx.nonce} is not the signer's next nonce {account['nonce'] + 1}")
         try:

@@ -26,7 +26,8 @@ class Context:
     tx: Tx | None = None
     events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     # Set while a board proposal executes its action: the handler acts as the association's own
-    # account (``acting_as``), authorised by the board's approvals rather than by ``tx``'s signer.
+    # account (``acting_as``), authorised by the board's approvals rather than by ``tx``'s signer;
+    # and for a tx signed by a member's delegate (kind ``delegate``), which acts as its member.
     acting_as: str | None = None
     proposal: str | None = None
 

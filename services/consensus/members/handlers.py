@@ -6,7 +6,7 @@ from services.common.tx import Code
 from services.consensus.context import Context, Rejected
 from services.consensus.jobs.keeper import JobsKeeper
 from services.consensus.members import messages as m
-from services.consensus.members.keeper import MembersKeeper
+from services.consensus.members.keeper import ASSOCIATION, DELEGATE, MAX_DELEGATES, MAX_DELEGATION_S, MembersKeeper
 
 
 def _association_only(ctx: Context, keeper: MembersKeeper) -> None:
@@ -105,6 +105,56 @@ def reinstate(ctx: Context, msg: m.Reinstate) -> None:
     ctx.emit("MemberReinstated", f"member:{msg.member}", member=msg.member)
 
 
+def _own_key(ctx: Context, keeper: MembersKeeper, what: str) -> dict:
+    """The member whose own account signed this very tx: not a delegate (acting as its member),
+    not a node or board key, and not the association (its keys are the board's)."""
+    member = keeper.signing_member(ctx.signer)
+    if ctx.tx is None or ctx.tx.signer != member["id"]:
+        raise Rejected(Code.UNAUTHORIZED, f"only the member's own key may {what}")
+    if ASSOCIATION in member["roles"]:
+        raise Rejected(Code.UNAUTHORIZED, f"the association does not {what}: its keys are the board's")
+    return member
+
+
+def delegate(ctx: Context, msg: m.Delegate) -> None:
+    keeper = MembersKeeper(ctx)
+    member = _own_key(ctx, keeper, "delegate")
+    account_id = f"{member['id']}{DELEGATE}{msg.label}"
+    if len(account_id) > 64:
+        raise Rejected(Code.INVALID_PAYLOAD, f"label too long: the account {account_id} would pass 64 characters")
+    if not ctx.time < msg.expires_at <= ctx.time + MAX_DELEGATION_S:
+        raise Rejected(Code.INVALID_PAYLOAD, f"expires_at must be after the block's time {ctx.time} and at most "
+                                             f"{MAX_DELEGATION_S // 86_400} days ahead")
+    existing = keeper.account(account_id)
+    if existing is not None and existing["status"] == "active" and ctx.time < existing["expires_at"]:
+        raise Rejected(Code.CONFLICT, f"delegate {account_id} is active: undelegate it first")
+    if existing is None and len(keeper.delegates(member["id"])) >= MAX_DELEGATES:
+        raise Rejected(Code.CONFLICT, f"{member['id']} has {MAX_DELEGATES} delegates, the most a member may have "
+                                      "(an ended one's label can be delegated again)")
+    holder = keeper.key_in_use(msg.public_key)
+    if holder is not None:
+        raise Rejected(Code.CONFLICT, f"that key is already used by account {holder}")
+    powers = sorted(set(msg.powers))
+    keeper.put_account({"id": account_id, "member": member["id"], "kind": "delegate", "public_key": msg.public_key,
+                        "nonce": existing["nonce"] if existing else 0, "label": msg.label, "powers": powers,
+                        "expires_at": msg.expires_at, "status": "active", "height": ctx.height})
+    ctx.emit("KeyDelegated", f"member:{member['id']}", member=member["id"], account=account_id,
+             public_key=msg.public_key, powers=powers, expires_at=msg.expires_at)
+
+
+def undelegate(ctx: Context, msg: m.Undelegate) -> None:
+    keeper = MembersKeeper(ctx)
+    member = _own_key(ctx, keeper, "undelegate")
+    account = keeper.account(msg.account)
+    if account is None or account["kind"] != "delegate" or account["member"] != member["id"]:
+        raise Rejected(Code.NOT_FOUND, f"{msg.account} is not a delegate of {member['id']}")
+    if account["status"] != "active":
+        raise Rejected(Code.INVALID_STATE, f"delegate {msg.account} was already undelegated")
+    account.update(status="ended", ended_height=ctx.height)
+    keeper.put_account(account)
+    ctx.emit("KeyUndelegated", f"member:{member['id']}", member=member["id"], account=msg.account)
+
+
 HANDLERS = {
     "members.Register": (m.Register, register),
     "members.SetNode": (m.SetNode, set_node),
@@ -112,4 +162,6 @@ HANDLERS = {
     "members.Recover": (m.Recover, recover),
     "members.Suspend": (m.Suspend, suspend),
     "members.Reinstate": (m.Reinstate, reinstate),
+    "members.Delegate": (m.Delegate, delegate),
+    "members.Undelegate": (m.Undelegate, undelegate),
 }

@@ -4,6 +4,8 @@
 A member (an organisation) has one signing account with the member's own id, and optionally
 a compute node account ``<member>.node``; the association also has its board seats' accounts
 ``<association>.board-<name>`` (kind ``board``). Accounts carry the public key and the next nonce.
+A member's own key may add delegates, ``<member>.delegate-<label>`` (kind ``delegate``): keys that
+sign only the member's txs of their ``powers``, until ``expires_at`` or until ended (``status``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from services.consensus.context import Context, Rejected
 
 ROLES = ("association", "provider", "consumer", "compute_operator")
 ASSOCIATION = "association"
+DELEGATE = ".delegate-"  # a delegate's account id: <member>.delegate-<label>
+MAX_DELEGATES = 16  # delegate accounts per member, ended ones included (a label can be delegated again)
+MAX_DELEGATION_S = 90 * 86_400  # how far ahead of the block's time a delegate's expires_at may be
 
 
 class MembersKeeper:
@@ -66,6 +71,33 @@ class MembersKeeper:
         if role is not None and role not in member["roles"]:
             raise Rejected(Code.UNAUTHORIZED, f"member {member['id']} does not have the {role} role")
         return member
+
+    def delegates(self, member_id: str) -> list[dict[str, Any]]:
+        """The member's delegate accounts, ended and expired ones included (member ids hold no dot,
+        so this prefix is no other member's)."""
+        return [a for _, a in self.store.scan(f"accounts/{member_id}{DELEGATE}")]
+
+    def key_in_use(self, public_key: str) -> str | None:
+        """The account that holds or held ``public_key`` (revoked keys included), if any: one pass
+        over every account, which only members.Delegate pays, after its cheaper checks."""
+        for _, account in self.store.scan("accounts/"):
+            if account["public_key"] == public_key:
+                return account["id"]
+        for key, history in self.store.scan("revoked-keys/"):
+            if any(entry["public_key"] == public_key for entry in history):
+                return key.removeprefix("revoked-keys/")
+        return None
+
+    @staticmethod
+    def check_delegate(account: dict[str, Any], tx_type: str, time: int) -> None:
+        """May this delegate account sign a ``tx_type`` now (block time ``time``)? Raises if not."""
+        if account["status"] != "active":
+            raise Rejected(Code.UNAUTHORIZED, f"delegate {account['id']} was undelegated at height {account['ended_height']}")
+        if time >= account["expires_at"]:
+            raise Rejected(Code.UNAUTHORIZED, f"delegate {account['id']} expired at {account['expires_at']}")
+        if tx_type not in account["powers"]:
+            raise Rejected(Code.UNAUTHORIZED, f"delegate {account['id']} may sign only {', '.join(account['powers'])}, "
+                                              f"not {tx_type}")
 
     def signing_node(self, account: str) -> dict[str, Any]:
         """The active member whose compute node account signed."""

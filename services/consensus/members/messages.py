@@ -8,7 +8,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MemberId = Field(min_length=2, max_length=40, pattern=r"^[a-z0-9][a-z0-9\-]*$")
+AccountId = Field(min_length=2, max_length=64, pattern=r"^[a-z0-9][a-z0-9.\-]*$")
 Role = Literal["association", "provider", "consumer", "compute_operator"]
+# What a member's delegated key may sign: the member's own txs of these types, nothing else.
+Power = Literal["jobs.Submit", "access.Request"]
 
 
 def _ed25519_key(value: str) -> str:
@@ -62,7 +65,7 @@ class Recover(Msg):
     """Association only (the board by default): replace an account's key, e.g. one that leaked.
     The old key stops verifying in the block that applies this; the member stays active."""
 
-    account: str = Field(min_length=2, max_length=64, pattern=r"^[a-z0-9][a-z0-9.\-]*$")
+    account: str = AccountId
     public_key: str
     reason: str = Field(min_length=1, max_length=500)
 
@@ -78,3 +81,21 @@ class Suspend(Msg):
 
 class Reinstate(Msg):
     member: str = MemberId
+
+
+class Delegate(Msg):
+    """The member's own key only: let another key sign the member's txs of ``powers`` until
+    ``expires_at`` (chain time), as account ``<member>.delegate-<label>``."""
+
+    label: str = Field(min_length=1, max_length=23, pattern=r"^[a-z0-9][a-z0-9\-]*$")
+    public_key: str
+    powers: list[Power] = Field(min_length=1, max_length=2)
+    expires_at: int = Field(ge=0, le=2**53 - 1)
+
+    _key = field_validator("public_key")(_ed25519_key)
+
+
+class Undelegate(Msg):
+    """The member's own key only: end one of its delegates (``<member>.delegate-<label>``)."""
+
+    account: str = AccountId
