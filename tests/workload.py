@@ -17,9 +17,11 @@ COMMIT = "ab" * 32
 RESULT = "cd" * 32
 
 
-def mixed_workload(association: Identity, members: int = 4, tag: str = "w", policy_version: int = 2) -> Iterator[Step]:
+def mixed_workload(association: Identity, members: int = 4, tag: str = "w", policy_version: int = 2,
+                   now: int | None = None) -> Iterator[Step]:
     """Every tx type the chain accepts appears at least once; ``tag`` keeps ids unique per run,
-    ``policy_version`` is the next policy version of the chain it runs on."""
+    ``policy_version`` is the next policy version of the chain it runs on, ``now`` its time (a
+    delegate's expiry is bounded by it; by default the clock's)."""
     people = [Identity.generate(f"{tag}-m{i}") for i in range(members)]
     nodes = [Identity.generate(f"{p.account}.node") for p in people]
     far = int(time.time()) + 10 * 365 * 86_400
@@ -72,6 +74,10 @@ def mixed_workload(association: Identity, members: int = 4, tag: str = "w", poli
     yield providers[0], "access.Reject", {"id": f"{tag}.g-rej", "reason": "not this purpose"}
     yield providers[0], "access.Revoke", {"id": f"{tag}.g0", "reason": "contract ended"}
     yield consumer, "bank.Transfer", {"to": providers[0].account, "amount": 10, "memo": "thanks"}
+    analyst = Identity.generate(f"{consumer.account}.delegate-analyst")
+    yield consumer, "members.Delegate", {"label": "analyst", "public_key": analyst.public_key, "powers": ["jobs.Submit"],
+                                         "expires_at": (int(time.time()) if now is None else now) + 30 * 86_400}
+    yield consumer, "members.Undelegate", {"account": analyst.account}
     yield association, "bank.Withdraw", {"member": providers[0].account, "amount": 5, "reference": f"{tag}-wd"}
     yield providers[0], "members.SetNode", {"node": {"public_key": nodes[1].public_key, "endpoint": "127.0.0.1:50999"}}
     yield providers[0], "assets.Delist", {"id": f"{tag}.a0", "reason": "retired"}
