@@ -95,8 +95,8 @@ class ChainView:
                 nodes[member] = NodeRef(m["node"]["account"], m["node"]["endpoint"])
         spec = JobSpec(
             job=record["id"], type=record["type"], consumer=record["consumer"],
-            inputs=tuple(InputRef(i["asset"], i["provider"], i["version"], i["commitment"], i.get("min_group_size", 1))
-                         for i in record["inputs"]),
+            inputs=tuple(InputRef(i["asset"], i["provider"], i["version"], i["commitment"], i.get("min_group_size", 1),
+                                  i.get("grant") or "") for i in record["inputs"]),
             participants=tuple(record["participants"]), nodes=nodes, params=record.get("params") or {},
             max_price=record["max_price"], deadline=record["deadline"])
         return spec, record

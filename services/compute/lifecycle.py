@@ -93,6 +93,7 @@ class JobManager:
         self._stop_at: dict[str, float] = {}  # job -> monotonic time the kill switch reached us
         self._progress_at: dict[str, tuple[float, str]] = {}
         self._awaiting: set[str] = set()  # consumer jobs whose result needs the providers' released keys
+        self.node_cache: dict[str, Any] = {}  # what job types reuse across runs (JobContext.node_cache)
 
     # -- chain events (synchronous: inside the consumer's transaction) --------------------------------
     def acts_on(self, event: Event) -> bool:
@@ -415,7 +416,7 @@ class JobManager:
             load_local=self._load_local, dataset_key=self._dataset_key, commit_result=commit_result,
             progress=lambda phase, done, total: self._progress(spec, phase, done, total),
             compute=self.runner.compute, workers=self.runner.workers, batch=self.batch, log=log,
-            policy=policy or Policy(self.max_peer_set))
+            policy=policy or Policy(self.max_peer_set), node_cache=self.node_cache)
 
     async def _dial(self, spec: JobSpec, other: str, wait_until: float) -> peer.SecureChannel:
         node = spec.nodes.get(other)

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -77,6 +77,7 @@ class InputRef:
     version: int
     commitment: str
     min_group_size: int = 1
+    grant: str = ""  # the access grant the input runs under, as the chain's job record names it
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ class JobSpec:
     def from_json(cls, raw: Mapping[str, Any]) -> "JobSpec":
         return cls(job=raw["job"], type=raw["type"], consumer=raw["consumer"],
                    inputs=tuple(InputRef(**{k: i[k] for k in ("asset", "provider", "version", "commitment")},
-                                         min_group_size=i.get("min_group_size", 1)) for i in raw["inputs"]),
+                                         min_group_size=i.get("min_group_size", 1), grant=i.get("grant", ""))
+                          for i in raw["inputs"]),
                    participants=tuple(raw["participants"]),
                    nodes={m: NodeRef(n["account"], n["endpoint"]) for m, n in (raw.get("nodes") or {}).items()},
                    params=dict(raw.get("params") or {}), max_price=int(raw.get("max_price", 0)),
@@ -177,7 +179,7 @@ class JobContext:
                  progress: Callable[[str, int, int], None],
                  compute: Callable[..., Awaitable[Any]],
                  workers: int = 1, batch: int = 16_384, log: logging.Logger | None = None,
-                 policy: Any = None):
+                 policy: Any = None, node_cache: MutableMapping[str, Any] | None = None):
         from services.compute.policy import InputPolicy, Policy  # policy.py builds on this module
 
         self.spec, self.member, self.attempt = spec, member, attempt
@@ -191,6 +193,10 @@ class JobContext:
         self._dataset_key, self._commit_result, self._progress, self._compute = dataset_key, commit_result, progress, compute
         self.workers, self.batch = workers, batch
         self.log = log or logging.getLogger("rdx.compute.job")
+        # What a job type may reuse across the runs this node makes (he_scoring's CKKS keys): one
+        # mapping for the node's process, shared by its jobs, never persisted or sent; each job type
+        # bounds its own entries. Without one from the lifecycle, nothing outlives this run.
+        self.node_cache: MutableMapping[str, Any] = {} if node_cache is None else node_cache
 
     @property
     def is_consumer(self) -> bool:
