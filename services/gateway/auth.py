@@ -1,6 +1,7 @@
 """Who is calling: an API key (``Authorization: Bearer rdx_…``) or an RFC 9421 signed request
 by a chain account. A signed request by a member's own key acts as its member admin (the
-association's as association admin); one by ``<member>.node`` as its compute operator."""
+association's as association admin); one by ``<member>.node`` as its compute operator; one by a
+member's delegate (``<member>.delegate-<label>``, while active and unexpired) as its analyst."""
 
 from __future__ import annotations
 
@@ -155,6 +156,10 @@ class Authenticator:
             raise Problem(401, "Replayed signature", "this signature was already used")
         if acc["kind"] == "node":
             return Principal(acc["member"], "compute_operator", account, "signature")
+        if acc["kind"] == "delegate":  # a member's delegated key: its analyst, while the chain would take it
+            if acc.get("status") != "active" or time.time() >= acc.get("expires_at", 0):
+                raise Problem(401, "Key not active", f"delegate {account} was undelegated or has expired")
+            return Principal(acc["member"], "analyst", account, "signature")
         member = await self.chain.member(acc["member"])
         role = "association_admin" if member and "association" in member["roles"] else "member_admin"
         return Principal(acc["member"], role, account, "signature")

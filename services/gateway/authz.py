@@ -20,6 +20,7 @@ BY_ROLE: dict[str, set[str]] = {
     "members.SetNode": MEMBER_ADMINS, "members.RotateKey": MEMBER_ADMINS | {"compute_operator"},
     "bank.Transfer": MEMBER_ADMINS, "jobs.Abort": MEMBER_ADMINS,
     "jobs.Attest": {"compute_operator"}, "jobs.Fail": {"compute_operator", "member_admin"},
+    "members.Delegate": {"member_admin"}, "members.Undelegate": {"member_admin"},
 }
 JOB_OPERATION = {"psi": "psi", "psi_cardinality": "psi_cardinality", "aggregation": "aggregation",
                  "he_scoring": "he_scoring", "supply_chain": "supply_chain_verification"}
@@ -45,6 +46,8 @@ async def authorize_tx(p: Principal, tx: Tx, view: ChainView, now: int | None = 
         return Verdict(False, f"the transaction is signed by {tx.signer}, not by an account of {p.member}")
     if (account["kind"] == "node") != (p.role == "compute_operator"):
         return Verdict(False, "compute operators sign with the node key, people with the member key")
+    if account["kind"] == "delegate" and tx.type not in account.get("powers", ()):
+        return Verdict(False, f"delegate {tx.signer} may sign only {', '.join(account.get('powers', ()))}")
     if tx.type in BY_ROLE:
         ok = p.role in BY_ROLE[tx.type]
         return Verdict(ok, "" if ok else f"role {p.role} may not send {tx.type}", job=tx.payload.get("job"))
