@@ -29,7 +29,7 @@ access = typer.Typer(help="Ask for, approve, reject and revoke access to data.",
 jobs = typer.Typer(help="Submit, list and follow privacy-preserving jobs; open your results.", no_args_is_help=True)
 billing = typer.Typer(help="Quotes, statements, invoices and usage.", no_args_is_help=True)
 webhooks = typer.Typer(help="Your member's webhooks: register, list, deliveries, replay, delete.", no_args_is_help=True)
-keys = typer.Typer(help="API keys of your member.", no_args_is_help=True)
+keys = typer.Typer(help="API keys of your member, and its delegated chain keys.", no_args_is_help=True)
 audit = typer.Typer(help="The audit trail.", no_args_is_help=True)
 txs = typer.Typer(help="Chain transactions.", no_args_is_help=True)
 
@@ -364,6 +364,21 @@ def keys_revoke(client, key_id: str):
     """Revoke an API key."""
     client.revoke_key(key_id)
     return {"revoked": key_id}
+
+
+# -- delegated keys (members.Delegate): an analyst signs jobs without the member's key -------------
+@command(keys, "delegate", signing=True)
+def keys_delegate(client, label: str, public_key: str = typer.Option(..., help="the delegate's key (base64; rdx keygen)"),
+                  power: list[str] = typer.Option(..., "--power", help="jobs.Submit and/or access.Request"),
+                  days: int = typer.Option(30, help="until when, at most 90")):
+    """Let another key sign your member's jobs.Submit / access.Request, as <member>.delegate-<label>."""
+    return client.delegate(label, public_key, power, int(time.time()) + days * 86_400)
+
+
+@command(keys, "undelegate", signing=True)
+def keys_undelegate(client, account: str):
+    """End a delegate (<member>.delegate-<label>): it signs nothing more."""
+    return client.undelegate(account)
 
 
 # -- transactions ----------------------------------------------------------------------------------

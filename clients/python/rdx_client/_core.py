@@ -337,6 +337,19 @@ class Operations:
         return (yield from self._tx("/v1/jobs", "jobs.Submit", payload))
 
     @operation
+    def delegate(self, label: str, public_key: str, powers: list[str], expires_at: int) -> Plan[m.TxResult]:
+        """``members.Delegate``, signed by the member's own key: the key ``public_key`` (base64) may sign
+        the member's txs of ``powers`` (``jobs.Submit``, ``access.Request``) as account
+        ``<member>.delegate-<label>`` until ``expires_at`` (unix seconds, at most 90 days ahead)."""
+        payload = {"label": label, "public_key": public_key, "powers": powers, "expires_at": expires_at}
+        return (yield from self._tx("/v1/tx", "members.Delegate", payload))
+
+    @operation
+    def undelegate(self, account: str) -> Plan[m.TxResult]:
+        """``members.Undelegate``, signed by the member's own key: the delegate ``account`` signs no more."""
+        return (yield from self._tx("/v1/tx", "members.Undelegate", {"account": account}))
+
+    @operation
     def tx_status(self, digest: str) -> Plan[m.TxStatus]:
         """A tx's status by hash (NotFound: the chain has no such tx of the caller's member)."""
         answer = yield Call("GET", f"/v1/tx/{digest}")
