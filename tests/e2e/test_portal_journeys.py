@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
 import time
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -125,7 +126,8 @@ def site(toolchain, tmp_path_factory):
             keys = {f"{telco.account}/member_admin": admin.create_key(telco.account, "member_admin")["token"],
                     f"{bank.account}/analyst": admin.create_key(bank.account, "analyst")["token"],
                     f"{bank.account}/member_admin": admin.create_key(bank.account, "member_admin")["token"],
-                    "association/association_admin": admin_token}
+                    "association/association_admin": admin_token,
+                    "association/auditor": admin.create_key("association", "auditor")["token"]}
         specs = [NodeSpec(member=m, http_port=free_port(), grpc_port=grpc[m], key_file=f"keys/{m}.node.json",
                           datasets=str(datasets[m].relative_to(state))) for m in grpc]
         write_member_nodes(state, specs)
@@ -165,6 +167,7 @@ def site(toolchain, tmp_path_factory):
             "mei": user_record(PASSWORD, f"shop{run}", "member_admin", "王美"),  # admitted during a test
             "tang": user_record(PASSWORD, telco.account, "member_admin", "唐工"),
             "zhou": user_record(PASSWORD, "association", "association_admin", "周主任"),
+            "shen": user_record(PASSWORD, "association", "auditor", "沈审计"),
         }}))
 
         login_port, portal_port = free_port(), free_port()
@@ -489,6 +492,25 @@ def test_relay_refuses_what_it_should_not_carry(browser, site, tmp_path):
     assert site.portal.process.alive()
 
 
+def shown_within(page: Page, url: str, selector: str, seconds: float = 30):
+    """Opens ``url`` again until ``selector`` is on it (the billing and catalog read models trail the
+    chain a little); returns its locator, found or not."""
+    deadline = time.monotonic() + seconds
+    while True:
+        page.goto(url)
+        found = page.locator(selector)
+        if found.count() or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
+
+
+def downloaded(page: Page) -> str:
+    """The text of the page's CSV download (its #download link)."""
+    with page.expect_download() as download:
+        page.click("#download")
+    return Path(download.value.path()).read_text()
+
+
 def submit_job(page: Page) -> str:
     """Submits the jobs page's form; the browser goes on to the job's page."""
     job_id = page.locator("#job-id").input_value()
@@ -533,20 +555,20 @@ def test_a_job_signed_in_the_browser_followed_live_then_the_statement(browser, s
     assert record["status"] == "completed" and record["result_hash"] == page.locator("#job-result-hash").inner_text()
 
     # The statement: the job's charge is there (the billing read model trails the chain a little).
-    deadline = time.monotonic() + 30
-    while True:
-        page.goto(f"{site.url}/statements")
-        if page.locator(f"#entries a[href='/jobs/{job_id}']").count() or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    shown_within(page, f"{site.url}/statements", f"#entries a[href='/jobs/{job_id}']")
     assert page.locator(f"#entries a[href='/jobs/{job_id}']").count() >= 1
     assert page.locator("#closing").inner_text() != page.locator("#opening").inner_text()
     assert serious_violations(page) == []
     site.shot(page, "13-statement-en")
-    with page.expect_download() as download:
-        page.click("#download")
-    text = Path(download.value.path()).read_text()
+    text = downloaded(page)
     assert text.splitlines()[0] == "height,time,kind,amount,counterparty,job,reference" and job_id in text
+    # The invoice: the job's charge on the telco's listing, on the page and in its CSV.
+    line = shown_within(page, f"{site.url}/invoices", f"#lines tr:has(a[href='/jobs/{job_id}'])")
+    assert line.count() == 1 and site.phones_asset in line.inner_text()
+    assert serious_violations(page) == []
+    site.shot(page, "13b-invoice-en")
+    text = downloaded(page)
+    assert text.splitlines()[0] == "height,time,job,asset,provider,charge" and job_id in text
     site.bank_ctx, site.bank_page = ctx, page  # the next journey's running job is signed in this browser
 
 
@@ -599,7 +621,44 @@ def test_the_association_suspends_a_member_and_its_running_job_is_aborted(browse
     page.reload()
     assert page.locator(f"tr[id='member-{site.bank}'] .status").inner_text() == "active"
     site.shot(page, "17-staff-resumed-zh")
-    staff.close()
+    site.staff_ctx, site.staff_page = staff, page  # the next journey's kill switches are signed in this browser
+
+
+def test_staff_abort_a_running_job_and_suspend_a_listing(browser, site, tmp_path):
+    """The kill switch for one job and for one listing: association staff abort the bank's running job
+    from the running-jobs page (the bank admin's open job page turns to aborted by itself), then suspend
+    a listing from its page, each after a confirmation, signed with the association's key in their browser."""
+    page, bank_page = site.staff_page, site.bank_page
+    bank_page.goto(f"{site.url}/jobs")
+    bank_page.fill("#job-dataset", "everyone")  # the large set: the job runs for a while
+    job_id = submit_job(bank_page)
+    page.goto(f"{site.url}/staff/jobs")
+    row = page.locator(f"tr[id='job-{job_id}']")
+    assert row.locator(".status").inner_text() == "运行中"
+    assert serious_violations(page) == []
+    site.shot(page, "21-staff-jobs-zh")
+    row.locator("button[data-tx]").click()
+    page.fill("#confirm-reason", "紧急停止 kill switch")
+    page.locator("#confirm-ok").click()
+    page.wait_for_selector("#abort-status[data-state]", timeout=60_000)
+    assert page.locator("#abort-status").get_attribute("data-state") == "done", page.locator("#abort-status").inner_text()
+    bank_page.wait_for_function("document.getElementById('job').dataset.status === 'aborted'", timeout=30_000)
+    assert "紧急停止" in bank_page.locator("#job-reason").inner_text()
+    page.reload()
+    assert page.locator(f"tr[id='job-{job_id}']").count() == 0
+
+    page.goto(f"{site.url}/listings/{site.asset}")
+    assert page.locator("#status").inner_text() == "listed"
+    page.click("#suspend-listing")
+    page.fill("#confirm-reason", "数据来源存疑")
+    page.locator("#confirm-ok").click()
+    page.wait_for_selector("#suspend-status[data-state]", timeout=60_000)
+    assert page.locator("#suspend-status").get_attribute("data-state") == "done", page.locator("#suspend-status").inner_text()
+    # the catalog follows the chain's AssetSuspended event
+    shown_within(page, f"{site.url}/listings/{site.asset}", "#versions td:text-is('AssetSuspended')")
+    assert page.locator("#status").inner_text() == "suspended" and page.locator("#suspend-listing").count() == 0
+    site.shot(page, "22-listing-suspended-zh")
+    site.staff_ctx.close()
     site.bank_ctx.close()
 
 
@@ -607,7 +666,8 @@ def test_jobs_and_statement_pages_at_phone_width(browser, site, tmp_path):
     ctx = context(browser, site, tmp_path, "zh-CN", phone=True)
     page = ctx.new_page()
     sign_in(page, site, "ann")
-    for path, shot in (("/jobs", "18-jobs-zh-phone"), ("/statements", "19-statement-zh-phone")):
+    for path, shot in (("/jobs", "18-jobs-zh-phone"), ("/statements", "19-statement-zh-phone"),
+                       ("/invoices", "19b-invoice-zh-phone")):
         page.goto(site.url + path)
         assert fits_width(page) and serious_violations(page) == [], path
         site.shot(page, shot)
@@ -630,7 +690,8 @@ def test_jobs_statements_and_staff_pages_refuse_what_they_should(browser, site, 
         ctx.close()
     analyst, admin = ({"rdx_portal": sessions[u][0]} for u in ("li.na", "ann"))
     with httpx.Client(base_url=site.url, follow_redirects=False, timeout=30) as http:
-        for path in ("/jobs", "/statements", "/statements.csv", "/staff/members", "/jobs/job-x"):
+        for path in ("/jobs", "/statements", "/statements.csv", "/invoices", "/invoices.csv", "/staff/members",
+                     "/staff/jobs", "/audit", "/jobs/job-x"):
             answer = http.get(path)  # no session: to sign-in, with the way back
             assert answer.status_code == 303 and answer.headers["location"].startswith("/login?next=")
         assert http.get("/jobs/job-x/events").status_code == 401
@@ -640,13 +701,17 @@ def test_jobs_statements_and_staff_pages_refuse_what_they_should(browser, site, 
         # a member's people have no staff page, whatever their role
         for who in (analyst, admin):
             assert http.get("/staff/members", headers=jar(who)).status_code == 403
+            assert http.get("/staff/jobs", headers=jar(who)).status_code == 403
+            assert http.get("/audit", headers=jar(who)).status_code == 403
         # the analyst's page lists jobs but offers no form: only the member's key signs, in its admin's browser
         assert 'id="submit-job"' not in http.get("/jobs", headers=jar(analyst)).text
         # the relay takes each type only from the role that makes it
         tx = {"chain_id": "rdx-local", "nonce": 1, "sig": "AA==", "signer": site.bank}
         for user, type_, payload in (("li.na", "jobs.Submit", {"id": "job-x"}),
                                      ("ann", "members.Suspend", {"member": site.telco.account, "reason": "x"}),
-                                     ("ann", "members.Reinstate", {"member": site.bank})):
+                                     ("ann", "members.Reinstate", {"member": site.bank}),
+                                     ("ann", "jobs.Abort", {"job": "job-x", "reason": "x"}),
+                                     ("ann", "assets.Suspend", {"id": site.phones_asset, "reason": "x"})):
             sid, csrf = sessions[user]
             answer = http.post("/api/tx", json={"tx": {**tx, "type": type_, "payload": payload}},
                                headers={**jar({"rdx_portal": sid}), "x-csrf-token": csrf, "origin": site.url})
@@ -654,3 +719,76 @@ def test_jobs_statements_and_staff_pages_refuse_what_they_should(browser, site, 
         csv_text = http.get("/statements.csv", headers=jar(admin)).text
         assert csv_text.startswith("height,time,kind,amount,counterparty,job,reference")
     assert site.portal.process.alive()
+
+
+def test_the_association_s_auditor_checks_the_audit_trail_against_its_anchors(browser, site, tmp_path):
+    """The association's auditor reads the gateway's audit trail at phone width: the anchors on chain
+    that the page's records fully cover are recomputed and match. A record then changed in the
+    gateway's own database (as a dishonest operator would) is shown as not matching, itself and its
+    anchor; put back, it matches again."""
+    ctx = context(browser, site, tmp_path, "zh-CN", phone=True)
+    page = ctx.new_page()
+    sign_in(page, site, "shen")
+    page.goto(f"{site.url}/audit")
+    verified = page.locator("#anchors tr[data-verdict='verified']")
+    assert verified.count() >= 1 and page.locator("[data-verdict='mismatch']").count() == 0
+    assert page.locator("#records tr[data-intact='no']").count() == 0
+    assert page.locator("#records tr[data-verdict='verified']").count() >= 1
+    assert fits_width(page) and serious_violations(page) == []
+    site.shot(page, "23-audit-zh-phone")
+
+    anchor_first = int(verified.first.locator("td").first.inner_text().split("–")[0])
+    seq = anchor_first  # a record under a verified anchor, in the gateway's database
+    with sqlite3.connect(site.state / "gateway" / "audit.sqlite") as db:
+        [(decision,)] = db.execute("SELECT decision FROM audit WHERE seq = ?", (seq,)).fetchall()
+        db.execute("UPDATE audit SET decision = ? WHERE seq = ?", ("deny" if decision != "deny" else "allow", seq))
+    try:
+        page.reload()
+        assert page.locator(f"#record-{seq}").get_attribute("data-intact") == "no"
+        assert page.locator("#anchors tr[data-verdict='mismatch']").count() == 1
+        site.shot(page, "24-audit-tampered-zh-phone")
+    finally:
+        with sqlite3.connect(site.state / "gateway" / "audit.sqlite") as db:
+            db.execute("UPDATE audit SET decision = ? WHERE seq = ?", (decision, seq))
+    page.reload()
+    assert page.locator("[data-verdict='mismatch']").count() == 0
+    with httpx.Client(base_url=site.url, follow_redirects=False, timeout=30) as http:
+        assert http.get("/audit").status_code == 303
+        assert http.get("/audit", params={"after": "-1"}, headers=jar({"rdx_portal": session_id(ctx)})).status_code == 400
+    ctx.close()
+
+
+def test_a_member_admin_makes_rotates_and_revokes_an_api_key(browser, site, tmp_path):
+    """The bank's admin makes an analyst key on the API keys page (phone width): its token is shown once
+    and works at the gateway; replacing it gives a new token and the old one stops working; revoking
+    the new one stops it too. The portal's own key for the bank has no button to revoke it."""
+    def works(token: str) -> int:
+        return httpx.get(f"{site.gateway}/v1/policy", headers={"authorization": f"Bearer {token}"}, timeout=30).status_code
+
+    ctx = context(browser, site, tmp_path, "en-US", phone=True)
+    page = ctx.new_page()
+    sign_in(page, site, "ann")
+    page.goto(f"{site.url}/api-keys")
+    own = site.keys[f"{site.bank}/member_admin"][4:].split(".")[0]
+    assert page.locator(f"tr[id='key-{own}'] button").count() == 0
+    page.select_option("#key-role", "analyst")
+    page.click("#make-api-key")
+    page.wait_for_selector("#new-token")
+    token = page.locator("#new-token").inner_text()
+    key_id = token[4:].split(".")[0]
+    assert works(token) == 200
+    assert fits_width(page) and serious_violations(page) == []
+    site.shot(page, "25-api-key-made-en-phone")
+    page.goto(f"{site.url}/api-keys")
+    assert page.locator("#new-token").count() == 0 and token not in page.content()  # shown once
+
+    page.locator(f"tr[id='key-{key_id}'] button.rotate").click()
+    page.wait_for_selector("#new-token")
+    replaced = page.locator("#new-token").inner_text()
+    assert replaced != token and works(replaced) == 200 and works(token) == 401
+    page.locator(f"tr[id='key-{replaced[4:].split('.')[0]}'] button.revoke").click()
+    page.wait_for_url(re.compile(r".*/api-keys$"))
+    assert works(replaced) == 401
+    assert "revoked" in page.locator(f"tr[id='key-{replaced[4:].split('.')[0]}'] .status").inner_text()
+    site.shot(page, "26-api-key-revoked-en-phone")
+    ctx.close()
