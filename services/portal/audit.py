@@ -63,20 +63,27 @@ def page_end(after: int, anchors: list[dict], size: int, most: int) -> int:
     return within[-1] if within else ends[0] if ends else after + size
 
 
-def check(records: list[AuditRecord], anchors: list[dict]) -> tuple[list[AnchorCheck], list[RecordRow]]:
-    """``records``: consecutive records as the gateway pages them; ``anchors``: those whose range
-    may touch them. An anchor is checked only when every record of its range is shown: the batch's
-    hash chain is recomputed from its first record's ``prev_hash`` and its last hash compared with
-    the digest on chain. The link from the first record shown to the one before it is not checked."""
+def check(records: list[AuditRecord], anchors: list[dict], after: int | None = None
+          ) -> tuple[list[AnchorCheck], list[RecordRow]]:
+    """``records``: the records the gateway gave after record ``after``, in order; ``anchors``:
+    those whose range may touch them. An anchor whose range lies within the page (from ``after`` + 1
+    to the last record shown) is checked: a record of its range missing is a mismatch, else the
+    batch's hash chain is recomputed from its first record's ``prev_hash`` and its last hash compared
+    with the digest on chain. An anchor reaching past the page is not checked here, nor the link
+    from the first record shown to the one before it."""
     by_seq = {r.seq: r for r in records}
-    low, high = (records[0].seq, records[-1].seq) if records else (0, -1)
+    high = records[-1].seq if records else -1
+    low = after + 1 if after is not None else records[0].seq if records else 0
     checks, verdict_of = [], {}
     for a in sorted(anchors, key=lambda a: a["first_seq"]):
         if a["last_seq"] < low or a["first_seq"] > high:
             continue
         batch = [by_seq.get(seq) for seq in range(a["first_seq"], a["last_seq"] + 1)]
-        if any(r is None for r in batch):
+        missing = [seq for seq, r in zip(range(a["first_seq"], a["last_seq"] + 1), batch) if r is None]
+        if a["first_seq"] < low or a["last_seq"] > high:
             verdict, detail = PARTLY_SHOWN, ""
+        elif missing:
+            verdict, detail = MISMATCH, f"records missing: {', '.join(map(str, missing[:5]))}"
         else:
             ok, last_hash, bad = verify_chain(batch, batch[0].prev_hash)
             if not ok:

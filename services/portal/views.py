@@ -557,7 +557,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             limit = trail.page_end(first, anchors, AUDIT_PAGE, AUDIT_PAGE_MOST) - first
             records = trail.parse_records(await portal.gateway.get(s.member, s.role, "/audit", {
                 "after_seq": str(first), "limit": str(limit)}))
-            checks, rows = trail.check(records, anchors)
+            checks, rows = trail.check(records, anchors, after=first)
         except GatewayError as exc:
             return error(request, exc.status, exc.kind)
         except trail.BadTrail:

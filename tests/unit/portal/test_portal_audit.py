@@ -67,10 +67,17 @@ def test_a_record_changed_after_its_anchor_is_found():
     assert [(c.verdict, c.detail) for c in checks] == [("verified", ""), ("mismatch", "record 8")]
 
 
-def test_a_record_dropped_from_a_batch_leaves_it_unchecked_not_verified():
+def test_a_record_dropped_from_a_batch_is_found():
     records = chain(8)
-    checks, _ = trail.check(records[:5] + records[6:], [anchored(records, 5, 8)])
-    assert [c.verdict for c in checks] == ["partly_shown"]
+    anchors = [anchored(records, 1, 4), anchored(records, 5, 8)]
+    checks, _ = trail.check(records[:5] + records[6:], anchors, after=0)
+    assert [(c.verdict, c.detail) for c in checks] == [("verified", ""), ("mismatch", "records missing: 6")]
+    # the first record after the page's start dropped: still inside the page, still found
+    checks, _ = trail.check(records[1:], anchors, after=0)
+    assert [(c.verdict, c.detail) for c in checks] == [("mismatch", "records missing: 1"), ("verified", "")]
+    # a page that starts inside a batch cannot check it
+    checks, _ = trail.check(records[2:], anchors, after=2)
+    assert [c.verdict for c in checks] == ["partly_shown", "verified"]
 
 
 @pytest.mark.parametrize("records", (["x"], [{"seq": 1}], None, [{"seq": "a"}]))
