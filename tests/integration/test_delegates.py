@@ -80,11 +80,18 @@ def test_an_analyst_submits_a_job_with_a_delegated_key_and_nothing_else(chain, t
         assert asyncio.run(state(f"/bank/balance/{bank.account}")) == 1_000 - 150
         assert person.account(analyst.account).nonce == 2 and member.account(bank.account).nonce == 1
 
+        # Its signed requests are the member's analyst's, never its admin's: no API keys, say.
+        with pytest.raises(rdx_client.ApiError) as refused:
+            person.create_key(bank.account, "member_admin")
+        assert refused.value.status == 403
+
         # Outside its powers: the gateway refuses before the chain, and the chain refuses it too.
         rotated = Identity.generate(analyst.account).public_key
         with pytest.raises(rdx_client.ApiError) as refused:
             person.send("members.RotateKey", {"public_key": rotated})
-        assert refused.value.status == 403 and "may sign only access.Request, jobs.Submit" in str(refused.value)
+        assert (refused.value.status, refused.value.title) == (403, "Forbidden")  # the gateway's, not the chain's
+        assert "may sign only access.Request, jobs.Submit" in refused.value.detail
+        assert person.account(analyst.account).nonce == 2
 
         async def direct(who: Identity, type_: str, payload: dict) -> TxRejected:
             async with ChainClient(chain.rpc_url, chain.chain_id) as c:
