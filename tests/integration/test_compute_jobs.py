@@ -189,6 +189,29 @@ async def test_he_scoring_matches_the_clear_polynomial(net):
     print(f"he_scoring 9000 x 3 (2 CKKS batches): submit to settled {elapsed:.2f}s, max |error| {err:.2e}")
 
 
+async def test_he_scoring_runs_of_one_grant_send_the_context_once(net):
+    """Two runs under one grant: the second reuses the consumer's keys and sends the public
+    context's SHA-256 instead of its 5.6 MB (he_keys.py), measured on the wire between the nodes."""
+    grant = f"gk-he-reuse-{TAG}"
+    await net.tx(net.ids[BANK], "access.Request", {
+        "id": grant, "asset": f"{P1}.model", "operations": net.ops, "purpose": "job tests",
+        "expires_at": int(time.time()) + 86_400, "max_runs": 2})
+    await net.tx(net.ids[P1], "access.Approve", {"id": grant})
+    w = np.array([WEIGHTS[f] for f in FEATURES])
+    clear = he.clear_scores(net.clear["applicants"], w, WEIGHTS["__intercept__"], he.sigmoid_poly(8))
+    wire = []
+    for run in range(2):
+        job, before = f"he-reuse-{run}-{TAG}", len(net.proxy.captured)
+        await net.tx(net.ids[BANK], "jobs.Submit", {
+            "id": job, "type": "he_scoring", "inputs": [{"asset": f"{P1}.model", "grant": grant}],
+            "params": {"dataset": "applicants", "features": FEATURES}, "max_price": PRICE + 50, "timeout_s": 180})
+        record = await net.wait_chain(job, timeout=180)
+        await net.settled(job, record, result_holders=record["participants"])
+        assert np.abs(np.array(net.result(job)["result"]["scores"]) - clear).max() < HE_ERROR_BOUND
+        wire.append(len(net.proxy.captured) - before)
+    assert wire[1] < wire[0] - 5_000_000, wire  # the context (~5.6 MB) went with the first run only
+
+
 async def test_supply_chain_verification_across_four_parties(net):
     job = f"sc-{TAG}"
     kinds = net.clear["kinds"]

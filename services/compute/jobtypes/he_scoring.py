@@ -21,11 +21,17 @@ part (ciphertext x plaintext scalar), z^2, and (c3·z)·z^2.
 
 Protocol (every message on the authenticated, encrypted peer channel)::
 
-    C: keys (sk, pk, relin keys) fresh for the run. Records in batches of 8192 (one slot each);
-       for batch b and feature j a ciphertext Enc(x_{b,j}) of that feature's column (column packing:
-       no rotations, so no Galois keys are needed)
-    C → P  start     {n, batches, features}
-    C → P  context   the public context (pk, relin keys; no secret key), in chunks of <= 4 MiB
+    C: keys (sk, pk, relin keys) made for the grant's first run and kept on C's node for the grant's
+       next runs (he_keys.py: in memory, at most an hour and 4 grants; an input without a grant gets
+       fresh keys every run). Records in batches of 8192 (one slot each); for batch b and feature j a
+       ciphertext Enc(x_{b,j}) of that feature's column (column packing: no rotations, so no Galois
+       keys are made or sent)
+    C → P  start     {n, batches, features, context_bytes, context_sha256, offer}: offer is true when
+                     C sent P this context before (in this node's lifetime)
+    P → C  context_held {held}   only when offered: whether P keeps that SHA-256 for (C, grant)
+    C → P  context   the public context (pk, relin keys; no secret key), in chunks of <= 4 MiB, unless
+                     P holds it; P checks it hashes to context_sha256 (refused otherwise, and refused if
+                     offered, not held and not sent) and keeps it for the grant's next runs (he_keys.py)
     C → P  ct        Enc(x_{b,j}) for every batch b and feature j
     P      z_b   = sum_j w_j·Enc(x_{b,j}) + w_0
            s_b   = c0 + c1·z_b + c3·z_b^3 + Enc_pk(0)      (re-randomised with a fresh encryption of 0)
@@ -40,7 +46,11 @@ Protocol (every message on the authenticated, encrypted peer channel)::
 
 Security model: semi-honest, two parties. The features and scores are CKKS ciphertexts under
 C's key for P (IND-CPA under RLWE at >= 128 bits); P's weights are plaintext scalars applied
-on P's node only.
+on P's node only. One key for a grant's runs (he_keys.py) gives P more ciphertexts under it, which
+IND-CPA covers for any number of them; what it changes is what a leaked decryption costs: a
+decryption of one of P's score ciphertexts that reaches P (C publishing its raw scores) could give
+P the secret key (Li–Micciancio), which then opens every run of the grant within the key's
+lifetime, not one run. So C's scores are for C alone, as before, and the key lives an hour at most.
 
 Leakage: P learns the number of records n and the feature names (public params). C learns the
 scores — the function's output — which, over enough chosen records (d + 1 of them), determine
@@ -77,7 +87,7 @@ from typing import Any
 
 import numpy as np
 
-from services.compute.jobtypes import he_statistics
+from services.compute.jobtypes import he_keys, he_statistics
 from services.compute.jobtypes.he_statistics import _uniform, load_secret, secret_context
 from services.compute.jobtypes.aggregation import numeric
 from services.compute.release import close_held_back, elements, held_back, key_hash, new_key, release_hash, released_key
@@ -89,6 +99,7 @@ COEFF_MOD_BITS = [60, 40, 40, 40, 60]
 SCALE_BITS = 40
 SLOTS = POLY_DEGREE // 2
 CHUNK = 4 << 20
+CONSUMER_KEYS, PROVIDER_CONTEXTS = "he_scoring/consumer", "he_scoring/provider"  # their node_cache names
 MAX_FEATURES = 256
 FLOOD = 2.0 ** 18  # below the 2^19 a value can reach at scale 2^40 over the last 60-bit prime
 INTERCEPT = "__intercept__"
@@ -132,6 +143,13 @@ def encrypt_batches(ctx, x: np.ndarray) -> list[list[bytes]]:
         block[:len(part)] = part
         out.append([ts.ckks_vector(ctx, block[:, j].tolist()).serialize() for j in range(x.shape[1])])
     return out
+
+
+def new_keys() -> he_keys.ConsumerKeys:
+    """A fresh context with its public part (as sent), that part's SHA-256 and the secret key alone."""
+    ctx = new_context()
+    pub = public_context(ctx)
+    return he_keys.ConsumerKeys(ctx, pub, hashlib.sha256(pub).hexdigest(), _b64(secret_context(ctx)))
 
 
 def _b64(blob: bytes) -> str:
@@ -254,16 +272,21 @@ class HeScoringJob(JobType):
         batches = (n + SLOTS - 1) // SLOTS
         chan = await ctx.channel(spec.inputs[0].provider)
         ctx.progress("encrypting", 0, 2 * batches + 1)
-        he = await asyncio.to_thread(new_context)
-        pub = await asyncio.to_thread(public_context, he)
-        await chan.send("start", n=n, batches=batches, features=len(features), context_bytes=len(pub))
-        for off in range(0, len(pub), CHUNK):
-            await chan.send("context", pub[off:off + CHUNK])
-        del pub
+        keys = await self._consumer_keys(ctx)
+        he = keys.context
+        # The first batch is encrypted while the provider says whether it holds the context.
+        first = asyncio.ensure_future(asyncio.to_thread(encrypt_batches, he, x[:SLOTS])) if batches else None
+        try:
+            await self._send_context(chan, keys, n=n, batches=batches, features=len(features))
+        except BaseException:
+            if first is not None:
+                first.cancel()
+            raise
 
         async def send_all() -> None:  # concurrently with reading scores: neither side's window fills up
             for b in range(batches):
-                cts = (await asyncio.to_thread(encrypt_batches, he, x[b * SLOTS:(b + 1) * SLOTS]))[0]
+                cts = (await first if b == 0 else
+                       await asyncio.to_thread(encrypt_batches, he, x[b * SLOTS:(b + 1) * SLOTS]))[0]
                 for j, blob in enumerate(cts):
                     await chan.send("ct", blob, batch=b, feature=j)
                 ctx.progress("encrypting", b + 1, 2 * batches + 1)
@@ -293,17 +316,47 @@ class HeScoringJob(JobType):
 
         # What finish needs, kept by the node across a restart (0600, never sent): this run's secret
         # key alone and the held-back scores, meaningless without the key the chain releases.
-        pending = json.dumps({"n": n, "ids": ids, "release": release, "secret": _b64(secret_context(he)),
+        pending = json.dumps({"n": n, "ids": ids, "release": release, "secret": keys.secret,
                               "held": [[off, _b64(blob)] for off, blob in held]}).encode()
         return Outcome(result_hash(spec, c2p, p2c), records_used=n, summary={"batches": batches},
                        releases={provider: release}, pending=pending)
+
+    @staticmethod
+    async def _consumer_keys(ctx: JobContext) -> he_keys.ConsumerKeys:
+        """The keys of this run: the ones this node keeps for the grant (he_keys.py), else fresh ones,
+        then kept for the grant's next runs. An input without a grant gets fresh keys every run."""
+        ref = ctx.spec.inputs[0]
+        cache = he_keys.kept(ctx.node_cache, CONSUMER_KEYS) if ref.grant else None
+        keys = cache.get((ref.provider, ref.grant)) if cache is not None else None
+        if keys is None:
+            keys = await asyncio.to_thread(new_keys)
+            if cache is not None:
+                cache.put((ref.provider, ref.grant), keys)
+        return keys
+
+    @staticmethod
+    async def _send_context(chan, keys: he_keys.ConsumerKeys, **start: int) -> None:
+        """``start`` names the public context by its SHA-256. Keys this node has sent the provider
+        before are offered by that hash alone, and sent whole only if the provider no longer holds
+        them (``context_held {held: false}``: restarted, or dropped them from its bounded cache)."""
+        await chan.send("start", **start, context_bytes=len(keys.public), context_sha256=keys.digest, offer=keys.sent)
+        if keys.sent and (await expect(chan, "context_held")).header.get("held") is True:
+            return
+        for off in range(0, len(keys.public), CHUNK):
+            await chan.send("context", keys.public[off:off + CHUNK])
+        keys.sent = True
 
     async def finish(self, ctx: JobContext, pending: bytes, released) -> None:
         if ctx.spec.params.get("mode") == "statistics":
             return await he_statistics.finish_consumer(ctx, pending, released)
         spec, state = ctx.spec, json.loads(pending)
         key = released_key(released, spec.inputs[0].provider, state["release"])
-        he = await asyncio.to_thread(load_secret, base64.b64decode(state["secret"]))
+        ref = spec.inputs[0]
+        keys = he_keys.kept(ctx.node_cache, CONSUMER_KEYS).get((ref.provider, ref.grant)) if ref.grant else None
+        if keys is not None and keys.secret == state["secret"]:  # the run's keys are still this node's for the grant
+            he = keys.context
+        else:  # a restarted node, or keys made again since: the run's own secret key, as kept
+            he = await asyncio.to_thread(load_secret, base64.b64decode(state["secret"]))
         n = state["n"]
         scores = np.empty(n, dtype=np.float64)
         for b, (off, blob) in enumerate(state["held"]):
@@ -323,6 +376,42 @@ class HeScoringJob(JobType):
         batches = len(state["held"])
         ctx.progress("done", 2 * batches + 1, 2 * batches + 1)
 
+    @staticmethod
+    async def _provider_context(ctx: JobContext, chan, digest: str, size: int, offer: bool):
+        """The consumer's public context: the one this node keeps for (consumer, grant, SHA-256) if the
+        consumer offered it by its hash alone (he_keys.py), else the bytes it sends, which must hash to
+        ``digest`` (then kept for the grant's next runs)."""
+        ref = ctx.my_inputs[0]
+        cache = he_keys.kept(ctx.node_cache, PROVIDER_CONTEXTS) if ref.grant else None
+        key = (ctx.spec.consumer, ref.grant, digest)
+        if offer:
+            pub = cache.get(key) if cache is not None else None
+            await chan.send("context_held", held=pub is not None)
+            if pub is not None:
+                return pub
+        blob = bytearray()
+        while len(blob) < size:
+            try:
+                blob += (await expect(chan, "context")).body
+            except ProtocolError:
+                if offer:  # told that this node does not hold it, the consumer had to send it
+                    raise ProtocolError("the consumer offered a CKKS context by a SHA-256 this node does not hold "
+                                        "for its grant, and did not send it") from None
+                raise
+        if len(blob) != size:
+            raise ProtocolError("the context does not add up to its announced size")
+        if hashlib.sha256(blob).hexdigest() != digest:
+            raise ProtocolError("the consumer's CKKS context does not have the SHA-256 it announced")
+        try:
+            pub = await asyncio.to_thread(load_public, bytes(blob))
+        except ProtocolError:
+            raise
+        except Exception:  # noqa: BLE001 - SEAL refuses parameters below 128-bit security, or garbage
+            raise ProtocolError("the consumer's CKKS context could not be loaded at 128-bit security") from None
+        if cache is not None:
+            cache.put(key, pub)
+        return pub
+
     async def _provider(self, ctx: JobContext) -> Outcome:
         spec = ctx.spec
         features = _features(spec.params)
@@ -335,22 +424,13 @@ class HeScoringJob(JobType):
         chan = await ctx.channel(spec.consumer)
         msg = await expect(chan, "start")
         n, batches, d, size = (msg.header.get(k) for k in ("n", "batches", "features", "context_bytes"))
+        digest, offer = msg.header.get("context_sha256"), msg.header.get("offer")
         if not all(isinstance(v, int) and v >= 0 for v in (n, batches, d, size)) or d != len(features) \
-                or batches != (n + SLOTS - 1) // SLOTS or size > 64 << 20:
+                or batches != (n + SLOTS - 1) // SLOTS or size > 64 << 20 or not isinstance(offer, bool) \
+                or not isinstance(digest, str) or len(digest) != 64 or set(digest) - set("0123456789abcdef"):
             raise ProtocolError("bad start")
         ctx.policy.scoring_rows(ctx.my_inputs[0].asset, n, len(features))  # before any score is sent
-        blob = bytearray()
-        while len(blob) < size:
-            blob += (await expect(chan, "context")).body
-        if len(blob) != size:
-            raise ProtocolError("the context does not add up to its announced size")
-        try:
-            pub = await asyncio.to_thread(load_public, bytes(blob))
-        except ProtocolError:
-            raise
-        except Exception:  # noqa: BLE001 - SEAL refuses parameters below 128-bit security, or garbage
-            raise ProtocolError("the consumer's CKKS context could not be loaded at 128-bit security") from None
-        del blob
+        pub = await self._provider_context(ctx, chan, digest, size, offer)
         release_key, off = new_key(), 0  # the scores go out under it; the chain releases it once the job is locked
         for bi in range(batches):
             cts = []

@@ -1,0 +1,200 @@
+"""he_scoring's keys kept across the runs of one grant (issue 23, he_keys.py): the bounded cache, a
+second run that sends the context's SHA-256 instead of the context, a provider that no longer holds
+it (sent again) or never held it (refused), keys never shared between grants, and a restarted
+consumer's node opening its held-back scores with an empty cache. Real TenSEAL, two in-process
+parties over in-memory channels."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from services.compute import handshake as hs
+from services.compute.jobtypes import he_keys, job_type
+from services.compute.jobtypes import he_scoring as he
+from services.compute.jobtypes.base import ProtocolError
+from test_jobtypes_aggregation import contexts, make_spec, mesh, release, run_member
+
+ts = pytest.importorskip("tenseal")
+ERROR_BOUND = 1e-3
+FEATS = ["income", "debt"]
+W, B = np.array([0.7, -1.1]), 0.2
+
+
+def test_the_cache_is_bounded_in_entries_and_in_time():
+    now = [0.0]
+    kept = he_keys.Kept(size=2, lifetime=10.0, clock=lambda: now[0])
+    kept.put("a", 1)
+    kept.put("b", 2)
+    assert kept.get("a") == 1  # a is now the most recently used
+    kept.put("c", 3)  # over the size: the least recently used (b) goes
+    assert len(kept) == 2 and kept.get("b") is None and kept.get("a") == 1 and kept.get("c") == 3
+    now[0] = 9.9
+    assert kept.get("a") == 1  # use does not extend a lifetime
+    now[0] = 10.0
+    assert kept.get("a") is None and kept.get("c") is None and len(kept) == 0
+    cache: dict = {}
+    assert he_keys.kept(cache, "x") is he_keys.kept(cache, "x") and he_keys.kept(cache, "x").size == he_keys.MAX_ENTRIES
+
+
+def _spec(grant: str, job: str = "j-1"):
+    spec = make_spec("he_scoring", "bank", ["scorer"], {"dataset": "apps", "features": FEATS})
+    return replace(spec, job=job, inputs=tuple(replace(i, grant=grant) for i in spec.inputs))
+
+
+def _data(n: int, seed: int):
+    x = np.random.default_rng(seed).normal(0, 1, (n, len(FEATS)))
+    apps = {f: [f"{v:.6f}" for v in x[:, j]] for j, f in enumerate(FEATS)}
+    model = {"feature": FEATS + ["__intercept__"], "weight": [str(v) for v in W] + [str(B)]}
+    return x, {"apps": apps, "scorer.data": model}
+
+
+async def _parties(spec, caches, data, consumer=None):
+    """The provider's (scorer) and the consumer's (bank) part of one job, each node with its cache:
+    (their outcomes or exceptions, the frames each sent, the results, the contexts)."""
+    chans, sent, _ = mesh(spec.participants)
+    results = {}
+    ctxs = contexts(spec, chans, data, results)
+    for member, ctx in ctxs.items():
+        ctx.node_cache = caches[member]
+    job = job_type("he_scoring")
+    outs = await asyncio.gather(run_member(job, ctxs["scorer"], chans["scorer"]),
+                                (consumer or run_member)(job, ctxs["bank"], chans["bank"]),
+                                return_exceptions=consumer is not None)
+    return outs, sent, results, ctxs
+
+
+async def _run(spec, caches, n=300, seed=1, consumer=None):
+    """One job between the bank (consumer) and the scorer (provider), each with its node's cache;
+    returns (scores, frames each sent, the consumer's outcome)."""
+    x, data = _data(n, seed)
+    outs, sent, results, ctxs = await _parties(spec, caches, data, consumer)
+    if consumer is not None:
+        return outs, sent
+    await release(dict(zip(["scorer", "bank"], outs)), results, ctxs)
+    scores = np.array(json.loads(results["bank"])["scores"])
+    assert np.abs(scores - he.clear_scores(np.round(x, 6), W, B, he.sigmoid_poly(8))).max() < ERROR_BOUND
+    return scores, {m: [hs.decode(f) for f in frames] for m, frames in sent.items()}, outs[1]
+
+
+def _kinds(frames):
+    return [k for k, _, _ in frames]
+
+
+def _start(frames):
+    return next(h for k, h, _ in frames if k == "start")
+
+
+async def test_a_second_run_of_the_grant_sends_the_hash_only_and_reuses_the_keys():
+    caches = {"bank": {}, "scorer": {}}
+    _, first, out1 = await _run(_spec("g-1", "j-1"), caches)
+    assert "context" in _kinds(first["bank"]) and _start(first["bank"])["offer"] is False
+    assert "context_held" not in _kinds(first["scorer"])
+    sent1 = sum(len(b) for k, _, b in first["bank"] if k == "context")
+    assert sent1 == _start(first["bank"])["context_bytes"] > 1_000_000
+    assert hashlib.sha256(b"".join(b for k, _, b in first["bank"] if k == "context")).hexdigest() \
+        == _start(first["bank"])["context_sha256"]
+
+    _, second, out2 = await _run(_spec("g-1", "j-2"), caches, seed=2)
+    start = _start(second["bank"])
+    assert start["offer"] is True and start["context_sha256"] == _start(first["bank"])["context_sha256"]
+    assert "context" not in _kinds(second["bank"])  # the context went once; the second run sent 64 hex digits
+    assert [h for k, h, _ in second["scorer"] if k == "context_held"] == [{"held": True}]
+    assert json.loads(out1.pending)["secret"] == json.loads(out2.pending)["secret"]  # one key for the grant
+    assert len(he_keys.kept(caches["bank"], he.CONSUMER_KEYS)) == 1
+    assert len(he_keys.kept(caches["scorer"], he.PROVIDER_CONTEXTS)) == 1
+    pub = he_keys.kept(caches["scorer"], he.PROVIDER_CONTEXTS).get(("bank", "g-1", start["context_sha256"]))
+    assert pub is not None and not pub.is_private()  # what the provider keeps holds no secret key
+
+
+async def test_a_context_from_another_grant_is_never_reused():
+    caches = {"bank": {}, "scorer": {}}
+    _, first, out1 = await _run(_spec("g-1", "j-1"), caches)
+    _, other, out2 = await _run(_spec("g-2", "j-2"), caches, seed=3)
+    assert _start(other["bank"])["offer"] is False and "context" in _kinds(other["bank"])
+    assert _start(other["bank"])["context_sha256"] != _start(first["bank"])["context_sha256"]
+    assert json.loads(out1.pending)["secret"] != json.loads(out2.pending)["secret"]
+    # an input without a grant (a job record of old) keeps nothing: fresh keys every run
+    caches = {"bank": {}, "scorer": {}}
+    for job in ("j-3", "j-4"):
+        _, frames, _ = await _run(_spec("", job), caches)
+        assert _start(frames["bank"])["offer"] is False and "context" in _kinds(frames["bank"])
+    assert not caches["bank"] and not caches["scorer"]
+
+
+async def test_a_provider_that_no_longer_holds_the_context_is_sent_it_again():
+    caches = {"bank": {}, "scorer": {}}
+    _, first, _ = await _run(_spec("g-1", "j-1"), caches)
+    caches["scorer"] = {}  # the provider's node restarted (or dropped it from its bounded cache)
+    _, again, _ = await _run(_spec("g-1", "j-2"), caches, seed=4)
+    assert [h for k, h, _ in again["scorer"] if k == "context_held"] == [{"held": False}]
+    assert _start(again["bank"])["offer"] is True and "context" in _kinds(again["bank"])
+    assert _start(again["bank"])["context_sha256"] == _start(first["bank"])["context_sha256"]
+    _, third, _ = await _run(_spec("g-1", "j-3"), caches, seed=5)
+    assert "context" not in _kinds(third["bank"])
+
+
+async def _offer_unheld(job, ctx, chans):
+    """A consumer that offers a context by a hash the provider does not hold, then sends ciphertexts."""
+    chan = chans["scorer"]
+    try:
+        await chan.send("start", n=300, batches=1, features=2, context_bytes=5, context_sha256="ab" * 32, offer=True)
+        held = (await chan.recv()).header
+        assert held == {"held": False}
+        await chan.send("ct", b"\x00" * 64, batch=0, feature=0)
+    finally:
+        for c in chans.values():
+            await c.close()
+
+
+async def _wrong_hash(job, ctx, chans):
+    """A consumer that sends a context whose SHA-256 is not the one it announced."""
+    chan = chans["scorer"]
+    try:
+        pub = he.new_keys().public
+        await chan.send("start", n=300, batches=1, features=2, context_bytes=len(pub),
+                        context_sha256=hashlib.sha256(b"another context").hexdigest(), offer=False)
+        for off in range(0, len(pub), he.CHUNK):
+            await chan.send("context", pub[off:off + he.CHUNK])
+    finally:
+        for c in chans.values():
+            await c.close()
+
+
+async def test_the_provider_refuses_a_hash_it_does_not_hold_and_a_context_with_another_hash():
+    caches = {"bank": {}, "scorer": {}}
+    (provider, _), _ = await _run(_spec("g-1"), caches, consumer=_offer_unheld)
+    assert isinstance(provider, ProtocolError) and "does not hold" in str(provider)
+    (provider, _), sent = await _run(_spec("g-1"), caches, consumer=_wrong_hash)
+    assert isinstance(provider, ProtocolError) and "SHA-256 it announced" in str(provider)
+    assert not he_keys.kept(caches["scorer"], he.PROVIDER_CONTEXTS)  # nothing kept from either
+    assert {hs.decode(f)[0] for f in sent["scorer"]} <= {"context_held", "abort"}  # no score went out
+
+
+async def test_a_restarted_consumer_node_opens_its_held_back_scores_with_an_empty_cache(monkeypatch):
+    caches = {"bank": {}, "scorer": {}}
+    await _run(_spec("g-1", "j-1"), caches)
+    x, data = _data(300, 7)
+    spec = _spec("g-1", "j-2")
+    outs, _, results, ctxs = await _parties(spec, caches, data)
+    outs = dict(zip(["scorer", "bank"], outs))
+    assert outs["bank"].pending is not None and not results  # held back: nothing to open yet
+    # The node restarts between its attestation and the release: a new process, an empty cache; the
+    # pending bytes it kept (journal.py, 0600) hold the run's secret key, so the scores still open.
+    restarted = contexts(spec, mesh(spec.participants)[0], data, results)
+    await release(outs, results, {"bank": restarted["bank"]})
+    clear = he.clear_scores(np.round(x, 6), W, B, he.sigmoid_poly(8))
+    assert np.abs(np.array(json.loads(results["bank"])["scores"]) - clear).max() < ERROR_BOUND
+    # Without a restart the node opens with the keys it keeps for the grant: no secret key loaded.
+    results.clear()
+
+    def no_load(_):
+        raise AssertionError("the kept keys were not used")
+    monkeypatch.setattr(he, "load_secret", no_load)
+    await release(outs, results, ctxs)
+    assert np.abs(np.array(json.loads(results["bank"])["scores"]) - clear).max() < ERROR_BOUND
