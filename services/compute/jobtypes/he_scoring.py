@@ -98,7 +98,7 @@ POLY_DEGREE = 16_384
 COEFF_MOD_BITS = [60, 40, 40, 40, 60]
 SCALE_BITS = 40
 SLOTS = POLY_DEGREE // 2
-CHUNK = 4 << 20
+CHUNK = he_keys.CHUNK
 CONSUMER_KEYS, PROVIDER_CONTEXTS = "he_scoring/consumer", "he_scoring/provider"  # their node_cache names
 MAX_FEATURES = 256
 FLOOD = 2.0 ** 18  # below the 2^19 a value can reach at scale 2^40 over the last 60-bit prime
@@ -148,8 +148,7 @@ def encrypt_batches(ctx, x: np.ndarray) -> list[list[bytes]]:
 def new_keys() -> he_keys.ConsumerKeys:
     """A fresh context with its public part (as sent), that part's SHA-256 and the secret key alone."""
     ctx = new_context()
-    pub = public_context(ctx)
-    return he_keys.ConsumerKeys(ctx, pub, hashlib.sha256(pub).hexdigest(), _b64(secret_context(ctx)))
+    return he_keys.new_keys(ctx, public_context(ctx), _b64(secret_context(ctx)))
 
 
 def _b64(blob: bytes) -> str:
@@ -163,6 +162,16 @@ def load_public(blob: bytes):
     if ctx.is_private():
         raise ProtocolError("the consumer sent a context holding its secret key")
     return ctx
+
+
+def load_checked(blob: bytes):
+    """The consumer's public context, or ProtocolError (no secret key, 128-bit security)."""
+    try:
+        return load_public(blob)
+    except ProtocolError:
+        raise
+    except Exception:  # noqa: BLE001 - SEAL refuses parameters below 128-bit security, or garbage
+        raise ProtocolError("the consumer's CKKS context could not be loaded at 128-bit security") from None
 
 
 def evaluate(pub, cts: list[bytes], w: np.ndarray, b: float, coeffs: tuple[float, float, float],
@@ -272,12 +281,14 @@ class HeScoringJob(JobType):
         batches = (n + SLOTS - 1) // SLOTS
         chan = await ctx.channel(spec.inputs[0].provider)
         ctx.progress("encrypting", 0, 2 * batches + 1)
-        keys = await self._consumer_keys(ctx)
+        keys = await he_keys.consumer_keys(ctx, CONSUMER_KEYS, new_keys)
         he = keys.context
         # The first batch is encrypted while the provider says whether it holds the context.
         first = asyncio.ensure_future(asyncio.to_thread(encrypt_batches, he, x[:SLOTS])) if batches else None
         try:
-            await self._send_context(chan, keys, n=n, batches=batches, features=len(features))
+            await chan.send("start", n=n, batches=batches, features=len(features), context_bytes=len(keys.public),
+                            **he_keys.offer(keys))
+            await he_keys.send_context(chan, keys)
         except BaseException:
             if first is not None:
                 first.cancel()
@@ -321,39 +332,13 @@ class HeScoringJob(JobType):
         return Outcome(result_hash(spec, c2p, p2c), records_used=n, summary={"batches": batches},
                        releases={provider: release}, pending=pending)
 
-    @staticmethod
-    async def _consumer_keys(ctx: JobContext) -> he_keys.ConsumerKeys:
-        """The keys of this run: the ones this node keeps for the grant (he_keys.py), else fresh ones,
-        then kept for the grant's next runs. An input without a grant gets fresh keys every run."""
-        ref = ctx.spec.inputs[0]
-        cache = he_keys.kept(ctx.node_cache, CONSUMER_KEYS) if ref.grant else None
-        keys = cache.get((ref.provider, ref.grant)) if cache is not None else None
-        if keys is None:
-            keys = await asyncio.to_thread(new_keys)
-            if cache is not None:
-                cache.put((ref.provider, ref.grant), keys)
-        return keys
-
-    @staticmethod
-    async def _send_context(chan, keys: he_keys.ConsumerKeys, **start: int) -> None:
-        """``start`` names the public context by its SHA-256. Keys this node has sent the provider
-        before are offered by that hash alone, and sent whole only if the provider no longer holds
-        them (``context_held {held: false}``: restarted, or dropped them from its bounded cache)."""
-        await chan.send("start", **start, context_bytes=len(keys.public), context_sha256=keys.digest, offer=keys.sent)
-        if keys.sent and (await expect(chan, "context_held")).header.get("held") is True:
-            return
-        for off in range(0, len(keys.public), CHUNK):
-            await chan.send("context", keys.public[off:off + CHUNK])
-        keys.sent = True
-
     async def finish(self, ctx: JobContext, pending: bytes, released) -> None:
         if ctx.spec.params.get("mode") == "statistics":
             return await he_statistics.finish_consumer(ctx, pending, released)
         spec, state = ctx.spec, json.loads(pending)
         key = released_key(released, spec.inputs[0].provider, state["release"])
-        ref = spec.inputs[0]
-        keys = he_keys.kept(ctx.node_cache, CONSUMER_KEYS).get((ref.provider, ref.grant)) if ref.grant else None
-        if keys is not None and keys.secret == state["secret"]:  # the run's keys are still this node's for the grant
+        keys = he_keys.finishing_keys(ctx, CONSUMER_KEYS, state["secret"])
+        if keys is not None:  # the run's keys are still this node's for the grant
             he = keys.context
         else:  # a restarted node, or keys made again since: the run's own secret key, as kept
             he = await asyncio.to_thread(load_secret, base64.b64decode(state["secret"]))
@@ -376,42 +361,6 @@ class HeScoringJob(JobType):
         batches = len(state["held"])
         ctx.progress("done", 2 * batches + 1, 2 * batches + 1)
 
-    @staticmethod
-    async def _provider_context(ctx: JobContext, chan, digest: str, size: int, offer: bool):
-        """The consumer's public context: the one this node keeps for (consumer, grant, SHA-256) if the
-        consumer offered it by its hash alone (he_keys.py), else the bytes it sends, which must hash to
-        ``digest`` (then kept for the grant's next runs)."""
-        ref = ctx.my_inputs[0]
-        cache = he_keys.kept(ctx.node_cache, PROVIDER_CONTEXTS) if ref.grant else None
-        key = (ctx.spec.consumer, ref.grant, digest)
-        if offer:
-            pub = cache.get(key) if cache is not None else None
-            await chan.send("context_held", held=pub is not None)
-            if pub is not None:
-                return pub
-        blob = bytearray()
-        while len(blob) < size:
-            try:
-                blob += (await expect(chan, "context")).body
-            except ProtocolError:
-                if offer:  # told that this node does not hold it, the consumer had to send it
-                    raise ProtocolError("the consumer offered a CKKS context by a SHA-256 this node does not hold "
-                                        "for its grant, and did not send it") from None
-                raise
-        if len(blob) != size:
-            raise ProtocolError("the context does not add up to its announced size")
-        if hashlib.sha256(blob).hexdigest() != digest:
-            raise ProtocolError("the consumer's CKKS context does not have the SHA-256 it announced")
-        try:
-            pub = await asyncio.to_thread(load_public, bytes(blob))
-        except ProtocolError:
-            raise
-        except Exception:  # noqa: BLE001 - SEAL refuses parameters below 128-bit security, or garbage
-            raise ProtocolError("the consumer's CKKS context could not be loaded at 128-bit security") from None
-        if cache is not None:
-            cache.put(key, pub)
-        return pub
-
     async def _provider(self, ctx: JobContext) -> Outcome:
         spec = ctx.spec
         features = _features(spec.params)
@@ -424,13 +373,12 @@ class HeScoringJob(JobType):
         chan = await ctx.channel(spec.consumer)
         msg = await expect(chan, "start")
         n, batches, d, size = (msg.header.get(k) for k in ("n", "batches", "features", "context_bytes"))
-        digest, offer = msg.header.get("context_sha256"), msg.header.get("offer")
         if not all(isinstance(v, int) and v >= 0 for v in (n, batches, d, size)) or d != len(features) \
-                or batches != (n + SLOTS - 1) // SLOTS or size > 64 << 20 or not isinstance(offer, bool) \
-                or not isinstance(digest, str) or len(digest) != 64 or set(digest) - set("0123456789abcdef"):
+                or batches != (n + SLOTS - 1) // SLOTS or size > 64 << 20:
             raise ProtocolError("bad start")
+        digest, offered = he_keys.announced(msg.header)
         ctx.policy.scoring_rows(ctx.my_inputs[0].asset, n, len(features))  # before any score is sent
-        pub = await self._provider_context(ctx, chan, digest, size, offer)
+        pub = await he_keys.provider_context(ctx, chan, PROVIDER_CONTEXTS, digest, size, offered, load_checked)
         release_key, off = new_key(), 0  # the scores go out under it; the chain releases it once the job is locked
         for bi in range(batches):
             cts = []

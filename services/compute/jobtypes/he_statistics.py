@@ -25,9 +25,14 @@ P puts its rows (id and value together) in a fresh uniformly random order for th
     C      s_i = 1 if (H(y_i)^b)^a (first 16 bytes) is among the xab values, else 0; c = sum s_i
     C      if 0 < c < min_group_size (the listing's): abort; nothing more is sent, the job fails
 
-Encrypted statistics (CKKS, keys fresh for the run; column packing, SLOTS = 8192 records a batch)::
+Encrypted statistics (CKKS; column packing, SLOTS = 8192 records a batch). The keys are made for the
+grant's first run and kept for its next runs, as in the scoring mode (he_keys.py: in memory, at most
+an hour, one grant's on each node: they are large)::
 
-    C → P  context   public key + Galois keys (no secret key, no relin keys), chunks of <= 4 MiB
+    C → P  context_start {size, batches, context_sha256, offer}: offer is true when C sent P this
+                     context before; P → C context_held {held} then (as in the scoring mode)
+    C → P  context   public key + Galois keys (no secret key, no relin keys), chunks of <= 4 MiB, unless
+                     P holds it; P checks its SHA-256 and keeps it for the grant's next runs
     C → P  sel       Enc(s_b) for every batch b, zero-padded to SLOTS
     P      for each needed power p (1 for sum/mean/variance, 2 for variance), with v = x^p:
              acc  = sum_b Enc(s_b) ⊙ v_b  +  Enc_pk(0) ⊙ R        (plaintext multiplies, one level)
@@ -109,6 +114,7 @@ import numpy as np
 from services.compute import dp
 from services.compute import psi_kernel as kernel
 from services.compute.commitment import canonical_value
+from services.compute.jobtypes import he_keys
 from services.compute.jobtypes.aggregation import numeric
 from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, Outcome, ProtocolError, expect, expect_finish,
                                              goodbye)
@@ -123,10 +129,12 @@ FLOOD_BITS = 16
 ERROR_REL = 2.0 ** -12
 ERROR_ABS = 2.0 ** -20
 MAX_SUM_BITS = 56
-CHUNK = 4 << 20
 ID_BATCH = 16_384
 MAX_ROWS = 1 << 22  # P holds up to 512 selection ciphertexts of ~0.7 MB (~350 MB): more needs streaming
 STATS = ("count", "sum", "mean", "variance")
+# Keys kept per grant (he_keys.py), under their node_cache names: one grant's each, as they are large
+# (a consumer's ~220 MiB in memory with its Galois keys and their 79 MB as sent; a provider's ~45 MiB).
+CONSUMER_KEYS, PROVIDER_CONTEXTS, KEPT = "he_statistics/consumer", "he_statistics/provider", 1
 
 
 # -- the CKKS kernel (pure functions; tests and bench call them directly) ------------------------------
@@ -148,6 +156,12 @@ def secret_context(ctx) -> bytes:
     """A run's secret key alone (no public, relinearisation or Galois keys): all the consumer's
     node needs to decrypt after the release, kept in its own state (0600), never sent."""
     return ctx.serialize(save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+
+
+def new_keys() -> he_keys.ConsumerKeys:
+    """A fresh context with its public part (as sent), that part's SHA-256 and the secret key alone."""
+    ctx = new_context()
+    return he_keys.new_keys(ctx, public_context(ctx), base64.b64encode(secret_context(ctx)).decode())
 
 
 def load_secret(blob: bytes):
@@ -359,15 +373,13 @@ async def run_consumer(ctx: JobContext) -> Outcome:
     held: dict[int, tuple[int, bytes]] = {}  # power -> (keystream offset, out_p under P's release key)
     noisy = False
     batches = (n + SLOTS - 1) // SLOTS
-    he = None
+    secret = None
     if count:
         ctx.progress("encrypting", 2, 4)
-        he = await asyncio.to_thread(new_context)
-        pub = await asyncio.to_thread(public_context, he)
-        await chan.send("context_start", size=len(pub), batches=batches)
-        for off in range(0, len(pub), CHUNK):
-            await chan.send("context", pub[off:off + CHUNK])
-        del pub
+        keys = await he_keys.consumer_keys(ctx, CONSUMER_KEYS, new_keys, KEPT)
+        he, secret = keys.context, keys.secret
+        await chan.send("context_start", size=len(keys.public), batches=batches, **he_keys.offer(keys))
+        await he_keys.send_context(chan, keys)
         for b, blob in enumerate(await asyncio.to_thread(encrypt_selection, he, s)):
             await chan.send("sel", blob, batch=b)
         ctx.progress("receiving", 3, 4)
@@ -387,7 +399,6 @@ async def run_consumer(ctx: JobContext) -> Outcome:
 
     # What finish_consumer needs, kept by the node across a restart (0600, never sent): this run's
     # secret key alone and the held-back sums, meaningless without the key the chain releases.
-    secret = base64.b64encode(await asyncio.to_thread(secret_context, he)).decode() if he is not None else None
     pending = json.dumps({"n": n, "n_x": n_x, "count": count, "noisy": noisy, "release": release, "secret": secret,
                           "held": {str(p): [off, base64.b64encode(blob).decode()] for p, (off, blob) in held.items()}})
     # records: P's rows as P announced them and sent them (n masked ids): P is charged for no more.
@@ -401,7 +412,9 @@ async def finish_consumer(ctx: JobContext, pending: bytes, released) -> None:
     key = released_key(released, spec.inputs[0].provider, state["release"])
     sums: dict[int, float] = {}
     if state["held"]:
-        he = await asyncio.to_thread(load_secret, base64.b64decode(state["secret"]))
+        keys = he_keys.finishing_keys(ctx, CONSUMER_KEYS, state["secret"])
+        he = keys.context if keys is not None else \
+            await asyncio.to_thread(load_secret, base64.b64decode(state["secret"]))  # e.g. a restarted node
         for p, (off, blob) in state["held"].items():
             try:
                 sums[int(p)] = await asyncio.to_thread(decrypt_first, he, held_back(key, off, base64.b64decode(blob)))
@@ -474,13 +487,8 @@ async def run_provider(ctx: JobContext) -> Outcome:
         raise ProtocolError("bad context_start")
     if size:
         ctx.progress("evaluating", 2, 4)
-        blob = bytearray()
-        while len(blob) < size:
-            blob += (await expect(chan, "context")).body
-        if len(blob) != size:
-            raise ProtocolError("the context does not add up to its announced size")
-        pub = await asyncio.to_thread(load_public, bytes(blob))
-        del blob
+        digest, offered = he_keys.announced(msg.header)
+        pub = await he_keys.provider_context(ctx, chan, PROVIDER_CONTEXTS, digest, size, offered, load_public, KEPT)
         cts = []
         for bi in range(batches):
             m = await expect(chan, "sel")

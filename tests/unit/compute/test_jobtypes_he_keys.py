@@ -198,3 +198,37 @@ async def test_a_restarted_consumer_node_opens_its_held_back_scores_with_an_empt
     monkeypatch.setattr(he, "load_secret", no_load)
     await release(outs, results, ctxs)
     assert np.abs(np.array(json.loads(results["bank"])["scores"]) - clear).max() < ERROR_BOUND
+
+
+async def test_statistics_runs_of_one_grant_send_the_galois_keys_once():
+    """The statistics mode keeps its keys per grant too (one grant's, they are large): the second run
+    sends the SHA-256 instead of ~79 MB of public and Galois keys, and its statistics are right."""
+    from services.compute.jobtypes import he_statistics as st
+    from services.compute.policy import InputPolicy, Policy
+    from test_jobtypes_he_statistics import _parties as stat_parties
+
+    provider, consumer, balance, selected = stat_parties(n_provider=3000, seed=11)
+    params = {"mode": "statistics", "dataset": "mine", "key": "customer_id", "select": "flagged", "column": "balance"}
+    caches = {"bank": {}, "telco": {}}
+    want = st.clear_statistics(balance, selected)
+    frames = []
+    for job, grant in (("j-1", "g-1"), ("j-2", "g-1"), ("j-3", "g-2")):
+        spec = make_spec("he_scoring", "bank", ["telco"], params, min_group=10)
+        spec = replace(spec, job=job, inputs=tuple(replace(i, grant=grant) for i in spec.inputs))
+        chans, sent, _ = mesh(spec.participants)
+        results = {}
+        ctxs = contexts(spec, chans, {"mine": consumer, "telco.data": provider}, results)
+        for member, ctx in ctxs.items():
+            ctx.node_cache = caches[member]
+        ctxs["telco"].policy = Policy(inputs={"telco.data": InputPolicy("telco.data", 10, frozenset({"customer_id"}))})
+        job_ = job_type("he_scoring")
+        outs = await asyncio.gather(*(run_member(job_, c, chans[m]) for m, c in ctxs.items()))
+        await release(dict(zip(ctxs, outs)), results, ctxs)
+        got = json.loads(results["bank"])["statistics"]
+        assert got["count"] == want["count"] and abs(got["sum"] - want["sum"]) < st.error_bound(balance[~np.isnan(balance)], 1)
+        frames.append({m: [hs.decode(f) for f in fs] for m, fs in sent.items()})
+    first, second, other = frames
+    assert sum(len(b) for k, _, b in first["bank"] if k == "context") > 50_000_000
+    assert "context" not in _kinds(second["bank"]) and [h for k, h, _ in second["telco"] if k == "context_held"] == [{"held": True}]
+    assert "context" in _kinds(other["bank"])  # another grant: other keys, sent whole
+    assert len(he_keys.kept(caches["bank"], st.CONSUMER_KEYS)) == 1 == len(he_keys.kept(caches["telco"], st.PROVIDER_CONTEXTS))
