@@ -4,22 +4,32 @@ Plain functions over a read-only SQLite connection and the process's facet cache
 (views.py maps requests to :class:`Query`).
 
 How a query runs:
-1. the text, if any, becomes a safe FTS5 expression over the text columns (:func:`fts_query`:
-   words and "quoted phrases", all required; a trailing * makes a prefix; nothing else of
-   FTS5's syntax reaches SQLite; a word holding Chinese becomes the phrase of its character
-   bigrams, matched in the bigram copies of the text, see services/catalog/cjk.py), ANDed with
-   one token per selected facet value, so FTS5
-   intersects text and filters and bm25 ranks only what passes both;
-2. the matches (doc ids, and their bm25 rank when sorting by relevance) are sorted and paged
-   after the cursor with the facet cache's sort keys, ties broken by listing id;
-3. facet counts, disjunctive: a facet with a selected value is counted over the matches of
-   every filter but its own (one more FTS5 pass each), so its other values stay visible and
-   can be added; every other facet is counted over the result set. Values within a facet are
-   ORed, facets are ANDed;
-4. the page's rows get their bodies, provider names and highlights from SQLite.
+1. the text, if any, becomes a safe FTS5 expression (:func:`fts_query`: words and "quoted
+   phrases", all required; a trailing * makes a prefix; nothing else of FTS5's syntax reaches
+   SQLite; a word holding Chinese becomes the phrase of its character bigrams, matched in the
+   bigram copies of the text, see services/catalog/cjk.py), and FTS5 returns the doc ids that
+   match it, in one JSON array;
+2. the facet cache (services/catalog/facets.py) keeps those still listed, within the price
+   range, and holding a selected value of every filtered facet: the result set. Values within a
+   facet are ORed, facets are ANDed. For each facet with a selected value it also keeps the
+   matches of every filter but that facet's own, for the disjunctive counts;
+3. with relevance order, bm25 of the text is computed for the result set only, in a second
+   FTS5 pass (:func:`_rank`); the page after the cursor is cut by the sort key, ties broken by
+   listing id;
+4. facet counts, disjunctive: a facet with a selected value is counted over the matches of
+   every filter but its own, so its other values stay visible and can be added; every other
+   facet is counted over the result set;
+5. the page's rows get their bodies and provider names from SQLite, and their highlights from
+   one more FTS5 pass over the text's matches, restricted to the page.
 
 Without text or filters, in the default order (newest), the page comes straight from the SQL
 index and the counts from the cache's memo of the whole catalog.
+
+The filters are not in the FTS5 query, though the index has a token per facet value (its
+``facets`` column): in a MATCH, such a token costs bm25 a pass over that value's whole doclist
+(tens of thousands of rows for a common level) to weigh a column that weighs nothing in the
+score. The facets column stays in the index as what a filter means (tests check the cache's
+filters against it) and because its tokens count in bm25's document length.
 """
 
 from __future__ import annotations
@@ -35,9 +45,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import numpy as np
+import orjson
+
 from services.catalog import cjk
 from services.catalog.facets import FacetCache
-from services.catalog.store import BM25_WEIGHTS, CJK_COLUMNS, TEXT_COLUMNS, facet_token
+from services.catalog.store import BM25_WEIGHTS, CJK_COLUMNS, TEXT_COLUMNS
 
 FACETS = ("level", "industry", "tag", "region", "provider", "operation", "update_cycle", "price_model", "price_band")
 SORTS = ("relevance", "newest", "oldest", "title", "price_asc", "price_desc", "rows_desc")
@@ -57,6 +70,7 @@ _WEIGHTS = ", ".join(str(w) for w in BM25_WEIGHTS)
 _TEXT = "{" + " ".join((*TEXT_COLUMNS, *CJK_COLUMNS)) + "}"  # a word without CJK: any text column
 _CJK_TEXT = "{" + " ".join(CJK_COLUMNS) + "}"  # a word with CJK: its bigram phrase, in the bigram copies
 _MARK_OPEN, _MARK_CLOSE = "\x02", "\x03"
+_MARKS = re.compile("[\x02\x03]")
 _TOKEN = re.compile(r'"([^"]*)"|([^\s"]+)')
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -78,7 +92,7 @@ class Query:
 
     @cached_property
     def text(self) -> str | None:
-        return fts_query(self.q) if self.q else None
+        return fts_query(self.q, unscoped=True) if self.q else None
 
     @cached_property
     def cjk_words(self) -> list[str]:
@@ -125,28 +139,25 @@ def _terms(text: str) -> list[tuple[str, str]]:
     return terms[:MAX_TERMS]
 
 
-def fts_query(text: str) -> str | None:
+def fts_query(text: str, unscoped: bool = False) -> str | None:
     """User text -> an FTS5 expression of quoted terms (all required), or None if no words.
 
     ``credit risk`` -> ``"credit" "risk"`` over the text columns; ``"credit risk"`` -> a phrase;
     ``cred*`` -> a prefix; ``交易所`` -> the phrase ``"交易 易所"`` over the bigram copies.
     Operators, column filters and parentheses are not passed through: they are text.
+
+    ``unscoped``: the Latin words without the column filter when none of them can match in the
+    ``facets`` column, whose tokens all start with "z" (services/catalog/store.py): ASCII words
+    without a "z" (neither case folding nor the stemmer makes one). The matches and bm25
+    are the same (that column weighs 0); FTS5 then skips checking each match's columns, which
+    made the text's pass about twice as fast.
     """
     terms = _terms(text)
     latin = [t for kind, t in terms if kind == "latin"]
     chinese = [cjk.query_phrase(w) for kind, w in terms if kind == "cjk"]
-    parts = ([f"{_TEXT} : ({' '.join(latin)})"] if latin else []) + \
+    scope = "" if unscoped and all(t.isascii() and "z" not in t.lower() for t in latin) else f"{_TEXT} : "
+    parts = ([f"{scope}({' '.join(latin)})"] if latin else []) + \
         ([f"{_CJK_TEXT} : ({' '.join(chinese)})"] if chinese else [])
-    return " AND ".join(parts) or None
-
-
-def match_expression(text: str | None, filters: dict[str, tuple[str, ...]], skip: str | None = None) -> str | None:
-    """The FTS5 MATCH for the text and every facet filter but ``skip`` (None: match everything)."""
-    parts = [f"({text})"] if text else []
-    for facet in FACETS:
-        values = filters.get(facet)
-        if values and facet != skip:
-            parts.append("facets : (" + " OR ".join(facet_token(facet, v) for v in sorted(set(values))) + ")")
     return " AND ".join(parts) or None
 
 
@@ -194,33 +205,31 @@ def search(conn: sqlite3.Connection, cache: FacetCache, query: Query) -> dict[st
     if query.q and text is None:  # only punctuation: nothing can match
         return {"total": 0, "items": [], "next_cursor": None, "sort": sort,
                 "facets": {f: [] for f in FACETS} if query.facets else None}
-    primary = match_expression(text, query.filters)
-    ranked: dict[int, float] = {}
-    docs: list[int] | None = None
+    priced = query.price_min is not None or query.price_max is not None
+    everything = text is None and not query.selected() and not priced  # every listed listing
     try:
-        if sort == "relevance":
-            cursor = conn.cursor()
-            cursor.row_factory = None
-            ranked = dict(cursor.execute(f"SELECT rowid, bm25(listings_fts, {_WEIGHTS}) FROM listings_fts "
-                                         "WHERE listings_fts MATCH ?", (primary,)).fetchall())
-            docs = list(ranked)
-        elif primary is not None:
-            docs = _match(conn, primary)
-        others = {f: _match(conn, expr) if (expr := match_expression(text, query.filters, skip=f)) else None
-                  for f in query.selected()} if query.facets else {}
+        docs = _match(conn, text) if text else None
     except sqlite3.OperationalError as exc:  # not expected: fts_query quotes every term
         raise BadQuery(f"q: cannot be searched ({exc})") from None
 
+    pool: np.ndarray | None = None
+    others: dict[str, np.ndarray | None] = {}
     with cache.lock:
         cache.refresh(conn)
-        pool = None
-        if docs is None and query.price_min is None and query.price_max is None and sort == "newest":
+        if not (everything and sort == "newest"):
+            pool, others = _filter(cache, query, docs)
+    ranked: dict[int, float] = {}
+    if sort == "relevance":  # only with text: bm25 of the text, for the listings that pass the filters
+        ranked = _rank(conn, text, pool, whole=len(pool) == len(docs))
+        if len(ranked) < len(pool):  # delisted since the first read: gone from this one
+            pool = pool[np.isin(pool, np.fromiter(ranked, np.int64, len(ranked)))]
+    with cache.lock:
+        if pool is None:
             page, total, more = _browse_page(conn, cache, query, after)
         else:
-            pool = cache.keep(docs, query.price_min, query.price_max)
             total = len(pool)
-            page, more = _page(cache, query, sort, pool, ranked, after)
-        facets = _facets(cache, query, docs, pool, others) if query.facets else None
+            page, more = _page(cache, query, sort, pool.tolist(), ranked, after)
+        facets = _facets(cache, query, None if everything else pool, others) if query.facets else None
         keys = {d: _sort_key(cache, sort, d, ranked) for d in page}
         ids = {d: cache.ids[d] for d in page}
     items = _items(conn, page, ranked)
@@ -232,10 +241,52 @@ def search(conn: sqlite3.Connection, cache: FacetCache, query: Query) -> dict[st
     return {"total": total, "items": items, "next_cursor": next_cursor, "facets": facets, "sort": sort}
 
 
-def _match(conn: sqlite3.Connection, expression: str) -> list[int]:
+def _match(conn: sqlite3.Connection, expression: str) -> np.ndarray:
+    """The doc ids that match, ascending: one JSON array from SQLite (a Python row per match would
+    cost more than the match)."""
+    found = conn.execute("SELECT json_group_array(rowid) FROM listings_fts WHERE listings_fts MATCH ?",
+                         (f"({expression})",)).fetchone()[0]
+    return np.array(orjson.loads(found), np.int64)
+
+
+def _rank(conn: sqlite3.Connection, text: str, pool: np.ndarray, whole: bool) -> dict[int, float]:
+    """bm25 of the text for the listings in ``pool`` only (``whole``: the pool is every text match).
+
+    The filters are not in this MATCH: an FTS5 facet token there would cost bm25 a pass over its
+    whole doclist for the token's IDF, and add nothing to the score (the facets column weighs 0).
+    ``+rowid`` keeps the pool out of FTS5's query plan (a rowid list there is one FTS5 query per
+    id): FTS5 reads the text's matches once and bm25 runs only on the rows that pass.
+    """
+    if not len(pool):
+        return {}
     cursor = conn.cursor()
-    cursor.row_factory = None  # plain tuples: a Row object per match would cost more than the match
-    return [r[0] for r in cursor.execute("SELECT rowid FROM listings_fts WHERE listings_fts MATCH ?", (expression,))]
+    cursor.row_factory = None
+    sql = f"SELECT rowid, bm25(listings_fts, {_WEIGHTS}) FROM listings_fts WHERE listings_fts MATCH ?"
+    if whole:
+        return dict(cursor.execute(sql, (f"({text})",)).fetchall())
+    return dict(cursor.execute(sql + " AND +rowid IN (SELECT value FROM json_each(?))",
+                               (f"({text})", orjson.dumps(pool.tolist()).decode())).fetchall())
+
+
+def _filter(cache: FacetCache, query: Query, docs: np.ndarray | None) -> tuple[np.ndarray, dict[str, np.ndarray | None]]:
+    """The result set (``docs``, or every listing when None, through the price range and every facet
+    filter), and, for each facet with a selected value, the docs that pass every filter but its
+    own (None: every listed listing), which its disjunctive counts are taken over."""
+    base = cache.keep(docs, query.price_min, query.price_max)
+    holds = {f: cache.holds(base, f, query.filters[f]) for f in query.selected()}
+
+    def passing(masks: list[np.ndarray]) -> np.ndarray:
+        return base[np.logical_and.reduce(masks)] if masks else base
+
+    pool = passing(list(holds.values()))
+    if not query.facets:
+        return pool, {}
+    everywhere = docs is None and query.price_min is None and query.price_max is None
+    others = {}
+    for facet in holds:
+        rest = [mask for f, mask in holds.items() if f != facet]
+        others[facet] = None if everywhere and not rest else passing(rest)
+    return pool, others
 
 
 def _sort_key(cache: FacetCache, sort: str, doc: int, ranked: dict[int, float]) -> Any:
@@ -247,28 +298,30 @@ def _sort_key(cache: FacetCache, sort: str, doc: int, ranked: dict[int, float]) 
 
 def _page(cache: FacetCache, query: Query, sort: str, pool: list[int], ranked: dict[int, float],
           after: tuple[Any, str] | None) -> tuple[list[int], bool]:
+    """The first ``limit`` docs of ``pool`` after the cursor, by the sort key, ties by listing id.
+
+    The key alone picks the candidates (plain values, compared in C: no Python call per doc);
+    only those up to the page's last key are ordered by (key, listing id).
+    """
     ids = cache.ids
+    descending = sort != "relevance" and _SORT_KEYS[sort][1]
     if sort == "relevance":
-        def order(d: int) -> tuple:
-            return ranked[d], ids[d]
+        keyed = [(ranked[d], d) for d in pool]
     else:
-        column, descending = _SORT_KEYS[sort]
-        values = cache.keys[column]
-        if descending:
-            def order(d: int) -> tuple:
-                return -values[d], ids[d]
-        else:
-            def order(d: int) -> tuple:
-                return values[d], ids[d]
+        values = cache.keys[_SORT_KEYS[sort][0]]
+        keyed = [(-values[d], d) for d in pool] if descending else [(values[d], d) for d in pool]
     if after is not None:
         key, asset_id = after
-        descending = sort != "relevance" and _SORT_KEYS[sort][1]
-        mark = (-key if descending else key, asset_id)
         try:
-            pool = [d for d in pool if order(d) > mark]
+            mark = -key if descending else key
+            keyed = [(v, d) for v, d in keyed if v > mark or (v == mark and ids[d] > asset_id)]
         except TypeError:
             raise BadQuery("cursor: not a cursor of this catalog") from None
-    page = heapq.nsmallest(query.limit + 1, pool, key=order)
+    wanted = query.limit + 1
+    if len(keyed) > wanted:
+        last = heapq.nsmallest(wanted, [v for v, _ in keyed])[-1]
+        keyed = [(v, d) for v, d in keyed if v <= last]
+    page = [d for _, d in sorted(keyed, key=lambda vd: (vd[0], ids[vd[1]]))[:wanted]]
     return page[: query.limit], len(page) > query.limit
 
 
@@ -293,21 +346,17 @@ def _browse_page(conn: sqlite3.Connection, cache: FacetCache, query: Query,
     return page[: query.limit], total, len(page) > query.limit
 
 
-def _facets(cache: FacetCache, query: Query, docs: list[int] | None, pool: list[int] | None,
-            others: dict[str, list[int] | None]) -> dict[str, list[dict[str, Any]]]:
-    """``pool``: the result set (``docs`` kept by :meth:`FacetCache.keep`), None when browsing."""
+def _facets(cache: FacetCache, query: Query, pool: np.ndarray | None,
+            others: dict[str, np.ndarray | None]) -> dict[str, list[dict[str, Any]]]:
+    """``pool``: the result set, None for every listed listing; ``others``: see :func:`_filter`."""
     selected = query.selected()
-    priced = query.price_min is not None or query.price_max is not None
-    if docs is None and not priced:
+    if pool is None:
         counts = dict(cache.count_all())
     else:
         counts = cache.count(pool, [f for f in FACETS if f not in selected])
     for facet in selected:  # disjunctive: over every filter but this facet's own
-        matched = others.get(facet)
-        if matched is None and not priced:
-            counts[facet] = cache.count_all()[facet]
-        else:
-            counts[facet] = cache.count(cache.keep(matched, query.price_min, query.price_max), [facet])[facet]
+        matched = others[facet]
+        counts[facet] = cache.count_all()[facet] if matched is None else cache.count(matched, [facet])[facet]
     out = {}
     for facet in FACETS:
         chosen = set(query.filters.get(facet) or ())
@@ -347,11 +396,10 @@ def _item(row: sqlite3.Row, rank: float | None) -> dict[str, Any]:
 
 def _highlight(conn: sqlite3.Connection, text: str, items: list[dict[str, Any]], cjk_words: list[str]) -> None:
     by_doc = {item["_doc_id"]: item for item in items}
-    marks = ", ".join("?" * len(by_doc))
-    rows = conn.execute(
-        f"SELECT rowid, highlight(listings_fts, 0, ?, ?), snippet(listings_fts, 1, ?, ?, '…', 24), description "
-        f"FROM listings_fts WHERE listings_fts MATCH ? AND rowid IN ({marks})",
-        [_MARK_OPEN, _MARK_CLOSE, _MARK_OPEN, _MARK_CLOSE, text, *by_doc]).fetchall()
+    rows = conn.execute(  # +rowid: one FTS5 query for the page, not one per row (see _rank)
+        "SELECT rowid, highlight(listings_fts, 0, ?, ?), snippet(listings_fts, 1, ?, ?, '…', 24), description "
+        "FROM listings_fts WHERE listings_fts MATCH ? AND +rowid IN (SELECT value FROM json_each(?))",
+        [_MARK_OPEN, _MARK_CLOSE, _MARK_OPEN, _MARK_CLOSE, text, orjson.dumps(list(by_doc)).decode()]).fetchall()
     for doc_id, title, snippet, description in rows:
         if cjk_words:  # FTS5 marks what matched in the text columns; Chinese matched in the bigram copies
             title = _mark_cjk(title, cjk_words)
@@ -371,21 +419,25 @@ def _cjk_snippet(snippet: str, description: str, words: list[str], before: int =
     return ("…" if start else "") + description[start:end] + ("…" if end < len(description) else "")
 
 
-def _mark_cjk(marked: str, words: list[str]) -> str:
-    """Add marks where the Chinese words stand to FTS5's marked text, merging overlaps."""
-    plain: list[str] = []
+def _unmark(marked: str) -> tuple[str, list[tuple[int, int]]]:
+    """FTS5's marked text -> the text and the spans marked in it (an open mark without its close,
+    or a close without an open, marks nothing)."""
     spans: list[tuple[int, int]] = []
     opened: int | None = None
-    for ch in marked:
-        if ch == _MARK_OPEN:
-            opened = len(plain)
-        elif ch == _MARK_CLOSE:
-            if opened is not None:
-                spans.append((opened, len(plain)))
-            opened = None
+    for count, mark in enumerate(_MARKS.finditer(marked)):
+        at = mark.start() - count  # where the mark stands in the text without marks
+        if mark.group() == _MARK_OPEN:
+            opened = at
         else:
-            plain.append(ch)
-    text = "".join(plain)
+            if opened is not None:
+                spans.append((opened, at))
+            opened = None
+    return _MARKS.sub("", marked), spans
+
+
+def _mark_cjk(marked: str, words: list[str]) -> str:
+    """Add marks where the Chinese words stand to FTS5's marked text, merging overlaps."""
+    text, spans = _unmark(marked)
     spans += [span for w in words for span in cjk.occurrences(w, text)]
     merged: list[list[int]] = []
     for start, end in sorted(spans):
