@@ -35,7 +35,8 @@ the copy (docs/compute.md); the slowest party's.
   of each batch of 8192, the linear part and the cubic, decrypting), one process, no
   serialisation; its context's share is reported (``bare_tenseal_*_keygen_s``). Protocol part:
   the consumer's ``encrypting`` (loaded) to its ``done``. The scores are checked within 1e-3 of
-  the clear polynomial. Every round runs under one grant, so the warm-up round makes the
+  the clear polynomial. The job's consumer encrypts with its secret key (symmetric, faster), the
+  baseline with the public key as TenSEAL's contexts do by default. Every round runs under one grant, so the warm-up round makes the
   consumer's keys and sends its public context, and the measured rounds reuse them as a grant's
   later runs do (services/compute/jobtypes/he_keys.py); the warm-up is reported as ``*_first_run_*``
   (it is every component's first job too, so it is more than the keys' cost).

@@ -7,6 +7,7 @@ parties over in-memory channels."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 from dataclasses import replace
@@ -232,3 +233,21 @@ async def test_statistics_runs_of_one_grant_send_the_galois_keys_once():
     assert "context" not in _kinds(second["bank"]) and [h for k, h, _ in second["telco"] if k == "context_held"] == [{"held": True}]
     assert "context" in _kinds(other["bank"])  # another grant: other keys, sent whole
     assert len(he_keys.kept(caches["bank"], st.CONSUMER_KEYS)) == 1 == len(he_keys.kept(caches["telco"], st.PROVIDER_CONTEXTS))
+
+
+def test_the_consumer_encrypts_with_its_secret_key_and_the_provider_evaluates_that_as_any():
+    keys = he.new_keys()
+    with pytest.raises(ValueError, match="symmetric"):  # TenSEAL's word for a context encrypting with the secret key
+        keys.context.has_public_key()
+    pub = he.load_public(keys.public)
+    assert pub.has_public_key() and not pub.is_private()
+    x = np.random.default_rng(8).normal(0, 1, (he.SLOTS + 50, 3))
+    w = np.array([0.5, -0.9, 0.3])
+    got = np.concatenate([he.decrypt(keys.context, he.evaluate(pub, bt, w, 0.1, he.sigmoid_poly(8)),
+                                     min(he.SLOTS, len(x) - i * he.SLOTS))
+                          for i, bt in enumerate(he.encrypt_batches(keys.context, x))])
+    assert np.abs(got - he.clear_scores(x, w, 0.1, he.sigmoid_poly(8))).max() < ERROR_BOUND
+    # the secret key kept for a run's finish decrypts them too
+    again = he.load_secret(base64.b64decode(keys.secret))
+    blob = he.evaluate(pub, he.encrypt_batches(keys.context, x[:5])[0], w, 0.1, he.sigmoid_poly(8))
+    assert np.abs(he.decrypt(again, blob, 5) - he.clear_scores(x[:5], w, 0.1, he.sigmoid_poly(8))).max() < ERROR_BOUND
