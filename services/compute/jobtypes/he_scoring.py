@@ -148,7 +148,7 @@ def encrypt_batches(ctx, x: np.ndarray) -> list[list[bytes]]:
 
 def symmetric(ctx):
     """``ctx``'s keys in a context that encrypts with the secret key (RLWE's symmetric encryption,
-    IND-CPA as the public-key one, ~2.5x faster here); the provider, which has the public key only,
+    IND-CPA as the public-key one, ~1.8x faster here); the provider, which has the public key only,
     evaluates its ciphertexts and re-randomises them as any. TenSEAL's Python API makes a context one
     kind or the other: its serialisation says which (tenseal/proto/tensealcontext.proto,
     TenSEALContextProto field 4, encryption_type), and of a field given twice protobuf keeps the last."""
