@@ -27,7 +27,7 @@ from typing import Any, Hashable
 
 from services.compute.jobtypes.base import JobContext, ProtocolError, expect
 
-MAX_ENTRIES = 4  # scoring's in memory: ~30 MiB (a provider's loaded public context), ~34 MiB (a consumer's keys)
+MAX_ENTRIES = 4  # scoring's in memory: ~30 MiB (a provider's loaded public context), ~23 MiB (a consumer's keys)
 LIFETIME_S = 3600.0  # a grant's keys are made again after an hour of use
 CHUNK = 4 << 20  # a context goes in messages of this size
 
@@ -57,9 +57,6 @@ class Kept:
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
-    def drop(self, key: Hashable) -> None:
-        self._entries.pop(key, None)
-
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -68,7 +65,7 @@ class Kept:
 class ConsumerKeys:
     """One grant's keys on the consumer's node."""
 
-    context: Any  # the TenSEAL context with the secret key
+    context: Any  # the TenSEAL context with the secret key: the consumer encrypts and decrypts with it
     public: bytes  # its public part as sent (public key, relinearisation keys)
     digest: str  # SHA-256 of ``public``, hex
     secret: str  # the secret key alone, base64, as a run's pending state keeps it
