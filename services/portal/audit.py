@@ -28,7 +28,8 @@ class AnchorCheck:
     height: int
     time: float
     verdict: str
-    detail: str = ""
+    bad: int | None = None  # MISMATCH: the first record whose hash or link breaks
+    missing: tuple[int, ...] = ()  # MISMATCH: records of the batch the gateway did not give
 
 
 @dataclass(frozen=True)
@@ -80,19 +81,18 @@ def check(records: list[AuditRecord], anchors: list[dict], after: int | None = N
             continue
         batch = [by_seq.get(seq) for seq in range(a["first_seq"], a["last_seq"] + 1)]
         missing = [seq for seq, r in zip(range(a["first_seq"], a["last_seq"] + 1), batch) if r is None]
+        bad = None
         if a["first_seq"] < low or a["last_seq"] > high:
-            verdict, detail = PARTLY_SHOWN, ""
+            verdict = PARTLY_SHOWN
         elif missing:
-            verdict, detail = MISMATCH, f"records missing: {', '.join(map(str, missing[:5]))}"
+            verdict = MISMATCH
         else:
             ok, last_hash, bad = verify_chain(batch, batch[0].prev_hash)
-            if not ok:
-                verdict, detail = MISMATCH, f"record {bad}"
-            elif last_hash != a["digest"]:
-                verdict, detail = MISMATCH, f"record {a['last_seq']}"
-            else:
-                verdict, detail = VERIFIED, ""
-        checks.append(AnchorCheck(a["first_seq"], a["last_seq"], a["digest"], a["height"], a["time"], verdict, detail))
+            if ok and last_hash != a["digest"]:
+                bad = a["last_seq"]
+            verdict = VERIFIED if bad is None else MISMATCH
+        checks.append(AnchorCheck(a["first_seq"], a["last_seq"], a["digest"], a["height"], a["time"], verdict,
+                                  bad, tuple(missing[:10]) if verdict == MISMATCH else ()))
         for seq in range(max(a["first_seq"], low), min(a["last_seq"], high) + 1):
             verdict_of[seq] = verdict
     rows = [RecordRow(r, record_hash(r.body()) == r.hash, verdict_of.get(r.seq, NOT_ANCHORED)) for r in records]

@@ -252,6 +252,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "apikeys.rotate": "Replace",
         "apikeys.revoke": "Revoke",
         "error.portal_key": "This portal calls the exchange with that key; only the association changes it.",
+        "audit.missing": "records missing: {seqs}",
+        "audit.at_record": "from record {seq}",
     },
     "zh": {
         "brand": "rdx 数据交易平台",
@@ -471,6 +473,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "apikeys.rotate": "更换",
         "apikeys.revoke": "撤销",
         "error.portal_key": "门户正使用该密钥访问交易平台，只有协会可以更改它。",
+        "audit.missing": "缺少记录：{seqs}",
+        "audit.at_record": "自第 {seq} 条记录起",
     },
 }
 

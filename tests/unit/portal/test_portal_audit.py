@@ -50,7 +50,7 @@ def test_a_record_changed_after_its_anchor_is_found():
     anchors = [anchored(records, 1, 4), anchored(records, 5, 8)]
     changed = records[5].model_copy(update={"decision": "deny"})  # record 6, its stored hash kept
     checks, rows = trail.check(records[:5] + [changed] + records[6:], anchors)
-    assert [(c.verdict, c.detail) for c in checks] == [("verified", ""), ("mismatch", "record 6")]
+    assert [(c.verdict, c.bad) for c in checks] == [("verified", None), ("mismatch", 6)]
     assert [row.record.seq for row in rows if not row.intact] == [6]
     # hashed again to look whole: the next record's link to it breaks instead
     fields = changed.body()
@@ -64,17 +64,17 @@ def test_a_record_changed_after_its_anchor_is_found():
         rewritten.append(AuditRecord(**fields, hash=record_hash(fields)))
         prev = rewritten[-1].hash
     checks, _ = trail.check(records[:4] + rewritten, anchors)
-    assert [(c.verdict, c.detail) for c in checks] == [("verified", ""), ("mismatch", "record 8")]
+    assert [(c.verdict, c.bad) for c in checks] == [("verified", None), ("mismatch", 8)]
 
 
 def test_a_record_dropped_from_a_batch_is_found():
     records = chain(8)
     anchors = [anchored(records, 1, 4), anchored(records, 5, 8)]
     checks, _ = trail.check(records[:5] + records[6:], anchors, after=0)
-    assert [(c.verdict, c.detail) for c in checks] == [("verified", ""), ("mismatch", "records missing: 6")]
+    assert [(c.verdict, c.missing) for c in checks] == [("verified", ()), ("mismatch", (6,))]
     # the first record after the page's start dropped: still inside the page, still found
     checks, _ = trail.check(records[1:], anchors, after=0)
-    assert [(c.verdict, c.detail) for c in checks] == [("mismatch", "records missing: 1"), ("verified", "")]
+    assert [(c.verdict, c.missing) for c in checks] == [("mismatch", (1,)), ("verified", ())]
     # a page that starts inside a batch cannot check it
     checks, _ = trail.check(records[2:], anchors, after=2)
     assert [c.verdict for c in checks] == ["partly_shown", "verified"]
@@ -138,5 +138,8 @@ def test_the_audit_page_shows_each_record_s_check(site):
     assert "Not checked here" in page.text
     limits = [c.url.params["limit"] for c in site.seen if c.url.path == "/v1/audit"]
     assert limits == ["4"]  # the page ended with the anchored batch
+    site.answers["/v1/audit"] = [r.model_dump() for r in records if r.seq != 2]  # one dropped from the store
+    page = site.client.get("/audit", headers={"accept-language": "zh-CN"})
+    assert 'id="anchor-4" data-verdict="mismatch"' in page.text and "缺少记录：2" in page.text
     site.answers["/v1/audit"] = [{"seq": "not a record"}]
     assert site.client.get("/audit").status_code == 502
