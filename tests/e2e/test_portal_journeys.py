@@ -637,6 +637,10 @@ def test_staff_abort_a_running_job_and_suspend_a_listing(browser, site, tmp_path
     assert row.locator(".status").inner_text() == "运行中"
     assert serious_violations(page) == []
     site.shot(page, "21-staff-jobs-zh")
+    page.set_viewport_size(PHONE)
+    assert fits_width(page)
+    site.shot(page, "21b-staff-jobs-zh-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
     row.locator("button[data-tx]").click()
     page.fill("#confirm-reason", "紧急停止 kill switch")
     page.locator("#confirm-ok").click()
@@ -649,6 +653,7 @@ def test_staff_abort_a_running_job_and_suspend_a_listing(browser, site, tmp_path
 
     page.goto(f"{site.url}/listings/{site.asset}")
     assert page.locator("#status").inner_text() == "listed"
+    assert serious_violations(page) == []
     page.click("#suspend-listing")
     page.fill("#confirm-reason", "数据来源存疑")
     page.locator("#confirm-ok").click()
