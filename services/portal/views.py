@@ -121,10 +121,6 @@ def table_csv(rows: list[dict], columns: tuple[str, ...]) -> str:
     return out.getvalue()
 
 
-def statement_csv(entries: list[dict]) -> str:
-    return table_csv(entries, STATEMENT_COLUMNS)
-
-
 async def small_body(request: Request, limit: int) -> bytes | None:
     """The request's body, or None past ``limit`` bytes (stops reading there: a larger body, declared
     or not, is never held whole)."""

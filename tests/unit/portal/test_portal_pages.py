@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 
-from services.portal.views import SENDER, RELAYED, job_view, statement_csv
+from services.portal.views import RELAYED, SENDER, STATEMENT_COLUMNS, job_view, table_csv
 
 
 def test_a_job_page_shows_only_the_fields_it_names():
@@ -22,7 +22,7 @@ def test_the_statement_csv_defuses_formulas():
                 "job": "+j1", "reference": "@SUM(A1)"},
                {"height": 8, "time": 2.0, "kind": "deposit", "amount": 100, "counterparty": None, "job": None,
                 "reference": "wire 42, 中文"}]
-    rows = list(csv.reader(io.StringIO(statement_csv(entries))))
+    rows = list(csv.reader(io.StringIO(table_csv(entries, STATEMENT_COLUMNS))))
     assert rows[0] == ["height", "time", "kind", "amount", "counterparty", "job", "reference"]
     assert rows[1] == ["7", "1.5", "charge", "-40", "'=HYPERLINK(\"x\")", "'+j1", "'@SUM(A1)"]
     assert rows[2] == ["8", "2.0", "deposit", "100", "", "", "wire 42, 中文"]
