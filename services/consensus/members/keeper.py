@@ -1,5 +1,5 @@
 """The only code that reads or writes member and account state (prefixes ``members/``, ``accounts/``,
-``revoked-keys/``).
+``revoked-keys/``, ``account-keys/``).
 
 A member (an organisation) has one signing account with the member's own id, and optionally
 a compute node account ``<member>.node``; the association also has its board seats' accounts
@@ -10,6 +10,7 @@ sign only the member's txs of their ``powers``, until ``expires_at`` or until en
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from services.common.tx import Code
@@ -37,6 +38,11 @@ class MembersKeeper:
 
     def put_account(self, account: dict[str, Any]) -> None:
         self.store.set(f"accounts/{account['id']}", account)
+        # Every key an account was ever given, to the first account that held it (never removed: a
+        # revoked key stays taken), so that members.Delegate checks a key with one read.
+        indexed = _key_index(account["public_key"])
+        if self.store.get(indexed) is None:
+            self.store.set(indexed, account["id"])
 
     def revoke_key(self, account: str, public_key: str, height: int, reason: str) -> None:
         """Keep the history of an account's revoked keys (``revoked-keys/<account>``)."""
@@ -78,15 +84,8 @@ class MembersKeeper:
         return [a for _, a in self.store.scan(f"accounts/{member_id}{DELEGATE}")]
 
     def key_in_use(self, public_key: str) -> str | None:
-        """The account that holds or held ``public_key`` (revoked keys included), if any: one pass
-        over every account, which only members.Delegate pays, after its cheaper checks."""
-        for _, account in self.store.scan("accounts/"):
-            if account["public_key"] == public_key:
-                return account["id"]
-        for key, history in self.store.scan("revoked-keys/"):
-            if any(entry["public_key"] == public_key for entry in history):
-                return key.removeprefix("revoked-keys/")
-        return None
+        """The account that first held ``public_key`` (revoked keys included), if any."""
+        return self.store.get(_key_index(public_key))
 
     @staticmethod
     def check_delegate(account: dict[str, Any], tx_type: str, time: int) -> None:
@@ -105,3 +104,7 @@ class MembersKeeper:
         if acc is None or acc["kind"] != "node":
             raise Rejected(Code.UNAUTHORIZED, "this must be signed by a member's compute node")
         return self.member(acc["member"])
+
+
+def _key_index(public_key: str) -> str:
+    return "account-keys/" + hashlib.sha256(public_key.encode()).hexdigest()
