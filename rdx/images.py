@@ -104,6 +104,11 @@ def start_engine(log=print, timeout: float = 60.0) -> subprocess.Popen | None:
         return None
     data_root = tc.cache_root() / "docker"
     data_root.mkdir(parents=True, exist_ok=True)
+    # The engine's network store: an engine killed mid-`compose up` can leave a network in it without
+    # its address pools, and Debian's dockerd 20.10 then panics at every start (libnetwork
+    # reservePools). This data root is rdx's alone and compose makes its networks anew each run, so
+    # the store is dropped before the engine starts.
+    (data_root / "network" / "files" / "local-kv.db").unlink(missing_ok=True)
     log_path = images_cache() / "dockerd.log"
     driver = os.environ.get("RDX_DOCKER_STORAGE_DRIVER", "overlay2")
     argv = ["/usr/sbin/dockerd", "--host", f"unix://{SOCKET}", "--data-root", str(data_root),
