@@ -648,6 +648,9 @@ def test_staff_abort_a_running_job_and_suspend_a_listing(browser, site, tmp_path
     assert page.locator("#abort-status").get_attribute("data-state") == "done", page.locator("#abort-status").inner_text()
     bank_page.wait_for_function("document.getElementById('job').dataset.status === 'aborted'", timeout=30_000)
     assert "紧急停止" in bank_page.locator("#job-reason").inner_text()
+    with Gateway(site.gateway, api_key=site.keys[f"{site.bank}/member_admin"], timeout=30) as bank:
+        record = bank.request("GET", f"/v1/jobs/{job_id}")  # the chain's record, through the gateway
+    assert record["status"] == "aborted" and record["ended_reason"] == "紧急停止 kill switch"
     page.reload()
     assert page.locator(f"tr[id='job-{job_id}']").count() == 0
 
