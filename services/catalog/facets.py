@@ -78,18 +78,21 @@ class FacetCache:
         singles = {"level": levels, "region": regions, "update_cycle": cycles, "provider": owners,
                    "price_model": models, "price_band": [price_band(amount) for amount in amounts]}
         for facet in SINGLE:
-            self.single[facet][docs] = [self._code(facet, value) for value in singles[facet]]
-        for facet in MULTI:
-            held = [sorted(terms.get(d, {}).get(facet, ())) for d in changed]
+            known = self._codes[facet]  # a value seen before needs no call (codes start at 1)
+            self.single[facet][docs] = [known.get(value) or self._code(facet, value) for value in singles[facet]]
+        for facet in MULTI:  # a row of codes per doc, in any order, zeros after the last
+            held = [terms.get(d, {}).get(facet, ()) for d in changed]
             width = max(map(len, held), default=0)
             if width > self.multi[facet].shape[1]:
                 grown = np.zeros((len(self.multi[facet]), width), np.int32)
                 grown[:, :self.multi[facet].shape[1]] = self.multi[facet]
                 self.multi[facet] = grown
-            codes = np.zeros((len(changed), self.multi[facet].shape[1]), np.int32)
+            width, known = self.multi[facet].shape[1], self._codes[facet]
+            cells = [0] * (len(changed) * width)
             for k, values in enumerate(held):
-                codes[k, :len(values)] = [self._code(facet, v) for v in values]
-            self.multi[facet][docs] = codes
+                for j, value in enumerate(values):
+                    cells[k * width + j] = known.get(value) or self._code(facet, value)
+            self.multi[facet][docs] = np.array(cells, np.int32).reshape(len(changed), width)
         for key, column in zip(SORT_KEYS, (heights, first_heights, title_keys, amounts, row_counts)):
             for doc_id, value in zip(changed, column):
                 self.keys[key][doc_id] = value
