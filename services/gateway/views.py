@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 import httpx
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -330,6 +331,19 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         found = [{k: m.get(k) for k in ("id", "name", "roles", "status")}
                  for m in ((await gw.chain.query("/members/")) or {}).values()]
         return page_of(request, response, found, after, limit)
+
+    @r.get("/members/{member_id}/delegates", summary="A member's delegated keys: powers, expiry, status")
+    async def delegates(member_id: Id, p: Principal = who) -> list[dict]:
+        """The member's delegate accounts on chain (``<member>.delegate-<label>``, ended ones too), for
+        its own people and the association's staff: the portal lists them for the member's admin."""
+        if p.member != member_id and p.role not in ("association_admin", "auditor"):
+            raise Problem(403, "Forbidden", f"{p.member} may list only its own delegates")
+        # One page of the accounts after "<member>.delegate-" in key order: a member has at most 16
+        # delegates, and member ids hold no dot, so those that follow are its own until the prefix ends.
+        prefix = f"accounts/{member_id}.delegate-"
+        page = await gw.chain.query(f"/accounts/?{urlencode({'after': prefix, 'limit': 17})}")
+        return [{k: a.get(k) for k in ("id", "label", "public_key", "powers", "expires_at", "status", "ended_height")}
+                for key, a in sorted((page or {}).get("items", {}).items()) if key.startswith(prefix)]
 
     @r.get("/accounts/{account_id}", summary="A chain account's public key and nonce")
     async def account(account_id: Id, p: Principal = who) -> Account:
