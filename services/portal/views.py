@@ -37,10 +37,16 @@ ENVELOPE = {"chain_id", "nonce", "payload", "sig", "signer", "type"}
 # role that may send it (the chain decides again, from the signer's key).
 RELAYED = {"access.Request": "/access-requests", "access.Approve": "/access-requests/{id}/approve",
            "jobs.Submit": "/jobs", "members.Suspend": "/tx", "members.Reinstate": "/tx", "assets.Suspend": "/tx",
-           "jobs.Abort": "/tx"}
+           "jobs.Abort": "/tx", "members.Delegate": "/tx", "members.Undelegate": "/tx"}
 SENDER = {"access.Request": "member_admin", "access.Approve": "member_admin", "jobs.Submit": "member_admin",
           "members.Suspend": "association_admin", "members.Reinstate": "association_admin",
-          "assets.Suspend": "association_admin", "jobs.Abort": "association_admin"}
+          "assets.Suspend": "association_admin", "jobs.Abort": "association_admin",
+          "members.Delegate": "member_admin", "members.Undelegate": "member_admin"}
+# A tx signed by one of the member's delegated keys (docs/signing.md): only these types, only from the
+# member's analysts, whose browsers hold those keys (the chain and the gateway check the powers again).
+DELEGATED, DELEGATE_SENDER = ("jobs.Submit", "access.Request"), "analyst"
+LABEL = re.compile(r"^[a-z0-9][a-z0-9\-]{0,22}$")  # a delegate's label, as the chain takes it
+MAX_ACCOUNT = 64
 JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]{2,79}$")
 MEMBER = re.compile(r"^[a-z0-9][a-z0-9\-]{1,39}$")
 JOB_TYPES = ("psi", "psi_cardinality")  # the job types the portal's form offers (the chain knows more)
@@ -92,6 +98,18 @@ STATEMENT_COLUMNS = ("height", "time", "kind", "amount", "counterparty", "job", 
 INVOICE_COLUMNS = ("height", "time", "job", "asset", "provider", "charge")
 # The member's books the pages show: the billing service's document and the rows in it.
 BOOKS = {"statements": ("entries", STATEMENT_COLUMNS), "invoices": ("lines", INVOICE_COLUMNS)}
+
+
+def signer_kind(member: str, signer: object) -> str | None:
+    """``member`` for the member's own account, ``delegate`` for one of its delegate accounts
+    (``<member>.delegate-<label>``, at most 64 characters), None for any other name."""
+    if signer == member:
+        return "member"
+    prefix = f"{member}.delegate-"
+    if isinstance(signer, str) and len(signer) <= MAX_ACCOUNT and signer.startswith(prefix) and \
+            LABEL.match(signer[len(prefix):]):
+        return "delegate"
+    return None
 
 
 def utc_text(ts: float) -> str:
@@ -231,8 +249,9 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             return s
         return Depends(check)
 
-    # The roles that sign their member's transactions (the member's key is in their browser).
-    Signer = role_in("member_admin", "association_admin")
+    # The roles that sign their member's transactions (the member's key is in their browser), and the
+    # analysts, who sign some of them with a key the member delegated to theirs.
+    Signer = role_in("member_admin", "association_admin", "analyst")
     # The whole audit trail, which the gateway gives only the association's staff and auditors (a
     # member's people get their own calls, with gaps no anchor can be checked over). The Cedar policy
     # has no action for the audit trail or for API keys: these two are the gateway's own rules.
@@ -370,14 +389,25 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
 
     # -- keys stay with their owners (services/portal/static/signer.js) ----------------------------
     @app.get("/keys", include_in_schema=False)
-    async def browser_key(request: Request, s: Session = Signer) -> Response:
-        return render(request, "keys.html")
+    async def browser_key(request: Request, label: str | None = None, s: Session = Signer) -> Response:
+        """The member's key (admins, staff); for an analyst, a key for the delegate account it asks
+        its admin for, ``<member>.delegate-<label>``, once it has chosen a label."""
+        if s.role != DELEGATE_SENDER:
+            return render(request, "keys.html", account=s.member)
+        account = f"{s.member}.delegate-{label}" if label is not None else None
+        if account is not None and signer_kind(s.member, account) != "delegate":
+            return render(request, "keys.html", status=400, account=None, label=label[:MAX_ACCOUNT], bad_label=True)
+        return render(request, "keys.html", account=account, label=label or "")
 
     @app.get("/api/account", include_in_schema=False)
-    async def account(request: Request, s: Session = ApiPerson) -> Response:
-        """What the browser needs to sign the member's next tx: the chain id and the account's nonce."""
+    async def account(request: Request, account: str | None = None, s: Session = ApiPerson) -> Response:
+        """What the browser needs to sign the next tx of ``account`` (the member's own, or one of its
+        delegates): the chain id and the account's nonce."""
+        account = s.member if account is None else account
+        if signer_kind(s.member, account) is None:
+            return problem(400, "error.bad_request", language(request))
         try:
-            acc = await portal.gateway.get(s.member, s.role, f"/accounts/{s.member}")
+            acc = await portal.gateway.get(s.member, s.role, f"/accounts/{account}")
         except GatewayError as exc:
             return problem(exc.status, exc.kind, language(request))
         return JSONResponse({"chain_id": settings.chain_id, "nonce": acc["nonce"]})
@@ -385,7 +415,8 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
     @app.post("/api/tx", include_in_schema=False)
     async def relay_tx(request: Request, s: Session = ApiPerson) -> Response:
         """A tx the browser signed, relayed to the gateway as it is: the portal neither holds nor
-        sees a key, and the gateway and the chain check the signature against the member's key."""
+        sees a key, and the gateway and the chain check the signature against the signer's key. The
+        signer is the session's member, or one of its delegates for the types a delegate may sign."""
         lang = language(request)
         if not s.csrf_ok(request.headers.get("x-csrf-token")) or request.headers.get("origin", origin) != origin:
             return problem(403, "error.csrf", lang)
@@ -394,10 +425,11 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             tx = json.loads(body)["tx"] if body is not None else None
         except (ValueError, KeyError, TypeError):
             tx = None
-        if not isinstance(tx, dict) or set(tx) != ENVELOPE or tx["signer"] != s.member or \
-                not isinstance(tx["payload"], dict) or tx["type"] not in RELAYED:
+        kind = signer_kind(s.member, tx["signer"]) if isinstance(tx, dict) and set(tx) == ENVELOPE else None
+        if kind is None or not isinstance(tx["payload"], dict) or tx["type"] not in RELAYED:
             return problem(400, "error.bad_request", lang)
-        if SENDER[tx["type"]] != s.role:
+        if kind == "delegate" and tx["type"] not in DELEGATED or \
+                (DELEGATE_SENDER if kind == "delegate" else SENDER[tx["type"]]) != s.role:
             return problem(403, "error.forbidden", lang)
         path = RELAYED[tx["type"]]
         if "{id}" in path:
@@ -445,16 +477,40 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
                               "operations": ops, "quote": quote["max_price"]})
         return found
 
+    async def delegates_of(s: Session) -> list[dict]:
+        """The member's delegated keys on chain (the gateway's list, in account order)."""
+        found = await portal.gateway.get(s.member, s.role, f"/members/{s.member}/delegates")
+        return [d for d in found if isinstance(d, dict) and signer_kind(s.member, d.get("id")) == "delegate"]
+
+    def usable(delegate: dict, power: str) -> bool:
+        return delegate.get("status") == "active" and power in (delegate.get("powers") or []) and \
+            isinstance(delegate.get("expires_at"), int) and delegate["expires_at"] > time.time()
+
     @app.get("/jobs", include_in_schema=False)
     async def jobs(request: Request, s: Session = Person) -> Response:
+        """The member's jobs; the form for its admin (the member's key) and for its analysts (signed
+        by one of the member's delegates that may submit jobs, whose key is in the analyst's browser)."""
         try:
             mine = await portal.gateway.get(s.member, s.role, "/jobs", {"limit": "200"})
-            offers = await runnable(s) if s.role == "member_admin" else []
+            signers = [s.member] if s.role == "member_admin" else []
+            if s.role == DELEGATE_SENDER:
+                signers = [d["id"] for d in await delegates_of(s) if usable(d, "jobs.Submit")]
+            offers = await runnable(s) if signers else []
         except GatewayError as exc:
             return error(request, exc.status, exc.kind)
         mine.sort(key=lambda j: -(j.get("submitted_height") or 0))
-        return render(request, "jobs.html", jobs=[job_view(j) for j in mine], offers=offers,
+        return render(request, "jobs.html", jobs=[job_view(j) for j in mine], offers=offers, signers=signers,
                       job_id=f"job-{secrets.token_hex(4)}")
+
+    # -- delegated keys: the member admin lets an analyst's browser key sign jobs or access requests --
+    @app.get("/delegates", include_in_schema=False)
+    async def delegates(request: Request, s: Session = KeyAdmin) -> Response:
+        try:
+            found = await delegates_of(s)
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        return render(request, "delegates.html", delegates=found, powers=DELEGATED, max_days=90, utc=utc_text,
+                      now=time.time())
 
     @app.get("/jobs/{job_id}", include_in_schema=False)
     async def job(request: Request, job_id: str, s: Session = Person) -> Response:

@@ -384,6 +384,20 @@ def make_browser_key(page: Page, site: Site) -> str:
     return page.locator("#public-key").inner_text()
 
 
+def held_key(page: Page, account: str) -> dict:
+    """What the page can learn of ``account``'s private key in this browser's IndexedDB."""
+    return page.evaluate("""async (account) => {
+        const db = await new Promise((ok, no) => { const r = indexedDB.open("rdx-portal-keys"); r.onsuccess = () => ok(r.result); r.onerror = no; });
+        const pair = await new Promise((ok) => { const r = db.transaction("keys").objectStore("keys").get(account); r.onsuccess = () => ok(r.result); });
+        let exported = "refused";
+        try { await crypto.subtle.exportKey("pkcs8", pair.privateKey); exported = "exported"; } catch (e) { exported = e.name; }
+        return {extractable: pair.privateKey.extractable, algorithm: pair.privateKey.algorithm.name, exported};
+    }""", account)
+
+
+NOT_EXTRACTABLE = {"extractable": False, "algorithm": "Ed25519", "exported": "InvalidAccessError"}
+
+
 def test_keys_stay_in_the_browser_that_signs(browser, site, tmp_path):
     """A member admin makes the member's signing key in the browser (WebCrypto Ed25519, not
     extractable), the association admits the member with its public key, and an access request is
@@ -396,14 +410,7 @@ def test_keys_stay_in_the_browser_that_signs(browser, site, tmp_path):
     public_key = make_browser_key(page, site)
     assert serious_violations(page) == []
     site.shot(page, "07-browser-key-zh")
-    held = page.evaluate("""async (account) => {
-        const db = await new Promise((ok, no) => { const r = indexedDB.open("rdx-portal-keys"); r.onsuccess = () => ok(r.result); r.onerror = no; });
-        const pair = await new Promise((ok) => { const r = db.transaction("keys").objectStore("keys").get(account); r.onsuccess = () => ok(r.result); });
-        let exported = "refused";
-        try { await crypto.subtle.exportKey("pkcs8", pair.privateKey); exported = "exported"; } catch (e) { exported = e.name; }
-        return {extractable: pair.privateKey.extractable, algorithm: pair.privateKey.algorithm.name, exported};
-    }""", site.shop)
-    assert held == {"extractable": False, "algorithm": "Ed25519", "exported": "InvalidAccessError"}
+    assert held_key(page, site.shop) == NOT_EXTRACTABLE
 
     # The association admits the member with the key its admin made; the portal gets an API key for it.
     with Gateway(site.gateway, identity=site.association, chain_id="rdx-local", timeout=60) as admin:
@@ -666,8 +673,7 @@ def test_staff_abort_a_running_job_and_suspend_a_listing(browser, site, tmp_path
     shown_within(page, f"{site.url}/listings/{site.asset}", "#versions td:text-is('AssetSuspended')")
     assert page.locator("#status").inner_text() == "suspended" and page.locator("#suspend-listing").count() == 0
     site.shot(page, "22-listing-suspended-zh")
-    site.staff_ctx.close()
-    site.bank_ctx.close()
+    site.staff_ctx.close()  # the bank admin's browser, which holds the bank's key, serves the last journey
 
 
 def test_jobs_and_statement_pages_at_phone_width(browser, site, tmp_path):
@@ -711,7 +717,7 @@ def test_jobs_statements_and_staff_pages_refuse_what_they_should(browser, site, 
             assert http.get("/staff/members", headers=jar(who)).status_code == 403
             assert http.get("/staff/jobs", headers=jar(who)).status_code == 403
             assert http.get("/audit", headers=jar(who)).status_code == 403
-        # the analyst's page lists jobs but offers no form: only the member's key signs, in its admin's browser
+        # the analyst's page lists jobs but offers no form until its member delegates a key to it
         assert 'id="submit-job"' not in http.get("/jobs", headers=jar(analyst)).text
         # the relay takes each type only from the role that makes it
         tx = {"chain_id": "rdx-local", "nonce": 1, "sig": "AA==", "signer": site.bank}
@@ -800,3 +806,101 @@ def test_a_member_admin_makes_rotates_and_revokes_an_api_key(browser, site, tmp_
     assert "revoked" in page.locator(f"tr[id='key-{replaced[4:].split('.')[0]}'] .status").inner_text()
     site.shot(page, "26-api-key-revoked-en-phone")
     ctx.close()
+
+
+def sent_envelopes(bodies: list[tuple[str, str]]) -> list[dict]:
+    """The signed txs among the bodies a browser sent; every other body must be the IdP's sign-in form."""
+    others = [b for u, b in bodies if not u.endswith("/api/tx")]
+    assert all(set(parse_qs(b)) <= {"challenge", "username", "password", "csrf"} for b in others), others
+    txs = [json.loads(b)["tx"] for u, b in bodies if u.endswith("/api/tx")]
+    assert all(set(tx) == {"chain_id", "nonce", "payload", "sig", "signer", "type"} for tx in txs)
+    return txs
+
+
+def test_an_analyst_submits_a_job_with_a_key_its_member_admin_delegated(browser, site, tmp_path):
+    """The bank's analyst makes its own key in its browser (phone width) for the account
+    <bank>.delegate-lina; the bank's admin delegates that public key (jobs only, 30 days) after a
+    confirmation, signed with the bank's key in its browser; the analyst submits a PSI job signed by the
+    delegate key and it runs to completed as the bank's job. No private key leaves either browser. The
+    admin then ends the delegate, and the analyst's form is gone."""
+    ctx = context(browser, site, tmp_path, "zh-CN", phone=True)
+    page = ctx.new_page()
+    bodies: list[tuple[str, str]] = []
+    page.on("request", lambda r: bodies.append((r.url, r.post_data or "")) if r.method != "GET" else None)
+    sign_in(page, site, "li.na")
+    page.goto(f"{site.url}/jobs")
+    assert page.locator("#no-delegate").count() == 1 and page.locator("#submit-job").count() == 0
+    page.goto(f"{site.url}/keys")
+    page.fill("#label", "lina")
+    page.click("#choose-label")
+    page.wait_for_url(re.compile(r".*/keys\?label=lina$"))
+    account = f"{site.bank}.delegate-lina"
+    assert page.locator("#account-name").inner_text() == account
+    page.click("#make-key")
+    page.wait_for_function("document.getElementById('public-key').textContent.endsWith('=')")
+    public_key = page.locator("#public-key").inner_text()
+    assert held_key(page, account) == NOT_EXTRACTABLE
+    assert fits_width(page) and serious_violations(page) == []
+    site.shot(page, "27-analyst-key-zh-phone")
+
+    admin = site.bank_page  # the bank's admin, whose browser holds the bank's key (an earlier journey)
+    admin_bodies: list[tuple[str, str]] = []
+    admin.on("request", lambda r: admin_bodies.append((r.url, r.post_data or "")) if r.method != "GET" else None)
+    admin.goto(f"{site.url}/delegates")
+    assert admin.locator(f"tr[id='delegate-{account}']").count() == 0
+    admin.fill("#delegate-label", "lina")
+    admin.fill("#delegate-key", public_key)
+    admin.fill("#delegate-days", "30")
+    admin.click("#delegate")
+    assert admin.locator("#ask").is_visible() and account in admin.locator("#ask-text").inner_text()
+    admin.click("#ask-cancel")  # cancelling sends nothing
+    assert admin.locator("#delegate-status").inner_text() == ""
+    admin.click("#delegate")
+    site.shot(admin, "28-delegate-confirm-en")
+    admin.click("#ask-ok")
+    admin.wait_for_selector("#delegate-status[data-state]", timeout=60_000)
+    assert admin.locator("#delegate-status").get_attribute("data-state") == "done", admin.locator("#delegate-status").inner_text()
+    admin.reload()
+    row = admin.locator(f"tr[id='delegate-{account}']")
+    assert row.locator(".status").inner_text() == "active" and "jobs.Submit" in row.inner_text()
+    assert serious_violations(admin) == []
+    admin.set_viewport_size(PHONE)
+    assert fits_width(admin)
+    site.shot(admin, "29-delegates-en-phone")
+    admin.set_viewport_size({"width": 1280, "height": 900})
+
+    page.goto(f"{site.url}/jobs")
+    assert page.locator("#job-signer").input_value() == account
+    assert page.locator("#job-grant option").first.get_attribute("value") == site.phones_grant
+    assert fits_width(page) and serious_violations(page) == []
+    site.shot(page, "30-analyst-jobs-zh-phone")
+    job_id = submit_job(page)
+    page.wait_for_function("document.getElementById('job').dataset.status === 'completed'", timeout=180_000)
+    site.shot(page, "31-analyst-job-completed-zh-phone")
+    with Gateway(site.gateway, api_key=site.keys[f"{site.bank}/member_admin"], timeout=30) as bank:
+        record = bank.request("GET", f"/v1/jobs/{job_id}")
+    assert record["status"] == "completed" and record["consumer"] == site.bank  # the delegate acts as its member
+
+    # What left the browsers: signed envelopes and the sign-in form, nothing else; the job's tx is
+    # signed by the delegate account with the key made in the analyst's browser.
+    [job_tx] = sent_envelopes(bodies)
+    assert (job_tx["type"], job_tx["signer"], job_tx["payload"]["id"]) == ("jobs.Submit", account, job_id)
+    VerifyKey(base64.b64decode(public_key)).verify(
+        canonicaljson.dump_bytes({k: v for k, v in job_tx.items() if k != "sig"}), base64.b64decode(job_tx["sig"]))
+    [delegated] = sent_envelopes(admin_bodies)
+    assert (delegated["type"], delegated["signer"]) == ("members.Delegate", site.bank)
+    assert delegated["payload"]["public_key"] == public_key and delegated["payload"]["powers"] == ["jobs.Submit"]
+    assert not [p for p in (site.root / "portal-state").rglob("*") if p.is_file()]
+
+    # The admin ends the delegate (after a confirmation): the analyst's form is gone.
+    admin.locator(f"tr[id='delegate-{account}'] button[data-undelegate]").click()
+    admin.click("#ask-ok")
+    admin.wait_for_selector("#undelegate-status[data-state]", timeout=60_000)
+    assert admin.locator("#undelegate-status").get_attribute("data-state") == "done", admin.locator("#undelegate-status").inner_text()
+    admin.reload()
+    assert admin.locator(f"tr[id='delegate-{account}'] .status").inner_text() == "ended"
+    assert admin.locator(f"tr[id='delegate-{account}'] button").count() == 0
+    page.goto(f"{site.url}/jobs")
+    assert page.locator("#no-delegate").count() == 1 and page.locator("#submit-job").count() == 0
+    ctx.close()
+    site.bank_ctx.close()

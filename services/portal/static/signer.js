@@ -66,8 +66,8 @@ export async function signTx(account, chainId, nonce, type, payload) {
   return { ...envelope, sig: b64(sig) };
 }
 
-async function accountState() {
-  return fetch("/api/account", { credentials: "same-origin" }).then((r) => r.json());
+async function accountState(account) {
+  return fetch(`/api/account?account=${encodeURIComponent(account)}`, { credentials: "same-origin" }).then((r) => r.json());
 }
 
 function csrf() {
@@ -80,7 +80,8 @@ async function post(path, body) {
   return { ok: answer.ok, body: await answer.json().catch(() => ({})) };
 }
 
-// The key page: show this browser's key for the member, or make one.
+// The key page: show this browser's key for the member (an analyst: for the delegate account it
+// asks for), or make one.
 const keyPanel = document.getElementById("browser-key");
 if (keyPanel) {
   const account = keyPanel.dataset.account, out = document.getElementById("public-key");
@@ -90,11 +91,12 @@ if (keyPanel) {
   });
 }
 
-// Signs the member's next tx in this browser and sends it through the portal; says how it went in
-// `status` (data-state done or failed) with the element's data-done / data-failed texts.
+// Signs the next tx of `signer` (the member, or one of its delegates) in this browser and sends it
+// through the portal; says how it went in `status` (data-state done or failed) with the element's
+// data-done / data-failed texts.
 async function signAndSend(status, signer, type, payload, texts) {
   try {
-    const seen = await accountState();
+    const seen = await accountState(signer);
     const tx = await signTx(signer, seen.chain_id, seen.nonce + 1, type, payload);
     const answer = await post("/api/tx", { tx });
     status.textContent = answer.ok ? `${texts.done} ${answer.body.tx_hash}` : `${texts.failed} ${answer.body.detail || ""}`;
@@ -133,9 +135,19 @@ document.querySelectorAll("button[data-approve]").forEach((button) => {
 
 // The jobs page: a job on one grant, at most the quoted price, signed here; then its page. (No
 // field of the form may be named "dataset": it would hide the form's own dataset property.)
+// An analyst's form names the delegate account that signs (#job-signer): the first whose key is in
+// this browser is chosen.
 const jobForm = document.getElementById("submit-job");
 if (jobForm) {
   const grant = document.getElementById("job-grant"), price = document.getElementById("job-price");
+  const signer = document.getElementById("job-signer");
+  if (signer) {
+    (async () => {
+      for (const option of signer.options) {
+        if (await publicKey(option.value)) { signer.value = option.value; break; }
+      }
+    })();
+  }
   grant.addEventListener("change", () => { price.value = grant.selectedOptions[0].dataset.quote; });
   jobForm.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -143,7 +155,8 @@ if (jobForm) {
     const payload = { id: data.get("job"), type: data.get("type"), max_price: Number(data.get("max_price")),
                       inputs: [{ asset: chosen.dataset.asset, grant: chosen.value }],
                       params: { dataset: data.get("own_dataset"), key: data.get("key") }, timeout_s: 300 };
-    if (await signAndSend(document.getElementById("job-submit-status"), jobForm.dataset.account, "jobs.Submit",
+    const account = signer ? signer.value : jobForm.dataset.account;
+    if (await signAndSend(document.getElementById("job-submit-status"), account, "jobs.Submit",
                           payload, jobForm.dataset)) {
       window.location.assign(`/jobs/${encodeURIComponent(payload.id)}`);
     }
@@ -189,5 +202,45 @@ document.querySelectorAll("button[data-tx]").forEach((button) => {
       button.disabled = false;
     };
     dialog.showModal();
+  });
+});
+
+// The member admin's delegated keys: delegate an analyst's key (members.Delegate) or end one
+// (members.Undelegate), each after a confirmation, signed in this browser with the member's key.
+const ask = document.getElementById("ask");
+function confirmed(text, then) {
+  document.getElementById("ask-text").textContent = text;
+  ask.returnValue = "";
+  ask.onclose = () => { if (ask.returnValue === "ok") then(); };
+  ask.showModal();
+}
+const delegateForm = document.getElementById("delegate-form");
+if (delegateForm) {
+  delegateForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const data = new FormData(delegateForm), status = document.getElementById("delegate-status");
+    const now = Math.floor(Date.now() / 1000), days = Number(data.get("days")), powers = data.getAll("powers");
+    if (!powers.length) {
+      status.textContent = delegateForm.dataset.noPower;
+      status.dataset.state = "failed";
+      return;
+    }
+    // at most 90 days after the block that applies it: 5 minutes spare for this clock and the block's
+    const expires = Math.min(now + days * 86400, now + Number(delegateForm.dataset.maxDays) * 86400 - 300);
+    const payload = { label: data.get("label"), public_key: data.get("public_key").trim(), powers, expires_at: expires };
+    const account = `${delegateForm.dataset.member}.delegate-${payload.label}`;
+    const text = delegateForm.dataset.confirm.replace("{account}", account).replace("{powers}", powers.join(", "))
+      .replace("{days}", String(days));
+    confirmed(text, () => signAndSend(status, delegateForm.dataset.account, "members.Delegate", payload, delegateForm.dataset));
+  });
+}
+document.querySelectorAll("button[data-undelegate]").forEach((button) => {
+  button.addEventListener("click", () => {
+    confirmed(button.dataset.confirm, async () => {
+      button.disabled = true;
+      await signAndSend(document.getElementById("undelegate-status"), button.dataset.account, "members.Undelegate",
+                        { account: button.dataset.undelegate }, button.dataset);
+      button.disabled = false;
+    });
   });
 });
