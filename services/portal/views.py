@@ -333,6 +333,25 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
     async def signed_out(request: Request) -> Response:
         return render(request, "signed_out.html")
 
+    # -- who signs: the member's key (its admin's browser) or a delegate's (an analyst's browser) -----
+    async def delegates_of(s: Session) -> list[dict]:
+        """The member's delegated keys on chain (the gateway's list, in account order)."""
+        found = await portal.gateway.get(s.member, s.role, f"/members/{s.member}/delegates")
+        return [d for d in found if isinstance(d, dict) and signer_kind(s.member, d.get("id")) == "delegate"]
+
+    def usable(delegate: dict, power: str) -> bool:
+        return delegate.get("status") == "active" and power in (delegate.get("powers") or []) and \
+            isinstance(delegate.get("expires_at"), int) and delegate["expires_at"] > time.time()
+
+    async def signers_for(s: Session, power: str) -> list[str]:
+        """The accounts a page's form may sign a ``power`` tx with for this person: the member's own
+        for its admin; for an analyst, the member's delegates that may sign it now."""
+        if s.role == "member_admin":
+            return [s.member]
+        if s.role == DELEGATE_SENDER:
+            return [d["id"] for d in await delegates_of(s) if usable(d, power)]
+        return []
+
     # -- catalog ----------------------------------------------------------------------------------
     @app.get("/search", include_in_schema=False)
     async def search(request: Request, s: Session = Person) -> Response:
@@ -377,14 +396,17 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
                 quote = await portal.gateway.get(s.member, s.role, "/billing/quote", {"asset": asset_id})
             except GatewayError:
                 quote = None  # the listing still shows; the page says there is no quote
+            # The member's key (in its admin's browser) or a delegate's that may ask for access.
+            try:
+                signers = await signers_for(s, "access.Request") if item["provider"]["id"] != s.member else []
+            except GatewayError:
+                signers = []  # the listing still shows, without the form
         except GatewayError as exc:
             return error(request, exc.status, exc.kind)
-        # Only the member's own key signs its transactions, and it lives in its admin's browser.
-        may_request = s.role == "member_admin" and item["provider"]["id"] != s.member
         # The kill switch on a listing: Cedar's ``suspend`` on it, from the role whose tx the relay takes.
         may_suspend = item["status"] == "listed" and s.role == SENDER["assets.Suspend"] and \
             pol.decide(who, "suspend", asset).allowed
-        return render(request, "listing.html", item=item, quote=quote, may_request=may_request,
+        return render(request, "listing.html", item=item, quote=quote, signers=signers,
                       may_suspend=may_suspend, grant_id=f"g-{secrets.token_hex(4)}-{asset_id}"[:80])
 
     # -- keys stay with their owners (services/portal/static/signer.js) ----------------------------
@@ -477,24 +499,13 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
                               "operations": ops, "quote": quote["max_price"]})
         return found
 
-    async def delegates_of(s: Session) -> list[dict]:
-        """The member's delegated keys on chain (the gateway's list, in account order)."""
-        found = await portal.gateway.get(s.member, s.role, f"/members/{s.member}/delegates")
-        return [d for d in found if isinstance(d, dict) and signer_kind(s.member, d.get("id")) == "delegate"]
-
-    def usable(delegate: dict, power: str) -> bool:
-        return delegate.get("status") == "active" and power in (delegate.get("powers") or []) and \
-            isinstance(delegate.get("expires_at"), int) and delegate["expires_at"] > time.time()
-
     @app.get("/jobs", include_in_schema=False)
     async def jobs(request: Request, s: Session = Person) -> Response:
         """The member's jobs; the form for its admin (the member's key) and for its analysts (signed
         by one of the member's delegates that may submit jobs, whose key is in the analyst's browser)."""
         try:
             mine = await portal.gateway.get(s.member, s.role, "/jobs", {"limit": "200"})
-            signers = [s.member] if s.role == "member_admin" else []
-            if s.role == DELEGATE_SENDER:
-                signers = [d["id"] for d in await delegates_of(s) if usable(d, "jobs.Submit")]
+            signers = await signers_for(s, "jobs.Submit")
             offers = await runnable(s) if signers else []
         except GatewayError as exc:
             return error(request, exc.status, exc.kind)

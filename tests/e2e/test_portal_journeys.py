@@ -819,10 +819,11 @@ def sent_envelopes(bodies: list[tuple[str, str]]) -> list[dict]:
 
 def test_an_analyst_submits_a_job_with_a_key_its_member_admin_delegated(browser, site, tmp_path):
     """The bank's analyst makes its own key in its browser (phone width) for the account
-    <bank>.delegate-lina; the bank's admin delegates that public key (jobs only, 30 days) after a
-    confirmation, signed with the bank's key in its browser; the analyst submits a PSI job signed by the
-    delegate key and it runs to completed as the bank's job. No private key leaves either browser. The
-    admin then ends the delegate, and the analyst's form is gone."""
+    <bank>.delegate-lina; the bank's admin delegates that public key (jobs and access requests, 30
+    days) after a confirmation, signed with the bank's key in its browser; the analyst submits a PSI job
+    signed by the delegate key and it runs to completed as the bank's job, then asks for access from a
+    listing's page. No private key leaves either browser. The admin then ends the delegate, and the
+    analyst's forms are gone."""
     ctx = context(browser, site, tmp_path, "zh-CN", phone=True)
     page = ctx.new_page()
     bodies: list[tuple[str, str]] = []
@@ -851,6 +852,7 @@ def test_an_analyst_submits_a_job_with_a_key_its_member_admin_delegated(browser,
     admin.fill("#delegate-label", "lina")
     admin.fill("#delegate-key", public_key)
     admin.fill("#delegate-days", "30")
+    admin.check("#power-2")  # access requests too
     admin.click("#delegate")
     assert admin.locator("#ask").is_visible() and account in admin.locator("#ask-text").inner_text()
     admin.click("#ask-cancel")  # cancelling sends nothing
@@ -862,7 +864,7 @@ def test_an_analyst_submits_a_job_with_a_key_its_member_admin_delegated(browser,
     assert admin.locator("#delegate-status").get_attribute("data-state") == "done", admin.locator("#delegate-status").inner_text()
     admin.reload()
     row = admin.locator(f"tr[id='delegate-{account}']")
-    assert row.locator(".status").inner_text() == "active" and "jobs.Submit" in row.inner_text()
+    assert row.locator(".status").inner_text() == "active" and "access.Request, jobs.Submit" in row.inner_text()
     assert serious_violations(admin) == []
     admin.set_viewport_size(PHONE)
     assert fits_width(admin)
@@ -881,18 +883,32 @@ def test_an_analyst_submits_a_job_with_a_key_its_member_admin_delegated(browser,
         record = bank.request("GET", f"/v1/jobs/{job_id}")
     assert record["status"] == "completed" and record["consumer"] == site.bank  # the delegate acts as its member
 
+    page.goto(f"{site.url}/listings/{site.phones_asset}")
+    assert page.locator("#request-signer").input_value() == account
+    grant = page.locator("#grant").input_value()
+    page.fill("#purpose", "分析师申请 analyst's request")
+    page.click("#send-request")
+    page.wait_for_selector("#request-status[data-state]", timeout=60_000)
+    assert page.locator("#request-status").get_attribute("data-state") == "done", page.locator("#request-status").inner_text()
+    with Gateway(site.gateway, api_key=site.keys[f"{site.bank}/member_admin"], timeout=30) as bank:
+        [asked] = [g for g in bank.my_access() if g["id"] == grant]
+    assert (asked["consumer"], asked["asset"], asked["status"]) == (site.bank, site.phones_asset, "pending")
+
     # What left the browsers: signed envelopes and the sign-in form, nothing else; the job's tx is
     # signed by the delegate account with the key made in the analyst's browser.
-    [job_tx] = sent_envelopes(bodies)
+    job_tx, request_tx = sent_envelopes(bodies)
     assert (job_tx["type"], job_tx["signer"], job_tx["payload"]["id"]) == ("jobs.Submit", account, job_id)
-    VerifyKey(base64.b64decode(public_key)).verify(
-        canonicaljson.dump_bytes({k: v for k, v in job_tx.items() if k != "sig"}), base64.b64decode(job_tx["sig"]))
+    assert (request_tx["type"], request_tx["signer"], request_tx["payload"]["id"]) == ("access.Request", account, grant)
+    for tx in (job_tx, request_tx):
+        VerifyKey(base64.b64decode(public_key)).verify(
+            canonicaljson.dump_bytes({k: v for k, v in tx.items() if k != "sig"}), base64.b64decode(tx["sig"]))
     [delegated] = sent_envelopes(admin_bodies)
     assert (delegated["type"], delegated["signer"]) == ("members.Delegate", site.bank)
-    assert delegated["payload"]["public_key"] == public_key and delegated["payload"]["powers"] == ["jobs.Submit"]
+    assert delegated["payload"]["public_key"] == public_key
+    assert delegated["payload"]["powers"] == ["jobs.Submit", "access.Request"]
     assert not [p for p in (site.root / "portal-state").rglob("*") if p.is_file()]
 
-    # The admin ends the delegate (after a confirmation): the analyst's form is gone.
+    # The admin ends the delegate (after a confirmation): the analyst's forms are gone.
     admin.locator(f"tr[id='delegate-{account}'] button[data-undelegate]").click()
     admin.click("#ask-ok")
     admin.wait_for_selector("#undelegate-status[data-state]", timeout=60_000)
@@ -902,5 +918,7 @@ def test_an_analyst_submits_a_job_with_a_key_its_member_admin_delegated(browser,
     assert admin.locator(f"tr[id='delegate-{account}'] button").count() == 0
     page.goto(f"{site.url}/jobs")
     assert page.locator("#no-delegate").count() == 1 and page.locator("#submit-job").count() == 0
+    page.goto(f"{site.url}/listings/{site.phones_asset}")
+    assert page.locator("#request-access").count() == 0
     ctx.close()
     site.bank_ctx.close()

@@ -109,6 +109,15 @@ async function signAndSend(status, signer, type, payload, texts) {
   }
 }
 
+// An analyst's form names the delegate account that signs (a select marked data-held): the first
+// whose key is in this browser is chosen.
+document.querySelectorAll("select[data-held]").forEach(async (select) => {
+  for (const option of select.options) {
+    if (await publicKey(option.value)) { select.value = option.value; break; }
+  }
+});
+const signerOf = (form, select) => (select ? select.value : form.dataset.account);
+
 // The listing page's access request.
 const requestForm = document.getElementById("request-access");
 if (requestForm) {
@@ -118,7 +127,8 @@ if (requestForm) {
     const payload = { id: data.get("grant"), asset: requestForm.dataset.asset, operations: [data.get("operation")],
                       purpose: data.get("purpose"), max_runs: Number(data.get("max_runs")),
                       expires_at: Math.floor(Date.now() / 1000) + 30 * 86400 };
-    await signAndSend(document.getElementById("request-status"), requestForm.dataset.account, "access.Request",
+    await signAndSend(document.getElementById("request-status"),
+                      signerOf(requestForm, document.getElementById("request-signer")), "access.Request",
                       payload, requestForm.dataset);
   });
 }
@@ -135,19 +145,9 @@ document.querySelectorAll("button[data-approve]").forEach((button) => {
 
 // The jobs page: a job on one grant, at most the quoted price, signed here; then its page. (No
 // field of the form may be named "dataset": it would hide the form's own dataset property.)
-// An analyst's form names the delegate account that signs (#job-signer): the first whose key is in
-// this browser is chosen.
 const jobForm = document.getElementById("submit-job");
 if (jobForm) {
   const grant = document.getElementById("job-grant"), price = document.getElementById("job-price");
-  const signer = document.getElementById("job-signer");
-  if (signer) {
-    (async () => {
-      for (const option of signer.options) {
-        if (await publicKey(option.value)) { signer.value = option.value; break; }
-      }
-    })();
-  }
   grant.addEventListener("change", () => { price.value = grant.selectedOptions[0].dataset.quote; });
   jobForm.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -155,8 +155,8 @@ if (jobForm) {
     const payload = { id: data.get("job"), type: data.get("type"), max_price: Number(data.get("max_price")),
                       inputs: [{ asset: chosen.dataset.asset, grant: chosen.value }],
                       params: { dataset: data.get("own_dataset"), key: data.get("key") }, timeout_s: 300 };
-    const account = signer ? signer.value : jobForm.dataset.account;
-    if (await signAndSend(document.getElementById("job-submit-status"), account, "jobs.Submit",
+    if (await signAndSend(document.getElementById("job-submit-status"),
+                          signerOf(jobForm, document.getElementById("job-signer")), "jobs.Submit",
                           payload, jobForm.dataset)) {
       window.location.assign(`/jobs/${encodeURIComponent(payload.id)}`);
     }

@@ -153,3 +153,18 @@ def test_the_analyst_s_jobs_form_signs_with_a_delegate_that_may_submit_jobs(site
     site.answers["/v1/members/bank/delegates"] = DELEGATES[1:]
     page = site.client.get("/jobs", headers={"accept-language": "en"})
     assert 'id="submit-job"' not in page.text and 'id="no-delegate"' in page.text
+
+
+def test_the_analyst_asks_for_access_with_a_delegate_that_may(site):
+    site.answers.update({"/v1/listings/telco.a": {**LISTING, "commitment": "00", "listed": {"height": 3},
+                                                  "versions": [], "price": {"model": "fixed", "amount": 5}},
+                         "/v1/billing/quote": {"max_price": 5}, "/v1/members/bank/delegates": DELEGATES})
+    site.sign_in("bank", "analyst")
+    page = site.client.get("/listings/telco.a")
+    assert page.status_code == 200 and 'id="request-access" data-account="bank.delegate-asks"' in page.text
+    assert ANALYST_ACCOUNT not in page.text  # a delegate for jobs only does not ask for access
+    del site.answers["/v1/members/bank/delegates"]  # the list not to be had: the listing, without the form
+    page = site.client.get("/listings/telco.a")
+    assert page.status_code == 200 and 'id="request-access"' not in page.text
+    site.sign_in("bank", "auditor")
+    assert 'id="request-access"' not in site.client.get("/listings/telco.a").text
