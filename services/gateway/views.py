@@ -124,6 +124,13 @@ def next_page(request: Request, response: Response, after: str | int | None, key
         response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
 
 
+def association_staff(p: Principal) -> bool:
+    """The association's admins and auditors, who see every member's records. A member's own
+    ``auditor`` (or any other) key is its member's only: a member admin can make one, so the role
+    alone opens nothing of another member's."""
+    return p.role in ("association_admin", "auditor") and "association" in p.member_roles
+
+
 def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
     r = APIRouter(prefix="/v1")
     who = Depends(gw.authenticate)
@@ -224,7 +231,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
                    limit: int = Query(50, ge=1, le=500)) -> list[JobRecord]:
         """Read from the chain's job records (all of them, then filtered: a member index on chain
         would make this cheaper). The association and its auditors see every job."""
-        everyone = p.role in ("association_admin", "auditor") and p.member == "association"
+        everyone = association_staff(p)
         found = [j for j in ((await gw.chain.query("/jobs/")) or {}).values()
                  if (everyone or p.member in j["participants"])
                  and (status is None or j["status"] == status) and (type is None or j["type"] == type)
@@ -234,7 +241,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
     async def visible_job(request: Request, job_id: Id, p: Principal = who) -> dict:
         mark(request, job=job_id)
         record = await gw.view.get(f"/jobs/{job_id}", fresh=True)  # proven when the gateway holds an anchor
-        if record is None or not (p.member in record["participants"] or p.role in ("association_admin", "auditor")):
+        if record is None or not (p.member in record["participants"] or association_staff(p)):
             raise Problem(404, "Not found", f"no job {job_id} visible to {p.member}")
         return record
 
@@ -280,7 +287,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         mark(request, asset=asset_id)
         budget = await gw.chain.query(f"/privacy-budget/{asset_id}/{consumer}")
         asset = await gw.chain.query(f"/assets/{asset_id}") if budget is not None else None
-        if asset is None or p.member not in (consumer, asset["owner"]) and p.role not in ("association_admin", "auditor"):
+        if asset is None or p.member not in (consumer, asset["owner"]) and not association_staff(p):
             raise Problem(404, "Not found", f"no privacy budget of {asset_id} for {consumer} visible to {p.member}")
         return budget
 
@@ -315,7 +322,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         return status
 
     async def may_see_tx(p: Principal, raw: bytes) -> bool:
-        if p.role in ("association_admin", "auditor") and p.member == "association":
+        if association_staff(p):
             return True
         try:
             signer = Tx.decode(raw).signer
@@ -336,7 +343,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
     async def delegates(member_id: Id, p: Principal = who) -> list[dict]:
         """The member's delegate accounts on chain (``<member>.delegate-<label>``, ended ones too), for
         its own people and the association's staff: the portal lists them for the member's admin."""
-        if p.member != member_id and p.role not in ("association_admin", "auditor"):
+        if p.member != member_id and not association_staff(p):
             raise Problem(403, "Forbidden", f"{p.member} may list only its own delegates")
         # One page of the accounts after "<member>.delegate-" in key order: a member has at most 16
         # delegates, and member ids hold no dot, so those that follow are its own until the prefix ends.
@@ -359,7 +366,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
 
     # -- billing --------------------------------------------------------------------------------
     def own_books(p: Principal, member: str) -> None:
-        if p.member != member and p.role not in ("association_admin", "auditor"):
+        if p.member != member and not association_staff(p):
             raise Problem(403, "Forbidden", f"{p.member} may read only its own books")
 
     @r.get("/billing/prices/{asset_id}", summary="An asset's price history")
@@ -432,7 +439,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
                     ) -> list[AuditRecord]:
         if p.role not in ("auditor", "association_admin", "member_admin"):
             raise Problem(403, "Forbidden", "only auditors and admins read the audit trail")
-        if p.role == "member_admin" or (p.role == "auditor" and p.member != "association"):
+        if not association_staff(p):
             member = p.member  # a member sees its own calls only
         found = await gw.audit.query(member=member, asset=asset, job=job, since=since, until=until,
                                      after_seq=after_seq, limit=limit)

@@ -345,3 +345,31 @@ def test_a_tx_whose_values_cannot_be_encoded_is_a_422(gw):
         resp = httpx.post(url, content=body, headers={"content-type": "application/json",
                                                       **httpsig.sign(gw.bank, "POST", url, body)})
         assert resp.status_code == 422 and resp.json()["title"] == "Undecodable transaction", resp.text
+
+
+def test_a_member_s_own_auditor_key_reads_nothing_of_another_member(gw):
+    """A member admin may make an ``auditor`` key for its own member; the role alone must not open
+    another member's books, delegates, jobs or audit records (the association's auditors may)."""
+    own = Gateway(gw.url, identity=gw.bank, chain_id=gw.chain.chain_id)
+    token = own.create_key(gw.bank.account, "auditor")["token"]
+    own.close()
+    with Gateway(gw.url, identity=gw.telco, chain_id=gw.chain.chain_id) as telco:  # an audit record of telco's
+        telco.request("GET", f"/v1/members/{gw.telco.account}/delegates")
+    bank_auditor = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    association = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+    try:
+        for path in (f"/v1/billing/statements/{gw.telco.account}", f"/v1/billing/invoices/{gw.telco.account}",
+                     f"/v1/billing/usage/{gw.telco.account}", f"/v1/members/{gw.telco.account}/delegates"):
+            assert bank_auditor.get(path).status_code == 403, path
+            assert association.get(path).status_code != 403, path
+        assert bank_auditor.get(f"/v1/members/{gw.bank.account}/delegates").status_code == 200  # its own
+        seen = bank_auditor.get("/v1/audit", params={"member": gw.telco.account, "limit": 1000})
+        assert seen.status_code == 200
+        assert {r["member"] for r in seen.json()} <= {gw.bank.account}, "another member's audit records"
+        assert association.get("/v1/audit", params={"member": gw.telco.account}).json(), "the association sees them"
+        jobs = bank_auditor.get("/v1/jobs", params={"limit": 500})
+        assert jobs.status_code == 200
+        assert all(gw.bank.account in j["participants"] for j in jobs.json())
+    finally:
+        bank_auditor.close()
+        association.close()
