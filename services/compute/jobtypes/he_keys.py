@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Hashable
+
+from cachetools import TTLCache
 
 from services.compute.jobtypes.base import JobContext, ProtocolError, expect
 
@@ -32,33 +33,20 @@ LIFETIME_S = 3600.0  # a grant's keys are made again after an hour of use
 CHUNK = 4 << 20  # a context goes in messages of this size
 
 
-class Kept:
-    """A bounded cache: at most ``size`` entries, each at most ``lifetime`` seconds after it was
-    put (then gone, whatever its use), the least recently used dropped first."""
+class Kept(TTLCache):
+    """A bounded cache (cachetools' TTLCache): at most ``size`` entries, each at most ``lifetime``
+    seconds after it was put (then gone, whatever its use), the least recently used dropped first."""
 
     def __init__(self, size: int = MAX_ENTRIES, lifetime: float = LIFETIME_S,
                  clock: Callable[[], float] = time.monotonic):
-        self.size, self.lifetime, self.clock = size, lifetime, clock
-        self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        super().__init__(size, lifetime, timer=clock)
 
-    def get(self, key: Hashable) -> Any | None:
-        got = self._entries.get(key)
-        if got is None:
-            return None
-        if self.clock() - got[0] >= self.lifetime:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return got[1]
+    @property
+    def size(self) -> int:
+        return self.maxsize
 
     def put(self, key: Hashable, value: Any) -> None:
-        self._entries[key] = (self.clock(), value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        self[key] = value
 
 
 @dataclass
