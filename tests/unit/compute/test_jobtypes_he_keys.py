@@ -251,3 +251,14 @@ def test_the_consumer_encrypts_with_its_secret_key_and_the_provider_evaluates_th
     again = he.load_secret(base64.b64decode(keys.secret))
     blob = he.evaluate(pub, he.encrypt_batches(keys.context, x[:5])[0], w, 0.1, he.sigmoid_poly(8))
     assert np.abs(he.decrypt(again, blob, 5) - he.clear_scores(x[:5], w, 0.1, he.sigmoid_poly(8))).max() < ERROR_BOUND
+
+
+@pytest.mark.parametrize("header", [
+    {}, {"context_sha256": "ab" * 32}, {"context_sha256": "ab" * 32, "offer": "yes"},
+    {"context_sha256": "AB" * 32, "offer": True}, {"context_sha256": "ab" * 31, "offer": False},
+    {"context_sha256": "zz" * 32, "offer": False}, {"context_sha256": 7, "offer": False},
+    {"context_sha256": ["ab" * 32], "offer": True}])
+def test_a_malformed_context_announcement_is_a_protocol_error(header):
+    with pytest.raises(ProtocolError, match="announced by its SHA-256"):
+        he_keys.announced(header)
+    assert he_keys.announced({"context_sha256": "ab" * 32, "offer": True}) == ("ab" * 32, True)
