@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -203,7 +204,26 @@ def up(directory: Path, log=print, timeout: float = 300.0) -> str:
     # A compute node is ready once its member is registered (the demo's first step): until then, alive.
     wait_for(directory, {"gateway": f"{gateway}/readyz", **{
         f"compute-{m}": f"http://{address(f'compute-{m}', f'site-{m}')}:8002/healthz" for m in MEMBERS}}, timeout)
+    # The gateway proves every chain read against a header, and is ready before the validators have
+    # made their first blocks: before that, a node answers a proven read with a refusal (no state
+    # tree committed yet), which the gateway passes on as 502. Ready means the chain commits blocks.
+    wait_for_blocks(directory, f"http://{address('consensus-association', 'association')}:26657", 3, timeout)
     return gateway
+
+
+def wait_for_blocks(directory: Path, rpc: str, height: int, timeout: float) -> None:
+    """Until the validator at ``rpc`` has committed block ``height``; else DeployError with the validators' logs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{rpc}/status", timeout=2) as resp:
+                if int(json.load(resp)["result"]["sync_info"]["latest_block_height"]) >= height:
+                    return
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        time.sleep(0.5)
+    raise DeployError(f"the chain made no block {height} within {timeout:.0f} s\n"
+                      f"{logs(directory, [f'cometbft-{org}' for org in ORGS])}")
 
 
 def wait_for(directory: Path, urls: dict[str, str], timeout: float) -> None:
