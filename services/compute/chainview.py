@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
+from datetime import datetime, timezone
 from typing import Any
 
 from services.common import verified
@@ -83,6 +85,18 @@ class ChainView:
         """The listing of ``asset`` as it was at ``version`` (metadata, operations, minimum group size)."""
         return await self._query(f"/asset-versions/{asset}/{int(version):08d}")
 
+    async def committed_at(self, height: int) -> float | None:
+        """When block ``height`` was committed, epoch seconds: the median of its precommits' times
+        (what CometBFT puts in the next header as its BFT time). For the latency metrics only: taken
+        from the node's word, unproven; None if it cannot be read."""
+        try:
+            commit = await self.client.rpc("commit", height=str(int(height)))
+            times = [_rfc3339(s["timestamp"]) for s in commit["signed_header"]["commit"]["signatures"]
+                     if s.get("block_id_flag") == 2]  # BlockIDFlagCommit: a vote for this block
+        except (ChainError, KeyError, TypeError, ValueError):
+            return None
+        return statistics.median(times) if times else None
+
     async def spec(self, job: str) -> tuple[JobSpec, dict[str, Any]] | None:
         """The job as the chain recorded it, with every participant's current node; None if unknown."""
         record = await self.job(job)
@@ -100,3 +114,10 @@ class ChainView:
             participants=tuple(record["participants"]), nodes=nodes, params=record.get("params") or {},
             max_price=record["max_price"], deadline=record["deadline"])
         return spec, record
+
+
+def _rfc3339(text: str) -> float:
+    """CometBFT's time (``2026-12-02T18:50:01.123456789Z``, always UTC) as epoch seconds."""
+    head, _, frac = text.removesuffix("Z").partition(".")
+    whole = datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    return whole + (float(f"0.{frac}") if frac else 0.0)

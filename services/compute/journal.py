@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     stop_requested_at REAL,
     stopped_ms REAL,
     settlement TEXT,
-    status_seq INTEGER NOT NULL DEFAULT 0
+    status_seq INTEGER NOT NULL DEFAULT 0,
+    timings TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 CREATE TABLE IF NOT EXISTS results (
@@ -97,6 +98,7 @@ class JobRow:
     stopped_ms: float | None
     settlement: dict[str, Any] | None
     status_seq: int
+    timings: dict[str, float] | None = None  # mark -> epoch seconds (lifecycle.MARKS)
 
     @property
     def active(self) -> bool:
@@ -110,10 +112,11 @@ class JobRow:
                 "consumer": self.spec.get("consumer"), "participants": self.spec.get("participants"),
                 "inputs": [{k: i[k] for k in ("asset", "provider", "version")} for i in self.spec.get("inputs", [])],
                 "received_at": self.received_at, "started_at": self.started_at, "computed_at": self.computed_at,
-                "ended_at": self.ended_at, "stopped_ms": self.stopped_ms, "settlement": self.settlement}
+                "ended_at": self.ended_at, "stopped_ms": self.stopped_ms, "settlement": self.settlement,
+                "timings": self.timings or {}}
 
 
-_JSON_FIELDS = ("spec", "summary", "progress", "settlement")
+_JSON_FIELDS = ("spec", "summary", "progress", "settlement", "timings")
 
 
 HELD = ("release_key", "pending", "attestation")  # what a job may hold: lifecycle.py says what each is
@@ -124,6 +127,8 @@ class Journal:
     def __init__(self, conn: sqlite3.Connection, held_dir: Path | None = None):
         self.conn = conn
         conn.executescript(SCHEMA)
+        if "timings" not in {c[1] for c in conn.execute("PRAGMA table_info(jobs)")}:  # a journal from before it
+            conn.execute("ALTER TABLE jobs ADD COLUMN timings TEXT")
         self._names = [d[0] for d in conn.execute("SELECT * FROM jobs LIMIT 0").description]
         if held_dir is None:  # beside the database file; an in-memory database keeps it in memory
             db_file = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
@@ -158,6 +163,16 @@ class Journal:
                 fields[f] = json.dumps(fields[f], sort_keys=True)
         sets = ", ".join(f"{k} = ?" for k in fields)
         self.conn.execute(f"UPDATE jobs SET {sets} WHERE job = ?", (*fields.values(), job))
+
+    def mark(self, job: str, name: str, at: float) -> dict[str, float] | None:
+        """Record when the job reached ``name`` on this node (the first time only: a mark is never
+        moved); the job's marks after it, or None if the job is not journaled or had the mark."""
+        row = self.get(job)
+        if row is None or name in (row.timings or {}):
+            return None
+        timings = {**(row.timings or {}), name: at}
+        self.update(job, timings=timings)
+        return timings
 
     def end(self, job: str, status: str, reason: str | None = None, **fields: Any) -> bool:
         """Move an active job to a terminal status; False if it had already ended (the first end wins).

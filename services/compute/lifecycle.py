@@ -64,8 +64,30 @@ JOB_SECONDS = Histogram("rdx_compute_job_duration_seconds", "from start to this 
 POLICY_SECONDS = Histogram("rdx_compute_policy_check_seconds", "a provider's own policy check before a job starts "
                            "(its grants and listings re-read from the chain)", ["type"],
                            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+# A job's way through this node, as marks (epoch seconds, kept in the journal's ``timings``) and the
+# phases between them (docs/compute.md "A job's latency by phase"). ``authorized`` is the chain's
+# clock: the commit time of the block that authorised the job (its precommits' median time); the
+# others are this node's clock when it got there. Each phase is observed once, when its later mark
+# is set; one whose marks the clocks put out of order (e.g. a JobSettled applied before this node's
+# own read saw the completion) counts as 0.
+MARKS = ("authorized", "received", "started", "computed", "attested", "completed", "done", "settled")
+PHASES = (("delivery", "authorized", "received"),     # relay, Kafka, the event's proof, the journal
+          ("start", "received", "started"),           # the job read from the chain, the policy check
+          ("computation", "started", "computed"),     # this node's part of the protocol, loading included
+          ("attestation", "computed", "attested"),    # its jobs.Attest committed
+          ("completion", "attested", "completed"),    # the others' attestations, the lock, releases, seen here
+          ("result", "completed", "done"),            # a held-back result opened and sealed (consumer)
+          ("settlement", "completed", "settled"),     # JobSettled (same tx as the completion) applied here
+          ("total", "authorized", "done"))            # the authorising block to the job completed here
+PHASE_SECONDS = Histogram("rdx_compute_job_phase_seconds", "a job's phases on this node, from the authorising "
+                          "block's commit time and this node's clock (lifecycle.PHASES)", ["type", "phase"],
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))
 STOP_SECONDS = Histogram("rdx_compute_kill_switch_stop_seconds", "from a kill-switch event reaching the node to "
                          "the job's work having stopped", buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2))
+
+
+LOCK_POLL_S = 0.25  # how often a node asks the chain whether a job it attested is locked or completed
+DIAL_RETRY_S = (0.1, 1.0)  # the dialing side's first and longest wait before trying a peer's node again
 
 
 class _ChainEnded(Exception):
@@ -94,6 +116,7 @@ class JobManager:
         self._progress_at: dict[str, tuple[float, str]] = {}
         self._awaiting: set[str] = set()  # consumer jobs whose result needs the providers' released keys
         self.node_cache: dict[str, Any] = {}  # what job types reuse across runs (JobContext.node_cache)
+        self._background: set[asyncio.Task] = set()  # tasks off a job's path (metrics), kept referenced
 
     # -- chain events (synchronous: inside the consumer's transaction) --------------------------------
     def acts_on(self, event: Event) -> bool:
@@ -122,6 +145,7 @@ class JobManager:
         elif event.type == ev.JOB_SETTLED:
             if self.journal.get(d.get("job", "")) is not None:
                 self.journal.update(d["job"], settlement={"charged": d.get("charged"), "refunded": d.get("refunded")})
+                self._mark(d["job"], "settled")
         elif event.type == ev.MEMBER_SUSPENDED:
             member = d.get("member")
             for row in self.journal.active():
@@ -148,16 +172,20 @@ class JobManager:
                                   "deadline") if k in d}
         spec["nodes"] = d.get("nodes") or {}
         if self.journal.add(job, d["type"], "+".join(roles) or "participant", spec, d["deadline"], d.get("height")):
+            self._mark(job, "received", self.journal.get(job).received_at)
             log.info("job %s (%s) authorised; this node takes part as %s", job, d["type"], "+".join(roles))
             self.publisher.emit(job, ev.STATUS, type=d["type"], status="accepted", attempt=0)
             asyncio.get_running_loop().call_soon(self.start, job)
 
     def _completed(self, job: str) -> None:
         row = self.journal.get(job)
+        if row is not None and row.active:
+            self._mark(job, "completed")
         # The job's task ends it once the released keys opened its result (after a restart too).
         if row is None or job in self._awaiting or self.journal.has_held(job, "pending"):
             return
         if self.journal.end(job, "completed", "completed on chain"):
+            self._mark(job, "done")
             JOBS.labels(row.type, "completed").inc()
             self.publisher.emit(job, ev.STATUS, type=row.type, status="completed")
             log.info("job %s completed on chain", job)
@@ -204,9 +232,32 @@ class JobManager:
         self.tasks[job] = task
         task.add_done_callback(lambda t, j=job: self.tasks.pop(j, None) if self.tasks.get(j) is t else None)
 
+    def _mark(self, job: str, name: str, at: float | None = None) -> None:
+        """``job`` reached ``name`` (one of MARKS) on this node: kept, and each phase it closes observed."""
+        row = self.journal.get(job)
+        marks = self.journal.mark(job, name, time.time() if at is None else at) if row is not None else None
+        if marks is None:
+            return
+        for phase, first, then in PHASES:
+            if name in (first, then) and first in marks and then in marks:
+                PHASE_SECONDS.labels(row.type, phase).observe(max(0.0, marks[then] - marks[first]))
+
+    async def _mark_authorized(self, job: str, height: int | None) -> None:
+        """The authorising block's commit time, read once the job runs (off the job's own path)."""
+        row = self.journal.get(job)
+        if height is None or row is None or "authorized" in (row.timings or {}):
+            return
+        at = await self.view.committed_at(height)
+        if at is not None:
+            self._mark(job, "authorized", at)
+
     async def _run(self, job: str) -> None:
         row = self.journal.get(job)
         started = time.monotonic()
+        if row.authorized_height is not None and "authorized" not in (row.timings or {}):
+            marking = asyncio.create_task(self._mark_authorized(job, row.authorized_height))
+            self._background.add(marking)
+            marking.add_done_callback(self._background.discard)
         spec: JobSpec | None = None
         try:
             spec, record = await self._chain_spec(job, row.deadline)
@@ -225,11 +276,13 @@ class JobManager:
             plugin.check(spec)
             policy = await self._policy(spec, record)  # before anything is read or sent
             self.journal.update(job, started_at=row.started_at or time.time())
+            self._mark(job, "started", self.journal.get(job).started_at)
             outcome = await self._attempts(plugin, spec, row.attempt, policy)
             if not self._set_status(job, "computed", result_hash=outcome.result_hash,
                                     records_used=outcome.records_used, summary=dict(outcome.summary),
                                     computed_at=time.time()):
                 return
+            self._mark(job, "computed", self.journal.get(job).computed_at)
             self.publisher.emit(job, ev.STATUS, type=spec.type, status="computed", records_used=outcome.records_used,
                                 result_hash=outcome.result_hash)
             releases = dict(outcome.releases)
@@ -422,7 +475,7 @@ class JobManager:
         node = spec.nodes.get(other)
         if node is None:
             raise JobRefused(f"{other} has no compute node on chain")
-        delay = 0.1
+        delay = DIAL_RETRY_S[0]
         while True:
             try:
                 return await peer.connect(self.identity, self.chain_id, self.view, spec.job, other, node)
@@ -430,7 +483,7 @@ class JobManager:
                 if time.monotonic() + delay > wait_until:
                     raise PeerLost(f"{other}'s node was unreachable for {self.peer_wait_s:.0f}s ({exc})") from None
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, DIAL_RETRY_S[1])
 
     async def _load_input(self, spec: JobSpec, ref: InputRef, columns: Sequence[str]) -> Loaded:
         if ref.provider != self.member or ref not in spec.inputs:
@@ -513,6 +566,7 @@ class JobManager:
                     raise JobRefused("the chain could not be reached to attest before the deadline") from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        self._mark(spec.job, "attested")
         if self._set_status(spec.job, "attested"):
             self.publisher.emit(spec.job, ev.STATUS, type=spec.type, status="attested", result_hash=result_hash,
                                 records_used=records_used)
@@ -523,6 +577,8 @@ class JobManager:
         ended otherwise (None: its event, or this call, ends it here)."""
         while True:
             record = await self._chain_read(spec.deadline + 30, self.view.job, spec.job)
+            if record is not None and record["status"] == "completed":
+                self._mark(spec.job, "completed")
             if record is not None and ready(record):
                 return record
             if record is None or record["status"] not in ("running", "locked"):
@@ -532,7 +588,7 @@ class JobManager:
                 elif record is not None:
                     self.stop(spec.job, _CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or "")
                 return None
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(LOCK_POLL_S)
 
     async def _release(self, spec: JobSpec, key: bytes) -> None:
         """A provider's held-back key, published only once the chain has locked the job: every party
@@ -626,7 +682,7 @@ class JobManager:
 
     async def shutdown(self) -> None:
         """Stop every running job's work; the journal keeps them for the next start."""
-        tasks = [t for t in self.tasks.values() if not t.done()]
+        tasks = [t for t in [*self.tasks.values(), *self._background] if not t.done()]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

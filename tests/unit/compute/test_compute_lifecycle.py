@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+import time
 
 import pytest
 
@@ -14,7 +15,7 @@ from services.common.events import Event
 from services.common.identity import Identity
 from services.common.tx import Code
 from services.common.chain import TxRejected
-from services.compute import jobtypes, peer, results
+from services.compute import jobtypes, lifecycle, peer, results
 from services.compute.jobtypes.base import JobContext, JobRefused, JobType, Outcome, PeerLost, PeerRefused
 from services.compute.journal import Journal
 from services.compute.lifecycle import JobManager
@@ -22,6 +23,7 @@ from services.compute.chainview import ChainView
 from services.compute.datasets import Datasets
 
 ME, OTHER = "telco", "bank"
+AUTHORISED_AT = time.time() - 0.5
 
 
 class RecordingChain:
@@ -62,6 +64,9 @@ class FakeView(ChainView):
 
     async def account(self, account):
         return None
+
+    async def committed_at(self, height):  # the authorising block's commit time (its precommits' median)
+        return AUTHORISED_AT
 
     async def grant(self, grant):  # the provider re-reads its grant and listing before it runs
         rec = self.record or {}
@@ -175,6 +180,33 @@ async def test_an_authorised_job_is_journaled_run_and_attested_with_exactly_its_
     assert statuses == ["accepted", "running", "computed", "attested"]
     m.on_event(Event(id="9/0/0", type="JobCompleted", entity="job:j-1", source="consensus", data={"job": "j-1"}), None)
     assert m.journal.get("j-1").status == "completed"
+
+
+def _phase_counts(job_type: str) -> dict[str, float]:
+    from prometheus_client import REGISTRY
+
+    return {phase: REGISTRY.get_sample_value("rdx_compute_job_phase_seconds_count",
+                                             {"type": job_type, "phase": phase}) or 0.0
+            for phase, _, _ in lifecycle.PHASES}
+
+
+async def test_a_job_s_marks_are_kept_in_order_and_each_phase_is_observed_once():
+    before = _phase_counts("echo")
+    rec = record()
+    m, chain, pub = manager(rec)
+    m.on_event(authorized(rec), None)
+    await _settle(m)
+    for event in ("JobCompleted", "JobSettled"):
+        m.on_event(Event(id=f"9/0/{event}", type=event, entity="job:j-1", source="consensus",
+                         data={"job": "j-1", "charged": 10, "refunded": 0}), None)
+    m.on_event(Event(id="9/0/again", type="JobSettled", entity="job:j-1", source="consensus",
+                     data={"job": "j-1", "charged": 10, "refunded": 0}), None)  # a mark is set once
+    timings = m.journal.get("j-1").timings
+    assert set(timings) == set(lifecycle.MARKS) and timings["authorized"] == AUTHORISED_AT
+    assert all(timings[a] <= timings[b] for a, b in zip(lifecycle.MARKS, lifecycle.MARKS[1:]))  # in this order
+    assert m.journal.get("j-1").public()["timings"] == timings
+    after = _phase_counts("echo")
+    assert {p: after[p] - before[p] for p in after} == {p: 1.0 for p, _, _ in lifecycle.PHASES}
 
 
 async def test_jobs_of_others_and_duplicates_are_ignored():
