@@ -352,6 +352,23 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         return [{k: a.get(k) for k in ("id", "label", "public_key", "powers", "expires_at", "status", "ended_height")}
                 for key, a in sorted((page or {}).get("items", {}).items()) if key.startswith(prefix)]
 
+    @r.get("/network", summary="The chain's health, for the association's staff: latest block, validators")
+    async def network(p: Principal = who) -> dict:
+        """What this gateway's chain node reports (CometBFT's ``status`` and ``validators``, the first
+        100): the portal's network page reads it."""
+        if not association_staff(p):
+            raise Problem(403, "Forbidden", "only the association's staff read the network's health")
+        try:
+            status, validators = await gw.chain.rpc("status"), await gw.chain.rpc("validators", per_page="100")
+        except ChainError:
+            raise Problem(503, "Chain unavailable", "the chain node did not answer; retry") from None
+        sync = status["sync_info"]
+        return {"network": status["node_info"]["network"], "latest_height": int(sync["latest_block_height"]),
+                "latest_time": sync["latest_block_time"], "catching_up": bool(sync["catching_up"]),
+                "validators_total": int(validators["total"]),
+                "validators": [{"address": v["address"], "public_key": v["pub_key"]["value"],
+                                "voting_power": int(v["voting_power"])} for v in validators["validators"]]}
+
     @r.get("/accounts/{account_id}", summary="A chain account's public key and nonce")
     async def account(account_id: Id, p: Principal = who) -> Account:
         acc = await gw.view.get(f"/accounts/{account_id}", fresh=True)
