@@ -336,6 +336,10 @@ class CometNode(Managed):
     p2p_port: int = 26656
     abci_port: int = 26658
     timeout_commit: str = "500ms"
+    # CometBFT's defaults (a block every timeout_commit, transactions or not) unless told otherwise;
+    # `rdx up` makes blocks only for transactions, and one at least every ``empty_blocks_interval``.
+    create_empty_blocks: bool = True
+    empty_blocks_interval: str = "0s"
     log_level: str = "state:info,*:error"
     # The rdx part of a genesis spec (rdx/genesis.py: association, board, members, params ...);
     # prepare() adds the chain id, the time and this node's own key as the one validator. Empty:
@@ -396,6 +400,8 @@ class CometNode(Managed):
         doc["p2p"]["allow_duplicate_ip"] = True
         doc["p2p"]["persistent_peers"] = persistent_peers
         doc["consensus"]["timeout_commit"] = self.timeout_commit
+        doc["consensus"]["create_empty_blocks"] = self.create_empty_blocks
+        doc["consensus"]["create_empty_blocks_interval"] = self.empty_blocks_interval
         bound_public_surfaces(doc)
         doc["instrumentation"]["prometheus"] = self.prometheus_port is not None
         if self.prometheus_port is not None:

@@ -137,6 +137,14 @@ def check_state_dir(state: Path) -> None:
         raise SetupError(f"{state} was written by state version {version}; this rdx reads version {STATE_VERSION}")
 
 
+# The local exchange's block timing (docs/compute.md, "Where a job waits on the chain"): a consortium chain of a few
+# known validators, near each other, makes a block when there is a transaction to put in it (and
+# the proof block after it, which CometBFT makes at once when the app hash changed), 200 ms after
+# the last one at the soonest, and at least one every 10 s, so that the chain's clock (deadlines,
+# expiries) moves and the freshest header stays well within a verified reader's 60 s limit.
+BLOCK_TIMING = {"timeout_commit": "200ms", "create_empty_blocks": False, "empty_blocks_interval": "10s"}
+
+
 class Exchange:
     def __init__(self, state: Path, ports: Ports = Ports(), log=print, overrides: dict[str, dict[str, str]] | None = None):
         """``overrides``: extra RDX_* settings per service name (benchmarks raise the rate limits)."""
@@ -145,7 +153,7 @@ class Exchange:
         tc = toolchain.installed()
         self.kafka = KafkaBroker(self.state / "kafka", tc, port=ports.kafka, controller_port=ports.kafka_controller)
         self.comet = CometNode(self.state / "cometbft", tc, rpc_port=ports.cometbft_rpc, p2p_port=ports.cometbft_p2p,
-                               abci_port=ports.abci, timeout_commit="1s")
+                               abci_port=ports.abci, **BLOCK_TIMING)
         self.keys = self.state / "keys"
         # Every service trusts the chain's genesis, not its node: reads and chain events are proven.
         self.trusted_genesis = self.comet.home / "config" / "genesis.json"
