@@ -37,11 +37,12 @@ ENVELOPE = {"chain_id", "nonce", "payload", "sig", "signer", "type"}
 # role that may send it (the chain decides again, from the signer's key).
 RELAYED = {"access.Request": "/access-requests", "access.Approve": "/access-requests/{id}/approve",
            "jobs.Submit": "/jobs", "members.Suspend": "/tx", "members.Reinstate": "/tx", "assets.Suspend": "/tx",
-           "jobs.Abort": "/tx", "members.Delegate": "/tx", "members.Undelegate": "/tx"}
-SENDER = {"access.Request": "member_admin", "access.Approve": "member_admin", "jobs.Submit": "member_admin",
-          "members.Suspend": "association_admin", "members.Reinstate": "association_admin",
-          "assets.Suspend": "association_admin", "jobs.Abort": "association_admin",
-          "members.Delegate": "member_admin", "members.Undelegate": "member_admin"}
+           "jobs.Abort": "/tx", "members.Delegate": "/tx", "members.Undelegate": "/tx", "members.Register": "/tx"}
+SENDER = {"access.Request": ("member_admin",), "access.Approve": ("member_admin", "association_admin"),
+          "jobs.Submit": ("member_admin",), "members.Suspend": ("association_admin",),
+          "members.Reinstate": ("association_admin",), "assets.Suspend": ("association_admin",),
+          "jobs.Abort": ("association_admin",), "members.Delegate": ("member_admin",),
+          "members.Undelegate": ("member_admin",), "members.Register": ("association_admin",)}
 # A tx signed by one of the member's delegated keys (docs/signing.md): only these types, only from the
 # member's analysts, whose browsers hold those keys (the chain and the gateway check the powers again).
 DELEGATED, DELEGATE_SENDER = ("jobs.Submit", "access.Request"), "analyst"
@@ -49,7 +50,18 @@ LABEL = re.compile(r"^[a-z0-9][a-z0-9\-]{0,22}$")  # a delegate's label, as the 
 MAX_ACCOUNT = 64
 JOB_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]{2,79}$")
 MEMBER = re.compile(r"^[a-z0-9][a-z0-9\-]{1,39}$")
-JOB_TYPES = ("psi", "psi_cardinality")  # the job types the portal's form offers (the chain knows more)
+# The roles the admit form offers (the chain takes "association" too: that is not a form's decision).
+ADMIT_ROLES = ("provider", "consumer", "compute_operator")
+# The computations the jobs form offers: each is a chain job type (jobs.Submit's ``type``), runs on
+# grants for one operation, takes one input or one per provider, and has its own params (the compute
+# node's job type checks them: services/compute/jobtypes). he_statistics is he_scoring's statistics mode.
+JOB_KINDS = {"psi": ("psi", "psi", False), "psi_cardinality": ("psi_cardinality", "psi_cardinality", False),
+             "aggregation": ("aggregation", "aggregation", True), "he_scoring": ("he_scoring", "he_scoring", False),
+             "he_statistics": ("he_scoring", "he_scoring", False),
+             "supply_chain": ("supply_chain", "supply_chain_verification", True)}
+STATS = ("count", "sum", "mean", "variance")  # what aggregation and he_statistics compute
+RECORD_KINDS = ("contract", "invoice", "logistics", "payment", "delivery", "order", "receipt")  # supply_chain's
+MAX_QUOTE_ASSETS = 16  # a job's inputs at most (jobs.Submit)
 STATEMENT_DAYS = 90
 AUDIT_PAGE, AUDIT_PAGE_MOST = 100, 1000  # audit records a page shows: about, at most (the gateway's page)
 MAX_SEQ = 2**62
@@ -404,7 +416,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         except GatewayError as exc:
             return error(request, exc.status, exc.kind)
         # The kill switch on a listing: Cedar's ``suspend`` on it, from the role whose tx the relay takes.
-        may_suspend = item["status"] == "listed" and s.role == SENDER["assets.Suspend"] and \
+        may_suspend = item["status"] == "listed" and s.role in SENDER["assets.Suspend"] and \
             pol.decide(who, "suspend", asset).allowed
         return render(request, "listing.html", item=item, quote=quote, signers=signers,
                       may_suspend=may_suspend, grant_id=f"g-{secrets.token_hex(4)}-{asset_id}"[:80])
@@ -451,7 +463,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         if kind is None or not isinstance(tx["payload"], dict) or tx["type"] not in RELAYED:
             return problem(400, "error.bad_request", lang)
         if kind == "delegate" and tx["type"] not in DELEGATED or \
-                (DELEGATE_SENDER if kind == "delegate" else SENDER[tx["type"]]) != s.role:
+                s.role not in ((DELEGATE_SENDER,) if kind == "delegate" else SENDER[tx["type"]]):
             return problem(403, "error.forbidden", lang)
         path = RELAYED[tx["type"]]
         if "{id}" in path:
@@ -490,14 +502,29 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
                     raise
                 continue  # not in the catalog (yet, or any more): nothing to run it on here
             asset = listing_asset(item)
-            ops = [op for op in g["operations"] if op in JOB_TYPES and pol.decide(
+            ops = {op for op in g["operations"] if pol.decide(
                 policies.Caller(s.member, s.role), "run", asset, operation=op,
-                grant=policies.GrantView.of(g, now)).allowed]
-            if ops:
+                grant=policies.GrantView.of(g, now)).allowed}
+            kinds = [k for k, (_, op, _) in JOB_KINDS.items() if op in ops]
+            if kinds:
                 quote = await portal.gateway.get(s.member, s.role, "/billing/quote", {"asset": g["asset"]})
                 found.append({"grant": g["id"], "asset": g["asset"], "title": item["metadata"].get("title", g["asset"]),
-                              "operations": ops, "quote": quote["max_price"]})
+                              "provider": g["provider"], "kinds": kinds, "quote": quote["max_price"]})
         return found
+
+    @app.get("/api/quote", include_in_schema=False)
+    async def quote_of(request: Request, s: Session = ApiPerson) -> Response:
+        """The billing service's quote for a job on these listings (the jobs form's price for a job with
+        an input from each of several providers)."""
+        assets = request.query_params.getlist("asset")
+        if not 1 <= len(assets) <= MAX_QUOTE_ASSETS or len(set(assets)) != len(assets) or \
+                not all(ASSET_ID.match(a) for a in assets):
+            return problem(400, "error.bad_request", language(request))
+        try:
+            quote = await portal.gateway.get(s.member, s.role, "/billing/quote", [("asset", a) for a in assets])
+        except GatewayError as exc:
+            return problem(exc.status, exc.kind, language(request))
+        return JSONResponse({"max_price": quote["max_price"]})
 
     @app.get("/jobs", include_in_schema=False)
     async def jobs(request: Request, s: Session = Person) -> Response:
@@ -510,8 +537,14 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         except GatewayError as exc:
             return error(request, exc.status, exc.kind)
         mine.sort(key=lambda j: -(j.get("submitted_height") or 0))
+        kinds = [k for k in JOB_KINDS if any(k in o["kinds"] for o in offers)]
+        # the price shown first: the first grant's quote for the first computation, when it takes one input
+        first_quote = next((o["quote"] for o in offers if kinds and kinds[0] in o["kinds"]
+                            and not JOB_KINDS[kinds[0]][2]), 0)
         return render(request, "jobs.html", jobs=[job_view(j) for j in mine], offers=offers, signers=signers,
-                      job_id=f"job-{secrets.token_hex(4)}")
+                      job_id=f"job-{secrets.token_hex(4)}", kinds=kinds, job_kinds=JOB_KINDS, stats=STATS,
+                      record_kinds=RECORD_KINDS, first_quote=first_quote,
+                      multi_kinds=[k for k, (_, _, multi) in JOB_KINDS.items() if multi])
 
     # -- delegated keys: the member admin lets an analyst's browser key sign jobs or access requests --
     @app.get("/delegates", include_in_schema=False)
@@ -579,7 +612,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         return Response(text, media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="{kind[:-1]}-{s.member}.csv"'})
 
-    # -- staff: members (admit is members.Register with a key the new member made; suspend, resume) -
+    # -- staff: members (admit: members.Register with the key the new member made; suspend, resume) --
     @app.get("/staff/members", include_in_schema=False)
     async def staff_members(request: Request, s: Session = Staff) -> Response:
         try:
@@ -591,7 +624,28 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         for j in running:
             for m in j["participants"]:
                 busy[m] = busy.get(m, 0) + 1
-        return render(request, "staff_members.html", members=members, busy=busy)
+        return render(request, "staff_members.html", members=members, busy=busy, admit_roles=ADMIT_ROLES)
+
+    @app.get("/staff/approvals", include_in_schema=False)
+    async def staff_approvals(request: Request, s: Session = Staff) -> Response:
+        """The access requests waiting for the association's approval (the policy asks for it on L4
+        data: the chain's grant ``needs`` it), each approved here with ``access.Approve``, the association's key."""
+        try:
+            pending = await portal.gateway.get(s.member, s.role, "/access-requests", {"status": "pending", "limit": "1000"})
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        waiting = [g for g in pending if "association" in (g.get("needs") or []) and
+                   "association" not in (g.get("approvals") or [])]
+        return render(request, "staff_approvals.html", grants=sorted(waiting, key=lambda g: g["id"]))
+
+    @app.get("/staff/network", include_in_schema=False)
+    async def staff_network(request: Request, s: Session = Staff) -> Response:
+        """The chain's health as the gateway's chain node reports it (the gateway's ``GET /v1/network``)."""
+        try:
+            health = await portal.gateway.get(s.member, s.role, "/network")
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        return render(request, "staff_network.html", health=health, read_at=utc_text(time.time()))
 
     @app.get("/staff/jobs", include_in_schema=False)
     async def staff_jobs(request: Request, s: Session = Staff) -> Response:

@@ -41,6 +41,8 @@ PHONE = {"width": 390, "height": 844}
 
 
 SMALL, LARGE, OVERLAP = 2_000, 100_000, 700
+WEIGHTS = {"income": 0.8, "debt": -1.2, "age": 0.3, "__intercept__": 0.1}
+APPLICANTS = [(0.5, -0.25, 1.0), (-1.0, 0.75, 0.0), (0.0, 0.0, 0.0), (1.5, 1.0, -0.5)]
 
 
 def retried(send, seconds: float = 30):
@@ -76,6 +78,14 @@ def write_datasets(state: Path, telco: str, bank: str) -> dict[str, Path]:
             if member == telco:
                 entry["asset"] = f"{telco}.phones"
             entries.append(entry)
+        # the telco's scoring model (listed) and the bank's applicants: an HE scoring job on them
+        if member == telco:
+            (folder / "model.csv").write_text("feature,weight\n" + "".join(f"{k},{v}\n" for k, v in WEIGHTS.items()))
+            entries.append({"id": "model", "asset": f"{telco}.model", "format": "csv", "path": "model.csv"})
+        else:
+            (folder / "applicants.csv").write_text("id,income,debt,age\n" + "".join(
+                f"app-{j},{a},{b},{c}\n" for j, (a, b, c) in enumerate(APPLICANTS)))
+            entries.append({"id": "applicants", "format": "csv", "path": "applicants.csv"})
         (folder / "datasets.json").write_text(json.dumps({"datasets": entries}))
         found[member] = folder / "datasets.json"
     return found
@@ -137,6 +147,15 @@ def site(toolchain, tmp_path_factory):
                 "id": asset, "level": "L3", "operations": ["psi", "psi_cardinality"],
                 "commitment": hashlib.sha256(b"rows").hexdigest(), "price": {"model": "fixed", "amount": 40},
                 "metadata": example_metadata(CHINESE_TITLE, description="每位移动用户一行：在网时长、套餐与所在区县。")})
+            commitment, rows = Datasets.from_path(datasets[telco.account]).get("model").summary()
+            provider.send("assets.List", {
+                "id": f"{telco.account}.model", "level": "L3", "operations": ["he_scoring"], "commitment": commitment,
+                "price": {"model": "fixed", "amount": 30},
+                "metadata": example_metadata("Churn scoring model", row_count=rows)})
+            provider.send("assets.List", {  # core data: a grant on it needs the association's approval too
+                "id": f"{telco.account}.core", "level": "L4", "operations": ["he_scoring"], "commitment": commitment,
+                "price": {"model": "fixed", "amount": 50},
+                "metadata": example_metadata("Core churn model", row_count=rows)})
             commitment, rows = Datasets.from_path(datasets[telco.account]).get("phones").summary()
             provider.send("assets.List", {
                 "id": phones_asset, "level": "L3", "operations": ["psi"], "commitment": commitment,
@@ -145,7 +164,13 @@ def site(toolchain, tmp_path_factory):
             with Gateway(eps["gateway"], identity=bank, chain_id="rdx-local", timeout=60) as consumer:
                 retried(lambda: consumer.request_access(f"g-phones-{run}", phones_asset, ["psi"], "joint marketing",
                                                         max_runs=5))
+                retried(lambda: consumer.request_access(f"g-scoring-{run}", f"{telco.account}.model", ["he_scoring"],
+                                                        "credit scoring", max_runs=5))
+                retried(lambda: consumer.request_access(f"g-vip-{run}", f"{telco.account}.core", ["he_scoring"],
+                                                        "core scoring", max_runs=1))
             retried(lambda: provider.approve(f"g-phones-{run}"))
+            retried(lambda: provider.approve(f"g-scoring-{run}"))
+            retried(lambda: provider.approve(f"g-vip-{run}"))  # the provider's approval; the association's is the portal's
         deadline = time.monotonic() + 120
         while not all(http_ok(f"http://{LOOPBACK}:{spec.http_port}/readyz") for spec in specs):
             assert time.monotonic() < deadline, "the members' compute nodes did not become ready"
@@ -192,6 +217,7 @@ def site(toolchain, tmp_path_factory):
         s.shop, s.keys_file, s.keys, s.gateway, s.admin_token = f"shop{run}", keys_file, keys, eps["gateway"], admin_token
         s.association, s.state, s.telco = association, state, telco
         s.bank_identity, s.phones_asset, s.phones_grant = bank, phones_asset, f"g-phones-{run}"
+        s.scoring_grant, s.model_asset, s.l4_grant = f"g-scoring-{run}", f"{telco.account}.model", f"g-vip-{run}"
         yield s
         print(f"\nportal screenshots: {s.shots}")
     finally:
@@ -487,10 +513,12 @@ def test_relay_refuses_what_it_should_not_carry(browser, site, tmp_path):
                          headers={**headers, "x-csrf-token": "no"}).status_code == 403
         assert http.post("/api/tx", json={"tx": good},
                          headers={**headers, "origin": "http://evil.example"}).status_code == 403
-        for bad in ({**good, "signer": site.shop}, {**good, "type": "members.Register"}, {**good, "extra": 1},
+        for bad in ({**good, "signer": site.shop}, {**good, "type": "members.Rotate"}, {**good, "extra": 1},
                     {**good, "type": "access.Approve", "payload": {"id": "../../keys"}},
                     {**good, "payload": "not an object"}, "not a tx", None):
             assert http.post("/api/tx", json={"tx": bad}, headers=headers).status_code == 400
+        # admitting a member is the association's: a member admin's members.Register is refused
+        assert http.post("/api/tx", json={"tx": {**good, "type": "members.Register"}}, headers=headers).status_code == 403
         assert http.post("/api/tx", content=b"{" * 20_000, headers=headers).status_code == 400
         assert http.post("/api/tx", content=b"\xff\xfe", headers=headers).status_code == 400
         # A well-formed tx with a bad signature: the gateway refuses it, the portal says so.
@@ -579,6 +607,41 @@ def test_a_job_signed_in_the_browser_followed_live_then_the_statement(browser, s
     site.bank_ctx, site.bank_page = ctx, page  # the next journey's running job is signed in this browser
 
 
+def test_an_he_scoring_job_from_the_jobs_form(browser, site, tmp_path):
+    """The jobs form beyond PSI: the bank's admin chooses HE scoring, the form shows that computation's
+    fields and the grant it may run on (not the PSI grant) with its quote as the price; the job, signed in
+    the browser, runs on the telco's model and the bank's applicants to completed."""
+    page = site.bank_page
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/api/tx") else None)
+    page.goto(f"{site.url}/jobs")
+    page.select_option("#job-type", "he_scoring")
+    assert page.locator("#job-features").is_visible() and page.locator("#job-key").is_hidden()
+    assert page.locator(f"#job-grant option[value='{site.phones_grant}']").is_disabled()
+    assert page.locator("#job-grant").input_value() == site.scoring_grant
+    quote = int(page.locator(f"#job-grant option[value='{site.scoring_grant}']").get_attribute("data-quote"))
+    assert quote >= 30 and page.locator("#job-price").input_value() == str(quote)
+    page.fill("#job-dataset", "applicants")
+    page.fill("#job-features", "income, debt, age")
+    page.fill("#job-id-column", "id")
+    assert serious_violations(page) == []
+    site.shot(page, "13c-jobs-he-scoring-en")
+    job_id = submit_job(page)
+    [body] = sent
+    tx = json.loads(body)["tx"]
+    assert tx["type"] == "jobs.Submit" and tx["payload"]["type"] == "he_scoring" and tx["payload"]["max_price"] == quote
+    assert tx["payload"]["inputs"] == [{"asset": site.model_asset, "grant": site.scoring_grant}]
+    assert tx["payload"]["params"] == {"dataset": "applicants", "features": ["income", "debt", "age"], "id": "id"}
+    page.wait_for_function("['completed', 'failed', 'aborted'].includes(document.getElementById('job').dataset.status)",
+                           timeout=180_000)
+    assert page.locator("#job").get_attribute("data-status") == "completed", page.locator("#job-reason").inner_text()
+    with Gateway(site.gateway, api_key=site.keys[f"{site.bank}/member_admin"], timeout=30) as bank:
+        record = bank.request("GET", f"/v1/jobs/{job_id}")
+    assert record["type"] == "he_scoring" and record["status"] == "completed" and record["consumer"] == site.bank
+    assert re.fullmatch(r"[0-9a-f]{64}", record["result_hash"])
+    site.shot(page, "13d-he-scoring-completed-en")
+
+
 def test_the_association_suspends_a_member_and_its_running_job_is_aborted(browser, site, tmp_path):
     """Association staff (their role from the IdP, Cedar deciding) suspend the bank from the members page
     after a confirmation, signed with the association's key in their browser: the bank's running job,
@@ -586,7 +649,7 @@ def test_the_association_suspends_a_member_and_its_running_job_is_aborted(browse
     staff = context(browser, site, tmp_path, "zh-CN")
     page = staff.new_page()
     sign_in(page, site, "zhou")
-    public_key = make_browser_key(page, site)
+    public_key = site.staff_key = make_browser_key(page, site)
     with Gateway(site.gateway, identity=site.association, chain_id="rdx-local", timeout=60) as officer:
         officer.send("members.RotateKey", {"public_key": public_key})  # the officer's key moves to the browser
     # A member's admin has no staff page.
@@ -629,6 +692,93 @@ def test_the_association_suspends_a_member_and_its_running_job_is_aborted(browse
     assert page.locator(f"tr[id='member-{site.bank}'] .status").inner_text() == "active"
     site.shot(page, "17-staff-resumed-zh")
     site.staff_ctx, site.staff_page = staff, page  # the next journey's kill switches are signed in this browser
+
+
+def test_the_association_admits_a_member_from_the_members_page(browser, site, tmp_path):
+    """Association staff admit a new member from the members page: its id, name, roles, the public key
+    its admin made, its compute node's key and endpoint; members.Register is signed in their browser with
+    the association's key (after a confirmation, cancelled once) and the member is on chain as given."""
+    page = site.staff_page
+    newcomer = f"farm{site.shop[len('shop'):]}"
+    member_key, node_key = Identity.generate(newcomer).public_key, Identity.generate(f"{newcomer}.node").public_key
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/api/tx") else None)
+    page.goto(f"{site.url}/staff/members")
+    page.fill("#admit-id", newcomer)
+    page.fill("#admit-name", "丰收农场")
+    page.fill("#admit-key", member_key)
+    page.fill("#admit-node-key", node_key)
+    page.click("#admit")  # no role chosen: the page says so and sends nothing
+    assert page.locator("#admit-status").get_attribute("data-state") == "failed"
+    page.check("#admit-role-provider")
+    page.check("#admit-role-consumer")
+    page.click("#admit")  # a node key without its endpoint: refused the same way
+    assert page.locator("#admit-status").get_attribute("data-state") == "failed"
+    page.fill("#admit-endpoint", "farm-node.example:50051")
+    page.click("#admit")
+    assert page.locator("#ask").is_visible() and newcomer in page.locator("#ask-text").inner_text()
+    page.click("#ask-cancel")  # cancelling sends nothing
+    assert sent == [] and page.locator("#admit-status").inner_text() == ""
+    assert serious_violations(page) == []
+    site.shot(page, "17b-admit-form-zh")
+    page.click("#admit")
+    page.click("#ask-ok")
+    page.wait_for_selector("#admit-status[data-state]", timeout=60_000)
+    assert page.locator("#admit-status").get_attribute("data-state") == "done", page.locator("#admit-status").inner_text()
+    [body] = sent
+    tx = json.loads(body)["tx"]
+    assert tx["type"] == "members.Register" and tx["signer"] == "association"
+    VerifyKey(base64.b64decode(site.staff_key)).verify(
+        canonicaljson.dump_bytes({k: v for k, v in tx.items() if k != "sig"}), base64.b64decode(tx["sig"]))
+
+    with Gateway(site.gateway, api_key=site.admin_token, timeout=30) as admin:
+        deadline = time.monotonic() + 30
+        while not [m for m in admin.request("GET", "/v1/members") if m["id"] == newcomer]:
+            assert time.monotonic() < deadline, "the admitted member is not on chain"
+            time.sleep(0.5)
+        [member] = [m for m in admin.request("GET", "/v1/members") if m["id"] == newcomer]
+        account = admin.request("GET", f"/v1/accounts/{newcomer}")
+        node = admin.request("GET", f"/v1/accounts/{newcomer}.node")
+    assert member == {"id": newcomer, "name": "丰收农场", "roles": ["consumer", "provider"], "status": "active"}
+    assert account["public_key"] == member_key and account["kind"] == "member"
+    assert node["public_key"] == node_key and node["member"] == newcomer
+    page.goto(f"{site.url}/staff/members")
+    assert page.locator(f"tr[id='member-{newcomer}'] .status").inner_text() == "active"
+    page.set_viewport_size(PHONE)
+    assert fits_width(page)
+    site.shot(page, "17c-admitted-zh-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_the_association_approves_an_l4_request_from_its_queue(browser, site, tmp_path):
+    """The bank asked for the telco's L4 (core) listing and the telco approved: the grant waits for the
+    association. Staff see it on the approval queue (not the requests that need only a provider) and
+    approve it, signed with the association's key in their browser; the grant is then granted on chain."""
+    page = site.staff_page
+    page.goto(f"{site.url}/staff/approvals")
+    row = page.locator(f"tr[id='grant-{site.l4_grant}']")
+    assert row.count() == 1 and row.locator(".approvals").inner_text() == "provider"
+    assert page.locator(f"tr[id='grant-{site.scoring_grant}']").count() == 0  # L3: the provider's approval only
+    assert serious_violations(page) == []
+    page.set_viewport_size(PHONE)
+    assert fits_width(page)
+    site.shot(page, "17d-approvals-zh-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    row.locator("button[data-approve]").click()
+    page.wait_for_selector("#approve-status[data-state]", timeout=60_000)
+    assert page.locator("#approve-status").get_attribute("data-state") == "done", page.locator("#approve-status").inner_text()
+    with Gateway(site.gateway, api_key=site.keys[f"{site.bank}/member_admin"], timeout=30) as bank:
+        [grant] = [g for g in bank.my_access() if g["id"] == site.l4_grant]
+    assert grant["status"] == "granted" and grant["approvals"] == ["association", "provider"]
+    page.reload()
+    assert page.locator(f"tr[id='grant-{site.l4_grant}']").count() == 0
+
+    # The network page: the local exchange's one validator and its latest block, as the chain node says.
+    page.goto(f"{site.url}/staff/network")
+    assert page.locator("#network").inner_text() == "rdx-local" and int(page.locator("#height").inner_text()) > 0
+    assert page.locator("#validators tbody tr").count() == int(page.locator("#validators-total").inner_text()) == 1
+    assert serious_violations(page) == []
+    site.shot(page, "17e-network-zh")
 
 
 def test_staff_abort_a_running_job_and_suspend_a_listing(browser, site, tmp_path):
@@ -705,7 +855,7 @@ def test_jobs_statements_and_staff_pages_refuse_what_they_should(browser, site, 
     analyst, admin = ({"rdx_portal": sessions[u][0]} for u in ("li.na", "ann"))
     with httpx.Client(base_url=site.url, follow_redirects=False, timeout=30) as http:
         for path in ("/jobs", "/statements", "/statements.csv", "/invoices", "/invoices.csv", "/staff/members",
-                     "/staff/jobs", "/audit", "/jobs/job-x"):
+                     "/staff/jobs", "/staff/approvals", "/audit", "/jobs/job-x"):
             answer = http.get(path)  # no session: to sign-in, with the way back
             assert answer.status_code == 303 and answer.headers["location"].startswith("/login?next=")
         assert http.get("/jobs/job-x/events").status_code == 401
@@ -716,6 +866,7 @@ def test_jobs_statements_and_staff_pages_refuse_what_they_should(browser, site, 
         for who in (analyst, admin):
             assert http.get("/staff/members", headers=jar(who)).status_code == 403
             assert http.get("/staff/jobs", headers=jar(who)).status_code == 403
+            assert http.get("/staff/approvals", headers=jar(who)).status_code == 403
             assert http.get("/audit", headers=jar(who)).status_code == 403
         # the analyst's page lists jobs but offers no form until its member delegates a key to it
         assert 'id="submit-job"' not in http.get("/jobs", headers=jar(analyst)).text

@@ -143,20 +143,82 @@ document.querySelectorAll("button[data-approve]").forEach((button) => {
   });
 });
 
-// The jobs page: a job on one grant, at most the quoted price, signed here; then its page. (No
-// field of the form may be named "dataset": it would hide the form's own dataset property.)
+// The jobs page: a computation on the member's grants (one, or one per provider for aggregation and
+// supply-chain verification), at most the quoted price, signed here; then its page. The form's parts
+// marked data-kinds show (and are sent) only for those computations. (No field of the form may be
+// named "dataset", "id" or "name": it would hide the form's own property of that name.)
 const jobForm = document.getElementById("submit-job");
 if (jobForm) {
   const grant = document.getElementById("job-grant"), price = document.getElementById("job-price");
-  grant.addEventListener("change", () => { price.value = grant.selectedOptions[0].dataset.quote; });
+  const type = document.getElementById("job-type"), kinds = JSON.parse(jobForm.dataset.jobKinds);
+  const quoteText = document.getElementById("job-quote");
+  const multi = () => kinds[type.value][2];
+  const checked = () => Array.from(jobForm.querySelectorAll("input[name=inputs]:checked:enabled"));
+  const showQuote = (amount) => {
+    price.value = amount;
+    quoteText.textContent = `${jobForm.dataset.quoteText}: ${jobForm.dataset.credits.replace("{amount}", amount)}`;
+  };
+  const requote = async () => {
+    if (!multi()) {
+      if (grant.selectedOptions[0]) showQuote(grant.selectedOptions[0].dataset.quote);
+      return;
+    }
+    const assets = checked().map((box) => box.dataset.asset);
+    if (!assets.length) return showQuote(0);
+    const query = assets.map((a) => `asset=${encodeURIComponent(a)}`).join("&");
+    const answer = await fetch(`/api/quote?${query}`, { credentials: "same-origin" });
+    if (answer.ok) showQuote((await answer.json()).max_price);
+  };
+  const shown = (element) => {
+    for (let at = element.closest("[data-kinds]"); at; at = at.parentElement?.closest("[data-kinds]")) {
+      if (!at.dataset.kinds.split(" ").includes(type.value)) return false;
+    }
+    return true;
+  };
+  const choose = () => {
+    jobForm.querySelectorAll("[data-kinds]").forEach((part) => { part.hidden = !shown(part); });
+    jobForm.querySelectorAll("input, select, option").forEach((field) => { field.disabled = !shown(field); });
+    if (!multi() && grant.selectedOptions[0]?.disabled) {
+      const first = Array.from(grant.options).find((o) => !o.disabled);
+      if (first) grant.value = first.value;
+    }
+    requote();
+  };
+  type.addEventListener("change", choose);
+  grant.addEventListener("change", requote);
+  jobForm.querySelectorAll("input[name=inputs]").forEach((box) => box.addEventListener("change", requote));
+  choose();
+  const list = (text) => text.split(",").map((v) => v.trim()).filter((v) => v);
   jobForm.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const data = new FormData(jobForm), chosen = grant.selectedOptions[0];
-    const payload = { id: data.get("job"), type: data.get("type"), max_price: Number(data.get("max_price")),
-                      inputs: [{ asset: chosen.dataset.asset, grant: chosen.value }],
-                      params: { dataset: data.get("own_dataset"), key: data.get("key") }, timeout_s: 300 };
-    if (await signAndSend(document.getElementById("job-submit-status"),
-                          signerOf(jobForm, document.getElementById("job-signer")), "jobs.Submit",
+    const data = new FormData(jobForm), kind = type.value, status = document.getElementById("job-submit-status");
+    const inputs = multi() ? checked().map((box) => ({ asset: box.dataset.asset, grant: box.value }))
+                           : [{ asset: grant.selectedOptions[0].dataset.asset, grant: grant.value }];
+    if (multi() && !inputs.length) {
+      status.textContent = jobForm.dataset.noInput;
+      status.dataset.state = "failed";
+      return;
+    }
+    const stats = data.getAll("stats"), own = data.get("own_dataset");
+    let params;
+    if (kind === "psi" || kind === "psi_cardinality") params = { dataset: own, key: data.get("key") };
+    else if (kind === "aggregation") {
+      params = { columns: list(data.get("columns")), stats };
+      if (data.get("group_by").trim()) Object.assign(params, { group_by: data.get("group_by").trim(), groups: list(data.get("groups")) });
+    } else if (kind === "he_scoring") {
+      params = { dataset: own, features: list(data.get("features")) };
+      if (data.get("id_column").trim()) params.id = data.get("id_column").trim();
+    } else if (kind === "he_statistics") {
+      params = { mode: "statistics", dataset: own, column: data.get("column").trim(), stats };
+      if (data.get("join_key").trim()) params.key = data.get("join_key").trim();
+    } else if (kind === "supply_chain") {
+      const consumer = signerOf(jobForm, document.getElementById("job-signer")).split(".")[0];
+      params = { dataset: own, kinds: { [consumer]: data.get("own_kind") } };
+      checked().forEach((box) => { params.kinds[box.dataset.provider] = data.get(`kind-${box.dataset.provider}`); });
+    }
+    const payload = { id: data.get("job"), type: kinds[kind][0], max_price: Number(data.get("max_price")),
+                      inputs, params, timeout_s: 300 };
+    if (await signAndSend(status, signerOf(jobForm, document.getElementById("job-signer")), "jobs.Submit",
                           payload, jobForm.dataset)) {
       window.location.assign(`/jobs/${encodeURIComponent(payload.id)}`);
     }
@@ -244,3 +306,25 @@ document.querySelectorAll("button[data-undelegate]").forEach((button) => {
     });
   });
 });
+
+// Staff admit a member (members.Register) with the public key its admin made in its own browser, and
+// its compute node's key and endpoint when it has one, after a confirmation, signed in this browser
+// with the association's key.
+const admitForm = document.getElementById("admit-form");
+if (admitForm) {
+  admitForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const data = new FormData(admitForm), status = document.getElementById("admit-status");
+    const roles = data.getAll("roles"), nodeKey = data.get("node_key").trim(), endpoint = data.get("endpoint").trim();
+    const refuse = (text) => { status.textContent = text; status.dataset.state = "failed"; };
+    if (!roles.length) return refuse(admitForm.dataset.noRole);
+    if (!nodeKey !== !endpoint) return refuse(admitForm.dataset.halfNode);
+    const payload = { id: data.get("member_id").trim(), name: data.get("member_name").trim(), roles,
+                      public_key: data.get("public_key").trim() };
+    if (nodeKey) payload.node = { public_key: nodeKey, endpoint };
+    delete status.dataset.state;
+    status.textContent = "";
+    const text = admitForm.dataset.confirm.replace("{member}", payload.id).replace("{roles}", roles.join(", "));
+    confirmed(text, () => signAndSend(status, admitForm.dataset.account, "members.Register", payload, admitForm.dataset));
+  });
+}

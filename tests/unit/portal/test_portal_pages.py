@@ -31,4 +31,6 @@ def test_the_statement_csv_defuses_formulas():
 def test_every_relayed_type_names_the_role_that_may_send_it():
     assert set(SENDER) == set(RELAYED)
     kill_switches = ("members.Suspend", "members.Reinstate", "jobs.Abort", "assets.Suspend")
-    assert {SENDER[t] for t in kill_switches} == {"association_admin"}
+    assert {SENDER[t] for t in kill_switches} == {("association_admin",)}
+    assert SENDER["members.Register"] == ("association_admin",)
+    assert SENDER["access.Approve"] == ("member_admin", "association_admin")  # the provider's, or the association's (L4)

@@ -61,7 +61,7 @@ def site(tmp_path):
     return Site(tmp_path)
 
 
-PAGES = ("/search", "/listings/bank.a", "/keys", "/delegates", "/access", "/jobs", "/jobs/job-1", "/statements",
+PAGES = ("/search", "/listings/bank.a", "/keys", "/delegates", "/access", "/jobs", "/jobs/job-1", "/statements", "/staff/approvals", "/staff/network",
          "/statements.csv", "/invoices", "/invoices.csv", "/staff/members", "/staff/jobs")
 
 
@@ -72,7 +72,7 @@ def test_every_page_sends_a_stranger_to_sign_in_and_back(site, path):
     assert site.calls == []
 
 
-@pytest.mark.parametrize("path", ("/api/account", "/jobs/job-1/events"))
+@pytest.mark.parametrize("path", ("/api/account", "/jobs/job-1/events", "/api/quote"))
 def test_a_page_script_s_call_without_a_session_is_401(site, path):
     answer = site.client.get(path)
     assert answer.status_code == 401 and "detail" in answer.json()
