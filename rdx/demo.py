@@ -224,6 +224,7 @@ class Demo:
 
     def psi(self, job: str, type_: str, asset: str, grant: str, clear) -> tuple[bool, str, None]:
         bank = self.gw("bank")
+        sent = time.time()
         submitted = bank.submit_job(job, type_, [{"asset": asset, "grant": grant}], max_price=1_000,
                                     params={"dataset": "customers", "key": "phone"}, timeout_s=300)
         record = bank.wait_for_job(job, timeout=300)
@@ -233,7 +234,31 @@ class Demo:
         got = len(result["intersection"]) if type_ == "psi" else result["cardinality"]
         ok = (sorted(result["intersection"]) == sorted(clear)) if type_ == "psi" else got == len(clear)
         return ok, (f"{got:,} matches (in the clear: {len(clear):,}); submitted at {submitted['height']}, "
-                    f"completed at {record['ended_height']}, result hash {record['result_hash'][:12]}"), None
+                    f"completed at {record['ended_height']}, result hash {record['result_hash'][:12]}; "
+                    f"{self.latency(job, sent, ('bank', asset.split('.', 1)[0]))}"), None
+
+    def latency(self, job: str, sent: float, members: tuple[str, ...]) -> str:
+        """Where the job's time went, from the nodes' marks (services/compute/lifecycle.py MARKS): the
+        whole job from the submit to the result ready on the consumer's (first member's) node, the
+        computation from the first node starting to the last one done computing, and the phases
+        between; seconds. The marks are waited for briefly (the chain's time is read off the job's path)."""
+        from services.compute.lifecycle import MARKS, PHASES, breakdown
+
+        deadline = time.monotonic() + 10
+        while True:
+            rows = {m: self._node_get(m, f"/jobs/{job}") for m in members}
+            if all(set(MARKS) <= set(r.get("timings") or {}) for r in rows.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        t = [r.get("timings") or {} for r in rows.values()]
+        try:
+            b = breakdown(sent, t[0], t)
+        except KeyError as exc:
+            return f"latency: mark {exc} missing"
+        phases = ", ".join(f"{name} +{b[name]:.2f}" for name in ("submission", *(p for p, _, _ in PHASES))
+                           if name not in ("settlement", "total"))
+        return (f"end to end {b['end_to_end']:.2f} s, computation {b['nodes']:.2f} s "
+                f"(x{b['end_to_end'] / b['nodes']:.2f}); on the bank's node: {phases}")
 
     def grant_all(self, consumer: str, assets: list[tuple[str, str]], op: str, tag: str) -> list[dict]:
         """``consumer`` asks for ``op`` on each (owner, asset); each owner approves."""

@@ -79,6 +79,22 @@ PHASES = (("delivery", "authorized", "received"),     # relay, Kafka, the event'
           ("result", "completed", "done"),            # a held-back result opened and sealed (consumer)
           ("settlement", "completed", "settled"),     # JobSettled (same tx as the completion) applied here
           ("total", "authorized", "done"))            # the authorising block to the job completed here
+
+
+def breakdown(submitted_at: float, consumer: dict[str, float], nodes: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One job's latency as its submitter sees it (the bench and the demo), from the nodes' marks
+    (``GET /jobs/{id}``'s ``timings``): ``end_to_end``, the submit (``submitted_at``, the submitter's
+    clock) to the result ready on the consumer's node; ``nodes``, the computation's own time: the first
+    of ``nodes`` (every participant's marks, the consumer's among them) starting to the last computing;
+    ``submission``, the submit to the authorising block's commit; then the consumer's PHASES. Seconds;
+    KeyError if a mark is missing."""
+    out = {"end_to_end": consumer["done"] - submitted_at,
+           "nodes": max(n["computed"] for n in nodes) - min(n["started"] for n in nodes),
+           "submission": consumer["authorized"] - submitted_at}
+    out.update({phase: max(0.0, consumer[b] - consumer[a]) for phase, a, b in PHASES})
+    return out
+
+
 PHASE_SECONDS = Histogram("rdx_compute_job_phase_seconds", "a job's phases on this node, from the authorising "
                           "block's commit time and this node's clock (lifecycle.PHASES)", ["type", "phase"],
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))

@@ -330,3 +330,16 @@ async def test_the_consumer_result_is_sealed_to_its_node_key_and_dropped_if_the_
     assert b"cardinality" not in m.journal.result("j-1")
     m.stop("j-1", "failed", "timed out")
     assert m.journal.result("j-1") is None
+
+
+def test_a_job_s_breakdown_is_its_submitter_s_wait_and_the_consumer_s_phases():
+    consumer = {"authorized": 10.5, "received": 10.75, "started": 11.0, "computed": 17.0, "attested": 17.25,
+                "completed": 18.0, "done": 18.5, "settled": 17.9}
+    provider = {**consumer, "started": 10.9, "computed": 17.5}
+    b = lifecycle.breakdown(10.0, consumer, [consumer, provider])
+    assert b["end_to_end"] == 8.5 and b["nodes"] == 17.5 - 10.9 and b["submission"] == 0.5
+    assert (b["delivery"], b["start"], b["computation"], b["attestation"], b["completion"], b["result"]) == \
+        (0.25, 0.25, 6.0, 0.25, 0.75, 0.5)
+    assert b["settlement"] == 0.0 and b["total"] == 8.0  # settled before this node saw completion: 0, not negative
+    with pytest.raises(KeyError):
+        lifecycle.breakdown(10.0, {k: v for k, v in consumer.items() if k != "done"}, [consumer])
