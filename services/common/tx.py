@@ -85,18 +85,35 @@ def canonical(value: Any) -> bytes:
 
 def _check_values(value: Any) -> None:
     """Depth, integer range and no floats, checked iteratively (a recursive walk is what deep
-    nesting attacks)."""
+    nesting attacks). The exact types JSON decodes to are answered first (a third of the time the
+    isinstance chain took, for every tx the chain checks); any other type takes that chain, and the
+    values are visited in the same order, so the same first problem is reported."""
     stack = [(value, 1)]
+    pop, push = stack.pop, stack.append
     while stack:
-        v, depth = stack.pop()
+        v, depth = pop()
+        t = type(v)
+        if t is str or t is bool or v is None:
+            continue
+        if t is int:
+            if not INT_MIN <= v <= INT_MAX:
+                raise TxError(Code.UNDECODABLE, _INT_RANGE)
+            continue
         if isinstance(v, (dict, list)):
             if depth > MAX_DEPTH:
                 raise TxError(Code.UNDECODABLE, f"nested deeper than {MAX_DEPTH} levels")
-            stack.extend((item, depth + 1) for item in (v.values() if isinstance(v, dict) else v))
+            depth += 1
+            for item in (v.values() if isinstance(v, dict) else v):
+                push((item, depth))
         elif isinstance(v, float):
             raise TxError(Code.UNDECODABLE, "floats are not allowed in transactions; use integers")
         elif isinstance(v, int) and not isinstance(v, bool) and not INT_MIN <= v <= INT_MAX:
-            raise TxError(Code.UNDECODABLE, "an integer is outside +-(2^53 - 1), the range every signer can encode")
+            raise TxError(Code.UNDECODABLE, _INT_RANGE)
+
+
+_INT_RANGE = "an integer is outside +-(2^53 - 1), the range every signer can encode"
+_ENVELOPE = frozenset({"chain_id", "type", "signer", "nonce", "payload", "sig"})
+_TRACED_ENVELOPE = _ENVELOPE | {"trace"}
 
 
 def _canonical_value(raw: bytes) -> Any | None:
@@ -171,6 +188,22 @@ class Tx(BaseModel):
 
         A tx is accepted only in its canonical encoding (UTF-8 JSON, sorted keys, no
         whitespace), so one tx has exactly one byte form and one hash."""
+        return cls._decode(raw)[0]
+
+    @classmethod
+    def decode_signed(cls, raw: bytes) -> tuple["Tx", bytes]:
+        """``decode``, and the tx's ``signing_bytes``: for a well-formed tx, the canonical text of
+        the decoded fields but ``sig`` and ``trace`` (the very fields and values ``model_dump``
+        gives, since strict validation converts nothing), without a second serialisation."""
+        tx, fields = cls._decode(raw)
+        if fields is None:
+            return tx, tx.signing_bytes_of_decoded()
+        return tx, canonicaljson.dump_bytes({k: v for k, v in fields.items() if k != "sig" and k != "trace"})
+
+    @classmethod
+    def _decode(cls, raw: bytes) -> tuple["Tx", dict[str, Any] | None]:
+        """The tx, and its decoded fields when ``raw`` is their canonical text and they are every
+        field ``wire`` gives (else None)."""
         if len(raw) > MAX_TX_BYTES:
             raise TxError(Code.OVERSIZE, f"transaction is {len(raw)} bytes; the limit is {MAX_TX_BYTES}")
         try:
@@ -178,6 +211,7 @@ class Tx(BaseModel):
         except UnicodeDecodeError:
             raise TxError(Code.UNDECODABLE, "transaction is not UTF-8") from None
         data = _canonical_value(raw)
+        fast = data is not None
         if data is None:
             try:
                 data = json.loads(text, parse_float=_refuse_float, parse_constant=_refuse_constant,
@@ -194,13 +228,18 @@ class Tx(BaseModel):
         except ValidationError as exc:
             fields = ", ".join(".".join(map(str, e["loc"])) or "envelope" for e in exc.errors()[:5])
             raise TxError(Code.UNDECODABLE, f"undecodable transaction: {fields}") from None
+        # raw is the canonical text of data (the fast path checked it), and data holds every field
+        # wire() gives, each as validated (strict: nothing converted, no default filled in): so
+        # wire()'s canonical text is raw, and need not be written again to be compared.
+        if fast and (data.keys() == _ENVELOPE or (data.keys() == _TRACED_ENVELOPE and data["trace"] is not None)):
+            return tx, data
         try:
             canonical_form = canonicaljson.dump_bytes(tx.wire())
         except UnicodeEncodeError:  # JSON's \ud800 escapes decode to text UTF-8 cannot hold
             raise TxError(Code.UNDECODABLE, "text holds a lone surrogate, which UTF-8 cannot encode") from None
         if raw != canonical_form:
             raise TxError(Code.UNDECODABLE, "transaction is not canonically encoded")
-        return tx
+        return tx, None
 
     def signing_bytes_of_decoded(self) -> bytes:
         """``signing_bytes`` for a tx that came from ``decode`` (known float-free)."""

@@ -167,6 +167,9 @@ class RdxApp(Application):
     def __init__(self, db: Database, chain_id: str, on_commit: Callable[[int], None] | None = None):
         self.db, self.chain_id, self.on_commit = db, chain_id, on_commit
         self.check_state = Overlay(db)
+        # The committed height, which CheckTx needs for every tx: the database's meta row changes
+        # only in ``commit`` (which updates this too); reading it was a SQLite query per CheckTx.
+        self._committed_height = db.height
         self.tree = StateTree(db.tree_node)
         self._genesis_writes: dict[str, Any] = {}  # genesis state waits here for the first block's Commit
         self._genesis_events: list[tuple[str, str, dict]] = []
@@ -347,7 +350,8 @@ class RdxApp(Application):
 
     def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
         try:
-            outcome = self._deliver(self.check_state, req.tx, height=self.db.height + 1, time=self._last_time, check=True)
+            outcome = self._deliver(self.check_state, req.tx, height=self._committed_height + 1,
+                                    time=self._last_time, check=True)
             # The mempool's txs land in blocks of their own: one tx's validator changes do not count
             # against the per-block share of the next one checked.
             self.check_state.discard(VALIDATORS_BLOCK)
@@ -413,6 +417,7 @@ class RdxApp(Application):
         self.db.commit_block(ex.height, ex.app_hash, ex.block.writes, ex.events, {"time": str(ex.time)},
                              nodes=ex.block.nodes, tree_version=ex.block.tree_version)
         self.tree.committed(ex.block.nodes)
+        self._committed_height = ex.height
         self._before = before
         CHAIN_HEIGHT.set(ex.height)
         self._genesis_writes, self._genesis_events = {}, []
@@ -584,10 +589,9 @@ class RdxApp(Application):
         verified: Verified | None = self._verified.get(raw)
         if verified is None:
             try:
-                tx = Tx.decode(raw)
+                tx, signing_bytes = Tx.decode_signed(raw)
             except TxError as exc:
                 raise Rejected(exc.code, str(exc)) from None
-            signing_bytes = tx.signing_bytes_of_decoded()
         else:
             tx, signing_bytes = verified.tx, verified.signing_bytes
         ctx = Context(store=state.branch(), height=height, time=time, tx=tx)
