@@ -37,12 +37,14 @@ ENVELOPE = {"chain_id", "nonce", "payload", "sig", "signer", "type"}
 # role that may send it (the chain decides again, from the signer's key).
 RELAYED = {"access.Request": "/access-requests", "access.Approve": "/access-requests/{id}/approve",
            "jobs.Submit": "/jobs", "members.Suspend": "/tx", "members.Reinstate": "/tx", "assets.Suspend": "/tx",
-           "jobs.Abort": "/tx", "members.Delegate": "/tx", "members.Undelegate": "/tx", "members.Register": "/tx"}
+           "jobs.Abort": "/tx", "members.Delegate": "/tx", "members.Undelegate": "/tx", "members.Register": "/tx",
+           "access.Reject": "/access-requests/{id}/reject"}
 SENDER = {"access.Request": ("member_admin",), "access.Approve": ("member_admin", "association_admin"),
           "jobs.Submit": ("member_admin",), "members.Suspend": ("association_admin",),
           "members.Reinstate": ("association_admin",), "assets.Suspend": ("association_admin",),
           "jobs.Abort": ("association_admin",), "members.Delegate": ("member_admin",),
-          "members.Undelegate": ("member_admin",), "members.Register": ("association_admin",)}
+          "members.Undelegate": ("member_admin",), "members.Register": ("association_admin",),
+          "access.Reject": ("association_admin",)}
 # A tx signed by one of the member's delegated keys (docs/signing.md): only these types, only from the
 # member's analysts, whose browsers hold those keys (the chain and the gateway check the powers again).
 DELEGATED, DELEGATE_SENDER = ("jobs.Submit", "access.Request"), "analyst"
@@ -629,7 +631,8 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
     @app.get("/staff/approvals", include_in_schema=False)
     async def staff_approvals(request: Request, s: Session = Staff) -> Response:
         """The access requests waiting for the association's approval (the policy asks for it on L4
-        data: the chain's grant ``needs`` it), each approved here with ``access.Approve``, the association's key."""
+        data: the chain's grant ``needs`` it), each approved here with ``access.Approve`` or rejected with
+        ``access.Reject`` (after a confirmation that asks for the reason), the association's key."""
         try:
             pending = await portal.gateway.get(s.member, s.role, "/access-requests", {"status": "pending", "limit": "1000"})
         except GatewayError as exc:

@@ -168,9 +168,12 @@ def site(toolchain, tmp_path_factory):
                                                         "credit scoring", max_runs=5))
                 retried(lambda: consumer.request_access(f"g-vip-{run}", f"{telco.account}.core", ["he_scoring"],
                                                         "core scoring", max_runs=1))
+                retried(lambda: consumer.request_access(f"g-vipx-{run}", f"{telco.account}.core", ["he_scoring"],
+                                                        "core scoring, again", max_runs=1))
             retried(lambda: provider.approve(f"g-phones-{run}"))
             retried(lambda: provider.approve(f"g-scoring-{run}"))
-            retried(lambda: provider.approve(f"g-vip-{run}"))  # the provider's approval; the association's is the portal's
+            for grant_id in (f"g-vip-{run}", f"g-vipx-{run}"):  # the provider's approval; the association's is the portal's
+                retried(lambda: provider.approve(grant_id))
         deadline = time.monotonic() + 120
         while not all(http_ok(f"http://{LOOPBACK}:{spec.http_port}/readyz") for spec in specs):
             assert time.monotonic() < deadline, "the members' compute nodes did not become ready"
@@ -753,7 +756,8 @@ def test_the_association_admits_a_member_from_the_members_page(browser, site, tm
 def test_the_association_approves_an_l4_request_from_its_queue(browser, site, tmp_path):
     """The bank asked for the telco's L4 (core) listing and the telco approved: the grant waits for the
     association. Staff see it on the approval queue (not the requests that need only a provider) and
-    approve it, signed with the association's key in their browser; the grant is then granted on chain."""
+    approve it, signed with the association's key in their browser; the grant is then granted on chain.
+    A second such request is rejected with a reason: it is rejected on chain."""
     page = site.staff_page
     page.goto(f"{site.url}/staff/approvals")
     row = page.locator(f"tr[id='grant-{site.l4_grant}']")
@@ -772,6 +776,18 @@ def test_the_association_approves_an_l4_request_from_its_queue(browser, site, tm
     assert grant["status"] == "granted" and grant["approvals"] == ["association", "provider"]
     page.reload()
     assert page.locator(f"tr[id='grant-{site.l4_grant}']").count() == 0
+    # The other request is rejected, after the confirmation that asks for the reason.
+    other = f"g-vipx-{site.l4_grant[len('g-vip-'):]}"
+    page.locator(f"tr[id='grant-{other}'] button[data-tx='access.Reject']").click()
+    page.fill("#confirm-reason", "用途不符 purpose does not fit")
+    page.locator("#confirm-ok").click()
+    page.wait_for_selector("#approve-status[data-state]", timeout=60_000)
+    assert page.locator("#approve-status").get_attribute("data-state") == "done", page.locator("#approve-status").inner_text()
+    with Gateway(site.gateway, api_key=site.keys[f"{site.bank}/member_admin"], timeout=30) as bank:
+        [grant] = [g for g in bank.my_access() if g["id"] == other]
+    assert grant["status"] == "rejected"
+    page.reload()
+    assert page.locator(f"tr[id='grant-{other}']").count() == 0
 
     # The network page: the local exchange's one validator and its latest block, as the chain node says.
     page.goto(f"{site.url}/staff/network")

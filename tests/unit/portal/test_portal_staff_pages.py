@@ -80,6 +80,7 @@ def test_the_approval_queue_lists_what_waits_for_the_association(site):
     assert [g for g in ("g-both", "g-first", "g-done", "g-provider") if f'data-approve="{g}"' in page.text] == \
         ["g-both", "g-first"]
     assert 'data-approve="g-both" data-account="association"' in page.text
+    assert page.text.count('data-tx="access.Reject"') == 2 and '<dialog id="confirm"' in page.text
     [call] = [r for r in site.seen if r.url.path == "/v1/access-requests"]
     assert call.url.params["status"] == "pending"
     assert call.headers["authorization"] == "Bearer rdx_associationass.secret"
@@ -102,8 +103,14 @@ def test_the_association_s_approval_is_relayed_to_the_grant_s_route(site):
     [call] = site.calls
     assert call.url.path == "/v1/access-requests/g-both/approve"
     site.calls.clear()
-    s = site.sign_in("association", "auditor")  # an auditor approves nothing
-    assert tx_call(site, s, "access.Approve", {"id": "g-both"}).status_code == 403
+    assert tx_call(site, s, "access.Reject", {"id": "g-both", "reason": "x"}).status_code == 404  # relayed
+    assert [c.url.path for c in site.calls] == ["/v1/access-requests/g-both/reject"]
+    site.calls.clear()
+    assert tx_call(site, s, "access.Reject", {"id": "../g", "reason": "x"}).status_code == 400
+    for member, role in (("association", "auditor"), ("bank", "member_admin")):  # nor from these
+        s = site.sign_in(member, role)
+        assert tx_call(site, s, "access.Approve" if role == "auditor" else "access.Reject",
+                       {"id": "g-both", "reason": "x"}).status_code == 403
     assert site.calls == []
 
 
