@@ -35,7 +35,9 @@ def publish_policy(ctx: Context, msg: m.PublishPolicy) -> None:
         Policy(msg.text, msg.version)
     except PolicyError as exc:
         raise Rejected(Code.INVALID_PAYLOAD, str(exc)) from None
+    keeper.keep_current()  # the version replaced, if not kept yet
     keeper.publish(msg.version, msg.text)
+    keeper.keep_current()
 
 
 # -- who may act in the association's name -----------------------------------------------------------

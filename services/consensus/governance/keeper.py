@@ -1,6 +1,6 @@
 """The only code that reads or writes governance state (prefix ``governance/``, and the policy
-document ``policy/current``): the policy, the association's board and its proposals, and app
-upgrades."""
+documents ``policy/current`` and ``policy/versions/``): the policy, the association's board and its
+proposals, and app upgrades."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ OPEN = "governance/open/"  # <expires_at, 12 digits>/<id>: the open proposals, b
 UPGRADE = "governance/upgrade"
 APP_VERSION = "governance/app-version"
 DEFAULT_TTL_S = 7 * 86_400
+POLICY = "policy/current"
+VERSIONS = "policy/versions/"  # <version, 12 digits>: the versions published since versions were kept
 
 
 class GovernanceKeeper:
@@ -30,9 +32,21 @@ class GovernanceKeeper:
         return Policy(doc["text"], doc["version"]) if doc else Policy(DEFAULT_POLICY_TEXT, 1)
 
     def publish(self, version: int, text: str) -> None:
-        self.store.set("policy/current", {"version": version, "text": text, "sha256": digest(text),
-                                          "height": self.ctx.height})
+        self.store.set(POLICY, {"version": version, "text": text, "sha256": digest(text), "height": self.ctx.height})
         self.ctx.emit("PolicyPublished", "policy", version=version, sha256=digest(text))
+
+    def keep_current(self) -> None:
+        """Keep the version in force under ``policy/versions/`` too, unless it is kept already. The
+        publish handler calls it before and after publishing: a new version is kept, and so is the one
+        it replaces (the genesis's, or one published before versions were kept), so the first
+        publication writes two keys and each later one a single new key. Nothing else writes there,
+        and a chain that never publishes (its genesis included) has no such key."""
+        doc = self.store.get(POLICY)
+        if doc is not None and self.store.get(f"{VERSIONS}{doc['version']:012d}") is None:
+            self.store.set(f"{VERSIONS}{doc['version']:012d}", doc)
+
+    def version(self, version: int) -> dict[str, Any] | None:
+        return self.store.get(f"{VERSIONS}{version:012d}")
 
     # -- the board ---------------------------------------------------------------------------------
     def board(self) -> dict[str, Any]:
