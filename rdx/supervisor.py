@@ -137,12 +137,13 @@ def check_state_dir(state: Path) -> None:
         raise SetupError(f"{state} was written by state version {version}; this rdx reads version {STATE_VERSION}")
 
 
-# The local exchange's block timing (docs/compute.md, "Where a job waits on the chain"): a consortium chain of a few
-# known validators, near each other, makes a block when there is a transaction to put in it (and
-# the proof block after it, which CometBFT makes at once when the app hash changed), 200 ms after
-# the last one at the soonest, and at least one every 10 s, so that the chain's clock (deadlines,
+# The local exchange's block timing (docs/compute.md, "Where a job waits on the chain"): a consortium
+# chain of a few known validators, near each other, makes a block when there is a transaction to put
+# in it (and the proof block after it, which CometBFT makes at once when the app hash changed),
+# 100 ms after the last one at the soonest (a late precommit has several round trips between sites
+# of one region to arrive), and at least one every 10 s, so that the chain's clock (deadlines,
 # expiries) moves and the freshest header stays well within a verified reader's 60 s limit.
-BLOCK_TIMING = {"timeout_commit": "200ms", "create_empty_blocks": False, "empty_blocks_interval": "10s"}
+BLOCK_TIMING = {"timeout_commit": "100ms", "create_empty_blocks": False, "empty_blocks_interval": "10s"}
 
 
 class Exchange:

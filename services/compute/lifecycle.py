@@ -105,7 +105,7 @@ STOP_SECONDS = Histogram("rdx_compute_kill_switch_stop_seconds", "from a kill-sw
 # How often a node asks the chain whether a job it attested is locked (a provider, to release its key)
 # or completed (a consumer, to open its result): each answer is proven, so one read that finds the job
 # changed in the latest block waits there for the next header; between reads it sleeps this long.
-# 0.1 s against blocks of 0.2 s (`rdx up`) and more: ~0.05 s of waiting on average, a few reads a block.
+# 0.1 s: ~0.05 s of waiting on average, about one read per block of `rdx up` (100 ms), ten a second per waiting job.
 LOCK_POLL_S = 0.1
 # A peer's node may learn of a job a little after this one (its own proof of the authorising event):
 # the dialing side tries again this often, rather than backing off to a second, until RDX_PEER_WAIT_S.
