@@ -104,6 +104,22 @@ class PolicyDoc(BaseModel):
     text: str
 
 
+class PolicyVersion(BaseModel):
+    """One published version of the policy, as the chain keeps it (``policy/versions/<version>``)."""
+
+    version: int
+    sha256: str
+    height: int = Field(description="the block that published it (0: the genesis)")
+    text: str | None = Field(None, description="the policy text (one version only; the list leaves it out)")
+
+
+class DraftBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["assets.List", "assets.Update"] = "assets.List"
+    listing: Any = Field(description="the tx payload (id, level, operations, commitment, price, min_group_size, "
+                                     "metadata): any JSON, checked by the catalog field by field")
+
+
 # Annotated, not a shared default: FastAPI binds a shared Path() to the first parameter's name.
 Id = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")]
 KeyId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[a-z0-9_]+$")]
@@ -185,6 +201,18 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
     async def listing(request: Request, asset_id: Id, p: Principal = who) -> dict:
         mark(request, asset=asset_id)
         return await gw.upstream("catalog", f"/v1/listings/{asset_id}")
+
+    @r.post("/drafts/validate", summary="Check my member's listing draft field by field (the catalog's validation)")
+    async def validate_draft(request: Request, body: DraftBody, p: Principal = who) -> dict:
+        """The catalog's draft validation for a listing the caller's member would sign: the signer is
+        always the caller's member (an update is checked against its own listings only), and only a
+        provider's member admin asks, as only it may sign ``assets.List`` / ``assets.Update``."""
+        if p.role != "member_admin" or "provider" not in p.member_roles:
+            raise Problem(403, "Forbidden", "only a provider's member admin drafts listings")
+        asset = body.listing.get("id") if isinstance(body.listing, dict) else None
+        mark(request, asset=asset if isinstance(asset, str) and len(asset) <= 80 else None)
+        return await upstream_post(gw.http, gw.settings.catalog_url, "/v1/drafts/validate",
+                                   {"type": body.type, "signer": p.member, "listing": body.listing}, "catalog")
 
     # -- access workflow ------------------------------------------------------------------------
     @r.post("/access-requests", summary="Ask for access (signed access.Request)")
@@ -381,6 +409,33 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         current = await gw.view.policy()
         return PolicyDoc(version=current.version, sha256=current.sha256, text=current.text)
 
+    def staff_only(p: Principal) -> None:
+        if not association_staff(p):
+            raise Problem(403, "Forbidden", "only the association's staff read the policy's versions")
+
+    @r.get("/policy/versions", summary="The policy's published versions, oldest first (the association's staff)")
+    async def policy_versions(p: Principal = who) -> list[PolicyVersion]:
+        """The versions the chain keeps (``policy/versions/``: those published since it keeps them, and
+        the one each first publication replaced), and the version in force if not kept yet (a chain
+        that has published nothing since). Without their texts: ask for one version for that."""
+        staff_only(p)
+        found = {d["version"]: d for d in ((await gw.chain.query("/policy/versions/")) or {}).values()}
+        current = await gw.chain.query("/policy/current")
+        if current is not None:
+            found.setdefault(current["version"], current)
+        return [PolicyVersion(version=v, sha256=d["sha256"], height=d.get("height", 0)) for v, d in sorted(found.items())]
+
+    @r.get("/policy/versions/{version}", summary="One published version of the policy, with its text")
+    async def policy_version(version: Annotated[int, Path(ge=1, le=10**12)], p: Principal = who) -> PolicyVersion:
+        staff_only(p)
+        doc = await gw.chain.query(f"/policy/versions/{version:012d}")
+        if doc is None:
+            current = await gw.chain.query("/policy/current")
+            doc = current if current is not None and current["version"] == version else None
+        if doc is None:
+            raise Problem(404, "Not found", f"the chain keeps no policy version {version}")
+        return PolicyVersion(version=doc["version"], sha256=doc["sha256"], height=doc.get("height", 0), text=doc["text"])
+
     # -- billing --------------------------------------------------------------------------------
     def own_books(p: Principal, member: str) -> None:
         if p.member != member and not association_staff(p):
@@ -474,8 +529,16 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
 
 async def upstream_get(client: httpx.AsyncClient, base: str, path: str, params: dict | list | None = None,
                        service: str = "upstream"):
+    return await upstream_call(client, "GET", base + path, service, params=params)
+
+
+async def upstream_post(client: httpx.AsyncClient, base: str, path: str, body: Any, service: str = "upstream"):
+    return await upstream_call(client, "POST", base + path, service, json=body)
+
+
+async def upstream_call(client: httpx.AsyncClient, method: str, url: str, service: str, **request: Any):
     try:
-        resp = await client.get(base + path, params=params)
+        resp = await client.request(method, url, **request)
     except httpx.HTTPError:
         raise Problem(503, "Upstream unavailable", "a service behind the gateway did not answer") from None
     if resp.status_code >= 500:

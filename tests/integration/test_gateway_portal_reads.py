@@ -43,3 +43,44 @@ def test_the_network_s_health_is_read_by_the_association_only(chain, tmp_path):
         assert answer.status_code == 403
     finally:
         gateway.stop()
+
+
+def test_the_policy_s_versions_are_read_by_the_association_s_staff(chain, tmp_path):
+    """GET /v1/policy/versions and /v1/policy/versions/{v} on the real chain: a version the association
+    publishes is listed with its height and read back with its text, as is the one it replaced."""
+    bank = Identity.generate(f"bank-p{int(time.time()) % 100000}")
+
+    async def setup():
+        async with ChainClient(chain.rpc_url, chain.chain_id) as c:
+            await c.submit(chain.association, "members.Register", {
+                "id": bank.account, "name": bank.account, "roles": ["consumer"], "public_key": bank.public_key})
+            current = await c.query("/policy/current")
+            text = current["text"] + f"\n// republished unchanged by {bank.account}\n"
+            done = await c.submit(chain.association, "governance.PublishPolicy",
+                                  {"version": current["version"] + 1, "text": text})
+            return current, text, done.height
+
+    before, text, height = asyncio.run(setup())
+    gateway = start_gateway(chain, tmp_path)
+
+    def get(who: Identity, path: str) -> httpx.Response:
+        url = f"{gateway.url}/v1{path}"
+        return httpx.get(url, headers=httpsig.sign(who, "GET", url, b""))
+
+    try:
+        listed = get(chain.association, "/policy/versions")
+        assert listed.status_code == 200, listed.text
+        versions = {v["version"]: v for v in listed.json()}
+        new = before["version"] + 1
+        assert list(versions) == sorted(versions) and max(versions) == new
+        assert versions[new]["height"] == height and versions[new]["text"] is None  # the list leaves texts out
+        assert versions[before["version"]]["sha256"] == before["sha256"]
+        one = get(chain.association, f"/policy/versions/{new}").json()
+        assert one["text"] == text and one["version"] == new and one["sha256"] == versions[new]["sha256"]
+        assert get(chain.association, f"/policy/versions/{before['version']}").json()["text"] == before["text"]
+        assert get(chain.association, f"/policy/versions/{new + 5}").status_code == 404
+        assert get(chain.association, "/policy/versions/abc").status_code == 422
+        assert get(bank, "/policy/versions").status_code == 403  # a member's admin: not its to read
+        assert get(bank, f"/policy/versions/{new}").status_code == 403
+    finally:
+        gateway.stop()
