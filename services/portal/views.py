@@ -5,6 +5,7 @@ the Cedar policy in force (read from the gateway) and, again, by the gateway its
 from __future__ import annotations
 
 import csv
+import difflib
 import html
 import io
 import json
@@ -38,13 +39,15 @@ ENVELOPE = {"chain_id", "nonce", "payload", "sig", "signer", "type"}
 RELAYED = {"access.Request": "/access-requests", "access.Approve": "/access-requests/{id}/approve",
            "jobs.Submit": "/jobs", "members.Suspend": "/tx", "members.Reinstate": "/tx", "assets.Suspend": "/tx",
            "jobs.Abort": "/tx", "members.Delegate": "/tx", "members.Undelegate": "/tx", "members.Register": "/tx",
-           "access.Reject": "/access-requests/{id}/reject"}
+           "access.Reject": "/access-requests/{id}/reject", "assets.List": "/tx",
+           "governance.PublishPolicy": "/tx"}
 SENDER = {"access.Request": ("member_admin",), "access.Approve": ("member_admin", "association_admin"),
           "jobs.Submit": ("member_admin",), "members.Suspend": ("association_admin",),
           "members.Reinstate": ("association_admin",), "assets.Suspend": ("association_admin",),
           "jobs.Abort": ("association_admin",), "members.Delegate": ("member_admin",),
           "members.Undelegate": ("member_admin",), "members.Register": ("association_admin",),
-          "access.Reject": ("association_admin",)}
+          "access.Reject": ("association_admin",), "assets.List": ("member_admin",),
+          "governance.PublishPolicy": ("association_admin",)}
 # A tx signed by one of the member's delegated keys (docs/signing.md): only these types, only from the
 # member's analysts, whose browsers hold those keys (the chain and the gateway check the powers again).
 DELEGATED, DELEGATE_SENDER = ("jobs.Submit", "access.Request"), "analyst"
@@ -70,6 +73,19 @@ MAX_SEQ = 2**62
 KEY_ID = re.compile(r"[a-z0-9_]{1,40}")  # the gateway's API key ids
 KEY_ROLES = ("member_admin", "analyst", "compute_operator", "auditor")  # what a member admin may issue
 POLICY_TTL_S = 30.0
+# The listing wizard's form: the listing contract's fields (services/common/listing.py), each checked by
+# the catalog's draft validation through the gateway, never here; the columns one per line.
+WIZARD_FORM_BYTES, WIZARD_FIELDS = 16_384, 40
+LISTING_LEVELS = ("L1", "L2", "L3", "L4")
+LISTING_OPERATIONS = ("psi", "psi_cardinality", "aggregation", "he_scoring", "supply_chain_verification", "raw_download")
+PRICE_MODELS = ("fixed", "per_record", "subscription", "dynamic", "free")
+UPDATE_CYCLES = ("real-time", "hourly", "daily", "weekly", "monthly", "quarterly", "yearly", "irregular", "static")
+WIZARD_TEXT = ("asset_id", "commitment", "title", "description", "region", "data_start", "update_cycle",
+               "last_updated", "licence", "licence_url", "usage_terms", "contact", "industry", "tags", "columns",
+               "level", "price_model", "amount", "period_days", "min_group_size", "row_count")
+# where a problem the catalog names (its field path) is shown on the form
+PROBLEM_FIELD = {"id": "asset_id", "price": "price_model", "price.model": "price_model", "price.amount": "amount",
+                 "price.period_s": "period_days"}
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
@@ -165,6 +181,77 @@ async def small_body(request: Request, limit: int) -> bytes | None:
         if len(body) > limit:
             return None
     return body
+
+
+def policy_diff(a: str, b: str) -> list[tuple[str, str]]:
+    """The lines of a unified diff from text ``a`` to ``b``, each with its kind (add, del, at or same):
+    the page shows them as text, escaped like any other."""
+    lines = difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm="", n=3)
+    kinds = []
+    for line in lines:
+        if line.startswith(("---", "+++")):
+            continue
+        kinds.append(({"+": "add", "-": "del", "@": "at"}.get(line[:1], "same"), line))
+    return kinds
+
+
+def wizard_number(text: str) -> int | str:
+    """A whole number the person typed, or the text itself for the catalog to explain."""
+    return int(text) if re.fullmatch(r"[0-9]{1,15}", text) else text
+
+
+def wizard_draft(form: dict[str, list[str]]) -> dict[str, Any]:
+    """The assets.List payload the wizard's form describes, as typed: every rule is the catalog's
+    (an empty optional field is left out, numbers are numbers when they are digits)."""
+    one = {k: (form.get(k) or [""])[0].strip() for k in WIZARD_TEXT}
+    industry = [v.strip() for v in re.split(r"[,，]", one["industry"]) if v.strip()]
+    tags = [v.strip() for v in re.split(r"[,，]", one["tags"]) if v.strip()]
+    columns = []
+    for line in one["columns"].splitlines():
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split("|")]
+        column: dict[str, Any] = {k: v for k, v in zip(("name", "type", "sensitivity"), parts) if v}
+        column["join_key"] = len(parts) > 3 and parts[3].lower() in ("key", "yes", "true", "是")
+        if len(parts) > 4 and parts[4]:
+            column["description"] = "|".join(parts[4:])
+        columns.append(column)
+    price: dict[str, Any] = {"model": one["price_model"]}
+    if one["amount"]:
+        price["amount"] = wizard_number(one["amount"])
+    if one["period_days"]:
+        days = wizard_number(one["period_days"])
+        price["period_s"] = days * 86400 if isinstance(days, int) else days
+    metadata: dict[str, Any] = {k: one[k] for k in ("title", "region", "data_start", "update_cycle", "last_updated",
+                                                    "licence")}
+    metadata.update({k: (form.get(k) or [""])[0].replace("\r\n", "\n").strip() for k in ("description", "usage_terms")})
+    metadata.update(industry=industry, tags=tags, row_count=wizard_number(one["row_count"]), columns=columns)
+    metadata.update({k: one[k] for k in ("licence_url", "contact") if one[k]})
+    draft: dict[str, Any] = {"id": one["asset_id"], "level": one["level"], "operations": form.get("operations", []),
+                             "commitment": one["commitment"].lower(), "price": price, "metadata": metadata}
+    if one["min_group_size"]:
+        draft["min_group_size"] = wizard_number(one["min_group_size"])
+    return draft
+
+
+def problems_by_field(problems: list[dict]) -> dict[str, list[str]]:
+    """The catalog's problems under the wizard's fields (``metadata.columns[2].type``: the columns, its
+    line 3); what no field holds under ``listing``."""
+    shown: dict[str, list[str]] = {}
+    for p in problems:
+        path, message = str(p.get("field", "")), str(p.get("message", ""))
+        column = re.match(r"^metadata\.columns\[(\d+)\](?:\.(\w+))?", path)
+        if column:
+            where, message = "columns", f"{int(column[1]) + 1}{'.' + column[2] if column[2] else ''}: {message}"
+        elif path in PROBLEM_FIELD:
+            where = PROBLEM_FIELD[path]
+        else:
+            name = re.sub(r"\[\d+\]$", "", path.removeprefix("metadata."))
+            where = name if name in WIZARD_TEXT or name == "operations" else "listing"
+            if where == "listing" and path not in ("", "payload", "listing"):
+                message = f"{path}: {message}"
+        shown.setdefault(where, []).append(message)
+    return shown
 
 
 def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
@@ -479,6 +566,55 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             return problem(exc.status, exc.kind, lang)
         return JSONResponse({"tx_hash": done["tx_hash"], "height": done["height"]})
 
+    # -- the listing wizard: the catalog's draft validation, then assets.List signed in the browser ---
+    async def lister(request: Request, s: Session = role_in("member_admin")) -> Session:
+        """A provider's member admin whom the policy in force lets list an asset of its own (Cedar's
+        ``list_asset``); the chain takes ``assets.List`` from a provider only."""
+        try:
+            allowed = (await policy(s)).decide(policies.Caller(s.member, s.role), "list_asset",
+                                               policies.AssetView("*", "L1", s.member, ())).allowed
+            members = await portal.gateway.get(s.member, s.role, "/members", {"limit": "1000"}) \
+                if allowed else []
+        except GatewayError as exc:
+            raise Answer(error(request, exc.status, exc.kind)) from None
+        if not any(m.get("id") == s.member and "provider" in (m.get("roles") or []) for m in members):
+            raise Answer(error(request, 403, "error.forbidden"))
+        return s
+
+    def wizard_page(request: Request, form: dict[str, list[str]], status: int = 200, **values: Any) -> Response:
+        return render(request, "wizard.html", status=status, form={k: (v[0] if v else "") for k, v in form.items()},
+                      chosen_ops=form.get("operations", []), levels=LISTING_LEVELS, operations=LISTING_OPERATIONS,
+                      price_models=PRICE_MODELS, cycles=UPDATE_CYCLES, **values)
+
+    @app.get("/listing-wizard", include_in_schema=False)
+    async def wizard(request: Request, s: Session = Depends(lister)) -> Response:
+        return wizard_page(request, {"level": ["L2"], "price_model": ["fixed"], "update_cycle": ["monthly"],
+                                     "min_group_size": ["1"]}, problems={})
+
+    @app.post("/listing-wizard", include_in_schema=False)
+    async def wizard_check(request: Request, s: Session = Depends(lister)) -> Response:
+        """The draft checked by the catalog (through the gateway, the member as signer): every problem
+        shown at its field; a valid draft's canonical payload offered for signing in the browser."""
+        body = await small_body(request, WIZARD_FORM_BYTES)
+        if body is None:
+            return error(request, 413, "error.bad_request")
+        if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            return error(request, 400, "error.bad_request")
+        try:
+            form = parse_qs(body.decode("utf-8"), max_num_fields=WIZARD_FIELDS, strict_parsing=False)
+        except (UnicodeDecodeError, ValueError):
+            return error(request, 400, "error.bad_request")
+        if not s.csrf_ok((form.get("csrf") or [None])[0]) or request.headers.get("origin", origin) != origin:
+            return error(request, 403, "error.csrf")
+        try:
+            verdict = await portal.gateway.post(s.member, s.role, "/drafts/validate", {"listing": wizard_draft(form)})
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        valid = verdict.get("valid") is True and isinstance(verdict.get("payload"), dict)
+        return wizard_page(request, form, status=200 if valid else 422, problems=problems_by_field(
+            verdict.get("problems") or []), payload=verdict["payload"] if valid else None,
+            approvals=verdict.get("approvals") or {})
+
     # -- the access inbox -------------------------------------------------------------------------
     @app.get("/access", include_in_schema=False)
     async def access(request: Request, s: Session = Person) -> Response:
@@ -649,6 +785,28 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         except GatewayError as exc:
             return error(request, exc.status, exc.kind)
         return render(request, "staff_network.html", health=health, read_at=utc_text(time.time()))
+
+    @app.get("/staff/policy", include_in_schema=False)
+    async def staff_policy(request: Request, a: str | None = None, b: str | None = None, s: Session = Staff) -> Response:
+        """The policy's versions the chain keeps (the gateway's ``GET /v1/policy/versions``), the
+        differences between two of them (``a`` to ``b``; by default the one before the latest to the
+        latest), and a form to publish the next (``governance.PublishPolicy``, the association's key)."""
+        try:
+            versions = await portal.gateway.get(s.member, s.role, "/policy/versions")
+            numbers = [v["version"] for v in versions]
+            if not numbers:
+                return error(request, 502, "error.gateway")
+            older, newer = (numbers[-2] if len(numbers) > 1 else numbers[-1]), numbers[-1]
+            for text in (a, b):
+                if text is not None and not (re.fullmatch(r"[0-9]{1,12}", text) and int(text) in numbers):
+                    return error(request, 400, "error.bad_request")
+            a_n, b_n = int(a) if a else older, int(b) if b else newer
+            texts = {n: (await portal.gateway.get(s.member, s.role, f"/policy/versions/{n}"))["text"]
+                     for n in {a_n, b_n, newer}}
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        return render(request, "staff_policy.html", versions=versions, a=a_n, b=b_n, current=newer,
+                      diff=policy_diff(texts[a_n], texts[b_n]), current_text=texts[newer], next_version=newer + 1)
 
     @app.get("/staff/jobs", include_in_schema=False)
     async def staff_jobs(request: Request, s: Session = Staff) -> Response:

@@ -328,3 +328,31 @@ if (admitForm) {
     confirmed(text, () => signAndSend(status, admitForm.dataset.account, "members.Register", payload, admitForm.dataset));
   });
 }
+
+// The listing wizard: a draft the catalog found valid is published with assets.List, its canonical
+// payload (as the catalog gave it) signed in this browser with the member's key, after a confirmation.
+const publishButton = document.getElementById("publish-listing");
+if (publishButton) {
+  publishButton.addEventListener("click", () => {
+    confirmed(publishButton.dataset.confirm, async () => {
+      publishButton.disabled = true;
+      const ok = await signAndSend(document.getElementById("publish-status"), publishButton.dataset.account,
+                                   "assets.List", JSON.parse(publishButton.dataset.payload), publishButton.dataset);
+      document.getElementById("published").hidden = !ok;
+      publishButton.disabled = ok;
+    });
+  });
+}
+
+// Staff publish the policy's next version (governance.PublishPolicy) after a confirmation, signed in
+// this browser with the association's key (the chain takes it only if its board left the policy to it).
+const policyForm = document.getElementById("publish-policy");
+if (policyForm) {
+  policyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const payload = { version: Number(policyForm.dataset.version), text: new FormData(policyForm).get("text") };
+    confirmed(policyForm.dataset.confirm, () => signAndSend(document.getElementById("policy-status"),
+                                                             policyForm.dataset.account, "governance.PublishPolicy",
+                                                             payload, policyForm.dataset));
+  });
+}

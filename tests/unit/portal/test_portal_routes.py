@@ -62,7 +62,8 @@ def site(tmp_path):
 
 
 PAGES = ("/search", "/listings/bank.a", "/keys", "/delegates", "/access", "/jobs", "/jobs/job-1", "/statements", "/staff/approvals", "/staff/network",
-         "/statements.csv", "/invoices", "/invoices.csv", "/staff/members", "/staff/jobs")
+         "/statements.csv", "/invoices", "/invoices.csv", "/staff/members", "/staff/jobs", "/listing-wizard",
+         "/staff/policy")
 
 
 @pytest.mark.parametrize("path", PAGES)
