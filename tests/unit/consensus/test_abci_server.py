@@ -385,3 +385,40 @@ async def test_a_query_whose_path_is_not_utf8_is_answered_and_the_connection_goe
     answer = await c.recv()
     assert answer.WhichOneof("value") == "query" and answer.query.code != 0 and "UTF-8" in answer.query.log
     assert (await c.recv()).echo.message == "after"
+
+
+async def test_requests_behind_one_that_waits_for_the_app_are_held_then_answered_in_order(serve, connect) -> None:
+    """A connection whose request waits (here, the lock held by another connection's async call)
+    keeps what arrives behind it, stops reading past its bound, and answers all of it in order,
+    byte-split frames included, once the app is free."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    checked: list[bytes] = []
+
+    class Slow(Application):
+        async def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
+            entered.set()
+            await release.wait()
+            return abci.ResponseFinalizeBlock(app_hash=b"h" * 32)
+
+        def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
+            checked.append(req.tx)
+            return abci.ResponseCheckTx(code=0, log=req.tx.decode())
+
+    s = await serve(Slow())
+    consensus, mempool = await connect(s), await connect(s)
+    await consensus.send(req(finalize_block=abci.RequestFinalizeBlock(height=1)), FLUSH)
+    await asyncio.wait_for(entered.wait(), TIMEOUT)
+    txs = [f"tx-{i:05d}-".encode() + b"p" * 300 for i in range(1000)]  # ~320 KB: past the read bound
+    stream = b"".join(framed(req(check_tx=abci.RequestCheckTx(tx=t)).SerializeToString()) for t in txs)
+    stream += framed(FLUSH.SerializeToString())
+    for i in range(0, len(stream), 7919):  # cut mid-frame and mid-prefix
+        mempool.writer.write(stream[i:i + 7919])
+    await mempool.writer.drain()
+    await mempool.assert_silent()
+    assert checked == []  # nothing reached the app while another call held it
+    release.set()
+    assert (await consensus.recv()).finalize_block.app_hash == b"h" * 32
+    answers = [await mempool.recv() for _ in range(len(txs) + 1)]
+    assert [a.check_tx.log for a in answers[:-1]] == [t.decode() for t in txs]
+    assert answers[-1].WhichOneof("value") == "flush"
+    assert checked == txs
