@@ -196,6 +196,7 @@ def site(toolchain, tmp_path_factory):
             "tang": user_record(PASSWORD, telco.account, "member_admin", "唐工"),
             "zhou": user_record(PASSWORD, "association", "association_admin", "周主任"),
             "shen": user_record(PASSWORD, "association", "auditor", "沈审计"),
+            "hua": user_record(PASSWORD, f"orchard{run}", "member_admin", "华果园"),  # admitted during a test
         }}))
 
         login_port, portal_port = free_port(), free_port()
@@ -221,6 +222,7 @@ def site(toolchain, tmp_path_factory):
         s.association, s.state, s.telco = association, state, telco
         s.bank_identity, s.phones_asset, s.phones_grant = bank, phones_asset, f"g-phones-{run}"
         s.scoring_grant, s.model_asset, s.l4_grant = f"g-scoring-{run}", f"{telco.account}.model", f"g-vip-{run}"
+        s.orchard = f"orchard{run}"
         yield s
         print(f"\nportal screenshots: {s.shots}")
     finally:
@@ -499,6 +501,97 @@ def test_the_provider_approves_in_its_own_browser(browser, site, tmp_path):
     page.reload()
     assert page.locator(f"tr[id='grant-{site.grant}'] .status").inner_text() == "granted"
     site.shot(page, "10-access-granted-zh-phone")
+    ctx.close()
+
+
+def signed_after_confirming(page: Page, sent: list[str], button: str, status: str) -> dict:
+    """Clicks ``button`` and cancels the confirmation (nothing is sent), then clicks it again and
+    confirms: the one tx the browser sent, once ``status`` says it is done."""
+    page.click(button)
+    page.click("#ask-cancel")
+    assert sent == []
+    page.click(button)
+    page.click("#ask-ok")
+    page.wait_for_selector(f"{status}[data-state]", timeout=60_000)
+    assert page.locator(status).get_attribute("data-state") == "done", page.locator(status).inner_text()
+    [body] = sent
+    return json.loads(body)["tx"]
+
+
+def test_a_provider_s_admin_lists_a_dataset_with_the_wizard(browser, site, tmp_path):
+    """A new provider's admin makes the member's key in the browser (the association admits the member
+    with it), fills in the listing wizard, sees the catalog's problems at their fields, fixes them, and
+    publishes: assets.List is signed in the browser with the catalog's canonical payload and the
+    listing is on chain and in the catalog."""
+    ctx = context(browser, site, tmp_path, "zh-CN", phone=True)
+    page = ctx.new_page()
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/api/tx") else None)
+    sign_in(page, site, "hua")
+    public_key = make_browser_key(page, site)
+    with Gateway(site.gateway, identity=site.association, api_key=site.admin_token, chain_id="rdx-local",
+                 timeout=60) as admin:
+        retried(lambda: admin.send("members.Register", {"id": site.orchard, "name": "华南果园", "roles": ["provider"],
+                                                        "public_key": public_key}))
+        token = admin.create_key(site.orchard, "member_admin")["token"]
+    site.keys_file.write_text(json.dumps({**json.loads(site.keys_file.read_text()), f"{site.orchard}/member_admin": token}))
+
+    asset = f"{site.orchard}.harvest"
+    page.goto(f"{site.url}/listing-wizard")
+    fields = {"#w-asset_id": asset, "#w-commitment": "xyz", "#w-amount": "12", "#w-title": "荔枝产量（按果园）",
+              "#w-description": "每个果园每月一行：品种、面积与产量。", "#w-industry": "agriculture",
+              "#w-tags": "lychee, 产量", "#w-region": "CN-GD", "#w-data_start": "2024-01-01",
+              "#w-last_updated": "2025-06-30", "#w-row_count": "500", "#w-licence": "CC-BY-4.0",
+              "#w-usage_terms": "仅限隐私计算。",
+              "#w-columns": "orchard_id | string | identifier | key | 果园编号\nvariety | category\nyield_kg | integer | internal"}
+    for selector, value in fields.items():
+        page.fill(selector, value)
+    page.check("#w-op-psi")
+    page.check("#w-op-aggregation")
+    page.click("#check-draft")
+    page.wait_for_selector("#problems")
+    # the catalog's problems, each at its field: the commitment, a column without its sensitivity, a tag
+    assert page.locator("#problem-commitment li").count() == 1
+    assert page.locator("#problem-columns").inner_text().startswith("2")
+    assert page.locator("#problem-tags").count() == 1
+    assert page.locator("#w-title").input_value() == "荔枝产量（按果园）"  # what was typed stays
+    assert page.locator("#publish-listing").count() == 0 and sent == []
+    assert fits_width(page) and serious_violations(page) == []
+    site.shot(page, "32-wizard-problems-zh-phone")
+    commitment = hashlib.sha256(b"orchard rows").hexdigest()
+    page.fill("#w-commitment", commitment)
+    page.fill("#w-tags", "lychee, yield")
+    page.fill("#w-columns", "orchard_id | string | identifier | key | 果园编号\nvariety | category | public\n"
+                            "yield_kg | integer | internal")
+    page.click("#check-draft")
+    page.wait_for_selector("#publish-listing")
+    payload = json.loads(page.locator("#publish-listing").get_attribute("data-payload"))
+    assert payload["id"] == asset and payload["operations"] == ["aggregation", "psi"]
+    assert payload["metadata"]["columns"][0] == {"name": "orchard_id", "type": "string", "description": "果园编号",
+                                                 "sensitivity": "identifier", "join_key": True}
+    assert fits_width(page) and serious_violations(page) == []
+    site.shot(page, "33-wizard-valid-zh-phone")
+    tx = signed_after_confirming(page, sent, "#publish-listing", "#publish-status")
+    assert page.locator("#published").is_visible()
+    assert (tx["type"], tx["signer"], tx["payload"]) == ("assets.List", site.orchard, payload)
+    VerifyKey(base64.b64decode(public_key)).verify(
+        canonicaljson.dump_bytes({k: v for k, v in tx.items() if k != "sig"}), base64.b64decode(tx["sig"]))
+    with Gateway(site.gateway, api_key=token, timeout=30) as orchard:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                listed = orchard.request("GET", f"/v1/listings/{asset}")
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the published listing is not in the catalog"
+                time.sleep(0.5)
+    assert listed["provider"]["id"] == site.orchard and listed["commitment"] == commitment
+    assert listed["metadata"]["title"] == "荔枝产量（按果园）" and listed["status"] == "listed"
+    page.click("#published a")
+    page.wait_for_selector("#commitment")
+    assert page.locator("#commitment").inner_text() == commitment
+    site.shot(page, "34-wizard-listed-zh-phone")
+    assert not [p for p in (site.root / "portal-state").rglob("*") if p.is_file()]
     ctx.close()
 
 
@@ -797,6 +890,46 @@ def test_the_association_approves_an_l4_request_from_its_queue(browser, site, tm
     site.shot(page, "17e-network-zh")
 
 
+def test_the_association_publishes_a_policy_version_and_compares_it(browser, site, tmp_path):
+    """Staff open the policy's versions, publish the next one from their browser (governance.PublishPolicy
+    signed with the association's key, after a confirmation, cancelled once) and see it on chain, listed,
+    and its change from the version before shown as a diff."""
+    page = site.staff_page
+    with Gateway(site.gateway, api_key=site.admin_token, timeout=30) as admin:
+        before = admin.request("GET", "/v1/policy")
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/api/tx") else None)
+    page.goto(f"{site.url}/staff/policy")
+    assert page.locator(f"tr[id='version-{before['version']}']").count() == 1
+    assert page.locator("#policy-text").input_value() == before["text"]
+    assert serious_violations(page) == []
+    added = "// 门户发布的版本 published from the portal"
+    text = before["text"].rstrip("\n") + "\n" + added + "\n"
+    page.fill("#policy-text", text)
+    tx = signed_after_confirming(page, sent, "#publish-policy-send", "#policy-status")
+    assert (tx["type"], tx["signer"], tx["payload"]["version"]) == ("governance.PublishPolicy", "association",
+                                                                    before["version"] + 1)
+    VerifyKey(base64.b64decode(site.staff_key)).verify(
+        canonicaljson.dump_bytes({k: v for k, v in tx.items() if k != "sig"}), base64.b64decode(tx["sig"]))
+    with Gateway(site.gateway, api_key=site.admin_token, timeout=30) as admin:
+        deadline = time.monotonic() + 30
+        while (now := admin.request("GET", "/v1/policy"))["version"] == before["version"]:
+            assert time.monotonic() < deadline, "the new policy version is not in force"
+            time.sleep(0.5)
+        versions = [v["version"] for v in admin.request("GET", "/v1/policy/versions")]
+    assert now["version"] == before["version"] + 1 and now["text"] == text
+    assert versions[-2:] == [before["version"], now["version"]]
+    page.goto(f"{site.url}/staff/policy")
+    assert page.locator(f"tr[id='version-{now['version']}']").count() == 1
+    assert page.locator("#diff .add").all_inner_texts() == ["+" + added]
+    assert page.locator("#diff .del").count() == 0
+    assert serious_violations(page) == []
+    page.set_viewport_size(PHONE)
+    assert fits_width(page)
+    site.shot(page, "17f-policy-versions-zh-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
 def test_staff_abort_a_running_job_and_suspend_a_listing(browser, site, tmp_path):
     """The kill switch for one job and for one listing: association staff abort the bank's running job
     from the running-jobs page (the bank admin's open job page turns to aborted by itself), then suspend
@@ -1089,3 +1222,4 @@ def test_an_analyst_submits_a_job_with_a_key_its_member_admin_delegated(browser,
     assert page.locator("#request-access").count() == 0
     ctx.close()
     site.bank_ctx.close()
+
