@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path(".rdx-testnet"),
                         help="where keys, genesis, chain data and logs live; a second start resumes (default .rdx-testnet)")
     parser.add_argument("--chain-id", default=DEFAULT_CHAIN_ID)
-    parser.add_argument("--timeout-commit", default="1s", help="CometBFT's timeout_commit (default 1s, as `rdx up`)")
+    parser.add_argument("--timeout-commit", default="1s", help="CometBFT's timeout_commit (default 1s; `rdx up` uses 100ms with blocks on demand, rdx/supervisor.py)")
     parser.add_argument("--kafka", metavar="HOST:PORT",
                         help="use this broker instead of starting one in <state-dir>/kafka")
     args = parser.parse_args(argv)
