@@ -39,14 +39,14 @@ ENVELOPE = {"chain_id", "nonce", "payload", "sig", "signer", "type"}
 RELAYED = {"access.Request": "/access-requests", "access.Approve": "/access-requests/{id}/approve",
            "jobs.Submit": "/jobs", "members.Suspend": "/tx", "members.Reinstate": "/tx", "assets.Suspend": "/tx",
            "jobs.Abort": "/tx", "members.Delegate": "/tx", "members.Undelegate": "/tx", "members.Register": "/tx",
-           "access.Reject": "/access-requests/{id}/reject", "assets.List": "/tx",
+           "access.Reject": "/access-requests/{id}/reject", "assets.List": "/tx", "assets.Update": "/tx",
            "governance.PublishPolicy": "/tx"}
 SENDER = {"access.Request": ("member_admin",), "access.Approve": ("member_admin", "association_admin"),
           "jobs.Submit": ("member_admin",), "members.Suspend": ("association_admin",),
           "members.Reinstate": ("association_admin",), "assets.Suspend": ("association_admin",),
           "jobs.Abort": ("association_admin",), "members.Delegate": ("member_admin",),
           "members.Undelegate": ("member_admin",), "members.Register": ("association_admin",),
-          "access.Reject": ("association_admin",), "assets.List": ("member_admin",),
+          "access.Reject": ("association_admin",), "assets.List": ("member_admin",), "assets.Update": ("member_admin",),
           "governance.PublishPolicy": ("association_admin",)}
 # A tx signed by one of the member's delegated keys (docs/signing.md): only these types, only from the
 # member's analysts, whose browsers hold those keys (the chain and the gateway check the powers again).
@@ -232,6 +232,23 @@ def wizard_draft(form: dict[str, list[str]]) -> dict[str, Any]:
     if one["min_group_size"]:
         draft["min_group_size"] = wizard_number(one["min_group_size"])
     return draft
+
+
+def wizard_form_of(item: dict) -> dict[str, list[str]]:
+    """The wizard's form filled in from a listing the catalog holds (to draft its next version): the
+    inverse of ``wizard_draft`` for what the form has fields for."""
+    md, price = item.get("metadata") or {}, item.get("price") or {}
+    columns = "\n".join(" | ".join([c.get("name", ""), c.get("type", ""), c.get("sensitivity", ""),
+                                     "key" if c.get("join_key") else "", c.get("description", "")]).rstrip(" |")
+                        for c in md.get("columns") or [])
+    form = {"asset_id": item["id"], "level": item.get("level", ""), "commitment": item.get("commitment", ""),
+            "price_model": price.get("model", ""), "amount": str(price.get("amount", "")),
+            "period_days": str(price["period_s"] // 86400) if isinstance(price.get("period_s"), int) else "",
+            "min_group_size": str(item.get("min_group_size", 1)), "industry": ", ".join(md.get("industry") or []),
+            "tags": ", ".join(md.get("tags") or []), "row_count": str(md.get("row_count", "")), "columns": columns}
+    form.update({k: str(md.get(k) or "") for k in ("title", "description", "region", "data_start", "update_cycle",
+                                                   "last_updated", "licence", "licence_url", "usage_terms", "contact")})
+    return {**{k: [v] for k, v in form.items()}, "operations": list(item.get("operations") or [])}
 
 
 def problems_by_field(problems: list[dict]) -> dict[str, list[str]]:
@@ -434,6 +451,16 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
     async def signed_out(request: Request) -> Response:
         return render(request, "signed_out.html")
 
+    async def one_record(request: Request, s: Session, key: str, pattern: re.Pattern, path: str, missing: str) -> dict:
+        """The gateway's record at ``path`` (``{}``: the key, checked against ``pattern`` first); a page
+        that says ``missing`` for a bad or unknown key, or the gateway's refusal."""
+        if not pattern.match(key):
+            raise Answer(error(request, 404, missing))
+        try:
+            return await portal.gateway.get(s.member, s.role, path.format(key))
+        except GatewayError as exc:
+            raise Answer(error(request, exc.status, missing if exc.status == 404 else exc.kind)) from None
+
     # -- who signs: the member's key (its admin's browser) or a delegate's (an analyst's browser) -----
     async def delegates_of(s: Session) -> list[dict]:
         """The member's delegated keys on chain (the gateway's list, in account order)."""
@@ -587,9 +614,18 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
                       price_models=PRICE_MODELS, cycles=UPDATE_CYCLES, **values)
 
     @app.get("/listing-wizard", include_in_schema=False)
-    async def wizard(request: Request, s: Session = Depends(lister)) -> Response:
-        return wizard_page(request, {"level": ["L2"], "price_model": ["fixed"], "update_cycle": ["monthly"],
-                                     "min_group_size": ["1"]}, problems={})
+    async def wizard(request: Request, asset: str | None = None, s: Session = Depends(lister)) -> Response:
+        """A new listing's form; with ``asset``, one of the member's listings to draft its next version
+        (``assets.Update``), the form filled in from the catalog."""
+        if asset is None:
+            return wizard_page(request, {"level": ["L2"], "price_model": ["fixed"], "update_cycle": ["monthly"],
+                                         "min_group_size": ["1"], "type": ["assets.List"]}, problems={})
+        item = await one_record(request, s, asset, ASSET_ID, "/listings/{}", "error.not_found")
+        if (item.get("provider") or {}).get("id") != s.member:
+            return error(request, 403, "error.forbidden")
+        if (item.get("metadata") or {}).get("sample"):  # the form has no sample: its next version would lose it
+            return error(request, 409, "wizard.has_sample")
+        return wizard_page(request, {**wizard_form_of(item), "type": ["assets.Update"]}, problems={})
 
     @app.post("/listing-wizard", include_in_schema=False)
     async def wizard_check(request: Request, s: Session = Depends(lister)) -> Response:
@@ -606,8 +642,12 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             return error(request, 400, "error.bad_request")
         if not s.csrf_ok((form.get("csrf") or [None])[0]) or request.headers.get("origin", origin) != origin:
             return error(request, 403, "error.csrf")
+        kind = (form.get("type") or ["assets.List"])[0]
+        if kind not in ("assets.List", "assets.Update"):
+            return error(request, 400, "error.bad_request")
         try:
-            verdict = await portal.gateway.post(s.member, s.role, "/drafts/validate", {"listing": wizard_draft(form)})
+            verdict = await portal.gateway.post(s.member, s.role, "/drafts/validate",
+                                                {"type": kind, "listing": wizard_draft(form)})
         except GatewayError as exc:
             return error(request, exc.status, exc.kind)
         valid = verdict.get("valid") is True and isinstance(verdict.get("payload"), dict)
@@ -696,12 +736,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
 
     @app.get("/jobs/{job_id}", include_in_schema=False)
     async def job(request: Request, job_id: str, s: Session = Person) -> Response:
-        if not JOB_ID.match(job_id):
-            return error(request, 404, "error.no_job")
-        try:
-            record = await portal.gateway.get(s.member, s.role, f"/jobs/{job_id}")
-        except GatewayError as exc:
-            return error(request, exc.status, "error.no_job" if exc.status == 404 else exc.kind)
+        record = await one_record(request, s, job_id, JOB_ID, "/jobs/{}", "error.no_job")
         return render(request, "job.html", job=job_view(record), inputs=record.get("inputs") or [])
 
     @app.get("/jobs/{job_id}/events", include_in_schema=False)

@@ -591,6 +591,27 @@ def test_a_provider_s_admin_lists_a_dataset_with_the_wizard(browser, site, tmp_p
     page.wait_for_selector("#commitment")
     assert page.locator("#commitment").inner_text() == commitment
     site.shot(page, "34-wizard-listed-zh-phone")
+
+    # Its next version, from the listing's page: the wizard filled in from the catalog, one field changed.
+    sent.clear()
+    page.click("#update-listing")
+    page.wait_for_selector("#updating")
+    assert page.locator("#w-title").input_value() == "荔枝产量（按果园）"
+    assert page.locator("#w-columns").input_value().splitlines()[0] == "orchard_id | string | identifier | key | 果园编号"
+    page.fill("#w-title", "荔枝与龙眼产量（按果园）")
+    page.click("#check-draft")
+    page.wait_for_selector("#publish-listing")
+    tx = signed_after_confirming(page, sent, "#publish-listing", "#publish-status")
+    assert (tx["type"], tx["signer"], tx["payload"]["metadata"]["title"]) == ("assets.Update", site.orchard,
+                                                                             "荔枝与龙眼产量（按果园）")
+    assert {k: v for k, v in tx["payload"].items() if k != "metadata"} == \
+        {k: v for k, v in payload.items() if k != "metadata"}  # nothing else changed
+    with Gateway(site.gateway, api_key=token, timeout=30) as orchard:
+        deadline = time.monotonic() + 60
+        while (listed := orchard.request("GET", f"/v1/listings/{asset}"))["version"] < 2:
+            assert time.monotonic() < deadline, "the listing's new version is not in the catalog"
+            time.sleep(0.5)
+    assert listed["metadata"]["title"] == "荔枝与龙眼产量（按果园）" and listed["commitment"] == commitment
     assert not [p for p in (site.root / "portal-state").rglob("*") if p.is_file()]
     ctx.close()
 

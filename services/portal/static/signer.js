@@ -329,15 +329,17 @@ if (admitForm) {
   });
 }
 
-// The listing wizard: a draft the catalog found valid is published with assets.List, its canonical
-// payload (as the catalog gave it) signed in this browser with the member's key, after a confirmation.
+// The listing wizard: a draft the catalog found valid is published with assets.List (a new version of
+// one of the member's listings: assets.Update, data-tx-type), its canonical payload (as the catalog gave
+// it) signed in this browser with the member's key, after a confirmation.
 const publishButton = document.getElementById("publish-listing");
 if (publishButton) {
   publishButton.addEventListener("click", () => {
     confirmed(publishButton.dataset.confirm, async () => {
       publishButton.disabled = true;
       const ok = await signAndSend(document.getElementById("publish-status"), publishButton.dataset.account,
-                                   "assets.List", JSON.parse(publishButton.dataset.payload), publishButton.dataset);
+                                   publishButton.dataset.txType, JSON.parse(publishButton.dataset.payload),
+                                   publishButton.dataset);
       document.getElementById("published").hidden = !ok;
       publishButton.disabled = ok;
     });

@@ -11,7 +11,8 @@ import json
 import httpx
 import pytest
 
-from services.portal.views import policy_diff, problems_by_field, wizard_draft
+from services.common.listing import example_metadata
+from services.portal.views import policy_diff, problems_by_field, wizard_draft, wizard_form_of
 from tests.unit.portal.test_portal_routes import ORIGIN, Site, tx_call
 
 pytestmark = pytest.mark.unit
@@ -121,7 +122,7 @@ def test_every_problem_is_shown_at_its_field_escaped(site):
     [call] = [r for r in site.seen if r.url.path == "/v1/drafts/validate"]
     assert call.headers["authorization"] == "Bearer rdx_telcomem.secret"
     sent = json.loads(call.content)
-    assert set(sent) == {"listing"} and sent["listing"] == wizard_draft(
+    assert sent["type"] == "assets.List" and set(sent) == {"type", "listing"} and sent["listing"] == wizard_draft(
         {k: v if isinstance(v, list) else [v] for k, v in FORM.items()})
 
 
@@ -148,6 +149,67 @@ def test_assets_list_is_relayed_from_a_member_admin_only(site):
     assert tx_call(site, site.sign_in("telco", "member_admin"), "assets.List", listing).status_code == 404  # relayed
     [call] = site.calls
     assert call.url.path == "/v1/tx" and json.loads(call.content)["tx"]["type"] == "assets.List"
+
+
+LISTED = {"id": "telco.subs", "status": "listed", "provider": {"id": "telco", "name": "Telco"}, "level": "L3",
+          "listed": {"height": 3, "tx_hash": "AB" * 32}, "versions": [],
+          "operations": ["aggregation", "psi"], "commitment": "ab" * 32, "min_group_size": 5,
+          "price": {"model": "subscription", "amount": 40, "period_s": 30 * 86400},
+          "metadata": {**example_metadata("用户 <b>画像</b>", contact="data@telco.example",
+                                          licence_url="https://telco.example/licence"), "metadata_version": 1}}
+
+
+def test_a_listing_s_form_drafts_the_same_listing_again():
+    draft = wizard_draft(wizard_form_of(LISTED))
+    assert {k: draft[k] for k in ("id", "level", "operations", "commitment", "price", "min_group_size")} == \
+        {k: LISTED[k] for k in ("id", "level", "operations", "commitment", "price", "min_group_size")}
+    assert draft["metadata"] == {k: v for k, v in LISTED["metadata"].items() if k != "metadata_version"}
+
+
+def test_the_owner_s_admin_drafts_its_listing_s_next_version(site):
+    site.answers["/v1/listings/telco.subs"] = LISTED
+    s = site.sign_in("telco", "member_admin")
+    page = site.client.get("/listing-wizard?asset=telco.subs", headers={"accept-language": "en"})
+    assert page.status_code == 200 and "Update a listing" in page.text and 'id="updating"' in page.text
+    assert '<input type="hidden" name="type" value="assets.Update">' in page.text
+    assert 'value="用户 &lt;b&gt;画像&lt;/b&gt;"' in page.text and "readonly" in page.text
+    assert 'id="w-op-psi" checked' in page.text and 'id="w-op-raw_download" checked' not in page.text
+    site.answers["POST /v1/drafts/validate"] = {"valid": True, "problems": [], "payload": {"id": "telco.subs"},
+                                                "approvals": {}, "policy_version": 1}
+    form = {k: v for k, v in wizard_form_of(LISTED).items()}
+    page = post_form(site, s, {**{k: v[0] for k, v in form.items() if k != "operations"},
+                               "operations": form["operations"], "type": "assets.Update"})
+    assert page.status_code == 200 and 'data-tx-type="assets.Update"' in page.text
+    [call] = [r for r in site.seen if r.url.path == "/v1/drafts/validate"]
+    sent = json.loads(call.content)
+    assert sent["type"] == "assets.Update" and sent["listing"] == wizard_draft(wizard_form_of(LISTED))
+    assert post_form(site, s, {**FORM, "type": "assets.Delist"}).status_code == 400
+    # the listing's page links its owner's admin to it, and no one else
+    for member, role, linked in (("telco", "member_admin", True), ("bank", "member_admin", False)):
+        site.sign_in(member, role)
+        page = site.client.get("/listings/telco.subs")
+        assert page.status_code == 200 and ('id="update-listing"' in page.text) is linked, (member, role)
+
+
+def test_no_one_drafts_another_member_s_listing(site):
+    site.answers["/v1/listings/telco.subs"] = {**LISTED, "provider": {"id": "shop", "name": "Shop"}}
+    site.sign_in("telco", "member_admin")
+    assert site.client.get("/listing-wizard?asset=telco.subs").status_code == 403
+    assert site.client.get("/listing-wizard?asset=../keys").status_code == 404
+    assert site.client.get("/listing-wizard?asset=telco.none").status_code == 404  # the gateway's 404
+    site.answers["/v1/listings/telco.subs"] = {**LISTED, "metadata": {**LISTED["metadata"], "sample": {
+        "kind": "synthetic", "rows": [{"district": "天河"}]}}}
+    page = site.client.get("/listing-wizard?asset=telco.subs", headers={"accept-language": "en"})
+    assert page.status_code == 409 and "has a sample" in page.text and 'id="wizard"' not in page.text
+
+
+def test_assets_update_is_relayed_from_a_member_admin_only(site):
+    listing = {"id": "telco.subs", "level": "L2"}
+    for member, role in (("telco", "analyst"), ("association", "association_admin")):
+        assert tx_call(site, site.sign_in(member, role), "assets.Update", listing).status_code == 403
+    assert site.calls == []
+    assert tx_call(site, site.sign_in("telco", "member_admin"), "assets.Update", listing).status_code == 404  # relayed
+    assert [c.url.path for c in site.calls] == ["/v1/tx"]
 
 
 V1 = "permit (principal, action, resource)\nwhen { true };\n"
