@@ -146,6 +146,23 @@ def utc_text(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + " UTC"
 
 
+def held_terms(grant: dict, member: str) -> dict | None:
+    """A grant the member holds (its consumer, granted) with its terms as the chain records them: the
+    expiry (``expires_at``, unix seconds, compared with block time) and the runs left (``max_runs``
+    less ``runs_used``, which each job submitted on it adds one to); None for any other row, or when
+    the chain's record lacks them."""
+    if grant.get("consumer") != member or grant.get("status") != "granted":
+        return None
+    expires, most, used = grant.get("expires_at"), grant.get("max_runs"), grant.get("runs_used")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (expires, most, used)):
+        return None
+    try:
+        expiry = utc_text(expires)
+    except (OverflowError, OSError, ValueError):  # past what the C library's gmtime takes
+        expiry = str(expires)
+    return {"expires": expiry, "left": max(0, most - used), "max": most}
+
+
 def listing_asset(item: dict) -> policies.AssetView:
     """What the Cedar policy is asked about, from the catalog's listing."""
     return policies.AssetView(item["id"], item["level"], item["provider"]["id"], tuple(item["operations"]),
@@ -663,7 +680,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         except GatewayError as exc:
             return error(request, exc.status, exc.kind)
         grants.sort(key=lambda g: (g["status"] != "pending", g["id"]))
-        return render(request, "access.html", grants=grants)
+        return render(request, "access.html", grants=grants, utc=utc_text, held=held_terms)
 
     # -- jobs: submission with the quote, live progress, the member's own results --------------------
     async def runnable(s: Session) -> list[dict]:
