@@ -721,6 +721,17 @@ def test_a_job_signed_in_the_browser_followed_live_then_the_statement(browser, s
     site.shot(page, "13b-invoice-en")
     text = downloaded(page)
     assert text.splitlines()[0] == "height,time,job,asset,provider,charge" and job_id in text
+    # The access inbox: the grant the job ran on, with its expiry and runs left as the chain records them.
+    with Gateway(site.gateway, api_key=site.keys[f"{site.bank}/member_admin"], timeout=30) as bank:
+        [held] = [g for g in bank.my_access() if g["id"] == site.phones_grant]
+    assert held["status"] == "granted" and held["max_runs"] == 5 and held["runs_used"] >= 1  # this job counted
+    page.goto(f"{site.url}/access")
+    row = page.locator(f"tr[id='grant-{site.phones_grant}']")
+    assert row.locator(".runs-left").inner_text() == f"{5 - held['runs_used']} of 5"
+    assert row.locator(".expires").inner_text() == \
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(held["expires_at"]))
+    assert serious_violations(page) == []
+    site.shot(page, "13c-access-runs-left-en")
     site.bank_ctx, site.bank_page = ctx, page  # the next journey's running job is signed in this browser
 
 
