@@ -98,6 +98,12 @@ class Grant(BaseModel):
     status: str
 
 
+class Reconciliation(BaseModel):
+    equal: bool = Field(description="billing's balances, escrow and credit supply equal the chain's")
+    differences: list[str] = Field(description="each difference billing found, in its words ([] when equal)")
+    checked_at: float = Field(description="when billing answered (unix seconds): it reconciles on the call")
+
+
 class PolicyDoc(BaseModel):
     version: int
     sha256: str
@@ -449,6 +455,15 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
     async def quote(p: Principal = who, asset: list[AssetId] = Query(..., max_length=16),
                     records: int = Query(0, ge=0, le=10**12)) -> dict:
         return await gw.upstream("billing", "/v1/quote", {"asset": asset, "records": records})
+
+    @r.get("/billing/reconciliation", summary="Does billing's read model equal the chain? For the association's staff")
+    async def reconciliation(p: Principal = who) -> Reconciliation:
+        """The billing service runs its reconciliation on this call (its ``GET /v1/reconcile``: balances,
+        escrow and credit supply against the chain); ``checked_at`` is when it answered (unix seconds)."""
+        if not association_staff(p):
+            raise Problem(403, "Forbidden", "only the association's staff read the billing reconciliation")
+        found = await gw.upstream("billing", "/v1/reconcile")
+        return Reconciliation(equal=found["equal"], differences=found["differences"], checked_at=time.time())
 
     @r.get("/billing/{kind}/{member}", summary="A member's statement, invoice or usage for a period")
     async def books(kind: Literal["statements", "invoices", "usage"], member: Id, p: Principal = who,
