@@ -838,6 +838,20 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             return error(request, exc.status, exc.kind)
         return render(request, "staff_network.html", health=health, read_at=utc_text(time.time()))
 
+    @app.get("/staff/reconciliation", include_in_schema=False)
+    async def staff_reconciliation(request: Request, s: Session = Staff) -> Response:
+        """Billing's reconciliation of its read model with the chain, run when the page asks (the
+        gateway's ``GET /v1/billing/reconciliation``): when billing answered and the differences."""
+        try:
+            found = await portal.gateway.get(s.member, s.role, "/billing/reconciliation")
+        except GatewayError as exc:
+            return error(request, exc.status, exc.kind)
+        checked = found.get("checked_at")
+        differences = [str(d) for d in found.get("differences") or []]
+        return render(request, "staff_reconciliation.html", equal=found.get("equal") is True and not differences,
+                      differences=differences,
+                      checked_at=utc_text(checked) if isinstance(checked, (int, float)) and 0 < checked < 1e11 else "?")
+
     @app.get("/staff/policy", include_in_schema=False)
     async def staff_policy(request: Request, a: str | None = None, b: str | None = None, s: Session = Staff) -> Response:
         """The policy's versions the chain keeps (the gateway's ``GET /v1/policy/versions``), the

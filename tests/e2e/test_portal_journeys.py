@@ -882,7 +882,8 @@ def test_the_association_approves_an_l4_request_from_its_queue(browser, site, tm
     """The bank asked for the telco's L4 (core) listing and the telco approved: the grant waits for the
     association. Staff see it on the approval queue (not the requests that need only a provider) and
     approve it, signed with the association's key in their browser; the grant is then granted on chain.
-    A second such request is rejected with a reason: it is rejected on chain."""
+    A second such request is rejected with a reason: it is rejected on chain. Then the network page and
+    billing's reconciliation (equal to the chain, checked when the page asked)."""
     page = site.staff_page
     page.goto(f"{site.url}/staff/approvals")
     row = page.locator(f"tr[id='grant-{site.l4_grant}']")
@@ -920,6 +921,16 @@ def test_the_association_approves_an_l4_request_from_its_queue(browser, site, tm
     assert page.locator("#validators tbody tr").count() == int(page.locator("#validators-total").inner_text()) == 1
     assert serious_violations(page) == []
     site.shot(page, "17e-network-zh")
+
+    # Billing's reconciliation, run when the page asks: after every journey's jobs, deposits and aborts,
+    # the billing read model equals the chain (it trails the chain a little: the page is opened again).
+    asked = time.time()
+    assert shown_within(page, f"{site.url}/staff/reconciliation", "#equal").count() == 1
+    assert page.locator("#differences").count() == 0
+    checked = re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", page.locator("#checked-at").inner_text())
+    assert checked and time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(asked - 1)) <= checked.group(0)
+    assert serious_violations(page) == []
+    site.shot(page, "17f-reconciliation-zh")
 
 
 def test_the_association_publishes_a_policy_version_and_compares_it(browser, site, tmp_path):

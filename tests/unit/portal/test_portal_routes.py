@@ -63,7 +63,7 @@ def site(tmp_path):
 
 PAGES = ("/search", "/listings/bank.a", "/keys", "/delegates", "/access", "/jobs", "/jobs/job-1", "/statements", "/staff/approvals", "/staff/network",
          "/statements.csv", "/invoices", "/invoices.csv", "/staff/members", "/staff/jobs", "/listing-wizard",
-         "/staff/policy")
+         "/staff/policy", "/staff/reconciliation")
 
 
 @pytest.mark.parametrize("path", PAGES)
