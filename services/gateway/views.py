@@ -13,6 +13,9 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -20,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from services.common import tracing
 from services.common.audit import AuditRecord
 from services.common.chain import ChainError, TxRejected
+from services.common.deadletter import dead_letter_topic
+from services.common.events import CHAIN_EVENTS, EVENT_TOPICS, Event, EventDecodeError
+from services.common.settings import KafkaSecurity
 from services.common.tx import Code, Tx, TxError
 from services.gateway.auth import Principal
 from services.gateway.authz import authorize_tx
@@ -315,6 +321,18 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         finally:
             streams[p.member] -= 1
 
+    @r.get("/assets/{asset_id}", summary="A listing's record on chain, to its owner's member and the association's staff")
+    async def chain_asset(request: Request, asset_id: Id, p: Principal = who) -> dict:
+        """The chain's record of a listing as it stands (every field ``assets.Update`` replaces, the
+        privacy budget among them, which the catalog does not show): the portal's wizard carries it over."""
+        mark(request, asset=asset_id)
+        asset = await gw.chain.query(f"/assets/{asset_id}")
+        if asset is None:
+            raise Problem(404, "Not found", f"no asset {asset_id}")
+        if p.member != asset.get("owner") and not association_staff(p):
+            raise Problem(403, "Forbidden", f"only {asset.get('owner')} and the association read {asset_id}'s record")
+        return asset
+
     @r.get("/privacy/{asset_id}/{consumer}", summary="A listing's privacy budget: what a consumer spent and has left")
     async def privacy_budget(request: Request, asset_id: Id, consumer: Id, p: Principal = who) -> dict:
         """The chain's ``privacy-budget/`` query (issue 17), to the consumer, the listing's owner and the association."""
@@ -397,11 +415,15 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         except ChainError:
             raise Problem(503, "Chain unavailable", "the chain node did not answer; retry") from None
         sync = status["sync_info"]
-        return {"network": status["node_info"]["network"], "latest_height": int(sync["latest_block_height"]),
+        latest = int(sync["latest_block_height"])
+        dead, relayed = await kafka_health(gw.settings.kafka_bootstrap, gw.settings.upstream_timeout_s)
+        return {"network": status["node_info"]["network"], "latest_height": latest,
                 "latest_time": sync["latest_block_time"], "catching_up": bool(sync["catching_up"]),
                 "validators_total": int(validators["total"]),
                 "validators": [{"address": v["address"], "public_key": v["pub_key"]["value"],
-                                "voting_power": int(v["voting_power"])} for v in validators["validators"]]}
+                                "voting_power": int(v["voting_power"])} for v in validators["validators"]],
+                "relay_height": relayed, "relay_lag": None if relayed is None else max(0, latest - relayed),
+                "dead_letters": dead}
 
     @r.get("/accounts/{account_id}", summary="A chain account's public key and nonce")
     async def account(account_id: Id, p: Principal = who) -> Account:
@@ -540,6 +562,72 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         return [a["anchor"] for a in page_of(request, response, found, after, limit)]
 
     return r
+
+
+TAIL = 32  # the records read at the end of each partition of the chain events topic
+
+
+async def kafka_health(bootstrap: str, timeout_s: float) -> tuple[dict[str, int | None], int | None]:
+    """What Kafka holds, for the network's health: the records in each dead-letter topic (``<topic>.dlq``
+    of every event topic: its end offset less its beginning offset, summed over its partitions; a replay
+    leaves its dead letter there), and the height of the last chain event the relay published (the
+    greatest ``height`` among the last ``TAIL`` records of each partition of the chain events topic, so
+    a record there that is not a chain event does not hide it; 0 when the topic is empty). None for what
+    Kafka did not answer within ``timeout_s`` or refused, and for a topic this client cannot see. Only
+    offsets and those records' ``height`` are read; nothing of them is logged."""
+    dead: dict[str, int | None] = {dead_letter_topic(t): None for t in EVENT_TOPICS}
+    relayed: int | None = None
+    options = dict(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                   **KafkaSecurity().client_options())
+    admin, consumer = AIOKafkaAdminClient(**options), AIOKafkaConsumer(enable_auto_commit=False, **options)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await admin.start()
+            # Each topic's partitions; a topic this client may not see, or that does not exist, has none.
+            described = {t["topic"]: [TopicPartition(t["topic"], p["partition"]) for p in t["partitions"]]
+                         for t in await admin.describe_topics([*dead, CHAIN_EVENTS]) if not t["error_code"]}
+            await consumer.start()
+
+            def partitions(topic: str) -> list[TopicPartition]:
+                return sorted(described.get(topic, []), key=lambda tp: tp.partition)
+
+            for topic in dead:
+                if parts := partitions(topic):
+                    try:
+                        starts, ends = await consumer.beginning_offsets(parts), await consumer.end_offsets(parts)
+                    except KafkaError:
+                        continue
+                    dead[topic] = sum(ends[tp] - starts[tp] for tp in parts)
+            if parts := partitions(CHAIN_EVENTS):
+                starts, ends = await consumer.beginning_offsets(parts), await consumer.end_offsets(parts)
+                held = [tp for tp in parts if ends[tp] > starts[tp]]
+                consumer.assign(held)
+                for tp in held:
+                    consumer.seek(tp, max(starts[tp], ends[tp] - TAIL))
+                heights, remaining = [0], set(held)
+                while remaining:
+                    for tp, records in (await consumer.getmany(*remaining, timeout_ms=500)).items():
+                        heights += [event_height(r.value) for r in records if r.offset < ends[tp]]
+                    remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
+                relayed = max(heights)
+    except (KafkaError, TimeoutError, OSError):
+        pass
+    finally:
+        for client in (consumer.stop, admin.close):
+            try:
+                await client()
+            except (KafkaError, OSError):
+                pass
+    return dead, relayed
+
+
+def event_height(raw: bytes | None) -> int:
+    """A chain event's block height (the relay adds it to the event's data), 0 for a record that is not one."""
+    try:
+        height = Event.decode(raw).data.get("height")
+    except EventDecodeError:
+        return 0
+    return height if isinstance(height, int) and not isinstance(height, bool) and height >= 0 else 0
 
 
 async def upstream_get(client: httpx.AsyncClient, base: str, path: str, params: dict | list | None = None,
