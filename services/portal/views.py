@@ -642,7 +642,24 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
             return error(request, 403, "error.forbidden")
         if (item.get("metadata") or {}).get("sample"):  # the form has no sample: its next version would lose it
             return error(request, 409, "wizard.has_sample")
-        return wizard_page(request, {**wizard_form_of(item), "type": ["assets.Update"]}, problems={})
+        budget = await kept_budget(request, s, asset)
+        return wizard_page(request, {**wizard_form_of(item), "type": ["assets.Update"]}, problems={}, budget=budget)
+
+    async def kept_budget(request: Request, s: Session, asset: str) -> dict | None:
+        """The privacy budget the listing has on chain (the gateway's ``GET /v1/assets/{id}``; the catalog
+        does not show it), which its next version carries over unchanged: ``assets.Update`` replaces
+        every field, so a version without it would drop the budget. None: the listing has none, or it
+        is not the member's or not on chain (the catalog's draft validation then says so)."""
+        if not ASSET_ID.match(asset):
+            return None
+        try:
+            record = await portal.gateway.get(s.member, s.role, f"/assets/{asset}")
+        except GatewayError as exc:
+            if exc.status in (403, 404):  # another member's or no listing: the catalog's validation refuses it
+                return None
+            raise Answer(error(request, exc.status, exc.kind)) from None
+        budget = record.get("privacy_budget") if isinstance(record, dict) else None
+        return budget if isinstance(budget, dict) and budget else None
 
     @app.post("/listing-wizard", include_in_schema=False)
     async def wizard_check(request: Request, s: Session = Depends(lister)) -> Response:
@@ -662,15 +679,20 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         kind = (form.get("type") or ["assets.List"])[0]
         if kind not in ("assets.List", "assets.Update"):
             return error(request, 400, "error.bad_request")
+        draft = wizard_draft(form)
+        budget = await kept_budget(request, s, draft["id"]) \
+            if kind == "assets.Update" and isinstance(draft.get("id"), str) else None
+        if budget is not None:  # carried over from the chain as it is, never from the form
+            draft["privacy_budget"] = budget
         try:
             verdict = await portal.gateway.post(s.member, s.role, "/drafts/validate",
-                                                {"type": kind, "listing": wizard_draft(form)})
+                                                {"type": kind, "listing": draft})
         except GatewayError as exc:
             return error(request, exc.status, exc.kind)
         valid = verdict.get("valid") is True and isinstance(verdict.get("payload"), dict)
         return wizard_page(request, form, status=200 if valid else 422, problems=problems_by_field(
             verdict.get("problems") or []), payload=verdict["payload"] if valid else None,
-            approvals=verdict.get("approvals") or {})
+            approvals=verdict.get("approvals") or {}, budget=budget)
 
     # -- the access inbox -------------------------------------------------------------------------
     @app.get("/access", include_in_schema=False)

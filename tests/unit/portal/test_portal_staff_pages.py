@@ -5,6 +5,8 @@ whose grant needs the association's approval, approved with access.Approve from 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.unit.portal.test_portal_routes import Site, tx_call
@@ -117,7 +119,9 @@ def test_the_association_s_approval_is_relayed_to_the_grant_s_route(site):
 HEALTH = {"network": "rdx-local", "latest_height": 812, "latest_time": "2026-12-02T18:55:01.123456789Z",
           "catching_up": False, "validators_total": 2, "validators": [
               {"address": "AB" * 20, "public_key": "K" * 43 + "=", "voting_power": 10},
-              {"address": "CD" * 20, "public_key": "<script>", "voting_power": 5}]}
+              {"address": "CD" * 20, "public_key": "<script>", "voting_power": 5}],
+          "relay_height": 809, "relay_lag": 3,
+          "dead_letters": {"rdx.chain.events.v1.dlq": 2, "rdx.audit.v1.dlq": None, "rdx.jobs.status.v1.dlq": 0}}
 
 
 def test_the_network_page_shows_what_the_gateway_reports(site):
@@ -129,8 +133,21 @@ def test_the_network_page_shows_what_the_gateway_reports(site):
     assert '<dd id="catching-up">no</dd>' in page.text and "2026-12-02T18:55:01.123456789Z" in page.text
     assert page.text.count('<td class="power">') == 2 and "AB" * 20 in page.text
     assert "&lt;script&gt;" in page.text and "<script>" not in page.text.split("</head>")[1]
-    assert "dead letters are not shown" in page.text
-    assert "最新区块" in site.client.get("/staff/network", headers={"accept-language": "zh-CN"}).text
+    assert "not shown" not in page.text
+    assert '<dd id="relay-lag">3 blocks (the last chain event the relay published is from block 809)</dd>' in page.text
+    rows = re.findall(r'<tr><td class="topic">([^<]*)</td><td class="count">([^<]*)</td></tr>', page.text)
+    assert rows == [("rdx.audit.v1.dlq", "unknown (Kafka did not answer)"), ("rdx.chain.events.v1.dlq", "2"),
+                    ("rdx.jobs.status.v1.dlq", "0")]
+    zh = site.client.get("/staff/network", headers={"accept-language": "zh-CN"}).text
+    assert "最新区块" in zh and '<dd id="relay-lag">3 个区块（中继最后发布的链上事件来自区块 809）</dd>' in zh
+    assert '<td class="count">未知（Kafka 未应答）</td>' in zh and "死信主题" in zh
+    # Kafka did not answer: the chain's part is shown, the relay's lag and the counts as unknown.
+    site.answers["/v1/network"] = {**HEALTH, "relay_height": None, "relay_lag": None,
+                                   "dead_letters": dict.fromkeys(HEALTH["dead_letters"])}
+    page = site.client.get("/staff/network", headers={"accept-language": "en"})
+    assert '<dd id="height">812</dd>' in page.text
+    assert '<dd id="relay-lag">unknown (Kafka did not answer)</dd>' in page.text
+    assert page.text.count('<td class="count">unknown (Kafka did not answer)</td>') == 3
     del site.answers["/v1/network"]  # the gateway's refusal, as a page
     assert site.client.get("/staff/network").status_code == 404
 

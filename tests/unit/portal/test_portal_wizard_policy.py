@@ -203,6 +203,62 @@ def test_no_one_drafts_another_member_s_listing(site):
     assert page.status_code == 409 and "has a sample" in page.text and 'id="wizard"' not in page.text
 
 
+ON_CHAIN = {"id": "telco.subs", "owner": "telco", "version": 2, "status": "listed", "level": "L3",
+            "privacy_budget": {"epsilon_milli": 2500, "period_s": 86400}}
+
+
+def update_form() -> dict:
+    form = wizard_form_of(LISTED)
+    return {**{k: v[0] for k, v in form.items() if k != "operations"}, "operations": form["operations"],
+            "type": "assets.Update"}
+
+
+@pytest.mark.parametrize("lang, shown", (("en", "ε × 1000 = 2500 per consumer per 86400 s"),
+                                         ("zh-CN", "每个使用方每 86400 秒 ε × 1000 = 2500")))
+def test_a_listing_s_next_version_keeps_its_privacy_budget_from_the_chain(site, lang, shown):
+    """assets.Update replaces every field and the catalog does not show the budget: the wizard reads the
+    chain's record through the gateway and carries its privacy_budget over unchanged, never from the form."""
+    site.answers["/v1/listings/telco.subs"] = LISTED
+    site.answers["/v1/assets/telco.subs"] = ON_CHAIN
+    s = site.sign_in("telco", "member_admin")
+    page = site.client.get("/listing-wizard?asset=telco.subs", headers={"accept-language": lang})
+    assert page.status_code == 200 and 'id="kept-budget"' in page.text and shown in page.text
+    site.answers["POST /v1/drafts/validate"] = {"valid": True, "problems": [], "payload": {"id": "telco.subs"},
+                                                "approvals": {}, "policy_version": 1}
+    forged = {**update_form(), "privacy_budget": '{"epsilon_milli": 1}', "epsilon_milli": "1"}
+    page = post_form(site, s, forged, **{"accept-language": lang})
+    assert page.status_code == 200 and shown in page.text
+    [call] = [r for r in site.seen if r.url.path == "/v1/drafts/validate"]
+    sent = json.loads(call.content)
+    assert sent["listing"] == {**wizard_draft(wizard_form_of(LISTED)), "privacy_budget": ON_CHAIN["privacy_budget"]}
+    # a new listing's draft does not ask the chain, nor carry a budget
+    site.seen.clear()
+    post_form(site, s, {**update_form(), "type": "assets.List"})
+    assert [r.url.path for r in site.seen if r.url.path.startswith("/v1/assets")] == []
+    [call] = [r for r in site.seen if r.url.path == "/v1/drafts/validate"]
+    assert "privacy_budget" not in json.loads(call.content)["listing"]
+
+
+def test_a_listing_without_a_budget_or_not_the_member_s_is_drafted_without_one(site):
+    site.answers["POST /v1/drafts/validate"] = {"valid": False, "problems": [{"field": "id", "message": "no"}],
+                                                "payload": None, "approvals": {}, "policy_version": 1}
+    s = site.sign_in("telco", "member_admin")
+    for record in ({**ON_CHAIN, "privacy_budget": None}, {k: v for k, v in ON_CHAIN.items() if k != "privacy_budget"},
+                   httpx.Response(403, json={"title": "Forbidden"}), httpx.Response(404, json={"title": "Not found"})):
+        site.answers["/v1/assets/telco.subs"] = record
+        site.seen.clear()
+        assert post_form(site, s, update_form()).status_code == 422  # the catalog's verdict, shown
+        [call] = [r for r in site.seen if r.url.path == "/v1/drafts/validate"]
+        assert "privacy_budget" not in json.loads(call.content)["listing"]
+    # the gateway cannot say: nothing is drafted (a version made now could drop a budget)
+    site.answers["/v1/assets/telco.subs"] = httpx.Response(503, json={"title": "Chain unavailable"})
+    site.seen.clear()
+    assert post_form(site, s, update_form()).status_code == 503
+    assert [r.url.path for r in site.seen if r.url.path == "/v1/drafts/validate"] == []
+    site.answers["/v1/listings/telco.subs"] = LISTED
+    assert site.client.get("/listing-wizard?asset=telco.subs").status_code == 503
+
+
 def test_assets_update_is_relayed_from_a_member_admin_only(site):
     listing = {"id": "telco.subs", "level": "L2"}
     for member, role in (("telco", "analyst"), ("association", "association_admin")):
