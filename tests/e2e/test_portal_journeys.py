@@ -919,6 +919,11 @@ def test_the_association_approves_an_l4_request_from_its_queue(browser, site, tm
     page.goto(f"{site.url}/staff/network")
     assert page.locator("#network").inner_text() == "rdx-local" and int(page.locator("#height").inner_text()) > 0
     assert page.locator("#validators tbody tr").count() == int(page.locator("#validators-total").inner_text()) == 1
+    # ...and what Kafka holds: the relay's lag in blocks, and the dead letters per dead-letter topic.
+    assert re.fullmatch(r"\d+ 个区块（中继最后发布的链上事件来自区块 \d+）", page.locator("#relay-lag").inner_text())
+    assert page.locator("#dead-letters td.topic").all_inner_texts() == [
+        "rdx.audit.v1.dlq", "rdx.chain.events.v1.dlq", "rdx.jobs.status.v1.dlq"]
+    assert all(c.isdigit() for c in page.locator("#dead-letters td.count").all_inner_texts())
     assert serious_violations(page) == []
     site.shot(page, "17e-network-zh")
 
@@ -1266,3 +1271,58 @@ def test_an_analyst_submits_a_job_with_a_key_its_member_admin_delegated(browser,
     ctx.close()
     site.bank_ctx.close()
 
+
+
+# What a private Ed25519 key looks like when written down: WebCrypto's PKCS#8 export (DER, and that DER
+# in base64, base64url or hex), a PEM block, a JWK's private part, an rdx key file's field.
+PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")
+KEY_MARKERS = [PKCS8_ED25519, base64.b64encode(PKCS8_ED25519)[:20], base64.urlsafe_b64encode(PKCS8_ED25519)[:20],
+               PKCS8_ED25519.hex().encode(), b"PRIVATE KEY", b'"secret_key"', b"privateKey"]
+JWK_PRIVATE = re.compile(rb'"d"\s*:\s*"[A-Za-z0-9_-]{43}"')
+
+
+def secret_forms(seed: bytes) -> list[bytes]:
+    """A 32-byte Ed25519 seed as it could be stored: raw, base64, base64url (padded or not), hex."""
+    return [seed, base64.b64encode(seed), base64.urlsafe_b64encode(seed).rstrip(b"="), seed.hex().encode(),
+            seed.hex().upper().encode()]
+
+
+def private_key_material_in(folders: list[Path], seeds: dict[str, bytes]) -> list[str]:
+    """Every file under ``folders`` (SQLite databases with their -wal and -shm files, anything else)
+    read as bytes: where a known seed in any of its forms, or a private key marker, occurs."""
+    found = []
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            found += [f"{path}: {name}'s private key" for name, seed in seeds.items()
+                      if any(form in data for form in secret_forms(seed))]
+            found += [f"{path}: {marker!r}" for marker in KEY_MARKERS if marker in data]
+            found += [f"{path}: a JWK's private part" for _ in JWK_PRIVATE.finditer(data)][:1]
+    return found
+
+
+def test_the_servers_storage_holds_no_private_key(browser, site, tmp_path):
+    """After the journeys (this test runs last): the association's servers' storage, i.e. the gateway's
+    state (its API keys, audit trail and webhook databases), the catalog's and billing's, holds no member's
+    private key. The keys made in the browsers cannot be read (not extractable, above), so the scan looks
+    for any private key written down (PKCS#8, PEM, JWK, a key file's field); the keys the test's members
+    hold in the SDK (the telco's, the bank's, their nodes', the association's) it looks for as they are."""
+    folders = [site.state / name for name in ("gateway", "catalog", "billing")]
+    files = {f.relative_to(site.state).as_posix() for folder in folders for f in folder.rglob("*") if f.is_file()}
+    assert {"gateway/keys.sqlite", "gateway/audit.sqlite", "catalog/catalog.sqlite", "billing/ledger.sqlite"} <= files
+    seeds = {i.account: bytes(i.signing_key) for i in (site.telco, site.bank_identity, site.association)}
+    for member in (site.telco.account, site.bank):
+        node = Identity.load(site.state / "keys" / f"{member}.node.json")
+        seeds[node.account] = bytes(node.signing_key)
+    assert private_key_material_in(folders, seeds) == []
+    # The scan reads what the databases hold: the bank's account, written by its calls, is found in them.
+    assert any(site.bank.encode() in f.read_bytes() for folder in folders[:1] for f in folder.rglob("*") if f.is_file())
+    # ...and would find a seed or a browser's exported key written there.
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "leak.json").write_text(json.dumps({"k": base64.b64encode(seeds[site.bank]).decode()}))
+    (probe / "jwk.json").write_text(json.dumps({"kty": "OKP", "crv": "Ed25519", "d": "A" * 43}))
+    (probe / "export.der").write_bytes(PKCS8_ED25519 + bytes(32))
+    assert sorted(private_key_material_in([probe], seeds)) == [
+        f"{probe}/export.der: {PKCS8_ED25519!r}", f"{probe}/jwk.json: a JWK's private part",
+        f"{probe}/leak.json: {site.bank}'s private key"]
