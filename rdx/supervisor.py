@@ -143,7 +143,7 @@ def check_state_dir(state: Path) -> None:
 # 100 ms after the last one at the soonest (a late precommit has several round trips between sites
 # of one region to arrive), and at least one every 10 s, so that the chain's clock (deadlines,
 # expiries) moves and the freshest header stays well within a verified reader's 60 s limit.
-BLOCK_TIMING = {"timeout_commit": "100ms", "create_empty_blocks": False, "empty_blocks_interval": "10s"}
+BLOCK_TIMING = {"timeout_commit": "100ms", "create_empty_blocks": False, "empty_blocks_interval": "1s"}
 
 
 class Exchange:
