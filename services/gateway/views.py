@@ -383,12 +383,19 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         acc = await gw.view.account(signer)
         return acc is not None and acc["member"] == p.member
 
-    @r.get("/members", summary="The members on chain: id, name, roles, status (paged, in id order)")
+    @r.get("/members", summary="The members on chain: id, name, roles, status, public key, node (paged, in id order)")
     async def members(request: Request, response: Response, p: Principal = who, after: str = After,
                       limit: int = Query(500, ge=1, le=1000)) -> list[dict]:
-        """What any chain node answers anyone: the association's staff pages list members from it."""
-        found = [{k: m.get(k) for k in ("id", "name", "roles", "status")}
-                 for m in ((await gw.chain.query("/members/")) or {}).values()]
+        """What any chain node answers anyone: the association's staff pages list members from it,
+        with each member's public key and its node's account, public key and endpoint (or null)."""
+        keys = {a.get("id"): a.get("public_key") for a in ((await gw.chain.query("/accounts/")) or {}).values()}
+
+        def public(m: dict) -> dict:
+            node = m.get("node")
+            return {**{k: m.get(k) for k in ("id", "name", "roles", "status")}, "public_key": keys.get(m.get("id")),
+                    "node": node and {"account": node.get("account"), "endpoint": node.get("endpoint"),
+                                      "public_key": keys.get(node.get("account"))}}
+        found = [public(m) for m in ((await gw.chain.query("/members/")) or {}).values()]
         return page_of(request, response, found, after, limit)
 
     @r.get("/members/{member_id}/delegates", summary="A member's delegated keys: powers, expiry, status")

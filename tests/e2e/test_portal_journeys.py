@@ -867,11 +867,16 @@ def test_the_association_admits_a_member_from_the_members_page(browser, site, tm
         [member] = [m for m in admin.request("GET", "/v1/members") if m["id"] == newcomer]
         account = admin.request("GET", f"/v1/accounts/{newcomer}")
         node = admin.request("GET", f"/v1/accounts/{newcomer}.node")
-    assert member == {"id": newcomer, "name": "丰收农场", "roles": ["consumer", "provider"], "status": "active"}
+    assert member == {"id": newcomer, "name": "丰收农场", "roles": ["consumer", "provider"], "status": "active",
+                      "public_key": member_key, "node": {"account": f"{newcomer}.node",
+                                                         "endpoint": "farm-node.example:50051", "public_key": node_key}}
     assert account["public_key"] == member_key and account["kind"] == "member"
     assert node["public_key"] == node_key and node["member"] == newcomer
     page.goto(f"{site.url}/staff/members")
     assert page.locator(f"tr[id='member-{newcomer}'] .status").inner_text() == "active"
+    row = page.locator(f"tr[id='member-{newcomer}']")  # its key and its node's, as the chain has them
+    assert row.locator(".key").inner_text() == member_key
+    assert "farm-node.example:50051" in row.locator(".node").inner_text() and node_key in row.locator(".node").inner_text()
     page.set_viewport_size(PHONE)
     assert fits_width(page)
     site.shot(page, "17c-admitted-zh-phone")

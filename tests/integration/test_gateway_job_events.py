@@ -30,6 +30,7 @@ def w(chain, tmp_path_factory):
     w.chain, w.asset, w.grant = chain, f"{tag}.l3", f"{tag}.g"
     w.bank, w.telco, w.other = (Identity.generate(f"{name}-{tag}") for name in ("bank", "telco", "other"))
     w.jobs = [f"{tag}.j{i}" for i in range(2)]
+    w.node_keys = {who.account: Identity.generate(f"{who.account}.node").public_key for who in (w.bank, w.telco, w.other)}
 
     async def setup():
         async with ChainClient(chain.rpc_url, chain.chain_id) as c:
@@ -37,8 +38,7 @@ def w(chain, tmp_path_factory):
                 # nodes that never answer: the jobs stay running until they are aborted
                 await c.submit(chain.association, "members.Register", {
                     "id": who.account, "name": who.account, "roles": roles, "public_key": who.public_key,
-                    "node": {"public_key": Identity.generate(f"{who.account}.node").public_key,
-                             "endpoint": "127.0.0.1:1"}})
+                    "node": {"public_key": w.node_keys[who.account], "endpoint": "127.0.0.1:1"}})
             await c.submit(chain.association, "bank.Deposit", {"to": w.bank.account, "amount": 10_000, "reference": tag})
             await c.submit(w.telco, "assets.List", {
                 "id": w.asset, "level": "L3", "operations": ["psi"], "commitment": "ab" * 32,
@@ -123,8 +123,10 @@ def test_the_members_list_pages_and_says_only_what_the_chain_makes_public(w):
     assert first.status_code == 200 and len(first.json()) == 1 and "next" in first.links
     url, headers = signed(w, w.other, "/v1/members")
     everyone = {m["id"]: m for m in httpx.get(url, headers=headers, timeout=30).json()}
-    assert everyone[w.bank.account] == {"id": w.bank.account, "name": w.bank.account, "roles": ["consumer"],
-                                        "status": "active"}
+    assert everyone[w.bank.account] == {
+        "id": w.bank.account, "name": w.bank.account, "roles": ["consumer"], "status": "active",
+        "public_key": w.bank.public_key, "node": {"account": f"{w.bank.account}.node", "endpoint": "127.0.0.1:1",
+                                                  "public_key": w.node_keys[w.bank.account]}}
     url, headers = signed(w, w.other, "/v1/members?limit=0")
     assert httpx.get(url, headers=headers, timeout=30).status_code == 422
 

@@ -13,8 +13,10 @@ from tests.unit.portal.test_portal_routes import Site, tx_call
 
 pytestmark = pytest.mark.unit
 
-MEMBERS = [{"id": "association", "name": "The association", "roles": ["association"], "status": "active"},
-           {"id": "bank", "name": "Bank", "roles": ["consumer"], "status": "active"}]
+MEMBERS = [{"id": "association", "name": "The association", "roles": ["association"], "status": "active",
+            "public_key": "As" + "A" * 41 + "=", "node": None},
+           {"id": "bank", "name": "Bank", "roles": ["consumer"], "status": "active", "public_key": "Bk" + "B" * 41 + "=",
+            "node": {"account": "bank.node", "endpoint": "node.bank.example:50051<b>", "public_key": "Nd" + "N" * 41 + "="}}]
 REGISTER = {"id": "shop", "name": "小店", "roles": ["consumer"], "public_key": "A" * 43 + "="}
 
 
@@ -157,3 +159,15 @@ def test_only_staff_see_the_network_page(site, member, role):
     site.sign_in(member, role)
     assert site.client.get("/staff/network").status_code == 403
     assert site.calls == []
+
+
+@pytest.mark.parametrize("lang, none", (("en", "none"), ("zh-CN", "无")))
+def test_staff_see_each_members_key_and_node_as_the_chain_has_them(site, lang, none):
+    site.sign_in("association", "association_admin")
+    page = site.client.get("/staff/members", headers={"accept-language": lang}).text
+    bank = page[page.index('<tr id="member-bank">'):]
+    bank = bank[:bank.index("</tr>")]
+    assert "<code>Bk" + "B" * 41 + "=</code>" in bank and "bank.node" in bank
+    assert "node.bank.example:50051&lt;b&gt;" in bank and "<code>Nd" + "N" * 41 + "=</code>" in bank  # escaped
+    association = page[page.index('<tr id="member-association">'):]
+    assert f'<td class="node">{none}</td>' in association[:association.index("</tr>")]
