@@ -46,7 +46,7 @@ SENDER = {"access.Request": ("member_admin",), "access.Approve": ("member_admin"
           "members.Reinstate": ("association_admin",), "assets.Suspend": ("association_admin",),
           "jobs.Abort": ("association_admin",), "members.Delegate": ("member_admin",),
           "members.Undelegate": ("member_admin",), "members.Register": ("association_admin",),
-          "access.Reject": ("association_admin",), "assets.List": ("member_admin",), "assets.Update": ("member_admin",),
+          "access.Reject": ("member_admin", "association_admin"), "assets.List": ("member_admin",), "assets.Update": ("member_admin",),
           "governance.PublishPolicy": ("association_admin",)}
 # A tx signed by one of the member's delegated keys (docs/signing.md): only these types, only from the
 # member's analysts, whose browsers hold those keys (the chain and the gateway check the powers again).

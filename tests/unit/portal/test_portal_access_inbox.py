@@ -68,6 +68,10 @@ def test_the_provider_sees_no_terms_on_grants_it_gave(site):
     assert cell(page.text, "g-held", "expires") == "" and cell(page.text, "g-held", "runs-left") == ""
     assert cell(page.text, "g-given", "runs-left") == "3 of 5"  # telco is this one's consumer
     assert 'data-approve="g-waiting"' in page.text  # the provider's approval is still offered
+    # and its rejection, with the reason asked in the confirmation dialog; on no other row
+    assert page.text.count('data-tx="access.Reject"') == 1
+    assert '<button type="button" data-tx="access.Reject" data-payload="{&#34;id&#34;: &#34;g-waiting&#34;}"' in page.text
+    assert '<dialog id="confirm"' in page.text
 
 
 def test_held_terms_take_only_the_chain_s_integers():

@@ -111,11 +111,15 @@ def test_the_association_s_approval_is_relayed_to_the_grant_s_route(site):
     assert [c.url.path for c in site.calls] == ["/v1/access-requests/g-both/reject"]
     site.calls.clear()
     assert tx_call(site, s, "access.Reject", {"id": "../g", "reason": "x"}).status_code == 400
-    for member, role in (("association", "auditor"), ("bank", "member_admin")):  # nor from these
+    for member, role in (("association", "auditor"), ("bank", "analyst")):  # nor from these
         s = site.sign_in(member, role)
-        assert tx_call(site, s, "access.Approve" if role == "auditor" else "access.Reject",
-                       {"id": "g-both", "reason": "x"}).status_code == 403
+        for tx_type in ("access.Approve", "access.Reject"):
+            assert tx_call(site, s, tx_type, {"id": "g-both", "reason": "x"}).status_code == 403
     assert site.calls == []
+    # a member admin's rejection is relayed as its approval is: the chain lets only the listing's provider decide
+    s = site.sign_in("bank", "member_admin")
+    assert tx_call(site, s, "access.Reject", {"id": "g-both", "reason": "x"}).status_code == 404
+    assert [c.url.path for c in site.calls] == ["/v1/access-requests/g-both/reject"]
 
 
 HEALTH = {"network": "rdx-local", "latest_height": 812, "latest_time": "2026-12-02T18:55:01.123456789Z",
