@@ -141,8 +141,9 @@ def check_state_dir(state: Path) -> None:
 # chain of a few known validators, near each other, makes a block when there is a transaction to put
 # in it (and the proof block after it, which CometBFT makes at once when the app hash changed),
 # 100 ms after the last one at the soonest (a late precommit has several round trips between sites
-# of one region to arrive), and at least one every 10 s, so that the chain's clock (deadlines,
-# expiries) moves and the freshest header stays well within a verified reader's 60 s limit.
+# of one region to arrive), and at least one every second, so that the chain's clock (deadlines,
+# expiries) moves, the freshest header stays well within a verified reader's 60 s limit, and a
+# transaction CometBFT did not propose at once waits a second at most (with 10 s, one bench round waited 10 s).
 BLOCK_TIMING = {"timeout_commit": "100ms", "create_empty_blocks": False, "empty_blocks_interval": "1s"}
 
 

@@ -265,6 +265,12 @@ def _b64(text: Any, size: int | None = None) -> bytes:
     return raw
 
 
+def epoch_seconds(text: Any) -> float:
+    """CometBFT's time (``2026-12-02T18:50:01.123456789Z``, always UTC) as epoch seconds; ValueError if not one."""
+    t = _time(text)
+    return t.seconds + t.nanos / 1e9
+
+
 def _time(text: Any) -> Timestamp:
     match = TIME.fullmatch(text) if isinstance(text, str) else None
     if match is None:

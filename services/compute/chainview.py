@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
-from datetime import datetime, timezone
 from typing import Any
 
-from services.common import verified
+from services.common import lightclient, verified
 from services.common.chain import ChainClient, ChainError
 from services.compute.jobtypes.base import InputRef, JobSpec, NodeRef, PeerRefused
 
@@ -91,7 +90,7 @@ class ChainView:
         from the node's word, unproven; None if it cannot be read."""
         try:
             commit = await self.client.rpc("commit", height=str(int(height)))
-            times = [_rfc3339(s["timestamp"]) for s in commit["signed_header"]["commit"]["signatures"]
+            times = [lightclient.epoch_seconds(s["timestamp"]) for s in commit["signed_header"]["commit"]["signatures"]
                      if s.get("block_id_flag") == 2]  # BlockIDFlagCommit: a vote for this block
         except (ChainError, KeyError, TypeError, ValueError):
             return None
@@ -115,9 +114,3 @@ class ChainView:
             max_price=record["max_price"], deadline=record["deadline"])
         return spec, record
 
-
-def _rfc3339(text: str) -> float:
-    """CometBFT's time (``2026-12-02T18:50:01.123456789Z``, always UTC) as epoch seconds."""
-    head, _, frac = text.removesuffix("Z").partition(".")
-    whole = datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
-    return whole + (float(f"0.{frac}") if frac else 0.0)

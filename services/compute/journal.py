@@ -164,16 +164,6 @@ class Journal:
         sets = ", ".join(f"{k} = ?" for k in fields)
         self.conn.execute(f"UPDATE jobs SET {sets} WHERE job = ?", (*fields.values(), job))
 
-    def mark(self, job: str, name: str, at: float) -> dict[str, float] | None:
-        """Record when the job reached ``name`` on this node (the first time only: a mark is never
-        moved); the job's marks after it, or None if the job is not journaled or had the mark."""
-        row = self.get(job)
-        if row is None or name in (row.timings or {}):
-            return None
-        timings = {**(row.timings or {}), name: at}
-        self.update(job, timings=timings)
-        return timings
-
     def end(self, job: str, status: str, reason: str | None = None, **fields: Any) -> bool:
         """Move an active job to a terminal status; False if it had already ended (the first end wins).
         Its held state goes with it."""

@@ -257,9 +257,10 @@ class JobManager:
     def _mark(self, job: str, name: str, at: float | None = None) -> None:
         """``job`` reached ``name`` (one of MARKS) on this node: kept, and each phase it closes observed."""
         row = self.journal.get(job)
-        marks = self.journal.mark(job, name, time.time() if at is None else at) if row is not None else None
-        if marks is None:
+        if row is None or name in (row.timings or {}):  # a mark is set once, never moved
             return
+        marks = {**(row.timings or {}), name: time.time() if at is None else at}
+        self.journal.update(job, timings=marks)
         for phase, first, then in PHASES:
             if name in (first, then) and first in marks and then in marks:
                 PHASE_SECONDS.labels(row.type, phase).observe(max(0.0, marks[then] - marks[first]))

@@ -411,12 +411,15 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         return [{k: a.get(k) for k in ("id", "label", "public_key", "powers", "expires_at", "status", "ended_height")}
                 for key, a in sorted((page or {}).get("items", {}).items()) if key.startswith(prefix)]
 
+    def staff_only(p: Principal, what: str) -> None:
+        if not association_staff(p):
+            raise Problem(403, "Forbidden", f"only the association's staff read {what}")
+
     @r.get("/network", summary="The chain's health, for the association's staff: latest block, validators")
     async def network(p: Principal = who) -> dict:
         """What this gateway's chain node reports (CometBFT's ``status`` and ``validators``, the first
         100): the portal's network page reads it."""
-        if not association_staff(p):
-            raise Problem(403, "Forbidden", "only the association's staff read the network's health")
+        staff_only(p, "the network's health")
         try:
             status, validators = await gw.chain.rpc("status"), await gw.chain.rpc("validators", per_page="100")
         except ChainError:
@@ -444,16 +447,12 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         current = await gw.view.policy()
         return PolicyDoc(version=current.version, sha256=current.sha256, text=current.text)
 
-    def staff_only(p: Principal) -> None:
-        if not association_staff(p):
-            raise Problem(403, "Forbidden", "only the association's staff read the policy's versions")
-
     @r.get("/policy/versions", summary="The policy's published versions, oldest first (the association's staff)")
     async def policy_versions(p: Principal = who) -> list[PolicyVersion]:
         """The versions the chain keeps (``policy/versions/``: those published since it keeps them, and
         the one each first publication replaced), and the version in force if not kept yet (a chain
         that has published nothing since). Without their texts: ask for one version for that."""
-        staff_only(p)
+        staff_only(p, "the policy's versions")
         found = {d["version"]: d for d in ((await gw.chain.query("/policy/versions/")) or {}).values()}
         current = await gw.chain.query("/policy/current")
         if current is not None:
@@ -462,7 +461,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
 
     @r.get("/policy/versions/{version}", summary="One published version of the policy, with its text")
     async def policy_version(version: Annotated[int, Path(ge=1, le=10**12)], p: Principal = who) -> PolicyVersion:
-        staff_only(p)
+        staff_only(p, "the policy's versions")
         doc = await gw.chain.query(f"/policy/versions/{version:012d}")
         if doc is None:
             current = await gw.chain.query("/policy/current")
@@ -489,8 +488,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
     async def reconciliation(p: Principal = who) -> Reconciliation:
         """The billing service runs its reconciliation on this call (its ``GET /v1/reconcile``: balances,
         escrow and credit supply against the chain); ``checked_at`` is when it answered (unix seconds)."""
-        if not association_staff(p):
-            raise Problem(403, "Forbidden", "only the association's staff read the billing reconciliation")
+        staff_only(p, "the billing reconciliation")
         found = await gw.upstream("billing", "/v1/reconcile")
         return Reconciliation(equal=found["equal"], differences=found["differences"], checked_at=time.time())
 

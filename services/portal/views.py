@@ -221,8 +221,7 @@ def wizard_draft(form: dict[str, list[str]]) -> dict[str, Any]:
     """The assets.List payload the wizard's form describes, as typed: every rule is the catalog's
     (an empty optional field is left out, numbers are numbers when they are digits)."""
     one = {k: (form.get(k) or [""])[0].strip() for k in WIZARD_TEXT}
-    industry = [v.strip() for v in re.split(r"[,，]", one["industry"]) if v.strip()]
-    tags = [v.strip() for v in re.split(r"[,，]", one["tags"]) if v.strip()]
+    industry, tags = ([v.strip() for v in re.split(r"[,，]", one[k]) if v.strip()] for k in ("industry", "tags"))
     columns = []
     for line in one["columns"].splitlines():
         if not line.strip():
@@ -702,7 +701,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         except GatewayError as exc:
             return error(request, exc.status, exc.kind)
         grants.sort(key=lambda g: (g["status"] != "pending", g["id"]))
-        return render(request, "access.html", grants=grants, utc=utc_text, held=held_terms)
+        return render(request, "access.html", grants=grants, held=held_terms)
 
     # -- jobs: submission with the quote, live progress, the member's own results --------------------
     async def runnable(s: Session) -> list[dict]:

@@ -46,9 +46,9 @@ def _phase_samples(url: str) -> dict[tuple[str, str], tuple[float, float]]:
 
 async def _committed_at(net, height: int) -> float:
     commit = await net.chain.rpc("commit", height=str(height))
-    from services.compute.chainview import _rfc3339
+    from services.common.lightclient import epoch_seconds
 
-    times = sorted(_rfc3339(s["timestamp"]) for s in commit["signed_header"]["commit"]["signatures"]
+    times = sorted(epoch_seconds(s["timestamp"]) for s in commit["signed_header"]["commit"]["signatures"]
                    if s.get("block_id_flag") == 2)
     return times[len(times) // 2]
 

@@ -45,9 +45,6 @@ class GovernanceKeeper:
         if doc is not None and self.store.get(f"{VERSIONS}{doc['version']:012d}") is None:
             self.store.set(f"{VERSIONS}{doc['version']:012d}", doc)
 
-    def version(self, version: int) -> dict[str, Any] | None:
-        return self.store.get(f"{VERSIONS}{version:012d}")
-
     # -- the board ---------------------------------------------------------------------------------
     def board(self) -> dict[str, Any]:
         """The board. A chain whose genesis named none (made before boards existed) has a board of
