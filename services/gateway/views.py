@@ -326,7 +326,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         """The chain's record of a listing as it stands (every field ``assets.Update`` replaces, the
         privacy budget among them, which the catalog does not show): the portal's wizard carries it over."""
         mark(request, asset=asset_id)
-        asset = await gw.chain.query(f"/assets/{asset_id}")
+        asset = await gw.view.get(f"/assets/{asset_id}", fresh=True)  # proven, with a trust anchor
         if asset is None:
             raise Problem(404, "Not found", f"no asset {asset_id}")
         if p.member != asset.get("owner") and not association_staff(p):
@@ -426,7 +426,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
             raise Problem(503, "Chain unavailable", "the chain node did not answer; retry") from None
         sync = status["sync_info"]
         latest = int(sync["latest_block_height"])
-        dead, relayed = await kafka_health(gw.settings.kafka_bootstrap, gw.settings.upstream_timeout_s)
+        dead, relayed = await kafka_health(gw.settings.kafka_bootstrap, gw.settings.upstream_timeout_s, latest)
         return {"network": status["node_info"]["network"], "latest_height": latest,
                 "latest_time": sync["latest_block_time"], "catching_up": bool(sync["catching_up"]),
                 "validators_total": int(validators["total"]),
@@ -572,12 +572,13 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
 TAIL = 32  # the records read at the end of each partition of the chain events topic
 
 
-async def kafka_health(bootstrap: str, timeout_s: float) -> tuple[dict[str, int | None], int | None]:
+async def kafka_health(bootstrap: str, timeout_s: float, latest: int) -> tuple[dict[str, int | None], int | None]:
     """What Kafka holds, for the network's health: the records in each dead-letter topic (``<topic>.dlq``
     of every event topic: its end offset less its beginning offset, summed over its partitions; a replay
     leaves its dead letter there), and the height of the last chain event the relay published (the
     greatest ``height`` among the last ``TAIL`` records of each partition of the chain events topic, so
-    a record there that is not a chain event does not hide it; 0 when the topic is empty). None for what
+    a record there that is not a chain event does not hide it, and a height above the chain's ``latest``,
+    which no relay published, is not counted; 0 when the topic is empty). None for what
     Kafka did not answer within ``timeout_s`` or refused, and for a topic this client cannot see. Only
     offsets and those records' ``height`` are read; nothing of them is logged."""
     dead: dict[str, int | None] = {dead_letter_topic(t): None for t in EVENT_TOPICS}
@@ -612,7 +613,7 @@ async def kafka_health(bootstrap: str, timeout_s: float) -> tuple[dict[str, int 
                 heights, remaining = [0], set(held)
                 while remaining:
                     for tp, records in (await consumer.getmany(*remaining, timeout_ms=500)).items():
-                        heights += [event_height(r.value) for r in records if r.offset < ends[tp]]
+                        heights += [h for r in records if r.offset < ends[tp] and (h := event_height(r.value)) <= latest]
                     remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
                 relayed = max(heights)
     except (KafkaError, TimeoutError, OSError):

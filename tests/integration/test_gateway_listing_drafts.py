@@ -80,6 +80,15 @@ def test_a_provider_s_admin_has_its_draft_checked_field_by_field(chain, tmp_path
         assert ask(shop, {"type": "assets.Update", "listing": draft(f"{tag}.shop")}).json()["valid"] is True
         assert ask(telco, {"listing": draft(f"{tag}.shop")}).json()["valid"] is False  # its id is taken
 
+        # not a listing at all, or one nested past any listing's depth: a clear refusal, never a 5xx
+        deep: object = "x"
+        for _ in range(200):
+            deep = {"a": deep}
+        for junk in ("x" * 1000, [1, 2], None, 7, {"id": deep}):
+            answer = ask(telco, {"listing": junk})
+            assert answer.status_code < 500, (junk if not isinstance(junk, dict) else "deep", answer.text)
+            assert answer.status_code != 200 or answer.json()["valid"] is False
+
         assert ask(bank, {"listing": good}).status_code == 403  # a consumer's admin lists nothing
         assert ask(chain.association, {"listing": good}).status_code == 403
         assert ask(telco, {"listing": good, "signer": bank.account}).status_code == 422  # no signer of one's choosing

@@ -19,7 +19,7 @@ from test_gateway import start_gateway
 from rdx.components import KafkaBroker, free_port
 from services.common import httpsig
 from services.common.chain import ChainClient
-from services.common.events import AUDIT, CHAIN_EVENTS, JOB_STATUS, TOPICS
+from services.common.events import AUDIT, CHAIN_EVENTS, JOB_STATUS, TOPICS, Event
 from services.common.identity import Identity
 
 pytestmark = pytest.mark.timeout(300)
@@ -92,6 +92,16 @@ def test_dead_letters_and_relay_lag_for_the_association_s_staff(own_chain, tmp_p
         assert counted["dead_letters"] == {f"{CHAIN_EVENTS}.dlq": 1, f"{AUDIT}.dlq": 0, f"{JOB_STATUS}.dlq": 1}
         # The poison is now the last record of the chain events topic: the relay's height still shows.
         assert counted["relay_height"] >= after["relay_height"] and counted["relay_lag"] >= 0
+
+        # A forged chain event from a block far ahead (anyone who may write to the topic could send one):
+        # no relay published it, so it neither shows as the relay's height nor hides the lag.
+        forged = Event(id="forged-1", type="MemberRegistered", entity="member:x", source="relay",
+                       data={"height": counted["latest_height"] + 10**6})
+        asyncio.run(send_raw(chain.kafka, CHAIN_EVENTS, forged.encode(), key=b"member:x"))
+        time.sleep(1)
+        ahead = health().json()
+        assert ahead["relay_height"] <= ahead["latest_height"] and ahead["relay_height"] >= counted["relay_height"]
+        assert ahead["relay_lag"] == ahead["latest_height"] - ahead["relay_height"]
 
         assert health(bank).status_code == 403  # a member's admin: not its to read
     finally:
