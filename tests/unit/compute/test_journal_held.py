@@ -52,3 +52,19 @@ def test_has_held_says_what_held_would_find(tmp_path):
     assert j.has_held("job-1", "pending") and not j.has_held("job-1", "release_key")
     j.drop_held("job-1")
     assert not j.has_held("job-1", "pending")
+
+
+def test_a_journal_from_before_the_latency_marks_gains_them_and_keeps_its_jobs(tmp_path):
+    """A node upgraded in place: its journal's jobs table has no ``timings`` column yet."""
+    from services.compute.journal import SCHEMA
+    old = SCHEMA.replace(",\n    timings TEXT", "")
+    assert old != SCHEMA  # the column this test is about is in the schema it takes out
+    conn = sqlite3.connect(tmp_path / "node.sqlite", isolation_level=None)
+    conn.executescript(old)
+    Journal(conn).add("job-0", "psi", "consumer", {"job": "job-0"}, 2**40, 1)
+    conn.execute("ALTER TABLE jobs DROP COLUMN timings")  # as an older node left it
+    conn.close()
+    j = _journal(tmp_path)
+    assert j.get("job-0") is not None and j.get("job-0").timings is None
+    j.update("job-0", timings={"received": 1.5})
+    assert _journal(tmp_path).get("job-0").timings == {"received": 1.5}
