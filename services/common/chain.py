@@ -119,6 +119,10 @@ class ChainClient:
 
     async def wait_for(self, tx_hash: str, timeout: float = 30.0) -> Committed:
         deadline = time.monotonic() + timeout
+        # A tx just checked is usually committed within a block or two (`rdx up`: ~0.1-0.2 s), so the
+        # first looks come soon and the later ones every 0.1 s: a fixed 0.1 s added ~0.05 s on
+        # average to every sequential step of a job (measured: issue 23's latency bench).
+        pause = 0.0125
         while True:
             try:
                 result = await self.rpc("tx", hash=base64.b64encode(bytes.fromhex(tx_hash)).decode())
@@ -127,7 +131,8 @@ class ChainClient:
                     raise
                 if time.monotonic() > deadline:
                     raise ChainError(f"tx {tx_hash[:12]} not committed within {timeout}s") from None
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.1)
                 continue
             tx_result, height = result["tx_result"], int(result["height"])
             if tx_result.get("code", 0) != Code.OK:

@@ -104,9 +104,10 @@ STOP_SECONDS = Histogram("rdx_compute_kill_switch_stop_seconds", "from a kill-sw
 
 # How often a node asks the chain whether a job it attested is locked (a provider, to release its key)
 # or completed (a consumer, to open its result): each answer is proven, so one read that finds the job
-# changed in the latest block waits there for the next header; between reads it sleeps this long.
-# 0.1 s: ~0.05 s of waiting on average, about one read per block of `rdx up` (100 ms), ten a second per waiting job.
-LOCK_POLL_S = 0.1
+# changed in the latest block waits there for the next header. Between reads it sleeps LOCK_POLL_FIRST_S,
+# doubling up to LOCK_POLL_S: the change a node waits for usually lands in the next block or two
+# (`rdx up` makes one 100 ms after the last), and at most ten reads a second per waiting job after that.
+LOCK_POLL_FIRST_S, LOCK_POLL_S = 0.025, 0.1
 # A peer's node may learn of a job a little after this one (its own proof of the authorising event):
 # the dialing side tries again this often, rather than backing off to a second, until RDX_PEER_WAIT_S.
 DIAL_RETRY_S = (0.05, 0.25)  # first retry, longest
@@ -598,6 +599,7 @@ class JobManager:
     async def _locked_or_ended(self, spec: JobSpec, ready) -> dict | None:
         """Polls the chain's record of the job until ``ready(record)`` (then returns it) or the job
         ended otherwise (None: its event, or this call, ends it here)."""
+        pause = LOCK_POLL_FIRST_S
         while True:
             record = await self._chain_read(spec.deadline + 30, self.view.job, spec.job)
             if record is not None and record["status"] == "completed":
@@ -611,7 +613,8 @@ class JobManager:
                 elif record is not None:
                     self.stop(spec.job, _CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or "")
                 return None
-            await asyncio.sleep(LOCK_POLL_S)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LOCK_POLL_S)
 
     async def _release(self, spec: JobSpec, key: bytes) -> None:
         """A provider's held-back key, published only once the chain has locked the job: every party
