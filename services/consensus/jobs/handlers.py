@@ -114,15 +114,36 @@ def attest(ctx: Context, msg: m.Attest) -> None:
     providers = {i["provider"] for i in job["inputs"]}
     if set(msg.releases) - providers:
         raise Rejected(Code.INVALID_PAYLOAD, "release hashes given for members that provide no input of this job")
+    if msg.key is not None:
+        _key_acceptable(job, member, msg)
     job["attestations"][member] = {"result_hash": msg.result_hash, "records_used": msg.records_used,
                                    "records": dict(msg.records), "releases": dict(msg.releases),
                                    "input_commitments": msg.input_commitments, "height": ctx.height,
                                    "tx_signer": ctx.signer}
-    jobs.put(job)
     ctx.emit("JobAttested", f"job:{msg.job}", job=msg.job, member=member, result_hash=msg.result_hash,
              records_used=msg.records_used)
-    if set(job["attestations"]) == set(job["participants"]):
-        _attested(ctx, jobs, job)
+    if len(job["attestations"]) < len(job["participants"]):
+        jobs.put(job)
+        return
+    _attested(ctx, jobs, job)
+    if msg.key is not None:
+        if job["status"] != LOCKED:  # raising discards every write and event of this tx: nothing is stored
+            raise Rejected(Code.INVALID_STATE, f"job {msg.job}'s attestations disagree ({job['ended_reason']}): "
+                                               "a release key is taken only with an attestation that locks the job")
+        _record_release(ctx, jobs, job, member, msg.key)
+
+
+def _key_acceptable(job: dict, member: str, msg: m.Attest) -> None:
+    """A key may come with an attestation only from a provider naming its hash, and only as the
+    job's last missing attestation (whether the job then locks is checked after it is applied)."""
+    missing = set(job["participants"]) - set(job["attestations"]) - {member}
+    if missing:
+        raise Rejected(Code.INVALID_STATE, f"a release key comes only with job {msg.job}'s last missing attestation; "
+                                           f"{len(missing)} other participant(s) have not attested yet")
+    if member not in {i["provider"] for i in job["inputs"]}:
+        raise Rejected(Code.UNAUTHORIZED, f"{member} holds no release key of job {msg.job}")
+    if hashlib.sha256(bytes.fromhex(msg.key)).hexdigest() != msg.releases.get(member):
+        raise Rejected(Code.INVALID_PAYLOAD, "the key does not open the release hash this attestation names")
 
 
 def records_of(job: dict) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
@@ -206,11 +227,26 @@ def release(ctx: Context, msg: m.Release) -> None:
         raise Rejected(Code.CONFLICT, f"{member} has already released its key of job {msg.job}")
     if hashlib.sha256(bytes.fromhex(msg.key)).hexdigest() != wanted[member]:
         raise Rejected(Code.INVALID_PAYLOAD, "the key does not open the release hash attested for this job")
-    job["releases"][member] = msg.key
-    jobs.put(job)
-    ctx.emit("JobReleased", f"job:{msg.job}", job=msg.job, member=member)
-    if set(job["releases"]) == set(wanted):
+    _record_release(ctx, jobs, job, member, msg.key)
+
+
+def _record_release(ctx: Context, jobs: JobsKeeper, job: dict, member: str, key: str) -> None:
+    """``member``'s checked key kept in the locked job's record; the last wanted one settles it."""
+    job["releases"][member] = key
+    ctx.emit("JobReleased", f"job:{job['id']}", job=job["id"], member=member)
+    if set(job["releases"]) == set(releases_of(job)[0]):
         _conclude(ctx, jobs, job)
+    else:
+        jobs.put(job)
+
+
+def _consumer_committed(account: dict | None, job: dict) -> None:
+    """Once the consumer has attested, its attestation commits it: neither its member's keys nor its
+    node may end the job any more (the deadline and the providers decide). Otherwise a consumer that
+    saw a provider's key in the mempool could end the job first in the same block, refunded."""
+    if account is not None and account["member"] == job["consumer"] and job["consumer"] in job["attestations"]:
+        raise Rejected(Code.INVALID_STATE, f"job {job['id']}'s consumer has attested it: it may no longer end it "
+                                           "(the providers' attestations and the deadline decide)")
 
 
 def fail(ctx: Context, msg: m.Fail) -> None:
@@ -219,6 +255,7 @@ def fail(ctx: Context, msg: m.Fail) -> None:
     account = members.account(ctx.signer)
     if account["member"] not in job["participants"]:
         raise Rejected(Code.UNAUTHORIZED, "only a participant may fail a job")
+    _consumer_committed(account, job)
     jobs.finish(job, "failed", msg.reason)
 
 
@@ -238,6 +275,8 @@ def abort(ctx: Context, msg: m.Abort) -> None:
         member = members.signing_member(ctx.signer)
         if not (members.is_association(ctx.signer) or member["id"] == job["consumer"] or member["id"] in owners):
             raise Rejected(Code.UNAUTHORIZED, "only the association, the consumer or an input's owner may abort a job")
+    if not members.is_association(ctx.signer):
+        _consumer_committed(account, job)
     jobs.finish(job, "aborted", msg.reason)
 
 

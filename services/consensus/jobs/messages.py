@@ -51,7 +51,11 @@ class Attest(Msg):
     input only on a count its provider and every other party stating one agree on.
     ``releases``: the release-key hashes this node knows of (a provider its own, the consumer
     those the protocol showed it); with any, the job is locked, not completed, once everyone has
-    attested, and completes when each key is released (``jobs.Release``)."""
+    attested, and completes when each key is released (``jobs.Release``).
+    ``key``: a provider's release key, sent with the job's last missing attestation (the 3-tx
+    settlement): accepted only if this attestation completes the job's, the job then locks, and
+    SHA-256(key) is this member's attested release hash; the tx then also releases the key (and
+    settles the job if it was the last one wanted). Otherwise the whole tx is refused."""
 
     job: str = JobId
     result_hash: str = Hash
@@ -59,6 +63,7 @@ class Attest(Msg):
     records_used: int = Field(ge=0, le=MAX_RECORDS)
     records: dict[str, Records] = Field(default_factory=dict, max_length=16)
     releases: dict[str, HashStr] = Field(default_factory=dict, max_length=16)
+    key: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 class Release(Msg):

@@ -141,3 +141,153 @@ def test_a_malformed_release_is_refused(w, key):
 
 def sync_nonce(w, who) -> None:
     w.chain.nonces[who.account] = w.state(f"accounts/{who.account}")["nonce"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The 3-tx settlement: a provider's key with the job's last missing attestation (jobs.Attest ``key``)
+
+
+def with_key(w, node=None, *, key=KEY, releases=None, records=None, result=RESULT, job="j-1"):
+    node = node or w.telco_node
+    commitments = {ASSET: COMMIT} if node is w.telco_node else {}
+    return w.send(node, "jobs.Attest", {"job": job, "result_hash": result, "records_used": 50,
+                                        "input_commitments": commitments, "records": records or {ASSET: 50},
+                                        "releases": {"telco": KEY_HASH} if releases is None else releases,
+                                        "key": key})
+
+
+def events_of(w, job="j-1") -> list[str]:
+    return [e.type for e in w.chain.db.events_after((0, -2, -1)) if e.entity == f"job:{job}"]
+
+
+def consumer_attested(w):
+    assert attest(w, w.bank_node, records_used=7, records={ASSET: 50}, releases={"telco": KEY_HASH})[0] == Code.OK
+    assert w.state("jobs/j-1")["status"] == "running"
+
+
+def test_a_key_with_the_last_attestation_locks_releases_and_settles_in_one_tx(w):
+    consumer_attested(w)
+    before = len(events_of(w))
+    assert with_key(w) == (Code.OK, "")
+    job = w.state("jobs/j-1")
+    assert job["status"] == "completed" and job["releases"] == {"telco": KEY} and job["locked_height"]
+    assert w.balance("bank") == 10_000 - 150 and w.balance("telco") == 147 and w.balance("association") == 3
+    # the same events as the 4-tx settlement, all from the provider's one tx
+    assert events_of(w)[before:] == ["JobAttested", "JobLocked", "JobReleased", "JobCompleted", "JobSettled"]
+    assert w.send(w.telco_node, "jobs.Release", {"job": "j-1", "key": KEY})[0] == Code.INVALID_STATE  # nothing left
+
+
+def refused_and_nothing_stored(w, answer, code, words):
+    assert answer[0] == code and words in answer[1], answer
+    job = w.state("jobs/j-1")
+    assert job["status"] == "running" and "telco" not in job["attestations"] and not job.get("releases")
+    assert w.state("bank/escrow/j-1")["amount"] == 600 and w.balance("telco") == 0
+
+
+def test_a_key_while_another_attestation_is_missing_is_refused_and_nothing_is_stored(w):
+    refused_and_nothing_stored(w, with_key(w), Code.INVALID_STATE, "last missing attestation")
+    assert "JobAttested" not in events_of(w)
+    sync_nonce(w, w.telco_node)
+    consumer_attested(w)  # the consumer attests after: the provider then sends its key with its own
+    assert with_key(w)[0] == Code.OK and w.state("jobs/j-1")["status"] == "completed"
+
+
+def test_a_wrong_key_is_refused_and_nothing_is_stored(w):
+    consumer_attested(w)
+    refused_and_nothing_stored(w, with_key(w, key="00" * 32), Code.INVALID_PAYLOAD, "does not open")
+
+
+def test_a_key_from_the_consumers_node_is_refused(w):
+    assert attest(w, w.telco_node, records_used=50, records={ASSET: 50}, releases={"telco": KEY_HASH})[0] == Code.OK
+    answer = with_key(w, w.bank_node)
+    assert answer[0] == Code.UNAUTHORIZED and "holds no release key" in answer[1], answer
+    job = w.state("jobs/j-1")
+    assert job["status"] == "running" and set(job["attestations"]) == {"telco"}
+
+
+@pytest.mark.parametrize("disagreement", [
+    {"result": "ef" * 32},                                  # another result
+    {"records": {ASSET: 51}},                               # another count
+    {"releases": {"telco": KEY_HASH}, "consumer_hash": "ab" * 32},  # the consumer saw another key hash
+])
+def test_a_key_with_an_attestation_that_disagrees_is_refused_whole_and_the_job_then_fails_unreleased(w, disagreement):
+    consumer_hash = disagreement.pop("consumer_hash", KEY_HASH)
+    assert attest(w, w.bank_node, records_used=7, records={ASSET: 50}, releases={"telco": consumer_hash})[0] == Code.OK
+    refused_and_nothing_stored(w, with_key(w, **disagreement), Code.INVALID_STATE, "disagree")
+    assert "JobFailed" not in events_of(w) and "JobReleased" not in events_of(w)
+    sync_nonce(w, w.telco_node)  # the node attests without its key: the job fails, no key on chain
+    body = {k: v for k, v in disagreement.items() if k != "releases"}
+    assert attest(w, w.telco_node, records_used=50, records=body.get("records", {ASSET: 50}),
+                  releases={"telco": KEY_HASH}, result=body.get("result", RESULT))[0] == Code.OK
+    job = w.state("jobs/j-1")
+    assert job["status"] == "failed" and not job.get("releases") and w.balance("bank") == 10_000
+
+
+def test_a_duplicate_key_attestation_is_refused(w):
+    consumer_attested(w)
+    assert with_key(w)[0] == Code.OK
+    assert with_key(w)[0] == Code.INVALID_STATE  # completed
+    assert w.balance("telco") == 147  # paid once
+
+
+@pytest.mark.parametrize("signer, tx", [("bank", "jobs.Abort"), ("bank", "jobs.Fail"), ("bank_node", "jobs.Fail")])
+def test_the_consumer_cannot_end_a_job_it_has_attested(w, signer, tx):
+    """Before the lock: otherwise, seeing the provider's key tx in the mempool, it would end the job
+    first in the same block, refunded, and read the key in the block."""
+    consumer_attested(w)
+    code, log = w.send(getattr(w, signer), tx, {"job": "j-1", "reason": "changed my mind"})
+    assert code == Code.INVALID_STATE and "consumer has attested" in log, log
+    assert w.state("jobs/j-1")["status"] == "running" and w.balance("bank") == 10_000 - 600
+    assert with_key(w)[0] == Code.OK and w.state("jobs/j-1")["status"] == "completed"
+
+
+def test_after_the_consumer_attested_a_provider_and_the_association_may_still_end_the_job(w):
+    consumer_attested(w)
+    assert w.send(w.assoc, "jobs.Abort", {"job": "j-1", "reason": "kill switch"})[0] == Code.OK
+    assert w.state("jobs/j-1")["status"] == "aborted" and w.balance("bank") == 10_000
+
+
+def test_the_consumer_may_still_fail_a_job_it_has_not_attested(w):
+    assert attest(w, w.telco_node, records_used=50, records={ASSET: 50}, releases={"telco": KEY_HASH})[0] == Code.OK
+    assert w.send(w.bank_node, "jobs.Fail", {"job": "j-1", "reason": "the provider's answer was malformed"})[0] == Code.OK
+    assert w.state("jobs/j-1")["status"] == "failed" and w.balance("bank") == 10_000
+
+
+def test_two_providers_one_key_with_the_last_attestation_the_other_released_later(tmp_path):
+    from chainsim import register
+    from services.common.identity import Identity
+
+    w = World(tmp_path)
+    energy, energy_node = Identity.generate("energy"), Identity.generate("energy.node")
+    assert all(r.code == Code.OK for r in w.chain.block(register(w.chain, energy, ("provider",), energy_node)))
+    key2 = os.urandom(32).hex()
+    hash2 = hashlib.sha256(bytes.fromhex(key2)).hexdigest()
+    inputs = []
+    for owner, asset in ((w.telco, ASSET), (energy, "energy.meters")):
+        assert w.send(owner, "assets.List", {"id": asset, "level": "L3", "operations": ["aggregation"],
+                                             "commitment": COMMIT, "price": {"model": "fixed", "amount": 100},
+                                             "metadata": example_metadata(asset)})[0] == Code.OK
+        grant = f"g-{owner.account}"
+        assert w.request(grant=grant, asset=asset, ops=("aggregation",))[0] == Code.OK
+        assert w.send(owner, "access.Approve", {"id": grant})[0] == Code.OK
+        inputs.append({"asset": asset, "grant": grant})
+    assert w.send(w.bank, "jobs.Submit", {"id": "j-2", "type": "aggregation", "max_price": 200,
+                                          "inputs": inputs})[0] == Code.OK
+    both = {"telco": KEY_HASH, "energy": hash2}
+
+    def body(asset=None, key=None):
+        out = {"job": "j-2", "result_hash": RESULT, "records_used": 5, "releases": both,
+               "input_commitments": {asset: COMMIT} if asset else {}}
+        return out | ({"key": key} if key else {})
+
+    assert w.send(energy_node, "jobs.Attest", body("energy.meters"))[0] == Code.OK
+    assert w.send(w.bank_node, "jobs.Attest", body())[0] == Code.OK
+    assert w.send(w.telco_node, "jobs.Attest", body(ASSET, KEY))[0] == Code.OK  # the last: locks, releases telco's
+    job = w.state("jobs/j-2")
+    assert job["status"] == "locked" and job["releases"] == {"telco": KEY}
+    assert w.send(w.bank, "jobs.Abort", {"job": "j-2", "reason": "walk away"})[0] == Code.INVALID_STATE
+    assert w.send(w.telco_node, "jobs.Release", {"job": "j-2", "key": KEY})[0] == Code.CONFLICT
+    assert w.send(energy_node, "jobs.Release", {"job": "j-2", "key": key2})[0] == Code.OK
+    job = w.state("jobs/j-2")
+    assert job["status"] == "completed" and job["releases"] == {"telco": KEY, "energy": key2}
+    assert w.balance("bank") == 10_000 - 200 and w.balance("telco") + w.balance("energy") > 0
