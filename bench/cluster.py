@@ -25,7 +25,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -61,6 +61,8 @@ class Run:
     phases: dict[str, dict[str, float]]  # member -> phase -> first report (epoch seconds)
     protocol_s: float | None = None  # the job type's protocol part, from the phases
     submitted_at: float = 0.0  # epoch seconds when jobs.Submit went out (phases are relative to it)
+    latency: dict[str, float] = field(default_factory=dict)  # bench.compute.latency: the consumer's phases
+    marks: dict[str, dict[str, float]] = field(default_factory=dict)  # member -> lifecycle mark -> epoch s
 
 
 class Exchange:
