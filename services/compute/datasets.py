@@ -40,6 +40,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,12 @@ from services.compute.commitment import MerkleBuilder
 log = logging.getLogger("rdx.compute.datasets")
 
 BATCH_ROWS = 65_536
+# Set by a caller that takes a column as a pyarrow array (JobContext.load_input(..., arrow=True)): read
+# from the imported copy or from Parquet, the requested columns are then handed over as pyarrow arrays
+# instead of Python lists (a job that turns a column into numbers does so in one vectorised cast, not
+# per value). A ContextVar, because the node calls ``load`` on a thread (asyncio.to_thread copies the
+# caller's context into it); a caller that did not ask, or a load from the source, gets lists as before.
+ARROW_COLUMNS: ContextVar[bool] = ContextVar("rdx_dataset_arrow_columns", default=False)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -73,7 +80,9 @@ class DatasetConfig(BaseModel):
 
 @dataclass
 class Loaded:
-    """What a job gets from a dataset: the requested columns' values and the commitment of all rows."""
+    """What a job gets from a dataset: the requested columns' values and the commitment of all rows.
+    A column is a list, or a pyarrow array when the caller set ARROW_COLUMNS and it came from the
+    imported copy or from Parquet (the same values: ``to_pylist()`` gives the list)."""
 
     dataset: str
     commitment: str
@@ -250,7 +259,8 @@ class Dataset:
             self._require(columns, table.column_names)
             if table.num_rows != rows:
                 return None
-            wanted = {c: table.column(c).to_pylist() for c in columns}
+            arrow = ARROW_COLUMNS.get()
+            wanted = {c: table.column(c) if arrow else table.column(c).to_pylist() for c in columns}
             if self._fingerprint() != fp:  # changed while read
                 return None
         except DatasetError:

@@ -275,8 +275,25 @@ class Plan:
         return self.columns + extra + ([self.align_on] if self.align_on else [])
 
 
-def numeric(values: list[Any], column: str) -> np.ndarray:
-    """A column as float64, nulls and blanks as NaN. The error names the column and row, never a value."""
+def as_list(values: Any) -> list[Any]:
+    """A loaded column as a list (a pyarrow array from the imported copy or Parquet: its values)."""
+    return values if isinstance(values, list) else values.to_pylist()
+
+
+def numeric(values: Any, column: str) -> np.ndarray:
+    """A column as float64, nulls and blanks as NaN. The error names the column and row, never a value.
+    A pyarrow column (datasets.ARROW_COLUMNS) is cast in one vectorised step when Arrow parses every
+    value; Arrow's text-to-number cast is stricter than Python's ``float`` (no surrounding spaces, no
+    underscores, no blank) and gives the same double for what it accepts, so a column it refuses
+    takes the per-value path below and ends exactly as a list of the same values does."""
+    if not isinstance(values, list):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        try:
+            return pc.cast(values, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            values = values.to_pylist()
     try:
         return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
@@ -311,15 +328,16 @@ def local_aggregate(plan: Plan, columns: dict[str, np.ndarray], gidx: np.ndarray
         valid = ~np.isnan(x)
         if not np.isfinite(x[valid]).all():
             raise JobRefused(f"column {name} has an infinite value")
-        if gidx is None:
-            g = np.zeros(int(valid.sum()), dtype=np.int64)
-            xv = x[valid]
+        if gidx is None:  # one group: plain sums (numpy's pairwise sum, no per-row group index)
+            xv = x if valid.all() else x[valid]
+            g = np.zeros(len(xv), dtype=np.int64) if plan.bins else None
+            out[0, c, 0], out[0, c, 1], out[0, c, 2] = len(xv), xv.sum(), (xv * xv).sum()
         else:
             keep = valid & (gidx >= 0)
             g, xv = gidx[keep], x[keep]
-        out[:, c, 0] = np.bincount(g, minlength=G)
-        out[:, c, 1] = np.bincount(g, weights=xv, minlength=G)
-        out[:, c, 2] = np.bincount(g, weights=xv * xv, minlength=G)
+            out[:, c, 0] = np.bincount(g, minlength=G)
+            out[:, c, 1] = np.bincount(g, weights=xv, minlength=G)
+            out[:, c, 2] = np.bincount(g, weights=xv * xv, minlength=G)
         if plan.bins:
             b = np.searchsorted(plan.edges, xv, side="right") - 1
             b[xv == plan.edges[-1]] = plan.bins - 1  # the last bin is closed, as numpy.histogram's
@@ -404,7 +422,7 @@ def _prepare(plan: Plan, loaded_columns: dict[str, list[Any]],
     ``aligned_group`` (with align_on): each row's position among the aligned keys, -1 if not aligned.
     ``clamp`` (under a privacy budget): each column's values clamped to its [lo, hi] first."""
     rows = len(next(iter(loaded_columns.values()))) if loaded_columns else 0
-    labels = loaded_columns.pop(plan.group_by) if plan.group_by and not plan.per_key else None
+    labels = as_list(loaded_columns.pop(plan.group_by)) if plan.group_by and not plan.per_key else None
     cols = {c: numeric(loaded_columns.pop(c), c) for c in plan.columns}
     for c, (lo, hi) in (clamp or {}).items():
         cols[c] = np.clip(cols[c], lo, hi)  # NaN (null) stays NaN
@@ -424,6 +442,7 @@ def _prepare(plan: Plan, loaded_columns: dict[str, list[Any]],
 def key_index(values: list[Any]) -> tuple[list[bytes], np.ndarray]:
     """The distinct keys of a column, normalised as psi.normalise_keys does (canonical text,
     surrounding spaces stripped, nulls and blanks dropped), and each row's index among them (-1: none)."""
+    values = as_list(values)
     index: dict[bytes, int] = {}
     rows = np.empty(len(values), dtype=np.int64)
     for i, v in enumerate(values):
@@ -609,9 +628,27 @@ class AggregationJob(JobType):
         clamp = None if epsilon is None else {c: ctx.policy.bounds(ctx.my_inputs[0].asset, spec.params, c)
                                               for c in plan.columns}
         ctx.progress("loading", 0, steps)
-        chans = dict(zip(others, await asyncio.gather(*(ctx.channel(p) for p in others))))
-        to_c = await ctx.channel(spec.consumer)
-        loaded = await ctx.load_input(ctx.my_inputs[0], plan.load_columns())
+
+        async def load_and_reduce():
+            """The columns and, unless the rows must be aligned first, the local aggregate (threads)."""
+            loaded = await ctx.load_input(ctx.my_inputs[0], plan.load_columns(), arrow=True)
+            if plan.align_on:
+                return loaded, None
+            return None, await asyncio.to_thread(_prepare, plan, loaded.columns, None, clamp)
+
+        # The data is loaded and reduced while the channels are set up: a peer's node may still be
+        # journaling the job, and its dial waits for it. A load that fails is reported once the
+        # channels are up, as before, so that every peer sees this node stop rather than wait for it.
+        local = asyncio.ensure_future(load_and_reduce())
+        try:
+            chans = dict(zip(others, await asyncio.gather(*(ctx.channel(p) for p in others))))
+            to_c = await ctx.channel(spec.consumer)
+        except BaseException:
+            local.cancel()
+            if local.done() and not local.cancelled():
+                local.exception()  # retrieved: the channel's error is the one raised
+            raise
+        loaded, reduced = await local
         aligned_group, aligned = None, None
         if plan.align_on:
             ctx.progress("aligning", 0, steps)
@@ -628,8 +665,8 @@ class AggregationJob(JobType):
             if plan.per_key:
                 plan.set_key_groups(len(inter) // MATCH)
         k = plan.size
-        v, rows = await asyncio.to_thread(_prepare, plan, loaded.columns, aligned_group, clamp)
-        del loaded
+        v, rows = reduced or await asyncio.to_thread(_prepare, plan, loaded.columns, aligned_group, clamp)
+        del loaded, reduced
         ctx.progress("sharing", 1, steps)
         shares = share(v, n)
         for j, p in enumerate(providers):

@@ -50,7 +50,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequen
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from services.compute.datasets import Loaded
+from services.compute.datasets import ARROW_COLUMNS, Loaded
 
 
 class JobRefused(Exception):
@@ -210,13 +210,14 @@ class JobContext:
         """The channel to ``peer``'s node for this job (connects or accepts, as the node decides)."""
         return await self._channel(peer)
 
-    async def load_input(self, ref: InputRef, columns: Sequence[str]) -> Loaded:
-        """This member's dataset behind ``ref``, checked against the listing's commitment (JobRefused if not)."""
-        return await self._load_input(ref, columns)
+    async def load_input(self, ref: InputRef, columns: Sequence[str], *, arrow: bool = False) -> Loaded:
+        """This member's dataset behind ``ref``, checked against the listing's commitment (JobRefused if not).
+        ``arrow``: the columns may come as pyarrow arrays instead of lists (datasets.ARROW_COLUMNS)."""
+        return await _with_arrow(arrow, self._load_input(ref, columns))
 
-    async def load_local(self, dataset_id: str, columns: Sequence[str]) -> Loaded:
+    async def load_local(self, dataset_id: str, columns: Sequence[str], *, arrow: bool = False) -> Loaded:
         """One of this member's own, unlisted datasets (a consumer's input), by its local id."""
-        return await self._load_local(dataset_id, columns)
+        return await _with_arrow(arrow, self._load_local(dataset_id, columns))
 
     def dataset_key(self, asset_or_dataset: str) -> str | None:
         """The default match column configured for a dataset (by asset id or local id)."""
@@ -235,6 +236,17 @@ class JobContext:
     async def compute(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` (picklable, top-level) on the runner's worker processes."""
         return await self._compute(fn, *args)
+
+
+async def _with_arrow(arrow: bool, load: Awaitable[Loaded]) -> Loaded:
+    """Await ``load`` with datasets.ARROW_COLUMNS set as asked (the thread the node loads on inherits it)."""
+    if not arrow:
+        return await load
+    token = ARROW_COLUMNS.set(True)
+    try:
+        return await load
+    finally:
+        ARROW_COLUMNS.reset(token)
 
 
 class JobType(ABC):

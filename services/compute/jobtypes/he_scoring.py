@@ -90,7 +90,7 @@ import numpy as np
 
 from services.compute.jobtypes import he_keys, he_statistics
 from services.compute.jobtypes.he_statistics import _uniform, load_secret, secret_context
-from services.compute.jobtypes.aggregation import numeric
+from services.compute.jobtypes.aggregation import as_list, numeric
 from services.compute.release import close_held_back, elements, held_back, key_hash, new_key, release_hash, released_key
 from services.compute.jobtypes.base import (JobContext, JobRefused, JobSpec, JobType, Outcome, ProtocolError, expect,
                                             expect_finish, goodbye)
@@ -284,28 +284,36 @@ class HeScoringJob(JobType):
         features = _features(spec.params)
         id_col = spec.params.get("id")
         ctx.progress("loading")
-        loaded = await ctx.load_local(spec.params["dataset"], features + ([id_col] if id_col else []))
-        x = np.stack([numeric(loaded.columns[f], f) for f in features], axis=1) if loaded.rows else \
-            np.zeros((0, len(features)))
-        if np.isnan(x).any() or not np.isfinite(x).all():
-            raise JobRefused("a feature value is missing or not finite")
-        ids = [str(v) for v in loaded.columns[id_col]] if id_col else None
-        del loaded
-        n = len(x)
-        batches = (n + SLOTS - 1) // SLOTS
-        chan = await ctx.channel(spec.inputs[0].provider)
-        ctx.progress("encrypting", 0, 2 * batches + 1)
-        keys = await he_keys.consumer_keys(ctx, CONSUMER_KEYS, new_keys)
-        he = keys.context
-        # The first batch is encrypted while the provider says whether it holds the context.
-        first = asyncio.ensure_future(asyncio.to_thread(encrypt_batches, he, x[:SLOTS])) if batches else None
+        # The channel is set up while this node loads its records, takes the grant's keys and encrypts
+        # the first batch (the provider's node may still be journaling the job: the dial waits for it).
+        dial = asyncio.ensure_future(ctx.channel(spec.inputs[0].provider))
+        first = None
         try:
+            loaded = await ctx.load_local(spec.params["dataset"], features + ([id_col] if id_col else []), arrow=True)
+            x = np.stack([numeric(loaded.columns[f], f) for f in features], axis=1) if loaded.rows else \
+                np.zeros((0, len(features)))
+            if np.isnan(x).any() or not np.isfinite(x).all():
+                raise JobRefused("a feature value is missing or not finite")
+            ids = [str(v) for v in as_list(loaded.columns[id_col])] if id_col else None
+            del loaded
+            n = len(x)
+            batches = (n + SLOTS - 1) // SLOTS
+            ctx.progress("encrypting", 0, 2 * batches + 1)
+            keys = await he_keys.consumer_keys(ctx, CONSUMER_KEYS, new_keys)
+            he = keys.context
+            # The first batch is encrypted while the channel comes up and the provider says whether it
+            # holds the context.
+            first = asyncio.ensure_future(asyncio.to_thread(encrypt_batches, he, x[:SLOTS])) if batches else None
+            chan = await dial
             await chan.send("start", n=n, batches=batches, features=len(features), context_bytes=len(keys.public),
                             **he_keys.offer(keys))
             await he_keys.send_context(chan, keys)
         except BaseException:
-            if first is not None:
-                first.cancel()
+            for task in (dial, first):
+                if task is not None:
+                    task.cancel()
+                    if task.done() and not task.cancelled():
+                        task.exception()  # retrieved: the error raised here is the one reported
             raise
 
         async def send_all() -> None:  # concurrently with reading scores: neither side's window fills up

@@ -167,14 +167,23 @@ def test_the_copy_gives_exactly_the_values_the_csv_reader_gives(tmp_path):
     assert copy.columns == plain.columns and copy.commitment == plain.commitment
 
 
-def test_a_source_changed_on_disk_is_imported_again_never_served_from_the_old_copy(tmp_path):
+@pytest.mark.parametrize("arrow", [False, True], ids=["lists", "arrow-columns"])
+def test_a_source_changed_on_disk_is_imported_again_never_served_from_the_old_copy(tmp_path, arrow):
+    from services.compute.datasets import ARROW_COLUMNS
+
     d, path = _copied(tmp_path)
     before = d.load(["phone"])
     st = path.stat()
     path.write_text(path.read_text().replace("+86-100", "+86-999"))  # same size
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same mtime
-    after = Dataset(d.config, tmp_path / "copies").load(["phone"])
-    assert "+86-999" in after.columns["phone"] and after.commitment != before.commitment
+    token = ARROW_COLUMNS.set(arrow)  # a caller asking for arrow columns gets no stale copy either
+    try:
+        after = Dataset(d.config, tmp_path / "copies").load(["phone"])
+    finally:
+        ARROW_COLUMNS.reset(token)
+    values = after.columns["phone"]
+    assert "+86-999" in (values if isinstance(values, list) else values.to_pylist())
+    assert after.commitment != before.commitment  # which the listing's commitment then refuses
 
 
 @pytest.mark.parametrize("damage", ["arrow", "meta", "meta-lies"])
@@ -265,3 +274,49 @@ def test_a_copy_others_could_have_written_is_not_used(tmp_path, exposure):
     again.scan = lambda *a, **k: (scans.append(1), (yield from scan(*a, **k)))[1]
     loaded = again.load(["phone"])
     assert scans and (loaded.columns, loaded.commitment) == (first.columns, first.commitment)  # read from the source
+
+
+# -- columns as pyarrow arrays (datasets.ARROW_COLUMNS, JobContext.load_input(..., arrow=True)) ------
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_caller_that_asks_gets_the_copys_columns_as_arrow_arrays_with_the_same_values(tmp_path, fmt):
+    from services.compute.datasets import ARROW_COLUMNS
+
+    d, _ = _copied(tmp_path, fmt)
+    cols = ["phone", "district"] if fmt == "csv" else ["phone", "tenure"]
+    first = d.load(cols)  # the import: lists, from the source
+    token = ARROW_COLUMNS.set(True)
+    try:
+        _no_scan(d)
+        arrow = d.load(cols)
+    finally:
+        ARROW_COLUMNS.reset(token)
+    assert all(isinstance(v, pa.ChunkedArray) for v in arrow.columns.values())
+    assert {k: v.to_pylist() for k, v in arrow.columns.items()} == first.columns
+    assert (arrow.commitment, arrow.rows) == (first.commitment, first.rows)
+    assert isinstance(d.load(cols).columns[cols[0]], list)  # not asked: lists, as before
+
+
+def test_job_context_load_input_asks_for_arrow_on_the_thread_that_loads_and_only_for_that_call():
+    import asyncio
+
+    from services.compute.datasets import ARROW_COLUMNS, Loaded
+    from services.compute.jobtypes.base import InputRef, JobContext, JobSpec
+
+    seen = []
+
+    async def load(ref, columns):  # as the lifecycle does it: Dataset.load on a thread
+        return await asyncio.to_thread(lambda: seen.append(ARROW_COLUMNS.get()) or Loaded("d", "c", 0))
+
+    spec = JobSpec("j", "aggregation", "c", (), ("c",), {}, {}, 0, 0)
+    ctx = JobContext(spec, "c", channel=None, load_input=load, load_local=lambda i, c: load(None, c),
+                     dataset_key=lambda _: None, commit_result=None, progress=None, compute=None)
+    ref = InputRef("a", "p", 1, "c")
+
+    async def go():
+        await ctx.load_input(ref, ["x"], arrow=True)
+        await ctx.load_input(ref, ["x"])
+        await ctx.load_local("d", ["x"], arrow=True)
+        return ARROW_COLUMNS.get()
+
+    assert asyncio.run(go()) is False
+    assert seen == [True, False, True]

@@ -10,6 +10,7 @@ import itertools
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from services.compute import handshake as hs
@@ -77,7 +78,9 @@ def make_spec(type_, consumer, providers, params, min_group=1):
                    deadline=2**40)
 
 
-def contexts(spec, chans, data, results, progress=None, batch=64):
+def contexts(spec, chans, data, results, progress=None, batch=64, arrow=False):
+    """``arrow``: the loads give every column as a pyarrow array of its text, as a node's imported
+    copy does for a caller that asks (datasets.ARROW_COLUMNS)."""
     out = {}
     for member in spec.participants:
         async def channel(peer, member=member):
@@ -86,6 +89,9 @@ def contexts(spec, chans, data, results, progress=None, batch=64):
         async def load(name, columns, member=member):
             cols = data[name]
             n = len(next(iter(cols.values())))
+            if arrow:
+                return Loaded(name, "00" * 32, n, {c: pa.chunked_array([pa.array([str(v) for v in cols[c]], pa.string())])
+                                                   for c in columns})
             return Loaded(name, "00" * 32, n, {c: list(cols[c]) for c in columns})
 
         async def commit_result(result, member=member):
@@ -101,10 +107,10 @@ def contexts(spec, chans, data, results, progress=None, batch=64):
     return out
 
 
-async def run_all(spec, data):
+async def run_all(spec, data, arrow=False):
     chans, sent, _ = mesh(spec.participants)
     results = {}
-    ctxs = contexts(spec, chans, data, results)
+    ctxs = contexts(spec, chans, data, results, arrow=arrow)
     job = job_type(spec.type)
     outcomes = dict(zip(ctxs, await asyncio.gather(*(run_member(job, c, chans[m]) for m, c in ctxs.items()))))
     await release(outcomes, results, ctxs)
@@ -164,6 +170,38 @@ def test_local_aggregate_matches_numpy_per_group_and_bin():
         assert list(out[gi, 0, 3:]) == list(np.histogram(sel, [0, 50, 100, 150, 200])[0])
 
 
+def test_local_aggregate_of_one_group_matches_numpy_with_nulls_and_bins():
+    rng = np.random.default_rng(2)
+    x = rng.normal(100, 30, 1000)
+    plan = agg.Plan({"columns": ["x", "y"], "histogram": {"edges": [0, 50, 100, 150, 200]}})
+    y = x.copy()
+    y[::13] = np.nan
+    out = agg.local_aggregate(plan, {"x": x, "y": y}, None).reshape(1, 2, -1)
+    for c, v in enumerate((x, y)):
+        sel = v[~np.isnan(v)]
+        assert out[0, c, 0] == len(sel)
+        assert np.isclose(out[0, c, 1], sel.sum()) and np.isclose(out[0, c, 2], (sel ** 2).sum())
+        assert list(out[0, c, 3:]) == list(np.histogram(sel, [0, 50, 100, 150, 200])[0])
+
+
+@pytest.mark.parametrize("values", [
+    ["1.5", "-2", "3e2", "1e-300", "0.1", "nan", "-inf"],  # Arrow parses every one: one cast
+    ["1.5", "", " 2", "1_000", "３"],  # Arrow refuses some (blank, spaces, underscores, other digits)
+    [1, None, 3], [1.5, None, -0.0], [True, False], [2**60 + 1, 3],  # Parquet-typed columns
+])
+def test_a_column_as_an_arrow_array_gives_exactly_what_the_same_values_as_a_list_give(values):
+    as_arrow = agg.numeric(pa.chunked_array([pa.array(values)]), "x")
+    as_list = agg.numeric(list(values), "x")
+    assert as_arrow.dtype == np.float64
+    np.testing.assert_array_equal(as_arrow, as_list)
+
+
+def test_a_non_numeric_value_in_an_arrow_column_is_refused_naming_its_row_not_its_value():
+    with pytest.raises(JobRefused, match="row 3") as err:
+        agg.numeric(pa.chunked_array([pa.array(["1", "2", "SECRET-VALUE"])]), "amount")
+    assert "SECRET" not in str(err.value)
+
+
 def test_params_are_checked_before_anything_is_read():
     spec = make_spec("aggregation", "c", ["p1", "p2"], {"columns": ["a"]})
     JOB_TYPES["aggregation"]().check(spec)
@@ -198,14 +236,15 @@ def clear_stats(datas, column, group=None):
     return len(a), a.sum(), a.mean(), a.var()
 
 
-async def test_three_providers_aggregate_grouped_columns_with_histograms_like_numpy():
+@pytest.mark.parametrize("arrow", [False, True], ids=["lists", "arrow-columns"])
+async def test_three_providers_aggregate_grouped_columns_with_histograms_like_numpy(arrow):
     providers = ["p1", "p2", "p3"]
     datas = [provider_data(i, 400 + 100 * i, f"CANARY-{i}") for i in range(3)]
     params = {"columns": ["amount", "qty"], "stats": ["sum", "count", "mean", "variance"],
               "histogram": {"edges": [0, 500, 1000, 100000]}, "group_by": "region",
               "groups": ["north", "south", "east"]}
     spec = make_spec("aggregation", "consumer", providers, params, min_group=5)
-    outcomes, results, sent = await run_all(spec, {f"{p}.data": d for p, d in zip(providers, datas)})
+    outcomes, results, sent = await run_all(spec, {f"{p}.data": d for p, d in zip(providers, datas)}, arrow)
     assert len({o.result_hash for o in outcomes.values()}) == 1
     assert [outcomes[p].records_used for p in providers] == [400, 500, 600]
     assert set(results) == {"consumer"}
