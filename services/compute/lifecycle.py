@@ -11,7 +11,10 @@ schedules; the work happens in one asyncio task per job:
    ``RDX_MAX_ATTEMPTS`` times if a peer is lost (a lost peer has ``RDX_PEER_WAIT_S`` to come
    back; every attempt is a fresh protocol run with fresh secrets);
 3. record the outcome, and sign ``jobs.Attest`` with the node key (input commitments: exactly
-   this member's inputs as listed; the result hash all participants agreed on; records used);
+   this member's inputs as listed; the result hash all participants agreed on; records used); a
+   provider holding a release key that can be the job's last to attest sends the key with it, once
+   it has read that every other party attested in agreement (one tx locks, releases and settles),
+   else publishes it with ``jobs.Release`` once the chain has locked the job (docs/compute.md "Fair exchange");
 4. any refusal (dataset missing or not matching its listing's commitment, bad parameters, a
    peer that fails authentication, the deadline) → ``jobs.Fail`` with a reason that names
    things, never values.
@@ -54,6 +57,7 @@ from services.compute.jobtypes.base import (InputRef, JobContext, JobRefused, Jo
 from services.compute.policy import (DEFAULT_MAX_PEER_SET, InputPolicy, Policy, PolicyViolation, budget_of,
                                      check_grants, grant_runs, join_keys)
 from services.compute.journal import Journal
+from services.compute.release import completes_agreed, key_hash
 from services.compute.runner import Runner
 
 log = logging.getLogger("rdx.compute.jobs")
@@ -111,6 +115,13 @@ LOCK_POLL_FIRST_S, LOCK_POLL_S = 0.025, 0.1
 # A peer's node may learn of a job a little after this one (its own proof of the authorising event):
 # the dialing side tries again this often, rather than backing off to a second, until RDX_PEER_WAIT_S.
 DIAL_RETRY_S = (0.05, 0.25)  # first retry, longest
+# A provider's node publishes its release key (with its attestation or in jobs.Release) only while the
+# job's deadline is at least this far: a tx's bytes are public in its block even when the chain refuses
+# it, and one that lands after the deadline is refused (the job fails, refunded) with the key in view.
+RELEASE_MARGIN_S = 30.0
+# How long the provider that sends its key with its attestation (``_key_with_attestation``) waits,
+# after its computation, for every other participant's attestation before attesting without it.
+KEY_WAIT_S = 5.0
 
 
 class _ChainEnded(Exception):
@@ -322,7 +333,9 @@ class JobManager:
                 self.journal.put_held(job, "pending", outcome.pending)
             if outcome.pending is not None:
                 self._awaiting.add(job)  # its JobCompleted must wait for the result the keys open
-            await self._attest(spec, outcome.result_hash, outcome.records_used, outcome.records, releases)
+            await self._attest(spec, outcome.result_hash, outcome.records_used, outcome.records, releases,
+                               key=await self._key_with_attestation(spec, outcome.result_hash, outcome.records_used,
+                                                                    outcome.records, releases, outcome.release_key))
             JOB_SECONDS.labels(spec.type).observe(time.monotonic() - started)
             if outcome.release_key is not None:
                 await self._release(spec, outcome.release_key)
@@ -361,9 +374,12 @@ class JobManager:
         counts and release hashes), publish its release key once the job is locked, and open a
         held-back result once the keys are on chain (from the ``pending`` bytes it kept)."""
         kept = json.loads(self.journal.held(spec.job, "attestation") or b"{}")
-        if self.member not in record.get("attestations", {}):
-            await self._attest(spec, row.result_hash, row.records_used or 0, kept.get("records"), kept.get("releases"))
         key, pending = self.journal.held(spec.job, "release_key"), self.journal.held(spec.job, "pending")
+        if self.member not in record.get("attestations", {}):
+            records, releases = kept.get("records"), kept.get("releases")
+            await self._attest(spec, row.result_hash, row.records_used or 0, records, releases,
+                               key=await self._key_with_attestation(spec, row.result_hash, row.records_used or 0,
+                                                                    records, releases, key))
         if key is not None:
             await self._release(spec, key)
         cls = self.job_types.get(spec.type)
@@ -565,21 +581,35 @@ class JobManager:
         log.info("job %s %s %d/%d", spec.job, phase, done, total)
 
     # -- talking to the chain -------------------------------------------------------------------------
-    async def _attest(self, spec: JobSpec, result_hash: str, records_used: int, records=None, releases=None) -> None:
+    async def _attest(self, spec: JobSpec, result_hash: str, records_used: int, records=None, releases=None,
+                      key: bytes | None = None) -> None:
+        """``jobs.Attest``; with ``key`` (``_key_with_attestation`` said so) the provider's release key
+        goes with it, and that one tx locks, releases and settles the job."""
         payload = {"job": spec.job, "result_hash": result_hash, "records_used": int(records_used),
                    "input_commitments": {i.asset: i.commitment for i in spec.inputs_of(self.member)}}
         if records:
             payload["records"] = {asset: int(n) for asset, n in records.items()}
         if releases:
             payload["releases"] = dict(releases)
+        if key is not None:
+            payload["key"] = key.hex()
         delay = 0.2
         while True:
+            if "key" in payload and time.time() > spec.deadline - RELEASE_MARGIN_S:
+                del payload["key"]  # too near the deadline now: the key waits for the lock (and its margin)
             try:
                 await self.chain.submit(self.identity, "jobs.Attest", payload, timeout=20)
                 break
             except TxRejected as exc:
                 if exc.code == Code.CONFLICT:  # already attested (a restart after the tx went through)
                     break
+                if "key" in payload and exc.code != Code.BAD_NONCE:
+                    # Not expected after the checks of _key_with_attestation: attest without it; a job
+                    # that ended meanwhile refuses that too (below), and one that locks gets the key later.
+                    log.warning("job %s: the chain refused %s's attestation with its key (code %s); attesting "
+                                "without it", spec.job, self.member, exc.code)
+                    del payload["key"]
+                    continue
                 if exc.code == Code.INVALID_STATE:
                     return  # the job ended meanwhile; its event says how
                 if exc.code == Code.BAD_NONCE and time.time() < spec.deadline:
@@ -616,13 +646,49 @@ class JobManager:
             await asyncio.sleep(pause)
             pause = min(pause * 2, LOCK_POLL_S)
 
+    async def _key_with_attestation(self, spec: JobSpec, result_hash: str, records_used: int, records, releases,
+                                    key: bytes | None) -> bytes | None:
+        """``key`` if this provider's node should send it with its attestation (the 3-tx settlement):
+        it is the job's designated last attester (its greatest provider other than the consumer, so
+        that in a job of several providers one waits and the others attest at once), every other
+        participant has attested within KEY_WAIT_S (proven reads), their attestations and this one
+        agree as the chain requires for the lock (``release.completes_agreed``) and the deadline is
+        not within RELEASE_MARGIN_S. Else None: it attests without it and publishes the key once the
+        chain has locked the job (``_release``); on any disagreement the job fails, no key public."""
+        providers = [p for p in spec.providers if p != spec.consumer]
+        if key is None or not providers or self.member != providers[-1] or not releases or \
+                time.time() + KEY_WAIT_S > spec.deadline - RELEASE_MARGIN_S:
+            return None
+        others = set(spec.participants) - {self.member}
+        try:
+            record = await asyncio.wait_for(self._locked_or_ended(
+                spec, lambda r: others <= set(r.get("attestations") or {})), KEY_WAIT_S)
+        except asyncio.TimeoutError:
+            log.info("job %s: not every other party attested within %.0f s; %s attests without its key",
+                     spec.job, KEY_WAIT_S, self.member)
+            return None
+        mine = {"result_hash": result_hash, "records_used": int(records_used),
+                "records": {a: int(n) for a, n in (records or {}).items()}, "releases": dict(releases)}
+        if record is None or not completes_agreed(record, self.member, mine) or \
+                releases.get(self.member) != key_hash(key) or time.time() > spec.deadline - RELEASE_MARGIN_S:
+            if record is not None:
+                log.warning("job %s: the others' attestations do not agree with %s's; it attests without its key",
+                            spec.job, self.member)
+            return None
+        return key
+
     async def _release(self, spec: JobSpec, key: bytes) -> None:
         """A provider's held-back key, published only once the chain has locked the job: every party
-        attested the same result and records, and the escrow can now only settle to the providers."""
+        attested the same result and records, and the escrow can now only settle to the providers.
+        Not within RELEASE_MARGIN_S of the deadline: the job is then refunded at its deadline."""
         record = await self._locked_or_ended(spec, lambda r: r["status"] == "locked")
         if record is None or self.member in (record.get("releases") or {}):
             return
         while True:
+            if time.time() > spec.deadline - RELEASE_MARGIN_S:
+                log.warning("job %s: locked within %.0f s of its deadline; %s keeps its key (the consumer is "
+                            "refunded at the deadline)", spec.job, RELEASE_MARGIN_S, self.member)
+                return
             try:
                 await self.chain.submit(self.identity, "jobs.Release", {"job": spec.job, "key": key.hex()}, timeout=20)
                 log.info("job %s locked on chain; %s's release key published", spec.job, self.member)

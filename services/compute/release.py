@@ -3,7 +3,10 @@
 A provider sends its last protocol message sealed under a fresh release key K and shows
 SHA-256(K); both parties attest that hash; once the chain has locked the escrow the provider's
 node publishes K (``jobs.Release``), which settles the job, and the consumer opens the message
-with the K the chain holds. Nothing here depends on a job type.
+with the K the chain holds. Or, the 3-tx settlement, the provider's node sends K with its own
+attestation when that is the job's last and every other party's agrees with it
+(``completes_agreed``): the chain locks, releases and settles in that one tx. Nothing here
+depends on a job type.
 
 The seal is AES-256 in counter mode keyed by K, the counter block of element i (16 bytes each)
 being i itself (a 128-bit big-endian number): a keystream XOR, seekable by element, computed by
@@ -69,6 +72,30 @@ def release_hash(header: dict) -> str:
     if not isinstance(release, str) or len(release) != 64 or set(release) - set("0123456789abcdef"):
         raise ProtocolError("the provider's last message came without the hash of the key it is held back under")
     return release
+
+
+def completes_agreed(record: dict, member: str, mine: dict) -> bool:
+    """Whether ``member``'s attestation ``mine`` ({result_hash, records_used, records, releases}),
+    added to the others in the chain's ``record`` of a running job, is the last one and locks the
+    job: one result hash, every input's count as its provider states it (``records``, else its
+    ``records_used``) stated alike by every party naming one, one hash per provider's key, and
+    ``member``'s own among them. The chain's rule (services/consensus/jobs/handlers.py ``_attested``)
+    as a provider's node checks it before its key goes out with its attestation: a refused tx's
+    bytes are public in its block too."""
+    everyone = {**(record.get("attestations") or {}), member: mine}
+    if record.get("status") != "running" or set(everyone) != set(record.get("participants") or ()):
+        return False
+    if len({a.get("result_hash") for a in everyone.values()}) != 1:
+        return False
+    for item in record.get("inputs") or ():
+        own = everyone.get(item.get("provider")) or {}
+        count = (own.get("records") or {}).get(item.get("asset"), own.get("records_used"))
+        if any((a.get("records") or {}).get(item.get("asset"), count) != count for a in everyone.values()):
+            return False
+    hashes: dict[str, str] = {}
+    if any(hashes.setdefault(p, h) != h for a in everyone.values() for p, h in (a.get("releases") or {}).items()):
+        return False
+    return member in hashes
 
 
 def released_key(released, provider: str, release: str) -> bytes:

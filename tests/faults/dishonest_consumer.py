@@ -10,7 +10,9 @@ consumer writes its own job's params), at the moment its honest node would attes
   chain has locked the escrow;
 - ``abort_after_lock``: waits until every other party has attested, sends its own attestation
   (which locks the job) and at once ``jobs.Fail`` with its node key and ``jobs.Abort`` with its
-  member's key, hoping for a refund now that the providers' keys are about to be released.
+  member's key, hoping for a refund now that the providers' keys are about to be released (the
+  last provider, which would send its key with its attestation once the consumer's is on chain,
+  gives up waiting after ``lifecycle.KEY_WAIT_S`` and attests without it: the job locks).
 
 Every answer the chain gives it is written to ``$RDX_ATTACK_LOG/<job>.json`` for the test, with
 whether its node held a result for the job when it cheated (``held_result``: it would have walked
@@ -49,10 +51,10 @@ def _log(job: str, answers: list[dict], held_result: bool) -> None:
 
 
 class DishonestConsumerManager(JobManager):
-    async def _attest(self, spec, result_hash, records_used, records=None, releases=None) -> None:
+    async def _attest(self, spec, result_hash, records_used, records=None, releases=None, key=None) -> None:
         cheat = str(spec.params.get("cheat") or "")
         if self.member != spec.consumer or cheat not in ("abort_before_lock", "abort_after_lock"):
-            return await super()._attest(spec, result_hash, records_used, records, releases)
+            return await super()._attest(spec, result_hash, records_used, records, releases, key=key)
         member = Identity.load(Path(os.environ["RDX_CHEAT_MEMBER_KEY"]))
         reason = {"job": spec.job, "reason": "the consumer changed its mind"}
         if cheat == "abort_before_lock":  # shielded: its own JobAborted cancels this task before the answer is in

@@ -16,7 +16,8 @@ a job whose ``params.cheat_provider`` says so, it runs the protocol honestly, ex
 And, for any job type, through its job manager (``services.compute.app.JobManager``), a provider
 whose node stops between the lock and its release: with ``params.cheat_provider`` =
 ``stall_release`` its node keeps the key as an honest one does but does not publish it until it
-is restarted (as an honest node: ``python -m services.compute``), which is then the node's job.
+is restarted (as an honest node: ``python -m services.compute``), which is then the node's job (nor
+does it send the key with its attestation: it attests without it, so the job locks).
 
 As a consumer, and as a provider without ``params.cheat_provider``, it is honest.
 """
@@ -81,6 +82,11 @@ def dishonest(cls: type[JobType]) -> type[JobType]:
 
 
 class StallingReleaseManager(JobManager):
+    async def _key_with_attestation(self, spec, *args):
+        if spec.params.get("cheat_provider") == "stall_release":
+            return None  # the key is not sent with the attestation either: the job locks and waits for it
+        return await super()._key_with_attestation(spec, *args)
+
     async def _release(self, spec, key: bytes) -> None:
         if spec.params.get("cheat_provider") == "stall_release":
             await asyncio.Event().wait()  # until the node stops: the key stays in its held state only

@@ -10,6 +10,7 @@ huge charge on the real chain with the billing service reconciling it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ from jobkit import PRICE, start_net
 from services.common.chain import ChainClient, TxRejected
 from services.common.identity import Identity
 from services.common.listing import example_metadata
-from services.common.tx import Code
+from services.common.tx import Code, Tx
 from services.consensus.jobs.messages import MAX_PRICE
 from test_billing import billing  # noqa: F401 - the billing service fixture, on this session's chain
 
@@ -105,7 +106,7 @@ async def _unpaid_and_unreleased(net, job: str, record: dict, moved: dict) -> No
 async def test_an_honest_psi_job_is_locked_then_released_and_settles_with_the_result(net):
     job = f"fx-honest-{TAG}"
     record, moved = await _run(net, job, {})
-    assert record["status"] == "completed", record
+    assert record["status"] == "completed", record.get("ended_reason")
     assert record["locked_height"] and set(record["releases"]) == {PROV}
     for member in (CONS, PROV):
         assert record["attestations"][member]["releases"] == {PROV: hashlib.sha256(
@@ -115,6 +116,23 @@ async def test_an_honest_psi_job_is_locked_then_released_and_settles_with_the_re
     await net.settled(job, record)
     await net.wait_node(CONS, job, lambda r: r["status"] == "completed", timeout=20)
     assert net.result(job)["result"]["intersection"] == sorted(set(CONSUMER_KEYS) & set(PROVIDER_KEYS))
+    # 3 txs: the provider's node sent its key with the last attestation, which locked, released and settled
+    assert await _job_txs(net.chain, record) == [("jobs.Submit", CONS), ("jobs.Attest", f"{CONS}.node"),
+                                                 ("jobs.Attest", f"{PROV}.node")]
+    assert record["locked_height"] == record["ended_height"] == record["attestations"][PROV]["height"]
+    assert await _event_types(net, record) >= {"JobAttested", "JobLocked", "JobReleased", "JobCompleted", "JobSettled"}
+
+
+async def _job_txs(c: ChainClient, record: dict) -> list[tuple[str, str]]:
+    """(type, signer) of every tx naming ``record``'s job, from its submission's block to its end's."""
+    out = []
+    for height in range(record["submitted_height"], record["ended_height"] + 1):
+        block = await c.rpc("block", height=str(height))
+        for raw in block["block"]["data"]["txs"] or []:
+            tx = Tx.decode(base64.b64decode(raw))
+            if record["id"] in (tx.payload.get("id"), tx.payload.get("job")):
+                out.append((tx.type, tx.signer))
+    return out
 
 
 async def test_a_consumer_aborting_before_the_lock_is_refunded_and_gets_no_result(net):
@@ -288,6 +306,40 @@ async def test_a_max_price_below_the_quote_and_a_cheap_subscription_are_refused_
         assert (await c.query(f"/access/{sub}"))["runs_used"] == 0 and "paid_until" not in await c.query(f"/access/{sub}")
 
 
+async def test_a_consumer_that_attested_cannot_end_the_job_and_a_key_settles_only_with_the_last_attestation(chain):
+    """On the real chain, signed as the nodes: a provider's key before the consumer attested is
+    refused at admission (nothing stored); the consumer, once attested, cannot abort or fail the job
+    by either key; the provider's attestation with its key then locks, releases and settles it."""
+    tag = f"fxa{TAG}"
+    key = os.urandom(32)
+    async with ChainClient(chain.rpc_url, chain.chain_id) as c:
+        consumer, cn, provider, pn = await _members(c, chain, tag, 10_000)
+        asset = f"{tag}.fixed"
+        grant = await _listed(c, consumer, provider, asset, {"model": "fixed", "amount": 300})
+        job = f"{tag}-job"
+        await c.submit(consumer, "jobs.Submit", {"id": job, "type": "aggregation", "max_price": 300,
+                                                 "inputs": [{"asset": asset, "grant": grant}]})
+        held = {"result_hash": "cd" * 32, "records_used": 5, "releases": {provider.account: hashlib.sha256(key).hexdigest()}}
+        with pytest.raises(TxRejected) as early:
+            await c.submit(pn, "jobs.Attest", {"job": job, "input_commitments": {asset: "ab" * 32}, **held,
+                                               "key": key.hex()})
+        assert early.value.code == Code.INVALID_STATE and "last missing attestation" in early.value.log
+        assert (await c.query(f"/jobs/{job}"))["attestations"] == {}
+        await c.submit(cn, "jobs.Attest", {"job": job, "input_commitments": {}, **held})
+        for who, tx in ((consumer, "jobs.Abort"), (cn, "jobs.Fail")):
+            with pytest.raises(TxRejected) as refused:
+                await c.submit(who, tx, {"job": job, "reason": "the provider's key is in the mempool"})
+            assert refused.value.code == Code.INVALID_STATE and "consumer has attested" in refused.value.log
+        assert await c.query(f"/bank/balance/{consumer.account}") == 10_000 - 300  # still held
+        done = await c.submit(pn, "jobs.Attest", {"job": job, "input_commitments": {asset: "ab" * 32}, **held,
+                                                  "key": key.hex()})
+        record = await c.query(f"/jobs/{job}")
+        assert record["status"] == "completed" and record["releases"] == {provider.account: key.hex()}
+        assert record["locked_height"] == record["ended_height"] == done.height
+        assert await c.query(f"/bank/balance/{consumer.account}") == 10_000 - 300 + 1  # its node's compute fee back
+        assert await c.query(f"/bank/escrow/{job}") is None
+
+
 async def test_the_largest_charge_settles_on_chain_and_the_billing_read_model_reconciles(chain, billing):  # noqa: F811
     """10^15 credits (a per-record price of 10^12 over 1000 declared rows) in one job: the read
     model stores it and every total exactly, and equals the chain."""
@@ -304,7 +356,7 @@ async def test_the_largest_charge_settles_on_chain_and_the_billing_read_model_re
             await c.submit(node, "jobs.Attest", {"job": job, "result_hash": "cd" * 32, "records_used": 1_000,
                                                  "input_commitments": mine, "records": {asset: 1_000}})
         record = await c.query(f"/jobs/{job}")
-        assert record["status"] == "completed", record
+        assert record["status"] == "completed", record.get("ended_reason")
         provider_balance = await c.query(f"/bank/balance/{provider.account}")
         assert provider_balance > MAX_PRICE * 9 // 10
     async with httpx.AsyncClient(base_url=proc.url, timeout=10) as http:

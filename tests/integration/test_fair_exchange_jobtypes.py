@@ -16,7 +16,9 @@ announced in he_scoring's statistics mode, which its consumer's node states as i
 And a restart in the middle of the exchange (issue 16), in each job type: with the job locked, one
 provider's node (tests/faults/dishonest_provider.py, ``stall_release``) holding its key back, the consumer's node
 and then that provider's are restarted: the provider's node publishes the key it kept (0600, in its
-own state), and the consumer's opens the result from the held-back messages it kept.
+own state), and the consumer's opens the result from the held-back messages it kept. With two
+providers, the other one's key came with the job's last attestation (the 3-tx settlement's tx, which
+locked the job), the stalled one's by jobs.Release after the restart.
 """
 
 from __future__ import annotations
@@ -177,6 +179,10 @@ async def test_a_node_restarted_between_the_lock_and_the_release_still_releases_
         assert asyncio.get_running_loop().time() < deadline and (record or {}).get("status") in (None, "running",
                                                                                                   "locked"), record
         await asyncio.sleep(0.2)
+    if PB in providers:  # two providers: PB, the last to attest, sent its key with its attestation (locked and
+        # released in one tx); PA attested without one and keeps it for jobs.Release
+        assert record["attestations"][PB]["height"] == record["locked_height"], record
+        assert record["attestations"][PA]["height"] < record["locked_height"], record
     kept = {m: net.root / "state" / f"compute-{m}" / "held" / f"{job}.{what}"
             for m, what in ((PA, "release_key"), (CONS, "pending"))}
     for path in kept.values():  # each node's own state, readable by its own user only

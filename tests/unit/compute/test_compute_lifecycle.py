@@ -343,3 +343,132 @@ def test_a_job_s_breakdown_is_its_submitter_s_wait_and_the_consumer_s_phases():
     assert b["settlement"] == 0.0 and b["total"] == 8.0  # settled before this node saw completion: 0, not negative
     with pytest.raises(KeyError):
         lifecycle.breakdown(10.0, {k: v for k, v in consumer.items() if k != "done"}, [consumer])
+
+
+# -- the 3-tx settlement: a provider's key with its attestation (docs/compute.md "Fair exchange") --------
+
+KEY = bytes(range(32))
+KEY_HASH = hashlib.sha256(KEY).hexdigest()
+
+
+class LockingChain(RecordingChain):
+    """A chain double that applies the job rules the provider's node relies on to ``view.record``:
+    attestations kept, the job locked when all agree with a key held back (failed otherwise), a key
+    released with the last attestation or by jobs.Release, completed when it is."""
+
+    def __init__(self, view):
+        super().__init__()
+        self.view = view
+
+    async def submit(self, identity, type_, payload, **kw):
+        await super().submit(identity, type_, payload, **kw)
+        rec, member = self.view.record, identity.account.removesuffix(".node")
+        if type_ == "jobs.Attest":
+            rec["attestations"][member] = {k: payload.get(k, {}) for k in ("result_hash", "records", "releases")}
+            if set(rec["attestations"]) == set(rec["participants"]):
+                agree = len({repr(sorted(a.items())) for a in rec["attestations"].values()}) == 1
+                rec["status"], rec["releases"] = ("locked" if agree else "failed"), {}
+            if "key" in payload:
+                assert rec["status"] == "locked", "a key sent with an attestation that does not lock the job"
+        if "key" in payload:
+            rec["releases"][member] = payload["key"]
+            rec["status"] = "completed"
+
+
+def keyed(result_hash=None):
+    class Keyed(Echo):
+        async def run(self, ctx):
+            return Outcome(result_hash or "cd" * 32, records_used=42, records={"telco.subs": 42}, release_key=KEY)
+    return Keyed
+
+
+async def _provider_with_key(monkeypatch, consumer_attestation=None, deadline=2**40, wait_s=0.3):
+    monkeypatch.setattr(lifecycle, "KEY_WAIT_S", wait_s)
+    monkeypatch.setattr(lifecycle, "LOCK_POLL_S", 0.01)  # the double answers at once
+    jobtypes.JOB_TYPES["echo"] = keyed()
+    rec = record() | {"deadline": deadline}
+    m, _, pub = manager(rec)
+    chain = m.chain = LockingChain(m.view)
+    if consumer_attestation is not None:
+        rec["attestations"][OTHER] = consumer_attestation
+    m.on_event(authorized(rec), None)
+    await _settle(m)
+    return m, chain, rec
+
+
+AGREEING = {"result_hash": "cd" * 32, "records": {"telco.subs": 42}, "releases": {ME: KEY_HASH}}
+
+
+async def test_a_provider_whose_attestation_is_the_last_and_agrees_sends_its_key_with_it(monkeypatch):
+    m, chain, rec = await _provider_with_key(monkeypatch, AGREEING)
+    assert [(t, p.get("key")) for _, t, p in chain.txs] == [("jobs.Attest", KEY.hex())]  # one tx, no jobs.Release
+    assert rec["status"] == "completed" and m.journal.get("j-1").status == "completed"
+
+
+@pytest.mark.parametrize("change", [{"result_hash": "ef" * 32}, {"records": {"telco.subs": 41}},
+                                    {"releases": {ME: "ab" * 32}}])
+async def test_a_provider_never_sends_its_key_with_an_attestation_the_others_disagree_with(monkeypatch, change):
+    m, chain, rec = await _provider_with_key(monkeypatch, AGREEING | change)
+    assert [t for _, t, _ in chain.txs] == ["jobs.Attest"] and "key" not in chain.txs[0][2]
+    assert not any(KEY.hex() in repr(p) for _, _, p in chain.txs)  # the key never left the node
+    assert rec["status"] == "failed" and m.journal.get("j-1").status == "failed"
+
+
+async def test_without_the_others_attestations_in_time_a_provider_attests_then_releases_after_the_lock(monkeypatch):
+    monkeypatch.setattr(lifecycle, "KEY_WAIT_S", 0.2)
+    monkeypatch.setattr(lifecycle, "LOCK_POLL_S", 0.01)
+    jobtypes.JOB_TYPES["echo"] = keyed()
+    rec = record()
+    m, _, _ = manager(rec)
+    chain = m.chain = LockingChain(m.view)
+    m.on_event(authorized(rec), None)
+    await asyncio.sleep(0.6)  # the consumer attests late (a multi-provider job: another provider waiting)
+    assert [(t, "key" in p) for _, t, p in chain.txs] == [("jobs.Attest", False)]
+    await chain.submit(Identity.generate(f"{OTHER}.node"), "jobs.Attest", AGREEING)  # locks the job
+    await _settle(m)
+    assert [(t, "key" in p) for _, t, p in chain.txs][-1] == ("jobs.Release", True)
+    assert rec["status"] == "completed"  # its JobCompleted event then ends the journal's job
+
+
+async def test_near_its_deadline_a_provider_sends_its_key_neither_with_its_attestation_nor_after_the_lock(monkeypatch):
+    deadline = int(time.time()) + int(lifecycle.RELEASE_MARGIN_S) - 5
+    m, chain, rec = await _provider_with_key(monkeypatch, AGREEING, deadline=deadline)
+    assert [t for _, t, _ in chain.txs] == ["jobs.Attest"] and "key" not in chain.txs[0][2]
+    assert rec["status"] == "locked" and not rec["releases"]  # refunded at the deadline, no key public
+
+
+async def test_a_consumer_never_waits_and_a_provider_that_is_not_the_last_attests_at_once(monkeypatch):
+    monkeypatch.setattr(lifecycle, "KEY_WAIT_S", 30.0)  # a wait would outlast the test
+    jobtypes.JOB_TYPES["echo"] = keyed()
+    rec = record(consumer=ME, provider=OTHER)  # this node is the consumer
+    m, _, _ = manager(rec)
+    chain = m.chain = LockingChain(m.view)
+    m.on_event(authorized(rec), None)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if chain.txs:
+            break
+    assert [(t, "key" in p) for _, t, p in chain.txs] == [("jobs.Attest", False)]
+    for task in list(m.tasks.values()):
+        task.cancel()
+    await _settle(m)
+
+
+async def test_a_restarted_provider_sends_its_kept_key_with_its_attestation(monkeypatch):
+    import json
+    monkeypatch.setattr(lifecycle, "KEY_WAIT_S", 0.3)
+    monkeypatch.setattr(lifecycle, "LOCK_POLL_S", 0.01)
+    rec = record()
+    rec["attestations"][OTHER] = AGREEING
+    m, _, _ = manager(rec)
+    chain = m.chain = LockingChain(m.view)
+    m.journal.add("j-1", "echo", "provider", rec | {"job": "j-1"}, rec["deadline"], 5)
+    m.journal.update("j-1", status="computed", result_hash="cd" * 32, records_used=42)
+    m.journal.put_held("j-1", "attestation", json.dumps({"records": {"telco.subs": 42},
+                                                         "releases": {ME: KEY_HASH}}).encode())
+    m.journal.put_held("j-1", "release_key", KEY)
+    Echo.behaviour = "boom"  # would fail if it ran again
+    await m.recover()
+    await _settle(m)
+    assert [(t, p.get("key")) for _, t, p in chain.txs] == [("jobs.Attest", KEY.hex())]
+    assert rec["status"] == "completed"
