@@ -2,12 +2,15 @@
 in the same run, on one validator (Kafka, CometBFT, the consensus service; the billing read
 model consuming alongside).
 
-A settlement is what it takes to pay a job, as every job type does it since issue 16: the
-consumer's jobs.Submit (escrow held), one jobs.Attest from each participant's node naming the
-provider's release-key hash (the last locks the job), and the provider node's jobs.Release, which
-settles it (fees, provider share, refund): 4 txs. ``--no-release`` measures the 3-tx settlement
-of before (attestations without a release hash settle at the last one), for comparison with a
-tree from before the lock. A transfer is one bank.Transfer.
+A settlement is what it takes to pay a job, as an honest one-provider job does it since issue 16:
+the consumer's jobs.Submit (escrow held), the consumer node's jobs.Attest naming the provider's
+release-key hash, and the provider node's jobs.Attest naming it too and carrying the key: the
+job's last attestation, which locks the job, releases the key and settles it (fees, provider
+share, refund) in one tx: 3 txs. ``--release-tx`` measures the 4-tx form (both attestations
+without the key, the last locks; the provider node's jobs.Release settles), what a job whose last
+attester holds no key, or whose provider's wait ran out, still does; ``--no-release`` the 3-tx
+settlement of before issue 16 (attestations without a release hash settle at the last one). A
+transfer is one bank.Transfer.
 
 Besides wall-clock rates (noisy on a shared machine), each round records the CPU time every
 process used (from /proc: the consensus app, CometBFT, Kafka, billing, and this load generator),
@@ -58,19 +61,22 @@ class Lane:
         self.nonces[who.account] = self.nonces.get(who.account, 0) + 1
         return Tx.build(who, CHAIN_ID, type_, self.nonces[who.account], payload).encode()
 
-    def settlements(self, n: int, release: bool = True) -> list[bytes]:
+    def settlements(self, n: int, form: str = "key") -> list[bytes]:
+        """``n`` settlements of ``form``: "key" (3 txs, the key with the provider's attestation),
+        "release" (4 txs, a separate jobs.Release) or "none" (3 txs, no release hash: before issue 16)."""
         out = []
-        held = {"releases": {self.provider.account: RELEASE}} if release else {}
+        held = {"releases": {self.provider.account: RELEASE}} if form != "none" else {}
+        key = {"key": KEY} if form == "key" else {}
         for _ in range(n):
             self.jobs += 1
             job = f"c{self.i}.j{self.jobs}"
             out += [self.tx(self.consumer, "jobs.Submit", {"id": job, "type": "aggregation", "max_price": 100,
                                                            "inputs": [{"asset": f"p{self.i}.a", "grant": f"c{self.i}.g"}]}),
-                    self.tx(self.pnode, "jobs.Attest", {"job": job, "result_hash": RESULT, "records_used": 7,
-                                                        "input_commitments": {f"p{self.i}.a": COMMIT}, **held}),
                     self.tx(self.cnode, "jobs.Attest", {"job": job, "result_hash": RESULT, "records_used": 0,
-                                                        "input_commitments": {}, **held})]
-            if release:
+                                                        "input_commitments": {}, **held}),
+                    self.tx(self.pnode, "jobs.Attest", {"job": job, "result_hash": RESULT, "records_used": 7,
+                                                        "input_commitments": {f"p{self.i}.a": COMMIT}, **held, **key})]
+            if form == "release":
                 out.append(self.tx(self.pnode, "jobs.Release", {"job": job, "key": KEY}))
         return out
 
@@ -138,14 +144,28 @@ async def round_(rpc: str, lanes_txs: list[list[bytes]]) -> float:
     return time.perf_counter() - started
 
 
+async def all_completed(rpc: str, lanes: list[Lane]) -> None:
+    """Every job the bench submitted settled (a refused tx in a block is not counted as refused by
+    CheckTx): each one completed on chain, its escrow released."""
+    async with ChainClient(rpc, CHAIN_ID) as c:
+        for lane in lanes:
+            for n in range(1, lane.jobs + 1):
+                record = await c.query(f"/jobs/c{lane.i}.j{n}")
+                assert record["status"] == "completed", (record["id"], record["status"], record.get("ended_reason"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lanes", type=int, default=4)
     parser.add_argument("--settlements", type=int, default=60, help="per lane per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--no-release", action="store_true",
-                        help="settle at the last attestation (3 txs, no lock and release): the settlement of before issue 16")
+    forms = parser.add_mutually_exclusive_group()
+    forms.add_argument("--release-tx", action="store_true",
+                       help="the 4-tx settlement: both attestations name the release hash (the last locks), "
+                            "the provider node's jobs.Release settles")
+    forms.add_argument("--no-release", action="store_true",
+                       help="settle at the last attestation (3 txs, no lock and release): the settlement of before issue 16")
     args = parser.parse_args(argv)
     toolchain = tc.installed()
     with tempfile.TemporaryDirectory(prefix="rdx-bench-billing.") as tmp:
@@ -171,24 +191,25 @@ def main(argv: list[str] | None = None) -> int:
             lanes = [Lane(i) for i in range(args.lanes)]
             asyncio.run(setup(node.rpc_url, association, lanes))
             asyncio.run(round_(node.rpc_url, [lane.transfers(20) for lane in lanes]))  # warm-up
-            release = not args.no_release
-            asyncio.run(round_(node.rpc_url, [lane.settlements(5, release) for lane in lanes]))
+            form = "release" if args.release_tx else "none" if args.no_release else "key"
+            asyncio.run(round_(node.rpc_url, [lane.settlements(5, form) for lane in lanes]))
             per_round = args.settlements * args.lanes
             pids = {"consensus app": app.process.pid, "cometbft": node.process.pid, "kafka": kafka.process.pid,
                     "billing": billing.process.pid}
             settle_rates, transfer_rates, cpu = [], [], {}
             for _ in range(args.rounds):  # alternating
                 settle_rates.append(timed(pids, cpu, "settlement", per_round, node.rpc_url,
-                                          [l.settlements(args.settlements, release) for l in lanes]))
+                                          [l.settlements(args.settlements, form) for l in lanes]))
                 transfer_rates.append(timed(pids, cpu, "transfer", per_round, node.rpc_url,
                                             [l.transfers(args.settlements) for l in lanes]))
+            asyncio.run(all_completed(node.rpc_url, lanes))
         finally:
             for proc in (billing, node, app):
                 if proc:
                     proc.stop()
             kafka.stop()
     s, t = median(settle_rates), median(transfer_rates)
-    txs = 4 if release else 3
+    txs = 4 if form == "release" else 3
     per_op = {kind: {name: round(median([r[name] for r in rounds]), 3) for name in rounds[0]}
               for kind, rounds in cpu.items()}
     cpu_s, cpu_t = (sum(per_op[k].values()) for k in ("settlement", "transfer"))
@@ -203,8 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     notes = (f"one validator, timeout_commit 200ms; {args.lanes} lanes (connections), {per_round} settlements or "
              f"transfers per round, {args.rounds} alternating rounds after a warm-up; a settlement is {txs} txs "
-             + ("(jobs.Submit, 2 jobs.Attest naming the release hash, the last locks; jobs.Release settles)"
-                if release else "(jobs.Submit + 2 jobs.Attest, the last settles; --no-release)")
+             + {"key": "(jobs.Submit, the consumer node's jobs.Attest naming the release hash, the provider node's "
+                       "naming it and carrying the key: it locks, releases and settles)",
+                "release": "(jobs.Submit, 2 jobs.Attest naming the release hash, the last locks; jobs.Release "
+                           "settles; --release-tx)",
+                "none": "(jobs.Submit + 2 jobs.Attest, the last settles; --no-release)"}[form]
              + f"; rates {settle_rates} vs {transfer_rates}; CPU ms per op by process (median of rounds) {per_op}; "
              f"load average {os.getloadavg()[0]:.2f} at the end; load generator, node, app, Kafka and billing share "
              f"{os.cpu_count()} cpus")

@@ -4,6 +4,7 @@ proposals, and app upgrades."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from services.common.policy import DEFAULT_POLICY_TEXT, Policy, digest
@@ -21,6 +22,13 @@ POLICY = "policy/current"
 VERSIONS = "policy/versions/"  # <version, 12 digits>: the versions published since versions were kept
 
 
+@lru_cache(maxsize=8)
+def _policy(text: str, version: int) -> Policy:
+    """A policy as published (its text's digest computed once, not at every jobs.Submit): a Policy
+    is a pure function of its text and version, and nothing changes one after it is made."""
+    return Policy(text, version)
+
+
 class GovernanceKeeper:
     def __init__(self, ctx: Context):
         self.ctx = ctx
@@ -29,7 +37,7 @@ class GovernanceKeeper:
     # -- the policy --------------------------------------------------------------------------------
     def policy(self) -> Policy:
         doc = self.store.get("policy/current")
-        return Policy(doc["text"], doc["version"]) if doc else Policy(DEFAULT_POLICY_TEXT, 1)
+        return _policy(doc["text"], doc["version"]) if doc else _policy(DEFAULT_POLICY_TEXT, 1)
 
     def publish(self, version: int, text: str) -> None:
         self.store.set(POLICY, {"version": version, "text": text, "sha256": digest(text), "height": self.ctx.height})

@@ -18,7 +18,7 @@ from services.consensus.jobs import messages as m
 from services.consensus.jobs.keeper import LOCKED, JobsKeeper
 from services.consensus.jobs.messages import MAX_PRICE
 from services.consensus.jobs.settlement import settle
-from services.consensus.members.keeper import ASSOCIATION, MembersKeeper
+from services.consensus.members.keeper import MembersKeeper
 from services.consensus.pricing import PricingKeeper
 from services.consensus.privacy.handlers import spend_for_job
 
@@ -205,7 +205,9 @@ def _conclude(ctx: Context, jobs: JobsKeeper, job: dict) -> None:
     pricing, access = PricingKeeper(ctx), AccessKeeper(ctx)
     records, _ = records_of(job)
     charges = {i["asset"]: pricing.charge(i, records[i["asset"]], access) for i in job["inputs"]}
-    association = next(mm["id"] for mm in MembersKeeper(ctx).members() if ASSOCIATION in mm["roles"])
+    # The association the board acts as: one read (a scan of every member before, per settlement). A
+    # chain whose genesis named no board has the same fallback as before (GovernanceKeeper.board).
+    association = GovernanceKeeper(ctx).board()["association"]
     p = params.get(ctx)
     outcome = settle(charges, {i["asset"]: i["provider"] for i in job["inputs"]}, job["max_price"],
                      job["participants"], association, p.association_fee_bps, p.compute_fee_bps)
