@@ -22,7 +22,10 @@ identity (size, mtime, ctime, inode) beside it. A job then memory-maps the copy 
 its columns instead of parsing the CSV and re-hashing every row. The copy is used only while
 the source file is unchanged; any write to it (even one that restores size and mtime changes
 ctime) re-imports, so the job runs on the changed data under its new commitment, which the
-listing's then refuses. Parquet is columnar already: its commitment is kept the same way and
+listing's then refuses. Beside a CSV copy the import keeps its numbers (``<id>.arrow.numbers``,
+0600, its size in the metadata): every column whose every value Arrow's text-to-float64 cast
+parses, cast once, which a job that sums columns reads instead of parsing the text again
+(``Loaded.numbers``, for a caller that asks: ARROW_COLUMNS). Parquet is columnar already: its commitment is kept the same way and
 a job reads its columns straight from the file (checked unchanged before and after). SQLite
 tables are hashed on every load (a column may mix types, which Arrow cannot hold).
 """
@@ -88,6 +91,9 @@ class Loaded:
     commitment: str
     rows: int
     columns: dict[str, list[Any]] = field(default_factory=dict)
+    # With ARROW_COLUMNS, from a CSV dataset's copy: each requested column whose every value Arrow's
+    # text-to-float64 cast parsed when the copy was made, as that cast's result (a pyarrow array).
+    numbers: dict[str, Any] = field(default_factory=dict)
 
 
 class Dataset:
@@ -221,6 +227,27 @@ class Dataset:
     def _meta_path(self) -> Path:
         return self._copies / f"{self.id}.json"
 
+    def _numbers_path(self) -> Path:
+        return self._copies / f"{self.id}.arrow.numbers"  # no dataset's copy or metadata has this name
+
+    def _numbers(self, meta: dict, columns: Sequence[str]) -> dict[str, Any]:
+        """The requested columns the copy's numbers file holds; none if it is missing, not this
+        node's own, or not the size the import recorded (a job then casts the text itself)."""
+        import pyarrow as pa
+
+        kept = meta.get("numbers") or {}
+        wanted = [c for c in columns if c in (kept.get("columns") or ())]
+        path = self._numbers_path()
+        try:
+            if not wanted or not _private(path) or path.stat().st_size != kept.get("bytes"):
+                return {}
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+            if table.num_rows != meta["rows"]:
+                return {}
+            return {c: table.column(c) for c in wanted}
+        except (OSError, KeyError, ValueError, pa.ArrowException):
+            return {}
+
     def _keep(self, fp: tuple, root: str, rows: int, copy: "_CopyWriter | None") -> None:
         meta = {"source": str(self.config.path), "format": self.config.format, "delimiter": self.config.delimiter,
                 "fingerprint": fp, "commitment": root, "rows": rows}
@@ -228,6 +255,11 @@ class Dataset:
             self._copies.mkdir(mode=0o700, parents=True, exist_ok=True)
             if copy is not None and copy.alive:
                 meta["copy_bytes"] = copy.finish()
+                numbers = _write_numbers(copy.path, self._numbers_path())
+                if numbers is not None:
+                    meta["numbers"] = numbers
+                else:
+                    self._numbers_path().unlink(missing_ok=True)
             _write_private(self._meta_path(), json.dumps(meta).encode())
         except OSError as exc:  # a full disk costs speed, not the job
             log.warning("dataset %s: no imported copy kept (%s)", self.id, type(exc).__name__)
@@ -261,6 +293,7 @@ class Dataset:
                 return None
             arrow = ARROW_COLUMNS.get()
             wanted = {c: table.column(c) if arrow else table.column(c).to_pylist() for c in columns}
+            numbers = self._numbers(meta, columns) if arrow and self.config.format == "csv" else {}
             if self._fingerprint() != fp:  # changed while read
                 return None
         except DatasetError:
@@ -268,7 +301,7 @@ class Dataset:
         except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
             return None  # no copy yet, or one that cannot be trusted: import again
         self._cached = (fp, root, rows)
-        return Loaded(self.id, root, rows, wanted)
+        return Loaded(self.id, root, rows, wanted, numbers)
 
     # -- the commitment without a job (for the API and the CLI) -------------------------------------
     def _fingerprint(self) -> tuple:
@@ -311,6 +344,38 @@ def _private(path: Path, directory: bool = False) -> bool:
 def _tuples(value: Any) -> tuple:
     """A fingerprint read back from JSON (lists) as the tuple ``_fingerprint`` returns."""
     return tuple(tuple(v) if isinstance(v, list) else v for v in value or ())
+
+
+def _write_numbers(copy: Path, path: Path) -> dict[str, Any] | None:
+    """Beside a CSV dataset's copy: each of its columns that Arrow's text-to-float64 cast parses
+    whole, cast once here (Arrow IPC, 0600), so that a job summing them reads doubles instead of
+    parsing text every time (aggregation.numeric casts the same way, so the values are the same).
+    {"columns", "bytes"} for the dataset's metadata, or None (no such column, or it could not be
+    written: a job then casts the text itself)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(copy))).read_all()
+        cast = {}
+        for name in table.column_names:
+            try:
+                cast[name] = pc.cast(table.column(name), pa.float64()).combine_chunks()
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                continue  # not every value a number: the job's own cast refuses it the same way
+        if not cast:
+            return None
+        numbers = pa.table(cast)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as sink, pa.ipc.new_file(sink, numbers.schema) as writer:
+            writer.write_table(numbers)
+        os.replace(tmp, path)
+        return {"columns": list(cast), "bytes": path.stat().st_size}
+    except (OSError, pa.ArrowException) as exc:
+        log.warning("dataset copy %s: no numbers kept beside it (%s)", copy.name, type(exc).__name__)
+        tmp.unlink(missing_ok=True)
+        return None
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -417,13 +417,18 @@ def result_hash(spec: JobSpec, commitment: str, k: int, aligned: str | None = No
 
 def _prepare(plan: Plan, loaded_columns: dict[str, list[Any]],
              aligned_group: np.ndarray | None = None,
-             clamp: dict[str, tuple[float, float]] | None = None) -> tuple[np.ndarray, int]:
+             clamp: dict[str, tuple[float, float]] | None = None,
+             numbers: dict[str, Any] | None = None) -> tuple[np.ndarray, int]:
     """Off the event loop: the provider's local aggregate in ring form, and its rows.
     ``aligned_group`` (with align_on): each row's position among the aligned keys, -1 if not aligned.
-    ``clamp`` (under a privacy budget): each column's values clamped to its [lo, hi] first."""
+    ``clamp`` (under a privacy budget): each column's values clamped to its [lo, hi] first.
+    ``numbers`` (Loaded.numbers): columns the dataset's copy holds already cast as numeric() casts."""
     rows = len(next(iter(loaded_columns.values()))) if loaded_columns else 0
     labels = as_list(loaded_columns.pop(plan.group_by)) if plan.group_by and not plan.per_key else None
-    cols = {c: numeric(loaded_columns.pop(c), c) for c in plan.columns}
+    numbers = numbers or {}
+    cols = {c: numbers[c].to_numpy() if c in numbers else numeric(loaded_columns[c], c) for c in plan.columns}
+    for c in plan.columns:
+        loaded_columns.pop(c)
     for c, (lo, hi) in (clamp or {}).items():
         cols[c] = np.clip(cols[c], lo, hi)  # NaN (null) stays NaN
     if aligned_group is None:
@@ -634,7 +639,7 @@ class AggregationJob(JobType):
             loaded = await ctx.load_input(ctx.my_inputs[0], plan.load_columns(), arrow=True)
             if plan.align_on:
                 return loaded, None
-            return None, await asyncio.to_thread(_prepare, plan, loaded.columns, None, clamp)
+            return None, await asyncio.to_thread(_prepare, plan, loaded.columns, None, clamp, loaded.numbers)
 
         # The data is loaded and reduced while the channels are set up: a peer's node may still be
         # journaling the job, and its dial waits for it. A load that fails is reported once the

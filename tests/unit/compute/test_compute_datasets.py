@@ -320,3 +320,59 @@ def test_job_context_load_input_asks_for_arrow_on_the_thread_that_loads_and_only
 
     assert asyncio.run(go()) is False
     assert seen == [True, False, True]
+
+
+def _numbers_of(d, columns):
+    from services.compute.datasets import ARROW_COLUMNS
+
+    token = ARROW_COLUMNS.set(True)
+    try:
+        return d.load(columns)
+    finally:
+        ARROW_COLUMNS.reset(token)
+
+
+NUMERIC_CSV = "id,amount,note\n1,2.5,x\n2,-1e3,\n3,0.1,7\n"
+
+
+def test_a_csv_copy_keeps_its_all_numeric_columns_cast_once_for_callers_that_ask(tmp_path):
+    from services.compute.jobtypes.aggregation import numeric
+
+    d, _ = _copied(tmp_path, text=NUMERIC_CSV)
+    d.load([])  # the import
+    _no_scan(d)
+    loaded = _numbers_of(d, ["amount", "note", "id"])
+    assert set(loaded.numbers) == {"amount", "id"}  # "note" has a blank and a letter: not every value a number
+    for c in ("amount", "id"):
+        assert loaded.numbers[c].to_numpy().tolist() == numeric(loaded.columns[c].to_pylist(), c).tolist()
+    assert loaded.columns["amount"].to_pylist() == ["2.5", "-1e3", "0.1"]  # the text is unchanged
+    assert d.load(["amount"]).numbers == {}  # not asked: nothing more than before
+
+
+@pytest.mark.parametrize("damage", ["size", "exposed", "missing"])
+def test_numbers_that_do_not_check_out_are_ignored_the_text_still_serves(tmp_path, damage):
+    d, _ = _copied(tmp_path, text=NUMERIC_CSV)
+    first = d.load(["amount"])
+    numbers = tmp_path / "copies" / "d.arrow.numbers"
+    if damage == "size":
+        numbers.write_bytes(numbers.read_bytes() + b"\0")
+    elif damage == "exposed":
+        numbers.chmod(0o644)
+    else:
+        numbers.unlink()
+    _no_scan(d)
+    loaded = _numbers_of(d, ["amount"])
+    assert loaded.numbers == {}
+    assert (loaded.commitment, loaded.columns["amount"].to_pylist()) == (first.commitment, first.columns["amount"])
+
+
+def test_a_source_changed_on_disk_gets_new_numbers_with_its_new_import(tmp_path):
+    d, path = _copied(tmp_path, text=NUMERIC_CSV)
+    d.load([])
+    st = path.stat()
+    path.write_text(NUMERIC_CSV.replace("2.5", "9.5"))  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    loaded = _numbers_of(Dataset(d.config, tmp_path / "copies"), ["amount"])  # imports again, from the source
+    assert loaded.columns["amount"][0] == "9.5"
+    again = _numbers_of(Dataset(d.config, tmp_path / "copies"), ["amount"])  # from the new copy
+    assert again.numbers["amount"].to_pylist() == [9.5, -1000.0, 0.1]

@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pytest
 
 from services.compute import handshake as hs
@@ -89,9 +90,15 @@ def contexts(spec, chans, data, results, progress=None, batch=64, arrow=False):
         async def load(name, columns, member=member):
             cols = data[name]
             n = len(next(iter(cols.values())))
-            if arrow:
-                return Loaded(name, "00" * 32, n, {c: pa.chunked_array([pa.array([str(v) for v in cols[c]], pa.string())])
-                                                   for c in columns})
+            if arrow:  # and, as the copy's numbers file, each column whose every value Arrow casts
+                text = {c: pa.chunked_array([pa.array([str(v) for v in cols[c]], pa.string())]) for c in columns}
+                numbers = {}
+                for c, values in text.items():
+                    try:
+                        numbers[c] = pa.compute.cast(values, pa.float64())
+                    except pa.ArrowInvalid:
+                        pass
+                return Loaded(name, "00" * 32, n, text, numbers)
             return Loaded(name, "00" * 32, n, {c: list(cols[c]) for c in columns})
 
         async def commit_result(result, member=member):
