@@ -2,7 +2,8 @@
 
 Pure settlement: payouts add up to the amount charged, which never exceeds the max price; every
 provider gets its exact share under the rounding rule. Whole chain: random sequences of
-deposits, jobs, completions (directly, or locked and released, or failed on disputed records),
+deposits, jobs, completions (directly, or locked and released, or settled by the provider's key
+with the last attestation, or failed on disputed records),
 failures, aborts and transfers keep credits conserved and escrow
 non-negative (the invariants are checked after every block), and nobody is charged above the
 max price it agreed."""
@@ -14,7 +15,7 @@ import json
 from fractions import Fraction
 
 from chainsim import Harness, register
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from services.common.identity import Identity
@@ -54,6 +55,7 @@ ACTIONS = st.lists(st.one_of(
     st.tuples(st.just("submit"), st.integers(0, 4_000)),
     st.tuples(st.just("complete"), st.integers(0, 50)),
     st.tuples(st.just("locked"), st.integers(0, 50)),  # held back, then released; every 5th: records disputed
+    st.tuples(st.just("keyed"), st.integers(0, 50)),  # the key with the last attestation; every 5th: disputed
     st.tuples(st.just("fail"), st.just(0)),
     st.tuples(st.just("abort"), st.just(0)),
     st.tuples(st.just("transfer"), st.integers(1, 2_000)),
@@ -61,6 +63,8 @@ ACTIONS = st.lists(st.one_of(
 
 
 @given(actions=ACTIONS)
+@example(actions=[("submit", 3_000), ("keyed", 12), ("submit", 2_500), ("keyed", 5), ("submit", 2_200),
+                  ("locked", 7)])  # each way of settling at least once: random lists seldom hold a running job
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                 HealthCheck.too_slow])
 def test_random_money_sequences_conserve_credits(tmp_path_factory, actions):
@@ -97,7 +101,7 @@ def test_random_money_sequences_conserve_credits(tmp_path_factory, actions):
                 assert r.code == Code.PRICE_TOO_LOW and f"quote {QUOTE}" in r.log
             if r.code == Code.OK:
                 running.append((f"job-{n}", value))
-        elif action in ("complete", "locked", "fail", "abort") and running:
+        elif action in ("complete", "locked", "keyed", "fail", "abort") and running:
             job, max_price = running.pop(0)
             before = bal(h, "bank") + max_price
             if action == "complete":
@@ -124,6 +128,26 @@ def test_random_money_sequences_conserve_credits(tmp_path_factory, actions):
                     [r] = h.block(h.tx(bank, "jobs.Abort", {"job": job, "reason": "x"}))
                     assert r.code == Code.INVALID_STATE and bal(h, "bank") == before - max_price  # locked: no refund
                     h.block(h.tx(tn, "jobs.Release", {"job": job, "key": key.hex()}))
+                    settled = [e for e in h.db.events_after((h.height, -2, -1)) if e.type == "JobSettled"][0].data
+                    assert settled["charged"] == 700 + 37 * min(value, ROWS) <= max_price
+                    assert bal(h, "bank") == before - settled["charged"] + settled["payouts"].get("bank", 0)
+            elif action == "keyed":  # the 3-tx settlement: the consumer's node attests, then the provider's with its key
+                key = hashlib.sha256(job.encode()).digest()
+                common = {"job": job, "result_hash": "cd" * 32, "releases": {"telco": hashlib.sha256(key).hexdigest()}}
+                seen = value + 1 if value % 5 == 0 else value
+                h.block(h.tx(bn, "jobs.Attest", {**common, "records_used": 0, "records": {"t.rows": seen},
+                                                 "input_commitments": {}}))
+                [r] = h.block(h.tx(bank, "jobs.Abort", {"job": job, "reason": "x"}))
+                assert r.code == Code.INVALID_STATE  # the consumer attested: it can no longer end the job
+                [r] = h.block(h.tx(tn, "jobs.Attest", {**common, "records_used": value, "records": {"t.rows": value},
+                                                       "input_commitments": {"t.fixed": "ab" * 32, "t.rows": "ab" * 32},
+                                                       "key": key.hex()}))
+                if seen != value:  # the key with a disagreeing attestation: refused whole, the job runs on
+                    assert r.code == Code.INVALID_STATE and json.loads(h.state()[f"jobs/{job}"])["status"] == "running"
+                    h.block(h.tx(assoc, "jobs.Abort", {"job": job, "reason": "x"}))
+                    assert bal(h, "bank") == before  # refunded in full
+                else:
+                    assert r.code == Code.OK
                     settled = [e for e in h.db.events_after((h.height, -2, -1)) if e.type == "JobSettled"][0].data
                     assert settled["charged"] == 700 + 37 * min(value, ROWS) <= max_price
                     assert bal(h, "bank") == before - settled["charged"] + settled["payouts"].get("bank", 0)
