@@ -670,7 +670,8 @@ class AggregationJob(JobType):
             if plan.per_key:
                 plan.set_key_groups(len(inter) // MATCH)
         k = plan.size
-        v, rows = reduced or await asyncio.to_thread(_prepare, plan, loaded.columns, aligned_group, clamp)
+        v, rows = reduced or await asyncio.to_thread(_prepare, plan, loaded.columns, aligned_group, clamp,
+                                                     loaded.numbers)
         del loaded, reduced
         ctx.progress("sharing", 1, steps)
         shares = share(v, n)
