@@ -65,9 +65,10 @@ of under a minute; written to a temporary file unless --out is given). A size of
 for iterating on PSI without the other ~10 minutes; ``RDX_BENCH_COMPUTE_ONLY=he`` runs HE scoring
 alone (PSI, aggregation and supply chain default to none; bench/results/compute_he.json),
 ``=aggregation`` aggregation alone (compute_aggregation.json), ``=jobs`` both (compute_jobs.json);
-unset, the default run is unchanged. ``--local-chain`` runs any of them on the chain as `rdx up`
-makes it (rdx/supervisor.py BLOCK_TIMING, nodes trusting only its genesis; those files get
-``_local`` before ``.json``); without it the chain makes a block every 200 ms.
+unset, the default run is unchanged. ``--local-chain`` (or ``RDX_BENCH_LOCAL_CHAIN=1``, for ``make
+bench-compute``) runs any of them on the chain as `rdx up` makes it (rdx/supervisor.py BLOCK_TIMING,
+nodes trusting only its genesis; those files get ``_local`` before ``.json``); without it the chain
+makes a block every 200 ms and the nodes take its node's word.
 
 Aggregation's and HE scoring's rounds also report, from the nodes' marks as PSI's (below),
 ``*_end_to_end_s`` (the submit to the result ready on the consumer's node) against the
@@ -703,7 +704,7 @@ def main() -> int:
     args = ap.parse_args()
     only = os.environ.get("RDX_BENCH_COMPUTE_ONLY", "")  # one part alone (ONLY's keys); unset: everything
     args.latency_only = only == "latency"
-    args.local_chain = args.local_chain or args.latency_only
+    args.local_chain = args.local_chain or args.latency_only or os.environ.get("RDX_BENCH_LOCAL_CHAIN") == "1"
     if only in ONLY_OUT and not args.quick:
         args.out = args.out or str(common.RESULTS / f"{ONLY_OUT[only]}{'_local' if args.local_chain else ''}.json")
     if only == "latency":
