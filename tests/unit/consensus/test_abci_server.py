@@ -184,6 +184,72 @@ async def test_no_response_is_written_before_flush(serve, connect) -> None:
     assert await c.recv_kinds(3) == ["echo", "info", "flush"]
 
 
+class RecordingTransport(asyncio.Transport):
+    """Keeps what the server writes, one entry per write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+
+def responses_of(data: bytes) -> list[abci.Response]:
+    out, at = [], 0
+    while at < len(data):
+        start, end = server_module.frame_bounds(bytearray(data), at, 1 << 20)
+        out.append(abci.Response.FromString(data[start:end]))
+        at = end
+    return out
+
+
+async def test_the_flushes_of_one_read_are_written_together_in_order() -> None:
+    conn = server_module._Connection(1, Application(), asyncio.Lock(), 1 << 20, {})
+    transport = RecordingTransport()
+    conn.connection_made(transport)
+    pairs = [req(check_tx=abci.RequestCheckTx(tx=f"t{i}".encode())) for i in range(50)]
+    conn.data_received(b"".join(framed(m.SerializeToString()) for p in pairs for m in (p, FLUSH)))
+    assert len(transport.writes) == 1
+    assert [r.WhichOneof("value") for r in responses_of(transport.writes[0])] == ["check_tx", "flush"] * 50
+    conn.data_received(framed(req(echo=abci.RequestEcho(message="held")).SerializeToString()))
+    assert len(transport.writes) == 1  # no Flush in that read: nothing written
+    conn.data_received(framed(FLUSH.SerializeToString()))
+    assert [r.WhichOneof("value") for r in responses_of(transport.writes[1])] == ["echo", "flush"]
+
+
+async def test_a_response_is_framed_as_protobuf_frames_the_whole_response() -> None:
+    answers = {"check_tx": abci.ResponseCheckTx(code=7, log="no", gas_wanted=3),
+               "finalize_block": abci.ResponseFinalizeBlock(app_hash=b"h" * 32,
+                                                            tx_results=[abci.ExecTxResult(code=1, data=b"d" * 200)]),
+               "commit": abci.ResponseCommit()}
+
+    class Fixed(Application):
+        def check_tx(self, req):
+            return answers["check_tx"]
+
+        def finalize_block(self, req):
+            return answers["finalize_block"]
+
+        def commit(self, req):
+            return answers["commit"]
+
+    conn = server_module._Connection(1, Fixed(), asyncio.Lock(), 1 << 20, {})
+    transport = RecordingTransport()
+    conn.connection_made(transport)
+    conn.data_received(b"".join(framed(m.SerializeToString()) for m in (
+        req(check_tx=abci.RequestCheckTx(tx=b"t")), req(finalize_block=abci.RequestFinalizeBlock(height=1)),
+        req(commit=abci.RequestCommit()), FLUSH)))
+    expected = b"".join(framed(abci.Response(**{k: v}).SerializeToString()) for k, v in answers.items())
+    assert transport.writes == [expected + framed(abci.Response(flush=abci.ResponseFlush()).SerializeToString())]
+
+
 async def test_a_full_buffer_is_written_without_flush(serve, connect) -> None:
     c = await connect(await serve())
     big = "b" * (server_module._WRITE_BUFFER_BYTES // 2 + 1)
