@@ -18,10 +18,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import Gauge
 
 from services.billing import ledger
+from services.billing.events import LedgerConsumer
 from services.common.chain import ChainClient
 from services.common.chainevents import ChainEventVerifier
 from services.common.events import CHAIN_EVENTS
-from services.common.kafka import IdempotentConsumer
 from services.common.service import Service
 from services.common.settings import ServiceSettings
 from services.common import verified
@@ -106,10 +106,9 @@ def build(settings: BillingSettings) -> Service:
     svc = Service(settings, title="rdx billing")
     chain = ChainClient(settings.cometbft_rpc, settings.chain_id)
     reader = verified.from_env(chain)  # with a trust anchor: events and reconciliation proven
-    consumer = IdempotentConsumer(settings.kafka_bootstrap, "billing", [CHAIN_EVENTS], None,
-                                  settings.state_dir / "ledger.sqlite", ledger.apply,
-                                  verifier=ChainEventVerifier(chain, reader=reader))  # a deposit only the chain made
-    ledger.init(consumer.conn)
+    consumer = LedgerConsumer(settings.kafka_bootstrap, "billing", [CHAIN_EVENTS], None,
+                              settings.state_dir / "ledger.sqlite",
+                              verifier=ChainEventVerifier(chain, reader=reader))  # a deposit only the chain made
     svc.on_startup(consumer.start)
     svc.task("consumer", consumer.run)
     svc.on_shutdown(consumer.stop)

@@ -70,8 +70,16 @@ def _total(values) -> int:
     return sum(int(v) for v in values)
 
 
+# The chain events ``apply`` acts on. Every other one leaves the read model as it is (a settlement's
+# JobAttested, JobLocked, JobReleased and JobCompleted, among others): the consumer skips those
+# without proving them or recording their ids (services/billing/events.py).
+APPLIED_TYPES = frozenset({"CreditsDeposited", "CreditsWithdrawn", "CreditsTransferred", "EscrowHeld", "JobSettled",
+                           "JobAuthorized", "DynamicPriceChanged", "AssetListed", "AssetUpdated"})
+
+
 def apply(event: Event, conn: sqlite3.Connection) -> None:
-    """The consumer's handler: runs inside the consumer's transaction, once per event id."""
+    """The consumer's handler: runs inside the consumer's transaction, once per event id. An event
+    whose type is not in ``APPLIED_TYPES`` writes nothing."""
     d, at, height = event.data, event.occurred_at.timestamp(), event.data.get("height", 0)
     lines: list[tuple[str, int, str, str | None, str | None, str | None]] = []
     if event.type == "CreditsDeposited":
