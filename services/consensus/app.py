@@ -20,10 +20,9 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
-from cachetools import LRUCache
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ValidationError
 from tendermint.abci import types_pb2 as abci
@@ -92,7 +91,7 @@ MAX_EXECUTIONS = 8  # proposals executed ahead of FinalizeBlock, kept per height
 
 # Txs whose signature was verified, by their exact bytes: CheckTx, every mempool recheck,
 # PrepareProposal/ProcessProposal and FinalizeBlock see the same tx, and decoding plus verifying
-# is most of a small tx's cost (~60 of ~110 us). Only txs that passed the signature check are
+# is most of a small tx's cost (~80 of ~130 us). Only txs that passed the signature check are
 # kept, and the cache is bounded by the bytes it holds (an entry's parsed form is estimated at
 # 4x its raw size), so a flood of junk costs no memory.
 VERIFIED_CACHE_BYTES = 32 << 20
@@ -124,11 +123,39 @@ class UpgradeRequired(RuntimeError):
     """The chain reached an upgrade height that needs a newer app than this binary: the node stops."""
 
 
-@dataclass(frozen=True)
-class Verified:
+class Verified(NamedTuple):
     tx: Tx
     signing_bytes: bytes
     public_key: str  # the key it verified against: a rotated key must be checked again
+
+
+class VerifiedCache:
+    """``Verified`` by raw tx, at most ``limit`` bytes (4x each tx's signing bytes), the oldest
+    evicted first. A dict rather than cachetools' LRUCache, whose Python-level get and set cost ~7 us
+    a CheckTx; a tx is used again within a few blocks of its first check, so age order suffices."""
+
+    def __init__(self, limit: int) -> None:
+        self._entries: dict[bytes, Verified] = {}
+        self._limit, self._size = limit, 0
+
+    def get(self, raw: bytes) -> Verified | None:
+        return self._entries.get(raw)
+
+    def put(self, raw: bytes, verified: Verified) -> None:
+        old = self._entries.pop(raw, None)
+        if old is not None:
+            self._size -= 4 * len(old.signing_bytes)
+        self._entries[raw] = verified
+        self._size += 4 * len(verified.signing_bytes)
+        while self._size > self._limit:
+            evicted = self._entries.pop(next(iter(self._entries)))
+            self._size -= 4 * len(evicted.signing_bytes)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, raw: bytes) -> bool:
+        return raw in self._entries
 
 
 @dataclass(frozen=True)
@@ -152,13 +179,13 @@ class Execution:
     time: int
     txs: list[bytes]
     block: Overlay
-    results: list[abci.ExecTxResult]
     events: list[ChainEvent]
     app_hash: bytes
     inadmissible: list[tuple[int, int]]  # kept in the block: (index, code)
     dropped: list[int]  # left out of a proposal being prepared: their codes
-    validator_updates: list[abci.ValidatorUpdate]  # for CometBFT, effective two blocks later
-    param_updates: ConsensusParams | None  # the app version, at an upgrade's height
+    # FinalizeBlock's answer, whole: the txs' results, the block's own events, validator updates
+    # (effective two blocks later) and, at an upgrade's height, the app version.
+    response: abci.ResponseFinalizeBlock
 
 
 class RdxApp(Application):
@@ -177,7 +204,7 @@ class RdxApp(Application):
         self._pending: Execution | None = None
         self._before: tuple[int, tuple[bytes, int], dict[str, str | None]] | None = None  # see ``commit``
         self._last_time = 0
-        self._verified: LRUCache = LRUCache(VERIFIED_CACHE_BYTES, getsizeof=lambda v: 4 * len(v.signing_bytes))
+        self._verified = VerifiedCache(VERIFIED_CACHE_BYTES)
         self._params = self._read_params()
         self._pending_bytes: dict[str, int] = {}  # per signer, of the txs admitted since the last Commit
 
@@ -400,10 +427,7 @@ class RdxApp(Application):
             TXS_REFUSED.labels("block", REASONS.get(code, "other")).inc()
         self._pending = execution
         self._last_time = execution.time
-        return abci.ResponseFinalizeBlock(tx_results=execution.results, app_hash=execution.app_hash,
-                                          events=[abci_event(e) for e in execution.events if e.tx_index == -1],
-                                          validator_updates=execution.validator_updates,
-                                          consensus_param_updates=execution.param_updates)
+        return execution.response
 
     def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
         if self._pending is None:
@@ -442,13 +466,18 @@ class RdxApp(Application):
         block.writes.update(self._genesis_writes)
         events = [ChainEvent(height, -1, i, time, *e) for i, e in enumerate(self._genesis_events)]
         ctx = Context(store=block, height=height, time=time)
+        response = abci.ResponseFinalizeBlock()
         param_updates = self._upgrade(ctx)
+        if param_updates is not None:
+            response.consensus_param_updates.CopyFrom(param_updates)
         for hook in BEGIN_BLOCK:
             hook(ctx)
         events += [ChainEvent(height, -1, i, time, *e) for i, e in enumerate(ctx.events, start=len(events))]
-        kept: list[bytes] = []
         digests: dict[str, str] = {}  # event id -> digest, computed once for the results and the state
-        results: list[abci.ExecTxResult] = []
+        for e in events:
+            add_abci_event(response.events, e, digests)
+        kept: list[bytes] = []
+        results = response.tx_results
         inadmissible: list[tuple[int, int]] = []
         dropped: list[int] = []
         total = 0
@@ -465,16 +494,19 @@ class RdxApp(Application):
             total += size
             index = len(kept)
             kept.append(raw)
-            tx_events = [ChainEvent(height, index, i, time, *e, outcome.trace) for i, e in enumerate(outcome.events)]
-            events += tx_events
-            results.append(abci.ExecTxResult(code=outcome.code, log=outcome.log,
-                                             events=[abci_event(e, digests) for e in tx_events]))
-        validator_updates = [abci.ValidatorUpdate(pub_key=PublicKey(ed25519=base64.b64decode(key)), power=power)
-                             for key, power in ValidatorsKeeper(Context(store=block, height=height, time=time)).end_block()]
+            # Filled in place: building an ExecTxResult from keyword arguments and nested messages
+            # cost twice as much (protobuf copies each nested message it is given).
+            result = results.add()
+            result.code, result.log = outcome.code, outcome.log
+            for i, e in enumerate(outcome.events):
+                event = ChainEvent(height, index, i, time, *e, outcome.trace)
+                events.append(event)
+                add_abci_event(result.events, event, digests)
+        for key, power in ValidatorsKeeper(Context(store=block, height=height, time=time)).end_block():
+            response.validator_updates.add(pub_key=PublicKey(ed25519=base64.b64decode(key)), power=power)
         self._record_events(block, height, events, digests)
-        app_hash = self._app_hash(block, height)
-        return Execution(height, time, kept, block, results, events, app_hash, inadmissible, dropped,
-                         validator_updates, param_updates)
+        response.app_hash = app_hash = self._app_hash(block, height)
+        return Execution(height, time, kept, block, events, app_hash, inadmissible, dropped, response)
 
     @staticmethod
     def _record_events(block: Overlay, height: int, events: list[ChainEvent], digests: dict[str, str]) -> None:
@@ -609,7 +641,7 @@ class RdxApp(Application):
         if verified is None or verified.public_key != account["public_key"]:
             if not identity.verify(account["public_key"], signing_bytes, tx.sig):
                 raise Rejected(Code.BAD_SIGNATURE, "signature does not verify with the signer's registered key")
-            self._verified[raw] = Verified(tx, signing_bytes, account["public_key"])
+            self._verified.put(raw, Verified(tx, signing_bytes, account["public_key"]))
         if account["kind"] == "delegate":  # its powers only, while active and unexpired; as its member
             keeper.check_delegate(account, tx.type, time)
             ctx.acting_as = account["member"]
@@ -643,19 +675,21 @@ def event_digest(e: ChainEvent) -> str:
     return digest(e.id, e.type, e.entity, e.time, {**e.data, "height": e.height})
 
 
-def abci_event(e: ChainEvent, digests: dict[str, str] | None = None) -> abci.Event:
-    """A chain event as CometBFT keeps it in the block's results: its id and a digest of what the
-    relay publishes, so a Kafka consumer can check an event against the chain
-    (services/common/chainevents.py). CometBFT hashes no event: the proven record is the state's
-    ``events/<height>`` (``_record_events``). ``digests`` keeps each digest for that record."""
-    d = event_digest(e)
-    if digests is not None:
-        digests[e.id] = d
-    return abci.Event(type=e.type, attributes=[
-        abci.EventAttribute(key="entity", value=e.entity, index=True),
-        abci.EventAttribute(key="id", value=e.id, index=False),
-        abci.EventAttribute(key="digest", value=d, index=False),
-    ])
+def add_abci_event(events, e: ChainEvent, digests: dict[str, str]) -> None:
+    """Append to ``events`` (a repeated ``abci.Event`` field) a chain event as CometBFT keeps it in
+    the block's results: its id and a digest of what the relay publishes, so a Kafka consumer can
+    check an event against the chain (services/common/chainevents.py). CometBFT hashes no event:
+    the proven record is the state's ``events/<height>`` (``_record_events``). ``digests`` keeps
+    each digest for that record."""
+    digests[e.id] = d = event_digest(e)
+    event = events.add()
+    event.type = e.type
+    attribute = event.attributes.add()
+    attribute.key, attribute.value, attribute.index = "entity", e.entity, True
+    attribute = event.attributes.add()
+    attribute.key, attribute.value = "id", e.id
+    attribute = event.attributes.add()
+    attribute.key, attribute.value = "digest", d
 
 
 def _key(height: int, time: int, txs) -> tuple:
