@@ -12,7 +12,7 @@ from services.consensus.abci.server import (
     FrameError,
     FrameTooLarge,
     encode_frame,
-    FrameReader,
+    frame_bounds,
 )
 
 __all__ = [
@@ -23,5 +23,5 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "encode_frame",
-    "FrameReader",
+    "frame_bounds",
 ]

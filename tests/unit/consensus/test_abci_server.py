@@ -12,7 +12,7 @@ import logging
 import pytest
 from tendermint.abci import types_pb2 as abci
 
-from services.consensus.abci import AbciServer, Application, FrameError, FrameReader, encode_frame
+from services.consensus.abci import AbciServer, Application, FrameError, encode_frame, frame_bounds
 from services.consensus.abci import server as server_module
 from services.consensus.abci.application import proto_tx_size
 
@@ -118,32 +118,31 @@ def test_length_prefix_is_the_protobuf_uvarint(n: int, prefix: str) -> None:
     assert frame == framed(b"x" * n)
 
 
-async def test_read_frame_round_trips_across_varint_boundaries() -> None:
+def test_frames_are_found_across_varint_boundaries_and_every_cut() -> None:
     sizes = [0, 1, 127, 128, 129, 255, 16383, 16384, 16385, 70_000]
-    reader = asyncio.StreamReader()
     payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
-    reader.feed_data(b"".join(encode_frame(p) for p in payloads))
-    reader.feed_eof()
-    frames = FrameReader(reader, 1 << 20)
+    stream = bytearray(b"".join(encode_frame(p) for p in payloads))
+    at = 0
     for p in payloads:
-        assert await frames.next() == p
-    assert await frames.next() is None  # clean end between frames
+        start, end = frame_bounds(stream, at, 1 << 20)
+        assert bytes(stream[start:end]) == p
+        for cut in range(at, end):  # any shorter buffer holds an incomplete frame
+            if cut - at <= 4 or end - cut <= 4:
+                assert frame_bounds(stream[:cut], at, 1 << 20) is None
+        at = end
+    assert frame_bounds(stream, at, 1 << 20) is None  # nothing after the last frame
 
 
 @pytest.mark.parametrize("prefix", [b"\xff" * 10 + b"\x01", b"\xff" * 9 + b"\x02"])
-async def test_read_frame_rejects_a_prefix_beyond_64_bits(prefix: bytes) -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(prefix)
+def test_a_prefix_beyond_64_bits_is_refused(prefix: bytes) -> None:
     with pytest.raises(FrameError):
-        await FrameReader(reader, 1 << 20).next()
+        frame_bounds(bytearray(prefix), 0, 1 << 20)
 
 
-async def test_read_frame_raises_on_a_stream_cut_mid_frame() -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(encode_frame(b"abcdef")[:4])
-    reader.feed_eof()
-    with pytest.raises(asyncio.IncompleteReadError):
-        await FrameReader(reader, 1 << 20).next()
+@pytest.mark.parametrize("length", [128, 16_384, 1 << 21])
+def test_a_length_above_the_limit_is_refused_before_the_body(length: int) -> None:
+    with pytest.raises(server_module.FrameTooLarge):
+        frame_bounds(bytearray(encode_frame(b"x" * length)[:-length]), 0, length - 1)
 
 
 @pytest.mark.parametrize("size", [5, 127, 128, 200, 16383, 16384, 20_000])
