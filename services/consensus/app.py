@@ -158,8 +158,7 @@ class VerifiedCache:
         return raw in self._entries
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):  # a tuple, not a frozen dataclass: made for every tx in CheckTx and in blocks
     """One tx's result. ``admissible`` is False when the tx failed authentication (decoding,
     chain, type, signer, signature, a delegate's powers, nonce or payload schema): such a tx may
     not be in a block."""
