@@ -17,6 +17,9 @@ process used (from /proc: the consensus app, CometBFT, Kafka, billing, and this 
 per settlement and per transfer: a cost that other load on the machine does not change much. Both are sent the same way: pre-signed, over several
 keep-alive connections (one signer's txs always on one connection, in nonce order), each
 waiting for its CheckTx; throughput is counted from the first send to the commit of the last tx.
+The CPU of a round is read once billing's read model holds every op of it: the relay, Kafka and
+billing work behind the chain, and read at the last commit, a short transfer round's tail was
+counted in the settlement round after it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import sqlite3
 import sys
 import tempfile
 import time
@@ -123,11 +127,36 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
+# What billing's read model holds once it has applied every transfer and every settlement so far:
+# a transfer books one transfer_in line, a bench job (one input) one usage line at its settlement.
+BOOKED = {"transfer": "SELECT count(*) FROM ledger WHERE kind = 'transfer_in'",
+          "settlement": "SELECT count(*) FROM usage"}
+
+
+def booked(ledger_db: Path, kind: str, expected: int, timeout: float = 120.0) -> None:
+    """Until billing's read model (read-only) holds ``expected`` ops of ``kind``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = sqlite3.connect(f"file:{ledger_db}?mode=ro", uri=True)
+        try:
+            held = conn.execute(BOOKED[kind]).fetchone()[0]
+        except sqlite3.OperationalError:  # not made yet
+            held = 0
+        finally:
+            conn.close()
+        if held >= expected:
+            return
+        assert time.monotonic() < deadline, f"billing holds {held} of {expected} {kind}s after {timeout}s"
+        time.sleep(0.02)
+
+
 def timed(pids: dict[str, int], cpu: dict[str, list[dict[str, float]]], kind: str, ops: int, rpc: str,
-          lanes_txs: list[list[bytes]]) -> float:
-    """One round: its ops per second, and the CPU milliseconds per op each process used in it."""
+          lanes_txs: list[list[bytes]], drained) -> float:
+    """One round: its ops per second (to the last commit), and the CPU milliseconds per op each
+    process used in it, up to ``drained()`` returning (billing has booked every op)."""
     before = cpu_seconds(pids)
     seconds = asyncio.run(round_(rpc, lanes_txs))
+    drained()
     after = cpu_seconds(pids)
     cpu.setdefault(kind, []).append({name: 1000 * (after[name] - before[name]) / ops for name in after})
     return ops / seconds
@@ -190,18 +219,25 @@ def main(argv: list[str] | None = None) -> int:
             billing.start()
             lanes = [Lane(i) for i in range(args.lanes)]
             asyncio.run(setup(node.rpc_url, association, lanes))
+            ledger_db = root / "state" / "billing" / "ledger.sqlite"
+            transfers = 20 * args.lanes
             asyncio.run(round_(node.rpc_url, [lane.transfers(20) for lane in lanes]))  # warm-up
             form = "release" if args.release_tx else "none" if args.no_release else "key"
             asyncio.run(round_(node.rpc_url, [lane.settlements(5, form) for lane in lanes]))
             per_round = args.settlements * args.lanes
             pids = {"consensus app": app.process.pid, "cometbft": node.process.pid, "kafka": kafka.process.pid,
                     "billing": billing.process.pid}
+            booked(ledger_db, "transfer", transfers)  # the warm-up's tail is not the first round's
+            booked(ledger_db, "settlement", sum(lane.jobs for lane in lanes))
             settle_rates, transfer_rates, cpu = [], [], {}
             for _ in range(args.rounds):  # alternating
                 settle_rates.append(timed(pids, cpu, "settlement", per_round, node.rpc_url,
-                                          [l.settlements(args.settlements, form) for l in lanes]))
+                                          [l.settlements(args.settlements, form) for l in lanes],
+                                          lambda: booked(ledger_db, "settlement", sum(l.jobs for l in lanes))))
+                transfers += per_round
                 transfer_rates.append(timed(pids, cpu, "transfer", per_round, node.rpc_url,
-                                            [l.transfers(args.settlements) for l in lanes]))
+                                            [l.transfers(args.settlements) for l in lanes],
+                                            lambda: booked(ledger_db, "transfer", transfers)))
             asyncio.run(all_completed(node.rpc_url, lanes))
         finally:
             for proc in (billing, node, app):
@@ -231,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 "none": "(jobs.Submit + 2 jobs.Attest, the last settles; --no-release)"}[form]
              + f"; rates {settle_rates} vs {transfer_rates}; CPU ms per op by process (median of rounds) {per_op}; "
              f"load average {os.getloadavg()[0]:.2f} at the end; load generator, node, app, Kafka and billing share "
-             f"{os.cpu_count()} cpus")
+             f"{os.cpu_count()} cpus; each round's CPU read once billing had booked every op of it")
     path = write("billing", metrics, notes, args.out)
     print(path.read_text())
     return 0
