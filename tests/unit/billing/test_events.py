@@ -86,6 +86,31 @@ async def test_a_forged_ignored_event_does_not_squat_the_id_of_a_real_one(tmp_pa
         c.store.close()
 
 
+def relayed(e: Event, offset: int, type_: str | None = None) -> Message:
+    """``e`` as the relay publishes it, its type in the ``rdx-event-type`` header (or ``type_``)."""
+    return Message(e.encode(), offset, headers=(("rdx-event-id", e.id.encode()),
+                                                ("rdx-event-type", (type_ or e.type).encode())))
+
+
+async def test_a_record_whose_header_names_an_ignored_type_is_skipped_unread_and_a_lying_header_suppresses_nothing(
+        tmp_path):
+    held = event("5/0/1", "EscrowHeld", job="j", consumer="c", amount=40)
+    chain = Chain(held)
+    c = consumer(tmp_path, chain)
+    try:
+        await c._apply(Message(b"not json", 0, headers=(("rdx-event-type", b"JobAttested"),)))
+        await c._apply(relayed(held, 1, "JobReleased"))  # a real event's bytes under a header that lies
+        assert chain.checked == [] and applied(c) == [] and c.store.count_unforwarded() == 0
+        await c._apply(relayed(held, 2))
+        assert applied(c) == ["5/0/1"] and ledger.escrow(c.conn) == {"j": 40}
+        await c._apply(Message(b"not json", 3, headers=(("rdx-event-type", b"EscrowHeld"),)))
+        await c._apply(Message(b"not json", 4, headers=(("rdx-event-type", b"NoSuchType"),)))
+        assert [r for (r,) in c.conn.execute('SELECT reason FROM dead_letters ORDER BY "offset"')] == \
+            ["not_json", "not_json"]
+    finally:
+        c.store.close()
+
+
 async def test_a_record_that_is_no_event_is_still_a_dead_letter(tmp_path):
     c = consumer(tmp_path, Chain())
     try:
