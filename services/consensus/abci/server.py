@@ -25,6 +25,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,6 +63,11 @@ DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 _MAX_VARINT_BYTES = 10  # Go's binary.MaxVarintLen64
 _WRITE_BUFFER_BYTES = 64 * 1024  # written out early so an unflushed pipeline stays bounded
+# The longest a connection is served before the others get their turn. Under load the mempool
+# connection's reads hold hundreds of CheckTx (~100 ms of work); a PrepareProposal, FinalizeBlock or
+# Commit behind such a read waited for all of it, and every tx CheckTx admitted meanwhile, after the
+# proposal took the mempool's txs, was rechecked after the block (0.95 rechecks per committed tx).
+_SLICE_SECONDS = 0.002
 _MAX_ERROR_CHARS = 200
 
 # Requests answered by the application; echo and flush are answered by the transport.
@@ -191,6 +197,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()  # responses not yet written
         self._flushed = False  # a Flush was answered: write the buffer once this read is served
         self._task: asyncio.Task[None] | None = None  # serving a request that had to wait
+        self._later: asyncio.Handle | None = None  # serving the rest of a read after other connections
         self._closing = False
         self._write_paused = False
         self._read_paused = False
@@ -206,10 +213,10 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._in += data
-        if self._task is None:
+        if self._task is None and self._later is None:
             self._serve()
         elif len(self._in) - self._at >= _WRITE_BUFFER_BYTES and not self._read_paused:
-            self._pause_reading()  # bounded while a request waits; its task resumes reading
+            self._pause_reading()  # bounded while a request waits; serving again resumes reading
 
     def eof_received(self) -> bool:
         if len(self._in) > self._at:
@@ -224,6 +231,8 @@ class _Connection(asyncio.Protocol):
         self._closing = True
         if self._task is not None:
             self._task.cancel()
+        if self._later is not None:
+            self._later.cancel()
         self._live.pop(self.id, None)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -238,7 +247,9 @@ class _Connection(asyncio.Protocol):
 
     # -- serving -------------------------------------------------------------------------------
     def _serve(self) -> None:
-        """Answer the complete frames received, in order, until one must wait for the app."""
+        """Answer the complete frames received, in order, until one must wait for the app or
+        ``_SLICE_SECONDS`` have passed (then the rest is served from the next turn of the loop)."""
+        deadline = time.monotonic() + _SLICE_SECONDS
         while self._task is None and not self._closing and not self._write_paused:
             try:
                 bounds = frame_bounds(self._in, self._at, self._max)
@@ -247,6 +258,10 @@ class _Connection(asyncio.Protocol):
                 self._fail(str(exc))
                 return
             if bounds is None:
+                break
+            if time.monotonic() >= deadline:
+                if self._later is None:
+                    self._later = asyncio.get_running_loop().call_soon(self._serve_later)
                 break
             start, self._at = bounds
             self._handle(bytes(self._in[start:self._at]))
@@ -340,6 +355,10 @@ class _Connection(asyncio.Protocol):
         if not self._read_paused and self.transport is not None and not self._closing:
             self._read_paused = True
             self.transport.pause_reading()
+
+    def _serve_later(self) -> None:
+        self._later = None
+        self._resume()
 
     def _resume(self) -> None:
         if self._closing or self._write_paused:

@@ -249,6 +249,35 @@ async def test_a_response_is_framed_as_protobuf_frames_the_whole_response() -> N
     assert transport.writes == [expected + framed(abci.Response(flush=abci.ResponseFlush()).SerializeToString())]
 
 
+async def test_a_long_read_is_served_in_slices_so_another_connection_is_not_held_behind_it(serve, connect) -> None:
+    """The mempool connection's read of hundreds of CheckTx must not hold a consensus request
+    (PrepareProposal, FinalizeBlock, Commit) until all of them are answered."""
+    import time as clock
+
+    checked: list[bytes] = []
+    checked_before_info: list[int] = []
+
+    class Busy(Application):
+        def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
+            clock.sleep(0.0005)  # CPU-bound work, as far as the event loop can tell
+            checked.append(req.tx)
+            return abci.ResponseCheckTx(code=0)
+
+        def info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
+            checked_before_info.append(len(checked))
+            return abci.ResponseInfo(last_block_height=len(checked))
+
+    s = await serve(Busy())
+    mempool, consensus = await connect(s), await connect(s)
+    txs = [req(check_tx=abci.RequestCheckTx(tx=f"t{i}".encode())) for i in range(400)]
+    await mempool.send(b"".join(framed(m.SerializeToString()) for m in (*txs, FLUSH)))
+    await consensus.send(req(info=abci.RequestInfo()), FLUSH)
+    assert (await consensus.recv()).WhichOneof("value") == "info"
+    assert checked_before_info[0] < 400
+    assert await mempool.recv_kinds(401) == ["check_tx"] * 400 + ["flush"]  # all of it, in order
+    assert checked == [m.check_tx.tx for m in txs]
+
+
 async def test_a_full_buffer_is_written_without_flush(serve, connect) -> None:
     c = await connect(await serve())
     big = "b" * (server_module._WRITE_BUFFER_BYTES // 2 + 1)
