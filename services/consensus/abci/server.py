@@ -5,10 +5,12 @@ varint (``binary.PutUvarint``) giving the length, then a serialized
 ``tendermint.abci.Request`` or ``Response``. CometBFT opens four connections (query,
 snapshot, mempool, consensus); each is an asyncio Protocol answering strictly in request
 order, in the callback that received the request unless it must wait for the app (then a
-task carries on, and the connection's later requests wait for it). Responses are buffered
-and written once a Flush has been answered (or the buffer fills), as CometBFT's own Go server
-does with its bufio writer, except that the flushes of one read are written together after
-the last request of that read has been answered (``_serve``).
+task carries on, and the connection's later requests wait for it) or the connection has been
+served for ``_SLICE_SECONDS`` (then the rest of its read waits one turn of the loop, so that the
+consensus connection is not held behind the mempool's backlog). Responses are buffered and
+written once a Flush has been answered (or the buffer fills), as CometBFT's own Go server does
+with its bufio writer, except that the Flushes served together are written together
+(``_serve``).
 
 Application calls are serialized across all connections by one lock, as in CometBFT's
 ``SocketServer`` (its ``appMtx``): an ``async`` method that awaits mid-``finalize_block``
@@ -266,10 +268,10 @@ class _Connection(asyncio.Protocol):
             start, self._at = bounds
             self._handle(bytes(self._in[start:self._at]))
         if self._flushed:
-            # The Flushes answered above are written together, once what was received is served
-            # (or a request waits for the app). Under load one read holds hundreds of CheckTx and
-            # dozens of Flushes, and a write each was ~8% of the app's CPU; a response waits at
-            # most for the requests that arrived with it, which its client had sent already.
+            # The Flushes answered above are written together, once what was received is served,
+            # the slice is over or a request waits for the app. Under load one read holds hundreds
+            # of CheckTx and dozens of Flushes, and a write each was ~8% of the app's CPU; a
+            # response waits at most one slice, for requests its client had sent already.
             self._flushed = False
             self._flush()
         if self._at and (self._at == len(self._in) or self._at >= _WRITE_BUFFER_BYTES):
