@@ -7,7 +7,6 @@ import hashlib
 
 from services.common.policy import AssetView, GrantView
 from services.common.tx import Code
-from services.consensus import params
 from services.consensus.access.handlers import chain_caller
 from services.consensus.access.keeper import AccessKeeper
 from services.consensus.assets.keeper import AssetsKeeper
@@ -33,8 +32,9 @@ def submit(ctx: Context, msg: m.Submit) -> None:
     assets, access = AssetsKeeper(ctx), AccessKeeper(ctx)
     operation = m.OPERATION_OF[msg.type]
     policy, caller = GovernanceKeeper(ctx).policy(), chain_caller(consumer)
-    pricing = PricingKeeper(ctx)
-    inputs, participants = [], {consumer["id"]}
+    pricing = PricingKeeper(ctx)  # the chain's params, read once for the tx
+    # Each record is read once and passed on: a member's node for JobAuthorized, a grant for its cover.
+    inputs, grants, nodes = [], {}, {consumer["id"]: consumer["node"]}
     for item in msg.inputs:
         asset = assets.usable(item.asset)
         if asset is None:
@@ -56,12 +56,13 @@ def submit(ctx: Context, msg: m.Submit) -> None:
         grant["runs_used"] += 1
         price = pricing.resolve(asset, grant)
         access.put(grant)
+        grants[item.asset] = grant  # as just stored
         inputs.append({"asset": item.asset, "grant": item.grant, "provider": provider["id"],
                        "version": asset["version"], "commitment": asset["commitment"], "price": price,
                        "min_group_size": asset["min_group_size"]})
-        participants.add(provider["id"])
+        nodes[provider["id"]] = provider["node"]
     deadline = ctx.time + msg.timeout_s
-    covers = {i["asset"]: pricing.cover(i["price"], access.get(i["grant"]), deadline) for i in inputs}
+    covers = {i["asset"]: pricing.cover(i["price"], grants[i["asset"]], deadline) for i in inputs}
     quote = sum(covers.values())
     if quote > MAX_PRICE:
         raise Rejected(Code.PRICE_TOO_LOW, f"the quote for this job, {quote}, exceeds the largest max_price {MAX_PRICE}; "
@@ -73,11 +74,11 @@ def submit(ctx: Context, msg: m.Submit) -> None:
     spend_for_job(ctx, msg.id, msg.type, msg.params, consumer["id"], inputs)  # issue 17: before anything runs
     BankKeeper(ctx).hold(msg.id, consumer["id"], msg.max_price)
     job = {"id": msg.id, "type": msg.type, "consumer": consumer["id"], "inputs": inputs,
-           "participants": sorted(participants), "params": msg.params, "max_price": msg.max_price,
+           "participants": sorted(nodes), "params": msg.params, "max_price": msg.max_price,
            "status": "running", "attestations": {}, "submitted_height": ctx.height,
            "deadline": deadline}
     jobs.open(job)
-    nodes = {p: members.member(p)["node"] for p in job["participants"]}
+    nodes = {p: nodes[p] for p in job["participants"]}
     ctx.emit("JobAuthorized", f"job:{msg.id}", job=msg.id, type=msg.type, consumer=consumer["id"],
              inputs=[{k: i[k] for k in ("asset", "provider", "version", "commitment", "min_group_size", "price")}
                      for i in inputs],
@@ -125,7 +126,7 @@ def attest(ctx: Context, msg: m.Attest) -> None:
     if len(job["attestations"]) < len(job["participants"]):
         jobs.put(job)
         return
-    _attested(ctx, jobs, job)
+    _attested(ctx, jobs, job, store=msg.key is None)
     if msg.key is not None:
         if job["status"] != LOCKED:  # raising discards every write and event of this tx: nothing is stored
             raise Rejected(Code.INVALID_STATE, f"job {msg.job}'s attestations disagree ({job['ended_reason']}): "
@@ -172,9 +173,11 @@ def releases_of(job: dict) -> tuple[dict[str, str], list[str]]:
     return wanted, sorted(conflicts)
 
 
-def _attested(ctx: Context, jobs: JobsKeeper, job: dict) -> None:
+def _attested(ctx: Context, jobs: JobsKeeper, job: dict, *, store: bool = True) -> None:
     """Everyone attested: fail on any disagreement (nobody is paid, nothing is released); else
-    lock the job for release, or complete it when no provider holds back a key."""
+    lock the job for release, or complete it when no provider holds back a key. ``store`` False:
+    a locked job is not written here, as the caller releases a key next and writes it then (or
+    rejects the whole tx)."""
     hashes = {a["result_hash"] for a in job["attestations"].values()}
     if len(hashes) != 1:
         jobs.finish(job, "failed", "participants attested different results")
@@ -194,7 +197,8 @@ def _attested(ctx: Context, jobs: JobsKeeper, job: dict) -> None:
         return
     if wanted:
         job["status"], job["releases"], job["locked_height"] = LOCKED, {}, ctx.height
-        jobs.put(job)
+        if store:
+            jobs.put(job)
         ctx.emit("JobLocked", f"job:{job['id']}", job=job["id"], result_hash=job["result_hash"],
                  pending=sorted(wanted))
         return
@@ -208,7 +212,7 @@ def _conclude(ctx: Context, jobs: JobsKeeper, job: dict) -> None:
     # The association the board acts as: one read (a scan of every member before, per settlement). A
     # chain whose genesis named no board has the same fallback as before (GovernanceKeeper.board).
     association = GovernanceKeeper(ctx).board()["association"]
-    p = params.get(ctx)
+    p = pricing.params  # the chain's params as PricingKeeper read them, not read and validated again
     outcome = settle(charges, {i["asset"]: i["provider"] for i in job["inputs"]}, job["max_price"],
                      job["participants"], association, p.association_fee_bps, p.compute_fee_bps)
     jobs.finish(job, "completed", "all participants attested the same result"
