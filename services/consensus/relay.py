@@ -50,13 +50,10 @@ event, 8 events a settlement) went out as a run of produce requests one after an
 handled by the broker and each waking the consumers' fetches (and their offset commits) again."""
 
 
-class RelayProducer(EventProducer):
+def relay_producer(bootstrap: str) -> EventProducer:
     """The relay's producer: ``EventProducer`` (acks=all, idempotent) filling batches of up to
     ``RECORD_BATCH_BYTES``, so that a publish of up to ``Relay.batch`` events is one produce request."""
-
-    def __init__(self, bootstrap: str):
-        super().__init__(bootstrap, "consensus")
-        self._options["max_batch_size"] = RECORD_BATCH_BYTES
+    return EventProducer(bootstrap, "consensus", max_batch_bytes=RECORD_BATCH_BYTES)
 
 
 class RelayPosition:
@@ -89,7 +86,7 @@ class Relay:
         self.chain = Database(chain_db_path)  # its own connection: reads never block the app's commits
         self.position = RelayPosition(position_path)
         self.bootstrap = bootstrap
-        self.producer = RelayProducer(bootstrap)
+        self.producer = relay_producer(bootstrap)
         self.batch = batch
         self._wake = asyncio.Event()
         self.connected = False
@@ -163,7 +160,7 @@ class Relay:
             await self.producer.stop()
         except Exception:  # noqa: BLE001 - it is being replaced anyway
             pass
-        self.producer = RelayProducer(self.bootstrap)
+        self.producer = relay_producer(self.bootstrap)
 
     @staticmethod
     async def _sleep(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:

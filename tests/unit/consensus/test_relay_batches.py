@@ -9,7 +9,8 @@ import inspect
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from services.common.events import Event
-from services.consensus.relay import RECORD_BATCH_BYTES, Relay, RelayProducer
+from services.common.kafka import EventProducer
+from services.consensus.relay import RECORD_BATCH_BYTES, Relay, relay_producer
 
 
 def test_a_full_relay_batch_of_settlement_events_fills_one_record_batch():
@@ -27,5 +28,11 @@ def test_a_full_relay_batch_of_settlement_events_fills_one_record_batch():
     assert RECORD_BATCH_BYTES <= 1 << 20  # the broker's default message.max.bytes, which a batch may not exceed
 
 
-def test_the_relay_producer_fills_batches_of_that_size():
-    assert RelayProducer("127.0.0.1:1")._options["max_batch_size"] == RECORD_BATCH_BYTES
+def test_the_relay_producer_fills_batches_of_that_size(tmp_path):
+    assert relay_producer("127.0.0.1:1")._options["max_batch_size"] == RECORD_BATCH_BYTES
+    assert Relay(tmp_path / "chain.sqlite", tmp_path / "position.sqlite", "127.0.0.1:1").producer._options["max_batch_size"] == RECORD_BATCH_BYTES
+
+
+def test_a_producer_keeps_aiokafkas_batch_size_unless_given_one():
+    assert "max_batch_size" not in EventProducer("127.0.0.1:1", "x")._options
+    assert EventProducer("127.0.0.1:1", "x", max_batch_bytes=1 << 18)._options["max_batch_size"] == 1 << 18
