@@ -42,7 +42,7 @@ class LedgerConsumer(IdempotentConsumer):
     it acts on are proven (``verifier``) and applied once; the others are skipped."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, handler=ledger.apply, verify_if=applies, **kwargs)
+        super().__init__(*args, handler=ledger.apply, verify_if=applies, batch_transactions=True, **kwargs)
         ledger.init(self.conn)
 
     async def _apply(self, message) -> None:

@@ -204,6 +204,19 @@ class IdempotentConsumer:
     not recorded as applied, so the real event of that id still applies. While the chain node
     does not answer, the consumer waits (up to ``verify_timeout_s``, then ``unverified``). With
     ``verify_if``, only the events it accepts are checked (those the handler would act on).
+
+    With ``batch_transactions``, the records of one partition's poll batch are applied in one
+    SQLite transaction instead of one each, each record inside a savepoint of its own: a record
+    whose handler raises is rolled back to its savepoint alone (retried, then dead-lettered, its
+    dead letter kept in the same transaction), the records around it are kept, and an id applied
+    earlier in the batch is seen as applied (no double apply). The batch's transaction commits before its dead letters are forwarded and
+    before its Kafka offset is committed; if the process stops inside a batch, nothing of the
+    batch is kept and, the offset not being committed, all of it is read again. Only for a
+    consumer whose connection nothing else writes through (billing's read model: its API only
+    reads): the transaction stays open across the batch's awaits (the chain's proof of an event,
+    a retry's backoff), and another coroutine's write would land inside it, or be rolled back
+    with a failing record's savepoint. Reads through the connection meanwhile see the batch's
+    records applied so far.
     """
 
     CAREFUL_RECORDS = 1000  # records read one by one per partition while looking for an unreadable one
@@ -216,7 +229,8 @@ class IdempotentConsumer:
                  event_types: Mapping[str, Collection[str]] | None = None,
                  max_attempts: int = 4, retry_backoff_s: float = 0.1,
                  verifier: ChainEventVerifier | None = None, verify_timeout_s: float = 60.0,
-                 verify_if: Callable[[Event], bool] | None = None, security: KafkaSecurity | None = None):
+                 verify_if: Callable[[Event], bool] | None = None, security: KafkaSecurity | None = None,
+                 batch_transactions: bool = False):
         """``group_id`` None: one group per read-model database, so a new, empty read model reads
         the topic from the start instead of resuming where another instance's offsets stand.
         ``security``: for the consumer and its dead-letter producer; None, from the environment."""
@@ -226,6 +240,8 @@ class IdempotentConsumer:
         self.max_attempts, self.retry_backoff_s = max(1, max_attempts), retry_backoff_s
         self.verifier, self.verify_timeout_s = verifier, verify_timeout_s
         self.verify_if = verify_if  # None: every chain event; else only those the handler acts on
+        self.batch_transactions = batch_transactions
+        self._in_batch = False  # inside a poll batch's transaction: each record in a savepoint
         self.store = AppliedLog(db_path)
         self.group_id = group_id or f"{service}-{self.store.model_id}"
         self.from_beginning = from_beginning
@@ -288,12 +304,40 @@ class IdempotentConsumer:
                 await self._skip_unreadable(exc)
                 continue
             for tp, messages in batches.items():
-                for message in messages:
-                    await self._apply(message)
+                if self.batch_transactions:
+                    await self._apply_batch(messages)
+                else:
+                    for message in messages:
+                        await self._apply(message)
                 await self._forward()  # before the commit; a failure leaves them kept locally, not lost
                 await self._commit(tp, messages[-1].offset + 1)
             if not batches:
                 await self._forward()  # what an earlier attempt could not forward
+
+    async def _apply_batch(self, messages) -> None:
+        """``messages`` applied in one transaction, committed before this returns (see the class)."""
+        conn = self.store.conn
+        conn.execute("BEGIN IMMEDIATE")
+        self._in_batch = True
+        try:
+            for message in messages:
+                await self._apply(message)
+        except BaseException:
+            self._in_batch = False
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")  # nothing of the batch is kept; its offset is not committed
+            raise
+        self._in_batch = False
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+            return
+        # SQLite itself rolled the whole transaction back (a full disk, an I/O error: a record then
+        # failed and was retried on its own): the records before it were lost with it, so the batch
+        # is applied again record by record (each id once: those kept since are seen as applied).
+        log.warning("%s: a batch's transaction was rolled back by SQLite; applying its %d records one by one",
+                    self.service, len(messages))
+        for message in messages:
+            await self._apply(message)
 
     async def _apply(self, message) -> None:
         topic = message.topic
@@ -329,8 +373,7 @@ class IdempotentConsumer:
                 await self._apply_once(event, topic)
                 return
             except Exception as exc:  # noqa: BLE001 - one bad event must not stop the consumer
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
+                self._undo()
                 if attempt == self.max_attempts:
                     log.error("event %s (%s) not applied after %d attempts: %s", event.id, event.type, attempt,
                               type(exc).__name__)
@@ -360,17 +403,28 @@ class IdempotentConsumer:
 
     async def _apply_once(self, event: Event, topic: str) -> None:
         conn = self.store.conn
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("SAVEPOINT record" if self._in_batch else "BEGIN IMMEDIATE")
         if self.store.applied(event.id):
-            conn.execute("ROLLBACK")
+            self._undo()
             metrics.EVENTS_DUPLICATE.labels(self.service, topic).inc()
             return
         result = self.handler(event, conn)
         if inspect.isawaitable(result):
             await result
         conn.execute("INSERT INTO applied_events VALUES (?, ?, ?)", (event.id, topic, time.time()))
-        conn.execute("COMMIT")
+        conn.execute("RELEASE record" if self._in_batch else "COMMIT")
         metrics.EVENTS_CONSUMED.labels(self.service, topic).inc()
+
+    def _undo(self) -> None:
+        """Discard the current record's writes: its savepoint in a batch (the batch's other records
+        stay), else its transaction."""
+        conn = self.store.conn
+        if self._in_batch:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO record")
+                conn.execute("RELEASE record")
+        elif conn.in_transaction:
+            conn.execute("ROLLBACK")
 
     def _dead_letter(self, message, reason: Reason, detail: str, attempts: int = 0) -> None:
         # The log says where and why; the detail may quote the record, so it goes only where the record goes.
