@@ -352,23 +352,34 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         """Visible to the signer's member (and the association and auditors); any other tx, like
         an unknown one, is 404. A pending tx is found among the first 100 of the node's mempool."""
         tx_hash = tx_hash.upper()
-        try:
-            found = await gw.chain.rpc("tx", hash=base64.b64encode(bytes.fromhex(tx_hash)).decode())
-        except ChainError as exc:
-            if "not found" not in str(exc):
-                raise Problem(503, "Chain unavailable", "the chain did not answer; retry") from None
-            found = None
-        if found is not None:
-            raw, result = base64.b64decode(found["tx"]), found["tx_result"]
-            status = TxStatus(tx_hash=tx_hash, status="committed", height=int(found["height"]),
-                              code=int(result.get("code", 0)), log=result.get("log", ""))
-        else:
+
+        async def indexed() -> dict | None:
+            try:
+                return await gw.chain.rpc("tx", hash=base64.b64encode(bytes.fromhex(tx_hash)).decode())
+            except ChainError as exc:
+                if "not found" not in str(exc):
+                    raise Problem(503, "Chain unavailable", "the chain did not answer; retry") from None
+                return None
+
+        raw = None
+        found = await indexed()
+        if found is None:
             try:
                 pending = (await gw.chain.rpc("unconfirmed_txs", limit="100")).get("txs") or []
             except ChainError:
                 raise Problem(503, "Chain unavailable", "the chain did not answer; retry") from None
             raw = next((r for r in map(base64.b64decode, pending) if hashlib.sha256(r).hexdigest().upper() == tx_hash), None)
             status = TxStatus(tx_hash=tx_hash, status="pending")
+            # CometBFT takes a committed tx out of the mempool at the commit and indexes it just after:
+            # a tx committed between the two reads above is in neither for a moment, so look again.
+            for delay in (0.05, 0.1, 0.2) if raw is None else ():
+                await asyncio.sleep(delay)
+                if (found := await indexed()) is not None:
+                    break
+        if found is not None:
+            raw, result = base64.b64decode(found["tx"]), found["tx_result"]
+            status = TxStatus(tx_hash=tx_hash, status="committed", height=int(found["height"]),
+                              code=int(result.get("code", 0)), log=result.get("log", ""))
         if raw is None or not await may_see_tx(p, raw):
             raise Problem(404, "Not found", f"no transaction {tx_hash} visible to {p.member}")
         return status
