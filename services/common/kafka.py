@@ -5,6 +5,9 @@ that no record can stop.
 Exactly-once here is the classic idempotent-consumer pattern: the handler's writes and the
 record "this id is applied" commit in the same SQLite transaction, so a crash can never
 leave one without the other. Kafka offsets are committed afterwards and only save work.
+A read model with a group of its own also keeps its position in its database, and starts from
+there: a copy restored from a backup reads on from where the copy was, not from where the
+instance that ran on after the backup left the group's offsets.
 
 A record that is not a valid event of its topic, or whose handler still raises after bounded
 retries, becomes a dead letter (services/common/deadletter.py): kept in the consumer's own
@@ -29,7 +32,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, CorruptRecordException, IllegalStateError
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -143,6 +146,9 @@ class AppliedLog:
                 topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
                 error TEXT NOT NULL, value BLOB, received_at REAL NOT NULL,
                 PRIMARY KEY (topic, partition, "offset"));
+            CREATE TABLE IF NOT EXISTS positions (
+                topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+                PRIMARY KEY (topic, partition));
             """
         )
         # Added with the dead-letter topic. Rows from before it stay local (forwarded = 1).
@@ -158,6 +164,17 @@ class AppliedLog:
         """A random id made when this database was: a new (empty) read model gets a new one."""
         self.conn.execute("INSERT OR IGNORE INTO read_model VALUES (1, lower(hex(randomblob(8))))")
         return self.conn.execute("SELECT model_id FROM read_model").fetchone()[0]
+
+    def position(self, tp: TopicPartition) -> int | None:
+        """The offset after the last record of ``tp`` this database has applied (or skipped)."""
+        row = self.conn.execute("SELECT next_offset FROM positions WHERE topic = ? AND partition = ?",
+                                (tp.topic, tp.partition)).fetchone()
+        return None if row is None else row[0]
+
+    def advance(self, tp: TopicPartition, offset: int) -> None:
+        """Written only after the records before ``offset`` are applied: never ahead of the data."""
+        self.conn.execute("INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
+                          "DO UPDATE SET next_offset = excluded.next_offset", (tp.topic, tp.partition, offset))
 
     def applied(self, event_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM applied_events WHERE event_id = ?", (event_id,)).fetchone() is not None
@@ -243,6 +260,9 @@ class IdempotentConsumer:
         self.batch_transactions = batch_transactions
         self._in_batch = False  # inside a poll batch's transaction: each record in a savepoint
         self.store = AppliedLog(db_path)
+        # A group of its own: this database's positions are the truth (see the module). A shared group
+        # (gateway replicas, each with a database of its own) resumes from the group's offsets.
+        self.own_positions = group_id is None
         self.group_id = group_id or f"{service}-{self.store.model_id}"
         self.from_beginning = from_beginning
         self._bootstrap = bootstrap
@@ -271,7 +291,8 @@ class IdempotentConsumer:
     async def start(self) -> None:
         """Also safe to call again after it failed: what it had started is stopped first."""
         await self._stop_clients()
-        self._consumer = AIOKafkaConsumer(*self.topics, **self._options, **self.security.client_options())
+        self._consumer = AIOKafkaConsumer(**self._options, **self.security.client_options())
+        self._consumer.subscribe(self.topics, listener=_ResumeFromDatabase(self) if self.own_positions else None)
         self._dlq = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True,
                                      request_timeout_ms=10_000, **self.security.client_options())
         try:
@@ -465,7 +486,7 @@ class IdempotentConsumer:
         log.warning("a fetch failed on a record the Kafka client cannot parse (%s); locating it", type(exc).__name__)
         assigned = sorted(self._consumer.assignment())
         for tp in assigned:
-            committed = await self._consumer.committed(tp)
+            committed = await self._resume_offset(tp)
             if committed is not None:
                 self._consumer.seek(tp, committed)
             elif self.from_beginning:
@@ -480,18 +501,25 @@ class IdempotentConsumer:
                                       f"the Kafka client cannot parse the record: {type(error).__name__}")
                     await self._forward()
                     self._consumer.seek(tp, position + 1)
-                    await self._consumer.commit({tp: position + 1})
+                    await self._commit(tp, position + 1)
                     return
                 if not got.get(tp):
                     break
                 await self._apply(got[tp][0])
-                await self._consumer.commit({tp: got[tp][0].offset + 1})
+                await self._commit(tp, got[tp][0].offset + 1)
+
+    async def _resume_offset(self, tp: TopicPartition) -> int | None:
+        """Where reading ``tp`` resumes: this database's position, else the group's committed offset."""
+        stored = self.store.position(tp) if self.own_positions else None
+        return stored if stored is not None else await self._consumer.committed(tp)
 
     async def _commit(self, tp: TopicPartition, offset: int) -> None:
         """Commit ``tp`` up to ``offset``, unless a rebalance gave the partition to another member of
         the group (gateway replicas share one): its new owner reads on from the last committed
         offset, and applying is idempotent, so nothing is lost. Committing it here would raise, and
         an exception in this loop stopped the whole gateway."""
+        if self.own_positions:
+            self.store.advance(tp, offset)
         if tp not in self._consumer.assignment():
             log.info("%s: %s moved to another consumer of group %s before its commit", self.service, tp, self.group_id)
             return
@@ -510,6 +538,22 @@ class IdempotentConsumer:
             except IllegalStateError:  # moved to another consumer of the group meanwhile: its lag now
                 return
             metrics.CONSUMER_LAG.labels(self.service, tp.topic).set(max(end - position, 0))
+
+
+class _ResumeFromDatabase(ConsumerRebalanceListener):
+    """Each partition assigned starts at the position its read model's database records."""
+
+    def __init__(self, consumer: IdempotentConsumer):
+        self.consumer = consumer
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        for tp in assigned:
+            offset = self.consumer.store.position(tp)
+            if offset is not None:
+                self.consumer._consumer.seek(tp, offset)
 
 
 class _Unreadable:
