@@ -179,3 +179,71 @@ async def test_billing_books_only_deposits_the_chain_made_and_a_squatted_id_does
         assert f'reason="{Reason.NOT_ON_CHAIN}"' in metrics
     finally:
         billing.stop()
+
+
+async def test_billing_skips_ignored_types_unproven_and_neither_they_nor_a_lying_header_suppress_a_real_event(
+        chain, kafka, tmp_path):
+    """Billing skips, unproven and unrecorded, the event types its ledger does not act on, and when the
+    relay's ``rdx-event-type`` header names one, skips the record unread (services/billing/events.py).
+    Hostile records for each path, on the real chain and broker: ignored-type records squatting the ids
+    of the next blocks' first txs, a forged deposit whose header calls it an ignored type, and bytes
+    that are no event under an ignored, an applied and no header. The real deposit that lands under a
+    squatted id applies; only the unreadable records that claim an applied type, or none, are dead
+    letters; the skipped ones leave no trace at all."""
+    member = Identity.generate("ignored-squat-member")
+    billing = ServiceProcess("billing", free_port(), {
+        "RDX_KAFKA_BOOTSTRAP": kafka.bootstrap, "RDX_COMETBFT_RPC": chain.rpc_url, "RDX_CHAIN_ID": chain.chain_id,
+        "RDX_STATE_ROOT": str(tmp_path / "state")}, tmp_path / "logs")
+    billing.start()
+
+    async def send(value: bytes, type_header: str | None, event_id: str = "x") -> int:
+        headers = [("rdx-event-id", event_id.encode())]
+        if type_header is not None:
+            headers.append(("rdx-event-type", type_header.encode()))
+        return await send_raw(kafka.bootstrap, CHAIN_EVENTS, value, key=b"forged", headers=headers)
+
+    try:
+        async with ChainClient(chain.rpc_url, chain.chain_id) as client:
+            first_height, _ = await _deposit_to_new_member(client, chain.association, kafka.bootstrap,
+                                                           member, 3, "ignored-real-1")
+            top = await client.height()
+            squatted = [f"{h}/0/0" for h in range(top + 1, top + 31)]
+            skipped = []
+            for event_id in squatted:  # ignored types under the ids, each with its true header and without
+                forged = _forged(event_id, "JobCompleted", "job:forged",
+                                 {"job": "forged", "type": "psi", "consumer": member.account, "reason": None,
+                                  "result_hash": None})
+                skipped.append(await send(forged.encode(), "JobCompleted", event_id))
+                skipped.append(await send(forged.encode(), None, event_id))
+            lying = _forged(f"{top + 1}/0/0", "CreditsDeposited", f"member:{member.account}",
+                            {"member": member.account, "amount": 500, "reference": "lying-header"})
+            skipped.append(await send(lying.encode(), "JobAttested", lying.id))
+            skipped.append(await send(b"not json", "JobReleased"))
+            dead = [await send(b"not json", "CreditsDeposited"), await send(b"not json", None)]
+            second = await client.submit(chain.association, "bank.Deposit",
+                                         {"to": member.account, "amount": 7, "reference": "ignored-real-2"})
+        real_id = f"{second.height}/0/0"
+        assert real_id in squatted, (real_id, squatted[0], squatted[-1])
+
+        deadline, deposits = time.monotonic() + 60, []
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{billing.url}/v1/statements/{member.account}?since=0", timeout=5) as resp:
+                statement = json.loads(resp.read())
+            deposits = [(e["event_id"], e["amount"]) for e in statement["entries"] if e["kind"] == "deposit"]
+            if len(deposits) >= 2:
+                break
+            await asyncio.sleep(0.3)
+        # The real deposit applied although ignored-type records (and a lying one) came first under its id.
+        assert sorted(deposits) == sorted([(f"{first_height}/0/0", 3), (real_id, 7)]), deposits
+
+        db = sqlite3.connect(tmp_path / "state" / "billing" / "ledger.sqlite")
+        sent = skipped + dead
+        marks = ",".join("?" * len(sent))
+        letters = dict(db.execute(f'SELECT "offset", reason FROM dead_letters WHERE topic = ? AND "offset" IN ({marks})',
+                                  (CHAIN_EVENTS, *sent)).fetchall())
+        assert letters == {offset: Reason.NOT_JSON for offset in dead}, letters
+        recorded = {i for (i,) in db.execute(f'SELECT event_id FROM applied_events WHERE event_id IN '
+                                              f'({",".join("?" * len(squatted))})', squatted)}
+        assert recorded == {real_id}, recorded
+    finally:
+        billing.stop()
