@@ -77,6 +77,19 @@ async def _deposit_to_new_member(client: ChainClient, association: Identity, boo
     return committed.height, event
 
 
+async def _booked_deposits(billing: ServiceProcess, member: Identity, want: int) -> list[tuple[str, int]]:
+    """(event id, amount) of the member's deposits in billing's statement, once there are ``want`` (or 60 s)."""
+    deadline, deposits = time.monotonic() + 60, []
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{billing.url}/v1/statements/{member.account}?since=0", timeout=5) as resp:
+            statement = json.loads(resp.read())
+        deposits = [(e["event_id"], e["amount"]) for e in statement["entries"] if e["kind"] == "deposit"]
+        if len(deposits) >= want:
+            break
+        await asyncio.sleep(0.3)
+    return deposits
+
+
 def _forged(event_id: str, type_: str, entity: str, data: dict) -> Event:
     height = int(event_id.split("/")[0])
     return Event(id=event_id, type=type_, entity=entity, source="consensus",
@@ -154,14 +167,7 @@ async def test_billing_books_only_deposits_the_chain_made_and_a_squatted_id_does
         real_id = f"{second.height}/0/0"
         assert real_id in squatted, (real_id, squatted[0], squatted[-1])  # a forged record came first under its id
 
-        deadline, deposits = time.monotonic() + 60, []
-        while time.monotonic() < deadline:
-            with urllib.request.urlopen(f"{billing.url}/v1/statements/{member.account}?since=0", timeout=5) as resp:
-                statement = json.loads(resp.read())
-            deposits = [(e["event_id"], e["amount"]) for e in statement["entries"] if e["kind"] == "deposit"]
-            if len(deposits) >= 2:
-                break
-            await asyncio.sleep(0.3)
+        deposits = await _booked_deposits(billing, member, 2)
         assert sorted(amount for _, amount in deposits) == [3, 7], deposits
         assert (real_id, 7) in deposits and (f"{first_height}/0/0", 3) in deposits
 
@@ -225,14 +231,7 @@ async def test_billing_skips_ignored_types_unproven_and_neither_they_nor_a_lying
         real_id = f"{second.height}/0/0"
         assert real_id in squatted, (real_id, squatted[0], squatted[-1])
 
-        deadline, deposits = time.monotonic() + 60, []
-        while time.monotonic() < deadline:
-            with urllib.request.urlopen(f"{billing.url}/v1/statements/{member.account}?since=0", timeout=5) as resp:
-                statement = json.loads(resp.read())
-            deposits = [(e["event_id"], e["amount"]) for e in statement["entries"] if e["kind"] == "deposit"]
-            if len(deposits) >= 2:
-                break
-            await asyncio.sleep(0.3)
+        deposits = await _booked_deposits(billing, member, 2)
         # The real deposit applied although ignored-type records (and a lying one) came first under its id.
         assert sorted(deposits) == sorted([(f"{first_height}/0/0", 3), (real_id, 7)]), deposits
 
