@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= .rdx
 
 .PHONY: setup setup-k8s up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state setup-ts \
-        testnet fuzz bench bench-consensus bench-gateway bench-catalog bench-billing bench-compute
+        testnet fuzz bench bench-consensus bench-gateway bench-catalog bench-billing bench-billing-history bench-compute
 
 # The virtual environment, rebuilt only when the dependency list changes.
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
@@ -137,6 +137,10 @@ bench-catalog: setup
 
 bench-billing: setup
 	@$(PY) -m bench.billing
+
+# Today's settlement ratio against the code of before issue 16, alternating in one run (~4 min).
+bench-billing-history: setup
+	@$(PY) -m bench.billing_history
 
 bench-compute: setup
 	@$(PY) -m bench.compute
