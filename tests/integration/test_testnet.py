@@ -146,7 +146,8 @@ async def test_kill_9_of_an_abci_app_under_load_then_restart_catches_up_to_the_s
         await asyncio.sleep(1.5)
         testnet.kill_app(3)
         started = time.monotonic()
-        # CometBFT does not survive losing its ABCI connection: the node stops by itself.
+        # CometBFT does not survive losing its ABCI connection: the node stops by itself, within 5 s
+        # of it at the latest (rdx/patches/cometbft-exit-when-app-lost.patch).
         while testnet.node_alive(3):
             # The log's tail says where a node that does not stop is stuck (a flake seen once under load).
             assert time.monotonic() - started < 15, \
