@@ -5,9 +5,11 @@ that no record can stop.
 Exactly-once here is the classic idempotent-consumer pattern: the handler's writes and the
 record "this id is applied" commit in the same SQLite transaction, so a crash can never
 leave one without the other. Kafka offsets are committed afterwards and only save work.
-A read model with a group of its own also keeps its position in its database, and starts from
-there: a copy restored from a backup reads on from where the copy was, not from where the
-instance that ran on after the backup left the group's offsets.
+A read model with a group of its own also keeps its position in its database: a copy restored
+from a backup reads on from where the copy was, not from where the instance that ran on after
+the backup left the group's offsets. It resumes at the lower of the two, and from the start
+when Kafka holds no offset for the group (a new or emptied broker, a topic made again, offsets
+expired): a position read in another incarnation of the topic names other records.
 
 A record that is not a valid event of its topic, or whose handler still raises after bounded
 retries, becomes a dead letter (services/common/deadletter.py): kept in the consumer's own
@@ -509,9 +511,12 @@ class IdempotentConsumer:
                 await self._commit(tp, got[tp][0].offset + 1)
 
     async def _resume_offset(self, tp: TopicPartition) -> int | None:
-        """Where reading ``tp`` resumes: this database's position, else the group's committed offset."""
+        """Where reading ``tp`` resumes; None: where ``auto_offset_reset`` says (see the module)."""
+        committed = await self._consumer.committed(tp)
         stored = self.store.position(tp) if self.own_positions else None
-        return stored if stored is not None else await self._consumer.committed(tp)
+        if committed is None or stored is None:
+            return committed
+        return min(stored, committed)
 
     async def _commit(self, tp: TopicPartition, offset: int) -> None:
         """Commit ``tp`` up to ``offset``, unless a rebalance gave the partition to another member of
@@ -541,7 +546,7 @@ class IdempotentConsumer:
 
 
 class _ResumeFromDatabase(ConsumerRebalanceListener):
-    """Each partition assigned starts at the position its read model's database records."""
+    """Each partition assigned starts where ``_resume_offset`` says."""
 
     def __init__(self, consumer: IdempotentConsumer):
         self.consumer = consumer
@@ -549,9 +554,9 @@ class _ResumeFromDatabase(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked) -> None:
         pass
 
-    def on_partitions_assigned(self, assigned) -> None:
+    async def on_partitions_assigned(self, assigned) -> None:
         for tp in assigned:
-            offset = self.consumer.store.position(tp)
+            offset = await self.consumer._resume_offset(tp)
             if offset is not None:
                 self.consumer._consumer.seek(tp, offset)
 

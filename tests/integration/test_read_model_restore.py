@@ -7,11 +7,14 @@ the consumer resumes from the position its own database records."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import uuid
 
 from aiokafka import TopicPartition
-from kafkakit import consume_until, send_raw
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import TopicAlreadyExistsError
+from kafkakit import consume_until, create_topic, send_raw
 
 from services.common.events import Event
 from services.common.kafka import IdempotentConsumer
@@ -33,12 +36,13 @@ def read_model(kafka, topic: str, db) -> IdempotentConsumer:
     return c
 
 
-async def run(c: IdempotentConsumer, want: int) -> list[str]:
-    """The ids applied, once ``want`` are (a second apply of one would be a dead letter: none may be)."""
+async def run(c: IdempotentConsumer, want: int, dead: int = 0) -> list[str]:
+    """The ids applied, once ``want`` are (a second apply of one would be a dead letter: only the
+    ``dead`` expected may be there)."""
     await c.start()
     try:
         await consume_until(c, COUNT, want, timeout=30)
-        assert c.conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
+        assert c.conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == dead
         return [r[0] for r in c.conn.execute("SELECT id FROM things ORDER BY 1")]
     finally:
         await c.stop()
@@ -68,3 +72,34 @@ async def test_a_restored_read_model_applies_what_came_after_its_backup_once(kaf
     # The live copy is lost; the restored one applies c, and nothing twice.
     restored = read_model(kafka, topic, copy / "model.sqlite")
     assert await run(restored, 3) == ["a", "b", "c"]
+
+
+async def test_a_read_model_whose_topic_was_made_again_reads_it_from_the_start(kafka, tmp_path):
+    """Restore everything (docs/operations.md): the broker starts empty and the relay publishes the
+    chain's events again, at other offsets (the old topic also held records the new one does not:
+    here one forged record before them). The database's position names a record of the old topic;
+    Kafka holds no offset for the group any more, so the read model reads the new one from the start,
+    and applies what it had not (x, d) once, and what it had not again."""
+    topic = f"t.{uuid.uuid4().hex[:8]}"
+    await send_raw(kafka.bootstrap, topic, b"forged")
+    for i in ("a", "b", "c"):
+        await send_raw(kafka.bootstrap, topic, thing(i))
+    live = tmp_path / "live"
+    live.mkdir()
+    assert await run(read_model(kafka, topic, live / "model.sqlite"), 3, dead=1) == ["a", "b", "c"]
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+    for _ in range(100):  # the deletion completes in the background
+        try:
+            await create_topic(kafka.bootstrap, topic, 1 << 20)
+            break
+        except TopicAlreadyExistsError:
+            await asyncio.sleep(0.1)
+    for i in ("x", "a", "b", "c", "d"):
+        await send_raw(kafka.bootstrap, topic, thing(i))
+    assert await run(read_model(kafka, topic, live / "model.sqlite"), 5, dead=1) == ["a", "b", "c", "d", "x"]
