@@ -25,17 +25,20 @@ pytestmark = pytest.mark.timeout(180)
 
 
 class Relay:
-    """Passes each connection's bytes both ways until ``hang()``; keeps the connections open."""
+    """Passes each connection's bytes both ways, and its end, until ``hang()``; ``connections`` in
+    the order the node opened them (node side, app side)."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
         self.flowing = asyncio.Event()
         self.flowing.set()
-        self.connections: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self.connections: list[list[asyncio.StreamWriter]] = []
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pair = [writer]
+        self.connections.append(pair)  # at accept: the order the node dialled in
         app_reader, app_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self.connections.append((writer, app_writer))
+        pair.append(app_writer)
         await asyncio.gather(self._pump(reader, app_writer), self._pump(app_reader, writer), return_exceptions=True)
 
     async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
@@ -43,50 +46,76 @@ class Relay:
             await self.flowing.wait()
             sink.write(chunk)
             await sink.drain()
+        await self.flowing.wait()
+        sink.close()  # one side ended: so does the other, as a TCP proxy's would
 
     def hang(self) -> None:
         self.flowing.clear()
 
 
-async def test_a_node_whose_app_is_lost_mid_block_exits_instead_of_running_on_without_it(kafka, tmp_path):
-    app_port, relay_port = free_port(), free_port()
-    chain_id = "rdx-app-lost"
-    env = {"RDX_KAFKA_BOOTSTRAP": kafka.bootstrap, "RDX_STATE_ROOT": str(tmp_path / "state"), "RDX_CHAIN_ID": chain_id,
-           "RDX_ABCI_PORT": str(app_port)}
-    app = ServiceProcess("consensus", free_port(), env, tmp_path / "logs")
-    relay = Relay(app_port)
-    server = await asyncio.start_server(relay.serve, "127.0.0.1", relay_port)
-    node = CometNode(tmp_path / "node", tc.installed(), chain_id=chain_id, rpc_port=free_port(), p2p_port=free_port(),
-                     abci_port=relay_port, timeout_commit="100ms",
-                     app_state=genesis_app_state(Identity.generate("association")))
-    try:
-        await asyncio.to_thread(app.start)
-        node.prepare()
-        await asyncio.to_thread(node.start)
-        assert len(relay.connections) == 4  # query, snapshot, mempool, consensus (multiAppConn's order)
-        height = node.status()["sync_info"]["latest_block_height"]
+class Validator:
+    """The real consensus service and a real CometBFT node, their ABCI connections through a Relay."""
+
+    def __init__(self, kafka, tmp_path):
+        app_port, relay_port = free_port(), free_port()
+        chain_id = "rdx-app-lost"
+        self.app = ServiceProcess("consensus", free_port(), {
+            "RDX_KAFKA_BOOTSTRAP": kafka.bootstrap, "RDX_STATE_ROOT": str(tmp_path / "state"), "RDX_CHAIN_ID": chain_id,
+            "RDX_ABCI_PORT": str(app_port)}, tmp_path / "logs")
+        self.relay, self.relay_port = Relay(app_port), relay_port
+        self.node = CometNode(tmp_path / "node", tc.installed(), chain_id=chain_id, rpc_port=free_port(),
+                              p2p_port=free_port(), abci_port=relay_port, timeout_commit="100ms",
+                              app_state=genesis_app_state(Identity.generate("association")))
+        self.server = None
+
+    async def __aenter__(self) -> "Validator":
+        self.server = await asyncio.start_server(self.relay.serve, "127.0.0.1", self.relay_port)
+        await asyncio.to_thread(self.app.start)
+        self.node.prepare()
+        await asyncio.to_thread(self.node.start)
+        assert len(self.relay.connections) == 4  # query, snapshot, mempool, consensus (multiAppConn's order)
+        height = self.node.status()["sync_info"]["latest_block_height"]
         await asyncio.sleep(1.0)
-        assert node.status()["sync_info"]["latest_block_height"] > height  # blocks through the relay
-        relay.hang()
+        assert self.node.status()["sync_info"]["latest_block_height"] > height  # blocks through the relay
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        for pair in self.relay.connections:
+            for side in pair:
+                side.close()
+        self.node.stop()
+        self.app.stop()
+
+    async def exit_code(self, within: float) -> int:
+        """The node's exit code, once it has exited by itself (within ``within`` seconds)."""
+        lost = time.monotonic()
+        while self.node.process.alive():
+            assert time.monotonic() - lost < within, f"the node runs on without its app:\n{self.node.process.log_tail(30)}"
+            await asyncio.sleep(0.1)
+        assert "connection terminated. Did the application crash?" in self.node.process.log_tail(200)
+        return self.node.process.popen.returncode
+
+
+async def test_a_node_whose_app_is_lost_mid_block_exits_instead_of_running_on_without_it(kafka, tmp_path):
+    async with Validator(kafka, tmp_path) as v:
+        v.relay.hang()
         await asyncio.sleep(2.0)  # the next block's ABCI calls now wait for answers that do not come
-        assert node.process.alive()
-        query_to_node, query_to_app = relay.connections[0]
+        assert v.node.process.alive()
+        query_to_node, query_to_app = v.relay.connections[0]
         query_to_node.close()  # the query connection breaks; the consensus one stays open, hung
         query_to_app.close()
         lost = time.monotonic()
-        while node.process.alive():
-            assert time.monotonic() - lost < 20, f"the node runs on without its app:\n{node.process.log_tail(30)}"
-            await asyncio.sleep(0.1)
-        log = node.process.log_tail(200)
-        assert "connection terminated. Did the application crash?" in log
-        # Exited by the patch's deadline, not by its own graceful stop: that stop hung.
-        assert node.process.popen.returncode == 1, log
-        assert "Still running after losing the application; exiting" in log
+        # Exited by the patch's deadline (code 1), not by its own graceful stop: that stop hung.
+        assert await v.exit_code(within=20) == 1
         assert time.monotonic() - lost < 10
-    finally:
-        server.close()
-        for a, b in relay.connections:
-            a.close()
-            b.close()
-        node.stop()
-        app.stop()
+        assert "Still running after losing the application; exiting" in v.node.process.log_tail(200)
+
+
+async def test_a_node_whose_app_was_killed_exits_as_failed_so_that_on_failure_restarts_it(kafka, tmp_path):
+    """kill -9 of the app: every connection breaks at once and the graceful stop completes; the node
+    still exits 1 (upstream: 0, as if an operator had stopped it, which docker/exchange.yaml's
+    ``restart: on-failure`` would not restart)."""
+    async with Validator(kafka, tmp_path) as v:
+        v.app.kill()
+        assert await v.exit_code(within=15) == 1
