@@ -19,7 +19,8 @@ increasing nonces, each signer's transactions on one connection; kvstore's: ``ke
 transactions of the same length.
 
 Both chains run the same node binary: CometBFT v0.38.26 as `rdx setup` builds it, with
-rdx/patches/cometbft-socket-client-flush.patch. The patch touches only the ABCI socket client,
+rdx/patches/cometbft-*.patch (the other, cometbft-exit-when-app-lost.patch, acts only once an app
+connection is lost). The flush patch touches only the ABCI socket client,
 which kvstore (in-process) never uses. Upstream (v0.38 through v1.0) arms that client's flush
 timer with 20 ns instead of 20 ms, so under load the node spent 30-36% of its CPU re-arming a
 timer and rdx reached 0.31-0.39 of kvstore (measured on 2026-11-27 with the unpatched binary;
