@@ -20,7 +20,7 @@ waiting for its CheckTx; throughput is counted from the first send to the commit
 A transfer round sends as many txs as a settlement round (3 or 4 transfers a settlement): a round
 also counts the wait for its first block and its last commit, and a transfer round a third as
 long counted that wait three times over (until 2026-12-03: transfers read at 600-1,800/s from
-round to round, ratios 0.18-0.38 in one session; equal rounds read 0.15-0.20).
+round to round, ratios 0.18-0.38 in one session; equal rounds read 0.15-0.19).
 The CPU of a round is read once billing's read model holds every op of it: the relay, Kafka and
 billing work behind the chain, and read at the last commit, a short transfer round's tail was
 counted in the settlement round after it.

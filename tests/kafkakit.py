@@ -13,8 +13,13 @@ from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from prometheus_client import REGISTRY
 
 from services.common.deadletter import Reason
-from services.common.events import MAX_DEPTH
+from services.common.events import MAX_DEPTH, Event
 from services.common.kafka import IdempotentConsumer
+
+
+def thing(event_id: str) -> bytes:
+    """A minimal valid event of type ``Thing`` (a test topic's ``event_types``)."""
+    return Event(id=event_id, type="Thing", entity=f"thing:{event_id}", source="test", data={}).encode()
 
 
 async def consume_until(consumer: IdempotentConsumer, count_sql: str, want: int, timeout: float = 30.0,

@@ -483,14 +483,14 @@ class IdempotentConsumer:
 
     async def _skip_unreadable(self, exc: Exception) -> None:
         """aiokafka fails a whole fetch on a record it cannot parse, and may already have moved past
-        the records before it. So every partition goes back to its committed offset and is read one
+        the records before it. So every partition goes back to where it resumes from and is read one
         record at a time; the one that fails is dead-lettered (its bytes cannot be read) and skipped."""
         log.warning("a fetch failed on a record the Kafka client cannot parse (%s); locating it", type(exc).__name__)
         assigned = sorted(self._consumer.assignment())
         for tp in assigned:
-            committed = await self._resume_offset(tp)
-            if committed is not None:
-                self._consumer.seek(tp, committed)
+            resume = await self._resume_offset(tp)
+            if resume is not None:
+                self._consumer.seek(tp, resume)
             elif self.from_beginning:
                 self._consumer.seek(tp, (await self._consumer.beginning_offsets([tp]))[tp])
         for tp in assigned:

@@ -370,12 +370,13 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
                 raise Problem(503, "Chain unavailable", "the chain did not answer; retry") from None
             raw = next((r for r in map(base64.b64decode, pending) if hashlib.sha256(r).hexdigest().upper() == tx_hash), None)
             status = TxStatus(tx_hash=tx_hash, status="pending")
-            # CometBFT takes a committed tx out of the mempool at the commit and indexes it just after:
-            # a tx committed between the two reads above is in neither for a moment, so look again.
-            for delay in (0.05, 0.1, 0.2) if raw is None else ():
-                await asyncio.sleep(delay)
-                if (found := await indexed()) is not None:
-                    break
+            if raw is None:
+                # CometBFT takes a committed tx out of the mempool at the commit and indexes it just
+                # after: a tx committed between the two reads above is in neither for a moment.
+                for delay in (0.05, 0.1, 0.2):
+                    await asyncio.sleep(delay)
+                    if (found := await indexed()) is not None:
+                        break
         if found is not None:
             raw, result = base64.b64decode(found["tx"]), found["tx_result"]
             status = TxStatus(tx_hash=tx_hash, status="committed", height=int(found["height"]),

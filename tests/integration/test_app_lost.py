@@ -1,7 +1,7 @@
 """A validator whose app is lost while the node waits on it exits, rather than running on without it.
 
-Between a real CometBFT node and the real consensus service sits a TCP relay the test controls,
-as a network between them would. The relay stops passing bytes (the app hangs, or the link does),
+Between a real CometBFT node and the real consensus service sits a TCP proxy the test controls,
+as a network between them would. The proxy stops passing bytes (the app hangs, or the link does),
 so a block's ABCI call waits for an answer that never comes; then one of the node's four
 connections breaks. CometBFT sends itself SIGTERM, and its graceful stop waits for the consensus
 routine, which waits on the hung connection: upstream, the node runs on for good, serving RPC and
@@ -20,72 +20,39 @@ from rdx import toolchain as tc
 from rdx.components import CometNode, ServiceProcess, free_port
 from rdx.supervisor import genesis_app_state
 from services.common.identity import Identity
+from test_compute import TcpProxy
 
 pytestmark = pytest.mark.timeout(180)
 
 
-class Relay:
-    """Passes each connection's bytes both ways, and its end, until ``hang()``; ``connections`` in
-    the order the node opened them (node side, app side)."""
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self.connections: list[list[asyncio.StreamWriter]] = []
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        pair = [writer]
-        self.connections.append(pair)  # at accept: the order the node dialled in
-        app_reader, app_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        pair.append(app_writer)
-        await asyncio.gather(self._pump(reader, app_writer), self._pump(app_reader, writer), return_exceptions=True)
-
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        while chunk := await source.read(1 << 16):
-            await self.flowing.wait()
-            sink.write(chunk)
-            await sink.drain()
-        await self.flowing.wait()
-        sink.close()  # one side ended: so does the other, as a TCP proxy's would
-
-    def hang(self) -> None:
-        self.flowing.clear()
-
-
 class Validator:
-    """The real consensus service and a real CometBFT node, their ABCI connections through a Relay."""
+    """The real consensus service and a real CometBFT node, their ABCI connections through a TcpProxy."""
 
     def __init__(self, kafka, tmp_path):
-        app_port, relay_port = free_port(), free_port()
+        app_port = free_port()
         chain_id = "rdx-app-lost"
         self.app = ServiceProcess("consensus", free_port(), {
             "RDX_KAFKA_BOOTSTRAP": kafka.bootstrap, "RDX_STATE_ROOT": str(tmp_path / "state"), "RDX_CHAIN_ID": chain_id,
             "RDX_ABCI_PORT": str(app_port)}, tmp_path / "logs")
-        self.relay, self.relay_port = Relay(app_port), relay_port
+        self.proxy = TcpProxy(app_port).start()
         self.node = CometNode(tmp_path / "node", tc.installed(), chain_id=chain_id, rpc_port=free_port(),
-                              p2p_port=free_port(), abci_port=relay_port, timeout_commit="100ms",
+                              p2p_port=free_port(), abci_port=self.proxy.port, timeout_commit="100ms",
                               app_state=genesis_app_state(Identity.generate("association")))
-        self.server = None
 
     async def __aenter__(self) -> "Validator":
-        self.server = await asyncio.start_server(self.relay.serve, "127.0.0.1", self.relay_port)
         await asyncio.to_thread(self.app.start)
         self.node.prepare()
         await asyncio.to_thread(self.node.start)
-        assert len(self.relay.connections) == 4  # query, snapshot, mempool, consensus (multiAppConn's order)
+        assert len(self.proxy.connections) == 4  # query, snapshot, mempool, consensus (multiAppConn's order)
         height = self.node.status()["sync_info"]["latest_block_height"]
         await asyncio.sleep(1.0)
-        assert self.node.status()["sync_info"]["latest_block_height"] > height  # blocks through the relay
+        assert self.node.status()["sync_info"]["latest_block_height"] > height  # blocks through the proxy
         return self
 
     async def __aexit__(self, *exc) -> None:
-        self.server.close()
-        for pair in self.relay.connections:
-            for side in pair:
-                side.close()
         self.node.stop()
         self.app.stop()
+        self.proxy.stop()
 
     async def exit_code(self, within: float) -> int:
         """The node's exit code, once it has exited by itself (within ``within`` seconds)."""
@@ -99,12 +66,10 @@ class Validator:
 
 async def test_a_node_whose_app_is_lost_mid_block_exits_instead_of_running_on_without_it(kafka, tmp_path):
     async with Validator(kafka, tmp_path) as v:
-        v.relay.hang()
+        v.proxy.hang()
         await asyncio.sleep(2.0)  # the next block's ABCI calls now wait for answers that do not come
         assert v.node.process.alive()
-        query_to_node, query_to_app = v.relay.connections[0]
-        query_to_node.close()  # the query connection breaks; the consensus one stays open, hung
-        query_to_app.close()
+        v.proxy.close(0)  # the query connection breaks; the consensus one stays open, hung
         lost = time.monotonic()
         # Exited by the patch's deadline (code 1), not by its own graceful stop: that stop hung.
         assert await v.exit_code(within=20) == 1

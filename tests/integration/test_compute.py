@@ -61,11 +61,14 @@ def phones(start: int, n: int) -> list[str]:
 
 
 class TcpProxy:
-    """Forwards a port to another and records every byte in both directions (its own thread)."""
+    """Forwards a port to another and records every byte in both directions (its own thread).
+    ``hang()`` stops passing bytes (the connections stay open); ``close(i)`` breaks the i-th
+    connection made through it, in the order they were accepted."""
 
     def __init__(self, target: int):
         self.target, self.port = target, free_port()
         self.captured = bytearray()
+        self.connections: list[list[asyncio.StreamWriter]] = []  # per connection: client side, target side
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -77,21 +80,27 @@ class TcpProxy:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, LOOPBACK, self.port))
         self._ready.set()
         self._loop.run_forever()
 
     async def _handle(self, reader, writer) -> None:
+        sides = [writer]
+        self.connections.append(sides)  # at accept: the order the client connected in
         try:
             up_reader, up_writer = await asyncio.open_connection(LOOPBACK, self.target)
         except OSError:
             writer.close()
             return
+        sides.append(up_writer)
 
         async def pipe(src, dst):
             try:
                 while data := await src.read(65536):
                     self.captured += data
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -101,7 +110,22 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
+    def hang(self) -> None:
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def close(self, i: int) -> None:
+        for side in self.connections[i]:
+            self._loop.call_soon_threadsafe(side.close)
+
     def stop(self) -> None:
+        async def shutdown() -> None:  # the connections' tasks ended before the loop: none left pending
+            self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 

@@ -11,14 +11,9 @@ import uuid
 
 import pytest
 from aiokafka import TopicPartition
-from kafkakit import send_raw
+from kafkakit import send_raw, thing
 
-from services.common.events import Event
 from services.common.kafka import IdempotentConsumer
-
-
-def thing(event_id: str) -> bytes:
-    return Event(id=event_id, type="Thing", entity=f"thing:{event_id}", source="test", data={}).encode()
 
 
 async def started(kafka, tmp_path, handler, values: list[bytes]) -> tuple[IdempotentConsumer, str, list]:

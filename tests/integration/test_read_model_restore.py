@@ -14,16 +14,11 @@ import uuid
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import TopicAlreadyExistsError
-from kafkakit import consume_until, create_topic, send_raw
+from kafkakit import consume_until, create_topic, send_raw, thing
 
-from services.common.events import Event
 from services.common.kafka import IdempotentConsumer
 
 COUNT = "SELECT count(*) FROM things"
-
-
-def thing(event_id: str) -> bytes:
-    return Event(id=event_id, type="Thing", entity=f"thing:{event_id}", source="test", data={}).encode()
 
 
 def handler(event, conn):
