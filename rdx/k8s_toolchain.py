@@ -239,6 +239,28 @@ def ensure_kubectl(log=print) -> Path:
     return _once(kubectl_bin(), build)
 
 
+def _node_program(program: str):
+    """The path and ``ensure_<program>`` of one more k8s.io/kubernetes command, cached like the
+    API server; for tests/kubelet (a one-node cluster), not built by ``make test``."""
+    def path() -> Path:
+        return cache_root() / f"{program}-{KUBERNETES_VERSION}" / "bin" / program
+
+    def ensure(log=print) -> Path:
+        def build() -> Path:
+            log(f"building {program} {KUBERNETES_VERSION} from the Go module proxy (once) ...")
+            return _kubernetes_program(program, path(), log)
+
+        return _once(path(), build)
+
+    return path, ensure
+
+
+kubelet_bin, ensure_kubelet = _node_program("kubelet")
+kube_scheduler_bin, ensure_kube_scheduler = _node_program("kube-scheduler")
+kube_controller_manager_bin, ensure_kube_controller_manager = _node_program("kube-controller-manager")
+kube_proxy_bin, ensure_kube_proxy = _node_program("kube-proxy")
+
+
 # --------------------------------------------------------------------------------------------
 # Running them
 

@@ -1,0 +1,501 @@
+"""A one-node Kubernetes cluster of real components, for tests/kubelet (``make test-kubelet``).
+
+etcd and kube-apiserver (:class:`rdx.k8s_toolchain.LocalAPIServer`), kube-controller-manager,
+kube-scheduler and a kubelet, all v1.35.4 built from the Go module proxy; Debian's containerd 1.6
+as a private instance (config, root, state, socket and runc's state under ``home``) with its CRI
+plugin and Debian's CNI plugins (``bridge`` + ``host-local``, a bridge of its own). No registry
+is reachable here, so images come from the local Docker engine (``docker save | ctr import``)
+and the sandbox ("pause") image is a small Go program built here.
+
+What this host needs and why (all verified on the project's machines, see infra/README.md):
+- ``failCgroupV1: false``: the host has cgroup v1, which Kubernetes 1.35 refuses by default;
+- ``restrict_oom_score_adj``: there is no CAP_SYS_RESOURCE, so containerd must not ask runc for
+  a negative ``oom_score_adj`` (the sandbox would fail with "can't get final child's PID");
+- pods' cgroups under a cgroup root of their own (``/rdx-node-<id>``), removed at the end.
+
+Nothing stays on the host after :meth:`OneNodeCluster.stop`: the kubelet sets kernel sysctls
+(vm.overcommit_memory, kernel.panic, ...) and the CNI bridge plugin ip_forward; their values are
+read first and written back. The bridge, its FORWARD rule, network namespaces, mounts, cgroups,
+/var/log/containers links and CNI result files this cluster made are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from rdx import k8s_toolchain as kt
+from rdx.toolchain import SetupError, apt_install, cache_root, require
+
+CONTAINERD = "/usr/bin/containerd"
+CTR = "/usr/bin/ctr"
+CNI_BIN = Path("/usr/lib/cni")
+DEBIAN_PACKAGES = {CONTAINERD: "containerd", "/usr/sbin/runc": "runc", str(CNI_BIN / "bridge"): "containernetworking-plugins",
+                   "/usr/sbin/iptables": "iptables"}
+PAUSE_TAG = "rdx-pause:1"
+PAUSE_REF = f"docker.io/library/{PAUSE_TAG}"  # how containerd names an image `docker save` named rdx-pause:1
+POD_SUBNET = "10.244.7.0/24"
+# What the kubelet writes when protectKernelDefaults is false (kubelet/cm/container_manager_linux.go),
+# and what the bridge plugin sets as a gateway: read before, written back after.
+SYSCTLS = ["vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+           "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/ip_forward"]
+CONTAINER_LOGS = Path("/var/log/containers")  # the kubelet's links there are not configurable
+NETNS_DIR = Path("/var/run/netns")
+# Host directories these programs make whatever their configuration says (the kubelet's device
+# plugin socket, its flexvolume probe, the CNI result cache, the CRI plugin's netns mounts): each
+# one that did not exist before the start is removed at the stop.
+HOST_DIRS = [Path("/var/lib/kubelet"), Path("/usr/libexec/kubernetes"), Path("/var/lib/cni"), NETNS_DIR,
+             CONTAINER_LOGS]
+
+PAUSE_GO = """\
+// The pod sandbox's process: holds the pod's namespaces until it is told to stop.
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		for {
+			var status syscall.WaitStatus
+			syscall.Wait4(-1, &status, 0, nil) // reap what the pod's other processes leave
+		}
+	}()
+	<-stop
+}
+"""
+
+
+def ensure_packages(log=print) -> None:
+    apt_install(sorted({pkg for path, pkg in DEBIAN_PACKAGES.items() if not Path(path).exists()}), "kubelet", log)
+
+
+def ensure_binaries(log=print) -> dict[str, Path]:
+    return {"etcd": kt.ensure_etcd(log), "kube-apiserver": kt.ensure_kube_apiserver(log),
+            "kube-controller-manager": kt.ensure_kube_controller_manager(log),
+            "kube-scheduler": kt.ensure_kube_scheduler(log), "kubelet": kt.ensure_kubelet(log)}
+
+
+def ensure_pause(log=print) -> Path:
+    """The pause program, a static Go binary, built once into the cache."""
+    binary = cache_root() / "pause-1" / "bin" / "pause"
+
+    def build() -> Path:
+        go = require("go", "to build the pod sandbox's pause program", kt.GO_HINT)
+        src = binary.parent.parent / "src"
+        src.mkdir(parents=True, exist_ok=True)
+        (src / "go.mod").write_text("module rdx.local/pause\n\ngo 1.22\n")
+        (src / "main.go").write_text(PAUSE_GO)
+        partial = binary.parent / ".pause.partial"
+        kt._run([go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(partial), "."], "building pause", src,
+                kt._go_env(), log)
+        partial.rename(binary)
+        return binary
+
+    return kt._once(binary, build)
+
+
+def pause_image(docker_env: dict[str, str], docker: str, log=print) -> str:
+    """``rdx-pause:1`` in the Docker engine: the pause binary alone (``docker import`` of a tarball)."""
+    if subprocess.run([docker, "image", "inspect", PAUSE_TAG], env=docker_env, capture_output=True).returncode == 0:
+        return PAUSE_TAG
+    binary = ensure_pause(log)
+    with tempfile.TemporaryDirectory() as tmp:
+        tarball = Path(tmp) / "pause.tar"
+        subprocess.run(["tar", "--owner=0", "--group=0", "-C", str(binary.parent), "-cf", str(tarball), "pause"], check=True)
+        _check([docker, "import", "--change", 'ENTRYPOINT ["/pause"]', "--change", "USER 65535:65535", str(tarball),
+                PAUSE_TAG], "docker import the pause image", env=docker_env)
+    return PAUSE_TAG
+
+
+def _check(cmd: list[str], what: str, **kwargs) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise SetupError(f"{what} failed (exit {result.returncode}): {' '.join(cmd[:4])} ...\n"
+                         f"{(result.stdout + result.stderr).strip()[-2000:]}")
+    return result.stdout
+
+
+def _read_sysctl(name: str) -> str | None:
+    try:
+        return Path("/proc/sys", name).read_text().strip()
+    except OSError:
+        return None
+
+
+def _cgroup_hierarchies() -> list[Path]:
+    """Every mounted cgroup hierarchy, v1 and (on a hybrid host, where runc makes the pods' cgroups
+    there too) v2; cpu and cpuacct may be one directory under two names."""
+    seen, out = set(), []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        parts = line.split()
+        fstype = parts[parts.index("-") + 1]
+        if fstype in ("cgroup", "cgroup2"):
+            path = Path(parts[4])
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                out.append(path)
+    return out
+
+
+class OneNodeCluster:
+    """Start with :meth:`start`, always :meth:`stop` (also when start fails half way)."""
+
+    def __init__(self, log=print):
+        self.log = log
+        self.id = secrets.token_hex(3)
+        # Short: unix socket paths must stay under 108 bytes.
+        self.home = Path(tempfile.mkdtemp(prefix=f"rdx-node-{self.id}-", dir="/tmp"))
+        self.bridge = f"rdxnode{self.id}"[:15]
+        self.cgroup_root = f"/rdx-node-{self.id}"
+        self.socket = self.home / "containerd.sock"
+        self.node_name = f"rdx-node-{self.id}"
+        self.api: kt.LocalAPIServer | None = None
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.kubeconfig: Path | None = None
+        self._sysctls: dict[str, str] = {}
+        self._forward_rule: list[str] | None = None
+        self._netns_before: set[str] = set()
+        self._logs_before: set[str] | None = None
+        self._cgroups_made: list[Path] = []
+        self._host_dirs_made: list[Path] = []
+        self.timings: dict[str, float] = {}
+
+    # -- start -----------------------------------------------------------------------------------
+    def start(self) -> "OneNodeCluster":
+        started = time.monotonic()
+        binaries = ensure_binaries(self.log)
+        self._sysctls = {name: value for name in SYSCTLS if (value := _read_sysctl(name)) is not None}
+        self._netns_before = set(os.listdir(NETNS_DIR)) if NETNS_DIR.is_dir() else set()
+        self._logs_before = set(os.listdir(CONTAINER_LOGS)) if CONTAINER_LOGS.is_dir() else None
+        self._host_dirs_made = [d for d in HOST_DIRS if not d.exists()]
+        self.api = kt.LocalAPIServer(self.home / "api", pod_network=False, log=self.log).start()
+        self.kubeconfig = self.api.kubeconfig(self.home / "admin.kubeconfig")
+        self._containerd()
+        self._spawn("kube-controller-manager", [
+            str(binaries["kube-controller-manager"]), "--kubeconfig", str(self.kubeconfig),
+            "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=false",
+            "--service-cluster-ip-range", kt.SERVICE_CIDR, "--root-ca-file", str(self.api.ca_file),
+            "--node-monitor-grace-period=20s", "--v=1"])
+        self._spawn("kube-scheduler", [
+            str(binaries["kube-scheduler"]), "--kubeconfig", str(self.kubeconfig), "--leader-elect=false",
+            "--secure-port=0", "--v=1"])
+        self._kubelet(binaries["kubelet"])
+        self.wait_node_ready()
+        self.timings["cluster_ready_s"] = time.monotonic() - started
+        self.log(f"one-node cluster ready in {self.timings['cluster_ready_s']:.1f}s ({self.home})")
+        return self
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        with open(self.home / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.home,
+                                    env=env, preexec_fn=kt._die_with_parent)
+        self.processes[name] = proc
+        return proc
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        try:
+            return "\n".join((self.home / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _containerd(self) -> None:
+        cni = self.home / "cni"
+        (cni / "net.d").mkdir(parents=True)
+        (cni / "net.d" / "10-rdx.conflist").write_text(json.dumps({
+            "cniVersion": "0.4.0", "name": f"rdx-node-{self.id}",
+            "plugins": [{"type": "bridge", "bridge": self.bridge, "isGateway": True, "ipMasq": False,
+                         "hairpinMode": True,
+                         "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET}]],
+                                  "dataDir": str(cni / "ipam"), "routes": [{"dst": "0.0.0.0/0"}]}}]}))
+        root = self.home / "containerd"
+        config = root / "config.toml"
+        root.mkdir()
+        config.write_text(textwrap.dedent(f"""\
+            version = 2
+            root = "{root / 'root'}"
+            state = "{root / 'state'}"
+            [grpc]
+              address = "{self.socket}"
+            [ttrpc]
+              address = "{self.socket}.ttrpc"
+            [plugins."io.containerd.internal.v1.opt"]
+              path = "{root / 'opt'}"
+            [plugins."io.containerd.grpc.v1.cri"]
+              sandbox_image = "{PAUSE_REF}"
+              # no CAP_SYS_RESOURCE here: a negative oom_score_adj for the sandbox would fail runc
+              restrict_oom_score_adj = true
+              stream_server_address = "127.0.0.1"
+              [plugins."io.containerd.grpc.v1.cri".containerd]
+                snapshotter = "overlayfs"
+                default_runtime_name = "runc"
+                [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+                  runtime_type = "io.containerd.runc.v2"
+                  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+                    Root = "{root / 'runc'}"
+                    SystemdCgroup = false
+              [plugins."io.containerd.grpc.v1.cri".cni]
+                bin_dir = "{CNI_BIN}"
+                conf_dir = "{cni / 'net.d'}"
+            """))
+        self._spawn("containerd", [CONTAINERD, "--config", str(config)])
+        deadline = time.monotonic() + 30
+        while subprocess.run(self.ctr("version"), capture_output=True).returncode != 0:
+            if self.processes["containerd"].poll() is not None or time.monotonic() > deadline:
+                raise SetupError(f"containerd did not start:\n{self.log_tail('containerd')}")
+            time.sleep(0.3)
+        # Pod-to-pod traffic crosses the bridge; with br_netfilter loaded (the Docker engine loads
+        # it) it goes through FORWARD, whose policy Docker sets to DROP.
+        self._forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+        _check(["iptables", "-I", *self._forward_rule], "iptables -I FORWARD (the pod bridge)")
+
+    def ctr(self, *args: str) -> list[str]:
+        return [CTR, "--address", str(self.socket), "--namespace", "k8s.io", *args]
+
+    def load_images(self, tags: list[str], docker: str, docker_env: dict[str, str]) -> None:
+        """``docker save`` the tags and import them into this containerd (unpacked for overlayfs)."""
+        started = time.monotonic()
+        save = subprocess.Popen([docker, "save", *tags], stdout=subprocess.PIPE, env=docker_env)
+        result = subprocess.run(self.ctr("images", "import", "-"), stdin=save.stdout, capture_output=True, text=True)
+        save.stdout.close()
+        if save.wait() != 0 or result.returncode != 0:
+            raise SetupError(f"docker save {tags} | ctr images import failed (save exit {save.returncode}, "
+                             f"import exit {result.returncode}): {result.stderr.strip()[-1500:]}")
+        self.timings["images_loaded_s"] = time.monotonic() - started
+
+    def _kubelet(self, kubelet: Path) -> None:
+        from rdx.components import free_port
+
+        for hierarchy in _cgroup_hierarchies():
+            path = hierarchy / self.cgroup_root.lstrip("/")
+            path.mkdir()
+            self._cgroups_made.append(path)
+            for name in ("cpuset.cpus", "cpuset.mems"):  # a new cpuset is empty until given its parent's
+                if (hierarchy / name).exists():
+                    (path / name).write_text((hierarchy / name).read_text())
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+            "failCgroupV1": False, "cgroupDriver": "cgroupfs", "cgroupRoot": self.cgroup_root, "failSwapOn": False,
+            "containerRuntimeEndpoint": f"unix://{self.socket}",
+            "address": "127.0.0.1", "port": free_port(), "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1", "healthzPort": free_port(),
+            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False}},
+            "authorization": {"mode": "AlwaysAllow"},
+            "podLogsDir": str(self.home / "pod-logs"),
+            "makeIPTablesUtilChains": False, "serializeImagePulls": False,
+            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+            "resolvConf": "/etc/resolv.conf",
+        }
+        path = self.home / "kubelet.yaml"
+        path.write_text(json.dumps(config, indent=2))
+        self._spawn("kubelet", [str(kubelet), "--config", str(path), "--kubeconfig", str(self.kubeconfig),
+                                "--root-dir", str(self.home / "kubelet"), "--hostname-override", self.node_name,
+                                "--cert-dir", str(self.home / "kubelet-pki"),
+                                "--volume-plugin-dir", str(self.home / "volume-plugins"),
+                                "--v=1"])
+
+    # -- the API ---------------------------------------------------------------------------------
+    def run_kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(kt.ensure_kubectl(self.log)), "--kubeconfig", str(self.kubeconfig), *args],
+                              input=input, capture_output=True, text=True, timeout=120)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        result = self.run_kubectl(*args, input=input)
+        if check and result.returncode != 0:
+            raise SetupError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def get(self, *args: str) -> dict:
+        return json.loads(self.kubectl("get", "-o", "json", *args))
+
+    def wait_node_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise SetupError(f"{name} exited with code {proc.returncode}:\n{self.log_tail(name)}")
+            nodes = self.get("nodes")["items"]
+            if nodes and any(c["type"] == "Ready" and c["status"] == "True"
+                             for c in nodes[0]["status"].get("conditions", [])):
+                return
+            time.sleep(1)
+        raise SetupError(f"the node was not Ready within {timeout:.0f}s; kubelet's log:\n{self.log_tail('kubelet')}")
+
+    # -- stop ------------------------------------------------------------------------------------
+    def stop(self) -> list[str]:
+        """Stop everything and undo what was changed on the host; returns what could not be undone."""
+        problems: list[str] = []
+        kubelet = self.processes.pop("kubelet", None)
+        for name in ("kube-scheduler", "kube-controller-manager"):
+            _terminate(self.processes.pop(name, None))
+        _terminate(kubelet)
+        if "containerd" in self.processes:
+            problems += self._remove_containers()
+        _terminate(self.processes.pop("containerd", None))
+        problems += self._kill_shims()
+        if self.api is not None:
+            self.api.stop()
+        problems += self._undo_host_changes()
+        self._keep_logs()
+        shutil.rmtree(self.home, ignore_errors=True)
+        if self.home.exists():
+            problems.append(f"{self.home} could not be removed")
+        return problems
+
+    def _keep_logs(self) -> None:
+        """The components' logs of the last run, kept where a failure can be read after the stop."""
+        keep = logs_dir()
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir(parents=True)
+        for log in [*self.home.glob("*.log"), *self.home.glob("api/*.log")]:
+            shutil.copy2(log, keep / log.name)
+
+    def _remove_containers(self) -> list[str]:
+        """Every pod's containers and sandboxes stopped through containerd (the kubelet is gone), so the
+        CNI DEL of each sandbox never runs: its netns and veth are removed in _undo_host_changes."""
+        problems = []
+        if self.processes["containerd"].poll() is not None:
+            return ["containerd had exited before the stop"]
+        tasks = subprocess.run(self.ctr("tasks", "ls", "-q"), capture_output=True, text=True).stdout.split()
+        for task in tasks:
+            subprocess.run(self.ctr("tasks", "kill", "-s", "SIGKILL", task), capture_output=True)
+        deadline = time.monotonic() + 20
+        for task in tasks:
+            while subprocess.run(self.ctr("tasks", "delete", task), capture_output=True).returncode != 0:
+                if time.monotonic() > deadline:
+                    problems.append(f"containerd task {task} could not be deleted")
+                    break
+                time.sleep(0.5)
+        for container in subprocess.run(self.ctr("containers", "ls", "-q"), capture_output=True, text=True).stdout.split():
+            subprocess.run(self.ctr("containers", "delete", container), capture_output=True)
+        return problems
+
+    def _kill_shims(self) -> list[str]:
+        """containerd's shims outlive it; this instance's name its socket on their command line."""
+        killed = []
+        for pid in _pids_mentioning(str(self.socket)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        if killed:
+            self.log(f"killed {len(killed)} containerd shim(s) left after containerd stopped: {killed}")
+        return []
+
+    def _undo_host_changes(self) -> list[str]:
+        problems = []
+        # mounts under home (containers' rootfs, sandboxes' shm, kubelet's volumes), deepest first
+        for mount in sorted(_mounts_under(self.home), key=len, reverse=True):
+            if subprocess.run(["umount", "-l", mount], capture_output=True).returncode != 0:
+                problems.append(f"umount {mount} failed")
+        if NETNS_DIR.is_dir():
+            for name in set(os.listdir(NETNS_DIR)) - self._netns_before:
+                if name.startswith("cni-"):  # the CRI plugin's, for this cluster's sandboxes
+                    subprocess.run(["umount", str(NETNS_DIR / name)], capture_output=True)
+                    with contextlib.suppress(OSError):
+                        (NETNS_DIR / name).unlink()
+        if Path(f"/sys/class/net/{self.bridge}").exists():
+            subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
+        if self._forward_rule:
+            if subprocess.run(["iptables", "-D", *self._forward_rule], capture_output=True).returncode != 0:
+                problems.append(f"iptables -D {' '.join(self._forward_rule)} failed")
+            self._forward_rule = None
+        for name, value in self._sysctls.items():
+            if (now := _read_sysctl(name)) != value:
+                self.log(f"setting {name} back from {now} to {value}")
+                try:
+                    Path("/proc/sys", name).write_text(value)
+                except OSError as exc:
+                    problems.append(f"sysctl {name} could not be set back to {value}: {exc}")
+        results = Path("/var/lib/cni/results")
+        if results.is_dir():
+            for f in results.glob(f"rdx-node-{self.id}-*"):
+                f.unlink()
+        if CONTAINER_LOGS.is_dir():
+            for name in os.listdir(CONTAINER_LOGS):
+                link = CONTAINER_LOGS / name
+                if self._logs_before is not None and name in self._logs_before:
+                    continue
+                if link.is_symlink() and os.readlink(link).startswith(str(self.home)):
+                    link.unlink()
+        for path in self._host_dirs_made:
+            if path == NETNS_DIR or path == CONTAINER_LOGS:
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only if empty: what is left in it is reported below
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            if path.exists():
+                problems.append(f"{path} (made by this cluster) is not empty: {sorted(os.listdir(path))[:5]}")
+        for path in reversed(self._cgroups_made):  # children (kubepods/...) first
+            for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+            try:
+                path.rmdir()
+            except OSError as exc:
+                problems.append(f"cgroup {path} could not be removed: {exc}")
+        self._cgroups_made = []
+        return problems
+
+
+def left_on_host(cluster: OneNodeCluster) -> list[str]:
+    """What of ``cluster`` is still on the host after its stop (checked, not assumed)."""
+    left = [f"process {pid}" for pid in _pids_mentioning(str(cluster.home))]
+    left += [f"mount {m}" for m in _mounts_under(cluster.home)]
+    if Path(f"/sys/class/net/{cluster.bridge}").exists():
+        left.append(f"link {cluster.bridge}")
+    rules = subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
+    left += [f"iptables {r}" for r in rules.splitlines() if cluster.bridge in r]
+    for hierarchy in _cgroup_hierarchies():
+        if (hierarchy / cluster.cgroup_root.lstrip("/")).exists():
+            left.append(f"cgroup {hierarchy / cluster.cgroup_root.lstrip('/')}")
+    left += [f"{d} (made by it)" for d in cluster._host_dirs_made if d.exists()]
+    left += [f"sysctl {n}" for n, v in cluster._sysctls.items() if _read_sysctl(n) != v]
+    return left
+
+
+def logs_dir() -> Path:
+    return cache_root() / "node-logs"
+
+
+def _terminate(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path) + "/"
+    return [fields[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if (fields := line.split()) and fields[4].startswith(prefix)]

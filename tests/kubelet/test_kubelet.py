@@ -1,0 +1,192 @@
+"""`make test-kubelet` (not part of `make test`): rdx's catalog, from its image built here, on a real
+kubelet of a one-node cluster (rdx/k8s_node.py), in a namespace enforcing Pod Security `restricted`.
+
+The catalog is ready only once its Kafka consumer has caught up, so Kafka runs beside it: the
+rdx-kafka image as a plain Deployment (Strimzi is not available here, see infra/README.md), its
+advertised address the pod's IP. With no cluster DNS and no kube-proxy, the catalog is given
+Kafka's pod IP and the test reaches the catalog at its pod IP (the host routes to the pod bridge).
+
+Needs root (containerd, CNI, cgroups); it apt-installs containerd, runc and the CNI plugins when
+missing and starts Debian's dockerd when it is not running (and stops it after).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from rdx import images
+from rdx.components import create_topics
+from rdx.k8s_node import OneNodeCluster, ensure_packages, left_on_host, logs_dir, pause_image
+from services.common.events import TOPICS
+
+pytestmark = pytest.mark.timeout(1800)  # cold: builds the node's programs and images first
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = "rdx-kubelet"
+
+if os.geteuid() != 0:
+    pytest.skip("needs root: a private containerd, the CNI bridge and the kubelet's cgroups", allow_module_level=True)
+if not Path("/sys/fs/cgroup").is_dir():
+    pytest.skip("no /sys/fs/cgroup on this machine: a kubelet cannot run pods here", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The Docker engine holding rdx's images (started here if it was not running) and the images, built (cached)."""
+    proc = images.start_engine()
+    try:
+        built = images.build_all()
+        yield [built["python"], built["kafka"], pause_image(images.env(), images.DOCKER)]
+    finally:
+        images.stop_engine(proc)
+
+
+@pytest.fixture(scope="module")
+def cluster(engine):
+    ensure_packages()
+    node = OneNodeCluster()
+    try:
+        node.start()
+        node.load_images(engine, images.DOCKER, images.env())
+        yield node
+    finally:
+        if node.kubeconfig is not None and node.processes.get("kubelet"):
+            # Pods stopped by the kubelet (CNI DEL, volumes unmounted), not only killed at stop().
+            node.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", "--timeout=90s", check=False)
+        problems = node.stop()
+        left = left_on_host(node)
+        assert not problems and not left, f"left on the host: {problems} {left} (logs: {logs_dir()})"
+
+
+def apply(cluster: OneNodeCluster, *docs: dict) -> None:
+    cluster.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
+
+
+def wait_ready_pod(cluster: OneNodeCluster, app: str, timeout: float = 300.0) -> dict:
+    deadline = time.monotonic() + timeout
+    pods: list = []
+    while time.monotonic() < deadline:
+        pods = cluster.get("pods", "-n", NS, "-l", f"app.kubernetes.io/name={app}")["items"]
+        for pod in pods:
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", [])):
+                return pod
+        time.sleep(1)
+    events = cluster.kubectl("get", "events", "-n", NS, "--sort-by=.lastTimestamp", check=False)
+    raise AssertionError(f"no Ready {app} pod within {timeout:.0f}s: {json.dumps([p['status'] for p in pods])[:3000]}\n"
+                         f"events:\n{events[-3000:]}\nkubelet:\n{cluster.log_tail('kubelet')}")
+
+
+RESTRICTED = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+              "capabilities": {"drop": ["ALL"]}}
+
+
+def kafka_docs(image: str) -> list[dict]:
+    """One KRaft node (docker/kafka-entrypoint.sh) whose advertised listener is its pod IP: the
+    entrypoint reads /etc/kafka, an emptyDir filled from the ConfigMap with the IP put in."""
+    props = {"process.roles": "broker,controller", "node.id": "1", "controller.quorum.voters": "1@127.0.0.1:9093",
+             "listeners": "PLAINTEXT://0.0.0.0:9092,CONTROLLER://127.0.0.1:9093",
+             "advertised.listeners": "PLAINTEXT://POD_IP:9092", "controller.listener.names": "CONTROLLER",
+             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+             "log.dirs": "/var/lib/kafka/data", "offsets.topic.replication.factor": "1",
+             "transaction.state.log.replication.factor": "1", "transaction.state.log.min.isr": "1",
+             "group.initial.rebalance.delay.ms": "0", "auto.create.topics.enable": "false"}
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kafka", "namespace": NS},
+              "data": {"server.properties": "".join(f"{k}={v}\n" for k, v in props.items()),
+                       "cluster-id": "cmR4LWt1YmVsZXQtdGVzdA"}}
+    labels = {"app.kubernetes.io/name": "kafka"}
+    start = ("sed \"s/POD_IP/$POD_IP/\" /etc/kafka-template/server.properties > /etc/kafka/server.properties && "
+             "cp /etc/kafka-template/cluster-id /etc/kafka/cluster-id && exec /usr/local/bin/kafka-entrypoint")
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "kafka", "namespace": NS, "labels": labels},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "kafka", "image": image, "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", start],
+                "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                        {"name": "KAFKA_HEAP", "value": "384m"}],
+                "ports": [{"name": "kafka", "containerPort": 9092}],
+                "readinessProbe": {"tcpSocket": {"port": "kafka"}, "periodSeconds": 2},
+                "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+                "securityContext": RESTRICTED,
+                "volumeMounts": [{"name": "config", "mountPath": "/etc/kafka"},
+                                 {"name": "template", "mountPath": "/etc/kafka-template", "readOnly": True},
+                                 {"name": "data", "mountPath": "/var/lib/kafka"}, {"name": "tmp", "mountPath": "/tmp"}]}],
+            "volumes": [{"name": "config", "emptyDir": {}}, {"name": "template", "configMap": {"name": "kafka"}},
+                        {"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]}}}}
+    return [config, deployment]
+
+
+def catalog_docs(image: str, kafka: str) -> list[dict]:
+    """infra/base/catalog.yaml's Deployment, changed only where this cluster differs from production:
+    the image (loaded, never pulled), one replica, and Kafka in plaintext at its pod IP (no Strimzi:
+    no KafkaUser Secret, no cluster CA to mount)."""
+    base = [d for d in yaml.safe_load_all((ROOT / "infra/base/catalog.yaml").read_text()) if d["kind"] == "Deployment"][0]
+    deployment = copy.deepcopy(base)
+    deployment["metadata"]["namespace"] = NS
+    deployment["spec"]["replicas"] = 1
+    spec = deployment["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    container.update(image=image, imagePullPolicy="Never")
+    container["env"] = [e for e in container["env"] if e["name"] != "RDX_KAFKA_SASL_USERNAME"]
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if not m["mountPath"].startswith("/etc/rdx/kafka")]
+    container["args"] = ["services.catalog"]  # the image's entrypoint is `python -m`
+    # The machine is shared: the production request (250m) fits, the limit is left as it is.
+    spec["volumes"] = [v for v in spec["volumes"] if "secret" not in v]
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "rdx-config", "namespace": NS},
+              "data": {"RDX_HTTP_HOST": "0.0.0.0", "RDX_KAFKA_BOOTSTRAP": kafka, "RDX_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+                       "RDX_CHAIN_ID": "rdx-kubelet-test", "RDX_STATE_ROOT": "/var/lib/rdx", "RDX_LOG_LEVEL": "INFO",
+                       "RDX_COMETBFT_RPC": "http://127.0.0.1:26657"}}
+    return [config, deployment]
+
+
+def test_the_catalog_runs_and_is_ready_on_a_real_kubelet(cluster, engine):
+    python_image, kafka_image = engine[0], engine[1]
+    apply(cluster, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS, "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    # The namespace enforces `restricted`: a pod that runs as root is refused by the API server.
+    refused = cluster.run_kubectl("run", "root", "-n", NS, f"--image={python_image}", "--image-pull-policy=Never",
+                                  "--restart=Never", "--dry-run=server")
+    assert refused.returncode != 0 and 'violates PodSecurity "restricted:latest"' in refused.stderr, refused.stderr
+
+    started = time.monotonic()
+    apply(cluster, *kafka_docs(kafka_image))
+    kafka = wait_ready_pod(cluster, "kafka")
+    kafka_ready = time.monotonic() - started
+    bootstrap = f"{kafka['status']['podIP']}:9092"
+    create_topics(bootstrap, TOPICS)  # from the host, through the pod bridge
+
+    started = time.monotonic()
+    apply(cluster, *catalog_docs(python_image, bootstrap))
+    pod = wait_ready_pod(cluster, "catalog")
+    catalog_ready = time.monotonic() - started
+    print(f"\nkafka Ready in {kafka_ready:.1f}s, catalog Ready in {catalog_ready:.1f}s, "
+          f"cluster up in {cluster.timings['cluster_ready_s']:.1f}s, images loaded in {cluster.timings['images_loaded_s']:.1f}s")
+
+    # Made by the controller manager (Deployment -> ReplicaSet -> Pod), placed by the scheduler.
+    owner = pod["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "ReplicaSet" and owner["name"].startswith("catalog-")
+    assert pod["spec"]["nodeName"] == cluster.node_name
+    events = cluster.get("events", "-n", NS, "--field-selector", f"involvedObject.name={pod['metadata']['name']}")["items"]
+    scheduled = [e for e in events if e["reason"] == "Scheduled"]
+    assert scheduled and (scheduled[0].get("reportingComponent") or scheduled[0]["source"].get("component")) == "default-scheduler"
+    status = pod["status"]["containerStatuses"][0]
+    assert status["ready"] and "running" in status["state"] and status["restartCount"] == 0
+    assert pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+    ip = pod["status"]["podIP"]
+    with httpx.Client(base_url=f"http://{ip}:8001", timeout=10) as http:
+        ready = http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
+        listings = http.get("/v1/listings")
+        assert listings.status_code == 200, listings.text
