@@ -1,7 +1,8 @@
 """A one-node Kubernetes cluster of real components, for tests/kubelet (``make test-kubelet``).
 
 etcd and kube-apiserver (:class:`rdx.k8s_toolchain.LocalAPIServer`), kube-controller-manager,
-kube-scheduler and a kubelet, all v1.35.4 built from the Go module proxy; Debian's containerd 1.6
+kube-scheduler, a kubelet and kube-proxy (iptables mode), all v1.35.4 built from the Go module
+proxy; Debian's containerd 1.6
 as a private instance (config, root, state, socket and runc's state under ``home``) with its CRI
 plugin and Debian's CNI plugins (``bridge`` + ``host-local``, a bridge of its own). No registry
 is reachable here, so images come from the local Docker engine (``docker save | ctr import``)
@@ -15,8 +16,11 @@ What this host needs and why (all verified on the project's machines, see infra/
 
 Nothing stays on the host after :meth:`OneNodeCluster.stop`: the kubelet sets kernel sysctls
 (vm.overcommit_memory, kernel.panic, ...) and the CNI bridge plugin ip_forward; their values are
-read first and written back. The bridge, its FORWARD rule, network namespaces, mounts, cgroups,
-/var/log/containers links and CNI result files this cluster made are removed.
+read first and written back. The bridge, its FORWARD rule, kube-proxy's chains (``--cleanup``,
+then the KUBE-FIREWALL it leaves), network namespaces, mounts, cgroups, /var/log/containers links,
+CNI result files and the host directories the programs make are removed; ``left_on_host`` checks.
+If the test process is killed outright, the programs die with it (PR_SET_PDEATHSIG) but the pods'
+containers and shims do not, and nothing is undone.
 """
 
 from __future__ import annotations
@@ -46,15 +50,21 @@ PAUSE_REF = f"docker.io/library/{PAUSE_TAG}"  # how containerd names an image `d
 POD_SUBNET = "10.244.7.0/24"
 # What the kubelet writes when protectKernelDefaults is false (kubelet/cm/container_manager_linux.go),
 # and what the bridge plugin sets as a gateway: read before, written back after.
+# kube-proxy's (route_localnet, conntrack) are turned off in its configuration, and watched all the same.
 SYSCTLS = ["vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
-           "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/ip_forward"]
+           "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/ip_forward",
+           "net/ipv4/conf/all/route_localnet", "net/netfilter/nf_conntrack_max",
+           "net/netfilter/nf_conntrack_tcp_timeout_established", "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
+           "net/bridge/bridge-nf-call-iptables"]
 CONTAINER_LOGS = Path("/var/log/containers")  # the kubelet's links there are not configurable
 NETNS_DIR = Path("/var/run/netns")
 # Host directories these programs make whatever their configuration says (the kubelet's device
 # plugin socket, its flexvolume probe, the CNI result cache, the CRI plugin's netns mounts): each
 # one that did not exist before the start is removed at the stop.
 HOST_DIRS = [Path("/var/lib/kubelet"), Path("/usr/libexec/kubernetes"), Path("/var/lib/cni"), NETNS_DIR,
-             CONTAINER_LOGS]
+             CONTAINER_LOGS, Path("/run/xtables.lock")]
+IPTABLES = ["iptables", "ip6tables"]
+TABLES = ["filter", "nat", "mangle"]
 
 PAUSE_GO = """\
 // The pod sandbox's process: holds the pod's namespaces until it is told to stop.
@@ -87,7 +97,8 @@ def ensure_packages(log=print) -> None:
 def ensure_binaries(log=print) -> dict[str, Path]:
     return {"etcd": kt.ensure_etcd(log), "kube-apiserver": kt.ensure_kube_apiserver(log),
             "kube-controller-manager": kt.ensure_kube_controller_manager(log),
-            "kube-scheduler": kt.ensure_kube_scheduler(log), "kubelet": kt.ensure_kubelet(log)}
+            "kube-scheduler": kt.ensure_kube_scheduler(log), "kubelet": kt.ensure_kubelet(log),
+            "kube-proxy": kt.ensure_kube_proxy(log)}
 
 
 def ensure_pause(log=print) -> Path:
@@ -155,8 +166,9 @@ def _cgroup_hierarchies() -> list[Path]:
 class OneNodeCluster:
     """Start with :meth:`start`, always :meth:`stop` (also when start fails half way)."""
 
-    def __init__(self, log=print):
+    def __init__(self, log=print, kube_proxy: bool = True):
         self.log = log
+        self.with_kube_proxy = kube_proxy
         self.id = secrets.token_hex(3)
         # Short: unix socket paths must stay under 108 bytes.
         self.home = Path(tempfile.mkdtemp(prefix=f"rdx-node-{self.id}-", dir="/tmp"))
@@ -173,6 +185,8 @@ class OneNodeCluster:
         self._logs_before: set[str] | None = None
         self._cgroups_made: list[Path] = []
         self._host_dirs_made: list[Path] = []
+        self._kube_chains_before: set[str] = set()
+        self._kube_proxy_config: Path | None = None
         self.timings: dict[str, float] = {}
 
     # -- start -----------------------------------------------------------------------------------
@@ -190,12 +204,15 @@ class OneNodeCluster:
             str(binaries["kube-controller-manager"]), "--kubeconfig", str(self.kubeconfig),
             "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=false",
             "--service-cluster-ip-range", kt.SERVICE_CIDR, "--root-ca-file", str(self.api.ca_file),
-            "--node-monitor-grace-period=20s", "--v=1"])
+            "--node-monitor-grace-period=20s", "--flex-volume-plugin-dir", str(self.home / "volume-plugins"),
+            "--v=1"])
         self._spawn("kube-scheduler", [
             str(binaries["kube-scheduler"]), "--kubeconfig", str(self.kubeconfig), "--leader-elect=false",
             "--secure-port=0", "--v=1"])
         self._kubelet(binaries["kubelet"])
         self.wait_node_ready()
+        if self.with_kube_proxy:
+            self._kube_proxy()
         self.timings["cluster_ready_s"] = time.monotonic() - started
         self.log(f"one-node cluster ready in {self.timings['cluster_ready_s']:.1f}s ({self.home})")
         return self
@@ -309,6 +326,26 @@ class OneNodeCluster:
                                 "--volume-plugin-dir", str(self.home / "volume-plugins"),
                                 "--v=1"])
 
+    def _kube_proxy(self) -> None:
+        """kube-proxy in iptables mode: Services' ClusterIPs reach their pods. Every service connection is
+        masqueraded, so a pod's reply to another pod on the bridge comes back through the NAT."""
+        from rdx.components import free_port
+
+        self._kube_chains_before = kube_chains()
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(self.kubeconfig)}, "hostnameOverride": self.node_name,
+            "mode": "iptables", "clusterCIDR": POD_SUBNET,
+            "healthzBindAddress": f"127.0.0.1:{free_port()}", "metricsBindAddress": f"127.0.0.1:{free_port()}",
+            "iptables": {"masqueradeAll": True, "localhostNodePorts": False, "syncPeriod": "10s", "minSyncPeriod": "0s"},
+            # 0: leave the host's conntrack limits and timeouts as they are
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        }
+        path = self.home / "kube-proxy.yaml"
+        path.write_text(json.dumps(config, indent=2))
+        self._kube_proxy_config = path
+        self._spawn("kube-proxy", [str(kt.kube_proxy_bin()), "--config", str(path), "--v=1"])
+
     # -- the API ---------------------------------------------------------------------------------
     def run_kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([str(kt.ensure_kubectl(self.log)), "--kubeconfig", str(self.kubeconfig), *args],
@@ -341,6 +378,9 @@ class OneNodeCluster:
         """Stop everything and undo what was changed on the host; returns what could not be undone."""
         problems: list[str] = []
         kubelet = self.processes.pop("kubelet", None)
+        if "kube-proxy" in self.processes:
+            _terminate(self.processes.pop("kube-proxy"))
+            problems += self._kube_proxy_cleanup()
         for name in ("kube-scheduler", "kube-controller-manager"):
             _terminate(self.processes.pop(name, None))
         _terminate(kubelet)
@@ -356,6 +396,18 @@ class OneNodeCluster:
         if self.home.exists():
             problems.append(f"{self.home} could not be removed")
         return problems
+
+    def _kube_proxy_cleanup(self) -> list[str]:
+        """``kube-proxy --cleanup`` removes its chains and the jumps to them; then checked."""
+        with open(self.home / "kube-proxy-cleanup.log", "ab") as log:
+            code = subprocess.run([str(kt.kube_proxy_bin()), "--config", str(self._kube_proxy_config), "--cleanup"],
+                                  stdout=log, stderr=subprocess.STDOUT).returncode
+        # It leaves KUBE-FIREWALL (empty, jumped to from INPUT and OUTPUT), which the kubelet used to
+        # own: removed here with every other KUBE-* chain that was not there before the start.
+        for chain in sorted(kube_chains() - self._kube_chains_before):
+            _remove_chain(*chain.split("/"))
+        left = kube_chains() - self._kube_chains_before
+        return ([f"kube-proxy --cleanup exited {code}"] if code else []) + [f"{c} (kube-proxy's) is left" for c in sorted(left)]
 
     def _keep_logs(self) -> None:
         """The components' logs of the last run, kept where a failure can be read after the stop."""
@@ -433,7 +485,9 @@ class OneNodeCluster:
                 if link.is_symlink() and os.readlink(link).startswith(str(self.home)):
                     link.unlink()
         for path in self._host_dirs_made:
-            if path == NETNS_DIR or path == CONTAINER_LOGS:
+            if path.is_file():
+                path.unlink()
+            elif path == NETNS_DIR or path == CONTAINER_LOGS:
                 with contextlib.suppress(OSError):
                     path.rmdir()  # only if empty: what is left in it is reported below
             else:
@@ -465,7 +519,30 @@ def left_on_host(cluster: OneNodeCluster) -> list[str]:
             left.append(f"cgroup {hierarchy / cluster.cgroup_root.lstrip('/')}")
     left += [f"{d} (made by it)" for d in cluster._host_dirs_made if d.exists()]
     left += [f"sysctl {n}" for n, v in cluster._sysctls.items() if _read_sysctl(n) != v]
+    if cluster.with_kube_proxy:
+        left += sorted(kube_chains() - getattr(cluster, "_kube_chains_before", set()))
     return left
+
+
+def kube_chains() -> set[str]:
+    """Every KUBE-* chain in the host's iptables and ip6tables tables, as "iptables/nat/KUBE-..."."""
+    chains = set()
+    for tool in IPTABLES:
+        for table in TABLES:
+            out = subprocess.run([tool, "-t", table, "-S"], capture_output=True, text=True).stdout
+            chains |= {f"{tool}/{table}/{line.split()[1]}" for line in out.splitlines()
+                       if line.startswith("-N KUBE-")}
+    return chains
+
+
+def _remove_chain(tool: str, table: str, chain: str) -> None:
+    """Delete every rule jumping to ``chain`` in ``table``, then the chain."""
+    for line in subprocess.run([tool, "-t", table, "-S"], capture_output=True, text=True).stdout.splitlines():
+        parts = line.split()
+        if parts[:1] == ["-A"] and parts[-2:] == ["-j", chain]:
+            subprocess.run([tool, "-t", table, "-D", *parts[1:]], capture_output=True)
+    subprocess.run([tool, "-t", table, "-F", chain], capture_output=True)
+    subprocess.run([tool, "-t", table, "-X", chain], capture_output=True)
 
 
 def logs_dir() -> Path:

@@ -3,8 +3,9 @@ kubelet of a one-node cluster (rdx/k8s_node.py), in a namespace enforcing Pod Se
 
 The catalog is ready only once its Kafka consumer has caught up, so Kafka runs beside it: the
 rdx-kafka image as a plain Deployment (Strimzi is not available here, see infra/README.md), its
-advertised address the pod's IP. With no cluster DNS and no kube-proxy, the catalog is given
-Kafka's pod IP and the test reaches the catalog at its pod IP (the host routes to the pod bridge).
+advertised address the pod's IP. kube-proxy (iptables mode) serves the Services; there is no
+cluster DNS, so the catalog is given Kafka's Service by its ClusterIP. The test reaches the
+catalog at its pod IP (the host routes to the pod bridge) and at its Service's ClusterIP.
 
 Needs root (containerd, CNI, cgroups); it apt-installs containerd, runc and the CNI plugins when
 missing and starts Debian's dockerd when it is not running (and stops it after).
@@ -23,7 +24,7 @@ import pytest
 import yaml
 
 from rdx import images
-from rdx.components import create_topics
+from rdx.components import create_topics, kafka_healthy
 from rdx.k8s_node import OneNodeCluster, ensure_packages, left_on_host, logs_dir, pause_image
 from services.common.events import TOPICS
 
@@ -124,15 +125,19 @@ def kafka_docs(image: str) -> list[dict]:
                                  {"name": "data", "mountPath": "/var/lib/kafka"}, {"name": "tmp", "mountPath": "/tmp"}]}],
             "volumes": [{"name": "config", "emptyDir": {}}, {"name": "template", "configMap": {"name": "kafka"}},
                         {"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]}}}}
-    return [config, deployment]
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kafka", "namespace": NS, "labels": labels},
+               "spec": {"selector": labels, "ports": [{"name": "kafka", "port": 9092, "targetPort": "kafka"}]}}
+    return [config, deployment, service]
 
 
 def catalog_docs(image: str, kafka: str) -> list[dict]:
     """infra/base/catalog.yaml's Deployment, changed only where this cluster differs from production:
     the image (loaded, never pulled), one replica, and Kafka in plaintext at its pod IP (no Strimzi:
     no KafkaUser Secret, no cluster CA to mount)."""
-    base = [d for d in yaml.safe_load_all((ROOT / "infra/base/catalog.yaml").read_text()) if d["kind"] == "Deployment"][0]
-    deployment = copy.deepcopy(base)
+    docs = list(yaml.safe_load_all((ROOT / "infra/base/catalog.yaml").read_text()))
+    deployment = copy.deepcopy([d for d in docs if d["kind"] == "Deployment"][0])
+    service = [d for d in docs if d["kind"] == "Service"][0]
+    service["metadata"]["namespace"] = NS
     deployment["metadata"]["namespace"] = NS
     deployment["spec"]["replicas"] = 1
     spec = deployment["spec"]["template"]["spec"]
@@ -147,7 +152,19 @@ def catalog_docs(image: str, kafka: str) -> list[dict]:
               "data": {"RDX_HTTP_HOST": "0.0.0.0", "RDX_KAFKA_BOOTSTRAP": kafka, "RDX_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
                        "RDX_CHAIN_ID": "rdx-kubelet-test", "RDX_STATE_ROOT": "/var/lib/rdx", "RDX_LOG_LEVEL": "INFO",
                        "RDX_COMETBFT_RPC": "http://127.0.0.1:26657"}}
-    return [config, deployment]
+    return [config, deployment, service]
+
+
+def get_until(url: str, timeout: float = 30.0) -> httpx.Response:
+    """GET ``url`` until it answers (a Service's endpoints reach kube-proxy's rules a moment after Ready)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(url, timeout=5)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def test_the_catalog_runs_and_is_ready_on_a_real_kubelet(cluster, engine):
@@ -163,8 +180,13 @@ def test_the_catalog_runs_and_is_ready_on_a_real_kubelet(cluster, engine):
     apply(cluster, *kafka_docs(kafka_image))
     kafka = wait_ready_pod(cluster, "kafka")
     kafka_ready = time.monotonic() - started
-    bootstrap = f"{kafka['status']['podIP']}:9092"
-    create_topics(bootstrap, TOPICS)  # from the host, through the pod bridge
+    # The catalog and the host reach Kafka through its Service (kube-proxy's rules); Kafka advertises its pod IP.
+    bootstrap = f"{cluster.get('service', '-n', NS, 'kafka')['spec']['clusterIP']}:9092"
+    deadline = time.monotonic() + 60
+    while not kafka_healthy(bootstrap):
+        assert time.monotonic() < deadline, f"Kafka did not answer at its Service {bootstrap} within 60s"
+        time.sleep(1)
+    create_topics(bootstrap, TOPICS)
 
     started = time.monotonic()
     apply(cluster, *catalog_docs(python_image, bootstrap))
@@ -184,9 +206,10 @@ def test_the_catalog_runs_and_is_ready_on_a_real_kubelet(cluster, engine):
     assert status["ready"] and "running" in status["state"] and status["restartCount"] == 0
     assert pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
-    ip = pod["status"]["podIP"]
-    with httpx.Client(base_url=f"http://{ip}:8001", timeout=10) as http:
-        ready = http.get("/readyz")
-        assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
-        listings = http.get("/v1/listings")
-        assert listings.status_code == 200, listings.text
+    # From the test: at the pod's IP (through the bridge) and at the Service's ClusterIP (kube-proxy).
+    cluster_ip = cluster.get("service", "-n", NS, "catalog")["spec"]["clusterIP"]
+    for address in (pod["status"]["podIP"], cluster_ip):
+        ready = get_until(f"http://{address}:8001/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready", (address, ready.text)
+        listings = httpx.get(f"http://{address}:8001/v1/listings", timeout=10)
+        assert listings.status_code == 200, (address, listings.text)
