@@ -3,9 +3,10 @@ kubelet of a one-node cluster (rdx/k8s_node.py), in a namespace enforcing Pod Se
 
 The catalog is ready only once its Kafka consumer has caught up, so Kafka runs beside it: the
 rdx-kafka image as a plain Deployment (Strimzi is not available here, see infra/README.md), its
-advertised address the pod's IP. kube-proxy (iptables mode) serves the Services; there is no
-cluster DNS, so the catalog is given Kafka's Service by its ClusterIP. The test reaches the
-catalog at its pod IP (the host routes to the pod bridge) and at its Service's ClusterIP.
+advertised address the pod's IP. kube-proxy (iptables mode) serves the Services and CoreDNS
+(on the node) their names, so the catalog is given Kafka as `kafka:9092`, as the manifests name
+Services. The test reaches the catalog at its pod IP (the host routes to the pod bridge) and at
+its Service's ClusterIP, which CoreDNS gives for its name.
 
 Needs root (containerd, CNI, cgroups); it apt-installs containerd, runc and the CNI plugins when
 missing and starts Debian's dockerd when it is not running (and stops it after).
@@ -25,7 +26,7 @@ import yaml
 
 from rdx import images
 from rdx.components import create_topics, kafka_healthy
-from rdx.k8s_node import OneNodeCluster, ensure_packages, left_on_host, logs_dir, pause_image
+from rdx.k8s_node import POD_GATEWAY, OneNodeCluster, dns_query, ensure_packages, left_on_host, logs_dir, pause_image
 from services.common.events import TOPICS
 
 pytestmark = pytest.mark.timeout(1800)  # cold: builds the node's programs and images first
@@ -180,7 +181,8 @@ def test_the_catalog_runs_and_is_ready_on_a_real_kubelet(cluster, engine):
     apply(cluster, *kafka_docs(kafka_image))
     kafka = wait_ready_pod(cluster, "kafka")
     kafka_ready = time.monotonic() - started
-    # The catalog and the host reach Kafka through its Service (kube-proxy's rules); Kafka advertises its pod IP.
+    # The host reaches Kafka through its Service's ClusterIP (kube-proxy's rules), the catalog by its
+    # name (CoreDNS); Kafka advertises its pod IP.
     bootstrap = f"{cluster.get('service', '-n', NS, 'kafka')['spec']['clusterIP']}:9092"
     deadline = time.monotonic() + 60
     while not kafka_healthy(bootstrap):
@@ -189,7 +191,7 @@ def test_the_catalog_runs_and_is_ready_on_a_real_kubelet(cluster, engine):
     create_topics(bootstrap, TOPICS)
 
     started = time.monotonic()
-    apply(cluster, *catalog_docs(python_image, bootstrap))
+    apply(cluster, *catalog_docs(python_image, "kafka:9092"))
     pod = wait_ready_pod(cluster, "catalog")
     catalog_ready = time.monotonic() - started
     print(f"\nkafka Ready in {kafka_ready:.1f}s, catalog Ready in {catalog_ready:.1f}s, "
@@ -208,6 +210,7 @@ def test_the_catalog_runs_and_is_ready_on_a_real_kubelet(cluster, engine):
 
     # From the test: at the pod's IP (through the bridge) and at the Service's ClusterIP (kube-proxy).
     cluster_ip = cluster.get("service", "-n", NS, "catalog")["spec"]["clusterIP"]
+    assert dns_query(POD_GATEWAY, f"catalog.{NS}.svc.cluster.local") == cluster_ip
     for address in (pod["status"]["podIP"], cluster_ip):
         ready = get_until(f"http://{address}:8001/readyz")
         assert ready.status_code == 200 and ready.json()["status"] == "ready", (address, ready.text)
