@@ -2,7 +2,8 @@
 
 etcd and kube-apiserver (:class:`rdx.k8s_toolchain.LocalAPIServer`), kube-controller-manager,
 kube-scheduler, a kubelet and kube-proxy (iptables mode), all v1.35.4 built from the Go module
-proxy; Debian's containerd 1.6
+proxy, and CoreDNS (on the node, at the pod bridge's address: the kubelet's clusterDNS); Debian's
+containerd 1.6
 as a private instance (config, root, state, socket and runc's state under ``home``) with its CRI
 plugin and Debian's CNI plugins (``bridge`` + ``host-local``, a bridge of its own). No registry
 is reachable here, so images come from the local Docker engine (``docker save | ctr import``)
