@@ -48,7 +48,7 @@ DEBIAN_PACKAGES = {CONTAINERD: "containerd", "/usr/sbin/runc": "runc", str(CNI_B
                    "/usr/sbin/iptables": "iptables"}
 PAUSE_TAG = "rdx-pause:1"
 PAUSE_REF = f"docker.io/library/{PAUSE_TAG}"  # how containerd names an image `docker save` named rdx-pause:1
-POD_SUBNET = "10.244.7.0/24"
+POD_SUBNET = "10.244.7.0/24"  # fixed: one such cluster at a time on a machine
 POD_GATEWAY = "10.244.7.1"  # the bridge's address on the host: the pods' route out, and their DNS server
 CLUSTER_DOMAIN = "cluster.local"
 # What the kubelet writes when protectKernelDefaults is false (kubelet/cm/container_manager_linux.go),
