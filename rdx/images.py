@@ -8,7 +8,9 @@ an official ``debian:bookworm`` instead):
   (docker/python.Dockerfile): Debian's python3, this project's wheel and its dependencies' wheels
   (built here by pip, cached by pyproject.toml's hash), the ABCI modules ``rdx setup`` generated;
 - ``rdx-kafka``   Debian's OpenJDK 17 and the Kafka jars ``rdx setup`` fetched (docker/kafka.Dockerfile);
-- ``rdx-cometbft`` the patched CometBFT ``rdx setup`` built (docker/cometbft-debian.Dockerfile).
+- ``rdx-cometbft`` the patched CometBFT ``rdx setup`` built (docker/cometbft-debian.Dockerfile);
+- ``rdx-<service>`` (gateway, catalog, billing, compute, consensus) ``rdx-python`` with that
+  service's command: the names infra/'s manifests give their containers, with no command.
 
 Everything is cached outside the checkout under ``$RDX_CACHE/images`` (the base's root file system
 as a tarball, the wheels) and in the engine's data root ``$RDX_CACHE/docker``. An image is rebuilt
@@ -56,6 +58,7 @@ BASE_TAG = f"rdx-base:{SUITE}"
 PYTHON_TAG = "rdx-python:dev"
 KAFKA_TAG = f"rdx-kafka:{pins.KAFKA_VERSION}"
 COMETBFT_TAG = f"rdx-cometbft:{pins.COMETBFT_VERSION}"
+SERVICES = ("gateway", "catalog", "billing", "compute", "consensus")
 INPUTS_LABEL = "io.rdx.inputs"
 
 
@@ -316,8 +319,23 @@ def build_all(base: str | None = None, log=print) -> dict[str, str]:
     comet = {"cometbft": toolchain.cometbft, "cometbft-entrypoint.sh": DOCKER_DIR / "cometbft-entrypoint.sh"}
     build(COMETBFT_TAG, DOCKER_DIR / "cometbft-debian.Dockerfile", list(comet.values()),
           lambda: _context("cometbft", comet), base, log)
+    services = {service: build_service(service, log) for service in SERVICES}
     log(f"images: all built or up to date in {time.monotonic() - started:.0f} s")
-    return {"python": PYTHON_TAG, "kafka": KAFKA_TAG, "cometbft": COMETBFT_TAG}
+    return {"python": PYTHON_TAG, "kafka": KAFKA_TAG, "cometbft": COMETBFT_TAG, **services}
+
+
+def build_service(service: str, log=print) -> str:
+    """``rdx-<service>:dev``: rdx-python whose command is the service. A Dockerfile of its own per
+    service because exec-form ``CMD`` expands no build argument; rebuilt when rdx-python changes
+    (its id is in the digest)."""
+    ctx = images_cache() / f"context-{service}"
+    shutil.rmtree(ctx, ignore_errors=True)
+    ctx.mkdir(parents=True)
+    dockerfile = ctx / "Dockerfile"
+    dockerfile.write_text(f'ARG BASE\nFROM ${{BASE}}\nCMD ["services.{service}"]\n')
+    tag = f"rdx-{service}:dev"
+    build(tag, dockerfile, [], lambda: ctx, PYTHON_TAG, log)
+    return tag
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,10 @@ def engine():
     proc = images.start_engine()
     try:
         built = images.build_all()
-        yield [built["python"], built["kafka"], pause_image(images.env(), images.DOCKER)]
+        # The manifests give no command: the catalog's image must carry its own.
+        assert json.loads(images.run([images.DOCKER, "image", "inspect", "--format", "{{json .Config.Cmd}}", built["catalog"]],
+                                     "inspect")) == ["services.catalog"]
+        yield [built["catalog"], built["kafka"], pause_image(images.env(), images.DOCKER)]
     finally:
         images.stop_engine(proc)
 
@@ -133,8 +136,9 @@ def kafka_docs(image: str) -> list[dict]:
 
 def catalog_docs(image: str, kafka: str) -> list[dict]:
     """infra/base/catalog.yaml's Deployment, changed only where this cluster differs from production:
-    the image (loaded, never pulled), one replica, and Kafka in plaintext at its pod IP (no Strimzi:
-    no KafkaUser Secret, no cluster CA to mount)."""
+    the image's tag (the `rdx-catalog:dev` `make images` builds, loaded, never pulled; its command is
+    the image's own), one replica, and Kafka in plaintext (no Strimzi: no KafkaUser Secret, no cluster
+    CA to mount)."""
     docs = list(yaml.safe_load_all((ROOT / "infra/base/catalog.yaml").read_text()))
     deployment = copy.deepcopy([d for d in docs if d["kind"] == "Deployment"][0])
     service = [d for d in docs if d["kind"] == "Service"][0]
@@ -146,7 +150,6 @@ def catalog_docs(image: str, kafka: str) -> list[dict]:
     container.update(image=image, imagePullPolicy="Never")
     container["env"] = [e for e in container["env"] if e["name"] != "RDX_KAFKA_SASL_USERNAME"]
     container["volumeMounts"] = [m for m in container["volumeMounts"] if not m["mountPath"].startswith("/etc/rdx/kafka")]
-    container["args"] = ["services.catalog"]  # the image's entrypoint is `python -m`
     # The machine is shared: the production request (250m) fits, the limit is left as it is.
     spec["volumes"] = [v for v in spec["volumes"] if "secret" not in v]
     config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "rdx-config", "namespace": NS},
@@ -169,11 +172,11 @@ def get_until(url: str, timeout: float = 30.0) -> httpx.Response:
 
 
 def test_the_catalog_runs_and_is_ready_on_a_real_kubelet(cluster, engine):
-    python_image, kafka_image = engine[0], engine[1]
+    catalog_image, kafka_image = engine[0], engine[1]
     apply(cluster, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS, "labels": {
         "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}})
     # The namespace enforces `restricted`: a pod that runs as root is refused by the API server.
-    refused = cluster.run_kubectl("run", "root", "-n", NS, f"--image={python_image}", "--image-pull-policy=Never",
+    refused = cluster.run_kubectl("run", "root", "-n", NS, f"--image={catalog_image}", "--image-pull-policy=Never",
                                   "--restart=Never", "--dry-run=server")
     assert refused.returncode != 0 and 'violates PodSecurity "restricted:latest"' in refused.stderr, refused.stderr
 
@@ -191,7 +194,7 @@ def test_the_catalog_runs_and_is_ready_on_a_real_kubelet(cluster, engine):
     create_topics(bootstrap, TOPICS)
 
     started = time.monotonic()
-    apply(cluster, *catalog_docs(python_image, "kafka:9092"))
+    apply(cluster, *catalog_docs(catalog_image, "kafka:9092"))
     pod = wait_ready_pod(cluster, "catalog")
     catalog_ready = time.monotonic() - started
     print(f"\nkafka Ready in {kafka_ready:.1f}s, catalog Ready in {catalog_ready:.1f}s, "
