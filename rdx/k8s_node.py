@@ -2,7 +2,8 @@
 
 etcd and kube-apiserver (:class:`rdx.k8s_toolchain.LocalAPIServer`), kube-controller-manager,
 kube-scheduler, a kubelet and kube-proxy (iptables mode), all v1.35.4 built from the Go module
-proxy, and CoreDNS (on the node, at the pod bridge's address: the kubelet's clusterDNS); Debian's
+proxy, CoreDNS (on the node, at the pod bridge's address: the kubelet's clusterDNS) and kube-router
+v2.1.0's network policy controller (on the node: NetworkPolicies enforced with iptables and ipset); Debian's
 containerd 1.6
 as a private instance (config, root, state, socket and runc's state under ``home``) with its CRI
 plugin and Debian's CNI plugins (``bridge`` + ``host-local``, a bridge of its own). No registry
@@ -18,7 +19,7 @@ What this host needs and why (all verified on the project's machines, see infra/
 Nothing stays on the host after :meth:`OneNodeCluster.stop`: the kubelet sets kernel sysctls
 (vm.overcommit_memory, kernel.panic, ...) and the CNI bridge plugin ip_forward; their values are
 read first and written back. The bridge, its FORWARD rule, kube-proxy's chains (``--cleanup``,
-then the KUBE-FIREWALL it leaves), network namespaces, mounts, cgroups, /var/log/containers links,
+then the KUBE-FIREWALL it leaves), kube-router's chains and ipsets, network namespaces, mounts, cgroups, /var/log/containers links,
 CNI result files and the host directories the programs make are removed; ``left_on_host`` checks.
 If the test process is killed outright, the programs die with it (PR_SET_PDEATHSIG) but the pods'
 containers and shims do not, and nothing is undone.
@@ -30,6 +31,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -45,7 +47,7 @@ CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
 CNI_BIN = Path("/usr/lib/cni")
 DEBIAN_PACKAGES = {CONTAINERD: "containerd", "/usr/sbin/runc": "runc", str(CNI_BIN / "bridge"): "containernetworking-plugins",
-                   "/usr/sbin/iptables": "iptables"}
+                   "/usr/sbin/iptables": "iptables", "/usr/sbin/ipset": "ipset"}
 PAUSE_TAG = "rdx-pause:1"
 PAUSE_REF = f"docker.io/library/{PAUSE_TAG}"  # how containerd names an image `docker save` named rdx-pause:1
 POD_SUBNET = "10.244.7.0/24"  # fixed: one such cluster at a time on a machine
@@ -68,6 +70,21 @@ HOST_DIRS = [Path("/var/lib/kubelet"), Path("/usr/libexec/kubernetes"), Path("/v
              CONTAINER_LOGS, Path("/run/xtables.lock")]
 IPTABLES = ["iptables", "ip6tables"]
 TABLES = ["filter", "nat", "mangle"]
+# kube-router's network policy controller (the NetworkPolicy enforcer): its filter chains and ipsets.
+KUBE_ROUTER_CHAINS = ("KUBE-ROUTER-", "KUBE-POD-FW-", "KUBE-NWPLCY-")
+KUBE_ROUTER_IPSETS = ("KUBE-SRC-", "KUBE-DST-")
+KUBE_ROUTER_USER = "rdx-kube-router"
+# What v2.1.0's informers read (its main starts them all, whichever controllers run), and nothing more.
+KUBE_ROUTER_RBAC = [
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": KUBE_ROUTER_USER}, "rules": [
+        {"apiGroups": [""], "resources": ["pods", "namespaces", "nodes", "services", "endpoints"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["list", "watch"]}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": KUBE_ROUTER_USER},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": KUBE_ROUTER_USER},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": KUBE_ROUTER_USER}]},
+]
 
 PAUSE_GO = """\
 // The pod sandbox's process: holds the pod's namespaces until it is told to stop.
@@ -224,9 +241,10 @@ def _cgroup_hierarchies() -> list[Path]:
 class OneNodeCluster:
     """Start with :meth:`start`, always :meth:`stop` (also when start fails half way)."""
 
-    def __init__(self, log=print, kube_proxy: bool = True, dns: bool = True):
+    def __init__(self, log=print, kube_proxy: bool = True, dns: bool = True, network_policies: bool = True):
         self.log = log
         self.with_kube_proxy = kube_proxy
+        self.with_network_policies = network_policies
         self.with_dns = dns
         self.id = secrets.token_hex(3)
         # Short: unix socket paths must stay under 108 bytes.
@@ -256,7 +274,13 @@ class OneNodeCluster:
         self._netns_before = set(os.listdir(NETNS_DIR)) if NETNS_DIR.is_dir() else set()
         self._logs_before = set(os.listdir(CONTAINER_LOGS)) if CONTAINER_LOGS.is_dir() else None
         self._host_dirs_made = [d for d in HOST_DIRS if not d.exists()]
-        self.api = kt.LocalAPIServer(self.home / "api", pod_network=False, log=self.log).start()
+        router_token = secrets.token_urlsafe(24)
+        if self.with_network_policies:
+            if left := kube_router_state():
+                raise SetupError(f"kube-router's chains or ipsets are already on this host (another enforcer?): {left[:5]}")
+            binaries["kube-router"] = kt.ensure_kube_router(self.log)
+        self.api = kt.LocalAPIServer(self.home / "api", pod_network=False, log=self.log,
+                                     tokens={router_token: (KUBE_ROUTER_USER, [])}).start()
         self.kubeconfig = self.api.kubeconfig(self.home / "admin.kubeconfig")
         self._bridge()
         if self.with_dns:
@@ -275,6 +299,8 @@ class OneNodeCluster:
         self.wait_node_ready()
         if self.with_kube_proxy:
             self._kube_proxy()
+        if self.with_network_policies:
+            self._kube_router(binaries["kube-router"], router_token)
         self.timings["cluster_ready_s"] = time.monotonic() - started
         self.log(f"one-node cluster ready in {self.timings['cluster_ready_s']:.1f}s ({self.home})")
         return self
@@ -441,6 +467,27 @@ class OneNodeCluster:
         self._kube_proxy_config = path
         self._spawn("kube-proxy", [str(kt.kube_proxy_bin()), "--config", str(path), "--v=1"])
 
+    def _kube_router(self, binary: Path, token: str) -> None:
+        """kube-router's network policy controller on the node (like kube-proxy; its router and service
+        proxy off): per-pod iptables chains matching ipsets of the allowed peers, hooked into FORWARD
+        (bridged pod-to-pod traffic, through br_netfilter and physdev) and OUTPUT; what no policy allows
+        is rejected. It reads the API as a user with KUBE_ROUTER_RBAC's rights only."""
+        from rdx.components import free_port
+
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": KUBE_ROUTER_RBAC}))
+        kubeconfig = self.api.kubeconfig(self.home / "kube-router.kubeconfig", token=token, user=KUBE_ROUTER_USER)
+        self._spawn("kube-router", [
+            str(binary), "--kubeconfig", str(kubeconfig), "--hostname-override", self.node_name,
+            "--run-firewall=true", "--run-router=false", "--run-service-proxy=false",
+            "--service-cluster-ip-range", kt.SERVICE_CIDR,
+            # v2.1.0 serves its health check on every interface (":<port>"), so it is off here.
+            "--health-port=0", "--metrics-addr=127.0.0.1", f"--metrics-port={free_port()}", "--v=1"])
+        deadline = time.monotonic() + 30
+        while not {"KUBE-ROUTER-FORWARD", "KUBE-NWPLCY-DEFAULT"} <= set(_chains("iptables", "filter")):
+            if self.processes["kube-router"].poll() is not None or time.monotonic() > deadline:
+                raise SetupError(f"kube-router made no chain within 30s:\n{self.log_tail('kube-router')}")
+            time.sleep(0.5)
+
     # -- the API ---------------------------------------------------------------------------------
     def run_kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([str(kt.ensure_kubectl(self.log)), "--kubeconfig", str(self.kubeconfig), *args],
@@ -473,6 +520,8 @@ class OneNodeCluster:
         """Stop everything and undo what was changed on the host; returns what could not be undone."""
         problems: list[str] = []
         kubelet = self.processes.pop("kubelet", None)
+        if "kube-router" in self.processes:
+            problems += self._kube_router_cleanup()
         if "kube-proxy" in self.processes:
             _terminate(self.processes.pop("kube-proxy"))
             problems += self._kube_proxy_cleanup()
@@ -491,6 +540,26 @@ class OneNodeCluster:
         if self.home.exists():
             problems.append(f"{self.home} could not be removed")
         return problems
+
+    def _kube_router_cleanup(self) -> list[str]:
+        """kube-router removes nothing when it stops. Its own ``--cleanup-config`` is not run: in v2.1.0
+        it runs the network policy cleanup on an empty controller (no iptables or ipset handlers: it
+        removes none of the firewall's chains or sets), then its service proxy cleanup tries to load
+        ip_vs and flush every IPVS service on the host, and panics on a nil iptables handler
+        (network_services_controller.go:1436; seen here, 2026-12-03). So its
+        chains (their jumps first) and ipsets are removed here, and checked."""
+        _terminate(self.processes.pop("kube-router"))
+        for tool in IPTABLES:
+            for chain in _chains(tool, "filter"):
+                if chain.startswith(KUBE_ROUTER_CHAINS):
+                    subprocess.run([tool, "-t", "filter", "-F", chain], capture_output=True)  # drops its jumps to others
+            for chain in _chains(tool, "filter"):
+                if chain.startswith(KUBE_ROUTER_CHAINS):
+                    _remove_chain(tool, "filter", chain)
+        for name in _ipsets():
+            if name.startswith(KUBE_ROUTER_IPSETS):
+                subprocess.run(["ipset", "destroy", name], capture_output=True)
+        return [f"{item} (kube-router's) is left" for item in kube_router_state()]
 
     def _kube_proxy_cleanup(self) -> list[str]:
         """``kube-proxy --cleanup`` removes its chains and the jumps to them; then checked."""
@@ -616,7 +685,30 @@ def left_on_host(cluster: OneNodeCluster) -> list[str]:
     left += [f"sysctl {n}" for n, v in cluster._sysctls.items() if _read_sysctl(n) != v]
     if cluster.with_kube_proxy:
         left += sorted(kube_chains() - getattr(cluster, "_kube_chains_before", set()))
+    if cluster.with_network_policies:
+        left += kube_router_state()
     return left
+
+
+def kube_router_state() -> list[str]:
+    """kube-router's chains, rules (its jumps carry a "kube-router" comment) and ipsets on the host."""
+    left = []
+    for tool in IPTABLES:
+        out = subprocess.run([tool, "-t", "filter", "-S"], capture_output=True, text=True).stdout
+        left += [f"{tool} {line}" for line in out.splitlines()
+                 if (line.startswith("-N ") and line.split()[1].startswith(KUBE_ROUTER_CHAINS)) or "kube-router" in line]
+    return left + [f"ipset {name}" for name in _ipsets() if name.startswith(KUBE_ROUTER_IPSETS)]
+
+
+def _chains(tool: str, table: str) -> list[str]:
+    out = subprocess.run([tool, "-t", table, "-S"], capture_output=True, text=True).stdout
+    return [line.split()[1] for line in out.splitlines() if line.startswith("-N ")]
+
+
+def _ipsets() -> list[str]:
+    if shutil.which("ipset") is None:
+        return []
+    return subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout.split()
 
 
 def kube_chains() -> set[str]:
@@ -633,7 +725,7 @@ def kube_chains() -> set[str]:
 def _remove_chain(tool: str, table: str, chain: str) -> None:
     """Delete every rule jumping to ``chain`` in ``table``, then the chain."""
     for line in subprocess.run([tool, "-t", table, "-S"], capture_output=True, text=True).stdout.splitlines():
-        parts = line.split()
+        parts = shlex.split(line)  # comments with spaces are quoted
         if parts[:1] == ["-A"] and parts[-2:] == ["-j", chain]:
             subprocess.run([tool, "-t", table, "-D", *parts[1:]], capture_output=True)
     subprocess.run([tool, "-t", table, "-F", chain], capture_output=True)
