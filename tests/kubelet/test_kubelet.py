@@ -8,6 +8,10 @@ advertised address the pod's IP. kube-proxy (iptables mode) serves the Services 
 Services. The test reaches the catalog at its pod IP (the host routes to the pod bridge) and at
 its Service's ClusterIP, which CoreDNS gives for its name.
 
+NetworkPolicies are enforced (kube-router's network policy controller, on the node): the second
+test applies the project's own `catalog` policy (infra/base/networkpolicies.yaml) and checks, from
+inside the pods, which connections it lets through, then that deleting it opens them again.
+
 Needs root (containerd, CNI, cgroups); it apt-installs containerd, runc and the CNI plugins when
 missing and starts Debian's dockerd when it is not running (and stops it after).
 """
@@ -17,6 +21,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import secrets
+import subprocess
 import time
 from pathlib import Path
 
@@ -219,3 +225,93 @@ def test_the_catalog_runs_and_is_ready_on_a_real_kubelet(cluster, engine):
         assert ready.status_code == 200 and ready.json()["status"] == "ready", (address, ready.text)
         listings = httpx.get(f"http://{address}:8001/v1/listings", timeout=10)
         assert listings.status_code == 200, (address, listings.text)
+
+
+def catalog_policy() -> dict:
+    """infra/base/networkpolicies.yaml's `catalog` policy, changed only where this cluster differs:
+    Kafka is plain pods (app.kubernetes.io/name=kafka) in plaintext on 9092, not Strimzi's on 9093,
+    and the cluster's DNS is CoreDNS on the node (the bridge's address), not kube-dns pods."""
+    docs = yaml.safe_load_all((ROOT / "infra/base/networkpolicies.yaml").read_text())
+    policy = [d for d in docs if d and d["metadata"]["name"] == "catalog"][0]
+    policy["metadata"]["namespace"] = NS
+    changed = 0
+    for rule in policy["spec"]["egress"]:
+        peer = rule["to"][0]
+        if peer.get("podSelector", {}).get("matchLabels") == {"strimzi.io/cluster": "rdx-kafka"}:
+            rule.update(to=[{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "kafka"}}}],
+                        ports=[{"port": 9092, "protocol": "TCP"}])
+            changed += 1
+        elif peer.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"}:
+            rule["to"] = [{"ipBlock": {"cidr": f"{POD_GATEWAY}/32"}}]
+            changed += 1
+    assert changed == 2, policy  # the project's policy changed shape: this adaptation must follow
+    return policy
+
+
+def gateway_pod(image: str) -> dict:
+    """A pod labelled as the gateway (the peer the catalog's policy lets in): rdx's image serving http on
+    8080, a port the catalog's policy does not let the catalog reach."""
+    labels = {"app.kubernetes.io/name": "gateway"}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gateway", "namespace": NS, "labels": labels},
+            "spec": {"automountServiceAccountToken": False,
+                     "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                         "seccompProfile": {"type": "RuntimeDefault"}},
+                     "containers": [{"name": "gateway", "image": image, "imagePullPolicy": "Never",
+                                     "command": ["python", "-m", "http.server", "8080"], "workingDir": "/tmp",
+                                     "ports": [{"containerPort": 8080}],
+                                     "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                                     "securityContext": RESTRICTED,
+                                     "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}],
+                     "volumes": [{"name": "tmp", "emptyDir": {}}]}}
+
+
+def connect(cluster: OneNodeCluster, pod: dict, address: str, port: int) -> str:
+    """A TCP connection from inside ``pod`` (containerd's exec into its container, bash's /dev/tcp):
+    "ok", or why not (kube-router rejects what no policy allows, so a refusal, not a timeout)."""
+    container = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    result = subprocess.run(cluster.ctr("tasks", "exec", "--exec-id", f"probe-{secrets.token_hex(4)}", container,
+                                        "timeout", "3", "bash", "-c", f"exec 3<>/dev/tcp/{address}/{port}"),
+                            capture_output=True, text=True, timeout=30)
+    if result.returncode == 0:
+        return "ok"
+    return f"exit {result.returncode}: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}"
+
+
+def test_network_policies_are_enforced(cluster, engine):
+    """The project's `catalog` policy, enforced: only the gateway gets in, and the catalog gets out only
+    to Kafka (and DNS); deleting the policy opens both again. Every port is first shown open, so a
+    refused connection afterwards is the policy's doing."""
+    apply(cluster, gateway_pod(engine[0]))
+    pods = {app: wait_ready_pod(cluster, app) for app in ("kafka", "catalog", "gateway")}
+    ip = {app: pod["status"]["podIP"] for app, pod in pods.items()}
+    flows = {  # (from, to, port): allowed by the policy
+        ("gateway", "catalog", 8001): True, ("kafka", "catalog", 8001): False,
+        ("catalog", "kafka", 9092): True, ("catalog", "gateway", 8080): False,
+    }
+
+    def outcomes() -> dict:
+        return {flow: connect(cluster, pods[flow[0]], ip[flow[1]], flow[2]) == "ok" for flow in flows}
+
+    def wait_for(expected: dict, what: str) -> float:
+        started = time.monotonic()
+        while (got := outcomes()) != expected:
+            if time.monotonic() - started > 60:
+                detail = {f"{a}->{b}:{p}": connect(cluster, pods[a], ip[b], p) for a, b, p in flows}
+                raise AssertionError(f"{what}: connected {got}, expected {expected}; {detail}")
+            time.sleep(0.5)
+        return time.monotonic() - started
+
+    everything = {flow: True for flow in flows}
+    assert outcomes() == everything, {f"{a}->{b}:{p}": connect(cluster, pods[a], ip[b], p) for a, b, p in flows}
+    apply(cluster, catalog_policy())
+    enforced = wait_for(dict(flows), "with the catalog's policy")
+    refused = connect(cluster, pods["kafka"], ip["catalog"], 8001)
+    # Still allowed and still refused a few seconds on (not a moment of a sync in progress).
+    time.sleep(3)
+    assert outcomes() == dict(flows)
+    catalog = wait_ready_pod(cluster, "catalog", timeout=10)  # its probe (from the node) still gets in
+    assert catalog["status"]["containerStatuses"][0]["restartCount"] == 0
+    cluster.kubectl("delete", "networkpolicy", "-n", NS, "catalog")
+    opened = wait_for(everything, "after deleting the policy")
+    print(f"\npolicy enforced {enforced:.1f}s after its apply (kafka->catalog:8001 {refused}), "
+          f"lifted {opened:.1f}s after its deletion")
