@@ -146,8 +146,9 @@ bench-compute: setup
 	@$(PY) -m bench.compute
 
 # rdx's catalog on a real kubelet (not part of `make test`): a one-node cluster of etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler and kubelet built once from the Go module proxy, Debian's
-# containerd and CNI plugins, images from `make images` (rdx/k8s_node.py, tests/kubelet). Needs root.
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy, CoreDNS and kube-router (NetworkPolicies)
+# built once from the Go module proxy, Debian's containerd and CNI plugins, images from `make images`
+# (rdx/k8s_node.py, tests/kubelet). Needs root.
 .PHONY: test-kubelet
 test-kubelet: setup
 	@$(PY) -m pytest tests/kubelet -p no:cacheprovider -s

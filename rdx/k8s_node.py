@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from rdx import k8s_toolchain as kt
-from rdx.toolchain import SetupError, apt_install, cache_root, require
+from rdx.toolchain import SetupError, apt_install, cache_root
 
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
@@ -125,19 +125,8 @@ def ensure_pause(log=print) -> Path:
     """The pause program, a static Go binary, built once into the cache."""
     binary = cache_root() / "pause-1" / "bin" / "pause"
 
-    def build() -> Path:
-        go = require("go", "to build the pod sandbox's pause program", kt.GO_HINT)
-        src = binary.parent.parent / "src"
-        src.mkdir(parents=True, exist_ok=True)
-        (src / "go.mod").write_text("module rdx.local/pause\n\ngo 1.22\n")
-        (src / "main.go").write_text(PAUSE_GO)
-        partial = binary.parent / ".pause.partial"
-        kt._run([go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(partial), "."], "building pause", src,
-                kt._go_env(), log)
-        partial.rename(binary)
-        return binary
-
-    return kt._once(binary, build)
+    return kt._once(binary, lambda: kt._build("pause", "1", binary, "module rdx.local/pause\n\ngo 1.22\n", ".",
+                                              "-s -w", log, main=PAUSE_GO))
 
 
 COREDNS_VERSION = "v1.15.0"
@@ -175,22 +164,10 @@ def ensure_coredns(log=print) -> Path:
     """CoreDNS built once from the Go module proxy (the cluster's DNS, run on the node)."""
     def build() -> Path:
         log(f"building CoreDNS {COREDNS_VERSION} from the Go module proxy (once) ...")
-        go = require("go", "to build CoreDNS", kt.GO_HINT)
-        binary = coredns_bin()
-        src = binary.parent.parent / "src"
-        src.mkdir(parents=True, exist_ok=True)
         gomod = kt._module_gomod("github.com/coredns/coredns", COREDNS_VERSION)
-        (src / "go.mod").write_text(f"module rdx.local/coredns\n\ngo {kt._go_directive(gomod)}\n\n"
-                                    f"require github.com/coredns/coredns {COREDNS_VERSION}\n")
-        (src / "main.go").write_text(COREDNS_MAIN)
-        started = time.monotonic()
-        env = kt._go_env()
-        kt._run([go, "mod", "tidy"], "resolving the CoreDNS wrapper module", src, env, log)
-        partial = binary.parent / ".coredns.partial"
-        kt._run([go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(partial), "."], "building CoreDNS", src, env, log)
-        partial.rename(binary)
-        (binary.parent.parent / "build-seconds").write_text(f"{time.monotonic() - started:.0f}\n")
-        return binary
+        wrapper = (f"module rdx.local/coredns\n\ngo {kt._go_directive(gomod)}\n\n"
+                   f"require github.com/coredns/coredns {COREDNS_VERSION}\n")
+        return kt._build("CoreDNS", COREDNS_VERSION, coredns_bin(), wrapper, ".", "-s -w", log, main=COREDNS_MAIN)
 
     return kt._once(coredns_bin(), build)
 
@@ -274,13 +251,13 @@ class OneNodeCluster:
         self._netns_before = set(os.listdir(NETNS_DIR)) if NETNS_DIR.is_dir() else set()
         self._logs_before = set(os.listdir(CONTAINER_LOGS)) if CONTAINER_LOGS.is_dir() else None
         self._host_dirs_made = [d for d in HOST_DIRS if not d.exists()]
-        router_token = secrets.token_urlsafe(24)
+        router_token = secrets.token_urlsafe(24) if self.with_network_policies else ""
         if self.with_network_policies:
             if left := kube_router_state():
                 raise SetupError(f"kube-router's chains or ipsets are already on this host (another enforcer?): {left[:5]}")
             binaries["kube-router"] = kt.ensure_kube_router(self.log)
         self.api = kt.LocalAPIServer(self.home / "api", pod_network=False, log=self.log,
-                                     tokens={router_token: (KUBE_ROUTER_USER, [])}).start()
+                                     tokens={router_token: (KUBE_ROUTER_USER, [])} if router_token else {}).start()
         self.kubeconfig = self.api.kubeconfig(self.home / "admin.kubeconfig")
         self._bridge()
         if self.with_dns:
@@ -311,6 +288,14 @@ class OneNodeCluster:
                                     env=env, preexec_fn=kt._die_with_parent)
         self.processes[name] = proc
         return proc
+
+    def _wait(self, name: str, ready, what: str, timeout: float = 30.0, pause: float = 0.5) -> None:
+        """Until ``ready()``; a SetupError with ``name``'s log if its process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.processes[name].poll() is not None or time.monotonic() > deadline:
+                raise SetupError(f"{what}:\n{self.log_tail(name)}")
+            time.sleep(pause)
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         try:
@@ -343,11 +328,8 @@ class OneNodeCluster:
             }}
             """))
         self._spawn("coredns", [str(ensure_coredns(self.log)), "-conf", str(corefile)])
-        deadline = time.monotonic() + 30
-        while dns_query(POD_GATEWAY, f"kubernetes.default.svc.{CLUSTER_DOMAIN}") is None:
-            if self.processes["coredns"].poll() is not None or time.monotonic() > deadline:
-                raise SetupError(f"CoreDNS did not answer on {POD_GATEWAY}:53:\n{self.log_tail('coredns')}")
-            time.sleep(0.5)
+        self._wait("coredns", lambda: dns_query(POD_GATEWAY, f"kubernetes.default.svc.{CLUSTER_DOMAIN}") is not None,
+                   f"CoreDNS did not answer on {POD_GATEWAY}:53")
 
     def _containerd(self) -> None:
         cni = self.home / "cni"
@@ -389,11 +371,8 @@ class OneNodeCluster:
                 conf_dir = "{cni / 'net.d'}"
             """))
         self._spawn("containerd", [CONTAINERD, "--config", str(config)])
-        deadline = time.monotonic() + 30
-        while subprocess.run(self.ctr("version"), capture_output=True).returncode != 0:
-            if self.processes["containerd"].poll() is not None or time.monotonic() > deadline:
-                raise SetupError(f"containerd did not start:\n{self.log_tail('containerd')}")
-            time.sleep(0.3)
+        self._wait("containerd", lambda: subprocess.run(self.ctr("version"), capture_output=True).returncode == 0,
+                   "containerd did not start", pause=0.3)
         # Pod-to-pod traffic crosses the bridge; with br_netfilter loaded (the Docker engine loads
         # it) it goes through FORWARD, whose policy Docker sets to DROP.
         self._forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
@@ -482,11 +461,8 @@ class OneNodeCluster:
             "--service-cluster-ip-range", kt.SERVICE_CIDR,
             # v2.1.0 serves its health check on every interface (":<port>"), so it is off here.
             "--health-port=0", "--metrics-addr=127.0.0.1", f"--metrics-port={free_port()}", "--v=1"])
-        deadline = time.monotonic() + 30
-        while not {"KUBE-ROUTER-FORWARD", "KUBE-NWPLCY-DEFAULT"} <= set(_chains("iptables", "filter")):
-            if self.processes["kube-router"].poll() is not None or time.monotonic() > deadline:
-                raise SetupError(f"kube-router made no chain within 30s:\n{self.log_tail('kube-router')}")
-            time.sleep(0.5)
+        self._wait("kube-router", lambda: {"KUBE-ROUTER-FORWARD", "KUBE-NWPLCY-DEFAULT"} <= set(_chains("iptables", "filter")),
+                   "kube-router made no chain within 30s")
 
     # -- the API ---------------------------------------------------------------------------------
     def run_kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
@@ -531,7 +507,7 @@ class OneNodeCluster:
         if "containerd" in self.processes:
             problems += self._remove_containers()
         _terminate(self.processes.pop("containerd", None))
-        problems += self._kill_shims()
+        self._kill_shims()
         if self.api is not None:
             self.api.stop()
         problems += self._undo_host_changes()
@@ -601,7 +577,7 @@ class OneNodeCluster:
             subprocess.run(self.ctr("containers", "delete", container), capture_output=True)
         return problems
 
-    def _kill_shims(self) -> list[str]:
+    def _kill_shims(self) -> None:
         """containerd's shims outlive it; this instance's name its socket on their command line."""
         killed = []
         for pid in _pids_mentioning(str(self.socket)):
@@ -610,7 +586,6 @@ class OneNodeCluster:
                 killed.append(pid)
         if killed:
             self.log(f"killed {len(killed)} containerd shim(s) left after containerd stopped: {killed}")
-        return []
 
     def _undo_host_changes(self) -> list[str]:
         problems = []
@@ -684,7 +659,7 @@ def left_on_host(cluster: OneNodeCluster) -> list[str]:
     left += [f"{d} (made by it)" for d in cluster._host_dirs_made if d.exists()]
     left += [f"sysctl {n}" for n, v in cluster._sysctls.items() if _read_sysctl(n) != v]
     if cluster.with_kube_proxy:
-        left += sorted(kube_chains() - getattr(cluster, "_kube_chains_before", set()))
+        left += sorted(kube_chains() - cluster._kube_chains_before)
     if cluster.with_network_policies:
         left += kube_router_state()
     return left
@@ -737,7 +712,9 @@ def logs_dir() -> Path:
 
 
 def dns_query(server: str, name: str, timeout: float = 2.0) -> str | None:
-    """The first A record CoreDNS at ``server`` gives for ``name`` (one UDP query), or None."""
+    """The first A record CoreDNS at ``server`` gives for ``name`` (one UDP query), or None; also None
+    for a reply it cannot read. By hand: no DNS library is among the project's dependencies, and the
+    host's resolver cannot be pointed at one server."""
     import socket
     import struct
 
@@ -750,18 +727,21 @@ def dns_query(server: str, name: str, timeout: float = 2.0) -> str | None:
             reply = sock.recv(4096)
         except OSError:
             return None
-    if len(reply) < 12 or struct.unpack(">H", reply[6:8])[0] == 0:
+    try:
+        if struct.unpack(">H", reply[6:8])[0] == 0:
+            return None
+        # The answer follows the question: its name (a pointer, or labels up to a 0), then type, class, ttl, length.
+        at = len(query)
+        if reply[at] & 0xC0 == 0xC0:
+            at += 2
+        else:
+            while reply[at]:
+                at += reply[at] + 1
+            at += 1
+        rtype, _, _, length = struct.unpack(">HHIH", reply[at:at + 10])
+        return socket.inet_ntoa(reply[at + 10:at + 14]) if rtype == 1 and length == 4 else None
+    except (struct.error, IndexError, OSError):
         return None
-    # The answer follows the question: its name (a pointer, or labels up to a 0), then type, class, ttl, length.
-    at = len(query)
-    if reply[at] & 0xC0 == 0xC0:
-        at += 2
-    else:
-        while reply[at]:
-            at += reply[at] + 1
-        at += 1
-    rtype, _, _, length = struct.unpack(">HHIH", reply[at:at + 10])
-    return socket.inet_ntoa(reply[at + 10:at + 14]) if rtype == 1 and length == 4 else None
 
 
 def _terminate(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:

@@ -292,17 +292,19 @@ def test_network_policies_are_enforced(cluster, engine):
     def outcomes() -> dict:
         return {flow: connect(cluster, pods[flow[0]], ip[flow[1]], flow[2]) == "ok" for flow in flows}
 
+    def detail() -> dict:  # what each connection answered, for a failure's message
+        return {f"{a}->{b}:{p}": connect(cluster, pods[a], ip[b], p) for a, b, p in flows}
+
     def wait_for(expected: dict, what: str) -> float:
         started = time.monotonic()
         while (got := outcomes()) != expected:
             if time.monotonic() - started > 60:
-                detail = {f"{a}->{b}:{p}": connect(cluster, pods[a], ip[b], p) for a, b, p in flows}
-                raise AssertionError(f"{what}: connected {got}, expected {expected}; {detail}")
+                raise AssertionError(f"{what}: connected {got}, expected {expected}; {detail()}")
             time.sleep(0.5)
         return time.monotonic() - started
 
     everything = {flow: True for flow in flows}
-    assert outcomes() == everything, {f"{a}->{b}:{p}": connect(cluster, pods[a], ip[b], p) for a, b, p in flows}
+    assert outcomes() == everything, detail()
     apply(cluster, catalog_policy())
     enforced = wait_for(dict(flows), "with the catalog's policy")
     refused = connect(cluster, pods["kafka"], ip["catalog"], 8001)
