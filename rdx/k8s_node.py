@@ -711,37 +711,24 @@ def logs_dir() -> Path:
     return cache_root() / "node-logs"
 
 
-def dns_query(server: str, name: str, timeout: float = 2.0) -> str | None:
-    """The first A record CoreDNS at ``server`` gives for ``name`` (one UDP query), or None; also None
-    for a reply it cannot read. By hand: no DNS library is among the project's dependencies, and the
-    host's resolver cannot be pointed at one server."""
-    import socket
-    import struct
+def dns_query(server: str, name: str, timeout: float = 2.0, port: int = 53) -> str | None:
+    """The first A record the DNS server at ``server`` gives for ``name`` (one UDP query), or None:
+    no answer, an error code, or a reply that is not a well-formed answer to this query (dnspython
+    checks its id, question and flags)."""
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rdatatype
 
-    query = struct.pack(">HHHHHH", 0x5244, 0x0100, 1, 0, 0, 0)
-    query += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.sendto(query, (server, 53))
-            reply = sock.recv(4096)
-        except OSError:
-            return None
     try:
-        if struct.unpack(">H", reply[6:8])[0] == 0:
-            return None
-        # The answer follows the question: its name (a pointer, or labels up to a 0), then type, class, ttl, length.
-        at = len(query)
-        if reply[at] & 0xC0 == 0xC0:
-            at += 2
-        else:
-            while reply[at]:
-                at += reply[at] + 1
-            at += 1
-        rtype, _, _, length = struct.unpack(">HHIH", reply[at:at + 10])
-        return socket.inet_ntoa(reply[at + 10:at + 14]) if rtype == 1 and length == 4 else None
-    except (struct.error, IndexError, OSError):
+        reply = dns.query.udp(dns.message.make_query(name, dns.rdatatype.A), server, timeout=timeout,
+                              port=port)
+    except (dns.exception.DNSException, OSError):
         return None
+    for rrset in reply.answer:
+        if rrset.rdtype == dns.rdatatype.A:
+            return next(iter(rrset)).address
+    return None
 
 
 def _terminate(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
