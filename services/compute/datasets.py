@@ -61,6 +61,10 @@ BATCH_ROWS = 65_536
 # per value). A ContextVar, because the node calls ``load`` on a thread (asyncio.to_thread copies the
 # caller's context into it); a caller that did not ask, or a load from the source, gets lists as before.
 ARROW_COLUMNS: ContextVar[bool] = ContextVar("rdx_dataset_arrow_columns", default=False)
+# Bounds on what one CSV record may make the reader hold (a field is bounded by the csv module's own
+# limit, 131072 characters): a header or row past them is refused, never read whole into memory.
+MAX_RECORD_CHARS = 16 << 20
+MAX_COLUMNS = 10_000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -115,53 +119,104 @@ class Dataset:
 
     # -- reading ----------------------------------------------------------------------------------
     def scan(self, batch_rows: int = BATCH_ROWS) -> Iterator[tuple[list[str], list[Sequence[Any]]]]:
-        """(column names, a batch of rows) until the dataset is exhausted."""
-        if not self.config.path.exists():
-            raise DatasetError(f"dataset {self.id}: {self.config.path} does not exist")
+        """(column names, a batch of rows) until the dataset is exhausted; the first batch is empty
+        (so a table with no rows still names its columns)."""
+        source = self._source()
         try:
-            yield from getattr(self, f"_scan_{self.config.format}")(batch_rows)
+            first = True
+            for names, rows in getattr(self, f"_scan_{self.config.format}")(source, batch_rows):
+                if first:
+                    self._check_header(names)
+                    first = False
+                yield names, rows
         except DatasetError:
             raise
         except Exception as exc:  # noqa: BLE001 - a reader's own message may quote values: not passed on
             raise DatasetError(f"dataset {self.id}: {self.config.format} could not be read ({type(exc).__name__})") from None
 
-    def _scan_csv(self, batch_rows: int):
-        with open(self.config.path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, delimiter=self.config.delimiter)
-            header = next(reader, None)
-            if header is None:
-                raise DatasetError(f"dataset {self.id}: {self.config.path.name} has no header row")
-            if len(set(header)) != len(header):
-                raise DatasetError(f"dataset {self.id}: the header repeats a column name")
-            batch: list[Sequence[Any]] = []
-            for row in reader:
-                if len(row) != len(header):
-                    if not row:
-                        continue  # a blank line
-                    raise DatasetError(f"dataset {self.id}: line {reader.line_num} has {len(row)} fields, "
-                                       f"the header has {len(header)}")
-                batch.append(row)
-                if len(batch) >= batch_rows:
-                    yield header, batch
-                    batch = []
-            if batch:
-                yield header, batch
+    def _source(self) -> Path:
+        """The file to read, resolved: a regular file (a FIFO would block the reader forever, a device
+        or a sparse file never end), not reached through a link out of its own directory (a link to
+        the node key would make its first line the column names that GET /datasets shows)."""
+        path = self.config.path
+        try:
+            real = path.resolve(strict=True)
+            regular = stat.S_ISREG(real.stat().st_mode)
+        except FileNotFoundError:
+            raise DatasetError(f"dataset {self.id}: {path} does not exist") from None
+        except (OSError, RuntimeError) as exc:  # a link loop, a directory we may not read
+            raise DatasetError(f"dataset {self.id}: {path} cannot be opened ({type(exc).__name__})") from None
+        if not regular:
+            raise DatasetError(f"dataset {self.id}: {path} is not a regular file")
+        if not real.is_relative_to(path.parent.resolve()):
+            raise DatasetError(f"dataset {self.id}: {path} links to a file outside its directory")
+        return real
 
-    def _scan_parquet(self, batch_rows: int):
+    def _open(self, source: Path) -> int:
+        """A descriptor of ``source``, checked again once open (it may have been swapped since
+        ``_source``): non-blocking, so that a FIFO put there since cannot hold the reader."""
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise DatasetError(f"dataset {self.id}: {self.config.path} is not a regular file")
+        os.set_blocking(fd, True)
+        return fd
+
+    def _check_header(self, names: Sequence[str]) -> None:
+        if len(names) > MAX_COLUMNS:
+            raise DatasetError(f"dataset {self.id}: the header has {len(names)} columns, more than {MAX_COLUMNS}")
+        if len(set(names)) != len(names):  # the commitment's row object would keep one value per name
+            raise DatasetError(f"dataset {self.id}: the header repeats a column name")
+
+    def _scan_csv(self, source: Path, batch_rows: int):
+        with open(self._open(source), newline="", encoding="utf-8-sig") as f:
+            lines = _BoundedLines(f)
+            reader = csv.reader(lines, delimiter=self.config.delimiter)
+            try:
+                header = next(reader, None)
+                if header is None:
+                    raise DatasetError(f"dataset {self.id}: {self.config.path.name} has no header row")
+                yield header, []
+                batch: list[Sequence[Any]] = []
+                for row in reader:
+                    lines.chars = 0
+                    if len(row) != len(header):
+                        if not row:
+                            continue  # a blank line
+                        raise DatasetError(f"dataset {self.id}: line {reader.line_num} has {len(row)} fields, "
+                                           f"the header has {len(header)}")
+                    batch.append(row)
+                    if len(batch) >= batch_rows:
+                        yield header, batch
+                        batch = []
+                if batch:
+                    yield header, batch
+            except _RecordTooLarge:
+                raise DatasetError(f"dataset {self.id}: line {reader.line_num + 1}: a record larger than "
+                                   f"{MAX_RECORD_CHARS} characters") from None
+            except csv.Error as exc:  # its messages name limits and dialect characters, never values
+                raise DatasetError(f"dataset {self.id}: line {reader.line_num}: {exc}") from None
+            except UnicodeDecodeError:  # decoded ahead of the parser: the line is only roughly known
+                raise DatasetError(f"dataset {self.id}: not UTF-8 text (after line {reader.line_num})") from None
+
+    def _scan_parquet(self, source: Path, batch_rows: int):
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(self.config.path)
-        names = list(pf.schema_arrow.names)
-        for record_batch in pf.iter_batches(batch_size=batch_rows):
-            cols = [record_batch.column(i).to_pylist() for i in range(record_batch.num_columns)]
-            yield names, list(zip(*cols))
+        with open(self._open(source), "rb") as f:
+            pf = pq.ParquetFile(f)
+            names = list(pf.schema_arrow.names)
+            yield names, []
+            for record_batch in pf.iter_batches(batch_size=batch_rows):
+                cols = [record_batch.column(i).to_pylist() for i in range(record_batch.num_columns)]
+                yield names, list(zip(*cols))
 
-    def _scan_sqlite(self, batch_rows: int):
-        uri = f"file:{self.config.path}?mode=ro"
+    def _scan_sqlite(self, source: Path, batch_rows: int):
+        uri = f"file:{source}?mode=ro"
         conn = sqlite3.connect(uri, uri=True)
         try:
             cursor = conn.execute(f'SELECT * FROM "{self.config.table}"')  # table name checked by the model
             names = [d[0] for d in cursor.description]
+            yield names, []
             while True:
                 rows = cursor.fetchmany(batch_rows)
                 if not rows:
@@ -175,10 +230,6 @@ class Dataset:
     def columns(self) -> list[str]:
         for names, _ in self.scan(batch_rows=1):
             return list(names)
-        if self.config.format == "parquet":
-            import pyarrow.parquet as pq
-
-            return list(pq.ParquetFile(self.config.path).schema_arrow.names)
         return []
 
     def load(self, columns: Sequence[str] = ()) -> Loaded:
@@ -204,10 +255,8 @@ class Dataset:
                 builder.add_rows(names, rows)
                 for c, i in zip(columns, index):
                     wanted[c].extend(r[i] for r in rows)
-                if copy is not None:
+                if copy is not None and rows:
                     copy.add(names, rows)
-            if index is None and columns:
-                self._require(columns, names or self.columns())
             root = builder.root()
             if self._fingerprint() == fp:  # a file written to while it was read is imported next time
                 self._cached = (fp, root, builder.count)
@@ -385,6 +434,31 @@ def _write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+class _RecordTooLarge(Exception):
+    pass
+
+
+class _BoundedLines:
+    """A text file's lines for csv.reader, refusing a record (the lines since ``chars`` was last
+    reset) longer than MAX_RECORD_CHARS: a line is read at most that far, so a file with no newline
+    (a sparse file, a field of gigabytes) costs bounded memory."""
+
+    def __init__(self, f):
+        self._f, self.chars = f, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self._f.readline(MAX_RECORD_CHARS + 1 - self.chars)
+        if not line:
+            raise StopIteration
+        self.chars += len(line)
+        if self.chars > MAX_RECORD_CHARS:
+            raise _RecordTooLarge
+        return line
 
 
 class _CopyWriter:

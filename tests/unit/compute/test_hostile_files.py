@@ -1,0 +1,176 @@
+"""Hostile and careless files on a compute node: dataset sources, imported copies, the node key,
+the journal. Each gets a clear error (or, where it is valid, the documented value), never a hang,
+unbounded memory or a crash that stops the node, and no cell value in an error or a log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from services.compute import commitment as c
+from services.compute.datasets import Dataset, DatasetConfig, DatasetError
+
+CANARY = "CANARY-7f3a9"
+
+
+def _csv(tmp_path, data: bytes | str, name="t.csv", copies=True) -> Dataset:
+    path = tmp_path / name
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Dataset(DatasetConfig(id="d", format="csv", path=path), tmp_path / "copies" if copies else None)
+
+
+def _refused(dataset: Dataset, caplog, columns=("phone",), match: str | None = None) -> str:
+    """The load is refused with a DatasetError that (like the log) holds no cell value."""
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(DatasetError) as err:
+        dataset.load(list(columns))
+    text = str(err.value)
+    assert CANARY not in text and CANARY not in caplog.text
+    if match:
+        assert match in text, text
+    return text
+
+
+# -- dataset sources: bytes that are not a good CSV ---------------------------------------------------
+def test_invalid_utf8_is_refused_by_line_without_its_bytes(tmp_path, caplog):
+    d = _csv(tmp_path, b"phone,x\n1,a\n2," + CANARY.encode() + b"\xff\xfe\n")
+    _refused(d, caplog, match="UTF-8")
+
+
+def test_a_ragged_row_is_refused_by_line_without_its_values(tmp_path, caplog):
+    d = _csv(tmp_path, f"phone,x\n1,a\n2,{CANARY},extra\n")
+    _refused(d, caplog, match="line 3")
+
+
+def test_an_empty_file_has_no_header_row(tmp_path, caplog):
+    _refused(_csv(tmp_path, b""), caplog, match="no header row")
+
+
+def test_a_header_only_file_is_an_empty_dataset_with_its_columns(tmp_path):
+    d = _csv(tmp_path, "phone,x\n")
+    loaded = d.load(["phone"])
+    assert (loaded.rows, loaded.commitment, loaded.columns) == (0, c.EMPTY_ROOT, {"phone": []})
+    assert d.columns() == ["phone", "x"]
+
+
+def test_a_missing_key_column_is_named(tmp_path, caplog):
+    _refused(_csv(tmp_path, f"id,x\n1,{CANARY}\n"), caplog, match="no column phone")
+
+
+def test_duplicate_header_names_are_refused(tmp_path, caplog):
+    _refused(_csv(tmp_path, f"phone,phone\n1,{CANARY}\n"), caplog, match="repeats a column name")
+
+
+def test_a_parquet_file_with_duplicate_column_names_is_refused(tmp_path, caplog):
+    # the commitment's row object keeps one value per name, so the other column's values would be
+    # used by a job but committed by nothing
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["1"]), pa.array([CANARY])], names=["phone", "phone"]), path)
+    d = Dataset(DatasetConfig(id="d", format="parquet", path=path), tmp_path / "copies")
+    _refused(d, caplog, match="repeats a column name")
+
+
+@pytest.mark.parametrize("variant", ["bom", "crlf", "bare-cr", "quoted-newline", "nul", "formula"])
+def test_text_variants_keep_their_values_verbatim(tmp_path, variant):
+    """A BOM is not part of the first column's name; CRLF and LF records give the same rows and so
+    the same commitment; a quoted newline, a NUL and a formula-looking cell are values like any other
+    (kept byte for byte: the node never exports rows, so there is nothing to neutralise)."""
+    lf = "phone,x\n1,a\n2,b\n"
+    data, values = {
+        "bom": ("\ufeff" + lf, ["a", "b"]),
+        "crlf": (lf.replace("\n", "\r\n"), ["a", "b"]),
+        "bare-cr": (lf.replace("\n", "\r"), ["a", "b"]),
+        "quoted-newline": ('phone,x\n1,"a\nb"\n2,b\n', ["a\nb", "b"]),
+        "nul": ("phone,x\n1,a\x00b\n2,b\n", ["a\x00b", "b"]),
+        "formula": ('phone,x\n1,"=HYPERLINK(""http://x"",""y"")"\n2,@SUM(A1)\n', ['=HYPERLINK("http://x","y")', "@SUM(A1)"]),
+    }[variant]
+    d = _csv(tmp_path, data)
+    loaded = d.load(["phone", "x"])
+    assert loaded.columns == {"phone": ["1", "2"], "x": values}
+    assert loaded.commitment == c.commitment_of(["phone", "x"], [("1", values[0]), ("2", values[1])])
+    again = Dataset(d.config, tmp_path / "copies").load(["x"])  # from the imported copy
+    assert (again.columns["x"], again.commitment) == (values, loaded.commitment)
+
+
+# -- dataset sources: not a regular file, or one with no end ------------------------------------------
+def _within(seconds: float, fn):
+    """fn's result (or exception) if it ends within ``seconds``; a hang fails the test, not the run."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still running after {seconds}s"
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "dev-zero"])
+def test_a_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path, caplog, kind):
+    path = tmp_path / "t.csv"
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it for reading would wait for a writer forever
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/zero")  # endless NULs: one line with no end
+    for fmt in ("csv", "parquet", "sqlite"):
+        d = Dataset(DatasetConfig(id="d", format=fmt, path=path, table="t"), tmp_path / "copies")
+        with pytest.raises(DatasetError, match="not a regular file"):
+            _within(10, lambda: d.load(["phone"]))
+        with pytest.raises(DatasetError, match="not a regular file"):
+            _within(10, d.columns)  # what GET /datasets asks, on the event loop
+
+
+def test_a_symlink_out_of_its_directory_is_refused_inside_is_followed(tmp_path, caplog):
+    """A dataset file replaced by a link to, say, the node key: its first line would become the
+    dataset's column names, which GET /datasets shows."""
+    secret = tmp_path / "state" / "node.key"
+    secret.parent.mkdir()
+    secret.write_text(json.dumps({"account": "m.node", "secret_key": CANARY}))
+    data = tmp_path / "data"
+    (data / "2026").mkdir(parents=True)
+    (data / "t.csv").symlink_to(secret)
+    d = Dataset(DatasetConfig(id="d", format="csv", path=data / "t.csv"), tmp_path / "copies")
+    caplog.set_level(logging.DEBUG)
+    for call in (lambda: d.load(["phone"]), d.columns):
+        with pytest.raises(DatasetError, match="outside its directory") as err:
+            call()
+        assert CANARY not in str(err.value) and CANARY not in caplog.text
+    (data / "2026" / "t.csv").write_text("phone\n1\n")
+    (data / "t.csv").unlink()
+    (data / "t.csv").symlink_to(data / "2026" / "t.csv")  # within its directory: a link is fine
+    assert d.load(["phone"]).columns == {"phone": ["1"]}
+
+
+@pytest.mark.parametrize("shape", ["100MB field", "sparse 3GB file", "a million columns"])
+def test_an_oversized_record_is_refused_without_reading_it_whole(tmp_path, caplog, shape):
+    import resource
+    path = tmp_path / "t.csv"
+    with open(path, "wb") as f:
+        if shape == "100MB field":
+            f.write(b"phone,x\n1,")
+            f.write(CANARY.encode() * (100_000_000 // len(CANARY)))
+            f.write(b"\n")
+        elif shape == "sparse 3GB file":
+            f.truncate(3 << 30)  # NULs, no newline
+        else:
+            f.write(b"phone," + b",".join(b"c%d" % i for i in range(1_000_000)) + b"\n")
+    d = Dataset(DatasetConfig(id="d", format="csv", path=path), tmp_path / "copies")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _refused(d, caplog, match="more than 10000" if shape == "a million columns" else "larger than")
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 200, f"{grown_mb:.0f} MB more memory"
+
