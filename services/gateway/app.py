@@ -54,8 +54,11 @@ class Gateway:
         self.svc.task("webhook-deliveries", lambda stop: self.dispatcher.run(stop))
         problems.install(self.svc.app)
         self._middleware()
-        self.svc.app.include_router(views.router(self))
-        self.svc.app.include_router(webhooks_api.router(self))
+        # The middleware refuses a declared Content-Length past the limit; a body without one (chunked)
+        # is counted as each route reads it, and a 413 (problems.py) ends the read at the limit.
+        limit = settings.max_body_bytes
+        self.svc.app.include_router(views.router(self), max_body_size=limit)
+        self.svc.app.include_router(webhooks_api.router(self), max_body_size=limit)
         openapi.install(self.svc.app)
 
     async def _open_stores(self) -> tuple[ReplayCache, RateLimiter]:

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from services.gateway.db import StoreUnavailable
 
@@ -70,6 +71,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 413:  # a streamed body past the limit: the same problem as a declared one
+            limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+            return problem_response(request, 413, "Payload too large", f"request bodies are limited to {limit} bytes")
         return problem_response(request, exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
