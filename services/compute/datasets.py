@@ -33,6 +33,7 @@ tables are hashed on every load (a column may mix types, which Arrow cannot hold
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -276,6 +277,9 @@ class Dataset:
     def _meta_path(self) -> Path:
         return self._copies / f"{self.id}.json"
 
+    def _copy_path(self) -> Path:
+        return self._copies / f"{self.id}.arrow"
+
     def _numbers_path(self) -> Path:
         return self._copies / f"{self.id}.arrow.numbers"  # no dataset's copy or metadata has this name
 
@@ -288,7 +292,8 @@ class Dataset:
         wanted = [c for c in columns if c in (kept.get("columns") or ())]
         path = self._numbers_path()
         try:
-            if not wanted or not _private(path) or path.stat().st_size != kept.get("bytes"):
+            if not wanted or not _private(path) or path.stat().st_size != kept.get("bytes") \
+                    or _sha256(path) != kept.get("sha256"):  # edited in place: the size alone would not tell
                 return {}
             table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
             if table.num_rows != meta["rows"]:
@@ -309,6 +314,7 @@ class Dataset:
                     meta["numbers"] = numbers
                 else:
                     self._numbers_path().unlink(missing_ok=True)
+            meta["digest"] = _digest(meta, self._copy_path() if "copy_bytes" in meta else None)
             _write_private(self._meta_path(), json.dumps(meta).encode())
         except OSError as exc:  # a full disk costs speed, not the job
             log.warning("dataset %s: no imported copy kept (%s)", self.id, type(exc).__name__)
@@ -319,7 +325,7 @@ class Dataset:
         import pyarrow.parquet as pq
 
         try:
-            arrow = self._copies / f"{self.id}.arrow"
+            arrow = self._copy_path()
             if not _private(self._copies, directory=True) or not _private(self._meta_path()) \
                     or self.config.format == "csv" and not _private(arrow):
                 return None  # a copy someone else could have written is not evidence of the committed rows
@@ -329,6 +335,8 @@ class Dataset:
                     (str(self.config.path), self.config.format, self.config.delimiter) \
                     or _tuples(meta.get("fingerprint")) != fp:
                 return None
+            if meta.get("digest") != _digest(meta, arrow if self.config.format == "csv" else None):
+                return None  # bytes edited in place, another dataset's copy swapped in, a root changed
             root, rows = meta["commitment"], meta["rows"]
             if self.config.format == "csv":
                 if arrow.stat().st_size != meta["copy_bytes"]:
@@ -390,6 +398,24 @@ def _private(path: Path, directory: bool = False) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
+def _digest(meta: dict, copy: Path | None) -> str:
+    """SHA-256 over what the metadata claims (the dataset's source, its identity, root and row count)
+    and the copy's bytes, kept in the metadata and checked before each use: a copy whose bytes were
+    edited, or swapped with another dataset's of the same size and row count, or metadata whose root
+    was changed, no longer matches and is imported again. It finds damage and mistakes; someone who
+    can write as the node's user can also recompute it (and could read the node key)."""
+    claims = [meta.get(k) for k in ("source", "format", "delimiter", "fingerprint", "commitment", "rows", "copy_bytes")]
+    h = hashlib.sha256(json.dumps(claims).encode())
+    if copy is not None:
+        h.update(bytes.fromhex(_sha256(copy)))
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _tuples(value: Any) -> tuple:
     """A fingerprint read back from JSON (lists) as the tuple ``_fingerprint`` returns."""
     return tuple(tuple(v) if isinstance(v, list) else v for v in value or ())
@@ -420,7 +446,7 @@ def _write_numbers(copy: Path, path: Path) -> dict[str, Any] | None:
         with os.fdopen(fd, "wb") as sink, pa.ipc.new_file(sink, numbers.schema) as writer:
             writer.write_table(numbers)
         os.replace(tmp, path)
-        return {"columns": list(cast), "bytes": path.stat().st_size}
+        return {"columns": list(cast), "bytes": path.stat().st_size, "sha256": _sha256(path)}
     except (OSError, pa.ArrowException) as exc:
         log.warning("dataset copy %s: no numbers kept beside it (%s)", copy.name, type(exc).__name__)
         tmp.unlink(missing_ok=True)

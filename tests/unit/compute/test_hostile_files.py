@@ -174,3 +174,67 @@ def test_an_oversized_record_is_refused_without_reading_it_whole(tmp_path, caplo
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 200, f"{grown_mb:.0f} MB more memory"
 
+
+
+# -- the imported copy and its metadata ---------------------------------------------------------------
+def _two_copies(tmp_path):
+    """Two datasets of the same shape (rows, sizes) imported into one copies directory."""
+    out = []
+    for name, value in (("a", "+86-100"), ("b", "+86-999")):
+        path = tmp_path / f"{name}.csv"
+        path.write_text(f"phone,x\n{value},1\n+86-101,2\n")
+        d = Dataset(DatasetConfig(id=name, format="csv", path=path), tmp_path / "copies")
+        out.append((d, d.load(["phone"])))
+    return out
+
+
+@pytest.mark.parametrize("damage", ["a value's bytes", "the root", "the row count", "swapped copies", "deleted copy",
+                                    "deleted metadata"])
+def test_a_copy_that_no_longer_matches_is_imported_again_never_used(tmp_path, damage):
+    (a, first), (b, _) = _two_copies(tmp_path)
+    copies = tmp_path / "copies"
+    arrow, meta = copies / "a.arrow", copies / "a.json"
+    if damage == "a value's bytes":  # same size: an edit the size check cannot see
+        arrow.write_bytes(arrow.read_bytes().replace(b"+86-100", b"+86-555"))
+    elif damage == "the root":
+        m = json.loads(meta.read_bytes())
+        meta.write_text(json.dumps({**m, "commitment": "ab" * 32}))
+    elif damage == "the row count":
+        m = json.loads(meta.read_bytes())
+        meta.write_text(json.dumps({**m, "rows": m["rows"] + 1}))
+    elif damage == "swapped copies":  # same size, same row count, other rows
+        other = copies / "b.arrow"
+        assert other.stat().st_size == arrow.stat().st_size
+        data = arrow.read_bytes()
+        arrow.write_bytes(other.read_bytes())
+        other.write_bytes(data)
+    elif damage == "deleted copy":
+        arrow.unlink()
+    else:
+        meta.unlink()
+    again = Dataset(a.config, copies)
+    scans = []
+    scan = again.scan
+    again.scan = lambda *a_, **k: (scans.append(1), (yield from scan(*a_, **k)))[1]
+    loaded = again.load(["phone"])
+    assert scans, "served from the damaged copy"
+    assert (loaded.columns, loaded.commitment, loaded.rows) == (first.columns, first.commitment, first.rows)
+    fresh = Dataset(a.config, copies)  # and the import made a good copy again
+    fresh.scan = lambda *a_, **k: pytest.fail("the source was read again")
+    assert fresh.load(["phone"]).columns == first.columns
+
+
+def test_numbers_edited_in_place_are_not_used(tmp_path):
+    from services.compute.datasets import ARROW_COLUMNS
+
+    d = _csv(tmp_path, "phone,amount\n1,2.5\n2,7.25\n")
+    d.load([])
+    numbers = tmp_path / "copies" / "d.arrow.numbers"
+    numbers.write_bytes(numbers.read_bytes().replace(pa.array([2.5]).buffers()[1].to_pybytes(),
+                                                     pa.array([9.5]).buffers()[1].to_pybytes()))
+    token = ARROW_COLUMNS.set(True)
+    try:
+        loaded = Dataset(d.config, tmp_path / "copies").load(["amount"])
+    finally:
+        ARROW_COLUMNS.reset(token)
+    assert loaded.numbers == {} and loaded.columns["amount"].to_pylist() == ["2.5", "7.25"]
