@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.responses import StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
+from starlette.exceptions import HTTPException
 
 from services.common import policy as policies
 from services.portal import audit as trail, i18n
@@ -358,6 +359,14 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
     @app.exception_handler(Answer)
     async def answered(request: Request, exc: Answer) -> Response:
         return exc.response
+
+    @app.exception_handler(HTTPException)
+    async def no_page(request: Request, exc: HTTPException) -> Response:
+        """A path or method the portal has no page for (``/listings/a%2Fb``, ``GET /logout``): the
+        portal's error page in the person's language, not the framework's JSON."""
+        page = error(request, exc.status_code, "error.no_page" if exc.status_code == 404 else "error.bad_request")
+        page.headers.update(exc.headers or {})  # a 405's Allow
+        return page
 
     # -- who is asking: each page names the dependency it needs, and nothing else checks ----------
     # (async: a plain def would run in a thread, and the session store is the event loop's)
