@@ -310,8 +310,11 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         if not hasattr(request.state, "form"):
             body = await small_body(request, MAX_FORM_BYTES)
             urlencoded = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
-            request.state.form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=20) \
-                if body is not None and urlencoded else {}
+            try:
+                request.state.form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=20) \
+                    if body is not None and urlencoded else {}
+            except ValueError:  # more fields than any form has: read as none (no CSRF token), not a 500
+                request.state.form = {}
         values = request.state.form.get(name)
         return values[0] if values else None
 
