@@ -30,6 +30,7 @@ dropped when the job ends here. Nothing of it is ever logged.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -37,6 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("rdx.compute.journal")
 
 ACTIVE = ("pending", "running", "computed", "attested")
 TERMINAL = ("completed", "failed", "aborted")
@@ -141,7 +144,13 @@ class Journal:
             return None
         values = dict(zip(self._names, raw))
         for f in _JSON_FIELDS:
-            values[f] = json.loads(values[f]) if values[f] else None
+            try:
+                values[f] = json.loads(values[f]) if values[f] else None
+            except (ValueError, TypeError):  # damaged on disk: one row must not stop every reader of the journal
+                log.warning("journal: job %s has an unreadable %s; read as empty", values["job"], f)
+                values[f] = None
+        # a job runs on the chain's spec (_chain_spec); the journal's copy only matches events to jobs
+        values["spec"] = values["spec"] if isinstance(values["spec"], dict) else {}
         return JobRow(**values)
 
     def get(self, job: str) -> JobRow | None:

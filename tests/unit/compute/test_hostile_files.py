@@ -238,3 +238,24 @@ def test_numbers_edited_in_place_are_not_used(tmp_path):
     finally:
         ARROW_COLUMNS.reset(token)
     assert loaded.numbers == {} and loaded.columns["amount"].to_pylist() == ["2.5", "7.25"]
+
+
+# -- the journal ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("field", ["spec", "progress", "timings"])
+def test_a_journal_row_with_damaged_json_is_read_not_fatal(tmp_path, caplog, field):
+    """A row whose JSON was damaged on disk (a bad restore, a hand edit): every reader of the journal
+    (recovery at start, each chain event, GET /jobs) would raise on it and stop the node's loop. It
+    reads as empty instead, logged by job and field; the job runs on the chain's spec as always."""
+    import sqlite3
+
+    from services.compute.journal import Journal
+
+    j = Journal(sqlite3.connect(tmp_path / "node.sqlite", isolation_level=None))
+    j.add("job-1", "psi", "consumer", {"job": "job-1", "participants": ["c", "p"], "inputs": []}, 2**40, 1)
+    j.add("job-2", "psi", "consumer", {"job": "job-2", "participants": ["c", "p"], "inputs": []}, 2**40, 1)
+    j.conn.execute(f"UPDATE jobs SET {field} = ? WHERE job = 'job-1'", ('{"' + CANARY + '": [' + "x" * 1000,))
+    caplog.set_level(logging.DEBUG)
+    rows = {r.job: r for r in j.active()}
+    assert set(rows) == {"job-1", "job-2"} and rows["job-2"].spec["participants"] == ["c", "p"]
+    assert rows["job-1"].public()["job"] == "job-1" and j.get("job-1").status == "pending"
+    assert "job-1" in caplog.text and field in caplog.text and CANARY not in caplog.text
