@@ -65,7 +65,7 @@ def build(settings: ComputeSettings, job_types: dict[str, type[JobType]] | None 
     if settings.node_key_file is None:
         raise SystemExit("RDX_NODE_KEY_FILE is required when RDX_MEMBER_ID is set")
     member = settings.member_id
-    identity = Identity(settings.node_account, Identity.load(settings.node_key_file).signing_key)
+    identity = _node_identity(settings)
     datasets = Datasets.from_path(settings.datasets, copies=settings.copies_dir)
     chain = ChainClient(settings.cometbft_rpc, settings.chain_id)
     view = ChainView(chain)
@@ -137,6 +137,27 @@ def build(settings: ComputeSettings, job_types: dict[str, type[JobType]] | None 
 
     svc.on_startup(announce)
     return svc
+
+
+def _node_identity(settings: ComputeSettings) -> Identity:
+    """The node's key from RDX_NODE_KEY_FILE, or SystemExit saying what is wrong with the file (never
+    its contents): a missing or malformed file, or the key of another account (another member's node
+    key mounted by mistake would otherwise run until the chain refused its every signature)."""
+    path = settings.node_key_file
+    try:
+        mode = path.stat().st_mode
+        loaded = Identity.load(path)
+    except FileNotFoundError:
+        raise SystemExit(f"RDX_NODE_KEY_FILE: {path} does not exist") from None
+    except OSError as exc:
+        raise SystemExit(f"RDX_NODE_KEY_FILE: {path} cannot be read ({type(exc).__name__})") from None
+    except (ValueError, KeyError, TypeError) as exc:  # the messages of json and nacl may quote the file
+        raise SystemExit(f"RDX_NODE_KEY_FILE: {path} is not a node key file ({type(exc).__name__})") from None
+    if loaded.account != settings.node_account:
+        raise SystemExit(f"RDX_NODE_KEY_FILE: {path} is the key of {loaded.account}, not of {settings.node_account}")
+    if mode & 0o004:  # warned, not refused: a bind-mounted secret may need it (the image runs as uid 10001)
+        log.warning("RDX_NODE_KEY_FILE: %s is readable by every user of this host (mode %o)", path, mode & 0o777)
+    return Identity(settings.node_account, loaded.signing_key)
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

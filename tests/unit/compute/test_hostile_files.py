@@ -259,3 +259,51 @@ def test_a_journal_row_with_damaged_json_is_read_not_fatal(tmp_path, caplog, fie
     assert set(rows) == {"job-1", "job-2"} and rows["job-2"].spec["participants"] == ["c", "p"]
     assert rows["job-1"].public()["job"] == "job-1" and j.get("job-1").status == "pending"
     assert "job-1" in caplog.text and field in caplog.text and CANARY not in caplog.text
+
+
+# -- the node key file -------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["missing", "not JSON", "no secret", "short secret", "a list", "another node's key"])
+def test_a_bad_node_key_file_stops_the_start_with_a_clear_reason_and_no_key(tmp_path, case):
+    import base64
+
+    from services.common.identity import Identity
+    from services.compute.app import _node_identity
+    from services.compute.settings import ComputeSettings
+
+    path = tmp_path / "node.key"
+    secret = base64.b64encode(CANARY.encode().ljust(32, b"x")).decode()
+    text = {"missing": None,
+            "not JSON": '{"account": "m.node", "secret_key": "' + secret,
+            "no secret": json.dumps({"account": "m.node", "secret": secret}),
+            "short secret": json.dumps({"account": "m.node", "secret_key": base64.b64encode(CANARY.encode()).decode()}),
+            "a list": json.dumps([secret]),
+            "another node's key": json.dumps({"account": "other.node", "secret_key": secret})}[case]
+    if text is not None:
+        path.write_text(text)
+    settings = ComputeSettings(member_id="m", node_key_file=path, state_root=tmp_path / "state")
+    with pytest.raises(SystemExit) as err:
+        _node_identity(settings)
+    message = str(err.value.code)
+    assert message.startswith("RDX_NODE_KEY_FILE: ") and secret not in message and CANARY not in message
+    assert err.value.__context__ is None or err.value.__suppress_context__  # no chained json/nacl message
+    if case == "another node's key":
+        assert "other.node, not of m.node" in message
+    good = Identity.generate("m.node")
+    good.save(path)
+    assert _node_identity(settings).public_key == good.public_key
+
+
+def test_a_world_readable_node_key_is_warned_about(tmp_path, caplog):
+    from services.common.identity import Identity
+    from services.compute.app import _node_identity
+    from services.compute.settings import ComputeSettings
+
+    path = tmp_path / "node.key"
+    Identity.generate("m.node").save(path)
+    settings = ComputeSettings(member_id="m", node_key_file=path, state_root=tmp_path / "state")
+    caplog.set_level(logging.WARNING)
+    _node_identity(settings)
+    assert "readable by every user" not in caplog.text
+    path.chmod(0o644)
+    _node_identity(settings)
+    assert "readable by every user" in caplog.text and "644" in caplog.text
