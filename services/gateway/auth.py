@@ -115,6 +115,11 @@ class Authenticator:
         return principal
 
     async def _identify(self, request: Request) -> Principal:
+        # One credential per request: with two Authorization lines, a proxy that checked or logged one
+        # of them and this gateway, which would act on the first, could disagree about who is calling.
+        if len(request.headers.getlist("authorization")) > 1:
+            raise Problem(400, "Ambiguous credentials", "send one Authorization header",
+                          {"WWW-Authenticate": "Bearer"})
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             token = auth[7:].strip()

@@ -135,3 +135,13 @@ def test_a_chunked_body_past_the_limit_is_a_413_not_read_whole(site):
     ok = site.client.request("GET", "/v1/jobs", headers={"Authorization": f"Bearer {site.token}"}, content=chunks(LIMIT))
     assert ok.status_code == 200 and [j["id"] for j in ok.json()] == ["job-1"]
 
+
+def test_two_authorization_headers_are_refused_whichever_comes_first(site):
+    """The gateway acted on the first of two Authorization lines: a request carrying a member's key
+    and junk was that member's call or a 401 depending on their order."""
+    mine = f"Bearer {site.token}"
+    for lines in ((mine, "Bearer junk"), ("Bearer junk", mine), (mine, mine)):
+        answer = site.client.get("/v1/jobs", headers=[("Authorization", line) for line in lines])
+        assert is_problem(answer, 400)["title"] == "Ambiguous credentials"
+    assert site.client.get("/v1/jobs", headers={"Authorization": mine}).status_code == 200
+
