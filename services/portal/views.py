@@ -601,7 +601,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         body = await small_body(request, MAX_TX_BYTES)
         try:
             tx = json.loads(body)["tx"] if body is not None else None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested thousands deep
             tx = None
         kind = signer_kind(s.member, tx["signer"]) if isinstance(tx, dict) and set(tx) == ENVELOPE else None
         if kind is None or not isinstance(tx["payload"], dict) or tx["type"] not in RELAYED:

@@ -223,3 +223,14 @@ def test_a_form_with_more_fields_than_the_parser_takes_is_refused_with_a_page(si
     assert site.calls == []
     answer = site.client.post("/logout", data={"csrf": s.csrf}, headers={"origin": "http://127.0.0.1:8005"})
     assert answer.status_code == 303  # the same form with its few fields works
+
+
+def test_a_relayed_body_nested_thousands_deep_is_a_400(site):
+    """Within the 16 KiB limit, JSON 8000 arrays deep made the parser raise RecursionError: a 500 in plain text."""
+    s = site.sign_in("bank", "member_admin")
+    body = b'{"tx":' + b"[" * 8000 + b"]" * 8000 + b"}"
+    answer = site.client.post("/api/tx", content=body, headers={"x-csrf-token": s.csrf, "origin": ORIGIN,
+                                                                "content-type": "application/json"})
+    assert answer.status_code == 400 and "detail" in answer.json()
+    assert site.calls == []
+    assert tx_call(site, s, "access.Request", {"id": "g-1"}).status_code == 404  # the next relay is relayed
