@@ -9,6 +9,7 @@ it; a node holds no other member's result, and what it holds is sealed to its ow
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Callable
 
@@ -34,8 +35,8 @@ def router(*, member: str, node_account: str, public_key: str, peer_endpoint: st
         out = []
         for d in datasets.all():
             summary = d.cached_summary()
-            try:
-                columns = d.columns()
+            try:  # off the event loop: a header or Parquet footer is the operator's file, of any size
+                columns = await asyncio.to_thread(d.columns)
                 error = None
             except DatasetError as exc:
                 columns, error = [], str(exc)

@@ -307,3 +307,51 @@ def test_a_world_readable_node_key_is_warned_about(tmp_path, caplog):
     path.chmod(0o644)
     _node_identity(settings)
     assert "readable by every user" in caplog.text and "644" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["truncated", "a CSV named .parquet", "zeroed footer"])
+def test_a_corrupt_parquet_file_is_refused_without_its_values(tmp_path, caplog, damage):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"phone": [CANARY + str(i) for i in range(100)]}), path)
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "a CSV named .parquet":
+        path.write_text(f"phone\n{CANARY}\n")
+    else:
+        path.write_bytes(data[:-12] + b"\0" * 8 + data[-4:])  # footer length and magic kept, the length zeroed
+    d = Dataset(DatasetConfig(id="d", format="parquet", path=path), tmp_path / "copies")
+    _refused(d, caplog, match="parquet could not be read")
+
+
+def test_get_datasets_reads_each_header_off_the_event_loop(tmp_path):
+    """GET /datasets reads every dataset's header: on the event loop, a slow or large one would
+    stall every request and chain event of the node."""
+    import asyncio
+    import sqlite3
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from services.compute import api
+    from services.compute.datasets import Datasets
+    from services.compute.journal import Journal
+
+    d = _csv(tmp_path, "phone,x\n1,a\n")
+    on_loop = []
+    columns = d.columns
+
+    def spy():
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return columns()
+    d.columns = spy
+    app = FastAPI()
+    app.include_router(api.router(member="m", node_account="m.node", public_key="", peer_endpoint="", runner="local",
+                                  workers=1, datasets=Datasets([d]), journal=Journal(sqlite3.connect(":memory:")),
+                                  registered=lambda: True))
+    listed = TestClient(app).get("/datasets").json()
+    assert listed[0]["columns"] == ["phone", "x"] and on_loop == [False]
