@@ -9,6 +9,7 @@ import difflib
 import html
 import io
 import json
+import logging
 import re
 import secrets
 import time
@@ -29,6 +30,7 @@ from services.portal.gateway import GatewayError
 from services.portal.oidc import SignInError
 from services.portal.sessions import LOGIN_COOKIE, LOGIN_TTL_S, SESSION_COOKIE, PendingLogin, Session, safe_next
 
+log = logging.getLogger("rdx.portal")
 FACETS = ("level", "operation", "industry", "region", "price_band", "price_model", "update_cycle", "tag", "provider")
 ASSET_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]{2,79}$")
 MAX_Q, MAX_VALUES, MAX_VALUE_LENGTH = 200, 20, 100
@@ -369,6 +371,16 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         portal's error page in the person's language, not the framework's JSON."""
         page = error(request, exc.status_code, "error.no_page" if exc.status_code == 404 else "error.bad_request")
         page.headers.update(exc.headers or {})  # a 405's Allow
+        return page
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> Response:
+        """Anything unforeseen (a gateway answer of another shape than the page reads): the error page,
+        never a trace. It is answered outside the middleware above, so it carries their headers itself."""
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        page = error(request, 500, "error.internal")
+        page.headers.update({"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                             "X-Frame-Options": "DENY", "Cache-Control": "no-store"})
         return page
 
     # -- who is asking: each page names the dependency it needs, and nothing else checks ----------

@@ -18,6 +18,7 @@ from services.common.policy import DEFAULT_POLICY_TEXT
 from services.portal.app import Portal
 from services.portal.sessions import SESSION_COOKIE, Session
 from services.portal.settings import PortalSettings
+from services.portal.views import CSP
 
 pytestmark = pytest.mark.unit
 
@@ -234,3 +235,17 @@ def test_a_relayed_body_nested_thousands_deep_is_a_400(site):
     assert answer.status_code == 400 and "detail" in answer.json()
     assert site.calls == []
     assert tx_call(site, s, "access.Request", {"id": "g-1"}).status_code == 404  # the next relay is relayed
+
+
+@pytest.mark.parametrize("path, answer", [("/access", [{"id": "g-1"}]), ("/jobs/job-1", ["not", "a", "record"])])
+def test_a_gateway_answer_of_another_shape_gets_the_error_page_not_a_trace(site, path, answer):
+    """It was Starlette's plain-text 500, without the pages' headers."""
+    site.answers[f"/v1{path.replace('/access', '/access-requests')}"] = answer
+    site.sign_in("bank", "member_admin")
+    client = TestClient(site.portal.svc.app, base_url=ORIGIN, follow_redirects=False, raise_server_exceptions=False)
+    client.cookies = site.client.cookies
+    page = client.get(path)
+    assert page.status_code == 500 and page.headers["content-type"].startswith("text/html")
+    assert 'role="alert"' in page.text and "Traceback" not in page.text and "KeyError" not in page.text
+    assert page.headers["content-security-policy"] == CSP and page.headers["cache-control"] == "no-store"
+    assert client.get("/signed-out").status_code == 200
