@@ -13,8 +13,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ _NODE_ENTRY = 32 + 81  # a state tree node in its block's run: hash, then the no
 _RUN = 64  # nodes a row: ~7 KiB, so a lookup reads two pages
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ChainEvent:
     """An event of a committed block, in the order the block produced it."""
 
@@ -39,10 +38,14 @@ class ChainEvent:
     entity: str
     data: dict[str, Any]
     trace: str | None = None  # the traceparent its tx carried (services/common/tx.py): not state, not hashed
+    id: str = field(init=False, repr=False, compare=False)  # "height/tx_index/event_index"
 
-    @cached_property  # read four times per event in a block's execution
-    def id(self) -> str:
-        return f"{self.height}/{self.tx_index}/{self.event_index}"
+    def __init__(self, height: int, tx_index: int, event_index: int, time: int, type: str, entity: str,
+                 data: dict[str, Any], trace: str | None = None) -> None:
+        # Made for every event in a block's execution and in the relay: the generated frozen
+        # __init__ (object.__setattr__ per field) and a cached_property id cost twice this.
+        self.__dict__.update(height=height, tx_index=tx_index, event_index=event_index, time=time, type=type,
+                             entity=entity, data=data, trace=trace, id=f"{height}/{tx_index}/{event_index}")
 
 
 class Database:
@@ -210,7 +213,7 @@ class Overlay:
         # The root overlay's reads of committed state. The database changes only at Commit, and
         # every overlay is replaced then, so this never goes stale; a tx reads the same few keys
         # (its signer's account and member) several times, and CheckTx reads them again at recheck.
-        self._committed: dict[str, str | None] = {}
+        self._committed: dict[str, str | None] = {} if parent is None else parent._committed  # the root's
         self.nodes: dict[bytes, bytes] = {}  # the state tree's nodes new in this block, stored at Commit
         self.tree_version: int | None = None  # the version of the tree's root after this block, if it changed
 
@@ -218,12 +221,17 @@ class Overlay:
         text = self._text(key)
         return None if text is None else _load(text)
 
+    def has(self, key: str) -> bool:
+        return self._text(key) is not None
+
     def _text(self, key: str) -> str | None:
-        if key in self.writes:
-            text = self.writes[key]
-            return None if text is _DELETED else text
-        if self.parent is not None:
-            return self.parent._text(key)
+        overlay: Overlay | None = self
+        while overlay is not None:  # a loop, not a call per layer: several reads a tx, through 2-3 layers
+            writes = overlay.writes
+            if key in writes:
+                text = writes[key]
+                return None if text is _DELETED else text
+            overlay = overlay.parent
         return self._committed_text(key)
 
     def committed(self, key: str) -> Any | None:
@@ -232,11 +240,10 @@ class Overlay:
         return None if text is None else _load(text)
 
     def _committed_text(self, key: str) -> str | None:
-        if self.parent is not None:
-            return self.parent._committed_text(key)
-        if key not in self._committed:
-            self._committed[key] = self.db.get_text(key)
-        return self._committed[key]
+        committed = self._committed
+        if key not in committed:
+            committed[key] = self.db.get_text(key)
+        return committed[key]
 
     def set(self, key: str, value: Any) -> None:
         self.writes[key] = _dump(value)

@@ -11,6 +11,7 @@ sign only the member's txs of their ``powers``, until ``expires_at`` or until en
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Any
 
 from services.common.tx import Code
@@ -41,7 +42,7 @@ class MembersKeeper:
         # Every key an account was ever given, to the first account that held it (never removed: a
         # revoked key stays taken), so that members.Delegate checks a key with one read.
         indexed = _key_index(account["public_key"])
-        if self.store.get(indexed) is None:
+        if not self.store.has(indexed):
             self.store.set(indexed, account["id"])
 
     def revoke_key(self, account: str, public_key: str, height: int, reason: str) -> None:
@@ -106,5 +107,6 @@ class MembersKeeper:
         return self.member(acc["member"])
 
 
+@lru_cache(maxsize=4096)  # a str of a str: every tx that writes an account hashes its key again
 def _key_index(public_key: str) -> str:
     return "account-keys/" + hashlib.sha256(public_key.encode()).hexdigest()
