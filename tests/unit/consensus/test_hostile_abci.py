@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 from chainsim import CHAIN, Harness, register
 from google.protobuf.timestamp_pb2 import Timestamp
 from hostile import hostile_query_paths, hostile_txs
@@ -15,6 +16,7 @@ from services.common.identity import Identity
 from services.common.listing import example_metadata
 from services.common.tx import Code, Tx
 from services.consensus import app as app_module
+from services.consensus.members import messages as members_messages
 
 ACCEPT, REJECT = abci.ResponseProcessProposal.ACCEPT, abci.ResponseProcessProposal.REJECT
 
@@ -199,6 +201,45 @@ def test_junk_costs_no_memory_only_verified_txs_are_cached(chain):
     assert len(chain.app._verified) == cached
     assert chain.check(chain.tx(chain.provider, "members.RotateKey", {"public_key": chain.provider.public_key})).code == Code.OK
     assert len(chain.app._verified) == cached + 1
+
+
+def test_an_immutable_payload_is_validated_once_per_tx_bytes_and_never_for_other_bytes(chain, monkeypatch):
+    """A recheck and a block reuse the payload model validated at CheckTx, keyed on the tx's exact
+    bytes: the same payload in another tx (here the next nonce) is validated on its own."""
+    nonce = _next(chain, chain.provider)
+    first, second = (Tx.build(chain.provider, CHAIN, "members.RotateKey", n, {"public_key": chain.provider.public_key})
+                     .encode() for n in (nonce, nonce + 1))
+    assert chain.check(first).code == Code.OK
+    assert chain.app._verified.get(first).payload is not None
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("validated again")
+
+    monkeypatch.setattr(members_messages.RotateKey, "model_validate", refuse)
+    assert chain.check(second).code == app_module.INTERNAL_ERROR  # not served from first's entry
+    assert chain.block(first)[0].code == Code.OK
+
+
+def test_a_payload_a_handler_could_mutate_is_validated_afresh_each_time(chain):
+    """A model holding a list or dict (members.Register's roles, a board proposal's action) is not
+    kept: a handler that changed it would change every later execution of the same bytes."""
+    member = Identity.generate("listy")
+    raw = register(chain, member)
+    assert chain.check(raw).code == Code.OK
+    assert chain.app._verified.get(raw).payload is None
+    assert {"members.Register", "board.Propose", "members.Delegate"}.isdisjoint(app_module.SHARED_PAYLOADS)
+
+    class Inner(BaseModel):
+        model_config = ConfigDict(frozen=True)
+        tags: tuple[str, ...] | list[str]
+
+    class Outer(BaseModel):
+        model_config = ConfigDict(frozen=True)
+        name: str
+        inner: Inner | None
+
+    assert not app_module._immutable(Outer)
+    assert app_module._immutable(members_messages.RotateKey)
 
 
 def test_a_rotated_key_is_checked_again_despite_the_cache(chain):
