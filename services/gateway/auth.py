@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from services.gateway.chainview import ChainView
 from services.gateway.db import StoreUnavailable
 from services.gateway.keys import KeyStore
 from services.gateway.problems import Problem
+
+
+ACCOUNT = re.compile(r"[a-z0-9][a-z0-9.\-]{0,63}")  # a chain account, as a tx's signer (services/common/tx.py)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,21 @@ def replay_key(signature_input: str, signature: str) -> bytes:
     if not isinstance(sig_bytes, bytes) or not isinstance(nonce, str):
         raise Problem(401, "Invalid signature", "the signature must be a byte sequence and its nonce a string")
     return hashlib.sha256(len(sig_bytes).to_bytes(4, "big") + sig_bytes + nonce.encode()).digest()
+
+
+def signing_account(signature_input: str) -> str:
+    """The chain account whose key must verify the request: the ``keyid`` parameter of the one
+    signature in ``Signature-Input``, parsed as the structured field it is (a text search would take
+    ``keyid="…"`` from inside another parameter, such as ``xkeyid``), and an account id before the
+    chain is asked about it."""
+    try:
+        [(_, (_, params))] = http_sf.parse(signature_input.encode(), tltype="dictionary").items()
+    except Exception:  # noqa: BLE001 - outside bytes: whatever went wrong, the request is refused
+        raise Problem(401, "Invalid signature", "Signature-Input does not parse as one signature") from None
+    keyid = params.get("keyid")
+    if not isinstance(keyid, str) or not ACCOUNT.fullmatch(keyid):
+        raise Problem(401, "Unknown key", "the signature's keyid names no chain account")
+    return keyid
 
 
 class ReplayCache(ABC):
@@ -140,15 +159,14 @@ class Authenticator:
             hashlib.sha256(token.encode()).hexdigest(), self.bootstrap_sha256)
 
     async def _signed(self, request: Request) -> Principal:
-        params = request.headers["signature-input"]
-        account = params.split('keyid="', 1)[1].split('"', 1)[0] if 'keyid="' in params else ""
-        acc = await self.chain.account(account) if account else None
+        # A field sent on several lines is one comma-joined value (RFC 9110 5.3), the same for the
+        # verifier, the key's account and the replay key: otherwise one line could be verified and another used.
+        headers = {name: ", ".join(request.headers.getlist(name)) for name in request.headers.keys()}
+        account = signing_account(headers["signature-input"])
+        acc = await self.chain.account(account)
         if acc is None:
             raise Problem(401, "Unknown key", f"no chain account {account!r} signs for the exchange")
         body = await request.body()
-        # A field sent on several lines is one comma-joined value (RFC 9110 5.3), the same for the
-        # verifier and the replay key: otherwise one line could be verified and another remembered.
-        headers = {name: ", ".join(request.headers.getlist(name)) for name in request.headers.keys()}
         try:
             created = httpsig.verify(acc["public_key"], request.method, str(request.url), headers, body, self.skew)
         except httpsig.SignatureError as exc:

@@ -5,10 +5,14 @@ the chain a dict of committed state behind the gateway's own ChainView (no proof
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime
+import secrets
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
 from services.common import httpsig
@@ -145,3 +149,29 @@ def test_two_authorization_headers_are_refused_whichever_comes_first(site):
         assert is_problem(answer, 400)["title"] == "Ambiguous credentials"
     assert site.client.get("/v1/jobs", headers={"Authorization": mine}).status_code == 200
 
+
+def signed_with(who: Identity, params: str, url: str = "http://testserver/v1/jobs") -> dict[str, str]:
+    """A GET signed by ``who`` over a Signature-Input whose parameters are written by hand (RFC 9421
+    section 2.5: the signature base ends with the @signature-params line as sent)."""
+    digest = httpsig.sign(who, "GET", url, b"")["Content-Digest"]
+    created = int(datetime.datetime.now(datetime.timezone.utc).timestamp())
+    inner = f'("@method" "@target-uri" "content-digest");created={created};{params};nonce="{secrets.token_hex(8)}"'
+    base = f'"@method": GET\n"@target-uri": {url}\n"content-digest": {digest}\n"@signature-params": {inner}'
+    sig = Ed25519PrivateKey.from_private_bytes(bytes(who.signing_key)).sign(base.encode())
+    return {"Content-Digest": digest, "Signature-Input": f"sig={inner}", "Signature": f"sig=:{base64.b64encode(sig).decode()}:"}
+
+
+@pytest.mark.parametrize("keyid", ["a" * 100_000, "../members/bank", "Bank", "bank/"])
+def test_a_keyid_that_names_no_account_is_refused_before_the_chain_is_asked(site, keyid):
+    """It was sent to the chain node as part of a state path, and echoed whole (100 kB) in the answer."""
+    answer = site.client.get("/v1/jobs", headers=signed_with(BANK, f'keyid="{keyid}"'))
+    body = is_problem(answer, 401)
+    assert body["title"] == "Unknown key" and len(answer.content) < 1000
+    assert not [p for p in site.chain.asked if p.startswith("/accounts/")]
+
+
+@pytest.mark.parametrize("signature_input", ['sig=("@method");keyid=5', "sig=(", 'a=();keyid="bank", b=();keyid="bank"'])
+def test_a_signature_input_that_is_not_one_signature_with_a_keyid_is_refused(site, signature_input):
+    answer = site.client.get("/v1/jobs", headers={"Signature-Input": signature_input, "Signature": "sig=:AAAA:"})
+    assert is_problem(answer, 401)["title"] in ("Invalid signature", "Unknown key")
+    assert site.chain.asked == []
