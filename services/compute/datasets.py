@@ -590,8 +590,8 @@ class Datasets:
                 except ValidationError as exc:
                     where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
                     raise DatasetError(f"{file.name}: invalid dataset entry ({where})") from None
-                if not config.path.is_absolute():
-                    config = config.model_copy(update={"path": (file.parent / config.path).resolve()})
+                if not config.path.is_absolute():  # its last part not resolved: Dataset._source checks where a link leads
+                    config = config.model_copy(update={"path": Path(os.path.normpath(file.parent.resolve() / config.path))})
                 registry.add(Dataset(config, copies))
         return registry
 

@@ -355,3 +355,19 @@ def test_get_datasets_reads_each_header_off_the_event_loop(tmp_path):
                                   registered=lambda: True))
     listed = TestClient(app).get("/datasets").json()
     assert listed[0]["columns"] == ["phone", "x"] and on_loop == [False]
+
+
+def test_a_relative_path_in_datasets_json_is_checked_as_written_not_as_resolved(tmp_path, caplog):
+    """Resolving the configured path when the config is read would hand the check the link's target."""
+    from services.compute.datasets import Datasets
+
+    secret = tmp_path / "state" / "node.key"
+    secret.parent.mkdir()
+    secret.write_text(json.dumps({"account": "m.node", "secret_key": CANARY}))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "t.csv").symlink_to(secret)
+    (data / "ds.json").write_text(json.dumps({"id": "d", "format": "csv", "path": "t.csv"}))
+    d = Datasets.from_path(data / "ds.json").get("d")
+    assert d.config.path == data.resolve() / "t.csv"
+    _refused(d, caplog, match="outside its directory")
