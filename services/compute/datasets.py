@@ -177,6 +177,7 @@ class Dataset:
                 header = next(reader, None)
                 if header is None:
                     raise DatasetError(f"dataset {self.id}: {self.config.path.name} has no header row")
+                lines.chars = 0  # each record is bounded on its own
                 yield header, []
                 batch: list[Sequence[Any]] = []
                 for row in reader:

@@ -371,3 +371,14 @@ def test_a_relative_path_in_datasets_json_is_checked_as_written_not_as_resolved(
     d = Datasets.from_path(data / "ds.json").get("d")
     assert d.config.path == data.resolve() / "t.csv"
     _refused(d, caplog, match="outside its directory")
+
+
+def test_the_record_bound_counts_each_record_on_its_own(tmp_path):
+    """A header and a row each under MAX_RECORD_CHARS (together over it) are read."""
+    from services.compute.datasets import MAX_RECORD_CHARS
+
+    width = 100
+    cell = "x" * (MAX_RECORD_CHARS * 6 // 10 // width)  # a record of 60% of the bound, each field under csv's limit
+    header = ",".join(f"c{i}{cell}" for i in range(width))
+    d = _csv(tmp_path, header + "\n" + ",".join([cell] * width) + "\n", copies=False)
+    assert d.load([]).rows == 1
