@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 
@@ -29,6 +30,9 @@ from services.gateway.settings import GatewaySettings
 log = logging.getLogger("rdx.gateway")
 DECISIONS = Counter("rdx_policy_decisions_total", "gateway decisions", ["decision"])
 AUDITED_PREFIX = "/v1/"
+# A caller's own X-Request-Id is kept only if it is a plain token: it goes back in a header, into
+# every problem's instance and into the audit trail, where control bytes and other text do not belong.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 
 
 class Gateway:
@@ -142,7 +146,8 @@ class Gateway:
 
         @app.middleware("http")
         async def audit_and_limits(request: Request, call_next):
-            request.state.request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+            given = request.headers.get("x-request-id", "")[:64]
+            request.state.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
             started = time.perf_counter()
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > limit):

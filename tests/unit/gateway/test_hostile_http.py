@@ -175,3 +175,20 @@ def test_a_signature_input_that_is_not_one_signature_with_a_keyid_is_refused(sit
     answer = site.client.get("/v1/jobs", headers={"Signature-Input": signature_input, "Signature": "sig=:AAAA:"})
     assert is_problem(answer, 401)["title"] in ("Invalid signature", "Unknown key")
     assert site.chain.asked == []
+
+
+
+@pytest.mark.parametrize("given", ["\x01abc\x7f", "\xff\xfe", "a b", "<script>", "x" * 63 + "\x00"])
+def test_a_request_id_that_is_not_a_plain_token_is_replaced(site, given):
+    """It was taken as sent (cut to 64 characters): control bytes and markup went back in the
+    X-Request-Id header, the problem's instance and the audit trail."""
+    answer = site.client.get("/v1/jobs", headers=[(b"x-request-id", given.encode("latin-1"))])
+    instance = is_problem(answer, 401)["instance"]
+    assert instance == answer.headers["x-request-id"] != given[:64] and len(instance) == 32
+    assert site.audited()[-1].request_id == instance
+
+
+def test_a_plain_request_id_is_kept(site):
+    answer = site.client.get("/v1/jobs", headers={"x-request-id": "kafka-call-7:a.B_c", "Authorization": f"Bearer {site.token}"})
+    assert answer.status_code == 200 and answer.headers["x-request-id"] == "kafka-call-7:a.B_c"
+    assert site.audited()[-1].request_id == "kafka-call-7:a.B_c"
