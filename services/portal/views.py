@@ -290,6 +290,18 @@ def problems_by_field(problems: list[dict]) -> dict[str, list[str]]:
     return shown
 
 
+def _secured(response: Response) -> Response:
+    """Every page's security headers: set by the middleware, and by the crash handler, which
+    Starlette answers outside it."""
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["X-Frame-Options"] = "DENY"
+    if response.headers.get("content-type", "").startswith("text/html"):
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
     settings = portal.settings
     policy_cache: list[Any] = [0.0, None]
@@ -297,14 +309,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
 
     @app.middleware("http")
     async def headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "same-origin"
-        response.headers["X-Frame-Options"] = "DENY"
-        if response.headers.get("content-type", "").startswith("text/html"):
-            response.headers["Cache-Control"] = "no-store"
-        return response
+        return _secured(await call_next(request))
 
     async def form_field(request: Request, name: str) -> str | None:
         """One field of a small urlencoded form (the standard library's parser: the portal's forms
@@ -378,10 +383,7 @@ def install(app: FastAPI, portal) -> None:  # portal: services.portal.app.Portal
         """Anything unforeseen (a gateway answer of another shape than the page reads): the error page,
         never a trace. It is answered outside the middleware above, so it carries their headers itself."""
         log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
-        page = error(request, 500, "error.internal")
-        page.headers.update({"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-                             "X-Frame-Options": "DENY", "Cache-Control": "no-store"})
-        return page
+        return _secured(error(request, 500, "error.internal"))
 
     # -- who is asking: each page names the dependency it needs, and nothing else checks ----------
     # (async: a plain def would run in a thread, and the session store is the event loop's)
