@@ -13,12 +13,13 @@ import logging
 from services.common.chain import ChainClient
 from services.common.chainevents import ChainEventVerifier
 from services.common.events import CHAIN_EVENTS
+from services.common.files import load_identity, reason
 from services.common.identity import Identity
 from services.common.kafka import IdempotentConsumer
 from services.common.service import Service
 from services.compute import api, events, peer
 from services.compute.chainview import ChainUnavailable, ChainView
-from services.compute.datasets import Datasets
+from services.compute.datasets import DatasetError, Datasets
 from services.compute.jobtypes.base import JobType
 from services.compute.journal import Journal
 from services.compute.lifecycle import JobManager
@@ -66,7 +67,10 @@ def build(settings: ComputeSettings, job_types: dict[str, type[JobType]] | None 
         raise SystemExit("RDX_NODE_KEY_FILE is required when RDX_MEMBER_ID is set")
     member = settings.member_id
     identity = _node_identity(settings)
-    datasets = Datasets.from_path(settings.datasets, copies=settings.copies_dir)
+    try:
+        datasets = Datasets.from_path(settings.datasets, copies=settings.copies_dir)
+    except DatasetError as exc:  # its messages name files and fields, never their values
+        raise SystemExit(f"RDX_DATASETS: {exc}") from None
     chain = ChainClient(settings.cometbft_rpc, settings.chain_id)
     view = ChainView(chain)
     runner = make_runner(settings.runner, settings.workers, settings)
@@ -141,18 +145,15 @@ def build(settings: ComputeSettings, job_types: dict[str, type[JobType]] | None 
 
 def _node_identity(settings: ComputeSettings) -> Identity:
     """The node's key from RDX_NODE_KEY_FILE, or SystemExit saying what is wrong with the file (never
-    its contents): a missing or malformed file, or the key of another account (another member's node
-    key mounted by mistake would otherwise run until the chain refused its every signature)."""
+    its contents): a missing, unreadable or malformed file, one that is no regular file (a FIFO would
+    hold the start forever, /dev/zero fill its memory), or the key of another account (another
+    member's node key mounted by mistake would otherwise run until the chain refused its every signature)."""
     path = settings.node_key_file
     try:
+        loaded = load_identity(path)
         mode = path.stat().st_mode
-        loaded = Identity.load(path)
-    except FileNotFoundError:
-        raise SystemExit(f"RDX_NODE_KEY_FILE: {path} does not exist") from None
     except OSError as exc:
-        raise SystemExit(f"RDX_NODE_KEY_FILE: {path} cannot be read ({type(exc).__name__})") from None
-    except (ValueError, KeyError, TypeError) as exc:  # the messages of json and nacl may quote the file
-        raise SystemExit(f"RDX_NODE_KEY_FILE: {path} is not a node key file ({type(exc).__name__})") from None
+        raise SystemExit(f"RDX_NODE_KEY_FILE: {path} {reason(exc)}") from None
     if loaded.account != settings.node_account:
         raise SystemExit(f"RDX_NODE_KEY_FILE: {path} is the key of {loaded.account}, not of {settings.node_account}")
     if mode & 0o004:  # warned, not refused: a bind-mounted secret may need it (the image runs as uid 10001)

@@ -51,6 +51,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.common.files import FileRefused, open_regular, read_regular, reason
 from services.compute.commitment import MerkleBuilder
 
 log = logging.getLogger("rdx.compute.datasets")
@@ -66,6 +67,7 @@ ARROW_COLUMNS: ContextVar[bool] = ContextVar("rdx_dataset_arrow_columns", defaul
 # limit, 131072 characters): a header or row past them is refused, never read whole into memory.
 MAX_RECORD_CHARS = 16 << 20
 MAX_COLUMNS = 10_000
+MAX_DESCRIPTION_BYTES = 1 << 20  # one JSON file of RDX_DATASETS
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -156,12 +158,10 @@ class Dataset:
     def _open(self, source: Path) -> int:
         """A descriptor of ``source``, checked again once open (it may have been swapped since
         ``_source``): non-blocking, so that a FIFO put there since cannot hold the reader."""
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise DatasetError(f"dataset {self.id}: {self.config.path} is not a regular file")
-        os.set_blocking(fd, True)
-        return fd
+        try:
+            return open_regular(source, follow=False)
+        except FileRefused:
+            raise DatasetError(f"dataset {self.id}: {self.config.path} is not a regular file") from None
 
     def _check_header(self, names: Sequence[str]) -> None:
         if len(names) > MAX_COLUMNS:
@@ -582,7 +582,7 @@ class Datasets:
         elif path.exists():
             files = [path]
         else:
-            raise DatasetError(f"RDX_DATASETS: {path} does not exist")
+            raise DatasetError(f"{path} does not exist")
         registry = cls()
         for file in files:
             for entry in _entries(file):
@@ -598,9 +598,13 @@ class Datasets:
 
 
 def _entries(file: Path) -> list[dict]:
+    try:  # a FIFO, a device or a directory named *.json is refused, never waited on or read without end
+        data = read_regular(file, MAX_DESCRIPTION_BYTES)
+    except OSError as exc:
+        raise DatasetError(f"{file} {reason(exc)}") from None
     try:
-        raw = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
+        raw = json.loads(data)
+    except (ValueError, RecursionError) as exc:
         raise DatasetError(f"{file}: not a readable JSON file ({type(exc).__name__})") from None
     if isinstance(raw, dict) and "datasets" in raw:
         raw = raw["datasets"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,6 +14,7 @@ import pytest
 
 from services.compute import commitment as c
 from services.compute.datasets import Dataset, DatasetConfig, DatasetError
+from tests.filekit import within as _within
 
 CANARY = "CANARY-7f3a9"
 
@@ -99,24 +99,6 @@ def test_text_variants_keep_their_values_verbatim(tmp_path, variant):
 
 
 # -- dataset sources: not a regular file, or one with no end ------------------------------------------
-def _within(seconds: float, fn):
-    """fn's result (or exception) if it ends within ``seconds``; a hang fails the test, not the run."""
-    out: dict = {}
-
-    def run():
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            out["error"] = exc
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"still running after {seconds}s"
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
-
-
 @pytest.mark.parametrize("kind", ["fifo", "directory", "dev-zero"])
 def test_a_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path, caplog, kind):
     path = tmp_path / "t.csv"
