@@ -15,6 +15,7 @@ from services.common import tracing
 from services.common.chain import ChainClient
 from services.common.chainevents import ChainEventVerifier
 from services.common.events import CHAIN_EVENTS, Event
+from services.common.files import load_identity, reason
 from services.common.identity import Identity
 from services.common.kafka import IdempotentConsumer
 from services.common.service import Service
@@ -35,6 +36,18 @@ AUDITED_PREFIX = "/v1/"
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 
 
+def _own_identity(settings: GatewaySettings) -> Identity | None:
+    """The key of RDX_KEY_FILE, or SystemExit saying what is wrong with the file, never what it holds
+    (a FIFO there would hold the start forever, /dev/zero fill the gateway's memory)."""
+    path = settings.key_file
+    if path is None:
+        return None
+    try:
+        return load_identity(path)
+    except OSError as exc:
+        raise SystemExit(f"RDX_KEY_FILE: {path} {reason(exc)}") from None
+
+
 class Gateway:
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
@@ -44,7 +57,8 @@ class Gateway:
         self._stores: list = []
         self.chain: ChainClient | None = None
         self.http: httpx.AsyncClient | None = None
-        self.identity = Identity.load(settings.key_file) if settings.key_file else None
+        self.identity = _own_identity(settings)
+        self._webhook_tls = webhooks.tls_context(settings)  # a bad RDX_WEBHOOK_CA_FILE stops the start here
         producer = self.svc.producer()
         self.shipper: AuditShipper | None = None
         self.webhooks: webhooks.WebhookStore | None = None
@@ -104,7 +118,7 @@ class Gateway:
         One consumer group per gateway database (named after its audit trail's instance), so
         replicas share the events and another gateway's database does not take them."""
         s = self.settings
-        self.dispatcher = webhooks.Dispatcher(self.webhooks, s)
+        self.dispatcher = webhooks.Dispatcher(self.webhooks, s, self._webhook_tls)
         self.webhook_events = IdempotentConsumer(
             s.kafka_bootstrap, "gateway", [CHAIN_EVENTS], f"gateway-webhooks-{self.audit.instance}",
             s.state_dir / "webhook-events.sqlite", self._on_event, max_attempts=10, retry_backoff_s=0.5,

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import httpcore
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
+from services.common.files import read_regular, reason
 from services.gateway.db import Database
 from services.gateway.settings import GatewaySettings
 
@@ -334,16 +335,35 @@ def payload(event) -> str:
 
 
 # -- delivery -----------------------------------------------------------------------------------
+MAX_CA_FILE_BYTES = 1 << 20
+
+
+def tls_context(settings: GatewaySettings) -> ssl.SSLContext:
+    """The system's CAs and RDX_WEBHOOK_CA_FILE's, or SystemExit saying what is wrong with that file:
+    not a regular file (a FIFO would hold the start forever), too large, or no PEM certificate. The
+    reasons of OpenSSL are named by type only."""
+    context = ssl.create_default_context()
+    path = settings.webhook_ca_file
+    if path is None:
+        return context
+    try:
+        context.load_verify_locations(cadata=read_regular(path, MAX_CA_FILE_BYTES).decode("ascii"))
+    except (ssl.SSLError, ValueError) as exc:  # not ASCII, no certificate, a damaged one (SSLError first: an OSError)
+        raise SystemExit(f"RDX_WEBHOOK_CA_FILE: {path} is not PEM CA certificates ({type(exc).__name__})") from None
+    except OSError as exc:
+        raise SystemExit(f"RDX_WEBHOOK_CA_FILE: {path} {reason(exc)}") from None
+    return context
+
+
 class Dispatcher:
     """Delivers due rows as the ``webhook_*`` settings say (services/gateway/settings.py)."""
 
     BATCH, CONCURRENCY, POLL_S = 50, 8, 1.0  # rows claimed at once, attempts at once, idle wait
 
-    def __init__(self, store: WebhookStore, settings: GatewaySettings):
+    def __init__(self, store: WebhookStore, settings: GatewaySettings, context: ssl.SSLContext | None = None):
+        """``context``: tls_context(settings), made once at start (default: made here)."""
         self.store, self.s = store, settings
-        context = ssl.create_default_context()
-        if settings.webhook_ca_file:
-            context.load_verify_locations(cafile=str(settings.webhook_ca_file))
+        context = context or tls_context(settings)
         self.pool = httpcore.AsyncConnectionPool(ssl_context=context, max_connections=self.CONCURRENCY * 4,
                                                  network_backend=_CheckedBackend(settings.webhook_allow_private),
                                                  keepalive_expiry=30.0)
