@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from services.common.files import read_regular, reason
 from services.portal.oidc import MEMBER_ID, PORTAL_ROLES
 
 log = logging.getLogger("rdx.portal")
@@ -29,24 +30,34 @@ class KeysFileError(ValueError):
     pass
 
 
+MAX_KEYS_FILE_BYTES = 1 << 20
+
+
 def load_keys(path: Path | None) -> dict[str, str]:
-    """``{"<member>/<role>": "rdx_<id>.<secret>"}`` from a file only its owner may read."""
+    """``{"<member>/<role>": "rdx_<id>.<secret>"}`` from a regular file only its owner may read, of
+    at most 1 MiB (a FIFO is refused at once, not waited on: the file is read again on a request).
+    KeysFileError says what is wrong, naming an entry by its position, never quoting the file."""
     if path is None:
         return {}
-    mode = path.stat().st_mode
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise KeysFileError(f"{path} {reason(exc)}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeysFileError(f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); make it 0600")
     try:
-        doc = json.loads(path.read_text())
-    except ValueError:
+        doc = json.loads(read_regular(path, MAX_KEYS_FILE_BYTES))
+    except OSError as exc:
+        raise KeysFileError(f"{path} {reason(exc)}") from None
+    except (ValueError, RecursionError):  # UnicodeDecodeError among them
         raise KeysFileError(f"{path} is not JSON") from None
     if not isinstance(doc, dict):
         raise KeysFileError(f"{path} must hold one JSON object")
     keys = {}
-    for who, token in doc.items():
-        member, _, role = str(who).partition("/")
+    for n, (who, token) in enumerate(doc.items(), 1):
+        member, _, role = who.partition("/")
         if not MEMBER_ID.match(member) or role not in PORTAL_ROLES or not isinstance(token, str):
-            raise KeysFileError(f"{path}: entry {who!r} is not <member>/<role> with a key")
+            raise KeysFileError(f"{path}: entry {n} is not <member>/<role> with a key")
         keys[who] = token
     return keys
 
@@ -57,7 +68,10 @@ class Gateway:
 
     def __init__(self, base_url: str, keys_file: Path | None, http: httpx.AsyncClient):
         self.base, self._http, self._file = base_url.rstrip("/"), http, keys_file
-        self._keys = load_keys(keys_file)
+        try:
+            self._keys = load_keys(keys_file)
+        except KeysFileError as exc:
+            raise SystemExit(f"RDX_PORTAL_GATEWAY_KEYS_FILE: {exc}") from None
         self._seen = self._stamp()
 
     def _stamp(self) -> tuple[int, int] | None:
@@ -73,8 +87,8 @@ class Gateway:
             self._seen = stamp
             try:
                 self._keys = load_keys(self._file)
-            except (KeysFileError, OSError) as exc:
-                log.error("gateway keys file not reloaded: %s", exc)
+            except KeysFileError as exc:
+                log.error("RDX_PORTAL_GATEWAY_KEYS_FILE not reloaded, the keys read before kept: %s", exc)
         return self._keys.get(f"{member}/{role}")
 
     async def get(self, member: str, role: str, path: str, params: Any = None) -> Any:
