@@ -10,7 +10,8 @@ in a deployment each member runs its own node on its own premises; on one machin
 runs them, so they outlive the command that asked for them (a job submitted after the demo has
 nodes to run it) and ``rdx down`` stops them with the rest. The supervisor reads the file when it
 changes (every half second) and starts, restarts or stops nodes to match it; a file it cannot
-accept is reported in its log and the running nodes are left as they are.
+accept (not a regular file, such as a FIFO or a link to a device, refused at once; over 1 MiB; not
+valid) is reported in its log and the running nodes are left as they are.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rdx.components import (LOOPBACK, CometNode, KafkaBroker, ServiceProcess, co
                             kafka_healthy)
 from rdx.toolchain import SetupError
 from services.common.events import TOPICS
+from services.common.files import read_regular, reason
 from services.common.identity import Identity
 
 STATE_VERSION = 1
@@ -85,12 +87,12 @@ class BadNodesFile(ValueError):
 def read_member_nodes(state: Path) -> dict[str, NodeSpec]:
     """The nodes ``member-nodes.json`` asks for, by member ({} when there is no file)."""
     path = state / MEMBER_NODES
-    try:
-        raw = path.read_bytes()
+    try:  # a FIFO would hold the supervisor's loop forever, /dev/zero fill its memory
+        raw = read_regular(path, 1 << 20)
     except FileNotFoundError:
         return {}
-    if len(raw) > 1 << 20:
-        raise BadNodesFile(f"{path}: larger than 1 MiB")
+    except OSError as exc:
+        raise BadNodesFile(f"{path} {reason(exc)}") from None
     try:
         parsed = NodesFile.model_validate_json(raw)
     except ValidationError as exc:
@@ -130,9 +132,13 @@ def check_state_dir(state: Path) -> None:
         marker.write_text(json.dumps({"version": STATE_VERSION}))
         return
     try:
-        version = json.loads(marker.read_text())["version"]
-    except (ValueError, KeyError, TypeError):
-        raise SetupError(f"{marker} is corrupt; delete the state directory to start afresh") from None
+        version = json.loads(read_regular(marker, 4096))["version"]
+    except OSError as exc:  # a FIFO, a directory, a device: refused at once
+        raise SetupError(f"{marker} {reason(exc)}; delete the state directory to start afresh") from None
+    except (ValueError, KeyError, TypeError, RecursionError):
+        version = None
+    if not isinstance(version, int) or isinstance(version, bool):  # named in the message below: a number only
+        raise SetupError(f"{marker} is corrupt; delete the state directory to start afresh")
     if version != STATE_VERSION:
         raise SetupError(f"{state} was written by state version {version}; this rdx reads version {STATE_VERSION}")
 

@@ -48,8 +48,12 @@ def read_regular(path: Path, limit: int) -> bytes:
     with os.fdopen(open_regular(path), "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise FileRefused(f"is larger than {limit} bytes")
+        raise FileRefused(f"is larger than {_size(limit)}")
     return data
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n >> 10} KiB" if n % 1024 == 0 else f"{n} bytes"
 
 
 def reason(exc: OSError) -> str:
