@@ -33,7 +33,7 @@ from rdx.components import (LOOPBACK, CometNode, KafkaBroker, ServiceProcess, co
                             kafka_healthy)
 from rdx.toolchain import SetupError
 from services.common.events import TOPICS
-from services.common.files import read_regular, reason
+from services.common.files import FileRefused, load_identity, read_regular, reason
 from services.common.identity import Identity
 
 STATE_VERSION = 1
@@ -116,9 +116,32 @@ def read_member_nodes(state: Path) -> dict[str, NodeSpec]:
 
 def write_member_nodes(state: Path, nodes: list[NodeSpec]) -> None:
     """Ask the running supervisor for these nodes (atomically: it never reads half a file)."""
-    tmp = state / f".{MEMBER_NODES}.tmp"
-    tmp.write_text(NodesFile(nodes=nodes).model_dump_json(indent=2))
-    os.replace(tmp, state / MEMBER_NODES)
+    _replace_text(state / MEMBER_NODES, NodesFile(nodes=nodes).model_dump_json(indent=2))
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``path`` atomically, replacing whatever is there: a reader never sees half a file, and a
+    FIFO left at the path (or at its temporary name) cannot hold the writer until a reader comes."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _state_json(path: Path) -> dict:
+    """A JSON object the supervisor wrote in its state directory (endpoints, pids), or SetupError
+    saying what is wrong with the file (not a regular file, over 1 MiB, not a JSON object)."""
+    try:
+        doc = json.loads(read_regular(path, 1 << 20))
+    except OSError as exc:
+        raise SetupError(f"{path} {reason(exc)}") from None
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        raise SetupError(f"{path} is corrupt (not a JSON object)")
+    return doc
 
 
 def check_state_dir(state: Path) -> None:
@@ -196,8 +219,8 @@ class Exchange:
         return eps
 
     def _write_state_files(self) -> None:
-        (self.state / "endpoints.json").write_text(json.dumps(self.endpoints(), indent=2))
-        (self.state / "pids.json").write_text(json.dumps({name: p.pid for name, p in self.processes() if p}, indent=2))
+        _replace_text(self.state / "endpoints.json", json.dumps(self.endpoints(), indent=2))
+        _replace_text(self.state / "pids.json", json.dumps({name: p.pid for name, p in self.processes() if p}, indent=2))
 
     def sync_member_nodes(self) -> bool:
         """Start, restart or stop members' nodes to match ``member-nodes.json`` if it changed since
@@ -298,7 +321,13 @@ def local_identity(keys: Path, account: str) -> Identity:
     """A signing key of this local exchange (the association's, its gateway's), made on first start (0600)."""
     path = keys / f"{account}.json"
     if path.exists():
-        return Identity.load(path)
+        try:
+            identity = load_identity(path)
+        except OSError as exc:
+            raise SetupError(f"{path} {reason(exc)}") from None
+        if identity.account != account:
+            raise SetupError(f"{path} is the key of {identity.account}, not of {account}")
+        return identity
     identity = Identity.generate(account)
     identity.save(path)
     return identity
@@ -340,7 +369,12 @@ def admin_token(keys: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(f"rdx_bootstrap.{secrets.token_urlsafe(32)}")
-    return path.read_text().strip()
+    try:
+        return read_regular(path, 4096).decode("ascii").strip()
+    except OSError as exc:
+        raise SetupError(f"{path} {reason(exc)}") from None
+    except UnicodeDecodeError:  # never quoted: it is a secret
+        raise SetupError(f"{path} is not an API key (not ASCII)") from None
 
 
 def run_foreground(state: Path, ports: Ports = Ports()) -> int:
@@ -357,7 +391,7 @@ def run_foreground(state: Path, ports: Ports = Ports()) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         exchange.start()
-        pid_file.write_text(str(os.getpid()))
+        _replace_text(pid_file, str(os.getpid()))
         reported: set[str] = set()
         while not stopping:
             exchange.sync_member_nodes()
@@ -379,7 +413,7 @@ def status(state: Path) -> list[tuple[str, str, bool]]:
     path = state / "endpoints.json"
     if not path.exists():
         raise SetupError(f"no exchange has been started with state directory {state} (run `make up`)")
-    eps = json.loads(path.read_text())
+    eps = _endpoints(state)
     rows = []
     for name, url in eps.items():
         if name == "kafka":
@@ -392,8 +426,17 @@ def status(state: Path) -> list[tuple[str, str, bool]]:
     return rows
 
 
+def _endpoints(state: Path) -> dict[str, str]:
+    path = state / "endpoints.json"
+    eps = _state_json(path)
+    if not all(isinstance(url, str) and (name == "kafka" or url.startswith(("http://", "https://")))
+               for name, url in eps.items()):  # each is fetched (no file: URL) and shown
+        raise SetupError(f"{path} is corrupt (an endpoint that is not an http URL)")
+    return eps
+
+
 def endpoints_text(state: Path) -> str:
-    eps = json.loads((state / "endpoints.json").read_text())
+    eps = _endpoints(state)
     lines = [f"state directory: {state.resolve()}"] + [f"  {name:<10} {url}" for name, url in eps.items()]
     return "\n".join(lines)
 
@@ -403,12 +446,12 @@ def leftover_processes(state: Path) -> list[int]:
     command line or environment names this state directory (a pid reused by another program is
     left alone)."""
     try:
-        pids = json.loads((state / "pids.json").read_text())
-    except (FileNotFoundError, ValueError):
+        pids = _state_json(state / "pids.json")
+    except SetupError:  # none, or not one the supervisor wrote: nothing to stop
         return []
     marker = str(state.resolve()).encode()
     alive = []
-    for pid in pids.values() if isinstance(pids, dict) else []:
+    for pid in pids.values():
         if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
             continue
         try:
@@ -444,9 +487,11 @@ def supervisor_pid(state: Path) -> int | None:
     """The running supervisor's pid. A killed one that nobody has reaped yet (a zombie: a detached
     supervisor's parent is init, which may reap late) is not running."""
     try:
-        pid = int((state / "supervisor.pid").read_text())
+        pid = int(read_regular(state / "supervisor.pid", 64))
+        if pid <= 1:  # 0, -1 would make `rdx down` signal its own group or every process it may
+            return None
         os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+    except (FileNotFoundError, FileRefused, ValueError, OverflowError, ProcessLookupError):
         return None
     try:
         if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":

@@ -9,7 +9,9 @@ import json
 
 import pytest
 
-from rdx.supervisor import BadNodesFile, Exchange, check_state_dir, read_member_nodes
+from rdx.supervisor import (BadNodesFile, Exchange, admin_token, check_state_dir, endpoints_text, leftover_processes,
+                            local_identity, read_member_nodes, status, supervisor_pid, write_member_nodes)
+from services.common.identity import Identity
 from rdx.toolchain import SetupError
 from tests.filekit import BROKEN, CANARY, NOT_REGULAR, plant, within
 
@@ -64,3 +66,45 @@ def test_a_bad_state_marker_stops_rdx_up_with_one_line(tmp_path, kind):
     reason = {"huge": "larger than 4 KiB", "deep nesting": "larger than 4 KiB"}.get(  # the marker is 16 bytes
         kind, "not a regular file" if kind in NOT_REGULAR else "corrupt")
     assert reason in message, message
+
+
+@pytest.mark.parametrize("kind", NOT_REGULAR + BROKEN)
+def test_the_supervisors_own_state_files_broken_are_refused_or_passed_over_at_once(tmp_path, kind):
+    """keys/<account>.json and admin.token (rdx up), endpoints.json (rdx status, rdx up --detach),
+    supervisor.pid and pids.json (rdx up, rdx down)."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for name in ("association.json", "admin.token", "../endpoints.json", "../supervisor.pid", "../pids.json"):
+        plant(keys / name, kind)
+    calls = [lambda: local_identity(keys, "association"), lambda: status(tmp_path), lambda: endpoints_text(tmp_path)]
+    if kind != "wrong types":  # any short ASCII text is a token
+        calls.append(lambda: admin_token(keys))
+    for call in calls:
+        with pytest.raises(SetupError) as err:
+            within(10, call)
+        assert CANARY not in str(err.value) and "\n" not in str(err.value)
+    assert within(10, lambda: supervisor_pid(tmp_path)) is None
+    assert within(10, lambda: leftover_processes(tmp_path)) == []
+
+
+def test_a_local_key_of_another_account_is_refused(tmp_path):
+    Identity.generate("association.node").save(tmp_path / "association.json")
+    with pytest.raises(SetupError, match="is the key of association.node, not of association"):
+        local_identity(tmp_path, "association")
+
+
+@pytest.mark.parametrize("text", ["-1", "0", "1", "9" * 30, "12ab"])
+def test_a_supervisor_pid_file_naming_no_process_of_ours_is_no_supervisor(tmp_path, text):
+    """-1 or 0 would pass the signal-0 check, and `rdx down` would then SIGTERM every process it may
+    signal, or its own process group."""
+    (tmp_path / "supervisor.pid").write_text(text)
+    assert supervisor_pid(tmp_path) is None
+
+
+@pytest.mark.parametrize("where", ["member-nodes.json", ".member-nodes.json.tmp"])
+def test_a_fifo_where_the_supervisor_writes_is_replaced_not_waited_on(tmp_path, where):
+    """The same write serves endpoints.json, pids.json and supervisor.pid."""
+    plant(tmp_path / where, "fifo")
+    within(10, lambda: write_member_nodes(tmp_path, []))
+    assert json.loads((tmp_path / "member-nodes.json").read_text()) == {"nodes": []}
+    assert not (tmp_path / ".member-nodes.json.tmp").exists()
