@@ -69,3 +69,12 @@ def test_a_datasets_entry_of_wrong_types_is_named_by_field_not_value(tmp_path):
     path.write_text(json.dumps({"datasets": [{"id": CANARY + "!", "format": "csv", "path": 7}]}))
     message = stops(lambda: build(_settings(tmp_path, datasets=path)), "RDX_DATASETS", "invalid dataset entry")
     assert "id:" in message and "path:" in message
+
+
+def test_a_datasets_file_linked_to_the_node_key_is_refused_without_the_secret(tmp_path):
+    settings = _settings(tmp_path)
+    (tmp_path / "datasets.json").symlink_to(settings.node_key_file)
+    secret = json.loads(settings.node_key_file.read_text())["secret_key"]
+    message = stops(lambda: build(settings.model_copy(update={"datasets": tmp_path / "datasets.json"})),
+                    "RDX_DATASETS", "invalid dataset entry")
+    assert secret not in message
