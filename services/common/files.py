@@ -9,6 +9,7 @@ The reasons say what the file is, never what it holds.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import stat
@@ -81,3 +82,14 @@ def load_identity(path: Path) -> Identity:
     if not isinstance(account, str) or not ACCOUNT.fullmatch(account):  # a caller may name it in a message
         raise FileRefused("is not a key file (its account is not an account id)")
     return Identity(account, key)
+
+
+def warn_if_world_readable(path: Path, setting: str, log: logging.Logger) -> None:
+    """A key file every user of the host can read is warned about, not refused: a bind-mounted
+    secret may need it (the images run as uid 10001)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # gone since it was read: the next start says so
+        return
+    if mode & 0o004:
+        log.warning("%s: %s is readable by every user of this host (mode %o)", setting, path, mode & 0o777)

@@ -13,7 +13,7 @@ import logging
 from services.common.chain import ChainClient
 from services.common.chainevents import ChainEventVerifier
 from services.common.events import CHAIN_EVENTS
-from services.common.files import load_identity, reason
+from services.common.files import load_identity, reason, warn_if_world_readable
 from services.common.identity import Identity
 from services.common.kafka import IdempotentConsumer
 from services.common.service import Service
@@ -151,13 +151,11 @@ def _node_identity(settings: ComputeSettings) -> Identity:
     path = settings.node_key_file
     try:
         loaded = load_identity(path)
-        mode = path.stat().st_mode
     except OSError as exc:
         raise SystemExit(f"RDX_NODE_KEY_FILE: {path} {reason(exc)}") from None
     if loaded.account != settings.node_account:
         raise SystemExit(f"RDX_NODE_KEY_FILE: {path} is the key of {loaded.account}, not of {settings.node_account}")
-    if mode & 0o004:  # warned, not refused: a bind-mounted secret may need it (the image runs as uid 10001)
-        log.warning("RDX_NODE_KEY_FILE: %s is readable by every user of this host (mode %o)", path, mode & 0o777)
+    warn_if_world_readable(path, "RDX_NODE_KEY_FILE", log)
     return Identity(settings.node_account, loaded.signing_key)
 
 

@@ -15,7 +15,7 @@ from services.common import tracing
 from services.common.chain import ChainClient
 from services.common.chainevents import ChainEventVerifier
 from services.common.events import CHAIN_EVENTS, Event
-from services.common.files import load_identity, reason
+from services.common.files import load_identity, reason, warn_if_world_readable
 from services.common.identity import Identity
 from services.common.kafka import IdempotentConsumer
 from services.common.service import Service
@@ -43,9 +43,11 @@ def _own_identity(settings: GatewaySettings) -> Identity | None:
     if path is None:
         return None
     try:
-        return load_identity(path)
+        identity = load_identity(path)
     except OSError as exc:
         raise SystemExit(f"RDX_KEY_FILE: {path} {reason(exc)}") from None
+    warn_if_world_readable(path, "RDX_KEY_FILE", log)
+    return identity
 
 
 class Gateway:

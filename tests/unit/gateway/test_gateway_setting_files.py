@@ -5,6 +5,7 @@ the file's bytes."""
 
 from __future__ import annotations
 
+import logging
 import ssl
 
 import pytest
@@ -58,3 +59,14 @@ def test_a_good_webhook_ca_file_is_trusted_besides_the_system_cas(tmp_path):
     system = tls_context(GatewaySettings(state_root=tmp_path / "state")).cert_store_stats()["x509_ca"]
     context = tls_context(GatewaySettings(webhook_ca_file=tmp_path / "ca.pem", state_root=tmp_path / "state"))
     assert isinstance(context, ssl.SSLContext) and context.cert_store_stats()["x509_ca"] == system + 1
+
+
+def test_a_world_readable_key_file_is_warned_about(tmp_path, caplog):
+    Identity.generate("association.node").save(tmp_path / "gateway.key")
+    settings = GatewaySettings(key_file=tmp_path / "gateway.key", state_root=tmp_path / "state")
+    caplog.set_level(logging.WARNING)
+    _own_identity(settings)
+    assert "readable by every user" not in caplog.text
+    (tmp_path / "gateway.key").chmod(0o644)
+    _own_identity(settings)
+    assert "RDX_KEY_FILE" in caplog.text and "readable by every user" in caplog.text and "644" in caplog.text
