@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.files import read_regular, reason
+
 
 class ServiceSettings(BaseSettings):
     """Settings every service has. A service subclasses it and sets its own ``service`` and port."""
@@ -34,7 +36,12 @@ class ServiceSettings(BaseSettings):
 
 
 class IncompleteKafkaSecurity(Exception):  # not ValueError, which pydantic would wrap with the inputs
-    """A SASL protocol without a user name or a password."""
+    """A SASL protocol without a user name or a password, or a password or CA file that cannot be
+    used (the message names the setting and what is wrong, never the file's bytes)."""
+
+
+MAX_SECRET_FILE_BYTES = 64 << 10
+MAX_CA_FILE_BYTES = 1 << 20
 
 
 class KafkaSecurity(BaseSettings):
@@ -75,16 +82,32 @@ class KafkaSecurity(BaseSettings):
 
     def password(self) -> str:
         if self.sasl_password_file is not None:
-            return self.sasl_password_file.read_text().rstrip("\r\n")
+            return _text_file(self.sasl_password_file, "RDX_KAFKA_SASL_PASSWORD_FILE", MAX_SECRET_FILE_BYTES).rstrip("\r\n")
         return self.sasl_password.get_secret_value()
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for any aiokafka client (producer, consumer, admin)."""
         options: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.tls:
-            options["ssl_context"] = ssl.create_default_context(
-                cafile=str(self.ca_file) if self.ca_file is not None else None)
+            options["ssl_context"] = context = ssl.create_default_context()
+            if self.ca_file is not None:
+                try:
+                    context.load_verify_locations(cadata=_text_file(self.ca_file, "RDX_KAFKA_CA_FILE", MAX_CA_FILE_BYTES))
+                except (ssl.SSLError, ValueError, TypeError) as exc:  # no certificate, a damaged one, not ASCII
+                    raise IncompleteKafkaSecurity(f"RDX_KAFKA_CA_FILE: {self.ca_file} is not PEM CA certificates "
+                                                  f"({type(exc).__name__})") from None
         if self.sasl:
             options.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
                            sasl_plain_password=self.password())
         return options
+
+
+def _text_file(path: Path, setting: str, limit: int) -> str:
+    """The text of a secret or CA file, read at each client start: a regular file of at most
+    ``limit`` bytes of UTF-8 (a FIFO is refused at once, not waited on with the event loop held)."""
+    try:
+        return read_regular(path, limit).decode()
+    except OSError as exc:
+        raise IncompleteKafkaSecurity(f"{setting}: {path} {reason(exc)}") from None
+    except UnicodeDecodeError:  # its message names a byte of the file
+        raise IncompleteKafkaSecurity(f"{setting}: {path} is not UTF-8 text") from None
