@@ -67,7 +67,9 @@ class Event(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
     def encode(self) -> bytes:
-        raw = self.model_dump_json().encode()
+        # The bytes model_dump_json() gives (every option at its default), without its text round
+        # trip and keyword passing: the relay encodes every chain event, ~1.5 us each.
+        raw = self.__pydantic_serializer__.to_json(self)
         if len(raw) > MAX_EVENT_BYTES:
             raise ValueError(f"event {self.id} is {len(raw)} bytes, over the {MAX_EVENT_BYTES}-byte limit")
         return raw
