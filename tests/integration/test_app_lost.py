@@ -40,14 +40,21 @@ class Validator:
                               app_state=genesis_app_state(Identity.generate("association")))
 
     async def __aenter__(self) -> "Validator":
-        await asyncio.to_thread(self.app.start)
-        self.node.prepare()
-        await asyncio.to_thread(self.node.start)
-        assert len(self.proxy.connections) == 4  # query, snapshot, mempool, consensus (multiAppConn's order)
-        height = self.node.status()["sync_info"]["latest_block_height"]
-        await asyncio.sleep(1.0)
-        assert self.node.status()["sync_info"]["latest_block_height"] > height  # blocks through the proxy
+        try:
+            await asyncio.to_thread(self.app.start)
+            self.node.prepare()
+            await asyncio.to_thread(self.node.start)
+            assert len(self.proxy.connections) == 4  # query, snapshot, mempool, consensus (multiAppConn's order)
+            height = self.height()
+            await asyncio.sleep(1.0)
+            assert self.height() > height  # blocks through the proxy
+        except BaseException:  # __aexit__ does not run when __aenter__ fails: stop what started here
+            await self.__aexit__()
+            raise
         return self
+
+    def height(self) -> int:
+        return int(self.node.status()["sync_info"]["latest_block_height"])  # a decimal string in CometBFT's JSON
 
     async def __aexit__(self, *exc) -> None:
         self.node.stop()

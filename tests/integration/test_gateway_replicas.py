@@ -152,8 +152,15 @@ def test_one_signature_sent_to_both_replicas_at_once_is_accepted_once(w):
 
 def test_the_rate_limit_is_one_bucket_across_replicas(w):
     token = w.admin_a.create_key("telco", "analyst")["token"]
+
+    async def call_both() -> list[httpx.Response]:
+        # At once, on kept-alive connections: one by one on a loaded machine, 60 calls took 27 s, in
+        # which 2/s refilled 55 and every call passed, shared bucket or not.
+        async with httpx.AsyncClient(base_url=w.a.url) as a, httpx.AsyncClient(base_url=w.b.url) as b:
+            return await asyncio.gather(*((a, b)[i % 2].get("/v1/policy", headers=bearer(token)) for i in range(60)))
+
     started = time.monotonic()
-    answers = [httpx.get(f"{(w.a, w.b)[i % 2].url}/v1/policy", headers=bearer(token)) for i in range(60)]
+    answers = asyncio.run(call_both())
     refilled = 2 * (time.monotonic() - started)
     ok = [r for r in answers if r.status_code == 200]
     # A burst of 30 plus what 2/s refills while the 60 calls run; per-replica buckets would let all 60 pass.
