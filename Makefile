@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= .rdx
 
 .PHONY: setup setup-k8s up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state setup-ts \
-        testnet fuzz bench bench-consensus bench-gateway bench-catalog bench-billing bench-billing-history bench-compute
+        testnet fuzz fuzz-api bench bench-consensus bench-gateway bench-catalog bench-billing bench-billing-history bench-compute
 
 # The virtual environment, rebuilt only when the dependency list changes.
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
@@ -121,6 +121,13 @@ fuzz: setup
 	  rm -rf tests/fuzz/corpus/$$t && mv $$work/merged tests/fuzz/corpus/$$t && rm -rf $$work; \
 	  echo "fuzz: $$t corpus now $$(ls tests/fuzz/corpus/$$t | wc -l) inputs"; \
 	done
+
+# Property-based requests against the gateway's OpenAPI schema, alone and as a replica on PostgreSQL
+# and Redis, with more examples per operation than `make test`'s 5 (tests/integration/test_gateway.py).
+API_EXAMPLES ?= 100
+fuzz-api: setup setup-stores
+	@RDX_TEST_SCHEMATHESIS_EXAMPLES=$(API_EXAMPLES) $(PY) -m pytest -p no:cacheprovider -o timeout=0 -k schemathesis \
+	  tests/integration/test_gateway.py tests/integration/test_gateway_replicas.py
 
 # Benchmarks: each writes bench/results/<area>.json (see ../shared/BENCH.md).
 bench: bench-consensus bench-gateway bench-catalog bench-billing bench-compute

@@ -8,6 +8,7 @@ import concurrent.futures
 import datetime
 import hashlib
 import json
+import os
 import sqlite3
 import time
 
@@ -212,6 +213,11 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(chain, tmp_p
         chain, tmp_path, RDX_RATE_PER_S="10000", RDX_RATE_BURST="10000", **upstreams))
 
 
+# Examples per operation in schemathesis's fuzzing phase, beside its boundary-value coverage phase:
+# 5 in `make test` (each run then takes ~75 s, ~125 s with 20), more in `make fuzz-api`.
+EXAMPLES = os.environ.get("RDX_TEST_SCHEMATHESIS_EXAMPLES", "5")
+
+
 def assert_schemathesis_passes(chain, root, admin_token: str, start) -> None:
     """Property-based requests generated from the /openapi.json of the gateway ``start(RDX_CATALOG_URL=…,
     RDX_BILLING_URL=…)`` starts, before a real catalog and billing, as the admin: no 5xx, no answer
@@ -230,9 +236,9 @@ def assert_schemathesis_passes(chain, root, admin_token: str, start) -> None:
     try:
         st = Path(sys.executable).parent / "schemathesis"
         result = subprocess.run([str(st), "run", f"{proc.url}/openapi.json", "-H", f"Authorization: Bearer {admin_token}",
-                                 "--checks", "not_a_server_error,response_schema_conformance", "-n", "20",
+                                 "--checks", "not_a_server_error,response_schema_conformance", "-n", EXAMPLES,
                                  "--generation-deterministic", "--request-timeout", "20"],
-                                capture_output=True, text=True, timeout=600)
+                                capture_output=True, text=True, timeout=600 + 30 * int(EXAMPLES))
     finally:
         proc.stop()
         for service in upstreams:
