@@ -89,13 +89,14 @@ class KafkaSecurity(BaseSettings):
         """Keyword arguments for any aiokafka client (producer, consumer, admin)."""
         options: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.tls:
-            options["ssl_context"] = context = ssl.create_default_context()
-            if self.ca_file is not None:
-                try:
-                    context.load_verify_locations(cadata=_text_file(self.ca_file, "RDX_KAFKA_CA_FILE", MAX_CA_FILE_BYTES))
-                except (ssl.SSLError, ValueError, TypeError) as exc:  # no certificate, a damaged one, not ASCII
-                    raise IncompleteKafkaSecurity(f"RDX_KAFKA_CA_FILE: {self.ca_file} is not PEM CA certificates "
-                                                  f"({type(exc).__name__})") from None
+            # With a CA file, that CA alone is trusted (as create_default_context's cafile= did), not
+            # the system's public CAs beside it.
+            cadata = None if self.ca_file is None else _text_file(self.ca_file, "RDX_KAFKA_CA_FILE", MAX_CA_FILE_BYTES)
+            try:
+                options["ssl_context"] = ssl.create_default_context(cadata=cadata)
+            except (ssl.SSLError, ValueError, TypeError) as exc:  # no certificate, a damaged one, not ASCII
+                raise IncompleteKafkaSecurity(f"RDX_KAFKA_CA_FILE: {self.ca_file} is not PEM CA certificates "
+                                              f"({type(exc).__name__})") from None
         if self.sasl:
             options.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
                            sasl_plain_password=self.password())

@@ -46,4 +46,4 @@ def test_a_ca_file_that_is_no_ca_is_refused_at_once(tmp_path, kind):
 def test_a_good_ca_file_is_trusted(tmp_path):
     trustme.CA().cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     context = KafkaSecurity(security_protocol="SSL", ca_file=tmp_path / "ca.pem").client_options()["ssl_context"]
-    assert context.cert_store_stats()["x509_ca"] >= 1
+    assert context.cert_store_stats()["x509_ca"] == 1  # that CA alone: not the system's public CAs beside it
