@@ -28,6 +28,7 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from test_catalog import commit_times
 from rdx.components import LOOPBACK, ServiceProcess, compute_node, free_port
 from services.common.chain import ChainClient
 from services.common.events import CHAIN_EVENTS, JOB_STATUS, Event
@@ -463,16 +464,9 @@ async def test_suspending_an_asset_aborts_its_running_job_within_one_second(net)
     await _running_with_progress(net, job)
     sent = time.time()
     committed = await net.tx(net.association, "assets.Suspend", {"id": f"{TELCO}.big", "reason": "kill switch drill"})
-    # When the suspending block was decided: the time of the next block's header (the BFT median of
-    # the precommits for this one). Its own header's time is the previous block's decision, which
-    # with blocks made on demand can be a second or more before the suspension was even sent.
-    while True:
-        try:
-            block = await net.chain.rpc("block", height=str(committed.height + 1))
-            break
-        except Exception:  # noqa: BLE001 - the next block is not there yet
-            await asyncio.sleep(0.05)
-    block_time = _rfc3339(block["block"]["header"]["time"])
+    # When the suspending block was decided (the next header's time). Its own header's time is the
+    # previous block's decision, which with blocks made on demand can be a second before the send.
+    block_time = (await commit_times(net.chain, {committed.height}))[committed.height]
     rows = {m: await net.wait_node(m, job, lambda r: r["status"] == "aborted", timeout=5, poll=0.02)
             for m in (BANK, TELCO)}
     record = await net.wait_chain(job)
@@ -598,11 +592,3 @@ async def _chain_txs(chain: ChainClient) -> bytes:
         for tx in block["block"]["data"]["txs"] or []:
             txs += base64.b64decode(tx)
     return bytes(txs)
-
-
-def _rfc3339(text: str) -> float:
-    from datetime import datetime
-
-    head, _, frac = text.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
-    return seconds + (float("0." + frac) if frac else 0.0)

@@ -214,7 +214,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(chain, tmp_p
 
 
 # Examples per operation in schemathesis's fuzzing phase, beside its boundary-value coverage phase:
-# 5 in `make test` (each run then takes ~75 s, ~125 s with 20), more in `make fuzz-api`.
+# 5 in `make test` (the replica's run took 72 s so, 241 s with 20), more in `make fuzz-api`.
 EXAMPLES = os.environ.get("RDX_TEST_SCHEMATHESIS_EXAMPLES", "5")
 
 
