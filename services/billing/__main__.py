@@ -22,7 +22,7 @@ from services.billing.events import LedgerConsumer
 from services.common.chain import ChainClient
 from services.common.chainevents import ChainEventVerifier
 from services.common.events import CHAIN_EVENTS
-from services.common.service import Service
+from services.common.service import Service, main
 from services.common.settings import ServiceSettings
 from services.common import verified
 from services.common.verified import VerificationError
@@ -174,4 +174,4 @@ async def reconcile_once(settings: BillingSettings) -> int:
 if __name__ == "__main__":
     if sys.argv[1:] == ["reconcile"]:
         sys.exit(asyncio.run(reconcile_once(BillingSettings())))
-    build(BillingSettings()).run()
+    main(lambda: build(BillingSettings()))

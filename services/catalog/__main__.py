@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from services.catalog.app import CatalogSettings, build
+from services.common import service
 
 
 def main(argv: list[str]) -> None:
@@ -25,7 +26,7 @@ def main(argv: list[str]) -> None:
         print(json.dumps({"digest": store.digest(conn), "listings": len(dumped["listings"]),
                           "versions": len(dumped["versions"]), "applied_events": len(dumped["applied_events"])}))
         return
-    build(CatalogSettings()).run()
+    service.main(lambda: build(CatalogSettings()))
 
 
 if __name__ == "__main__":

@@ -18,13 +18,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common import logs, metrics, tracing
 from services.common.kafka import EventProducer
-from services.common.settings import ServiceSettings
+from services.common.settings import ServiceSettings, SettingRefused
 
 log = logging.getLogger("rdx.service")
 
 Check = Callable[[], bool]
 Task = Callable[[asyncio.Event], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
+
+
+def main(build: Callable[[], "Service"]) -> None:
+    """A service's entry point: build it and run it. A setting it cannot use, found while it is built
+    or while its startup hooks run (a Kafka password file, a trust anchor), ends it with one line
+    naming the setting and the reason, not a traceback."""
+    try:
+        build().run()
+    except SettingRefused as exc:
+        raise SystemExit(f"rdx: {exc}") from None
 
 
 class _Server(uvicorn.Server):
@@ -143,7 +153,7 @@ class Service:
             for finished in done - {stop_wait}:
                 if finished.exception():
                     log.error("%s task %s failed: %r", self.name, finished.get_name(), finished.exception())
-                else:
+                elif not self.stopping.is_set():  # a task that returned because it was told to stop is not news
                     log.error("%s task %s ended unexpectedly", self.name, finished.get_name())
             stop_wait.cancel()
         finally:

@@ -35,7 +35,12 @@ class ServiceSettings(BaseSettings):
         return path
 
 
-class IncompleteKafkaSecurity(Exception):  # not ValueError, which pydantic would wrap with the inputs
+class SettingRefused(Exception):  # not ValueError, which pydantic would wrap with the inputs
+    """A setting the service cannot use. The message names the setting and what is wrong with it,
+    never a secret or a file's bytes; a service's start ends on it with that line (service.main)."""
+
+
+class IncompleteKafkaSecurity(SettingRefused):
     """A SASL protocol without a user name or a password, or a password or CA file that cannot be
     used (the message names the setting and what is wrong, never the file's bytes)."""
 
@@ -91,12 +96,15 @@ class KafkaSecurity(BaseSettings):
         if self.tls:
             # With a CA file, that CA alone is trusted (as create_default_context's cafile= did), not
             # the system's public CAs beside it.
-            cadata = None if self.ca_file is None else _text_file(self.ca_file, "RDX_KAFKA_CA_FILE", MAX_CA_FILE_BYTES)
-            try:
-                options["ssl_context"] = ssl.create_default_context(cadata=cadata)
-            except (ssl.SSLError, ValueError, TypeError) as exc:  # no certificate, a damaged one, not ASCII
-                raise IncompleteKafkaSecurity(f"RDX_KAFKA_CA_FILE: {self.ca_file} is not PEM CA certificates "
-                                              f"({type(exc).__name__})") from None
+            if self.ca_file is None:
+                options["ssl_context"] = ssl.create_default_context()
+            else:
+                cadata = _text_file(self.ca_file, "RDX_KAFKA_CA_FILE", MAX_CA_FILE_BYTES)
+                try:
+                    options["ssl_context"] = ssl.create_default_context(cadata=cadata)
+                except (ssl.SSLError, ValueError, TypeError) as exc:  # no certificate, a damaged one, not ASCII
+                    raise IncompleteKafkaSecurity(f"RDX_KAFKA_CA_FILE: {self.ca_file} is not PEM CA certificates "
+                                                  f"({type(exc).__name__})") from None
         if self.sasl:
             options.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
                            sasl_plain_password=self.password())

@@ -37,15 +37,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common import lightclient, proofs
 from services.common.chain import ChainClient, ChainError
+from services.common.files import read_regular, reason
 from services.common.lightclient import LightBlock, LightClientError, Validator
+from services.common.settings import SettingRefused
 from services.common.tx import Code
 
 WEEK_S = 7 * 86_400.0  # CometBFT's light client default trusting period (168h)
 PAGE = 100  # /validators per_page maximum
+GENESIS_LIMIT = 64 << 20  # a consortium genesis, app state included, is kilobytes to a few MiB
 
 
 class VerificationError(ValueError):
     """What the endpoint answered is not proven by the chain's validators: refuse it."""
+
+
+class TrustAnchorRefused(VerificationError, SettingRefused):
+    """RDX_TRUSTED_GENESIS or RDX_TRUSTED_HEADER names no usable anchor: the service does not start."""
 
 
 @dataclass(frozen=True)
@@ -60,11 +67,18 @@ class Anchor:
 
     @classmethod
     def from_genesis(cls, genesis: Mapping[str, Any] | str | Path) -> "Anchor":
+        """A genesis given as a path is read as a regular file of bounded size: a FIFO there would
+        hold the service's start for a writer, /dev/zero fill its memory (services/common/files.py)."""
+        if not isinstance(genesis, Mapping):
+            try:
+                genesis = read_regular(Path(genesis), GENESIS_LIMIT)
+            except OSError as exc:
+                raise VerificationError(f"{genesis} {reason(exc)}") from None
         try:
-            doc = genesis if isinstance(genesis, Mapping) else json.loads(Path(genesis).read_text())
+            doc = genesis if isinstance(genesis, Mapping) else json.loads(genesis)
             validators = tuple(lightclient._validator({**v, "voting_power": v["power"]}) for v in doc["validators"])
             anchor = cls(str(doc["chain_id"]), int(doc.get("initial_height") or 1), validators=validators)
-        except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
             raise VerificationError(f"not a CometBFT genesis with validators ({type(exc).__name__})") from None
         if not validators:
             raise VerificationError("the genesis names no validators to trust")
@@ -93,7 +107,8 @@ class TrustSettings(BaseSettings):
     """A service's trust anchor, from RDX_TRUSTED_GENESIS (a genesis.json path) or
     RDX_TRUSTED_HEADER (``<height>:<hash>``); none set: the service's reads are not verified."""
 
-    model_config = SettingsConfigDict(env_prefix="RDX_", extra="ignore")
+    # An empty variable (as a manifest may set it) is unset, not the path "." or a header "".
+    model_config = SettingsConfigDict(env_prefix="RDX_", extra="ignore", env_ignore_empty=True)
     trusted_genesis: Path | None = None
     trusted_header: str | None = None
     trusting_period_s: float = WEEK_S
@@ -112,9 +127,13 @@ def from_env(chain: ChainClient) -> "VerifiedChain | None":
     settings = TrustSettings()
     if settings.trusted_genesis is None and not settings.trusted_header:  # before chain.chain_id is asked
         return None
-    anchor = settings.anchor(chain.chain_id)
+    setting = "RDX_TRUSTED_GENESIS" if settings.trusted_genesis is not None else "RDX_TRUSTED_HEADER"
+    try:
+        anchor = settings.anchor(chain.chain_id)
+    except VerificationError as exc:
+        raise TrustAnchorRefused(f"{setting}: {exc}") from None
     if anchor.chain_id != chain.chain_id:
-        raise VerificationError(f"the trusted genesis is of chain {anchor.chain_id!r}, not {chain.chain_id!r}")
+        raise TrustAnchorRefused(f"{setting}: the trusted genesis is of chain {anchor.chain_id!r}, not {chain.chain_id!r}")
     return VerifiedChain(chain, anchor, trusting_period_s=settings.trusting_period_s,
                          max_age_s=settings.max_answer_age_s)
 

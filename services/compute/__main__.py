@@ -6,7 +6,8 @@ process imports this module again (as ``__mp_main__``); it needs none of the ser
 from __future__ import annotations
 
 if __name__ == "__main__":
+    from services.common.service import main
     from services.compute.app import build
     from services.compute.settings import ComputeSettings
 
-    build(ComputeSettings()).run()
+    main(lambda: build(ComputeSettings()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from services.common.service import Service
+from services.common.service import Service, main
 from services.common.settings import ServiceSettings
 from services.consensus.abci.server import AbciServer
 from services.consensus.app import RdxApp
@@ -54,4 +54,4 @@ async def _close(app: RdxApp) -> None:
 
 
 if __name__ == "__main__":
-    build(ConsensusSettings()).run()
+    main(lambda: build(ConsensusSettings()))

@@ -22,6 +22,7 @@ from prometheus_client import Gauge
 from services.common import tracing
 from services.common.events import CHAIN_EVENTS, Event
 from services.common.kafka import EventProducer
+from services.common.settings import SettingRefused
 from services.consensus.state import ChainEvent, Database
 
 log = logging.getLogger("rdx.consensus.relay")
@@ -125,7 +126,10 @@ class Relay:
                     backoff = 0.5
                 published = await self.publish_pending()
             except Exception as exc:  # noqa: BLE001 - broker away: retry, the outbox keeps everything
-                log.warning("relay cannot publish (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                # A validator keeps deciding blocks with its Kafka settings wrong, so it says why here
+                # (a SettingRefused names the setting and the reason, never a secret) and retries.
+                why = str(exc) if isinstance(exc, SettingRefused) else type(exc).__name__
+                log.warning("relay cannot publish (%s); retrying in %.1fs", why, backoff)
                 await self._reset_producer()
                 await self._sleep(stop, backoff)
                 backoff = min(backoff * 2, 10.0)

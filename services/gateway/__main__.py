@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from services.common.service import main
 from services.gateway.app import Gateway
 from services.gateway.settings import GatewaySettings
 
 if __name__ == "__main__":
-    Gateway(GatewaySettings()).svc.run()
+    main(lambda: Gateway(GatewaySettings()).svc)

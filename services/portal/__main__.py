@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from services.common.service import main
 from services.portal.app import Portal
 from services.portal.settings import PortalSettings
 
 if __name__ == "__main__":
-    Portal(PortalSettings()).svc.run()
+    main(lambda: Portal(PortalSettings()).svc)

@@ -5,11 +5,18 @@ fixed file is picked up), never a hang, an unbounded read or a byte of the file 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import trustme
 
 from services.common.settings import IncompleteKafkaSecurity, KafkaSecurity
 from tests.filekit import BROKEN, CANARY, NOT_REGULAR, plant, within
+
+ROOT = Path(__file__).parents[3]
 
 
 def _refused(security: KafkaSecurity, setting: str, reason: str) -> None:
@@ -47,3 +54,42 @@ def test_a_good_ca_file_is_trusted(tmp_path):
     trustme.CA().cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     context = KafkaSecurity(security_protocol="SSL", ca_file=tmp_path / "ca.pem").client_options()["ssl_context"]
     assert context.cert_store_stats()["x509_ca"] == 1  # that CA alone: not the system's public CAs beside it
+
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    plant(tmp_path / "password", "fifo")  # reading it would have held the start forever
+    return {**os.environ, "RDX_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "RDX_KAFKA_SASL_USERNAME": "u",
+            "RDX_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "password"), "RDX_STATE_ROOT": str(tmp_path),
+            "RDX_HTTP_PORT": "0", "RDX_ABCI_PORT": "0"}
+
+
+@pytest.mark.parametrize("service", ["billing", "catalog", "compute", "gateway"])
+def test_every_service_stops_on_unusable_kafka_security_with_one_line(tmp_path, service):
+    """The whole start as an operator sees it: one line naming the setting, exit status 1, no
+    traceback (it had been one for a settings error, and one from the producer's startup hook for
+    a bad file)."""
+    done = subprocess.run([sys.executable, "-m", f"services.{service}"], env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == \
+        f"rdx: RDX_KAFKA_SASL_PASSWORD_FILE: {tmp_path / 'password'} is not a regular file", done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_validator_keeps_running_and_says_why_its_relay_cannot_publish(tmp_path):
+    """The consensus service must not stop on Kafka settings (its validator keeps deciding blocks and
+    the outbox keeps the events): its relay retries, and its log says which setting is wrong."""
+    proc = subprocess.Popen([sys.executable, "-m", "services.consensus"], env=_env(tmp_path), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        want = f"relay cannot publish (RDX_KAFKA_SASL_PASSWORD_FILE: {tmp_path / 'password'} is not a regular file)"
+        seen = within(60, lambda: next(line for line in proc.stdout if want in line or "Traceback" in line))
+        assert want in seen and proc.poll() is None
+        proc.terminate()  # a clean stop: no task reported as having ended unexpectedly
+        rest = proc.communicate(timeout=30)[0]
+        assert proc.returncode == 0 and "ended unexpectedly" not in rest and "Traceback" not in rest, rest[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)

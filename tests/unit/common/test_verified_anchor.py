@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from services.common import lightclient
+from services.common import service, verified
+from services.common.chain import ChainClient
 from services.common.verified import Anchor, TrustSettings, VerificationError, sorted_set
+from tests.filekit import BROKEN, CANARY, NOT_REGULAR, plant, stops, within
 
 pytestmark = pytest.mark.unit
 
@@ -68,6 +71,34 @@ def test_a_missing_or_unreadable_genesis_file_is_refused(tmp_path):
     (tmp_path / "bad.json").write_bytes(b"\xff{")
     with pytest.raises(VerificationError):
         Anchor.from_genesis(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("kind", NOT_REGULAR + BROKEN)
+def test_a_hostile_genesis_file_stops_the_start_with_one_line(tmp_path, monkeypatch, kind):
+    """RDX_TRUSTED_GENESIS is read at every service's start: a FIFO there held the start for a
+    writer and /dev/zero filled its memory (before 2026-12-03); now the start ends at once with
+    one line naming the setting, never the file's bytes."""
+    path = plant(tmp_path / "genesis.json", kind)
+    monkeypatch.setenv("RDX_TRUSTED_GENESIS", str(path))
+    chain = ChainClient("http://127.0.0.1:9", VECTORS["chain_id"])  # never asked: the anchor is refused first
+    reason = {"huge": "larger than 64 MiB"}.get(kind, "not a regular file" if kind in NOT_REGULAR
+                                                 else "not a CometBFT genesis with validators")
+
+    def start():
+        service.main(lambda: verified.from_env(chain))
+    stops(start, "rdx: RDX_TRUSTED_GENESIS", reason)
+
+
+def test_a_genesis_of_another_chain_stops_the_start(tmp_path, monkeypatch):
+    path = tmp_path / "genesis.json"
+    path.write_text(json.dumps(GENESIS))
+    monkeypatch.setenv("RDX_TRUSTED_GENESIS", str(path))
+    with pytest.raises(verified.TrustAnchorRefused, match="RDX_TRUSTED_GENESIS: the trusted genesis is of chain"):
+        within(10, lambda: verified.from_env(ChainClient("http://127.0.0.1:9", "another-chain")))
+    monkeypatch.setenv("RDX_TRUSTED_GENESIS", "")
+    monkeypatch.setenv("RDX_TRUSTED_HEADER", "7:" + CANARY)
+    with pytest.raises(verified.TrustAnchorRefused, match="^RDX_TRUSTED_HEADER: a trusted header is"):
+        verified.from_env(ChainClient("http://127.0.0.1:9", "c"))
 
 
 @pytest.mark.parametrize("text", ["", "12", "12:", ":" + "ab" * 32, "x:" + "ab" * 32, "0:" + "ab" * 32,
