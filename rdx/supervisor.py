@@ -391,7 +391,8 @@ def run_foreground(state: Path, ports: Ports = Ports()) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         exchange.start()
-        _replace_text(pid_file, str(os.getpid()))
+        me = _stat(os.getpid())
+        _replace_text(pid_file, f"{os.getpid()} {me[19]}" if me else str(os.getpid()))
         reported: set[str] = set()
         while not stopping:
             exchange.sync_member_nodes()
@@ -483,19 +484,31 @@ def stop_leftovers(state: Path, timeout: float = 15.0) -> list[int]:
     return pids
 
 
-def supervisor_pid(state: Path) -> int | None:
-    """The running supervisor's pid. A killed one that nobody has reaped yet (a zombie: a detached
-    supervisor's parent is init, which may reap late) is not running."""
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state first, start time at [19]: clock
+    ticks since boot), or None (gone, no /proc)."""
     try:
-        pid = int(read_regular(state / "supervisor.pid", 64))
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def supervisor_pid(state: Path) -> int | None:
+    """The running supervisor's pid, from ``supervisor.pid`` (``<pid> <start time>``: a pid alone
+    names any program once it is reused, after a reboot or a killed supervisor, and `rdx down` would
+    SIGTERM it). A killed supervisor that nobody has reaped yet (a zombie: a detached one's parent
+    is init, which may reap late) is not running."""
+    try:
+        fields = read_regular(state / "supervisor.pid", 64).split()
+        pid = int(fields[0])
         if pid <= 1:  # 0, -1 would make `rdx down` signal its own group or every process it may
             return None
         os.kill(pid, 0)
-    except (FileNotFoundError, FileRefused, ValueError, OverflowError, ProcessLookupError):
+    except (FileNotFoundError, FileRefused, ValueError, OverflowError, ProcessLookupError, IndexError):
         return None
-    try:
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return None
-    except (OSError, IndexError):
-        pass  # no /proc: trust the signal check
+    stat = _stat(pid)
+    if stat is None:
+        return pid  # no /proc: trust the signal check
+    if stat[0] == "Z" or fields[1:] != [stat[19].encode()]:
+        return None
     return pid

@@ -148,7 +148,7 @@ def test_down_stops_what_a_killed_supervisor_left(exchange):
     state, offset, args = exchange
     started = rdx("up", "--detach", "--port-offset", str(offset), *args)
     assert started.returncode == 0, started.stderr + started.stdout
-    os.kill(int((state / "supervisor.pid").read_text()), signal.SIGKILL)
+    os.kill(int((state / "supervisor.pid").read_text().split()[0]), signal.SIGKILL)
     assert exchange_processes(state)
     stopped = rdx("down", *args)
     assert stopped.returncode == 0 and "stopped 7 of its processes left behind" in stopped.stdout, stopped.stdout

@@ -6,6 +6,8 @@ marker stops ``rdx up`` with one line. Never a hang, an unbounded read or the fi
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -99,6 +101,18 @@ def test_a_supervisor_pid_file_naming_no_process_of_ours_is_no_supervisor(tmp_pa
     signal, or its own process group."""
     (tmp_path / "supervisor.pid").write_text(text)
     assert supervisor_pid(tmp_path) is None
+
+
+def test_a_supervisor_pid_file_is_believed_only_for_the_process_it_was_written_for(tmp_path):
+    """A pid names another program once it is reused (a killed supervisor, a reboot): `rdx down`
+    would SIGTERM it. The file names the pid and its start time; a live process with that pid and
+    another start time, or a file with the pid alone, is no supervisor."""
+    me = os.getpid()
+    started = Path(f"/proc/{me}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    for text, found in ((f"{me} {started}", me), (f"{me} {started}\n", me), (f"{me} {int(started) + 1}", None),
+                        (str(me), None), (f"{me} {started} 7", None), (f"{me} x", None)):
+        (tmp_path / "supervisor.pid").write_text(text)
+        assert supervisor_pid(tmp_path) == found, text
 
 
 @pytest.mark.parametrize("where", ["member-nodes.json", ".member-nodes.json.tmp"])
