@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import stat
 from pathlib import Path
 
 from nacl.signing import SigningKey
 
 from services.common.identity import Identity, unb64
+from services.common.tx import ACCOUNT
 
 KEY_FILE_LIMIT = 64 << 10  # an Identity.save file is about 100 bytes
-ACCOUNT = re.compile(r"[a-z0-9][a-z0-9.\-]{0,63}")  # a transaction's signer (services/common/tx.py)
 
 
 class FileRefused(OSError):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import orjson
@@ -147,12 +148,16 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+ACCOUNT = re.compile(r"[a-z0-9][a-z0-9.\-]{0,63}")
+"""An account id, as a tx's signer: also what the gateway takes as a key id and a key file as its account."""
+
+
 class Tx(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     chain_id: str = Field(min_length=1, max_length=50)
     type: str = Field(min_length=1, max_length=64, pattern=r"^[a-z]+\.[A-Za-z]+$")
-    signer: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9.\-]*$")
+    signer: str = Field(min_length=1, max_length=64, pattern=f"^{ACCOUNT.pattern}$")
     nonce: int = Field(ge=1)
     payload: dict[str, Any]
     sig: str = Field(default="", max_length=100)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
-import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -17,13 +16,13 @@ import http_sf
 from fastapi import Request
 
 from services.common import httpsig
+from services.common.tx import ACCOUNT
 from services.gateway.chainview import ChainView
 from services.gateway.db import StoreUnavailable
 from services.gateway.keys import KeyStore
 from services.gateway.problems import Problem
 
 
-ACCOUNT = re.compile(r"[a-z0-9][a-z0-9.\-]{0,63}")  # a chain account, as a tx's signer (services/common/tx.py)
 
 
 @dataclass(frozen=True)
