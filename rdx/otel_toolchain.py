@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from rdx.components import LOOPBACK, Managed, Process, free_port, wait_until
+from rdx.k8s_toolchain import _build_lock
 from rdx.toolchain import SetupError, _run, cache_root, require
 
 OTELCOL_VERSION = "v0.161.0"  # otelcol, otlpreceiver, contrib fileexporter
@@ -104,9 +105,15 @@ def ensure_otelcol(log=print) -> Path:
     binary = otelcol_bin()
     if binary.exists():
         return binary
+    with _build_lock(binary.parent):  # make test may be building it in the background (Makefile)
+        if binary.exists():
+            return binary
+        return _build_otelcol(binary, log)
+
+
+def _build_otelcol(binary: Path, log) -> Path:
     go = require("go", "to build the OpenTelemetry Collector", "Install Go 1.24+.")
     log(f"otelcol {OTELCOL_VERSION}: building from the Go module proxy ...")
-    binary.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="otelcol-src.", dir=binary.parent) as tmp:
         src = Path(tmp)
         (src / "go.mod").write_text(GO_MOD)

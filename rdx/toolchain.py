@@ -8,6 +8,7 @@ Go or Maven before anything else fails.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -33,10 +34,17 @@ def apt_install(missing: list[str], who: str, log=print) -> None:
         raise SetupError(f"missing Debian packages {missing}: run `sudo apt-get install -y {' '.join(missing)}`")
     log(f"{who}: apt-get install {' '.join(missing)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            raise SetupError(f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr)[-2000:]}")
+    # make test installs beside tests/deploy's image tools: one apt-get of ours at a time (a second
+    # one fails at once on dpkg's lock), and any other holder of that lock is waited for.
+    lock = cache_root() / ".apt.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    wait = ["-o", "DPkg::Lock::Timeout=600"]
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        for cmd in (["apt-get", *wait, "update", "-qq"], ["apt-get", *wait, "install", "-y", "-qq", *missing]):
+            result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if result.returncode != 0:
+                raise SetupError(f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr)[-2000:]}")
 
 
 def cache_root() -> Path:

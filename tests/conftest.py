@@ -29,11 +29,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    """Tests under tests/<kind>/ carry the marker of their kind, so `-m unit` etc. select them."""
+    """Tests under tests/<kind>/ carry the marker of their kind, so `-m unit` etc. select them.
+    Tests marked ``built_tools`` run last, in their order: on a fresh machine `make test` builds
+    those tools in the background while the others run (Makefile), and each waits for its build."""
     for item in items:
         kind = Path(item.fspath).relative_to(Path(__file__).parent).parts[0]
         if kind in ("unit", "integration", "e2e"):
             item.add_marker(getattr(pytest.mark, kind))
+    items.sort(key=lambda item: item.get_closest_marker("built_tools") is not None)
 
 
 @pytest.fixture(scope="session")

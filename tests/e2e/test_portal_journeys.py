@@ -33,7 +33,7 @@ from services.common.identity import Identity
 from services.common.listing import example_metadata
 from services.compute.datasets import Datasets
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.built_tools]  # Hydra
 
 PASSWORD = "correct horse battery staple"
 CHINESE_TITLE = "移动用户画像（按区县）"

@@ -26,6 +26,8 @@ from services.common.identity import Identity
 from services.common.listing import example_metadata
 from services.common.tx import Tx
 
+pytestmark = pytest.mark.built_tools  # the OpenTelemetry Collector
+
 ADMIN_TOKEN = "rdx_bootstrap.tracing-admin-token-not-a-secret"
 
 

@@ -45,7 +45,7 @@ from test_ops_k8s import CRDS  # noqa: E402  Strimzi's and the Prometheus Operat
 
 BUILT = all(p.exists() for p in (k8s_toolchain.kube_apiserver_bin(), k8s_toolchain.etcd_bin(),
                                  k8s_toolchain.kubectl_bin()))
-pytestmark = pytest.mark.timeout(300 if BUILT else 3600)
+pytestmark = [pytest.mark.timeout(300 if BUILT else 3600), pytest.mark.built_tools]
 
 OVERLAYS = sorted(p.name for p in (ROOT / "infra" / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 MEMBERS = {"example": "rdx-dev-example", "other": "rdx-dev-other"}  # member -> its site's namespace

@@ -44,7 +44,7 @@ NS = "rdx-dev"                 # the association's namespace
 MEMBER_NS = "rdx-dev-example"  # member example's site: its compute node, keys and data
 BUILT = k8s_toolchain.kube_apiserver_bin().exists() and k8s_toolchain.etcd_bin().exists()
 # A cold build of kube-apiserver on a 2-core machine takes many minutes; after that, ~a minute.
-pytestmark = pytest.mark.timeout(180 if BUILT else 3600)
+pytestmark = [pytest.mark.timeout(180 if BUILT else 3600), pytest.mark.built_tools]
 
 SRE_TOKEN = secrets.token_urlsafe(16)
 COMPUTE_TOKEN = secrets.token_urlsafe(16)
