@@ -44,14 +44,14 @@ demo: up-detached
 # run last and wait for their build's lock (tests/conftest.py). Warm, those builds end at once.
 # The unit tests run first, one pytest-xdist worker per core (they are CPU-bound and share nothing:
 # 1,443 took 331 s alone, 174 s on 2 workers); the integration and end-to-end tests then run one at a
-# time, as their servers, ports and timings expect.
+# time, as their servers, ports and timings expect; the 25 slowest are listed at the end.
 test: setup check-infra setup-ts setup-stores
 	@log=$$(mktemp /tmp/rdx-test-deploy.XXXXXX); base=$$(mktemp -d /tmp/rdx-test-deploy-tmp.XXXXXX); \
 	tools=$$(mktemp /tmp/rdx-test-tools.XXXXXX); \
 	nice -n 19 $(MAKE) --no-print-directory setup-portal setup-k8s setup-otel > $$tools 2>&1 & builds=$$!; \
 	$(PY) -m pytest tests/deploy -p no:cacheprovider --basetemp=$$base > $$log 2>&1 & deploy=$$!; \
 	$(PY) -m pytest --ignore=tests/deploy --ignore=tests/kubelet -m unit -n auto; unit=$$?; \
-	$(PY) -m pytest --ignore=tests/deploy --ignore=tests/kubelet -m "not unit"; tests=$$?; \
+	$(PY) -m pytest --ignore=tests/deploy --ignore=tests/kubelet -m "not unit" --durations=25; tests=$$?; \
 	wait $$builds; built=$$?; \
 	echo "--- setup-portal, setup-k8s and setup-otel, built beside the tests above ---"; cat $$tools; \
 	wait $$deploy; deployed=$$?; \
