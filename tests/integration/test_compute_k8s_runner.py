@@ -43,7 +43,7 @@ from services.compute.runner import LocalRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "registry.example.org/rdx/compute:0.1.0-dev"
-pytestmark = pytest.mark.timeout(240 if BUILT else 3600)
+pytestmark = [pytest.mark.timeout(240 if BUILT else 3600), pytest.mark.built_tools]  # test_ops_k8s's cluster
 
 
 # --------------------------------------------------------------------------------------------

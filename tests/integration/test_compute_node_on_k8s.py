@@ -35,7 +35,7 @@ from services.compute import worker as wire
 from services.compute.datasets import Datasets
 from services.compute.k8s_runner import JOB_ID_LABEL, MEMBER_LABEL, label_value
 
-pytestmark = pytest.mark.timeout(240 if BUILT else 3600)
+pytestmark = [pytest.mark.timeout(240 if BUILT else 3600), pytest.mark.built_tools]  # test_ops_k8s's cluster
 
 TAG = os.urandom(3).hex()
 PROV = f"k8s-prov-{TAG}"
