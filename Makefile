@@ -40,7 +40,7 @@ demo: up-detached
 # caches, under 4 warm), so side by side the two take about the time of the longer; its output follows.
 # The tools built from the Go module proxy (setup-portal's Hydra, setup-k8s, setup-otel: 10 min of a cold
 # make test's 14 min of setup on 2 cores, on 2026-12-03) build in the background at the lowest CPU
-# priority while the tests that do not need them run; the four test files that do (marker built_tools)
+# priority while the tests that do not need them run; the six test files that do (marker built_tools)
 # run last and wait for their build's lock (tests/conftest.py). Warm, those builds end at once. The
 # builds get a session, hence a scheduler autogroup, of their own at nice 19: the services the tests
 # start each lead a session (and autogroup) of their own, and Linux weighs autogroups against each
