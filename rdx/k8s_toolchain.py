@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
-import fcntl
 import ipaddress
 import json
 import os
@@ -48,7 +47,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rdx.toolchain import SetupError, _go_module_dir, cache_root, require
+from rdx.toolchain import SetupError, _go_module_dir, build_lock, cache_root, require
 
 # The oldest Kubernetes minor upstream still supports (1.35 to 1.37), the same that
 # infra/check.py validates the manifests against, so the ops tests exercise the API the
@@ -102,18 +101,6 @@ def _run(cmd: list[str], what: str, cwd: Path, env: dict[str, str], log) -> None
                          f"in {cwd}):\n$ {' '.join(cmd)}\n{tail}")
 
 
-@contextlib.contextmanager
-def _build_lock(directory: Path):
-    """One build per version at a time, even across concurrent test sessions."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _module_gomod(module: str, version: str) -> str:
     """The go.mod of module@version, from the module proxy (through the go command)."""
     return (_go_module_dir(module, version, _go_env()) / "go.mod").read_text()
@@ -164,7 +151,7 @@ def _once(binary: Path, build) -> Path:
     """``binary`` if it is cached; else ``build()`` it, once, under a lock two test runs share."""
     if binary.exists():
         return binary
-    with _build_lock(binary.parent.parent):
+    with build_lock(binary.parent.parent):
         if binary.exists():
             return binary
         binary.parent.mkdir(parents=True, exist_ok=True)

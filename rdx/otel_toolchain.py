@@ -22,8 +22,7 @@ import tempfile
 from pathlib import Path
 
 from rdx.components import LOOPBACK, Managed, Process, free_port, wait_until
-from rdx.k8s_toolchain import _build_lock
-from rdx.toolchain import SetupError, _run, cache_root, require
+from rdx.toolchain import SetupError, _run, build_lock, cache_root, require
 
 OTELCOL_VERSION = "v0.161.0"  # otelcol, otlpreceiver, contrib fileexporter
 OTELCOL_STABLE_VERSION = "v1.67.0"  # the same release's 1.x modules (confmap providers)
@@ -105,7 +104,7 @@ def ensure_otelcol(log=print) -> Path:
     binary = otelcol_bin()
     if binary.exists():
         return binary
-    with _build_lock(binary.parent):  # make test may be building it in the background (Makefile)
+    with build_lock(binary.parent):  # make test may be building it in the background (Makefile)
         if binary.exists():
             return binary
         return _build_otelcol(binary, log)

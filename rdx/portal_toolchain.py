@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rdx.components import LOOPBACK, Managed, Process, free_port, wait_until
-from rdx.k8s_toolchain import GO_HINT, _build_lock, _go_env, _module_gomod, _run
-from rdx.toolchain import SetupError, _go_module_dir, apt_install, cache_root, require
+from rdx.k8s_toolchain import GO_HINT, _go_env, _module_gomod, _run
+from rdx.toolchain import SetupError, _go_module_dir, apt_install, build_lock, cache_root, require
 
 HYDRA_MODULE = "github.com/ory/hydra/v2"
 HYDRA_VERSION = "v2.3.0"
@@ -56,7 +56,7 @@ def ensure_hydra(log=print) -> Path:
     binary = hydra_bin()
     if binary.exists():
         return binary
-    with _build_lock(binary.parent.parent):
+    with build_lock(binary.parent.parent):
         if binary.exists():
             return binary
         go = require("go", f"once, to build Ory Hydra {HYDRA_VERSION} for the portal's sign-in tests", GO_HINT)
@@ -101,7 +101,7 @@ def ensure_axe(log=print) -> Path:
         return script
     npm = require("npm", "once, to fetch axe-core for the portal's accessibility check", "Install Node.js 20+ with npm.")
     prefix = script.parents[2]
-    with _build_lock(prefix):
+    with build_lock(prefix):
         if not script.exists():
             log(f"portal: npm install axe-core@{AXE_VERSION}")
             _run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), f"axe-core@{AXE_VERSION}"],

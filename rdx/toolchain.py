@@ -8,6 +8,7 @@ Go or Maven before anything else fails.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -36,15 +37,25 @@ def apt_install(missing: list[str], who: str, log=print) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     # make test installs beside tests/deploy's image tools: one apt-get of ours at a time (a second
     # one fails at once on dpkg's lock), and any other holder of that lock is waited for.
-    lock = cache_root() / ".apt.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
     wait = ["-o", "DPkg::Lock::Timeout=600"]
-    with open(lock, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with build_lock(cache_root() / "apt"):
         for cmd in (["apt-get", *wait, "update", "-qq"], ["apt-get", *wait, "install", "-y", "-qq", *missing]):
             result = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if result.returncode != 0:
                 raise SetupError(f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr)[-2000:]}")
+
+
+@contextlib.contextmanager
+def build_lock(directory: Path):
+    """One build (or apt-get) of a kind at a time, even across concurrent test sessions and make
+    test's background builds: an exclusive flock on ``directory``/.lock."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def cache_root() -> Path:

@@ -23,8 +23,6 @@ from services.gateway.keys import KeyStore
 from services.gateway.problems import Problem
 
 
-
-
 @dataclass(frozen=True)
 class Principal:
     member: str

@@ -56,7 +56,6 @@ def test_a_good_ca_file_is_trusted(tmp_path):
     assert context.cert_store_stats()["x509_ca"] == 1  # that CA alone: not the system's public CAs beside it
 
 
-
 def _env(tmp_path: Path) -> dict[str, str]:
     plant(tmp_path / "password", "fifo")  # reading it would have held the start forever
     return {**os.environ, "RDX_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "RDX_KAFKA_SASL_USERNAME": "u",
