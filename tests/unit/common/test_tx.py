@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from services.common.identity import Identity, verify
-from services.common.tx import MAX_TX_BYTES, Code, Tx, TxError, canonical
+from services.common.tx import ACCOUNT, MAX_TX_BYTES, Code, Tx, TxError, canonical
 
 
 def test_signed_tx_round_trips_and_verifies():
@@ -71,3 +71,24 @@ def test_integers_are_bounded_to_what_every_signer_encodes_exactly():
         with pytest.raises(TxError) as refused:
             Tx.decode(raw)
         assert refused.value.code == Code.UNDECODABLE and "2^53" in str(refused.value)
+
+
+@pytest.mark.parametrize("signer, ok", [("bank", True), ("bank.node-1", True), ("a" * 64, True), ("0", True),
+                                        ("", False), ("a" * 65, False), ("Bank", False), (".bank", False),
+                                        ("-bank", False), ("bank/x", False), ("bank\n", False), ("bänk", False)])
+def test_the_signer_pattern_is_the_one_account_pattern_everyone_checks(signer, ok):
+    """A tx's signer, a gateway request's keyid and a key file's account are one pattern (tx.ACCOUNT):
+    what the chain would refuse as a signer is refused at the gateway and in a key file too."""
+    from pydantic import ValidationError
+
+    from services.common import files
+    from services.gateway import auth
+
+    assert auth.ACCOUNT is files.ACCOUNT is ACCOUNT
+    assert bool(ACCOUNT.fullmatch(signer)) is ok
+    try:
+        Tx(chain_id="c", type="bank.Transfer", signer=signer, nonce=1, payload={})
+    except ValidationError:
+        assert not ok
+    else:
+        assert ok
