@@ -80,7 +80,8 @@ def build(settings: ComputeSettings, job_types: dict[str, type[JobType]] | None 
     # A kill switch or an authorisation acts only once this member's own chain node confirms it.
     consumer = IdempotentConsumer(settings.kafka_bootstrap, "compute", [CHAIN_EVENTS], f"compute-{member}",
                                   settings.state_dir / "node.sqlite", lambda e, c: holder["m"].on_event(e, c),
-                                  verifier=ChainEventVerifier(chain), verify_if=lambda e: holder["m"].acts_on(e))
+                                  verifier=ChainEventVerifier(chain, reader=view.reader),  # one light client, shared
+                                  verify_if=lambda e: holder["m"].acts_on(e))
     journal = Journal(consumer.conn)
     # The journal's database names the status ids' numbering (services/compute/events.py).
     publisher = events.StatusPublisher(producer, member, journal.next_seq, consumer.store.model_id)

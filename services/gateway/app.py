@@ -124,7 +124,8 @@ class Gateway:
         self.webhook_events = IdempotentConsumer(
             s.kafka_bootstrap, "gateway", [CHAIN_EVENTS], f"gateway-webhooks-{self.audit.instance}",
             s.state_dir / "webhook-events.sqlite", self._on_event, max_attempts=10, retry_backoff_s=0.5,
-            verifier=ChainEventVerifier(self.chain), verify_if=lambda e: e.type in webhooks.EVENT_TYPES)
+            verifier=ChainEventVerifier(self.chain, reader=self.view.reader),  # the ChainView's light client
+            verify_if=lambda e: e.type in webhooks.EVENT_TYPES)
         await self.webhook_events.start()
 
     async def _on_event(self, event: Event, _conn) -> None:
