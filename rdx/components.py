@@ -340,6 +340,7 @@ class CometNode(Managed):
     # `rdx up` makes blocks only for transactions, and one at least every ``empty_blocks_interval``.
     create_empty_blocks: bool = True
     empty_blocks_interval: str = "0s"
+    skip_timeout_commit: bool = False
     log_level: str = "state:info,*:error"
     # The rdx part of a genesis spec (rdx/genesis.py: association, board, members, params ...);
     # prepare() adds the chain id, the time and this node's own key as the one validator. Empty:
@@ -402,6 +403,7 @@ class CometNode(Managed):
         doc["consensus"]["timeout_commit"] = self.timeout_commit
         doc["consensus"]["create_empty_blocks"] = self.create_empty_blocks
         doc["consensus"]["create_empty_blocks_interval"] = self.empty_blocks_interval
+        doc["consensus"]["skip_timeout_commit"] = self.skip_timeout_commit
         bound_public_surfaces(doc)
         doc["instrumentation"]["prometheus"] = self.prometheus_port is not None
         if self.prometheus_port is not None:

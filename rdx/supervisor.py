@@ -168,12 +168,15 @@ def check_state_dir(state: Path) -> None:
 
 # The local exchange's block timing (docs/compute.md, "Where a job waits on the chain"): a consortium
 # chain of a few known validators, near each other, makes a block when there is a transaction to put
-# in it (and the proof block after it, which CometBFT makes at once when the app hash changed),
-# 100 ms after the last one at the soonest (a late precommit has several round trips between sites
-# of one region to arrive), and at least one every second, so that the chain's clock (deadlines,
-# expiries) moves, the freshest header stays well within a verified reader's 60 s limit, and a
-# transaction CometBFT did not propose at once waits a second at most (with 10 s, one bench round waited 10 s).
-BLOCK_TIMING = {"timeout_commit": "100ms", "create_empty_blocks": False, "empty_blocks_interval": "1s"}
+# in it (and the proof block after it, which CometBFT makes at once when the app hash changed). After a
+# block it waits ``timeout_commit`` for the precommits beyond the two thirds that decided it (a late
+# precommit has several round trips between sites of one region to arrive), unless every validator's
+# is in already (``skip_timeout_commit``: one validator's at once, a healthy consortium's after a
+# round trip), when there is nothing left to wait for. And it makes one block a second at least, so
+# that the chain's clock (deadlines, expiries) moves, the freshest header stays well within a
+# verified reader's 60 s limit, and a transaction CometBFT did not propose at once waits a second at
+# most (with 10 s, one bench round waited 10 s).
+BLOCK_TIMING = {"timeout_commit": "100ms", "skip_timeout_commit": True, "create_empty_blocks": False, "empty_blocks_interval": "1s"}
 
 
 class Exchange:
