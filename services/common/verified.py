@@ -98,6 +98,22 @@ class Anchor:
         return anchor
 
 
+def _parts(answer: Any) -> tuple[int, str, int]:
+    """An ``abci_query`` answer's code, info and height."""
+    try:
+        response = answer["response"]
+        return int(response.get("code", 0)), str(response.get("info", "")), int(response.get("height", -1))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise VerificationError("not an abci_query answer") from None
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise VerificationError("not an abci_query answer") from None
+
+
 def sorted_set(validators: tuple[Validator, ...]) -> tuple[Validator, ...]:
     """CometBFT's order of a validator set: by power, highest first, then by address."""
     return tuple(sorted(validators, key=lambda v: (-v.power, v.address)))
@@ -178,21 +194,35 @@ class VerifiedChain:
             raise VerificationError("only one state key can be proven, not a listing")
         floor = self.latest.height - 1 if self.latest else 0
         # Proven at the height before the node's latest, whose app hash the latest header carries
-        # already: no waiting for the next block. The node's latest state is asked for instead (and
-        # its proving header waited for) when the key changed in the latest block (the answer's
-        # ``info`` says so: a read after a write sees it) or the node cannot prove the height before
-        # (restarted since its last block, or a block committed meanwhile). A node that hides the
-        # hint serves a value one block old, as any answer may be up to ``max_age_s`` old.
+        # already: no waiting for the next block. Two answers send the read elsewhere:
+        # - the key changed in the app's latest block (the answer's ``info`` says at which height: a
+        #   read after a write sees it): asked at that height, proven by the header after it, which
+        #   CometBFT makes at once because that block changed the app hash;
+        # - the app is past the height asked (a block committed between ``/status`` and the query,
+        #   the refusal says the app's height): asked at the height before the app's.
+        # Asking for "the latest" instead raced the next block: an answer of a height the app
+        # reached meanwhile, an empty proof block, waited for a header CometBFT makes only at the
+        # empty-block interval (1 s under `rdx up`). A node that hides the hint serves a value one
+        # block old, as any answer may be up to ``max_age_s`` old; one that lies about heights only
+        # makes the read wait, as it could anyway.
         latest = int((await self._rpc("status"))["sync_info"]["latest_block_height"])
-        answer = await self._rpc("abci_query", path=f"/{key}", prove=True, height=str(max(latest - 1, 0)))
-        try:
-            response = answer["response"]
-            if response.get("code", 0) not in (Code.OK, Code.NOT_FOUND) or str(response.get("info", "")).startswith(
-                    proofs.CHANGED_SINCE):
-                answer = await self._rpc("abci_query", path=f"/{key}", prove=True)
-            height = int(answer["response"].get("height", -1))
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise VerificationError("not an abci_query answer") from None
+        asked, answer = max(latest - 1, 0), None
+        for _ in range(3):
+            answer = await self._rpc("abci_query", path=f"/{key}", prove=True, height=str(asked))
+            code, info, height = _parts(answer)
+            if code in (Code.OK, Code.NOT_FOUND):
+                if not info.startswith(proofs.CHANGED_SINCE):
+                    break
+                elsewhere = _integer(info[len(proofs.CHANGED_SINCE):])
+            else:
+                elsewhere = height - 1
+            if elsewhere <= asked:  # nowhere better to ask (a restarted app proves its latest only)
+                answer = None
+                break
+            asked, answer = elsewhere, None
+        if answer is None:  # the app's latest state, and the header after it waited for
+            answer = await self._rpc("abci_query", path=f"/{key}", prove=True)
+            _, _, height = _parts(answer)
         if height < floor:
             raise VerificationError(f"the answer is of height {height}, older than the verified height {floor}")
         block = await self.header(height + 1)

@@ -17,6 +17,8 @@ the state key it lies about (others pass through):
   lie a client that checks proofs but not signatures would take);
 - ``omit``: an answer listing a prefix (``.target``, e.g. ``bank/balance/``) leaves out the
   entries whose key ends with ``/`` + ``.omit`` (an account hidden from a reconciliation);
+- ``lagging_status``: not a lie but a race every node's answers run: the next ``status`` says the
+  height before the node's latest, as a ``status`` answered just before a block committed does;
 - ``block_results``: in ``block_results``, the digest of the chain event whose id is ``.target``
   becomes ``.fake_digest`` (vouching for a forged event that a hostile relay published).
 
@@ -37,7 +39,8 @@ import httpx
 from rdx.components import LOOPBACK, free_port
 from services.common import proofs
 
-MODES = (None, "key", "balance", "grant", "absent", "stale", "relabelled", "forged_header", "garbage", "block_results", "omit")
+MODES = (None, "key", "balance", "grant", "absent", "stale", "relabelled", "forged_header", "garbage", "block_results", "omit",
+         "lagging_status")
 GARBAGE = {"abci_query": [{"response": {"height": "x"}}, {"response": []}, [], {"response": {"height": "1", "code": 0,
            "value": "!!", "proofOps": {"ops": [{"type": 3}]}}}],
            "commit": [{"signed_header": None}, {"signed_header": {"header": {"height": "x"}, "commit": {}}}],
@@ -97,6 +100,12 @@ class ByzantineRpc:
             if self.mode is None or key != self.target or response.get("code", 0) != 0:
                 return result
             return self._lie_about(key, result)
+        if method == "status" and self.mode == "lagging_status":
+            self.mode = None  # once
+            self.lies += 1
+            sync = result["sync_info"]
+            sync["latest_block_height"] = str(int(sync["latest_block_height"]) - 1)
+            return result
         if method == "block_results" and self.mode == "block_results":
             events = list(result.get("finalize_block_events") or [])
             for tx in result.get("txs_results") or []:

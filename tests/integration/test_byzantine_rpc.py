@@ -135,6 +135,28 @@ async def test_the_verified_reader_refuses_every_rewrite_and_reads_through_an_ho
                 await reader.query(t["key"])
 
 
+async def test_a_read_racing_a_block_is_proven_by_a_header_that_already_exists(world, proxy):
+    """A ``status`` answered just before a block committed says a height one behind the app's. The
+    reader then asks at the height before the app's, whose proving header exists. It asked for the
+    app's latest state before, whose proving header an idle chain makes only at its empty-block
+    interval (1 s under `rdx up`): every such read waited up to a second (the bench's jobs did)."""
+    t = targets(world)
+    async with VerifiedChain(proxy.url, world.anchor) as reader, \
+            ChainClient(world.chain.rpc_url, world.chain.chain_id) as direct:
+        for _ in range(3):
+            before = await reader.query(t["balance"])
+            await world.touch()  # a write in block W; CometBFT makes its proof block W + 1 at once
+            written = await direct.height()
+            while await direct.height() == written:  # W + 1, and then no block for a second
+                await asyncio.sleep(0.005)
+            latest, lies = await direct.height(), proxy.lies
+            proxy.lie("lagging_status")
+            value, height = await reader.query_bytes(t["balance"])
+            assert proxy.lies == lies + 1
+            assert json.loads(value) == before + 1
+            assert height + 1 <= latest, f"proven at {height}: it waited for header {height + 1}, made after the read began"
+
+
 async def test_a_wrong_anchor_or_a_forged_first_header_is_refused(world, proxy):
     doc_anchor = world.anchor
     pub = base64.b64decode(Identity.generate("v").public_key)
