@@ -11,7 +11,9 @@ authenticated peer channels, attestations, settlement; the consumer's sealed res
 from its node, opened, and checked against the same computation in the clear. Rounds alternate
 the job and its baseline, after a warm-up of each (except the heaviest sizes); medians reported.
 
-Each job type reports ``*_job_s`` (submit to completed on chain), ``*_nodes_s`` (the first node
+Each job type reports ``*_job_s`` (submit to completed on chain: to the commit time of the block
+that ended the job, from the next block's header; until 2026-12-04, to when a 0.1 s poll of the
+job's record saw it, on average ~0.05 s later), ``*_nodes_s`` (the first node
 starting to the last computing, from their journals) and, where the nodes' JobProgress events
 bracket it, ``*_protocol_s``; each as a ratio to its baseline. ``*_load_s`` is one party's
 dataset import, read plus Merkle commitment (``Dataset.load`` without a copy, on the same file),
@@ -759,7 +761,7 @@ def main() -> int:
     notes_text = (chain_text + f"Kafka, CometBFT, every node and the baselines share this machine; {args.workers} worker "
                   f"processes per node, batches of {args.batch}; per element in-run: {costs}; load average before "
                   f"{load_before[0]:.2f}, after {load_after[0]:.2f} (others' work counts); "
-                  f"*_job_s is submit to completed on chain (load from the node's imported copy + commitment check + protocol + attest + settle), "
+                  f"*_job_s is submit to completed on chain (the ending block's commit time; load from the node's imported copy + commitment check + protocol + attest + settle), "
                   f"*_nodes_s is from the first node starting to the last computing, *_protocol_s from the nodes' "
                   f"progress events (see bench/compute.py), *_load_s one party's dataset import (read + commitment) in the "
                   f"bench process; openmined-psi runs client and server in one process on one core, "
