@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
 
 import uvicorn
+from aiokafka.errors import KafkaConnectionError
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,11 +32,14 @@ Hook = Callable[[], Awaitable[None]]
 def main(build: Callable[[], "Service"]) -> None:
     """A service's entry point: build it and run it. A setting it cannot use, found while it is built
     or while its startup hooks run (a Kafka password file, a trust anchor), ends it with one line
-    naming the setting and the reason, not a traceback."""
+    naming the setting and the reason, not a traceback; so does a Kafka no broker of which answers."""
     try:
         build().run()
     except SettingRefused as exc:
         raise SystemExit(f"rdx: {exc}") from None
+    except KafkaConnectionError:  # at start (a broker not up yet): Kubernetes starts it again
+        where = os.environ.get("RDX_KAFKA_BOOTSTRAP") or ServiceSettings.model_fields["kafka_bootstrap"].default
+        raise SystemExit(f"rdx: RDX_KAFKA_BOOTSTRAP: no Kafka broker answered at {where[:200]}") from None
 
 
 class _Server(uvicorn.Server):

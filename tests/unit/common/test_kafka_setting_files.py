@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from rdx.components import free_port
 from services.common.settings import IncompleteKafkaSecurity, KafkaSecurity
 from tests.filekit import BROKEN, CANARY, NOT_REGULAR, plant, within
 
@@ -92,3 +93,19 @@ def test_a_validator_keeps_running_and_says_why_its_relay_cannot_publish(tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+
+
+@pytest.mark.parametrize("service", ["billing", "catalog", "compute", "gateway"])
+def test_every_service_stops_with_one_line_when_no_kafka_broker_answers(tmp_path, service):
+    """A broker not up yet (or a wrong address): the start ends at once with one line naming the
+    setting and the address, exit status 1, for its supervisor to start it again (it was aiokafka's
+    traceback)."""
+    port = free_port()  # nothing listens there
+    env = {**os.environ, "RDX_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "RDX_STATE_ROOT": str(tmp_path),
+           "RDX_HTTP_PORT": "0", "RDX_COMETBFT_RPC": f"http://127.0.0.1:{free_port()}"}
+    done = subprocess.run([sys.executable, "-m", f"services.{service}"], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == \
+        f"rdx: RDX_KAFKA_BOOTSTRAP: no Kafka broker answered at 127.0.0.1:{port}", done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
