@@ -36,7 +36,8 @@ Connection reads a raw file descriptor, so it cannot run inside TLS, and its HMA
 challenge authenticates without encrypting; the framing here is twenty lines of stdlib.
 
 Leakage. The worker pod sees the batches of its job in clear in memory: raw keys and the job's
-secret scalars (as the node's local worker processes do). They cross the cluster network only
+secret scalars, an HE scoring consumer's features and CKKS secret key (as the node's local worker
+processes do). They cross the cluster network only
 inside TLS. The Kubernetes API sees the Job (labels: member, job id; resources) and the Secret
 (token and certificate, no data value); the chain sees, on failure, the Job's name and
 Kubernetes' reason (e.g. ``DeadlineExceeded``), never an API response body. The Secret is

@@ -20,9 +20,10 @@ Frames are ``u64 big-endian length ‖ bytes``, at most ``MAX_FRAME`` bytes.
 
 Security model: pickles are loaded only inside TLS from an authenticated peer: the worker
 trusts the node it pinned (the node decides what runs here), the node trusts a worker only after
-its token matched. The batches (a job's raw keys and its secret scalars) cross the cluster network
-encrypted; they exist in clear only in this pod's memory, which has no service-account token,
-no writable root filesystem and, with infra/'s NetworkPolicy, no network path but to its node.
+its token matched. The batches (a job's raw keys and its secret scalars; an HE scoring consumer's
+features and its CKKS secret key) cross the cluster network encrypted; they exist in clear only
+in this pod's memory, which has no service-account token, no writable root filesystem and, with
+infra/'s NetworkPolicy, no network path but to its node.
 Nothing here logs a value: only counts and exception type names.
 """
 

@@ -25,8 +25,9 @@ Protocol (every message on the authenticated, encrypted peer channel)::
        next runs (he_keys.py: in memory, at most an hour and 4 grants; an input without a grant gets
        fresh keys every run). Records in batches of 8192 (one slot each); for batch b and feature j a
        ciphertext Enc(x_{b,j}) of that feature's column, encrypted with C's secret key (RLWE's
-       symmetric encryption; see ``symmetric``) (column packing: no rotations, so no Galois keys are
-       made or sent)
+       symmetric encryption; see ``symmetric``) by C's worker processes, a batch's columns side by side
+       (``encrypt_columns``: the secret key goes to them as a run's PSI scalars do) (column packing: no
+       rotations, so no Galois keys are made or sent)
     C → P  start     {n, batches, features, context_bytes, context_sha256, offer}: offer is true when
                      C sent P this context before (in this node's lifetime)
     P → C  context_held {held}   only when offered: whether P keeps that SHA-256 for (C, grant)
@@ -132,18 +133,51 @@ def public_context(ctx) -> bytes:
     return ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=True)
 
 
+def padded(x: np.ndarray, b: int) -> np.ndarray:
+    """Batch ``b`` of x's records, zero-padded to SLOTS rows: the provider takes only full-width
+    vectors (see evaluate)."""
+    block = np.zeros((SLOTS, x.shape[1]))
+    part = x[b * SLOTS:(b + 1) * SLOTS]
+    block[:len(part)] = part
+    return block
+
+
 def encrypt_batches(ctx, x: np.ndarray) -> list[list[bytes]]:
     """x: (n, d) → for each batch of SLOTS records, d serialized ciphertexts (one per feature column),
-    each zero-padded to SLOTS values: the provider takes only full-width vectors (see evaluate)."""
+    in this process (the node's jobs use encrypt_columns on its workers)."""
     import tenseal as ts
 
-    out = []
-    for off in range(0, len(x), SLOTS):
-        block = np.zeros((SLOTS, x.shape[1]))
-        part = x[off:off + SLOTS]
-        block[:len(part)] = part
-        out.append([ts.ckks_vector(ctx, block[:, j].tolist()).serialize() for j in range(x.shape[1])])
-    return out
+    return [[ts.ckks_vector(ctx, block[:, j].tolist()).serialize() for j in range(x.shape[1])]
+            for block in (padded(x, b) for b in range((len(x) + SLOTS - 1) // SLOTS))]
+
+
+# On a worker process (``JobContext.compute``): the last secret key it was given, as a loaded context
+# (loading takes ~20 ms, and a grant's runs share one key), until another comes. It encrypts only what
+# the node sends it under the key the node sends with it: which key, and for how long, is the node's
+# choice (he_keys.py). (SHA-256 of the secret context, the context.)
+_worker_key: tuple[bytes, Any] | None = None
+
+
+def encrypt_columns(secret: bytes, block: np.ndarray) -> list[bytes]:
+    """Runs on a worker process: each column of ``block`` encrypted under the consumer's secret key
+    (``secret``: a context holding it alone, as a run's pending state keeps it) and serialized.
+    TenSEAL holds the GIL while it encrypts, so the node's threads would take turns: its worker
+    processes encrypt a batch's columns side by side instead."""
+    global _worker_key
+    import tenseal as ts
+
+    digest, kept = hashlib.sha256(secret).digest(), _worker_key
+    if kept is None or kept[0] != digest:
+        _worker_key = None  # the old key goes before the new one is loaded
+        kept = _worker_key = (digest, load_symmetric(secret))
+    return [ts.ckks_vector(kept[1], block[:, j].tolist()).serialize() for j in range(block.shape[1])]
+
+
+def load_symmetric(secret: bytes):
+    """A context that encrypts with the secret key of ``secret`` (a context holding it alone)."""
+    import tenseal as ts
+
+    return ts.context_from(secret + bytes([4 << 3, ts.ENCRYPTION_TYPE.SYMMETRIC.value]))
 
 
 def symmetric(ctx):
@@ -152,10 +186,8 @@ def symmetric(ctx):
     evaluates its ciphertexts and re-randomises them as any. TenSEAL's Python API makes a context one
     kind or the other: its serialisation says which (tenseal/proto/tensealcontext.proto,
     TenSEALContextProto field 4, encryption_type), and of a field given twice protobuf keeps the last."""
-    import tenseal as ts
-
-    full = ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=True)
-    return ts.context_from(full + bytes([4 << 3, ts.ENCRYPTION_TYPE.SYMMETRIC.value]))
+    return load_symmetric(ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False,
+                                        save_relin_keys=True))
 
 
 def new_keys() -> he_keys.ConsumerKeys:
@@ -249,6 +281,21 @@ def model_weights(features: list[str], names: list[Any], weights: list[Any]) -> 
     return np.asarray([table[f] for f in features], dtype=np.float64), table.get(INTERCEPT, 0.0)
 
 
+async def _encrypt_all(ctx: JobContext, secret: bytes, x: np.ndarray, made: asyncio.Queue) -> None:
+    """Every batch's ciphertexts into ``made``, in order: each batch's columns in ``ctx.workers``
+    parts, encrypted side by side on the worker processes; an error goes in as it is."""
+    try:
+        parts = max(1, min(ctx.workers, x.shape[1]))
+        for b in range((len(x) + SLOTS - 1) // SLOTS):
+            block = padded(x, b)
+            cuts = np.array_split(np.arange(x.shape[1]), parts)
+            for cts in await asyncio.gather(*(ctx.compute(encrypt_columns, secret, block[:, cut]) for cut in cuts)):
+                for blob in cts:
+                    await made.put(blob)
+    except Exception as exc:  # noqa: BLE001 - raised by the sender, in the job's task
+        await made.put(exc)
+
+
 class HeScoringJob(JobType):
     """``he_scoring``: the consumer learns its records' scores under the provider's model."""
 
@@ -287,7 +334,7 @@ class HeScoringJob(JobType):
         # The channel is set up while this node loads its records, takes the grant's keys and encrypts
         # the first batch (the provider's node may still be journaling the job: the dial waits for it).
         dial = asyncio.ensure_future(ctx.channel(spec.inputs[0].provider))
-        first = None
+        producer = None
         try:
             loaded = await ctx.load_local(spec.params["dataset"], features + ([id_col] if id_col else []), arrow=True)
             x = np.stack([numeric(loaded.columns[f], f) for f in features], axis=1) if loaded.rows else \
@@ -300,16 +347,17 @@ class HeScoringJob(JobType):
             batches = (n + SLOTS - 1) // SLOTS
             ctx.progress("encrypting", 0, 2 * batches + 1)
             keys = await he_keys.consumer_keys(ctx, CONSUMER_KEYS, new_keys)
-            he = keys.context
-            # The first batch is encrypted while the channel comes up and the provider says whether it
-            # holds the context.
-            first = asyncio.ensure_future(asyncio.to_thread(encrypt_batches, he, x[:SLOTS])) if batches else None
+            # The node's worker processes encrypt each batch's columns side by side (encrypt_columns),
+            # the first while the channel comes up and the provider says whether it holds the context;
+            # at most one batch waits to be sent. An error is handed to the sender, which raises it.
+            made: asyncio.Queue = asyncio.Queue(maxsize=len(features))
+            producer = asyncio.ensure_future(_encrypt_all(ctx, base64.b64decode(keys.secret), x, made))
             chan = await dial
             await chan.send("start", n=n, batches=batches, features=len(features), context_bytes=len(keys.public),
                             **he_keys.offer(keys))
             await he_keys.send_context(chan, keys)
         except BaseException:
-            for task in (dial, first):
+            for task in (dial, producer):
                 if task is not None:
                     task.cancel()
                     if task.done() and not task.cancelled():
@@ -318,9 +366,10 @@ class HeScoringJob(JobType):
 
         async def send_all() -> None:  # concurrently with reading scores: neither side's window fills up
             for b in range(batches):
-                cts = (await first if b == 0 else
-                       await asyncio.to_thread(encrypt_batches, he, x[b * SLOTS:(b + 1) * SLOTS]))[0]
-                for j, blob in enumerate(cts):
+                for j in range(len(features)):
+                    blob = await made.get()
+                    if isinstance(blob, Exception):
+                        raise blob
                     await chan.send("ct", blob, batch=b, feature=j)
                 ctx.progress("encrypting", b + 1, 2 * batches + 1)
 
@@ -342,6 +391,7 @@ class HeScoringJob(JobType):
             await sender
         except BaseException:
             sender.cancel()
+            producer.cancel()
             raise
         provider = spec.inputs[0].provider
         release = release_hash((await expect(chan, "scores_done")).header)

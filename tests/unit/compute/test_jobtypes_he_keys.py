@@ -262,3 +262,50 @@ def test_a_malformed_context_announcement_is_a_protocol_error(header):
     with pytest.raises(ProtocolError, match="announced by its SHA-256"):
         he_keys.announced(header)
     assert he_keys.announced({"context_sha256": "ab" * 32, "offer": True}) == ("ab" * 32, True)
+
+
+def test_a_worker_encrypts_under_the_secret_key_it_is_given_and_switches_when_another_comes():
+    first, second = he.new_keys(), he.new_keys()
+    block = he.padded(np.random.default_rng(3).normal(0, 1, (7, 2)), 0)
+    for keys in (first, second, first):
+        cts = he.encrypt_columns(base64.b64decode(keys.secret), block)
+        assert len(cts) == 2
+        for j, blob in enumerate(cts):
+            assert np.abs(he.decrypt(keys.context, blob, he.SLOTS) - block[:, j]).max() < 1e-6
+    other = ts.ckks_vector_from(second.context, cts[0])  # first's ciphertext, read with second's key
+    assert np.abs(np.asarray(other.decrypt()[:7]) - block[:7, 0]).max() > 1
+
+
+class _Workers:
+    """What _encrypt_all needs of a JobContext: its worker count and ``compute``."""
+
+    def __init__(self, workers: int, fail: bool = False):
+        self.workers, self.fail, self.calls = workers, fail, []
+
+    async def compute(self, fn, *args):
+        self.calls.append(args[1].shape[1])
+        if self.fail:
+            raise RuntimeError("a worker process died")
+        return await asyncio.to_thread(fn, *args)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+async def test_the_ciphertexts_come_in_batch_and_feature_order_whatever_the_workers(workers):
+    keys = he.new_keys()
+    x = np.random.default_rng(4).normal(0, 1, (he.SLOTS + 5, 3))
+    made: asyncio.Queue = asyncio.Queue()
+    ctx = _Workers(workers)
+    await he._encrypt_all(ctx, base64.b64decode(keys.secret), x, made)
+    assert sorted(ctx.calls, reverse=True) == sorted([len(c) for c in np.array_split(range(3), workers)] * 2, reverse=True)
+    for b in range(2):
+        block = he.padded(x, b)
+        for j in range(3):
+            assert np.abs(he.decrypt(keys.context, made.get_nowait(), he.SLOTS) - block[:, j]).max() < 1e-6
+    assert made.empty()
+
+
+async def test_a_worker_that_fails_hands_its_error_to_the_sender():
+    made: asyncio.Queue = asyncio.Queue()
+    await he._encrypt_all(_Workers(2, fail=True), b"secret", np.zeros((5, 2)), made)
+    error = made.get_nowait()
+    assert isinstance(error, RuntimeError) and "died" in str(error) and made.empty()
