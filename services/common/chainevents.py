@@ -186,8 +186,8 @@ class ChainEventVerifier:
         now = time.monotonic()
         self._not_committed = {h: t for h, t in self._not_committed.items() if t > now}
         deadline = now if height in self._not_committed else now + self.wait_for_height_s
-        # The header a fresh event needs usually comes one block later (`rdx up`: 100 ms after the
-        # event's block), so look soon, then less often: a flat 0.2 s made every job's authorising
+        # The header a fresh event needs usually comes one block later (`rdx up`: a round of votes
+        # after the event's block, 100 ms when a validator is late), so look soon, then less often: a flat 0.2 s made every job's authorising
         # event, and so its start on each node, wait ~0.1 s longer than the block did.
         pause = 0.025
         while True:
