@@ -89,7 +89,8 @@ def test_a_hostile_genesis_file_stops_the_start_with_one_line(tmp_path, monkeypa
     stops(start, "rdx: RDX_TRUSTED_GENESIS", reason)
 
 
-def test_a_genesis_of_another_chain_stops_the_start(tmp_path, monkeypatch):
+def test_another_chains_genesis_or_a_malformed_header_is_refused_naming_its_setting(tmp_path, monkeypatch):
+    """An empty RDX_TRUSTED_GENESIS means unset, so the header setting is the one read then."""
     path = tmp_path / "genesis.json"
     path.write_text(json.dumps(GENESIS))
     monkeypatch.setenv("RDX_TRUSTED_GENESIS", str(path))
