@@ -112,7 +112,7 @@ STOP_SECONDS = Histogram("rdx_compute_kill_switch_stop_seconds", "from a kill-sw
 # doubling up to LOCK_POLL_S: the change a node waits for usually lands in the next block or two
 # (`rdx up` makes one a round of votes after the last, 100 ms when a validator is late), and at most
 # ten reads a second per waiting job after that.
-LOCK_POLL_FIRST_S, LOCK_POLL_S = 0.025, 0.1
+LOCK_POLL_FIRST_S, LOCK_POLL_S = 0.01, 0.1
 # A peer's node may learn of a job a little after this one (its own proof of the authorising event):
 # the dialing side tries again this often, rather than backing off to a second, until RDX_PEER_WAIT_S.
 DIAL_RETRY_S = (0.05, 0.25)  # first retry, longest
