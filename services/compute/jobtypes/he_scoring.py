@@ -281,17 +281,29 @@ def model_weights(features: list[str], names: list[Any], weights: list[Any]) -> 
     return np.asarray([table[f] for f in features], dtype=np.float64), table.get(INTERCEPT, 0.0)
 
 
+PER_CALL = 4  # columns a worker encrypts per call: the ~0.5 MB secret key sent with them is a tenth of their work
+
+
+def in_flight(workers: int) -> int:
+    """Ciphertexts encrypted in one round of worker calls, and as many waiting to be sent: the
+    consumer holds at most twice this many (~0.85 MB each) whatever the number of features."""
+    return PER_CALL * max(1, workers)
+
+
 async def _encrypt_all(ctx: JobContext, secret: bytes, x: np.ndarray, made: asyncio.Queue) -> None:
-    """Every batch's ciphertexts into ``made``, in order: each batch's columns in ``ctx.workers``
-    parts, encrypted side by side on the worker processes; an error goes in as it is."""
+    """Every batch's ciphertexts into ``made``, in order: a batch's columns in rounds of
+    ``in_flight(ctx.workers)``, each round's split over the worker processes and encrypted side by
+    side; an error goes in as it is."""
     try:
-        parts = max(1, min(ctx.workers, x.shape[1]))
+        step = in_flight(ctx.workers)
         for b in range((len(x) + SLOTS - 1) // SLOTS):
             block = padded(x, b)
-            cuts = np.array_split(np.arange(x.shape[1]), parts)
-            for cts in await asyncio.gather(*(ctx.compute(encrypt_columns, secret, block[:, cut]) for cut in cuts)):
-                for blob in cts:
-                    await made.put(blob)
+            for lo in range(0, x.shape[1], step):
+                columns = np.arange(lo, min(lo + step, x.shape[1]))
+                cuts = [c for c in np.array_split(columns, max(1, ctx.workers)) if len(c)]
+                for cts in await asyncio.gather(*(ctx.compute(encrypt_columns, secret, block[:, c]) for c in cuts)):
+                    for blob in cts:
+                        await made.put(blob)
     except Exception as exc:  # noqa: BLE001 - raised by the sender, in the job's task
         await made.put(exc)
 
@@ -349,8 +361,8 @@ class HeScoringJob(JobType):
             keys = await he_keys.consumer_keys(ctx, CONSUMER_KEYS, new_keys)
             # The node's worker processes encrypt each batch's columns side by side (encrypt_columns),
             # the first while the channel comes up and the provider says whether it holds the context;
-            # at most one batch waits to be sent. An error is handed to the sender, which raises it.
-            made: asyncio.Queue = asyncio.Queue(maxsize=len(features))
+            # at most one round of them waits to be sent. An error is handed to the sender, which raises it.
+            made: asyncio.Queue = asyncio.Queue(maxsize=in_flight(ctx.workers))
             producer = asyncio.ensure_future(_encrypt_all(ctx, base64.b64decode(keys.secret), x, made))
             chan = await dial
             await chan.send("start", n=n, batches=batches, features=len(features), context_bytes=len(keys.public),

@@ -289,17 +289,21 @@ class _Workers:
         return await asyncio.to_thread(fn, *args)
 
 
-@pytest.mark.parametrize("workers", [1, 2, 3])
-async def test_the_ciphertexts_come_in_batch_and_feature_order_whatever_the_workers(workers):
+@pytest.mark.parametrize("features, workers, calls", [
+    (3, 1, [3]), (3, 2, [2, 1]), (3, 3, [1, 1, 1]),
+    (11, 2, [4, 4, 2, 1]),  # more features than a round: rounds of 8, each split over the workers
+])
+async def test_the_ciphertexts_come_in_batch_and_feature_order_whatever_the_workers(features, workers, calls):
     keys = he.new_keys()
-    x = np.random.default_rng(4).normal(0, 1, (he.SLOTS + 5, 3))
+    x = np.random.default_rng(4).normal(0, 1, (he.SLOTS + 5, features))
     made: asyncio.Queue = asyncio.Queue()
     ctx = _Workers(workers)
     await he._encrypt_all(ctx, base64.b64decode(keys.secret), x, made)
-    assert sorted(ctx.calls, reverse=True) == sorted([len(c) for c in np.array_split(range(3), workers)] * 2, reverse=True)
+    assert ctx.calls == calls * 2  # per batch
+    assert all(n <= he.in_flight(workers) for n in calls)
     for b in range(2):
         block = he.padded(x, b)
-        for j in range(3):
+        for j in range(features):
             assert np.abs(he.decrypt(keys.context, made.get_nowait(), he.SLOTS) - block[:, j]).max() < 1e-6
     assert made.empty()
 
