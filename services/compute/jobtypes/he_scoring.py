@@ -85,6 +85,8 @@ import asyncio
 import base64
 import hashlib
 import json
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -152,10 +154,31 @@ def encrypt_batches(ctx, x: np.ndarray) -> list[list[bytes]]:
 
 
 # On a worker process (``JobContext.compute``): the last secret key it was given, as a loaded context
-# (loading takes ~20 ms, and a grant's runs share one key), until another comes. It encrypts only what
-# the node sends it under the key the node sends with it: which key, and for how long, is the node's
-# choice (he_keys.py). (SHA-256 of the secret context, the context.)
-_worker_key: tuple[bytes, Any] | None = None
+# (loading takes ~20 ms, and a grant's runs share one key), until another comes or it has not been used
+# for WORKER_KEY_IDLE_S (a timer thread of the worker drops it then: the node keeps a grant's keys an
+# hour at most, he_keys.LIFETIME_S, and a worker must not outlive that while idle). It encrypts only
+# what the node sends it under the key the node sends with it: which key, and for how long, is the
+# node's choice (he_keys.py). (SHA-256 of the secret context, the context, its last use.)
+WORKER_KEY_IDLE_S = 60.0
+_worker_key: tuple[bytes, Any, float] | None = None
+_worker_lock = threading.Lock()
+_worker_timer: threading.Timer | None = None
+
+
+def _drop_idle_key() -> None:
+    """The worker's timer: the kept key goes once idle for WORKER_KEY_IDLE_S, else a later look."""
+    global _worker_key, _worker_timer
+    with _worker_lock:
+        _worker_timer = None
+        if _worker_key is None:
+            return
+        idle = time.monotonic() - _worker_key[2]
+        if idle >= WORKER_KEY_IDLE_S:
+            _worker_key = None
+        else:
+            _worker_timer = threading.Timer(WORKER_KEY_IDLE_S - idle, _drop_idle_key)
+            _worker_timer.daemon = True
+            _worker_timer.start()
 
 
 def encrypt_columns(secret: bytes, block: np.ndarray) -> list[bytes]:
@@ -163,13 +186,20 @@ def encrypt_columns(secret: bytes, block: np.ndarray) -> list[bytes]:
     (``secret``: a context holding it alone, as a run's pending state keeps it) and serialized.
     TenSEAL holds the GIL while it encrypts, so the node's threads would take turns: its worker
     processes encrypt a batch's columns side by side instead."""
-    global _worker_key
+    global _worker_key, _worker_timer
     import tenseal as ts
 
-    digest, kept = hashlib.sha256(secret).digest(), _worker_key
-    if kept is None or kept[0] != digest:
-        _worker_key = None  # the old key goes before the new one is loaded
-        kept = _worker_key = (digest, load_symmetric(secret))
+    digest = hashlib.sha256(secret).digest()
+    with _worker_lock:
+        kept = _worker_key
+        if kept is None or kept[0] != digest:
+            _worker_key = kept = None  # the old key goes before the new one is loaded
+            kept = (digest, load_symmetric(secret))
+        _worker_key = (*kept[:2], time.monotonic())
+        if _worker_timer is None:
+            _worker_timer = threading.Timer(WORKER_KEY_IDLE_S, _drop_idle_key)
+            _worker_timer.daemon = True
+            _worker_timer.start()
     return [ts.ckks_vector(kept[1], block[:, j].tolist()).serialize() for j in range(block.shape[1])]
 
 

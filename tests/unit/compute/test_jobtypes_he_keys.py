@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -274,6 +275,26 @@ def test_a_worker_encrypts_under_the_secret_key_it_is_given_and_switches_when_an
             assert np.abs(he.decrypt(keys.context, blob, he.SLOTS) - block[:, j]).max() < 1e-6
     other = ts.ckks_vector_from(second.context, cts[0])  # first's ciphertext, read with second's key
     assert np.abs(np.asarray(other.decrypt()[:7]) - block[:7, 0]).max() > 1
+
+
+def test_a_worker_drops_its_secret_key_once_idle_and_keeps_it_while_used(monkeypatch):
+    if he._worker_timer is not None:  # an earlier test's worker timer, set at the full idle time
+        he._worker_timer.cancel()
+    monkeypatch.setattr(he, "_worker_timer", None)
+    monkeypatch.setattr(he, "WORKER_KEY_IDLE_S", 0.3)
+    keys = he.new_keys()
+    secret = base64.b64decode(keys.secret)
+    block = he.padded(np.random.default_rng(5).normal(0, 1, (3, 1)), 0)
+    he.encrypt_columns(secret, block)
+    for _ in range(4):  # used every 0.15 s: kept past its idle time from the first use
+        time.sleep(0.15)
+        assert he._worker_key is not None
+        he.encrypt_columns(secret, block)
+    deadline = time.monotonic() + 5
+    while he._worker_key is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert he._worker_key is None  # idle: gone from the worker's memory, not only unused
+    assert len(he.encrypt_columns(secret, block)) == 1  # and loaded again on the next use
 
 
 class _Workers:
