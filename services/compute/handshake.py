@@ -37,6 +37,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from nacl import bindings as sodium
 
 from services.common.identity import Identity, verify
@@ -199,10 +201,15 @@ class ServerHandshake:
 # -- encrypted frames ------------------------------------------------------------------------------
 
 class FrameCipher:
-    """ChaCha20-Poly1305 (IETF) per direction; the nonce is the frame's counter, never sent."""
+    """ChaCha20-Poly1305 (IETF) per direction; the nonce is the frame's counter, never sent.
+
+    `cryptography`'s (OpenSSL's) rather than libsodium's: the same bytes (tested), ~5x faster on a
+    large frame here (an 855 KB HE ciphertext: 0.26 against 1.47 ms to seal, 2026-12-04)."""
 
     def __init__(self, keys: SessionKeys):
         self._keys = keys
+        self._send = ChaCha20Poly1305(keys.send)
+        self._recv = ChaCha20Poly1305(keys.recv)
         self._sent = 0
         self._received = 0
 
@@ -213,14 +220,13 @@ class FrameCipher:
     def seal(self, plaintext: bytes) -> bytes:
         nonce = self._nonce(self._sent)
         self._sent += 1
-        return sodium.crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, self._keys.session_id, nonce, self._keys.send)
+        return self._send.encrypt(nonce, plaintext, self._keys.session_id)
 
     def open(self, ciphertext: bytes) -> bytes:
         nonce = self._nonce(self._received)
         try:
-            plaintext = sodium.crypto_aead_chacha20poly1305_ietf_decrypt(ciphertext, self._keys.session_id, nonce,
-                                                                         self._keys.recv)
-        except Exception:  # noqa: BLE001 - nacl raises CryptoError
+            plaintext = self._recv.decrypt(nonce, ciphertext, self._keys.session_id)
+        except InvalidTag:
             raise FrameError("a frame failed authentication (tampered, replayed or out of order)") from None
         self._received += 1
         return plaintext

@@ -112,7 +112,8 @@ class SecureChannel:
         async with self._lock:
             if self.closed:
                 raise PeerLost(f"channel to {self.peer} is closed")
-            self._sent.update(len(frame).to_bytes(8, "big") + frame)
+            self._sent.update(len(frame).to_bytes(8, "big"))
+            self._sent.update(frame)
             sealed = self._cipher.seal(frame)
             try:
                 await self._transport.write(sealed)
@@ -145,7 +146,8 @@ class SecureChannel:
         except hs.FrameError as exc:
             self.closed = True
             raise ProtocolError(str(exc)) from None
-        self._received.update(len(frame).to_bytes(8, "big") + frame)
+        self._received.update(len(frame).to_bytes(8, "big"))
+        self._received.update(frame)
         if self._tap:
             self._tap("received", frame)
         return Message(kind, header, body)

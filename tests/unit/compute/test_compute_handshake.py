@@ -82,6 +82,31 @@ def test_frames_are_confidential_ordered_and_tamper_evident():
         rx.open(f2)  # replayed
 
 
+def test_frames_are_the_ietf_construction_a_node_of_the_libsodium_version_reads():
+    """The frame cipher moved from libsodium to OpenSSL (cryptography): the bytes must not change, or
+    nodes of the two versions could not run a job together during a rolling upgrade."""
+    from nacl import bindings as sodium
+
+    a, b = Identity.generate("bank.node"), Identity.generate("telco.node")
+    ck, sk = run(a, b)
+    tx, rx = hs.FrameCipher(ck), hs.FrameCipher(sk)
+    for counter, size in enumerate((0, 1, 63, 64, 65, 4096, 855_075)):
+        frame = hs.encode("ct", {"n": counter}, bytes(range(256)) * (size // 256) + bytes(size % 256))
+        nonce = bytes(4) + counter.to_bytes(8, "big")
+        sealed = tx.seal(frame)
+        assert sealed == sodium.crypto_aead_chacha20poly1305_ietf_encrypt(frame, ck.session_id, nonce, ck.send)
+        assert sodium.crypto_aead_chacha20poly1305_ietf_decrypt(sealed, sk.session_id, nonce, sk.recv) == frame
+        assert rx.open(sealed) == frame
+
+
+@pytest.mark.parametrize("sealed", [b"", b"\x00" * 15, b"\x00" * 16, b"\xff" * 1000])
+def test_a_short_or_forged_frame_is_a_frame_error(sealed):
+    a, b = Identity.generate("bank.node"), Identity.generate("telco.node")
+    _, sk = run(a, b)
+    with pytest.raises(hs.FrameError, match="failed authentication"):
+        hs.FrameCipher(sk).open(sealed)
+
+
 def test_malformed_hellos_are_refused():
     for frame in (b"", b"\x00\x00\x00\x05{}", hs.encode("hello", {"v": 2}), hs.encode("welcome")):
         with pytest.raises(hs.HandshakeError):
