@@ -233,7 +233,10 @@ async def test_the_kill_switch_stops_a_running_job_at_once(event):
     m, chain, pub = manager(rec)
     Echo.gate = asyncio.Event()  # the job waits forever unless stopped
     m.on_event(authorized(rec), None)
-    await asyncio.sleep(0.05)
+    for _ in range(500):  # until it runs (a fixed 50 ms was too short on a busy CI machine once)
+        if m.journal.get("j-1").status != "pending":
+            break
+        await asyncio.sleep(0.01)
     assert m.journal.get("j-1").status == "running"
     m.on_event(Event(id="7/0/0", type=event[0], entity="x", source="consensus", data=event[1]), None)
     await _settle(m)
