@@ -200,7 +200,11 @@ def encrypt_columns(secret: bytes, block: np.ndarray) -> list[bytes]:
             _worker_timer = threading.Timer(WORKER_KEY_IDLE_S, _drop_idle_key)
             _worker_timer.daemon = True
             _worker_timer.start()
-    return [ts.ckks_vector(kept[1], block[:, j].tolist()).serialize() for j in range(block.shape[1])]
+    out = [ts.ckks_vector(kept[1], block[:, j].tolist()).serialize() for j in range(block.shape[1])]
+    with _worker_lock:  # in use until now: the idle time counts from the end of the call
+        if _worker_key is not None and _worker_key[0] == digest:
+            _worker_key = (*_worker_key[:2], time.monotonic())
+    return out
 
 
 def load_symmetric(secret: bytes):
