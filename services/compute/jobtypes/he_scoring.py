@@ -165,6 +165,14 @@ _worker_lock = threading.Lock()
 _worker_timer: threading.Timer | None = None
 
 
+def _watch_idle_key(after: float) -> None:
+    """Look again in ``after`` seconds (on a daemon timer thread of this worker)."""
+    global _worker_timer
+    _worker_timer = threading.Timer(after, _drop_idle_key)
+    _worker_timer.daemon = True
+    _worker_timer.start()
+
+
 def _drop_idle_key() -> None:
     """The worker's timer: the kept key goes once idle for WORKER_KEY_IDLE_S, else a later look."""
     global _worker_key, _worker_timer
@@ -176,9 +184,7 @@ def _drop_idle_key() -> None:
         if idle >= WORKER_KEY_IDLE_S:
             _worker_key = None
         else:
-            _worker_timer = threading.Timer(WORKER_KEY_IDLE_S - idle, _drop_idle_key)
-            _worker_timer.daemon = True
-            _worker_timer.start()
+            _watch_idle_key(WORKER_KEY_IDLE_S - idle)
 
 
 def encrypt_columns(secret: bytes, block: np.ndarray) -> list[bytes]:
@@ -186,24 +192,21 @@ def encrypt_columns(secret: bytes, block: np.ndarray) -> list[bytes]:
     (``secret``: a context holding it alone, as a run's pending state keeps it) and serialized.
     TenSEAL holds the GIL while it encrypts, so the node's threads would take turns: its worker
     processes encrypt a batch's columns side by side instead."""
-    global _worker_key, _worker_timer
+    global _worker_key
     import tenseal as ts
 
     digest = hashlib.sha256(secret).digest()
     with _worker_lock:
-        kept = _worker_key
-        if kept is None or kept[0] != digest:
-            _worker_key = kept = None  # the old key goes before the new one is loaded
-            kept = (digest, load_symmetric(secret))
-        _worker_key = (*kept[:2], time.monotonic())
+        if _worker_key is None or _worker_key[0] != digest:
+            _worker_key = None  # the old key goes before the new one is loaded
+            _worker_key = (digest, load_symmetric(secret), time.monotonic())
+        context = _worker_key[1]  # this call's own reference: the timer may drop the global meanwhile
         if _worker_timer is None:
-            _worker_timer = threading.Timer(WORKER_KEY_IDLE_S, _drop_idle_key)
-            _worker_timer.daemon = True
-            _worker_timer.start()
-    out = [ts.ckks_vector(kept[1], block[:, j].tolist()).serialize() for j in range(block.shape[1])]
+            _watch_idle_key(WORKER_KEY_IDLE_S)
+    out = [ts.ckks_vector(context, block[:, j].tolist()).serialize() for j in range(block.shape[1])]
     with _worker_lock:  # in use until now: the idle time counts from the end of the call
         if _worker_key is not None and _worker_key[0] == digest:
-            _worker_key = (*_worker_key[:2], time.monotonic())
+            _worker_key = (digest, context, time.monotonic())
     return out
 
 
