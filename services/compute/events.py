@@ -6,7 +6,9 @@ Consumes ``rdx.chain.events.v1`` (the chain's committed events, through the rela
 - ``JobAborted``, ``MemberSuspended``, ``AssetSuspended``, ``AssetDelisted`` → the kill switch:
   every running job the event touches stops at once and is recorded as aborted;
 - ``JobFailed``, ``JobCompleted`` → the job's end as the chain decided it; ``JobSettled`` → what
-  it cost (kept in the journal).
+  it cost (kept in the journal);
+- ``JobAttested``, ``JobLocked``, ``JobReleased`` (and ``JobCompleted``) about a job this node is
+  waiting on → its next proven read of the job now, not at its next poll (a hint, never decided on).
 
 Emits on ``rdx.jobs.status.v1`` (entity ``job:<id>``, id ``<job>/<member>/<instance>/<seq>``, where
 ``seq`` counts in the node's journal and ``instance`` is that journal database's random id: stable,
@@ -37,6 +39,9 @@ JOB_ABORTED = "JobAborted"
 JOB_FAILED = "JobFailed"
 JOB_COMPLETED = "JobCompleted"
 JOB_SETTLED = "JobSettled"
+JOB_ATTESTED = "JobAttested"  # these three only wake a node polling for the job (lifecycle.WAKE_ON)
+JOB_LOCKED = "JobLocked"
+JOB_RELEASED = "JobReleased"
 MEMBER_SUSPENDED = "MemberSuspended"
 ASSET_SUSPENDED = "AssetSuspended"
 ASSET_DELISTED = "AssetDelisted"

@@ -111,8 +111,12 @@ STOP_SECONDS = Histogram("rdx_compute_kill_switch_stop_seconds", "from a kill-sw
 # changed in the latest block waits there for the next header. Between reads it sleeps LOCK_POLL_FIRST_S,
 # doubling up to LOCK_POLL_S: the change a node waits for usually lands in the next block or two
 # (`rdx up` makes one a round of votes after the last, 100 ms when a validator is late), and at most
-# ten reads a second per waiting job after that.
-LOCK_POLL_FIRST_S, LOCK_POLL_S = 0.01, 0.1
+# ten reads a second per waiting job after that. A chain event about the job (``JobAttested``,
+# ``JobLocked``, ``JobReleased``, ``JobCompleted``) cuts the sleep short: it is only a hint, never
+# verified and never decided on (the read that follows is), and a flood of them cannot make reads
+# more than one per WAKE_GAP_S per waiting job.
+LOCK_POLL_FIRST_S, LOCK_POLL_S, WAKE_GAP_S = 0.01, 0.1, 0.01
+WAKE_ON = frozenset({ev.JOB_ATTESTED, ev.JOB_LOCKED, ev.JOB_RELEASED, ev.JOB_COMPLETED})
 # A peer's node may learn of a job a little after this one (its own proof of the authorising event):
 # the dialing side tries again this often, rather than backing off to a second, until RDX_PEER_WAIT_S.
 DIAL_RETRY_S = (0.05, 0.25)  # first retry, longest
@@ -150,6 +154,7 @@ class JobManager:
         self._stop_at: dict[str, float] = {}  # job -> monotonic time the kill switch reached us
         self._progress_at: dict[str, tuple[float, str]] = {}
         self._awaiting: set[str] = set()  # consumer jobs whose result needs the providers' released keys
+        self._waiting: dict[str, asyncio.Event] = {}  # job -> set by a chain event about it (_locked_or_ended)
         self.node_cache: dict[str, Any] = {}  # what job types reuse across runs (JobContext.node_cache)
         self._background: set[asyncio.Task] = set()  # tasks off a job's path (metrics), kept referenced
 
@@ -169,6 +174,8 @@ class JobManager:
 
     def on_event(self, event: Event, conn) -> None:
         d = event.data
+        if event.type in WAKE_ON and (wake := self._waiting.get(str(d.get("job", "")))) is not None:
+            wake.set()
         if event.type == ev.JOB_AUTHORIZED:
             self._authorized(d)
         elif event.type == ev.JOB_ABORTED:
@@ -630,8 +637,17 @@ class JobManager:
     async def _locked_or_ended(self, spec: JobSpec, ready) -> dict | None:
         """Polls the chain's record of the job until ``ready(record)`` (then returns it) or the job
         ended otherwise (None: its event, or this call, ends it here)."""
+        wake = self._waiting.setdefault(spec.job, asyncio.Event())
+        try:
+            return await self._poll_job(spec, ready, wake)
+        finally:
+            if self._waiting.get(spec.job) is wake:
+                del self._waiting[spec.job]
+
+    async def _poll_job(self, spec: JobSpec, ready, wake: asyncio.Event) -> dict | None:
         pause = LOCK_POLL_FIRST_S
         while True:
+            wake.clear()  # an event from here on is news to the read below or to the next one
             record = await self._chain_read(spec.deadline + 30, self.view.job, spec.job)
             if record is not None and record["status"] == "completed":
                 self._mark(spec.job, "completed")
@@ -644,8 +660,13 @@ class JobManager:
                 elif record is not None:
                     self.stop(spec.job, _CHAIN_END.get(record["status"], "failed"), record.get("ended_reason") or "")
                 return None
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, LOCK_POLL_S)
+            began = time.monotonic()
+            try:
+                await asyncio.wait_for(wake.wait(), pause)
+                await asyncio.sleep(max(0.0, WAKE_GAP_S - (time.monotonic() - began)))
+                pause = LOCK_POLL_FIRST_S  # the job moved: the next change is near
+            except asyncio.TimeoutError:
+                pause = min(pause * 2, LOCK_POLL_S)
 
     async def _key_with_attestation(self, spec: JobSpec, result_hash: str, records_used: int, records, releases,
                                     key: bytes | None) -> bytes | None:

@@ -475,3 +475,83 @@ async def test_a_restarted_provider_sends_its_kept_key_with_its_attestation(monk
     await _settle(m)
     assert [(t, p.get("key")) for _, t, p in chain.txs] == [("jobs.Attest", KEY.hex())]
     assert rec["status"] == "completed"
+
+
+class CountingView(FakeView):
+    def __init__(self, rec):
+        super().__init__(rec)
+        self.job_reads = 0
+
+    async def job(self, job):
+        self.job_reads += 1
+        return await super().job(job)
+
+
+def attested(job, n=0):
+    return Event(id=f"9/0/{n}", type="JobAttested", entity=f"job:{job}", source="consensus",
+                 data={"job": job, "member": OTHER})
+
+
+async def _waiting_provider(monkeypatch, poll_s):
+    """A provider that computed and now waits for the consumer's attestation, reading every poll_s."""
+    monkeypatch.setattr(lifecycle, "KEY_WAIT_S", 30.0)
+    monkeypatch.setattr(lifecycle, "LOCK_POLL_FIRST_S", poll_s)
+    monkeypatch.setattr(lifecycle, "LOCK_POLL_S", poll_s)
+    jobtypes.JOB_TYPES["echo"] = keyed()
+    rec = record()
+    m, _, _ = manager(rec)
+    m.view = CountingView(rec)
+    chain = m.chain = LockingChain(m.view)
+    m.on_event(authorized(rec), None)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if m.view.job_reads:
+            break
+    assert m.view.job_reads == 1 and not chain.txs  # waiting: its next poll is poll_s away
+    return m, chain, rec
+
+
+async def test_a_chain_event_about_the_job_wakes_a_waiting_provider_at_once_and_others_do_not(monkeypatch):
+    m, chain, rec = await _waiting_provider(monkeypatch, poll_s=5.0)
+    m.on_event(attested("j-2"), None)  # another job's
+    await asyncio.sleep(0.2)
+    assert m.view.job_reads == 1 and not chain.txs
+    rec["attestations"][OTHER] = AGREEING  # what the event says; the read that follows decides
+    began = time.monotonic()
+    m.on_event(attested("j-1"), None)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if chain.txs:
+            break
+    assert time.monotonic() - began < 1.0  # not the 5 s poll
+    assert [(t, p.get("key")) for _, t, p in chain.txs] == [("jobs.Attest", KEY.hex())]
+    await _settle(m)
+    assert rec["status"] == "completed"
+
+
+async def test_an_event_that_is_not_so_wakes_a_read_but_decides_nothing(monkeypatch):
+    m, chain, rec = await _waiting_provider(monkeypatch, poll_s=5.0)
+    m.on_event(attested("j-1"), None)  # a hint the chain does not bear out
+    await asyncio.sleep(0.2)
+    assert m.view.job_reads == 2 and not chain.txs
+    for task in list(m.tasks.values()):
+        task.cancel()
+    await _settle(m)
+    assert not m._waiting
+
+
+async def test_a_flood_of_events_about_a_waiting_job_reads_at_most_once_per_wake_gap(monkeypatch):
+    monkeypatch.setattr(lifecycle, "WAKE_GAP_S", 0.05)
+    m, chain, rec = await _waiting_provider(monkeypatch, poll_s=5.0)
+    began = time.monotonic()
+    n = 0
+    while time.monotonic() - began < 0.5:
+        m.on_event(attested("j-1", n), None)
+        n += 1
+        await asyncio.sleep(0.001)
+    reads = m.view.job_reads - 1
+    assert n > 100 and 2 <= reads <= 0.5 / 0.05 + 1  # woken, but never more than one read a gap
+    assert not chain.txs
+    for task in list(m.tasks.values()):
+        task.cancel()
+    await _settle(m)
