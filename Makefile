@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= .rdx
 
 .PHONY: setup setup-k8s up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state setup-ts \
-        testnet fuzz fuzz-api bench bench-consensus bench-gateway bench-catalog bench-billing bench-billing-history bench-compute
+        testnet fuzz fuzz-api bench bench-consensus bench-consensus-no-index bench-gateway bench-catalog bench-billing bench-billing-history bench-compute
 
 # The virtual environment, rebuilt only when the dependency list changes.
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
@@ -150,6 +150,11 @@ bench: bench-consensus bench-gateway bench-catalog bench-billing bench-compute
 
 bench-consensus: setup
 	@$(PY) -m bench.consensus
+
+# The same with no tx indexing on either chain: kvstore's node indexes six event attributes per tx
+# (rdx's txs have none), a cost that grows over a run (~3 min; docs/architecture.md).
+bench-consensus-no-index: setup
+	@$(PY) -m bench.consensus --tx-index null --out bench/results/consensus_no_index.json
 
 bench-gateway: setup
 	@$(PY) -m bench.gateway
