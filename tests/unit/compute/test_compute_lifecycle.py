@@ -549,8 +549,8 @@ async def test_a_flood_of_events_about_a_waiting_job_reads_at_most_once_per_wake
         m.on_event(attested("j-1", n), None)
         n += 1
         await asyncio.sleep(0.001)
-    reads = m.view.job_reads - 1
-    assert n > 100 and 2 <= reads <= 0.5 / 0.05 + 1  # woken, but never more than one read a gap
+    elapsed, reads = time.monotonic() - began, m.view.job_reads - 1
+    assert n > 20 and 2 <= reads <= elapsed / 0.05 + 2  # woken, but never more than one read a gap
     assert not chain.txs
     for task in list(m.tasks.values()):
         task.cancel()
