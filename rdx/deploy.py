@@ -190,8 +190,11 @@ def create_topics(directory: Path, log=print) -> None:
             "    assert time.monotonic() < deadline, 'Kafka did not answer within 120 s'\n"
             "    time.sleep(1)\n"
             f"create_topics('kafka.association:9092', {TOPICS!r})\n")
-    compose(directory, "run", "--rm", "--no-deps", "--entrypoint", "python", "catalog", "-c", code,
-            what="creating Kafka's topics")
+    try:
+        compose(directory, "run", "--rm", "--no-deps", "--entrypoint", "python", "catalog", "-c", code,
+                what="creating Kafka's topics")
+    except DeployError as exc:  # as the other waits do: say why, from the broker's own log
+        raise DeployError(f"{exc}\n{logs(directory, ['kafka'], lines=60)}") from None
     log(f"deploy: {len(TOPICS)} Kafka topics created")
 
 

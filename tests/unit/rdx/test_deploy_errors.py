@@ -1,0 +1,26 @@
+"""rdx/deploy.py: a deployment that fails says why, with the failing container's own log."""
+
+from pathlib import Path
+
+import pytest
+
+from rdx import deploy
+
+
+def test_topics_not_created_says_why_with_kafkas_log(monkeypatch, tmp_path: Path):
+    asked = []
+
+    def failing(directory, *args, what="docker-compose"):
+        raise deploy.DeployError(f"{what} failed (exit 1):\nAssertionError: Kafka did not answer within 120 s")
+
+    def logs(directory, services=None, lines=30):
+        asked.append((services, lines))
+        return "kafka_1  | ERROR Exiting Kafka due to fatal exception during startup."
+
+    monkeypatch.setattr(deploy, "compose", failing)
+    monkeypatch.setattr(deploy, "logs", logs)
+    with pytest.raises(deploy.DeployError) as exc:
+        deploy.create_topics(tmp_path, log=lambda *_: None)
+    assert "did not answer within 120 s" in str(exc.value)
+    assert "fatal exception during startup" in str(exc.value)
+    assert asked == [(["kafka"], 60)]
