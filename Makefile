@@ -152,7 +152,7 @@ bench-consensus: setup
 	@$(PY) -m bench.consensus
 
 # The same with no tx indexing on either chain: kvstore's node indexes six event attributes per tx
-# (rdx's txs have none), a cost that grows over a run (~3 min; docs/architecture.md).
+# (rdx's txs one), a cost that grows over a run (~3 min; docs/architecture.md).
 bench-consensus-no-index: setup
 	@$(PY) -m bench.consensus --tx-index null --out bench/results/consensus_no_index.json
 

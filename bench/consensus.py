@@ -18,7 +18,8 @@ rdx's load: members.RotateKey (to the same key) by ``--signers`` registered memb
 increasing nonces, each signer's transactions on one connection; kvstore's: ``key=value``
 transactions of the same length. Both nodes index txs as CometBFT does by default (``--tx-index
 kv``), which for kvstore includes six event attributes per tx that its app marks for indexing
-(rdx's txs have none), a cost that grows over a run; ``--tx-index null`` measures both without.
+(the two halves of the tx among them; rdx's txs one each, the ``entity`` of the chain event they
+emit), a cost that grows over a run; ``--tx-index null`` measures both without.
 
 Both chains run the same node binary: CometBFT v0.38.26 as `rdx setup` builds it, with
 rdx/patches/cometbft-*.patch (the other, cometbft-exit-when-app-lost.patch, acts only once an app
@@ -797,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-commit", default="200ms")
     parser.add_argument("--tx-index", choices=["kv", "null"], default="kv",
                         help="both nodes' tx indexer: kv (the default, what rdx's nodes run) also indexes the six "
-                             "event attributes kvstore's app marks for indexing on every tx (rdx's txs have none), "
+                             "event attributes kvstore's app marks for indexing on every tx (rdx's txs one), "
                              "a cost that grows over a run; null measures both chains without any indexing")
     parser.add_argument("--out", type=Path, default=common.RESULTS / "consensus.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
