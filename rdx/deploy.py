@@ -241,10 +241,19 @@ def wait_for(directory: Path, urls: dict[str, str], timeout: float) -> None:
 
 
 def logs(directory: Path, services: list[str] | None = None, lines: int = 30) -> str:
+    """The containers' last log lines, for an error message: a value of the deployment's own secrets
+    (``secrets/``, e.g. a Kafka member's password echoed by a failing ``kafka-storage format``)
+    is replaced by ``[secret]`` before the text goes anywhere."""
     result = subprocess.run(["docker-compose", "-p", PROJECT, "-f", str(COMPOSE_FILE), "logs", "--no-color",
                              f"--tail={lines}", *(services or [])],
                             env={**images.env(), "RDX_DEPLOY": str(directory)}, capture_output=True, text=True)
-    return (result.stdout + result.stderr)[-8000:]
+    text = result.stdout + result.stderr
+    folder = directory / "secrets"
+    for path in folder.iterdir() if folder.is_dir() else ():
+        secret = path.read_text(errors="replace").strip()
+        if secret:
+            text = text.replace(secret, "[secret]")
+    return text[-8000:]  # cut after redacting: a cut never leaves part of a secret behind
 
 
 def down(directory: Path) -> None:

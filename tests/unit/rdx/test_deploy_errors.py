@@ -24,3 +24,18 @@ def test_topics_not_created_says_why_with_kafkas_log(monkeypatch, tmp_path: Path
     assert "did not answer within 120 s" in str(exc.value)
     assert "fatal exception during startup" in str(exc.value)
     assert asked == [(["kafka"], 60)]
+
+
+def test_container_logs_in_an_error_never_carry_the_deployments_secrets(monkeypatch, tmp_path: Path):
+    (tmp_path / "secrets").mkdir()
+    password = "Zq8-secret-password-of-bank-xyz"
+    (tmp_path / "secrets" / "kafka-bank.password").write_text(password + "\n")
+    echoed = f"kafka_1  | Invalid credential SCRAM-SHA-512=[name=bank,password={password}]\n" * 300
+
+    class Done:
+        stdout, stderr = echoed, ""
+
+    monkeypatch.setattr(deploy.subprocess, "run", lambda *a, **k: Done())
+    text = deploy.logs(tmp_path, ["kafka"], lines=60)
+    assert "[secret]" in text and len(text) <= 8000
+    assert password not in text and password[:12] not in text  # no part of it either, at the cut
