@@ -94,3 +94,37 @@ def test_suspended_caller_is_refused_everything(policy):
 def test_consumer_role_is_needed_to_request(policy):
     provider_only = Caller("telco2", "member_admin", ("provider",))
     assert not policy.decide(provider_only, "request_access", asset("L1"), operation="psi").allowed
+
+
+def test_decisions_with_the_parsed_entities_equal_cedars_own_parse_of_them(policy):
+    """The two entities are parsed once per (caller, asset) and reused: every attribute of both
+    must reach the decision as if parsed afresh, whatever was decided before."""
+    import json
+
+    import cedarpy
+
+    from services.common import policy as module
+
+    grant = GRANTS["granted_by_both"]
+    seen = 0
+    for suspended, status, level, roles, owner in itertools.product(
+            (False, True), ("listed", "delisted"), LEVELS, (("consumer",), ()), ("telco", "bank")):
+        caller = Caller("bank", "member_admin", roles, suspended)
+        view = AssetView("telco.data", level, owner, OPERATIONS, status)
+        for action in ("run", "view", "request_access", "list_asset"):
+            got = policy.decide(caller, action, view, operation="psi", grant=grant)
+            entities = [
+                {"uid": {"type": "Caller", "id": "bank/member_admin"}, "parents": [],
+                 "attrs": {"member": "bank", "role": "member_admin", "member_roles": list(roles), "suspended": suspended}},
+                {"uid": {"type": "Asset", "id": "telco.data"}, "parents": [],
+                 "attrs": {"level": level, "owner": owner, "operations": list(OPERATIONS), "status": status}}]
+            request = {"principal": {"type": "Caller", "id": "bank/member_admin"}, "action": {"type": "Action", "id": action},
+                       "resource": {"type": "Asset", "id": "telco.data"},
+                       "context": {"operation": "psi", "as": "", "grant": {
+                           "status": grant.status, "consumer": grant.consumer, "operations": list(grant.operations),
+                           "expired": grant.expired, "runs_left": grant.runs_left, "approvals": list(grant.approvals)}}}
+            fresh = cedarpy.is_authorized(request, module._parsed(policy.text), json.dumps(entities))
+            assert (got.allowed, got.policies) == (fresh.allowed, tuple(sorted(fresh.diagnostics.reasons))), \
+                (suspended, status, level, roles, owner, action)
+            seen += got.allowed
+    assert 0 < seen < 2 * 2 * 4 * 2 * 2 * 4  # both answers occur: the attributes do decide
