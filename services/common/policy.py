@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import cedarpy
 
@@ -96,9 +97,14 @@ class Policy:
     def __init__(self, text: str = DEFAULT_POLICY_TEXT, version: int = 1):
         self.text, self.version, self.sha256 = text, version, digest(text)
         _parsed(text)  # a policy that does not parse fails here, not at its first decision
+        self._runs_left_thresholds = runs_left_thresholds(text)
 
     def decide(self, caller: Caller, action: str, asset: AssetView, *, operation: str = "",
                grant: GrantView = NO_GRANT, as_: str = "") -> Decision:
+        # Every job of a grant changes its runs_left; where the policy only compares it with
+        # constants, a value on the same side of each gives the same decision, and is remembered.
+        if self._runs_left_thresholds is not None:
+            grant = replace(grant, runs_left=_representative(grant.runs_left, self._runs_left_thresholds))
         return _decide(self.text, caller, action, asset, operation, grant, as_)
 
     def approvals_needed(self, caller: Caller, asset: AssetView, operations: list[str]) -> tuple[str, ...]:
@@ -118,6 +124,57 @@ class Policy:
             else:
                 raise Forbidden(f"{op} is never allowed on {asset.level} data")
         return tuple(a for a in APPROVERS if a in needed)
+
+
+_CONTEXT = {"Var": "context"}
+_GRANT = {".": {"left": _CONTEXT, "attr": "grant"}}
+_RUNS_LEFT = {".": {"left": _GRANT, "attr": "runs_left"}}
+_COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
+
+
+def runs_left_thresholds(text: str) -> tuple[int, ...] | None:
+    """The integers the policy compares ``context.grant.runs_left`` with, sorted, when comparing it
+    with integer literals is all the policy does with it (or with the grant or the context as a
+    whole); then a decision depends on runs_left only through its order against each of them.
+    None for any other use (arithmetic, a comparison with anything but an integer literal, the
+    grant passed whole, ...): such a policy is decided on the exact value. Read from Cedar's own
+    JSON form of the policy (its EST), so the text's spelling does not matter."""
+    found: set[int] = set()
+
+    def only_compared(node: Any) -> bool:
+        if isinstance(node, list):
+            return all(only_compared(n) for n in node)
+        if not isinstance(node, dict):
+            return True
+        if node == _CONTEXT:  # reached only when the context is used other than by an attribute
+            return False
+        if len(node) == 1:
+            (op, arg), = node.items()
+            if op in _COMPARISONS and isinstance(arg, dict) and set(arg) == {"left", "right"}:
+                for ours, other in ((arg["left"], arg["right"]), (arg["right"], arg["left"])):
+                    value = other.get("Value") if isinstance(other, dict) and len(other) == 1 else None
+                    if ours == _RUNS_LEFT and type(value) is int:
+                        found.add(value)
+                        return True
+            if op in (".", "has") and isinstance(arg, dict) and arg.get("left") in (_CONTEXT, _GRANT):
+                # presence only, or another attribute; not the grant whole, nor runs_left uncompared
+                return op == "has" or node not in (_GRANT, _RUNS_LEFT)
+        return all(only_compared(v) for v in node.values())
+
+    try:
+        est = json.loads(cedarpy.policies_to_json_str(text))
+    except Exception:  # cedarpy raises its own error types; Policy() reports a bad text itself
+        return None
+    return tuple(sorted(found)) if only_compared(est) else None
+
+
+def _representative(runs_left: int, thresholds: tuple[int, ...]) -> int:
+    """A value on the same side of (or equal to) each of ``thresholds`` as ``runs_left``: the
+    nearest threshold's neighbour, so all values between two thresholds are decided as one."""
+    for t in thresholds:
+        if runs_left <= t:
+            return t if runs_left == t else t - 1
+    return thresholds[-1] + 1 if thresholds else 0
 
 
 @lru_cache(maxsize=4096)

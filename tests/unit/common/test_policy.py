@@ -128,3 +128,61 @@ def test_decisions_with_the_parsed_entities_equal_cedars_own_parse_of_them(polic
                 (suspended, status, level, roles, owner, action)
             seen += got.allowed
     assert 0 < seen < 2 * 2 * 4 * 2 * 2 * 4  # both answers occur: the attributes do decide
+
+
+# -- runs_left decided by its order against the policy's constants ----------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from services.common import policy as policy_module  # noqa: E402
+
+RUNS = "context.grant.runs_left"
+
+
+def test_the_default_policy_only_compares_runs_left_with_0_and_every_job_of_a_grant_is_one_decision(policy):
+    assert policy_module.runs_left_thresholds(policy.text) == (0,)
+    caller, view = Caller("bank", "analyst", ("consumer",)), asset("L2")
+    policy_module._decide.cache_clear()
+    for runs_left in range(1, 50):
+        grant = GrantView("granted", "bank", OPERATIONS, False, runs_left, ("provider",))
+        assert policy.decide(caller, "run", view, operation="psi", grant=grant).allowed
+    assert policy_module._decide.cache_info().misses == 1  # one evaluation for 49 jobs
+    spent = GrantView("granted", "bank", OPERATIONS, False, 0, ("provider",))
+    assert not policy.decide(caller, "run", view, operation="psi", grant=spent).allowed
+
+
+@pytest.mark.parametrize("condition", [
+    f"{RUNS} + 1 > 2",                         # arithmetic
+    f"{RUNS} > {RUNS}",                        # not a literal
+    f'{RUNS} == "3"',                          # a literal that is not an integer
+    'context.grant == {"runs_left": 3}',       # the grant whole
+    "context == {}",                           # the context whole
+    f"(if true then {RUNS} else 0) > 1",       # through an expression
+    f"[{RUNS}].contains(2)",                   # in a set
+])
+def test_any_other_use_of_runs_left_is_decided_on_the_exact_value(condition):
+    assert policy_module.runs_left_thresholds(f"permit (principal, action, resource) when {{ {condition} }};") is None
+
+
+CLAUSE = st.builds(lambda op, c, flipped: f"{c} {op} {RUNS}" if flipped else f"{RUNS} {op} {c}",
+                   st.sampled_from(("<", "<=", ">", ">=", "==", "!=")), st.integers(-3, 12), st.booleans())
+CONDITION = st.recursive(CLAUSE, lambda inner: st.one_of(
+    st.tuples(inner, st.sampled_from(("&&", "||")), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+    inner.map(lambda c: f"!({c})")), max_leaves=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(permit=CONDITION, forbid=CONDITION, kind=st.sampled_from(("when", "unless")))
+def test_decisions_by_the_order_against_the_constants_equal_those_on_the_exact_value(permit, forbid, kind):
+    """For policies that compare runs_left with constants in any way, the decision made (and
+    remembered) on a representative equals Cedar's on the exact value, for every value around."""
+    text = (f'permit (principal, action == Action::"run", resource) {kind} {{ {permit} }};\n'
+            f'forbid (principal, action == Action::"run", resource) when {{ {forbid} && principal.member == "bank" }};')
+    p = Policy(text)
+    assert p._runs_left_thresholds is not None
+    caller, view = Caller("bank", "analyst", ("consumer",)), asset("L2")
+    for runs_left in range(-5, 16):
+        grant = GrantView("granted", "bank", OPERATIONS, False, runs_left, ())
+        exact = policy_module._decide.__wrapped__(text, caller, "run", view, "psi", grant, "")
+        assert p.decide(caller, "run", view, operation="psi", grant=grant) == exact, (runs_left, text)
