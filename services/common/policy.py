@@ -18,7 +18,6 @@ import json
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import cedarpy
 
@@ -85,8 +84,40 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# How deep ( [ { may nest in a policy. cedarpy's parser overflows its stack and kills the process
+# (SIGSEGV, nothing to catch) at a few hundred levels: 600 parsed and 1,500 crashed here, for
+# parentheses, sets and records alike. A policy reaching the chain is parsed by every validator, so
+# one such text would stop them all, and again on every replay of its block. No real policy nests
+# past a handful; the bound is far from both.
+MAX_NESTING = 64
+
+
+def nesting(text: str) -> int:
+    """The deepest nesting of ( [ { in a Cedar text, outside string literals and // comments."""
+    depth = deepest = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':  # a string literal, to its closing quote (an escape skips the next character)
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif c == "/" and text.startswith("//", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        elif c in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in ")]}":
+            depth -= 1
+        i += 1
+    return deepest
+
+
 @lru_cache(maxsize=8)
 def _parsed(text: str) -> cedarpy.PolicySet:
+    if nesting(text) > MAX_NESTING:
+        raise PolicyError(f"the policy nests brackets deeper than {MAX_NESTING} levels")
     try:
         return cedarpy.PolicySet.from_str(text)
     except Exception as exc:  # cedarpy raises its own error types for parse failures
@@ -139,33 +170,39 @@ def runs_left_thresholds(text: str) -> tuple[int, ...] | None:
     None for any other use (arithmetic, a comparison with anything but an integer literal, the
     grant passed whole, ...): such a policy is decided on the exact value. Read from Cedar's own
     JSON form of the policy (its EST), so the text's spelling does not matter."""
+    if nesting(text) > MAX_NESTING:  # never handed to cedarpy's parser (MAX_NESTING)
+        return None
+    try:
+        est = json.loads(cedarpy.policies_to_json_str(text))
+    except Exception:  # cedarpy's own errors, or JSON nested past Python's recursion limit
+        return None
     found: set[int] = set()
-
-    def only_compared(node: Any) -> bool:
+    todo = [est]  # a loop, not recursion: a long chain of && nests the EST thousands of levels deep
+    while todo:
+        node = todo.pop()
         if isinstance(node, list):
-            return all(only_compared(n) for n in node)
+            todo.extend(node)
+            continue
         if not isinstance(node, dict):
-            return True
+            continue
         if node == _CONTEXT:  # reached only when the context is used other than by an attribute
-            return False
+            return None
         if len(node) == 1:
             (op, arg), = node.items()
             if op in _COMPARISONS and isinstance(arg, dict) and set(arg) == {"left", "right"}:
-                for ours, other in ((arg["left"], arg["right"]), (arg["right"], arg["left"])):
-                    value = other.get("Value") if isinstance(other, dict) and len(other) == 1 else None
-                    if ours == _RUNS_LEFT and type(value) is int:
-                        found.add(value)
-                        return True
+                compared = [value for ours, other in ((arg["left"], arg["right"]), (arg["right"], arg["left"]))
+                            if ours == _RUNS_LEFT and isinstance(other, dict) and len(other) == 1
+                            and type(value := other.get("Value")) is int]
+                if compared:
+                    found.add(compared[0])
+                    continue
             if op in (".", "has") and isinstance(arg, dict) and arg.get("left") in (_CONTEXT, _GRANT):
                 # presence only, or another attribute; not the grant whole, nor runs_left uncompared
-                return op == "has" or node not in (_GRANT, _RUNS_LEFT)
-        return all(only_compared(v) for v in node.values())
-
-    try:
-        est = json.loads(cedarpy.policies_to_json_str(text))
-    except Exception:  # cedarpy raises its own error types; Policy() reports a bad text itself
-        return None
-    return tuple(sorted(found)) if only_compared(est) else None
+                if op == "has" or node not in (_GRANT, _RUNS_LEFT):
+                    continue
+                return None
+        todo.extend(node.values())
+    return tuple(sorted(found))
 
 
 def _representative(runs_left: int, thresholds: tuple[int, ...]) -> int:

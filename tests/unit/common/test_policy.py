@@ -186,3 +186,46 @@ def test_decisions_by_the_order_against_the_constants_equal_those_on_the_exact_v
         grant = GrantView("granted", "bank", OPERATIONS, False, runs_left, ())
         exact = policy_module._decide.__wrapped__(text, caller, "run", view, "psi", grant, "")
         assert p.decide(caller, "run", view, operation="psi", grant=grant) == exact, (runs_left, text)
+
+
+# -- a hostile policy text ------------------------------------------------------------------------------
+
+NESTED = {"paren": lambda d: "(" * d + "true" + ")" * d,
+          "set": lambda d: "[" * d + "1" + "]" * d + " == [1]",
+          "record": lambda d: "{a: " * d + "1" + "}" * d + " == {a: 1}"}
+
+
+@pytest.mark.parametrize("kind", NESTED)
+def test_a_policy_nested_past_the_bound_is_refused_before_cedar_parses_it(kind):
+    """cedarpy's parser overflows its stack at a few hundred levels (1,500 killed the process here
+    with SIGSEGV): such a text must never reach it, on the chain or in the gateway."""
+    from services.common.policy import MAX_NESTING, PolicyError
+
+    def text(depth: int) -> str:  # `when { }` is a level itself
+        return f"permit (principal, action, resource) when {{ {NESTED[kind](depth)} }};"
+
+    Policy(text(MAX_NESTING - 1))
+    for depth in (MAX_NESTING, 2000):
+        with pytest.raises(PolicyError, match=f"deeper than {MAX_NESTING}"):
+            Policy(text(depth))
+
+
+def test_brackets_in_strings_and_comments_do_not_count():
+    from services.common.policy import nesting
+
+    assert nesting('permit (principal, action, resource) when { ("((\\"[[{{" like "*") }; // ((((((') == 2
+    assert nesting('permit (principal, action, resource) when { resource.level == "L(" };\n// ((\n'
+                   'forbid (principal, action, resource);') == 1
+
+
+@pytest.mark.parametrize("links", [1000, 3900])
+def test_a_chain_of_thousands_of_conditions_is_decided_as_cedar_decides_and_nothing_recurses(links):
+    """~31 KB at 3,900 links, under the chain's 32 KiB bound; its JSON form nests ~8,000 levels.
+    (Cedar's evaluator itself stops at its recursion limit there, and denies.)"""
+    text = f"permit (principal, action, resource) when {{ {RUNS} > 0" + " && true" * links + " };"
+    p = Policy(text)
+    caller, view = Caller("bank", "analyst", ("consumer",)), asset("L2")
+    for runs_left in (0, 1, 7):
+        grant = GrantView("granted", "bank", OPERATIONS, False, runs_left, ())
+        exact = policy_module._decide.__wrapped__(text, caller, "run", view, "psi", grant, "")
+        assert p.decide(caller, "run", view, operation="psi", grant=grant) == exact

@@ -78,3 +78,19 @@ def test_a_version_published_by_the_board_is_kept_too(tmp_path):
     assert [r.code for r in h.block(h.tx(seats[1], "board.Approve", {"id": "p-policy"}))] == [Code.OK]
     assert sorted(versions(h)) == ["policy/versions/000000000001", "policy/versions/000000000002"]
     assert versions(h)["policy/versions/000000000002"]["text"] == text
+
+
+def test_a_policy_text_that_would_crash_cedars_parser_is_refused_and_the_chain_goes_on(tmp_path):
+    """Nested 2,000 deep, the text killed the process in cedarpy's parser (SIGSEGV): on a chain that
+    is every validator, at CheckTx and again at every replay of the block."""
+    h = Harness(tmp_path / "chain.sqlite", Identity.generate("association"))
+    h.block()
+    before = {k: v for k, v in h.state().items() if k.startswith("policy/")}
+    deep = "permit (principal, action, resource) when { " + "(" * 2000 + "true" + ")" * 2000 + " };"
+    assert h.check(h.tx(h.association, "governance.PublishPolicy", {"version": 2, "text": deep})).code \
+        == Code.INVALID_PAYLOAD
+    h.nonces[h.association.account] -= 1  # the refused CheckTx spent no nonce
+    code, log = publish(h, 2, deep)
+    assert code == Code.INVALID_PAYLOAD and "deeper than 64" in log
+    assert {k: v for k, v in h.state().items() if k.startswith("policy/")} == before
+    assert publish(h, 2, DEFAULT_POLICY_TEXT + "\n// v2\n")[0] == Code.OK
