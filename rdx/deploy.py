@@ -249,7 +249,7 @@ def logs(directory: Path, services: list[str] | None = None, lines: int = 30) ->
                             env={**images.env(), "RDX_DEPLOY": str(directory)}, capture_output=True, text=True)
     text = result.stdout + result.stderr
     folder = directory / "secrets"
-    for path in folder.iterdir() if folder.is_dir() else ():
+    for path in (p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else ():
         secret = path.read_text(errors="replace").strip()
         if secret:
             text = text.replace(secret, "[secret]")

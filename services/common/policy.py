@@ -135,7 +135,9 @@ class Policy:
         # Every job of a grant changes its runs_left; where the policy only compares it with
         # constants, a value on the same side of each gives the same decision, and is remembered.
         if self._runs_left_thresholds is not None:
-            grant = replace(grant, runs_left=_representative(grant.runs_left, self._runs_left_thresholds))
+            runs_left = _representative(grant.runs_left, self._runs_left_thresholds)
+            if runs_left != grant.runs_left:
+                grant = replace(grant, runs_left=runs_left)
         return _decide(self.text, caller, action, asset, operation, grant, as_)
 
     def approvals_needed(self, caller: Caller, asset: AssetView, operations: list[str]) -> tuple[str, ...]:
@@ -170,11 +172,10 @@ def runs_left_thresholds(text: str) -> tuple[int, ...] | None:
     None for any other use (arithmetic, a comparison with anything but an integer literal, the
     grant passed whole, ...): such a policy is decided on the exact value. Read from Cedar's own
     JSON form of the policy (its EST), so the text's spelling does not matter."""
-    if nesting(text) > MAX_NESTING:  # never handed to cedarpy's parser (MAX_NESTING)
-        return None
     try:
+        _parsed(text)  # remembered: a text Cedar must not see (MAX_NESTING) or cannot parse stops here
         est = json.loads(cedarpy.policies_to_json_str(text))
-    except Exception:  # cedarpy's own errors, or JSON nested past Python's recursion limit
+    except Exception:  # PolicyError, cedarpy's own errors, or JSON nested past Python's recursion limit
         return None
     found: set[int] = set()
     todo = [est]  # a loop, not recursion: a long chain of && nests the EST thousands of levels deep
@@ -214,13 +215,17 @@ def _representative(runs_left: int, thresholds: tuple[int, ...]) -> int:
     return thresholds[-1] + 1 if thresholds else 0
 
 
+def _principal(caller: Caller) -> str:
+    return f"{caller.member}/{caller.role}"
+
+
 @lru_cache(maxsize=4096)
 def _entities(caller: Caller, asset: AssetView) -> cedarpy.Entities:
     """The decision's two entities, parsed once: they stay the same from job to job (only the
     grant in the context changes, with every run), and Cedar's parsing of them was ~45 of a
     decision's ~130 us. A handle is immutable; Cedar reuses it as given."""
     return cedarpy.Entities.from_json_str(json.dumps([
-        {"uid": {"type": "Caller", "id": f"{caller.member}/{caller.role}"}, "parents": [],
+        {"uid": {"type": "Caller", "id": _principal(caller)}, "parents": [],
          "attrs": {"member": caller.member, "role": caller.role, "member_roles": list(caller.member_roles),
                    "suspended": caller.suspended}},
         {"uid": {"type": "Asset", "id": asset.id}, "parents": [],
@@ -236,7 +241,7 @@ def _decide(text: str, caller: Caller, action: str, asset: AssetView, operation:
     pure function of the policy text and these frozen views, and the chain asks the same question
     twice per tx (CheckTx, then FinalizeBlock), the gateway once per request of a kind."""
     request = {
-        "principal": {"type": "Caller", "id": f"{caller.member}/{caller.role}"},
+        "principal": {"type": "Caller", "id": _principal(caller)},
         "action": {"type": "Action", "id": action},
         "resource": {"type": "Asset", "id": asset.id},
         "context": {"operation": operation, "as": as_, "grant": {

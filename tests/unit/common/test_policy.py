@@ -4,10 +4,16 @@ classification table of ARCHITECTURE.md written out here independently of the Ce
 from __future__ import annotations
 
 import itertools
+import json
 
+import cedarpy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from services.common.policy import ROLES, AssetView, Caller, Forbidden, GrantView, Policy
+from services.common import policy as policy_module
+from services.common.policy import (MAX_NESTING, ROLES, AssetView, Caller, Forbidden, GrantView, Policy, PolicyError,
+                                    nesting)
 
 OPERATIONS = ("raw_download", "psi", "psi_cardinality", "aggregation", "he_scoring", "supply_chain_verification")
 LEVELS = ("L1", "L2", "L3", "L4")
@@ -99,12 +105,6 @@ def test_consumer_role_is_needed_to_request(policy):
 def test_decisions_with_the_parsed_entities_equal_cedars_own_parse_of_them(policy):
     """The two entities are parsed once per (caller, asset) and reused: every attribute of both
     must reach the decision as if parsed afresh, whatever was decided before."""
-    import json
-
-    import cedarpy
-
-    from services.common import policy as module
-
     grant = GRANTS["granted_by_both"]
     seen = 0
     for suspended, status, level, roles, owner in itertools.product(
@@ -123,7 +123,7 @@ def test_decisions_with_the_parsed_entities_equal_cedars_own_parse_of_them(polic
                        "context": {"operation": "psi", "as": "", "grant": {
                            "status": grant.status, "consumer": grant.consumer, "operations": list(grant.operations),
                            "expired": grant.expired, "runs_left": grant.runs_left, "approvals": list(grant.approvals)}}}
-            fresh = cedarpy.is_authorized(request, module._parsed(policy.text), json.dumps(entities))
+            fresh = cedarpy.is_authorized(request, policy_module._parsed(policy.text), json.dumps(entities))
             assert (got.allowed, got.policies) == (fresh.allowed, tuple(sorted(fresh.diagnostics.reasons))), \
                 (suspended, status, level, roles, owner, action)
             seen += got.allowed
@@ -131,11 +131,6 @@ def test_decisions_with_the_parsed_entities_equal_cedars_own_parse_of_them(polic
 
 
 # -- runs_left decided by its order against the policy's constants ----------------------------------
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from services.common import policy as policy_module  # noqa: E402
 
 RUNS = "context.grant.runs_left"
 
@@ -199,8 +194,6 @@ NESTED = {"paren": lambda d: "(" * d + "true" + ")" * d,
 def test_a_policy_nested_past_the_bound_is_refused_before_cedar_parses_it(kind):
     """cedarpy's parser overflows its stack at a few hundred levels (1,500 killed the process here
     with SIGSEGV): such a text must never reach it, on the chain or in the gateway."""
-    from services.common.policy import MAX_NESTING, PolicyError
-
     def text(depth: int) -> str:  # `when { }` is a level itself
         return f"permit (principal, action, resource) when {{ {NESTED[kind](depth)} }};"
 
@@ -211,8 +204,6 @@ def test_a_policy_nested_past_the_bound_is_refused_before_cedar_parses_it(kind):
 
 
 def test_brackets_in_strings_and_comments_do_not_count():
-    from services.common.policy import nesting
-
     assert nesting('permit (principal, action, resource) when { ("((\\"[[{{" like "*") }; // ((((((') == 2
     assert nesting('permit (principal, action, resource) when { resource.level == "L(" };\n// ((\n'
                    'forbid (principal, action, resource);') == 1
