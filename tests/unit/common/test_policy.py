@@ -220,3 +220,14 @@ def test_a_chain_of_thousands_of_conditions_is_decided_as_cedar_decides_and_noth
         grant = GrantView("granted", "bank", OPERATIONS, False, runs_left, ())
         exact = policy_module._decide.__wrapped__(text, caller, "run", view, "psi", grant, "")
         assert p.decide(caller, "run", view, operation="psi", grant=grant) == exact
+
+
+@pytest.mark.parametrize("text", ['"unterminated (((', '"ends in an escape \\', "// a comment to the end ((((", ")))(("])
+def test_the_nesting_count_takes_any_text(text):
+    """Unterminated strings, a trailing escape, unbalanced brackets: counted, never an exception
+    but the policy's own (a comment alone is an empty, valid policy)."""
+    assert 0 <= nesting(text) <= 2
+    try:
+        Policy(text)
+    except PolicyError:
+        pass

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from chainsim import Harness
+from chainsim import Harness, register
 
 from services.common.identity import Identity
 from services.common.policy import DEFAULT_POLICY_TEXT, digest
@@ -94,3 +94,15 @@ def test_a_policy_text_that_would_crash_cedars_parser_is_refused_and_the_chain_g
     assert code == Code.INVALID_PAYLOAD and "deeper than 64" in log
     assert {k: v for k, v in h.state().items() if k.startswith("policy/")} == before
     assert publish(h, 2, DEFAULT_POLICY_TEXT + "\n// v2\n")[0] == Code.OK
+
+
+def test_a_member_sending_a_crashing_policy_text_is_refused_as_unauthorized(tmp_path):
+    """A member that is not the association reaches neither the handler nor Cedar's parser."""
+    h = Harness(tmp_path / "chain.sqlite", Identity.generate("association"))
+    bank = Identity.generate("bank")
+    assert [r.code for r in h.block(register(h, bank))] == [Code.OK]
+    deep = "permit (principal, action, resource) when { " + "[" * 2000 + "1" + "]" * 2000 + " == [1] };"
+    assert h.check(h.tx(bank, "governance.PublishPolicy", {"version": 2, "text": deep})).code == Code.UNAUTHORIZED
+    h.nonces[bank.account] -= 1
+    [r] = h.block(h.tx(bank, "governance.PublishPolicy", {"version": 2, "text": deep}))
+    assert r.code == Code.UNAUTHORIZED and json.loads(h.state()["policy/current"])["version"] == 1
