@@ -70,7 +70,9 @@ class ChainClient:
             return await self.query_prefix(path)
         return await self._query(path)
 
-    async def query_prefix(self, prefix: str, *, page_size: int = 500) -> dict[str, Any]:
+    async def query_prefix(self, prefix: str, *, page_size: int = 500, max_items: int | None = None) -> dict[str, Any]:
+        """``max_items``: stop once that many are read (a node that answers page after page cannot
+        keep the caller reading)."""
         items: dict[str, Any] = {}
         after = None
         while True:
@@ -78,7 +80,7 @@ class ChainClient:
             page = await self._query(f"{prefix}?{urlencode(params)}")
             items.update(page["items"])
             after = page["next"]
-            if after is None:
+            if after is None or (max_items is not None and len(items) >= max_items):
                 return items
 
     async def _query(self, path: str) -> Any | None:

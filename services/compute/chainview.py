@@ -76,6 +76,17 @@ class ChainView:
     async def job(self, job: str) -> dict[str, Any] | None:
         return await self._query(f"/jobs/{job}")
 
+    async def open_jobs(self, member: str, limit: int = 1000) -> list[str]:
+        """Ids of the jobs open on chain (running or locked) that ``member`` takes part in, at most
+        ``limit``. The node's word: a listing has no proof, so a node can hide a job here (or name
+        one that is not), and each job must then be read, proven, with ``job``."""
+        prefix = f"jobs-open-by/member:{member}/"
+        try:
+            listed = await self.client.query_prefix(f"/{prefix}", page_size=min(limit, 500), max_items=limit)
+        except (ChainError, KeyError, TypeError, ValueError) as exc:
+            raise ChainUnavailable(f"the open jobs of {member} cannot be listed ({type(exc).__name__})") from None
+        return sorted(k[len(prefix):] for k in listed if isinstance(k, str) and k.startswith(prefix))[:limit]
+
     async def grant(self, grant: str) -> dict[str, Any] | None:
         """An access grant as the chain holds it now (status, runs used, operations, expiry)."""
         return await self._query(f"/access/{grant}")

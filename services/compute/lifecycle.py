@@ -127,6 +127,10 @@ RELEASE_MARGIN_S = 30.0
 # How long the provider that sends its key with its attestation (``_key_with_attestation``) waits,
 # after its computation, for every other participant's attestation before attesting without it.
 KEY_WAIT_S = 5.0
+# At most this many of the jobs the chain lists open for this member are checked against the journal
+# at a start (``_adopt_open_jobs``): the listing is the chain node's word, and a node cannot make a
+# start read without end.
+ADOPT_LIMIT = 1000
 
 
 class _ChainEnded(Exception):
@@ -793,6 +797,46 @@ class JobManager:
             else:  # running, locked (a key to release, a result to open), or completed with a result to open
                 log.info("job %s was %s when this node stopped; resuming it", row.job, row.status)
                 self.start(row.job)
+        await self._adopt_open_jobs()
+
+    async def _adopt_open_jobs(self) -> None:
+        """Jobs running on chain with this member that the journal does not hold: a state restored
+        from a backup lacks those authorised after it, and the node's consumer group has read past
+        their JobAuthorized, so no event would bring them. Each is journaled from the chain's record
+        (read proven) and run, as its event would have done. One this member already attested is
+        left alone: what its attestation named (a release key, a held-back result) went with the
+        lost state, and the chain refunds the job at its deadline. A job whose event is still to
+        come is journaled once: the event finds it there."""
+        for _ in range(30):
+            try:
+                listed = await self.view.open_jobs(self.member, ADOPT_LIMIT)
+                break
+            except ChainUnavailable:
+                await asyncio.sleep(1.0)
+        else:
+            log.error("chain unreachable: this node's open jobs on chain were not checked against its journal")
+            return
+        for job in listed:
+            if self.journal.get(job) is not None:
+                continue
+            try:
+                record = await self.view.job(job)
+            except ChainUnavailable:  # not proven now: its deadline refunds it, as before this check
+                log.warning("job %s is listed open on chain but could not be read proven; not run here", job)
+                continue
+            if record is None or record.get("id") != job or record.get("status") != "running" or \
+                    self.member not in record.get("participants", []):
+                continue
+            if self.member in (record.get("attestations") or {}):
+                log.warning("job %s: %s attested it, but this node's journal does not hold it (a restored state?); "
+                            "it is not run again and ends at its deadline", job, self.member)
+                continue
+            log.warning("job %s is running on chain but was not in this node's journal (a restored state?); "
+                        "taking it up from the chain's record", job)
+            self._authorized({"job": job, "type": record["type"], "consumer": record["consumer"],
+                              "inputs": record["inputs"], "participants": record["participants"],
+                              "params": record.get("params") or {}, "max_price": record["max_price"],
+                              "deadline": record["deadline"], "height": record.get("submitted_height")})
 
     async def shutdown(self) -> None:
         """Stop every running job's work; the journal keeps them for the next start."""

@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 import urllib.request
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -522,6 +523,56 @@ async def test_a_node_restarted_mid_job_resumes_it(net):
     assert opened["result"]["intersection"] == sorted(set(net.datasets["bank"]["big"]) & set(net.datasets["telco"]["big"]))
 
 
+async def _event_offset(bootstrap: str, job: str) -> tuple[TopicPartition, int]:
+    """Where the chain topic holds ``job``'s JobAuthorized."""
+    async with aclosing(_records(bootstrap, CHAIN_EVENTS)) as records:  # its consumer stopped on return
+        async for tp, m in records:
+            try:
+                event = Event.decode(m.value)
+            except Exception:  # noqa: BLE001 - other tests' hostile records share the topic
+                continue
+            if event.type == "JobAuthorized" and event.data.get("job") == job:
+                return tp, m.offset
+    raise AssertionError(f"no JobAuthorized for {job} on {CHAIN_EVENTS}")
+
+
+async def _committed(bootstrap: str, group: str, tp: TopicPartition) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.committed(tp) or -1
+    finally:
+        await consumer.stop()
+
+
+async def test_a_node_restored_from_a_backup_older_than_a_job_takes_the_job_up_from_the_chain(net):
+    """docs/operations.md, "Restore everything": the node's consumer group has read past the job's
+    JobAuthorized, and the restored journal does not hold the job: only the chain can tell the node."""
+    db = net.root / "state" / f"compute-{TELCO}" / "node.sqlite"
+    backup = net.root / "telco-node-backup.sqlite"
+    source = sqlite3.connect(db)
+    with sqlite3.connect(backup) as copy:
+        source.backup(copy)  # SQLite's online backup: a consistent copy of a live database
+    source.close()
+    job = f"restored-{TAG}"
+    await net.submit(job, "psi", f"{TELCO}.big2", "big")
+    await _running_with_progress(net, job)
+    net.nodes[TELCO].kill()
+    tp, offset = await _event_offset(net.kafka, job)
+    assert await _committed(net.kafka, f"compute-{TELCO}", tp) > offset  # no event will bring the job back
+    for leftover in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    backup.replace(db)
+    net.start_node(TELCO)
+    record = await net.wait_chain(job, timeout=90)
+    assert record["status"] == "completed", record
+    row = await net.wait_node(TELCO, job, lambda r: r["status"] == "completed")
+    assert row["attempt"] >= 1
+    await net.wait_node(BANK, job, lambda r: r["status"] == "completed")
+    opened = _open_result(net, BANK, job)
+    assert opened["result"]["intersection"] == sorted(set(net.datasets["bank"]["big"]) & set(net.datasets["telco"]["big"]))
+
+
 # --------------------------------------------------------------------------------------------------
 # canaries, last: everything the tests above caused
 
@@ -560,7 +611,8 @@ async def test_no_canary_in_kafka_logs_chain_or_the_wire(net):
         assert key.encode() not in wire
 
 
-async def _topic_bytes(bootstrap: str, topic: str) -> bytes:
+async def _records(bootstrap: str, topic: str):
+    """Every record of ``topic`` so far, as (partition, record)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -568,20 +620,18 @@ async def _topic_bytes(bootstrap: str, topic: str) -> bytes:
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         end = await consumer.end_offsets(parts)
-        out = bytearray()
-        async def behind() -> bool:
-            return any([await consumer.position(p) < end[p] for p in parts])
-
-        while await behind():
-            batches = await consumer.getmany(timeout_ms=1000)
-            for messages in batches.values():
+        while any([await consumer.position(p) < end[p] for p in parts]):
+            for tp, messages in (await consumer.getmany(timeout_ms=1000)).items():
                 for m in messages:
-                    # Raw bytes, every record: the session's broker also holds other tests' hostile
-                    # records (not events at all), and a canary must not be in those either.
-                    out += m.value or b""
-        return bytes(out)
+                    yield tp, m
     finally:
         await consumer.stop()
+
+
+async def _topic_bytes(bootstrap: str, topic: str) -> bytes:
+    # Raw bytes, every record: the session's broker also holds other tests' hostile records (not
+    # events at all), and a canary must not be in those either.
+    return b"".join([m.value or b"" async for _, m in _records(bootstrap, topic)])
 
 
 async def _chain_txs(chain: ChainClient) -> bytes:

@@ -44,6 +44,13 @@ class FakeView(ChainView):
     async def job(self, job):
         return self.record if self.record and self.record["id"] == job else None
 
+    async def open_jobs(self, member, limit=1000):  # the chain node's listing: what a test says it lists
+        listed = getattr(self, "listed", None)
+        if listed is not None:
+            return listed
+        rec = self.record
+        return [rec["id"]] if rec and rec["status"] in ("running", "locked") and member in rec["participants"] else []
+
     async def spec(self, job):
         from services.compute.chainview import ChainView as Real
 
@@ -284,6 +291,46 @@ async def test_a_restart_resumes_pending_work_and_mirrors_jobs_that_ended_on_cha
     await m2.recover()
     row = m2.journal.get("j-2")
     assert row.status == "failed" and row.reason == "timed out" and not chain2.txs
+
+
+async def test_a_restart_takes_up_a_job_running_on_chain_that_the_journal_lacks_and_its_event_adds_nothing():
+    """A state restored from a backup: the job was authorised after it, and the node's consumer group
+    has read past its event. The node runs it from the chain's record, once."""
+    rec = record() | {"submitted_height": 9}
+    m, chain, pub = manager(rec)
+    await m.recover()
+    await _settle(m)
+    row = m.journal.get("j-1")
+    assert row is not None and row.status == "attested" and row.authorized_height == 9 and row.role == "provider"
+    assert row.spec["inputs"] == rec["inputs"] and row.deadline == rec["deadline"]
+    assert [(t, p["job"]) for _, t, p in chain.txs] == [("jobs.Attest", "j-1")]
+    m.on_event(authorized(rec), None)  # the event, read late: the journal has the job already
+    await _settle(m)
+    assert len(chain.txs) == 1 and not m.tasks
+
+
+@pytest.mark.parametrize("case", ["attested here", "locked", "completed", "not a participant", "another id",
+                                  "deadline passed", "journaled"])
+async def test_a_restart_leaves_alone_a_listed_job_it_must_not_run(case):
+    rec = record()
+    if case == "attested here":  # its held-back key or result went with the lost state
+        rec["attestations"][ME] = {"result_hash": "cd" * 32}
+    elif case in ("locked", "completed"):
+        rec["status"] = case
+    elif case == "not a participant":  # a lying listing; the proven record says otherwise
+        rec = record(consumer=OTHER, provider="alpha")
+    elif case == "deadline passed":
+        rec["deadline"] = int(time.time()) - 1
+    m, chain, _ = manager(rec)
+    m.view.listed = ["j-2"] if case == "another id" else ["j-1"]
+    if case == "journaled":  # ended here: the chain's running record does not start it again
+        m.journal.add("j-1", "echo", "provider", rec | {"job": "j-1"}, rec["deadline"], 5)
+        m.journal.end("j-1", "failed", "refused here")
+    await m.recover()
+    await _settle(m)
+    assert not chain.txs and not m.tasks
+    row = m.journal.get("j-1")
+    assert (row is None) if case != "journaled" else (row.status == "failed")
 
 
 async def test_a_restart_after_the_work_was_done_attests_again_without_rerunning():
@@ -555,3 +602,36 @@ async def test_a_flood_of_events_about_a_waiting_job_reads_at_most_once_per_wake
     for task in list(m.tasks.values()):
         task.cancel()
     await _settle(m)
+
+
+class PagingClient:
+    """A chain node's answers to a listing, one page a call: ``pages`` of keys, or without end."""
+
+    chain_id = "rdx-test"
+
+    def __init__(self, pages=None):
+        self.pages, self.calls = pages, 0
+
+    async def _query(self, path):
+        self.calls += 1
+        if self.pages is None:  # a hostile node: always another page
+            keys = [f"jobs-open-by/member:{ME}/j-{self.calls}-{i}" for i in range(500)]
+            return {"items": dict.fromkeys(keys, 1), "next": keys[-1]}
+        keys = self.pages[self.calls - 1]
+        return {"items": dict.fromkeys(keys, 1), "next": keys[-1] if self.calls < len(self.pages) else None}
+
+
+async def test_the_open_jobs_listing_is_bounded_and_keeps_only_keys_under_its_prefix():
+    from services.common.chain import ChainClient
+
+    client = PagingClient()
+    client.query_prefix = ChainClient.query_prefix.__get__(client)
+    view = ChainView.__new__(ChainView)
+    view.client = client
+    listed = await view.open_jobs(ME, limit=1200)
+    assert len(listed) == 1200 and client.calls == 3  # then it stops asking
+    client = PagingClient([[f"jobs-open-by/member:{ME}/j-1", f"jobs-open-by/member:{OTHER}/j-2", "jobs/j-3",
+                            f"jobs-open-by/member:{ME}x/j-4"], [f"jobs-open-by/member:{ME}/j-5"]])
+    client.query_prefix = ChainClient.query_prefix.__get__(client)
+    view.client = client
+    assert await view.open_jobs(ME) == ["j-1", "j-5"]
