@@ -20,7 +20,7 @@ from services.common.identity import Identity
 from services.common.kafka import IdempotentConsumer
 from services.common.service import Service
 from services.gateway import openapi, problems, views, webhooks, webhooks_api
-from services.gateway.audit import AuditLog, AuditShipper
+from services.gateway.audit import AuditLog, AuditShipper, restore_anchored
 from services.gateway.auth import Authenticator, LocalReplayCache, Principal, RedisReplayCache, ReplayCache
 from services.gateway.chainview import ChainView
 from services.gateway.db import SqliteDatabase, StoreUnavailable, open_postgres, open_redis
@@ -111,6 +111,8 @@ class Gateway:
                                       event_hooks={"request": [tracing.inject_httpx]})
         self.authenticator = Authenticator(self.keys, self.view, self.settings.clock_skew_s,
                                            self.settings.bootstrap_key_sha256, replays)
+        if self.identity is not None:  # a database restored from before the last anchor: before any call is recorded
+            await restore_anchored(self.audit, self.chain, self.settings.kafka_bootstrap)
         self.shipper = AuditShipper(self.audit, self._producer, self.chain, self.identity,
                                     self.settings.anchor_every_s, self.settings.anchor_max_records)
         await self._start_webhooks()

@@ -8,11 +8,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from prometheus_client import Gauge
+from pydantic import ValidationError
+
 from services.common.audit import GENESIS, AuditRecord, event_id, record_hash
-from services.common.chain import ChainClient, TxRejected
-from services.common.events import AUDIT, Event
+from services.common.chain import ChainClient, ChainError, TxRejected
+from services.common.events import AUDIT, Event, EventDecodeError
+from services.common.settings import KafkaSecurity
 from services.common.identity import Identity
 from services.common.kafka import EventProducer
 from services.common.tx import Code, Tx
@@ -20,6 +28,11 @@ from services.gateway.db import Database
 
 log = logging.getLogger("rdx.gateway.audit")
 COLUMNS = list(AuditRecord.model_fields)
+DIVERGED = Gauge("rdx_gateway_audit_trail_diverged", "1 while this gateway's audit trail does not hold the record "
+                 "the chain's last anchor names (a database restored from a backup, or records lost): nothing is "
+                 "anchored meanwhile")
+DIVERGED_LOG_EVERY_S = 60.0
+RESTORE_MOST = 100_000  # records a start takes back from rdx.audit.v1 at most (held in memory meanwhile)
 
 
 class AuditLog:
@@ -89,6 +102,106 @@ class AuditLog:
         return rows[0][0] or 0
 
 
+def _digest(anchor: Any) -> str | None:
+    """The digest an anchor as the chain node answered names (None for any other answer)."""
+    return anchor.get("digest") if isinstance(anchor, dict) else None
+
+
+async def restore_anchored(log_: AuditLog, chain: ChainClient, bootstrap: str, timeout_s: float = 30.0) -> int:
+    """At a start, before any call is recorded: a trail behind the chain's last anchor (its database
+    restored from a backup taken before it) takes the anchored records it lacks back from
+    rdx.audit.v1, where its gateway published them under its instance. They are found from the
+    anchor down: the record whose hash is the anchor's digest, then the one whose hash that record
+    names as its previous, and so on to this trail's last record, each hash recomputed. Whoever
+    can write to the topic cannot add a record: it would not be on that path. Records published
+    after the last anchor are not taken (nothing vouches for them). Returns how many were added;
+    0 when none were needed, or they could not all be found (logged), in which case the trail
+    stays as it is and ``AuditShipper`` says it has diverged."""
+    try:
+        anchored = await chain.query("/audit/last") or 0
+        held = await log_.last_seq()
+        if held >= anchored:
+            return 0
+        if anchored - held > RESTORE_MOST:
+            log.error("the audit trail ends at record %d, the chain anchored up to %d: more than %d records to "
+                      "take back from rdx.audit.v1; not tried", held, anchored, RESTORE_MOST)
+            return 0
+        digest = _digest(await chain.query(f"/audit/anchors/{anchored:012d}"))
+    except (ChainError, TypeError) as exc:
+        log.warning("the chain's audit anchors could not be read at start (%s); the trail is checked against "
+                    "them when anchoring", type(exc).__name__)
+        return 0
+    tip = (await log_.query(after_seq=held - 1, limit=1))[0].hash if held else GENESIS
+    try:
+        found = await asyncio.wait_for(_published(log_.instance, held, anchored, bootstrap), timeout_s)
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        log.error("the audit trail ends at record %d, the chain anchored up to %d, and rdx.audit.v1 could not "
+                  "be read (%s)", held, anchored, type(exc).__name__)
+        return 0
+    path, want = [], digest
+    for seq in range(anchored, held, -1):
+        record = found.get((seq, want))
+        if record is None:
+            log.error("the audit trail ends at record %d, the chain anchored up to %d, and rdx.audit.v1 does not "
+                      "hold anchored record %d of this trail (instance %s)", held, anchored, seq, log_.instance)
+            return 0
+        path.append(record)
+        want = record.prev_hash
+    if want != tip:
+        log.error("the records on rdx.audit.v1 anchored up to %d do not follow this trail's record %d", anchored, held)
+        return 0
+    async with log_.db.locked("audit") as tx:
+        if ((await tx.fetch("SELECT max(seq) FROM audit"))[0][0] or 0) != held:
+            return 0  # another replica took them back meanwhile
+        for record in reversed(path):
+            await tx.execute(f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                             [getattr(record, c) for c in COLUMNS])
+    log.warning("the audit trail ended at record %d, before the chain's last anchor: records %d..%d taken back "
+                "from rdx.audit.v1 (a database restored from a backup?)", held, held + 1, anchored)
+    return len(path)
+
+
+async def _published(instance: str, after: int, upto: int, bootstrap: str) -> dict[tuple[int, str], AuditRecord]:
+    """{(seq, hash): record} of ``instance``'s records after ``after`` up to ``upto`` on rdx.audit.v1,
+    each whose hash is its own (recomputed); anything else there is passed over."""
+    options = dict(bootstrap_servers=bootstrap, **KafkaSecurity().client_options())
+    found: dict[tuple[int, str], AuditRecord] = {}
+    admin = AIOKafkaAdminClient(**options)
+    try:
+        await admin.start()
+        parts = [TopicPartition(AUDIT, p["partition"]) for t in await admin.describe_topics([AUDIT])
+                 if not t["error_code"] for p in t["partitions"]]
+    finally:
+        await admin.close()
+    if not parts:  # absent, or not visible to this user
+        return found
+    # Assigned before anything else: aiokafka 0.14's consumer without a group, stopped with nothing
+    # assigned, raises CancelledError from its stop().
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **options)
+    await consumer.start()
+    try:
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        remaining = {tp for tp in parts if ends[tp] > 0}
+        while remaining:
+            for tp, messages in (await consumer.getmany(*remaining, timeout_ms=500)).items():
+                for m in messages:
+                    try:
+                        data = dict(Event.decode(m.value).data)
+                        if data.pop("instance", None) != instance or not after < data.get("seq", 0) <= upto:
+                            continue
+                        record = AuditRecord(**data)
+                    except (EventDecodeError, ValidationError, TypeError):
+                        continue
+                    if record_hash(record.body()) == record.hash and len(found) < RESTORE_MOST:
+                        found[(record.seq, record.hash)] = record
+            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
+    finally:
+        await consumer.stop()
+    return found
+
+
 def to_event(record: AuditRecord, instance: str) -> Event:
     """A record on rdx.audit.v1, with the trail it belongs to (``instance``: seq and hash chain are per trail)."""
     return Event(id=event_id(instance, record.seq), type="ApiCall", entity=f"member:{record.member or '-'}",
@@ -103,6 +216,7 @@ class AuditShipper:
         self.log, self.producer, self.chain, self.identity = log_, producer, chain, identity
         self.every, self.max = every_s, max_records
         self.queue: asyncio.Queue[AuditRecord] = asyncio.Queue(maxsize=10_000)
+        self._diverged_logged = -DIVERGED_LOG_EVERY_S  # monotonic time of the last such error logged
 
     def submit(self, record: AuditRecord) -> None:
         try:
@@ -125,6 +239,31 @@ class AuditShipper:
             except asyncio.TimeoutError:
                 pass
 
+    async def _continues(self, anchored: int) -> bool:
+        """Whether this trail holds the record the chain's last anchor names, with the hash it names.
+        A database restored from before that anchor does not (nor does one that lost records): its
+        next records would take seq numbers the chain has anchored for other records, and anchoring
+        after them would tie the chain to two trails. So nothing is anchored then, the gauge says
+        so and the log says it once a minute, until an operator restores the trail."""
+        if anchored == 0:
+            DIVERGED.set(0)
+            return True
+        digest = _digest(await self.chain.query(f"/audit/anchors/{anchored:012d}"))
+        held = await self.log.query(after_seq=anchored - 1, limit=1)
+        if held and held[0].seq == anchored and held[0].hash == digest:
+            DIVERGED.set(0)
+            self._diverged_logged = -DIVERGED_LOG_EVERY_S
+            return True
+        DIVERGED.set(1)
+        if time.monotonic() - self._diverged_logged >= DIVERGED_LOG_EVERY_S:
+            self._diverged_logged = time.monotonic()
+            ends = await self.log.last_seq()
+            log.error("the audit trail does not continue the chain's anchors: the chain anchored records up to %d, "
+                      "this trail %s; nothing is anchored until the trail is restored (a database restored from a "
+                      "backup, or another gateway's? the anchored records are on rdx.audit.v1)", anchored,
+                      f"ends at {ends}" if ends < anchored else f"holds another record {anchored}")
+        return False
+
     async def _publish_some(self) -> None:
         batch = []
         while not self.queue.empty() and len(batch) < 1000:
@@ -138,7 +277,10 @@ class AuditShipper:
 
     async def _anchor(self) -> None:
         # The chain is the truth of what is anchored (a crash may fall between its commit and ours).
-        first, last = (await self.chain.query("/audit/last") or 0) + 1, await self.log.last_seq()
+        anchored = await self.chain.query("/audit/last") or 0
+        if not await self._continues(anchored):
+            return
+        first, last = anchored + 1, await self.log.last_seq()
         if last < first:
             return
         last = min(last, first + self.max - 1)

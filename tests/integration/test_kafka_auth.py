@@ -36,6 +36,8 @@ from services.common.kafka import EventProducer, IdempotentConsumer
 from services.common.settings import KafkaSecurity
 from services.consensus.relay import Relay, to_event
 from services.consensus.state import ChainEvent, Database
+from services.gateway import audit
+from services.gateway.db import SqliteDatabase
 
 pytestmark = pytest.mark.integration
 
@@ -422,6 +424,36 @@ def test_consumers_only_in_their_own_groups(secured, tmp_path):
         ("rdx-gateway", "gateway-1"): "refused", ("rdx-gateway", "gateway-webhooks-5e6f"): "allowed",
         ("rdx-relay", "catalog-relay"): "refused",
     }
+
+
+def test_the_gateway_reads_its_audit_records_back_without_a_group_and_another_service_cannot(secured, tmp_path,
+                                                                                           monkeypatch):
+    """What a gateway restored from a backup does at its start (restore_anchored): as rdx-gateway it
+    reads rdx.audit.v1 back, without a consumer group; rdx-catalog may not read it."""
+    async def scenario() -> dict[str, int | str]:
+        env_for(monkeypatch, secured, "rdx-gateway")
+        trail = await audit.AuditLog.open(SqliteDatabase(tmp_path / "audit.sqlite"))
+        producer = EventProducer(secured.bootstrap, "gateway", security=secured.users["rdx-gateway"])
+        await producer.start()
+        try:
+            records = [await trail.append(dict(ts=1.0, request_id="r", member="bank", role="analyst", key_id="k",
+                                                method="GET", route="/v1/listings", decision="allow", reason="ok",
+                                                status=200, latency_ms=1.0)) for _ in range(3)]
+            await producer.publish_many(AUDIT, [audit.to_event(r, trail.instance) for r in records])
+        finally:
+            await producer.stop()
+        outcome: dict[str, int | str] = {}
+        for user in ("rdx-gateway", "rdx-catalog"):
+            env_for(monkeypatch, secured, user)
+            try:
+                found = await asyncio.wait_for(audit._published(trail.instance, 0, 3, secured.bootstrap), 30)
+                outcome[user] = len(found)
+            except (KafkaError, asyncio.TimeoutError) as exc:
+                outcome[user] = type(exc).__name__
+        return outcome
+
+    outcome = asyncio.run(scenario())
+    assert outcome == {"rdx-gateway": 3, "rdx-catalog": 0}  # the catalog's user does not even see the topic
 
 
 def test_without_credentials_or_with_a_wrong_password_nothing(secured):
