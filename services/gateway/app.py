@@ -29,6 +29,7 @@ from services.gateway.limits import LocalRateLimiter, RateLimiter, RedisRateLimi
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("rdx.gateway")
+REVOKED = re.compile(r"revoked key ([a-z0-9_]{1,40})")  # a revocation's audit reason (views.revoke_key)
 DECISIONS = Counter("rdx_policy_decisions_total", "gateway decisions", ["decision"])
 AUDITED_PREFIX = "/v1/"
 # A caller's own X-Request-Id is kept only if it is a plain token: it goes back in a header, into
@@ -112,10 +113,23 @@ class Gateway:
         self.authenticator = Authenticator(self.keys, self.view, self.settings.clock_skew_s,
                                            self.settings.bootstrap_key_sha256, replays)
         if self.identity is not None:  # a database restored from before the last anchor: before any call is recorded
-            await restore_anchored(self.audit, self.chain, self.settings.kafka_bootstrap)
+            await self._revoke_again(await restore_anchored(self.audit, self.chain, self.settings.kafka_bootstrap))
         self.shipper = AuditShipper(self.audit, self._producer, self.chain, self.identity,
                                     self.settings.anchor_every_s, self.settings.anchor_max_records)
         await self._start_webhooks()
+
+    async def _revoke_again(self, records) -> None:
+        """The API keys that audit records taken back from the topic say were revoked: a key store
+        restored with the trail from before them holds those keys live again."""
+        for record in records:
+            revoked = REVOKED.fullmatch(record.reason) if record.decision == "allow" and record.route in \
+                ("/v1/keys/{key_id}", "/v1/keys/{key_id}/rotate") else None
+            if revoked:
+                key = await self.keys.get(revoked[1])
+                if key is not None and key.revoked_at is None:
+                    await self.keys.revoke(revoked[1])
+                    log.warning("API key %s revoked again: the audit trail taken back shows its revocation "
+                                "(record %d), which the restored key store did not hold", revoked[1], record.seq)
 
     async def _start_webhooks(self) -> None:
         """The chain events members subscribed to, into the webhook outbox, and its delivery loop.

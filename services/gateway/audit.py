@@ -107,58 +107,59 @@ def _digest(anchor: Any) -> str | None:
     return anchor.get("digest") if isinstance(anchor, dict) else None
 
 
-async def restore_anchored(log_: AuditLog, chain: ChainClient, bootstrap: str, timeout_s: float = 30.0) -> int:
+async def restore_anchored(log_: AuditLog, chain: ChainClient, bootstrap: str,
+                           timeout_s: float = 30.0) -> list[AuditRecord]:
     """At a start, before any call is recorded: a trail behind the chain's last anchor (its database
     restored from a backup taken before it) takes the anchored records it lacks back from
     rdx.audit.v1, where its gateway published them under its instance. They are found from the
     anchor down: the record whose hash is the anchor's digest, then the one whose hash that record
     names as its previous, and so on to this trail's last record, each hash recomputed. Whoever
     can write to the topic cannot add a record: it would not be on that path. Records published
-    after the last anchor are not taken (nothing vouches for them). Returns how many were added;
-    0 when none were needed, or they could not all be found (logged), in which case the trail
-    stays as it is and ``AuditShipper`` says it has diverged."""
+    after the last anchor are not taken (nothing vouches for them). Returns the records added: none
+    when none were needed, or they could not all be found (logged), in which case the trail stays
+    as it is and ``AuditShipper`` says it has diverged."""
     try:
         anchored = await chain.query("/audit/last") or 0
         held = await log_.last_seq()
         if held >= anchored:
-            return 0
+            return []
         if anchored - held > RESTORE_MOST:
             log.error("the audit trail ends at record %d, the chain anchored up to %d: more than %d records to "
                       "take back from rdx.audit.v1; not tried", held, anchored, RESTORE_MOST)
-            return 0
+            return []
         digest = _digest(await chain.query(f"/audit/anchors/{anchored:012d}"))
     except (ChainError, TypeError) as exc:
         log.warning("the chain's audit anchors could not be read at start (%s); the trail is checked against "
                     "them when anchoring", type(exc).__name__)
-        return 0
+        return []
     tip = (await log_.query(after_seq=held - 1, limit=1))[0].hash if held else GENESIS
     try:
         found = await asyncio.wait_for(_published(log_.instance, held, anchored, bootstrap), timeout_s)
     except (KafkaError, OSError, asyncio.TimeoutError) as exc:
         log.error("the audit trail ends at record %d, the chain anchored up to %d, and rdx.audit.v1 could not "
                   "be read (%s)", held, anchored, type(exc).__name__)
-        return 0
+        return []
     path, want = [], digest
     for seq in range(anchored, held, -1):
         record = found.get((seq, want))
         if record is None:
             log.error("the audit trail ends at record %d, the chain anchored up to %d, and rdx.audit.v1 does not "
                       "hold anchored record %d of this trail (instance %s)", held, anchored, seq, log_.instance)
-            return 0
+            return []
         path.append(record)
         want = record.prev_hash
     if want != tip:
         log.error("the records on rdx.audit.v1 anchored up to %d do not follow this trail's record %d", anchored, held)
-        return 0
+        return []
     async with log_.db.locked("audit") as tx:
         if ((await tx.fetch("SELECT max(seq) FROM audit"))[0][0] or 0) != held:
-            return 0  # another replica took them back meanwhile
+            return []  # another replica took them back meanwhile
         for record in reversed(path):
             await tx.execute(f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                              [getattr(record, c) for c in COLUMNS])
     log.warning("the audit trail ended at record %d, before the chain's last anchor: records %d..%d taken back "
                 "from rdx.audit.v1 (a database restored from a backup?)", held, held + 1, anchored)
-    return len(path)
+    return path[::-1]
 
 
 async def _published(instance: str, after: int, upto: int, bootstrap: str) -> dict[tuple[int, str], AuditRecord]:

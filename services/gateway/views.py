@@ -538,22 +538,26 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         keys = [{"id": k.key_id, "key": k} for k in await gw.keys.list(member)]
         return [KeyInfo(**k["key"].__dict__) for k in page_of(request, response, keys, after, limit)]
 
+    # The audit record of a revocation names the key: a gateway restored from a backup revokes it
+    # again from the trail it takes back (Gateway._revoke_again).
     @r.delete("/keys/{key_id}", summary="Revoke an API key", status_code=204)
-    async def revoke_key(key_id: KeyId, p: Principal = who) -> None:
+    async def revoke_key(request: Request, key_id: KeyId, p: Principal = who) -> None:
         key = await gw.keys.get(key_id)
         if key is None:
             raise Problem(404, "Not found", f"no key {key_id}")
         may_manage(p, key.member)
         await gw.keys.revoke(key_id)
+        request.state.reason = f"revoked key {key_id}"
 
     @r.post("/keys/{key_id}/rotate", summary="Replace an API key with a new one", status_code=201)
-    async def rotate_key(key_id: KeyId, p: Principal = who) -> NewKeyResult:
+    async def rotate_key(request: Request, key_id: KeyId, p: Principal = who) -> NewKeyResult:
         key = await gw.keys.get(key_id)
         if key is None or key.revoked_at is not None:
             raise Problem(404, "Not found", f"no live key {key_id}")
         may_manage(p, key.member, key.role)
         new, token = await gw.keys.create(key.member, key.role)
         await gw.keys.revoke(key_id)
+        request.state.reason = f"revoked key {key_id}"
         return NewKeyResult(**new.__dict__, token=token)
 
     # -- audit ----------------------------------------------------------------------------------

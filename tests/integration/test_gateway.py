@@ -379,3 +379,51 @@ def test_a_member_s_own_auditor_key_reads_nothing_of_another_member(gw):
     finally:
         bank_auditor.close()
         association.close()
+
+
+def audit_last(w) -> int:
+    """The last audit record the chain anchored."""
+    async def read() -> int:
+        async with ChainClient(w.chain.rpc_url, w.chain.chain_id) as c:
+            return await c.query("/audit/last") or 0
+    return asyncio.run(read())
+
+
+def test_a_gateway_restored_from_a_backup_takes_its_trail_back_and_revokes_again_what_was_revoked(gw):
+    """The trust boundaries' restored backup: the gateway's key store and audit trail from before a
+    key's revocation, the chain's anchors past it. At its start the gateway takes the anchored
+    records back from rdx.audit.v1 and revokes that key again; before, the key worked again and the
+    restored trail was later anchored in place of the lost one (test_audit_restore.py: the trail)."""
+    key = gw.admin.create_key(gw.bank.account, "analyst")
+    bearer = {"authorization": f"Bearer {key['token']}"}
+    assert httpx.get(f"{gw.url}/v1/policy", headers=bearer).status_code == 200
+    state = gw.audit_db.parent
+    for name in ("keys", "audit"):
+        live = sqlite3.connect(state / f"{name}.sqlite")
+        with sqlite3.connect(state.parent.parent / f"backup-{name}.sqlite") as copy:
+            live.backup(copy)  # SQLite's online backup of the live database
+        live.close()
+    gw.admin.revoke_key(key["key_id"])
+    assert httpx.get(f"{gw.url}/v1/policy", headers=bearer).status_code == 401
+    revoked = sqlite3.connect(gw.audit_db).execute("SELECT seq FROM audit WHERE reason = ?",
+                                                   (f"revoked key {key['key_id']}",)).fetchone()[0]
+    deadline = time.monotonic() + 20
+    while audit_last(gw) < revoked:
+        assert time.monotonic() < deadline, "the revocation's record was not anchored"
+        time.sleep(0.3)
+    gw.proc.stop()
+    for name in ("keys", "audit"):
+        for suffix in ("-wal", "-shm"):
+            (state / f"{name}.sqlite{suffix}").unlink(missing_ok=True)
+        (state.parent.parent / f"backup-{name}.sqlite").replace(state / f"{name}.sqlite")
+    gw.proc.start()
+    assert httpx.get(f"{gw.url}/v1/policy", headers=bearer).status_code == 401
+    log = gw.log_path.read_text()
+    assert f"API key {key['key_id']} revoked again" in log and "taken back from rdx.audit.v1" in log
+    anchored = audit_last(gw)
+    for _ in range(3):
+        gw.admin.request("GET", "/v1/policy")
+    deadline = time.monotonic() + 20
+    while audit_last(gw) == anchored:  # the trail anchors on
+        assert time.monotonic() < deadline, "nothing anchored after the restore"
+        time.sleep(0.3)
