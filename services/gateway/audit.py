@@ -28,6 +28,7 @@ from services.gateway.db import Database
 
 log = logging.getLogger("rdx.gateway.audit")
 COLUMNS = list(AuditRecord.model_fields)
+INSERT = f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 DIVERGED = Gauge("rdx_gateway_audit_trail_diverged", "1 while this gateway's audit trail does not hold the record "
                  "the chain's last anchor names (a database restored from a backup, or records lost): nothing is "
                  "anchored meanwhile")
@@ -67,8 +68,7 @@ class AuditLog:
             seq, prev = (last[0][0] + 1, last[0][1]) if last else (1, GENESIS)
             record = AuditRecord(**fields, seq=seq, prev_hash=prev)
             record = record.model_copy(update={"hash": record_hash(record.body())})
-            await tx.execute(f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                             [getattr(record, c) for c in COLUMNS])
+            await tx.execute(INSERT, [getattr(record, c) for c in COLUMNS])
             return record
 
     async def query(self, *, member: str | None = None, asset: str | None = None, job: str | None = None,
@@ -155,8 +155,7 @@ async def restore_anchored(log_: AuditLog, chain: ChainClient, bootstrap: str,
         if ((await tx.fetch("SELECT max(seq) FROM audit"))[0][0] or 0) != held:
             return []  # another replica took them back meanwhile
         for record in reversed(path):
-            await tx.execute(f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                             [getattr(record, c) for c in COLUMNS])
+            await tx.execute(INSERT, [getattr(record, c) for c in COLUMNS])
     log.warning("the audit trail ended at record %d, before the chain's last anchor: records %d..%d taken back "
                 "from rdx.audit.v1 (a database restored from a backup?)", held, held + 1, anchored)
     return path[::-1]
