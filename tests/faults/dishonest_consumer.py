@@ -9,8 +9,8 @@ consumer writes its own job's params), at the moment its honest node would attes
   aborts the job with its member's own key (``$RDX_CHEAT_MEMBER_KEY``) — walking away before the
   chain has locked the escrow;
 - ``abort_after_lock``: waits until every other party has attested, sends its own attestation
-  (which locks the job) and at once ``jobs.Fail`` with its node key and ``jobs.Abort`` with its
-  member's key, hoping for a refund now that the providers' keys are about to be released (the
+  (which locks the job) and at once, together, ``jobs.Fail`` with its node key and ``jobs.Abort``
+  with its member's key, hoping for a refund now that the providers' keys are about to be released (the
   last provider, which would send its key with its attestation once the consumer's is on chain,
   gives up waiting after ``lifecycle.KEY_WAIT_S`` and attests without it: the job locks).
 
@@ -72,7 +72,10 @@ class DishonestConsumerManager(JobManager):
 
     async def _logged(self, job: str, txs: list) -> None:
         held = self.journal.result(job) is not None  # a result on this node before the lock: it walks away with it
-        _log(job, [await _answer(self.chain, who, type_, payload) for who, type_, payload in txs], held)
+        # All at once (different signers): one after another, the last could land after the provider's
+        # release had completed the job, and be refused as "not running" rather than as locked.
+        _log(job, list(await asyncio.gather(*(_answer(self.chain, who, type_, payload) for who, type_, payload in txs))),
+             held)
 
 
 if __name__ == "__main__":
