@@ -807,25 +807,16 @@ class JobManager:
         left alone: what its attestation named (a release key, a held-back result) went with the
         lost state, and the chain refunds the job at its deadline. A job whose event is still to
         come is journaled once: the event finds it there."""
-        for _ in range(30):
-            try:
-                listed = await self.view.open_jobs(self.member, ADOPT_LIMIT)
-                break
-            except ChainUnavailable:
-                await asyncio.sleep(1.0)
-        else:
+        try:
+            listed = await self._chain_read(int(time.time()) + 30, self.view.open_jobs, self.member, ADOPT_LIMIT)
+        except _ChainEnded:
             log.error("chain unreachable: this node's open jobs on chain were not checked against its journal")
             return
         for job in listed:
             if self.journal.get(job) is not None:
                 continue
-            try:
-                record = await self.view.job(job)
-            except ChainUnavailable:  # not proven now: its deadline refunds it, as before this check
-                log.warning("job %s is listed open on chain but could not be read proven; not run here", job)
-                continue
-            if record is None or record.get("id") != job or record.get("status") != "running" or \
-                    self.member not in record.get("participants", []):
+            record = await self._chain_record(job)  # None also when not proven now: its deadline refunds it
+            if record is None or record.get("status") != "running" or self.member not in record.get("participants", []):
                 continue
             if self.member in (record.get("attestations") or {}):
                 log.warning("job %s: %s attested it, but this node's journal does not hold it (a restored state?); "

@@ -29,7 +29,6 @@ from services.gateway.limits import LocalRateLimiter, RateLimiter, RedisRateLimi
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("rdx.gateway")
-REVOKED = re.compile(r"revoked key ([a-z0-9_]{1,40})")  # a revocation's audit reason (views.revoke_key)
 DECISIONS = Counter("rdx_policy_decisions_total", "gateway decisions", ["decision"])
 AUDITED_PREFIX = "/v1/"
 # A caller's own X-Request-Id is kept only if it is a plain token: it goes back in a header, into
@@ -122,9 +121,7 @@ class Gateway:
         """The API keys that audit records taken back from the topic say were revoked: a key store
         restored with the trail from before them holds those keys live again."""
         for record in records:
-            revoked = REVOKED.fullmatch(record.reason) if record.decision == "allow" and record.route in \
-                ("/v1/keys/{key_id}", "/v1/keys/{key_id}/rotate") else None
-            if revoked:
+            if record.decision == "allow" and (revoked := views.REVOKED.fullmatch(record.reason)):
                 key = await self.keys.get(revoked[1])
                 if key is not None and key.revoked_at is None:
                     await self.keys.revoke(revoked[1])

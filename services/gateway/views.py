@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -135,6 +136,11 @@ class DraftBody(BaseModel):
 # Annotated, not a shared default: FastAPI binds a shared Path() to the first parameter's name.
 Id = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")]
 KeyId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[a-z0-9_]+$")]
+# The audit reason of an allowed revocation (DELETE /keys/{key_id}, and a rotation's old key), and
+# only of that: a gateway restored from a backup revokes the key again from the trail it takes back
+# (Gateway._revoke_again).
+REVOKED_REASON = "revoked key {}"
+REVOKED = re.compile(r"revoked key ([a-z0-9_]{1,40})")
 AssetId = Annotated[str, StringConstraints(min_length=3, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")]
 TxHash = Annotated[str, Path(min_length=64, max_length=64, pattern=r"^[0-9A-Fa-f]{64}$")]
 
@@ -538,8 +544,6 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         keys = [{"id": k.key_id, "key": k} for k in await gw.keys.list(member)]
         return [KeyInfo(**k["key"].__dict__) for k in page_of(request, response, keys, after, limit)]
 
-    # The audit record of a revocation names the key: a gateway restored from a backup revokes it
-    # again from the trail it takes back (Gateway._revoke_again).
     @r.delete("/keys/{key_id}", summary="Revoke an API key", status_code=204)
     async def revoke_key(request: Request, key_id: KeyId, p: Principal = who) -> None:
         key = await gw.keys.get(key_id)
@@ -547,7 +551,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
             raise Problem(404, "Not found", f"no key {key_id}")
         may_manage(p, key.member)
         await gw.keys.revoke(key_id)
-        request.state.reason = f"revoked key {key_id}"
+        request.state.reason = REVOKED_REASON.format(key_id)
 
     @r.post("/keys/{key_id}/rotate", summary="Replace an API key with a new one", status_code=201)
     async def rotate_key(request: Request, key_id: KeyId, p: Principal = who) -> NewKeyResult:
@@ -557,7 +561,7 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         may_manage(p, key.member, key.role)
         new, token = await gw.keys.create(key.member, key.role)
         await gw.keys.revoke(key_id)
-        request.state.reason = f"revoked key {key_id}"
+        request.state.reason = REVOKED_REASON.format(key_id)
         return NewKeyResult(**new.__dict__, token=token)
 
     # -- audit ----------------------------------------------------------------------------------
