@@ -132,6 +132,9 @@ async def restore_anchored(log_: AuditLog, chain: ChainClient, bootstrap: str,
         log.warning("the chain's audit anchors could not be read at start (%s); the trail is checked against "
                     "them when anchoring", type(exc).__name__)
         return []
+    if digest is None:  # no anchor to walk down from: the topic is not read
+        log.error("the chain's node names no digest for its last audit anchor (%d); nothing taken back", anchored)
+        return []
     tip = (await log_.query(after_seq=held - 1, limit=1))[0].hash if held else GENESIS
     try:
         found = await asyncio.wait_for(_published(log_.instance, held, anchored, bootstrap), timeout_s)

@@ -15,11 +15,12 @@ import sqlite3
 from contextlib import asynccontextmanager
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from conftest import running_chain
 from services.common.audit import record_hash, verify_against_anchors
 from services.common.chain import ChainClient
-from services.common.events import AUDIT
+from services.common.events import AUDIT, Event
 from services.common.identity import Identity
 from services.common.kafka import EventProducer
 from services.gateway import audit
@@ -73,10 +74,23 @@ async def test_a_restored_trail_takes_the_anchored_records_back_and_anchors_on(c
         for _ in range(3):
             await _calls(shipper, 3)  # records 4-12, anchored after each three: up to 6, 9, 12
         assert await client.query("/audit/last") == 12
-        # Whoever may write to the topic forges a record 4 of this trail that follows record 3:
+        # Whoever may write to the topic forges a record 4 of this trail that follows record 3 ...
         forged = (await trail.query(after_seq=3, limit=1))[0].model_copy(update={"member": "forged"})
         forged = forged.model_copy(update={"hash": record_hash(forged.body())})
         await producer.publish_many(AUDIT, [to_event(forged, trail.instance)])
+        # ... and records that are not one: bytes that are no event, an event missing a record's fields,
+        # a record whose hash is not its own, one of another trail.
+        unsigned = forged.model_copy(update={"seq": 5, "member": "unhashed"})
+        broken = Event(id=f"audit/{trail.instance}/6", type="ApiCall", entity="member:x", source="gateway",
+                       data={"instance": trail.instance, "seq": 6})
+        await producer.publish_many(AUDIT, [to_event(unsigned, trail.instance), broken,
+                                            to_event(forged, "another-instance")])
+        raw = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+        await raw.start()
+        try:
+            await raw.send_and_wait(AUDIT, b"\xff not an event")
+        finally:
+            await raw.stop()
 
         restored = await AuditLog.open(SqliteDatabase(tmp_path / "backup.sqlite"))
         assert restored.instance == trail.instance and await restored.last_seq() == 3

@@ -19,7 +19,7 @@ from services.compute import jobtypes, lifecycle, peer, results
 from services.compute.jobtypes.base import JobContext, JobRefused, JobType, Outcome, PeerLost, PeerRefused
 from services.compute.journal import Journal
 from services.compute.lifecycle import JobManager
-from services.compute.chainview import ChainView
+from services.compute.chainview import ChainUnavailable, ChainView
 from services.compute.datasets import Datasets
 
 ME, OTHER = "telco", "bank"
@@ -635,3 +635,10 @@ async def test_the_open_jobs_listing_is_bounded_and_keeps_only_keys_under_its_pr
     client.query_prefix = ChainClient.query_prefix.__get__(client)
     view.client = client
     assert await view.open_jobs(ME) == ["j-1", "j-5"]
+    for page in ({"items": ["j-1"], "next": None}, {"next": None}, None, "junk"):  # answers that are no listing
+        client = PagingClient()
+        client._query = lambda path, page=page: asyncio.sleep(0, page)
+        client.query_prefix = ChainClient.query_prefix.__get__(client)
+        view.client = client
+        with pytest.raises(ChainUnavailable):
+            await view.open_jobs(ME)
