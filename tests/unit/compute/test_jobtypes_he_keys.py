@@ -278,25 +278,52 @@ def test_a_worker_encrypts_under_the_secret_key_it_is_given_and_switches_when_an
 
 
 def test_a_worker_drops_its_secret_key_once_idle_and_keeps_it_while_used(monkeypatch):
+    """On the worker's own clock, read through a test clock: wall-clock gaps on a loaded CI machine
+    (2026-12-04: more than 3 s between two uses 0.25 s apart) once dropped the key mid-use."""
     if he._worker_timer is not None:  # an earlier test's worker timer, set at the full idle time
         he._worker_timer.cancel()
     monkeypatch.setattr(he, "_worker_timer", None)
-    # A 3 s idle time against a use every 0.25 s: with 1 s, a loaded CI machine (2026-12-04, the
-    # deploy tests' image builds beside the unit tests) once let more than 1 s pass between uses.
     monkeypatch.setattr(he, "WORKER_KEY_IDLE_S", 3.0)
+    now = [1000.0]
+    monkeypatch.setattr(he, "time", type("Clock", (), {"monotonic": staticmethod(lambda: now[0])}))
+
+    def timer_looks() -> None:  # what the worker's timer does when it fires; its own next look cancelled
+        he._drop_idle_key()
+        if he._worker_timer is not None:
+            he._worker_timer.cancel()
+            he._worker_timer = None
+
     keys = he.new_keys()
     secret = base64.b64decode(keys.secret)
     block = he.padded(np.random.default_rng(5).normal(0, 1, (3, 1)), 0)
     he.encrypt_columns(secret, block)
     for _ in range(16):  # used every 0.25 s for 4 s: kept past its idle time from the first use
-        time.sleep(0.25)
+        now[0] += 0.25
+        timer_looks()
         assert he._worker_key is not None
         he.encrypt_columns(secret, block)
+    now[0] += 2.9
+    timer_looks()
+    assert he._worker_key is not None  # not yet idle
+    now[0] += 0.2
+    timer_looks()
+    assert he._worker_key is None  # idle: gone from the worker's memory, not only unused
+    assert len(he.encrypt_columns(secret, block)) == 1  # and loaded again on the next use
+    if he._worker_timer is not None:
+        he._worker_timer.cancel()
+
+
+def test_a_worker_s_own_timer_drops_an_idle_key(monkeypatch):
+    if he._worker_timer is not None:
+        he._worker_timer.cancel()
+    monkeypatch.setattr(he, "_worker_timer", None)
+    monkeypatch.setattr(he, "WORKER_KEY_IDLE_S", 0.2)
+    keys = he.new_keys()
+    he.encrypt_columns(base64.b64decode(keys.secret), he.padded(np.zeros((3, 1)), 0))
     deadline = time.monotonic() + 10
     while he._worker_key is not None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert he._worker_key is None  # idle: gone from the worker's memory, not only unused
-    assert len(he.encrypt_columns(secret, block)) == 1  # and loaded again on the next use
+    assert he._worker_key is None
 
 
 class _Workers:
