@@ -134,6 +134,15 @@ def _validators(directory: Path, association: Identity, gateway: Identity, log) 
     log(f"deploy: genesis of {len(ORGS)} validators ({', '.join(ORGS)}) by rdx genesis")
 
 
+def kafka_cluster_id() -> str:
+    """A random KRaft cluster id, as ``kafka-storage random-uuid`` makes one: 16 bytes in URL-safe
+    base64, never starting with '-' (kafka-storage's argument parser takes such an id for an option
+    and refuses to format: a 1-in-64 failure of a fresh deployment, seen in CI on 2026-12-04)."""
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        pass
+    return cluster_id
+
+
 def _kafka(directory: Path) -> None:
     """The broker's two client listeners: plaintext on the association's network, SCRAM-SHA-512 on
     ``exchange`` with one user per member (a random password each, made here)."""
@@ -158,7 +167,7 @@ def _kafka(directory: Path) -> None:
         "auto.create.topics.enable": "false",
     }
     (kafka / "config" / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-    (kafka / "config" / "cluster-id").write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+    (kafka / "config" / "cluster-id").write_text(kafka_cluster_id())
     lines = []
     for member in MEMBERS:
         password = secrets.token_urlsafe(24)

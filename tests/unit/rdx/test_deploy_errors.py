@@ -39,3 +39,14 @@ def test_container_logs_in_an_error_never_carry_the_deployments_secrets(monkeypa
     text = deploy.logs(tmp_path, ["kafka"], lines=60)
     assert "[secret]" in text and len(text) <= 8000
     assert password not in text and password[:12] not in text  # no part of it either, at the cut
+
+
+def test_a_kafka_cluster_id_never_starts_with_a_dash(monkeypatch):
+    """kafka-storage format took such an id for an option (CI, 2026-12-04); 0xf8 encodes to '-'."""
+    import uuid
+
+    drawn = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" * 16)])
+    monkeypatch.setattr(deploy.uuid, "uuid4", lambda: next(drawn))
+    cluster_id = deploy.kafka_cluster_id()
+    assert cluster_id == "AQEBAQEBAQEBAQEBAQEBAQ"
+    assert next(drawn, None) is None
