@@ -83,7 +83,7 @@ def build(settings: ComputeSettings, job_types: dict[str, type[JobType]] | None 
                                   verifier=ChainEventVerifier(chain, reader=view.reader),  # one light client, shared
                                   verify_if=lambda e: holder["m"].acts_on(e))
     journal = Journal(consumer.conn)
-    # The journal's database names the status ids' numbering (services/compute/events.py).
+    # The journal's database and this start name the status ids' numbering (services/compute/events.py).
     publisher = events.StatusPublisher(producer, member, journal.next_seq, consumer.store.model_id)
     manager = JobManager(member=member, identity=identity, chain_id=settings.chain_id, chain=chain, view=view,
                          datasets=datasets, journal=journal, runner=runner, hub=hub, publisher=publisher,

@@ -11,8 +11,10 @@ Consumes ``rdx.chain.events.v1`` (the chain's committed events, through the rela
   waiting on → its next proven read of the job now, not at its next poll (a hint, never decided on).
 
 Emits on ``rdx.jobs.status.v1`` (entity ``job:<id>``, id ``<job>/<member>/<instance>/<seq>``, where
-``seq`` counts in the node's journal and ``instance`` is that journal database's random id: stable,
-so a re-publish is recognised, and distinct between replicas or a node started on a new volume):
+``seq`` counts in the node's journal and ``instance`` is that journal database's random id and a
+random id of this start: a re-publish (the queue's retries) keeps its id, and replicas, a node on a
+new volume and a node restarted on a restored copy of its database never reuse one, though ``seq``
+then counts again from the backup's):
 
 - ``JobStatus`` {job, member, type, status, attempt, reason?, records_used?, result_hash?, stopped_ms?}
   whenever this node's status of the job changes (accepted, running, retrying, computed,
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 from aiokafka.errors import KafkaError
 
@@ -55,8 +58,11 @@ class StatusPublisher:
     """Queues status events and publishes them in order in the background, so a slow or absent
     broker never holds up a job (and never the kill switch). Retries until acknowledged."""
 
-    def __init__(self, producer: EventProducer, member: str, next_seq, instance: str):
-        self.producer, self.member, self._next_seq, self.instance = producer, member, next_seq, instance
+    def __init__(self, producer: EventProducer, member: str, next_seq, journal_id: str):
+        # Events queued before a stop are dropped, never sent again by the next start, so nothing
+        # needs an id to outlive the process; a restored journal numbers on from its backup.
+        self.producer, self.member, self._next_seq = producer, member, next_seq
+        self.instance = f"{journal_id}.{secrets.token_hex(4)}"
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
 
     def emit(self, job: str, type_: str, **data) -> None:
