@@ -31,6 +31,8 @@ from services.gateway.settings import GatewaySettings
 log = logging.getLogger("rdx.gateway")
 DECISIONS = Counter("rdx_policy_decisions_total", "gateway decisions", ["decision"])
 AUDITED_PREFIX = "/v1/"
+# A key revocation's response waits this long at most for its audit record's anchor (AuditShipper.anchored_through).
+REVOCATION_ANCHOR_WAIT_S = 10.0
 # A caller's own X-Request-Id is kept only if it is a plain token: it goes back in a header, into
 # every problem's instance and into the audit trail, where control bytes and other text do not belong.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
@@ -208,3 +210,8 @@ class Gateway:
             "latency_ms": round(seconds * 1000, 3)})
         if self.shipper is not None:
             self.shipper.submit(record)
+            if decision == "allow" and self.identity is not None and views.REVOKED.fullmatch(record.reason) and \
+                    not await self.shipper.anchored_through(record.seq, REVOCATION_ANCHOR_WAIT_S):
+                log.warning("API key revocation (audit record %d) not anchored within %.0f s: a gateway restored from "
+                            "a backup before its anchor would hold the key live again", record.seq,
+                            REVOCATION_ANCHOR_WAIT_S)

@@ -220,6 +220,7 @@ class AuditShipper:
         self.every, self.max = every_s, max_records
         self.queue: asyncio.Queue[AuditRecord] = asyncio.Queue(maxsize=10_000)
         self._diverged_logged = -DIVERGED_LOG_EVERY_S  # monotonic time of the last such error logged
+        self._wake = asyncio.Event()  # a turn now, not at the next ``every``
 
     def submit(self, record: AuditRecord) -> None:
         try:
@@ -229,6 +230,7 @@ class AuditShipper:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._wake.clear()  # a wake from here on asks for the next turn
             await self._publish_some()
             if self.identity is not None:
                 try:
@@ -237,10 +239,36 @@ class AuditShipper:
                             await self._anchor()
                 except Exception as exc:  # noqa: BLE001 - chain away: anchor later, nothing is lost
                     log.warning("audit anchoring failed: %s", type(exc).__name__)
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
             try:
-                await asyncio.wait_for(stop.wait(), self.every)
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.wait(waits, timeout=self.every, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
+    async def anchored_through(self, seq: int, timeout: float) -> bool:
+        """Whether record ``seq`` is anchored on chain within ``timeout`` seconds, asking for a turn of
+        publishing and anchoring now. A key revocation waits for it: a gateway restored from a backup
+        takes back only anchored records (``restore_anchored``), so until then a restore would bring
+        the key back. Any replica's anchor counts (the chain's ``audit/last``); on timeout, or with no
+        anchoring identity, False: the caller goes on, the next turn anchors it."""
+        if self.identity is None:
+            return False
+        deadline = time.monotonic() + timeout
+        pause = 0.02
+        while True:
+            self._wake.set()
+            try:
+                last = await self.chain.query("/audit/last")
+            except Exception:  # noqa: BLE001 - chain away or an answer that is no JSON: ask again until the timeout
+                last = None
+            if type(last) is int and last >= seq:  # noqa: E721 - a bool or a numeric string is no anchor height
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, 0.5)
 
     async def _continues(self, anchored: int) -> bool:
         """Whether this trail holds the record the chain's last anchor names, with the hash it names.

@@ -544,7 +544,9 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         keys = [{"id": k.key_id, "key": k} for k in await gw.keys.list(member)]
         return [KeyInfo(**k["key"].__dict__) for k in page_of(request, response, keys, after, limit)]
 
-    @r.delete("/keys/{key_id}", summary="Revoke an API key", status_code=204)
+    @r.delete("/keys/{key_id}", summary="Revoke an API key", status_code=204,
+              description="Answers once the revocation's audit record is anchored on chain (a gateway restored "
+                          "from a backup revokes again only anchored revocations), or after 10 s without it.")
     async def revoke_key(request: Request, key_id: KeyId, p: Principal = who) -> None:
         key = await gw.keys.get(key_id)
         if key is None:

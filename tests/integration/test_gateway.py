@@ -389,6 +389,34 @@ def audit_last(w) -> int:
     return asyncio.run(read())
 
 
+def test_a_key_revocation_answers_once_its_audit_record_is_anchored(gw):
+    """The restore below revokes again only what was anchored: a key revoked in the seconds before the
+    next anchor came back to life with a restored key store. A revocation now asks for an anchor at
+    once and answers after it; this gateway otherwise anchors every 120 s."""
+    gw.proc.stop()
+    gw.proc.env["RDX_ANCHOR_EVERY_S"] = "120"
+    gw.proc.start()
+    try:
+        key = gw.admin.create_key(gw.bank.account, "analyst")
+        time.sleep(0.5)  # the start's own turn is over: the next one is 120 s away
+        began = time.monotonic()
+        gw.admin.revoke_key(key["key_id"])
+        took = time.monotonic() - began
+        revoked = sqlite3.connect(gw.audit_db).execute("SELECT seq FROM audit WHERE reason = ?",
+                                                       (f"revoked key {key['key_id']}",)).fetchone()[0]
+        assert audit_last(gw) >= revoked, "the revocation answered before its record was anchored"
+        assert took < 5, took
+        bearer = {"authorization": f"Bearer {key['token']}"}
+        assert httpx.get(f"{gw.url}/v1/policy", headers=bearer).status_code == 401
+        gw.admin.request("GET", "/v1/policy")
+        time.sleep(0.5)
+        assert audit_last(gw) == revoked  # only a revocation asks for an anchor at once
+    finally:
+        gw.proc.stop()
+        gw.proc.env["RDX_ANCHOR_EVERY_S"] = "0.5"
+        gw.proc.start()
+
+
 def test_a_gateway_restored_from_a_backup_takes_its_trail_back_and_revokes_again_what_was_revoked(gw):
     """The trust boundaries' restored backup: the gateway's key store and audit trail from before a
     key's revocation, the chain's anchors past it. At its start the gateway takes the anchored
