@@ -431,12 +431,13 @@ class JobManager:
         inputs: dict[str, InputPolicy] = {}
         began = time.monotonic()
         if mine:
-            grants, listings = {}, {}
-            for raw in record.get("inputs") or []:
-                if raw.get("provider") == self.member:
-                    grants[raw.get("grant")] = await self._chain_read(spec.deadline, self.view.grant, raw.get("grant"))
-                    listings[raw["asset"]] = await self._chain_read(spec.deadline, self.view.listing, raw["asset"],
-                                                                    raw["version"])
+            own = [raw for raw in record.get("inputs") or [] if raw.get("provider") == self.member]
+            # Every grant and listing read at once: one round trip to the chain, not two an input.
+            read = await asyncio.gather(*(self._chain_read(spec.deadline, self.view.grant, raw.get("grant")) for raw in own),
+                                        *(self._chain_read(spec.deadline, self.view.listing, raw["asset"], raw["version"])
+                                          for raw in own))
+            grants = {raw.get("grant"): got for raw, got in zip(own, read[:len(own)])}
+            listings = {raw["asset"]: got for raw, got in zip(own, read[len(own):])}
             check_grants(spec, record, self.member, grants, listings)
             for ref in mine:
                 listing = listings.get(ref.asset) or {}

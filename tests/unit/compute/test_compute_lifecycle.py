@@ -642,3 +642,36 @@ async def test_the_open_jobs_listing_is_bounded_and_keeps_only_keys_under_its_pr
         view.client = client
         with pytest.raises(ChainUnavailable):
             await view.open_jobs(ME)
+
+
+class OverlapView(FakeView):
+    """Each grant or listing read waits until the other kind has begun: read one after the other, they
+    never meet (the read times out); read together, both return."""
+
+    def __init__(self, record):
+        super().__init__(record)
+        self.began = {"grant": asyncio.Event(), "listing": asyncio.Event()}
+
+    async def _meet(self, mine, other):
+        self.began[mine].set()
+        await asyncio.wait_for(self.began[other].wait(), 2)
+
+    async def grant(self, grant):
+        await self._meet("grant", "listing")
+        return await super().grant(grant)
+
+    async def listing(self, asset, version):
+        await self._meet("listing", "grant")
+        return await super().listing(asset, version)
+
+
+async def test_a_provider_reads_its_grants_and_listings_in_one_round_trip():
+    """Issue 23's start phase: the provider's policy reads went one after the other (two round trips
+    an input, after the job's own); they now go together."""
+    rec = record()
+    m, chain, _ = manager(rec)
+    m.view = OverlapView(rec)
+    m.on_event(authorized(rec), None)
+    await _settle(m)
+    assert m.journal.get("j-1").status == "attested"
+    assert [t for _, t, _ in chain.txs] == ["jobs.Attest"]
