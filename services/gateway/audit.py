@@ -256,8 +256,8 @@ class AuditShipper:
             return False
         deadline = time.monotonic() + timeout
         pause = 0.02
+        self._wake.set()  # cleared when a turn begins: a turn under way now is followed by another
         while True:
-            self._wake.set()
             try:
                 last = await self.chain.query("/audit/last")
             except Exception:  # noqa: BLE001 - chain away or an answer that is no JSON: ask again until the timeout
