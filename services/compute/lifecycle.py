@@ -433,11 +433,12 @@ class JobManager:
         if mine:
             own = [raw for raw in record.get("inputs") or [] if raw.get("provider") == self.member]
             # Every grant and listing read at once: one round trip to the chain, not two an input.
-            read = await asyncio.gather(*(self._chain_read(spec.deadline, self.view.grant, raw.get("grant")) for raw in own),
-                                        *(self._chain_read(spec.deadline, self.view.listing, raw["asset"], raw["version"])
-                                          for raw in own))
-            grants = {raw.get("grant"): got for raw, got in zip(own, read[:len(own)])}
-            listings = {raw["asset"]: got for raw, got in zip(own, read[len(own):])}
+            read_grants, read_listings = await asyncio.gather(
+                asyncio.gather(*(self._chain_read(spec.deadline, self.view.grant, raw.get("grant")) for raw in own)),
+                asyncio.gather(*(self._chain_read(spec.deadline, self.view.listing, raw["asset"], raw["version"])
+                                 for raw in own)))
+            grants = dict(zip((raw.get("grant") for raw in own), read_grants))
+            listings = dict(zip((raw["asset"] for raw in own), read_listings))
             check_grants(spec, record, self.member, grants, listings)
             for ref in mine:
                 listing = listings.get(ref.asset) or {}

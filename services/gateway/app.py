@@ -123,12 +123,12 @@ class Gateway:
         """The API keys that audit records taken back from the topic say were revoked: a key store
         restored with the trail from before them holds those keys live again."""
         for record in records:
-            if record.decision == "allow" and (revoked := views.REVOKED.fullmatch(record.reason)):
-                key = await self.keys.get(revoked[1])
+            if revoked := views.revoked_key(record):
+                key = await self.keys.get(revoked)
                 if key is not None and key.revoked_at is None:
-                    await self.keys.revoke(revoked[1])
+                    await self.keys.revoke(revoked)
                     log.warning("API key %s revoked again: the audit trail taken back shows its revocation "
-                                "(record %d), which the restored key store did not hold", revoked[1], record.seq)
+                                "(record %d), which the restored key store did not hold", revoked, record.seq)
 
     async def _start_webhooks(self) -> None:
         """The chain events members subscribed to, into the webhook outbox, and its delivery loop.
@@ -210,7 +210,7 @@ class Gateway:
             "latency_ms": round(seconds * 1000, 3)})
         if self.shipper is not None:
             self.shipper.submit(record)
-            if decision == "allow" and self.identity is not None and views.REVOKED.fullmatch(record.reason) and \
+            if self.identity is not None and views.revoked_key(record) and \
                     not await self.shipper.anchored_through(record.seq, REVOCATION_ANCHOR_WAIT_S):
                 log.warning("API key revocation (audit record %d) not anchored within %.0f s: a gateway restored from "
                             "a backup before its anchor would hold the key live again", record.seq,

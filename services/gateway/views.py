@@ -141,6 +141,13 @@ KeyId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[a-z0-9_]+$"
 # (Gateway._revoke_again).
 REVOKED_REASON = "revoked key {}"
 REVOKED = re.compile(r"revoked key ([a-z0-9_]{1,40})")
+
+
+def revoked_key(record) -> str | None:
+    """The key an audit record says was revoked: an allowed call whose reason is REVOKED_REASON."""
+    found = REVOKED.fullmatch(record.reason) if record.decision == "allow" else None
+    return found[1] if found else None
+
 AssetId = Annotated[str, StringConstraints(min_length=3, max_length=80, pattern=r"^[a-z0-9][a-z0-9.\-]*$")]
 TxHash = Annotated[str, Path(min_length=64, max_length=64, pattern=r"^[0-9A-Fa-f]{64}$")]
 
