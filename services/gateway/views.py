@@ -559,6 +559,9 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
         if key is None:
             raise Problem(404, "Not found", f"no key {key_id}")
         may_manage(p, key.member)
+        if key.revoked_at is not None:  # nothing revoked now: no revocation record, so no anchor to wait for
+            request.state.reason = f"key {key_id} was already revoked"
+            return
         await gw.keys.revoke(key_id)
         request.state.reason = REVOKED_REASON.format(key_id)
 

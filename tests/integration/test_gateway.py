@@ -411,6 +411,12 @@ def test_a_key_revocation_answers_once_its_audit_record_is_anchored(gw):
         gw.admin.request("GET", "/v1/policy")
         time.sleep(0.5)
         assert audit_last(gw) == revoked  # only a revocation asks for an anchor at once
+        # Revoking it again (a member admin driving one anchor tx per call) revokes nothing: no wait, no anchor.
+        for _ in range(5):
+            gw.admin.revoke_key(key["key_id"])
+        time.sleep(0.5)
+        assert audit_last(gw) == revoked
+        assert last_audit(gw)["reason"] == f"key {key['key_id']} was already revoked"
     finally:
         gw.proc.stop()
         gw.proc.env["RDX_ANCHOR_EVERY_S"] = "0.5"
