@@ -553,7 +553,8 @@ def router(gw) -> APIRouter:  # gw: services.gateway.app.Gateway
 
     @r.delete("/keys/{key_id}", summary="Revoke an API key", status_code=204,
               description="Answers once the revocation's audit record is anchored on chain (a gateway restored "
-                          "from a backup revokes again only anchored revocations), or after 10 s without it.")
+                          "from a backup revokes again only anchored revocations), or after 10 s without it; "
+                          "a key already revoked answers at once.")
     async def revoke_key(request: Request, key_id: KeyId, p: Principal = who) -> None:
         key = await gw.keys.get(key_id)
         if key is None:
