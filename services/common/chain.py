@@ -104,9 +104,17 @@ class ChainClient:
         """Sign and broadcast; with ``wait``, return once committed (raise TxRejected if it failed)."""
         lock = self._locks.setdefault(identity.account, asyncio.Lock())
         async with lock:  # nonces of one signer are handed out in order
-            nonce = self._nonces.get(identity.account) or await self.next_nonce(identity.account)
+            cached = self._nonces.get(identity.account)
+            nonce = cached or await self.next_nonce(identity.account)
             tx = Tx.build(identity, self.chain_id, type_, nonce, payload)
             checked = await self.broadcast(tx.encode())
+            if checked["code"] == Code.BAD_NONCE and cached:
+                # The count went stale: a tx it counted left the mempool without a block (a recheck
+                # after another party's tx evicted it), or another process signed with this key.
+                # Read the chain's and sign once more, rather than fail a tx that was never wrong.
+                nonce = await self.next_nonce(identity.account)
+                tx = Tx.build(identity, self.chain_id, type_, nonce, payload)
+                checked = await self.broadcast(tx.encode())
             if checked["code"] != Code.OK:
                 self._nonces.pop(identity.account, None)  # re-read next time
                 raise TxRejected(checked["code"], checked.get("log", ""), tx.hash)

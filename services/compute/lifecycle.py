@@ -767,8 +767,9 @@ class JobManager:
             try:
                 await self.chain.submit(self.identity, tx, {"job": job, "reason": reason[:500]}, timeout=20)
                 return
-            except TxRejected:
-                return  # it had already ended on chain
+            except TxRejected as exc:  # it had ended there meanwhile, as a rule
+                log.info("job %s: the chain refused its %s (code %d: %s)", job, tx, exc.code, exc.log[:200])
+                return
             except ChainError:
                 await asyncio.sleep(1.0)
         log.error("could not report job %s as failed to the chain; its deadline will end it", job)

@@ -37,3 +37,24 @@ async def test_non_association_cannot_register_members(chain):
                 "id": "x-corp", "name": "X", "roles": ["consumer"], "public_key": intruder.public_key})
         assert rejected.value.code == Code.UNKNOWN_SIGNER
         assert await client.query("/members/x-corp") is None
+
+
+async def test_a_client_whose_nonce_count_went_stale_reads_the_chain_s_and_commits(chain):
+    """Two processes signing with one key (a member's CLI beside its gateway client), or a tx that a
+    mempool recheck evicted, leave a client counting a nonce the chain has moved past or never
+    reached. Its next tx is signed again with the chain's nonce rather than refused: a compute
+    node's policy abort refused as BAD_NONCE left a job to time out as failed (CI of 2026-12-05)."""
+    ids = [Identity.generate(f"stale-{i}") for i in range(3)]
+    async with ChainClient(chain.rpc_url, chain.chain_id) as a, ChainClient(chain.rpc_url, chain.chain_id) as b:
+        def register(i: int) -> dict:
+            return {"id": f"stale-{i}", "name": f"Stale {i}", "roles": ["consumer"], "public_key": ids[i].public_key}
+
+        await a.submit(chain.association, "members.Register", register(0))
+        await b.submit(chain.association, "members.Register", register(1))  # the chain's nonce moves past a's count
+        committed = await a.submit(chain.association, "members.Register", register(2))
+        assert [e["type"] for e in committed.events] == ["MemberRegistered"]
+        assert (await a.query("/members/stale-2"))["status"] == "active"
+        # a count ahead of the chain (the evicted tx's case) is read again too
+        a._nonces[chain.association.account] += 5
+        await a.submit(chain.association, "members.Suspend", {"member": "stale-2", "reason": "test"})
+        assert (await a.query("/members/stale-2"))["status"] == "suspended"
