@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
 from services.common import lightclient, verified
@@ -107,13 +108,19 @@ class ChainView:
             return None
         return statistics.median(times) if times else None
 
-    async def spec(self, job: str) -> tuple[JobSpec, dict[str, Any]] | None:
-        """The job as the chain recorded it, with every participant's current node; None if unknown."""
-        record = await self.job(job)
+    async def spec(self, job: str, participants: Sequence[str] = ()) -> tuple[JobSpec, dict[str, Any]] | None:
+        """The job as the chain recorded it, with every participant's current node; None if unknown.
+
+        ``participants``, as its proven JobAuthorized named them, are read together with the job: one
+        round trip instead of two on a job's start path (issue 23). The record decides: if it names
+        others, theirs are read after it."""
+        found = await self._many([f"/jobs/{job}", *(f"/members/{member}" for member in participants)])
+        record, members = found[0], found[1:]
         if record is None:
             return None
+        if list(participants) != list(record["participants"]):
+            members = await self._many([f"/members/{member}" for member in record["participants"]])
         nodes: dict[str, NodeRef] = {}
-        members = await self._many([f"/members/{member}" for member in record["participants"]])
         for member, m in zip(record["participants"], members):
             if m and m.get("node"):
                 nodes[member] = NodeRef(m["node"]["account"], m["node"]["endpoint"])

@@ -307,7 +307,7 @@ class JobManager:
             marking.add_done_callback(self._background.discard)
         spec: JobSpec | None = None
         try:
-            spec, record = await self._chain_spec(job, row.deadline)
+            spec, record = await self._chain_spec(job, row.deadline, row.spec.get("participants"))
             row = self.journal.get(job)
             done_here = row.status in ("computed", "attested")  # a restart after this node's part was done
             if record["status"] not in ("running", "locked") and not (
@@ -418,8 +418,10 @@ class JobManager:
                             stopped_ms=round(stopped_ms, 3))
         log.warning("job %s stopped %.1f ms after the kill switch reached this node", job, stopped_ms)
 
-    async def _chain_spec(self, job: str, deadline: int) -> tuple[JobSpec, dict]:
-        got = await self._chain_read(deadline, self.view.spec, job)
+    async def _chain_spec(self, job: str, deadline: int, participants=None) -> tuple[JobSpec, dict]:
+        """``participants``: the journal's, from the proven event (only a hint; the record decides)."""
+        hint = [p for p in participants if isinstance(p, str)] if isinstance(participants, list) else []
+        got = await self._chain_read(deadline, self.view.spec, job, hint)
         if got is None:
             raise _ChainEnded("failed", "the job is not on chain")
         return got

@@ -51,7 +51,7 @@ class FakeView(ChainView):
         rec = self.record
         return [rec["id"]] if rec and rec["status"] in ("running", "locked") and member in rec["participants"] else []
 
-    async def spec(self, job):
+    async def spec(self, job, participants=()):
         from services.compute.chainview import ChainView as Real
 
         class Q:
@@ -67,7 +67,7 @@ class FakeView(ChainView):
                     m = path.rsplit("/", 1)[1]
                     return {"status": "active", "node": {"account": f"{m}.node", "endpoint": "127.0.0.1:1"}}
                 return None
-        return await Real(Q(self.record)).spec(job)
+        return await Real(Q(self.record)).spec(job, participants)
 
     async def account(self, account):
         return None
@@ -675,3 +675,39 @@ async def test_a_provider_reads_its_grants_and_listings_in_one_round_trip():
     await _settle(m)
     assert m.journal.get("j-1").status == "attested"
     assert [t for _, t, _ in chain.txs] == ["jobs.Attest"]
+
+
+class RoundCounting:
+    """A chain client that answers each batch of concurrent queries as one round trip."""
+
+    chain_id = "rdx-test"
+
+    def __init__(self, rec):
+        self.rec, self.rounds, self.paths, self._open = rec, 0, [], 0
+
+    async def query(self, path):
+        if self._open == 0:
+            self.rounds += 1
+        self._open += 1
+        self.paths.append(path)
+        await asyncio.sleep(0.01)
+        self._open -= 1
+        if path.startswith("/jobs/"):
+            return self.rec
+        m = path.rsplit("/", 1)[1]
+        return {"status": "active", "node": {"account": f"{m}.node", "endpoint": f"{m}.example:1"}}
+
+
+async def test_a_job_s_spec_reads_the_job_and_its_participants_in_one_round_trip():
+    """Issue 23's start phase: the participants the proven JobAuthorized named are read with the job
+    (was: the job, then its members). The record decides: a hint that differs is read again from it."""
+    from services.compute.chainview import ChainView as Real
+
+    rec = record()
+    client = RoundCounting(rec)
+    spec, _ = await Real(client).spec("j-1", rec["participants"])
+    assert client.rounds == 1 and sorted(spec.nodes) == sorted(rec["participants"])
+    client = RoundCounting(rec)
+    spec, _ = await Real(client).spec("j-1", ["someone-else"])
+    assert client.rounds == 2 and sorted(spec.nodes) == sorted(rec["participants"])
+    assert "/members/someone-else" not in [f"/members/{m}" for m in spec.nodes]
