@@ -24,10 +24,11 @@ class Scripted(VerifiedChain):
 
     def __init__(self, latest: int, answer):
         super().__init__("http://127.0.0.1:9", Anchor("rdx-test", 1, header_hash=bytes(32)))
-        self.status, self.answer, self.asked = latest, answer, []
+        self.status, self.answer, self.asked, self.statuses = latest, answer, [], 0
 
     async def _rpc(self, method: str, **params):
         if method == "status":
+            self.statuses += 1
             return {"sync_info": {"latest_block_height": str(self.status)}}
         assert method == "abci_query" and params["prove"] is True
         height = params.get("height")
@@ -110,3 +111,27 @@ async def test_an_answer_of_the_wrong_shape_is_refused(response):
     with pytest.raises(VerificationError, match="not an abci_query answer"):
         await reader.query_bytes("bank/balance/alice")
     await reader.close()
+
+
+class Header:
+    def __init__(self, height: int):
+        self.height = height
+
+
+@pytest.mark.parametrize("node_at, asked", [
+    (10, [9]),  # the node is where the newest header said: asked there, no status
+    (12, [9, 11]),  # it moved on: its refusal says its height, and the read goes there
+])
+async def test_a_header_verified_within_guess_s_names_the_height_to_ask_at_without_a_status(node_at, asked):
+    """Issue 23: under a job's start each read's ``status`` took 5-20 ms. A header verified less than
+    GUESS_S ago stands in for it; an older one does not."""
+    import time
+
+    reader = Scripted(node_at, app(node_at))
+    reader._trusted, reader._latest_at = {10: Header(10)}, time.monotonic()
+    assert await proven_by(reader) == asked[-1] + 1
+    assert reader.asked == asked and reader.statuses == 0
+    stale = Scripted(node_at, app(node_at))
+    stale._trusted, stale._latest_at = {10: Header(10)}, time.monotonic() - 5
+    await proven_by(stale)
+    assert stale.statuses == 1 and stale.asked == [node_at - 1]
