@@ -111,7 +111,10 @@ class ChainClient:
             if checked["code"] == Code.BAD_NONCE and cached:
                 # The count went stale: a tx it counted left the mempool without a block (a recheck
                 # after another party's tx evicted it), or another process signed with this key.
-                # Read the chain's and sign once more, rather than fail a tx that was never wrong.
+                # Read the chain's and sign once more, rather than fail a tx that was never wrong. A
+                # node that lied about the first gets the same payload twice: every tx signed here is
+                # refused a second time by its content (a job's attestation, release or end; a
+                # proposal's id or a seat's approval), so no second effect follows.
                 nonce = await self.next_nonce(identity.account)
                 tx = Tx.build(identity, self.chain_id, type_, nonce, payload)
                 checked = await self.broadcast(tx.encode())
