@@ -117,7 +117,7 @@ async def _attack(net, job: str, type_: str, params: dict, assets=(f"{PROV}.subs
 
 
 def _aborted_by_provider(record: dict, words: str, providers=(PROV,)) -> None:
-    assert record["status"] == "aborted", record
+    assert record["status"] == "aborted", (record["status"], record.get("ended_reason"), record.get("ended_height"))
     assert any(record["ended_reason"].startswith(f"{p}'s policy: ") for p in providers), record["ended_reason"]
     assert words in record["ended_reason"], record["ended_reason"]
     assert CANARY not in record["ended_reason"]
