@@ -92,6 +92,13 @@ class _ServerTransport(_Transport):
 
 # -- the channel a job type sees ---------------------------------------------------------------------
 
+# What a stream raises once the other end has gone. grpc.aio.BaseError covers UsageError and
+# InternalError, whose ExecuteBatchError a server's write raises after the client cancelled its call:
+# uncaught, it made a peer's policy abort an "internal error" here, and this node's jobs.Fail raced
+# the peer's jobs.Abort (CI of 2026-12-05, test_malicious_consumer's budgeted HE model).
+_LOST = (grpc.aio.AioRpcError, grpc.aio.BaseError, RuntimeError, asyncio.InvalidStateError)
+
+
 class SecureChannel:
     """Encrypted frames over one transport; keeps the running transcript of each direction."""
 
@@ -117,7 +124,7 @@ class SecureChannel:
             sealed = self._cipher.seal(frame)
             try:
                 await self._transport.write(sealed)
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError, asyncio.InvalidStateError) as exc:
+            except _LOST as exc:
                 self.closed = True
                 raise PeerLost(f"lost {self.peer} while sending ({_why(exc)})") from None
             self.bytes_sent += len(sealed)
@@ -129,7 +136,7 @@ class SecureChannel:
             raise PeerLost(f"channel to {self.peer} is closed")
         try:
             sealed = await self._transport.read()
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError, asyncio.InvalidStateError) as exc:
+        except _LOST as exc:
             self.closed = True
             raise PeerLost(f"lost {self.peer} ({_why(exc)})") from None
         return self.accept(sealed)
