@@ -42,8 +42,8 @@ async def test_non_association_cannot_register_members(chain):
 async def test_a_client_whose_nonce_count_went_stale_reads_the_chain_s_and_commits(chain):
     """Two processes signing with one key (a member's CLI beside its gateway client), or a tx that a
     mempool recheck evicted, leave a client counting a nonce the chain has moved past or never
-    reached. Its next tx is signed again with the chain's nonce rather than refused: a compute
-    node's policy abort refused as BAD_NONCE left a job to time out as failed (CI of 2026-12-05)."""
+    reached. Its next tx is signed again with the chain's nonce rather than refused (before, a
+    compute node's policy abort refused so was taken for a job already ended)."""
     ids = [Identity.generate(f"stale-{i}") for i in range(3)]
     async with ChainClient(chain.rpc_url, chain.chain_id) as a, ChainClient(chain.rpc_url, chain.chain_id) as b:
         def register(i: int) -> dict:

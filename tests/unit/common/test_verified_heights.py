@@ -123,7 +123,7 @@ class Header:
     (12, [9, 11]),  # it moved on: its refusal says its height, and the read goes there
 ])
 async def test_a_header_verified_within_guess_s_names_the_height_to_ask_at_without_a_status(node_at, asked):
-    """Issue 23: under a job's start each read's ``status`` took 5-20 ms. A header verified less than
+    """Issue 23: under a job's start each read's ``status`` took 3-22 ms. A header verified less than
     GUESS_S ago stands in for it; an older one does not."""
     import time
 
