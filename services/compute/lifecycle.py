@@ -628,9 +628,12 @@ class JobManager:
                     continue
                 if exc.code == Code.INVALID_STATE:
                     return  # the job ended meanwhile; its event says how
-                if exc.code == Code.BAD_NONCE and time.time() < spec.deadline:
-                    continue
-                raise JobRefused(f"the chain refused this node's attestation (code {exc.code})") from None
+                if exc.code != Code.BAD_NONCE or time.time() >= spec.deadline:
+                    raise JobRefused(f"the chain refused this node's attestation (code {exc.code})") from None
+                # The client has already signed once more with the chain's own nonce (ChainClient.submit):
+                # a node refusing that too is at fault or racing another signer; ask again, paced.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
             except ChainError:
                 if time.time() > spec.deadline:
                     raise JobRefused("the chain could not be reached to attest before the deadline") from None
@@ -725,6 +728,7 @@ class JobManager:
                 return
             except TxRejected as exc:
                 if exc.code == Code.BAD_NONCE and time.time() < spec.deadline:
+                    await asyncio.sleep(1.0)  # paced, as an attestation's (_attest)
                     continue
                 log.warning("job %s: the chain refused %s's release (code %s)", spec.job, self.member, exc.code)
                 return

@@ -277,6 +277,21 @@ async def test_a_lost_peer_is_retried_then_fails():
     assert [d.get("status") for _, t, d in pub.events if t == "JobStatus"].count("retrying") == 1
 
 
+async def test_a_chain_node_refusing_every_nonce_gets_paced_attestations_then_the_job_fails_at_its_deadline():
+    """A hostile (or confused) RPC node that answers bad nonce to every tx, even after the client
+    signed once more with the chain's own nonce: the node asks again with a growing pause, never in
+    a loop, and fails the job once its deadline has passed."""
+    rec = record() | {"deadline": time.time() + 1.2}
+    m, chain, _ = manager(rec)
+    chain.reject["jobs.Attest"] = Code.BAD_NONCE
+    m.on_event(authorized(rec), None)
+    await asyncio.sleep(2.0)
+    await _settle(m)
+    kinds = [t for _, t, _ in chain.txs]
+    assert 2 <= kinds.count("jobs.Attest") <= 5, kinds.count("jobs.Attest")  # 0.2, 0.4, 0.8 s apart
+    assert kinds[-1] == "jobs.Fail" and m.journal.get("j-1").status == "failed"
+
+
 async def test_a_restart_resumes_pending_work_and_mirrors_jobs_that_ended_on_chain():
     rec = record()
     m, chain, _ = manager(rec)
