@@ -17,22 +17,9 @@ from pathlib import Path
 import pytest
 
 from rdx.sdk import Gateway
-from rdx.supervisor import Ports
+from portkit import free_offset
 from services.common.chain import ChainClient
 from services.common.identity import Identity
-
-
-def _free_offset() -> int:
-    for offset in range(20000, 40000, 137):
-        ports = Ports().shifted(offset).__dict__.values()
-        try:
-            for port in ports:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return offset
-        except OSError:
-            continue
-    pytest.skip("no free range of ports")
 
 
 def exchange_processes(state: Path) -> list[int]:
@@ -56,7 +43,7 @@ def rdx(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def exchange(toolchain, tmp_path):
-    state, offset = tmp_path / "state", _free_offset()
+    state, offset = tmp_path / "state", free_offset()
     args = ("--state-dir", str(state))
     yield state, offset, args
     rdx("down", *args)

@@ -16,7 +16,7 @@ import sys
 import time
 
 from kafkakit import poison, send_raw, send_unreadable
-from test_local_exchange import _free_offset
+from portkit import free_offset
 
 from rdx import deadletters
 from services.common.events import CHAIN_EVENTS, EVENT_TOPICS, MAX_EVENT_BYTES, Event
@@ -60,7 +60,7 @@ async def send_all_poison(bootstrap: str) -> dict[str, list[int]]:
 
 
 def test_poison_on_every_topic_leaves_the_exchange_healthy_across_down_and_up(toolchain, tmp_path):
-    state, offset = tmp_path / "state", _free_offset()
+    state, offset = tmp_path / "state", free_offset()
     args = ("--state-dir", str(state))
     try:
         started = rdx("up", "--detach", "--port-offset", str(offset), *args)

@@ -20,7 +20,8 @@ import httpx
 import pytest
 from nacl.signing import VerifyKey
 from playwright.sync_api import Page, sync_playwright
-from test_local_exchange import _free_offset, rdx
+from portkit import free_offset
+from test_local_exchange import rdx
 
 from rdx.components import LOOPBACK, ServiceProcess, free_port, http_ok
 from rdx.portal_login import user_record
@@ -109,7 +110,7 @@ def site(toolchain, tmp_path_factory):
     state = root / "state"
     args = ("--state-dir", str(state))
     for _ in range(3):  # a port found free can be taken by another process before the exchange binds it
-        started = rdx("up", "--detach", "--port-offset", str(_free_offset()), *args)
+        started = rdx("up", "--detach", "--port-offset", str(free_offset()), *args)
         if "already in use" not in started.stderr:
             break
     assert started.returncode == 0, started.stderr + started.stdout

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import re
-import socket
 import sys
 import time
 import urllib.request
@@ -36,6 +34,7 @@ import pytest
 
 from rdx.components import LOOPBACK, free_port
 from rdx.supervisor import Exchange, Ports, association_identity
+from portkit import free_offset
 from services.common.chain import ChainClient
 from services.common.identity import Identity
 
@@ -97,21 +96,6 @@ def exposition(text: str) -> tuple[set[str], set[str]]:
         elif line and not line.startswith("#"):
             sampled.add(re.match(r"[a-zA-Z_:][\w:]*", line).group(0))
     return declared, sampled
-
-
-def free_offset() -> int:
-    """A port offset at which every port of the exchange is free on loopback."""
-    for _ in range(200):
-        offset = random.randrange(20000, 36000)
-        ports = Ports().shifted(offset)
-        try:
-            for port in ports.__dict__.values():
-                with socket.socket() as s:
-                    s.bind((LOOPBACK, port))
-            return offset
-        except OSError:
-            continue
-    raise RuntimeError("no free port offset found")
 
 
 def get(url: str, timeout: float = 5.0) -> tuple[int, str]:
