@@ -281,12 +281,18 @@ class JobManager:
     def _mark(self, job: str, name: str, at: float | None = None) -> None:
         """``job`` reached ``name`` (one of MARKS) on this node: kept, and each phase it closes observed."""
         row = self.journal.get(job)
-        if row is None or name in (row.timings or {}):  # a mark is set once, never moved
+        kept = (row.timings or {}) if row is not None else {}
+        if row is None or name in kept:  # a mark is set once, never moved
             return
-        marks = {**(row.timings or {}), name: time.time() if at is None else at}
+        new = {name: time.time() if at is None else at}
+        if name == "completed" and "computed" in kept and "attested" not in kept:
+            # The job ended on chain, so this node's attestation is there: the chain's event can come
+            # before the node's own poll for its tx's commit (ChainClient.wait_for) returns.
+            new["attested"] = new[name]
+        marks = {**kept, **new}
         self.journal.update(job, timings=marks)
         for phase, first, then in PHASES:
-            if name in (first, then) and first in marks and then in marks:
+            if (first in new or then in new) and first in marks and then in marks:
                 PHASE_SECONDS.labels(row.type, phase).observe(max(0.0, marks[then] - marks[first]))
 
     async def _mark_authorized(self, job: str, height: int | None) -> None:
