@@ -49,7 +49,7 @@ def free_port() -> int:
     bind(0) is in that range, and any outgoing connection may take it as its local port between
     the pick and the server's own bind: a testnet's validator lost its P2P port that way, most
     likely to its own app's Kafka clients. Below the range only an explicit bind can take it."""
-    low = _ephemeral_low()
+    low = ephemeral_low()
     for _ in range(100):
         port = random.randint(max(1024, low - 10_000), low - 1)
         if port in _HANDED_OUT:  # picked before and perhaps not bound yet by its server: free, but promised
@@ -66,7 +66,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ephemeral_low() -> int:
+def ephemeral_low() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import socket
 
-from rdx.components import LOOPBACK, _ephemeral_low
+from rdx.components import LOOPBACK, ephemeral_low
 from rdx.supervisor import Ports
 
 
@@ -15,7 +15,7 @@ def free_offset() -> int:
     connection between this check and the server's own bind (CI saw the consensus service lose
     its ABCI port so, at offset 20274), as ``rdx.components.free_port`` says of single ports."""
     base = Ports().__dict__.values()
-    top = _ephemeral_low() - max(base)  # the largest offset keeping every port below the range
+    top = ephemeral_low() - max(base)  # the largest offset keeping every port below the range
     for _ in range(200):
         offset = random.randrange(1000, top)
         try:

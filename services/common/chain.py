@@ -21,6 +21,14 @@ class ChainError(RuntimeError):
     """The node could not be reached or answered with an RPC error."""
 
 
+class HeightNotMade(ChainError):
+    """The node refused a height it has not made yet (CometBFT: "height H must be less than or equal
+    to the current blockchain height L"): ask again after a block, unlike any other error."""
+
+
+NOT_MADE = "must be less than or equal to the current blockchain height"
+
+
 class TxRejected(Exception):
     def __init__(self, code: int, log: str, tx_hash: str, height: int | None = None):
         super().__init__(f"tx {tx_hash[:12]} rejected with code {code}: {log}")
@@ -57,7 +65,8 @@ class ChainClient:
             raise ChainError(f"CometBFT RPC {self.rpc_url} unreachable: {type(exc).__name__}") from None
         body = resp.json()
         if "error" in body:
-            raise ChainError(f"{method}: {body['error'].get('data') or body['error'].get('message')}")
+            message = f"{method}: {body['error'].get('data') or body['error'].get('message')}"
+            raise HeightNotMade(message) if NOT_MADE in message else ChainError(message)
         return body["result"]
 
     # -- reads ----------------------------------------------------------------------------------

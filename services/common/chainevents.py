@@ -42,7 +42,7 @@ from collections import OrderedDict
 from typing import Any
 
 from services.common import canonicaljson
-from services.common.chain import ChainClient, ChainError
+from services.common.chain import ChainClient, ChainError, HeightNotMade
 from services.common.events import Event
 
 log = logging.getLogger("rdx.chainevents")
@@ -162,14 +162,14 @@ class ChainEventVerifier:
     async def _results_block(self, height: int) -> dict[str, tuple[str, str, str | None]]:
         try:  # a committed block's results at once: the kill switch waits on this call
             results = await self.client.rpc("block_results", height=str(height))
-        except ChainError as exc:
-            if "must be less than or equal to the current blockchain height" not in str(exc):
-                raise ChainUnavailable(str(exc)) from None
+        except HeightNotMade:
             await self._wait_for(height)  # a relay a block ahead of this node: wait for it, briefly
             try:
                 results = await self.client.rpc("block_results", height=str(height))
             except ChainError as again:
                 raise ChainUnavailable(str(again)) from None
+        except ChainError as exc:
+            raise ChainUnavailable(str(exc)) from None
         events: list[dict] = list(results.get("finalize_block_events") or [])
         for tx in results.get("txs_results") or []:
             events += tx.get("events") or []

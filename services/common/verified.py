@@ -38,7 +38,7 @@ from typing import Any
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common import lightclient, proofs
-from services.common.chain import ChainClient, ChainError
+from services.common.chain import ChainClient, ChainError, HeightNotMade
 from services.common.files import read_regular, reason
 from services.common.lightclient import LightBlock, LightClientError, Validator
 from services.common.settings import SettingRefused
@@ -50,7 +50,6 @@ PAGE = 100  # /validators per_page maximum
 # since costs one refused query, which says the app's height, as ``status`` would have).
 GUESS_S = 1.0
 GENESIS_LIMIT = 64 << 20  # a consortium genesis, app state included, is kilobytes to a few MiB
-NOT_MADE = "must be less than or equal to the current blockchain height"  # CometBFT's refusal of a future height
 
 
 class VerificationError(ValueError):
@@ -304,16 +303,15 @@ class VerifiedChain:
         # A header asked for is usually the next block's, 10-15 ms away on `rdx up`'s chain: asked
         # for at once, then after 4 ms, 1.5 times longer each time, up to every 50 ms (a fixed 50 ms
         # added 25 ms on average to a read that waits; issue 23). The commit itself is asked for, not
-        # ``status`` first: a node refuses a height it has not made with NOT_MADE (one round trip
-        # a header, not two, on a job's path).
+        # ``status`` first: a node refuses a height it has not made (HeightNotMade; one round trip a
+        # header, not two, on a job's path).
         deadline, pause = time.monotonic() + self.wait_s, 0.004
         while True:
             try:
                 commit = await self._rpc("commit", height=str(height))
                 break
-            except ChainError as exc:
-                if NOT_MADE not in str(exc):
-                    raise
+            except HeightNotMade:
+                pass
             if time.monotonic() > deadline:
                 raise VerificationError(f"no block {height} within {self.wait_s:.0f} s")
             await asyncio.sleep(pause)

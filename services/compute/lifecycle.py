@@ -281,9 +281,9 @@ class JobManager:
     def _mark(self, job: str, name: str, at: float | None = None) -> None:
         """``job`` reached ``name`` (one of MARKS) on this node: kept, and each phase it closes observed."""
         row = self.journal.get(job)
-        kept = (row.timings or {}) if row is not None else {}
-        if row is None or name in kept:  # a mark is set once, never moved
+        if row is None or name in (row.timings or {}):  # a mark is set once, never moved
             return
+        kept = row.timings or {}
         new = {name: time.time() if at is None else at}
         if name == "completed" and "computed" in kept and "attested" not in kept:
             # The job ended on chain, so this node's attestation is there: the chain's event can come

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from services.common import lightclient
-from services.common.chain import ChainError
-from services.common.verified import NOT_MADE, Anchor, VerificationError, VerifiedChain
+from services.common.chain import NOT_MADE, ChainError, HeightNotMade
+from services.common.verified import Anchor, VerificationError, VerifiedChain
 
 pytestmark = pytest.mark.unit
 
@@ -44,7 +44,7 @@ class Recorded(VerifiedChain):
         if method == "commit":
             if height != FIRST and self.not_made > 0:
                 self.not_made -= 1
-                raise ChainError(f"commit: height {height} {NOT_MADE} {height - 1}")
+                raise HeightNotMade(f"commit: height {height} {NOT_MADE} {height - 1}")
             return copy.deepcopy(self.raw[height][0])
         assert method == "validators", method
         return copy.deepcopy(self.raw[height][1])
