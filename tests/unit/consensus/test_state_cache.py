@@ -1,0 +1,60 @@
+"""The consensus database keeps recent committed values in memory: reads agree with the file
+after every commit, a deletion and a failed (rolled back) commit included, whatever the bound."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.consensus import state
+from services.consensus.state import _DELETED, ChainEvent, Database
+
+pytestmark = pytest.mark.unit
+
+KEYS = [f"accounts/m{i}" for i in range(6)]
+# A block: some keys set (a small int as the value's text) or deleted; and whether its commit fails.
+blocks = st.lists(st.tuples(st.dictionaries(st.sampled_from(KEYS), st.one_of(st.integers(0, 9), st.none()),
+                                            max_size=4), st.booleans()), max_size=12)
+
+
+def commit(db: Database, height: int, writes: dict[str, int | None], fail: bool) -> None:
+    texts = {k: _DELETED if v is None else str(v) for k, v in writes.items()}
+    # An event whose data cannot be serialised fails the transaction after the kv rows are written.
+    events = [ChainEvent(height, 0, 0, 0, "Failing", "x", {"bad": object()})] if fail else []
+    if fail:
+        with pytest.raises(TypeError):
+            db.commit_block(height, b"\x01" * 32, texts, events)
+    else:
+        db.commit_block(height, b"\x01" * 32, texts, events)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blocks=blocks, bound=st.sampled_from([2, 5, 50_000]))
+def test_reads_agree_with_the_file_after_every_commit_and_every_rolled_back_one(tmp_path_factory, blocks, bound):
+    path = tmp_path_factory.mktemp("db") / "chain.sqlite"
+    with mock.patch.object(state, "_CACHED_TEXTS", bound):
+        db = Database(path)
+        for height, (writes, fail) in enumerate(blocks, start=1):
+            for key in KEYS[:3]:
+                db.get_text(key)  # reads between blocks fill the cache with these keys (absent ones too)
+            commit(db, height, writes, fail)
+            disk = Database(path)  # a fresh connection: no cache, only the file
+            assert {k: db.get_text(k) for k in KEYS} == {k: disk.get_text(k) for k in KEYS}
+            assert len(db._texts) <= bound
+            disk.close()
+        db.close()
+
+
+def test_a_committed_value_is_read_again_without_a_query(tmp_path):
+    db = Database(tmp_path / "chain.sqlite")
+    db.commit_block(1, b"\x01" * 32, {"accounts/a": '{"balance":1}', "accounts/b": '{"balance":2}'}, [])
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    assert db.get_text("accounts/a") == '{"balance":1}'
+    db.commit_block(2, b"\x02" * 32, {"accounts/a": _DELETED}, [])
+    statements.clear()
+    assert (db.get_text("accounts/a"), db.get("accounts/b")) == (None, {"balance": 2})
+    assert not [s for s in statements if s.startswith("SELECT")]
