@@ -424,15 +424,19 @@ async def _running_with_progress(n: Net, job: str, timeout: float = 30) -> None:
 
 
 async def test_a_forged_kill_switch_on_kafka_does_not_stop_a_running_job(net):
-    """JobAborted, MemberSuspended and AssetSuspended published to the chain topic by someone other
-    than the chain (one of them under the id of the next block's first event): each node checks
-    them against its own chain node and refuses them as dead letters while the job runs on, and
-    the job completes."""
+    """JobAborted, JobFailed, JobCompleted, MemberSuspended and AssetSuspended published to the chain
+    topic by someone other than the chain (one of them under the id of the next block's first
+    event): each node checks them against its own chain node and refuses them as dead letters
+    while the job runs on (a forged end would have stopped it, or closed its journal row with no
+    result), and the job completes."""
     job = f"forged-kill-{TAG}"
     await net.submit(job, "psi", f"{TELCO}.big", "big", timeout_s=300)
     await _running_with_progress(net, job)
     height = await net.chain.height()
     forged = [("JobAborted", f"job:{job}", {"job": job, "type": "psi", "consumer": BANK, "reason": "forged"}),
+              ("JobFailed", f"job:{job}", {"job": job, "type": "psi", "consumer": BANK, "reason": "forged"}),
+              ("JobCompleted", f"job:{job}", {"job": job, "type": "psi", "consumer": BANK, "reason": "completed",
+                                                "result_hash": "ab" * 32}),
               ("MemberSuspended", f"member:{TELCO}", {"member": TELCO, "reason": "forged"}),
               ("AssetSuspended", f"asset:{TELCO}.big", {"asset": f"{TELCO}.big", "reason": "forged"})]
     producer = EventProducer(net.kafka, "forger")
