@@ -24,7 +24,10 @@ from services.common import canonicaljson
 _DELETED = object()
 _NODE_ENTRY = 32 + 81  # a state tree node in its block's run: hash, then the node (merkle.py)
 _RUN = 64  # nodes a row: ~7 KiB, so a lookup reads two pages
-_CACHED_TEXTS = 50_000  # committed values kept in memory: a few blocks' working set (a value is ~0.2-2 KiB)
+# Committed values kept in memory: a few blocks' working set (a value is ~0.2-2 KiB), bounded in
+# bytes too, since a member chooses what some values hold (a listing's metadata, up to a tx's 64 KiB).
+_CACHED_TEXTS = 50_000
+_CACHED_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, init=False)
@@ -61,6 +64,7 @@ class Database:
         # COMMIT (the app is one thread: nothing reads in between). Emptied when full, like the
         # state tree's node cache: an LRU's bookkeeping costs more than its misses save.
         self._texts: dict[str, str | None] = {}
+        self._text_bytes = 0  # the characters of the texts in _texts
         self.conn.execute("PRAGMA journal_mode=WAL")
         # FULL: a block acknowledged by Commit must survive a power cut, or replay would diverge.
         self.conn.execute("PRAGMA synchronous=FULL")
@@ -89,10 +93,18 @@ class Database:
             return texts[key]
         row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         text = row[0] if row else None
-        if len(texts) >= _CACHED_TEXTS:
-            texts.clear()
-        texts[key] = text
+        self._remember(key, text)
         return text
+
+    def _remember(self, key: str, text: str | None) -> None:
+        texts = self._texts
+        old = texts.get(key)
+        size = self._text_bytes + (len(text) if text else 0) - (len(old) if old else 0)
+        if len(texts) >= _CACHED_TEXTS or size > _CACHED_BYTES:
+            texts.clear()
+            size = len(text) if text else 0
+        texts[key] = text
+        self._text_bytes = size
 
     def scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
         rows = self.conn.execute("SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key",
@@ -188,11 +200,8 @@ class Database:
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        texts = self._texts
-        if len(texts) + len(writes) > _CACHED_TEXTS:
-            texts.clear()
         for key, value in writes.items():
-            texts[key] = None if value is _DELETED else value
+            self._remember(key, None if value is _DELETED else value)
 
     def events_after(self, position: tuple[int, int, int], limit: int = 1000) -> list[ChainEvent]:
         rows = self.conn.execute(

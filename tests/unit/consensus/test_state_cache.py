@@ -15,8 +15,8 @@ from services.consensus.state import _DELETED, ChainEvent, Database
 pytestmark = pytest.mark.unit
 
 KEYS = [f"accounts/m{i}" for i in range(6)]
-# A block: some keys set (a small int as the value's text) or deleted; and whether its commit fails.
-blocks = st.lists(st.tuples(st.dictionaries(st.sampled_from(KEYS), st.one_of(st.integers(0, 9), st.none()),
+# A block: some keys set (a value's text of 1-3 characters) or deleted; and whether its commit fails.
+blocks = st.lists(st.tuples(st.dictionaries(st.sampled_from(KEYS), st.one_of(st.integers(0, 999), st.none()),
                                             max_size=4), st.booleans()), max_size=12)
 
 
@@ -32,10 +32,11 @@ def commit(db: Database, height: int, writes: dict[str, int | None], fail: bool)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(blocks=blocks, bound=st.sampled_from([2, 5, 50_000]))
-def test_reads_agree_with_the_file_after_every_commit_and_every_rolled_back_one(tmp_path_factory, blocks, bound):
+@given(blocks=blocks, bound=st.sampled_from([2, 5, 50_000]), bytes_bound=st.sampled_from([4, 10, 1 << 20]))
+def test_reads_agree_with_the_file_after_every_commit_and_every_rolled_back_one(tmp_path_factory, blocks, bound,
+                                                                                bytes_bound):
     path = tmp_path_factory.mktemp("db") / "chain.sqlite"
-    with mock.patch.object(state, "_CACHED_TEXTS", bound):
+    with mock.patch.object(state, "_CACHED_TEXTS", bound), mock.patch.object(state, "_CACHED_BYTES", bytes_bound):
         db = Database(path)
         for height, (writes, fail) in enumerate(blocks, start=1):
             for key in KEYS[:3]:
@@ -44,6 +45,8 @@ def test_reads_agree_with_the_file_after_every_commit_and_every_rolled_back_one(
             disk = Database(path)  # a fresh connection: no cache, only the file
             assert {k: db.get_text(k) for k in KEYS} == {k: disk.get_text(k) for k in KEYS}
             assert len(db._texts) <= bound
+            held = sum(len(t) for t in db._texts.values() if t)
+            assert db._text_bytes == held and (held <= bytes_bound or len(db._texts) == 1)
             disk.close()
         db.close()
 
