@@ -25,7 +25,8 @@ _DELETED = object()
 _NODE_ENTRY = 32 + 81  # a state tree node in its block's run: hash, then the node (merkle.py)
 _RUN = 64  # nodes a row: ~7 KiB, so a lookup reads two pages
 # Committed values kept in memory: a few blocks' working set (a value is ~0.2-2 KiB), bounded in
-# bytes too, since a member chooses what some values hold (a listing's metadata, up to a tx's 64 KiB).
+# bytes too, since a member chooses what some values hold (a listing's metadata, up to a tx's 64 KiB)
+# and anyone who can query chooses which absent keys are asked for (paths up to 512 characters).
 _CACHED_TEXTS = 50_000
 _CACHED_BYTES = 64 * 1024 * 1024
 
@@ -64,7 +65,7 @@ class Database:
         # COMMIT (the app is one thread: nothing reads in between). Emptied when full, like the
         # state tree's node cache: an LRU's bookkeeping costs more than its misses save.
         self._texts: dict[str, str | None] = {}
-        self._text_bytes = 0  # the characters of the texts in _texts
+        self._text_bytes = 0  # the characters of the keys and texts in _texts
         self.conn.execute("PRAGMA journal_mode=WAL")
         # FULL: a block acknowledged by Commit must survive a power cut, or replay would diverge.
         self.conn.execute("PRAGMA synchronous=FULL")
@@ -98,13 +99,15 @@ class Database:
 
     def _remember(self, key: str, text: str | None) -> None:
         texts = self._texts
-        old = texts.get(key)
-        size = self._text_bytes + (len(text) if text else 0) - (len(old) if old else 0)
-        if len(texts) >= _CACHED_TEXTS or size > _CACHED_BYTES:
+        if key in texts:
+            old = texts.pop(key)
+            self._text_bytes -= len(key) + (len(old) if old else 0)
+        entry = len(key) + (len(text) if text else 0)  # keys count: a query may ask for any absent one
+        if len(texts) >= _CACHED_TEXTS or self._text_bytes + entry > _CACHED_BYTES:
             texts.clear()
-            size = len(text) if text else 0
+            self._text_bytes = 0
         texts[key] = text
-        self._text_bytes = size
+        self._text_bytes += entry
 
     def scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
         rows = self.conn.execute("SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key",

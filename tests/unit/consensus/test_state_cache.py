@@ -32,7 +32,7 @@ def commit(db: Database, height: int, writes: dict[str, int | None], fail: bool)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(blocks=blocks, bound=st.sampled_from([2, 5, 50_000]), bytes_bound=st.sampled_from([4, 10, 1 << 20]))
+@given(blocks=blocks, bound=st.sampled_from([2, 5, 50_000]), bytes_bound=st.sampled_from([15, 40, 1 << 20]))
 def test_reads_agree_with_the_file_after_every_commit_and_every_rolled_back_one(tmp_path_factory, blocks, bound,
                                                                                 bytes_bound):
     path = tmp_path_factory.mktemp("db") / "chain.sqlite"
@@ -45,7 +45,7 @@ def test_reads_agree_with_the_file_after_every_commit_and_every_rolled_back_one(
             disk = Database(path)  # a fresh connection: no cache, only the file
             assert {k: db.get_text(k) for k in KEYS} == {k: disk.get_text(k) for k in KEYS}
             assert len(db._texts) <= bound
-            held = sum(len(t) for t in db._texts.values() if t)
+            held = sum(len(k) + len(t or "") for k, t in db._texts.items())
             assert db._text_bytes == held and (held <= bytes_bound or len(db._texts) == 1)
             disk.close()
         db.close()
