@@ -62,8 +62,10 @@ class Database:
         # Committed values by key, read or written by a recent block: a job's three txs and an
         # account's transfers come in successive blocks, and a point SELECT per key per block was
         # ~10% of a settlement's CPU. Only ``commit_block`` writes kv, and it updates this after
-        # COMMIT (the app is one thread: nothing reads in between). Emptied when full, like the
-        # state tree's node cache: an LRU's bookkeeping costs more than its misses save.
+        # COMMIT (the app is one thread: nothing reads in between); another Database on the same
+        # file would not see those writes in its own cache (the relay's reads events and meta only).
+        # Emptied when full, like the state tree's node cache: an LRU's bookkeeping costs more
+        # than its misses save.
         self._texts: dict[str, str | None] = {}
         self._text_bytes = 0  # the characters of the keys and texts in _texts
         self.conn.execute("PRAGMA journal_mode=WAL")
