@@ -64,8 +64,8 @@ class Database:
         # ~10% of a settlement's CPU. Only ``commit_block`` writes kv, and it updates this after
         # COMMIT (the app is one thread: nothing reads in between); another Database on the same
         # file would not see those writes in its own cache (the relay's reads events and meta only).
-        # Emptied when full, like the state tree's node cache: an LRU's bookkeeping costs more
-        # than its misses save.
+        # Emptied when full, as the state tree's node cache is (app.VerifiedCache's oldest-first
+        # eviction, bounded the same way, was not measured here: one of the two could serve both).
         self._texts: dict[str, str | None] = {}
         self._text_bytes = 0  # the characters of the keys and texts in _texts
         self.conn.execute("PRAGMA journal_mode=WAL")

@@ -9,6 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chainsim import Harness
+from tendermint.abci import types_pb2 as abci
+
+from services.common.identity import Identity
+from services.common.tx import Code
 from services.consensus import state
 from services.consensus.state import _DELETED, ChainEvent, Database
 
@@ -61,3 +66,20 @@ def test_a_committed_value_is_read_again_without_a_query(tmp_path):
     statements.clear()
     assert (db.get_text("accounts/a"), db.get("accounts/b")) == (None, {"balance": 2})
     assert not [s for s in statements if s.startswith("SELECT")]
+
+
+def test_a_flood_of_queries_for_absent_keys_keeps_the_cache_bounded_and_blocks_right(tmp_path):
+    """Anyone who can query chooses the keys: 2,000 absent 500-character paths, proven and not."""
+    people = [Identity.generate("m0"), Identity.generate("m1")]
+    with mock.patch.object(state, "_CACHED_BYTES", 100_000):
+        chain = Harness(tmp_path / "chain.sqlite", Identity.generate("association"), balances={people[0].account: 50})
+        for p in people:
+            assert chain.block(chain.tx(chain.association, "members.Register", {
+                "id": p.account, "name": p.account, "roles": ["consumer"], "public_key": p.public_key}))[0].code == 0
+        for i in range(2000):
+            answer = chain.app.query(abci.RequestQuery(path=f"/accounts/{i:0500d}", prove=bool(i % 2)))
+            assert answer.code == Code.NOT_FOUND
+            assert chain.db._text_bytes <= 100_000
+        sent = chain.block(chain.tx(people[0], "bank.Transfer", {"to": people[1].account, "amount": 5}))
+        assert sent[0].code == Code.OK, sent[0].log
+        assert [chain.db.get(f"bank/balance/{p.account}") for p in people] == [45, 5]
