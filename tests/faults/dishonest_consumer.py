@@ -70,8 +70,8 @@ class DishonestConsumerManager(JobManager):
 
     async def _logged(self, job: str, txs: list) -> None:
         held = self.journal.result(job) is not None  # a result on this node before the lock: it walks away with it
-        # All at once (different signers): one after another, the last could land after the provider's
-        # release had completed the job, and be refused as "not running" rather than as locked.
+        # All at once (different signers), so that usually both meet the locked job; one can still land
+        # after the provider's release has completed it, and is refused as completed (the tests take both).
         _log(job, list(await asyncio.gather(*(_answer(self.chain, who, type_, payload) for who, type_, payload in txs))),
              held)
 

@@ -92,8 +92,10 @@ def _running(jobs: JobsKeeper, job_id: str, *, locked_ok: bool = False) -> dict:
         raise Rejected(Code.INVALID_STATE, f"job {job_id} is locked for release: every party attested, its escrow "
                                            "settles to the providers once they release their keys, or is refunded "
                                            "at the deadline if one does not")
-    if job is None or job["status"] not in ("running", LOCKED):
+    if job is None:
         raise Rejected(Code.INVALID_STATE, f"job {job_id} is not running")
+    if job["status"] not in ("running", LOCKED):
+        raise Rejected(Code.INVALID_STATE, f"job {job_id} is not running: it is {job['status']}")
     return job
 
 

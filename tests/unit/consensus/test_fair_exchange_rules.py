@@ -55,6 +55,10 @@ def test_a_release_key_locks_the_job_and_its_release_settles_it(w):
     # 50 agreed records x 3 = 150: association 2% = 3, compute 1% = 1 -> 0 per node (floored), telco 147
     assert w.balance("bank") == 10_000 - 150 and w.balance("telco") == 147 and w.balance("association") == 3
     assert w.send(w.telco_node, "jobs.Release", {"job": "j-1", "key": KEY})[0] == Code.INVALID_STATE
+    for signer, tx in ((w.bank, "jobs.Abort"), (w.bank_node, "jobs.Fail")):  # too late: paid, and said so
+        assert w.send(signer, tx, {"job": "j-1", "reason": "changed my mind"}) == (
+            Code.INVALID_STATE, "job j-1 is not running: it is completed")
+    assert w.balance("bank") == 10_000 - 150
 
 
 def test_the_consumer_cannot_end_a_locked_job_by_any_key(w):
