@@ -38,6 +38,9 @@ SERVICE = "rdx.compute.v1.Peer"
 METHOD = f"/{SERVICE}/Session"
 MAX_MESSAGE = 8 << 20
 HANDSHAKE_TIMEOUT_S = 10.0
+# A wait for a peer's next message this long is logged, again at each multiple, and goes on: the
+# job's deadline bounds it, and a computation may rightly keep a peer silent longer (a 1M-row step).
+SLOW_RECV_S = 60.0
 CLIENT_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
@@ -113,6 +116,7 @@ class SecureChannel:
         self.closed = False
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.frames_received = 0
 
     async def send(self, kind: str, body: bytes = b"", **header: Any) -> None:
         frame = hs.encode(kind, header, body)
@@ -134,11 +138,20 @@ class SecureChannel:
     async def recv(self) -> Message:
         if self.closed:
             raise PeerLost(f"channel to {self.peer} is closed")
+        read = asyncio.ensure_future(self._transport.read())
         try:
-            sealed = await self._transport.read()
+            waited = 0.0
+            while not (await asyncio.wait({read}, timeout=SLOW_RECV_S))[0]:  # the read is never cancelled here
+                waited += SLOW_RECV_S
+                log.warning("no message from %s for %.0f s on an open channel (%d frames, %d bytes received; "
+                            "%d bytes sent); still waiting", self.peer, waited, self.frames_received,
+                            self.bytes_received, self.bytes_sent)
+            sealed = read.result()
         except _LOST as exc:
             self.closed = True
             raise PeerLost(f"lost {self.peer} ({_why(exc)})") from None
+        finally:
+            read.cancel()  # only if this task was cancelled (the kill switch, shutdown) while it waited
         return self.accept(sealed)
 
     def accept(self, sealed: bytes | None) -> Message:
@@ -147,6 +160,7 @@ class SecureChannel:
             self.closed = True
             raise PeerLost(f"{self.peer} closed the channel")
         self.bytes_received += len(sealed)
+        self.frames_received += 1
         try:
             frame = self._cipher.open(sealed)
             kind, header, body = hs.decode(frame)
