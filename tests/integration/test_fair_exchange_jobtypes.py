@@ -7,8 +7,9 @@ chain and Kafka broker:
 - ``abort_before_lock``: it holds every message the providers sent and aborts without attesting:
   refunded in full, no release key ever reaches the chain, and its node holds no result;
 - ``abort_after_lock``: it attests (which locks the job) and at once fails and aborts: both
-  refused ("locked for release", or "completed" when one lands after the last release), the providers release their keys, the job settles (the consumer
-  pays) and its node opens its result only then.
+  refused ("locked for release", or "completed" when one lands after the last release), the
+  providers release their keys, the job settles (the consumer pays) and its node opens its
+  result only then.
 
 A provider (tests/faults/dishonest_provider.py, ``inflate_records``) attesting ten times the rows it
 announced in he_scoring's statistics mode, which its consumer's node states as it saw them.

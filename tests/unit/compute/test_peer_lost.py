@@ -13,11 +13,13 @@ import pytest
 from grpc._cython import cygrpc
 
 from services.compute import handshake as hs
-from services.compute.jobtypes.base import PeerLost
 from services.compute import peer
+from services.compute.jobtypes.base import PeerLost
 from services.compute.peer import SecureChannel
 
 pytestmark = pytest.mark.unit
+
+KEYS = hs.SessionKeys(send=bytes(32), recv=bytes(32), session_id=bytes(32))  # both ways alike: a frame sealed opens
 
 
 class Gone:
@@ -35,11 +37,10 @@ class Gone:
                                  grpc.aio.UsageError("the call was cancelled"), RuntimeError("closed")],
                          ids=["ExecuteBatchError", "UsageError", "RuntimeError"])
 async def test_a_stream_whose_other_end_went_away_is_a_lost_peer(exc):
-    keys = hs.SessionKeys(send=bytes(32), recv=bytes(32), session_id=bytes(32))
-    chan = SecureChannel("telco", keys, Gone(exc))
+    chan = SecureChannel("telco", KEYS, Gone(exc))
     with pytest.raises(PeerLost, match=type(exc).__name__):
         await chan.send("ct", b"x")
-    chan = SecureChannel("telco", keys, Gone(exc))
+    chan = SecureChannel("telco", KEYS, Gone(exc))
     with pytest.raises(PeerLost, match=type(exc).__name__):
         await chan.recv()
 
@@ -60,11 +61,10 @@ async def test_a_silent_peer_is_logged_while_the_wait_goes_on_and_its_message_st
     """The slow-wait log names the peer and counts, never cancels the read (a cancelled gRPC read
     could drop the message it was receiving), and the message that comes later is delivered."""
     monkeypatch.setattr(peer, "SLOW_RECV_S", 0.05)
-    keys = hs.SessionKeys(send=bytes(32), recv=bytes(32), session_id=bytes(32))
-    sealed = hs.FrameCipher(hs.SessionKeys(send=bytes(32), recv=bytes(32), session_id=bytes(32))).seal(
+    sealed = hs.FrameCipher(KEYS).seal(
         hs.encode("sum", {"dp": True}, b"\x01\x02"))
     transport = Silent(sealed)
-    chan = SecureChannel("prov-a", keys, transport)
+    chan = SecureChannel("prov-a", KEYS, transport)
     with caplog.at_level(logging.WARNING, logger="rdx.compute.peer"):
         receiving = asyncio.ensure_future(chan.recv())
         await asyncio.sleep(0.18)
@@ -79,9 +79,8 @@ async def test_a_silent_peer_is_logged_while_the_wait_goes_on_and_its_message_st
 
 
 async def test_a_receive_cancelled_while_waiting_cancels_its_read():
-    keys = hs.SessionKeys(send=bytes(32), recv=bytes(32), session_id=bytes(32))
     transport = Silent(b"")
-    chan = SecureChannel("prov-a", keys, transport)
+    chan = SecureChannel("prov-a", KEYS, transport)
     receiving = asyncio.ensure_future(chan.recv())
     await asyncio.sleep(0.01)
     receiving.cancel()
