@@ -123,6 +123,8 @@ DIAL_RETRY_S = (0.05, 0.25)  # first retry, longest
 # A provider's node publishes its release key (with its attestation or in jobs.Release) only while the
 # job's deadline is at least this far: a tx's bytes are public in its block even when the chain refuses
 # it, and one that lands after the deadline is refused (the job fails, refunded) with the key in view.
+# A job that starts this near its deadline could never settle: every node refuses it at once (the
+# consumer is refunded), rather than compute what nobody could open or be paid for.
 RELEASE_MARGIN_S = 30.0
 # How long the provider that sends its key with its attestation (``_key_with_attestation``) waits,
 # after its computation, for every other participant's attestation before attesting without it.
@@ -327,6 +329,11 @@ class JobManager:
                 raise JobRefused(f"this node does not run {spec.type} jobs")
             plugin = cls()
             plugin.check(spec)
+            left = spec.deadline - time.time()
+            if left <= RELEASE_MARGIN_S:  # no key could be released: the work would be refunded unseen
+                raise JobRefused(f"the job's deadline is {max(0, int(left))} s away, within the {RELEASE_MARGIN_S:.0f} s "
+                                 "a provider's release key needs before it, so it could never settle; "
+                                 "submit it with a longer timeout_s")
             policy = await self._policy(spec, record)  # before anything is read or sent
             self.journal.update(job, started_at=row.started_at or time.time())
             self._mark(job, "started", self.journal.get(job).started_at)

@@ -179,9 +179,23 @@ async def test_a_provider_inflating_its_records_fails_the_job_unpaid_and_the_dis
 
 async def test_a_provider_keeping_its_release_key_is_never_paid_and_the_consumer_is_refunded(net):
     job = f"fx-keep-{TAG}"
-    record, moved = await _run(net, job, {"cheat_provider": "withhold_key"}, timeout_s=20)
+    # Long enough to start outside the nodes' release margin (a shorter job is refused, below).
+    record, moved = await _run(net, job, {"cheat_provider": "withhold_key"}, timeout_s=45)
     assert record["status"] == "failed" and "release key" in record["ended_reason"], record
     assert record["locked_height"]  # it was locked: the consumer could not have ended it
+    await _unpaid_and_unreleased(net, job, record, moved)
+
+
+async def test_a_job_too_near_its_deadline_to_settle_is_refused_at_once_and_refunded(net):
+    """timeout_s 20, which the chain accepts: no provider would release its key within 30 s of the
+    deadline, so the nodes refuse the job before computing instead of letting the deadline end it."""
+    job = f"fx-short-{TAG}"
+    started = time.monotonic()
+    record, moved = await _run(net, job, {}, timeout_s=20)
+    took = time.monotonic() - started
+    assert record["status"] == "failed" and "could never settle" in record["ended_reason"], record
+    assert took < 15, took  # ended by a node, not by the deadline
+    assert not record["attestations"]
     await _unpaid_and_unreleased(net, job, record, moved)
 
 

@@ -309,10 +309,11 @@ async def test_a_lost_peer_is_retried_then_fails():
     assert [d.get("status") for _, t, d in pub.events if t == "JobStatus"].count("retrying") == 1
 
 
-async def test_a_chain_node_refusing_every_nonce_gets_paced_attestations_then_the_job_fails_at_its_deadline():
+async def test_a_chain_node_refusing_every_nonce_gets_paced_attestations_then_the_job_fails_at_its_deadline(monkeypatch):
     """A hostile (or confused) RPC node that answers bad nonce to every tx, even after the client
     signed once more with the chain's own nonce: the node asks again with a growing pause, never in
     a loop, and fails the job once its deadline has passed."""
+    monkeypatch.setattr(lifecycle, "RELEASE_MARGIN_S", 0.0)  # a deadline this near is refused at the start
     rec = record() | {"deadline": time.time() + 1.2}
     m, chain, _ = manager(rec)
     chain.reject["jobs.Attest"] = Code.BAD_NONCE
@@ -472,17 +473,18 @@ class LockingChain(RecordingChain):
             rec["status"] = "completed"
 
 
-def keyed(result_hash=None):
+def keyed(result_hash=None, computing_s=0.0):
     class Keyed(Echo):
         async def run(self, ctx):
+            await asyncio.sleep(computing_s)
             return Outcome(result_hash or "cd" * 32, records_used=42, records={"telco.subs": 42}, release_key=KEY)
     return Keyed
 
 
-async def _provider_with_key(monkeypatch, consumer_attestation=None, deadline=2**40, wait_s=0.3):
+async def _provider_with_key(monkeypatch, consumer_attestation=None, deadline=2**40, wait_s=0.3, computing_s=0.0):
     monkeypatch.setattr(lifecycle, "KEY_WAIT_S", wait_s)
     monkeypatch.setattr(lifecycle, "LOCK_POLL_S", 0.01)  # the double answers at once
-    jobtypes.JOB_TYPES["echo"] = keyed()
+    jobtypes.JOB_TYPES["echo"] = keyed(computing_s=computing_s)
     rec = record() | {"deadline": deadline}
     m, _, pub = manager(rec)
     chain = m.chain = LockingChain(m.view)
@@ -528,10 +530,34 @@ async def test_without_the_others_attestations_in_time_a_provider_attests_then_r
 
 
 async def test_near_its_deadline_a_provider_sends_its_key_neither_with_its_attestation_nor_after_the_lock(monkeypatch):
-    deadline = int(time.time()) + int(lifecycle.RELEASE_MARGIN_S) - 5
-    m, chain, rec = await _provider_with_key(monkeypatch, AGREEING, deadline=deadline)
+    """Started outside the margin, computed into it (0.6 s past its edge)."""
+    deadline = time.time() + lifecycle.RELEASE_MARGIN_S + 0.4
+    m, chain, rec = await _provider_with_key(monkeypatch, AGREEING, deadline=deadline, computing_s=1.0)
     assert [t for _, t, _ in chain.txs] == ["jobs.Attest"] and "key" not in chain.txs[0][2]
     assert rec["status"] == "locked" and not rec["releases"]  # refunded at the deadline, no key public
+
+
+@pytest.mark.parametrize("role", ["provider", "consumer"])
+async def test_a_job_authorised_within_the_release_margin_is_refused_at_once_without_computing(monkeypatch, role):
+    """It could never settle (no provider may release its key that near the deadline): every node
+    fails it before any work, and the consumer is refunded then rather than at the deadline."""
+    ran = []
+
+    class Counting(Echo):
+        async def run(self, ctx):
+            ran.append(ctx.spec.job)
+            return await super().run(ctx)
+    jobtypes.JOB_TYPES["echo"] = Counting
+    rec = record(**({"consumer": ME, "provider": OTHER} if role == "consumer" else {}))
+    rec["deadline"] = int(time.time() + lifecycle.RELEASE_MARGIN_S - 2)
+    m, chain, _ = manager(rec)
+    m.on_event(authorized(rec), None)
+    await _settle(m)
+    assert not ran
+    [(_, type_, payload)] = chain.txs
+    assert type_ == "jobs.Fail" and payload["reason"].startswith("the job's deadline is ")
+    assert f"within the {lifecycle.RELEASE_MARGIN_S:.0f} s a provider's release key needs" in payload["reason"]
+    assert m.journal.get("j-1").status == "failed"
 
 
 async def test_a_consumer_never_waits_and_a_provider_that_is_not_the_last_attests_at_once(monkeypatch):
