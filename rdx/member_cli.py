@@ -237,7 +237,9 @@ JOB_COLUMNS = ["id", "type", "consumer", "participants", "status", "ended_reason
 def jobs_submit(client, job_id: str, type_: str = typer.Option(..., "--type"),
                 inputs: list[str] = typer.Option(..., "--input", help="ASSET:GRANT"),
                 max_price: int = typer.Option(None, help="default: the quote's max_price"),
-                params: str = typer.Option("{}", help="job parameters as JSON"), timeout_s: int = typer.Option(600),
+                params: str = typer.Option("{}", help="job parameters as JSON"),
+                timeout_s: int = typer.Option(600, help="seconds until the chain ends it; the nodes refuse a job "
+                                                        "that starts within 30 s of that end (no key could be released)"),
                 wait: bool = typer.Option(False, help="wait for the job to end")):
     """Submit a job (signed jobs.Submit)."""
     items = [dict(zip(("asset", "grant"), i.split(":", 1))) for i in inputs]
