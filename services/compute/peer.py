@@ -105,8 +105,9 @@ _LOST = (grpc.aio.AioRpcError, grpc.aio.BaseError, RuntimeError, asyncio.Invalid
 class SecureChannel:
     """Encrypted frames over one transport; keeps the running transcript of each direction."""
 
-    def __init__(self, peer: str, keys: hs.SessionKeys, transport, *, tap: Callable[[str, bytes], None] | None = None):
-        self.peer = peer
+    def __init__(self, peer: str, keys: hs.SessionKeys, transport, *, job: str = "",
+                 tap: Callable[[str, bytes], None] | None = None):
+        self.peer, self.job = peer, job
         self._cipher = hs.FrameCipher(keys)
         self._transport = transport
         self._sent = hashlib.sha256(keys.session_id)
@@ -143,9 +144,9 @@ class SecureChannel:
             waited = 0.0
             while not (await asyncio.wait({read}, timeout=SLOW_RECV_S))[0]:  # the read is never cancelled here
                 waited += SLOW_RECV_S
-                log.warning("no message from %s for %.0f s on an open channel (%d frames, %d bytes received; "
-                            "%d bytes sent); still waiting", self.peer, waited, self.frames_received,
-                            self.bytes_received, self.bytes_sent)
+                log.warning("job %s: no message from %s for %.0f s on an open channel (%d frames, %d bytes "
+                            "received; %d bytes sent); still waiting", self.job, self.peer, waited,
+                            self.frames_received, self.bytes_received, self.bytes_sent)
             sealed = read.result()
         except _LOST as exc:
             self.closed = True
@@ -221,7 +222,7 @@ async def connect(identity: Identity, chain_id: str, chain: ChainView, job: str,
         except hs.HandshakeError as exc:
             raise PeerRefused(f"{peer}'s node failed authentication: {exc}") from None
         await asyncio.wait_for(call.write(auth), HANDSHAKE_TIMEOUT_S)
-        chan = SecureChannel(peer, keys, transport, tap=tap)
+        chan = SecureChannel(peer, keys, transport, job=job, tap=tap)
         # Read the verdict ourselves: a refusal arrives as the RPC's status, handled below.
         ready = chan.accept(await asyncio.wait_for(transport.read(), HANDSHAKE_TIMEOUT_S))
         if ready.kind != "ready":
@@ -354,7 +355,7 @@ class PeerServer:
             await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, f"authentication failed: {exc}", hello.client)
             return
         transport = _ServerTransport(context)
-        chan = SecureChannel(member, keys, transport)
+        chan = SecureChannel(member, keys, transport, job=hello.job)
         await chan.send("ready")
         log.info("peer session for job %s with %s established in %.0f ms", hello.job, hello.client,
                  (time.monotonic() - started) * 1000)

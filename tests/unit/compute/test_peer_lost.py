@@ -64,7 +64,7 @@ async def test_a_silent_peer_is_logged_while_the_wait_goes_on_and_its_message_st
     sealed = hs.FrameCipher(KEYS).seal(
         hs.encode("sum", {"dp": True}, b"\x01\x02"))
     transport = Silent(sealed)
-    chan = SecureChannel("prov-a", KEYS, transport)
+    chan = SecureChannel("prov-a", KEYS, transport, job="agg-1")
     with caplog.at_level(logging.WARNING, logger="rdx.compute.peer"):
         receiving = asyncio.ensure_future(chan.recv())
         await asyncio.sleep(0.18)
@@ -73,7 +73,7 @@ async def test_a_silent_peer_is_logged_while_the_wait_goes_on_and_its_message_st
         msg = await receiving
     assert (msg.kind, msg.header, bytes(msg.body)) == ("sum", {"dp": True}, b"\x01\x02")
     assert transport.reads == 1  # one read, waited on across the warnings, not restarted
-    warned = [r.getMessage() for r in caplog.records if "no message from prov-a" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if "job agg-1: no message from prov-a" in r.getMessage()]
     assert len(warned) >= 2 and "0 frames, 0 bytes received" in warned[0], warned
     assert chan.frames_received == 1
 
