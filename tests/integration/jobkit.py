@@ -37,19 +37,10 @@ from services.common.identity import Identity
 from services.common.listing import example_metadata
 from services.compute import results
 from services.compute.datasets import Datasets
-from test_compute import TcpProxy
+from test_compute import TcpProxy, job_trail
 
 OPS = ["aggregation", "he_scoring", "supply_chain_verification"]
 PRICE = 50
-
-
-def _brief(line: str) -> str:
-    """A node's JSON log line as ``time level logger: message``."""
-    try:
-        r = json.loads(line)
-        return f"{r['ts']} {r['level']} {r['logger']}: {r['message']}"
-    except (ValueError, KeyError, TypeError):
-        return line
 
 
 class JobNet:
@@ -104,25 +95,8 @@ class JobNet:
             if record and record["status"] in ("completed", "failed", "aborted"):
                 return record
             await asyncio.sleep(0.1)
-        raise AssertionError(f"job {job} did not end within {timeout}s: {record}\n{await self.trail(job)}")
-
-    async def trail(self, job, lines=15) -> str:
-        """Each node's view of ``job`` and its last log lines naming it: a failure's CI output is all
-        that is kept of a run (the nodes' logs go with its temporary directory). The logs hold no
-        data values (test_compute_jobs' canaries)."""
-        out = []
-        for member, node in self.nodes.items():
-            try:
-                row = await self.node_job(member, job)
-            except OSError as exc:  # a node that is down (a kill test's)
-                row = f"(no answer: {type(exc).__name__})"
-            out.append(f"--- {member}: {row}")
-            try:
-                text = node.process.log_path.read_text(errors="replace")
-            except (AttributeError, OSError):
-                continue
-            out += [_brief(line) for line in text.splitlines() if job in line][-lines:]
-        return "\n".join(out)
+        raise AssertionError(f"job {job} did not end within {timeout}s: {record}\n"
+                             f"{await job_trail(self.nodes, self.node_job, job)}")
 
     async def wait_node(self, member, job, pred, timeout=60):
         deadline = time.monotonic() + timeout
@@ -132,7 +106,8 @@ class JobNet:
             if row and pred(row):
                 return row
             await asyncio.sleep(0.05)
-        raise AssertionError(f"{member}: job {job} not as expected within {timeout}s: {row}\n{await self.trail(job)}")
+        raise AssertionError(f"{member}: job {job} not as expected within {timeout}s: {row}\n"
+                             f"{await job_trail(self.nodes, self.node_job, job)}")
 
     async def settled(self, job, record, result_holders=None) -> None:
         """Completed, every participant attested the chain's result hash, the escrow settled, and

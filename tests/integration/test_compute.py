@@ -62,6 +62,34 @@ def phones(start: int, n: int) -> list[str]:
 # the harness
 
 
+async def job_trail(nodes: dict[str, ServiceProcess], node_job, job: str, lines: int = 15) -> str:
+    """Each node's view of ``job`` (``node_job(member, job)``) and its last log lines naming it, for
+    a failing wait: a failure's CI output is all that is kept of a run (the nodes' logs go with its
+    temporary directory). The logs hold no data values (the canary tests)."""
+    out = []
+    for member, node in nodes.items():
+        try:
+            row = await node_job(member, job)
+        except OSError as exc:  # a node that is down (a kill test's)
+            row = f"(no answer: {type(exc).__name__})"
+        out.append(f"--- {member}: {row}")
+        try:
+            text = node.process.log_path.read_text(errors="replace")
+        except (AttributeError, OSError):
+            continue
+        out += [_brief(line) for line in text.splitlines() if job in line][-lines:]
+    return "\n".join(out)
+
+
+def _brief(line: str) -> str:
+    """A node's JSON log line as ``time level logger: message``."""
+    try:
+        r = json.loads(line)
+        return f"{r['ts']} {r['level']} {r['logger']}: {r['message']}"
+    except (ValueError, KeyError, TypeError):
+        return line
+
+
 class TcpProxy:
     """Forwards a port to another and records every byte in both directions (its own thread).
     ``hang()`` stops passing bytes (the connections stay open); ``close(i)`` breaks the i-th
@@ -193,7 +221,8 @@ class Net:
             if record and record["status"] in statuses:
                 return record
             await asyncio.sleep(0.1)
-        raise AssertionError(f"job {job} not {statuses} within {timeout}s: {record}")
+        raise AssertionError(f"job {job} not {statuses} within {timeout}s: {record}\n"
+                             f"{await job_trail(self.nodes, self.node_job, job)}")
 
     async def wait_node(self, member: str, job: str, pred, timeout: float = 60, poll: float = 0.05) -> dict:
         deadline = time.monotonic() + timeout
@@ -203,7 +232,8 @@ class Net:
             if row and pred(row):
                 return row
             await asyncio.sleep(poll)
-        raise AssertionError(f"{member}'s node: job {job} not as expected within {timeout}s: {row}")
+        raise AssertionError(f"{member}'s node: job {job} not as expected within {timeout}s: {row}\n"
+                             f"{await job_trail(self.nodes, self.node_job, job)}")
 
     def start_node(self, member: str) -> None:
         self.nodes[member].start(timeout=90)
