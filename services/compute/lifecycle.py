@@ -144,6 +144,11 @@ class _ChainEnded(Exception):
 _CHAIN_END = {"completed": "completed", "failed": "failed", "aborted": "aborted"}
 
 
+def _key_time_left(spec: JobSpec) -> float:
+    """Seconds a provider's node still has to publish its release key: negative within the margin."""
+    return spec.deadline - RELEASE_MARGIN_S - time.time()
+
+
 class JobManager:
     def __init__(self, *, member: str, identity: Identity, chain_id: str, chain: ChainClient, view: ChainView,
                  datasets: Datasets, journal: Journal, runner: Runner, hub: peer.SessionHub,
@@ -329,9 +334,9 @@ class JobManager:
                 raise JobRefused(f"this node does not run {spec.type} jobs")
             plugin = cls()
             plugin.check(spec)
-            left = spec.deadline - time.time()
-            if left <= RELEASE_MARGIN_S:  # no key could be released: the work would be refunded unseen
-                raise JobRefused(f"the job's deadline is {max(0, int(left))} s away, within the {RELEASE_MARGIN_S:.0f} s "
+            if _key_time_left(spec) <= 0:  # no key could be released: the work would be refunded unseen
+                left = max(0, int(spec.deadline - time.time()))
+                raise JobRefused(f"the job's deadline is {left} s away, within the {RELEASE_MARGIN_S:.0f} s "
                                  "a provider's release key needs before it, so it could never settle; "
                                  "submit it with a longer timeout_s")
             policy = await self._policy(spec, record)  # before anything is read or sent
@@ -624,7 +629,7 @@ class JobManager:
             payload["key"] = key.hex()
         delay = 0.2
         while True:
-            if "key" in payload and time.time() > spec.deadline - RELEASE_MARGIN_S:
+            if "key" in payload and _key_time_left(spec) < 0:
                 del payload["key"]  # too near the deadline now: the key waits for the lock (and its margin)
             try:
                 await self.chain.submit(self.identity, "jobs.Attest", payload, timeout=20)
@@ -703,7 +708,7 @@ class JobManager:
         chain has locked the job (``_release``); on any disagreement the job fails, no key public."""
         providers = [p for p in spec.providers if p != spec.consumer]
         if key is None or not providers or self.member != providers[-1] or not releases or \
-                time.time() + KEY_WAIT_S > spec.deadline - RELEASE_MARGIN_S:
+                _key_time_left(spec) < KEY_WAIT_S:
             return None
         others = set(spec.participants) - {self.member}
         try:
@@ -716,7 +721,7 @@ class JobManager:
         mine = {"result_hash": result_hash, "records_used": int(records_used),
                 "records": {a: int(n) for a, n in (records or {}).items()}, "releases": dict(releases)}
         if record is None or not completes_agreed(record, self.member, mine) or \
-                releases.get(self.member) != key_hash(key) or time.time() > spec.deadline - RELEASE_MARGIN_S:
+                releases.get(self.member) != key_hash(key) or _key_time_left(spec) < 0:
             if record is not None:
                 log.warning("job %s: the others' attestations do not agree with %s's; it attests without its key",
                             spec.job, self.member)
@@ -731,7 +736,7 @@ class JobManager:
         if record is None or self.member in (record.get("releases") or {}):
             return
         while True:
-            if time.time() > spec.deadline - RELEASE_MARGIN_S:
+            if _key_time_left(spec) < 0:
                 log.warning("job %s: locked within %.0f s of its deadline; %s keeps its key (the consumer is "
                             "refunded at the deadline)", spec.job, RELEASE_MARGIN_S, self.member)
                 return

@@ -70,7 +70,7 @@ async def job_trail(nodes: dict[str, ServiceProcess], node_job, job: str, lines:
     for member, node in nodes.items():
         try:
             row = await node_job(member, job)
-        except OSError as exc:  # a node that is down (a kill test's)
+        except (OSError, ValueError) as exc:  # down (a kill test's), or not answering JSON: the trail goes on
             row = f"(no answer: {type(exc).__name__})"
         out.append(f"--- {member}: {row}")
         try:
