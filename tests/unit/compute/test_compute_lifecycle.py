@@ -560,6 +560,22 @@ async def test_a_job_authorised_within_the_release_margin_is_refused_at_once_wit
     assert m.journal.get("j-1").status == "failed"
 
 
+async def test_the_release_margin_is_judged_on_the_chain_s_deadline_not_the_event_s():
+    """A forged or stale JobAuthorized naming a far deadline does not get a job that the chain's
+    proven record puts within the margin computed; nor does one naming a near deadline refuse a
+    job the chain gives time."""
+    near = record() | {"deadline": int(time.time() + lifecycle.RELEASE_MARGIN_S - 2)}
+    m, chain, _ = manager(near)
+    m.on_event(authorized(near | {"deadline": 2**40}), None)
+    await _settle(m)
+    assert [t for _, t, _ in chain.txs] == ["jobs.Fail"]
+    far = record()
+    m, chain, _ = manager(far)
+    m.on_event(authorized(far | {"deadline": int(time.time() + 5)}), None)
+    await _settle(m)
+    assert [t for _, t, _ in chain.txs] == ["jobs.Attest"]
+
+
 async def test_a_consumer_never_waits_and_a_provider_that_is_not_the_last_attests_at_once(monkeypatch):
     monkeypatch.setattr(lifecycle, "KEY_WAIT_S", 30.0)  # a wait would outlast the test
     jobtypes.JOB_TYPES["echo"] = keyed()
