@@ -17,6 +17,8 @@ class ConsensusSettings(ServiceSettings):
     http_port: int = 8004
     abci_host: str = "127.0.0.1"  # ABCI has no authentication: keep it next to the validator
     abci_port: int = 26658
+    # CheckTx's signatures verified in a helper process, on another core (services/consensus/sigcheck.py)
+    signature_helper: bool = True
 
 
 # The app keeps tens of thousands of long-lived objects (the verified-tx cache, the state's read
@@ -35,6 +37,10 @@ def build(settings: ConsensusSettings, app_class: type[RdxApp] = RdxApp) -> Serv
     relay = Relay(chain_db, settings.state_dir / "relay.sqlite", settings.kafka_bootstrap)
     app = app_class(Database(chain_db), settings.chain_id, on_commit=relay.notify)
     server = AbciServer(app, settings.abci_host, settings.abci_port)
+    if settings.signature_helper:  # before the server, so that CometBFT's first requests find it
+        async def start_helper() -> None:
+            app.start_signature_helper()
+        svc.on_startup(start_helper)
 
     async def serve_abci(stop):
         await stop.wait()
@@ -50,6 +56,7 @@ def build(settings: ConsensusSettings, app_class: type[RdxApp] = RdxApp) -> Serv
 
 
 async def _close(app: RdxApp) -> None:
+    app.stop_signature_helper()
     app.db.close()
 
 

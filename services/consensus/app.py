@@ -21,6 +21,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from types import UnionType
 from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 from urllib.parse import parse_qs
@@ -51,6 +52,7 @@ from services.consensus.governance import messages as governance_messages
 from services.consensus.governance.keeper import GovernanceKeeper
 from services.consensus.jobs import handlers as jobs
 from services.consensus.pricing import PricingKeeper
+from services.consensus.sigcheck import VERIFIED_BY, SignatureHelper
 from services.consensus.privacy import handlers as privacy
 from services.consensus.members import handlers as members
 from services.consensus.members.keeper import MembersKeeper
@@ -97,6 +99,12 @@ MAX_EXECUTIONS = 8  # proposals executed ahead of FinalizeBlock, kept per height
 # kept, and the cache is bounded by the bytes it holds (an entry's parsed form is estimated at
 # 4x its raw size), so a flood of junk costs no memory.
 VERIFIED_CACHE_BYTES = 32 << 20
+MAX_REFUSED_AHEAD = 10_000  # txs the signature helper refused, kept until CheckTx reaches them
+
+
+@lru_cache(maxsize=4096)
+def _key_bytes(public_key: str) -> bytes:
+    return identity.unb64(public_key)
 
 
 class Genesis(BaseModel):
@@ -230,6 +238,53 @@ class RdxApp(Application):
         self._params = self._read_params()
         self._pending_bytes: dict[str, int] = {}  # per signer, of the txs admitted since the last Commit
         self._committed_nonces: dict[str, int] = {}  # per signer checked since the last Commit
+        self._helper: SignatureHelper | None = None  # see start_signature_helper
+        # Txs the helper found badly signed, decoded, until CheckTx reaches them or the next Commit.
+        self._refused_ahead: dict[bytes, Verified] = {}
+
+    def start_signature_helper(self) -> None:
+        """Verify the signatures of txs ahead (``verify_ahead``) in a helper process from now on."""
+        self._helper = SignatureHelper(self._answered_by_helper)
+        self._helper.start()
+
+    def stop_signature_helper(self) -> None:
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
+
+    def _answered_by_helper(self, context: tuple[bytes, Verified], ok: bool) -> None:
+        raw, decoded = context
+        if ok:
+            self._verified.put(raw, decoded)
+        else:  # popped by CheckTx, emptied at every Commit, and bounded even if neither comes
+            if len(self._refused_ahead) >= MAX_REFUSED_AHEAD:
+                self._refused_ahead.clear()
+            self._refused_ahead[raw] = decoded
+
+    def verify_ahead(self, raws: list[bytes]) -> None:
+        """Txs the app will be asked about next (CheckTx requests received and not yet served, a
+        block's txs): the helper process verifies their signatures, with the signers' keys as the
+        mempool's state has them now, while this thread works through those before them. A tx
+        whose signer's key changes meanwhile is verified again (``_authenticate``), and one this
+        cannot decode, or whose signer is unknown, is left to the usual path and its error."""
+        helper = self._helper
+        if helper is None:
+            return
+        for raw in raws:
+            if raw in self._verified:
+                continue
+            try:
+                tx, signing_bytes = Tx.decode_signed(raw)
+                account = self.check_state.get(f"accounts/{tx.signer}")
+                if account is None:
+                    continue
+                public_key, signature = _key_bytes(account["public_key"]), identity.unb64(tx.sig)
+            except (TxError, ValueError, TypeError, KeyError):
+                continue
+            if not helper.submit(raw, public_key, signing_bytes, signature,
+                                 (raw, Verified(tx, signing_bytes, account["public_key"]))) and not helper.up:
+                break
+        helper.send()
 
     def _read_params(self) -> chain_params.Params:
         return chain_params.get(Context(store=Overlay(self.db), height=self.db.height, time=0))
@@ -472,6 +527,7 @@ class RdxApp(Application):
         self._params = self._read_params()
         self._pending_bytes.clear()  # CometBFT rechecks the mempool against the new state
         self._committed_nonces.clear()
+        self._refused_ahead.clear()
         self.check_state = Overlay(self.db)
         if self.on_commit:
             self.on_commit(ex.height)
@@ -486,6 +542,7 @@ class RdxApp(Application):
                  max_tx_bytes: int | None = None) -> Execution:
         """Run a block on a fresh overlay. Inadmissible txs are kept (as failed results) or, for
         a proposal being prepared, left out; either way they change no state."""
+        self.verify_ahead(txs)  # a block's txs this node has not checked: replay, block sync, a peer's proposal
         block = Overlay(self.db)
         block.writes.update(self._genesis_writes)
         events = [ChainEvent(height, -1, i, time, *e) for i, e in enumerate(self._genesis_events)]
@@ -643,13 +700,21 @@ class RdxApp(Application):
         """The tx's context and payload, and its signer's account and member as read on the tx's
         branch (read once here: authorisation and the nonce use them again)."""
         verified: Verified | None = self._verified.get(raw)
-        if verified is None:
+        refused: Verified | None = None  # decoded, and its signature refused by the helper
+        if verified is None and self._helper is not None:
+            self._helper.settle(raw)  # if it was asked to verify this tx: its answer
+            verified = self._verified.get(raw)
+            if verified is None:
+                refused = self._refused_ahead.pop(raw, None)
+        if verified is not None:
+            tx, signing_bytes = verified.tx, verified.signing_bytes
+        elif refused is not None:
+            tx, signing_bytes = refused.tx, refused.signing_bytes
+        else:
             try:
                 tx, signing_bytes = Tx.decode_signed(raw)
             except TxError as exc:
                 raise Rejected(exc.code, str(exc)) from None
-        else:
-            tx, signing_bytes = verified.tx, verified.signing_bytes
         ctx = Context(store=state.branch(), height=height, time=time, tx=tx)
         if tx.chain_id != self.chain_id:
             raise Rejected(Code.WRONG_CHAIN, f"chain id {tx.chain_id!r} is not {self.chain_id!r}")
@@ -663,6 +728,9 @@ class RdxApp(Application):
         if not owner or owner["status"] != "active":
             raise Rejected(Code.SUSPENDED_SIGNER, f"signer {tx.signer} belongs to a suspended member")
         if verified is None or verified.public_key != account["public_key"]:
+            if refused is not None and refused.public_key == account["public_key"]:
+                raise Rejected(Code.BAD_SIGNATURE, "signature does not verify with the signer's registered key")
+            VERIFIED_BY["app"] += 1
             if not identity.verify(account["public_key"], signing_bytes, tx.sig):
                 raise Rejected(Code.BAD_SIGNATURE, "signature does not verify with the signer's registered key")
             verified = Verified(tx, signing_bytes, account["public_key"])

@@ -60,6 +60,10 @@ class Application:
         """Admit a transaction to the mempool; the default admits everything."""
         return abci.ResponseCheckTx(code=CODE_OK)
 
+    def verify_ahead(self, txs: list[bytes]) -> None:
+        """The txs of CheckTx requests received and not yet served, in order: a hint an app may
+        start on (RdxApp verifies their signatures in another process meanwhile). Ignored here."""
+
     def commit(self, req: abci.RequestCommit) -> MaybeAwaitable[abci.ResponseCommit]:
         """Persist the state that ``finalize_block`` produced; retain all blocks."""
         return abci.ResponseCommit()

@@ -7,6 +7,7 @@ against an independent implementation and against the protobuf spec's known enco
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 import pytest
@@ -521,3 +522,73 @@ async def test_requests_behind_one_that_waits_for_the_app_are_held_then_answered
     assert [a.check_tx.log for a in answers[:-1]] == [t.decode() for t in txs]
     assert answers[-1].WhichOneof("value") == "flush"
     assert checked == txs
+
+
+class Hinted(Application):
+    """Records the hints (``verify_ahead``) and the CheckTx calls, in the order they came."""
+
+    def __init__(self, fail_hint: bool = False) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.fail_hint = fail_hint
+
+    def verify_ahead(self, txs: list[bytes]) -> None:
+        self.calls += [("ahead", t) for t in txs]
+        if self.fail_hint:
+            raise RuntimeError("a bug in the hint")
+
+    def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
+        self.calls.append(("check", req.tx))
+        return abci.ResponseCheckTx(code=0)
+
+
+def hinted_stream(n: int) -> tuple[bytes, list[bytes]]:
+    new = [f"new-{i}".encode() * 3 for i in range(n)]
+    stream = b""
+    for i, t in enumerate(new):
+        stream += framed(req(check_tx=abci.RequestCheckTx(tx=t)).SerializeToString())
+        stream += framed(req(check_tx=abci.RequestCheckTx(tx=b"re-%d" % i, type=abci.RECHECK)).SerializeToString())
+        stream += framed(FLUSH.SerializeToString())
+    return stream, new
+
+
+@pytest.mark.parametrize("cut", [7, 64, 1000, 1 << 20])
+async def test_new_check_txs_are_hinted_at_most_once_in_order_before_they_are_served(cut: int) -> None:
+    app = Hinted()
+    conn = server_module._Connection(1, app, asyncio.Lock(), 1 << 20, {})
+    conn.connection_made(RecordingTransport())
+    stream, new = hinted_stream(200)
+    for i in range(0, len(stream), cut):  # frames and length prefixes cut anywhere
+        conn.data_received(stream[i:i + cut])
+    await asyncio.sleep(0.05)  # slices of a long read are served on later turns of the loop
+    hinted = [t for kind, t in app.calls if kind == "ahead"]
+    assert len(set(hinted)) == len(hinted) and hinted == [t for t in new if t in hinted]  # never a recheck
+    for t in hinted:
+        assert app.calls.index(("ahead", t)) < app.calls.index(("check", t))
+    assert len([c for c in app.calls if c[0] == "check"]) == 400
+    if cut >= 1000:  # reads of many requests: each is hinted
+        assert hinted == new
+    if cut == 1 << 20:  # all in one read: a batch at a time
+        batches = [len(list(g)) for k, g in itertools.groupby(app.calls, key=lambda c: c[0]) if k == "ahead"]
+        assert set(batches) == {server_module.AHEAD_TXS, 200 % server_module.AHEAD_TXS}
+
+
+async def test_requests_arriving_one_by_one_are_not_hinted() -> None:
+    app = Hinted()
+    conn = server_module._Connection(1, app, asyncio.Lock(), 1 << 20, {})
+    conn.connection_made(RecordingTransport())
+    stream, new = hinted_stream(1)
+    for _ in range(20):
+        conn.data_received(stream)
+    assert [kind for kind, _ in app.calls] == ["check"] * 40
+
+
+async def test_a_failing_hint_is_logged_and_the_requests_are_served_all_the_same(caplog) -> None:
+    app = Hinted(fail_hint=True)
+    conn = server_module._Connection(1, app, asyncio.Lock(), 1 << 20, {})
+    transport = RecordingTransport()
+    conn.connection_made(transport)
+    stream, new = hinted_stream(20)
+    conn.data_received(stream)
+    await asyncio.sleep(0.05)
+    assert [r.WhichOneof("value") for w in transport.writes for r in responses_of(w)] == ["check_tx", "check_tx", "flush"] * 20
+    assert "verify_ahead failed: RuntimeError" in caplog.text and "new-" not in caplog.text
