@@ -5,7 +5,8 @@ Both chains are single-validator CometBFT v0.38 nodes made the same way, with th
 config.toml values (checked: the files may differ only in the lines naming the app, the
 moniker and the listen addresses) and driven by the same load generator (bench/loadgen.py) in
 the same run. rdx's node talks ABCI over a socket to ``python -m services.consensus`` (with its
-relay publishing to a real Kafka broker); kvstore runs inside the node (``proxy_app =
+relay publishing to a real Kafka broker, and its signature helper process, whose CPU counts as the
+app's); kvstore runs inside the node (``proxy_app =
 "kvstore"``, CometBFT's in-memory example app). Only one chain works at a time: the other is
 paused with SIGSTOP (so its empty blocks do not steal CPU) and resumed with SIGCONT.
 
@@ -440,6 +441,21 @@ def app_costs(n: int = 4000, block: int = 500, signers: int = 32) -> dict[str, f
                 if app.check_tx(abci.RequestCheckTx(tx=tx)).code != 0:
                     raise RuntimeError("CheckTx rejected a bench tx")
             t["check_tx"] = clock() - start
+            # The same CheckTx with the signature helper, as the ABCI server drives it under load
+            # (verify_ahead for the next 64, then each served): this thread's CPU alone.
+            helped = fresh_app(tmp / "c.sqlite", association, people)
+            helped.start_signature_helper()
+            try:
+                start = clock()
+                for i in range(0, n, 64):
+                    helped.verify_ahead(txs[i:i + 64])
+                    for tx in txs[i:i + 64]:
+                        if helped.check_tx(abci.RequestCheckTx(tx=tx)).code != 0:
+                            raise RuntimeError("CheckTx with the helper rejected a bench tx")
+                t["check_tx_app_thread_with_helper"] = clock() - start
+            finally:
+                helped.stop_signature_helper()
+                helped.db.close()
             app.finalize_block(abci.RequestFinalizeBlock(txs=[], height=2))  # a Commit: the check state starts afresh
             app.commit(abci.RequestCommit())
             start = clock()
@@ -528,13 +544,14 @@ async def _relay_cpu(chain_db: Path, position_db: Path, clock) -> float:
 
 
 def cpu_snapshot(procs: dict[str, Process | None]) -> dict[str, tuple[float, float]]:
-    """Per process (None stands for this one), summed over its threads: (seconds on a CPU,
-    seconds runnable but waiting for a CPU), from /proc/<pid>/task/*/schedstat."""
+    """Per process (None stands for this one), summed over its threads and its child processes'
+    (the app's signature helper): (seconds on a CPU, seconds runnable but waiting for a CPU), from
+    /proc/<pid>/task/*/schedstat."""
     out = {}
     for name, proc in procs.items():
         pid = os.getpid() if proc is None else proc.popen.pid
         run = wait = 0
-        for task in Path(f"/proc/{pid}/task").glob("*"):
+        for task in (t for p in (pid, *([] if proc is None else children(pid))) for t in Path(f"/proc/{p}/task").glob("*")):
             try:
                 fields = (task / "schedstat").read_text().split()
                 run, wait = run + int(fields[0]), wait + int(fields[1])
@@ -542,6 +559,19 @@ def cpu_snapshot(procs: dict[str, Process | None]) -> dict[str, tuple[float, flo
                 continue
         out[name] = (run / 1e9, wait / 1e9)
     return out
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (this kernel has no /proc/<pid>/task/*/children)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2:].split()[1]) == pid:  # field 4, after the command in parentheses
+            found.append(int(stat.parent.name))
+    return found
 
 
 def size_for(rate: float, seconds: float, lanes: int, lo: int, hi: int) -> int:
@@ -669,7 +699,9 @@ async def run(args, root: Path) -> dict:
             f"recheck on, tx_index.indexer={args.tx_index!r} on both, config.toml otherwise identical (cometbft "
             f"init defaults)",
             f"rdx: ABCI over a loopback socket to python -m services.consensus (SQLite synchronous=FULL, "
-            f"relay to a local Kafka 4.1.1 broker); kvstore: CometBFT's in-process in-memory example app",
+            f"relay to a local Kafka 4.1.1 broker, signature helper process "
+            f"{'off' if os.environ.get('RDX_SIGNATURE_HELPER', '').lower() in ('0', 'false') else 'on'}; "
+            f"the app's CPU includes its helper's); kvstore: CometBFT's in-process in-memory example app",
             f"load: {args.signers} signers, members.RotateKey, {tx_size}-byte txs (kvstore key=value of the same size), "
             f"broadcast_tx_{args.broadcast} over {args.connections} keep-alive connections, txs pre-built; "
             f"the idle chain SIGSTOPped",
