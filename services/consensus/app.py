@@ -99,7 +99,7 @@ MAX_EXECUTIONS = 8  # proposals executed ahead of FinalizeBlock, kept per height
 # kept, and the cache is bounded by the bytes it holds (an entry's parsed form is estimated at
 # 4x its raw size), so a flood of junk costs no memory.
 VERIFIED_CACHE_BYTES = 32 << 20
-MAX_REFUSED_AHEAD = 10_000  # txs the signature helper refused, kept until CheckTx reaches them
+MAX_UNVERIFIED_AHEAD = 10_000  # txs decoded ahead and not found validly signed, kept for their CheckTx
 
 
 @lru_cache(maxsize=4096)
@@ -239,8 +239,9 @@ class RdxApp(Application):
         self._pending_bytes: dict[str, int] = {}  # per signer, of the txs admitted since the last Commit
         self._committed_nonces: dict[str, int] = {}  # per signer checked since the last Commit
         self._helper: SignatureHelper | None = None  # see start_signature_helper
-        # Txs the helper found badly signed, decoded, until CheckTx reaches them or the next Commit.
-        self._refused_ahead: dict[bytes, Verified] = {}
+        # Txs decoded ahead (verify_ahead) and not found validly signed, until CheckTx reaches them or
+        # the next Commit: refused by the helper under ``public_key``, or not asked ("": no such signer).
+        self._unverified_ahead: dict[bytes, Verified] = {}
 
     def start_signature_helper(self) -> None:
         """Verify the signatures of txs ahead (``verify_ahead``) in a helper process from now on."""
@@ -256,10 +257,15 @@ class RdxApp(Application):
         raw, decoded = context
         if ok:
             self._verified.put(raw, decoded)
-        else:  # popped by CheckTx, emptied at every Commit, and bounded even if neither comes
-            if len(self._refused_ahead) >= MAX_REFUSED_AHEAD:
-                self._refused_ahead.clear()
-            self._refused_ahead[raw] = decoded
+        else:
+            self._unverified(raw, decoded)
+
+    def _unverified(self, raw: bytes, decoded: Verified) -> None:
+        """Keep a decoded tx for its CheckTx, so that junk costs one decoding, not two; popped by
+        CheckTx, emptied at every Commit, and bounded even if neither comes."""
+        if len(self._unverified_ahead) >= MAX_UNVERIFIED_AHEAD:
+            self._unverified_ahead.clear()
+        self._unverified_ahead[raw] = decoded
 
     def verify_ahead(self, raws: list[bytes]) -> None:
         """Txs the app will be asked about next (CheckTx requests received and not yet served, a
@@ -277,6 +283,7 @@ class RdxApp(Application):
                 tx, signing_bytes = Tx.decode_signed(raw)
                 account = self.check_state.get(f"accounts/{tx.signer}")
                 if account is None:
+                    self._unverified(raw, Verified(tx, signing_bytes, ""))
                     continue
                 public_key, signature = _key_bytes(account["public_key"]), identity.unb64(tx.sig)
             except (TxError, ValueError, TypeError, KeyError):
@@ -527,7 +534,7 @@ class RdxApp(Application):
         self._params = self._read_params()
         self._pending_bytes.clear()  # CometBFT rechecks the mempool against the new state
         self._committed_nonces.clear()
-        self._refused_ahead.clear()
+        self._unverified_ahead.clear()
         self.check_state = Overlay(self.db)
         if self.on_commit:
             self.on_commit(ex.height)
@@ -700,12 +707,12 @@ class RdxApp(Application):
         """The tx's context and payload, and its signer's account and member as read on the tx's
         branch (read once here: authorisation and the nonce use them again)."""
         verified: Verified | None = self._verified.get(raw)
-        refused: Verified | None = None  # decoded, and its signature refused by the helper
+        refused: Verified | None = None  # decoded ahead, its signature refused under refused.public_key
         if verified is None and self._helper is not None:
             self._helper.settle(raw)  # if it was asked to verify this tx: its answer
             verified = self._verified.get(raw)
             if verified is None:
-                refused = self._refused_ahead.pop(raw, None)
+                refused = self._unverified_ahead.pop(raw, None)
         if verified is not None:
             tx, signing_bytes = verified.tx, verified.signing_bytes
         elif refused is not None:

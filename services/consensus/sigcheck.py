@@ -141,7 +141,9 @@ class SignatureHelper:
             self._asked.append((self._seq, [(key, context) for key, _, context in chunk],
                                 sum(len(item) for _, item, _ in chunk)))
         try:
-            os.write(self._proc.stdin.fileno(), out)  # type: ignore[union-attr]  # fits: see start
+            fd, view = self._proc.stdin.fileno(), memoryview(out)  # type: ignore[union-attr]
+            while view:  # fits in the pipe (see start); a signal may still cut a write short
+                view = view[os.write(fd, view):]
         except OSError as exc:
             self._fail(f"writing to it failed ({type(exc).__name__})")
 

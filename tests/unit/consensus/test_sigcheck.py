@@ -214,7 +214,7 @@ def test_a_bad_signature_hinted_ahead_is_refused_on_the_helper_s_verdict_alone(c
     chain.app.verify_ahead([raw])
     no_verification_here(monkeypatch)
     assert chain.check(raw).code == Code.BAD_SIGNATURE
-    assert raw not in chain.app._verified and chain.app._refused_ahead == {}
+    assert raw not in chain.app._verified and chain.app._unverified_ahead == {}
 
 
 def test_a_refusal_under_a_key_rotated_since_is_judged_again_with_the_new_key(chain):
@@ -227,7 +227,7 @@ def test_a_refusal_under_a_key_rotated_since_is_judged_again_with_the_new_key(ch
     second = rotate(chain)
     chain.app.verify_ahead([first, second])
     chain.app._helper.settle(second)
-    assert first in chain.app._verified and second in chain.app._refused_ahead
+    assert first in chain.app._verified and second in chain.app._unverified_ahead
     assert [chain.check(t).code for t in (first, second)] == [Code.OK, Code.OK]
 
 
@@ -241,6 +241,28 @@ def test_a_tx_verified_ahead_under_a_key_rotated_since_is_refused(chain):
     assert stale in chain.app._verified
     assert [r.code for r in chain.block(first)] == [Code.OK]
     assert chain.check(stale).code == Code.BAD_SIGNATURE
+
+
+def test_junk_hinted_ahead_is_decoded_once(chain, monkeypatch):
+    """A tx from a signer the chain does not know, and one whose signature the helper refuses:
+    each is decoded once, ahead, and refused with its own code on that decoding."""
+    from services.common.tx import Tx
+
+    stranger = Identity.generate("stranger")
+    unknown = chain.tx(stranger, "members.RotateKey", {"public_key": stranger.public_key})
+    forged = json.loads(rotate(chain))
+    forged["sig"] = identity.b64(bytes(64))
+    forged = json.dumps(forged, separators=(",", ":"), sort_keys=True).encode()
+    decoded = []
+    original = Tx.decode_signed.__func__
+
+    def counting(cls, raw):
+        decoded.append(raw)
+        return original(cls, raw)
+    monkeypatch.setattr(Tx, "decode_signed", classmethod(counting))
+    chain.app.verify_ahead([unknown, forged])
+    assert [chain.check(t).code for t in (unknown, forged)] == [Code.UNKNOWN_SIGNER, Code.BAD_SIGNATURE]
+    assert decoded == [unknown, forged]
 
 
 def test_a_block_s_unchecked_txs_are_verified_by_the_helper(chain, monkeypatch):
