@@ -195,9 +195,13 @@ def start_rdx(root: Path, toolchain: tc.Toolchain, kafka: str, association: Iden
                      app_state=genesis_app_state(association, params=UNBOUNDED_SIGNERS))
     chain = Chain("rdx", node, app)
     app.start()
-    node.prepare()
-    chain.metrics_url, chain.pprof = tune(node, tx_index)
-    node.start()
+    try:
+        node.prepare()
+        chain.metrics_url, chain.pprof = tune(node, tx_index)
+        node.start()
+    except BaseException:  # the run ends here: leave no app (and its signature helper) behind
+        app.stop()
+        raise
     return chain
 
 
