@@ -66,7 +66,6 @@ TIMEOUT_S = 5.0  # a signature takes ~0.1 ms: a helper this late is stuck
 CHUNK = 16  # signatures per request: the first answers come back while the rest are verified
 MAX_IN_FLIGHT = 2048  # signatures asked and not yet settled
 _PIPE_BYTES = 1 << 20  # asked of the kernel; requests in flight are kept below what it grants
-_F_SETPIPE_SZ, _F_GETPIPE_SZ = 1031, 1032  # Linux fcntl commands (not in Python's fcntl module)
 
 
 class SignatureHelper:
@@ -96,11 +95,11 @@ class SignatureHelper:
                                       stderr=None, close_fds=True)
         pipe = self._proc.stdin.fileno()  # type: ignore[union-attr]
         try:
-            fcntl.fcntl(pipe, _F_SETPIPE_SZ, _PIPE_BYTES)
+            fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         except OSError:
             pass  # the kernel's default (64 KiB) then
         # Never more in flight than the pipe holds: a write then never blocks the event loop.
-        self._max_bytes = fcntl.fcntl(pipe, _F_GETPIPE_SZ) // 2
+        self._max_bytes = fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ) // 2
         os.set_blocking(self._proc.stdout.fileno(), False)  # type: ignore[union-attr]
         HELPER_UP.set(1)
         log.info("signature helper started (pid %d)", self._proc.pid)
@@ -110,6 +109,9 @@ class SignatureHelper:
             proc, self._proc = self._proc, None
             proc.kill()
             proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
         self._forget()
 
     def submit(self, key: bytes, public_key: bytes, message: bytes, signature: bytes, context: Any) -> bool:
