@@ -297,6 +297,7 @@ def test_the_helper_exits_when_the_app_that_started_it_dies(tmp_path):
     helper_pid = int(parent.stdout.readline())
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
+    parent.stdout.close()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
