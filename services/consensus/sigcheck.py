@@ -28,37 +28,25 @@ import struct
 import subprocess
 import sys
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, BinaryIO
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
-from prometheus_client import REGISTRY, Gauge
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import Gauge
+
+from services.common.metrics import plain_counter
 
 log = logging.getLogger("rdx.consensus.sigcheck")
 
 HELPER_UP = Gauge("rdx_consensus_signature_helper_up",
                   "1 while CheckTx's signatures are verified by the helper process, 0 once verified in process")
-VERIFIED_BY: Counter[str] = Counter({"helper": 0, "app": 0})
-"""Signatures verified, by the helper or by the app's own thread: ``rdx_consensus_signatures_verified_total``.
-A plain counter read at scrape time, as ``rdx_abci_requests_total`` (a prometheus_client inc() costs
-~2 us, and there is one a tx); every key is there from the start."""
-
-
-class _VerifiedCollector:
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily("rdx_consensus_signatures_verified",
-                                     "Tx signatures verified, by the signature helper process or the app itself",
-                                     labels=["by"])
-        for by, n in VERIFIED_BY.items():
-            family.add_metric([by], n)
-        yield family
-
-
-REGISTRY.register(_VerifiedCollector())
+VERIFIED_BY = plain_counter("rdx_consensus_signatures_verified",
+                            "Tx signatures verified, by the signature helper process or the app itself",
+                            "by", ["helper", "app"])
+"""Signatures verified, by the helper or by the app's own thread (one a tx)."""
 
 _HEAD = struct.Struct("<QI")  # seq, count
 _ITEM = struct.Struct("<32s64sI")  # public key, signature, message length
@@ -153,7 +141,7 @@ class SignatureHelper:
         """Wait until ``key``'s answer is in (if it was asked), reporting the valid ones up to it."""
         if key not in self._in_flight:
             return
-        if any(k == key for k, _, _ in self._queued):
+        if self._queued:  # asked and not written yet
             self.send()
         deadline = time.monotonic() + TIMEOUT_S
         while key in self._in_flight and self._proc is not None:

@@ -29,36 +29,22 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
-from prometheus_client import REGISTRY
-from prometheus_client.core import CounterMetricFamily
 from tendermint.abci import types_pb2 as abci
 
+from services.common.metrics import plain_counter
 from services.consensus.abci.application import Application
 
 log = logging.getLogger("rdx.consensus.abci")
 
 _REQUEST_KINDS = [f.name for f in abci.Request.DESCRIPTOR.oneofs_by_name["value"].fields]
-REQUESTS_SERVED: Counter[str] = Counter(dict.fromkeys([*_REQUEST_KINDS, "unknown"], 0))
-"""ABCI requests served by this process, by type: ``rdx_abci_requests_total``. A plain counter read
-when /metrics is scraped: a prometheus_client Counter's inc() (a lock, a labelled child) cost ~2 us
-a request, and CheckTx and its Flush come thousands of times a second. Every key is there from the
-start, so a scrape from another thread never sees the dict change size."""
-
-
-class _RequestsCollector:
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily("rdx_abci_requests", "ABCI requests served, by type", labels=["type"])
-        for kind, n in REQUESTS_SERVED.items():
-            family.add_metric([kind], n)
-        yield family
-
-
-REGISTRY.register(_RequestsCollector())
+REQUESTS_SERVED = plain_counter("rdx_abci_requests", "ABCI requests served, by type", "type",
+                                [*_REQUEST_KINDS, "unknown"])
+"""ABCI requests served by this process, by type (``rdx_abci_requests_total``): CheckTx and its
+Flush come thousands of times a second."""
 
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 """Far above any sane block (CometBFT caps a block at 100 MiB, its default at 4 MiB)."""
