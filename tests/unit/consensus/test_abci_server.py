@@ -594,3 +594,27 @@ async def test_a_failing_hint_is_logged_and_the_requests_are_served_all_the_same
     await asyncio.sleep(0.05)
     assert [r.WhichOneof("value") for w in transport.writes for r in responses_of(w)] == ["check_tx", "check_tx", "flush"] * 20
     assert "verify_ahead failed: RuntimeError" in caplog.text and "new-" not in caplog.text
+
+
+async def test_a_check_tx_frame_that_does_not_parse_is_not_hinted_and_is_refused_when_served(monkeypatch) -> None:
+    """A frame with CheckTx's first byte and a body that is not a Request: the look-ahead skips it,
+    the requests before it are answered, and serving refuses it and ends the connection."""
+    monkeypatch.setattr(server_module, "_SLICE_SECONDS", 60.0)
+    app = Hinted()
+    conn = server_module._Connection(1, app, asyncio.Lock(), 1 << 20, {})
+
+    class Closable(RecordingTransport):
+        def close(self) -> None:
+            self.closed = True
+
+    transport = Closable()
+    conn.connection_made(transport)
+    good = [f"good-{i}".encode() for i in range(20)]
+    broken = bytes([server_module._CHECK_TX_KEY, 0x05]) + b"ab"  # claims 5 bytes, holds 2
+    stream = b"".join(framed(req(check_tx=abci.RequestCheckTx(tx=t)).SerializeToString()) for t in good)
+    stream += framed(broken) + framed(req(check_tx=abci.RequestCheckTx(tx=b"after")).SerializeToString())
+    conn.data_received(stream + framed(FLUSH.SerializeToString()))
+    assert [t for kind, t in app.calls if kind == "ahead"] == good + [b"after"]
+    answers = [r.WhichOneof("value") for w in transport.writes for r in responses_of(w)]
+    assert answers == ["check_tx"] * 20 + ["exception"]
+    assert ("check", b"after") not in app.calls and transport.closed

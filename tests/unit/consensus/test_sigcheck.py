@@ -310,3 +310,14 @@ def test_the_helper_exits_when_the_app_that_started_it_dies(tmp_path):
     else:
         os.kill(helper_pid, signal.SIGKILL)
         pytest.fail("the helper outlived its parent")
+
+
+def test_a_flood_of_txs_from_unknown_signers_keeps_what_is_decoded_ahead_bounded(chain, monkeypatch):
+    from services.consensus import app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_UNVERIFIED_AHEAD", 5)
+    strangers = [Identity.generate(f"stranger-{i}") for i in range(12)]
+    junk = [chain.tx(s, "members.RotateKey", {"public_key": s.public_key}) for s in strangers]
+    chain.app.verify_ahead(junk)
+    assert 0 < len(chain.app._unverified_ahead) <= 5
+    assert {chain.check(t).code for t in junk} == {Code.UNKNOWN_SIGNER}
