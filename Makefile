@@ -9,11 +9,16 @@ STATE  ?= .rdx
 .PHONY: setup setup-k8s up up-detached down status demo test test-unit test-integration test-e2e lint check-infra clean-state setup-ts \
         testnet fuzz fuzz-api bench bench-consensus bench-consensus-no-index bench-gateway bench-catalog bench-billing bench-billing-history bench-compute
 
-# The virtual environment, rebuilt only when the dependency list changes.
-$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+# The virtual environment, rebuilt only when the dependency list or the native module changes. The
+# native module (native/ed25519: the chain's ZIP-215 signature checks) is Rust, built by maturin with
+# cargo; its build is kept under ~/.cache/rdx/cargo, outside the checkout.
+NATIVE := native/ed25519/Cargo.toml native/ed25519/Cargo.lock native/ed25519/pyproject.toml native/ed25519/src/lib.rs
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml $(NATIVE)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rdx needs Python 3.11+")'
+	@command -v cargo >/dev/null || { echo "rdx needs Rust's cargo (https://rustup.rs) to build native/ed25519"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' -e clients/python
+	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$$HOME/.cache/rdx/cargo} \
+	  $(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' -e clients/python ./native/ed25519
 	@touch $@
 
 # Kafka jars, the CometBFT binary and the ABCI modules, cached under ~/.cache/rdx by version.

@@ -21,7 +21,21 @@ RUN /opt/venv/bin/pip install --no-cache-dir /src
 # the go command (for `go mod download`) only at build time.
 FROM golang:1.26.8-bookworm AS go
 
+# The chain's ZIP-215 signature checks (native/ed25519) are Rust: a wheel built by maturin here,
+# where cargo and a C linker are, for the abi3 ABI any CPython 3.11+ loads.
+FROM rust:1.95-slim-bookworm AS native
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/build && /opt/build/bin/pip install --no-cache-dir maturin==1.16.0
+COPY native/ed25519 /src/native/ed25519
+RUN /opt/build/bin/maturin build --release --out /wheels -m /src/native/ed25519/Cargo.toml
+
 FROM builder AS abci
+COPY --from=native /wheels /tmp/native
+RUN /opt/venv/bin/pip install --no-cache-dir /tmp/native/*.whl
 COPY --from=go /usr/local/go /usr/local/go
 ENV PATH=/usr/local/go/bin:$PATH \
     GOTOOLCHAIN=local \

@@ -46,6 +46,7 @@ from rdx import toolchain as tc
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER_DIR = ROOT / "docker"
+NATIVE = ROOT / "native" / "ed25519"  # the chain's ZIP-215 signature checks (Rust), a wheel of its own
 SUITE = "bookworm"
 MIRROR = os.environ.get("RDX_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SNAPSHOT = os.environ.get("RDX_DEBIAN_SNAPSHOT")  # e.g. 20261201T000000Z; unset: the mirror's current suite
@@ -270,7 +271,8 @@ def dependency_wheels(log=print) -> Path:
 
 
 def own_wheel() -> Path:
-    """This project's wheel, from the checkout's sources as they are now."""
+    """This project's wheels, from the checkout's sources as they are now: rdx's, and its native
+    module's (native/ed25519), which cargo builds into ~/.cache/rdx/cargo as ``make setup`` does."""
     own = images_cache() / "wheel-rdx"
     shutil.rmtree(own, ignore_errors=True)
     src = _sources()
@@ -278,6 +280,8 @@ def own_wheel() -> Path:
         run([*PIP_WHEEL, "--no-deps", "-w", str(own), str(src)], "pip wheel (rdx)")
     finally:
         shutil.rmtree(src, ignore_errors=True)
+    run([*PIP_WHEEL, "--no-deps", "-w", str(own), str(NATIVE)], "pip wheel (native/ed25519)",
+        extra_env={"CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache/rdx/cargo"))})
     return own
 
 
@@ -311,7 +315,7 @@ def build_all(base: str | None = None, log=print) -> dict[str, str]:
     toolchain = tc.installed()
     base = base or ensure_base(log)
     deps = dependency_wheels(log)
-    sources = [ROOT / "pyproject.toml", ROOT / "rdx", ROOT / "services", deps, toolchain.abci_proto]
+    sources = [ROOT / "pyproject.toml", ROOT / "rdx", ROOT / "services", NATIVE, deps, toolchain.abci_proto]
     build(PYTHON_TAG, DOCKER_DIR / "python.Dockerfile", sources, lambda: _context(
         "python", {"wheels/deps": deps, "wheels/rdx": own_wheel(), "abci-proto": toolchain.abci_proto}), base, log)
     kafka = {"libs": toolchain.kafka_libs, "kafka-entrypoint.sh": DOCKER_DIR / "kafka-entrypoint.sh"}
