@@ -109,6 +109,9 @@ class GenesisSpec(_Spec):
     # The app hash is the root of the state tree (services/consensus/merkle.py); False gives the
     # hash chain of write sets of chains made before it (they migrate at an upgrade).
     state_tree: bool = True
+    # How tx signatures are verified (services/consensus/signatures.py): ZIP-215, batched; libsodium is
+    # the rule of chains made before it (they switch at an upgrade).
+    signatures: Literal["libsodium", "zip215"] = "zip215"
 
     @field_validator("genesis_time")
     @classmethod
@@ -203,6 +206,8 @@ def build(spec: GenesisSpec, base: Path = Path(".")) -> dict[str, Any]:
     }
     if spec.state_tree:
         app_state["state_tree"] = True
+    if spec.signatures != "libsodium":
+        app_state["signatures"] = spec.signatures
     if spec.members:
         app_state["members"] = [m.model_dump(exclude_none=True) for m in spec.members]
     if spec.balances:
@@ -283,6 +288,7 @@ def local_app_spec(association: Identity, *, gateway: Identity | None = None, bo
                   "seats": [{"name": seat_name(association.account, s), "public_key": s.public_key} for s in seats],
                   "powers": dict(ALL_OFFICER if powers is None else powers)},
         "state_tree": True,
+        "signatures": "zip215",
     }
     if gateway is not None:
         spec["association"]["node"] = {"public_key": gateway.public_key, "endpoint": "127.0.0.1:8000"}

@@ -41,6 +41,7 @@ from services.common.proofs import CHANGED_SINCE, PROOF_TYPE
 from services.common.tx import Code, Tx, TxError
 from services.consensus.abci.application import Application, proto_tx_size
 from services.consensus import params as chain_params
+from services.consensus import signatures
 from services.consensus.access import handlers as access
 from services.consensus.assets import handlers as assets
 from services.consensus.audit import handlers as audit
@@ -107,6 +108,13 @@ def _key_bytes(public_key: str) -> bytes:
     return identity.unb64(public_key)
 
 
+def _signed(rule: str, public_key: str, message: bytes, signature: str) -> bool:
+    try:
+        return signatures.verify(rule, _key_bytes(public_key), message, identity.unb64(signature))
+    except (ValueError, TypeError):  # not base64
+        return False
+
+
 class Genesis(BaseModel):
     """``app_state`` of genesis.json (written by ``rdx genesis``): the association, its board, the
     founding members, balances, chain parameters and the policy.
@@ -127,6 +135,9 @@ class Genesis(BaseModel):
     # Absent in the genesis of chains made before the tree: they keep their hash chain, so replaying
     # them gives the same app hashes, until their state-tree upgrade (RdxApp._app_hash).
     state_tree: bool = False
+    # How tx signatures are verified (services/consensus/signatures.py): absent in the genesis of chains
+    # made before ZIP-215, which keep libsodium's rule until their upgrade.
+    signatures: Literal["libsodium", "zip215"] = "libsodium"
 
 
 class UpgradeRequired(RuntimeError):
@@ -137,6 +148,7 @@ class Verified(NamedTuple):
     tx: Tx
     signing_bytes: bytes
     public_key: str  # the key it verified against: a rotated key must be checked again
+    rule: str  # and the rule it was verified by (signatures.RULES): a verdict stands only under the same
     payload: BaseModel | None = None  # its validated payload, kept only for a type in SHARED_PAYLOADS
 
 
@@ -236,6 +248,7 @@ class RdxApp(Application):
         self._last_time = 0
         self._verified = VerifiedCache(VERIFIED_CACHE_BYTES)
         self._params = self._read_params()
+        self._rule = signatures.rule_of(self.check_state)  # CheckTx's: the committed state's
         self._pending_bytes: dict[str, int] = {}  # per signer, of the txs admitted since the last Commit
         self._committed_nonces: dict[str, int] = {}  # per signer checked since the last Commit
         self._helper: SignatureHelper | None = None  # see start_signature_helper
@@ -267,15 +280,17 @@ class RdxApp(Application):
             self._unverified_ahead.clear()
         self._unverified_ahead[raw] = decoded
 
-    def verify_ahead(self, raws: list[bytes]) -> None:
+    def verify_ahead(self, raws: list[bytes], rule: str | None = None) -> None:
         """Txs the app will be asked about next (CheckTx requests received and not yet served, a
         block's txs): the helper process verifies their signatures, with the signers' keys as the
-        mempool's state has them now, while this thread works through those before them. A tx
-        whose signer's key changes meanwhile is verified again (``_authenticate``), and one this
-        cannot decode, or whose signer is unknown, is left to the usual path and its error."""
+        mempool's state has them now, by ``rule`` (CheckTx's when not given), while this thread
+        works through those before them. A tx whose signer's key changes meanwhile is verified
+        again (``_authenticate``), and one this cannot decode, or whose signer is unknown, is left
+        to the usual path and its error."""
         helper = self._helper
         if helper is None:
             return
+        rule = rule or self._rule
         for raw in raws:
             if raw in self._verified:
                 continue
@@ -283,13 +298,13 @@ class RdxApp(Application):
                 tx, signing_bytes = Tx.decode_signed(raw)
                 account = self.check_state.get(f"accounts/{tx.signer}")
                 if account is None:
-                    self._unverified(raw, Verified(tx, signing_bytes, ""))
+                    self._unverified(raw, Verified(tx, signing_bytes, "", rule))
                     continue
                 public_key, signature = _key_bytes(account["public_key"]), identity.unb64(tx.sig)
             except (TxError, ValueError, TypeError, KeyError):
                 continue
             if not helper.submit(raw, public_key, signing_bytes, signature,
-                                 (raw, Verified(tx, signing_bytes, account["public_key"]))) and not helper.up:
+                                 (raw, Verified(tx, signing_bytes, account["public_key"], rule)), rule) and not helper.up:
                 break
         helper.send()
 
@@ -438,6 +453,8 @@ class RdxApp(Application):
         ctx = Context(store=block, height=0, time=req.time.seconds)
         if genesis.state_tree:
             block.set(STATE_TREE, {"spec": PROOF_TYPE, "since": 0, "events_since": 1})
+        if genesis.signatures != signatures.LIBSODIUM:
+            block.set(signatures.RULE_KEY, genesis.signatures)
         keeper = MembersKeeper(ctx)
         members.admit(ctx, keeper, genesis.association.model_copy(update={"roles": ["association"]}))
         for member in genesis.members:
@@ -456,6 +473,7 @@ class RdxApp(Application):
         self._genesis_writes = block.writes
         self._genesis_events = ctx.events
         self._params = genesis.params
+        self._rule = genesis.signatures  # CheckTx before block 1 (its state is committed with block 1)
         if genesis.state_tree:  # the root of the genesis state; its nodes are stored with block 1's
             return abci.ResponseInitChain(app_hash=self.tree.update(NO_TREE, block.tree_changes(), {}, 0)[0])
         return abci.ResponseInitChain(app_hash=next_app_hash(b"", block.digest(), 0))
@@ -463,7 +481,7 @@ class RdxApp(Application):
     def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
         try:
             outcome = self._deliver(self.check_state, req.tx, height=self._committed_height + 1,
-                                    time=self._last_time, check=True)
+                                    time=self._last_time, rule=self._rule, check=True)
             # The mempool's txs land in blocks of their own: one tx's validator changes do not count
             # against the per-block share of the next one checked.
             self.check_state.discard(VALIDATORS_BLOCK)
@@ -532,6 +550,7 @@ class RdxApp(Application):
         self._genesis_writes, self._genesis_events = {}, []
         self._executions.clear()
         self._params = self._read_params()
+        self._rule = signatures.rule_of(Overlay(self.db))
         self._pending_bytes.clear()  # CometBFT rechecks the mempool against the new state
         self._committed_nonces.clear()
         self._unverified_ahead.clear()
@@ -549,7 +568,6 @@ class RdxApp(Application):
                  max_tx_bytes: int | None = None) -> Execution:
         """Run a block on a fresh overlay. Inadmissible txs are kept (as failed results) or, for
         a proposal being prepared, left out; either way they change no state."""
-        self.verify_ahead(txs)  # a block's txs this node has not checked: replay, block sync, a peer's proposal
         block = Overlay(self.db)
         block.writes.update(self._genesis_writes)
         events = [ChainEvent(height, -1, i, time, *e) for i, e in enumerate(self._genesis_events)]
@@ -558,6 +576,8 @@ class RdxApp(Application):
         param_updates = self._upgrade(ctx)
         if param_updates is not None:
             response.consensus_param_updates.CopyFrom(param_updates)
+        rule = signatures.rule_of(block)  # after the block's upgrade, if it has one: its txs are judged by it
+        self.verify_ahead(txs, rule)  # a block's txs this node has not checked: replay, block sync, a peer's proposal
         for hook in BEGIN_BLOCK:
             hook(ctx)
         events += [ChainEvent(height, -1, i, time, *e) for i, e in enumerate(ctx.events, start=len(events))]
@@ -573,7 +593,7 @@ class RdxApp(Application):
             size = proto_tx_size(raw)
             if max_tx_bytes is not None and total + size > max_tx_bytes:
                 break
-            outcome = self._deliver(block, raw, height=height, time=time)
+            outcome = self._deliver(block, raw, height=height, time=time, rule=rule)
             if not outcome.admissible:
                 if not keep_inadmissible:
                     dropped.append(outcome.code)
@@ -658,19 +678,22 @@ class RdxApp(Application):
             raise UpgradeRequired(f"upgrade {plan['name']!r} at height {plan['height']} needs app version "
                                   f"{plan['app_version']}; this binary has {self.app_version}")
         keeper.apply_upgrade(plan)
+        if plan["app_version"] >= signatures.ZIP215_APP_VERSION and signatures.rule_of(ctx.store) != signatures.ZIP215:
+            ctx.store.set(signatures.RULE_KEY, signatures.ZIP215)
+            log.warning("tx signatures are verified by ZIP-215's rules from height %d on", ctx.height)
         log.warning("upgrade %r applied at height %d: the chain now runs app version %d", plan["name"], ctx.height,
                     plan["app_version"])
         return ConsensusParams(version=VersionParams(app=plan["app_version"]))
 
     # -- one transaction ------------------------------------------------------------------------
-    def _deliver(self, state: Overlay, raw: bytes, *, height: int, time: int, check: bool = False) -> Outcome:
+    def _deliver(self, state: Overlay, raw: bytes, *, height: int, time: int, rule: str, check: bool = False) -> Outcome:
         """Apply ``raw`` to ``state``. A rejected tx changes nothing but, once in a block, its nonce.
 
         Only a handler's own failure is answered INTERNAL_ERROR, alike on every validator (a bug
         must not split the chain); everything before the handler is a function of the bytes and
         the state that answers with a specific code."""
         try:
-            ctx, model, signer = self._authenticate(state, raw, height, time)
+            ctx, model, signer = self._authenticate(state, raw, height, time, rule)
             if check:
                 self._admit(raw, ctx.tx)
         except Rejected as exc:
@@ -702,10 +725,11 @@ class RdxApp(Application):
             self._pending_bytes[tx.signer] = self._pending_bytes.get(tx.signer, 0) + len(raw)
         return Outcome(Code.OK, "", ctx.events, True, tx.trace)
 
-    def _authenticate(self, state: Overlay, raw: bytes, height: int,
-                      time: int) -> tuple[Context, BaseModel, governance.Signer]:
+    def _authenticate(self, state: Overlay, raw: bytes, height: int, time: int,
+                      rule: str) -> tuple[Context, BaseModel, governance.Signer]:
         """The tx's context and payload, and its signer's account and member as read on the tx's
-        branch (read once here: authorisation and the nonce use them again)."""
+        branch (read once here: authorisation and the nonce use them again); its signature is
+        verified by ``rule``."""
         verified: Verified | None = self._verified.get(raw)
         refused: Verified | None = None  # decoded ahead, its signature refused under refused.public_key
         if verified is None and self._helper is not None:
@@ -734,13 +758,13 @@ class RdxApp(Application):
         owner = keeper.member(account["member"])
         if not owner or owner["status"] != "active":
             raise Rejected(Code.SUSPENDED_SIGNER, f"signer {tx.signer} belongs to a suspended member")
-        if verified is None or verified.public_key != account["public_key"]:
-            if refused is not None and refused.public_key == account["public_key"]:
+        if verified is None or verified.public_key != account["public_key"] or verified.rule != rule:
+            if refused is not None and refused.public_key == account["public_key"] and refused.rule == rule:
                 raise Rejected(Code.BAD_SIGNATURE, "signature does not verify with the signer's registered key")
             VERIFIED_BY["app"] += 1
-            if not identity.verify(account["public_key"], signing_bytes, tx.sig):
+            if not _signed(rule, account["public_key"], signing_bytes, tx.sig):
                 raise Rejected(Code.BAD_SIGNATURE, "signature does not verify with the signer's registered key")
-            verified = Verified(tx, signing_bytes, account["public_key"])
+            verified = Verified(tx, signing_bytes, account["public_key"], rule)
             self._verified.put(raw, verified)
         if account["kind"] == "delegate":  # its powers only, while active and unexpired; as its member
             keeper.check_delegate(account, tx.type, time)

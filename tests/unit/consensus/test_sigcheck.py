@@ -1,5 +1,6 @@
 """The signature helper process (services/consensus/sigcheck.py): the same verdicts as in-process
-verification, in order, and a helper that dies, stalls or answers wrongly only ends the offload."""
+verification by each rule, in order, and a helper that dies, stalls or answers wrongly only ends
+the offload."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from services.common import identity
-from services.consensus import sigcheck
+from services.consensus import signatures, sigcheck
 from services.consensus.sigcheck import HELPER_UP, SignatureHelper
 
 pytestmark = pytest.mark.unit
@@ -65,15 +66,18 @@ def cases() -> list[tuple[str, bytes, bytes, bytes]]:
     ]
 
 
-def test_the_helper_s_verdicts_are_the_in_process_verification_s(helper):
+@pytest.mark.parametrize("rule", signatures.RULES)
+def test_the_helper_s_verdicts_are_the_in_process_verification_s(helper, rule):
+    """By each rule; tests/unit/consensus/test_signatures.py has the cases on which the rules differ."""
     h, reported = helper()
     for name, public_key, message, signature in cases():
-        assert h.submit(name.encode(), public_key, message, signature, name)
+        assert h.submit(name.encode(), public_key, message, signature, name, rule)
     h.send()
     h.settle(cases()[-1][0].encode())
-    expected = [name for name, pk, m, sig in cases()
-                if identity.verify(identity.b64(pk), m, identity.b64(sig))]
+    expected = [name for name, pk, m, sig in cases() if signatures.verify(rule, pk, m, sig)]
     assert expected == ["valid", "valid, empty message"]  # the cases are what they say
+    if rule == signatures.LIBSODIUM:  # the rule of services.common.identity, which the app verified with first
+        assert expected == [name for name, pk, m, sig in cases() if identity.verify(identity.b64(pk), m, identity.b64(sig))]
     assert reported == expected
     assert [context for context, ok in h.answers] == [name for name, *_ in cases()]
 
@@ -153,10 +157,10 @@ def test_a_killed_helper_is_noticed_at_the_next_write_or_read(helper, caplog):
     assert h.answers == [] and not h.up and len(stopped(caplog)) == 1
 
 
-def request(seq: int, items: list[tuple[bytes, bytes, bytes]]) -> bytes:
+def request(seq: int, items: list[tuple[bytes, bytes, bytes]], rule: int = 1) -> bytes:
     out = sigcheck._HEAD.pack(seq, len(items))
     for public_key, signature, message in items:
-        out += sigcheck._ITEM.pack(public_key, signature, len(message)) + message
+        out += sigcheck._ITEM.pack(public_key, signature, len(message), rule) + message
     return out
 
 
@@ -164,10 +168,19 @@ def test_the_helper_side_answers_each_request_with_its_seq_and_stops_at_a_trunca
     m = b"hello"
     good = (PUBLIC, KEY.sign(m).signature, m)
     bad = (PUBLIC, bytes(64), m)
-    whole = request(7, [good, bad, good]) + request(8, [bad])
+    whole = request(7, [good, bad, good]) + request(8, [bad]) + request(9, [good, good], rule=0)
     answers = io.BytesIO()
-    sigcheck.serve(io.BytesIO(whole + request(9, [good])[:-2]), answers)
-    assert answers.getvalue() == sigcheck._HEAD.pack(7, 3) + b"\x01\x00\x01" + sigcheck._HEAD.pack(8, 1) + b"\x00"
+    sigcheck.serve(io.BytesIO(whole + request(10, [good])[:-2]), answers)
+    assert answers.getvalue() == (sigcheck._HEAD.pack(7, 3) + b"\x01\x00\x01" + sigcheck._HEAD.pack(8, 1) + b"\x00"
+                                  + sigcheck._HEAD.pack(9, 2) + b"\x01\x01")
+
+
+def test_the_helper_side_verifies_nothing_by_a_rule_it_does_not_know():
+    m = b"hello"
+    good = (PUBLIC, KEY.sign(m).signature, m)
+    answers = io.BytesIO()
+    sigcheck.serve(io.BytesIO(request(1, [good], rule=0) + request(2, [good], rule=7)), answers)
+    assert answers.getvalue() == sigcheck._HEAD.pack(1, 1) + b"\x01" + sigcheck._HEAD.pack(2, 1) + b"\x00"
 
 
 # -- the app with its helper --------------------------------------------------------------------
@@ -191,7 +204,7 @@ def chain(tmp_path):
 def no_verification_here(monkeypatch):
     def refuse(*_):
         raise AssertionError("verified in process")
-    monkeypatch.setattr(identity, "verify", refuse)
+    monkeypatch.setattr(signatures, "verify", refuse)
 
 
 def rotate(chain, key: Identity | None = None, **kw) -> bytes:

@@ -5,7 +5,7 @@ from services.consensus.app import Verified, VerifiedCache
 
 
 def entry(signing_bytes: bytes) -> Verified:
-    return Verified(Tx.model_construct(), signing_bytes, "key")
+    return Verified(Tx.model_construct(), signing_bytes, "key", "libsodium")
 
 
 def test_the_oldest_entries_leave_first_and_the_bytes_stay_under_the_limit():
