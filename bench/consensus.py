@@ -703,7 +703,8 @@ async def run(args, root: Path) -> dict:
             f"recheck on, tx_index.indexer={args.tx_index!r} on both, config.toml otherwise identical (cometbft "
             f"init defaults)",
             f"rdx: ABCI over a loopback socket to python -m services.consensus (SQLite synchronous=FULL, "
-            f"relay to a local Kafka 4.1.1 broker, signature helper process "
+            f"relay to a local Kafka 4.1.1 broker, tx signatures by the genesis' rule "
+            f"{genesis_app_state(association).get('signatures', 'libsodium')!r}, signature helper process "
             f"{'off' if os.environ.get('RDX_SIGNATURE_HELPER', '').lower() in ('0', 'false') else 'on'}; "
             f"the app's CPU includes its helper's); kvstore: CometBFT's in-process in-memory example app",
             f"load: {args.signers} signers, members.RotateKey, {tx_size}-byte txs (kvstore key=value of the same size), "
