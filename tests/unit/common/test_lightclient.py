@@ -169,3 +169,45 @@ def test_malformed_rpc_answers_are_refused(commit, validators):
 def test_malformed_fields_are_refused(edit):
     with pytest.raises(LightClientError):
         edited(FIRST, edit)
+
+
+def _signed_by(keys, sign) -> lightclient.LightBlock:
+    """Block FIRST + 1 as if ``keys`` were its validators (10 each), its header and commit made to
+    match, every vote signed by ``sign(key, sign_bytes)``."""
+    commit, validators = copy.deepcopy(RAW[FIRST + 1])
+    header, signed = commit["signed_header"]["header"], commit["signed_header"]["commit"]
+    addresses = [hashlib.sha256(bytes(k.verify_key)).hexdigest()[:40].upper() for k in keys]
+    validators["validators"] = [{"address": a, "pub_key": {"type": "tendermint/PubKeyEd25519",
+                                 "value": base64.b64encode(bytes(k.verify_key)).decode()},
+                                 "voting_power": "10", "proposer_priority": "0"} for a, k in zip(addresses, keys)]
+    signed["signatures"] = [{"block_id_flag": 2, "validator_address": a, "timestamp": header["time"],
+                             "signature": base64.b64encode(bytes(64)).decode()} for a in addresses]
+    block = lightclient.light_block(commit, validators)
+    header["validators_hash"] = lightclient.validators_hash(block.validators).hex().upper()
+    block = lightclient.light_block(commit, validators)
+    signed["block_id"]["hash"] = lightclient.header_hash(block.header).hex().upper()
+    block = lightclient.light_block(commit, validators)
+    for sig, parsed, key in zip(signed["signatures"], block.commit.signatures, keys):
+        sig["signature"] = base64.b64encode(sign(key, lightclient.vote_sign_bytes(CHAIN, block.commit, parsed))).decode()
+    return lightclient.light_block(commit, validators)
+
+
+def test_a_vote_cometbft_accepts_by_zip215_is_accepted_here_too():
+    """A validator's vote whose R carries a small-order component: CometBFT counts it (ZIP-215),
+    libsodium would refuse it. Refusing it made one validator able to stop every light client."""
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import SigningKey
+    from torsion import sign_with_torsion
+
+    keys = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]
+    honest = _signed_by(keys, lambda key, message: key.sign(message).signature)
+    lightclient.verify_signed_header(honest, CHAIN)  # the construction is sound
+    odd = _signed_by(keys, lambda key, message: sign_with_torsion(key, message) if key is keys[0]
+                     else key.sign(message).signature)
+    lightclient.verify_signed_header(odd, CHAIN)
+    sig = odd.commit.signatures[0]
+    with pytest.raises(BadSignatureError):  # what the light client checked before
+        keys[0].verify_key.verify(lightclient.vote_sign_bytes(CHAIN, odd.commit, sig), sig.signature)
+    forged = _signed_by(keys, lambda key, message: bytes(64) if key is keys[0] else key.sign(message).signature)
+    with pytest.raises(LightClientError, match="bad signature"):
+        lightclient.verify_signed_header(forged, CHAIN)
