@@ -8,21 +8,9 @@
 # it once and reuses its cache for the other images. When the services get their own
 # dependency extras, this stage installs only this service's extra.
 
-FROM python:3.11.14-slim-bookworm AS builder
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-COPY pyproject.toml /src/
-COPY rdx /src/rdx
-COPY services /src/services
-RUN /opt/venv/bin/pip install --no-cache-dir /src
-
-# The ABCI protobuf modules are generated from the proto files of the pinned CometBFT module,
-# exactly as `rdx setup` does (rdx/toolchain.py), so the image and a laptop agree. That needs
-# the go command (for `go mod download`) only at build time.
-FROM golang:1.26.8-bookworm AS go
-
-# The chain's ZIP-215 signature checks (native/ed25519) are Rust: a wheel built by maturin here,
-# where cargo and a C linker are, for the abi3 ABI any CPython 3.11+ loads.
+# The chain's Ed25519 checks (native/ed25519: ZIP-215, for the consensus app's tx signatures and
+# the light client's votes) are Rust: a wheel built by maturin here, where cargo and a C linker
+# are, for the abi3 ABI any CPython 3.11+ loads.
 FROM rust:1.95-slim-bookworm AS native
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
@@ -33,9 +21,21 @@ RUN python3 -m venv /opt/build && /opt/build/bin/pip install --no-cache-dir matu
 COPY native/ed25519 /src/native/ed25519
 RUN /opt/build/bin/maturin build --release --out /wheels -m /src/native/ed25519/Cargo.toml
 
-FROM builder AS abci
+FROM python:3.11.14-slim-bookworm AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
 COPY --from=native /wheels /tmp/native
-RUN /opt/venv/bin/pip install --no-cache-dir /tmp/native/*.whl
+COPY pyproject.toml /src/
+COPY rdx /src/rdx
+COPY services /src/services
+RUN /opt/venv/bin/pip install --no-cache-dir /src /tmp/native/*.whl
+
+# The ABCI protobuf modules are generated from the proto files of the pinned CometBFT module,
+# exactly as `rdx setup` does (rdx/toolchain.py), so the image and a laptop agree. That needs
+# the go command (for `go mod download`) only at build time.
+FROM golang:1.26.8-bookworm AS go
+
+FROM builder AS abci
 COPY --from=go /usr/local/go /usr/local/go
 ENV PATH=/usr/local/go/bin:$PATH \
     GOTOOLCHAIN=local \

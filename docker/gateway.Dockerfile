@@ -7,13 +7,27 @@
 # it once and reuses its cache for the other images. When the services get their own
 # dependency extras, this stage installs only this service's extra.
 
+# The chain's Ed25519 checks (native/ed25519: ZIP-215, for the consensus app's tx signatures and
+# the light client's votes) are Rust: a wheel built by maturin here, where cargo and a C linker
+# are, for the abi3 ABI any CPython 3.11+ loads.
+FROM rust:1.95-slim-bookworm AS native
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/build && /opt/build/bin/pip install --no-cache-dir maturin==1.16.0
+COPY native/ed25519 /src/native/ed25519
+RUN /opt/build/bin/maturin build --release --out /wheels -m /src/native/ed25519/Cargo.toml
+
 FROM python:3.11.14-slim-bookworm AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
+COPY --from=native /wheels /tmp/native
 COPY pyproject.toml /src/
 COPY rdx /src/rdx
 COPY services /src/services
-RUN /opt/venv/bin/pip install --no-cache-dir /src
+RUN /opt/venv/bin/pip install --no-cache-dir /src /tmp/native/*.whl
 
 FROM python:3.11.14-slim-bookworm
 # A fixed non-root uid/gid (10001) that the Kubernetes securityContext also names.

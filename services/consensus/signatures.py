@@ -13,7 +13,8 @@ A chain's genesis names its rule (``rdx genesis`` writes ``zip215``; a genesis w
 chain made before it, and keeps ``libsodium``). Such a chain switches at an applied upgrade to app
 version ``ZIP215_APP_VERSION`` or later, from that block on, on every validator at once: a node
 replaying old blocks judges them by the rule of their time. Only tx signatures follow the rule;
-what the chain verifies inside payloads keeps libsodium (services.common.identity).
+what the chain verifies inside payloads keeps libsodium (services.common.identity). The light
+client checks validators' votes by ZIP-215 always, as CometBFT does (services.common.lightclient).
 """
 
 from __future__ import annotations
