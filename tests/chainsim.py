@@ -23,17 +23,24 @@ from services.consensus.state import Database, Overlay
 CHAIN = "rdx-test"
 
 
+class NextRelease(RdxApp):
+    """The release after this one (app version 2), for the upgrade tests."""
+
+    app_version = 2
+
+
 class Harness:
     """A chain driven block by block. Its genesis is what ``rdx genesis`` writes for a local chain
     (rdx/genesis.py: a board, by default one seat derived from the association's key, the officer
     holding every power it may) with ``validators`` (consensus key, power; by default one key
     derived from the association's) recorded; ``legacy=True`` gives the genesis of chains made
-    before boards existed (the association alone, no validator set recorded)."""
+    before boards existed (the association alone, no validator set recorded), and ``without``
+    names fields of ``rdx genesis``'s spec to leave out (a chain made before them)."""
 
     def __init__(self, path, association: Identity, balances: dict[str, int] | None = None, *,
                  board: list[Identity] | None = None, threshold: int = 1, powers: dict[str, str] | None = None,
                  validators: list[tuple[str, int]] | None = None, legacy: bool = False,
-                 app_class: type[RdxApp] = RdxApp):
+                 without: tuple[str, ...] = (), app_class: type[RdxApp] = RdxApp):
         self.db = Database(path)
         self.app = app_class(self.db, CHAIN)
         self.association = association
@@ -44,6 +51,8 @@ class Harness:
             self.board, self.validators = [association], []
         else:
             genesis = local_app_spec(association, board=board, threshold=threshold, powers=powers)
+            for field in without:
+                del genesis[field]
             self.board = board if board is not None else [local_seat(association)]
             derived = SigningKey(hashlib.sha256(b"validator" + bytes(association.signing_key)).digest())
             self.validators = validators if validators is not None else [(b64(bytes(derived.verify_key)), 10)]

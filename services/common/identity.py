@@ -61,13 +61,22 @@ class Identity:
 
 
 @lru_cache(maxsize=4096)
-def _verify_key(public_key: str) -> VerifyKey:
-    return VerifyKey(unb64(public_key))
+def _verify_key(public_key: bytes) -> VerifyKey:
+    return VerifyKey(public_key)
+
+
+def verify_raw(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """libsodium's verdict (``crypto_sign_open``): ``verify`` on the bytes themselves."""
+    try:
+        _verify_key(public_key).verify(message, signature)
+        return True
+    except (BadSignatureError, ValueError, TypeError):
+        return False
 
 
 def verify(public_key: str, message: bytes, signature: str) -> bool:
     try:
-        _verify_key(public_key).verify(message, unb64(signature))
-        return True
-    except (BadSignatureError, ValueError, TypeError):
+        key, sig = unb64(public_key), unb64(signature)
+    except (ValueError, TypeError):
         return False
+    return verify_raw(key, message, sig)

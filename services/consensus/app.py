@@ -550,11 +550,11 @@ class RdxApp(Application):
         self._genesis_writes, self._genesis_events = {}, []
         self._executions.clear()
         self._params = self._read_params()
-        self._rule = signatures.rule_of(Overlay(self.db))
         self._pending_bytes.clear()  # CometBFT rechecks the mempool against the new state
         self._committed_nonces.clear()
         self._unverified_ahead.clear()
         self.check_state = Overlay(self.db)
+        self._rule = signatures.rule_of(self.check_state)
         if self.on_commit:
             self.on_commit(ex.height)
         return abci.ResponseCommit()

@@ -19,12 +19,11 @@ client checks validators' votes by ZIP-215 always, as CometBFT does (services.co
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import rdx_ed25519
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
+
+from services.common import identity
 
 LIBSODIUM, ZIP215 = "libsodium", "zip215"
 RULES = (LIBSODIUM, ZIP215)
@@ -37,20 +36,11 @@ def rule_of(store: Any) -> str:
     return store.get(RULE_KEY) or LIBSODIUM
 
 
-@lru_cache(maxsize=4096)
-def _verify_key(public_key: bytes) -> VerifyKey:
-    return VerifyKey(public_key)
-
-
 def verify(rule: str, public_key: bytes, message: bytes, signature: bytes) -> bool:
     """Does ``signature`` sign ``message`` under ``public_key``, by ``rule``?"""
     if rule == ZIP215:
         return rdx_ed25519.verify(public_key, message, signature)
-    try:  # services.common.identity.verify's call, on the same bytes
-        _verify_key(public_key).verify(message, signature)
-        return True
-    except (BadSignatureError, ValueError, TypeError):
-        return False
+    return identity.verify_raw(public_key, message, signature)
 
 
 def verify_many(rule: str, items: list[tuple[bytes, bytes, bytes]]) -> list[bool]:

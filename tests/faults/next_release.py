@@ -1,9 +1,10 @@
 """A "next release" of the consensus service for the upgrade tests: ``python -m tests.faults.next_release``.
 
 It is rdx's consensus service unchanged but for the app version it declares (the ``app_class``
-seam of ``services.consensus.__main__.build``): 2, one above this tree's. A real release would
-also carry the rules that version introduces, gated on the chain's app version; this one has
-none, which is what lets the test tell the two binaries apart only by the upgrade mechanism.
+seam of ``services.consensus.__main__.build``): 2, one above this tree's. The rules this tree
+already gates on app version 2 (the state tree, ZIP-215 tx signatures) change nothing on a chain
+from ``rdx genesis``, which has both from its genesis, so the test tells the two binaries apart
+only by the upgrade mechanism.
 """
 
 from __future__ import annotations

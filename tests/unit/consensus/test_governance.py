@@ -8,7 +8,7 @@ import base64
 import json
 
 import pytest
-from chainsim import Harness, register
+from chainsim import Harness, NextRelease, register
 from google.protobuf.timestamp_pb2 import Timestamp
 from tendermint.abci import types_pb2 as abci
 
@@ -323,10 +323,6 @@ def test_no_block_moves_a_third_of_the_power(b):
 
 
 # -- upgrades --------------------------------------------------------------------------------------
-class NextRelease(RdxApp):
-    app_version = 2
-
-
 def test_an_upgrade_stops_the_old_binary_at_its_height_and_the_new_one_carries_on(tmp_path):
     b = Board(tmp_path, threshold=1, n=1)
     at = b.chain.height + 4

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import json
 import random
-from unittest import mock
 
-import chainsim
 import pytest
 import rdx_ed25519
-from chainsim import Harness, register
+from chainsim import Harness, NextRelease, register
 from nacl.signing import SigningKey
 from torsion import L, T8, encode, sign_with_torsion
 
 from services.common.identity import Identity, b64
 from services.common.tx import Code, Tx
 from services.consensus import signatures
-from services.consensus.app import RdxApp
 from services.consensus.signatures import LIBSODIUM, ZIP215
 
 pytestmark = pytest.mark.unit
@@ -98,19 +95,6 @@ def torsion_signed(chain: Harness, who: Identity, type_: str, payload: dict) -> 
     return json.dumps(out, separators=(",", ":"), sort_keys=True).encode()
 
 
-class NextRelease(RdxApp):
-    app_version = 2
-
-
-def _before_zip215(*args, **kwargs) -> dict:
-    spec = chainsim_local_app_spec(*args, **kwargs)
-    del spec["signatures"]
-    return spec
-
-
-chainsim_local_app_spec = chainsim.local_app_spec
-
-
 def test_a_new_chain_judges_tx_signatures_by_zip215(tmp_path):
     chain = Harness(tmp_path / "new.sqlite", Identity.generate("association"))
     bank = Identity.generate("bank-a")
@@ -124,9 +108,8 @@ def test_a_new_chain_judges_tx_signatures_by_zip215(tmp_path):
 def test_a_chain_made_before_zip215_keeps_libsodium_s_rule_until_its_upgrade(tmp_path):
     seat = Identity.generate("association.board-s0")
     bank = Identity.generate("bank-a")
-    with mock.patch.object(chainsim, "local_app_spec", _before_zip215):
-        chain = Harness(tmp_path / "old.sqlite", Identity.generate("association"), board=[seat],
-                        app_class=NextRelease)
+    chain = Harness(tmp_path / "old.sqlite", Identity.generate("association"), board=[seat],
+                    without=("signatures",), app_class=NextRelease)
     chain.block(register(chain, bank))
     assert chain.db.get(signatures.RULE_KEY) is None
     refused = torsion_signed(chain, bank, "members.RotateKey", {"public_key": bank.public_key})

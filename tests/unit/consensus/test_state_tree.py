@@ -6,11 +6,10 @@ members run, services/common/proofs.py; hostile paths answered with a code)."""
 from __future__ import annotations
 
 import json
-from unittest import mock
 
 import chainsim
 import pytest
-from chainsim import Harness, register
+from chainsim import Harness, NextRelease, register
 from tendermint.abci import types_pb2 as abci
 
 from services.common import proofs
@@ -85,25 +84,11 @@ def test_a_restart_and_a_replay_find_the_same_roots(tmp_path):
         assert replay.db.app_hash == expected
 
 
-class NextRelease(RdxApp):
-    app_version = 2
-
-
-def _before_the_tree(*args, **kwargs) -> dict:
-    spec = chainsim_local_app_spec(*args, **kwargs)
-    del spec["state_tree"]
-    return spec
-
-
-chainsim_local_app_spec = chainsim.local_app_spec
-
-
 def test_a_chain_made_before_the_tree_keeps_its_hash_chain_until_its_upgrade_then_migrates(tmp_path):
     seat = Identity.generate("association.board-s0")
     people = [Identity.generate(f"m{i}") for i in range(4)]
-    with mock.patch.object(chainsim, "local_app_spec", _before_the_tree):
-        chain = Harness(tmp_path / "old.sqlite", Identity.generate("association"), board=[seat],
-                        balances={people[0].account: 50}, app_class=NextRelease)
+    chain = Harness(tmp_path / "old.sqlite", Identity.generate("association"), board=[seat],
+                    balances={people[0].account: 50}, without=("state_tree",), app_class=NextRelease)
     chain.block(*[register(chain, p, ("consumer",)) for p in people])
     chain.block(chain.tx(people[0], "bank.Transfer", {"to": people[1].account, "amount": 5}))
     assert chain.db.get(STATE_TREE) is None and len(chain.db.app_hash) == 32
