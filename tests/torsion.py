@@ -75,3 +75,18 @@ def sign_with_torsion(key: SigningKey, message: bytes) -> bytes:
     big_r = encode(add(mul(r, B), T8))
     k = int.from_bytes(hashlib.sha512(big_r + public + message).digest(), "little") % L
     return big_r + ((r + k * a) % L).to_bytes(32, "little")
+
+
+def key_with_torsion(key: SigningKey, message: bytes) -> tuple[bytes, bytes]:
+    """(public key, signature): the key is a*B plus a point of order 8, which a hostile member
+    could register, and the signature is its holder's, made as RFC 8032 signs: [s]B - [k]A' is
+    R - [k]T, not R, unless 8 divides k (asserted not to, for the message given), so libsodium
+    refuses it and ZIP-215 accepts it."""
+    h = hashlib.sha512(bytes(key)).digest()
+    a = int.from_bytes(h[:32], "little") & ((1 << 254) - 8) | (1 << 254)
+    public = encode(add(mul(a, B), T8))
+    r = int.from_bytes(hashlib.sha512(h[32:] + message).digest(), "little") % L
+    big_r = encode(mul(r, B))
+    k = int.from_bytes(hashlib.sha512(big_r + public + message).digest(), "little") % L
+    assert k % 8, "a message whose k is a multiple of 8 makes a signature both rules accept"
+    return public, big_r + ((r + k * a) % L).to_bytes(32, "little")

@@ -211,3 +211,13 @@ def test_a_vote_cometbft_accepts_by_zip215_is_accepted_here_too():
     forged = _signed_by(keys, lambda key, message: bytes(64) if key is keys[0] else key.sign(message).signature)
     with pytest.raises(LightClientError, match="bad signature"):
         lightclient.verify_signed_header(forged, CHAIN)
+
+
+@pytest.mark.parametrize("bad", [b"", bytes(63), bytes(65), b"\xff" * 64], ids=["empty", "63 bytes", "65 bytes", "ones"])
+def test_a_vote_signature_of_the_wrong_length_or_bytes_is_refused(bad):
+    from nacl.signing import SigningKey
+
+    keys = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]
+    block = _signed_by(keys, lambda key, message: bad if key is keys[1] else key.sign(message).signature)
+    with pytest.raises(LightClientError):
+        lightclient.verify_signed_header(block, CHAIN)

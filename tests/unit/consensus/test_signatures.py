@@ -13,7 +13,7 @@ import pytest
 import rdx_ed25519
 from chainsim import Harness, NextRelease, register
 from nacl.signing import SigningKey
-from torsion import L, T8, encode, sign_with_torsion
+from torsion import L, T8, encode, key_with_torsion, sign_with_torsion
 
 from services.common.identity import Identity, b64
 from services.common.tx import Code, Tx
@@ -32,6 +32,7 @@ def cases() -> list[tuple[str, bytes, bytes, bytes, bool, bool]]:
     good = KEY.sign(MESSAGE).signature
     s = int.from_bytes(good[32:], "little")
     identity_point = bytes([1] + [0] * 31)
+    torsioned_key, torsioned_key_signature = key_with_torsion(KEY, MESSAGE)
     return [
         ("valid", PUBLIC, MESSAGE, good, True, True),
         ("valid, empty message", PUBLIC, b"", KEY.sign(b"").signature, True, True),
@@ -40,6 +41,8 @@ def cases() -> list[tuple[str, bytes, bytes, bytes, bool, bool]]:
         ("another key", bytes(SigningKey(bytes(32)).verify_key), MESSAGE, good, False, False),
         ("s not reduced (s + L)", PUBLIC, MESSAGE, good[:32] + (s + L).to_bytes(32, "little"), False, False),
         ("R with a small-order component", PUBLIC, MESSAGE, sign_with_torsion(KEY, MESSAGE), False, True),
+        ("key with a small-order component, its holder's signature", torsioned_key, MESSAGE, torsioned_key_signature,
+         False, True),
         # Anyone can sign for a small-order key (here R = identity, s = 0): refused by both.
         ("small-order key", identity_point, MESSAGE, identity_point + bytes(32), False, False),
         ("order-8 key", encode(T8), MESSAGE, identity_point + bytes(32), False, False),
@@ -128,3 +131,18 @@ def test_a_chain_made_before_zip215_keeps_libsodium_s_rule_until_its_upgrade(tmp
     chain.nonces[bank.account] += 1
     after = torsion_signed(chain, bank, "members.RotateKey", {"public_key": bank.public_key})
     assert chain.check(after).code == Code.OK
+
+
+
+def test_a_genesis_naming_an_unknown_rule_is_refused_at_init_chain(tmp_path):
+    from chainsim import CHAIN, local_app_spec
+    from pydantic import ValidationError
+    from tendermint.abci import types_pb2 as abci
+
+    from services.consensus.app import RdxApp
+    from services.consensus.state import Database
+
+    spec = dict(local_app_spec(Identity.generate("association")), signatures="ed448")
+    app = RdxApp(Database(tmp_path / "bad.sqlite"), CHAIN)
+    with pytest.raises(ValidationError, match="signatures"):
+        app.init_chain(abci.RequestInitChain(chain_id=CHAIN, app_state_bytes=json.dumps(spec).encode()))

@@ -82,6 +82,7 @@ def test_the_same_spec_gives_the_same_bytes_and_the_app_accepts_them(tmp_path):
     assert state.get(f"validators/set/{address(key0)}")["name"] == "validator-0"
     assert state.get("bank/balance/acme") == 1_000 and state.get("params")["association_fee_bps"] == 300
     assert state.get("accounts/association.node")["kind"] == "node"
+    assert state.get("chain/signatures") == "zip215"  # tx signatures by ZIP-215 (services/consensus/signatures.py)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -97,6 +98,7 @@ def test_the_same_spec_gives_the_same_bytes_and_the_app_accepts_them(tmp_path):
     (lambda s: s["board"].update(powers={"upgrade": "officer"}), "powers"),
     (lambda s: s["members"][0]["roles"].append("association"), "association role"),
     (lambda s: s.update(extra=1), "extra"),
+    (lambda s: s.update(signatures="ed448"), "signatures"),
 ])
 def test_a_spec_that_would_not_make_a_working_chain_is_refused(tmp_path, change, message):
     doc = spec(tmp_path)
